@@ -1,0 +1,58 @@
+"""Conv-2/4/6 of Frankle & Carbin 2019 (VGG-style, for CIFAR-10)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+
+from lottery.models import register
+
+
+class ConvNet(nn.Module):
+  """3x3 'same' conv + ReLU blocks, 2x2 max-pool after each pair, then dense.
+
+  `convs` lists conv widths; 'pool' entries mark max-pooling. Works on images
+  (N, H, W, C) and on sequences (N, L) or (N, L, C), where the convs are 1-D.
+  Glorot-normal kernels, zero biases.
+  """
+  convs: Sequence[int | str]
+  dense: Sequence[int]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    if x.ndim == 2:  # (N, L) sequences such as MNIST-1D get a channel axis.
+      x = x[..., None]
+    spatial = x.ndim - 2
+    init = nn.initializers.glorot_normal()
+    i = 0
+    for c in self.convs:
+      if c == "pool":
+        x = nn.max_pool(x, (2,) * spatial, strides=(2,) * spatial)
+      else:
+        i += 1
+        x = nn.relu(nn.Conv(c, (3,) * spatial, padding="SAME", kernel_init=init,
+                            name=f"conv{i}")(x))
+    x = x.reshape((x.shape[0], -1))
+    for j, f in enumerate(self.dense):
+      x = nn.relu(nn.Dense(f, kernel_init=init, name=f"fc{j + 1}")(x))
+    return nn.Dense(self.num_classes, kernel_init=init, name="out")(x)
+
+
+@register("conv2")
+def conv2(num_classes: int) -> nn.Module:
+  return ConvNet(convs=(64, 64, "pool"), dense=(256, 256),
+                 num_classes=num_classes)
+
+
+@register("conv4")
+def conv4(num_classes: int) -> nn.Module:
+  return ConvNet(convs=(64, 64, "pool", 128, 128, "pool"), dense=(256, 256),
+                 num_classes=num_classes)
+
+
+@register("conv6")
+def conv6(num_classes: int) -> nn.Module:
+  return ConvNet(convs=(64, 64, "pool", 128, 128, "pool", 256, 256, "pool"),
+                 dense=(256, 256), num_classes=num_classes)

@@ -1,0 +1,85 @@
+"""Fully connected models: LeNet-300-100 and the MNIST-1D lottery MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lottery.models import register
+
+
+class MLP(nn.Module):
+  """Dense ReLU layers 'fc1'..'fcN' then a linear 'out' layer.
+
+  Inputs of any shape (N, ...) are flattened. Kernels are Glorot-normal and
+  biases zero, as in Frankle & Carbin 2019.
+  """
+  features: Sequence[int]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    init = nn.initializers.glorot_normal()
+    for i, f in enumerate(self.features):
+      x = nn.relu(nn.Dense(f, kernel_init=init, name=f"fc{i + 1}")(x))
+    return nn.Dense(self.num_classes, kernel_init=init, name="out")(x)
+
+
+def _torch_uniform(fan_in_axis: int = -2):
+  """PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  def init(key, shape, dtype=jnp.float32, fan_in=None):
+    fan_in = shape[fan_in_axis] if fan_in is None else fan_in
+    bound = 1.0 / jnp.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+class TorchDense(nn.Module):
+  """Dense layer with PyTorch's default init for kernel and bias."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", _torch_uniform(), (fan_in, self.features))
+    bias = self.param(
+        "bias", lambda k, s: _torch_uniform()(k, s, fan_in=fan_in),
+        (self.features,))
+    return x @ kernel + bias
+
+
+class ResidualMLP(nn.Module):
+  """The MLP of the MNIST-1D paper's lottery-ticket experiment.
+
+  40 -> 500 ('fc1'), a residual 500 -> 500 block ('fc2'), -> classes ('out');
+  ReLU, PyTorch default init (the authors' notebook is PyTorch).
+  """
+  hidden: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    h = nn.relu(TorchDense(self.hidden, name="fc1")(x))
+    h = h + nn.relu(TorchDense(self.hidden, name="fc2")(h))
+    return TorchDense(self.num_classes, name="out")(h)
+
+
+@register("lenet_300_100")
+def lenet_300_100(num_classes: int) -> nn.Module:
+  return MLP(features=(300, 100), num_classes=num_classes)
+
+
+@register("mnist1d_mlp")
+def mnist1d_mlp(num_classes: int) -> nn.Module:
+  return ResidualMLP(hidden=500, num_classes=num_classes)
+
+
+@register("mlp_tiny")
+def mlp_tiny(num_classes: int) -> nn.Module:
+  """A 32-unit MLP for tests and smoke runs."""
+  return MLP(features=(32,), num_classes=num_classes)

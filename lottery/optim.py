@@ -1,0 +1,77 @@
+"""Optimizers and learning-rate schedules by name.
+
+The learning rate is not baked into the optimizer: every optimizer is wrapped in
+`optax.inject_hyperparams`, and the train step sets the rate of each step from
+an array computed on the host by `learning_rates`. So replaying a schedule from
+step k (weight rewinding), replaying it whole (learning-rate rewinding) or
+holding it at its final value (fine-tuning) never recompiles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import optax
+
+from lottery.errors import LotteryError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def make_optimizer(training) -> optax.GradientTransformation:
+  """An optax optimizer whose `learning_rate` hyperparameter is injected.
+
+  Args:
+    training: the `config.training` ConfigDict (optimizer, momentum, nesterov,
+      weight_decay).
+
+  Returns:
+    `optax.inject_hyperparams(...)(learning_rate=0.)`. 'sgd' adds weight decay
+    to the gradient before momentum (coupled, as PyTorch's SGD); 'adam' adds it
+    likewise (Adam with L2); 'adamw' decays decoupled from the gradient.
+  """
+  name, wd = training.optimizer, training.weight_decay
+
+  def factory(learning_rate):
+    if name == "sgd":
+      return optax.chain(
+          optax.add_decayed_weights(wd),
+          optax.sgd(learning_rate, momentum=training.momentum or None,
+                    nesterov=training.nesterov))
+    if name == "adam":
+      return optax.chain(optax.add_decayed_weights(wd),
+                         optax.adam(learning_rate))
+    if name == "adamw":
+      return optax.adamw(learning_rate, weight_decay=wd)
+    raise LotteryError(f"training.optimizer: unknown optimizer {name!r} "
+                       f"(known: {list(OPTIMIZERS)})")
+
+  factory(0.0)  # Raise on an unknown name now, not inside a trace.
+  return optax.inject_hyperparams(factory)(learning_rate=0.0)
+
+
+def make_schedule(training) -> optax.Schedule:
+  """The learning-rate schedule of `config.training`, as an optax schedule."""
+  lr, steps = training.learning_rate, training.steps
+  if training.schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif training.schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        lr, {int(b): training.lr_decay for b in training.lr_boundaries})
+  elif training.schedule == "cosine":
+    main = optax.cosine_decay_schedule(
+        lr, max(steps - training.warmup_steps, 1))
+  else:
+    raise LotteryError(f"training.schedule: unknown schedule "
+                       f"{training.schedule!r} (known: {list(SCHEDULES)})")
+  if training.warmup_steps:
+    warm = optax.linear_schedule(0.0, lr, training.warmup_steps)
+    return optax.join_schedules([warm, main], [training.warmup_steps])
+  return main
+
+
+def learning_rates(schedule: optax.Schedule, start: int, stop: int
+                   ) -> np.ndarray:
+  """float32 rates for steps start..stop-1 (the rate used by each step)."""
+  rates = np.asarray(schedule(np.arange(start, stop)), dtype=np.float32)
+  return np.broadcast_to(rates, (stop - start,)).copy()  # constant -> scalar

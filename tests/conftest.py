@@ -1,0 +1,65 @@
+"""Shared fixtures: a small synthetic dataset and a tiny, fast config."""
+
+import os
+
+import numpy as np
+import pytest
+from absl import logging
+
+import lottery
+
+logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+
+
+def make_npz(path, n_train=256, n_test=64, dim=8, classes=3, seed=0):
+  """Linearly separable-ish Gaussian blobs, saved as the npz loader expects."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(classes, dim)) * 2.0
+  def split(n):
+    y = rng.integers(0, classes, n)
+    x = centers[y] + rng.normal(size=(n, dim))
+    return x.astype(np.float32), y.astype(np.int64)
+  x_tr, y_tr = split(n_train)
+  x_te, y_te = split(n_test)
+  np.savez(path, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def npz_path(tmp_path_factory):
+  return make_npz(tmp_path_factory.mktemp("data") / "blobs.npz")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+  """Keeps generated datasets (MNIST-1D) out of the user's cache."""
+  old = os.environ.get("LOTTERY_CACHE")
+  os.environ["LOTTERY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+  yield
+  if old is None:
+    os.environ.pop("LOTTERY_CACHE", None)
+  else:
+    os.environ["LOTTERY_CACHE"] = old
+
+
+def tiny(npz_path, **overrides):
+  """A config that trains in well under a second per round."""
+  c = lottery.base_config()
+  c.data.name = "npz"
+  c.data.path = npz_path
+  c.model.name = "mlp_tiny"
+  c.training.update(steps=20, batch_size=16, optimizer="adam",
+                    learning_rate=1e-2, eval_every=5, checkpoint_every=10)
+  c.pruning.update(fraction=0.5, rounds=2)
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+@pytest.fixture
+def tiny_config(npz_path):
+  return lambda **kw: tiny(npz_path, **kw)

@@ -1,0 +1,281 @@
+"""IMP end to end on a tiny config: resets, controls, resume, compilation."""
+
+import hashlib
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import lottery
+from lottery import imp
+from lottery import masks
+from lottery import tickets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def leaves_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(
+      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def quiet(_):
+  pass
+
+
+def test_summary_tickets_and_controls(tiny_config, tmp_path):
+  summary = lottery.run(tiny_config(), tmp_path, log=quiet)
+  rounds = summary["rounds"]
+  assert [r["round"] for r in rounds] == [0, 1, 2]
+  # mlp_tiny kernels: fc1 8x32 and out 32x3, layerwise at 0.5 per round.
+  assert [r["density"] for r in rounds] == [1.0, 0.5, 0.25]
+  assert "controls" not in rounds[0]
+  assert set(rounds[1]["controls"]) == {"reinit", "random_prune"}
+  on_disk = lottery.summary(tmp_path)
+  assert on_disk["rounds"] == rounds and on_disk["finished"]
+  assert lottery.finished_rounds(tmp_path) == [0, 1, 2]
+  for kind in tickets.KINDS:
+    t = lottery.load_ticket(tmp_path, 2, kind)
+    assert t.metrics["density"] == 0.25
+    assert 0.0 <= t.metrics["test_accuracy"] <= 1.0
+    assert masks.counts(t.mask) == {"fc1/kernel": (64, 256),
+                                    "out/kernel": (24, 96)}
+    assert t.mask["fc1"]["bias"] is None
+    for m, p in ((t.mask["fc1"]["kernel"], t.trained_params["fc1"]["kernel"]),
+                 (t.mask["fc1"]["kernel"], t.rewind_params["fc1"]["kernel"])):
+      assert np.all(p[~m] == 0.0)
+  assert (tmp_path / "tensorboard").is_dir()
+  assert any((tmp_path / "tensorboard").iterdir())
+
+
+def test_rewind_to_init_and_controls(tiny_config, tmp_path):
+  cfg = tiny_config()
+  lottery.run(cfg, tmp_path, log=quiet)
+  init = imp.build(cfg).init_params
+  t1 = lottery.load_ticket(tmp_path, 1)
+  t0 = lottery.load_ticket(tmp_path, 0)
+  assert leaves_equal(t0.rewind_params, init)
+  assert leaves_equal(t1.rewind_params, lottery.apply_mask(t1.mask, init))
+  # The round-1 mask is magnitude pruning of round 0's trained weights.
+  expected = lottery.prune(t0.mask, jax.tree.map(np.abs, t0.trained_params),
+                           0.5, scope="layerwise")
+  assert leaves_equal(t1.mask, expected)
+  reinit = lottery.load_ticket(tmp_path, 1, "reinit")
+  assert leaves_equal(reinit.mask, t1.mask)
+  assert not np.array_equal(reinit.rewind_params["fc1"]["kernel"],
+                            t1.rewind_params["fc1"]["kernel"])
+  rand = lottery.load_ticket(tmp_path, 1, "random_prune")
+  assert masks.counts(rand.mask) == masks.counts(t1.mask)
+  assert not leaves_equal(rand.mask, t1.mask)
+  assert leaves_equal(rand.rewind_params, lottery.apply_mask(rand.mask, init))
+
+
+def test_rewind_to_step_k(tiny_config, tmp_path):
+  cfg = tiny_config(**{"pruning.rewind_step": 7, "pruning.rounds": 1})
+  lottery.run(cfg, tmp_path, log=quiet)
+  t1 = lottery.load_ticket(tmp_path, 1)
+  assert t1.metrics["start_step"] == 7
+  point = imp.checkpoint.restore(tmp_path / "rewind_point")
+  assert leaves_equal(t1.rewind_params, lottery.apply_mask(t1.mask, point))
+  # The step-7 weights lie on round 0's trajectory: neither init nor final.
+  t0 = lottery.load_ticket(tmp_path, 0)
+  assert not leaves_equal(point, t0.rewind_params)
+  assert not leaves_equal(point, t0.trained_params)
+  # Round 1 trains steps 7..19 only, evaluated at 10, 15 and 20.
+  assert [h["step"] for h in t1.metrics["history"]] == [10, 15, 20]
+  assert lottery.load_ticket(tmp_path, 1, "reinit").metrics["start_step"] == 7
+
+
+def test_lr_rewind_and_finetune(tiny_config, tmp_path):
+  out = {}
+  for reset in ("lr_rewind", "finetune"):
+    cfg = tiny_config(**{"pruning.reset": reset, "pruning.rounds": 1,
+                         "training.schedule": "step",
+                         "training.lr_boundaries": (10,)})
+    lottery.run(cfg, tmp_path / reset, log=quiet)
+    t0 = lottery.load_ticket(tmp_path / reset, 0)
+    t1 = lottery.load_ticket(tmp_path / reset, 1)
+    # Both keep the trained weights (masked) and train from step 0.
+    assert leaves_equal(t1.rewind_params,
+                        lottery.apply_mask(t1.mask, t0.trained_params))
+    assert t1.metrics["start_step"] == 0
+    out[reset] = t1
+  assert leaves_equal(out["lr_rewind"].rewind_params,
+                      out["finetune"].rewind_params)
+  # Fine-tuning runs at the final (decayed) rate, so it moves less.
+  def moved(t):
+    return float(np.abs(t.trained_params["fc1"]["kernel"]
+                        - t.rewind_params["fc1"]["kernel"]).sum())
+  assert moved(out["finetune"]) < moved(out["lr_rewind"])
+
+
+def test_same_config_same_result(tiny_config, tmp_path):
+  a = lottery.run(tiny_config(), tmp_path / "a", log=quiet)
+  b = lottery.run(tiny_config(), tmp_path / "b", log=quiet)
+  strip = lambda s: [{k: v for k, v in r.items() if k != "time_s"}
+                     for r in s["rounds"]]
+  assert strip(a) == strip(b)
+  for kind in tickets.KINDS:
+    ta = lottery.load_ticket(tmp_path / "a", 2, kind)
+    tb = lottery.load_ticket(tmp_path / "b", 2, kind)
+    assert leaves_equal(ta.trained_params, tb.trained_params)
+
+
+def test_seeds_are_separate(tiny_config, tmp_path):
+  base = tiny_config(**{"pruning.rounds": 1})
+  lottery.run(base, tmp_path / "base", log=quiet)
+  ctl = tiny_config(**{"pruning.rounds": 1, "seeds.control": 5})
+  lottery.run(ctl, tmp_path / "ctl", log=quiet)
+  # A new control seed changes the controls, never the ticket.
+  for kind, same in (("ticket", True), ("reinit", False),
+                     ("random_prune", False)):
+    a = lottery.load_ticket(tmp_path / "base", 1, kind)
+    b = lottery.load_ticket(tmp_path / "ctl", 1, kind)
+    assert leaves_equal(a.trained_params, b.trained_params) == same, kind
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
+                                                monkeypatch):
+  cfg = tiny_config(**{"pruning.rewind_step": 5})
+  lottery.run(cfg, tmp_path / "ref", log=quiet)
+  # Interrupt at several points: mid-job (after a progress checkpoint), and
+  # just after jobs finish; resume each time with the same call.
+  real_save, real_finish = imp._Progress.save, imp._finish_job
+  calls = {"save": 0, "finish": 0}
+  def save(self, *a, **k):
+    real_save(self, *a, **k)
+    calls["save"] += 1
+    if calls["save"] in (1, 4):
+      raise _Interrupt()
+  def finish(*a, **k):
+    real_finish(*a, **k)
+    calls["finish"] += 1
+    if calls["finish"] == 2:
+      raise _Interrupt()
+  monkeypatch.setattr(imp._Progress, "save", save)
+  monkeypatch.setattr(imp, "_finish_job", finish)
+  interruptions = 0
+  while True:
+    try:
+      lottery.run(cfg, tmp_path / "run", log=quiet)
+      break
+    except _Interrupt:
+      interruptions += 1
+  assert interruptions == 3
+  for r in range(3):
+    for kind in (("ticket",) if r == 0 else tickets.KINDS):
+      a = lottery.load_ticket(tmp_path / "ref", r, kind)
+      b = lottery.load_ticket(tmp_path / "run", r, kind)
+      for f in ("mask", "rewind_params", "trained_params"):
+        assert leaves_equal(getattr(a, f), getattr(b, f)), (r, kind, f)
+      assert a.metrics["history"] == b.metrics["history"]
+
+
+def _cli(workdir, npz, *extra):
+  return [sys.executable, "-m", "experiments.imp",
+          f"--workdir={workdir}", "--config=configs/mnist1d.py:quick",
+          "--config.data.name=npz", f"--config.data.path={npz}",
+          "--config.model.name=mlp_tiny", "--config.training.steps=400",
+          "--config.training.batch_size=16", "--config.training.eval_every=20",
+          "--config.training.checkpoint_every=20", "--config.pruning.rounds=2",
+          *extra]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  ref = subprocess.run(_cli(tmp_path / "ref", npz_path), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert ref.returncode == 0, ref.stderr
+  proc = subprocess.Popen(_cli(tmp_path / "run", npz_path), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  # Kill once the run is inside round 1 with a mid-job checkpoint on disk.
+  deadline = time.time() + 240
+  progress = tmp_path / "run" / "progress" / "progress.json"
+  while time.time() < deadline:
+    if tickets.is_finished(tmp_path / "run", 0) and progress.exists():
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not lottery.summary(tmp_path / "run")["finished"]
+  res = subprocess.run(_cli(tmp_path / "run", npz_path), cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  for r in range(3):
+    for kind in (("ticket",) if r == 0 else tickets.KINDS):
+      a = lottery.load_ticket(tmp_path / "ref", r, kind)
+      b = lottery.load_ticket(tmp_path / "run", r, kind)
+      assert leaves_equal(a.trained_params, b.trained_params), (r, kind)
+      assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
+
+
+def test_compilations_do_not_grow_with_rounds(tiny_config, tmp_path):
+  events = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda name, *a, **k: events.append(name)
+      if name == "/jax/core/compile/backend_compile_duration" else None)
+  per_round = []
+  cfg = tiny_config(**{"pruning.rounds": 4, "pruning.rewind_step": 3})
+  lottery.run(cfg, tmp_path, log=quiet,
+              on_round=lambda rec: per_round.append(len(events)))
+  new = np.diff([0] + per_round)
+  assert new[0] > 0  # Round 0 compiles the train step and evaluation.
+  # Round 1 may compile pruning and control helpers once; after that, a new
+  # mask, new weights and new controls must not compile anything.
+  assert list(new[2:]) == [0, 0, 0], new
+
+
+def test_workdir_of_another_config_is_refused_untouched(tiny_config, tmp_path):
+  lottery.run(tiny_config(**{"pruning.rounds": 1}), tmp_path, log=quiet)
+  def snapshot():
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+  before = snapshot()
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^config: .*pruning.fraction: 0.5 -> 0.3"):
+    lottery.run(tiny_config(**{"pruning.rounds": 1, "pruning.fraction": 0.3}),
+                tmp_path, log=quiet)
+  assert snapshot() == before
+  # The same config on a finished workdir reruns nothing and changes nothing.
+  lottery.run(tiny_config(**{"pruning.rounds": 1}), tmp_path, log=quiet)
+  after = {k: v for k, v in snapshot().items() if "tensorboard" not in str(k)}
+  assert after == {k: v for k, v in before.items()
+                   if "tensorboard" not in str(k)}
+
+
+def test_foreign_workdir_is_refused(tiny_config, tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(lottery.LotteryError, match="^workdir: .*not empty"):
+    lottery.run(tiny_config(), tmp_path, log=quiet)
+  assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_ticket_on_model_of_other_shapes(tiny_config, tmp_path):
+  cfg = tiny_config(**{"pruning.rounds": 0})
+  lottery.run(cfg, tmp_path, log=quiet)
+  other = tiny_config(**{"model.name": "lenet_300_100"})
+  like = imp.build(other).init_params
+  with pytest.raises(lottery.LotteryError, match="^ticket: "):
+    lottery.load_ticket(tmp_path, 0, like=like)
+  with pytest.raises(lottery.LotteryError, match="^round: no finished"):
+    lottery.load_ticket(tmp_path, 3)
+
+
+def test_non_finite_loss_raises_and_saves_nothing(tiny_config, tmp_path):
+  cfg = tiny_config(**{"training.optimizer": "sgd",
+                       "training.learning_rate": 1e30})
+  with pytest.raises(lottery.LotteryError,
+                     match="^training.learning_rate: loss became non-finite"):
+    lottery.run(cfg, tmp_path, log=quiet)
+  assert not tickets.is_finished(tmp_path, 0)

@@ -33,7 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir="",  # TFDS data_dir ('' = TFDS's default).
       path="",  # .npz file for name='npz'.
       cache_dir="",  # MNIST-1D cache ('' = $LOTTERY_CACHE or ~/.cache/lottery).
-      on_device=True,  # Keep the training set on the accelerator.
+      # Keep the training set on the accelerator when it fits in half its
+      # memory; otherwise (or if False) gather each call's batches on the host.
+      on_device=True,
   )
   c.model = dict(name="mnist1d_mlp")
 

@@ -91,13 +91,25 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     if not any(rx.fullmatch(n) for n in prunable):
       raise LotteryError(f"pruning.layer_fractions: {pattern!r} matches no "
                          f"prunable parameter (prunable: {prunable})")
+  on_device = config.data.on_device and _fits_on_device(
+      ds.x_train.nbytes + ds.y_train.nbytes)
   return Experiment(
       config=config, dataset=ds,
       data=train_lib.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                              on_device=config.data.on_device),
+                              on_device=on_device),
       model=model, trainer=train_lib.Trainer(model, optim.make_optimizer(t)),
       schedule=optim.make_schedule(t), init_params=init_params,
       dense_mask=dense_mask)
+
+
+def _fits_on_device(nbytes: int) -> bool:
+  """Whether a training set of `nbytes` fits in half the device's memory.
+
+  Devices that report no limit (the CPU) always fit.
+  """
+  stats = jax.devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return limit is None or nbytes <= limit // 2
 
 
 class _Progress:

@@ -222,13 +222,17 @@ def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
 
 def test_compilations_do_not_grow_with_rounds(tiny_config, tmp_path):
   events = []
-  jax.monitoring.register_event_duration_secs_listener(
-      lambda name, *a, **k: events.append(name)
-      if name == "/jax/core/compile/backend_compile_duration" else None)
+  def listener(name, *a, **k):
+    if name == "/jax/core/compile/backend_compile_duration":
+      events.append(name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
   per_round = []
   cfg = tiny_config(**{"pruning.rounds": 4, "pruning.rewind_step": 3})
-  lottery.run(cfg, tmp_path, log=quiet,
-              on_round=lambda rec: per_round.append(len(events)))
+  try:
+    lottery.run(cfg, tmp_path, log=quiet,
+                on_round=lambda rec: per_round.append(len(events)))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
   new = np.diff([0] + per_round)
   assert new[0] > 0  # Round 0 compiles the train step and evaluation.
   # Round 1 may compile pruning and control helpers once; after that, a new

@@ -283,3 +283,47 @@ def test_non_finite_loss_raises_and_saves_nothing(tiny_config, tmp_path):
                      match="^training.learning_rate: loss became non-finite"):
     lottery.run(cfg, tmp_path, log=quiet)
   assert not tickets.is_finished(tmp_path, 0)
+
+
+def _read_events(path):
+  """Parses a TensorBoard event file (TFRecord framing) with its protobuf."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  data, events, pos = path.read_bytes(), [], 0
+  while pos < len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    ev = event_pb2.Event()
+    ev.ParseFromString(data[pos + 12:pos + 12 + n])
+    events.append(ev)
+    pos += 12 + n + 4
+  return events
+
+
+def test_tensorboard_events_are_readable(tiny_config, tmp_path):
+  lottery.run(tiny_config(), tmp_path, log=quiet)
+  (events_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  scalars = {}
+  for ev in _read_events(events_file):
+    for v in ev.summary.value:
+      scalars.setdefault(v.tag, {})[ev.step] = v.simple_value
+  summary = lottery.summary(tmp_path)["rounds"]
+  assert scalars["summary/density"] == {0: 1.0, 1: 0.5, 2: 0.25}
+  assert scalars["summary/ticket_test_accuracy"][2] == pytest.approx(
+      summary[2]["test_accuracy"])
+  assert scalars["summary/reinit_test_accuracy"][1] == pytest.approx(
+      summary[1]["controls"]["reinit"]["test_accuracy"])
+  assert set(scalars["ticket/round_001/test_accuracy"]) == {5, 10, 15, 20}
+
+
+def test_random_scores_prune_randomly_at_the_same_counts(tiny_config,
+                                                         tmp_path):
+  lottery.run(tiny_config(**{"pruning.rounds": 1, "controls": ()}),
+              tmp_path / "mag", log=quiet)
+  lottery.run(tiny_config(**{"pruning.rounds": 1, "controls": (),
+                             "pruning.score": "random"}),
+              tmp_path / "rnd", log=quiet)
+  mag = lottery.load_ticket(tmp_path / "mag", 1)
+  rnd = lottery.load_ticket(tmp_path / "rnd", 1)
+  assert masks.counts(mag.mask) == masks.counts(rnd.mask)
+  assert not leaves_equal(mag.mask, rnd.mask)
+  assert not tickets.is_finished(tmp_path / "rnd", 1, "reinit")

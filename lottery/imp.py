@@ -161,11 +161,16 @@ def _lr_fn(exp: Experiment, reset: str, round_: int):
 
 
 def _train_job(exp: Experiment, wd, round_: int, kind: str, mask, start_params,
-               start_step: int, lr_fn, capture=(), log=print,
-               log_steps=False) -> tuple[tickets.Ticket, dict]:
-  """Runs (or resumes, or loads) one training run; returns it and captures."""
+               start_step: int, lr_fn, writer, capture: tuple[int, ...] = (),
+               capture_path: str = "", log=print, log_steps=False
+               ) -> tickets.Ticket:
+  """Loads a finished training run, or runs (resuming) and saves it.
+
+  With `capture=(k,)` the weights at step k are saved to `capture_path`
+  before the run is marked finished (the rewind point of round 0).
+  """
   if tickets.is_finished(wd, round_, kind):
-    return tickets.load_ticket(wd, round_, kind), {}
+    return tickets.load_ticket(wd, round_, kind)
   job = f"round_{round_:03d}/{kind}"
   t = exp.config.training
   progress = _Progress(wd)
@@ -194,7 +199,11 @@ def _train_job(exp: Experiment, wd, round_: int, kind: str, mask, start_params,
       "steps": t.steps, "history": history, "time_s": time.time() - t0}
   ticket = tickets.Ticket(round_, kind, jax.device_get(mask), start_params,
                           jax.device_get(state["params"]), metrics)
-  return ticket, captured
+  for k in capture:
+    checkpoint.remove(capture_path)  # One from a crash before the ticket.
+    checkpoint.save(capture_path, captured[k])
+  _finish_job(wd, ticket, writer)
+  return ticket
 
 
 def _finish_job(wd, ticket: tickets.Ticket, writer) -> None:
@@ -271,16 +280,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           base, start_step = prev.trained_params, 0
       lr_fn = _lr_fn(exp, p.reset, r)
       job = dict(exp=exp, wd=wd, round_=r, start_step=start_step, lr_fn=lr_fn,
-                 log=log, log_steps=log_steps)
-      ticket, captured = _train_job(
+                 writer=writer, log=log, log_steps=log_steps)
+      ticket = _train_job(
           mask=mask, start_params=masks_lib.apply_mask(mask, base),
-          kind="ticket", capture=capture if r == 0 else (), **job)
+          kind="ticket", capture=capture if r == 0 else (),
+          capture_path=rewind_path, **job)
       if r == 0 and capture:
-        if not os.path.exists(rewind_path):
-          checkpoint.save(rewind_path, captured[p.rewind_step])
         rewind_base = checkpoint.restore(rewind_path)
-      if not tickets.is_finished(wd, r, "ticket"):
-        _finish_job(wd, ticket, writer)
       controls = {}
       with_controls = r and (r % config.controls_every == 0
                              or r == p.rounds)
@@ -293,12 +299,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
           cmask = pruning.random_like(mask,
                                       jax.random.fold_in(ckey, _RANDOM_PRUNE))
           cbase = base
-        fresh = not tickets.is_finished(wd, r, name)
-        controls[name], _ = _train_job(
+        controls[name] = _train_job(
             mask=cmask, start_params=masks_lib.apply_mask(cmask, cbase),
             kind=name, **job)
-        if fresh:
-          _finish_job(wd, controls[name], writer)
       rec = _record(ticket, controls)
       records.append(rec)
       checkpoint.write_json(os.path.join(wd, "summary.json"),

@@ -1,7 +1,7 @@
 """Conv-2 / Conv-4 / Conv-6 on CIFAR-10: Frankle & Carbin 2019, Figure 5.
 
 VGG-style 3x3 convs with 2x2 max-pooling, fc 256-256-10, Glorot-normal init,
-batch 60, Adam; layerwise magnitude pruning of kernels: convs at 10% per round
+batch 60, Adam, 5K training examples held out for early stopping; layerwise magnitude pruning of kernels: convs at 10% per round
 (15% for Conv-6), fc at 20%, output at 10%; rewind to initialization.
 
   arch   iterations  Adam lr
@@ -35,6 +35,7 @@ def get_config(arg: str = "conv4"):
   steps, lr, conv_rate = _RECIPES[arch]
   c = base_config()
   c.data.name = "cifar10"
+  c.data.validation_size = 5_000  # Early stopping on 5K held-out examples.
   c.model.name = arch
   c.training.update(steps=steps, batch_size=60, optimizer="adam",
                     learning_rate=lr, eval_every=100, checkpoint_every=2_500)

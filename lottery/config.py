@@ -33,6 +33,9 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir="",  # TFDS data_dir ('' = TFDS's default).
       path="",  # .npz file for name='npz'.
       cache_dir="",  # MNIST-1D cache ('' = $LOTTERY_CACHE or ~/.cache/lottery).
+      # Training examples held out for validation (a fixed subset); with it,
+      # metrics include the early-stopping step and its test accuracy.
+      validation_size=0,
       # Keep the training set on the accelerator when it fits in half its
       # memory; otherwise (or if False) gather each call's batches on the host.
       on_device=True,
@@ -95,6 +98,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for k in ("init", "data", "control"):
     _int(f"seeds.{k}", config.seeds[k], 0)
   _choice("data.name", config.data.name, data_lib.NAMES)
+  _int("data.validation_size", config.data.validation_size, 0)
   _choice("model.name", config.model.name, models.names())
 
   t = config.training

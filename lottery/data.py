@@ -147,6 +147,26 @@ def from_tfds(name: str, data_dir: str = "") -> Dataset:
   return Dataset(name, (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, c)
 
 
+def split_validation(ds: Dataset, size: int
+                     ) -> tuple[Dataset, np.ndarray, np.ndarray]:
+  """Holds out `size` training examples as a validation set.
+
+  The held-out examples are a fixed random subset (numpy seed 0, independent
+  of the run's seeds), so every run of a dataset validates on the same ones.
+
+  Returns:
+    (the dataset without them, x_val, y_val).
+  """
+  if size >= len(ds.y_train):
+    raise LotteryError(f"data.validation_size: {size} leaves no training "
+                       f"examples of {len(ds.y_train)}")
+  perm = np.random.default_rng(0).permutation(len(ds.y_train))
+  val, keep = np.sort(perm[:size]), np.sort(perm[size:])
+  return (dataclasses.replace(ds, x_train=ds.x_train[keep],
+                              y_train=ds.y_train[keep]),
+          ds.x_train[val], ds.y_train[val])
+
+
 def load(data) -> Dataset:
   """The dataset named by the `config.data` ConfigDict."""
   if data.name == "mnist1d":

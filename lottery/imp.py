@@ -77,6 +77,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   """Validates `config`, loads the data and builds model and trainer."""
   config_lib.validate(config)
   ds = data_lib.load(config.data)
+  x_val = y_val = None
+  if config.data.validation_size:
+    ds, x_val, y_val = data_lib.split_validation(ds,
+                                                 config.data.validation_size)
   t = config.training
   if t.batch_size > len(ds.y_train):
     raise LotteryError(f"training.batch_size: {t.batch_size} exceeds the "
@@ -96,7 +100,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(
       config=config, dataset=ds,
       data=train_lib.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                              on_device=on_device),
+                              x_val=x_val, y_val=y_val, on_device=on_device),
       model=model, trainer=train_lib.Trainer(model, optim.make_optimizer(t)),
       schedule=optim.make_schedule(t), init_params=init_params,
       dense_mask=dense_mask)
@@ -197,6 +201,14 @@ def _train_job(exp: Experiment, wd, round_: int, kind: str, mask, start_params,
       "test_accuracy": final["accuracy"], "test_loss": final["loss"],
       "train_loss": final["train_loss"], "start_step": start_step,
       "steps": t.steps, "history": history, "time_s": time.time() - t0}
+  if "val_loss" in final:
+    # Early stopping (Frankle & Carbin 2019): the evaluation of minimum
+    # validation loss, first one on ties.
+    best = min(history, key=lambda h: h["val_loss"])
+    metrics.update(early_stop_step=best["step"],
+                   early_stop_test_accuracy=best["accuracy"],
+                   val_loss=final["val_loss"],
+                   val_accuracy=final["val_accuracy"])
   ticket = tickets.Ticket(round_, kind, jax.device_get(mask), start_params,
                           jax.device_get(state["params"]), metrics)
   for k in capture:
@@ -219,6 +231,8 @@ def _finish_job(wd, ticket: tickets.Ticket, writer) -> None:
 
 def _record(t: tickets.Ticket, controls: dict[str, tickets.Ticket]) -> dict:
   keep = ("density", "test_accuracy", "test_loss", "train_loss")
+  keep += tuple(k for k in ("early_stop_step", "early_stop_test_accuracy")
+                if k in t.metrics)
   rec = {"round": t.round, **{k: t.metrics[k] for k in keep},
          "time_s": t.metrics["time_s"] + sum(
              c.metrics["time_s"] for c in controls.values())}

@@ -53,39 +53,46 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int, stop: int
   return out
 
 
+EvalSet = tuple[jax.Array, jax.Array, jax.Array]  # x, y, valid: (batches, B..)
+
+
+def eval_batches(x: np.ndarray, y: np.ndarray, eval_batch: int = 1000
+                 ) -> EvalSet:
+  """An evaluation set on the device, zero-padded to whole batches."""
+  n = len(x)
+  eval_batch = min(eval_batch, n)
+  nb = math.ceil(n / eval_batch)
+  pad = nb * eval_batch - n
+  xe = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+  ye = np.concatenate([y, np.zeros((pad,), y.dtype)])
+  valid = np.arange(nb * eval_batch) < n
+  return (jnp.asarray(xe.reshape((nb, eval_batch) + x.shape[1:])),
+          jnp.asarray(ye.reshape(nb, eval_batch)),
+          jnp.asarray(valid.reshape(nb, eval_batch)))
+
+
 @dataclasses.dataclass
 class Data:
-  """Train and test arrays on the device; test padded to whole eval batches."""
+  """Training arrays, and the test (and validation) sets as `EvalSet`s."""
   x: jax.Array
   y: jax.Array
-  x_eval: jax.Array  # (num_batches, eval_batch, ...)
-  y_eval: jax.Array
-  valid_eval: jax.Array  # bool (num_batches, eval_batch)
+  test: EvalSet
+  val: EvalSet | None
   on_device: bool
 
 
-def put_data(x_train, y_train, x_test, y_test, *, eval_batch: int = 1000,
-             on_device: bool = True) -> Data:
+def put_data(x_train, y_train, x_test, y_test, *, x_val=None, y_val=None,
+             eval_batch: int = 1000, on_device: bool = True) -> Data:
   """Moves a dataset to the device in the layout `Trainer` expects.
 
   With `on_device=False` the training arrays stay on the host and each call
   of the train loop gathers its batches there (for datasets that do not fit).
   """
-  n = len(x_test)
-  eval_batch = min(eval_batch, n)
-  nb = math.ceil(n / eval_batch)
-  pad = nb * eval_batch - n
-  xe = np.concatenate([x_test, np.zeros((pad,) + x_test.shape[1:],
-                                        x_test.dtype)])
-  ye = np.concatenate([y_test, np.zeros((pad,), y_test.dtype)])
-  valid = np.arange(nb * eval_batch) < n
   put = jnp.asarray if on_device else np.asarray
-  return Data(
-      x=put(x_train), y=put(y_train),
-      x_eval=jnp.asarray(xe.reshape((nb, eval_batch) + x_test.shape[1:])),
-      y_eval=jnp.asarray(ye.reshape(nb, eval_batch)),
-      valid_eval=jnp.asarray(valid.reshape(nb, eval_batch)),
-      on_device=on_device)
+  val = None if x_val is None else eval_batches(x_val, y_val, eval_batch)
+  return Data(x=put(x_train), y=put(y_train),
+              test=eval_batches(x_test, y_test, eval_batch), val=val,
+              on_device=on_device)
 
 
 class Trainer:
@@ -160,9 +167,13 @@ class Trainer:
     return state, np.asarray(losses)
 
   def evaluate(self, params, data: Data) -> dict[str, float]:
-    """Test loss and accuracy over the whole test set."""
-    out = self._evaluate(params, data.x_eval, data.y_eval, data.valid_eval)
-    return {k: float(v) for k, v in out.items()}
+    """Test 'loss' and 'accuracy' over the whole test set, and 'val_loss' and
+    'val_accuracy' when the data has a validation set."""
+    out = {k: float(v) for k, v in self._evaluate(params, *data.test).items()}
+    if data.val is not None:
+      val = self._evaluate(params, *data.val)
+      out.update({f"val_{k}": float(v) for k, v in val.items()})
+    return out
 
 
 def chunk_bounds(start: int, stop: int, every: Iterable[int],

@@ -36,6 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ("controls", ("reinit", "shuffle"), "controls"),
     ("controls_every", 0, "controls_every"),
     ("seeds.init", -1, "seeds.init"),
+    ("data.validation_size", -5, "data.validation_size"),
 ])
 def test_invalid_values_name_the_field(tiny_config, tmp_path, key, value,
                                        field):

@@ -79,3 +79,16 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
 def test_build_rejects_unknown_dataset(tiny_config):
   with pytest.raises(LotteryError, match="^data.name: "):
     imp.build(tiny_config(**{"data.name": "svhn"}))
+
+
+def test_validation_split_is_fixed_and_disjoint(npz_path):
+  ds = data.from_npz(npz_path)
+  a, xv, yv = data.split_validation(ds, 50)
+  b, xv2, _ = data.split_validation(ds, 50)
+  assert len(a.y_train) == 206 and len(yv) == 50
+  assert np.array_equal(xv, xv2) and np.array_equal(a.x_train, b.x_train)
+  rows = {r.tobytes() for r in ds.x_train}
+  assert {r.tobytes() for r in xv} | {r.tobytes() for r in a.x_train} == rows
+  assert not {r.tobytes() for r in xv} & {r.tobytes() for r in a.x_train}
+  with pytest.raises(LotteryError, match="^data.validation_size: "):
+    data.split_validation(ds, 256)

@@ -327,3 +327,22 @@ def test_random_scores_prune_randomly_at_the_same_counts(tiny_config,
   assert masks.counts(mag.mask) == masks.counts(rnd.mask)
   assert not leaves_equal(mag.mask, rnd.mask)
   assert not tickets.is_finished(tmp_path / "rnd", 1, "reinit")
+
+
+def test_validation_split_gives_early_stopping(tiny_config, tmp_path):
+  cfg = tiny_config(**{"data.validation_size": 64, "pruning.rounds": 1})
+  exp = imp.build(cfg)
+  assert len(exp.dataset.y_train) == 192 and exp.data.val[0].shape[:2] == (
+      1, 64)
+  summary = lottery.run(cfg, tmp_path, log=quiet)
+  for kind in tickets.KINDS:
+    t = lottery.load_ticket(tmp_path, 1, kind)
+    h = t.metrics["history"]
+    best = int(np.argmin([e["val_loss"] for e in h]))
+    assert t.metrics["early_stop_step"] == h[best]["step"]
+    assert t.metrics["early_stop_test_accuracy"] == h[best]["accuracy"]
+    assert t.metrics["val_accuracy"] == h[-1]["val_accuracy"]
+  rec = summary["rounds"][1]
+  assert rec["early_stop_step"] == lottery.load_ticket(
+      tmp_path, 1).metrics["early_stop_step"]
+  assert "early_stop_test_accuracy" in rec["controls"]["reinit"]

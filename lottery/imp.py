@@ -211,7 +211,8 @@ def _train_job(exp: Experiment, wd, round_: int, kind: str, mask, start_params,
                    val_accuracy=final["val_accuracy"])
   ticket = tickets.Ticket(round_, kind, jax.device_get(mask), start_params,
                           jax.device_get(state["params"]), metrics)
-  for k in capture:
+  if capture:
+    (k,) = capture  # One rewind point, one path.
     checkpoint.remove(capture_path)  # One from a crash before the ticket.
     checkpoint.save(capture_path, captured[k])
   _finish_job(wd, ticket, writer)

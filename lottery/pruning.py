@@ -64,6 +64,13 @@ def parse_layer_fractions(spec: str | Mapping[str, float] | None,
   return dict(spec)
 
 
+def _flatten(mask, scores):
+  """(treedef, [(path, mask leaf or None, score leaf)]) in tree order."""
+  mleaves, treedef = jax.tree.flatten(mask, is_leaf=lambda x: x is None)
+  names = masks_lib.named_leaves(mask)
+  return treedef, list(zip(names, mleaves, treedef.flatten_up_to(scores)))
+
+
 def _remove_lowest(alive: list[np.ndarray], scores: list[np.ndarray],
                    n: int) -> None:
   """Clears, in place, the `n` lowest-scoring True entries across `alive`."""
@@ -108,11 +115,9 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   overrides = parse_layer_fractions(layer_fractions)
   compiled = [(masks_lib.compile_patterns([p], "pruning.layer_fractions")[0], r)
               for p, r in overrides.items()]
-  mleaves, treedef = jax.tree.flatten(mask, is_leaf=lambda x: x is None)
-  names = list(masks_lib.named_leaves(mask))
-  sleaves = treedef.flatten_up_to(scores)
+  treedef, leaves = _flatten(mask, scores)
   alive, score_list, rates = [], [], []
-  for name, m, s in zip(names, mleaves, sleaves):
+  for name, m, s in leaves:
     if m is None:
       continue
     alive.append(np.array(m, dtype=bool).reshape(-1))
@@ -134,18 +139,16 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
 
   it = iter(alive)
   new = [None if m is None else jnp.asarray(next(it).reshape(np.shape(m)))
-         for m in mleaves]
+         for _, m, _ in leaves]
   return jax.tree.unflatten(treedef, new)
 
 
 def prune_to_counts(mask: masks_lib.Mask, scores: Any,
                     keep: Mapping[str, int]) -> masks_lib.Mask:
   """Keeps exactly `keep[path]` highest-scoring survivors in each leaf."""
-  mleaves, treedef = jax.tree.flatten(mask, is_leaf=lambda x: x is None)
-  names = list(masks_lib.named_leaves(mask))
-  sleaves = treedef.flatten_up_to(scores)
+  treedef, leaves = _flatten(mask, scores)
   new = []
-  for name, m, s in zip(names, mleaves, sleaves):
+  for name, m, s in leaves:
     if m is None:
       new.append(None)
       continue

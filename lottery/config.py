@@ -39,8 +39,13 @@ def base_config() -> ml_collections.ConfigDict:
       # Keep the training set on the accelerator when it fits in half its
       # memory; otherwise (or if False) gather each call's batches on the host.
       on_device=True,
+      # On-device batch augmentation, keyed by (data seed, step): 'none' or
+      # 'crop_flip' (CIFAR: 4-pixel padded random crop, horizontal flip).
+      augment="none",
   )
-  c.model = dict(name="mnist1d_mlp")
+  # Options of models that take them (ResNet depth and width); 0 = the
+  # model's default.
+  c.model = dict(name="mnist1d_mlp", depth=0, width=0)
 
   c.training = dict(
       steps=1500,  # Steps of one training run (every round and control).
@@ -56,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
       warmup_steps=0,
       eval_every=100,  # Steps between test-set evaluations.
       checkpoint_every=500,  # Steps between resumable mid-run checkpoints.
+      # How a chunk of steps runs: scan | unroll | python | auto (python for
+      # models with convolutions on the CPU, scan elsewhere).
+      loop="auto",
   )
 
   c.pruning = dict(

@@ -31,7 +31,15 @@ def _is_none(x) -> bool:
 
 
 def path_str(path) -> str:
-  """'/'-joined names of a `jax.tree_util` key path, e.g. 'fc1/kernel'."""
+  """'/'-joined names of a `jax.tree_util` key path, e.g. 'fc1/kernel'.
+
+  The trailing '.value' of a Flax NNX variable (`nnx.state(model, nnx.Param)`)
+  is dropped, so NNX and linen params have the same paths.
+  """
+  path = tuple(path)
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and \
+      path[-1].name == "value":
+    path = path[:-1]
   parts = []
   for k in path:
     for attr in ("key", "name", "idx"):

@@ -1,10 +1,11 @@
 """Optimizers and learning-rate schedules by name.
 
-The learning rate is not baked into the optimizer: every optimizer is wrapped in
-`optax.inject_hyperparams`, and the train step sets the rate of each step from
-an array computed on the host by `learning_rates`. So replaying a schedule from
-step k (weight rewinding), replaying it whole (learning-rate rewinding) or
-holding it at its final value (fine-tuning) never recompiles.
+The learning rate is not baked into the optimizer: every optimizer is built at
+rate 1 and followed by `lottery.step.scale_by_learning_rate_arg`, and the train
+step passes the rate of each step from an array computed on the host by
+`learning_rates`. So replaying a schedule from step k (weight rewinding),
+replaying it whole (learning-rate rewinding) or holding it at its final value
+(fine-tuning) never recompiles, with no `optax.inject_hyperparams`.
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ import numpy as np
 import optax
 
 from lottery.errors import LotteryError
+from lottery.step import keep_pruned
+from lottery.step import scale_by_learning_rate_arg
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
 
 
-def make_optimizer(training) -> optax.GradientTransformation:
-  """An optax optimizer whose `learning_rate` hyperparameter is injected.
+def make_optimizer(training) -> optax.GradientTransformationExtraArgs:
+  """The optimizer of `config.training`, masked, with the rate an argument.
 
   Args:
     training: the `config.training` ConfigDict (optimizer, momentum, nesterov,
       weight_decay).
 
   Returns:
-    `optax.inject_hyperparams(...)(learning_rate=0.)`. 'sgd' adds weight decay
+    `keep_pruned(chain(<optimizer at rate 1>, scale_by_learning_rate_arg()))`:
+    its `update` takes `mask=` and `learning_rate=`. 'sgd' adds weight decay
     to the gradient before momentum (coupled, as PyTorch's SGD); 'adam' adds it
     likewise (Adam with L2); 'adamw' decays decoupled from the gradient.
   """
@@ -46,8 +50,7 @@ def make_optimizer(training) -> optax.GradientTransformation:
     raise LotteryError(f"training.optimizer: unknown optimizer {name!r} "
                        f"(known: {list(OPTIMIZERS)})")
 
-  factory(0.0)  # Raise on an unknown name now, not inside a trace.
-  return optax.inject_hyperparams(factory)(learning_rate=0.0)
+  return keep_pruned(optax.chain(factory(1.0), scale_by_learning_rate_arg()))
 
 
 def make_schedule(training) -> optax.Schedule:

@@ -1,16 +1,23 @@
-"""Tickets on disk: each training run of an experiment, checkpointed.
+"""The ticket store: every training run of every method, with coordinates.
 
-Layout of a workdir (see `lottery.imp`):
+A run's workdir holds one directory per training run (a ticket): its arrays
+(orbax) and its metrics.json, written last, which marks it finished. Each
+ticket has coordinates -- for IMP {'round': 3, 'kind': 'ticket'} (kind:
+'ticket' or a control's name); other methods add theirs (method,
+target_density, seed, ...) -- stored in its metrics.json and in its record in
+summary.json, beside `ticket`, its directory relative to the workdir.
 
   <workdir>/config.json                      the resolved config
-  <workdir>/summary.json                     every finished round
-  <workdir>/rounds/round_003/ticket/         round 3's ticket:
-      arrays/   orbax: mask, rewind_params, trained_params
+  <workdir>/summary.json                     the records of finished runs
+  <workdir>/rounds/round_003/ticket/         IMP round 3's ticket:
+      arrays/   orbax: mask, rewind_params, trained_params, model states
       metrics.json                           written last: marks it finished
   <workdir>/rounds/round_003/reinit/         its controls, same layout
-  <workdir>/rounds/round_003/random_prune/
   <workdir>/progress/                        the run in flight (resumable)
   <workdir>/tensorboard/                     TensorBoard event files
+
+`load_ticket(workdir, **coords)` loads the ticket whose coordinates match;
+`records(workdir)` lists every record, for notebooks.
 """
 
 from __future__ import annotations
@@ -24,41 +31,56 @@ from lottery import checkpoint
 from lottery import masks as masks_lib
 from lottery.errors import LotteryError
 
-KINDS = ("ticket", "reinit", "random_prune")
+METRICS = "metrics.json"
+SUMMARY = "summary.json"
 
 
 @dataclasses.dataclass
 class Ticket:
-  """One training run of an experiment: a ticket or one of its controls.
+  """One training run: a ticket, a control, or any method's trained network.
 
   Attributes:
-    round: the IMP round (0 = dense).
-    kind: 'ticket', 'reinit' or 'random_prune'.
-    mask: the mask pytree (bool arrays; None for non-prunable leaves).
+    coords: where it sits in its experiment, e.g. {'round': 3,
+      'kind': 'ticket'}.
+    mask: the mask pytree (bool arrays; None for non-prunable leaves); for
+      methods that change the mask in training, the final mask.
     rewind_params: the weights training started from (masked).
     trained_params: the weights at the end of training.
     metrics: at least 'density' and 'test_accuracy'; also 'test_loss',
       'layer_densities', 'history' (test metrics every eval_every steps), ...
+    model_state: the model's state at the end of training (e.g.
+      {'batch_stats': ...}); {} for models without state. Never pruned.
+    rewind_model_state: the model state training started from.
   """
-  round: int
-  kind: str
+  coords: dict
   mask: Any
   rewind_params: Any
   trained_params: Any
   metrics: dict
+  model_state: Any = dataclasses.field(default_factory=dict)
+  rewind_model_state: Any = dataclasses.field(default_factory=dict)
+
+  @property
+  def round(self) -> int | None:
+    return self.coords.get("round")
+
+  @property
+  def kind(self) -> str | None:
+    return self.coords.get("kind")
 
 
-def run_dir(workdir: str | os.PathLike, round_: int, kind: str = "ticket"
-            ) -> pathlib.Path:
-  return pathlib.Path(workdir) / "rounds" / f"round_{round_:03d}" / kind
+def imp_path(round_: int, kind: str = "ticket") -> str:
+  """The ticket directory of IMP round `round_`'s `kind`, relative."""
+  return f"rounds/round_{round_:03d}/{kind}"
 
 
-def is_finished(workdir, round_: int, kind: str = "ticket") -> bool:
-  return (run_dir(workdir, round_, kind) / "metrics.json").exists()
+def is_finished(workdir, path: str) -> bool:
+  """Whether the ticket at `path` (relative to `workdir`) is finished."""
+  return (pathlib.Path(workdir) / path / METRICS).exists()
 
 
 def _drop_none(tree):
-  """The mask without its None leaves (and without subtrees left empty)."""
+  """A pytree without its None leaves (and without subtrees left empty)."""
   if isinstance(tree, dict):
     out = {k: _drop_none(v) for k, v in tree.items() if v is not None}
     return {k: v for k, v in out.items() if not (isinstance(v, dict) and not v)}
@@ -73,54 +95,142 @@ def _mask_like(saved: dict, params: Any) -> Any:
   return None if isinstance(saved, dict) else saved
 
 
-def save_ticket(workdir, ticket: Ticket) -> None:
-  """Writes a ticket; its metrics.json, written last, marks it finished."""
-  d = run_dir(workdir, ticket.round, ticket.kind)
+def save_ticket(workdir, path: str, ticket: Ticket) -> None:
+  """Writes a ticket to `workdir/path`; its metrics.json, written last, marks
+  it finished. The metrics carry the coordinates."""
+  d = pathlib.Path(workdir) / path
   d.mkdir(parents=True, exist_ok=True)
   # A crash between the two writes leaves arrays without metrics: redo them.
   checkpoint.remove(d / "arrays")
-  checkpoint.save(d / "arrays", {
+  checkpoint.save(d / "arrays", _drop_none({
       "mask": _drop_none(ticket.mask),
       "rewind_params": ticket.rewind_params,
-      "trained_params": ticket.trained_params})
-  checkpoint.write_json(d / "metrics.json", ticket.metrics)
+      "trained_params": ticket.trained_params,
+      "model_state": ticket.model_state,
+      "rewind_model_state": ticket.rewind_model_state}))
+  checkpoint.write_json(d / METRICS, {**ticket.metrics,
+                                      "coords": ticket.coords})
 
 
-def load_ticket(workdir: str | os.PathLike, round: int,  # pylint: disable=redefined-builtin
-                kind: str = "ticket", *, like: Any = None) -> Ticket:
-  """Loads a finished ticket (or control) of a run.
-
-  Args:
-    workdir: the run's workdir.
-    round: the IMP round (0 = dense).
-    kind: 'ticket' (default), 'reinit' or 'random_prune'.
-    like: optional params of the model the ticket is meant for; a ticket of
-      other parameter names or shapes raises LotteryError.
-
-  Returns:
-    A `Ticket` with numpy arrays.
-  """
-  if kind not in KINDS:
-    raise LotteryError(f"kind: unknown ticket kind {kind!r} (known: "
-                       f"{list(KINDS)})")
-  if not is_finished(workdir, round, kind):
-    raise LotteryError(f"round: no finished {kind} for round {round} in "
-                       f"{os.fspath(workdir)!r}")
-  d = run_dir(workdir, round, kind)
+def read_ticket(workdir, path: str, *, like: Any = None) -> Ticket:
+  """Loads the finished ticket at `path` (relative to `workdir`)."""
+  d = pathlib.Path(workdir) / path
+  if not (d / METRICS).exists():
+    raise LotteryError(f"ticket: no finished ticket at {os.fspath(d)!r}")
   arrays = checkpoint.restore(d / "arrays")
+  metrics = checkpoint.read_json(d / METRICS)
+  coords = metrics.pop("coords", {})
   trained = arrays["trained_params"]
   mask = _mask_like(arrays.get("mask", {}), trained)
-  ticket = Ticket(round, kind, mask, arrays["rewind_params"], trained,
-                  checkpoint.read_json(d / "metrics.json"))
+  ticket = Ticket(coords, mask, arrays["rewind_params"], trained, metrics,
+                  arrays.get("model_state", {}),
+                  arrays.get("rewind_model_state", {}))
   if like is not None:
     masks_lib.check_compatible(mask, like, what="ticket")
   return ticket
 
 
+def _walk_records(node, out: list) -> None:
+  """Collects every dict holding a 'ticket' key, depth first, in order."""
+  if isinstance(node, dict):
+    if "ticket" in node:
+      out.append({k: v for k, v in node.items()
+                  if not isinstance(v, (dict, list)) or k == "coords"})
+    for v in node.values():
+      _walk_records(v, out)
+  elif isinstance(node, list):
+    for v in node:
+      _walk_records(v, out)
+
+
+def summary(workdir) -> dict:
+  """The run's summary.json as a dict."""
+  path = pathlib.Path(workdir) / SUMMARY
+  if not path.exists():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no finished "
+                       f"record ({SUMMARY} missing)")
+  return checkpoint.read_json(path)
+
+
+def records(workdir) -> list[dict]:
+  """Every ticket record of a run, flat: its coordinates, its metrics
+  (scalars) and `ticket`, its directory relative to the workdir.
+
+  Records come from summary.json (nested records, such as IMP's controls
+  under their round, are listed after their parent); tickets finished but
+  not yet summarised (a run in flight) are added from their metrics.json.
+  """
+  out: list[dict] = []
+  path = pathlib.Path(workdir) / SUMMARY
+  if path.exists():
+    _walk_records(checkpoint.read_json(path), out)
+  seen = {r["ticket"] for r in out}
+  root = pathlib.Path(workdir)
+  for m in sorted(root.glob(f"**/{METRICS}")):
+    rel = m.parent.relative_to(root).as_posix()
+    if rel in seen or rel.startswith("progress"):
+      continue
+    metrics = checkpoint.read_json(m)
+    coords = metrics.get("coords", {})
+    out.append({**coords, **{k: v for k, v in metrics.items()
+                             if not isinstance(v, (dict, list))},
+                "ticket": rel})
+  return out
+
+
+def find(workdir, **coords) -> dict:
+  """The one record whose coordinates match `coords` (LotteryError if none
+  or several match)."""
+  if not pathlib.Path(workdir).is_dir():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
+  matches = [r for r in records(workdir)
+             if all(r.get(k) == v for k, v in coords.items())]
+  if not matches:
+    field = next(iter(coords), "ticket")
+    raise LotteryError(f"{field}: no finished ticket with {coords} in "
+                       f"{os.fspath(workdir)!r}")
+  if len({r["ticket"] for r in matches}) > 1:
+    found = sorted({r["ticket"] for r in matches})
+    raise LotteryError(f"ticket: {coords} matches {len(found)} tickets "
+                       f"({found[:4]}...); give more coordinates")
+  return matches[0]
+
+
+def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint: disable=redefined-builtin
+                kind: str | None = None, *, like: Any = None,
+                **coords) -> Ticket:
+  """Loads a finished ticket of a run by its coordinates.
+
+  `load_ticket(workdir, 3)` is IMP round 3's ticket, `load_ticket(workdir, 3,
+  'reinit')` its reinit control; any method's coordinates work as keywords
+  (`load_ticket(workdir, method='snip', target_density=0.1)`).
+
+  Args:
+    workdir: the run's workdir.
+    round: the IMP round (0 = dense); an integer.
+    kind: with `round`: 'ticket' (default) or a control's name.
+    like: optional params of the model the ticket is meant for; a ticket of
+      other parameter names or shapes raises LotteryError.
+    **coords: other coordinates to match.
+
+  Returns:
+    A `Ticket` with numpy arrays.
+  """
+  if round is not None:
+    if isinstance(round, bool) or not isinstance(round, int):
+      raise LotteryError(f"round: must be an integer (got {round!r})")
+    coords["round"] = round
+    coords.setdefault("kind", kind or "ticket")
+  elif kind is not None:
+    coords["kind"] = kind
+  if not coords:
+    raise LotteryError("ticket: give coordinates, e.g. load_ticket(workdir, "
+                       "round=3) or load_ticket(workdir, method='snip', ...)")
+  rec = find(workdir, **coords)
+  return read_ticket(workdir, rec["ticket"], like=like)
+
+
 def finished_rounds(workdir) -> list[int]:
-  """Rounds whose ticket is finished, in order."""
-  root = pathlib.Path(workdir) / "rounds"
-  if not root.exists():
-    return []
-  rounds = sorted(int(p.name.split("_")[1]) for p in root.glob("round_*"))
-  return [r for r in rounds if is_finished(workdir, r)]
+  """IMP rounds whose ticket is finished, in order."""
+  return sorted({r["round"] for r in records(workdir)
+                 if r.get("kind") == "ticket" and "round" in r})

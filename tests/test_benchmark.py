@@ -13,7 +13,7 @@ def test_benchmark_prints_json_last():
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   res = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
-       "--repeats=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+       "--repeats=2", "--models=lenet,conv2"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert res.returncode == 0, res.stderr
   result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -22,3 +22,7 @@ def test_benchmark_prints_json_last():
   ratio = result["masked_steps_per_s"] / result["dense_steps_per_s"]
   assert abs(result["ratio"] - ratio) < 1e-2
   assert result["model"] == "lenet_300_100" and result["batch_size"] == 60
+  for key in ("conv2_masked_steps_per_s", "conv2_dense_steps_per_s",
+              "conv2_python_loop_steps_per_s", "conv2_scan_steps_per_s"):
+    assert result[key] > 0, key
+  assert result["conv2_loop"] == "python"  # 'auto' on the CPU, with convs

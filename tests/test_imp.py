@@ -14,8 +14,11 @@ import pytest
 
 import lottery
 from lottery import imp
+from lottery import jobs
 from lottery import masks
 from lottery import tickets
+
+KINDS = ("ticket", "reinit", "random_prune")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,7 +44,7 @@ def test_summary_tickets_and_controls(tiny_config, tmp_path):
   on_disk = lottery.summary(tmp_path)
   assert on_disk["rounds"] == rounds and on_disk["finished"]
   assert lottery.finished_rounds(tmp_path) == [0, 1, 2]
-  for kind in tickets.KINDS:
+  for kind in KINDS:
     t = lottery.load_ticket(tmp_path, 2, kind)
     assert t.metrics["density"] == 0.25
     assert 0.0 <= t.metrics["test_accuracy"] <= 1.0
@@ -82,7 +85,7 @@ def test_rewind_to_step_k(tiny_config, tmp_path):
   lottery.run(cfg, tmp_path, log=quiet)
   t1 = lottery.load_ticket(tmp_path, 1)
   assert t1.metrics["start_step"] == 7
-  point = imp.checkpoint.restore(tmp_path / "rewind_point")
+  point, _ = jobs.load_capture(tmp_path, "rewind_point")
   assert leaves_equal(t1.rewind_params, lottery.apply_mask(t1.mask, point))
   # The step-7 weights lie on round 0's trajectory: neither init nor final.
   t0 = lottery.load_ticket(tmp_path, 0)
@@ -119,10 +122,12 @@ def test_lr_rewind_and_finetune(tiny_config, tmp_path):
 def test_same_config_same_result(tiny_config, tmp_path):
   a = lottery.run(tiny_config(), tmp_path / "a", log=quiet)
   b = lottery.run(tiny_config(), tmp_path / "b", log=quiet)
-  strip = lambda s: [{k: v for k, v in r.items() if k != "time_s"}
-                     for r in s["rounds"]]
+  def strip(node):
+    if isinstance(node, dict):
+      return {k: strip(v) for k, v in node.items() if k != "time_s"}
+    return [strip(v) for v in node] if isinstance(node, list) else node
   assert strip(a) == strip(b)
-  for kind in tickets.KINDS:
+  for kind in KINDS:
     ta = lottery.load_ticket(tmp_path / "a", 2, kind)
     tb = lottery.load_ticket(tmp_path / "b", 2, kind)
     assert leaves_equal(ta.trained_params, tb.trained_params)
@@ -151,7 +156,7 @@ def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
   lottery.run(cfg, tmp_path / "ref", log=quiet)
   # Interrupt at several points: mid-job (after a progress checkpoint), and
   # just after jobs finish; resume each time with the same call.
-  real_save, real_finish = imp._Progress.save, imp._finish_job
+  real_save, real_finish = jobs.MidRun.save, tickets.save_ticket
   calls = {"save": 0, "finish": 0}
   def save(self, *a, **k):
     real_save(self, *a, **k)
@@ -163,8 +168,8 @@ def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
     calls["finish"] += 1
     if calls["finish"] == 2:
       raise _Interrupt()
-  monkeypatch.setattr(imp._Progress, "save", save)
-  monkeypatch.setattr(imp, "_finish_job", finish)
+  monkeypatch.setattr(jobs.MidRun, "save", save)
+  monkeypatch.setattr(tickets, "save_ticket", finish)
   interruptions = 0
   while True:
     try:
@@ -174,7 +179,7 @@ def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
       interruptions += 1
   assert interruptions == 3
   for r in range(3):
-    for kind in (("ticket",) if r == 0 else tickets.KINDS):
+    for kind in (("ticket",) if r == 0 else KINDS):
       a = lottery.load_ticket(tmp_path / "ref", r, kind)
       b = lottery.load_ticket(tmp_path / "run", r, kind)
       for f in ("mask", "rewind_params", "trained_params"):
@@ -203,7 +208,7 @@ def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
   deadline = time.time() + 240
   progress = tmp_path / "run" / "progress" / "progress.json"
   while time.time() < deadline:
-    if tickets.is_finished(tmp_path / "run", 0) and progress.exists():
+    if tickets.is_finished(tmp_path / "run", tickets.imp_path(0)) and progress.exists():
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
@@ -213,7 +218,7 @@ def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert res.returncode == 0, res.stderr
   for r in range(3):
-    for kind in (("ticket",) if r == 0 else tickets.KINDS):
+    for kind in (("ticket",) if r == 0 else KINDS):
       a = lottery.load_ticket(tmp_path / "ref", r, kind)
       b = lottery.load_ticket(tmp_path / "run", r, kind)
       assert leaves_equal(a.trained_params, b.trained_params), (r, kind)
@@ -282,7 +287,7 @@ def test_non_finite_loss_raises_and_saves_nothing(tiny_config, tmp_path):
   with pytest.raises(lottery.LotteryError,
                      match="^training.learning_rate: loss became non-finite"):
     lottery.run(cfg, tmp_path, log=quiet)
-  assert not tickets.is_finished(tmp_path, 0)
+  assert not tickets.is_finished(tmp_path, tickets.imp_path(0))
 
 
 def _read_events(path):
@@ -301,18 +306,29 @@ def _read_events(path):
 
 def test_tensorboard_events_are_readable(tiny_config, tmp_path):
   lottery.run(tiny_config(), tmp_path, log=quiet)
-  (events_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
-  scalars = {}
-  for ev in _read_events(events_file):
-    for v in ev.summary.value:
-      scalars.setdefault(v.tag, {})[ev.step] = v.simple_value
+
+  def scalars(run):
+    out = {}
+    for events_file in (tmp_path / "tensorboard" / run).glob(
+        "events.out.tfevents.*"):
+      for ev in _read_events(events_file):
+        for v in ev.summary.value:
+          out.setdefault(v.tag, {})[ev.step] = v.simple_value
+    return out
+
   summary = lottery.summary(tmp_path)["rounds"]
-  assert scalars["summary/density"] == {0: 1.0, 1: 0.5, 2: 0.25}
-  assert scalars["summary/ticket_test_accuracy"][2] == pytest.approx(
+  s = scalars("summary")
+  assert s["density"] == {0: 1.0, 1: 0.5, 2: 0.25}
+  assert s["ticket_test_accuracy"][2] == pytest.approx(
       summary[2]["test_accuracy"])
-  assert scalars["summary/reinit_test_accuracy"][1] == pytest.approx(
+  assert s["reinit_test_accuracy"][1] == pytest.approx(
       summary[1]["controls"]["reinit"]["test_accuracy"])
-  assert set(scalars["ticket/round_001/test_accuracy"]) == {5, 10, 15, 20}
+  # One TensorBoard run per job, with the same tags, so rounds overlay.
+  r1 = scalars("rounds/round_001/ticket")
+  assert set(r1["test_accuracy"]) == {5, 10, 15, 20}
+  assert r1["test_accuracy"][20] == pytest.approx(summary[1]["test_accuracy"])
+  assert set(scalars("rounds/round_001/reinit")["train_loss"]) == {
+      5, 10, 15, 20}
 
 
 def test_random_scores_prune_randomly_at_the_same_counts(tiny_config,
@@ -326,7 +342,8 @@ def test_random_scores_prune_randomly_at_the_same_counts(tiny_config,
   rnd = lottery.load_ticket(tmp_path / "rnd", 1)
   assert masks.counts(mag.mask) == masks.counts(rnd.mask)
   assert not leaves_equal(mag.mask, rnd.mask)
-  assert not tickets.is_finished(tmp_path / "rnd", 1, "reinit")
+  assert not tickets.is_finished(tmp_path / "rnd",
+                                 tickets.imp_path(1, "reinit"))
 
 
 def test_validation_split_gives_early_stopping(tiny_config, tmp_path):
@@ -335,7 +352,7 @@ def test_validation_split_gives_early_stopping(tiny_config, tmp_path):
   assert len(exp.dataset.y_train) == 192 and exp.data.val[0].shape[:2] == (
       1, 64)
   summary = lottery.run(cfg, tmp_path, log=quiet)
-  for kind in tickets.KINDS:
+  for kind in KINDS:
     t = lottery.load_ticket(tmp_path, 1, kind)
     h = t.metrics["history"]
     best = int(np.argmin([e["val_loss"] for e in h]))

@@ -1,20 +1,21 @@
-"""Masked training: pruned weights stay exactly zero; batches are reproducible."""
+"""The loop around the train step: pruned weights stay exactly zero, batches
+are reproducible, loop forms agree, evaluation is exact."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lottery import config as config_lib
+from lottery import loop
 from lottery import masks
 from lottery import models
 from lottery import optim
 from lottery import pruning
 from lottery import scores
-from lottery import train
+from lottery import step
 
 
-def _setup(optimizer, **training):
+def _setup(optimizer, form="scan", **training):
   t = config_lib.base_config().training
   t.update(optimizer=optimizer, learning_rate=0.05, **training)
   rng = np.random.default_rng(0)
@@ -24,9 +25,16 @@ def _setup(optimizer, **training):
   params = model.init(jax.random.key(0), x[:1])["params"]
   mask = masks.make_mask(params, (".*kernel", ".*bias"))
   mask = pruning.prune(mask, scores.random(params, jax.random.key(1)), 0.6)
-  trainer = train.Trainer(model, optim.make_optimizer(t))
-  data = train.put_data(x, y, x[:10], y[:10])
-  return trainer, data, params, mask
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn), form=form)
+  data = loop.put_data(x, y, x[:10], y[:10])
+  return lp, tx, data, params, mask
+
+
+def _state(tx, params, mask=None):
+  return step.init_state(params, tx, mask=mask)
 
 
 @pytest.mark.parametrize("optimizer,extra", [
@@ -36,66 +44,80 @@ def _setup(optimizer, **training):
     ("adamw", dict(weight_decay=0.1)),
 ])
 def test_pruned_weights_stay_exactly_zero(optimizer, extra):
-  trainer, data, params, mask = _setup(optimizer, **extra)
-  # Start from *unmasked* weights with large values where pruned, so only
-  # the train step's own masking can make them zero.
-  state = trainer.init_state(jax.tree.map(lambda p: p + 1.0, params))
-  idx = train.batch_indices(64, 16, 0, 0, 30)
-  state, losses = trainer.run(state, mask, data, idx, np.full(30, 0.05,
-                                                                np.float32))
+  lp, tx, data, params, mask = _setup(optimizer, **extra)
+  state = _state(tx, params, mask)
+  # Large values where pruned in the starting weights: only the step's own
+  # masking can keep them at zero.
+  state = state.replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+  idx = loop.batch_indices(64, 16, 0, 0, 30)
+  state, losses = lp.run(state, data, idx, np.full(30, 0.05, np.float32))
   assert np.all(np.isfinite(losses))
   for name, m in masks.named_leaves(mask).items():
-    p = np.asarray(masks.named_leaves(state["params"])[name])
+    p = np.asarray(masks.named_leaves(state.params)[name])
     assert np.all(p[~np.asarray(m)] == 0.0), name
     assert np.any(p[np.asarray(m)] != 0.0), name
-  assert int(state["step"]) == 30
+  assert int(state.step) == 30
 
 
 def test_masked_and_unmasked_differ_only_by_mask():
   """The same step with an all-None mask trains the dense network."""
-  trainer, data, params, mask = _setup("adam")
-  dense_mask = jax.tree.map(lambda _: None, params)
-  idx = train.batch_indices(64, 16, 0, 0, 5)
+  lp, tx, data, params, mask = _setup("adam")
+  idx = loop.batch_indices(64, 16, 0, 0, 5)
   lrs = np.full(5, 0.05, np.float32)
-  s1, _ = trainer.run(trainer.init_state(params), dense_mask, data, idx, lrs)
-  s2, _ = trainer.run(trainer.init_state(params), mask, data, idx, lrs)
-  p1 = np.asarray(s1["params"]["fc1"]["kernel"])
-  p2 = np.asarray(s2["params"]["fc1"]["kernel"])
+  s1, _ = lp.run(_state(tx, params), data, idx, lrs)
+  s2, _ = lp.run(_state(tx, params, mask), data, idx, lrs)
+  p1 = np.asarray(s1.params["fc1"]["kernel"])
+  p2 = np.asarray(s2.params["fc1"]["kernel"])
   assert np.all(p1 != 0.0)
   assert np.array_equal(p2 == 0.0, ~np.asarray(mask["fc1"]["kernel"]))
 
 
+@pytest.mark.parametrize("form", ["unroll", "python"])
+def test_loop_forms_agree(form):
+  lp, tx, data, params, mask = _setup("adam")
+  other, *_ = _setup("adam", form=form)
+  idx = loop.batch_indices(64, 16, 0, 0, 12)
+  lrs = np.linspace(0.05, 0.01, 12).astype(np.float32)
+  s1, l1 = lp.run(_state(tx, params, mask), data, idx, lrs)
+  s2, l2 = other.run(_state(tx, params, mask), data, idx, lrs)
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert int(s2.step) == 12
+
+
 def test_batch_indices_pure_function_of_seed_and_step():
-  a = train.batch_indices(50, 8, 3, 0, 20)
-  b = train.batch_indices(50, 8, 3, 7, 20)
+  a = loop.batch_indices(50, 8, 3, 0, 20)
+  b = loop.batch_indices(50, 8, 3, 7, 20)
   assert np.array_equal(a[7:], b)
   # Each epoch (6 full batches of 8 from 50) is a permutation, no repeats.
   assert len(set(a[:6].reshape(-1).tolist())) == 48
-  assert not np.array_equal(train.batch_indices(50, 8, 4, 0, 20), a)
+  assert not np.array_equal(loop.batch_indices(50, 8, 4, 0, 20), a)
 
 
-def test_host_gathered_batches_match_on_device():
-  trainer, data, params, mask = _setup("sgd", momentum=0.9)
-  host = train.put_data(np.asarray(data.x), np.asarray(data.y),
-                        np.asarray(data.x)[:10], np.asarray(data.y)[:10],
-                        on_device=False)
-  idx = train.batch_indices(64, 16, 0, 0, 10)
+@pytest.mark.parametrize("form", ["scan", "python"])
+def test_host_gathered_batches_match_on_device(form):
+  lp, tx, data, params, mask = _setup("sgd", form=form, momentum=0.9)
+  host = loop.put_data(np.asarray(data.x), np.asarray(data.y),
+                       np.asarray(data.x)[:10], np.asarray(data.y)[:10],
+                       on_device=False)
+  idx = loop.batch_indices(64, 16, 0, 0, 10)
   lrs = np.full(10, 0.05, np.float32)
-  s1, l1 = trainer.run(trainer.init_state(params), mask, data, idx, lrs)
-  s2, l2 = trainer.run(trainer.init_state(params), mask, host, idx, lrs)
+  s1, l1 = lp.run(_state(tx, params, mask), data, idx, lrs)
+  s2, l2 = lp.run(_state(tx, params, mask), host, idx, lrs)
   np.testing.assert_allclose(l1, l2, rtol=1e-6)
-  np.testing.assert_allclose(s1["params"]["out"]["kernel"],
-                             s2["params"]["out"]["kernel"], rtol=1e-5)
+  np.testing.assert_allclose(s1.params["out"]["kernel"],
+                             s2.params["out"]["kernel"], rtol=1e-5)
 
 
 def test_evaluate_counts_padded_test_set_exactly():
-  trainer, _, params, _ = _setup("adam")
+  lp, tx, _, params, _ = _setup("adam")
   rng = np.random.default_rng(1)
   x = rng.normal(size=(23, 6)).astype(np.float32)
   y = rng.integers(0, 3, 23).astype(np.int32)
-  data = train.put_data(x, y, x, y, eval_batch=10)  # 3 batches, 7 padded
-  ev = trainer.evaluate(params, data)
-  logits = trainer.model.apply({"params": params}, x)
+  data = loop.put_data(x, y, x, y, eval_batch=10)  # 3 batches, 7 padded
+  ev = lp.evaluate(_state(tx, params), data)
+  logits = models.get("mlp_tiny", 3).apply({"params": params}, x)
   assert ev["accuracy"] == pytest.approx(
       float(np.mean(np.argmax(logits, -1) == y)), abs=1e-7)
 
@@ -111,3 +133,12 @@ def test_schedules():
   t.update(schedule="cosine", warmup_steps=2)
   lrs = optim.learning_rates(optim.make_schedule(t), 0, 8)
   assert lrs[0] == 0.0 and lrs[2] == pytest.approx(1.0)
+
+
+def test_diverging_loss_is_an_error():
+  lp, tx, data, params, mask = _setup("sgd")
+  state = _state(tx, params, mask)
+  with pytest.raises(Exception, match="^training.learning_rate: loss"):
+    loop.train(lp, state, data, stop=40,
+               lr_fn=lambda a, b: np.full(b - a, 1e4, np.float32),
+               batch_size=16, data_seed=0, eval_every=10)

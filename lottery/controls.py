@@ -1,0 +1,66 @@
+"""Controls: what a ticket is compared with, by name.
+
+A control takes the ticket's job (its mask and starting weights) and returns
+the mask, weights and model state that the control trains, exactly like the
+ticket. Register new ones (e.g. an inverted-score or a shuffled mask) with
+`@register('name')`; `config.controls` names them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from lottery import pruning
+from lottery.errors import LotteryError
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """What a training run starts from."""
+  mask: Any
+  params: Any
+  model_state: Any
+
+
+# (experiment, the ticket's Start, key) -> the control's Start
+ControlFn = Callable[[Any, Start, jax.Array], Start]
+_CONTROLS: dict[str, ControlFn] = {}
+
+
+def register(name: str):
+  """Decorator registering a control under `name`."""
+  def deco(fn: ControlFn) -> ControlFn:
+    _CONTROLS[name] = fn
+    return fn
+  return deco
+
+
+def names() -> list[str]:
+  return list(_CONTROLS)
+
+
+def get(name: str, *, field: str = "controls") -> ControlFn:
+  if name not in _CONTROLS:
+    raise LotteryError(f"{field}: unknown control {name!r} (known: "
+                       f"{names()})")
+  return _CONTROLS[name]
+
+
+@register("reinit")
+def reinit(exp, ticket: Start, key: jax.Array) -> Start:
+  """The ticket's mask on fresh weights (and model state) drawn from `key`."""
+  params, model_state = exp.init(key)
+  return Start(ticket.mask, params, model_state)
+
+
+@register("random_prune")
+def random_prune(exp, ticket: Start, key: jax.Array) -> Start:
+  """The ticket's per-layer densities at random positions, on the ticket's
+  own starting weights."""
+  del exp
+  return Start(pruning.random_like(ticket.mask, key), ticket.params,
+               ticket.model_state)

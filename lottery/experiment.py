@@ -1,0 +1,143 @@
+"""What a config builds once and every job of every method reuses.
+
+`build(config)` validates the config, loads the data, builds the model, the
+optimizer, the compiled loop and the initial weights, and resolves every
+config string (names, patterns, layer fractions) once, so the methods' drivers
+(IMP, pruning at init, sparse training) work with objects, not strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from lottery import config as config_lib
+from lottery import data as data_lib
+from lottery import loop as loop_lib
+from lottery import masks as masks_lib
+from lottery import models
+from lottery import optim
+from lottery import pruning
+from lottery import step as step_lib
+from lottery.errors import LotteryError
+
+
+@dataclasses.dataclass
+class Experiment:
+  """The built pieces of one config.
+
+  Attributes:
+    config: the validated config.
+    dataset: the host arrays.
+    data: the arrays placed for training (`loop.Data`).
+    model: the Flax module; `apply_fn` its `step.ApplyFn`.
+    tx: the optimizer (`keep_pruned`, rate as an argument).
+    schedule: the learning-rate schedule (an optax schedule).
+    loop: the compiled train loop and evaluation.
+    init_params, init_model_state: the weights and model state of
+      `seeds.init`.
+    dense_mask: the all-kept mask over the prunable parameters.
+    layer_fractions: `pruning.layer_fractions`, parsed.
+  """
+  config: ml_collections.ConfigDict
+  dataset: data_lib.Dataset
+  data: loop_lib.Data
+  model: nn.Module
+  apply_fn: step_lib.ApplyFn
+  tx: Any
+  schedule: Callable
+  loop: loop_lib.Loop
+  init_params: Any
+  init_model_state: Any
+  dense_mask: Any
+  layer_fractions: dict[str, float]
+  _init: Callable = dataclasses.field(repr=False, default=None)
+
+  def init(self, key: jax.Array) -> tuple[Any, Any]:
+    """Fresh (params, model_state) for this model from `key`."""
+    variables = self._init(key)
+    params = variables.pop("params")
+    return params, variables
+
+  def learning_rates(self, start: int, stop: int):
+    """The schedule's rates for steps start..stop-1."""
+    return optim.learning_rates(self.schedule, start, stop)
+
+
+def model_options(config) -> dict[str, int]:
+  """The model options set in the config (0 = the model's default)."""
+  return {k: config.model[k] for k in ("depth", "width")
+          if k in config.model and config.model[k]}
+
+
+def build(config: ml_collections.ConfigDict, *,
+          mask_update: step_lib.MaskUpdate | None = None,
+          update_every: int = 0) -> Experiment:
+  """Validates `config`, loads the data and builds model, optimizer, loop.
+
+  Args:
+    config: a config from `lottery.base_config()` or configs/.
+    mask_update, update_every: an optional mask-update hook compiled into
+      the train step (sparse training; see `step.make_train_step`).
+  """
+  config_lib.validate(config)
+  ds = data_lib.load(config.data)
+  x_val = y_val = None
+  if config.data.validation_size:
+    ds, x_val, y_val = data_lib.split_validation(ds,
+                                                 config.data.validation_size)
+  t = config.training
+  if t.batch_size > len(ds.y_train):
+    raise LotteryError(f"training.batch_size: {t.batch_size} exceeds the "
+                       f"{len(ds.y_train)} training examples")
+  model = models.get(config.model.name, ds.num_classes,
+                     **model_options(config))
+  # Compiled once: run op by op, the initializers cost more than training.
+  init = jax.jit(lambda key: model.init(key, ds.x_train[:1]))
+  variables = dict(init(jax.random.key(config.seeds.init)))
+  init_params = variables.pop("params")
+  dense_mask = masks_lib.make_mask(init_params, config.pruning.prunable)
+  prunable = masks_lib.prunable_names(dense_mask)
+  layer_fractions = pruning.parse_layer_fractions(
+      config.pruning.layer_fractions)
+  for pattern in layer_fractions:
+    rx = masks_lib.compile_patterns([pattern], "pruning.layer_fractions")[0]
+    if not any(rx.fullmatch(n) for n in prunable):
+      raise LotteryError(f"pruning.layer_fractions: {pattern!r} matches no "
+                         f"prunable parameter (prunable: {prunable})")
+  augment = None
+  if config.data.augment != "none":
+    from lottery import augment as augment_lib  # pylint: disable=g-import-not-at-top
+    augment = augment_lib.get(config.data.augment)
+  apply_fn = step_lib.flax_apply(model)
+  tx = optim.make_optimizer(t)
+  step_fn = step_lib.make_train_step(apply_fn, tx, augment=augment,
+                                     mask_update=mask_update,
+                                     update_every=update_every)
+  loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
+                       form=loop_lib.choose_form(t.loop, init_params))
+  on_device = config.data.on_device and _fits_on_device(
+      ds.x_train.nbytes + ds.y_train.nbytes)
+  return Experiment(
+      config=config, dataset=ds,
+      data=loop_lib.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+                             x_val=x_val, y_val=y_val, on_device=on_device),
+      model=model, apply_fn=apply_fn, tx=tx,
+      schedule=optim.make_schedule(t), loop=loop, init_params=init_params,
+      init_model_state=variables, dense_mask=dense_mask,
+      layer_fractions=layer_fractions, _init=init)
+
+
+def _fits_on_device(nbytes: int) -> bool:
+  """Whether a training set of `nbytes` fits in half the device's memory.
+
+  Devices that report no limit (the CPU) always fit.
+  """
+  stats = jax.devices()[0].memory_stats() or {}
+  limit = stats.get("bytes_limit")
+  return limit is None or nbytes <= limit // 2

@@ -1,0 +1,221 @@
+"""A job: one training run from a mask and starting weights to a Ticket.
+
+Every method is a sequence of jobs: IMP's rounds and controls, pruning at
+initialization's methods x densities x checks, sparse training's runs. A job
+is resumable: a finished job is on disk (`lottery.tickets`) and is loaded, not
+re-run; the job in flight resumes from its last mid-run checkpoint in
+<workdir>/progress. Every input of a job is a pure function of the config and
+earlier jobs' saved arrays, and step s's batch, augmentation and dropout
+depend only on (data seed, s), so a resumed job ends bit-for-bit equal to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery import checkpoint
+from lottery import loop as loop_lib
+from lottery import masks as masks_lib
+from lottery import step as step_lib
+from lottery import tickets
+from lottery.experiment import Experiment
+
+
+@dataclasses.dataclass
+class Job:
+  """One training run.
+
+  Attributes:
+    coords: its coordinates in the experiment, e.g. {'round': 3,
+      'kind': 'ticket'}.
+    path: its ticket directory, relative to the workdir.
+    mask: the mask it trains (masked weights start at 0).
+    params, model_state: the weights and model state it starts from.
+    start_step, stop: it trains steps start_step..stop-1.
+    lr_fn: (start, stop) -> the learning rates of those steps.
+    data_seed: seeds the batch order, augmentation and dropout.
+    capture: a step whose (params, model_state) to save (the rewind point).
+    capture_path: where, relative to the workdir.
+  """
+  coords: dict
+  path: str
+  mask: Any
+  params: Any
+  model_state: Any
+  start_step: int
+  stop: int
+  lr_fn: Callable[[int, int], np.ndarray]
+  data_seed: int
+  capture: int | None = None
+  capture_path: str = ""
+
+  @property
+  def name(self) -> str:
+    return " ".join(f"{v}" if k in ("kind", "method") else f"{k} {v}"
+                    for k, v in self.coords.items())
+
+
+class MidRun:
+  """Mid-run checkpoints of the job in flight, under <workdir>/progress."""
+
+  def __init__(self, workdir: os.PathLike):
+    self.root = os.path.join(workdir, "progress")
+    self.meta = os.path.join(self.root, "progress.json")
+
+  def save(self, job: str, state, history, captured) -> None:
+    step = int(state.step)
+    name = f"{job.replace('/', '_')}_step{step:08d}"
+    path = os.path.join(self.root, name)
+    checkpoint.remove(path)  # A partial one from a crash before its rename.
+    checkpoint.save(path, {
+        "state": {str(i): x for i, x in enumerate(jax.tree.leaves(state))},
+        "captured": {str(k): v for k, v in captured.items()}})
+    old = self._read()
+    checkpoint.write_json(self.meta, {"job": job, "step": step, "dir": name,
+                                      "history": history})
+    if old and old["dir"] != name:
+      checkpoint.remove(os.path.join(self.root, old["dir"]))
+
+  def load(self, job: str, template) -> tuple[Any, list, dict] | None:
+    meta = self._read()
+    if not meta or meta["job"] != job:
+      return None
+    arrays = checkpoint.restore(os.path.join(self.root, meta["dir"]))
+    leaves, treedef = jax.tree.flatten(template)
+    restored = [jnp.asarray(arrays["state"][str(i)], dtype=jnp.asarray(t).dtype)
+                for i, t in enumerate(leaves)]
+    captured = {int(k): v for k, v in arrays.get("captured", {}).items()}
+    return jax.tree.unflatten(treedef, restored), meta["history"], captured
+
+  def clear(self) -> None:
+    checkpoint.remove(self.root)
+
+  def _read(self):
+    if os.path.exists(self.meta):
+      return checkpoint.read_json(self.meta)
+    return None
+
+
+def _writer(workdir, path: str, purge_step: int):
+  """A TensorBoard writer for one job: one run per job, so the curves of
+  rounds overlay; events at or after `purge_step` from an interrupted
+  attempt are hidden, so a resumed job shows no duplicate points."""
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  # A unique file name: TensorBoard names files by the second, and a resumed
+  # job must not overwrite the events of its first attempt.
+  return SummaryWriter(os.path.join(workdir, "tensorboard", path),
+                       purge_step=purge_step,
+                       filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+
+
+def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
+            tensorboard: bool = True,
+            log_steps: Callable[[str], None] | None = None
+            ) -> tickets.Ticket:
+  """Loads a finished job, or trains it (resuming) and saves its Ticket.
+
+  Args:
+    exp: the built experiment (model, data, compiled loop).
+    job: the job.
+    workdir: the run's workdir.
+    progress: a `lottery.progress.Progress` (job_start / job_step / job_end).
+    tensorboard: write the job's curves live under <workdir>/tensorboard.
+    log_steps: receives a line per evaluation.
+
+  Returns:
+    The job's Ticket; its metrics hold 'density', 'layer_densities',
+    'test_accuracy', 'test_loss', 'train_loss', 'history', 'time_s', and with
+    a validation set 'early_stop_step' and 'early_stop_test_accuracy'.
+  """
+  if tickets.is_finished(workdir, job.path):
+    return tickets.read_ticket(workdir, job.path)
+  t = exp.config.training
+  midrun = MidRun(workdir)
+  t0 = time.time()
+  start_params = jax.device_get(masks_lib.apply_mask(job.mask, job.params))
+  start_model_state = jax.device_get(job.model_state)
+  state = step_lib.init_state(start_params, exp.tx, mask=job.mask,
+                              model_state=start_model_state,
+                              step=job.start_step, seed=job.data_seed)
+  resumed = midrun.load(job.path, state)
+  history, captured = [], {}
+  if resumed:
+    state, history, captured = resumed
+  if progress is not None:
+    progress.job_start(job.name, int(state.step), job.stop)
+  capture = () if job.capture is None else (job.capture,)
+  writer = _writer(workdir, job.path, int(state.step)) if tensorboard else None
+
+  def on_eval(h):
+    if writer is not None:
+      for k in ("accuracy", "loss", "val_accuracy", "val_loss"):
+        if k in h:
+          writer.add_scalar(f"test_{k}" if "val" not in k else k, h[k],
+                            h["step"])
+      writer.add_scalar("train_loss", h["train_loss"], h["step"])
+      writer.flush()
+    if log_steps:
+      log_steps(f"  {job.name}  step {h['step']:6d}  train loss "
+                f"{h['train_loss']:.4f}  test loss {h['loss']:.4f}  "
+                f"test acc {h['accuracy']:.4f}")
+
+  try:
+    state, history, captured = loop_lib.train(
+      exp.loop, state, exp.data, stop=job.stop, lr_fn=job.lr_fn,
+      batch_size=t.batch_size, data_seed=job.data_seed,
+      eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+      capture=capture, history=history, captured=captured,
+      on_checkpoint=lambda s, h, c: midrun.save(job.path, s, h, c),
+      on_chunk=progress.job_step if progress is not None else None,
+      on_eval=on_eval)
+  finally:
+    if writer is not None:
+      writer.close()
+  final = history[-1]
+  metrics = {
+      **job.coords,
+      "density": masks_lib.density(state.mask),
+      "layer_densities": masks_lib.layer_densities(state.mask),
+      "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+      "train_loss": final["train_loss"], "start_step": job.start_step,
+      "steps": job.stop, "history": history, "time_s": time.time() - t0}
+  if "val_loss" in final:
+    # Early stopping (Frankle & Carbin 2019): the evaluation of minimum
+    # validation loss, first one on ties.
+    best = min(history, key=lambda h: h["val_loss"])
+    metrics.update(early_stop_step=best["step"],
+                   early_stop_test_accuracy=best["accuracy"],
+                   val_loss=final["val_loss"],
+                   val_accuracy=final["val_accuracy"])
+  ticket = tickets.Ticket(
+      coords=dict(job.coords), mask=jax.device_get(state.mask),
+      rewind_params=start_params, trained_params=jax.device_get(state.params),
+      metrics=metrics, model_state=jax.device_get(state.model_state),
+      rewind_model_state=start_model_state)
+  if job.capture is not None:
+    path = os.path.join(workdir, job.capture_path)
+    checkpoint.remove(path)  # One from a crash before the ticket.
+    checkpoint.save(path, tickets._drop_none(captured[job.capture]))  # pylint: disable=protected-access
+  tickets.save_ticket(workdir, job.path, ticket)
+  midrun.clear()
+  if progress is not None:
+    progress.job_end()
+  return ticket
+
+
+def load_capture(workdir, path: str) -> tuple[Any, Any]:
+  """The (params, model_state) a job captured (see `Job.capture`)."""
+  arrays = checkpoint.restore(os.path.join(workdir, path))
+  return arrays["params"], arrays.get("model_state", {})

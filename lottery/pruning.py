@@ -203,53 +203,53 @@ def _sort_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
   return jnp.where(alive, key, jnp.uint32(_DEAD)).reshape(-1)
 
 
-def _bisect(predicate, bits: int, num: int, dtype) -> jax.Array:
-  """Per group g, the largest t in [0, 2**bits) with predicate(t)[g] True.
-
-  `predicate` must be monotone (True up to some t, False above it) and hold
-  at 0, or the answer is 0. One pass per bit, no sort.
-  """
-  def step(i, t):
-    trial = t | (jnp.ones((), dtype) << (bits - 1 - i).astype(dtype))
-    return jnp.where(predicate(trial), trial, t)
-  return lax.fori_loop(0, bits, step, jnp.zeros(num, dtype))
-
-
 def _mark_lowest(keys: Sequence[jax.Array], groups: Sequence[Sequence[int]],
                  counts: jax.Array) -> list[jax.Array]:
   """Marks, per group of leaves, its `counts[g]` lowest keys.
 
   Ties go to the earlier position in group order (leaf, then flat index). A
-  count <= 0 marks nothing. Two bisections, each a few dozen reductions over
-  the keys: the threshold key t_g (the counts[g]-th lowest: the largest t
-  with fewer than counts[g] keys below it), then among the keys equal to t_g
-  the position of the one that makes counts[g].
+  count <= 0 marks nothing. The threshold key t_g (the counts[g]-th lowest:
+  the largest t with fewer than counts[g] keys below it) is found by
+  bisection, 32 reductions over the keys; when only some of the keys equal
+  to t_g go, a running count in group order picks the first ones.
   """
   def total(per_leaf):
     return jnp.stack([sum(per_leaf(j, g) for j in group)
                       for g, group in enumerate(groups)])
 
-  t = _bisect(lambda t: total(lambda j, g: jnp.sum(
-      keys[j] < t[g], dtype=jnp.int32)) < counts, 32, len(groups), jnp.uint32)
-  need = counts - total(lambda j, g: jnp.sum(keys[j] < t[g], dtype=jnp.int32))
-  pos = [None] * len(keys)  # position of each key in its group
-  for group in groups:
-    offset = 0
-    for j in group:
-      pos[j] = offset + jnp.arange(keys[j].shape[0], dtype=jnp.int32)
-      offset += keys[j].shape[0]
-  last = _bisect(lambda p: total(lambda j, g: jnp.sum(
-      (keys[j] == t[g]) & (pos[j] < p[g]), dtype=jnp.int32)) < need,
-                 31, len(groups), jnp.int32)
-  marked = [None] * len(keys)
-  for g, group in enumerate(groups):
-    for j in group:
-      marked[j] = (keys[j] < t[g]) | (
-          (keys[j] == t[g]) & (pos[j] <= last[g]) & (need[g] > 0))
-  return marked
+  def below(t):
+    return total(lambda j, g: jnp.sum(keys[j] < t[g], dtype=jnp.int32))
+
+  def step(i, t):
+    trial = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(below(trial) < counts, trial, t)
+
+  t = lax.fori_loop(0, 32, step, jnp.zeros(len(groups), jnp.uint32))
+  need = counts - below(t)  # how many of the keys equal to t_g go
+  group_of = {j: g for g, group in enumerate(groups) for j in group}
+  eq = [keys[j] == t[group_of[j]] for j in range(len(keys))]
+  ties = total(lambda j, g: jnp.sum(eq[j], dtype=jnp.int32))
+
+  def first_ties():
+    out = list(eq)
+    for g, group in enumerate(groups):
+      seen = jnp.int32(0)
+      for j in group:
+        out[j] = eq[j] & (jnp.cumsum(eq[j], dtype=jnp.int32) + seen <= need[g])
+        seen = seen + jnp.sum(eq[j], dtype=jnp.int32)
+    return out
+
+  def all_ties():
+    return [eq[j] & (need[group_of[j]] > 0) for j in range(len(keys))]
+
+  # Ties at the threshold rarely need splitting on real scores: skip the
+  # running count (a scan over every weight) unless some group needs it.
+  take = lax.cond(jnp.any((need > 0) & (need < ties)), first_ties, all_ties)
+  return [(keys[j] < t[group_of[j]]) | take[j] for j in range(len(keys))]
 
 
 def _all_finite(alive: Sequence[jax.Array], scores: Sequence[jax.Array]):
+  """Whether every surviving weight's score is finite (a bool scalar)."""
   return jnp.all(jnp.stack([
       jnp.all(jnp.isfinite(jnp.asarray(s).astype(jnp.float32)) | ~a)
       for a, s in zip(alive, scores)]))

@@ -1,6 +1,5 @@
 """Device pruning: identical to the host reference, eagerly, jitted, vmapped."""
 
-import itertools
 from fractions import Fraction
 
 import jax

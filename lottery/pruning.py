@@ -1,4 +1,4 @@
-"""From scores + current mask + rate to a new mask.
+"""From scores + current mask + rate to a new mask, on the device.
 
 The one rounding rule: pruning a fraction p of n surviving weights removes
 round(p * n) of them, halves rounded up, with p taken at its exact decimal
@@ -10,26 +10,47 @@ ceil rule drifts below them (1.8% after 18).
 
 Only surviving weights are ranked, so a pruned weight never comes back. Ties are
 broken by position: among equal scores the weight earlier in tree order (leaf
-order, then row-major flat index) is removed first. Ranking runs on the host in
-float64 with a stable sort, so the same scores always give the same mask.
+order, then row-major flat index) is removed first.
+
+Everything runs in one compiled call, and `prune`, `keep_top` and
+`random_like` also work inside a caller's `jax.jit` or `jax.vmap`, where the
+mask and scores are tracers (rates, scope and `layer_fractions` stay static
+Python values). The number of survivors is then a traced int32, so the rounding
+rule is evaluated exactly on the device (`_device_num_to_remove`: integer
+long division in 16-bit limbs, no float64 and no int64 needed). Scores are
+ranked as float32 (exact for float32, bfloat16 and float16 scores, and for
+integers up to 2**24); -0.0 ties with 0.0. The weights to remove are found by
+a 32-step bisection on order-preserving uint32 keys, which costs 32 passes
+over the weights and no sort, and ties at the threshold are resolved by a
+running count in tree order.
+
+Non-finite scores of surviving weights: called on concrete arrays, `prune` and
+`keep_top` raise LotteryError as before. Under a transformation nothing can be
+raised, and the rule is: a NaN score counts as -inf (that weight is removed
+first), +inf and -inf rank as themselves; the counts removed stay exact.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from lottery import masks as masks_lib
 from lottery import scores as scores_lib
 from lottery.errors import LotteryError
 
 SCOPES = ("global", "layerwise")
+
+_LIMB_BITS = 16  # limbs of 16 bits in int32 leave room for carries and signs
+_DEAD = 0xFFFFFFFF  # sort key of a weight already pruned: above every survivor
 
 
 def num_to_remove(fraction: float, surviving: int) -> int:
@@ -64,29 +85,247 @@ def parse_layer_fractions(spec: str | Mapping[str, float] | None,
   return dict(spec)
 
 
+def _split_limbs(x: int, num: int) -> list[int]:
+  """`x` as `num` little-endian 16-bit limbs."""
+  mask = (1 << _LIMB_BITS) - 1
+  return [(x >> (_LIMB_BITS * j)) & mask for j in range(num)]
+
+
+def _limbs_sub(acc: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(acc - c mod base**L, acc >= c) for limb stacks acc (L, ...) and c (L,)."""
+  borrow, out = 0, []
+  for j in range(acc.shape[0]):
+    t = acc[j] - c[j] - borrow
+    borrow = (t < 0).astype(jnp.int32)
+    out.append(t + (borrow << _LIMB_BITS))
+  return jnp.stack(out), borrow == 0
+
+
+def _limbs_add(acc: jax.Array, c: jax.Array) -> jax.Array:
+  """acc + c for limb stacks, dropping a carry out of the top limb."""
+  carry, out = 0, []
+  for j in range(acc.shape[0]):
+    t = acc[j] + c[j] + carry
+    carry = t >> _LIMB_BITS
+    out.append(t & ((1 << _LIMB_BITS) - 1))
+  return jnp.stack(out)
+
+
+class _RateConstants(NamedTuple):
+  """Per-rate constants of the exact count (see `_device_num_to_remove`).
+
+  For p = a / b and M = 2b: q[g, i], r[g, i] = divmod(2a 2^i, M), and in
+  16-bit limbs r, d = M - r and b. Host numpy arrays passed to the compiled
+  function as arguments, so a new rate does not recompile it.
+  """
+  q: np.ndarray  # (G, 31) int32
+  r: np.ndarray  # (31, L, G) int32 limbs
+  d: np.ndarray  # (31, L, G) int32 limbs
+  b: np.ndarray  # (L, G) int32 limbs
+
+
+def _rate_constants(rates: Sequence[float]) -> _RateConstants:
+  """`_RateConstants` of the exact rates Fraction(repr(float(rate)))."""
+  fracs = [Fraction(repr(float(rate))) for rate in rates]
+  # At least 4 limbs (any denominator below 2**63) so that the usual rates
+  # share one compiled function; more only where a denominator needs them.
+  num = max([4] + [-(-(2 * f.denominator).bit_length() // _LIMB_BITS)
+                   for f in fracs])
+  q, r, d, b = [], [], [], []
+  for f in fracs:
+    a, m = f.numerator, 2 * f.denominator
+    qr = [divmod(a << (i + 1), m) for i in range(31)]
+    q.append([qi for qi, _ in qr])
+    r.append([_split_limbs(ri, num) for _, ri in qr])
+    d.append([_split_limbs(m - ri, num) for _, ri in qr])
+    b.append(_split_limbs(f.denominator, num))
+  return _RateConstants(
+      np.asarray(q, np.int32), np.asarray(r, np.int32).transpose(1, 2, 0),
+      np.asarray(d, np.int32).transpose(1, 2, 0),
+      np.asarray(b, np.int32).T)
+
+
+def _counts_on_device(consts: _RateConstants, n: jax.Array) -> jax.Array:
+  """round(p_g * n[g]), halves up, exactly, for int32 n (G,) >= 0.
+
+  With p = a / b exactly, the count is floor((2an + b) / 2b). Writing
+  n = sum_i n_i 2^i (31 bits) and 2a 2^i = q_i 2b + r_i, the count is
+  sum_i n_i q_i plus the whole multiples of 2b in sum_i n_i r_i + b. That
+  sum is accumulated modulo 2b in 16-bit limbs and every wrap adds one; each
+  limb stays below 2^17 and the integer part is at most p * n < 2^31, so
+  int32 suffices for any n < 2^31 and any denominator.
+  """
+  xs = (jnp.arange(31, dtype=jnp.int32), jnp.asarray(consts.q).T,
+        consts.r, consts.d)
+
+  def step(carry, x):
+    whole, acc = carry
+    i, qi, ri, di = x
+    bit = ((n >> i) & 1) == 1
+    wrapped, wraps = _limbs_sub(acc, di)  # acc + r_i >= 2b  <=>  acc >= d_i
+    new = jnp.where(wraps, wrapped, _limbs_add(acc, ri))
+    acc = jnp.where(bit, new, acc)
+    whole = whole + jnp.where(bit, qi + wraps.astype(jnp.int32), 0)
+    return (whole, acc), None
+
+  init = (jnp.zeros_like(n), jnp.zeros(consts.b.shape[:1] + n.shape, jnp.int32))
+  (whole, acc), _ = lax.scan(step, init, xs)
+  _, half_up = _limbs_sub(acc, consts.b)
+  return whole + half_up.astype(jnp.int32)
+
+
+def _device_num_to_remove(fraction: float, surviving: jax.Array) -> jax.Array:
+  """`num_to_remove(fraction, n)` elementwise for an int32 array, traced or not.
+
+  Args:
+    fraction: rate in [0, 1), a static Python number.
+    surviving: int32 array of survivor counts n, 0 <= n < 2**31.
+
+  Returns:
+    int32 array of `surviving`'s shape: round(fraction * n), halves up.
+  """
+  n = jnp.asarray(surviving, jnp.int32)
+  return _counts_on_device(_rate_constants([fraction]),
+                           n.reshape(-1)).reshape(n.shape)
+
+
+def _sort_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
+  """Flat uint32 keys whose unsigned order is the scores' order.
+
+  Survivors' NaN scores become -inf and -0.0 becomes 0.0; pruned weights get
+  `_DEAD`, above the key of +inf, so they are never among the lowest.
+  """
+  s = jnp.asarray(scores).astype(jnp.float32)
+  s = jnp.where(jnp.isnan(s), -jnp.inf, s)
+  s = jnp.where(s == 0, jnp.float32(0), s)
+  u = lax.bitcast_convert_type(s, jnp.uint32)
+  key = jnp.where(u >= jnp.uint32(0x80000000), ~u, u | jnp.uint32(0x80000000))
+  return jnp.where(alive, key, jnp.uint32(_DEAD)).reshape(-1)
+
+
+def _mark_lowest(keys: Sequence[jax.Array], groups: Sequence[Sequence[int]],
+                 counts: jax.Array) -> list[jax.Array]:
+  """Marks, per group of leaves, its `counts[g]` lowest keys.
+
+  Ties go to the earlier position in group order (leaf, then flat index). A
+  count <= 0 marks nothing. The threshold key t_g (the counts[g]-th lowest:
+  the largest t with fewer than counts[g] keys below it) is found by
+  bisection, 32 reductions over the keys; when only some of the keys equal
+  to t_g go, a running count in group order picks the first ones.
+  """
+  def total(per_leaf):
+    return jnp.stack([sum(per_leaf(j, g) for j in group)
+                      for g, group in enumerate(groups)])
+
+  def below(t):
+    return total(lambda j, g: jnp.sum(keys[j] < t[g], dtype=jnp.int32))
+
+  def step(i, t):
+    trial = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(below(trial) < counts, trial, t)
+
+  t = lax.fori_loop(0, 32, step, jnp.zeros(len(groups), jnp.uint32))
+  need = counts - below(t)  # how many of the keys equal to t_g go
+  group_of = {j: g for g, group in enumerate(groups) for j in group}
+  eq = [keys[j] == t[group_of[j]] for j in range(len(keys))]
+  ties = total(lambda j, g: jnp.sum(eq[j], dtype=jnp.int32))
+
+  def first_ties():
+    out = list(eq)
+    for g, group in enumerate(groups):
+      seen = jnp.int32(0)
+      for j in group:
+        out[j] = eq[j] & (jnp.cumsum(eq[j], dtype=jnp.int32) + seen <= need[g])
+        seen = seen + jnp.sum(eq[j], dtype=jnp.int32)
+    return out
+
+  def all_ties():
+    return [eq[j] & (need[group_of[j]] > 0) for j in range(len(keys))]
+
+  # Ties at the threshold rarely need splitting on real scores: skip the
+  # running count (a scan over every weight) unless some group needs it.
+  take = lax.cond(jnp.any((need > 0) & (need < ties)), first_ties, all_ties)
+  return [(keys[j] < t[group_of[j]]) | take[j] for j in range(len(keys))]
+
+
+def _all_finite(alive: Sequence[jax.Array], scores: Sequence[jax.Array]):
+  """Whether every surviving weight's score is finite (a bool scalar)."""
+  return jnp.all(jnp.stack([
+      jnp.all(jnp.isfinite(jnp.asarray(s).astype(jnp.float32)) | ~a)
+      for a, s in zip(alive, scores)]))
+
+
+@functools.partial(jax.jit, static_argnames=("groups",))
+def _prune_leaves(alive, scores, consts, *, groups):
+  """Removes round(rate_g * survivors) from each group of prunable leaves.
+
+  Args:
+    alive: prunable mask leaves.
+    scores: their scores.
+    consts: `_rate_constants` of the groups' rates (arrays: no recompile).
+    groups: static tuple of tuples of leaf indices, each ranked together.
+
+  Returns:
+    (new mask leaves, whether all survivors' scores are finite).
+  """
+  alive = [jnp.asarray(a).astype(bool) for a in alive]
+  keys = [_sort_keys(s, a) for a, s in zip(alive, scores)]
+  n = [jnp.sum(a, dtype=jnp.int32) for a in alive]
+  counts = _counts_on_device(
+      consts, jnp.stack([sum(n[j] for j in group) for group in groups]))
+  marked = _mark_lowest(keys, groups, counts)
+  new = [a & ~mk.reshape(a.shape) for a, mk in zip(alive, marked)]
+  return new, _all_finite(alive, scores)
+
+
+def _keep_top_core(alive, scores, keep):
+  """Keeps keep[j] highest-scoring survivors of leaf j; (new, survivors)."""
+  keys = [_sort_keys(s, a) for a, s in zip(alive, scores)]
+  n = jnp.stack([jnp.sum(a, dtype=jnp.int32) for a in alive])
+  marked = _mark_lowest(keys, [[j] for j in range(len(alive))], n - keep)
+  return [a & ~mk.reshape(a.shape) for a, mk in zip(alive, marked)], n
+
+
+@jax.jit
+def _keep_top_leaves(alive, scores, keep):
+  alive = [jnp.asarray(a).astype(bool) for a in alive]
+  new, n = _keep_top_core(alive, scores, keep)
+  return new, n, _all_finite(alive, scores)
+
+
+@jax.jit
+def _random_like_leaves(alive, key):
+  full = [jnp.ones(jnp.shape(a), bool) for a in alive]
+  # Same draws as scores.random(full mask tree, key): one split per leaf.
+  keep = jnp.stack([jnp.sum(jnp.asarray(a), dtype=jnp.int32) for a in alive])
+  new, _ = _keep_top_core(full, scores_lib.random(full, key), keep)
+  return new
+
+
 def _flatten(mask, scores):
   """(treedef, [(path, mask leaf or None, score leaf)]) in tree order."""
   mleaves, treedef = jax.tree.flatten(mask, is_leaf=lambda x: x is None)
   names = masks_lib.named_leaves(mask)
-  return treedef, list(zip(names, mleaves, treedef.flatten_up_to(scores)))
+  leaves = list(zip(names, mleaves, treedef.flatten_up_to(scores)))
+  for name, m, s in leaves:
+    if m is not None and np.shape(s) != np.shape(m):
+      raise LotteryError(f"pruning.score: scores of {name} have shape "
+                         f"{np.shape(s)}, the mask's is {np.shape(m)}")
+  return treedef, leaves
 
 
-def _remove_lowest(alive: list[np.ndarray], scores: list[np.ndarray],
-                   n: int) -> None:
-  """Clears, in place, the `n` lowest-scoring True entries across `alive`."""
-  if n <= 0:
-    return
-  idx = [np.flatnonzero(a) for a in alive]
-  cand = np.concatenate([s[i] for s, i in zip(scores, idx)])
-  if not np.all(np.isfinite(cand)):
-    raise LotteryError("pruning.score: scores of surviving weights are not "
-                       "all finite")
-  # A stable sort keeps candidates in (leaf, flat index) order among ties.
-  drop = np.argsort(cand, kind="stable")[:n]
-  offsets = np.cumsum([0] + [len(i) for i in idx])
-  for j, (a, i) in enumerate(zip(alive, idx)):
-    sel = drop[(drop >= offsets[j]) & (drop < offsets[j + 1])] - offsets[j]
-    a[i[sel]] = False
+def _unflatten(treedef, leaves, new):
+  it = iter(new)
+  return jax.tree.unflatten(
+      treedef, [None if m is None else next(it) for _, m, _ in leaves])
+
+
+def _is_false(flag: jax.Array) -> bool:
+  """True if `flag` is concrete and False; a tracer cannot be checked."""
+  try:
+    return not bool(flag)
+  except jax.errors.ConcretizationTypeError:
+    return False
 
 
 def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
@@ -94,6 +333,9 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
           layer_fractions: Mapping[str, float] | str | None = None
           ) -> masks_lib.Mask:
   """Removes the lowest-scoring surviving weights.
+
+  One compiled call; also works inside `jax.jit` / `jax.vmap` with traced
+  `mask` and `scores` (the other arguments are static Python values).
 
   Args:
     mask: current mask (None leaves are not prunable).
@@ -107,67 +349,109 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       in either scope; the others follow `scope` at `fraction`.
 
   Returns:
-    The new mask; a subset of `mask`.
+    The new mask (jnp.bool_ leaves); a subset of `mask`.
+
+  Raises:
+    LotteryError: for an unknown scope, a fraction outside [0, 1), a bad
+      `layer_fractions`, scores shaped unlike the mask, or (concrete inputs
+      only) non-finite scores of surviving weights.
   """
   if scope not in SCOPES:
     raise LotteryError(f"pruning.scope: unknown scope {scope!r} "
                        f"(known: {list(SCOPES)})")
+  fraction = float(fraction)
+  if not 0.0 <= fraction < 1.0:
+    raise LotteryError(f"pruning.fraction: must be in [0, 1) (got {fraction})")
   overrides = parse_layer_fractions(layer_fractions)
   compiled = [(masks_lib.compile_patterns([p], "pruning.layer_fractions")[0], r)
               for p, r in overrides.items()]
   treedef, leaves = _flatten(mask, scores)
-  alive, score_list, rates = [], [], []
-  for name, m, s in leaves:
-    if m is None:
-      continue
-    alive.append(np.array(m, dtype=bool).reshape(-1))
-    score_list.append(np.asarray(s, dtype=np.float64).reshape(-1))
-    rate = next((r for rx, r in compiled if rx.fullmatch(name)), None)
-    rates.append(rate)
-
-  pooled = [j for j, r in enumerate(rates) if r is None]
+  live = [(name, m, s) for name, m, s in leaves if m is not None]
+  if not live:
+    return mask
+  rates = [next((r for rx, r in compiled if rx.fullmatch(name)), None)
+           for name, _, _ in live]
+  pooled = tuple(j for j, r in enumerate(rates) if r is None)
+  groups, group_rates = [], []
   if scope == "global" and pooled:
-    n = num_to_remove(fraction, sum(int(alive[j].sum()) for j in pooled))
-    sub = [alive[j] for j in pooled]
-    _remove_lowest(sub, [score_list[j] for j in pooled], n)
+    groups.append(pooled)
+    group_rates.append(fraction)
   for j, r in enumerate(rates):
-    if r is None and scope == "global":
-      continue
-    rate = fraction if r is None else r
-    _remove_lowest([alive[j]], [score_list[j]],
-                   num_to_remove(rate, int(alive[j].sum())))
+    if r is not None or scope == "layerwise":
+      groups.append((j,))
+      group_rates.append(fraction if r is None else r)
+  new, finite = _prune_leaves([m for _, m, _ in live], [s for _, _, s in live],
+                              _rate_constants(group_rates),
+                              groups=tuple(groups))
+  if _is_false(finite):
+    raise LotteryError("pruning.score: scores of surviving weights are not "
+                       "all finite")
+  return _unflatten(treedef, leaves, new)
 
-  it = iter(alive)
-  new = [None if m is None else jnp.asarray(next(it).reshape(np.shape(m)))
-         for _, m, _ in leaves]
-  return jax.tree.unflatten(treedef, new)
 
+def keep_top(mask: masks_lib.Mask, scores: Any,
+             counts: Mapping[str, int]) -> masks_lib.Mask:
+  """Keeps exactly `counts[path]` highest-scoring survivors in each leaf.
 
-def prune_to_counts(mask: masks_lib.Mask, scores: Any,
-                    keep: Mapping[str, int]) -> masks_lib.Mask:
-  """Keeps exactly `keep[path]` highest-scoring survivors in each leaf."""
+  Ties as in `prune` (the earlier weight goes first). One compiled call for
+  all counts of the same shapes; also works inside `jax.jit` / `jax.vmap`.
+
+  Args:
+    mask: current mask (None leaves are not prunable).
+    scores: pytree with the params' structure; higher = more important.
+    counts: {path: number of weights to keep} for every prunable leaf.
+
+  Returns:
+    The new mask; a subset of `mask`.
+
+  Raises:
+    LotteryError: if a prunable leaf has no count, a count is negative or
+      larger than its leaf, or (concrete inputs only) more weights are asked
+      for than survive or surviving scores are not finite. Under a
+      transformation a leaf with fewer survivors than asked keeps them all.
+  """
   treedef, leaves = _flatten(mask, scores)
-  new = []
-  for name, m, s in leaves:
-    if m is None:
-      new.append(None)
-      continue
-    a = np.array(m, dtype=bool).reshape(-1)
-    if keep[name] > a.sum():
-      raise LotteryError(f"mask: cannot keep {keep[name]} weights of {name}, "
-                         f"only {int(a.sum())} survive")
-    _remove_lowest([a], [np.asarray(s, np.float64).reshape(-1)],
-                   int(a.sum()) - keep[name])
-    new.append(jnp.asarray(a.reshape(np.shape(m))))
-  return jax.tree.unflatten(treedef, new)
+  live = [(name, m, s) for name, m, s in leaves if m is not None]
+  if not live:
+    return mask
+  keep = []
+  for name, m, _ in live:
+    if name not in counts:
+      raise LotteryError(f"mask: no keep count for {name} (got counts for "
+                         f"{sorted(counts)})")
+    k = int(counts[name])
+    if not 0 <= k <= np.size(m):
+      raise LotteryError(f"mask: cannot keep {k} weights of {name}, which "
+                         f"has {np.size(m)}")
+    keep.append(k)
+  new, n, finite = _keep_top_leaves([m for _, m, _ in live],
+                                    [s for _, _, s in live],
+                                    jnp.asarray(keep, jnp.int32))
+  if not isinstance(n, jax.core.Tracer):  # under a transformation: see above
+    for (name, _, _), k, alive in zip(live, keep, np.asarray(n).tolist()):
+      if k > alive:
+        raise LotteryError(f"mask: cannot keep {k} weights of {name}, only "
+                           f"{alive} survive")
+  if _is_false(finite):
+    raise LotteryError("pruning.score: scores of surviving weights are not "
+                       "all finite")
+  return _unflatten(treedef, leaves, new)
+
+
+prune_to_counts = keep_top  # the earlier name
 
 
 def random_like(mask: masks_lib.Mask, key: jax.Array) -> masks_lib.Mask:
   """A mask with `mask`'s per-leaf kept counts at uniformly random positions.
 
   The random-pruning control: same per-layer densities, random positions.
+  Each leaf keeps the top-k of uniform scores (`scores.random` over an
+  all-kept mask, so the draws depend only on `key` and the leaf shapes), k
+  being its kept count; k may be traced, so this works inside `jax.jit` and
+  `jax.vmap` and gives the same mask there as eagerly.
   """
-  keep = {k: kept for k, (kept, _) in masks_lib.counts(mask).items()}
-  full = jax.tree.map(lambda m: None if m is None else jnp.ones_like(m), mask,
-                      is_leaf=lambda x: x is None)
-  return prune_to_counts(full, scores_lib.random(full, key), keep)
+  treedef, leaves = _flatten(mask, mask)
+  live = [m for _, m, _ in leaves if m is not None]
+  if not live:
+    return mask
+  return _unflatten(treedef, leaves, _random_like_leaves(live, key))

@@ -1,0 +1,336 @@
+"""Device pruning: identical to the host reference, eagerly, jitted, vmapped."""
+
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lottery import masks
+from lottery import pruning
+from lottery import scores
+from lottery.errors import LotteryError
+
+
+# The host implementation this module replaced (float64, stable numpy sort),
+# kept verbatim as the reference.
+def _remove_lowest(alive, score_list, n):
+  if n <= 0:
+    return
+  idx = [np.flatnonzero(a) for a in alive]
+  cand = np.concatenate([s[i] for s, i in zip(score_list, idx)])
+  if not np.all(np.isfinite(cand)):
+    raise LotteryError("pruning.score: scores of surviving weights are not "
+                       "all finite")
+  drop = np.argsort(cand, kind="stable")[:n]
+  offsets = np.cumsum([0] + [len(i) for i in idx])
+  for j, (a, i) in enumerate(zip(alive, idx)):
+    sel = drop[(drop >= offsets[j]) & (drop < offsets[j + 1])] - offsets[j]
+    a[i[sel]] = False
+
+
+def _flatten(mask, score_tree):
+  mleaves, treedef = jax.tree.flatten(mask, is_leaf=lambda x: x is None)
+  names = masks.named_leaves(mask)
+  return treedef, list(zip(names, mleaves, treedef.flatten_up_to(score_tree)))
+
+
+def _reference_prune(mask, score_tree, fraction, *, scope="layerwise",
+                     layer_fractions=None):
+  overrides = pruning.parse_layer_fractions(layer_fractions)
+  compiled = [(masks.compile_patterns([p], "pruning.layer_fractions")[0], r)
+              for p, r in overrides.items()]
+  treedef, leaves = _flatten(mask, score_tree)
+  alive, score_list, rates = [], [], []
+  for name, m, s in leaves:
+    if m is None:
+      continue
+    alive.append(np.array(m, dtype=bool).reshape(-1))
+    score_list.append(np.asarray(s, dtype=np.float64).reshape(-1))
+    rates.append(next((r for rx, r in compiled if rx.fullmatch(name)), None))
+  pooled = [j for j, r in enumerate(rates) if r is None]
+  if scope == "global" and pooled:
+    n = pruning.num_to_remove(fraction,
+                              sum(int(alive[j].sum()) for j in pooled))
+    _remove_lowest([alive[j] for j in pooled],
+                   [score_list[j] for j in pooled], n)
+  for j, r in enumerate(rates):
+    if r is None and scope == "global":
+      continue
+    rate = fraction if r is None else r
+    _remove_lowest([alive[j]], [score_list[j]],
+                   pruning.num_to_remove(rate, int(alive[j].sum())))
+  it = iter(alive)
+  new = [None if m is None else next(it).reshape(np.shape(m))
+         for _, m, _ in leaves]
+  return jax.tree.unflatten(treedef, new)
+
+
+def _reference_keep_top(mask, score_tree, keep):
+  treedef, leaves = _flatten(mask, score_tree)
+  new = []
+  for name, m, s in leaves:
+    if m is None:
+      new.append(None)
+      continue
+    a = np.array(m, dtype=bool).reshape(-1)
+    _remove_lowest([a], [np.asarray(s, np.float64).reshape(-1)],
+                   int(a.sum()) - keep[name])
+    new.append(a.reshape(np.shape(m)))
+  return jax.tree.unflatten(treedef, new)
+
+
+SHAPES = {"conv": {"kernel": (3, 3, 2, 4), "bias": (4,)},
+          "fc": {"kernel": (24, 10)},
+          "head": {"kernel": (10, 5), "bias": (5,)},
+          "out": {"kernel": (5, 3)}}
+
+
+def tree_params():
+  return jax.tree.map(lambda s: jnp.zeros(s), SHAPES,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+def tie_scores(seed, high=4):
+  """Integer-valued float32 scores in [0, high): many ties."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda p: jnp.asarray(rng.integers(0, high, p.shape), jnp.float32),
+      tree_params())
+
+
+def random_mask(seed, density=0.7):
+  rng = np.random.default_rng(seed)
+  m = masks.make_mask(tree_params())
+  return jax.tree.map(
+      lambda x: None if x is None else jnp.asarray(rng.random(x.shape)
+                                                   < density),
+      m, is_leaf=lambda x: x is None)
+
+
+def assert_same(a, b):
+  na, nb = masks.named_leaves(a), masks.named_leaves(b)
+  assert list(na) == list(nb)
+  for k in na:
+    if na[k] is None:
+      assert nb[k] is None, k
+    else:
+      assert np.asarray(nb[k]).dtype == np.bool_, k
+      np.testing.assert_array_equal(np.asarray(na[k]), np.asarray(nb[k]),
+                                    err_msg=k)
+
+
+@pytest.mark.parametrize("fraction,n", [
+    (0.2, 235200), (0.5, 1), (0.5, 3), (0.5, 2**31 - 1), (0.3, 5),
+    (0.123456789, 2**31 - 1), (0.123456789, 2**31 - 2), (0.2, 2**31 - 1)])
+def test_device_count_pinned_values(fraction, n):
+  want = pruning.num_to_remove(fraction, n)
+  assert int(pruning._device_num_to_remove(fraction, n)) == want
+  got = jax.jit(lambda x: pruning._device_num_to_remove(fraction, x))(
+      jnp.int32(n))
+  assert int(got) == want
+
+
+def test_device_count_matches_exact_rule_on_adversarial_pairs():
+  rng = np.random.default_rng(0)
+  fractions = [0.5, 0.2, 0.1, 0.3, 0.123456789, 0.987654321, 0.999999999,
+               0.000000001, 1e-20, 0.30000000000000004, 0.9999999999999999,
+               0.7, 1 / 3, 2 / 3, 0.0, *rng.random(6).tolist()]
+  base = [0, 1, 2, 3, 5, 7, 235200, 2**24 + 1, 2**30, 2**31 - 1, 2**31 - 2,
+          2**31 - 3, 999999999, 1000000001, *rng.integers(0, 2**31 - 1, 40)]
+  # Rates enter the compiled function as arrays of constants: one compile.
+  jitted = jax.jit(pruning._counts_on_device)
+  halves_seen = 0
+  for f in fractions:
+    p = Fraction(repr(f))
+    n = list(base)
+    if p and p.denominator % 2 == 0:
+      # n with p * n exactly on a half (the round-up case), and neighbours.
+      h = (p.denominator // 2 * pow(p.numerator, -1, p.denominator)
+           ) % p.denominator
+      for x in (h, h + p.denominator, h + 2 * p.denominator):
+        if x + 1 < 2**31:
+          assert p * x % 1 == Fraction(1, 2)
+          n += [x - 1, x, x + 1]
+          halves_seen += 1
+    want = [pruning.num_to_remove(f, int(x)) for x in n]
+    got = jitted(pruning._rate_constants([f] * len(n)),
+                 jnp.asarray(n, jnp.int32))
+    assert np.asarray(got).tolist() == want
+  assert halves_seen >= 10
+  # Eagerly too.
+  n = jnp.asarray([2**31 - 1, 235200, 7], jnp.int32)
+  assert np.asarray(pruning._device_num_to_remove(0.123456789, n)).tolist() \
+      == [pruning.num_to_remove(0.123456789, int(x)) for x in n]
+
+
+LAYER_FRACTIONS = (None, "out/kernel=0.1",
+                   {"head/kernel": 0.5, "conv/.*": 0.25})
+
+
+def check_rounds(prune_fn, fraction, kw, seeds=range(3), rounds=4):
+  """prune_fn over repeated rounds equals the reference, mask for mask."""
+  for seed in seeds:
+    ref = got = (random_mask(seed) if seed
+                 else masks.make_mask(tree_params()))
+    for r in range(rounds):  # each round prunes the previous output
+      s = tie_scores(10 * seed + r, high=3 if r % 2 else 50)
+      ref = _reference_prune(ref, s, fraction, **kw)
+      got = prune_fn(got, s)
+      assert_same(ref, got)
+
+
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+@pytest.mark.parametrize("layer_fractions", LAYER_FRACTIONS)
+def test_prune_matches_reference_eagerly(scope, layer_fractions):
+  kw = dict(scope=scope, layer_fractions=layer_fractions)
+  for fraction in (0.2, 0.5, 0.35, 0.0, 0.9):
+    check_rounds(lambda m, s: pruning.prune(m, s, fraction, **kw), fraction,
+                 kw)
+
+
+@pytest.mark.parametrize("scope,layer_fractions,fraction", [
+    ("layerwise", None, 0.2), ("global", None, 0.35),
+    ("layerwise", LAYER_FRACTIONS[1], 0.5), ("global", LAYER_FRACTIONS[1], 0.2),
+    ("layerwise", LAYER_FRACTIONS[2], 0.35), ("global", LAYER_FRACTIONS[2], 0.5)])
+def test_prune_matches_reference_under_jit(scope, layer_fractions, fraction):
+  kw = dict(scope=scope, layer_fractions=layer_fractions)
+  check_rounds(jax.jit(lambda m, s: pruning.prune(m, s, fraction, **kw)),
+               fraction, kw)
+
+
+def test_prune_traces_once_for_new_masks():
+  traces = []
+
+  def f(m, s):
+    traces.append(1)
+    return pruning.prune(m, s, 0.2, scope="global",
+                         layer_fractions="out/kernel=0.1")
+
+  jitted = jax.jit(f)
+  for seed in range(4):
+    m, s = random_mask(seed, density=0.3 + 0.15 * seed), tie_scores(seed)
+    assert_same(jitted(m, s), _reference_prune(
+        m, s, 0.2, scope="global", layer_fractions="out/kernel=0.1"))
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+def test_vmap_over_replicates_matches_separate_calls(scope):
+  reps = 3
+  ms = [random_mask(s) for s in range(reps)]
+  ss = [tie_scores(s) for s in range(reps)]
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+  stacked_m = jax.tree.map(
+      lambda *x: None if x[0] is None else jnp.stack(x), *ms,
+      is_leaf=lambda x: x is None)
+  out = jax.vmap(lambda m, s: pruning.prune(m, s, 0.2, scope=scope))(
+      stacked_m, stack(ss))
+  for i in range(reps):
+    one = jax.tree.map(lambda x: None if x is None else x[i], out,
+                       is_leaf=lambda x: x is None)
+    assert_same(one, _reference_prune(ms[i], ss[i], 0.2, scope=scope))
+    assert_same(one, pruning.prune(ms[i], ss[i], 0.2, scope=scope))
+
+
+def test_nonfinite_scores_raise_eagerly_and_rank_as_minus_inf_under_jit():
+  m = {"w": jnp.array([True, True, False, True, True, True])}
+  s = {"w": jnp.array([5.0, jnp.nan, -jnp.inf, 1.0, jnp.inf, 2.0])}
+  with pytest.raises(LotteryError, match="^pruning.score: .*not all finite"):
+    pruning.prune(m, s, 0.5)
+  with pytest.raises(LotteryError, match="^pruning.score: .*not all finite"):
+    pruning.keep_top(m, s, {"w": 2})
+  # 5 survivors, round(2.5) = 3 go: NaN (as -inf), then 1.0, then 2.0; the
+  # already pruned -inf weight is not counted and +inf stays.
+  got = jax.jit(lambda m, s: pruning.prune(m, s, 0.5))(m, s)
+  assert np.asarray(got["w"]).tolist() == [True, False, False, False, True,
+                                           False]
+  got = jax.jit(lambda m, s: pruning.keep_top(m, s, {"w": 1}))(m, s)
+  assert np.asarray(got["w"]).tolist() == [False] * 4 + [True, False]
+  # Pruned weights may have any score.
+  s_dead = {"w": jnp.array([5.0, 3.0, jnp.nan, 1.0, 4.0, 2.0])}
+  assert np.asarray(pruning.prune(m, s_dead, 0.5)["w"]).tolist() == [
+      True, False, False, False, True, False]
+
+
+def test_negative_zero_ties_with_zero_by_position():
+  m = {"w": jnp.ones((4,), bool)}
+  s = {"w": jnp.array([0.0, -0.0, 0.0, -0.0])}
+  got = pruning.prune(m, s, 0.5)
+  assert np.asarray(got["w"]).tolist() == [False, False, True, True]
+
+
+def test_keep_top_matches_reference_and_checks_counts():
+  for seed in range(3):
+    m, s = random_mask(seed), tie_scores(seed, high=3)
+    avail = masks.counts(m)
+    keep = {k: kept * (seed + 1) // 4 for k, (kept, _) in avail.items()}
+    ref = _reference_keep_top(m, s, keep)
+    assert_same(ref, pruning.keep_top(m, s, keep))
+    assert_same(ref, jax.jit(lambda m, s: pruning.keep_top(m, s, keep))(m, s))
+    assert {k: c for k, (c, _) in masks.counts(ref).items()} == keep
+  assert pruning.prune_to_counts is pruning.keep_top
+  m, s = random_mask(0), tie_scores(0)
+  kept = masks.counts(m)
+  keep = {k: c for k, (c, _) in kept.items()}
+  too_many = {**keep, "fc/kernel": keep["fc/kernel"] + 1}
+  with pytest.raises(LotteryError, match=(
+      rf"^mask: cannot keep {keep['fc/kernel'] + 1} weights of fc/kernel, "
+      rf"only {keep['fc/kernel']} survive")):
+    pruning.keep_top(m, s, too_many)
+  with pytest.raises(LotteryError, match=r"^mask: cannot keep 241 weights "
+                     r"of fc/kernel, which has 240"):
+    pruning.keep_top(m, s, {**keep, "fc/kernel": 241})
+  with pytest.raises(LotteryError, match="^mask: no keep count for out/kernel"):
+    pruning.keep_top(m, s, {k: v for k, v in keep.items() if k != "out/kernel"})
+  # Under jit the survivor count is unknown: a leaf asked for too many keeps
+  # all its survivors.
+  got = jax.jit(lambda m, s: pruning.keep_top(m, s, too_many))(m, s)
+  assert_same(got, m)
+
+
+def test_random_like_same_eager_jit_and_reference():
+  # Two prunable leaves and a None leaf: each leaf compiles its own draws.
+  params = {"a": {"kernel": jnp.zeros((6, 5)), "bias": jnp.zeros((5,))},
+            "b": {"kernel": jnp.zeros((7,))}}
+  full = masks.make_mask(params)
+  s1 = jax.tree.map(lambda p: jnp.asarray(np.arange(p.size).reshape(p.shape)
+                                          % 3, jnp.float32), params)
+  m = pruning.prune(full, s1, 0.6, scope="global")
+  key = jax.random.key(7)
+  eager = pruning.random_like(m, key)
+  assert_same(eager, jax.jit(pruning.random_like)(m, key))
+  # The host version: keep_top of scores.random over the all-kept mask.
+  ref = _reference_keep_top(full, scores.random(full, key),
+                            {k: c for k, (c, _) in masks.counts(m).items()})
+  assert_same(eager, ref)
+  # 0.6 * 37 -> 22 go: all 13 zeros, then the first 9 ones (all in a).
+  assert masks.counts(eager) == masks.counts(m) == {"a/kernel": (11, 30),
+                                                    "b/kernel": (4, 7)}
+  # vmap over replicates (keys and masks) = one call per replicate.
+  m2 = pruning.prune(m, s1, 0.5)
+  stacked = jax.tree.map(lambda *x: None if x[0] is None else jnp.stack(x),
+                         m, m2, is_leaf=lambda x: x is None)
+  keys = jax.random.split(key)
+  out = jax.vmap(pruning.random_like)(stacked, keys)
+  for i, mi in enumerate((m, m2)):
+    one = jax.tree.map(lambda x: None if x is None else x[i], out,
+                       is_leaf=lambda x: x is None)
+    assert_same(one, pruning.random_like(mi, keys[i]))
+    assert masks.counts(one) == masks.counts(mi)
+
+
+def test_prune_rejects_bad_arguments():
+  m, s = masks.make_mask(tree_params()), tie_scores(0)
+  with pytest.raises(LotteryError, match=r"^pruning.fraction: must be in "
+                     r"\[0, 1\) \(got 1.0\)"):
+    pruning.prune(m, s, 1.0)
+  with pytest.raises(LotteryError, match="^pruning.scope: unknown scope"):
+    pruning.prune(m, s, 0.2, scope="everywhere")
+  bad = {**s, "fc": {"kernel": jnp.zeros((10, 24))}}
+  with pytest.raises(LotteryError, match=r"^pruning.score: scores of "
+                     r"fc/kernel have shape \(10, 24\)"):
+    pruning.prune(m, bad, 0.2)
+  # fraction 0 removes nothing.
+  assert_same(pruning.prune(m, s, 0.0, scope="global"), m)

@@ -1,4 +1,4 @@
-"""ResNet-20 on CIFAR-10: Frankle, Dziugaite, Roy & Carbin 2020, IMP with rewinding.
+"""ResNet-20 on CIFAR-10: IMP with rewinding, Frankle et al. 2020 (LMC paper).
 
 OpenLTH's CIFAR ResNet-20 (272,474 parameters, BatchNorm), SGD 0.1 with
 momentum 0.9 and weight decay 1e-4, batch 128, 63K iterations (160 epochs),
@@ -16,8 +16,8 @@ Quick variant (seconds, any 32x32x3 data, e.g. --config.data.name=npz):
 Expected (paper): dense test accuracy ~91.7%; rewound to ~500-2000
 iterations, IMP finds matching tickets (within 0.2 points of dense) down to
 ~16.8% of the weights remaining (round 8 of the 12 here, which end at 6.9%);
-rewound to initialization (k0) it does not match. A 63K-step run takes ~1.5 s per step on a 2-core CPU: use an
-accelerator.
+rewound to initialization (k0) it does not match. On a 2-core CPU a training
+step takes over a second (a 63K-step round: about a day): use an accelerator.
 """
 
 from lottery.config import base_config

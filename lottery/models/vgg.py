@@ -65,8 +65,8 @@ class VGG(nn.Module):
 def vgg(num_classes: int, depth: int = 16, width: int = 64) -> nn.Module:
   """VGG-`depth` (11, 13, 16 or 19) whose first layer has `width` channels."""
   if depth not in PLANS:
-    raise LotteryError(
-        f"model.depth: VGG depth must be one of {sorted(PLANS)} (got {depth!r})")
+    raise LotteryError(f"model.depth: VGG depth must be one of "
+                       f"{sorted(PLANS)} (got {depth!r})")
   check_int("width", width, 1)
   plan = tuple(c if c == "M" else max(1, c * width // 64)
                for c in PLANS[depth])

@@ -21,7 +21,8 @@ class ConvNet(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
+    del train  # No state.
     if x.ndim == 2:  # (N, L) sequences such as MNIST-1D get a channel axis.
       x = x[..., None]
     spatial = x.ndim - 2

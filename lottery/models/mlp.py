@@ -21,7 +21,8 @@ class MLP(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
+    del train  # No state.
     x = x.reshape((x.shape[0], -1))
     init = nn.initializers.glorot_normal()
     for i, f in enumerate(self.features):
@@ -29,8 +30,16 @@ class MLP(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=init, name="out")(x)
 
 
-def _torch_uniform(fan_in_axis: int = -2):
-  """PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+def torch_uniform(fan_in_axis: int = -2):
+  """PyTorch's default nn.Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  Args:
+    fan_in_axis: axis of the shape that holds the fan-in; an explicit
+      `fan_in=` keyword at call time overrides it (for biases).
+
+  Returns:
+    An initializer `(key, shape, dtype=float32, fan_in=None) -> array`.
+  """
   def init(key, shape, dtype=jnp.float32, fan_in=None):
     fan_in = shape[fan_in_axis] if fan_in is None else fan_in
     bound = 1.0 / jnp.sqrt(fan_in)
@@ -45,9 +54,9 @@ class TorchDense(nn.Module):
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1]
-    kernel = self.param("kernel", _torch_uniform(), (fan_in, self.features))
+    kernel = self.param("kernel", torch_uniform(), (fan_in, self.features))
     bias = self.param(
-        "bias", lambda k, s: _torch_uniform()(k, s, fan_in=fan_in),
+        "bias", lambda k, s: torch_uniform()(k, s, fan_in=fan_in),
         (self.features,))
     return x @ kernel + bias
 
@@ -62,7 +71,8 @@ class ResidualMLP(nn.Module):
   num_classes: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
+    del train  # No state.
     x = x.reshape((x.shape[0], -1))
     h = nn.relu(TorchDense(self.hidden, name="fc1")(x))
     h = h + nn.relu(TorchDense(self.hidden, name="fc2")(h))

@@ -1,0 +1,122 @@
+"""CIFAR ResNets (He et al. 2016, Section 4.2) as in OpenLTH's cifar_resnet.
+
+3x3 conv stem with `width` channels + BatchNorm + ReLU; three stages of
+(depth - 2) / 6 basic blocks with widths w, 2w, 4w, stride 2 at the first block
+of stages 2 and 3; a 1x1 conv + BatchNorm projection shortcut where the shape
+changes; global average pooling; dense output layer. Convs have no bias.
+
+Init as OpenLTH's default 'kaiming_normal': He-normal (untruncated,
+std = sqrt(2 / fan_in)) for every conv and dense kernel, PyTorch's default
+U(+-1/sqrt(fan_in)) for the output bias. BatchNorm scale 1, bias 0 (OpenLTH's
+'fixed' BatchNorm init; its default 'uniform' draws scales from U[0, 1)), and
+PyTorch's BatchNorm constants (momentum 0.1, i.e. Flax's 0.9; epsilon 1e-5).
+
+Parameter paths: 'conv/kernel', 'bn/{scale,bias}', 'stage{s}_block{b}/conv1/
+kernel' ... 'stage{s}_block{b}/shortcut_conv/kernel', 'out/{kernel,bias}'; the
+default prunable pattern '.*kernel' selects exactly the convs and the output
+layer (22 kernels in ResNet-20), never BatchNorm.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+
+from lottery.errors import LotteryError
+from lottery.models import check_int
+from lottery.models import register
+from lottery.models.mlp import torch_uniform
+
+# PyTorch's kaiming_normal_ (mode 'fan_in', gain sqrt(2)) is untruncated.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def torch_bias(fan_in: int):
+  """PyTorch's default bias init of a layer with `fan_in` inputs."""
+  return functools.partial(torch_uniform(), fan_in=fan_in)
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's constants; batch statistics when training."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 conv + BatchNorm layers around a residual connection."""
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(nn.Conv, self.features, use_bias=False,
+                             kernel_init=he_normal)
+    # padding=1 as in PyTorch: Flax's 'SAME' would pad stride-2 convs on the
+    # bottom/right only and sample other pixels.
+    y = conv((3, 3), strides=self.strides, padding=1, name="conv1")(x)
+    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = conv((3, 3), padding=1, name="conv2")(y)
+    y = batch_norm(train, "bn2")(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      x = conv((1, 1), strides=self.strides, padding="VALID",
+               name="shortcut_conv")(x)
+      x = batch_norm(train, "shortcut_bn")(x)
+    return nn.relu(y + x)
+
+
+def check_images(x: jax.Array, model: str) -> None:
+  """Raises LotteryError unless `x` is an image batch (N, H, W, C)."""
+  if x.ndim != 4:
+    raise LotteryError(f"model.name: {model!r} needs image batches "
+                       f"(N, H, W, C) (got shape {tuple(x.shape)})")
+
+
+class ResNet(nn.Module):
+  """A CIFAR ResNet of `depth` = 6n + 2 layers; images (N, H, W, C)."""
+  depth: int
+  width: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    check_images(x, "resnet")
+    x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False,
+                kernel_init=he_normal, name="conv")(x)
+    x = nn.relu(batch_norm(train, "bn")(x))
+    blocks = (self.depth - 2) // 6
+    for s in range(3):
+      for b in range(blocks):
+        x = BasicBlock(self.width * 2**s, strides=2 if s and not b else 1,
+                       name=f"stage{s + 1}_block{b + 1}")(x, train)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, kernel_init=he_normal,
+                    bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+
+@register("resnet")
+def resnet(num_classes: int, depth: int = 20, width: int = 16) -> nn.Module:
+  """ResNet-`depth` (6n + 2: 20, 32, 44, 56, 110, ...), stem width `width`."""
+  check_int("depth", depth, 8)
+  if (depth - 2) % 6:
+    raise LotteryError(
+        f"model.depth: must be 6n + 2, e.g. 20, 32, 56 or 110 (got {depth})")
+  check_int("width", width, 1)
+  return ResNet(depth=depth, width=width, num_classes=num_classes)
+
+
+@register("resnet20")
+def resnet20(num_classes: int, width: int = 16) -> nn.Module:
+  """ResNet-20: 272,474 parameters on 10 classes (BatchNorm included)."""
+  return resnet(num_classes, depth=20, width=width)
+
+
+@register("resnet32")
+def resnet32(num_classes: int, width: int = 16) -> nn.Module:
+  return resnet(num_classes, depth=32, width=width)
+
+
+@register("resnet56")
+def resnet56(num_classes: int, width: int = 16) -> nn.Module:
+  return resnet(num_classes, depth=56, width=width)

@@ -1,0 +1,94 @@
+"""CIFAR VGG-11/13/16/19 with BatchNorm, as in OpenLTH's cifar_vgg.
+
+3x3 'same' convs (with bias) + BatchNorm + ReLU, 2x2 max-pooling at each 'M'
+of the plan, then average pooling of the remaining map and one dense output
+layer (OpenLTH pools the 2x2 map of a 32x32 input with AvgPool2d(2); a global
+mean is the same there and also takes other input sizes). Init as OpenLTH's
+default: He-normal kernels (untruncated), PyTorch's default biases, BatchNorm
+scale 1 and bias 0 (see resnet.py).
+
+`width` scales every layer: the plan's widths times width / 64 (64 = VGG's
+own). Parameter paths: 'conv{i}/{kernel,bias}', 'bn{i}/{scale,bias}',
+'out/{kernel,bias}'. OpenLTH's VGG recipe leaves the output layer unpruned:
+use pruning.prunable=('conv.*kernel',) for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from lottery.errors import LotteryError
+from lottery.models import check_int
+from lottery.models import register
+from lottery.models.resnet import batch_norm
+from lottery.models.resnet import check_images
+from lottery.models.resnet import he_normal
+from lottery.models.resnet import torch_bias
+
+PLANS: dict[int, tuple[int | str, ...]] = {
+    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    13: (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+         512, 512, 512),
+    19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512,
+         512, "M", 512, 512, 512, 512),
+}
+
+
+class VGG(nn.Module):
+  """Conv + BatchNorm + ReLU layers per `plan` ('M' = max-pool), then dense."""
+  plan: Sequence[int | str]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    check_images(x, "vgg")
+    i = 0
+    for c in self.plan:
+      if c == "M":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      else:
+        i += 1
+        fan_in = 9 * x.shape[-1]
+        x = nn.Conv(c, (3, 3), padding=1, kernel_init=he_normal,
+                    bias_init=torch_bias(fan_in), name=f"conv{i}")(x)
+        x = nn.relu(batch_norm(train, f"bn{i}")(x))
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, kernel_init=he_normal,
+                    bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+
+@register("vgg")
+def vgg(num_classes: int, depth: int = 16, width: int = 64) -> nn.Module:
+  """VGG-`depth` (11, 13, 16 or 19) whose first layer has `width` channels."""
+  if depth not in PLANS:
+    raise LotteryError(f"model.depth: VGG depth must be one of "
+                       f"{sorted(PLANS)} (got {depth!r})")
+  check_int("width", width, 1)
+  plan = tuple(c if c == "M" else max(1, c * width // 64)
+               for c in PLANS[depth])
+  return VGG(plan=plan, num_classes=num_classes)
+
+
+@register("vgg11")
+def vgg11(num_classes: int, width: int = 64) -> nn.Module:
+  return vgg(num_classes, depth=11, width=width)
+
+
+@register("vgg13")
+def vgg13(num_classes: int, width: int = 64) -> nn.Module:
+  return vgg(num_classes, depth=13, width=width)
+
+
+@register("vgg16")
+def vgg16(num_classes: int, width: int = 64) -> nn.Module:
+  """VGG-16-BN: 14,728,266 parameters on 10 classes (BatchNorm included)."""
+  return vgg(num_classes, depth=16, width=width)
+
+
+@register("vgg19")
+def vgg19(num_classes: int, width: int = 64) -> nn.Module:
+  return vgg(num_classes, depth=19, width=width)

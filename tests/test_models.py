@@ -1,0 +1,334 @@
+"""Models (registry, options, BatchNorm state) and on-device augmentation."""
+
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lottery
+from lottery import augment
+from lottery import masks
+from lottery import models
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(l.shape)) for l in jax.tree.leaves(tree))
+
+
+def _shapes(name, num_classes=10, shape=(1, 32, 32, 3), **options):
+  model = models.get(name, num_classes, **options)
+  return jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(shape, jnp.float32)))
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_names_include_every_family():
+  assert models.names() == [
+      "conv2", "conv4", "conv6", "lenet_300_100", "mlp_tiny", "mnist1d_mlp",
+      "resnet", "resnet20", "resnet32", "resnet56",
+      "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+def test_options_of():
+  assert models.options_of("resnet") == ("depth", "width")
+  assert models.options_of("resnet20") == ("width",)
+  assert models.options_of("vgg") == ("depth", "width")
+  assert models.options_of("vgg16") == ("width",)
+  assert models.options_of("mlp_tiny") == ()
+  with pytest.raises(lottery.LotteryError, match=r"^model.name: unknown"):
+    models.options_of("resnet21")
+
+
+def test_options_reach_the_factory():
+  v = _shapes("resnet", depth=32, width=8)
+  p = v["params"]
+  assert p["conv"]["kernel"].shape == (3, 3, 3, 8)
+  assert "stage3_block5" in p and "stage3_block6" not in p  # (32 - 2) / 6 = 5
+  assert p["out"]["kernel"].shape == (32, 10)
+  v = _shapes("resnet20", width=4)
+  assert v["params"]["conv"]["kernel"].shape == (3, 3, 3, 4)
+  assert v["params"]["out"]["kernel"].shape == (16, 10)
+  v = _shapes("vgg", depth=11, width=16)
+  assert v["params"]["conv1"]["kernel"].shape == (3, 3, 3, 16)
+  assert v["params"]["conv8"]["kernel"].shape == (3, 3, 128, 128)
+  assert "conv9" not in v["params"]
+
+
+@pytest.mark.parametrize("name,options,message", [
+    ("mlp_tiny", {"width": 4},
+     r"^model.width: not an option of model 'mlp_tiny', which takes no "
+     r"options \(got 4\)$"),
+    ("resnet20", {"depth": 32},
+     r"^model.depth: not an option of model 'resnet20', whose options are "
+     r"\['width'\] \(got 32\)$"),
+    ("resnet", {"depth": 21},
+     r"^model.depth: must be 6n \+ 2, e.g. 20, 32, 56 or 110 \(got 21\)$"),
+    ("resnet", {"depth": 2}, r"^model.depth: must be an integer >= 8 "),
+    ("resnet", {"width": 0},
+     r"^model.width: must be an integer >= 1 \(got 0\)$"),
+    ("resnet", {"width": 4.0}, r"^model.width: .*\(got 4.0\)$"),
+    ("vgg", {"depth": 15},
+     r"^model.depth: VGG depth must be one of \[11, 13, 16, 19\] \(got 15\)$"),
+    ("resnet50", {}, r"^model.name: unknown model 'resnet50'"),
+])
+def test_bad_options_are_refused(name, options, message):
+  with pytest.raises(lottery.LotteryError, match=message):
+    models.get(name, 10, **options)
+
+
+# ------------------------------------------------------------- ResNet / VGG
+
+
+@pytest.mark.parametrize("name,options,expected", [
+    # OpenLTH's own test counts (models/test/test_cifar_{resnet,vgg}.py);
+    # BatchNorm scale and bias included, running statistics not.
+    ("resnet20", {}, 272_474),
+    ("resnet", {"depth": 110}, 1_730_714),
+    ("resnet", {"depth": 14, "width": 128}, 11_093_130),
+    ("vgg11", {}, 9_231_114),
+    ("vgg13", {}, 9_416_010),
+    ("vgg16", {}, 14_728_266),
+    ("vgg", {}, 14_728_266),
+    ("vgg19", {}, 20_040_522),
+])
+def test_parameter_counts_match_openlth(name, options, expected):
+  assert _count(_shapes(name, **options)["params"]) == expected
+
+
+@pytest.fixture(scope="module")
+def resnet20_variables():
+  model = models.get("resnet20", 10)
+  return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+
+
+def test_resnet20_prunes_exactly_its_22_kernels(resnet20_variables):
+  v = resnet20_variables
+  mask = masks.make_mask(v["params"])
+  prunable = [n for n, m in masks.named_leaves(mask).items() if m is not None]
+  assert len(prunable) == 22
+  assert all(n.endswith("/kernel") and "bn" not in n for n in prunable)
+  assert sum(n.endswith("shortcut_conv/kernel") for n in prunable) == 2
+  assert "out/kernel" in prunable and "conv/kernel" in prunable
+  # BatchNorm starts at scale 1, bias 0, running mean 0 and variance 1.
+  for name, leaf in masks.named_leaves(v["params"]).items():
+    if name.endswith("scale"):
+      np.testing.assert_array_equal(leaf, 1.0)
+    elif "bn" in name:
+      np.testing.assert_array_equal(leaf, 0.0)
+  stats = masks.named_leaves(v["batch_stats"])
+  assert len(stats) == 2 * 21  # mean and var of 19 + 2 shortcut BatchNorms.
+  for name, leaf in stats.items():
+    np.testing.assert_array_equal(leaf, 1.0 if name.endswith("var") else 0.0)
+
+
+def test_resnet_init_is_untruncated_he_normal(resnet20_variables):
+  p = resnet20_variables["params"]
+  k = np.asarray(p["stage3_block3"]["conv2"]["kernel"])  # fan_in 9 * 64.
+  z = k / np.sqrt(2.0 / (9 * 64))
+  assert abs(z.std() - 1.0) < 0.02 and abs(z.mean()) < 0.02
+  # PyTorch's kaiming_normal_ is untruncated; Flax's he_normal would stop at 2.
+  assert np.abs(z).max() > 3.0
+  bound = 1 / np.sqrt(64)  # PyTorch's default bias of the 64 -> 10 layer.
+  b = np.asarray(p["out"]["bias"])
+  assert np.all(np.abs(b) <= bound) and np.any(b != 0)
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+  model = models.get("resnet", 10, depth=8, width=2)
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+  return model, jax.jit(model.init)(jax.random.key(0), x), x
+
+
+def test_train_true_updates_batch_stats_with_batch_statistics(small_resnet):
+  model, v, x = small_resnet
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True,
+                                           mutable=["batch_stats"]))
+  logits, new = train(v, x)
+  assert logits.shape == (4, 10)
+  assert set(new) == {"batch_stats"}
+  # Stem BatchNorm: running mean 0.9 * 0 + 0.1 * the batch mean of its input.
+  h = jax.lax.conv_general_dilated(
+      x, v["params"]["conv"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(new["batch_stats"]["bn"]["mean"],
+                             0.1 * h.mean(axis=(0, 1, 2)), rtol=1e-5,
+                             atol=1e-7)
+  np.testing.assert_allclose(new["batch_stats"]["bn"]["var"],
+                             0.9 + 0.1 * h.var(axis=(0, 1, 2)), rtol=1e-5)
+  # Training normalizes with the batch's statistics, not the running ones.
+  other = {"params": v["params"], "batch_stats": new["batch_stats"]}
+  np.testing.assert_array_equal(train(other, x)[0], logits)
+
+
+def test_train_false_uses_the_running_averages(small_resnet):
+  model, v, x = small_resnet
+  evaluate = jax.jit(lambda v, x: model.apply(v, x))
+  _, new = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"]))(v, x)
+  updated = {"params": v["params"], "batch_stats": new["batch_stats"]}
+  before, after = evaluate(v, x), evaluate(updated, x)
+  assert not np.allclose(before, after)
+  # Each example on its own: evaluation does not mix examples in a batch.
+  np.testing.assert_allclose(evaluate(updated, x[:1]), after[:1], rtol=1e-6,
+                             atol=1e-6)
+  evaluate_explicit = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  np.testing.assert_array_equal(evaluate_explicit(updated, x), after)
+
+
+def test_vgg_runs_with_state():
+  model = models.get("vgg11", 10, width=4)
+  x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+  v = jax.jit(model.init)(jax.random.key(0), x)
+  logits, new = jax.jit(lambda v, x: model.apply(
+      v, x, train=True, mutable=["batch_stats"]))(v, x)
+  assert logits.shape == (2, 10) and set(new) == {"batch_stats"}
+  assert not np.allclose(new["batch_stats"]["bn1"]["mean"], 0.0)
+  mask = masks.make_mask(v["params"])
+  assert len(jax.tree.leaves(mask)) == 9  # 8 convs + out.
+  assert v["params"]["conv8"]["kernel"].shape == (3, 3, 32, 32)
+
+
+def test_image_models_refuse_other_inputs():
+  for name in ("resnet20", "vgg16"):
+    with pytest.raises(lottery.LotteryError) as e:
+      models.get(name, 10).init(jax.random.key(0), jnp.zeros((1, 40)))
+    # str(e), as the entry points print it (JAX adds a note beside it).
+    assert str(e.value) == (f"model.name: '{name[:-2]}' needs image batches "
+                            "(N, H, W, C) (got shape (1, 40))")
+
+
+# ------------------------------------------- the stateless models unchanged
+
+
+def _digest(tree) -> str:
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.asarray(leaf).tobytes())
+  return h.hexdigest()[:16]
+
+
+# Recorded before the `train` argument was added (init key 0, input key 1).
+_BEFORE = {
+    "lenet_300_100": ((2, 28, 28, 1), "e77afcaa642b0d01",
+                      (0.38788700103759766, -2.2621898651123047)),
+    "mnist1d_mlp": ((2, 40), "776e3e3201120e7f",
+                    (0.3741401135921478, -0.5279551148414612)),
+    "conv2": ((2, 8, 8, 3), "bb61e87172d7dca0",
+              (-0.1648787260055542, -0.11357015371322632)),
+    "conv4": ((2, 8, 8, 3), "5d5b0fda6537c008", None),
+    "conv6": ((2, 8, 8, 3), "9e555d759044b842", None),
+    "mlp_tiny": ((2, 5), "99c932cd4d8f9808",
+                 (-0.04026668518781662, -0.05907796323299408)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_BEFORE))
+def test_stateless_models_are_unchanged(name):
+  shape, digest, logits = _BEFORE[name]
+  model = models.get(name, 10)
+  x = jax.random.normal(jax.random.key(1), shape)
+  v = model.init(jax.random.key(0), x)
+  assert set(v) == {"params"}
+  assert _digest(v) == digest  # Bit-identical parameters.
+  out = jax.jit(lambda v, x: model.apply(v, x))(v, x)
+  out_train = jax.jit(lambda v, x: model.apply(v, x, train=True))(v, x)
+  np.testing.assert_array_equal(out, out_train)
+  if logits is not None:
+    np.testing.assert_allclose(out[0, :2], logits, rtol=1e-6)
+
+
+# -------------------------------------------------------------- augmentation
+
+
+def test_augment_registry():
+  assert augment.names() == ["crop_flip", "none"]
+  with pytest.raises(
+      lottery.LotteryError,
+      match=r"^data.augment: unknown augmentation, must be one of "
+            r"\['crop_flip', 'none'\] \(got 'flip'\)$"):
+    augment.get("flip")
+  x = jnp.ones((2, 4, 4, 3))
+  assert augment.get("none")(jax.random.key(0), x) is x
+
+
+def _images(n, h=8, w=8, c=2):
+  """Distinct non-zero pixel values, so every shift is recognisable."""
+  return (np.arange(n * h * w * c, dtype=np.float32).reshape(n, h, w, c) + 1)
+
+
+def _shifted(image, dy, dx):
+  """`image` moved down by dy and right by dx, zeros where it moved from."""
+  h, w = image.shape[:2]
+  out = np.zeros_like(image)
+  out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+      image[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+  return out
+
+
+def _transform_of(out, image):
+  """The (dy, dx, flipped) that maps `image` to `out`; exactly one must."""
+  found = [(dy, dx, f) for dy in range(-4, 5) for dx in range(-4, 5)
+           for f in (False, True)
+           if np.array_equal(out, _shifted(image[:, ::-1] if f else image,
+                                           dy, dx))]
+  assert len(found) == 1, found
+  return found[0]
+
+
+def test_shifted_helper_by_hand():
+  image = np.arange(1, 10, dtype=np.float32).reshape(3, 3, 1)
+  np.testing.assert_array_equal(
+      _shifted(image, 1, -1)[..., 0], [[0, 0, 0], [2, 3, 0], [5, 6, 0]])
+
+
+def test_random_crop_is_a_zero_padded_shift():
+  x = _images(64)
+  out = np.asarray(jax.jit(augment.random_crop, static_argnums=2)(
+      jax.random.key(3), jnp.asarray(x), 4))
+  assert out.shape == x.shape and out.dtype == np.float32
+  shifts = [_transform_of(o, i) for o, i in zip(out, x)]
+  assert not any(f for _, _, f in shifts)
+  assert len({s[:2] for s in shifts}) > 20  # Offsets per example.
+
+
+def test_random_flip_mirrors_about_half():
+  x = _images(200, 2, 4, 1)
+  out = np.asarray(jax.jit(augment.random_flip)(jax.random.key(0), x))
+  flipped = np.array([np.array_equal(o, i[:, ::-1]) for o, i in zip(out, x)])
+  kept = np.array([np.array_equal(o, i) for o, i in zip(out, x)])
+  assert np.all(flipped ^ kept)
+  assert 70 < flipped.sum() < 130
+
+
+def test_crop_flip_is_deterministic_per_key():
+  fn = jax.jit(augment.get("crop_flip"))
+  x = jnp.asarray(_images(64))
+  a = np.asarray(fn(jax.random.key(0), x))
+  np.testing.assert_array_equal(a, fn(jax.random.key(0), x))
+  np.testing.assert_array_equal(a, augment.crop_flip(jax.random.key(0), x))
+  assert not np.array_equal(a, fn(jax.random.key(1), x))
+  moves = [_transform_of(o, i) for o, i in zip(a, np.asarray(x))]
+  assert {f for _, _, f in moves} == {False, True}
+
+
+def test_crop_flip_vmaps_over_replicates():
+  fn = augment.get("crop_flip")
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jnp.asarray(_images(3 * 4)).reshape(3, 4, 8, 8, 2)
+  out = jax.jit(jax.vmap(fn))(keys, x)
+  assert out.shape == x.shape
+  for r in range(3):
+    np.testing.assert_array_equal(out[r], fn(keys[r], x[r]))
+
+
+def test_crop_flip_needs_images():
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^data.augment: 'crop_flip' needs image batches "
+                           r"\(N, H, W, C\) \(got shape \(2, 40\)\)$"):
+    augment.crop_flip(jax.random.key(0), jnp.zeros((2, 40)))

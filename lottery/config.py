@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import ml_collections
 
@@ -100,7 +100,7 @@ LOOPS = ("auto", "scan", "unroll", "python")
 _AUGMENTS_FALLBACK = ("none", "crop_flip")
 
 
-def _fail(field: str, value, why: str):
+def _fail(field: str, value, why: str) -> NoReturn:
   raise LotteryError(f"{field}: {why} (got {value!r})")
 
 

@@ -7,6 +7,10 @@ paper changes. `validate` checks every field before any long work and raises a
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
 import ml_collections
 
 from lottery import data as data_lib
@@ -87,73 +91,271 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _fail(field: str, value, why: str):
+# Bounds. Counts (steps, batch size, rounds, ...) stay below 10**9 so that a
+# step or example index, plus an offset, never overflows the int32 counters of
+# jax and optax (2**31 - 1 ~ 2.1e9). Seeds are in [0, 2**31): every consumer
+# (jax.random.key, numpy) takes them without overflow or wrap-around. Rates
+# (learning_rate, lr_decay) are at most 1e3 and weight_decay below 1e3: no
+# optimizer here trains at a rate above ~10 (SGD on LeNet/Conv uses 0.1, Adam
+# ~1e-3), so three orders of magnitude above that is room for odd
+# parametrizations while a typo such as 1e30 (or inf) is refused here instead
+# of turning the first step's weights into inf and being reported as a
+# diverged run.
+MAX_COUNT = 10**9
+SEED_LIMIT = 2**31
+MAX_RATE = 1e3
+LOOPS = ("auto", "scan", "unroll", "python")
+_AUGMENTS_FALLBACK = ("none", "crop_flip")
+
+
+def _fail(field: str, value, why: str) -> NoReturn:
   raise LotteryError(f"{field}: {why} (got {value!r})")
 
 
-def _int(field: str, value, lo: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-    _fail(field, value, f"must be an integer >= {lo}")
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(field: str, value, lo: int, hi: int = MAX_COUNT) -> None:
+  """An integer in [lo, hi]."""
+  if not _is_int(value) or not lo <= value <= hi:
+    _fail(field, value, f"must be an integer in [{lo}, {hi}]")
+
+
+def _real(field: str, value, lo: float, hi: float, *, lo_open: bool,
+          hi_open: bool) -> None:
+  """A finite real number in the interval given by lo, hi and openness."""
+  interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+  if not _is_real(value):
+    _fail(field, value, f"must be a number in {interval}")
+  # Bounded intervals also refuse inf; NaN fails every comparison.
+  if not ((value > lo if lo_open else value >= lo) and
+          (value < hi if hi_open else value <= hi)):
+    _fail(field, value, f"must be in {interval}")
 
 
 def _choice(field: str, value, known) -> None:
-  if value not in known:
-    _fail(field, value, f"must be one of {list(known)}")
+  known = list(known)
+  if not isinstance(value, str) or value not in known:
+    _fail(field, value, f"must be one of {known}")
+
+
+def _str(field: str, value) -> None:
+  if not isinstance(value, str):
+    _fail(field, value, "must be a string")
+
+
+def _bool(field: str, value) -> None:
+  if not isinstance(value, bool):
+    _fail(field, value, "must be True or False")
+
+
+# Rules: flattened field -> check(field, value, values), where `values` holds
+# every field by its flattened name. `validate` runs them in this table's
+# order, so a rule may rely on the fields above it (training.steps before
+# training.warmup_steps). tests/test_validation.py checks that every field of
+# base_config() has one; rules for fields it lacks are skipped.
+_Rule = Callable[[str, Any, dict[str, Any]], None]
+
+
+def _count(lo: int, hi: int = MAX_COUNT) -> _Rule:
+  return lambda f, v, c: _int(f, v, lo, hi)
+
+
+def _one_of(known: Callable[[], Sequence[str]]) -> _Rule:
+  return lambda f, v, c: _choice(f, v, known())
+
+
+def _string(f, v, c) -> None:
+  _str(f, v)
+
+
+def _boolean(f, v, c) -> None:
+  _bool(f, v)
+
+
+def _augment_names() -> Sequence[str]:
+  try:
+    from lottery import augment  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _AUGMENTS_FALLBACK
+  return augment.names()
+
+
+def _data_path(f, v, c) -> None:
+  _str(f, v)
+  if c["data.name"] == "npz" and not v:
+    _fail(f, v, "set it to an .npz file for data.name='npz'")
+
+
+def _below_steps(f, v, c) -> None:
+  _int(f, v, 0)
+  steps = c["training.steps"]
+  if v >= steps:
+    _fail(f, v, f"must be below training.steps={steps}")
+
+
+def _learning_rate(f, v, c) -> None:
+  _real(f, v, 0, MAX_RATE, lo_open=True, hi_open=False)
+
+
+def _momentum(f, v, c) -> None:
+  _real(f, v, 0, 1, lo_open=False, hi_open=True)
+
+
+def _weight_decay(f, v, c) -> None:
+  _real(f, v, 0, MAX_RATE, lo_open=False, hi_open=True)
+
+
+def _lr_boundaries(f, v, c) -> None:
+  steps = c["training.steps"]
+  b = list(v) if isinstance(v, (tuple, list)) else None
+  if b is None or any(not _is_int(x) or not 0 < x < steps for x in b) or \
+      b != sorted(set(b)):
+    _fail(f, v, f"must be increasing integer steps in (0, {steps})")
+
+
+def _fraction(f, v, c) -> None:
+  _real(f, v, 0, 1, lo_open=True, hi_open=True)
+
+
+def _rewind_step(f, v, c) -> None:
+  _below_steps(f, v, c)
+  reset = c["pruning.reset"]
+  if v and reset != "rewind":
+    _fail(f, v, f"only applies to pruning.reset='rewind', not {reset!r}")
+
+
+def _prunable(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v or \
+      not all(isinstance(p, str) and p for p in v):
+    _fail(f, v, "must be a non-empty tuple of regexes")
+  masks.compile_patterns(v, f)
+
+
+def _layer_fractions(f, v, c) -> None:
+  _str(f, v)
+  pruning.parse_layer_fractions(v, field=f)
+
+
+def _controls(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)):
+    _fail(f, v, "must be a tuple, e.g. ('reinit',)")
+  for x in v:
+    _choice(f, x, CONTROLS)
+  if len(set(v)) != len(v):
+    _fail(f, v, "must not repeat a control")
+
+
+RULES: dict[str, _Rule] = {
+    "seeds.init": _count(0, SEED_LIMIT - 1),
+    "seeds.data": _count(0, SEED_LIMIT - 1),
+    "seeds.control": _count(0, SEED_LIMIT - 1),
+    "data.name": _one_of(lambda: data_lib.NAMES),
+    "data.data_dir": _string,
+    "data.path": _data_path,
+    "data.cache_dir": _string,
+    "data.validation_size": _count(0),
+    "data.on_device": _boolean,
+    "data.augment": _one_of(_augment_names),
+    "model.name": _one_of(models.names),
+    "model.depth": _count(0),
+    "model.width": _count(0),
+    "training.steps": _count(1),
+    "training.batch_size": _count(1),
+    "training.optimizer": _one_of(lambda: optim.OPTIMIZERS),
+    "training.learning_rate": _learning_rate,
+    "training.momentum": _momentum,
+    "training.nesterov": _boolean,
+    "training.weight_decay": _weight_decay,
+    "training.schedule": _one_of(lambda: optim.SCHEDULES),
+    "training.lr_boundaries": _lr_boundaries,
+    "training.lr_decay": _learning_rate,
+    "training.warmup_steps": _below_steps,
+    "training.eval_every": _count(1),
+    "training.checkpoint_every": _count(0),
+    "training.loop": _one_of(lambda: LOOPS),
+    "pruning.fraction": _fraction,
+    "pruning.rounds": _count(0),
+    "pruning.scope": _one_of(lambda: pruning.SCOPES),
+    "pruning.prunable": _prunable,
+    "pruning.layer_fractions": _layer_fractions,
+    "pruning.score": _one_of(scores.names),
+    "pruning.reset": _one_of(lambda: RESETS),
+    "pruning.rewind_step": _rewind_step,
+    "controls": _controls,
+    "controls_every": _count(1),
+}
+
+
+def _as_dict(node) -> dict | None:
+  if isinstance(node, (ml_collections.ConfigDict,
+                       ml_collections.FrozenConfigDict)):
+    return node.to_dict()
+  return dict(node) if isinstance(node, Mapping) else None
+
+
+def _leaves(schema: dict, config: dict, prefix: str,
+            out: dict[str, Any]) -> None:
+  """Flattens `config` along `schema`, refusing unknown and missing fields."""
+  for key in config:
+    if key not in schema:
+      _unknown(prefix + str(key))
+  for key, sub in schema.items():
+    name = prefix + key
+    if key not in config:
+      raise LotteryError(f"{name}: missing from the config (start from "
+                         f"lottery.base_config(), which has every field)")
+    value = config[key]
+    if isinstance(sub, dict):
+      value = _as_dict(value)
+      if value is None:
+        _fail(name, config[key], "must be a group of fields")
+      _leaves(sub, value, name + ".", out)
+    else:
+      out[name] = value
+
+
+def _unknown(name: str):
+  known = schema_fields()
+  known += sorted({k.rpartition(".")[0] for k in known} - {""})  # Groups.
+  leaf = name.rpartition(".")[2]
+  # An abbreviation such as 'lr' or 'wd' is its words' initials; difflib
+  # would rank 'training.loop' above 'training.learning_rate' for it.
+  guess = [k for k in known if len(leaf) > 1 and
+           "".join(w[0] for w in k.rpartition(".")[2].split("_")) == leaf and
+           k.rpartition(".")[0] == name.rpartition(".")[0]]
+  guess = guess or difflib.get_close_matches(name, known, n=1)
+  hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+  raise LotteryError(f"config: no field {name!r}{hint}")
+
+
+def schema_fields() -> list[str]:
+  """Every field of `base_config()`, flattened ('training.steps'), in order."""
+  out: dict[str, Any] = {}
+  _leaves(base_config().to_dict(), base_config().to_dict(), "", out)
+  return list(out)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises LotteryError on the first invalid field."""
-  for k in ("init", "data", "control"):
-    _int(f"seeds.{k}", config.seeds[k], 0)
-  _choice("data.name", config.data.name, data_lib.NAMES)
-  _int("data.validation_size", config.data.validation_size, 0)
-  _choice("model.name", config.model.name, models.names())
+  """Checks every field of `config` against `base_config()`'s schema.
 
-  t = config.training
-  _int("training.steps", t.steps, 1)
-  _int("training.batch_size", t.batch_size, 1)
-  _choice("training.optimizer", t.optimizer, optim.OPTIMIZERS)
-  _choice("training.schedule", t.schedule, optim.SCHEDULES)
-  if not t.learning_rate > 0:
-    _fail("training.learning_rate", t.learning_rate, "must be > 0")
-  if not 0 <= t.momentum < 1:
-    _fail("training.momentum", t.momentum, "must be in [0, 1)")
-  if not t.weight_decay >= 0:
-    _fail("training.weight_decay", t.weight_decay, "must be >= 0")
-  if not t.lr_decay > 0:
-    _fail("training.lr_decay", t.lr_decay, "must be > 0")
-  b = list(t.lr_boundaries)
-  if any(not isinstance(x, int) or not 0 < x < t.steps for x in b) or \
-      b != sorted(set(b)):
-    _fail("training.lr_boundaries", t.lr_boundaries,
-          f"must be increasing integer steps in (0, {t.steps})")
-  _int("training.warmup_steps", t.warmup_steps, 0)
-  if t.warmup_steps >= t.steps:
-    _fail("training.warmup_steps", t.warmup_steps,
-          f"must be below training.steps={t.steps}")
-  _int("training.eval_every", t.eval_every, 1)
-  _int("training.checkpoint_every", t.checkpoint_every, 0)
-
-  p = config.pruning
-  if not isinstance(p.fraction, (int, float)) or not 0 < p.fraction < 1:
-    _fail("pruning.fraction", p.fraction, "must be in (0, 1)")
-  _int("pruning.rounds", p.rounds, 0)
-  _choice("pruning.scope", p.scope, pruning.SCOPES)
-  _choice("pruning.score", p.score, scores.names())
-  _choice("pruning.reset", p.reset, RESETS)
-  _int("pruning.rewind_step", p.rewind_step, 0)
-  if p.rewind_step >= t.steps:
-    _fail("pruning.rewind_step", p.rewind_step,
-          f"must be below training.steps={t.steps}")
-  if p.rewind_step and p.reset != "rewind":
-    _fail("pruning.rewind_step", p.rewind_step,
-          f"only applies to pruning.reset='rewind', not {p.reset!r}")
-  if isinstance(p.prunable, str) or not p.prunable:
-    _fail("pruning.prunable", p.prunable, "must be a non-empty tuple of regexes")
-  masks.compile_patterns(p.prunable, "pruning.prunable")
-  pruning.parse_layer_fractions(p.layer_fractions)
-  if isinstance(config.controls, str):
-    _fail("controls", config.controls, "must be a tuple, e.g. ('reinit',)")
-  for c in config.controls:
-    _choice("controls", c, CONTROLS)
-  _int("controls_every", config.controls_every, 1)
+  Raises:
+    LotteryError: on the first unknown field ('config: no field ...'), missing
+      field, value of a wrong type or out of its bounds (named by its field,
+      e.g. 'training.learning_rate: ...').
+  """
+  config_dict = _as_dict(config)
+  if config_dict is None:
+    _fail("config", config, "must be a ConfigDict from lottery.base_config()")
+  values: dict[str, Any] = {}
+  _leaves(base_config().to_dict(), config_dict, "", values)
+  # In the table's order, so that a rule may rely on the fields before it. A
+  # schema field without a rule fails tests/test_validation.py.
+  for name, rule in RULES.items():
+    if name in values:
+      rule(name, values[name], values)

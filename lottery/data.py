@@ -9,10 +9,14 @@ TFDS datasets are read from a local `data_dir` prepared beforehand.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
+import json
 import os
 import pathlib
 import tempfile
 
+from absl import logging
 import numpy as np
 
 from lottery.errors import LotteryError
@@ -42,62 +46,219 @@ def cache_dir(configured: str = "") -> pathlib.Path:
 def _save_npz_atomic(path: pathlib.Path, **arrays) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+_MNIST1D_SHAPES = {"x_train": (4000, 40), "y_train": (4000,),
+                   "x_test": (1000, 40), "y_test": (1000,)}
+
+
+def _read_mnist1d_cache(path: pathlib.Path) -> Dataset:
+  """The cached set; raises (anything) if the file is not a sound cache."""
+  with np.load(path) as f:
+    arrays = {k: f[k] for k in _MNIST1D_SHAPES}
+  for k, shape in _MNIST1D_SHAPES.items():
+    a = arrays[k]
+    if a.shape != shape or not np.issubdtype(a.dtype, np.number) or \
+        not np.isfinite(a).all():
+      raise ValueError(f"{k}: {a.dtype} {a.shape}")
+  for k in ("y_train", "y_test"):
+    if not (np.issubdtype(arrays[k].dtype, np.integer) and
+            arrays[k].min() >= 0 and arrays[k].max() < 10):
+      raise ValueError(f"{k}: labels outside 0..9")
+  return Dataset("mnist1d", arrays["x_train"].astype(np.float32),
+                 arrays["y_train"].astype(np.int32),
+                 arrays["x_test"].astype(np.float32),
+                 arrays["y_test"].astype(np.int32), 10)
 
 
 def mnist1d(cache: str = "") -> Dataset:
   """The standard MNIST-1D set (4000 train / 1000 test, length 40, 10 classes).
 
   Generated with `mnist1d.data.make_dataset(get_dataset_args())` (never
-  `get_dataset`, which downloads) and cached as an .npz.
+  `get_dataset`, which downloads) and cached as an .npz. A cache that cannot be
+  read or is damaged is regenerated (with one warning); a cache directory that
+  cannot be written is skipped.
   """
   path = cache_dir(cache) / "mnist1d_standard.npz"
-  if not path.exists():
-    from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
-    d = make_dataset(get_dataset_args())
-    _save_npz_atomic(path, x_train=d["x"], y_train=d["y"], x_test=d["x_test"],
-                     y_test=d["y_test"])
-  with np.load(path) as f:
-    return Dataset("mnist1d", f["x_train"].astype(np.float32),
-                   f["y_train"].astype(np.int32),
-                   f["x_test"].astype(np.float32),
-                   f["y_test"].astype(np.int32), 10)
+  if path.exists():
+    try:
+      return _read_mnist1d_cache(path)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("MNIST-1D cache %s is unreadable (%s: %s); regenerating "
+                      "it", path, type(e).__name__, str(e)[:80])
+  from mnist1d.data import get_dataset_args, make_dataset  # pylint: disable=g-import-not-at-top
+  d = make_dataset(get_dataset_args())
+  arrays = dict(x_train=d["x"], y_train=d["y"], x_test=d["x_test"],
+                y_test=d["y_test"])
+  try:
+    _save_npz_atomic(path, **arrays)
+  except OSError:
+    pass  # An unwritable cache costs a regeneration next time, nothing more.
+  return Dataset("mnist1d", arrays["x_train"].astype(np.float32),
+                 arrays["y_train"].astype(np.int32),
+                 arrays["x_test"].astype(np.float32),
+                 arrays["y_test"].astype(np.int32), 10)
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+MAX_CLASSES = 100_000
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # A member first; an empty zip.
+
+
+def _npz_error(why: str) -> LotteryError:
+  return LotteryError(f"data.path: {why}")
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  """The four arrays of an .npz file, each refused with its true cause."""
+  if not path:
+    raise _npz_error("set it to an .npz file for data.name='npz' (got '')")
+  if os.path.isdir(path):
+    raise _npz_error(f"{path!r} is a directory, not an .npz file")
+  if not os.path.isfile(path):
+    raise _npz_error(f"no such file {path!r}")
+  try:
+    with open(path, "rb") as fh:
+      head = fh.read(6)
+  except OSError as e:
+    raise _npz_error(f"cannot read {path!r} ({e.strerror})") from None
+  if head == b"\x93NUMPY":
+    raise _npz_error(f"{path!r} is a single .npy array; save the four arrays "
+                     f"with np.savez(path, x_train=..., y_train=..., "
+                     f"x_test=..., y_test=...)")
+  if head[:4] not in _ZIP_MAGIC:
+    raise _npz_error(f"cannot read {path!r} as .npz (not a zip archive: it "
+                     f"starts with {head!r})")
+  arrays = {}
+  try:
+    # An open file of our own: np.load leaks its own if the zip is damaged.
+    with open(path, "rb") as fh, np.load(fh) as f:
+      missing = [k for k in NPZ_KEYS if k not in f.files]
+      if missing:
+        raise _npz_error(f"{path!r} lacks arrays {missing} (has {f.files})")
+      for k in NPZ_KEYS:
+        try:
+          arrays[k] = f[k]
+        except ValueError as e:
+          if "allow_pickle" not in str(e):
+            raise
+          raise _npz_error(f"{k} in {path!r} holds Python objects (dtype "
+                           f"object); save numeric arrays") from None
+        if not isinstance(arrays[k], np.ndarray):  # A member not in .npy.
+          raise _npz_error(f"{k} in {path!r} is not a .npy array (the "
+                           f"archive was not written by np.savez)")
+  except LotteryError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # BadZipFile (truncated: no central directory), bad CRC, zlib errors,
+    # EOFError or a broken .npy header inside: the file is damaged.
+    raise _npz_error(f"cannot read {path!r} as .npz, the file is damaged "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:100]})"
+                     ) from None
+  return arrays
+
+
+def _check_inputs(k: str, x: np.ndarray, path: str) -> np.ndarray:
+  """x as float32, or a LotteryError naming what is wrong with it."""
+  if not (x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer) or
+          np.issubdtype(x.dtype, np.floating)):
+    raise _npz_error(f"{k} must hold real numbers (got dtype {x.dtype} in "
+                     f"{path!r})")
+  if not 2 <= x.ndim <= 4:
+    raise _npz_error(f"{k} must have shape (N, L), (N, L, C) or (N, H, W, C) "
+                     f"(got shape {x.shape} in {path!r})")
+  if x.size == 0:
+    raise _npz_error(f"{k} is empty (got shape {x.shape} in {path!r})")
+  if np.issubdtype(x.dtype, np.floating):
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    if nan or inf:
+      raise _npz_error(f"{k} holds non-finite values (got {nan} NaN and {inf} "
+                       f"inf of {x.size} in {path!r})")
+  with np.errstate(over="ignore"):  # Refused just below.
+    out = x.astype(np.float32)
+  if not np.isfinite(out).all():
+    raise _npz_error(f"{k} holds values beyond float32's range (got max |x| "
+                     f"{np.abs(x).max():g} in {path!r})")
+  return out
+
+
+def _check_labels(k: str, y: np.ndarray, rows: int, path: str) -> np.ndarray:
+  """y as int32, or a LotteryError naming what is wrong with it."""
+  x_name = "x" + k[1:]
+  if y.ndim != 1 or len(y) != rows:
+    raise _npz_error(f"{x_name} has {rows} rows but {k} has shape {y.shape} "
+                     f"(want ({rows},))")
+  if np.issubdtype(y.dtype, np.floating):
+    bad = ~np.isfinite(y) | (y != np.round(y))
+    if bad.any():
+      raise _npz_error(f"{k} must hold integer class labels (got "
+                       f"{float(y[bad][0])} among {y.dtype} labels in "
+                       f"{path!r})")
+  elif not np.issubdtype(y.dtype, np.integer):
+    raise _npz_error(f"{k} must hold integer class labels (got dtype "
+                     f"{y.dtype} in {path!r})")
+  lo, hi = y.min(), y.max()
+  if lo < 0 or hi >= MAX_CLASSES:
+    raise _npz_error(f"{k} must hold labels in [0, {MAX_CLASSES}) (got "
+                     f"{lo if lo < 0 else hi} in {path!r})")
+  return y.astype(np.int32)
 
 
 def from_npz(path: str) -> Dataset:
   """A user's arrays: an .npz with x_train, y_train, x_test, y_test.
 
-  Labels must be integers 0..C-1; C is taken from the largest label.
+  Accepted (other arrays in the file are ignored):
+    x_train, x_test: (N, L) or (N, L, C) for 1-D inputs (sequences, feature
+      vectors; MLPs flatten every shape), or (N, H, W, C) for 2-D
+      convolutions; train and test examples of the same shape; N >= 1. Any
+      real dtype (bool, integer, floating) is converted to float32; NaN, inf
+      and values beyond float32's range are refused. Inputs are used as given:
+      `standardize` scales them as the TFDS loader does.
+    y_train, y_test: (N,) class labels in [0, 100000): an integer dtype, or a
+      floating one whose values are all exactly integral (as pandas often
+      saves labels); converted to int32. The number of classes C is the
+      largest label + 1; labels need not cover 0..C-1 (a class may be absent
+      from a split).
+
+  Raises:
+    LotteryError: 'data.path: ...' naming the cause: no file, a directory, a
+      single .npy, not a zip, a damaged archive, a missing array, object or
+      string dtypes, wrong or mismatched shapes, empty arrays, non-finite
+      inputs, labels that are not integers in range.
   """
-  if not path:
-    raise LotteryError("data.path: set it to an .npz file for data.name='npz'")
-  if not os.path.isfile(path):
-    raise LotteryError(f"data.path: no such file {path!r}")
-  try:
-    f = np.load(path)
-  except Exception as e:  # pylint: disable=broad-except
-    raise LotteryError(f"data.path: cannot read {path!r} as .npz ({e})"
-                       ) from None
-  with f:
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    missing = [k for k in keys if k not in f.files]
-    if missing:
-      raise LotteryError(f"data.path: {path!r} lacks arrays {missing} "
-                         f"(has {f.files})")
-    xs = {k: f[k] for k in keys}
+  xs = _read_npz(path)
+  out = {}
   for split in ("train", "test"):
-    x, y = xs["x_" + split], xs["y_" + split]
-    if len(x) != len(y) or y.ndim != 1:
-      raise LotteryError(f"data.path: x_{split} has {len(x)} rows but "
-                         f"y_{split} has shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 0):
-      raise LotteryError(f"data.path: y_{split} must hold integer labels >= 0")
-  num_classes = int(max(xs["y_train"].max(), xs["y_test"].max())) + 1
-  return Dataset(os.path.basename(path), *(
-      xs[k].astype(np.float32 if k[0] == "x" else np.int32) for k in keys),
+    kx, ky = "x_" + split, "y_" + split
+    out[kx] = _check_inputs(kx, xs[kx], path)
+    out[ky] = _check_labels(ky, xs[ky], len(xs[kx]), path)
+  if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
+    raise _npz_error(f"x_test has examples of shape {out['x_test'].shape[1:]} "
+                     f"but x_train {out['x_train'].shape[1:]} (in {path!r})")
+  num_classes = int(max(out["y_train"].max(), out["y_test"].max())) + 1
+  return Dataset(os.path.basename(path), *(out[k] for k in NPZ_KEYS),
                  num_classes)
+
+
+def standardize(ds: Dataset) -> Dataset:
+  """Inputs scaled per channel by the training set's mean and std.
+
+  The channel is the last axis of (N, L, C) and (N, H, W, C) inputs; (N, L)
+  inputs are one channel. Test inputs use the training statistics. The same
+  scaling as the TFDS loader: (x - mean) / (std + 1e-6), float32.
+  """
+  axes = (0, 1) if ds.x_train.ndim == 2 else tuple(range(ds.x_train.ndim - 1))
+  mean = ds.x_train.mean(axes, dtype=np.float32)
+  std = ds.x_train.std(axes, dtype=np.float32) + np.float32(1e-6)
+  return dataclasses.replace(ds, x_train=(ds.x_train - mean) / std,
+                             x_test=(ds.x_test - mean) / std)
 
 
 def _tfds_prepare_hint(name: str, data_dir: str) -> str:
@@ -107,6 +268,11 @@ def _tfds_prepare_hint(name: str, data_dir: str) -> str:
           f"--config.data.data_dir=DIR (looked in {data_dir!r})")
 
 
+def _not_prepared(name: str, builder) -> LotteryError:
+  return LotteryError(f"data.data_dir: TFDS dataset {name!r} is not prepared; "
+                      f"{_tfds_prepare_hint(name, builder.data_dir)}")
+
+
 def _read_tfds_split(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
@@ -114,9 +280,7 @@ def _read_tfds_split(name: str, split: str, data_dir: str | None):
     source = builder.as_data_source(split=split)
   except Exception as e:  # pylint: disable=broad-except
     if not builder.is_prepared():
-      raise LotteryError(f"data.data_dir: TFDS dataset {name!r} is not "
-                         f"prepared; {_tfds_prepare_hint(name, builder.data_dir)}"
-                         ) from None
+      raise _not_prepared(name, builder) from None
     first = str(e).splitlines()[0]
     raise LotteryError(f"data.data_dir: cannot read TFDS dataset {name!r} "
                        f"({first}); re-prepare it in array_record format: "
@@ -142,9 +306,7 @@ def from_tfds(name: str, data_dir: str = "") -> Dataset:
   x_te, y_te, _ = _read_tfds_split(name, "test", data_dir)
   x_tr = x_tr.astype(np.float32) / 255.0
   x_te = x_te.astype(np.float32) / 255.0
-  axes = tuple(range(x_tr.ndim - 1))
-  mean, std = x_tr.mean(axes), x_tr.std(axes) + 1e-6
-  return Dataset(name, (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te, c)
+  return standardize(Dataset(name, x_tr, y_tr, x_te, y_te, c))
 
 
 def split_validation(ds: Dataset, size: int
@@ -165,6 +327,71 @@ def split_validation(ds: Dataset, size: int
   return (dataclasses.replace(ds, x_train=ds.x_train[keep],
                               y_train=ds.y_train[keep]),
           ds.x_train[val], ds.y_train[val])
+
+
+def _sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return "sha256:" + h.hexdigest()
+
+
+def _sha256_json(obj) -> str:
+  text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+  return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(data) -> str:
+  """A short string that changes when the dataset named by `data` changes.
+
+  Cheap (no data is read for MNIST-1D and TFDS), so a run can record it and a
+  resume can refuse changed data.
+
+  Args:
+    data: the `config.data` ConfigDict (name, path, data_dir).
+
+  Returns:
+    'sha256:<hex>' of: for 'npz', the file's bytes; for 'mnist1d', the
+    generator call and the installed `mnist1d` version (the set is a pure
+    function of both, and this does not depend on floating-point details of
+    the machine that generated the cache); for TFDS, the prepared dataset's
+    dataset_info.json and its files' names and sizes.
+
+  Raises:
+    LotteryError: as loading would: no .npz file, TFDS dataset not prepared,
+      unknown data.name.
+  """
+  if data.name == "npz":
+    path = data.path
+    if not path or not os.path.isfile(path):
+      _read_npz(path)  # Raises the loader's error for the path.
+    return _sha256_file(path)
+  if data.name == "mnist1d":
+    try:
+      version = importlib.metadata.version("mnist1d")
+    except importlib.metadata.PackageNotFoundError:
+      raise LotteryError("data.name: 'mnist1d' needs the mnist1d package "
+                         "(pip install mnist1d)") from None
+    return _sha256_json({"dataset": "mnist1d", "mnist1d": version,
+                         "generator": "make_dataset(get_dataset_args())"})
+  if data.name in TFDS_NAMES:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder(data.name, data_dir=data.data_dir or None)
+    if not builder.is_prepared():
+      raise _not_prepared(data.name, builder)
+    root = os.fspath(builder.data_dir)
+    files = []
+    for d, _, names in os.walk(root):
+      for n in names:
+        p = os.path.join(d, n)
+        files.append((os.path.relpath(p, root), os.path.getsize(p)))
+    with open(os.path.join(root, "dataset_info.json"), "rb") as f:
+      info = hashlib.sha256(f.read()).hexdigest()
+    return _sha256_json({"dataset": data.name, "files": sorted(files),
+                         "dataset_info": info})
+  raise LotteryError(f"data.name: unknown dataset {data.name!r} "
+                     f"(known: {list(NAMES)})")
 
 
 def load(data) -> Dataset:

@@ -269,7 +269,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   config_lib.validate(config)
   workdir_lib.check(workdir, config)  # Refuse before the long work ...
   exp = build(config)
-  wd = workdir_lib.claim(workdir, config)  # ... and write only after it.
+  held = workdir_lib.claim(workdir, config)  # ... and write only after it.
+  wd = held.path  # The workdir's lock is held until the run ends.
   p = config.pruning
   score_fn = scores_lib.get(p.score)
   control_key = jax.random.key(config.seeds.control)
@@ -338,6 +339,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   finally:
     if writer is not None:
       writer.close()
+    held.release()
   return {"rounds": records, "finished": True}
 
 

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -128,7 +129,7 @@ def _array_digest(x: np.ndarray) -> str:
 
 
 def _array_digests(tree: Any) -> dict[str, str]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  leaves = jax.tree.flatten_with_path(tree)[0]
   return {jax.tree_util.keystr(p): _array_digest(np.asarray(x))
           for p, x in leaves}
 
@@ -151,6 +152,25 @@ def _file_digest(p: pathlib.Path) -> str:
   return h.hexdigest()
 
 
+class _NoOrbaxErrors(logging.Filter):
+  """Drops orbax's logged copies (with tracebacks, from its writer threads)
+  of the errors that `save` raises anyway."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR or "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _no_orbax_errors() -> Iterator[None]:
+  log = logging.getLogger("absl")  # Orbax logs through absl.logging.
+  quiet = _NoOrbaxErrors()
+  log.addFilter(quiet)
+  try:
+    yield
+  finally:
+    log.removeFilter(quiet)
+
+
 def save(path: str | os.PathLike, tree: Any) -> None:
   """Saves a pytree of arrays with its checksums.
 
@@ -165,7 +185,8 @@ def save(path: str | os.PathLike, tree: Any) -> None:
   tree = jax.device_get(tree)
   try:
     with disk_errors(path):
-      _checkpointer().save(os.fspath(path), tree)
+      with _no_orbax_errors():
+        _checkpointer().save(os.fspath(path), tree)
       body = json.dumps({"arrays": _array_digests(tree),
                          "files": _file_digests(path)},
                         indent=1, sort_keys=True).encode()
@@ -260,6 +281,9 @@ def restore(path: str | os.PathLike) -> Any:
     return tree
   except LotteryError:
     raise
+  except PermissionError as e:
+    raise LotteryError(f"workdir: checkpoint {os.fspath(path)!r} cannot be "
+                       f"read ({e})") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise _damaged(path, f"{type(e).__name__}: {e}") from None
 

@@ -222,8 +222,13 @@ class Claim:
     self.release()
 
   def __del__(self):
+    # A claim dropped without release(): close (which unlocks), quietly,
+    # even at interpreter exit.
     if getattr(self, "_fd", None) is not None:
-      os.close(self._fd)  # Without truncating: a finalizer stays minimal.
+      try:
+        os.close(self._fd)
+      except Exception:  # pylint: disable=broad-except
+        pass
 
   def __repr__(self) -> str:
     held = "held" if self._fd is not None else "released"

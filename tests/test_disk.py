@@ -4,6 +4,7 @@ full-disk safety, path checks, permissions, strict JSON."""
 import errno
 import hashlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -15,7 +16,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -265,6 +265,24 @@ def test_tensorstore_full_disk_is_recognised(tmp_path):
   with pytest.raises(ValueError, match="^other$"):
     with checkpoint.disk_errors(tmp_path):
       raise ValueError("other")
+
+
+def test_full_disk_in_orbax_logs_no_traceback(tmp_path, monkeypatch, caplog):
+  ck = checkpoint._checkpointer()
+  def save(path, tree, *a, **k):
+    # What orbax does on ENOSPC: logs the error (with a traceback) from its
+    # writer thread through absl, then raises it.
+    logging.getLogger("absl").handle(logging.makeLogRecord(dict(
+        name="absl", levelno=logging.ERROR, levelname="ERROR",
+        pathname="/site-packages/orbax/checkpoint/_src/futures/future.py",
+        msg="_SignalingThread.run() raised an exception")))
+    raise ValueError("Failed to write: No space left on device")
+  monkeypatch.setattr(ck, "save", save)
+  with caplog.at_level(logging.INFO):
+    with pytest.raises(lottery.LotteryError, match="^workdir: no space left"):
+      checkpoint.save(tmp_path / "ck", {"x": np.zeros(2)})
+  assert caplog.records == []
+  assert list(tmp_path.iterdir()) == []
 
 
 # --- One writer per workdir --------------------------------------------------

@@ -1,21 +1,52 @@
-"""Orbax save / restore of plain pytrees of arrays, and atomic JSON files.
+"""Orbax save / restore of plain pytrees of arrays, verified; atomic JSON files.
 
-Orbax writes a checkpoint to a temporary directory and renames it into place,
-so a checkpoint directory either holds a whole checkpoint or does not exist.
+Orbax writes a checkpoint to a temporary directory (<path>.orbax-checkpoint-tmp)
+and renames it into place. `save` then writes, inside the checkpoint directory
+and atomically (temporary file + rename), a file CHECKSUMS that holds
+
+  - per array: sha256 over its dtype, shape and bytes;
+  - per file orbax wrote: its size and the sha256 of its bytes;
+
+and whose first line is the sha256 of the rest of it. `restore` checks the
+files before orbax reads anything and the arrays after; a changed, truncated
+or missing file, a missing CHECKSUMS (a crash between orbax's save and its
+write: an incomplete checkpoint) or an error of orbax raises LotteryError
+naming the directory and what to delete so that a rerun writes it again.
+
+Files and directories get the usual permissions: 0666 / 0777 less the umask.
+A full disk (ENOSPC) while writing raises LotteryError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import logging
+import math
 import os
 import pathlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from lottery.errors import LotteryError
+
+CHECKSUMS = "CHECKSUMS"
+# Names of the temporary files and directories that a killed writer leaves:
+# write_json's '<name>.<random>.tmp' and orbax's '<name>.orbax-checkpoint-tmp*'.
+TMP_SUFFIX = ".tmp"
+ORBAX_TMP = ".orbax-checkpoint-tmp"
+_HEADER = "lottery-checksums-v1 sha256:"
+# Files orbax writes into every checkpoint; one of them without CHECKSUMS
+# means the save was cut short.
+_ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
 
 _CKPTR = None
 
@@ -27,37 +58,281 @@ def _checkpointer() -> ocp.PyTreeCheckpointer:
   return _CKPTR
 
 
+def _is_enospc(e: BaseException) -> bool:
+  """Whether `e` (or an exception it came from) is a full disk.
+
+  Tensorstore reports one as a ValueError whose text carries the OS's.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return True
+    if os.strerror(errno.ENOSPC) in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+  """Turns a full disk while writing `path` into a LotteryError.
+
+  Raises:
+    LotteryError: ('workdir: no space left on device while writing ...').
+  """
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_enospc(e):
+      raise LotteryError(
+          f"workdir: no space left on device while writing "
+          f"{os.fspath(path)!r}; free space and rerun the same command to "
+          f"resume") from None
+    raise
+
+
+def _umask() -> int:
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
+  mask = os.umask(0o022)  # No way to read it without setting it elsewhere.
+  os.umask(mask)
+  return mask
+
+
+def _write_atomic(path: pathlib.Path, data: bytes) -> None:
+  """Writes `data` to a temporary file beside `path`, then renames it."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".",
+                             suffix=TMP_SUFFIX)
+  try:
+    # mkstemp creates 0600; give the file the mode open() would.
+    os.fchmod(fd, 0o666 & ~_umask())
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.unlink(tmp)
+    raise
+
+
+def _array_digest(x: np.ndarray) -> str:
+  x = np.ascontiguousarray(x)
+  h = hashlib.sha256(f"{x.dtype.str}|{x.shape}|".encode())
+  h.update(x.tobytes())
+  return h.hexdigest()
+
+
+def _array_digests(tree: Any) -> dict[str, str]:
+  leaves = jax.tree.flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): _array_digest(np.asarray(x))
+          for p, x in leaves}
+
+
+def _file_digests(path: pathlib.Path) -> dict[str, list]:
+  """{relative path: [size, sha256]} of the files under `path`."""
+  out = {}
+  for p in sorted(path.rglob("*")):
+    if p.is_file() and p.name != CHECKSUMS:
+      out[p.relative_to(path).as_posix()] = [p.stat().st_size,
+                                             _file_digest(p)]
+  return out
+
+
+def _file_digest(p: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(p, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+class _NoOrbaxErrors(logging.Filter):
+  """Drops orbax's logged copies (with tracebacks, from its writer threads)
+  of the errors that `save` raises anyway."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR or "orbax" not in record.pathname
+
+
+@contextlib.contextmanager
+def _no_orbax_errors() -> Iterator[None]:
+  log = logging.getLogger("absl")  # Orbax logs through absl.logging.
+  quiet = _NoOrbaxErrors()
+  log.addFilter(quiet)
+  try:
+    yield
+  finally:
+    log.removeFilter(quiet)
+
+
 def save(path: str | os.PathLike, tree: Any) -> None:
-  """Saves a pytree of arrays (nested dicts; no None leaves), replacing
-  nothing: `path` must not exist yet."""
-  _checkpointer().save(os.fspath(path), jax.device_get(tree))
+  """Saves a pytree of arrays with its checksums.
+
+  Args:
+    path: the checkpoint directory; it must not exist yet.
+    tree: nested dicts of arrays (no None leaves).
+
+  Raises:
+    LotteryError: if the disk is full (nothing is left at `path` then).
+  """
+  path = pathlib.Path(path)
+  tree = jax.device_get(tree)
+  try:
+    with disk_errors(path):
+      with _no_orbax_errors():
+        _checkpointer().save(os.fspath(path), tree)
+      body = json.dumps({"arrays": _array_digests(tree),
+                         "files": _file_digests(path)},
+                        indent=1, sort_keys=True).encode()
+      head = (_HEADER + hashlib.sha256(body).hexdigest() + "\n").encode()
+      _write_atomic(path / CHECKSUMS, head + body)
+  except LotteryError:
+    remove(path)  # Frees the space the partial checkpoint took.
+    for tmp in path.parent.glob(path.name + ORBAX_TMP + "*"):
+      remove(tmp)
+    raise
+
+
+def _remedy(path: pathlib.Path) -> str:
+  """What to delete so that rerunning the same command rewrites `path`.
+
+  This knows the layout of a workdir (lottery.tickets, lottery.imp): a
+  ticket's arrays/ and metrics.json are rewritten with that round's
+  directory, mid-run checkpoints with progress/, the rewind point with round
+  0's ticket.
+  """
+  if path.parent.name == "progress":
+    return f"delete {os.fspath(path.parent)!r}"
+  if path.name in ("arrays", "metrics.json"):
+    return f"delete {os.fspath(path.parent)!r} (that round's directory)"
+  if path.name == "rewind_point":
+    round0 = path.parent / "rounds" / "round_000"
+    return f"delete {os.fspath(path)!r} and {os.fspath(round0)!r}"
+  if path.name == "config.json":
+    return "restore it from a copy, or use a new --workdir"
+  return f"delete {os.fspath(path)!r}"
+
+
+def _damaged(path: pathlib.Path, what: str, noun: str = "checkpoint"
+             ) -> LotteryError:
+  what = " ".join(what.split())[:300]  # One line, whatever orbax said.
+  remedy = _remedy(path)
+  if remedy.startswith("delete"):
+    remedy += " and rerun the same command"
+  return LotteryError(f"workdir: {noun} {os.fspath(path)!r} is damaged "
+                      f"({what}); {remedy}")
+
+
+def _read_checksums(path: pathlib.Path) -> dict:
+  try:
+    data = (path / CHECKSUMS).read_bytes()
+  except FileNotFoundError:
+    if any((path / m).exists() for m in _ORBAX_MARKERS):
+      raise _damaged(path, f"incomplete: {CHECKSUMS} is missing") from None
+    raise LotteryError(f"workdir: {os.fspath(path)!r} is not a checkpoint "
+                       f"({CHECKSUMS} missing)") from None
+  head, _, body = data.partition(b"\n")
+  if head != (_HEADER + hashlib.sha256(body).hexdigest()).encode():
+    raise _damaged(path, f"{CHECKSUMS} does not match its own checksum")
+  return json.loads(body)
 
 
 def restore(path: str | os.PathLike) -> Any:
-  """Restores a pytree saved by `save`, as numpy arrays."""
-  ck = _checkpointer()
-  meta = ck.metadata(os.fspath(path))
-  meta = getattr(meta, "item_metadata", meta)
-  meta = getattr(meta, "tree", meta)
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  return ck.restore(os.fspath(path), restore_args=args)
+  """Restores a pytree saved by `save`, as numpy arrays, verified.
+
+  Raises:
+    LotteryError: if `path` does not exist, is not a checkpoint, or any of
+      its files or arrays differs from the checksums written with it.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise LotteryError(f"workdir: checkpoint {os.fspath(path)!r} does not "
+                       f"exist")
+  if not path.is_dir():
+    raise LotteryError(f"workdir: {os.fspath(path)!r} is not a checkpoint "
+                       f"(not a directory)")
+  try:
+    sums = _read_checksums(path)
+    for name, (size, digest) in sums["files"].items():
+      f = path / name
+      if not f.is_file():
+        raise _damaged(path, f"{name} is missing")
+      if f.stat().st_size != size or _file_digest(f) != digest:
+        raise _damaged(path, f"{name} differs from its checksum")
+    ck = _checkpointer()
+    try:
+      meta = ck.metadata(os.fspath(path))
+      meta = getattr(meta, "item_metadata", meta)
+      meta = getattr(meta, "tree", meta)
+      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          meta)
+      tree = ck.restore(os.fspath(path), restore_args=args)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _damaged(path, f"orbax cannot read it: {type(e).__name__}: {e}"
+                     ) from None
+    if _array_digests(tree) != sums["arrays"]:
+      raise _damaged(path, "its arrays differ from their checksums")
+    return tree
+  except LotteryError:
+    raise
+  except PermissionError as e:
+    raise LotteryError(f"workdir: checkpoint {os.fspath(path)!r} cannot be "
+                       f"read ({e})") from None
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise _damaged(path, f"{type(e).__name__}: {e}") from None
 
 
 def remove(path: str | os.PathLike) -> None:
+  """Deletes a checkpoint (or any directory) if it exists."""
   shutil.rmtree(path, ignore_errors=True)
 
 
+def _strict(obj: Any) -> Any:
+  """`obj` with NaN and +-inf replaced by None, numpy scalars by Python's."""
+  if isinstance(obj, dict):
+    return {k: _strict(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_strict(v) for v in obj]
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes JSON atomically (temporary file + rename)."""
+  """Writes strict JSON atomically (temporary file + rename).
+
+  NaN and +-inf, which strict JSON cannot spell, are written as null,
+  anywhere in nested dicts and lists; numpy scalars as Python numbers.
+
+  Raises:
+    LotteryError: if the disk is full (the file is then left as it was).
+  """
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  data = json.dumps(_strict(obj), indent=1, sort_keys=True, allow_nan=False)
+  with disk_errors(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, (data + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  """Reads a JSON file written by `write_json`.
+
+  Raises:
+    OSError: if it cannot be read (e.g. FileNotFoundError).
+    LotteryError: if it is not valid JSON.
+  """
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return json.loads(data)
+  except ValueError as e:
+    raise _damaged(pathlib.Path(path), f"not valid JSON: {e}", "file"
+                   ) from None

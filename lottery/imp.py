@@ -36,6 +36,7 @@ import numpy as np
 from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import controls as controls_lib
+from lottery import data as data_lib
 from lottery import jobs as jobs_lib
 from lottery import pruning
 from lottery import rng
@@ -132,17 +133,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   if progress is None:
     progress = NullProgress(log)
   config_lib.validate(config)
-  workdir_lib.check(workdir, config)  # Refuse before the long work ...
-  exp = build(config)
-  wd = workdir_lib.claim(workdir, config)  # ... and write only after it.
-  # Every round's record is rebuilt (finished ones loaded), so the summary
-  # run is rewritten from round 0: purge_step=0 leaves no duplicates.
-  writer = jobs_lib._writer(wd, "summary", 0)  # pylint: disable=protected-access
-  try:
-    return _rounds(config, exp, wd, progress, writer, log_steps, on_round)
-  finally:
-    if writer is not None:
-      writer.close()
+  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
+  workdir_lib.check(workdir, config, extra=facts)  # Refuse before the long
+  exp = build(config)                               # work, and write only
+  with workdir_lib.claim(workdir, config, extra=facts) as held:  # after it.
+    # Every round's record is rebuilt (finished ones loaded), so the summary
+    # run is rewritten from round 0: purge_step=0 leaves no duplicates.
+    writer = jobs_lib._writer(held.path, "summary", 0)  # pylint: disable=protected-access
+    try:
+      return _rounds(config, exp, held.path, progress, writer, log_steps,
+                     on_round)
+    finally:
+      if writer is not None:
+        writer.close()
 
 
 def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,

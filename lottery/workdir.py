@@ -3,14 +3,30 @@
 Everything a run writes lives under its workdir. The resolved config is saved
 there as config.json when the run starts; the same command on the same workdir
 continues the run, and a different config is refused before anything is
-written, so nothing in the workdir is ever overwritten by another run.
+written, so nothing in the workdir is ever overwritten by another run. The
+one exception: a config that differs only in a higher `pruning.rounds`
+extends the run (config.json is rewritten with the new value).
+
+One run at a time writes a workdir: `claim` holds an OS lock (flock) on
+<workdir>/lock, which holds the writer's pid, until `Claim.release()` or the
+process's end (the kernel drops the lock of a dead process, so a killed run
+never blocks the next one). Facts about the run's inputs that the caller
+passes as `extra` (e.g. a data fingerprint) are kept in facts.json and
+compared like the config.
+
+A run killed at any moment leaves temporary files (write_json's '*.tmp',
+orbax's '*.orbax-checkpoint-tmp*'); they do not make a workdir look foreign
+and are deleted when it is claimed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
+import time
+from typing import Any
 
 import ml_collections
 
@@ -18,6 +34,10 @@ from lottery import checkpoint
 from lottery.errors import LotteryError
 
 CONFIG_FILE = "config.json"
+FACTS_FILE = "facts.json"
+LOCK_FILE = "lock"
+# A run whose config differs from the saved one only in this may extend it.
+_EXTENDABLE = "pruning.rounds"
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -35,52 +55,259 @@ def config_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
-def check(workdir: str | os.PathLike, config: ml_collections.ConfigDict
-          ) -> bool:
-  """Checks, writing nothing, that `config` may run in `workdir`.
+def _q(p: os.PathLike) -> str:
+  return repr(os.fspath(p))
 
-  Returns:
-    Whether the workdir already holds this config's run.
 
-  Raises:
-    LotteryError: ('config: ...') naming the fields that differ, if the
-      workdir holds a run of another config; ('workdir: ...') if it is a
-      non-empty directory that holds no run, or is a file.
-  """
-  wd = pathlib.Path(workdir)
-  if wd.exists() and not wd.is_dir():
-    raise LotteryError(f"workdir: {os.fspath(wd)!r} is a file")
+def _check_path(wd: pathlib.Path) -> None:
+  """Refuses a workdir that cannot be written, before anything is written."""
+  if wd.is_symlink() and not wd.exists():
+    raise LotteryError(f"workdir: {_q(wd)} is a dangling symlink (to "
+                       f"{os.readlink(wd)!r})")
+  if wd.exists():
+    if not wd.is_dir():
+      raise LotteryError(f"workdir: {_q(wd)} is a file")
+    if not os.access(wd, os.W_OK | os.X_OK):
+      raise LotteryError(f"workdir: {_q(wd)} is not writable")
+    return
+  parent = wd.absolute().parent
+  while not parent.exists():
+    if parent.is_symlink():
+      raise LotteryError(f"workdir: {_q(wd)} cannot be created: {_q(parent)} "
+                         f"is a dangling symlink")
+    parent = parent.parent
+  if not parent.is_dir():
+    raise LotteryError(f"workdir: {_q(wd)} cannot be created: {_q(parent)} "
+                       f"is a file")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise LotteryError(f"workdir: {_q(wd)} cannot be created: {_q(parent)} "
+                       f"is not writable")
+
+
+def _in_use(wd: pathlib.Path, fd: int) -> LotteryError:
+  try:
+    pid = os.pread(fd, 32, 0).decode().strip() or "unknown"
+  except (OSError, UnicodeDecodeError):
+    pid = "unknown"
+  return LotteryError(f"workdir: {_q(wd)} is in use by another run (pid "
+                      f"{pid})")
+
+
+def _check_not_in_use(wd: pathlib.Path) -> None:
+  """Raises if a live run holds the workdir's lock; writes nothing."""
+  try:
+    fd = os.open(wd / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+  except OSError:
+    return  # No lock file: no run yet; an unreadable one: `claim` decides.
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise _in_use(wd, fd) from None
+  finally:
+    os.close(fd)  # Also drops the shared lock.
+
+
+def _is_leftover(p: pathlib.Path) -> bool:
+  """Whether `p` is a temporary file or directory of a killed writer."""
+  return p.name.endswith(checkpoint.TMP_SUFFIX) or checkpoint.ORBAX_TMP in p.name
+
+
+def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
+               extra: dict[str, Any] | None) -> bool:
+  """Whether `wd` holds this config's run; raises if it holds another."""
+  if not wd.exists():
+    return False
   new = config_json(config)
   saved_path = wd / CONFIG_FILE
-  if saved_path.exists():
-    try:
-      saved = checkpoint.read_json(saved_path)
-    except (OSError, ValueError) as e:
-      raise LotteryError(f"config: cannot read {os.fspath(saved_path)!r} "
-                         f"({e})") from None
-    if saved != new:
-      a, b = _flatten(saved), _flatten(new)
+  if not saved_path.exists():
+    if any(p.name != LOCK_FILE and not _is_leftover(p) for p in wd.iterdir()):
+      raise LotteryError(f"workdir: {_q(wd)} is not empty and holds no "
+                         f"lottery run ({CONFIG_FILE} missing); use a new "
+                         f"--workdir")
+    return False
+  try:
+    saved = checkpoint.read_json(saved_path)
+  except OSError as e:
+    raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
+  if saved != new:
+    a, b = _flatten(saved), _flatten(new)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if keys == [_EXTENDABLE] and all(isinstance(d.get(_EXTENDABLE), int)
+                                     for d in (a, b)):
+      if b[_EXTENDABLE] < a[_EXTENDABLE]:
+        raise LotteryError(
+            f"{_EXTENDABLE}: lower than the {a[_EXTENDABLE]} rounds of the "
+            f"run in workdir {_q(wd)} (got {b[_EXTENDABLE]}); a higher value "
+            f"extends that run, a lower one needs a new --workdir")
+    else:
       diffs = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-               for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+               for k in keys]
       raise LotteryError(
-          f"config: workdir {os.fspath(wd)!r} holds a run with a different "
-          f"config ({'; '.join(diffs)}); use a new --workdir")
-    return True
-  if wd.exists() and any(wd.iterdir()):
-    raise LotteryError(f"workdir: {os.fspath(wd)!r} is not empty and holds no "
-                       f"lottery run ({CONFIG_FILE} missing); use a new "
-                       f"--workdir")
-  return False
+          f"config: workdir {_q(wd)} holds a run with a different config "
+          f"({'; '.join(diffs)}); use a new --workdir")
+  if extra and (wd / FACTS_FILE).exists():
+    facts = checkpoint.read_json(wd / FACTS_FILE)
+    new_facts = json.loads(json.dumps(extra))
+    diffs = [f"{k}: {facts[k]!r} -> {v!r}" for k, v in sorted(new_facts.items())
+             if k in facts and facts[k] != v]
+    if diffs:
+      raise LotteryError(
+          f"config: workdir {_q(wd)} holds a run on different data "
+          f"({'; '.join(diffs)}); use a new --workdir")
+  return True
 
 
-def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict
-          ) -> pathlib.Path:
-  """Creates the workdir for `config`, or checks it holds this config's run.
+def check(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
+          extra: dict[str, Any] | None = None) -> bool:
+  """Checks, writing nothing, that `config` may run in `workdir`.
+
+  Args:
+    workdir: the run's directory (it need not exist).
+    config: the run's resolved config.
+    extra: optional facts about the run's inputs (JSON data, e.g.
+      {'data_fingerprint': 'sha256:...'}), compared key by key with those
+      recorded by an earlier `claim`.
+
+  Returns:
+    Whether the workdir already holds this config's run (or one that this
+    config extends by raising `pruning.rounds`).
 
   Raises:
-    LotteryError: as `check`.
+    LotteryError: ('workdir: ...') if another process runs in the workdir,
+      if it is a file, a dangling symlink, not writable (or cannot be
+      created), or a non-empty directory that holds no run; ('config: ...')
+      naming the fields or facts that differ, if it holds a run of another
+      config; ('pruning.rounds: ...') if the config lowers the rounds of
+      the run it holds.
   """
-  if not check(workdir, config):
-    checkpoint.write_json(pathlib.Path(workdir) / CONFIG_FILE,
-                          config_json(config))
-  return pathlib.Path(workdir)
+  wd = pathlib.Path(workdir)
+  _check_path(wd)
+  if wd.exists():
+    _check_not_in_use(wd)
+  return _check_run(wd, config, extra)
+
+
+class Claim:
+  """A workdir held by this process: its lock is held until `release()`.
+
+  Use as a context manager, or call `release()` when the run ends; the
+  lock also ends with the process. `os.fspath(claim)` is the workdir.
+
+  Attributes:
+    path: the workdir.
+  """
+
+  def __init__(self, path: pathlib.Path, fd: int):
+    self.path = path
+    self._fd = fd
+
+  def release(self) -> None:
+    """Drops the lock (and the pid in the lock file); idempotent."""
+    if self._fd is not None:
+      fd, self._fd = self._fd, None
+      try:
+        os.ftruncate(fd, 0)
+      except OSError:
+        pass
+      os.close(fd)
+
+  def __fspath__(self) -> str:
+    return os.fspath(self.path)
+
+  def __enter__(self) -> Claim:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.release()
+
+  def __del__(self):
+    # A claim dropped without release(): close (which unlocks), quietly,
+    # even at interpreter exit.
+    if getattr(self, "_fd", None) is not None:
+      try:
+        os.close(self._fd)
+      except Exception:  # pylint: disable=broad-except
+        pass
+
+  def __repr__(self) -> str:
+    held = "held" if self._fd is not None else "released"
+    return f"Claim({os.fspath(self.path)!r}, {held})"
+
+
+def _lock(wd: pathlib.Path) -> int:
+  """Opens and locks <wd>/lock, writing this pid into it; returns its fd."""
+  fd = os.open(wd / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+  # `check` in another process may hold a shared lock for an instant.
+  for attempt in range(10):
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      break
+    except BlockingIOError:
+      if attempt == 9:
+        err = _in_use(wd, fd)
+        os.close(fd)
+        raise err from None
+      time.sleep(0.01)
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+  except BaseException:
+    os.close(fd)
+    raise
+  return fd
+
+
+def _clean(wd: pathlib.Path) -> None:
+  """Deletes the temporary files and directories of killed writers."""
+  for root, dirs, files in os.walk(wd):
+    for d in [d for d in dirs if checkpoint.ORBAX_TMP in d]:
+      checkpoint.remove(os.path.join(root, d))
+      dirs.remove(d)
+    for f in files:
+      if _is_leftover(pathlib.Path(f)):
+        os.unlink(os.path.join(root, f))
+
+
+def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
+          extra: dict[str, Any] | None = None) -> Claim:
+  """Claims the workdir for `config`: locks it, cleans it, records the run.
+
+  Creates the workdir (and config.json, facts.json) for a new run, or checks
+  that it holds this config's run (as `check`, again under the lock). Leftover
+  temporary files of a killed run are deleted.
+
+  Args:
+    workdir: the run's directory.
+    config: the run's resolved config.
+    extra: optional facts about the run's inputs (see `check`); recorded in
+      facts.json, keys that it lacks are added.
+
+  Returns:
+    A `Claim` holding the workdir's lock; release it when the run ends.
+
+  Raises:
+    LotteryError: as `check`; ('workdir: no space left on device ...') if
+      the disk is full.
+  """
+  wd = pathlib.Path(workdir)
+  check(wd, config, extra=extra)  # Refuse before writing anything.
+  with checkpoint.disk_errors(wd / LOCK_FILE):
+    wd.mkdir(parents=True, exist_ok=True)
+    fd = _lock(wd)
+  held = Claim(wd, fd)
+  try:
+    holds = _check_run(wd, config, extra)  # Authoritative: under the lock.
+    _clean(wd)
+    new = config_json(config)
+    if not holds or checkpoint.read_json(wd / CONFIG_FILE) != new:
+      checkpoint.write_json(wd / CONFIG_FILE, new)
+    if extra:
+      path = wd / FACTS_FILE
+      facts = checkpoint.read_json(path) if path.exists() else {}
+      if not set(extra) <= set(facts):
+        checkpoint.write_json(path, {**extra, **facts})
+  except BaseException:
+    held.release()
+    raise
+  return held

@@ -46,9 +46,17 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from lottery import workdir as workdir_lib
-from lottery.errors import LotteryError
-from lottery.progress import Progress
+import lottery
+
+if getattr(lottery, "__file__", None) is None:
+  # A directory named lottery/ in the working directory (the parent of a
+  # checkout) is imported as an empty namespace package instead.
+  sys.exit(f"error: lottery: {list(lottery.__path__)[0]!r} shadows the "
+           "installed package; run from another directory")
+
+from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lottery.errors import LotteryError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lottery.progress import Progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 

@@ -13,8 +13,8 @@ import re
 
 from absl import flags
 
+from experiments import cli  # First: it checks which `lottery` is imported.
 import lottery
-from experiments import cli
 from lottery import config as config_lib
 from lottery import tickets
 

@@ -151,7 +151,8 @@ class Progress:
     else:
       rate = math.nan
     left = (self._stop - self._step) / rate if rate > 0 else math.nan
-    text = (f"{self._name} {self._step}/{self._stop} steps  {rate:.1f} steps/s"
+    speed = f"{rate:.1f}" if math.isfinite(rate) else "?"
+    text = (f"{self._name} {self._step}/{self._stop} steps  {speed} steps/s"
             f"  elapsed {format_duration(elapsed)}  ETA {format_duration(left)}")
     if self.total_jobs:
       # Jobs still to start after this one, at the mean time of those

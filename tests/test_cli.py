@@ -146,6 +146,23 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
       "error: pruning.fraction: must be in (0, 1) (got 2.0)")
 
 
+def test_checkout_named_lottery_in_cwd_is_reported(tmp_path):
+  # From the parent of a checkout named lottery/, `import lottery` finds
+  # that directory as a namespace package before an editable install.
+  (tmp_path / "cwd" / "lottery").mkdir(parents=True)
+  (tmp_path / "path").mkdir()
+  (tmp_path / "path" / "experiments").symlink_to(ROOT / "experiments")
+  res = subprocess.run(
+      [sys.executable, "-m", "experiments.imp", "--workdir=wd", "--dry_run"],
+      cwd=tmp_path / "cwd", capture_output=True, text=True, timeout=120,
+      env={**ENV, "PYTHONPATH": str(tmp_path / "path")})
+  if "lottery.errors" in res.stderr:  # No installed lottery to shadow.
+    pytest.skip("lottery is not installed")
+  assert _one_error_line(res) == (
+      f"error: lottery: '{tmp_path / 'cwd' / 'lottery'}' shadows the "
+      "installed package; run from another directory")
+
+
 # --- signals -----------------------------------------------------------------
 
 
@@ -279,6 +296,16 @@ def test_progress_live_redraws_in_place_and_keeps_lines():
   p.line("round  0/2  density 1.0")
   assert out.getvalue() == "round  0/2  density 1.0\n"
   p.close()
+
+
+def test_progress_rate_unknown_until_a_second_of_steps():
+  clock, err = _Clock(), io.StringIO()
+  p = Progress(stream=err, clock=clock)
+  p.job_start("dense", 0, 100)
+  clock.t += 0.01
+  p.job_step(10)  # A rate over 10 ms is noise.
+  assert err.getvalue() == (
+      "dense 10/100 steps  ? steps/s  elapsed 0:00  ETA ?\n")
 
 
 def test_null_progress_prints_nothing_but_tracks_position(capsys):

@@ -1,44 +1,72 @@
 r"""Runs an iterative-magnitude-pruning experiment.
 
   python -m experiments.imp --workdir=/tmp/lottery/mnist1d
-  python -m experiments.imp --config=configs/lenet_mnist.py \
-      --workdir=... --config.pruning.fraction=0.2 --config.pruning.rounds=5
+  python -m experiments.imp --config=mnist1d:quick --workdir=...
+  python -m experiments.imp --config=lenet_mnist --workdir=... \
+      --config.pruning.fraction=0.2 --config.pruning.rounds=5
 
-Running the same command on the same workdir resumes an interrupted run.
+Running the same command on the same workdir resumes an interrupted run;
+--dry_run shows the resolved config and workdir without running.
 """
 
-import sys
+import re
 
-from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
+from experiments import cli  # First: it checks which `lottery` is imported.
 import lottery
+from lottery import config as config_lib
+from lottery import tickets
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/mnist1d.py", "Config file (path[:arg]).",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for the run.",
-                               required=True)
 _LOG_STEPS = flags.DEFINE_bool("log_steps", False,
                                "Log test metrics at every evaluation.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Orbax logs every save at INFO, and an import sets absl's verbosity to
-  # INFO, so keep to warnings unless asked on the command line.
-  if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv):
-    logging.set_verbosity(logging.WARNING)
-  try:
-    lottery.run(_CONFIG.value, _WORKDIR.value,
-                log=lambda m: print(m, flush=True), log_steps=_LOG_STEPS.value)
-  except lottery.LotteryError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+def _run(config, workdir, progress):
+  # Becomes `lottery.imp.run(config, workdir, progress=progress)`.
+  return _run_reporting_through_log(config, workdir, progress)
+
+
+# Today's lottery.run reports through `log` only; these lines feed its step
+# lines to `progress` until lottery.imp.run takes the progress itself.
+_STEP_LINE = re.compile(r"^  round_(\d+)/(\w+)(?:: resuming at step|  step) +"
+                        r"(\d+)")
+
+
+def _run_reporting_through_log(config, workdir, progress):
+  p, steps = config.pruning, config.training.steps
+  with_controls = [r and (r % config.controls_every == 0 or r == p.rounds)
+                   for r in range(p.rounds + 1)]
+  progress.jobs(
+      total=sum(1 + (len(config.controls) if c else 0) for c in with_controls),
+      done=sum(tickets.is_finished(workdir, r, k)
+               for r in range(p.rounds + 1) for k in tickets.KINDS))
+  current = []
+
+  def log(message):
+    m = _STEP_LINE.match(message)
+    if not m:
+      progress.line(message)
+      return
+    round_, step = int(m[1]), int(m[3])
+    name = f"round {round_} {m[2]}"
+    if current != [name]:
+      current[:] = [name]
+      if "resuming" in message:
+        progress.job_start(name, step, steps)
+        return
+      rewound = p.reset == "rewind" and round_
+      progress.job_start(name, p.rewind_step if rewound else 0, steps)
+    progress.job_step(step)
+    if _LOG_STEPS.value:
+      progress.line(message)
+    if step == steps:
+      progress.job_end()
+      current.clear()
+
+  return lottery.run(config, workdir, log=log, log_steps=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.main(_run, doc=__doc__, default_config="mnist1d",
+           validate=config_lib.validate)

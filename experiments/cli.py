@@ -1,0 +1,402 @@
+r"""The command line every launcher in experiments/ shares.
+
+A launcher (experiments/imp.py, later pai.py, sparse.py) is a few lines:
+
+  def _run(config, workdir, progress):
+    return lottery.imp.run(config, workdir, progress=progress)
+
+  if __name__ == "__main__":
+    cli.main(_run, doc=__doc__, default_config="mnist1d",
+             validate=lottery.config.validate)
+
+and gets:
+
+  --config=NAME[:ARG]   a recipe of configs/ by name (mnist1d, mnist1d:quick),
+                        from any working directory; or a file PATH[:ARG]
+  --config.FIELD=VALUE  overrides, checked against the config's fields
+  --workdir=DIR         where the run is written (and resumed from)
+  --dry_run             prints the resolved config and workdir, writes nothing
+  --help, --helpfull    flags, recipes, and every config field with its
+                        default and allowed values
+  errors                `error: <message>` on stderr, one line, exit 1
+  Ctrl-C, SIGTERM       `interrupted at <where>; rerun the same command to
+                        resume` on stderr, exit 130 (SIGINT) / 143 (SIGTERM)
+
+Recipes are found beside this package (configs/ next to experiments/): in a
+checkout, in an editable install and in an installed wheel alike.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NoReturn
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+
+import lottery
+
+if getattr(lottery, "__file__", None) is None:
+  # A directory named lottery/ in the working directory (the parent of a
+  # checkout) is imported as an empty namespace package instead.
+  sys.exit(f"error: lottery: {list(lottery.__path__)[0]!r} shadows the "
+           "installed package; run from another directory")
+
+from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lottery.errors import LotteryError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lottery.progress import Progress  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+FLAGS = flags.FLAGS
+_HELP = ("-h", "-?", "--help", "-help", "--helpshort", "-helpshort",
+         "--helpfull", "-helpfull")
+_CONFIG_ARG = re.compile(r"^--?config(=|$)")
+_OVERRIDE_ARG = re.compile(r"^--?(?:no)?config\.([^=]+)")
+
+RunFn = Callable[[ml_collections.ConfigDict, str, Progress], Any]
+
+
+def field_choices() -> dict[str, tuple[str, ...]]:
+  """Allowed values of the config fields that name a registered thing."""
+  # pylint: disable=g-import-not-at-top
+  from lottery import config as config_lib
+  from lottery import data
+  from lottery import models
+  from lottery import optim
+  from lottery import pruning
+  from lottery import scores
+  return {
+      "data.name": tuple(data.NAMES),
+      "model.name": tuple(models.names()),
+      "training.optimizer": tuple(optim.OPTIMIZERS),
+      "training.schedule": tuple(optim.SCHEDULES),
+      "pruning.scope": tuple(pruning.SCOPES),
+      "pruning.score": tuple(scores.names()),
+      "pruning.reset": tuple(config_lib.RESETS),
+      "controls": tuple(config_lib.CONTROLS),
+  }
+
+
+def _load_module(path: pathlib.Path):
+  spec = importlib.util.spec_from_file_location(
+      f"_lottery_recipe_{path.stem}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def recipes() -> dict[str, tuple[str, ...]]:
+  """The recipes in configs/: {name: the arguments its ARGS allows}."""
+  out = {}
+  for path in sorted(CONFIGS_DIR.glob("*.py")):
+    if path.name.startswith("_"):
+      continue
+    out[path.stem] = tuple(getattr(_load_module(path), "ARGS", ("",)))
+  return out
+
+
+def _spellings(name: str, args: Sequence[str]) -> list[str]:
+  return [f"{name}:{a}" if a else name for a in args]
+
+
+def resolve_config(spec: str) -> str:
+  """The file behind a --config value, as 'ABSPATH[:ARG]'.
+
+  An existing file PATH[:ARG] is taken as is. Otherwise NAME[:ARG] (also
+  'NAME.py' and 'configs/NAME.py', as the README's commands spell it) names
+  configs/NAME.py beside this package, whatever the working directory.
+
+  Raises:
+    LotteryError: ('config: ...') if `spec` is neither a file nor a recipe.
+  """
+  path, sep, arg = spec.partition(":")
+  if os.path.isfile(path):
+    return os.path.abspath(path) + sep + arg
+  name = path.removeprefix("configs/").removesuffix(".py")
+  recipe = CONFIGS_DIR / f"{name}.py"
+  if name and "/" not in name and os.sep not in name and recipe.is_file():
+    return str(recipe) + sep + arg
+  known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py")
+                 if not p.name.startswith("_"))
+  close = difflib.get_close_matches(name, known, n=1)
+  hint = f"did you mean {close[0]!r}? " if close else ""
+  raise LotteryError(f"config: no recipe or file {path!r} ({hint}recipes: "
+                     f"{', '.join(known)}) (got {spec!r})")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of a --config value (recipe name or file, optional ':ARG').
+
+  Raises:
+    LotteryError: ('config: ...') for an unknown recipe or file, an ARG its
+      ARGS does not list, or a config file that fails to load.
+  """
+  resolved = resolve_config(spec)
+  path, sep, arg = resolved.partition(":")
+  try:
+    mod = _load_module(pathlib.Path(path))
+  except Exception as e:  # A user's config file: report it on one line.
+    raise LotteryError(f"config: {path!r} does not load ({type(e).__name__}: "
+                       f"{e}) (got {spec!r})") from None
+  args = getattr(mod, "ARGS", None)
+  if args is not None and arg not in args:
+    name = pathlib.Path(path).stem
+    raise LotteryError(f"config: {name!r} takes one of "
+                       f"{', '.join(_spellings(name, args))} (got {spec!r})")
+  try:
+    config = mod.get_config(arg) if sep else mod.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise LotteryError(f"config: {path}:get_config failed ({type(e).__name__}:"
+                       f" {e}) (got {spec!r})") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise LotteryError(f"config: {path}:get_config must return a ConfigDict "
+                       f"(got {type(config).__name__})")
+  return config
+
+
+def field_paths(config: ml_collections.ConfigDict, prefix: str = ""
+                ) -> dict[str, Any]:
+  """{'training.steps': 1500, ...}: every leaf of `config` by dotted path."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      out.update(field_paths(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def check_overrides(config: ml_collections.ConfigDict,
+                    names: Sequence[str]) -> None:
+  """Raises LotteryError for a --config.NAME that names no field of `config`.
+
+  The message suggests the closest field:
+  "config: no field 'trainig.steps' (did you mean 'training.steps'?)".
+  """
+  leaves = field_paths(config)
+  known = set(leaves)
+  for path in list(leaves):  # Subtrees may be overridden too.
+    parts = path.split(".")
+    known.update(".".join(parts[:i]) for i in range(1, len(parts)))
+  for name in names:
+    if name in known:
+      continue
+    close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.6)
+    hint = (f"did you mean {close[0]!r}?" if close
+            else "--help lists the fields")
+    raise LotteryError(f"config: no field {name!r} ({hint})")
+
+
+def _type_words(value: Any) -> str:
+  if isinstance(value, bool):
+    return "true or false"
+  if isinstance(value, int):
+    return "an integer"
+  if isinstance(value, float):
+    return "a number"
+  if isinstance(value, str):
+    return "a string"
+  if isinstance(value, tuple):
+    return "a tuple, e.g. \"('a', 'b')\""
+  return f"a {type(value).__name__}"
+
+
+def flag_error_message(error: Exception,
+                       config: ml_collections.ConfigDict | None) -> str:
+  """One line for an absl flag error; '<field>: ...' for a config override."""
+  text = " ".join(str(error).split())
+  m = re.match(r"^flag --config\.([\w.]+)=(.*?): ", text)
+  if m and config is not None:
+    field, value = m[1], m[2]
+    current = field_paths(config).get(field)
+    return f"{field}: must be {_type_words(current)} (got {value!r})"
+  m = re.match(r"^flag --(\w+)=(.*?): (.*)$", text)
+  if m:
+    return f"{m[1]}: {m[3]} (got {m[2]!r})"
+  return text
+
+
+def _format_value(v: Any) -> str:
+  return repr(v) if not isinstance(v, bool) else str(v).lower()
+
+
+def help_text(doc: str, config: ml_collections.ConfigDict, spec: str, *,
+              choices: Mapping[str, Sequence[str]] | None = None,
+              full: bool = False) -> str:
+  """--help: the launcher's doc, its flags, the recipes and config fields."""
+  choices = {**field_choices(), **(choices or {})}
+  lines = [(doc or "").strip(), "", "Flags:"]
+  own = {f.name: f for module in (__name__, sys.argv[0], "__main__")
+         for f in FLAGS.get_flags_for_module(module)}
+  for f in own.values():
+    default = f.default_as_str if f.default is not None else "none"
+    lines.append(f"  --{f.name}: {f.help} (default: {default})")
+  lines += ["", f"Recipes (--config=NAME[:ARG], in {CONFIGS_DIR}):"]
+  for name, args in recipes().items():
+    lines.append("  " + "  ".join(_spellings(name, args)))
+  fields = field_paths(config)
+  width = max(map(len, fields)) + 2
+  lines += ["", f"Config fields (--config.FIELD=VALUE), defaults of "
+            f"--config={spec}:"]
+  for path, value in fields.items():
+    line = f"  {path:<{width}}{_format_value(value)}"
+    if path in choices:
+      kind = "any of" if isinstance(value, tuple) else "one of"
+      line += f"  ({kind}: {', '.join(choices[path])})"
+    lines.append(line)
+  if full:
+    lines += ["", "All flags:", FLAGS.get_help()]
+  else:
+    lines += ["", "--helpfull also lists absl's own flags."]
+  return "\n".join(lines)
+
+
+class Interrupted(KeyboardInterrupt):
+  """Raised by the SIGINT / SIGTERM handler: the run unwinds through its
+  `finally` blocks (closing writers) before the launcher exits."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+  del frame
+  raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+  """SIGINT and SIGTERM raise `Interrupted` in the main thread."""
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, _raise_interrupted)
+
+
+def fail(message: str) -> NoReturn:
+  """Prints `error: <message>` on one line of stderr and exits 1."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr,
+        flush=True)
+  sys.exit(1)
+
+
+def _prepare(argv: list[str], default_config: str
+             ) -> tuple[list[str], str, ml_collections.ConfigDict]:
+  """Resolves --config (moved first: overrides apply to it in any order) and
+  checks every --config.FIELD before absl or ml_collections see them."""
+  rest, spec, i = [argv[0]], default_config, 1
+  while i < len(argv):
+    a = argv[i]
+    if a == "--":
+      rest += argv[i:]
+      break
+    m = _CONFIG_ARG.match(a)
+    if m and m[1] == "=":
+      spec = a.split("=", 1)[1]
+    elif m:
+      if i + 1 >= len(argv):
+        raise LotteryError("config: --config needs a value (got nothing)")
+      spec = argv[i + 1]
+      i += 1
+    else:
+      rest.append(a)
+    i += 1
+  config = load_config(spec)
+  overrides = [m[1] for a in rest if (m := _OVERRIDE_ARG.match(a))]
+  check_overrides(config, overrides)
+  resolved = resolve_config(spec)
+  return [rest[0], f"--config={resolved}", *rest[1:]], spec, config
+
+
+def _parse_flags(argv: list[str], config) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    fail(flag_error_message(e, config))
+
+
+def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
+          dry_run_flag, validate, progress: Progress) -> None:
+  if len(argv) > 1:
+    raise LotteryError(f"command line: unexpected arguments (got {argv[1:]})")
+  # Orbax logs every save at INFO, and an import sets absl's verbosity to
+  # INFO, so keep to warnings unless asked on the command line.
+  if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)
+  config, workdir = config_flag.value, workdir_flag.value
+  if not workdir:
+    raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery/run "
+                       "(got nothing)")
+  if dry_run_flag.value:
+    if validate is not None:
+      validate(config)
+    resumes = workdir_lib.check(workdir, config)
+    print(json.dumps(workdir_lib.config_json(config), indent=1,
+                     sort_keys=True))
+    print(f"workdir: {os.path.abspath(workdir)} "
+          f"({'resumes the run there' if resumes else 'new run'})")
+    return
+  run(config, workdir, progress)
+
+
+def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
+         validate: Callable[[ml_collections.ConfigDict], None] | None = None,
+         choices: Mapping[str, Sequence[str]] | None = None,
+         argv: Sequence[str] | None = None) -> NoReturn:
+  """Parses the command line, calls `run(config, workdir, progress)`, exits.
+
+  Args:
+    run: runs (or resumes) the experiment; its return value is ignored.
+    doc: the launcher's docstring, shown first by --help.
+    default_config: the --config used when none is given.
+    validate: checks a config (raising LotteryError) for --dry_run.
+    choices: allowed values of extra fields, for --help.
+    argv: the command line (default: sys.argv).
+  """
+  install_signal_handlers()
+  progress = Progress()
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    argv, spec, config = _prepare(argv, default_config)
+    config_flag = config_flags.DEFINE_config_file(
+        "config", default_config,
+        "Recipe NAME[:ARG] in configs/, or a config file PATH[:ARG].",
+        lock_config=True, sys_argv=argv)
+    workdir_flag = flags.DEFINE_string(
+        "workdir", None, "Directory of the run (rerun on it to resume).")
+    dry_run_flag = flags.DEFINE_bool(
+        "dry_run", False, "Print the resolved config and workdir; write "
+        "nothing.")
+    if any(a in _HELP for a in argv[1:]):
+      print(help_text(doc, config, spec, choices=choices,
+                      full=any(a.endswith("helpfull") for a in argv)))
+      sys.exit(0)
+    app.run(functools.partial(
+        _main, run=run, config_flag=config_flag, workdir_flag=workdir_flag,
+        dry_run_flag=dry_run_flag, validate=validate, progress=progress),
+            argv=argv, flags_parser=functools.partial(_parse_flags,
+                                                      config=config))
+  except LotteryError as e:
+    progress.close()
+    fail(str(e))
+  except KeyboardInterrupt as e:
+    # A second signal while exiting ends the process at once.
+    for s in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(s, signal.SIG_DFL)
+    progress.close()
+    signum = getattr(e, "signum", signal.SIGINT)
+    print(f"interrupted at {progress.where()}; rerun the same command to "
+          "resume", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+  sys.exit(0)

@@ -1,0 +1,336 @@
+"""The command line: help, typos, dry run, recipes from anywhere, signals;
+the progress reporter; reading a run's config back."""
+
+import io
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import lottery
+from experiments import cli
+from lottery import config as config_lib
+from lottery import data as data_lib
+from lottery import models
+from lottery import runs
+from lottery import scores
+from lottery import workdir as workdir_lib
+from lottery.progress import NullProgress
+from lottery.progress import Progress
+from lottery.progress import format_duration
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+
+
+def _cli(*args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "experiments.imp", *args],
+                        cwd=cwd, env=ENV, capture_output=True, text=True,
+                        timeout=120)
+
+
+def _one_error_line(res):
+  assert res.returncode == 1, res.stderr
+  assert "Traceback" not in res.stderr
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1, res.stderr
+  return lines[0]
+
+
+# --- help -------------------------------------------------------------------
+
+
+def test_help_lists_fields_defaults_choices_and_recipes():
+  res = _cli("--help")
+  assert res.returncode == 0, res.stderr
+  out = res.stdout
+  assert "--workdir" in out and "--dry_run" in out and "--log_steps" in out
+  # Defaults are the default recipe's; allowed values come from registries.
+  assert re.search(r"^  training\.steps +1500$", out, re.M)
+  assert re.search(r"^  pruning\.fraction +0\.1$", out, re.M)
+  lines = {l.split()[0]: l for l in out.splitlines() if l.startswith("  ")}
+  for field, names in [("data.name", data_lib.NAMES),
+                       ("model.name", models.names()),
+                       ("pruning.score", scores.names()),
+                       ("pruning.reset", config_lib.RESETS)]:
+    assert f"one of: {', '.join(names)})" in lines[field], lines[field]
+  assert "any of: reinit, random_prune" in lines["controls"]
+  for recipe in ("mnist1d:quick", "lenet_mnist:local", "conv_cifar10:conv4"):
+    assert recipe in out
+  full = _cli("--helpfull", "--config=mnist1d:quick")
+  assert full.returncode == 0
+  assert re.search(r"^  training\.steps +200$", full.stdout, re.M)
+  assert "--flagfile" in full.stdout  # absl's own flags too.
+
+
+# --- typos and bad values ----------------------------------------------------
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--config.trainig.steps=3",
+     "error: config: no field 'trainig.steps' (did you mean "
+     "'training.steps'?)"),
+    ("--config.training.stepz=3",
+     "error: config: no field 'training.stepz' (did you mean "
+     "'training.steps'?)"),
+    ("--config.training.steps=abc",
+     "error: training.steps: must be an integer (got 'abc')"),
+    ("--config.training.nesterov=maybe",
+     "error: training.nesterov: must be true or false (got 'maybe')"),
+    ("--config=mnist1dd",
+     "error: config: no recipe or file 'mnist1dd' (did you mean 'mnist1d'? "
+     "recipes: conv_cifar10, lenet_mnist, mnist1d) (got 'mnist1dd')"),
+    ("--config=mnist1d:fast",
+     "error: config: 'mnist1d' takes one of mnist1d, mnist1d:quick (got "
+     "'mnist1d:fast')"),
+])
+def test_bad_command_line_prints_one_line(tmp_path, arg, message):
+  res = _cli(f"--workdir={tmp_path / 'wd'}", arg)
+  assert _one_error_line(res) == message
+  assert not (tmp_path / "wd").exists()
+
+
+def test_missing_workdir_prints_one_line():
+  assert _one_error_line(_cli("--config=mnist1d:quick")) == (
+      "error: workdir: required, e.g. --workdir=/tmp/lottery/run (got "
+      "nothing)")
+
+
+def test_check_overrides_accepts_subtrees_and_leaves():
+  c = lottery.base_config()
+  cli.check_overrides(c, ["training.steps", "seeds", "controls"])
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^config: no field 'zzz' \(--help lists"):
+    cli.check_overrides(c, ["zzz"])
+
+
+# --- recipes and dry run -----------------------------------------------------
+
+
+def test_resolve_config_names_paths_and_readme_spellings(tmp_path):
+  recipe = str(ROOT / "configs" / "mnist1d.py")
+  assert cli.resolve_config("mnist1d") == recipe
+  assert cli.resolve_config("mnist1d:quick") == recipe + ":quick"
+  assert cli.resolve_config("mnist1d.py:quick") == recipe + ":quick"
+  assert cli.resolve_config("configs/mnist1d.py") == recipe
+  own = tmp_path / "mine.py"
+  own.write_text("from lottery.config import base_config as get_config\n")
+  assert cli.resolve_config(f"{own}:x") == f"{own}:x"
+  assert cli.load_config(str(own)).training.steps == 1500
+
+
+def test_dry_run_from_another_directory_writes_nothing(tmp_path):
+  wd = tmp_path / "wd"
+  res = _cli(f"--workdir={wd}", "--dry_run", "--config.pruning.rounds=7",
+             "--config=mnist1d:quick", cwd=tmp_path)  # Override comes first.
+  assert res.returncode == 0, res.stderr
+  *config_lines, last = res.stdout.strip().splitlines()
+  expected = cli.load_config("mnist1d:quick")
+  expected.pruning.rounds = 7
+  assert json.loads("\n".join(config_lines)) == workdir_lib.config_json(
+      expected)
+  assert last == f"workdir: {wd} (new run)"
+  assert not wd.exists()
+  # The default recipe works from elsewhere too, and a bad value is
+  # reported by the dry run (it validates).
+  res = _cli(f"--workdir={wd}", "--dry_run", "--config.pruning.fraction=2.0",
+             cwd=tmp_path)
+  assert _one_error_line(res) == (
+      "error: pruning.fraction: must be in (0, 1) (got 2.0)")
+
+
+def test_checkout_named_lottery_in_cwd_is_reported(tmp_path):
+  # From the parent of a checkout named lottery/, `import lottery` finds
+  # that directory as a namespace package before an editable install.
+  (tmp_path / "cwd" / "lottery").mkdir(parents=True)
+  (tmp_path / "path").mkdir()
+  (tmp_path / "path" / "experiments").symlink_to(ROOT / "experiments")
+  res = subprocess.run(
+      [sys.executable, "-m", "experiments.imp", "--workdir=wd", "--dry_run"],
+      cwd=tmp_path / "cwd", capture_output=True, text=True, timeout=120,
+      env={**ENV, "PYTHONPATH": str(tmp_path / "path")})
+  if "lottery.errors" in res.stderr:  # No installed lottery to shadow.
+    pytest.skip("lottery is not installed")
+  assert _one_error_line(res) == (
+      f"error: lottery: '{tmp_path / 'cwd' / 'lottery'}' shadows the "
+      "installed package; run from another directory")
+
+
+# --- signals -----------------------------------------------------------------
+
+
+def _tiny_run(workdir, npz):
+  return [sys.executable, "-m", "experiments.imp", f"--workdir={workdir}",
+          "--config=mnist1d:quick", "--config.data.name=npz",
+          f"--config.data.path={npz}", "--config.model.name=mlp_tiny",
+          "--config.training.steps=600", "--config.training.batch_size=16",
+          "--config.training.eval_every=10",
+          "--config.training.checkpoint_every=50",
+          "--config.pruning.rounds=1"]
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130),
+                                         (signal.SIGTERM, 143)])
+def test_signal_prints_position_then_rerun_finishes(npz_path, tmp_path,
+                                                    signum, code):
+  wd = tmp_path / "wd"
+  proc = subprocess.Popen(_tiny_run(wd, npz_path), cwd=ROOT, env=ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  err = []
+  training = threading.Event()
+
+  def read():
+    for line in proc.stderr:
+      err.append(line)
+      # The first status line of a training run (not a TTY: plain lines).
+      if re.match(r"round 0 ticket \d+/600 steps", line):
+        training.set()
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  assert training.wait(120), "".join(err)
+  proc.send_signal(signum)
+  proc.wait(60)
+  reader.join(10)
+  stderr = "".join(err)
+  assert proc.returncode == code, stderr
+  assert "Traceback" not in stderr
+  last = stderr.strip().splitlines()[-1]
+  assert re.fullmatch(r"interrupted at round \d ticket step \d+; rerun the "
+                      r"same command to resume", last), last
+  assert not (wd / "summary.json").exists() or not lottery.summary(wd)[
+      "finished"]
+  res = subprocess.run(_tiny_run(wd, npz_path), cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  assert lottery.summary(wd)["finished"]
+  assert res.stdout.splitlines()[-1].startswith("round  1/1  density ")
+
+
+# --- progress ----------------------------------------------------------------
+
+
+class _Clock:
+  def __init__(self):
+    self.t = 100.0
+
+  def __call__(self):
+    return self.t
+
+
+class _Tty(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def test_format_duration():
+  assert [format_duration(s) for s in (0, 59.4, 61, 3600 * 2 + 5)] == [
+      "0:00", "0:59", "1:01", "2:00:05"]
+  assert format_duration(float("nan")) == "?"
+
+
+def test_progress_plain_lines_are_throttled():
+  clock, err, out = _Clock(), io.StringIO(), io.StringIO()
+  p = Progress(stream=err, out=out, clock=clock, interval=10.0)
+  assert not p.live and p.where() == "start-up"
+  p.jobs(total=4, done=1)
+  p.info("data: blobs")
+  p.job_start("round 1 ticket", 0, 100)
+  clock.t += 5.0  # The first chunk: 10 steps, compilation included.
+  p.job_step(10)
+  for _ in range(4):  # 4 chunks of 10 steps, 1 s each.
+    clock.t += 1.0
+    p.job_step(p._step + 10)
+  assert p.where() == "round 1 ticket step 50"
+  clock.t += 6.0  # 10 s after the first line: the second one.
+  p.job_step(60)
+  # First line: 10 steps in 5 s, 90 left: 45 s; the 2 jobs after this one
+  # at its projected 5 + 45 s each: 45 + 100 s. Second: 50 steps in the 10 s
+  # after the first chunk, 40 left: 8 s; 2 jobs at 15 + 8 s: 8 + 46 s.
+  assert err.getvalue().splitlines() == [
+      "data: blobs",
+      "round 1 ticket 10/100 steps  2.0 steps/s  elapsed 0:05  ETA 0:45 | "
+      "jobs 1/4  ETA 2:25",
+      "round 1 ticket 60/100 steps  5.0 steps/s  elapsed 0:15  ETA 0:08 | "
+      "jobs 1/4  ETA 0:54"]
+  clock.t += 5.0
+  p.job_end()  # Took 20 s.
+  p.line("round  1/3  density 0.5")
+  assert out.getvalue() == "round  1/3  density 0.5\n"
+  p.job_start("round 1 reinit", 0, 100)
+  clock.t += 10.0
+  p.job_step(100)
+  # Its own ETA 0, one job after it at the 20 s mean.
+  assert err.getvalue().splitlines()[-1].endswith("| jobs 2/4  ETA 0:20")
+  assert "\r" not in err.getvalue()
+
+
+def test_progress_live_redraws_in_place_and_keeps_lines():
+  clock, err, out = _Clock(), _Tty(), io.StringIO()
+  p = Progress(stream=err, out=out, clock=clock)
+  assert p.live
+  p.job_start("round 0 ticket", 0, 20)
+  clock.t += 1.0
+  p.job_step(10)
+  first = "round 0 ticket 10/20 steps  10.0 steps/s  elapsed 0:01  ETA 0:01"
+  assert err.getvalue() == "\r" + first
+  clock.t += 0.05  # Sooner than the redraw interval: not drawn.
+  p.job_step(12)
+  assert err.getvalue() == "\r" + first
+  p.info("compiled in 0.9 s")  # Clears the bar, prints, redraws it.
+  bar = f"\r{' ' * len(first)}\r"
+  assert err.getvalue().startswith("\r" + first + bar + "compiled in 0.9 s\n"
+                                   "\rround 0 ticket 12/20 steps")
+  clock.t += 0.15
+  p.job_step(20)  # The last step is always drawn.
+  assert "20/20 steps" in err.getvalue().rsplit("\r", 1)[-1]
+  p.job_end()
+  assert err.getvalue().endswith("\r")  # The bar is gone.
+  p.line("round  0/2  density 1.0")
+  assert out.getvalue() == "round  0/2  density 1.0\n"
+  p.close()
+
+
+def test_progress_rate_unknown_until_a_second_of_steps():
+  clock, err = _Clock(), io.StringIO()
+  p = Progress(stream=err, clock=clock)
+  p.job_start("dense", 0, 100)
+  clock.t += 0.01
+  p.job_step(10)  # A rate over 10 ms is noise.
+  assert err.getvalue() == (
+      "dense 10/100 steps  ? steps/s  elapsed 0:00  ETA ?\n")
+
+
+def test_null_progress_prints_nothing_but_tracks_position(capsys):
+  p = Progress.null()
+  assert isinstance(p, NullProgress)
+  p.jobs(3)
+  p.info("x")
+  p.job_start("round 2 random_prune", 5, 50)
+  p.job_step(25)
+  p.line("round 2")
+  assert p.where() == "round 2 random_prune step 25"
+  p.job_end()
+  assert capsys.readouterr() == ("", "")
+
+
+# --- reading a run back --------------------------------------------------------
+
+
+def test_load_config_round_trips(tiny_config, tmp_path):
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^workdir: '.*' holds no run \(config.json "
+                           r"missing\)$"):
+    runs.load_config(tmp_path)
+  cfg = tiny_config(**{"pruning.layer_fractions": "out/kernel=0.1"})
+  workdir_lib.claim(tmp_path, cfg)
+  loaded = runs.load_config(tmp_path)
+  assert loaded.to_dict() == cfg.to_dict()  # Tuples stay tuples.
+  assert workdir_lib.check(tmp_path, loaded)  # The same run.

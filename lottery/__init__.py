@@ -7,6 +7,8 @@ that one mechanism.
 
 from lottery.config import base_config
 from lottery.errors import LotteryError
+from importlib import metadata as _metadata
+
 from lottery import imp
 from lottery.experiment import build
 from lottery.imp import run
@@ -15,7 +17,10 @@ from lottery.masks import apply_mask
 from lottery.masks import density
 from lottery.masks import layer_densities
 from lottery.masks import make_mask
+from lottery.pruning import keep_top
 from lottery.pruning import prune
+from lottery.pruning import random_like
+from lottery.runs import load_config
 from lottery.step import TrainState
 from lottery.step import init_state
 from lottery.step import keep_pruned
@@ -26,11 +31,17 @@ from lottery.tickets import finished_rounds
 from lottery.tickets import load_ticket
 from lottery.tickets import records
 
+try:
+  __version__ = _metadata.version("lottery")
+except _metadata.PackageNotFoundError:
+  __version__ = "0+unknown"
+
 # `lottery.run` and `lottery.build` are IMP's (`lottery.imp.run`); kept as
 # aliases of the first method.
 __all__ = [
     "LotteryError", "Ticket", "TrainState", "apply_mask", "base_config",
-    "build", "density", "finished_rounds", "imp", "init_state", "keep_pruned",
-    "layer_densities", "load_ticket", "make_eval_step", "make_mask",
-    "make_train_step", "prune", "records", "run", "summary",
+    "__version__", "build", "density", "finished_rounds", "imp", "init_state",
+    "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
+    "make_eval_step", "make_mask", "make_train_step", "prune", "random_like",
+    "records", "run", "summary",
 ]

@@ -159,6 +159,12 @@ def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
   rewind = (exp.init_params, exp.init_model_state)
   log_line = (lambda m: progress.line(m)) if log_steps else None
   records, prev, mask = [], None, exp.dense_mask
+  jobs_per_round = [1 + (len(control_fns) if r and (
+      r % config.controls_every == 0 or r == p.rounds) else 0)
+                    for r in range(p.rounds + 1)]
+  progress.jobs(total=sum(jobs_per_round),
+                done=sum(1 for rec in tickets.records(wd)
+                         if rec.get("round") is not None))
   for r in range(p.rounds + 1):
     t0 = time.time()
     if r == 0:

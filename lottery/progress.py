@@ -191,10 +191,19 @@ class Progress:
 
 
 class NullProgress(Progress):
-  """Prints nothing; tracks the position for `where()` (library use)."""
+  """Prints nothing; tracks the position for `where()` (library use).
 
-  def __init__(self):
+  Args:
+    line_fn: optional; receives the lines that stay (the per-round lines).
+  """
+
+  def __init__(self, line_fn: Callable[[str], None] | None = None):
     super().__init__(live=False, interval=math.inf)
+    self._line_fn = line_fn
+
+  def line(self, text: str) -> None:
+    if self._line_fn is not None:
+      self._line_fn(text)
 
   def _write(self, stream: TextIO, text: str) -> None:
     del stream, text

@@ -178,7 +178,7 @@ def test_restore_of_what_is_not_a_checkpoint(tmp_path):
 
 def test_damage_names_what_to_delete(tmp_path):
   wd = tmp_path / "wd"
-  ticket = tickets.run_dir(wd, 3, "reinit")
+  ticket = (wd / tickets.imp_path(3, "reinit"))
   paths = {wd / "progress" / "round_003_reinit_step00000010":
                repr(str(wd / "progress")),
            ticket / "arrays": repr(str(ticket)) + r" \(that round's directory\)",
@@ -466,8 +466,8 @@ def test_killed_or_full_disk_at_any_write_then_rerun_resumes(
   # One of each kind of write (orbax's save, CHECKSUMS, JSON), each in the
   # first job: a resumed run repeats the jobs before the one it stopped in.
   faults = [("config.json", "kill"),
-            ("round_000_ticket_step00000010", "kill"),
-            ("round_000_ticket_step00000010/CHECKSUMS", "enospc"),
+            ("rounds_round_000_ticket_step00000010", "kill"),
+            ("rounds_round_000_ticket_step00000010/CHECKSUMS", "enospc"),
             ("rewind_point", "enospc"), ("rewind_point/CHECKSUMS", "kill"),
             ("round_000/ticket/metrics.json", "enospc"),
             ("summary.json", "kill")]
@@ -551,11 +551,11 @@ def test_more_rounds_extend_a_run_fewer_are_refused(tiny_config, tmp_path):
   lottery.run(cfg(2), tmp_path / "ref", log=quiet)
   wd = tmp_path / "run"
   lottery.run(cfg(1), wd, log=quiet)
-  round1 = (tickets.run_dir(wd, 1) / "metrics.json").read_bytes()
+  round1 = ((wd / tickets.imp_path(1)) / "metrics.json").read_bytes()
   res = lottery.run(cfg(2), wd, log=quiet)
   assert [r["round"] for r in res["rounds"]] == [0, 1, 2]
   assert checkpoint.read_json(wd / "config.json") == workdir.config_json(cfg(2))
-  assert (tickets.run_dir(wd, 1) / "metrics.json").read_bytes() == round1
+  assert ((wd / tickets.imp_path(1)) / "metrics.json").read_bytes() == round1
   a, b = (lottery.load_ticket(d, 2) for d in (tmp_path / "ref", wd))
   assert _bits(a.trained_params) == _bits(b.trained_params)
   with pytest.raises(lottery.LotteryError,

@@ -158,6 +158,9 @@ def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
   capture = p.rewind_step if p.reset == "rewind" and p.rewind_step else None
   rewind = (exp.init_params, exp.init_model_state)
   log_line = (lambda m: progress.line(m)) if log_steps else None
+  if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
+    progress.info(f"note: pruning.reset={p.reset!r} under a constant "
+                  f"schedule: lr_rewind and finetune are the same procedure")
   records, prev, mask = [], None, exp.dense_mask
   jobs_per_round = [1 + (len(control_fns) if r and (
       r % config.controls_every == 0 or r == p.rounds) else 0)

@@ -183,6 +183,9 @@ def find(workdir, **coords) -> dict:
   or several match)."""
   if not pathlib.Path(workdir).is_dir():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
+  if not (pathlib.Path(workdir) / "config.json").exists():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
+                       f"run (config.json missing)")
   matches = [r for r in records(workdir)
              if all(r.get(k) == v for k, v in coords.items())]
   if not matches:

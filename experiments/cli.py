@@ -50,9 +50,16 @@ import lottery
 
 if getattr(lottery, "__file__", None) is None:
   # A directory named lottery/ in the working directory (the parent of a
-  # checkout) is imported as an empty namespace package instead.
-  sys.exit(f"error: lottery: {list(lottery.__path__)[0]!r} shadows the "
-           "installed package; run from another directory")
+  # checkout, or of a workdir such as /tmp/lottery/run) is imported as an
+  # empty namespace package: look again without the working directory.
+  _shadow = list(lottery.__path__)[0]
+  sys.path[:] = [p for p in sys.path
+                 if p not in ("", ".") and os.path.abspath(p) != os.getcwd()]
+  del sys.modules["lottery"]
+  import lottery  # pylint: disable=g-import-not-at-top,reimported
+  if getattr(lottery, "__file__", None) is None:
+    sys.exit(f"error: lottery: {_shadow!r} shadows the installed package; "
+             "run from another directory")
 
 from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lottery.errors import LotteryError  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -38,6 +39,7 @@ from lottery import config as config_lib
 from lottery import controls as controls_lib
 from lottery import data as data_lib
 from lottery import jobs as jobs_lib
+from lottery import masks as masks_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
@@ -93,6 +95,23 @@ def _record(t: tickets.Ticket, path: str) -> dict:
   return {**t.coords, **{k: t.metrics[k] for k in keep}, "ticket": path}
 
 
+def _start_lines(exp: Experiment, progress, build_s: float) -> None:
+  """The start-up lines: data, model, devices and loop."""
+  ds, c = exp.dataset, exp.config
+  n_params = sum(int(np.size(x)) for x in jax.tree.leaves(exp.init_params))
+  prunable = sum(total for _, total in masks_lib.counts(exp.dense_mask).values())
+  progress.info(f"data: {c.data.name} ({len(ds.y_train)} train, "
+                f"{len(ds.y_test)} test, {ds.num_classes} classes, input "
+                f"{tuple(ds.x_train.shape[1:])}"
+                f"{', augment ' + c.data.augment if c.data.augment != 'none' else ''})")
+  progress.info(f"model: {c.model.name} ({n_params:,} parameters, "
+                f"{prunable:,} prunable)")
+  devices = jax.devices()
+  progress.info(f"devices: {len(devices)} x {devices[0].device_kind} "
+                f"({jax.default_backend()}); loop: {exp.loop.form}; built in "
+                f"{build_s:.1f} s")
+
+
 def _summary_scalars(writer, rec: dict) -> None:
   """Per-round scalars (the 'summary' TensorBoard run)."""
   if writer is None:
@@ -135,7 +154,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   config_lib.validate(config)
   facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
   workdir_lib.check(workdir, config, extra=facts)  # Refuse before the long
+  t0 = time.time()
   exp = build(config)                               # work, and write only
+  _start_lines(exp, progress, time.time() - t0)
   with workdir_lib.claim(workdir, config, extra=facts) as held:  # after it.
     # Every round's record is rebuilt (finished ones loaded), so the summary
     # run is rewritten from round 0: purge_step=0 leaves no duplicates.

@@ -44,6 +44,9 @@ from lottery import step
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps per timed call (LeNet; "
                               "Conv-2 and ResNet-20 take a fifth of it).")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per variant.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
+    "smaller only to smoke-test the script).")
 _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20"],
                             "Models to time: lenet, conv2, resnet20.")
 
@@ -58,6 +61,8 @@ SETUPS = {
 
 def _bench(name: str, steps: int, repeats: int) -> dict:
   model_name, shape, batch, opt, lr, div = SETUPS[name]
+  if len(shape) == 3 and shape[0] == 32:
+    shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, shape[2])
   steps = max(1, steps // div)
   t = config_lib.base_config().training
   t.update(optimizer=opt, learning_rate=lr, momentum=0.9 if opt == "sgd"
@@ -123,7 +128,7 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
       times[v].append(timed(v))
   n_steps.setdefault("python_loop", steps)
   rate = {v: n_steps[v] / statistics.median(ts) for v, ts in times.items()}
-  out = {f"{name}_{v}_steps_per_s": round(r, 1) for v, r in rate.items()}
+  out = {f"{name}_{v}_steps_per_s": float(f"{r:.4g}") for v, r in rate.items()}
   out[f"{name}_ratio"] = round(rate["masked"] / rate["dense"], 4)
   out[f"{name}_loop"] = form
   if name == "conv2":
@@ -152,6 +157,7 @@ def main(argv):
                   batch_size=SETUPS["lenet"][2])
   result.update(steps_per_call=_STEPS.value, repeats=_REPEATS.value,
                 device=str(jax.devices()[0].device_kind),
+                image_size=_IMAGE_SIZE.value,
                 platform=jax.default_backend(), cpu=platform.processor(),
                 jax=jax.__version__, optax=optax.__version__)
   print(json.dumps(result))

@@ -194,6 +194,7 @@ def test_damage_names_what_to_delete(tmp_path):
   checkpoint.remove(ticket / "arrays")
   checkpoint.save(ticket / "arrays", {"trained_params": {"x": np.zeros(2)},
                                       "rewind_params": {"x": np.zeros(2)}})
+  (wd / "config.json").write_text("{}")  # A run's workdir.
   (ticket / "metrics.json").write_text('{"density": 0.')
   with pytest.raises(lottery.LotteryError, match=r"^workdir: file .* is "
                      r"damaged \(not valid JSON: .*\); delete .*reinit' "

@@ -339,10 +339,15 @@ def test_fingerprints(tmp_path, npz_path):
   assert data_lib.fingerprint(cfg(path=other)) != fp
   with pytest.raises(lottery.LotteryError, match="^data.path: no such file"):
     data_lib.fingerprint(cfg(path=str(tmp_path / "nope.npz")))
+  # An unprepared TFDS dataset has a fingerprint of its own; loading it is
+  # what refuses (so tests can mock the data source).
+  unprepared = data_lib.fingerprint(cfg(name="mnist",
+                                        data_dir=str(tmp_path / "none")))
+  assert unprepared.startswith("sha256:") and unprepared != fp
   with pytest.raises(lottery.LotteryError,
                      match="^data.data_dir: TFDS dataset 'mnist' is not "
                      "prepared"):
-    data_lib.fingerprint(cfg(name="mnist", data_dir=str(tmp_path / "none")))
+    data_lib.load(cfg(name="mnist", data_dir=str(tmp_path / "none")))
   # A prepared TFDS dir: dataset_info.json and the files' names and sizes.
   version_dir = tmp_path / "tfds" / "mnist" / "3.0.1"
   version_dir.mkdir(parents=True)

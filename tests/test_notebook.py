@@ -1,32 +1,233 @@
-"""The analysis notebook runs on a finished (small) run."""
+"""The analysis notebook runs, as a researcher meets it, on runs of every shape.
 
+Each case executes notebooks/tickets.ipynb with nbclient and checks what it
+wrote beside its figures (tables.json, the numbers it plotted) against
+`lottery.records` and the tickets themselves.
+"""
+
+import json
 import os
 import pathlib
+import shutil
 
 import nbformat
+import numpy as np
+import pytest
 from nbclient import NotebookClient
 
 import lottery
+from lottery import analysis
+from lottery import checkpoint
+
+from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_tickets_notebook_executes(tiny_config, tmp_path, monkeypatch):
-  workdir = tmp_path / "run"
-  lottery.run(tiny_config(**{"controls_every": 2}), workdir,
-              log=lambda _: None)
+def _execute(workdir, monkeypatch, tmp_path) -> str:
+  """Runs the notebook on `workdir`; returns its printed output. Fails on an
+  error output (nbclient raises CellExecutionError on one)."""
   nb = nbformat.read(ROOT / "notebooks" / "tickets.ipynb", as_version=4)
   monkeypatch.setenv("LOTTERY_WORKDIR", str(workdir))
+  monkeypatch.delenv("LOTTERY_ANALYSIS_DIR", raising=False)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [str(ROOT), os.environ.get("PYTHONPATH", "")]))
-  NotebookClient(nb, timeout=300, kernel_name="python3",
+  NotebookClient(nb, timeout=120, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()
-  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                 for o in c.outputs)
-  assert "3 finished rounds" in text
-  # Round 1 has no controls (controls_every=2); round 2 has both.
-  assert "    1   0.5000       " in text and "           -" in text
-  assert "round 2 density 0.25" in text
-  assert (workdir / "accuracy_vs_density.png").stat().st_size > 1000
-  assert (workdir / "learning_curves.png").stat().st_size > 1000
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert all(o["output_type"] != "error" for o in outputs)
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "Traceback" not in text
+  return text
+
+
+def _tables(workdir) -> dict:
+  return json.loads((pathlib.Path(workdir) / "analysis" /
+                     "tables.json").read_text())
+
+
+def _check_accuracy(tables, records):
+  """One row per record, its test accuracy exactly, one replicate."""
+  rows = {(r["round"], r["kind"]): r for r in tables["test_accuracy"]}
+  assert sorted(rows) == sorted((r["round"], r["kind"]) for r in records)
+  for r in records:
+    row = rows[r["round"], r["kind"]]
+    assert (row["mean"], row["std"], row["n"], row["density"]) == (
+        r["test_accuracy"], 0.0, 1, r["density"])
+
+
+def _check_masks(tables, workdir, rounds):
+  """Tiny MLP, layerwise at 0.5: each layer keeps exactly 0.5**round, and
+  each round keeps a subset of the previous round's weights."""
+  assert tables["layer_densities"] == [
+      {"round": r, "density": 0.5 ** r,
+       "layers": {"fc1/kernel": 0.5 ** r, "out/kernel": 0.5 ** r}}
+      for r in rounds]
+  for row in tables["mask_overlap"]:
+    assert (row["kept_from_previous"], row["jaccard_previous"]) == (1.0, 0.5)
+  assert [r["round"] for r in tables["mask_overlap"]] == list(rounds[1:])
+  hist = lottery.load_ticket(workdir, 0).metrics["history"]
+  assert tables["learning_curves"]["ticket"]["0"] == {
+      "step": [h["step"] for h in hist],
+      "mean": [h["accuracy"] for h in hist], "std": [0.0] * len(hist)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(npz_path, tmp_path_factory):
+  """Finished, with controls on round 2 only and a validation split."""
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  lottery.run(tiny(npz_path, **{"controls_every": 2,
+                                "data.validation_size": 32}), workdir,
+              log=lambda _: None)
+  return workdir
+
+
+def test_finished_run_with_controls_and_validation(finished_run, monkeypatch,
+                                                    tmp_path):
+  text = _execute(finished_run, monkeypatch, tmp_path)
+  assert f"3 of 3 rounds finished in {finished_run} (run finished)" in text
+  assert "replicates: 1; validation split: 32 examples" in text
+  records = lottery.records(finished_run)
+  assert {(r["round"], r["kind"]) for r in records} == {
+      (0, "ticket"), (1, "ticket"), (2, "ticket"), (2, "reinit"),
+      (2, "random_prune")}
+  tables = _tables(finished_run)
+  _check_accuracy(tables, records)
+  _check_masks(tables, finished_run, [0, 1, 2])
+  # Round 1 has no controls; round 2 compares the ticket with random_prune.
+  ov = {r["round"]: r for r in tables["mask_overlap"]}
+  assert "overlap_random_prune" not in ov[1]
+  t = lottery.load_ticket(finished_run, 2)
+  rand = lottery.load_ticket(finished_run, 2, "random_prune")
+  both = sum(int((np.asarray(t.mask[k]["kernel"]) &
+                  np.asarray(rand.mask[k]["kernel"])).sum())
+             for k in ("fc1", "out"))
+  assert ov[2]["overlap_random_prune"] == both / sum(
+      int(np.asarray(t.mask[k]["kernel"]).sum()) for k in ("fc1", "out"))
+  # Early stopping: the step of minimum validation loss of every record.
+  early = {(r["round"], r["kind"]): r["mean"]
+           for r in tables["early_stop_step"]}
+  assert early == {(r["round"], r["kind"]): r["early_stop_step"]
+                   for r in records}
+  assert tables["learning_curves"]["round"] == 2
+  assert sorted(tables["learning_curves"]["kinds"]) == [
+      "random_prune", "reinit", "ticket"]
+  for name in ("accuracy_vs_density", "layer_densities", "mask_overlap",
+               "learning_curves", "early_stopping"):
+    assert (finished_run / "analysis" / f"{name}.png").stat().st_size > 1000
+
+
+def test_unfinished_run(tiny_config, monkeypatch, tmp_path):
+  """Stopped after round 1 of 2 (controls on every round, no validation)."""
+  workdir = tmp_path / "run"
+
+  class Stop(Exception):
+    pass
+
+  def stop(rec):
+    if rec["round"] == 1:
+      raise Stop
+  with pytest.raises(Stop):
+    lottery.run(tiny_config(), workdir, log=lambda _: None, on_round=stop)
+  text = _execute(workdir, monkeypatch, tmp_path)
+  assert f"2 of 3 rounds finished in {workdir} (run in flight or stopped)" \
+      in text
+  assert "no early-stopping plot: the run has no validation split " \
+      "(data.validation_size = 0)" in text
+  records = lottery.records(workdir)
+  tables = _tables(workdir)
+  _check_accuracy(tables, records)
+  assert {r["kind"] for r in tables["test_accuracy"] if r["round"] == 1} == {
+      "ticket", "reinit", "random_prune"}
+  _check_masks(tables, workdir, [0, 1])
+  assert "early_stop_step" not in tables
+  assert not (workdir / "analysis" / "early_stopping.png").exists()
+
+
+def test_run_without_controls(tiny_config, monkeypatch, tmp_path):
+  workdir = tmp_path / "run"
+  lottery.run(tiny_config(controls=()), workdir, log=lambda _: None)
+  text = _execute(workdir, monkeypatch, tmp_path)
+  assert "kinds: ticket; replicates: 1" in text
+  tables = _tables(workdir)
+  records = lottery.records(workdir)
+  assert [r["kind"] for r in records] == ["ticket"] * 3
+  _check_accuracy(tables, records)
+  _check_masks(tables, workdir, [0, 1, 2])
+  assert all("overlap_random_prune" not in r for r in tables["mask_overlap"])
+  assert tables["learning_curves"]["round"] == 2
+  assert list(tables["learning_curves"]["kinds"]) == ["ticket"]
+
+
+def test_replicates_show_mean_and_std(finished_run, npz_path, monkeypatch,
+                                      tmp_path):
+  """Two replicates in the layout the summary will have: each round's record
+  carries test_accuracy_std and `seeds`, its per-replicate records."""
+  other = tmp_path / "seed1"
+  lottery.run(tiny(npz_path, **{"controls_every": 2, "seeds.init": 1,
+                                "data.validation_size": 32}), other,
+              log=lambda _: None)
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  shutil.copy(finished_run / "config.json", workdir)
+  for seed, src in enumerate((finished_run, other)):
+    shutil.copytree(src / "rounds", workdir / f"seed_{seed}" / "rounds")
+  per_seed = [lottery.summary(finished_run)["rounds"],
+              lottery.summary(other)["rounds"]]
+
+  def merged(recs):
+    seeds = [{**r, "seed": s, "ticket": f"seed_{s}/{r['ticket']}"}
+             for s, r in enumerate(recs)]
+    accs = [r["test_accuracy"] for r in recs]
+    return {**seeds[0], "test_accuracy": float(np.mean(accs)),
+            "test_accuracy_std": float(np.std(accs)), "seeds": seeds}
+  rounds = []
+  for recs in zip(*per_seed):
+    rec = merged([{k: v for k, v in r.items() if k != "controls"}
+                  for r in recs])
+    rec.pop("seed")
+    if "controls" in recs[0]:
+      rec["controls"] = {k: merged([r["controls"][k] for r in recs])
+                         for k in recs[0]["controls"]}
+      for c in rec["controls"].values():
+        c.pop("seed")
+    rounds.append(rec)
+  checkpoint.write_json(workdir / "summary.json",
+                        {"rounds": rounds, "finished": True})
+  text = _execute(workdir, monkeypatch, tmp_path)
+  assert "3 of 3 rounds finished" in text and "replicates: 2" in text
+  assert " ± " in text
+  tables = _tables(workdir)
+  by_key = {}
+  for r in lottery.records(workdir):
+    if "seed" in r:
+      by_key.setdefault((r["round"], r["kind"]), []).append(r)
+  assert len(by_key) == 5 and all(len(v) == 2 for v in by_key.values())
+  assert len(tables["test_accuracy"]) == 5
+  for row in tables["test_accuracy"]:
+    accs = [r["test_accuracy"] for r in by_key[row["round"], row["kind"]]]
+    assert (row["n"], row["mean"], row["std"]) == (
+        2, float(np.mean(accs)), float(np.std(accs)))
+  assert len(tables["mask_overlap"]) == 4  # Rounds 1 and 2, two seeds each.
+  assert analysis.table(tables["mask_overlap"], "jaccard_previous",
+                        by=("round",))[0]["n"] == 2
+
+
+@pytest.mark.parametrize("case", ["missing", "no_round_yet"])
+def test_not_a_run_prints_one_line(case, finished_run, monkeypatch, tmp_path):
+  workdir = tmp_path / "run"
+  if case == "no_round_yet":
+    workdir.mkdir()
+    shutil.copy(finished_run / "config.json", workdir)
+  text = _execute(workdir, monkeypatch, tmp_path)
+  if case == "no_round_yet":
+    assert text == (f"no finished round yet in {workdir}: round 0 (the dense "
+                    "network) is still training; run this notebook again "
+                    "later\n")
+  else:
+    assert text == (f"error: workdir: {str(workdir)!r} holds no run "
+                    "(config.json missing); set LOTTERY_WORKDIR to the "
+                    "--workdir of a run (e.g. python -m experiments.imp "
+                    "--workdir=/tmp/lottery/mnist1d) and run again\n")
+  assert not (workdir / "analysis").exists()

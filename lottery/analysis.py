@@ -1,0 +1,213 @@
+"""Tables of a run's tickets for notebooks: records in, plain rows out.
+
+No plotting here (notebooks/tickets.ipynb draws these tables). Rows are
+plain dicts of Python numbers, so they print, plot and go to JSON as they are.
+
+Replicates: a run with several replicates lists, per (round, kind), one
+record per replicate (each with its `seed`), and may also list an aggregate
+record (its round's summary entry, without `seed`). `replicates` keeps the
+per-replicate records; `table` then gives the mean and the standard deviation
+over them. A run of one replicate has one record per (round, kind): its std
+is 0.0 and its `n` 1.
+
+Standard deviations are population ones (ddof=0, numpy's default): the
+spread of the replicates that ran, not an estimate for unseen ones.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lottery import checkpoint
+from lottery import masks as masks_lib
+from lottery import tickets
+
+Record = Mapping[str, Any]
+
+
+def replicates(records: Iterable[Record]) -> list[dict]:
+  """The records that stand for one replicate each, in their order.
+
+  A ticket listed twice (same `ticket` directory) is kept once; where a
+  (round, kind) has records with a `seed`, its records without one (the
+  aggregate of its replicates) are dropped.
+
+  Args:
+    records: records as `lottery.records(workdir)` lists them.
+
+  Returns:
+    Copies of the kept records.
+  """
+  records = list(records)
+  seeded = {(r.get("round"), r.get("kind")) for r in records if "seed" in r}
+  out, seen = [], set()
+  for r in records:
+    # Filter before deduplicating: an aggregate may name the directory of
+    # one of its replicates.
+    if "seed" in r or (r.get("round"), r.get("kind")) not in seeded:
+      if r["ticket"] not in seen:
+        seen.add(r["ticket"])
+        out.append(dict(r))
+  return out
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+  """Mean and population std of `values`; None (a NaN in JSON) counts as NaN.
+
+  Raises:
+    ValueError: if `values` is empty.
+  """
+  if not values:
+    raise ValueError("mean_std of no values")
+  x = np.asarray([math.nan if v is None else v for v in values], np.float64)
+  return float(x.mean()), float(x.std())
+
+
+def table(records: Iterable[Record], metric: str = "test_accuracy", *,
+          by: Sequence[str] = ("round", "kind")) -> list[dict]:
+  """One row per group of replicates: mean and std of `metric` over them.
+
+  Args:
+    records: records as `lottery.records` lists them (`replicates` is
+      applied here).
+    metric: a scalar of the records, e.g. 'test_accuracy', 'early_stop_step'.
+    by: the coordinates that name a group; records lacking one are skipped.
+
+  Returns:
+    [{**coords, 'density', 'n', 'mean', 'std'}, ...] in order of first
+    appearance; 'density' is the mean density of the group; groups none of
+    whose records has `metric` are left out.
+  """
+  groups: dict[tuple, list[dict]] = {}
+  for r in replicates(records):
+    if metric in r and all(k in r for k in by):
+      groups.setdefault(tuple(r[k] for k in by), []).append(r)
+  rows = []
+  for key, group in groups.items():
+    mean, std = mean_std([r[metric] for r in group])
+    rows.append({**dict(zip(by, key)),
+                 "density": mean_std([r["density"] for r in group])[0],
+                 "n": len(group), "mean": mean, "std": std})
+  return rows
+
+
+def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:
+  """A ticket's metrics.json (history and per-layer densities included),
+  read without its arrays."""
+  return checkpoint.read_json(
+      pathlib.Path(workdir) / record["ticket"] / tickets.METRICS)
+
+
+def layer_table(workdir: str | os.PathLike, records: Iterable[Record], *,
+                kind: str = "ticket") -> list[dict]:
+  """Per-layer densities of `kind` per round, averaged over replicates.
+
+  Returns:
+    [{'round', 'density', 'layers': {path: fraction kept}}, ...] by round.
+  """
+  rounds: dict[int, list[dict]] = {}
+  for r in replicates(records):
+    if r.get("kind") == kind and "round" in r:
+      rounds.setdefault(r["round"], []).append(ticket_metrics(workdir, r))
+  rows = []
+  for rnd in sorted(rounds):
+    ms = rounds[rnd]
+    names = list(ms[0]["layer_densities"])
+    rows.append({
+        "round": rnd, "density": mean_std([m["density"] for m in ms])[0],
+        "layers": {k: mean_std([m["layer_densities"][k] for m in ms])[0]
+                   for k in names}})
+  return rows
+
+
+def _kept(mask) -> list[np.ndarray]:
+  return [np.asarray(m, bool).ravel()
+          for m in masks_lib.named_leaves(mask).values() if m is not None]
+
+
+def overlap(a: Any, b: Any) -> float:
+  """Fraction of the weights `a` keeps that `b` keeps too (masks of the same
+  structure); 1.0 when `a`'s kept weights are a subset of `b`'s."""
+  la, lb = _kept(a), _kept(b)
+  kept = sum(int(x.sum()) for x in la)
+  return sum(int((x & y).sum()) for x, y in zip(la, lb)) / kept
+
+
+def jaccard(a: Any, b: Any) -> float:
+  """|a and b| / |a or b| over the prunable weights of two masks."""
+  la, lb = _kept(a), _kept(b)
+  both = sum(int((x & y).sum()) for x, y in zip(la, lb))
+  either = sum(int((x | y).sum()) for x, y in zip(la, lb))
+  return both / either
+
+
+def overlap_table(workdir: str | os.PathLike,
+                  records: Iterable[Record]) -> list[dict]:
+  """How each round's ticket mask compares with the previous round's, and
+  with its random_prune control where it has one, per replicate.
+
+  Returns:
+    [{'round', 'kind': 'ticket', 'seed', 'ticket', 'density',
+    'kept_from_previous', 'jaccard_previous', 'overlap_random_prune'}, ...]
+    for every round > 0 whose previous round is finished, by round:
+    kept_from_previous = overlap(mask_r, mask_{r-1}) (1.0 when pruned weights
+    stay pruned), jaccard_previous = jaccard(mask_r, mask_{r-1}),
+    overlap_random_prune = overlap(mask_r, random_prune's mask) (absent
+    without that control; chance level is about the density). 'seed' is None
+    in runs of one replicate; 'ticket' is round r's, so `table(rows, field,
+    by=('round',))` gives the mean and std over replicates.
+  """
+  recs = replicates(records)
+  by = {(r.get("round"), r.get("kind"), r.get("seed")): r for r in recs}
+  cache: dict[str, Any] = {}
+
+  def mask(r):
+    if r["ticket"] not in cache:
+      cache[r["ticket"]] = tickets.read_ticket(workdir, r["ticket"]).mask
+    return cache[r["ticket"]]
+
+  rows = []
+  for r in sorted((r for r in recs if r.get("kind") == "ticket"
+                   and r.get("round")), key=lambda r: (r["round"],
+                                                       str(r.get("seed")))):
+    prev = by.get((r["round"] - 1, "ticket", r.get("seed")))
+    if prev is None:
+      continue
+    rand = by.get((r["round"], "random_prune", r.get("seed")))
+    m = mask(r)
+    row = {"round": r["round"], "kind": "ticket", "seed": r.get("seed"),
+           "ticket": r["ticket"], "density": r["density"],
+           "kept_from_previous": overlap(m, mask(prev)),
+           "jaccard_previous": jaccard(m, mask(prev))}
+    if rand is not None:
+      row["overlap_random_prune"] = overlap(m, mask(rand))
+    rows.append(row)
+  return rows
+
+
+def curve(workdir: str | os.PathLike, records: Iterable[Record],
+          key: str = "accuracy") -> dict:
+  """A learning curve averaged over replicates.
+
+  Args:
+    workdir: the run's workdir.
+    records: the replicates of one (round, kind).
+    key: a history field: 'accuracy', 'loss' (test), 'train_loss',
+      'val_loss', 'val_accuracy'.
+
+  Returns:
+    {'step': [...], 'mean': [...], 'std': [...]} over the evaluation steps
+    that every replicate has; empty lists if `key` is not in the history.
+  """
+  hists = [{h["step"]: h[key] for h in ticket_metrics(workdir, r)["history"]
+            if key in h} for r in records]
+  steps = sorted(set.intersection(*map(set, hists))) if hists else []
+  stats = [mean_std([h[s] for h in hists]) for s in steps]
+  return {"step": steps, "mean": [m for m, _ in stats],
+          "std": [s for _, s in stats]}

@@ -1,0 +1,151 @@
+"""lottery.analysis: records to tables, mean and std over replicates, masks
+compared; hand-checked values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lottery import analysis
+from lottery import checkpoint
+from lottery import tickets
+
+
+def _rec(round_, kind, acc, seed=None, density=None, **extra):
+  r = {"round": round_, "kind": kind, "test_accuracy": acc,
+       "density": 0.5 ** round_ if density is None else density,
+       "ticket": f"rounds/round_{round_:03d}/{kind}", **extra}
+  if seed is not None:
+    r["seed"] = seed
+    r["ticket"] = f"seed_{seed}/" + r["ticket"]
+  return r
+
+
+def test_replicates_keep_one_record_per_replicate():
+  agg = {**_rec(1, "ticket", 0.75), "ticket": "seed_0/rounds/round_001/ticket"}
+  records = [_rec(0, "ticket", 1.0), _rec(0, "ticket", 1.0),  # Listed twice.
+             agg, _rec(1, "ticket", 0.5, seed=0), _rec(1, "ticket", 1.0,
+                                                       seed=1)]
+  out = analysis.replicates(records)
+  # The aggregate names seed 0's directory: seed 0's record still stays.
+  assert [(r["round"], r.get("seed"), r["ticket"]) for r in out] == [
+      (0, None, "rounds/round_000/ticket"),
+      (1, 0, "seed_0/rounds/round_001/ticket"),
+      (1, 1, "seed_1/rounds/round_001/ticket")]
+
+
+def test_mean_std_population_std_and_none_as_nan():
+  assert analysis.mean_std([0.5, 1.0]) == (0.75, 0.25)
+  assert analysis.mean_std([0.25]) == (0.25, 0.0)
+  mean, std = analysis.mean_std([1.0, None])
+  assert math.isnan(mean) and math.isnan(std)
+  with pytest.raises(ValueError):
+    analysis.mean_std([])
+
+
+def test_table_groups_replicates_in_order():
+  records = [_rec(0, "ticket", 1.0, seed=0), _rec(0, "ticket", 0.5, seed=1),
+             _rec(1, "ticket", 0.75, seed=0), _rec(1, "ticket", 0.25, seed=1),
+             _rec(1, "reinit", 0.5, seed=0), _rec(1, "reinit", 0.5, seed=1),
+             # An aggregate of round 1 (no seed): not counted again.
+             {**_rec(1, "ticket", 0.5), "test_accuracy_std": 0.25},
+             {"method": "snip", "test_accuracy": 0.1, "density": 0.1,
+              "ticket": "snip"}]  # No round: not an IMP group.
+  assert analysis.table(records) == [
+      {"round": 0, "kind": "ticket", "density": 1.0, "n": 2, "mean": 0.75,
+       "std": 0.25},
+      {"round": 1, "kind": "ticket", "density": 0.5, "n": 2, "mean": 0.5,
+       "std": 0.25},
+      {"round": 1, "kind": "reinit", "density": 0.5, "n": 2, "mean": 0.5,
+       "std": 0.0}]
+  # One replicate; a metric some records lack (no validation split there).
+  records = [_rec(0, "ticket", 1.0, early_stop_step=20),
+             _rec(1, "ticket", 0.5, early_stop_step=10),
+             _rec(1, "reinit", 0.25)]
+  assert analysis.table(records, "early_stop_step") == [
+      {"round": 0, "kind": "ticket", "density": 1.0, "n": 1, "mean": 20.0,
+       "std": 0.0},
+      {"round": 1, "kind": "ticket", "density": 0.5, "n": 1, "mean": 10.0,
+       "std": 0.0}]
+  assert analysis.table(records, "test_accuracy", by=("kind",)) == [
+      {"kind": "ticket", "density": 0.75, "n": 2, "mean": 0.75, "std": 0.25},
+      {"kind": "reinit", "density": 0.5, "n": 1, "mean": 0.25, "std": 0.0}]
+
+
+A = {"w": np.array([True, True, False, False]), "b": None,
+     "v": np.array([[True], [False]])}
+B = {"w": np.array([True, False, True, False]), "b": None,
+     "v": np.array([[True], [True]])}
+
+
+def test_overlap_and_jaccard_hand_checked():
+  # a keeps 3, b keeps 4, both keep 2 (w[0], v[0]), either keeps 5.
+  assert analysis.overlap(A, B) == 2 / 3
+  assert analysis.overlap(B, A) == 0.5
+  assert analysis.overlap(A, A) == 1.0
+  assert analysis.jaccard(A, B) == 0.4
+  assert analysis.jaccard(B, A) == 0.4
+
+
+def _save(workdir, round_, kind, mask, history, seed=None):
+  params = {k: None if m is None else np.ones(m.shape, np.float32)
+            for k, m in mask.items()}
+  params["b"] = np.zeros(3, np.float32)
+  coords = {"round": round_, "kind": kind}
+  path = tickets.imp_path(round_, kind)
+  if seed is not None:
+    coords["seed"] = seed
+    path = f"seed_{seed}/{path}"
+  kept = sum(int(m.sum()) for m in mask.values() if m is not None)
+  metrics = {"density": kept / 6, "test_accuracy": 1.0,
+             "layer_densities": {k: float(m.mean()) for k, m in mask.items()
+                                 if m is not None}, "history": history}
+  tickets.save_ticket(workdir, path, tickets.Ticket(
+      coords, mask, params, params, metrics))
+  return {**coords, "density": metrics["density"], "ticket": path}
+
+
+def test_tables_from_a_workdir(tmp_path):
+  full = {"w": np.ones(4, bool), "b": None, "v": np.ones((2, 1), bool)}
+  hist = lambda accs: [{"step": 5 * (i + 1), "accuracy": a, "loss": 1.0}
+                       for i, a in enumerate(accs)]
+  records = [
+      _save(tmp_path, 0, "ticket", full, hist([0.5, 1.0])),
+      _save(tmp_path, 1, "ticket", B, hist([0.25, 0.75])),
+      _save(tmp_path, 1, "random_prune", A, hist([0.25, 0.25])),
+      # Round 2 pruned B to A ∧ B (w[0], v[0]): nested.
+      _save(tmp_path, 2, "ticket", {"w": np.array([True, False, False,
+                                                   False]), "b": None,
+                                    "v": np.array([[True], [False]])},
+            hist([0.5]))]
+  # Not a mask leaf: the saved mask has no 'b'; reading it back gives None.
+  assert tickets.read_ticket(tmp_path, records[1]["ticket"]).mask["b"] is None
+  assert analysis.ticket_metrics(tmp_path, records[1])["history"] == hist(
+      [0.25, 0.75])
+  assert analysis.layer_table(tmp_path, records) == [
+      {"round": 0, "density": 1.0, "layers": {"w": 1.0, "v": 1.0}},
+      {"round": 1, "density": 4 / 6, "layers": {"w": 0.5, "v": 1.0}},
+      {"round": 2, "density": 2 / 6, "layers": {"w": 0.25, "v": 0.5}}]
+  assert analysis.overlap_table(tmp_path, records) == [
+      {"round": 1, "kind": "ticket", "seed": None,
+       "ticket": "rounds/round_001/ticket", "density": 4 / 6,
+       "kept_from_previous": 1.0, "jaccard_previous": 4 / 6,
+       "overlap_random_prune": 0.5},
+      {"round": 2, "kind": "ticket", "seed": None,
+       "ticket": "rounds/round_002/ticket", "density": 2 / 6,
+       "kept_from_previous": 1.0, "jaccard_previous": 0.5}]
+  assert analysis.curve(tmp_path, records[:1]) == {
+      "step": [5, 10], "mean": [0.5, 1.0], "std": [0.0, 0.0]}
+  assert analysis.curve(tmp_path, records[:1], "val_loss") == {
+      "step": [], "mean": [], "std": []}
+  # Two replicates of one group: the steps both have, mean and std.
+  reps = [_save(tmp_path, 3, "ticket", B, hist([0.5, 1.0]), seed=0),
+          _save(tmp_path, 3, "ticket", B, hist([1.0]), seed=1)]
+  assert analysis.curve(tmp_path, reps) == {
+      "step": [5], "mean": [0.75], "std": [0.25]}
+  # A JSON null (NaN) in a history counts as NaN, not as a missing step.
+  m = checkpoint.read_json(tmp_path / reps[1]["ticket"] / tickets.METRICS)
+  m["history"][0]["accuracy"] = None
+  checkpoint.write_json(tmp_path / reps[1]["ticket"] / tickets.METRICS, m)
+  c = analysis.curve(tmp_path, reps)
+  assert c["step"] == [5] and math.isnan(c["mean"][0])

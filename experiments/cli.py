@@ -79,8 +79,11 @@ RunFn = Callable[[ml_collections.ConfigDict, str, Progress], Any]
 def field_choices() -> dict[str, tuple[str, ...]]:
   """Allowed values of the config fields that name a registered thing."""
   # pylint: disable=g-import-not-at-top
+  from lottery import augment
   from lottery import config as config_lib
+  from lottery import controls as controls_lib
   from lottery import data
+  from lottery import loop
   from lottery import models
   from lottery import optim
   from lottery import pruning
@@ -93,7 +96,9 @@ def field_choices() -> dict[str, tuple[str, ...]]:
       "pruning.scope": tuple(pruning.SCOPES),
       "pruning.score": tuple(scores.names()),
       "pruning.reset": tuple(config_lib.RESETS),
-      "controls": tuple(config_lib.CONTROLS),
+      "controls": tuple(controls_lib.names()),
+      "data.augment": tuple(augment.names()),
+      "training.loop": tuple(loop.FORMS),
   }
 
 

@@ -15,43 +15,23 @@ import jax
 import jax.numpy as jnp
 
 from lottery.errors import LotteryError
+from lottery.registry import Registry
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
-_AUGMENTS: dict[str, Augment] = {}
-
-
-def register(name: str):
-  """Decorator registering an augmentation `fn(key, x) -> x`."""
-  def deco(fn):
-    _AUGMENTS[name] = fn
-    return fn
-  return deco
-
-
-def names() -> list[str]:
-  """The registered augmentation names, sorted."""
-  return sorted(_AUGMENTS)
+_AUGMENTS = Registry("augmentation", "data.augment")
+register = _AUGMENTS.register
+names = _AUGMENTS.names
 
 
 def get(name: str, *, field: str = "data.augment") -> Augment:
-  """The augmentation registered as `name`.
-
-  Args:
-    name: 'none' or 'crop_flip' (see `names()`).
-    field: config field named in the error.
-
-  Returns:
-    A jittable `fn(key, x) -> x` for float batches x of shape (N, H, W, C).
+  """The augmentation registered as `name` ('none', 'crop_flip', ...): a
+  jittable `fn(key, x) -> x` for float batches x of shape (N, H, W, C).
 
   Raises:
     LotteryError: if `name` is not registered.
   """
-  if name not in _AUGMENTS:
-    raise LotteryError(
-        f"{field}: unknown augmentation, must be one of {names()} "
-        f"(got {name!r})")
-  return _AUGMENTS[name]
+  return _AUGMENTS.get(name, field=field)
 
 
 @register("none")

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import ml_collections
 
+from lottery import controls as controls_lib
 from lottery import data as data_lib
 from lottery import masks
 from lottery import models
@@ -22,6 +23,7 @@ from lottery import scores
 from lottery.errors import LotteryError
 
 RESETS = ("rewind", "lr_rewind", "finetune")
+# The default controls; any name registered in lottery.controls is allowed.
 CONTROLS = ("reinit", "random_prune")
 
 
@@ -246,7 +248,7 @@ def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     _fail(f, v, "must be a tuple, e.g. ('reinit',)")
   for x in v:
-    _choice(f, x, CONTROLS)
+    _choice(f, x, controls_lib.names())
   if len(set(v)) != len(v):
     _fail(f, v, "must not repeat a control")
 

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 
 from lottery import pruning
-from lottery.errors import LotteryError
+from lottery.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,26 +28,10 @@ class Start:
 
 # (experiment, the ticket's Start, key) -> the control's Start
 ControlFn = Callable[[Any, Start, jax.Array], Start]
-_CONTROLS: dict[str, ControlFn] = {}
-
-
-def register(name: str):
-  """Decorator registering a control under `name`."""
-  def deco(fn: ControlFn) -> ControlFn:
-    _CONTROLS[name] = fn
-    return fn
-  return deco
-
-
-def names() -> list[str]:
-  return list(_CONTROLS)
-
-
-def get(name: str, *, field: str = "controls") -> ControlFn:
-  if name not in _CONTROLS:
-    raise LotteryError(f"{field}: unknown control {name!r} (known: "
-                       f"{names()})")
-  return _CONTROLS[name]
+_CONTROLS = Registry("control", "controls")
+register = _CONTROLS.register
+names = _CONTROLS.names
+get = _CONTROLS.get
 
 
 @register("reinit")

@@ -14,28 +14,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from lottery.errors import LotteryError
+from lottery.registry import Registry
 
 ScoreFn = Callable[[Any, jax.Array], Any]
-_SCORES: dict[str, ScoreFn] = {}
-
-
-def register(name: str):
-  """Decorator registering a score function under `name`."""
-  def deco(fn: ScoreFn) -> ScoreFn:
-    _SCORES[name] = fn
-    return fn
-  return deco
-
-
-def names() -> list[str]:
-  return sorted(_SCORES)
-
-
-def get(name: str, *, field: str = "pruning.score") -> ScoreFn:
-  if name not in _SCORES:
-    raise LotteryError(f"{field}: unknown score {name!r} (known: {names()})")
-  return _SCORES[name]
+_SCORES = Registry("score", "pruning.score")
+register = _SCORES.register
+names = _SCORES.names
+get = _SCORES.get
 
 
 @register("magnitude")

@@ -61,7 +61,7 @@ def test_help_lists_fields_defaults_choices_and_recipes():
                        ("pruning.score", scores.names()),
                        ("pruning.reset", config_lib.RESETS)]:
     assert f"one of: {', '.join(names)})" in lines[field], lines[field]
-  assert "any of: reinit, random_prune" in lines["controls"]
+  assert "any of: random_prune, reinit" in lines["controls"]
   for recipe in ("mnist1d:quick", "lenet_mnist:local", "conv_cifar10:conv4"):
     assert recipe in out
   full = _cli("--helpfull", "--config=mnist1d:quick")

@@ -101,3 +101,11 @@ def test_random_score_rounds_are_independent_of_the_control(tiny_config,
       t1.mask["fc1"]["kernel"])
   assert not inside.all()
   assert tickets.imp_path(2, "random_prune") == "rounds/round_002/random_prune"
+
+
+def test_config_names_match_the_registries():
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lottery import controls  # pylint: disable=g-import-not-at-top
+  from lottery import imp  # pylint: disable=g-import-not-at-top
+  assert set(config_lib.RESETS) == set(imp.RESETS)
+  assert set(config_lib.CONTROLS) <= set(controls.names())

@@ -124,23 +124,34 @@ QUICKER = {
 }
 
 
+@pytest.fixture(scope="module")
+def resnet_quick(tmp_path_factory):
+  """One run of resnet20_cifar10:quick: (config, summary, workdir)."""
+  wd = tmp_path_factory.mktemp("resnet20") / "wd"
+  return (*run_quick("resnet20_cifar10:quick", wd), wd)
+
+
 # conv_cifar10:quick is conv_cifar10:conv2,quick (checked above): run once.
 @pytest.mark.parametrize("spec", [s for s in QUICK
                                   if s != "conv_cifar10:quick"])
-def test_quick_recipe_end_to_end(spec, tmp_path):
-  config, summary = run_quick(spec, tmp_path / "wd", **QUICKER.get(spec, {}))
+def test_quick_recipe_end_to_end(spec, tmp_path, request):
+  if spec == "resnet20_cifar10:quick":
+    config, summary, wd = request.getfixturevalue("resnet_quick")
+  else:
+    wd = tmp_path / "wd"
+    config, summary = run_quick(spec, wd, **QUICKER.get(spec, {}))
   p = config.pruning
   rounds = summary["rounds"]
   assert summary["finished"]
   assert [r["round"] for r in rounds] == list(range(p.rounds + 1))
-  t0 = lottery.load_ticket(tmp_path / "wd", 0)
+  t0 = lottery.load_ticket(wd, 0)
   sizes = {n: total for n, (_, total) in masks.counts(t0.mask).items()}
   total = sum(sizes.values())
   expected = expected_kept(sizes, config)
   assert [r["density"] for r in rounds] == [k / total for k, _ in expected]
   for r, (kept, per_layer) in enumerate(expected):
     for kind in ("ticket", *rounds[r].get("controls", {})):
-      t = lottery.load_ticket(tmp_path / "wd", r, kind)
+      t = lottery.load_ticket(wd, r, kind)
       counts = masks.counts(t.mask)
       assert sum(k for k, _ in counts.values()) == kept, (r, kind)
       assert {n: counts[n][0] for n in per_layer} == per_layer, (r, kind)
@@ -163,9 +174,8 @@ def test_quick_recipe_end_to_end(spec, tmp_path):
     assert "early_stop_step" in rounds[-1]
 
 
-def test_resnet20_quick_batch_stats_and_global_pruning(tmp_path):
-  config, summary = run_quick("resnet20_cifar10:quick", tmp_path / "wd")
-  wd = tmp_path / "wd"
+def test_resnet20_quick_batch_stats_and_global_pruning(resnet_quick):
+  config, summary, wd = resnet_quick
   t0, t1, t2 = (lottery.load_ticket(wd, r) for r in range(3))
   # The 22 kernels (19 convs, 2 shortcut projections, the output layer) are
   # prunable; BatchNorm scales and biases and the dense bias never are.
@@ -215,11 +225,12 @@ def cifar_npz(tmp_path_factory):
   return str(path)
 
 
-# Round 1 trains steps 5..60 with a mid-run checkpoint every 5: a wide window
-# to kill it in. No controls: they would only add compilations.
+# Round 1 trains steps 5..30 with a mid-run checkpoint every 5: a window of
+# four checkpoints to kill it in. No controls: they would only add
+# compilations.
 RESUME_FLAGS = ("--config=resnet20_cifar10:quick", "--config.data.name=npz",
                 "--config.data.augment=crop_flip",
-                "--config.training.steps=60",
+                "--config.training.steps=30",
                 "--config.training.checkpoint_every=5",
                 "--config.pruning.rounds=1", "--config.controls=()")
 
@@ -296,7 +307,7 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
     cifar_npz, reference_run, tmp_path, monkeypatch):
   config = cli.load_config("resnet20_cifar10:quick")
   config.data.update(name="npz", path=cifar_npz, augment="crop_flip")
-  config.training.update(steps=60, checkpoint_every=5)
+  config.training.update(steps=30, checkpoint_every=5)
   config.pruning.rounds = 1
   config.controls = ()
   real_save = jobs.MidRun.save
@@ -304,7 +315,10 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
   def save(self, job, state, *a, **k):
     real_save(self, job, state, *a, **k)
     saves.append((job, int(state.step)))
-    if len(saves) in (3, 14):  # Mid round 0 and mid round 1.
+    # Round 0 saves at steps 5..25 (saves 1-5), round 1 at 10..25 (6-9):
+    # stop in round 0 after its rewind point (step 5) was captured; the
+    # SIGKILL test above stops in round 1.
+    if len(saves) == 3:
       raise _Interrupt()
   monkeypatch.setattr(jobs.MidRun, "save", save)
   interruptions = 0
@@ -314,5 +328,7 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
       break
     except _Interrupt:
       interruptions += 1
-  assert interruptions == 2, saves
+  assert interruptions == 1, saves
+  assert [step for _, step in saves] == [5, 10, 15, 20, 25, 10, 15, 20, 25]
+  assert lottery.load_ticket(tmp_path / "run", 1).metrics["start_step"] == 5
   assert_same_run(reference_run, tmp_path / "run")

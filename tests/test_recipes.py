@@ -1,0 +1,334 @@
+"""Every recipe in configs/ loads and validates; every ':quick' variant runs
+end to end on mock data; ResNet-20 (BatchNorm, augmentation) resumes bit for
+bit after SIGKILL."""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import lottery
+from experiments import cli
+from lottery import jobs
+from lottery import masks
+from lottery import pruning
+from lottery import tickets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECIPES = cli.recipes()
+ALL = [f"{name}:{arg}" if arg else name
+       for name, args in RECIPES.items() for arg in args]
+QUICK = [s for s in ALL if s.endswith(":quick") or s.endswith(",quick")]
+# Mock TFDS splits have this many examples each; a recipe's validation split
+# shrinks to VALIDATION of them.
+MOCK_EXAMPLES, VALIDATION = 64, 16
+
+
+def quiet(_):
+  pass
+
+
+def leaves_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(
+      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+@pytest.mark.parametrize("spec", ALL)
+def test_every_recipe_argument_loads_and_validates(spec):
+  config = cli.load_config(spec)
+  lottery.config.validate(config)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_has_a_quick_variant(name):
+  assert any(s.startswith(f"{name}:") for s in QUICK), RECIPES[name]
+
+
+def test_conv_quick_alone_is_conv2_quick_and_other_args_are_kept():
+  assert cli.load_config("conv_cifar10:quick") == cli.load_config(
+      "conv_cifar10:conv2,quick")
+  for arch in ("conv2", "conv4", "conv6"):
+    full = cli.load_config(f"conv_cifar10:{arch}")
+    quick = cli.load_config(f"conv_cifar10:{arch},quick")
+    assert full.model.name == quick.model.name == arch
+    assert full.pruning.layer_fractions == quick.pruning.layer_fractions
+    assert (full.training.steps, quick.training.steps) == (
+        {"conv2": 20_000, "conv4": 25_000, "conv6": 30_000}[arch], 20)
+  with pytest.raises(lottery.LotteryError, match="takes one of"):
+    cli.load_config("conv_cifar10:conv4,slow")
+
+
+def expected_kept(sizes: dict[str, int], config) -> list[tuple[int, dict]]:
+  """Per round: (total kept, {layer: kept} where the rule fixes it per layer).
+
+  The rounding rule is `pruning.num_to_remove`'s; a layer matched by
+  `layer_fractions` is pruned on its own at its rate, the others layerwise or
+  (scope 'global') pooled.
+  """
+  p = config.pruning
+  overrides = pruning.parse_layer_fractions(p.layer_fractions)
+  rate = {n: next((r for pat, r in overrides.items() if re.fullmatch(pat, n)),
+                  None) for n in sizes}
+  own = {n for n in sizes if rate[n] is not None or p.scope == "layerwise"}
+  kept = {n: sizes[n] for n in own}
+  pooled = sum(sizes[n] for n in sizes if n not in own)
+  out = [(sum(sizes.values()), dict(kept))]
+  for _ in range(p.rounds):
+    kept = {n: k - pruning.num_to_remove(rate[n] or p.fraction, k)
+            for n, k in kept.items()}
+    pooled -= pruning.num_to_remove(p.fraction, pooled)
+    out.append((sum(kept.values()) + pooled, dict(kept)))
+  return out
+
+
+def run_quick(spec, workdir, **overrides):
+  """Runs a ':quick' recipe on its mock data; returns (config, summary)."""
+  config = cli.load_config(spec)
+  for key, value in overrides.items():
+    node = config
+    *groups, field = key.split(".")
+    for group in groups:
+      node = node[group]
+    node[field] = value
+  if config.data.name in ("mnist1d", "npz"):
+    return config, lottery.run(config, workdir, log=quiet)
+  config.data.data_dir = str(workdir) + "-tfds"  # Never the user's.
+  if config.data.validation_size:
+    config.data.validation_size = VALIDATION
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    return config, lottery.run(config, workdir, log=quiet)
+
+
+# Test-only overrides: mnist1d:quick trains 200 steps in each of its 10 jobs;
+# a Conv step (4M+ weights) costs ~0.1 s on a loaded CPU, and Conv-4/6 differ
+# from Conv-2 only in layers, so they run without controls (which compile
+# their own random pruning).
+_FEW_STEPS = {"training.steps": 4, "training.eval_every": 2,
+              "training.checkpoint_every": 2}
+QUICKER = {
+    "mnist1d:quick": {"training.steps": 20, "training.eval_every": 10,
+                      "training.checkpoint_every": 10},
+    "conv_cifar10:conv2,quick": _FEW_STEPS,
+    "conv_cifar10:conv4,quick": {**_FEW_STEPS, "controls": ()},
+    "conv_cifar10:conv6,quick": {**_FEW_STEPS, "controls": ()},
+}
+
+
+@pytest.fixture(scope="module")
+def resnet_quick(tmp_path_factory):
+  """One run of resnet20_cifar10:quick: (config, summary, workdir)."""
+  wd = tmp_path_factory.mktemp("resnet20") / "wd"
+  return (*run_quick("resnet20_cifar10:quick", wd), wd)
+
+
+# conv_cifar10:quick is conv_cifar10:conv2,quick (checked above): run once.
+@pytest.mark.parametrize("spec", [s for s in QUICK
+                                  if s != "conv_cifar10:quick"])
+def test_quick_recipe_end_to_end(spec, tmp_path, request):
+  if spec == "resnet20_cifar10:quick":
+    config, summary, wd = request.getfixturevalue("resnet_quick")
+  else:
+    wd = tmp_path / "wd"
+    config, summary = run_quick(spec, wd, **QUICKER.get(spec, {}))
+  p = config.pruning
+  rounds = summary["rounds"]
+  assert summary["finished"]
+  assert [r["round"] for r in rounds] == list(range(p.rounds + 1))
+  t0 = lottery.load_ticket(wd, 0)
+  sizes = {n: total for n, (_, total) in masks.counts(t0.mask).items()}
+  total = sum(sizes.values())
+  expected = expected_kept(sizes, config)
+  assert [r["density"] for r in rounds] == [k / total for k, _ in expected]
+  for r, (kept, per_layer) in enumerate(expected):
+    for kind in ("ticket", *rounds[r].get("controls", {})):
+      t = lottery.load_ticket(wd, r, kind)
+      counts = masks.counts(t.mask)
+      assert sum(k for k, _ in counts.values()) == kept, (r, kind)
+      assert {n: counts[n][0] for n in per_layer} == per_layer, (r, kind)
+      assert t.metrics["density"] == kept / total
+      # Pruned weights are exactly zero, where training started and ended.
+      w0, w1 = (masks.named_leaves(x) for x in (t.rewind_params,
+                                                 t.trained_params))
+      for n, m in masks.named_leaves(t.mask).items():
+        if m is not None:
+          assert not np.any(w0[n][~m]) and not np.any(w1[n][~m]), n
+  # Controls on every controls_every-th round and on the last.
+  with_controls = [r["round"] for r in rounds if "controls" in r]
+  assert with_controls == [r for r in range(1, p.rounds + 1)
+                           if config.controls and (
+                               r % config.controls_every == 0
+                               or r == p.rounds)]
+  for r in with_controls:
+    assert set(rounds[r]["controls"]) == set(config.controls)
+  if config.data.validation_size:
+    assert "early_stop_step" in rounds[-1]
+
+
+def test_resnet20_quick_batch_stats_and_global_pruning(resnet_quick):
+  config, summary, wd = resnet_quick
+  t0, t1, t2 = (lottery.load_ticket(wd, r) for r in range(3))
+  # The 22 kernels (19 convs, 2 shortcut projections, the output layer) are
+  # prunable; BatchNorm scales and biases and the dense bias never are.
+  names = masks.named_leaves(t0.mask)
+  kernels = sorted(n for n in names if n.endswith("/kernel"))
+  assert len(kernels) == 22
+  assert sorted(n for n, m in names.items() if m is not None) == kernels
+  assert any("bn" in n.lower() or "batchnorm" in n.lower() for n in names)
+  # Global at 20% of the survivors per round, halves rounded up.
+  total = sum(t for _, t in masks.counts(t0.mask).values())
+  kept = [total]
+  for _ in range(2):
+    kept.append(kept[-1] - pruning.num_to_remove(0.2, kept[-1]))
+  assert kept[1] == total - round(0.2 * total)
+  assert [r["density"] for r in summary["rounds"]] == [k / total for k in kept]
+  for t, k in zip((t0, t1, t2), kept):
+    assert sum(c for c, _ in masks.counts(t.mask).values()) == k
+  # Global: the layers end at different densities.
+  assert len(set(t2.metrics["layer_densities"].values())) > 1
+  # BatchNorm statistics: saved with every ticket, updated by training.
+  init_state = t0.rewind_model_state
+  assert set(init_state) == {"batch_stats"}
+  for t in (t0, t1, t2):
+    assert jax.tree.structure(t.model_state) == jax.tree.structure(init_state)
+    for a, b in zip(jax.tree.leaves(t.model_state),
+                    jax.tree.leaves(init_state)):
+      assert not np.array_equal(a, b)
+  # Pruned rounds rewind weights and statistics to step 5 of round 0.
+  point, point_state = jobs.load_capture(wd, "rewind_point")
+  assert t1.metrics["start_step"] == config.pruning.rewind_step == 5
+  assert leaves_equal(t1.rewind_model_state, point_state)
+  assert not leaves_equal(point_state, init_state)
+  assert leaves_equal(t1.rewind_params, lottery.apply_mask(t1.mask, point))
+
+
+# Bit-exact resume with BatchNorm and augmentation: ResNet-20 quick on an
+# .npz of CIFAR-shaped images, in subprocesses killed with SIGKILL.
+
+
+@pytest.fixture(scope="module")
+def cifar_npz(tmp_path_factory):
+  rng = np.random.default_rng(0)
+  path = tmp_path_factory.mktemp("cifar") / "cifar.npz"
+  np.savez(path, x_train=rng.random((96, 32, 32, 3), np.float32),
+           y_train=rng.integers(0, 10, 96), x_test=rng.random(
+               (32, 32, 32, 3), np.float32), y_test=rng.integers(0, 10, 32))
+  return str(path)
+
+
+# Round 1 trains steps 5..30 with a mid-run checkpoint every 5: a window of
+# four checkpoints to kill it in. No controls: they would only add
+# compilations.
+RESUME_FLAGS = ("--config=resnet20_cifar10:quick", "--config.data.name=npz",
+                "--config.data.augment=crop_flip",
+                "--config.training.steps=30",
+                "--config.training.checkpoint_every=5",
+                "--config.pruning.rounds=1", "--config.controls=()")
+
+
+def _cli(workdir, npz):
+  return [sys.executable, "-m", "experiments.imp", f"--workdir={workdir}",
+          f"--config.data.path={npz}", *RESUME_FLAGS]
+
+
+@pytest.fixture(scope="module")
+def subprocess_env(tmp_path_factory):
+  # The three processes share a compilation cache: the second and third load
+  # the first one's executables instead of compiling them again.
+  cache = tmp_path_factory.mktemp("jax_cache")
+  return {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+          "JAX_COMPILATION_CACHE_DIR": str(cache),
+          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+@pytest.fixture(scope="module")
+def reference_run(cifar_npz, subprocess_env, tmp_path_factory):
+  wd = tmp_path_factory.mktemp("ref") / "wd"
+  ref = subprocess.run(_cli(wd, cifar_npz), cwd=ROOT, env=subprocess_env,
+                       capture_output=True, text=True, timeout=300)
+  assert ref.returncode == 0, ref.stderr
+  return wd
+
+
+def assert_same_run(a, b):
+  for r in range(2):
+    ta, tb = lottery.load_ticket(a, r), lottery.load_ticket(b, r)
+    for f in ("mask", "rewind_params", "trained_params", "model_state",
+              "rewind_model_state"):
+      assert leaves_equal(getattr(ta, f), getattr(tb, f)), (r, f)
+    assert ta.metrics["history"] == tb.metrics["history"]
+
+
+def test_sigkill_with_batchnorm_and_augmentation_resumes_bit_exact(
+    cifar_npz, subprocess_env, reference_run, tmp_path):
+  wd = tmp_path / "run"
+  proc = subprocess.Popen(_cli(wd, cifar_npz), cwd=ROOT, env=subprocess_env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  progress = wd / "progress" / "progress.json"
+  deadline = time.time() + 240
+  try:
+    while time.time() < deadline and proc.poll() is None:
+      if tickets.is_finished(wd, tickets.imp_path(0)) and progress.exists():
+        break
+      time.sleep(0.02)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert progress.exists(), "the run ended before round 1's checkpoint"
+  killed_at = json.loads(progress.read_text())
+  assert not lottery.summary(wd)["finished"]
+  res = subprocess.run(_cli(wd, cifar_npz), cwd=ROOT, env=subprocess_env,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  assert lottery.summary(wd)["finished"], killed_at
+  assert_same_run(reference_run, wd)
+  # BatchNorm statistics and augmentation were both in play.
+  t1 = lottery.load_ticket(wd, 1)
+  assert set(t1.model_state) == {"batch_stats"}
+  assert json.loads((wd / "config.json").read_text())["data"]["augment"] == (
+      "crop_flip")
+
+
+class _Interrupt(Exception):
+  pass
+
+
+def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
+    cifar_npz, reference_run, tmp_path, monkeypatch):
+  config = cli.load_config("resnet20_cifar10:quick")
+  config.data.update(name="npz", path=cifar_npz, augment="crop_flip")
+  config.training.update(steps=30, checkpoint_every=5)
+  config.pruning.rounds = 1
+  config.controls = ()
+  real_save = jobs.MidRun.save
+  saves = []
+  def save(self, job, state, *a, **k):
+    real_save(self, job, state, *a, **k)
+    saves.append((job, int(state.step)))
+    # Round 0 saves at steps 5..25 (saves 1-5), round 1 at 10..25 (6-9):
+    # stop in round 0 after its rewind point (step 5) was captured; the
+    # SIGKILL test above stops in round 1.
+    if len(saves) == 3:
+      raise _Interrupt()
+  monkeypatch.setattr(jobs.MidRun, "save", save)
+  interruptions = 0
+  while True:
+    try:
+      lottery.run(config, tmp_path / "run", log=quiet)
+      break
+    except _Interrupt:
+      interruptions += 1
+  assert interruptions == 1, saves
+  assert [step for _, step in saves] == [5, 10, 15, 20, 25, 10, 15, 20, 25]
+  assert lottery.load_ticket(tmp_path / "run", 1).metrics["start_step"] == 5
+  assert_same_run(reference_run, tmp_path / "run")

@@ -136,8 +136,7 @@ class Loop:
         return s, m["loss"]
       return jax.lax.scan(body, state, (xb, yb, lrs), unroll=unroll)
 
-    def one_indexed(state, x, y, idx, i, lr):
-      b = idx[i]
+    def one_indexed(state, x, y, b, lr):
       s, m = step_fn(state, (x[b], y[b]), lr)
       return s, m["loss"]
 
@@ -158,10 +157,11 @@ class Loop:
     if self.form == "python":
       losses = []
       if data.on_device:
-        idx_d = jnp.asarray(idx)
+        # One row per call: the compiled step does not depend on the chunk's
+        # length.
         for i in range(len(idx)):
-          state, loss = self._one_indexed(state, data.x, data.y, idx_d,
-                                          np.int32(i), lrs[i])
+          state, loss = self._one_indexed(state, data.x, data.y, idx[i],
+                                          lrs[i])
           losses.append(loss)
       else:
         for i in range(len(idx)):

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lottery.registry import Registry
 
@@ -32,8 +33,18 @@ def magnitude(params, key=None):
 
 @register("random")
 def random(params, key):
-  """Uniform random scores: random pruning, seeded by `key`."""
+  """Uniform random scores: random pruning, seeded by `key`.
+
+  One draw of all the scores at once, cut into the leaves (in tree order):
+  one random-number program however many leaves the model has, which keeps
+  its compile time short (22 separate draws for ResNet-20 took 10 s to
+  compile on the CPU).
+  """
   leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(treedef, [
-      jax.random.uniform(k, jnp.shape(p)) for k, p in zip(keys, leaves)])
+  sizes = [int(np.size(p)) for p in leaves]
+  flat = jax.random.uniform(key, (sum(sizes),))
+  out, start = [], 0
+  for p, n in zip(leaves, sizes):
+    out.append(flat[start:start + n].reshape(jnp.shape(p)))
+    start += n
+  return jax.tree.unflatten(treedef, out)

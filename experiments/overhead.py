@@ -1,9 +1,11 @@
 r"""Start-up and per-run overhead: a tiny run against a bare import.
 
-  python -m experiments.overhead [--repeats=3] [--lenet] [--torch]
+  python -m experiments.overhead [--repeats=3] [--nolenet] [--notorch]
 
 Every figure is the wall time of a fresh subprocess (`sys.executable`, run in
-this checkout's root), the median of `--repeats`:
+this checkout's root), the median of `--repeats`; beside each `<name>_s` is
+`<name>_cpu_s`, its user + system CPU time (steadier than wall time when
+other processes share the cores):
 
   bare_import_s     `import jax, flax, optax, orbax.checkpoint`
   run_10_steps_s    `python -m experiments.imp --config=mnist1d:quick
@@ -11,7 +13,8 @@ this checkout's root), the median of `--repeats`:
                     --config.training.eval_every=10 --workdir=<new dir>`,
                     warm: after one untimed run, so the MNIST-1D cache and the
                     compilation cache exist
-  ratio             run_10_steps_s / bare_import_s (target: <= 2.5)
+  ratio             run_10_steps_s / bare_import_s (target: <= 2.5);
+                    cpu_ratio the same of CPU times
 
 With --lenet (the default), OpenLTH's LeNet-300-100 lottery job: 3 levels
 (round 0 and 2 pruning rounds) x 938 steps, batch 64, Adam 1.2e-3, layerwise
@@ -21,8 +24,9 @@ controls; on MNIST-shaped synthetic data (60000 + 10000 examples of 28 x 28 x
 1 in [0, 1], 10 classes) saved as an .npz (`data.name=npz`):
 
   lenet_job_s       the job through `python -m experiments.imp` (warm)
-  torch_lenet_job_s the same job as a plain PyTorch script (TORCH_JOB below),
-                    or null if `torch` is not importable (or --notorch)
+  torch_lenet_job_s the same job as a plain PyTorch script (TORCH_JOB below,
+                    `--torch_threads` threads), or null if `torch` is not
+                    importable (or --notorch)
   torch_vs_lottery  torch_lenet_job_s / lenet_job_s (target: >= 2)
 
 The last line printed is a JSON object with these keys, whether the

@@ -5,8 +5,12 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import time
+import types
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -14,7 +18,9 @@ import pytest
 
 from experiments import cli
 from experiments import overhead
+import lottery
 from lottery import checkpoint
+from lottery import jobs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow_datasets", "tensorflow", "matplotlib", "mnist1d",
@@ -193,3 +199,88 @@ def test_torch_job_prunes_as_the_lottery_job(tmp_path):
   kept = [235200 + 30000 + 1000, 188160 + 24000 + 900,
           150528 + 19200 + 810]
   assert [lv["density"] for lv in levels] == [k / 266200 for k in kept]
+
+
+# --- mid-run checkpoints by elapsed time ---------------------------------------
+
+
+class _State(NamedTuple):
+  step: np.ndarray
+  w: np.ndarray
+
+
+def test_checkpoints_closer_than_the_floor_are_skipped(tmp_path, monkeypatch):
+  now = [100.0]
+  monkeypatch.setattr(jobs, "time", types.SimpleNamespace(
+      monotonic=lambda: now[0], time=time.time))
+  midrun = jobs.MidRun(tmp_path, min_interval_s=10)
+  written = []
+  for t, step in ((105, 1), (111, 2), (115, 3), (120.5, 4), (121, 5),
+                  (131, 6)):
+    now[0] = t
+    midrun.save("rounds/round_000/ticket", _State(np.int32(step),
+                                                  np.full(3, step, np.float32)),
+                [{"step": step}], {})
+    meta = midrun._read()  # pylint: disable=protected-access
+    written.append(meta["step"] if meta else None)
+  # 10 s from the job's start (100) or the last checkpoint written: 105 is
+  # too soon, 111 is written, 115 and 120.5 too soon, 121 and 131 written.
+  assert written == [None, 2, 2, 2, 5, 6]
+  template = _State(np.int32(0), np.zeros(3, np.float32))
+  state, history, _ = midrun.load("rounds/round_000/ticket", template)
+  assert int(state.step) == 6 and state.w.tolist() == [6.0] * 3
+  assert history == [{"step": 6}]
+  # Only the newest checkpoint is kept.
+  assert sorted(p.name for p in (tmp_path / "progress").iterdir()) == [
+      "progress.json", "rounds_round_000_ticket_step00000006"]
+
+
+def test_checkpoint_floor_changes_no_result_and_resume_stays_exact(
+    tiny_config, tmp_path, monkeypatch):
+  cfg = tiny_config(**{"pruning.rounds": 1, "controls": ("reinit",),
+                       "pruning.rewind_step": 5})
+  lottery.run(cfg, tmp_path / "ref", log=lambda _: None)
+  saves = []
+  real_save = checkpoint.save
+  def save(path, tree):
+    saves.append(pathlib.Path(path).parent.name)
+    real_save(path, tree)
+  real_midrun_save = jobs.MidRun.save
+  calls = [0]
+  def midrun_save(self, *a, **k):
+    real_midrun_save(self, *a, **k)
+    calls[0] += 1
+    if calls[0] == 2:  # Interrupted in the second job, after its checkpoint.
+      raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoint, "save", save)
+  monkeypatch.setattr(jobs.MidRun, "save", midrun_save)
+  monkeypatch.setenv(jobs.CHECKPOINT_MIN_S, "1e9")
+  with pytest.raises(KeyboardInterrupt):
+    lottery.run(cfg, tmp_path / "run", log=lambda _: None)
+  lottery.run(cfg, tmp_path / "run", log=lambda _: None)
+  assert calls[0] > 2 and "progress" not in saves  # Every one was skipped.
+  for r, kind in ((0, "ticket"), (1, "ticket"), (1, "reinit")):
+    a = lottery.load_ticket(tmp_path / "ref", r, kind)
+    b = lottery.load_ticket(tmp_path / "run", r, kind)
+    for f in ("mask", "rewind_params", "trained_params"):
+      for x, y in zip(jax.tree.leaves(getattr(a, f)),
+                      jax.tree.leaves(getattr(b, f))):
+        assert x.tobytes() == y.tobytes(), (r, kind, f)
+    assert a.metrics["history"] == b.metrics["history"]
+
+
+@pytest.mark.parametrize("text,value", [("", 0.0), ("0", 0.0), ("2.5", 2.5),
+                                        (" 30 ", 30.0)])
+def test_checkpoint_min_s_from_the_environment(monkeypatch, text, value):
+  monkeypatch.setenv(jobs.CHECKPOINT_MIN_S, text)
+  assert jobs.checkpoint_min_s() == value
+  assert jobs.MidRun("/nonexistent").min_interval_s == value
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "ten"])
+def test_checkpoint_min_s_refuses_what_is_not_seconds(monkeypatch, text):
+  monkeypatch.setenv(jobs.CHECKPOINT_MIN_S, text)
+  with pytest.raises(lottery.LotteryError, match=re.escape(
+      f"LOTTERY_CHECKPOINT_MIN_S: must be a number of seconds >= 0 (got "
+      f"{text!r})")):
+    jobs.checkpoint_min_s()

@@ -21,6 +21,10 @@ and gets:
   errors                `error: <message>` on stderr, one line, exit 1
   Ctrl-C, SIGTERM       `interrupted at <where>; rerun the same command to
                         resume` on stderr, exit 130 (SIGINT) / 143 (SIGTERM)
+  compilation cache     XLA programs are cached on disk (`enable_compile_cache`)
+                        in $LOTTERY_CACHE/jax or ~/.cache/lottery/jax, so a
+                        rerun skips compiling; LOTTERY_NO_COMPILE_CACHE=1 turns
+                        it off
 
 Recipes are found beside this package (configs/ next to experiments/): in a
 checkout, in an editable install and in an installed wheel alike.
@@ -276,6 +280,42 @@ def help_text(doc: str, config: ml_collections.ConfigDict, spec: str, *,
   return "\n".join(lines)
 
 
+NO_COMPILE_CACHE = "LOTTERY_NO_COMPILE_CACHE"
+
+
+def enable_compile_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache for this process.
+
+  The cache lives in $LOTTERY_CACHE/jax, or ~/.cache/lottery/jax (beside the
+  MNIST-1D cache, `lottery.data.cache_dir`), unless JAX's own
+  JAX_COMPILATION_CACHE_DIR names one. Every program is cached, however
+  quickly it compiled: a run compiles dozens of small ones, which together
+  cost more than the training of a small run. A cached program is the same
+  executable, so results are bit-identical with and without the cache. The
+  directory may be deleted at any time; it is not size-limited.
+
+  Returns:
+    The cache directory, or None if LOTTERY_NO_COMPILE_CACHE is set (to
+    anything but '' or '0') or the directory cannot be created.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from lottery import data
+  if os.environ.get(NO_COMPILE_CACHE, "") not in ("", "0"):
+    return None
+  path = jax.config.jax_compilation_cache_dir
+  if not path:
+    path = os.fspath(data.cache_dir() / "jax")
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError:
+      return None  # A read-only home: run without the cache.
+    jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path
+
+
 class Interrupted(KeyboardInterrupt):
   """Raised by the SIGINT / SIGTERM handler: the run unwinds through its
   `finally` blocks (closing writers) before the launcher exits."""
@@ -377,6 +417,7 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     argv: the command line (default: sys.argv).
   """
   install_signal_handlers()
+  enable_compile_cache()
   progress = Progress()
   argv = list(sys.argv if argv is None else argv)
   try:

@@ -13,6 +13,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from lottery import loop as loop_lib
 from lottery import masks as masks_lib
 from lottery import step as step_lib
 from lottery import tickets
+from lottery.errors import LotteryError
 from lottery.experiment import Experiment
 
 
@@ -64,14 +66,54 @@ class Job:
                     for k, v in self.coords.items())
 
 
-class MidRun:
-  """Mid-run checkpoints of the job in flight, under <workdir>/progress."""
+# Seconds a job must have run since it started, or since its last mid-run
+# checkpoint, before the next one is written; read from this variable of the
+# environment (default DEFAULT_CHECKPOINT_MIN_S).
+CHECKPOINT_MIN_S = "LOTTERY_CHECKPOINT_MIN_S"
+DEFAULT_CHECKPOINT_MIN_S = 0.0
 
-  def __init__(self, workdir: os.PathLike):
+
+def checkpoint_min_s() -> float:
+  """The time floor of mid-run checkpoints, from $LOTTERY_CHECKPOINT_MIN_S.
+
+  Raises:
+    LotteryError: if it is set to anything but a finite number >= 0.
+  """
+  text = os.environ.get(CHECKPOINT_MIN_S, "").strip()
+  if not text:
+    return DEFAULT_CHECKPOINT_MIN_S
+  try:
+    value = float(text)
+  except ValueError:
+    value = math.nan
+  if not 0 <= value < math.inf:
+    raise LotteryError(f"{CHECKPOINT_MIN_S}: must be a number of seconds >= "
+                       f"0 (got {text!r})")
+  return value
+
+
+class MidRun:
+  """Mid-run checkpoints of the job in flight, under <workdir>/progress.
+
+  `save` is called every `training.checkpoint_every` steps, and skips the
+  checkpoint when the job started, or wrote its last one, less than
+  `min_interval_s` seconds ago: on a job of a few seconds a checkpoint costs
+  more than the work it protects. Which steps are saved never changes the
+  results: a job resumed from an earlier checkpoint (or from its start)
+  replays the same steps, as step s's batches depend only on (seed, s).
+  """
+
+  def __init__(self, workdir: os.PathLike, min_interval_s: float | None = None):
+    """`min_interval_s`: default `checkpoint_min_s()`."""
     self.root = os.path.join(workdir, "progress")
     self.meta = os.path.join(self.root, "progress.json")
+    self.min_interval_s = (checkpoint_min_s() if min_interval_s is None
+                           else min_interval_s)
+    self._last = time.monotonic()
 
   def save(self, job: str, state, history, captured) -> None:
+    if time.monotonic() - self._last < self.min_interval_s:
+      return
     step = int(state.step)
     name = f"{job.replace('/', '_')}_step{step:08d}"
     path = os.path.join(self.root, name)
@@ -84,6 +126,7 @@ class MidRun:
                                       "history": history})
     if old and old["dir"] != name:
       checkpoint.remove(os.path.join(self.root, old["dir"]))
+    self._last = time.monotonic()
 
   def load(self, job: str, template) -> tuple[Any, list, dict] | None:
     meta = self._read()

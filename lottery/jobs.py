@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -70,7 +71,7 @@ class Job:
 # checkpoint, before the next one is written; read from this variable of the
 # environment (default DEFAULT_CHECKPOINT_MIN_S).
 CHECKPOINT_MIN_S = "LOTTERY_CHECKPOINT_MIN_S"
-DEFAULT_CHECKPOINT_MIN_S = 0.0
+DEFAULT_CHECKPOINT_MIN_S = 30.0
 
 
 def checkpoint_min_s() -> float:
@@ -152,10 +153,18 @@ def _writer(workdir, path: str, purge_step: int):
   """A TensorBoard writer for one job: one run per job, so the curves of
   rounds overlay; events at or after `purge_step` from an interrupted
   attempt are hidden, so a resumed job shows no duplicate points."""
+  # tensorboardX imports torch when it is installed (1-3 s per run) and does
+  # not need it to write scalars: hide it during the import.
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
+  finally:
+    if hide:
+      del sys.modules["torch"]
   # A unique file name: TensorBoard names files by the second, and a resumed
   # job must not overwrite the events of its first attempt.
   return SummaryWriter(os.path.join(workdir, "tensorboard", path),

@@ -9,6 +9,9 @@ from absl import logging
 import lottery
 
 logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+# Tests exercise mid-run checkpoints of runs that take seconds: no time floor
+# (subprocesses of the tests inherit it).
+os.environ["LOTTERY_CHECKPOINT_MIN_S"] = "0"
 
 
 def make_npz(path, n_train=256, n_test=64, dim=8, classes=3, seed=0):

@@ -269,7 +269,8 @@ def test_checkpoint_floor_changes_no_result_and_resume_stays_exact(
     assert a.metrics["history"] == b.metrics["history"]
 
 
-@pytest.mark.parametrize("text,value", [("", 0.0), ("0", 0.0), ("2.5", 2.5),
+@pytest.mark.parametrize("text,value", [("", jobs.DEFAULT_CHECKPOINT_MIN_S),
+                                        ("0", 0.0), ("2.5", 2.5),
                                         (" 30 ", 30.0)])
 def test_checkpoint_min_s_from_the_environment(monkeypatch, text, value):
   monkeypatch.setenv(jobs.CHECKPOINT_MIN_S, text)

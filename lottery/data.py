@@ -176,14 +176,15 @@ def _check_inputs(k: str, x: np.ndarray, path: str) -> np.ndarray:
                      f"(got shape {x.shape} in {path!r})")
   if x.size == 0:
     raise _npz_error(f"{k} is empty (got shape {x.shape} in {path!r})")
-  if np.issubdtype(x.dtype, np.floating):
+  if not np.issubdtype(x.dtype, np.floating):
+    return x.astype(np.float32)  # Integers and bools are finite in float32.
+  with np.errstate(over="ignore"):  # Refused just below.
+    out = x.astype(np.float32, copy=False)
+  if not np.isfinite(out).all():  # One pass; the details only on failure.
     nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
     if nan or inf:
       raise _npz_error(f"{k} holds non-finite values (got {nan} NaN and {inf} "
                        f"inf of {x.size} in {path!r})")
-  with np.errstate(over="ignore"):  # Refused just below.
-    out = x.astype(np.float32)
-  if not np.isfinite(out).all():
     raise _npz_error(f"{k} holds values beyond float32's range (got max |x| "
                      f"{np.abs(x).max():g} in {path!r})")
   return out

@@ -100,6 +100,7 @@ def field_choices() -> dict[str, tuple[str, ...]]:
       "pruning.scope": tuple(pruning.SCOPES),
       "pruning.score": tuple(scores.names()),
       "pruning.reset": tuple(config_lib.RESETS),
+      "pruning.schedule": tuple(config_lib.SCHEDULES),
       "controls": tuple(controls_lib.names()),
       "data.augment": tuple(augment.names()),
       "training.loop": tuple(loop.FORMS),

@@ -75,6 +75,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.pruning = dict(
       fraction=0.2,  # Fraction of surviving prunable weights removed per round.
       rounds=10,  # Pruning rounds after the dense round 0.
+      # geometric: each round removes `fraction` of the survivors (density
+      # (1 - fraction)^r); linear: sparsity rises by `fraction` of all the
+      # prunable weights per round (density 1 - r * fraction).
+      schedule="geometric",
       scope="layerwise",  # layerwise | global
       prunable=(".*kernel",),  # Regexes (re.fullmatch) over 'fc1/kernel'.
       layer_fractions="",  # Overrides 'regex=rate,...', e.g. 'out/kernel=0.1'.
@@ -244,6 +248,24 @@ def _layer_fractions(f, v, c) -> None:
   pruning.parse_layer_fractions(v, field=f)
 
 
+SCHEDULES = ("geometric", "linear")
+
+
+def _schedule(f, v, c) -> None:
+  _choice(f, v, SCHEDULES)
+  if v != "linear":
+    return
+  rounds = c["pruning.rounds"]
+  rates = [("pruning.fraction", c["pruning.fraction"])] + [
+      (f"pruning.layer_fractions ({k})", r) for k, r in
+      pruning.parse_layer_fractions(c["pruning.layer_fractions"]).items()]
+  for name, rate in rates:
+    if rounds * rate >= 1:
+      _fail("pruning.rounds", rounds,
+            f"with pruning.schedule='linear', rounds x {name}={rate} must "
+            f"stay below 1 (density 1 - rounds x rate)")
+
+
 def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     _fail(f, v, "must be a tuple, e.g. ('reinit',)")
@@ -286,6 +308,7 @@ RULES: dict[str, _Rule] = {
     "pruning.scope": _one_of(lambda: pruning.SCOPES),
     "pruning.prunable": _prunable,
     "pruning.layer_fractions": _layer_fractions,
+    "pruning.schedule": _schedule,
     "pruning.score": _one_of(scores.names),
     "pruning.reset": _one_of(lambda: RESETS),
     "pruning.rewind_step": _rewind_step,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from fractions import Fraction
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,20 @@ class Reset:
   model_state: Any
   start_step: int
   lr_fn: Callable[[int, int], np.ndarray]
+
+
+def round_rate(schedule: str, rate: float, r: int) -> float:
+  """The fraction of the survivors that round r >= 1 removes.
+
+  'geometric': `rate` every round (density (1 - rate)^r). 'linear': sparsity
+  rises by `rate` of all the prunable weights per round (density 1 - r *
+  rate), so round r removes rate / (1 - (r - 1) * rate) of the survivors; with
+  the one rounding rule each layer's count is within a weight per round of
+  the exact target.
+  """
+  if schedule == "geometric":
+    return rate
+  return float(Fraction(repr(rate)) / (1 - (r - 1) * Fraction(repr(rate))))
 
 
 def _rewind(exp: Experiment, prev: tickets.Ticket, rewind) -> Reset:
@@ -196,9 +211,11 @@ def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
                     exp.learning_rates)
     else:
       key = rng.stream(config.seeds.control, "random_score", r)
-      mask = pruning.prune(prev.mask, score_fn(prev.trained_params, key),
-                           p.fraction, scope=p.scope,
-                           layer_fractions=exp.layer_fractions)
+      mask = pruning.prune(
+          prev.mask, score_fn(prev.trained_params, key),
+          round_rate(p.schedule, p.fraction, r), scope=p.scope,
+          layer_fractions={k: round_rate(p.schedule, v, r)
+                           for k, v in exp.layer_fractions.items()})
       start = reset_fn(exp, prev, rewind)
 
     def job(kind, s: controls_lib.Start, capture=None):

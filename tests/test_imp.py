@@ -363,3 +363,24 @@ def test_validation_split_gives_early_stopping(tiny_config, tmp_path):
   assert rec["early_stop_step"] == lottery.load_ticket(
       tmp_path, 1).metrics["early_stop_step"]
   assert "early_stop_test_accuracy" in rec["controls"]["reinit"]
+
+
+def test_linear_schedule_raises_sparsity_by_a_fixed_step(tiny_config,
+                                                         tmp_path):
+  """Density 1 - r * step: mlp_tiny's fc1 (256) and out (96) kernels lose 64
+  and 24 weights every round, exactly."""
+  cfg = tiny_config(**{"pruning.schedule": "linear", "pruning.fraction": 0.25,
+                       "pruning.rounds": 3, "controls": ()})
+  summary = lottery.run(cfg, tmp_path, log=quiet)
+  assert [r["density"] for r in summary["rounds"]] == [1.0, 0.75, 0.5, 0.25]
+  assert masks.counts(lottery.load_ticket(tmp_path, 3).mask) == {
+      "fc1/kernel": (64, 256), "out/kernel": (24, 96)}
+  assert imp.round_rate("geometric", 0.1, 5) == 0.1
+  assert imp.round_rate("linear", 0.01, 51) == 0.02  # 0.01 / 0.5
+  with pytest.raises(lottery.LotteryError, match="^pruning.rounds: with "
+                     "pruning.schedule='linear'"):
+    lottery.run(tiny_config(**{"pruning.schedule": "linear",
+                               "pruning.fraction": 0.25,
+                               "pruning.rounds": 4}), tmp_path / "x",
+                log=quiet)
+  assert not (tmp_path / "x").exists()

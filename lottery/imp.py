@@ -175,7 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   with workdir_lib.claim(workdir, config, extra=facts) as held:  # after it.
     # Every round's record is rebuilt (finished ones loaded), so the summary
     # run is rewritten from round 0: purge_step=0 leaves no duplicates.
-    writer = jobs_lib._writer(held.path, "summary", 0)  # pylint: disable=protected-access
+    writer = jobs_lib.tensorboard_writer(held.path, "summary", 0)
     try:
       return _rounds(config, exp, held.path, progress, writer, log_steps,
                      on_round)
@@ -193,15 +193,18 @@ def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
   reset_fn = RESETS[p.reset]
   capture = p.rewind_step if p.reset == "rewind" and p.rewind_step else None
   rewind = (exp.init_params, exp.init_model_state)
-  log_line = (lambda m: progress.line(m)) if log_steps else None
+  log_line = progress.line if log_steps else None
   if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
     progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                   f"schedule: lr_rewind and finetune are the same procedure")
   records, prev, mask = [], None, exp.dense_mask
-  jobs_per_round = [1 + (len(control_fns) if r and (
-      r % config.controls_every == 0 or r == p.rounds) else 0)
-                    for r in range(p.rounds + 1)]
-  progress.jobs(total=sum(jobs_per_round),
+
+  def controls_due(r: int) -> bool:
+    """Controls run every controls_every pruned rounds and on the last."""
+    return r > 0 and (r % config.controls_every == 0 or r == p.rounds)
+
+  progress.jobs(total=sum(1 + (len(control_fns) if controls_due(r) else 0)
+                          for r in range(p.rounds + 1)),
                 done=sum(1 for rec in tickets.records(wd)
                          if rec.get("round") is not None))
   for r in range(p.rounds + 1):
@@ -233,12 +236,11 @@ def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
     if r == 0 and capture is not None:
       rewind = jobs_lib.load_capture(wd, REWIND_POINT)
     rec = _record(ticket, tickets.imp_path(r))
-    # Controls every controls_every rounds and on the last; also wherever a
-    # run extended with more rounds already has them (its old last round).
-    with_controls = r and (r % config.controls_every == 0 or r == p.rounds
-                           or any(tickets.is_finished(
-                               wd, tickets.imp_path(r, name))
-                                  for name in control_fns))
+    # Also wherever a run extended with more rounds already has them (its
+    # old last round).
+    with_controls = controls_due(r) or any(
+        tickets.is_finished(wd, tickets.imp_path(r, name))
+        for name in control_fns)
     if with_controls and control_fns:
       rec["controls"] = {}
       for name, fn in control_fns.items():

@@ -149,7 +149,7 @@ class MidRun:
     return None
 
 
-def _writer(workdir, path: str, purge_step: int):
+def tensorboard_writer(workdir, path: str, purge_step: int):
   """A TensorBoard writer for one job: one run per job, so the curves of
   rounds overlay; events at or after `purge_step` from an interrupted
   attempt are hidden, so a resumed job shows no duplicate points."""
@@ -208,7 +208,8 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
   if progress is not None:
     progress.job_start(job.name, int(state.step), job.stop)
   capture = () if job.capture is None else (job.capture,)
-  writer = _writer(workdir, job.path, int(state.step)) if tensorboard else None
+  writer = (tensorboard_writer(workdir, job.path, int(state.step))
+            if tensorboard else None)
 
   def on_eval(h):
     if writer is not None:
@@ -259,7 +260,7 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
   if job.capture is not None:
     path = os.path.join(workdir, job.capture_path)
     checkpoint.remove(path)  # One from a crash before the ticket.
-    checkpoint.save(path, tickets._drop_none(captured[job.capture]))  # pylint: disable=protected-access
+    checkpoint.save(path, tickets.drop_none(captured[job.capture]))
   tickets.save_ticket(workdir, job.path, ticket)
   midrun.clear()
   if progress is not None:

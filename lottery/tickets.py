@@ -79,10 +79,10 @@ def is_finished(workdir, path: str) -> bool:
   return (pathlib.Path(workdir) / path / METRICS).exists()
 
 
-def _drop_none(tree):
+def drop_none(tree):
   """A pytree without its None leaves (and without subtrees left empty)."""
   if isinstance(tree, dict):
-    out = {k: _drop_none(v) for k, v in tree.items() if v is not None}
+    out = {k: drop_none(v) for k, v in tree.items() if v is not None}
     return {k: v for k, v in out.items() if not (isinstance(v, dict) and not v)}
   return tree
 
@@ -102,8 +102,8 @@ def save_ticket(workdir, path: str, ticket: Ticket) -> None:
   d.mkdir(parents=True, exist_ok=True)
   # A crash between the two writes leaves arrays without metrics: redo them.
   checkpoint.remove(d / "arrays")
-  checkpoint.save(d / "arrays", _drop_none({
-      "mask": _drop_none(ticket.mask),
+  checkpoint.save(d / "arrays", drop_none({
+      "mask": drop_none(ticket.mask),
       "rewind_params": ticket.rewind_params,
       "trained_params": ticket.trained_params,
       "model_state": ticket.model_state,

@@ -208,7 +208,9 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
   if progress is not None:
     progress.job_start(job.name, int(state.step), job.stop)
   capture = () if job.capture is None else (job.capture,)
-  writer = (tensorboard_writer(workdir, job.path, int(state.step))
+  # Evaluations up to the resumed step are in `history` (and already
+  # written); any written after it by an interrupted attempt are purged.
+  writer = (tensorboard_writer(workdir, job.path, int(state.step) + 1)
             if tensorboard else None)
 
   def on_eval(h):

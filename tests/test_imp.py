@@ -384,3 +384,40 @@ def test_linear_schedule_raises_sparsity_by_a_fixed_step(tiny_config,
                                "pruning.rounds": 4}), tmp_path / "x",
                 log=quiet)
   assert not (tmp_path / "x").exists()
+
+
+def test_tensorboard_after_resume_has_no_duplicate_points(tiny_config,
+                                                          tmp_path,
+                                                          monkeypatch):
+  """A job interrupted after its step-10 checkpoint (evaluations 5 and 10
+  written) and resumed there writes its second file with a purge marker at
+  step 10: as TensorBoard reads it, every evaluation appears once."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config(**{"pruning.rounds": 0})
+  real_save = jobs.MidRun.save
+
+  def save(self, *a, **k):
+    real_save(self, *a, **k)
+    monkeypatch.setattr(jobs.MidRun, "save", real_save)
+    raise _Interrupt()
+
+  monkeypatch.setattr(jobs.MidRun, "save", save)
+  with pytest.raises(_Interrupt):
+    lottery.run(cfg, tmp_path, log=quiet)
+  lottery.run(cfg, tmp_path, log=quiet)
+  files = sorted((tmp_path / "tensorboard" / "rounds" / "round_000" /
+                  "ticket").glob("events.out.tfevents.*"),
+                 key=lambda f: int(f.name.rsplit(".", 1)[-1]))
+  assert len(files) == 2
+  points = []  # (step, value), applying purge markers as TensorBoard does
+  for f in files:
+    for ev in _read_events(f):
+      if ev.session_log.status == event_pb2.SessionLog.START:
+        points = [(s, v) for s, v in points if s < ev.step]
+      for v in ev.summary.value:
+        if v.tag == "test_accuracy":
+          points.append((ev.step, v.simple_value))
+  assert sorted(s for s, _ in points) == [5, 10, 15, 20]
+  history = lottery.load_ticket(tmp_path, 0).metrics["history"]
+  assert [v for _, v in sorted(points)] == pytest.approx(
+      [h["accuracy"] for h in history])

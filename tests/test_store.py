@@ -109,3 +109,37 @@ def test_config_names_match_the_registries():
   from lottery import imp  # pylint: disable=g-import-not-at-top
   assert set(config_lib.RESETS) == set(imp.RESETS)
   assert set(config_lib.CONTROLS) <= set(controls.names())
+
+
+def test_resume_on_changed_data_is_refused_untouched(tmp_path):
+  from conftest import make_npz, tiny  # pylint: disable=g-import-not-at-top
+  npz = make_npz(tmp_path / "data.npz")
+  cfg = tiny(npz, **{"pruning.rounds": 0})
+  lottery.run(cfg, tmp_path / "wd", log=quiet)
+  before = {p: p.read_bytes() for p in (tmp_path / "wd").rglob("*")
+            if p.is_file() and p.name != "lock"}
+  make_npz(tmp_path / "data.npz", seed=1)  # Same path, other arrays.
+  with pytest.raises(lottery.LotteryError,
+                     match="^config: .*holds a run on different data "
+                     r"\(data_fingerprint: "):
+    lottery.run(cfg, tmp_path / "wd", log=quiet)
+  after = {p: p.read_bytes() for p in (tmp_path / "wd").rglob("*")
+           if p.is_file() and p.name != "lock"}
+  assert after == before
+
+
+def test_constant_schedule_notes_that_lr_rewind_is_finetune(tiny_config,
+                                                            tmp_path):
+  from lottery.progress import NullProgress  # pylint: disable=g-import-not-at-top
+  infos = []
+
+  class Notes(NullProgress):
+    def info(self, line):
+      infos.append(line)
+
+  lottery.imp.run(tiny_config(**{"pruning.reset": "finetune",
+                                 "pruning.rounds": 0}), tmp_path / "a",
+                  progress=Notes())
+  assert any("lr_rewind and finetune are the same procedure" in i
+             for i in infos)
+  assert lottery.__version__ and isinstance(lottery.__version__, str)

@@ -32,7 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Separate seeds: weight init, data order, and the randomness of controls
   # and random scores. Keys are derived with fold_in, never reused.
-  c.seeds = dict(init=0, data=0, control=0)
+  # seeds.num replicates train together in one compiled program; replicate i
+  # uses init + i, data + i and control + i.
+  c.seeds = dict(init=0, data=0, control=0, num=1)
 
   c.data = dict(
       name="mnist1d",  # mnist1d | npz | mnist | fashion_mnist | cifar10 | ...
@@ -109,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
 # diverged run.
 MAX_COUNT = 10**9
 SEED_LIMIT = 2**31
+MAX_REPLICATES = 1024
 MAX_RATE = 1e3
 LOOPS = ("auto", "scan", "unroll", "python")
 _AUGMENTS_FALLBACK = ("none", "crop_flip")
@@ -275,10 +278,18 @@ def _controls(f, v, c) -> None:
     _fail(f, v, "must not repeat a control")
 
 
+def _seeds_num(f, v, c) -> None:
+  _int(f, v, 1, MAX_REPLICATES)
+  top = max(c[f"seeds.{k}"] for k in ("init", "data", "control")) + v - 1
+  if top >= SEED_LIMIT:
+    _fail(f, v, f"takes seeds up to {top}, past the limit {SEED_LIMIT - 1}")
+
+
 RULES: dict[str, _Rule] = {
     "seeds.init": _count(0, SEED_LIMIT - 1),
     "seeds.data": _count(0, SEED_LIMIT - 1),
     "seeds.control": _count(0, SEED_LIMIT - 1),
+    "seeds.num": _seeds_num,
     "data.name": _one_of(lambda: data_lib.NAMES),
     "data.data_dir": _string,
     "data.path": _data_path,

@@ -64,6 +64,12 @@ class Experiment:
     params = variables.pop("params")
     return params, variables
 
+  def replicate_init(self, i: int) -> tuple[Any, Any]:
+    """(params, model_state) of replicate i: seed `seeds.init + i`."""
+    if i == 0:
+      return self.init_params, self.init_model_state
+    return self.init(jax.random.key(self.config.seeds.init + i))
+
   def learning_rates(self, start: int, stop: int):
     """The schedule's rates for steps start..stop-1."""
     return optim.learning_rates(self.schedule, start, stop)

@@ -274,3 +274,16 @@ def load_capture(workdir, path: str) -> tuple[Any, Any]:
   """The (params, model_state) a job captured (see `Job.capture`)."""
   arrays = checkpoint.restore(os.path.join(workdir, path))
   return arrays["params"], arrays.get("model_state", {})
+
+
+def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
+                   progress=None, tensorboard: bool = True,
+                   log_steps: Callable[[str], None] | None = None
+                   ) -> list[tickets.Ticket]:
+  """Runs replicates of one job together; returns their Tickets in order.
+
+  `jobs` differ only in their arrays (mask, params, model state), data seed,
+  coordinates and paths; they share start_step, stop and lr_fn.
+  """
+  return [run_job(exp, j, workdir, progress=progress, tensorboard=tensorboard,
+                  log_steps=log_steps) for j in jobs]

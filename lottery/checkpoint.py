@@ -171,8 +171,14 @@ def _no_orbax_errors() -> Iterator[None]:
     log.removeFilter(quiet)
 
 
+def is_writer() -> bool:
+  """Whether this process writes (process 0 of a multi-host run does; the
+  others read the shared workdir and never write)."""
+  return jax.process_index() == 0
+
+
 def save(path: str | os.PathLike, tree: Any) -> None:
-  """Saves a pytree of arrays with its checksums.
+  """Saves a pytree of arrays with its checksums (no-op if not `is_writer`).
 
   Args:
     path: the checkpoint directory; it must not exist yet.
@@ -211,7 +217,7 @@ def _remedy(path: pathlib.Path) -> str:
     return f"delete {os.fspath(path.parent)!r}"
   if path.name in ("arrays", "metrics.json"):
     return f"delete {os.fspath(path.parent)!r} (that round's directory)"
-  if path.name == "rewind_point":
+  if path.name.startswith("rewind_point"):
     round0 = path.parent / "rounds" / "round_000"
     return f"delete {os.fspath(path)!r} and {os.fspath(round0)!r}"
   if path.name == "config.json":
@@ -289,7 +295,9 @@ def restore(path: str | os.PathLike) -> Any:
 
 
 def remove(path: str | os.PathLike) -> None:
-  """Deletes a checkpoint (or any directory) if it exists."""
+  """Deletes a checkpoint (or any directory) if it exists (process 0)."""
+  if not is_writer():
+    return
   shutil.rmtree(path, ignore_errors=True)
 
 
@@ -315,6 +323,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   Raises:
     LotteryError: if the disk is full (the file is then left as it was).
   """
+  if not is_writer():
+    return
   path = pathlib.Path(path)
   data = json.dumps(_strict(obj), indent=1, sort_keys=True, allow_nan=False)
   with disk_errors(path):

@@ -125,14 +125,18 @@ def build(config: ml_collections.ConfigDict, *,
   step_fn = step_lib.make_train_step(apply_fn, tx, augment=augment,
                                      mask_update=mask_update,
                                      update_every=update_every)
+  from lottery import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(config.seeds.num, t.batch_size)
   loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
-                       form=loop_lib.choose_form(t.loop, init_params))
+                       form=loop_lib.choose_form(t.loop, init_params),
+                       mesh=mesh)
   on_device = config.data.on_device and _fits_on_device(
       ds.x_train.nbytes + ds.y_train.nbytes)
   return Experiment(
       config=config, dataset=ds,
       data=loop_lib.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
-                             x_val=x_val, y_val=y_val, on_device=on_device),
+                             x_val=x_val, y_val=y_val, on_device=on_device,
+                             mesh=mesh),
       model=model, apply_fn=apply_fn, tx=tx,
       schedule=optim.make_schedule(t), loop=loop, init_params=init_params,
       init_model_state=variables, dense_mask=dense_mask,

@@ -40,6 +40,7 @@ from lottery import config as config_lib
 from lottery import controls as controls_lib
 from lottery import data as data_lib
 from lottery import jobs as jobs_lib
+from lottery import loop as loop_lib
 from lottery import masks as masks_lib
 from lottery import pruning
 from lottery import rng
@@ -125,6 +126,13 @@ def _start_lines(exp: Experiment, progress, build_s: float) -> None:
   progress.info(f"devices: {len(devices)} x {devices[0].device_kind} "
                 f"({jax.default_backend()}); loop: {exp.loop.form}; built in "
                 f"{build_s:.1f} s")
+  if c.seeds.num > 1:
+    progress.info(f"replicates: {c.seeds.num} (seeds init {c.seeds.init}.., "
+                  f"data {c.seeds.data}.., control {c.seeds.control}..), one "
+                  f"compiled program")
+  if exp.loop.mesh is not None:
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    progress.info(f"mesh: {parallel.describe(exp.loop.mesh)}")
 
 
 def _summary_scalars(writer, rec: dict) -> None:
@@ -184,83 +192,142 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         writer.close()
 
 
+def _aggregate(ts: list[tickets.Ticket], paths: list[str]) -> dict:
+  """A group's record: its replicates' records under 'seeds', and the mean
+  (std for test accuracy) of their metrics; `ticket` is replicate 0's."""
+  seeds = [_record(t, p) for t, p in zip(ts, paths)]
+  rec = {k: v for k, v in seeds[0].items() if k != "seed"}
+  for k in ("density", "test_accuracy", "test_loss", "train_loss",
+            "early_stop_step", "early_stop_test_accuracy"):
+    if k in rec:
+      rec[k] = float(np.mean([_nan(s[k]) for s in seeds]))
+  rec["test_accuracy_std"] = float(np.std([_nan(s["test_accuracy"])
+                                           for s in seeds]))
+  rec["time_s"] = max(s["time_s"] for s in seeds)
+  rec["seeds"] = seeds
+  return rec
+
+
+def _nan(v) -> float:
+  return np.nan if v is None else v
+
+
+def _accuracy(rec: dict) -> str:
+  if len(rec["seeds"]) == 1:
+    return f"{rec['test_accuracy']:.4f}"
+  return f"{rec['test_accuracy']:.4f} ± {rec['test_accuracy_std']:.4f}"
+
+
+def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
+           r: int) -> list[Any]:
+  """Round r's masks from each replicate's previous ticket (vmapped over
+  the replicates on the device when there are several)."""
+  p = config.pruning
+  rate = round_rate(p.schedule, p.fraction, r)
+  layer_fractions = {k: round_rate(p.schedule, v, r)
+                     for k, v in exp.layer_fractions.items()}
+
+  def one(mask, params, key):
+    return pruning.prune(mask, score_fn(params, key), rate, scope=p.scope,
+                         layer_fractions=layer_fractions)
+
+  keys = [rng.stream(config.seeds.control + i, "random_score", r)
+          for i in range(len(prev))]
+  if len(prev) == 1:
+    return [one(prev[0].mask, prev[0].trained_params, keys[0])]
+  stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
+  masks = jax.device_get(jax.vmap(one)(stack([t.mask for t in prev]),
+                                       stack([t.trained_params for t in prev]),
+                                       jax.numpy.stack(keys)))
+  return [loop_lib.unstack(masks, i) for i in range(len(prev))]
+
+
 def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
             on_round) -> dict:
-  """The rounds of `run`, each a ticket job and its controls' jobs."""
+  """The rounds of `run`, each a ticket job and its controls' jobs, every
+  job trained by `seeds.num` replicates at once."""
   p, t = config.pruning, config.training
+  n = config.seeds.num
   score_fn = scores_lib.get(p.score)
   control_fns = {name: controls_lib.get(name) for name in config.controls}
   reset_fn = RESETS[p.reset]
   capture = p.rewind_step if p.reset == "rewind" and p.rewind_step else None
-  rewind = (exp.init_params, exp.init_model_state)
+  rewinds = [exp.replicate_init(i) for i in range(n)]
   log_line = progress.line if log_steps else None
   if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
     progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                   f"schedule: lr_rewind and finetune are the same procedure")
-  records, prev, mask = [], None, exp.dense_mask
+  seed_of = (lambda i: None) if n == 1 else (lambda i: i)
+  rewind_path = ((lambda i: REWIND_POINT) if n == 1 else
+                 (lambda i: f"{REWIND_POINT}_seed_{i}"))
+  records, prev = [], None
 
   def controls_due(r: int) -> bool:
     """Controls run every controls_every pruned rounds and on the last."""
     return r > 0 and (r % config.controls_every == 0 or r == p.rounds)
 
-  progress.jobs(total=sum(1 + (len(control_fns) if controls_due(r) else 0)
-                          for r in range(p.rounds + 1)),
-                done=sum(1 for rec in tickets.records(wd)
-                         if rec.get("round") is not None))
+  def paths(r, kind):
+    return [tickets.imp_path(r, kind, seed_of(i)) for i in range(n)]
+
+  def finished(r, kind):
+    return all(tickets.is_finished(wd, q) for q in paths(r, kind))
+
+  groups = [(r, k) for r in range(p.rounds + 1)
+            for k in ["ticket"] + (list(control_fns) if controls_due(r)
+                                   else [])]
+  progress.jobs(total=len(groups), done=sum(finished(r, k) for r, k in groups))
   for r in range(p.rounds + 1):
     t0 = time.time()
     if r == 0:
-      start = Reset(exp.init_params, exp.init_model_state, 0,
-                    exp.learning_rates)
+      masks = [exp.dense_mask] * n
+      starts = [Reset(params, model_state, 0, exp.learning_rates)
+                for params, model_state in rewinds]
     else:
-      key = rng.stream(config.seeds.control, "random_score", r)
-      mask = pruning.prune(
-          prev.mask, score_fn(prev.trained_params, key),
-          round_rate(p.schedule, p.fraction, r), scope=p.scope,
-          layer_fractions={k: round_rate(p.schedule, v, r)
-                           for k, v in exp.layer_fractions.items()})
-      start = reset_fn(exp, prev, rewind)
+      masks = _prune(config, exp, score_fn, prev, r)
+      starts = [reset_fn(exp, prev[i], rewinds[i]) for i in range(n)]
 
-    def job(kind, s: controls_lib.Start, capture=None):
-      return jobs_lib.Job(
-          coords={"round": r, "kind": kind},
-          path=tickets.imp_path(r, kind), mask=s.mask, params=s.params,
-          model_state=s.model_state, start_step=start.start_step,
-          stop=t.steps, lr_fn=start.lr_fn, data_seed=config.seeds.data,
-          capture=capture, capture_path=REWIND_POINT)
+    def group(kind, begins: list[controls_lib.Start], capture=None):
+      return [jobs_lib.Job(
+          coords={"round": r, "kind": kind, "seed": i},
+          path=tickets.imp_path(r, kind, seed_of(i)), mask=s.mask,
+          params=s.params, model_state=s.model_state,
+          start_step=starts[i].start_step, stop=t.steps,
+          lr_fn=starts[i].lr_fn, data_seed=config.seeds.data + i,
+          capture=capture, capture_path=rewind_path(i))
+          for i, s in enumerate(begins)]
 
-    ticket_start = controls_lib.Start(mask, start.params, start.model_state)
-    ticket = jobs_lib.run_job(
-        exp, job("ticket", ticket_start, capture if r == 0 else None), wd,
+    ticket_starts = [controls_lib.Start(m, s.params, s.model_state)
+                     for m, s in zip(masks, starts)]
+    ts = jobs_lib.run_replicates(
+        exp, group("ticket", ticket_starts, capture if r == 0 else None), wd,
         progress=progress, log_steps=log_line)
     if r == 0 and capture is not None:
-      rewind = jobs_lib.load_capture(wd, REWIND_POINT)
-    rec = _record(ticket, tickets.imp_path(r))
+      rewinds = [jobs_lib.load_capture(wd, rewind_path(i)) for i in range(n)]
+    rec = _aggregate(ts, paths(r, "ticket"))
     # Also wherever a run extended with more rounds already has them (its
     # old last round).
-    with_controls = controls_due(r) or any(
-        tickets.is_finished(wd, tickets.imp_path(r, name))
-        for name in control_fns)
+    with_controls = controls_due(r) or any(finished(r, name)
+                                           for name in control_fns)
     if with_controls and control_fns:
       rec["controls"] = {}
       for name, fn in control_fns.items():
-        cstart = fn(exp, ticket_start, rng.stream(config.seeds.control, name,
-                                                  r))
-        c = jobs_lib.run_job(exp, job(name, cstart), wd, progress=progress,
-                             log_steps=log_line)
-        rec["controls"][name] = _record(c, tickets.imp_path(r, name))
+        cstarts = [fn(exp, ticket_starts[i],
+                      rng.stream(config.seeds.control + i, name, r))
+                   for i in range(n)]
+        cs = jobs_lib.run_replicates(exp, group(name, cstarts), wd,
+                                     progress=progress, log_steps=log_line)
+        rec["controls"][name] = _aggregate(cs, paths(r, name))
       rec["time_s"] += sum(c["time_s"] for c in rec["controls"].values())
     records.append(rec)
     _summary_scalars(writer, rec)
     checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
                           {"rounds": records, "finished": r == p.rounds})
-    ctl = "".join(f"  {k} {c['test_accuracy']:.4f}"
+    ctl = "".join(f"  {k} {_accuracy(c)}"
                   for k, c in rec.get("controls", {}).items())
     progress.line(f"round {r:2d}/{p.rounds}  density {rec['density']:.4f}  "
-                  f"ticket {rec['test_accuracy']:.4f}{ctl}  "
+                  f"ticket {_accuracy(rec)}{ctl}  "
                   f"({time.time() - t0:.1f} s)")
     if on_round:
       on_round(rec)
-    prev = ticket
+    prev = ts
   return {"rounds": records, "finished": True}
-

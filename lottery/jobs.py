@@ -64,7 +64,7 @@ class Job:
   @property
   def name(self) -> str:
     return " ".join(f"{v}" if k in ("kind", "method") else f"{k} {v}"
-                    for k, v in self.coords.items())
+                    for k, v in self.coords.items() if k != "seed")
 
 
 # Seconds a job must have run since it started, or since its last mid-run
@@ -172,6 +172,12 @@ def tensorboard_writer(workdir, path: str, purge_step: int):
                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
 
+def _host(tree):
+  """Device arrays (of one or several processes) as host arrays."""
+  from lottery import parallel  # pylint: disable=g-import-not-at-top
+  return parallel.to_host(tree)
+
+
 def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
             tensorboard: bool = True,
             log_steps: Callable[[str], None] | None = None
@@ -205,6 +211,10 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
   history, captured = [], {}
   if resumed:
     state, history, captured = resumed
+  if exp.loop.mesh is not None:
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    state = parallel.put_tree(state, parallel.state_sharding(exp.loop.mesh,
+                                                             state, False))
   if progress is not None:
     progress.job_start(job.name, int(state.step), job.stop)
   capture = () if job.capture is None else (job.capture,)
@@ -232,33 +242,19 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
       batch_size=t.batch_size, data_seed=job.data_seed,
       eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
       capture=capture, history=history, captured=captured,
-      on_checkpoint=lambda s, h, c: midrun.save(job.path, s, h, c),
+      on_checkpoint=lambda s, h, c: midrun.save(job.path, _host(s), h, c),
       on_chunk=progress.job_step if progress is not None else None,
       on_eval=on_eval)
   finally:
     if writer is not None:
       writer.close()
-  final = history[-1]
-  metrics = {
-      **job.coords,
-      "density": masks_lib.density(state.mask),
-      "layer_densities": masks_lib.layer_densities(state.mask),
-      "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-      "train_loss": final["train_loss"], "start_step": job.start_step,
-      "steps": job.stop, "history": history, "time_s": time.time() - t0}
-  if "val_loss" in final:
-    # Early stopping (Frankle & Carbin 2019): the evaluation of minimum
-    # validation loss, first one on ties.
-    best = min(history, key=lambda h: h["val_loss"])
-    metrics.update(early_stop_step=best["step"],
-                   early_stop_test_accuracy=best["accuracy"],
-                   val_loss=final["val_loss"],
-                   val_accuracy=final["val_accuracy"])
+  final = _host({"mask": state.mask, "params": state.params,
+                 "model_state": state.model_state})
   ticket = tickets.Ticket(
-      coords=dict(job.coords), mask=jax.device_get(state.mask),
-      rewind_params=start_params, trained_params=jax.device_get(state.params),
-      metrics=metrics, model_state=jax.device_get(state.model_state),
-      rewind_model_state=start_model_state)
+      coords=dict(job.coords), mask=final["mask"], rewind_params=start_params,
+      trained_params=final["params"],
+      metrics=_metrics(job, final["mask"], history, t0),
+      model_state=final["model_state"], rewind_model_state=start_model_state)
   if job.capture is not None:
     path = os.path.join(workdir, job.capture_path)
     checkpoint.remove(path)  # One from a crash before the ticket.
@@ -276,14 +272,134 @@ def load_capture(workdir, path: str) -> tuple[Any, Any]:
   return arrays["params"], arrays.get("model_state", {})
 
 
+
+def _replicate_history(history: list[dict], i: int) -> list[dict]:
+  """Replicate i's history out of a stacked run's (lists per metric)."""
+  return [{k: v[i] if isinstance(v, list) else v for k, v in h.items()}
+          for h in history]
+
+
+def _metrics(job: Job, mask, history: list[dict], t0: float) -> dict:
+  """A finished job's metrics (see `run_job`)."""
+  final = history[-1]
+  metrics = {
+      **job.coords,
+      "density": masks_lib.density(mask),
+      "layer_densities": masks_lib.layer_densities(mask),
+      "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+      "train_loss": final["train_loss"], "start_step": job.start_step,
+      "steps": job.stop, "history": history, "time_s": time.time() - t0}
+  if "val_loss" in final:
+    # Early stopping (Frankle & Carbin 2019): the evaluation of minimum
+    # validation loss, first one on ties.
+    best = min(history, key=lambda h: h["val_loss"])
+    metrics.update(early_stop_step=best["step"],
+                   early_stop_test_accuracy=best["accuracy"],
+                   val_loss=final["val_loss"],
+                   val_accuracy=final["val_accuracy"])
+  return metrics
+
+
 def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
                    progress=None, tensorboard: bool = True,
                    log_steps: Callable[[str], None] | None = None
                    ) -> list[tickets.Ticket]:
-  """Runs replicates of one job together; returns their Tickets in order.
+  """Trains replicates of one job together; returns their Tickets in order.
 
   `jobs` differ only in their arrays (mask, params, model state), data seed,
-  coordinates and paths; they share start_step, stop and lr_fn.
+  coordinates and paths; they share start_step, stop, lr_fn and capture
+  step. Several jobs run as one stacked state in one compiled program (the
+  step vmapped over the replicates, laid over the experiment's mesh); one job
+  is `run_job`. Resumable like `run_job`: the group's mid-run checkpoint is
+  keyed by its first job's path; finished groups are loaded.
   """
-  return [run_job(exp, j, workdir, progress=progress, tensorboard=tensorboard,
-                  log_steps=log_steps) for j in jobs]
+  if len(jobs) == 1:
+    return [run_job(exp, jobs[0], workdir, progress=progress,
+                    tensorboard=tensorboard, log_steps=log_steps)]
+  first = jobs[0]
+  for j in jobs[1:]:
+    if (j.start_step, j.stop, j.capture) != (first.start_step, first.stop,
+                                             first.capture):
+      raise ValueError("run_replicates: jobs must share start_step, stop "
+                       "and capture")
+  if all(tickets.is_finished(workdir, j.path) for j in jobs):
+    return [tickets.read_ticket(workdir, j.path) for j in jobs]
+  from lottery import parallel  # pylint: disable=g-import-not-at-top
+  t = exp.config.training
+  midrun = MidRun(workdir)
+  t0 = time.time()
+  key = f"{first.path}+{len(jobs)}"
+  starts = [(jax.device_get(masks_lib.apply_mask(j.mask, j.params)),
+             jax.device_get(j.model_state)) for j in jobs]
+  state = loop_lib.stack_states([
+      step_lib.init_state(p, exp.tx, mask=j.mask, model_state=ms,
+                          step=j.start_step, seed=j.data_seed)
+      for j, (p, ms) in zip(jobs, starts)])
+  resumed = midrun.load(key, state)
+  history, captured = [], {}
+  if resumed:
+    state, history, captured = resumed
+  if exp.loop.mesh is not None:
+    state = parallel.put_tree(
+        parallel.to_host(state),
+        parallel.state_sharding(exp.loop.mesh, state, True))
+  if progress is not None:
+    progress.job_start(f"{first.name} x{len(jobs)}", int(state.step),
+                       first.stop)
+  capture = () if first.capture is None else (first.capture,)
+  writers = [tensorboard_writer(workdir, j.path, int(state.step) + 1)
+             if tensorboard else None for j in jobs]
+
+  def on_eval(h):
+    for i, writer in enumerate(writers):
+      if writer is None:
+        continue
+      hi = _replicate_history([h], i)[0]
+      for k in ("accuracy", "loss", "val_accuracy", "val_loss"):
+        if k in hi:
+          writer.add_scalar(f"test_{k}" if "val" not in k else k, hi[k],
+                            hi["step"])
+      writer.add_scalar("train_loss", hi["train_loss"], hi["step"])
+      writer.flush()
+    if log_steps:
+      acc = np.asarray(h["accuracy"])
+      log_steps(f"  {first.name} x{len(jobs)}  step {h['step']:6d}  train "
+                f"loss {np.mean(h['train_loss']):.4f}  test loss "
+                f"{np.mean(h['loss']):.4f}  test acc {acc.mean():.4f} ± "
+                f"{acc.std():.4f}")
+
+  try:
+    state, history, captured = loop_lib.train(
+        exp.loop, state, exp.data, stop=first.stop, lr_fn=first.lr_fn,
+        batch_size=t.batch_size, data_seed=[j.data_seed for j in jobs],
+        eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+        capture=capture, history=history, captured=captured,
+        on_checkpoint=lambda s, h, c: midrun.save(key, _host(s), h, c),
+        on_chunk=progress.job_step if progress is not None else None,
+        on_eval=on_eval)
+  finally:
+    for writer in writers:
+      if writer is not None:
+        writer.close()
+  final = parallel.to_host({"mask": state.mask, "params": state.params,
+                            "model_state": state.model_state})
+  out = []
+  for i, j in enumerate(jobs):
+    mask = loop_lib.unstack(final["mask"], i)
+    ticket = tickets.Ticket(
+        coords=dict(j.coords), mask=mask, rewind_params=starts[i][0],
+        trained_params=loop_lib.unstack(final["params"], i),
+        metrics=_metrics(j, mask, _replicate_history(history, i), t0),
+        model_state=loop_lib.unstack(final["model_state"], i),
+        rewind_model_state=starts[i][1])
+    if j.capture is not None:
+      path = os.path.join(workdir, j.capture_path)
+      checkpoint.remove(path)  # One from a crash before the ticket.
+      checkpoint.save(path, tickets.drop_none(
+          loop_lib.unstack(captured[j.capture], i)))
+    tickets.save_ticket(workdir, j.path, ticket)
+    out.append(ticket)
+  midrun.clear()
+  if progress is not None:
+    progress.job_end()
+  return out

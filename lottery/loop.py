@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -60,8 +60,8 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int, stop: int
 EvalSet = tuple[jax.Array, jax.Array, jax.Array]  # x, y, valid: (batches, B..)
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, eval_batch: int = 1000
-                 ) -> EvalSet:
+def eval_batches(x: np.ndarray, y: np.ndarray, eval_batch: int = 1000,
+                 put: Callable = jnp.asarray) -> EvalSet:
   """An evaluation set on the device, zero-padded to whole batches."""
   n = len(x)
   eval_batch = min(eval_batch, n)
@@ -70,9 +70,9 @@ def eval_batches(x: np.ndarray, y: np.ndarray, eval_batch: int = 1000
   xe = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
   ye = np.concatenate([y, np.zeros((pad,), y.dtype)])
   valid = np.arange(nb * eval_batch) < n
-  return (jnp.asarray(xe.reshape((nb, eval_batch) + x.shape[1:])),
-          jnp.asarray(ye.reshape(nb, eval_batch)),
-          jnp.asarray(valid.reshape(nb, eval_batch)))
+  return (put(xe.reshape((nb, eval_batch) + x.shape[1:])),
+          put(ye.reshape(nb, eval_batch)),
+          put(valid.reshape(nb, eval_batch)))
 
 
 @dataclasses.dataclass
@@ -86,16 +86,22 @@ class Data:
 
 
 def put_data(x_train, y_train, x_test, y_test, *, x_val=None, y_val=None,
-             eval_batch: int = 1000, on_device: bool = True) -> Data:
+             eval_batch: int = 1000, on_device: bool = True,
+             mesh=None) -> Data:
   """Moves a dataset to the device in the layout `Loop` expects.
 
   With `on_device=False` the training arrays stay on the host and each call
-  of the loop gathers its batches there (for datasets that do not fit).
+  of the loop gathers its batches there (for datasets that do not fit). With
+  a `mesh` every device of it holds the arrays whole.
   """
-  put = jnp.asarray if on_device else np.asarray
-  val = None if x_val is None else eval_batches(x_val, y_val, eval_batch)
+  dev = jnp.asarray
+  if mesh is not None:
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    dev = lambda a: parallel.put_global(a, parallel.replicated(mesh))
+  put = dev if on_device else np.asarray
+  val = None if x_val is None else eval_batches(x_val, y_val, eval_batch, dev)
   return Data(x=put(x_train), y=put(y_train),
-              test=eval_batches(x_test, y_test, eval_batch), val=val,
+              test=eval_batches(x_test, y_test, eval_batch, dev), val=val,
               on_device=on_device)
 
 
@@ -107,52 +113,113 @@ def choose_form(form: str, params) -> str:
   return "python" if has_conv and jax.default_backend() == "cpu" else "scan"
 
 
+# vmap axes of a stacked TrainState: every leaf has a leading replicate axis
+# except the step, which all replicates share (so a mask update due at a step
+# stays one `lax.cond`, not a select computing both branches).
+STATE_AXES = TrainState(params=0, model_state=0, opt_state=0, mask=0,
+                        step=None, rng=0)
+
+
 class Loop:
   """The compiled forms of one train step and its evaluation.
 
   Build one per experiment and reuse it for every run: a run with a new mask,
   new weights or new learning rates calls the same compiled functions.
+
+  Replicates: a state stacked over a leading replicate axis (see
+  `stack_states`) with batch indices of shape (steps, replicates, batch) runs
+  all replicates in one compiled program (the step vmapped); the plain step
+  is used otherwise. With a `mesh` (`lottery.parallel`), the state, indices
+  and batches are laid out over its 'replicas' and 'data' axes.
   """
 
   def __init__(self, step_fn: Callable, eval_fn: Callable, *,
-               form: str = "scan"):
+               form: str = "scan", mesh=None):
     if form not in FORMS or form == "auto":
       raise LotteryError(f"training.loop: must be one of {list(FORMS[1:])} "
                          f"once resolved (got {form!r})")
     self.form = form
+    self.mesh = mesh
     unroll = UNROLL if form == "unroll" else 1
+    self._fns = {}
+    for replicated in (False, True):
+      body = step_fn
+      if replicated:
+        body = jax.vmap(lambda s, b, lr: step_fn(s, b, lr),
+                        in_axes=(STATE_AXES, 0, None),
+                        out_axes=(STATE_AXES, 0))
+      self._fns[replicated] = self._compile(body, eval_fn, unroll, replicated)
+
+  def _compile(self, body, eval_fn, unroll, replicated):
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    mesh = self.mesh
+
+    def lay_batch(b):
+      if mesh is None:
+        return b
+      return jax.tree.map(
+          lambda a: jax.lax.with_sharding_constraint(
+              a, parallel.batch_sharding(mesh, replicated, a.ndim)), b)
+
+    def lay_state(s):
+      if mesh is None:
+        return s
+      return jax.lax.with_sharding_constraint(
+          s, parallel.state_sharding(mesh, s, replicated))
+
+    def one(s, xb, yb, lr):
+      s, m = body(s, lay_batch((xb, yb)), lr)
+      return s, m["loss"]
 
     def scan_indexed(state, x, y, idx, lrs):
-      def body(s, inp):
+      def step(s, inp):
         i, lr = inp
-        s, m = step_fn(s, (x[i], y[i]), lr)
-        return s, m["loss"]
-      return jax.lax.scan(body, state, (idx, lrs), unroll=unroll)
+        return one(s, x[i], y[i], lr)
+      s, losses = jax.lax.scan(step, state, (idx, lrs), unroll=unroll)
+      return lay_state(s), losses
 
     def scan_batches(state, xb, yb, lrs):
-      def body(s, inp):
-        xi, yi, lr = inp
-        s, m = step_fn(s, (xi, yi), lr)
-        return s, m["loss"]
-      return jax.lax.scan(body, state, (xb, yb, lrs), unroll=unroll)
+      def step(s, inp):
+        return one(s, *inp)
+      s, losses = jax.lax.scan(step, state, (xb, yb, lrs), unroll=unroll)
+      return lay_state(s), losses
 
     def one_indexed(state, x, y, b, lr):
-      s, m = step_fn(state, (x[b], y[b]), lr)
-      return s, m["loss"]
+      s, loss = one(state, x[b], y[b], lr)
+      return lay_state(s), loss
 
     def one_batch(state, xb, yb, lr):
-      s, m = step_fn(state, (xb, yb), lr)
-      return s, m["loss"]
+      s, loss = one(state, xb, yb, lr)
+      return lay_state(s), loss
 
-    self._scan_indexed = jax.jit(scan_indexed, donate_argnums=0)
-    self._scan_batches = jax.jit(scan_batches, donate_argnums=0)
-    self._one_indexed = jax.jit(one_indexed, donate_argnums=0)
-    self._one_batch = jax.jit(one_batch, donate_argnums=0)
-    self._evaluate = jax.jit(eval_fn)
+    evaluate = eval_fn
+    if replicated:
+      evaluate = jax.vmap(eval_fn, in_axes=(0, 0, None, None, None))
+    return {"scan_indexed": jax.jit(scan_indexed, donate_argnums=0),
+            "scan_batches": jax.jit(scan_batches, donate_argnums=0),
+            "one_indexed": jax.jit(one_indexed, donate_argnums=0),
+            "one_batch": jax.jit(one_batch, donate_argnums=0),
+            "evaluate": jax.jit(evaluate)}
+
+  def _indices(self, idx: np.ndarray, replicated: bool,
+               leading: int) -> jax.Array:
+    """Indices on the device(s); with a mesh, split like the batches."""
+    if self.mesh is None:
+      return jnp.asarray(idx)
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.put_global(
+        idx, parallel.batch_sharding(self.mesh, replicated, idx.ndim,
+                                     leading=leading))
 
   def run(self, state: TrainState, data: Data, idx: np.ndarray,
           lrs: np.ndarray) -> tuple[TrainState, np.ndarray]:
-    """Runs len(idx) steps; returns (state, per-step losses)."""
+    """Runs len(idx) steps; returns (state, per-step losses).
+
+    idx: (steps, batch) example indices, or (steps, replicates, batch) for a
+    stacked state; losses then have shape (steps, replicates).
+    """
+    replicated = idx.ndim == 3
+    fns = self._fns[replicated]
     lrs = np.asarray(lrs, np.float32)
     if self.form == "python":
       losses = []
@@ -160,32 +227,61 @@ class Loop:
         # One row per call: the compiled step does not depend on the chunk's
         # length.
         for i in range(len(idx)):
-          state, loss = self._one_indexed(state, data.x, data.y, idx[i],
-                                          lrs[i])
+          state, loss = fns["one_indexed"](state, data.x, data.y,
+                                           self._indices(idx[i], replicated,
+                                                         0), lrs[i])
           losses.append(loss)
       else:
         for i in range(len(idx)):
-          state, loss = self._one_batch(state, data.x[idx[i]],
-                                        data.y[idx[i]], lrs[i])
+          state, loss = fns["one_batch"](state, data.x[idx[i]],
+                                         data.y[idx[i]], lrs[i])
           losses.append(loss)
-      return state, np.asarray(jnp.stack(losses))
+      return state, _host(jnp.stack(losses))
     if data.on_device:
-      state, losses = self._scan_indexed(state, data.x, data.y,
-                                         jnp.asarray(idx), jnp.asarray(lrs))
+      state, losses = fns["scan_indexed"](state, data.x, data.y,
+                                          self._indices(idx, replicated, 1),
+                                          jnp.asarray(lrs))
     else:
-      state, losses = self._scan_batches(state, data.x[idx], data.y[idx],
-                                         jnp.asarray(lrs))
-    return state, np.asarray(losses)
+      state, losses = fns["scan_batches"](state, data.x[idx], data.y[idx],
+                                          jnp.asarray(lrs))
+    return state, _host(losses)
 
-  def evaluate(self, state: TrainState, data: Data) -> dict[str, float]:
+  def evaluate(self, state: TrainState, data: Data) -> dict:
     """Test 'loss' and 'accuracy' over the whole test set, and 'val_loss' and
-    'val_accuracy' when the data has a validation set (eval mode)."""
-    ev = self._evaluate(state.params, state.model_state, *data.test)
-    out = {k: float(v) for k, v in ev.items()}
+    'val_accuracy' when the data has a validation set (eval mode). Floats for
+    a plain state, arrays over the replicates for a stacked one."""
+    evaluate = self._fns[is_stacked(state)]["evaluate"]
+    ev = evaluate(state.params, state.model_state, *data.test)
+    conv = (lambda v: _host(v).tolist()) if is_stacked(state) else float
+    out = {k: conv(v) for k, v in ev.items()}
     if data.val is not None:
-      val = self._evaluate(state.params, state.model_state, *data.val)
-      out.update({f"val_{k}": float(v) for k, v in val.items()})
+      val = evaluate(state.params, state.model_state, *data.val)
+      out.update({f"val_{k}": conv(v) for k, v in val.items()})
     return out
+
+
+def _host(x) -> np.ndarray:
+  """A (possibly multi-process) array as a numpy array on this host."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def is_stacked(state: TrainState) -> bool:
+  """Whether `state` holds replicates: its rng has a leading replicate axis."""
+  return jnp.ndim(state.rng) == 2
+
+
+def stack_states(states: list[TrainState]) -> TrainState:
+  """Replicates' states stacked on a leading axis (they share the step)."""
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  return stacked.replace(step=states[0].step)
+
+
+def unstack(tree, i: int):
+  """Replicate i of a stacked pytree (None leaves kept)."""
+  return jax.tree.map(lambda x: x[i], tree)
 
 
 def chunk_bounds(start: int, stop: int, every: Iterable[int],
@@ -199,26 +295,32 @@ def chunk_bounds(start: int, stop: int, every: Iterable[int],
   return sorted(b)
 
 
-def _check_loss(losses: np.ndarray, first: float, start: int) -> None:
+def _check_loss(losses: np.ndarray, first: np.ndarray, start: int) -> None:
+  """losses: (steps,) or (steps, replicates); first: () or (replicates,)."""
+  losses = losses.reshape(len(losses), -1)
+  first = np.broadcast_to(np.asarray(first, np.float64), losses.shape[1:])
+  which = lambda j: f" (replicate {j})" if losses.shape[1] > 1 else ""
   bad = ~np.isfinite(losses)
   if bad.any():
+    i, j = np.argwhere(bad)[0]
     raise LotteryError(
         f"training.learning_rate: loss became non-finite at step "
-        f"{start + int(np.argmax(bad))} (try a lower learning rate or weight "
+        f"{start + int(i)}{which(j)} (try a lower learning rate or weight "
         f"decay)")
-  limit = DIVERGED * max(first, 1.0)
+  limit = DIVERGED * np.maximum(first, 1.0)
   high = losses > limit
   if high.any():
-    i = int(np.argmax(high))
+    i, j = np.argwhere(high)[0]
     raise LotteryError(
-        f"training.learning_rate: loss diverged at step {start + i} "
-        f"({losses[i]:.3g}, over {DIVERGED:g} times its starting value "
-        f"{first:.3g}; try a lower learning rate or weight decay)")
+        f"training.learning_rate: loss diverged at step {start + int(i)}"
+        f"{which(j)} ({losses[i, j]:.3g}, over {DIVERGED:g} times its starting "
+        f"value {first[j]:.3g}; try a lower learning rate or weight decay)")
 
 
 def train(loop: Loop, state: TrainState, data: Data, *,
           stop: int, lr_fn: Callable[[int, int], np.ndarray], batch_size: int,
-          data_seed: int, eval_every: int, checkpoint_every: int = 0,
+          data_seed: int | Sequence[int], eval_every: int,
+          checkpoint_every: int = 0,
           capture: Iterable[int] = (),
           history: list[dict] | None = None,
           captured: dict[int, Any] | None = None,
@@ -230,11 +332,13 @@ def train(loop: Loop, state: TrainState, data: Data, *,
 
   Args:
     loop: the experiment's compiled functions.
-    state: train state (donated: do not reuse it).
+    state: train state (donated: do not reuse it); a stacked state (see
+      `stack_states`) trains its replicates together.
     data: from `put_data`.
     stop: the step to stop at (exclusive).
     lr_fn: (start, stop) -> learning rates of those steps.
-    batch_size, data_seed: the batch order (see `batch_indices`).
+    batch_size, data_seed: the batch order (see `batch_indices`); a stacked
+      state takes one data seed per replicate.
     eval_every: steps between evaluations of the test set (and after the
       last step).
     checkpoint_every: steps between calls of `on_checkpoint` (0: never).
@@ -246,7 +350,8 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     on_eval: called with each new history record.
 
   Returns:
-    (final state, history of {'step', 'loss', 'accuracy', 'train_loss'},
+    (final state, history of {'step', 'loss', 'accuracy', 'train_loss'}
+    (for a stacked state each metric a list over the replicates),
     {step: host copy of {'params', 'model_state'}} for the `capture` steps).
 
   Raises:
@@ -256,30 +361,39 @@ def train(loop: Loop, state: TrainState, data: Data, *,
   captured = dict(captured or {})
   capture = set(capture)
   start = int(state.step)
+  stacked = is_stacked(state)
+  seeds = list(data_seed) if stacked else [data_seed]
+  if stacked and len(seeds) != len(state.rng):
+    raise ValueError(f"train: {len(state.rng)} replicates but "
+                     f"{len(seeds)} data seeds")
   if start >= stop:
     raise LotteryError(f"training.steps: nothing to train from step {start} "
                        f"to {stop}")
 
   def grab(s):
-    return jax.device_get({"params": s.params, "model_state": s.model_state})
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.to_host({"params": s.params, "model_state": s.model_state})
 
   if start in capture:
     captured[start] = grab(state)
   bounds = chunk_bounds(start, stop, [eval_every, checkpoint_every], capture)
   # The divergence check's reference: the run's first loss (a resumed run
   # takes its first evaluation's mean training loss).
-  first = history[0]["train_loss"] if history else None
+  first = np.asarray(history[0]["train_loss"]) if history else None
   for a, b in zip(bounds[:-1], bounds[1:]):
-    idx = batch_indices(len(data.y), batch_size, data_seed, a, b)
+    idx = [batch_indices(len(data.y), batch_size, s, a, b) for s in seeds]
+    idx = np.stack(idx, axis=1) if stacked else idx[0]
     state, losses = loop.run(state, data, idx, lr_fn(a, b))
     if first is None:
-      first = float(losses[0]) if np.isfinite(losses[0]) else 1.0
+      first = np.where(np.isfinite(losses[0]), losses[0], 1.0)
     _check_loss(losses, first, a)
     if b in capture:
       captured[b] = grab(state)
     if b % eval_every == 0 or b == stop:
       ev = loop.evaluate(state, data)
-      history.append({"step": b, "train_loss": float(losses.mean()), **ev})
+      mean = losses.mean(axis=0)
+      history.append({"step": b, "train_loss": mean.tolist() if stacked
+                      else float(mean), **ev})
       if on_eval:
         on_eval(history[-1])
     if on_chunk:

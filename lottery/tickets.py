@@ -69,9 +69,12 @@ class Ticket:
     return self.coords.get("kind")
 
 
-def imp_path(round_: int, kind: str = "ticket") -> str:
-  """The ticket directory of IMP round `round_`'s `kind`, relative."""
-  return f"rounds/round_{round_:03d}/{kind}"
+def imp_path(round_: int, kind: str = "ticket", seed: int | None = None
+             ) -> str:
+  """The ticket directory of IMP round `round_`'s `kind`, relative; with
+  `seed`, that replicate's (runs of several replicates)."""
+  path = f"rounds/round_{round_:03d}/{kind}"
+  return path if seed is None else f"{path}/seed_{seed:03d}"
 
 
 def is_finished(workdir, path: str) -> bool:
@@ -136,8 +139,9 @@ def _walk_records(node, out: list) -> None:
     if "ticket" in node:
       out.append({k: v for k, v in node.items()
                   if not isinstance(v, (dict, list)) or k == "coords"})
-    for v in node.values():
-      _walk_records(v, out)
+    # A record's own replicates first, then what nests under it (controls).
+    for k in sorted(node, key=lambda k: k != "seeds"):
+      _walk_records(node[k], out)
   elif isinstance(node, list):
     for v in node:
       _walk_records(v, out)
@@ -153,17 +157,23 @@ def summary(workdir) -> dict:
 
 
 def records(workdir) -> list[dict]:
-  """Every ticket record of a run, flat: its coordinates, its metrics
-  (scalars) and `ticket`, its directory relative to the workdir.
+  """Every ticket record of a run, flat, one per ticket: its coordinates
+  (with `seed`, the replicate, where the run records it), its metrics
+  (scalars) and `ticket`, its directory relative to the workdir. Aggregates
+  over replicates (IMP's round records: mean and std) stay in summary.json.
 
   Records come from summary.json (nested records, such as IMP's controls
   under their round, are listed after their parent); tickets finished but
   not yet summarised (a run in flight) are added from their metrics.json.
   """
-  out: list[dict] = []
+  walked: list[dict] = []
   path = pathlib.Path(workdir) / SUMMARY
   if path.exists():
-    _walk_records(checkpoint.read_json(path), out)
+    _walk_records(checkpoint.read_json(path), walked)
+  # An aggregate of replicates (IMP's round records) names replicate 0's
+  # ticket: keep the replicate's own record.
+  seeded = {r["ticket"] for r in walked if "seed" in r}
+  out = [r for r in walked if "seed" in r or r["ticket"] not in seeded]
   seen = {r["ticket"] for r in out}
   root = pathlib.Path(workdir)
   for m in sorted(root.glob(f"**/{METRICS}")):
@@ -180,7 +190,8 @@ def records(workdir) -> list[dict]:
 
 def find(workdir, **coords) -> dict:
   """The one record whose coordinates match `coords` (LotteryError if none
-  or several match)."""
+  or several match); without `seed`, replicate 0's where several
+  replicates match."""
   if not pathlib.Path(workdir).is_dir():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
   if not (pathlib.Path(workdir) / "config.json").exists():
@@ -188,6 +199,9 @@ def find(workdir, **coords) -> dict:
                        f"run (config.json missing)")
   matches = [r for r in records(workdir)
              if all(r.get(k) == v for k, v in coords.items())]
+  if "seed" not in coords and len({r["ticket"] for r in matches}) > 1:
+    # Replicates: the default is replicate 0.
+    matches = [r for r in matches if r.get("seed") == 0] or matches
   if not matches:
     field = next(iter(coords), "ticket")
     raise LotteryError(f"{field}: no finished ticket with {coords} in "
@@ -205,8 +219,9 @@ def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint:
   """Loads a finished ticket of a run by its coordinates.
 
   `load_ticket(workdir, 3)` is IMP round 3's ticket, `load_ticket(workdir, 3,
-  'reinit')` its reinit control; any method's coordinates work as keywords
-  (`load_ticket(workdir, method='snip', target_density=0.1)`).
+  'reinit')` its reinit control, `load_ticket(workdir, 3, seed=2)` replicate
+  2's ticket (default: replicate 0); any method's coordinates work as
+  keywords (`load_ticket(workdir, method='snip', target_density=0.1)`).
 
   Args:
     workdir: the run's workdir.

@@ -162,39 +162,13 @@ def test_run_without_controls(tiny_config, monkeypatch, tmp_path):
 
 def test_replicates_show_mean_and_std(finished_run, npz_path, monkeypatch,
                                       tmp_path):
-  """Two replicates in the layout the summary will have: each round's record
+  """Two replicates trained together (seeds.num=2): each round's record
   carries test_accuracy_std and `seeds`, its per-replicate records."""
-  other = tmp_path / "seed1"
-  lottery.run(tiny(npz_path, **{"controls_every": 2, "seeds.init": 1,
-                                "data.validation_size": 32}), other,
-              log=lambda _: None)
+  del finished_run
   workdir = tmp_path / "run"
-  workdir.mkdir()
-  shutil.copy(finished_run / "config.json", workdir)
-  for seed, src in enumerate((finished_run, other)):
-    shutil.copytree(src / "rounds", workdir / f"seed_{seed}" / "rounds")
-  per_seed = [lottery.summary(finished_run)["rounds"],
-              lottery.summary(other)["rounds"]]
-
-  def merged(recs):
-    seeds = [{**r, "seed": s, "ticket": f"seed_{s}/{r['ticket']}"}
-             for s, r in enumerate(recs)]
-    accs = [r["test_accuracy"] for r in recs]
-    return {**seeds[0], "test_accuracy": float(np.mean(accs)),
-            "test_accuracy_std": float(np.std(accs)), "seeds": seeds}
-  rounds = []
-  for recs in zip(*per_seed):
-    rec = merged([{k: v for k, v in r.items() if k != "controls"}
-                  for r in recs])
-    rec.pop("seed")
-    if "controls" in recs[0]:
-      rec["controls"] = {k: merged([r["controls"][k] for r in recs])
-                         for k in recs[0]["controls"]}
-      for c in rec["controls"].values():
-        c.pop("seed")
-    rounds.append(rec)
-  checkpoint.write_json(workdir / "summary.json",
-                        {"rounds": rounds, "finished": True})
+  lottery.run(tiny(npz_path, **{"controls_every": 2, "seeds.num": 2,
+                                "data.validation_size": 32}), workdir,
+              log=lambda _: None)
   text = _execute(workdir, monkeypatch, tmp_path)
   assert "3 of 3 rounds finished" in text and "replicates: 2" in text
   assert " ± " in text

@@ -25,6 +25,11 @@ def test_records_carry_coordinates_and_ticket_paths(tiny_config, tmp_path):
       2, "ticket", "rounds/round_002/ticket")
   assert r2["controls"]["reinit"]["ticket"] == "rounds/round_002/reinit"
   assert "controls" not in summary["rounds"][1]  # controls_every=2
+  # One replicate: the round record is today's plus its std and its seeds.
+  assert r2["test_accuracy_std"] == 0.0
+  [s2] = r2["seeds"]
+  assert s2["seed"] == 0 and s2["ticket"] == r2["ticket"]
+  assert s2["test_accuracy"] == r2["test_accuracy"]
   recs = lottery.records(tmp_path)
   keys = [(r["round"], r["kind"]) for r in recs]
   # summary.json keeps keys sorted: controls by name after their round.
@@ -33,7 +38,7 @@ def test_records_carry_coordinates_and_ticket_paths(tiny_config, tmp_path):
   for r in recs:
     t = lottery.load_ticket(tmp_path, **{"round": r["round"],
                                          "kind": r["kind"]})
-    assert t.coords == {"round": r["round"], "kind": r["kind"]}
+    assert t.coords == {"round": r["round"], "kind": r["kind"], "seed": 0}
     assert t.metrics["density"] == r["density"]
     assert t.metrics["test_accuracy"] == r["test_accuracy"]
   # The positional form and keywords agree; model_state is saved ({} here).

@@ -1,0 +1,128 @@
+"""Devices and hosts: the mesh a run trains on, and where arrays live on it.
+
+A run lays its work over a `jax.sharding.Mesh` with two axes:
+
+  replicas  the leading replicate axis of a stacked train state (seeds.num
+            replicates trained together), split across devices;
+  data      each batch split across devices (data parallelism); the
+            gradient's mean over the batch becomes a cross-device sum.
+
+`make_mesh` gives the replicate axis as many devices as divide the number of
+replicates and the rest to the batch. With one device there is no mesh and
+nothing changes. Every process of a multi-host run (`initialize`) builds the
+same mesh over all processes' devices; each feeds only its own devices' slice
+of the batch indices (`put_global`), and the arrays a host needs back (losses,
+metrics, tickets) are gathered to every process.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lottery.errors import LotteryError
+
+AXES = ("replicas", "data")
+
+
+def initialize(coordinator_address: str, num_processes: int,
+               process_id: int) -> None:
+  """Joins JAX's distributed runtime (before any other JAX call).
+
+  On CPU the cross-process collectives use gloo.
+
+  Raises:
+    LotteryError: for an address without a port, or a process id outside
+      [0, num_processes).
+  """
+  if ":" not in coordinator_address:
+    raise LotteryError(f"coordinator_address: must be HOST:PORT (got "
+                       f"{coordinator_address!r})")
+  if not 0 <= process_id < num_processes:
+    raise LotteryError(f"process_id: must be in [0, {num_processes}) (got "
+                       f"{process_id})")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def make_mesh(replicas: int, batch_size: int, devices=None) -> Mesh | None:
+  """The mesh for `replicas` replicates of batches of `batch_size`.
+
+  'replicas' gets gcd(replicas, #devices) devices; 'data' gets the largest
+  divisor of the rest that divides the batch. Devices that fit neither are
+  left idle (a warning is the caller's to give: see `describe`).
+  None with one device.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if len(devices) == 1:
+    return None
+  r = math.gcd(replicas, len(devices))
+  rest = len(devices) // r
+  d = max(k for k in range(1, rest + 1) if rest % k == 0 and
+          batch_size % k == 0)
+  used = np.asarray(devices[:r * d], dtype=object).reshape(r, d)
+  return Mesh(used, AXES)
+
+
+def describe(mesh: Mesh | None) -> str:
+  """The mesh's one-line description, e.g. 'replicas=2 data=2 (4 devices)'."""
+  total = len(jax.devices())
+  if mesh is None:
+    return f"replicas=1 data=1 ({total} device{'s' * (total > 1)})"
+  r, d = mesh.shape["replicas"], mesh.shape["data"]
+  idle = total - r * d
+  return (f"replicas={r} data={d} ({total} devices"
+          f"{f', {idle} idle' if idle else ''}; {jax.process_count()} "
+          f"process{'es' * (jax.process_count() > 1)})")
+
+
+def batch_sharding(mesh: Mesh, replicated: bool, ndim: int,
+                   leading: int = 0) -> NamedSharding:
+  """Batches (or batch indices): replicate axis over 'replicas', examples
+  over 'data', after `leading` unsplit axes (e.g. the steps of a chunk)."""
+  spec = [None] * leading + (["replicas"] if replicated else []) + ["data"]
+  spec += [None] * (ndim - len(spec))
+  return NamedSharding(mesh, P(*spec))
+
+
+def state_sharding(mesh: Mesh, state: Any, replicated: bool) -> Any:
+  """A train state's shardings: a stacked state split over 'replicas' (its
+  shared step replicated); a plain one replicated on every device."""
+  split = NamedSharding(mesh, P("replicas"))
+  whole = NamedSharding(mesh, P())
+  if not replicated:
+    return jax.tree.map(lambda _: whole, state)
+  out = jax.tree.map(lambda _: split, state)
+  return out.replace(step=whole)
+
+
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A host array (the same on every process) laid out as `sharding`; each
+  process transfers only its own devices' parts."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+
+def put_tree(tree: Any, shardings: Any) -> Any:
+  """`put_global` over a pytree of host-identical arrays."""
+  return jax.tree.map(lambda x, s: put_global(np.asarray(x), s), tree,
+                      shardings)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of an array every device holds whole."""
+  return NamedSharding(mesh, P())
+
+
+def to_host(tree: Any) -> Any:
+  """A pytree of (possibly multi-process) arrays as numpy arrays."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)

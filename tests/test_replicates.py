@@ -1,0 +1,226 @@
+"""Replicates: seeds.num runs trained together in one compiled program, their
+records, and devices (fake CPU devices in a subprocess)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import lottery
+from lottery import analysis
+from lottery import jobs
+from lottery import tickets
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+KINDS = ("ticket", "reinit", "random_prune")
+
+
+def quiet(_):
+  pass
+
+
+def _agree(a, b) -> float:
+  """Fraction of prunable weights on which two masks agree."""
+  la = [np.asarray(x) for x in jax.tree.leaves(a)]
+  lb = [np.asarray(x) for x in jax.tree.leaves(b)]
+  same = sum(int((x == y).sum()) for x, y in zip(la, lb))
+  return same / sum(x.size for x in la)
+
+
+@pytest.fixture(scope="module")
+def three(npz_path, tmp_path_factory):
+  """seeds.num=3 from seed 1, and the single run of seed 2."""
+  from conftest import tiny  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("replicates")
+  cfg = tiny(npz_path, **{"seeds.num": 3, "seeds.init": 1, "seeds.data": 1,
+                          "seeds.control": 1, "pruning.rounds": 2})
+  lines = []
+  lottery.run(cfg, root / "three", log=lines.append)
+  single = tiny(npz_path, **{"seeds.init": 2, "seeds.data": 2,
+                             "seeds.control": 2, "pruning.rounds": 2})
+  lottery.run(single, root / "single", log=quiet)
+  return root / "three", root / "single", lines
+
+
+def test_replicate_reproduces_the_single_run_of_its_seeds(three):
+  run, single, _ = three
+  for r in range(3):
+    for kind in (("ticket",) if r == 0 else KINDS):
+      a = lottery.load_ticket(run, r, kind, seed=1)  # seeds 1 + 1 = 2
+      b = lottery.load_ticket(single, r, kind)
+      assert a.metrics["density"] == b.metrics["density"], (r, kind)
+      assert a.metrics["layer_densities"] == b.metrics["layer_densities"]
+      assert abs(a.metrics["test_accuracy"] - b.metrics["test_accuracy"]) \
+          <= 0.02, (r, kind)
+      assert _agree(a.mask, b.mask) >= 0.99, (r, kind)
+      # Same starting point: init seed 2 (rewind), masked.
+      for x, y in zip(jax.tree.leaves(a.rewind_params),
+                      jax.tree.leaves(b.rewind_params)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_summary_has_mean_std_and_per_replicate_records(three):
+  run, _, lines = three
+  rounds = lottery.summary(run)["rounds"]
+  assert len(rounds) == 3
+  for rec in rounds:
+    seeds = rec["seeds"]
+    assert [s["seed"] for s in seeds] == [0, 1, 2]
+    accs = [s["test_accuracy"] for s in seeds]
+    assert rec["test_accuracy"] == pytest.approx(np.mean(accs), abs=1e-12)
+    assert rec["test_accuracy_std"] == pytest.approx(np.std(accs), abs=1e-12)
+    assert rec["ticket"] == seeds[0]["ticket"]
+    assert "seed" not in rec
+    for s in seeds:
+      t = lottery.load_ticket(run, rec["round"], seed=s["seed"])
+      assert t.metrics["test_accuracy"] == s["test_accuracy"]
+      assert t.coords["seed"] == s["seed"]
+  for name in ("reinit", "random_prune"):
+    c = rounds[2]["controls"][name]
+    assert [s["seed"] for s in c["seeds"]] == [0, 1, 2]
+  # load_ticket without seed is replicate 0.
+  assert lottery.load_ticket(run, 2).coords["seed"] == 0
+  # records: one per ticket (7 jobs: round 0; rounds 1 and 2 with two
+  # controls each) x 3 replicates, all with a seed.
+  recs = lottery.records(run)
+  assert len(recs) == 7 * 3 and all("seed" in r for r in recs)
+  assert len({r["ticket"] for r in recs}) == len(recs)
+  rows = analysis.table(recs)
+  assert [row["n"] for row in rows] == [3] * 7
+  # Replicates differ (different seeds), and the progress line says mean ± std.
+  a, b = (lottery.load_ticket(run, 0, seed=i) for i in (0, 1))
+  assert not np.array_equal(a.trained_params["fc1"]["kernel"],
+                            b.trained_params["fc1"]["kernel"])
+  assert any(line.startswith("round  2/2") and " ± " in line for line in lines)
+
+
+def test_replicates_resume_bit_exact(tiny_config, tmp_path, monkeypatch):
+  cfg = tiny_config(**{"seeds.num": 2, "pruning.rounds": 1,
+                       "pruning.rewind_step": 5})
+  lottery.run(cfg, tmp_path / "ref", log=quiet)
+
+  class Stop(Exception):
+    pass
+
+  real_save, real_finish = jobs.MidRun.save, tickets.save_ticket
+  calls = {"save": 0, "finish": 0}
+
+  def save(self, *a, **k):
+    real_save(self, *a, **k)
+    calls["save"] += 1
+    if calls["save"] == 1:
+      raise Stop()
+
+  def finish(*a, **k):
+    real_finish(*a, **k)
+    calls["finish"] += 1
+    if calls["finish"] == 3:  # Between the two replicates of a job.
+      raise Stop()
+  monkeypatch.setattr(jobs.MidRun, "save", save)
+  monkeypatch.setattr(tickets, "save_ticket", finish)
+  stops = 0
+  while True:
+    try:
+      lottery.run(cfg, tmp_path / "run", log=quiet)
+      break
+    except Stop:
+      stops += 1
+  assert stops == 2
+  for r in range(2):
+    for kind in (("ticket",) if r == 0 else KINDS):
+      for seed in (0, 1):
+        a = lottery.load_ticket(tmp_path / "ref", r, kind, seed=seed)
+        b = lottery.load_ticket(tmp_path / "run", r, kind, seed=seed)
+        for x, y in zip(jax.tree.leaves(a.trained_params),
+                        jax.tree.leaves(b.trained_params)):
+          assert np.array_equal(x, y), (r, kind, seed)
+        assert a.metrics["history"] == b.metrics["history"]
+
+
+def test_one_compilation_for_all_replicates(tiny_config, tmp_path):
+  """Compilations of a run of 3 replicates = those of a run of 2: the step
+  is compiled once for the stacked state, whatever the replicate count's
+  effect on shapes (each count is its own program)."""
+  counts = []
+  for n in (2, 3):
+    events = []
+    def listener(name, *a, **k):
+      if name == "/jax/core/compile/backend_compile_duration":
+        events.append(name)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+      lottery.run(tiny_config(**{"seeds.num": n, "pruning.rounds": 2}),
+                  tmp_path / str(n), log=quiet)
+    finally:
+      jax.monitoring.unregister_event_duration_listener(listener)
+    counts.append(len(events))
+  assert counts[0] == counts[1], counts
+
+
+_DEVICES_SCRIPT = r"""
+import json, sys
+import jax
+import lottery
+from lottery import experiment, parallel
+sys.path.insert(0, "tests")
+from conftest import tiny
+cfg = tiny(sys.argv[1], **{"seeds.num": 2, "pruning.rounds": 1})
+exp = experiment.build(cfg)
+mesh = exp.loop.mesh
+out = {"devices": jax.device_count(), "mesh": parallel.describe(mesh),
+       "data_sharded": str(exp.data.x.sharding)}
+# A stacked state after one chunk: really split over the devices.
+from lottery import loop as loop_lib, step as step_lib
+import numpy as np
+states = [step_lib.init_state(*exp.replicate_init(i)[:1], exp.tx,
+                              mask=exp.dense_mask,
+                              model_state=exp.replicate_init(i)[1], seed=i)
+          for i in range(2)]
+state = loop_lib.stack_states(states)
+state = parallel.put_tree(state, parallel.state_sharding(mesh, state, True))
+idx = np.stack([loop_lib.batch_indices(256, 16, s, 0, 4) for s in (0, 1)], 1)
+state, _ = exp.loop.run(state, exp.data, idx, np.full(4, 1e-2, np.float32))
+leaf = jax.tree.leaves(state.params)[0]
+out["param_shards"] = sorted({str(s.index) for s in leaf.addressable_shards})
+out["param_spec"] = list(leaf.sharding.spec)
+lines = []
+lottery.run(cfg, sys.argv[2], log=lines.append)
+out["lines"] = lines
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("devices", [4])
+def test_fake_devices_shard_and_match_one_device(npz_path, tmp_path, devices):
+  from conftest import tiny  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  res = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, npz_path,
+                        str(tmp_path / "multi")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4
+  assert out["mesh"].startswith("replicas=2 data=2 (4 devices")
+  # Replicate axis split in two, batch over the other two devices: each
+  # device holds one replicate's parameters.
+  assert out["param_spec"] == ["replicas"]
+  assert len(out["param_shards"]) == 2
+  # Same results as on one device, within float tolerance.
+  cfg = tiny(npz_path, **{"seeds.num": 2, "pruning.rounds": 1})
+  lottery.run(cfg, tmp_path / "one", log=quiet)
+  for r in range(2):
+    for seed in (0, 1):
+      a = lottery.load_ticket(tmp_path / "one", r, seed=seed)
+      b = lottery.load_ticket(tmp_path / "multi", r, seed=seed)
+      assert a.metrics["density"] == b.metrics["density"]
+      assert abs(a.metrics["test_accuracy"] - b.metrics["test_accuracy"]) \
+          <= 0.02
+      for x, y in zip(jax.tree.leaves(a.trained_params),
+                      jax.tree.leaves(b.trained_params)):
+        np.testing.assert_allclose(x, y, atol=1e-4)

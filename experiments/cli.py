@@ -67,7 +67,7 @@ if getattr(lottery, "__file__", None) is None:
 
 from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lottery.errors import LotteryError  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lottery.progress import Progress  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lottery.progress import NullProgress, Progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -379,8 +379,21 @@ def _parse_flags(argv: list[str], config) -> list[str]:
     fail(flag_error_message(e, config))
 
 
+def _join_processes(address: str | None, num: int, pid: int) -> bool:
+  """Joins a multi-host run (JAX's distributed runtime) when asked;
+  whether this process writes (process 0) or stays quiet."""
+  if address is None:
+    if num != 1 or pid != 0:
+      raise LotteryError("coordinator_address: needed with --num_processes "
+                         f"or --process_id (got {address!r})")
+    return True
+  from lottery import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize(address, num, pid)
+  return pid == 0
+
+
 def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
-          dry_run_flag, validate, progress: Progress) -> None:
+          dry_run_flag, validate, progress: Progress, hosts) -> None:
   if len(argv) > 1:
     raise LotteryError(f"command line: unexpected arguments (got {argv[1:]})")
   # Orbax logs every save at INFO, and an import sets absl's verbosity to
@@ -400,6 +413,9 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     print(f"workdir: {os.path.abspath(workdir)} "
           f"({'resumes the run there' if resumes else 'new run'})")
     return
+  if not _join_processes(*(f.value for f in hosts)):
+    progress.close()
+    progress = NullProgress()  # One process reports: process 0.
   run(config, workdir, progress)
 
 
@@ -432,13 +448,23 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     dry_run_flag = flags.DEFINE_bool(
         "dry_run", False, "Print the resolved config and workdir; write "
         "nothing.")
+    hosts = (
+        flags.DEFINE_string(
+            "coordinator_address", None, "Several hosts: HOST:PORT of "
+            "process 0's coordinator (jax.distributed.initialize)."),
+        flags.DEFINE_integer("num_processes", 1, "Several hosts: how many "
+                             "processes join the run.", lower_bound=1),
+        flags.DEFINE_integer("process_id", 0, "Several hosts: this "
+                             "process's index (0 writes the workdir).",
+                             lower_bound=0))
     if any(a in _HELP for a in argv[1:]):
       print(help_text(doc, config, spec, choices=choices,
                       full=any(a.endswith("helpfull") for a in argv)))
       sys.exit(0)
     app.run(functools.partial(
         _main, run=run, config_flag=config_flag, workdir_flag=workdir_flag,
-        dry_run_flag=dry_run_flag, validate=validate, progress=progress),
+        dry_run_flag=dry_run_flag, validate=validate, progress=progress,
+        hosts=hosts),
             argv=argv, flags_parser=functools.partial(_parse_flags,
                                                       config=config))
   except LotteryError as e:

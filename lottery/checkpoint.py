@@ -54,7 +54,17 @@ _CKPTR = None
 def _checkpointer() -> ocp.PyTreeCheckpointer:
   global _CKPTR
   if _CKPTR is None:
-    _CKPTR = ocp.PyTreeCheckpointer()
+    if jax.process_count() == 1:
+      _CKPTR = ocp.PyTreeCheckpointer()
+    else:
+      # Several processes: process 0 alone writes, and any process reads on
+      # its own; orbax must not wait for the others.
+      me = ocp.options.MultiprocessingOptions(
+          primary_host=jax.process_index(),
+          active_processes={jax.process_index()})
+      _CKPTR = ocp.Checkpointer(
+          ocp.PyTreeCheckpointHandler(multiprocessing_options=me),
+          multiprocessing_options=me)
   return _CKPTR
 
 
@@ -187,6 +197,8 @@ def save(path: str | os.PathLike, tree: Any) -> None:
   Raises:
     LotteryError: if the disk is full (nothing is left at `path` then).
   """
+  if not is_writer():
+    return
   path = pathlib.Path(path)
   tree = jax.device_get(tree)
   try:

@@ -148,6 +148,6 @@ def _fits_on_device(nbytes: int) -> bool:
 
   Devices that report no limit (the CPU) always fit.
   """
-  stats = jax.devices()[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   limit = stats.get("bytes_limit")
   return limit is None or nbytes <= limit // 2

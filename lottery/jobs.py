@@ -153,6 +153,8 @@ def tensorboard_writer(workdir, path: str, purge_step: int):
   """A TensorBoard writer for one job: one run per job, so the curves of
   rounds overlay; events at or after `purge_step` from an interrupted
   attempt are hidden, so a resumed job shows no duplicate points."""
+  if not checkpoint.is_writer():
+    return None
   # tensorboardX imports torch when it is installed (1-3 s per run) and does
   # not need it to write scalars: hide it during the import.
   hide = "torch" not in sys.modules
@@ -170,6 +172,12 @@ def tensorboard_writer(workdir, path: str, purge_step: int):
   return SummaryWriter(os.path.join(workdir, "tensorboard", path),
                        purge_step=purge_step,
                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+
+
+def _sync(name: str) -> None:
+  """Several processes: all wait until process 0 has written `name`."""
+  from lottery import parallel  # pylint: disable=g-import-not-at-top
+  parallel.barrier(name)
 
 
 def _host(tree):
@@ -211,16 +219,17 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
   history, captured = [], {}
   if resumed:
     state, history, captured = resumed
+  at = int(state.step)
   if exp.loop.mesh is not None:
     from lottery import parallel  # pylint: disable=g-import-not-at-top
     state = parallel.put_tree(state, parallel.state_sharding(exp.loop.mesh,
                                                              state, False))
   if progress is not None:
-    progress.job_start(job.name, int(state.step), job.stop)
+    progress.job_start(job.name, at, job.stop)
   capture = () if job.capture is None else (job.capture,)
   # Evaluations up to the resumed step are in `history` (and already
   # written); any written after it by an interrupted attempt are purged.
-  writer = (tensorboard_writer(workdir, job.path, int(state.step) + 1)
+  writer = (tensorboard_writer(workdir, job.path, at + 1)
             if tensorboard else None)
 
   def on_eval(h):
@@ -261,6 +270,7 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
     checkpoint.save(path, tickets.drop_none(captured[job.capture]))
   tickets.save_ticket(workdir, job.path, ticket)
   midrun.clear()
+  _sync(job.path)
   if progress is not None:
     progress.job_end()
   return ticket
@@ -339,15 +349,16 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
   history, captured = [], {}
   if resumed:
     state, history, captured = resumed
+  at = int(state.step)
   if exp.loop.mesh is not None:
     state = parallel.put_tree(
         parallel.to_host(state),
         parallel.state_sharding(exp.loop.mesh, state, True))
   if progress is not None:
-    progress.job_start(f"{first.name} x{len(jobs)}", int(state.step),
+    progress.job_start(f"{first.name} x{len(jobs)}", at,
                        first.stop)
   capture = () if first.capture is None else (first.capture,)
-  writers = [tensorboard_writer(workdir, j.path, int(state.step) + 1)
+  writers = [tensorboard_writer(workdir, j.path, at + 1)
              if tensorboard else None for j in jobs]
 
   def on_eval(h):
@@ -400,6 +411,7 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
     tickets.save_ticket(workdir, j.path, ticket)
     out.append(ticket)
   midrun.clear()
+  _sync(key)
   if progress is not None:
     progress.job_end()
   return out

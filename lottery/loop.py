@@ -252,7 +252,8 @@ class Loop:
     a plain state, arrays over the replicates for a stacked one."""
     evaluate = self._fns[is_stacked(state)]["evaluate"]
     ev = evaluate(state.params, state.model_state, *data.test)
-    conv = (lambda v: _host(v).tolist()) if is_stacked(state) else float
+    conv = ((lambda v: _host(v).tolist()) if is_stacked(state) else
+            (lambda v: float(_host(v))))
     out = {k: conv(v) for k, v in ev.items()}
     if data.val is not None:
       val = evaluate(state.params, state.model_state, *data.val)
@@ -360,7 +361,7 @@ def train(loop: Loop, state: TrainState, data: Data, *,
   history = list(history or [])
   captured = dict(captured or {})
   capture = set(capture)
-  start = int(state.step)
+  start = int(_host(state.step))
   stacked = is_stacked(state)
   seeds = list(data_seed) if stacked else [data_seed]
   if stacked and len(seeds) != len(state.rng):

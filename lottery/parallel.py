@@ -49,6 +49,22 @@ def initialize(coordinator_address: str, num_processes: int,
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
+_BARRIERS = [0]
+BARRIER_TIMEOUT_S = 3600
+
+
+def barrier(name: str) -> None:
+  """Several processes: each waits here until all have arrived (JAX's
+  coordination service, not a device collective, so a process that is
+  minutes behind -- still loading data, still compiling -- is waited for)."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  _BARRIERS[0] += 1
+  distributed.global_state.client.wait_at_barrier(
+      f"lottery:{_BARRIERS[0]}:{name}", BARRIER_TIMEOUT_S * 1000)
+
+
 def make_mesh(replicas: int, batch_size: int, devices=None) -> Mesh | None:
   """The mesh for `replicas` replicates of batches of `batch_size`.
 

@@ -101,6 +101,8 @@ def _mask_like(saved: dict, params: Any) -> Any:
 def save_ticket(workdir, path: str, ticket: Ticket) -> None:
   """Writes a ticket to `workdir/path`; its metrics.json, written last, marks
   it finished. The metrics carry the coordinates."""
+  if not checkpoint.is_writer():
+    return
   d = pathlib.Path(workdir) / path
   d.mkdir(parents=True, exist_ok=True)
   # A crash between the two writes leaves arrays without metrics: redo them.

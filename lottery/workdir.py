@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 
 from lottery import checkpoint
+from lottery import parallel
 from lottery.errors import LotteryError
 
 CONFIG_FILE = "config.json"
@@ -181,10 +182,17 @@ def check(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
       config; ('pruning.rounds: ...') if the config lowers the rounds of
       the run it holds.
   """
-  wd = pathlib.Path(workdir)
+  holds = _check(pathlib.Path(workdir), config, extra)
+  # Several processes: none claims the workdir before all have checked it.
+  parallel.barrier("workdir checked")
+  return holds
+
+
+def _check(wd: pathlib.Path, config: ml_collections.ConfigDict,
+           extra: dict[str, Any] | None) -> bool:
   _check_path(wd)
-  if wd.exists():
-    _check_not_in_use(wd)
+  if wd.exists() and checkpoint.is_writer():
+    _check_not_in_use(wd)  # The lock is process 0's (multi-host runs).
   return _check_run(wd, config, extra)
 
 
@@ -291,7 +299,12 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
       the disk is full.
   """
   wd = pathlib.Path(workdir)
-  check(wd, config, extra=extra)  # Refuse before writing anything.
+  if not checkpoint.is_writer():
+    # A multi-host run's other processes read the workdir process 0 holds
+    # (they checked it with `check`), once process 0 has claimed it.
+    parallel.barrier("workdir claimed")
+    return Claim(wd, None)
+  _check(wd, config, extra)  # Refuse before writing anything.
   with checkpoint.disk_errors(wd / LOCK_FILE):
     wd.mkdir(parents=True, exist_ok=True)
     fd = _lock(wd)
@@ -310,4 +323,5 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
   except BaseException:
     held.release()
     raise
+  parallel.barrier("workdir claimed")
   return held

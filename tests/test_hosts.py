@@ -1,0 +1,91 @@
+"""Several hosts: two local processes joined by jax.distributed (CPU, gloo)
+train one run; process 0 alone writes the workdir."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+import lottery
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Runs the launcher, recording every write this process makes under the
+# workdir (Python's audit events: open for writing, mkdir, rename, remove).
+_AUDITED = r"""
+import json, os, sys
+workdir = os.path.abspath(sys.argv[1])
+writes = []
+def hook(event, args):
+  if event == "open":
+    path, mode, flags = args
+    writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+        isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
+    if writing and isinstance(path, (str, bytes, os.PathLike)) and \
+        os.path.abspath(os.fsdecode(path)).startswith(workdir):
+      writes.append(os.fsdecode(path))
+  elif event in ("os.mkdir", "os.rename", "os.replace", "os.remove",
+                 "shutil.rmtree", "os.rmdir"):
+    path = os.fsdecode(args[0]) if isinstance(args[0], (str, bytes, os.PathLike)) else ""
+    if os.path.abspath(path).startswith(workdir):
+      writes.append(f"{event} {path}")
+sys.addaudithook(hook)
+import atexit
+atexit.register(lambda: print("WRITES " + json.dumps(writes), flush=True))
+sys.argv = [sys.argv[0]] + sys.argv[2:]
+import runpy
+runpy.run_module("experiments.imp", run_name="__main__")
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _args(workdir, npz):
+  return [f"--workdir={workdir}", "--config=mnist1d:quick",
+          "--config.data.name=npz", f"--config.data.path={npz}",
+          "--config.model.name=mlp_tiny", "--config.training.steps=40",
+          "--config.training.batch_size=16", "--config.training.eval_every=20",
+          "--config.training.checkpoint_every=20", "--config.pruning.rounds=1"]
+
+
+def test_two_processes_match_one(npz_path, tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "LOTTERY_NO_COMPILE_CACHE": "1"}
+  env.pop("XLA_FLAGS", None)
+  one = subprocess.run([sys.executable, "-m", "experiments.imp",
+                        *_args(tmp_path / "one", npz_path)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert one.returncode == 0, one.stderr[-2000:]
+  port = _free_port()
+  wd = tmp_path / "two"
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", _AUDITED, str(wd), *_args(wd, npz_path),
+       f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  writes = [json.loads(out.split("WRITES ", 1)[1].splitlines()[0])
+            for out, _ in outs]
+  assert writes[0], "process 0 wrote nothing"
+  assert writes[1] == [], writes[1][:5]  # Process 1 never writes.
+  # Process 0 reports; its mesh line names both processes' devices.
+  assert "mesh: replicas=1 data=2 (2 devices; 2 processes)" in outs[0][1]
+  for r in range(2):
+    a = lottery.load_ticket(tmp_path / "one", r)
+    b = lottery.load_ticket(wd, r)
+    assert a.metrics["density"] == b.metrics["density"]
+    assert abs(a.metrics["test_accuracy"] - b.metrics["test_accuracy"]) <= 0.02
+    for x, y in zip(jax.tree.leaves(a.trained_params),
+                    jax.tree.leaves(b.trained_params)):
+      np.testing.assert_allclose(x, y, atol=1e-4)

@@ -160,6 +160,17 @@ def _record(t: tickets.Ticket, rel: str) -> dict:
   return {**t.coords, **{k: t.metrics[k] for k in keep}, "ticket": rel}
 
 
+def _group_records(config, method: str, done: list, paths: list) -> list:
+  rounds = 0 if method == DENSE else iterations(config, method)
+  return [{**_record(tk, q), "iterations": rounds}
+          for tk, q in zip(done, paths)]
+
+
+def _write_summary(wd, records: list, total: int) -> None:
+  checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
+                        {"runs": records, "finished": len(records) == total})
+
+
 def _groups(config) -> list[tuple[str, str | None, float]]:
   """(method, check, target density) of every group, in run order."""
   p = config.pai
@@ -233,6 +244,13 @@ def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
   records = []
   for method, check, d in groups:
     t0 = time.time()
+    paths = [path(method, d, i, check) for i in range(n)]
+    if all(tickets.is_finished(wd, q) for q in paths):
+      # Resumed: no mask to compute (SynFlow's rounds cost seconds).
+      done = [tickets.read_ticket(wd, q) for q in paths]
+      records += _group_records(config, method, done, paths)
+      _write_summary(wd, records, len(groups) * n)
+      continue
     jobs = []
     for i in range(n):
       params, model_state = starts[i]
@@ -254,13 +272,9 @@ def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
           data_seed=config.seeds.data + i))
     done = jobs_lib.run_replicates(exp, jobs, wd, progress=progress,
                                    log_steps=log_line)
-    rounds = 0 if method == DENSE else iterations(config, method)
-    recs = [{**_record(tk, j.path), "iterations": rounds}
-            for tk, j in zip(done, jobs)]
+    recs = _group_records(config, method, done, paths)
     records += recs
-    checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
-                          {"runs": records,
-                           "finished": len(records) == len(groups) * n})
+    _write_summary(wd, records, len(groups) * n)
     accs = np.asarray([r["test_accuracy"] for r in recs])
     progress.line(f"{method:>9s} {check or '':7s} density "
                   f"{np.mean([r['density'] for r in recs]):.4f}  test acc "

@@ -10,6 +10,7 @@ from lottery.errors import LotteryError
 from importlib import metadata as _metadata
 
 from lottery import imp
+from lottery import pai
 from lottery.experiment import build
 from lottery.imp import run
 from lottery.imp import summary
@@ -42,6 +43,7 @@ __all__ = [
     "LotteryError", "Ticket", "TrainState", "apply_mask", "base_config",
     "__version__", "build", "density", "finished_rounds", "imp", "init_state",
     "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
-    "make_eval_step", "make_mask", "make_train_step", "prune", "random_like",
+    "make_eval_step", "make_mask", "make_train_step", "pai", "prune",
+    "random_like",
     "records", "run", "summary",
 ]

@@ -96,6 +96,26 @@ def base_config() -> ml_collections.ConfigDict:
   # positions, the ticket's starting weights).
   c.controls = CONTROLS
   c.controls_every = 1  # Run the controls on every N-th round and the last.
+  # Pruning at initialization (lottery.pai, experiments/pai.py): each method
+  # (a score of lottery.scores) prunes the initial weights to each target
+  # density in `iterations` rounds of the exponential schedule d^(k/n),
+  # rescoring the masked network each round; the mask is then trained like
+  # any ticket. `checks` are Frankle et al. 2021's sanity checks, run for
+  # every method but 'random': shuffle (mask permuted within each layer),
+  # reinit (same mask, fresh weights), invert (keep the lowest scores).
+  c.pai = dict(
+      methods=("snip", "grasp", "synflow", "magnitude", "random"),
+      densities=(0.1, 0.03, 0.01, 0.003),
+      checks=("shuffle", "reinit", "invert"),
+      iterations=1,  # Rounds of every method not in method_iterations.
+      method_iterations="synflow=100",  # Overrides 'method=n,...'.
+      scope="global",  # global | layerwise
+      # Training examples the data-aware scores see (one batch, uniformly
+      # drawn with the replicate's data seed): 100 = 10 per class on average
+      # for 10 classes, as in Synaptic-Flow's prune loader.
+      batch_size=100,
+      dense=True,  # Also train the dense network (method 'dense').
+  )
   return c
 
 
@@ -285,6 +305,62 @@ def _seeds_num(f, v, c) -> None:
     _fail(f, v, f"takes seeds up to {top}, past the limit {SEED_LIMIT - 1}")
 
 
+# Pruning at initialization (the `pai` block).
+PAI_CHECKS = ("shuffle", "reinit", "invert")
+MAX_PAI_ITERATIONS = 10_000
+
+
+def _distinct_tuple(f, v, what: str) -> list:
+  if not isinstance(v, (tuple, list)):
+    _fail(f, v, f"must be a tuple of {what}")
+  if len(set(v)) != len(v):
+    _fail(f, v, f"must not repeat {what}")
+  return list(v)
+
+
+def _pai_methods(f, v, c) -> None:
+  if not _distinct_tuple(f, v, "scores"):
+    _fail(f, v, "must name at least one score")
+  for x in v:
+    _choice(f, x, scores.all_names())
+
+
+def _pai_densities(f, v, c) -> None:
+  if not _distinct_tuple(f, v, "densities"):
+    _fail(f, v, "must hold at least one density")
+  for x in v:
+    _real(f, x, 0, 1, lo_open=True, hi_open=True)
+
+
+def _pai_checks(f, v, c) -> None:
+  for x in _distinct_tuple(f, v, "checks"):
+    _choice(f, x, PAI_CHECKS)
+
+
+def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
+                            ) -> dict[str, int]:
+  """Parses 'method=n,...' (e.g. 'synflow=100') into {method: n}."""
+  _str(field, spec)
+  out = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, n = item.partition("=")
+    if not sep or not n.strip().isdigit():
+      _fail(field, spec, "must be 'method=iterations,...', e.g. 'synflow=100'")
+    name, n = name.strip(), int(n)
+    _choice(field, name, scores.all_names())
+    if not 1 <= n <= MAX_PAI_ITERATIONS:
+      _fail(field, spec, f"iterations of {name!r} must be in "
+            f"[1, {MAX_PAI_ITERATIONS}]")
+    if name in out:
+      _fail(field, spec, f"names {name!r} twice")
+    out[name] = n
+  return out
+
+
+def _pai_method_iterations(f, v, c) -> None:
+  parse_method_iterations(v, field=f)
+
+
 RULES: dict[str, _Rule] = {
     "seeds.init": _count(0, SEED_LIMIT - 1),
     "seeds.data": _count(0, SEED_LIMIT - 1),
@@ -325,6 +401,14 @@ RULES: dict[str, _Rule] = {
     "pruning.rewind_step": _rewind_step,
     "controls": _controls,
     "controls_every": _count(1),
+    "pai.methods": _pai_methods,
+    "pai.densities": _pai_densities,
+    "pai.checks": _pai_checks,
+    "pai.iterations": _count(1, MAX_PAI_ITERATIONS),
+    "pai.method_iterations": _pai_method_iterations,
+    "pai.scope": _one_of(lambda: pruning.SCOPES),
+    "pai.batch_size": _count(1),
+    "pai.dense": _boolean,
 }
 
 

@@ -48,3 +48,19 @@ def random_prune(exp, ticket: Start, key: jax.Array) -> Start:
   del exp
   return Start(pruning.random_like(ticket.mask, key), ticket.params,
                ticket.model_state)
+
+
+@register("shuffle")
+def shuffle(exp, ticket: Start, key: jax.Array) -> Start:
+  """The ticket's mask randomly permuted within each layer (Frankle et al.
+  2021's sanity check of pruning at init): same per-layer densities, random
+  positions, the ticket's own starting weights.
+
+  The same operation as 'random_prune' (`pruning.random_like`), under the
+  name the pruning-at-init literature uses and with its own random stream
+  (`rng.stream(seed, 'shuffle', ...)`). The inverted-score check needs the
+  scores, not only the ticket, so it lives in `lottery.pai`.
+  """
+  del exp
+  return Start(pruning.random_like(ticket.mask, key), ticket.params,
+               ticket.model_state)

@@ -12,7 +12,7 @@ import jax
 
 # One tag per use; append new uses, never renumber.
 USES = ("reinit", "random_prune", "random_score", "shuffle", "mask_init",
-        "mask_update")
+        "mask_update", "pai_batch", "pai_score")
 
 
 def stream(seed: int, use: str, *index: int) -> jax.Array:

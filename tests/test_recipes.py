@@ -100,13 +100,14 @@ def run_quick(spec, workdir, **overrides):
     for group in groups:
       node = node[group]
     node[field] = value
+  run = lottery.pai.run if spec.startswith("pai_") else lottery.run
   if config.data.name in ("mnist1d", "npz"):
-    return config, lottery.run(config, workdir, log=quiet)
+    return config, run(config, workdir, log=quiet)
   config.data.data_dir = str(workdir) + "-tfds"  # Never the user's.
   if config.data.validation_size:
     config.data.validation_size = VALIDATION
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    return config, lottery.run(config, workdir, log=quiet)
+    return config, run(config, workdir, log=quiet)
 
 
 # Test-only overrides: mnist1d:quick trains 200 steps in each of its 10 jobs;
@@ -115,12 +116,23 @@ def run_quick(spec, workdir, **overrides):
 # their own random pruning).
 _FEW_STEPS = {"training.steps": 4, "training.eval_every": 2,
               "training.checkpoint_every": 2}
+_PAI_CIFAR = {"training.lr_boundaries": (2, 3), "pai.batch_size": 8}
 QUICKER = {
     "mnist1d:quick": {"training.steps": 20, "training.eval_every": 10,
                       "training.checkpoint_every": 10},
     "conv_cifar10:conv2,quick": _FEW_STEPS,
     "conv_cifar10:conv4,quick": {**_FEW_STEPS, "controls": ()},
     "conv_cifar10:conv6,quick": {**_FEW_STEPS, "controls": ()},
+    # Pruning at init: every method and check runs in tests/test_pai.py; here
+    # each recipe's model, data and training, with one score and one check.
+    "pai_mnist1d:quick": {"pai.methods": ("synflow", "random"),
+                          "pai.densities": (0.01,), "pai.checks": ("invert",)},
+    "pai_vgg16_cifar10:quick": {**_FEW_STEPS, **_PAI_CIFAR,
+                                "pai.methods": ("synflow",),
+                                "pai.checks": ("shuffle",)},
+    "pai_resnet20_cifar10:quick": {**_FEW_STEPS, **_PAI_CIFAR,
+                                   "pai.methods": ("snip",),
+                                   "pai.checks": ("reinit",)},
 }
 
 
@@ -132,8 +144,40 @@ def resnet_quick(tmp_path_factory):
 
 
 # conv_cifar10:quick is conv_cifar10:conv2,quick (checked above): run once.
+PAI_QUICK = [s for s in QUICK if s.startswith("pai_")]
+
+
+@pytest.mark.parametrize("spec", PAI_QUICK)
+def test_quick_pai_recipe_end_to_end(spec, tmp_path):
+  config, summary = run_quick(spec, tmp_path / "wd", **QUICKER.get(spec, {}))
+  p = config.pai
+  assert summary["finished"]
+  want = [("dense", None, 1.0)] + [
+      (m, c, d) for m in p.methods for d in p.densities
+      for c in (None, *(p.checks if m != "random" else ()))]
+  got = [(r["method"], r["check"], r["target_density"])
+         for r in summary["runs"]]
+  assert got == want
+  t0 = lottery.load_ticket(tmp_path / "wd", method="dense")
+  total = sum(t for _, t in masks.counts(t0.mask).values())
+  for r in summary["runs"][1:]:
+    t = lottery.load_ticket(tmp_path / "wd", method=r["method"],
+                            check=r["check"], target_density=r["target_density"],
+                            seed=0)
+    kept = sum(k for k, _ in masks.counts(t.mask).values())
+    assert r["density"] == t.metrics["density"] == kept / total
+    assert abs(kept - r["target_density"] * total) <= iterations_bound(
+        config, r["method"])
+
+
+def iterations_bound(config, method):
+  """Kept weights stray from d * N by at most a weight per round."""
+  return lottery.pai.iterations(config, method)
+
+
 @pytest.mark.parametrize("spec", [s for s in QUICK
-                                  if s != "conv_cifar10:quick"])
+                                  if s != "conv_cifar10:quick"
+                                  and not s.startswith("pai_")])
 def test_quick_recipe_end_to_end(spec, tmp_path, request):
   if spec == "resnet20_cifar10:quick":
     config, summary, wd = request.getfixturevalue("resnet_quick")

@@ -111,6 +111,28 @@ BAD_CONFIGS = [
     ("controls", ("reinit", 1), "controls: "),
     ("controls", ("reinit", "reinit"), "controls: must not repeat"),
     ("controls_every", False, "controls_every: "),
+    ("pai.methods", (), "pai.methods: must name at least one score"),
+    ("pai.methods", "snip", "pai.methods: must be a tuple"),
+    ("pai.methods", ("snip", "sinp"), "pai.methods: must be one of"),
+    ("pai.methods", ("snip", "snip"), "pai.methods: must not repeat"),
+    ("pai.densities", (), "pai.densities: must hold at least one"),
+    ("pai.densities", (0.1, 1.0), "pai.densities: must be in (0, 1)"),
+    ("pai.densities", (0.0,), "pai.densities: must be in (0, 1)"),
+    ("pai.densities", (NAN,), "pai.densities: "),
+    ("pai.densities", ("0.1",), "pai.densities: must be a number"),
+    ("pai.checks", ("shuffle", "flip"), "pai.checks: must be one of"),
+    ("pai.checks", ("invert", "invert"), "pai.checks: must not repeat"),
+    ("pai.iterations", 0, "pai.iterations: must be an integer in [1, "),
+    ("pai.method_iterations", "synflow", "pai.method_iterations: must be "
+     "'method=iterations,...'"),
+    ("pai.method_iterations", "synflow=-3", "pai.method_iterations: "),
+    ("pai.method_iterations", "synflo=10", "pai.method_iterations: must be "
+     "one of"),
+    ("pai.method_iterations", "snip=0", "pai.method_iterations: iterations "
+     "of 'snip' must be in"),
+    ("pai.scope", "local", "pai.scope: must be one of"),
+    ("pai.batch_size", 0, "pai.batch_size: "),
+    ("pai.dense", 1, "pai.dense: must be True or False"),
 ]
 
 

@@ -11,6 +11,14 @@ scale 1 and bias 0 (see resnet.py).
 own). Parameter paths: 'conv{i}/{kernel,bias}', 'bn{i}/{scale,bias}',
 'out/{kernel,bias}'. OpenLTH's VGG recipe leaves the output layer unpruned:
 use pruning.prunable=('conv.*kernel',) for that.
+
+Checked against OpenLTH's cifar_vgg_16 (and Synaptic-Flow's lottery_vgg16_bn,
+its copy): the same plan, conv (with bias) + BatchNorm + ReLU, max-pooling at
+each 'M', AvgPool2d(2) on the final 2x2 map then Linear(512, classes), He-normal
+kernels. Differences, kept: OpenLTH leaves conv/linear biases at PyTorch's
+default init (as here) while Synaptic-Flow zeroes them; BatchNorm scale 1 here
+is OpenLTH's 'fixed' BatchNorm init (its default 'uniform' draws U[0, 1)) and
+Synaptic-Flow's.
 """
 
 from __future__ import annotations

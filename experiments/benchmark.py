@@ -18,7 +18,9 @@ each figure is the median over repeats. The last line printed is a JSON
 object: `<model>_<variant>_steps_per_s` and the ratios (targets: masked >=
 0.95 x dense for LeNet, >= 0.9 x for Conv-2 and ResNet-20; the framework's
 loop at least as fast as the Python loop). LeNet's keys keep their first
-names: masked_steps_per_s, dense_steps_per_s, ratio.
+names: masked_steps_per_s, dense_steps_per_s, ratio. 'seeds' times LeNet with
+1 and 8 replicates stacked in one program (`seeds_1_steps_per_s`,
+`seeds_8_steps_per_s`: replicate-steps per second; `seeds_8_vs_1`).
 """
 
 import json
@@ -47,8 +49,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per variant.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
-_MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20"],
-                            "Models to time: lenet, conv2, resnet20.")
+_MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds"],
+                            "What to time: lenet, conv2, resnet20, seeds "
+                            "(LeNet replicates, seeds.num = 1 and 8).")
 
 # name -> (registered model, input shape, batch size, optimizer, rate, steps
 # divisor)
@@ -139,14 +142,68 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
   return out
 
 
+def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
+  """Replicate-steps per second of LeNet-300-100 (batch 60, masked), with
+  N replicates stacked in one compiled program (seeds.num = N)."""
+  model_name, shape, batch, opt, lr, _ = SETUPS["lenet"]
+  t = config_lib.base_config().training
+  t.update(optimizer=opt, learning_rate=lr)
+  rng = np.random.default_rng(0)
+  n = 600
+  x = rng.normal(size=(n,) + shape).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  model = models.get(model_name, 10)
+  init = jax.jit(lambda k: model.init(k, x[:1])["params"])
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx), step.make_eval_step(
+      apply_fn), form=loop.choose_form("auto", init(jax.random.key(0))))
+  data = loop.put_data(x, y, x[:100], y[:100])
+  lrs = np.full(steps, lr, np.float32)
+  states, idx = {}, {}
+  for c in counts:
+    reps = []
+    for i in range(c):
+      params = init(jax.random.key(i))
+      mask = pruning.prune(masks.make_mask(params), scores.magnitude(params),
+                           0.5)
+      reps.append(step.init_state(params, tx, mask=mask, seed=i))
+    ix = [loop.batch_indices(n, batch, i, 0, steps) for i in range(c)]
+    if c == 1:
+      states[c], idx[c] = reps[0], ix[0]
+    else:
+      states[c], idx[c] = loop.stack_states(reps), np.stack(ix, axis=1)
+
+  def timed(c):
+    start = time.perf_counter()
+    states[c], losses = lp.run(states[c], data, idx[c], lrs)
+    jax.block_until_ready(states[c])
+    assert np.all(np.isfinite(losses)), c
+    return time.perf_counter() - start
+
+  for c in counts:
+    timed(c)
+  times = {c: [] for c in counts}
+  for _ in range(repeats):
+    for c in counts:
+      times[c].append(timed(c))
+  rate = {c: c * steps / statistics.median(ts) for c, ts in times.items()}
+  out = {f"seeds_{c}_steps_per_s": float(f"{r:.4g}") for c, r in rate.items()}
+  out["seeds_8_vs_1"] = round(rate[counts[-1]] / rate[counts[0]], 4)
+  return out
+
+
 def main(argv):
   del argv
   result = {}
   for name in _MODELS.value:
-    if name not in SETUPS:
+    if name == "seeds":
+      result.update(_bench_seeds(_STEPS.value, _REPEATS.value))
+    elif name not in SETUPS:
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
-                           f"{list(SETUPS)})")
-    result.update(_bench(name, _STEPS.value, _REPEATS.value))
+                           f"{list(SETUPS) + ['seeds']})")
+    else:
+      result.update(_bench(name, _STEPS.value, _REPEATS.value))
     print(json.dumps({k: v for k, v in result.items()
                       if k.startswith(name)}), flush=True)
   if "lenet" in _MODELS.value:

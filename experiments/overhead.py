@@ -29,6 +29,15 @@ controls; on MNIST-shaped synthetic data (60000 + 10000 examples of 28 x 28 x
                     importable (or --notorch)
   torch_vs_lottery  torch_lenet_job_s / lenet_job_s (target: >= 2)
 
+With --seeds, the default recipe (configs/mnist1d.py) for --seeds_rounds
+rounds, three seeds (warm, alternating, median of --repeats each):
+
+  seeds_3_one_command_s  one command, --config.seeds.num=3
+  seeds_3_separate_s     three commands, seeds 0, 1, 2 (init, data and
+                         control seeds i), one after another: their sum
+  seeds_one_vs_separate  seeds_3_one_command_s / seeds_3_separate_s (target:
+                         <= 0.9)
+
 The last line printed is a JSON object with these keys, whether the
 persistent compilation cache was on (`compile_cache`), and the versions.
 The runs use the user's caches ($LOTTERY_CACHE or ~/.cache/lottery), as a
@@ -65,6 +74,12 @@ _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 1, "torch.set_num_threads for the PyTorch job (0: "
     "torch's default, one per core, whose spinning threads slow down many "
     "times over when other processes share the cores).")
+_SEEDS = flags.DEFINE_bool(
+    "seeds", False, "Time three seeds of the default recipe (a few rounds): "
+    "one command with --config.seeds.num=3 against three single-seed "
+    "commands one after another.")
+_SEEDS_ROUNDS = flags.DEFINE_integer("seeds_rounds", 3,
+                                     "Rounds of the --seeds runs.")
 _LENET_REPEATS = flags.DEFINE_integer("lenet_repeats", 1,
                                       "Timed runs of each LeNet job.")
 
@@ -223,6 +238,35 @@ def write_mnist_like(path: pathlib.Path, seed: int = 0) -> None:
            y_test=y_test)
 
 
+def seeds_flags(rounds: int, seed: int | None = None) -> tuple[str, ...]:
+  """The default recipe for `rounds` rounds: three replicates in one command
+  (seed None) or the single run of replicate `seed`."""
+  base = (f"--config.pruning.rounds={rounds}",)
+  if seed is None:
+    return base + ("--config.seeds.num=3",)
+  return base + tuple(f"--config.seeds.{k}={seed}"
+                      for k in ("init", "data", "control"))
+
+
+def measure_seeds(repeats: int, rounds: int) -> dict:
+  """The --seeds figures: alternating one-command and separate runs."""
+  with tempfile.TemporaryDirectory(prefix="lottery_seeds_") as tmp:
+    tmp = pathlib.Path(tmp)
+    one = lambda i: imp_argv(seeds_flags(rounds), tmp / f"three_{i}")
+    single = lambda i, s: imp_argv(seeds_flags(rounds, s), tmp / f"s{s}_{i}")
+    timed_run(one(-1))  # Warm: data cache and compilation cache.
+    for s in range(3):
+      timed_run(single(-1, s))
+    ones, separates = [], []
+    for i in range(repeats):
+      ones.append(timed_run(one(i))[0])
+      separates.append(sum(timed_run(single(i, s))[0] for s in range(3)))
+  a, b = statistics.median(ones), statistics.median(separates)
+  return {"seeds_3_one_command_s": round(a, 3),
+          "seeds_3_separate_s": round(b, 3),
+          "seeds_one_vs_separate": round(a / b, 3), "seeds_rounds": rounds}
+
+
 def measure(repeats: int = 3, lenet: bool = True, torch: bool = True,
             lenet_repeats: int = 1, torch_threads: int = 1) -> dict:
   """The figures of this module's docstring, as a dict; each `<name>_s` has
@@ -276,6 +320,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   result = measure(_REPEATS.value, _LENET.value, _TORCH.value,
                    _LENET_REPEATS.value, _TORCH_THREADS.value)
+  if _SEEDS.value:
+    result.update(measure_seeds(_REPEATS.value, _SEEDS_ROUNDS.value))
   result["compile_cache"] = os.environ.get("LOTTERY_NO_COMPILE_CACHE",
                                            "") in ("", "0")
   result.update(repeats=_REPEATS.value, torch_threads=_TORCH_THREADS.value,

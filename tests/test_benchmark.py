@@ -13,7 +13,7 @@ def test_benchmark_prints_json_last():
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   res = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
-       "--repeats=2", "--models=lenet,conv2",
+       "--repeats=2", "--models=lenet,conv2,seeds",
        "--image_size=8"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert res.returncode == 0, res.stderr
@@ -27,3 +27,6 @@ def test_benchmark_prints_json_last():
               "conv2_python_loop_steps_per_s", "conv2_scan_steps_per_s"):
     assert result[key] > 0, key
   assert result["conv2_loop"] == "python"  # 'auto' on the CPU, with convs
+  assert result["seeds_1_steps_per_s"] > 0 and result["seeds_8_steps_per_s"] > 0
+  assert abs(result["seeds_8_vs_1"] - result["seeds_8_steps_per_s"]
+             / result["seeds_1_steps_per_s"]) < 1e-2

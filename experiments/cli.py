@@ -389,7 +389,8 @@ def _join_processes(address: str | None, num: int, pid: int) -> bool:
     return True
   from lottery import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(address, num, pid)
-  return pid == 0
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
 
 
 def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
@@ -451,7 +452,8 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     hosts = (
         flags.DEFINE_string(
             "coordinator_address", None, "Several hosts: HOST:PORT of "
-            "process 0's coordinator (jax.distributed.initialize)."),
+            "process 0's coordinator (jax.distributed.initialize), or 'auto' "
+            "where JAX detects the cluster (TPU pod slices, SLURM)."),
         flags.DEFINE_integer("num_processes", 1, "Several hosts: how many "
                              "processes join the run.", lower_bound=1),
         flags.DEFINE_integer("process_id", 0, "Several hosts: this "

@@ -33,19 +33,24 @@ def initialize(coordinator_address: str, num_processes: int,
                process_id: int) -> None:
   """Joins JAX's distributed runtime (before any other JAX call).
 
-  On CPU the cross-process collectives use gloo.
+  On CPU the cross-process collectives use gloo. `coordinator_address='auto'`
+  lets JAX find the cluster itself (TPU pod slices, SLURM, Open MPI): every
+  host then runs the same command and the process counts are ignored.
 
   Raises:
     LotteryError: for an address without a port, or a process id outside
       [0, num_processes).
   """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if coordinator_address == "auto":
+    jax.distributed.initialize()
+    return
   if ":" not in coordinator_address:
     raise LotteryError(f"coordinator_address: must be HOST:PORT (got "
                        f"{coordinator_address!r})")
   if not 0 <= process_id < num_processes:
     raise LotteryError(f"process_id: must be in [0, {num_processes}) (got "
                        f"{process_id})")
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 

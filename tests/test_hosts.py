@@ -89,3 +89,20 @@ def test_two_processes_match_one(npz_path, tmp_path):
     for x, y in zip(jax.tree.leaves(a.trained_params),
                     jax.tree.leaves(b.trained_params)):
       np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def test_bad_host_flags_are_refused_in_one_line(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  for flags_, want in (
+      (["--num_processes=2"], "error: coordinator_address: needed with"),
+      (["--coordinator_address=foo", "--num_processes=2"],
+       "error: coordinator_address: must be HOST:PORT (got 'foo')"),
+      (["--coordinator_address=localhost:1", "--num_processes=2",
+        "--process_id=2"], "error: process_id: must be in [0, 2) (got 2)")):
+    res = subprocess.run([sys.executable, "-m", "experiments.imp",
+                          f"--workdir={tmp_path / 'w'}", *flags_], cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.strip().startswith(want), res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()

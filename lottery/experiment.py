@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from lottery import config as config_lib
 from lottery import data as data_lib
@@ -141,6 +142,31 @@ def build(config: ml_collections.ConfigDict, *,
       schedule=optim.make_schedule(t), loop=loop, init_params=init_params,
       init_model_state=variables, dense_mask=dense_mask,
       layer_fractions=layer_fractions, _init=init)
+
+
+def start_lines(exp: Experiment, progress, build_s: float) -> None:
+  """The start-up lines of every driver: data, model, devices, loop,
+  replicates and mesh (`progress.info`)."""
+  ds, c = exp.dataset, exp.config
+  n_params = sum(int(np.size(x)) for x in jax.tree.leaves(exp.init_params))
+  prunable = sum(total for _, total in masks_lib.counts(exp.dense_mask).values())
+  progress.info(f"data: {c.data.name} ({len(ds.y_train)} train, "
+                f"{len(ds.y_test)} test, {ds.num_classes} classes, input "
+                f"{tuple(ds.x_train.shape[1:])}"
+                f"{', augment ' + c.data.augment if c.data.augment != 'none' else ''})")
+  progress.info(f"model: {c.model.name} ({n_params:,} parameters, "
+                f"{prunable:,} prunable)")
+  devices = jax.devices()
+  progress.info(f"devices: {len(devices)} x {devices[0].device_kind} "
+                f"({jax.default_backend()}); loop: {exp.loop.form}; built in "
+                f"{build_s:.1f} s")
+  if c.seeds.num > 1:
+    progress.info(f"replicates: {c.seeds.num} (seeds init {c.seeds.init}.., "
+                  f"data {c.seeds.data}.., control {c.seeds.control}..), one "
+                  f"compiled program")
+  if exp.loop.mesh is not None:
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    progress.info(f"mesh: {parallel.describe(exp.loop.mesh)}")
 
 
 def _fits_on_device(nbytes: int) -> bool:

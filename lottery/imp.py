@@ -49,6 +49,7 @@ from lottery import tickets
 from lottery import workdir as workdir_lib
 from lottery.experiment import Experiment
 from lottery.experiment import build
+from lottery.experiment import start_lines
 from lottery.progress import NullProgress
 
 __all__ = ["RESETS", "build", "run", "summary"]
@@ -111,28 +112,7 @@ def _record(t: tickets.Ticket, path: str) -> dict:
   return {**t.coords, **{k: t.metrics[k] for k in keep}, "ticket": path}
 
 
-def _start_lines(exp: Experiment, progress, build_s: float) -> None:
-  """The start-up lines: data, model, devices and loop."""
-  ds, c = exp.dataset, exp.config
-  n_params = sum(int(np.size(x)) for x in jax.tree.leaves(exp.init_params))
-  prunable = sum(total for _, total in masks_lib.counts(exp.dense_mask).values())
-  progress.info(f"data: {c.data.name} ({len(ds.y_train)} train, "
-                f"{len(ds.y_test)} test, {ds.num_classes} classes, input "
-                f"{tuple(ds.x_train.shape[1:])}"
-                f"{', augment ' + c.data.augment if c.data.augment != 'none' else ''})")
-  progress.info(f"model: {c.model.name} ({n_params:,} parameters, "
-                f"{prunable:,} prunable)")
-  devices = jax.devices()
-  progress.info(f"devices: {len(devices)} x {devices[0].device_kind} "
-                f"({jax.default_backend()}); loop: {exp.loop.form}; built in "
-                f"{build_s:.1f} s")
-  if c.seeds.num > 1:
-    progress.info(f"replicates: {c.seeds.num} (seeds init {c.seeds.init}.., "
-                  f"data {c.seeds.data}.., control {c.seeds.control}..), one "
-                  f"compiled program")
-  if exp.loop.mesh is not None:
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
-    progress.info(f"mesh: {parallel.describe(exp.loop.mesh)}")
+_start_lines = start_lines  # The drivers' old name.
 
 
 def _summary_scalars(writer, rec: dict) -> None:
@@ -179,7 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   workdir_lib.check(workdir, config, extra=facts)  # Refuse before the long
   t0 = time.time()
   exp = build(config)                               # work, and write only
-  _start_lines(exp, progress, time.time() - t0)
+  start_lines(exp, progress, time.time() - t0)
   with workdir_lib.claim(workdir, config, extra=facts) as held:  # after it.
     # Every round's record is rebuilt (finished ones loaded), so the summary
     # run is rewritten from round 0: purge_step=0 leaves no duplicates.

@@ -60,7 +60,7 @@ from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
 from lottery.experiment import build
-from lottery.imp import _start_lines  # pylint: disable=protected-access
+from lottery.experiment import start_lines
 from lottery.progress import NullProgress
 
 __all__ = ["iterations", "path", "prune_at_init", "run", "score_batch",
@@ -214,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   exp = build(config)                               # work, and write only
   for i in range(config.seeds.num):                 # after it.
     score_batch(exp, i)  # A batch_size above the training set is refused.
-  _start_lines(exp, progress, time.time() - t0)
+  start_lines(exp, progress, time.time() - t0)
   with workdir_lib.claim(workdir, config, extra=facts) as held:
     return _run_groups(config, exp, held.path, progress, log_steps)
 

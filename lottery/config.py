@@ -81,7 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
       # (1 - fraction)^r); linear: sparsity rises by `fraction` of all the
       # prunable weights per round (density 1 - r * fraction).
       schedule="geometric",
-      scope="layerwise",  # layerwise | global
+      scope="layerwise",  # layerwise | global | module (a layer's leaves)
       prunable=(".*kernel",),  # Regexes (re.fullmatch) over 'fc1/kernel'.
       layer_fractions="",  # Overrides 'regex=rate,...', e.g. 'out/kernel=0.1'.
       score="magnitude",

@@ -47,7 +47,7 @@ from lottery import masks as masks_lib
 from lottery import scores as scores_lib
 from lottery.errors import LotteryError
 
-SCOPES = ("global", "layerwise")
+SCOPES = ("global", "layerwise", "module")
 
 _LIMB_BITS = 16  # limbs of 16 bits in int32 leave room for carries and signs
 _DEAD = 0xFFFFFFFF  # sort key of a weight already pruned: above every survivor
@@ -342,7 +342,10 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     scores: pytree with the params' structure; higher = more important.
     fraction: fraction of the surviving prunable weights to remove, in [0, 1).
     scope: 'layerwise' removes `fraction` of each leaf's survivors;
-      'global' ranks the survivors of all leaves together.
+      'global' ranks the survivors of all leaves together; 'module' ranks
+      those of each module together (the leaves under one parent path, e.g.
+      'fc1/kernel' with 'fc1/bias', as one vector per layer in the MNIST-1D
+      authors' notebook).
     layer_fractions: {regex: rate} overrides (e.g. {'out/kernel': 0.1} for
       Frankle & Carbin's half-rate output layer). A leaf whose path fully
       matches a pattern (first match wins) is pruned on its own at that rate,
@@ -376,6 +379,12 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   if scope == "global" and pooled:
     groups.append(pooled)
     group_rates.append(fraction)
+  if scope == "module":
+    modules: dict[str, list[int]] = {}
+    for j in pooled:
+      modules.setdefault(live[j][0].rpartition("/")[0], []).append(j)
+    groups.extend(tuple(g) for g in modules.values())
+    group_rates.extend(fraction for _ in modules)
   for j, r in enumerate(rates):
     if r is not None or scope == "layerwise":
       groups.append((j,))

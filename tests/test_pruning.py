@@ -50,13 +50,19 @@ def _reference_prune(mask, score_tree, fraction, *, scope="layerwise",
     score_list.append(np.asarray(s, dtype=np.float64).reshape(-1))
     rates.append(next((r for rx, r in compiled if rx.fullmatch(name)), None))
   pooled = [j for j, r in enumerate(rates) if r is None]
-  if scope == "global" and pooled:
+  live_names = [name for name, m, _ in leaves if m is not None]
+  groups = {}  # 'global': one group; 'module': one per parent path.
+  if scope in ("global", "module"):
+    for j in pooled:
+      key = live_names[j].rpartition("/")[0] if scope == "module" else ""
+      groups.setdefault(key, []).append(j)
+  for group in groups.values():
     n = pruning.num_to_remove(fraction,
-                              sum(int(alive[j].sum()) for j in pooled))
-    _remove_lowest([alive[j] for j in pooled],
-                   [score_list[j] for j in pooled], n)
+                              sum(int(alive[j].sum()) for j in group))
+    _remove_lowest([alive[j] for j in group],
+                   [score_list[j] for j in group], n)
   for j, r in enumerate(rates):
-    if r is None and scope == "global":
+    if r is None and scope != "layerwise":
       continue
     rate = fraction if r is None else r
     _remove_lowest([alive[j]], [score_list[j]],
@@ -198,6 +204,24 @@ def test_prune_matches_reference_under_jit(scope, layer_fractions, fraction):
   kw = dict(scope=scope, layer_fractions=layer_fractions)
   check_rounds(jax.jit(lambda m, s: pruning.prune(m, s, fraction, **kw)),
                fraction, kw)
+
+
+def test_module_scope_ranks_a_layers_kernel_and_bias_together():
+  mask = {"a": {"bias": jnp.ones(2, bool), "kernel": jnp.ones((2, 2), bool)},
+          "b": {"kernel": jnp.ones(4, bool)}, "c": None}
+  s = {"a": {"bias": jnp.array([9., .5]),
+             "kernel": jnp.array([[1., 5.], [2., 6.]])},
+       "b": {"kernel": jnp.array([4., 3., 2., 1.])}, "c": jnp.zeros(3)}
+  # Module a: 3 of its 6 (0.5, 1, 2), its bias among them; b: 2 of 4.
+  got = pruning.prune(mask, s, 0.5, scope="module")
+  assert_same(got, {"a": {"bias": np.array([True, False]),
+                          "kernel": np.array([[False, True], [False, True]])},
+                    "b": {"kernel": np.array([True, True, False, False])},
+                    "c": None})
+  # Layerwise, the same scores take one of the two biases and 2 of 4 kernels.
+  lw = masks.named_leaves(pruning.prune(mask, s, 0.5))
+  assert np.asarray(lw["a/kernel"]).sum() == 2
+  assert np.asarray(lw["a/bias"]).tolist() == [True, False]
 
 
 def test_prune_traces_once_for_new_masks():

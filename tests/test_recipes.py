@@ -10,16 +10,20 @@ import signal
 import subprocess
 import sys
 import time
+from fractions import Fraction
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import lottery
 from experiments import cli
+from lottery import imp
 from lottery import jobs
 from lottery import masks
+from lottery import models
 from lottery import pruning
 from lottery import tickets
 
@@ -71,9 +75,11 @@ def test_conv_quick_alone_is_conv2_quick_and_other_args_are_kept():
 def expected_kept(sizes: dict[str, int], config) -> list[tuple[int, dict]]:
   """Per round: (total kept, {layer: kept} where the rule fixes it per layer).
 
-  The rounding rule is `pruning.num_to_remove`'s; a layer matched by
-  `layer_fractions` is pruned on its own at its rate, the others layerwise or
-  (scope 'global') pooled.
+  The rounding rule is `pruning.num_to_remove`'s, at round r's rate of the
+  survivors (`imp.round_rate`: the rate itself for 'geometric', rate / (1 -
+  (r - 1) rate) for 'linear'); a layer matched by `layer_fractions` is pruned
+  on its own at its rate, the others layerwise, pooled per module (scope
+  'module': 'fc1/kernel' with 'fc1/bias') or all pooled (scope 'global').
   """
   p = config.pruning
   overrides = pruning.parse_layer_fractions(p.layer_fractions)
@@ -81,14 +87,57 @@ def expected_kept(sizes: dict[str, int], config) -> list[tuple[int, dict]]:
                   None) for n in sizes}
   own = {n for n in sizes if rate[n] is not None or p.scope == "layerwise"}
   kept = {n: sizes[n] for n in own}
-  pooled = sum(sizes[n] for n in sizes if n not in own)
+  pooled = {}  # group -> kept count
+  for n in sizes:
+    if n not in own:
+      group = n.rpartition("/")[0] if p.scope == "module" else ""
+      pooled[group] = pooled.get(group, 0) + sizes[n]
   out = [(sum(sizes.values()), dict(kept))]
-  for _ in range(p.rounds):
-    kept = {n: k - pruning.num_to_remove(rate[n] or p.fraction, k)
+  for r in range(1, p.rounds + 1):
+    kept = {n: k - pruning.num_to_remove(
+        imp.round_rate(p.schedule, rate[n] or p.fraction, r), k)
             for n, k in kept.items()}
-    pooled -= pruning.num_to_remove(p.fraction, pooled)
-    out.append((sum(kept.values()) + pooled, dict(kept)))
+    pooled = {g: k - pruning.num_to_remove(
+        imp.round_rate(p.schedule, p.fraction, r), k)
+              for g, k in pooled.items()}
+    out.append((sum(kept.values()) + sum(pooled.values()), dict(kept)))
   return out
+
+
+def test_mnist1d_paper_follows_the_authors_linear_schedule_past_95_percent():
+  config = cli.load_config("mnist1d:paper")
+  lottery.config.validate(config)
+  p = config.pruning
+  assert (p.schedule, p.fraction, p.rounds) == ("linear", 0.01, 96)
+  # Kernel and bias of a layer ranked together, as the authors' one vector
+  # per layer.
+  assert (p.scope, p.reset, p.rewind_step, p.score) == (
+      "module", "rewind", 0, "magnitude")
+  assert tuple(p.prunable) == (".*kernel", ".*bias")
+  assert (config.training.steps, config.training.batch_size,
+          config.training.optimizer, config.training.learning_rate) == (
+              1500, 100, "adam", 2e-2)
+  assert (config.seeds.num, config.controls_every) == (3, 5)
+  assert tuple(config.controls) == ("reinit", "random_prune")
+  # Nominal density 1 - rounds x fraction: 4%, exactly.
+  assert 1 - p.rounds * Fraction(repr(p.fraction)) == Fraction(1, 25)
+  # The counts the engine's rounding gives on the model's three layers:
+  # every round within 8 weights of 1 - r/100 of the 276,010, and past 95%
+  # sparsity at the end (95 rounds would stop 2.5 weights short of it).
+  shapes = jax.eval_shape(models.get("mnist1d_mlp", 10).init,
+                          jax.random.key(0), jnp.zeros((1, 40)))["params"]
+  sizes = {n: int(np.prod(s.shape))
+           for n, s in masks.named_leaves(shapes).items()}
+  assert sizes == {"fc1/kernel": 20000, "fc1/bias": 500,
+                   "fc2/kernel": 250000, "fc2/bias": 500,
+                   "out/kernel": 5000, "out/bias": 10}
+  kept = [k for k, _ in expected_kept(sizes, config)]
+  total = sum(sizes.values())
+  assert len(kept) == 97 and kept[0] == total == 276010
+  for r, k in enumerate(kept):
+    assert 0 <= k - total * Fraction(100 - r, 100) <= 8, r
+  assert kept[95] == 13803 and 1 - Fraction(13803, total) < Fraction(95, 100)
+  assert kept[96] == 11042 and 1 - Fraction(11042, total) >= Fraction(95, 100)
 
 
 def run_quick(spec, workdir, **overrides):

@@ -33,7 +33,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
     ("training.lr_boundaries", (15, 5), "training.lr_boundaries"),
     ("training.momentum", 1.5, "training.momentum"),
     ("training.schedule", "linear", "training.schedule"),
-    ("controls", ("reinit", "shuffle"), "controls"),
+    ("controls", ("reinit", "shufle"), "controls"),
     ("controls_every", 0, "controls_every"),
     ("seeds.init", -1, "seeds.init"),
     ("data.validation_size", -5, "data.validation_size"),
@@ -74,7 +74,7 @@ def test_every_recipe_config_is_valid():
     args = getattr(mod, "ARGS", ("",))
     for arg in args:
       config_lib.validate(mod.get_config(arg))
-    assert mod.__doc__ and "python -m experiments.imp" in mod.__doc__, path
+    assert mod.__doc__ and "python -m experiments." in mod.__doc__, path
 
 
 def _run_cli(*args, cwd=ROOT):

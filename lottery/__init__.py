@@ -9,7 +9,9 @@ from lottery.config import base_config
 from lottery.errors import LotteryError
 from importlib import metadata as _metadata
 
+from lottery import distributions
 from lottery import imp
+from lottery import sparse
 from lottery.experiment import build
 from lottery.imp import run
 from lottery.imp import summary
@@ -40,8 +42,9 @@ except _metadata.PackageNotFoundError:
 # aliases of the first method.
 __all__ = [
     "LotteryError", "Ticket", "TrainState", "apply_mask", "base_config",
-    "__version__", "build", "density", "finished_rounds", "imp", "init_state",
+    "__version__", "build", "density", "distributions", "finished_rounds",
+    "imp", "init_state",
     "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
     "make_eval_step", "make_mask", "make_train_step", "prune", "random_like",
-    "records", "run", "summary",
+    "records", "run", "sparse", "summary",
 ]

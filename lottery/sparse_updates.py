@@ -114,6 +114,59 @@ def changes(table: np.ndarray, method: str) -> int:
   return int(np.sum(np.any(table[1:] > 0, axis=1)))
 
 
+def _segment_totals(x: jax.Array, ends: np.ndarray) -> jax.Array:
+  """Per-segment sums of a flat int32 array cut at `ends` (exclusive)."""
+  c = jnp.cumsum(x, dtype=jnp.int32)[ends - 1]
+  return c - jnp.concatenate([jnp.zeros(1, jnp.int32), c[:-1]])
+
+
+def keep_top_flat(alive: list[jax.Array], scores: list[jax.Array],
+                  keep: jax.Array) -> list[jax.Array]:
+  """`pruning.keep_top` on leaves: keeps the keep[j] highest-scoring alive
+  weights of leaf j (traced counts), with its ranking keys and tie rule
+  (among equal scores the earlier weight goes first), so the masks are
+  equal to its.
+
+  The leaves are ranked as one flat array cut into segments: one bisection
+  of 32 cumulative sums whatever the number of leaves, where `keep_top`
+  builds 32 reductions per leaf (for ResNet-20's 21 sparse kernels the
+  compiled hook drops from ~14 s of compilation to ~1 s on the CPU).
+  """
+  shapes = [a.shape for a in alive]
+  sizes = np.asarray([a.size for a in alive])
+  ends = np.cumsum(sizes)
+
+  def spread(v):  # (L,) -> (N,): each segment's value over its weights
+    # (broadcasts, not a gather by an (N,) index constant, which XLA's
+    # constant folding makes slow to compile).
+    return jnp.concatenate([jnp.broadcast_to(v[j], (n,))
+                            for j, n in enumerate(sizes)])
+
+  flat = jnp.concatenate([a.reshape(-1) for a in alive])
+  keys = pruning._sort_keys(  # pylint: disable=protected-access
+      jnp.concatenate([jnp.asarray(s, jnp.float32).reshape(-1)
+                       for s in scores]), flat)
+  drop = _segment_totals(flat.astype(jnp.int32), ends) - keep
+
+  def below(t):
+    return _segment_totals((keys < spread(t)).astype(jnp.int32), ends)
+
+  def bisect(i, t):
+    trial = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(below(trial) < drop, trial, t)
+
+  t = jax.lax.fori_loop(0, 32, bisect, jnp.zeros(len(alive), jnp.uint32))
+  need = drop - below(t)  # how many keys equal to t go, per segment
+  eq = keys == spread(t)
+  before = jnp.cumsum(eq, dtype=jnp.int32) - eq  # equal keys before each
+  starts = np.concatenate([[0], ends[:-1]])
+  rank = before - spread(before[starts])
+  marked = (keys < spread(t)) | (eq & (rank < spread(need)))
+  new = flat & ~marked
+  return [new[a:b].reshape(shape)
+          for a, b, shape in zip(starts, ends, shapes)]
+
+
 def _index(state, update_every: int, rows: int) -> jax.Array:
   return jnp.minimum(state.step // update_every, rows - 1)
 
@@ -147,16 +200,14 @@ def drop_and_grow(kind: str, mask: masks_lib.Mask, counts: Mapping[str, int],
     m = treedef.flatten_up_to(state.mask)
     alive = [m[i] for i in live]
     w = treedef.flatten_up_to(state.params)
-    kept, _ = pruning._keep_top_core(  # pylint: disable=protected-access
-        alive, [jnp.abs(w[i]) for i in live], keep - drop)
+    kept = keep_top_flat(alive, [jnp.abs(w[i]) for i in live], keep - drop)
     candidates = [~k for k in kept]
     if kind == "rigl":
       g = treedef.flatten_up_to(grads)
       score = [jnp.abs(g[i]) for i in live]
     else:
       score = scores_lib.random(candidates, key)
-    grown, _ = pruning._keep_top_core(  # pylint: disable=protected-access
-        candidates, score, drop)
+    grown = keep_top_flat(candidates, score, drop)
     new = list(m)
     for i, k, gr in zip(live, kept, grown):
       new[i] = k | gr
@@ -183,8 +234,8 @@ def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
     keep = jnp.asarray(table)[_index(state, update_every, len(table))]
     m = treedef.flatten_up_to(state.mask)
     w = treedef.flatten_up_to(state.params)
-    kept, _ = pruning._keep_top_core(  # pylint: disable=protected-access
-        [m[i] for i in live], [jnp.abs(w[i]) for i in live], keep)
+    kept = keep_top_flat([m[i] for i in live], [jnp.abs(w[i]) for i in live],
+                         keep)
     new = list(m)
     for i, k in zip(live, kept):
       new[i] = k

@@ -27,3 +27,7 @@ def test_benchmark_prints_json_last():
               "conv2_python_loop_steps_per_s", "conv2_scan_steps_per_s"):
     assert result[key] > 0, key
   assert result["conv2_loop"] == "python"  # 'auto' on the CPU, with convs
+  # Sparse training: a static mask and RigL (updates every 100 steps).
+  assert result["static_steps_per_s"] > 0 and result["rigl_steps_per_s"] > 0
+  ratio = result["rigl_steps_per_s"] / result["static_steps_per_s"]
+  assert abs(result["rigl_vs_static"] - ratio) < 1e-2

@@ -211,3 +211,63 @@ def test_bad_input_refused_in_one_line(tmp_path):
       "error: sparse.update_every: no mask update happens in "
       "training.steps=200 for ['set', 'rigl', 'gmp'] (got 500)"]
   assert not (tmp_path / "wd").exists()
+
+
+def test_notebook_on_the_run(sparse_run, monkeypatch, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  _, wd, summary, _ = sparse_run
+  nb = nbformat.read(ROOT / "notebooks" / "sparse_training.ipynb",
+                     as_version=4)
+  monkeypatch.setenv("LOTTERY_WORKDIR", str(wd))
+  monkeypatch.delenv("LOTTERY_ANALYSIS_DIR", raising=False)
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  NotebookClient(nb, timeout=120, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert all(o["output_type"] != "error" for o in outputs)
+  text = "".join(o.get("text", "") for o in outputs)
+  assert f"10 runs finished in {wd} (run finished); replicates: 2" in text
+  tables = json.loads((wd / "analysis" / "tables.json").read_text())
+  runs = summary["runs"]
+  acc = {r["method"]: r for r in tables["test_accuracy"]}
+  for m in ("dense", "static", "set", "rigl", "gmp"):
+    vals = [r["test_accuracy"] for r in runs if r["method"] == m]
+    assert (acc[m]["mean"], acc[m]["std"], acc[m]["n"]) == (
+        float(np.mean(vals)), float(np.std(vals)), 2)
+  change = {r["method"]: r for r in tables["mask_change"]}
+  assert sorted(change) == ["gmp", "rigl", "set", "static"]
+  for m, row in change.items():
+    assert row["step"] == [5, 10, 15, 20]
+    finals = [r["mask_change"] for r in runs if r["method"] == m]
+    assert row["mean"][-1] == pytest.approx(float(np.mean(finals)))
+  assert change["static"]["mean"] == [0.0] * 4
+  for name in ("accuracy_by_method", "mask_change"):
+    assert (wd / "analysis" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"sparse.update_every": 20}, "sparse.update_every: no mask update "
+     "happens in training.steps=20 for ['set', 'rigl', 'gmp'] (got 20)"),
+    ({"sparse.begin_step": 15}, "sparse.begin_step: must be below GMP's end "
+     "step 15 (got 15)"),
+    ({"sparse.update_every": 8, "sparse.end_step": 17}, "sparse.end_step: GMP "
+     "must reach its target at an update step (multiple of "
+     "sparse.update_every=8) below training.steps=20, the last being 16 (got "
+     "17)"),
+    ({"sparse.end_step": 3, "sparse.begin_step": 3}, "sparse.end_step: must "
+     "be 0 (end_fraction x training.steps) or above sparse.begin_step=3 (got "
+     "3)"),
+])
+def test_check_refuses_steps_out_of_training(tiny_config, changes, message):
+  c = tiny_config(**{"sparse.update_every": 5, **changes})
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.sparse.check(c)
+  assert str(e.value) == message
+  # A run without GMP does not need GMP's steps in training.
+  if "GMP" in message:
+    c.sparse.methods = ("static", "rigl")
+    lottery.sparse.check(c)

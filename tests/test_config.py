@@ -74,7 +74,7 @@ def test_every_recipe_config_is_valid():
     args = getattr(mod, "ARGS", ("",))
     for arg in args:
       config_lib.validate(mod.get_config(arg))
-    assert mod.__doc__ and "python -m experiments.imp" in mod.__doc__, path
+    assert mod.__doc__ and "python -m experiments." in mod.__doc__, path
 
 
 def _run_cli(*args, cwd=ROOT):

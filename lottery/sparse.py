@@ -55,6 +55,7 @@ from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import data as data_lib
 from lottery import distributions
+from lottery import imp
 from lottery import jobs as jobs_lib
 from lottery import masks as masks_lib
 from lottery import pruning
@@ -237,7 +238,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   workdir_lib.check(workdir, config, extra=facts)
   t0 = time.time()
   exp = build(config)
-  from lottery import imp  # pylint: disable=g-import-not-at-top
+  # The start-up lines (data, model, devices, loop) of every driver.
   imp._start_lines(exp, progress, time.time() - t0)  # pylint: disable=protected-access
   with workdir_lib.claim(workdir, config, extra=facts) as held:
     return _run_groups(config, exp, held.path, progress, log_steps)

@@ -20,7 +20,10 @@ object: `<model>_<variant>_steps_per_s` and the ratios (targets: masked >=
 loop at least as fast as the Python loop). LeNet's keys keep their first
 names: masked_steps_per_s, dense_steps_per_s, ratio. 'seeds' times LeNet with
 1 and 8 replicates stacked in one program (`seeds_1_steps_per_s`,
-`seeds_8_steps_per_s`: replicate-steps per second; `seeds_8_vs_1`).
+`seeds_8_steps_per_s`: replicate-steps per second; `seeds_8_vs_1`). With
+LeNet, sparse training too: static_steps_per_s (a fixed 90%-sparse mask) and
+rigl_steps_per_s (RigL updating it every 100 steps inside the compiled loop),
+rigl_vs_static (target >= 0.85).
 """
 
 import json
@@ -193,6 +196,68 @@ def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
   return out
 
 
+def _bench_sparse(steps: int, repeats: int) -> dict:
+  """Sparse training on LeNet-300-100, batch 60, 90% sparse (uniform):
+  a static mask against RigL updating it every 100 steps inside the loop
+  (the steps of both variants go on across calls, so every 100th step of
+  each runs RigL's update). Target: rigl >= 0.85 x static."""
+  from lottery import distributions  # pylint: disable=g-import-not-at-top
+  from lottery import sparse_updates  # pylint: disable=g-import-not-at-top
+  model_name, shape, batch, opt, lr, _ = SETUPS["lenet"]
+  t = config_lib.base_config().training
+  t.update(optimizer=opt, learning_rate=lr)
+  rng = np.random.default_rng(0)
+  n = max(10 * batch, 600)
+  x = rng.normal(size=(n,) + shape).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  model = models.get(model_name, 10)
+  params = jax.jit(lambda k: model.init(k, x[:1]))(jax.random.key(0))["params"]
+  dense = masks.make_mask(params)
+  counts = distributions.keep_counts("uniform", dense, 0.1)
+  mask = pruning.keep_top(dense, scores.random(dense, jax.random.key(1)),
+                          counts)
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  every = 100
+  table = sparse_updates.drop_table(counts, sparse_updates.drop_fractions(
+      10**6, every, 0.3, 1.0))
+  hook = sparse_updates.drop_and_grow("rigl", dense, counts, table, every)
+  eval_fn = step.make_eval_step(apply_fn)
+  form = loop.choose_form("auto", params)
+  loops = {
+      "static": loop.Loop(step.make_train_step(apply_fn, tx), eval_fn,
+                          form=form),
+      "rigl": loop.Loop(step.make_train_step(apply_fn, tx, mask_update=hook,
+                                             update_every=every), eval_fn,
+                        form=form)}
+  data = loop.put_data(x, y, x[:100], y[:100])
+  lrs = np.full(steps, lr, np.float32)
+  states = {v: step.init_state(params, tx, mask=mask) for v in loops}
+
+  def timed(v):
+    start = time.perf_counter()
+    s0 = int(states[v].step)
+    idx = loop.batch_indices(n, batch, 0, s0, s0 + steps)
+    states[v], losses = loops[v].run(states[v], data, idx, lrs)
+    jax.block_until_ready(states[v])
+    assert np.all(np.isfinite(losses)), v
+    return time.perf_counter() - start
+
+  for v in loops:  # Compile and warm up.
+    timed(v)
+  times = {v: [] for v in loops}
+  for _ in range(repeats):
+    for v in loops:
+      times[v].append(timed(v))
+  rate = {v: steps / statistics.median(ts) for v, ts in times.items()}
+  kept = {k: int(c) for k, (c, _) in masks.counts(states["rigl"].mask).items()}
+  assert kept == counts, (kept, counts)  # exact through every update
+  return {"static_steps_per_s": float(f"{rate['static']:.4g}"),
+          "rigl_steps_per_s": float(f"{rate['rigl']:.4g}"),
+          "rigl_vs_static": round(rate["rigl"] / rate["static"], 4),
+          "rigl_mask_updates": int(states["rigl"].step) // every}
+
+
 def main(argv):
   del argv
   result = {}
@@ -207,6 +272,9 @@ def main(argv):
     print(json.dumps({k: v for k, v in result.items()
                       if k.startswith(name)}), flush=True)
   if "lenet" in _MODELS.value:
+    result.update(_bench_sparse(_STEPS.value, _REPEATS.value))
+    print(json.dumps({k: v for k, v in result.items()
+                      if k.startswith(("static", "rigl"))}), flush=True)
     # The first benchmark's names, kept for comparisons across versions.
     result.update(masked_steps_per_s=result["lenet_masked_steps_per_s"],
                   dense_steps_per_s=result["lenet_dense_steps_per_s"],

@@ -15,6 +15,7 @@ import ml_collections
 
 from lottery import controls as controls_lib
 from lottery import data as data_lib
+from lottery import distributions
 from lottery import masks
 from lottery import models
 from lottery import optim
@@ -115,6 +116,25 @@ def base_config() -> ml_collections.ConfigDict:
       # for 10 classes, as in Synaptic-Flow's prune loader.
       batch_size=100,
       dense=True,  # Also train the dense network (method 'dense').
+  )
+
+  # Sparse training (lottery.sparse, python -m experiments.sparse): every
+  # method x distribution x density x replicate, and a dense baseline. The
+  # sparse leaves are those of pruning.prunable.
+  c.sparse = dict(
+      methods=SPARSE_METHODS,  # static | set | rigl | gmp
+      densities=(0.1, 0.03),  # Target densities, each in (0, 1).
+      # Per-layer densities: uniform | erk; a tuple runs each.
+      distribution=("uniform", "erk"),
+      update_every=100,  # Steps between mask updates (set, rigl, gmp).
+      # set / rigl: fraction of each layer's active weights dropped and
+      # regrown, cosine-annealed to 0 at end_fraction x training.steps.
+      drop_fraction=0.3,
+      end_fraction=0.75,
+      # gmp: from dense to the target between these steps (cubic schedule);
+      # end_step 0 = end_fraction x training.steps.
+      begin_step=0,
+      end_step=0,
   )
   return c
 
@@ -359,6 +379,52 @@ def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
 
 def _pai_method_iterations(f, v, c) -> None:
   parse_method_iterations(v, field=f)
+# Sparse training's methods (lottery.sparse).
+SPARSE_METHODS = ("static", "set", "rigl", "gmp")
+
+
+def _names_tuple(f, v, known, example) -> tuple:
+  """A non-empty tuple of distinct names from `known` (a lone name is
+  allowed where `example` says so)."""
+  if isinstance(v, str) and example is None:
+    v = (v,)
+  if not isinstance(v, (tuple, list)) or not v:
+    _fail(f, v, f"must be a non-empty tuple, e.g. {example or (known[0],)!r}")
+  for x in v:
+    _choice(f, x, known)
+  if len(set(v)) != len(v):
+    _fail(f, v, "must not repeat a name")
+  return tuple(v)
+
+
+def _sparse_methods(f, v, c) -> None:
+  _names_tuple(f, v, SPARSE_METHODS, ("rigl", "set"))
+
+
+def _sparse_distribution(f, v, c) -> None:
+  _names_tuple(f, v, distributions.names(), None)
+
+
+def _sparse_densities(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v:
+    _fail(f, v, "must be a non-empty tuple of densities in (0, 1), e.g. "
+          "(0.1, 0.03)")
+  for x in v:
+    _real(f, x, 0, 1, lo_open=True, hi_open=True)
+  if len(set(v)) != len(v):
+    _fail(f, v, "must not repeat a density")
+
+
+def _sparse_end_fraction(f, v, c) -> None:
+  _real(f, v, 0, 1, lo_open=True, hi_open=False)
+
+
+def _sparse_end_step(f, v, c) -> None:
+  _int(f, v, 0)
+  begin = c["sparse.begin_step"]
+  if v and v <= begin:
+    _fail(f, v, f"must be 0 (end_fraction x training.steps) or above "
+          f"sparse.begin_step={begin}")
 
 
 RULES: dict[str, _Rule] = {
@@ -409,6 +475,14 @@ RULES: dict[str, _Rule] = {
     "pai.scope": _one_of(lambda: pruning.SCOPES),
     "pai.batch_size": _count(1),
     "pai.dense": _boolean,
+    "sparse.methods": _sparse_methods,
+    "sparse.densities": _sparse_densities,
+    "sparse.distribution": _sparse_distribution,
+    "sparse.update_every": _count(1),
+    "sparse.drop_fraction": _fraction,
+    "sparse.end_fraction": _sparse_end_fraction,
+    "sparse.begin_step": _count(0),
+    "sparse.end_step": _sparse_end_step,
 }
 
 

@@ -21,7 +21,11 @@ import numpy as np
 
 from lottery.errors import LotteryError
 
-TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+# imagenet2012: named for the ImageNet recipes; this in-memory loader needs
+# equal-sized images (prepare a resized variant) and a machine that holds it.
+TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+# Datasets whose test set is TFDS's 'validation' split.
+_TEST_SPLIT = {"imagenet2012": "validation"}
 NAMES = ("mnist1d", "npz") + TFDS_NAMES
 
 
@@ -304,7 +308,8 @@ def from_tfds(name: str, data_dir: str = "") -> Dataset:
   """
   data_dir = data_dir or None
   x_tr, y_tr, c = _read_tfds_split(name, "train", data_dir)
-  x_te, y_te, _ = _read_tfds_split(name, "test", data_dir)
+  x_te, y_te, _ = _read_tfds_split(name, _TEST_SPLIT.get(name, "test"),
+                                   data_dir)
   x_tr = x_tr.astype(np.float32) / 255.0
   x_te = x_te.astype(np.float32) / 255.0
   return standardize(Dataset(name, x_tr, y_tr, x_te, y_te, c))

@@ -58,6 +58,7 @@ class Experiment:
   dense_mask: Any
   layer_fractions: dict[str, float]
   _init: Callable = dataclasses.field(repr=False, default=None)
+  _augment: Callable | None = dataclasses.field(repr=False, default=None)
 
   def init(self, key: jax.Array) -> tuple[Any, Any]:
     """Fresh (params, model_state) for this model from `key`."""
@@ -70,6 +71,21 @@ class Experiment:
     if i == 0:
       return self.init_params, self.init_model_state
     return self.init(jax.random.key(self.config.seeds.init + i))
+
+  def with_mask_update(self, mask_update: step_lib.MaskUpdate,
+                       update_every: int) -> Experiment:
+    """A copy whose loop runs `mask_update` every `update_every` steps.
+
+    Same data, model, optimizer and weights (nothing is reloaded); only the
+    train step and its compiled loop are new (see `build`).
+    """
+    step_fn = step_lib.make_train_step(self.apply_fn, self.tx,
+                                       augment=self._augment,
+                                       mask_update=mask_update,
+                                       update_every=update_every)
+    loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(self.apply_fn),
+                         form=self.loop.form, mesh=self.loop.mesh)
+    return dataclasses.replace(self, loop=loop)
 
   def learning_rates(self, start: int, stop: int):
     """The schedule's rates for steps start..stop-1."""
@@ -141,7 +157,7 @@ def build(config: ml_collections.ConfigDict, *,
       model=model, apply_fn=apply_fn, tx=tx,
       schedule=optim.make_schedule(t), loop=loop, init_params=init_params,
       init_model_state=variables, dense_mask=dense_mask,
-      layer_fractions=layer_fractions, _init=init)
+      layer_fractions=layer_fractions, _init=init, _augment=augment)
 
 
 def start_lines(exp: Experiment, progress, build_s: float) -> None:

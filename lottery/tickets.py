@@ -13,6 +13,9 @@ summary.json, beside `ticket`, its directory relative to the workdir.
       arrays/   orbax: mask, rewind_params, trained_params, model states
       metrics.json                           written last: marks it finished
   <workdir>/rounds/round_003/reinit/         its controls, same layout
+  <ticket>/initial_mask/                     optional: the mask training
+                                             started from, for methods that
+                                             change the mask (sparse training)
   <workdir>/progress/                        the run in flight (resumable)
   <workdir>/tensorboard/                     TensorBoard event files
 
@@ -32,6 +35,7 @@ from lottery import masks as masks_lib
 from lottery.errors import LotteryError
 
 METRICS = "metrics.json"
+INITIAL_MASK = "initial_mask"
 SUMMARY = "summary.json"
 
 
@@ -51,6 +55,8 @@ class Ticket:
     model_state: the model's state at the end of training (e.g.
       {'batch_stats': ...}); {} for models without state. Never pruned.
     rewind_model_state: the model state training started from.
+    initial_mask: for methods that change the mask in training, the mask
+      training started from (`mask` is the final one); None otherwise.
   """
   coords: dict
   mask: Any
@@ -59,6 +65,7 @@ class Ticket:
   metrics: dict
   model_state: Any = dataclasses.field(default_factory=dict)
   rewind_model_state: Any = dataclasses.field(default_factory=dict)
+  initial_mask: Any = None
 
   @property
   def round(self) -> int | None:
@@ -98,6 +105,15 @@ def _mask_like(saved: dict, params: Any) -> Any:
   return None if isinstance(saved, dict) else saved
 
 
+def save_initial_mask(workdir, path: str, mask: Any) -> None:
+  """Writes the mask a run starts from beside its ticket (`<ticket>/
+  initial_mask`); `read_ticket` loads it as `Ticket.initial_mask`. Write it
+  before the ticket: a finished ticket then always has it."""
+  d = pathlib.Path(workdir) / path / INITIAL_MASK
+  checkpoint.remove(d)
+  checkpoint.save(d, drop_none(mask))
+
+
 def save_ticket(workdir, path: str, ticket: Ticket) -> None:
   """Writes a ticket to `workdir/path`; its metrics.json, written last, marks
   it finished. The metrics carry the coordinates."""
@@ -105,6 +121,8 @@ def save_ticket(workdir, path: str, ticket: Ticket) -> None:
     return
   d = pathlib.Path(workdir) / path
   d.mkdir(parents=True, exist_ok=True)
+  if ticket.initial_mask is not None:
+    save_initial_mask(workdir, path, ticket.initial_mask)
   # A crash between the two writes leaves arrays without metrics: redo them.
   checkpoint.remove(d / "arrays")
   checkpoint.save(d / "arrays", drop_none({
@@ -130,6 +148,9 @@ def read_ticket(workdir, path: str, *, like: Any = None) -> Ticket:
   ticket = Ticket(coords, mask, arrays["rewind_params"], trained, metrics,
                   arrays.get("model_state", {}),
                   arrays.get("rewind_model_state", {}))
+  if (d / INITIAL_MASK).exists():
+    ticket.initial_mask = _mask_like(checkpoint.restore(d / INITIAL_MASK),
+                                     trained)
   if like is not None:
     masks_lib.check_compatible(mask, like, what="ticket")
   return ticket

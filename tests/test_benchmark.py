@@ -30,3 +30,7 @@ def test_benchmark_prints_json_last():
   assert result["seeds_1_steps_per_s"] > 0 and result["seeds_8_steps_per_s"] > 0
   assert abs(result["seeds_8_vs_1"] - result["seeds_8_steps_per_s"]
              / result["seeds_1_steps_per_s"]) < 1e-2
+  # Sparse training: a static mask and RigL (updates every 100 steps).
+  assert result["static_steps_per_s"] > 0 and result["rigl_steps_per_s"] > 0
+  ratio = result["rigl_steps_per_s"] / result["static_steps_per_s"]
+  assert abs(result["rigl_vs_static"] - ratio) < 1e-2

@@ -29,8 +29,20 @@ def _shapes(name, num_classes=10, shape=(1, 32, 32, 3), **options):
 def test_names_include_every_family():
   assert models.names() == [
       "conv2", "conv4", "conv6", "lenet_300_100", "mlp_tiny", "mnist1d_mlp",
-      "resnet", "resnet20", "resnet32", "resnet56",
+      "resnet", "resnet20", "resnet32", "resnet50", "resnet56",
       "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+def test_resnet50_imagenet_layout():
+  # torchvision's count: 25,557,032 parameters on 1000 classes.
+  v = _shapes("resnet50", 1000, shape=(1, 224, 224, 3))
+  assert _count(v["params"]) == 25_557_032
+  p = v["params"]
+  assert p["conv"]["kernel"].shape == (7, 7, 3, 64)
+  assert p["stage4_block3"]["conv3"]["kernel"].shape == (1, 1, 512, 2048)
+  assert "shortcut_conv" in p["stage1_block1"]  # 64 -> 256 channels
+  assert "shortcut_conv" not in p["stage1_block2"]
+  assert len([n for n in masks.named_leaves(masks.make_mask(p))]) == 161
 
 
 def test_options_of():
@@ -73,7 +85,7 @@ def test_options_reach_the_factory():
     ("resnet", {"width": 4.0}, r"^model.width: .*\(got 4.0\)$"),
     ("vgg", {"depth": 15},
      r"^model.depth: VGG depth must be one of \[11, 13, 16, 19\] \(got 15\)$"),
-    ("resnet50", {}, r"^model.name: unknown model 'resnet50'"),
+    ("resnet18", {}, r"^model.name: unknown model 'resnet18'"),
 ])
 def test_bad_options_are_refused(name, options, message):
   with pytest.raises(lottery.LotteryError, match=message):

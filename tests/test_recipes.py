@@ -32,6 +32,8 @@ RECIPES = cli.recipes()
 ALL = [f"{name}:{arg}" if arg else name
        for name, args in RECIPES.items() for arg in args]
 QUICK = [s for s in ALL if s.endswith(":quick") or s.endswith(",quick")]
+# Sparse-training recipes run with experiments.sparse (lottery.sparse.run).
+SPARSE_QUICK = [s for s in QUICK if s.startswith(("sparse_", "rigl_"))]
 # Mock TFDS splits have this many examples each; a recipe's validation split
 # shrinks to VALIDATION of them.
 MOCK_EXAMPLES, VALIDATION = 64, 16
@@ -226,7 +228,8 @@ def iterations_bound(config, method):
 
 @pytest.mark.parametrize("spec", [s for s in QUICK
                                   if s != "conv_cifar10:quick"
-                                  and not s.startswith("pai_")])
+                                  and not s.startswith("pai_")
+                                  and s not in SPARSE_QUICK])
 def test_quick_recipe_end_to_end(spec, tmp_path, request):
   if spec == "resnet20_cifar10:quick":
     config, summary, wd = request.getfixturevalue("resnet_quick")
@@ -302,6 +305,72 @@ def test_resnet20_quick_batch_stats_and_global_pruning(resnet_quick):
   assert leaves_equal(t1.rewind_model_state, point_state)
   assert not leaves_equal(point_state, init_state)
   assert leaves_equal(t1.rewind_params, lottery.apply_mask(t1.mask, point))
+
+
+# Test-only overrides: each group of a sparse run compiles its own train
+# step (tests/test_sparse.py runs every method); ResNet-50's takes minutes to
+# compile on a loaded 2-core CPU (twice: dense baseline and RigL), so here its
+# quick variant builds, and its RigL hook runs once on its weights under jit.
+SPARSE_QUICKER = {
+    "sparse_mnist1d:quick": {"training.steps": 50, "training.eval_every": 25,
+                             "training.checkpoint_every": 25,
+                             "sparse.methods": ("rigl",),
+                             "sparse.distribution": ("erk",)},
+    "rigl_resnet20_cifar10:quick": {"training.steps": 10,
+                                    "training.lr_boundaries": (5,)},
+}
+
+
+@pytest.mark.parametrize("spec", [s for s in SPARSE_QUICK
+                                  if not s.startswith("rigl_resnet50")])
+def test_sparse_quick_recipe_end_to_end(spec, tmp_path):
+  config = cli.load_config(spec)
+  for key, value in SPARSE_QUICKER.get(spec, {}).items():
+    group, field = key.split(".")
+    config[group][field] = value
+  wd = tmp_path / "wd"
+  if config.data.name in lottery.data.TFDS_NAMES:
+    config.data.data_dir = str(wd) + "-tfds"
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+      summary = lottery.sparse.run(config, wd, log=quiet)
+  else:
+    summary = lottery.sparse.run(config, wd, log=quiet)
+  s = config.sparse
+  assert summary["finished"]
+  groups = len(s.methods) * len(s.densities) * len(s.distribution)
+  assert len(summary["runs"]) == (1 + groups) * config.seeds.num
+  dense = lottery.load_ticket(wd, method="dense", seed=0).mask
+  for r in summary["runs"][config.seeds.num:]:
+    t = lottery.load_ticket(wd, method=r["method"], seed=r["seed"],
+                            distribution=r["distribution"],
+                            target_density=r["target_density"])
+    want = lottery.distributions.keep_counts(r["distribution"], dense,
+                                             r["target_density"])
+    assert {k: c for k, (c, _) in masks.counts(t.mask).items()} == want
+
+
+def test_rigl_resnet50_quick_builds_and_updates_exactly(tmp_path):
+  from lottery import sparse_updates  # pylint: disable=g-import-not-at-top
+  from lottery import step as step_lib  # pylint: disable=g-import-not-at-top
+  config = cli.load_config("rigl_resnet50_imagenet:quick")
+  lottery.sparse.check(config)
+  config.data.data_dir = str(tmp_path / "tfds")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    exp = lottery.build(config)
+  kernels = [n for n in masks.named_leaves(exp.dense_mask) if "kernel" in n]
+  assert len(kernels) == 54 and "conv/kernel" in kernels  # 53 convs + out
+  counts = lottery.distributions.keep_counts("erk", exp.dense_mask, 0.2)
+  mask = lottery.sparse._random_mask(exp.dense_mask, counts,  # pylint: disable=protected-access
+                                     jax.random.key(0))
+  table = sparse_updates.drop_table(counts, np.asarray([0.0, 0.3]))
+  hook = jax.jit(sparse_updates.drop_and_grow("rigl", exp.dense_mask, counts,
+                                              table, 5))
+  params = lottery.apply_mask(mask, exp.init_params)
+  state = step_lib.TrainState(params, exp.init_model_state, {}, mask,
+                              jnp.int32(5), jax.random.key_data(
+                                  jax.random.key(0)))
+  new = hook(state, exp.init_params, jax.random.key(1))
+  assert {k: c for k, (c, _) in masks.counts(new).items()} == counts
 
 
 # Bit-exact resume with BatchNorm and augmentation: ResNet-20 quick on an

@@ -133,6 +133,27 @@ BAD_CONFIGS = [
     ("pai.scope", "local", "pai.scope: must be one of"),
     ("pai.batch_size", 0, "pai.batch_size: "),
     ("pai.dense", 1, "pai.dense: must be True or False"),
+    # Sparse training (lottery.sparse).
+    ("sparse.methods", ("rigl", "snip"), "sparse.methods: must be one of "
+     "['static', 'set', 'rigl', 'gmp'] (got 'snip')"),
+    ("sparse.methods", (), "sparse.methods: must be a non-empty tuple"),
+    ("sparse.methods", ("rigl", "rigl"), "sparse.methods: must not repeat"),
+    ("sparse.densities", (0.1, 1.0), "sparse.densities: must be in (0, 1) "
+     "(got 1.0)"),
+    ("sparse.densities", "0.1", "sparse.densities: must be a non-empty "
+     "tuple"),
+    ("sparse.densities", (NAN,), "sparse.densities: "),
+    ("sparse.densities", (0.1, 0.1), "sparse.densities: must not repeat"),
+    ("sparse.distribution", ("erk", "er"), "sparse.distribution: must be "
+     "one of ['erk', 'uniform'] (got 'er')"),
+    ("sparse.update_every", 0, "sparse.update_every: must be an integer in "
+     "[1, "),
+    ("sparse.drop_fraction", 1.0, "sparse.drop_fraction: must be in (0, 1) "
+     "(got 1.0)"),
+    ("sparse.end_fraction", 0.0, "sparse.end_fraction: must be in (0, 1] "
+     "(got 0.0)"),
+    ("sparse.begin_step", -1, "sparse.begin_step: "),
+    ("sparse.end_step", 2.5, "sparse.end_step: "),
 ]
 
 

@@ -120,3 +120,62 @@ def resnet32(num_classes: int, width: int = 16) -> nn.Module:
 @register("resnet56")
 def resnet56(num_classes: int, width: int = 16) -> nn.Module:
   return resnet(num_classes, depth=56, width=width)
+
+
+class Bottleneck(nn.Module):
+  """1x1, 3x3 (stride here, as in torchvision's ResNet v1.5), 1x1 convs with
+  BatchNorm, 4x expansion, around a residual connection."""
+  features: int
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal)
+    y = conv(self.features, (1, 1), name="conv1")(x)
+    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = conv(self.features, (3, 3), strides=self.strides, padding=1,
+             name="conv2")(y)
+    y = nn.relu(batch_norm(train, "bn2")(y))
+    y = conv(self.features * 4, (1, 1), name="conv3")(y)
+    y = batch_norm(train, "bn3")(y)
+    if self.strides != 1 or x.shape[-1] != self.features * 4:
+      x = conv(self.features * 4, (1, 1), strides=self.strides,
+               padding="VALID", name="shortcut_conv")(x)
+      x = batch_norm(train, "shortcut_bn")(x)
+    return nn.relu(y + x)
+
+
+class ImageNetResNet(nn.Module):
+  """ResNet with bottleneck blocks in the ImageNet layout (He et al. 2016,
+  Table 1): 7x7/2 conv stem + BatchNorm + ReLU, 3x3/2 max pool, four stages
+  of widths w, 2w, 4w, 8w (x4 out), stride 2 at the first block of stages
+  2-4, global average pooling, dense output layer."""
+  blocks: tuple[int, ...]
+  width: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    check_images(x, "resnet50")
+    x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
+                kernel_init=he_normal, name="conv")(x)
+    x = nn.relu(batch_norm(train, "bn")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for s, n in enumerate(self.blocks):
+      for b in range(n):
+        x = Bottleneck(self.width * 2**s, strides=2 if s and not b else 1,
+                       name=f"stage{s + 1}_block{b + 1}")(x, train)
+    x = x.mean(axis=(1, 2))
+    return nn.Dense(self.num_classes, kernel_init=he_normal,
+                    bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+
+@register("resnet50")
+def resnet50(num_classes: int, width: int = 64) -> nn.Module:
+  """ResNet-50 (ImageNet layout, bottlenecks 3-4-6-3): 25,557,032
+  parameters on 1000 classes (BatchNorm scales and biases included, its
+  running statistics not), torchvision's count; its first conv is
+  'conv/kernel' (the RigL recipe keeps it dense)."""
+  check_int("width", width, 1)
+  return ImageNetResNet(blocks=(3, 4, 6, 3), width=width,
+                        num_classes=num_classes)

@@ -1,0 +1,307 @@
+"""Sparse training: static, SET, RigL and gradual magnitude pruning, a thin
+driver of jobs.
+
+For every distribution x density x method of `config.sparse` (and a dense
+baseline), `seeds.num` replicates train for `training.steps` steps:
+
+  dense   all weights, for reference (method 'dense', distribution 'none',
+          target_density 1.0).
+  static  a random mask at the target density, fixed.
+  set     the same random mask, changed every `update_every` steps by SET.
+  rigl    the same random mask, changed every `update_every` steps by RigL.
+  gmp     dense at the start, pruned by magnitude to the target along the
+          cubic schedule of Zhu & Gupta 2017 between begin_step and end_step.
+
+The masks change inside the compiled train step (`lottery.sparse_updates`
+builds the hooks; `Experiment.with_mask_update` compiles one loop per group
+of replicates, never again per update). Per-layer densities come from
+`lottery.distributions` ('uniform' or 'erk') over the prunable leaves of
+`pruning.prunable`: to keep a layer dense (the RigL paper keeps ResNet-50's
+first conv dense), leave it out of those patterns.
+
+Replicate i starts from `exp.replicate_init(i)`, trains on data seed
+`seeds.data + i`, and draws its random starting mask from
+`rng.stream(seeds.control + i, 'mask_init')`: static, SET and RigL start from
+the same mask at equal density and distribution. SET's random regrowth draws
+from the train step's key (data seed, step), so a resumed run draws what an
+uninterrupted one would.
+
+Every run's record: its coordinates (method, distribution, target_density,
+seed), density, layer_densities, test_accuracy, test_loss, train_loss,
+time_s, mask_updates (updates that changed the mask), mask_change (fraction
+of the final mask's kept weights that the initial mask did not keep) and
+ticket. The ticket holds the final mask, the initial and trained weights, and
+the initial mask (`Ticket.initial_mask`); each evaluation in its history also
+has 'mask_change' and 'mask_density', computed on the device.
+
+Resume order: groups in the order dense, then distribution, density, method;
+summary.json is rewritten after every group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from lottery import analysis
+from lottery import checkpoint
+from lottery import config as config_lib
+from lottery import data as data_lib
+from lottery import distributions
+from lottery import loop as loop_lib
+from lottery import jobs as jobs_lib
+from lottery import masks as masks_lib
+from lottery import parallel
+from lottery import pruning
+from lottery import rng
+from lottery import scores as scores_lib
+from lottery import sparse_updates
+from lottery import tickets
+from lottery import workdir as workdir_lib
+from lottery.errors import LotteryError
+from lottery.experiment import Experiment
+from lottery.experiment import build
+from lottery.experiment import start_lines
+from lottery.progress import NullProgress
+
+__all__ = ["METHODS", "check", "groups", "run", "summary"]
+
+METHODS = config_lib.SPARSE_METHODS
+DENSE = "dense"
+
+
+def _distributions(config) -> tuple[str, ...]:
+  d = config.sparse.distribution
+  return (d,) if isinstance(d, str) else tuple(d)
+
+
+def gmp_end(config) -> int:
+  """The step GMP reaches its target: `sparse.end_step`, or end_fraction x
+  training.steps when it is 0."""
+  s = config.sparse
+  return s.end_step or int(s.end_fraction * config.training.steps)
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Validates `config` for sparse training (every field, then the bounds
+  that depend on training.steps).
+
+  Raises:
+    LotteryError: naming the field and value.
+  """
+  config_lib.validate(config)
+  s, steps = config.sparse, config.training.steps
+  dynamic = [m for m in s.methods if m in sparse_updates.DYNAMIC]
+  if dynamic and s.update_every >= steps:
+    raise LotteryError(
+        f"sparse.update_every: no mask update happens in training.steps="
+        f"{steps} for {dynamic} (got {s.update_every})")
+  if "gmp" not in s.methods:
+    return
+  end = gmp_end(config)
+  if s.begin_step >= end:
+    raise LotteryError(f"sparse.begin_step: must be below GMP's end step "
+                       f"{end} (got {s.begin_step})")
+  last = sparse_updates.num_updates(steps, s.update_every) * s.update_every
+  if end > last:
+    raise LotteryError(
+        f"sparse.end_step: GMP must reach its target at an update step "
+        f"(multiple of sparse.update_every={s.update_every}) below "
+        f"training.steps={steps}, the last being {last} (got {end}"
+        f"{'' if s.end_step else ' from end_fraction'})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """One method x distribution x density: its replicates share a loop."""
+  method: str
+  distribution: str
+  density: float
+
+  @property
+  def path(self) -> str:
+    if self.method == DENSE:
+      return DENSE
+    return f"{self.method}/{self.distribution}/density_{self.density!r}"
+
+
+def groups(config: ml_collections.ConfigDict) -> list[Group]:
+  """The run's groups, in run order: dense, then distribution x density x
+  method."""
+  out = [Group(DENSE, "none", 1.0)]
+  for dist in _distributions(config):
+    for d in config.sparse.densities:
+      for m in config.sparse.methods:
+        out.append(Group(m, dist, d))
+  return out
+
+
+def _random_mask(dense_mask, counts: dict[str, int], key: jax.Array):
+  """A mask keeping `counts[path]` weights of each leaf at random."""
+  return pruning.keep_top(dense_mask, scores_lib.random(dense_mask, key),
+                          counts)
+
+
+class _TrackedLoop:
+  """The experiment's loop, whose evaluations add 'mask_change' and
+  'mask_density' (`sparse_updates.mask_stats`, on the device) against the
+  initial mask of each replicate being trained (found by its data key); for
+  a stacked state of replicates, lists over them, as the loop's metrics."""
+
+  def __init__(self, loop, initial: dict[bytes, Any]):
+    self._loop = loop
+    self._initial = initial
+
+  def __getattr__(self, name):  # form, mesh, run, ...: the loop's own.
+    return getattr(self._loop, name)
+
+  def evaluate(self, state, data) -> dict:
+    out = self._loop.evaluate(state, data)
+    keys = np.asarray(parallel.to_host(state.rng))
+    if not loop_lib.is_stacked(state):
+      ref = self._initial.get(keys.tobytes())
+      if ref is not None:
+        stats = sparse_updates.mask_stats(state.mask, ref)
+        out.update({k: float(parallel.to_host(v)) for k, v in stats.items()})
+      return out
+    refs = [self._initial.get(row.tobytes()) for row in keys]
+    if all(r is not None for r in refs):
+      stacked = jax.tree.map(lambda *xs: np.stack(xs), *refs)
+      stats = jax.vmap(sparse_updates.mask_stats)(state.mask, stacked)
+      out.update({k: np.asarray(parallel.to_host(v)).tolist()
+                  for k, v in stats.items()})
+    return out
+
+
+def _data_key(seed: int) -> bytes:
+  """The bytes of `TrainState.rng` of a job with data seed `seed`."""
+  return np.asarray(jax.random.key_data(jax.random.key(seed))).tobytes()
+
+
+def _hook(exp: Experiment, g: Group, counts: dict[str, int]):
+  """(hook, update_every, number of updates that change the mask) of a
+  group; (None, 0, 0) for dense and static."""
+  c = exp.config
+  s, steps = c.sparse, c.training.steps
+  if g.method in (DENSE, "static"):
+    return None, 0, 0
+  if g.method == "gmp":
+    sizes = {k: t for k, (_, t) in masks_lib.counts(exp.dense_mask).items()}
+    table = sparse_updates.gmp_table(
+        sizes, counts, steps=steps, update_every=s.update_every,
+        begin_step=s.begin_step, end_step=gmp_end(c))
+    hook = sparse_updates.magnitude_schedule(exp.dense_mask, table,
+                                             s.update_every)
+  else:
+    table = sparse_updates.drop_table(counts, sparse_updates.drop_fractions(
+        steps, s.update_every, s.drop_fraction, s.end_fraction))
+    hook = sparse_updates.drop_and_grow(g.method, exp.dense_mask, counts,
+                                        table, s.update_every)
+  return hook, s.update_every, sparse_updates.changes(table, g.method)
+
+
+def _record(t: tickets.Ticket, path: str, initial, updates: int) -> dict:
+  keep = ("density", "layer_densities", "test_accuracy", "test_loss",
+          "train_loss", "time_s")
+  return {**t.coords, **{k: t.metrics[k] for k in keep},
+          "mask_updates": updates,
+          "mask_change": 1.0 - analysis.overlap(t.mask, initial),
+          "ticket": path}
+
+
+def summary(workdir) -> dict:
+  """The run's summary.json ({'runs': [...], 'finished': bool})."""
+  return tickets.summary(workdir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+        progress=None, log: Callable[[str], None] | None = None,
+        log_steps: bool = False) -> dict:
+  """Runs (or resumes) a sparse-training experiment; returns its summary.
+
+  Args:
+    config: e.g. configs/sparse_mnist1d.py's; `config.sparse` picks the
+      methods, densities and distributions.
+    workdir: where everything is written; a workdir of an unfinished run
+      of the same config is resumed, one of another config is refused.
+    progress: a `lottery.progress.Progress`; default: none shown.
+    log: receives the per-group lines when no `progress` is given.
+    log_steps: also log the test metrics of every evaluation.
+
+  Returns:
+    {'runs': [record, ...], 'finished': True}, also written to
+    <workdir>/summary.json; one record per replicate (see the module doc).
+
+  Raises:
+    LotteryError: on bad input, before anything is written.
+  """
+  if progress is None:
+    progress = NullProgress(log)
+  check(config)
+  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
+  workdir_lib.check(workdir, config, extra=facts)
+  t0 = time.time()
+  exp = build(config)
+  start_lines(exp, progress, time.time() - t0)
+  with workdir_lib.claim(workdir, config, extra=facts) as held:
+    return _run_groups(config, exp, held.path, progress, log_steps)
+
+
+def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
+  t, n = config.training, config.seeds.num
+  all_groups = groups(config)
+  progress.jobs(total=len(all_groups) * n,
+                done=sum(1 for r in tickets.records(wd) if "method" in r))
+  inits = [exp.replicate_init(i) for i in range(n)]
+  mask_keys = [rng.stream(config.seeds.control + i, "mask_init")
+               for i in range(n)]
+  log_line = progress.line if log_steps else None
+  records = []
+  for gi, g in enumerate(all_groups):
+    t0 = time.time()
+    counts = (distributions.keep_counts(g.distribution, exp.dense_mask,
+                                        g.density)
+              if g.method != DENSE else None)
+    hook, every, updates = _hook(exp, g, counts)
+    gexp = exp.with_mask_update(hook, every) if hook is not None else exp
+    initial, jobs = {}, []
+    for i in range(n):
+      if g.method in (DENSE, "gmp"):
+        mask = exp.dense_mask
+      else:
+        mask = _random_mask(exp.dense_mask, counts, mask_keys[i])
+      path = f"runs/{g.path}/seed_{i}"
+      data_seed = config.seeds.data + i
+      initial[_data_key(data_seed)] = mask
+      if not tickets.is_finished(wd, path):
+        tickets.save_initial_mask(wd, path, mask)
+      jobs.append(jobs_lib.Job(
+          coords={"method": g.method, "distribution": g.distribution,
+                  "target_density": g.density, "seed": i},
+          path=path, mask=mask, params=inits[i][0], model_state=inits[i][1],
+          start_step=0, stop=t.steps, lr_fn=exp.learning_rates,
+          data_seed=data_seed))
+    gexp = dataclasses.replace(gexp, loop=_TrackedLoop(gexp.loop, initial))
+    done = jobs_lib.run_replicates(gexp, jobs, wd, progress=progress,
+                                   log_steps=log_line)
+    recs = [_record(tk, j.path, j.mask, updates)
+            for tk, j in zip(done, jobs)]
+    records.extend(recs)
+    checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
+                          {"runs": records,
+                           "finished": gi == len(all_groups) - 1})
+    acc = np.asarray([r["test_accuracy"] for r in recs])
+    change = np.mean([r["mask_change"] for r in recs])
+    progress.line(
+        f"{g.method:6s} {g.distribution:7s} density "
+        f"{np.mean([r['density'] for r in recs]):.4f}  test acc "
+        f"{acc.mean():.4f} ± {acc.std():.4f} (n={n})  mask change "
+        f"{change:.3f}  ({time.time() - t0:.1f} s)")
+  return {"runs": records, "finished": True}

@@ -1,0 +1,262 @@
+"""Mask updates of sparse training, run inside the compiled train step.
+
+Each factory returns a `step.MaskUpdate` hook, `hook(state, dense_grads, key)
+-> new mask`, for `experiment.build(config, mask_update=hook,
+update_every=dT)` (or `Experiment.with_mask_update`). The engine calls it at
+steps s > 0 with s % dT == 0 under `lax.cond`, starts the weights it adds at 0
+with a fresh optimizer state, and zeroes the weights it drops. Everything that
+depends on the step is a host-computed table indexed on the device by
+j = s // dT, so the hook compiles once per run and never again.
+
+  set   (Mocanu et al. 2018) drop the d smallest-|w| active weights of each
+        leaf, regrow d at random among the inactive ones.
+  rigl  (Evci et al. 2020) drop as SET, regrow the d inactive weights of
+        largest |dense gradient| (of the step's batch).
+  gmp   (Zhu & Gupta 2017) keep the k_j largest-|w| active weights, k_j
+        falling from dense to the target along the cubic schedule.
+
+Drop and grow, as in the RigL code (`SparseSETOptimizer._get_update_op`):
+the d weights to drop are ranked among the active weights only; the grow
+candidates are all weights not kept after the drop -- the inactive ones and
+the d just dropped (the code scores the kept ones lowest, min - 1, so they are
+never grown; a just-dropped weight may come straight back, and then keeps its
+value and optimizer state, as it does there: the engine resets only weights
+that were inactive before the update). Exactly d are grown, so every leaf
+keeps exactly its count through training. Differences from the code, on
+purpose: d = round(fraction x active) by the framework's one rounding rule
+(the code truncates); no 1e-5 noise on the drop scores (the code's TF1
+version adds it "for a slight bit of randomness"; its TF2 version does not);
+ties go by position, the framework's rule (`lottery.pruning`: among equal
+scores the earlier weight in tree order goes first), so equal inputs give
+equal masks.
+
+Drop fraction: fraction(s) = alpha / 2 (1 + cos(pi s / T_end)) for s < T_end
+= end_fraction x T, and 0 after (RigL's cosine annealing, used for SET as
+well, as the RigL paper does for every dynamic method); with fraction 0 the
+mask stays as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery import masks as masks_lib
+from lottery import pruning
+from lottery import scores as scores_lib
+from lottery import step as step_lib
+
+DYNAMIC = ("set", "rigl", "gmp")
+
+
+def _is_none(x) -> bool:
+  return x is None
+
+
+def num_updates(steps: int, update_every: int) -> int:
+  """How many steps of 0..steps-1 call the hook (s > 0, s % dT == 0)."""
+  return (steps - 1) // update_every
+
+
+def drop_fractions(steps: int, update_every: int, drop_fraction: float,
+                   end_fraction: float) -> np.ndarray:
+  """float64 (J + 1,) drop fraction of update j (step j x dT); entry 0 is
+  never used (no update at step 0)."""
+  t_end = end_fraction * steps
+  out = np.zeros(num_updates(steps, update_every) + 1)
+  for j in range(1, len(out)):
+    s = j * update_every
+    if s < t_end:
+      out[j] = drop_fraction / 2 * (1 + math.cos(math.pi * s / t_end))
+  return out
+
+
+def drop_table(counts: Mapping[str, int], fractions: np.ndarray) -> np.ndarray:
+  """int32 (J + 1, L): weights dropped (and grown) per leaf at update j:
+  `pruning.num_to_remove(fraction_j, count)`."""
+  return np.asarray([[pruning.num_to_remove(float(f), k)
+                      for k in counts.values()] for f in fractions],
+                    np.int32).reshape(len(fractions), len(counts))
+
+
+def gmp_table(sizes: Mapping[str, int], counts: Mapping[str, int], *,
+              steps: int, update_every: int, begin_step: int,
+              end_step: int) -> np.ndarray:
+  """int32 (J + 1, L): weights each leaf keeps after update j under the
+  cubic schedule of Zhu & Gupta 2017.
+
+  Leaf l's sparsity at step s is s_l (1 - (1 - p)^3) with p = (s - begin) /
+  (end - begin) clipped to [0, 1] and s_l = 1 - count_l / size_l its final
+  sparsity; it keeps size_l - round(size_l x that), halves up, computed
+  exactly, so the last updates keep exactly `counts`.
+  """
+  rows = []
+  for j in range(num_updates(steps, update_every) + 1):
+    s = j * update_every
+    p = min(max(Fraction(s - begin_step, end_step - begin_step), Fraction(0)),
+            Fraction(1))
+    rows.append([sizes[k] - math.floor((sizes[k] - counts[k]) * (1 - (1 - p) ** 3)
+                                       + Fraction(1, 2)) for k in counts])
+  return np.asarray(rows, np.int32).reshape(-1, len(counts))
+
+
+def changes(table: np.ndarray, method: str) -> int:
+  """The updates that change the mask's counts or positions: for set and
+  rigl those with a drop count > 0 in some leaf, for gmp those whose keep
+  counts fall."""
+  if method == "gmp":
+    return int(np.sum(np.any(table[1:] < table[:-1], axis=1)))
+  return int(np.sum(np.any(table[1:] > 0, axis=1)))
+
+
+def keep_top_flat(alive: list[jax.Array], scores: list[jax.Array],
+                  keep: jax.Array) -> list[jax.Array]:
+  """`pruning.keep_top` for traced counts: keeps the keep[j] highest-scoring
+  alive weights of leaf j, with its ranking keys and tie rule (among equal
+  scores the earlier weight goes first), so its masks are keep_top's.
+
+  The leaves are ranked as one flat array cut into static segments; the
+  32-step bisection counts each segment's keys below its threshold with one
+  sum per segment, and the running count that splits ties at a threshold
+  (a cumulative sum, several times a sum on the CPU) runs only when some
+  segment needs it. About 5-7 ms for LeNet-300-100's 266K weights on the
+  2-core CPU (bisecting with cumulative sums or `segment_sum` compiled 3x
+  faster but ran 3-6x slower; an update runs every 100 steps, the compile
+  once per run).
+  """
+  shapes = [a.shape for a in alive]
+  sizes = [int(a.size) for a in alive]
+  ends = np.cumsum(sizes)
+  starts = np.concatenate([[0], ends[:-1]])
+  segments = list(zip(starts, ends))
+
+  def per_segment(x):  # (N,) bool -> (L,) int32 counts
+    return jnp.stack([jnp.sum(x[a:b], dtype=jnp.int32) for a, b in segments])
+
+  def spread(v):  # (L,) -> (N,): each segment's value over its weights
+    return jnp.concatenate([jnp.broadcast_to(v[j], (n,))
+                            for j, n in enumerate(sizes)])
+
+  flat = jnp.concatenate([a.reshape(-1) for a in alive])
+  keys = pruning._sort_keys(  # pylint: disable=protected-access
+      jnp.concatenate([jnp.asarray(s, jnp.float32).reshape(-1)
+                       for s in scores]), flat)
+  drop = per_segment(flat) - keep
+
+  def below(t):  # per segment: its keys below its threshold
+    return jnp.stack([jnp.sum(keys[a:b] < t[j], dtype=jnp.int32)
+                      for j, (a, b) in enumerate(segments)])
+
+  def bisect(i, t):
+    trial = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    return jnp.where(below(trial) < drop, trial, t)
+
+  t = jax.lax.fori_loop(0, 32, bisect, jnp.zeros(len(alive), jnp.uint32))
+  need = drop - below(t)  # how many keys equal to t go, per segment
+  eq = keys == spread(t)
+
+  def first_ties():
+    before = jnp.cumsum(eq, dtype=jnp.int32) - eq  # equal keys before each
+    rank = before - spread(before[starts])
+    return eq & (rank < spread(need))
+
+  ties = per_segment(eq)
+  take = jax.lax.cond(jnp.any((need > 0) & (need < ties)), first_ties,
+                      lambda: eq & spread(need > 0))
+  new = flat & ~((keys < spread(t)) | take)
+  return [new[a:b].reshape(shape) for (a, b), shape in zip(segments, shapes)]
+
+
+def _index(state, update_every: int, rows: int) -> jax.Array:
+  return jnp.minimum(state.step // update_every, rows - 1)
+
+
+def drop_and_grow(kind: str, mask: masks_lib.Mask, counts: Mapping[str, int],
+                  table: np.ndarray, update_every: int
+                  ) -> step_lib.MaskUpdate:
+  """The SET ('set') or RigL ('rigl') hook.
+
+  Args:
+    kind: 'set' (random growth, from the hook's key) or 'rigl' (growth by
+      |dense gradient|).
+    mask: a mask of the model (its structure and prunable leaves).
+    counts: {path: kept count} of every prunable leaf (constant in training).
+    table: `drop_table(counts, ...)`.
+    update_every: dT, the engine's update period.
+
+  Returns:
+    A `step.MaskUpdate`.
+  """
+  if kind not in ("set", "rigl"):
+    raise ValueError(f"drop_and_grow: kind must be 'set' or 'rigl' (got "
+                     f"{kind!r})")
+  leaves, treedef = jax.tree.flatten(mask, is_leaf=_is_none)
+  live = [i for i, m in enumerate(leaves) if m is not None]
+  keep = np.asarray(list(counts.values()), np.int32)
+  table = np.asarray(table, np.int32)
+
+  def hook(state, grads, key):
+    drop = jnp.asarray(table)[_index(state, update_every, len(table))]
+    m = treedef.flatten_up_to(state.mask)
+    alive = [m[i] for i in live]
+    w = treedef.flatten_up_to(state.params)
+    kept = keep_top_flat(alive, [jnp.abs(w[i]) for i in live], keep - drop)
+    candidates = [~k for k in kept]
+    if kind == "rigl":
+      g = treedef.flatten_up_to(grads)
+      score = [jnp.abs(g[i]) for i in live]
+    else:
+      score = scores_lib.random(candidates, key)
+    grown = keep_top_flat(candidates, score, drop)
+    new = list(m)
+    for i, k, gr in zip(live, kept, grown):
+      new[i] = k | gr
+    return jax.tree.unflatten(treedef, new)
+
+  return hook
+
+
+def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
+                       update_every: int) -> step_lib.MaskUpdate:
+  """The GMP hook: keep the `table[j]` largest-|w| active weights per leaf.
+
+  Args:
+    mask: a mask of the model (its structure and prunable leaves).
+    table: `gmp_table(...)`.
+    update_every: dT, the engine's update period.
+  """
+  leaves, treedef = jax.tree.flatten(mask, is_leaf=_is_none)
+  live = [i for i, m in enumerate(leaves) if m is not None]
+  table = np.asarray(table, np.int32)
+
+  def hook(state, grads, key):
+    del grads, key
+    keep = jnp.asarray(table)[_index(state, update_every, len(table))]
+    m = treedef.flatten_up_to(state.mask)
+    w = treedef.flatten_up_to(state.params)
+    kept = keep_top_flat([m[i] for i in live], [jnp.abs(w[i]) for i in live],
+                         keep)
+    new = list(m)
+    for i, k in zip(live, kept):
+      new[i] = k
+    return jax.tree.unflatten(treedef, new)
+
+  return hook
+
+
+@jax.jit
+def mask_stats(mask: masks_lib.Mask, initial: masks_lib.Mask
+               ) -> dict[str, jax.Array]:
+  """On the device: 'mask_change' = fraction of `mask`'s kept weights that
+  `initial` does not keep, and 'mask_density' = kept / prunable."""
+  ms, ins = jax.tree.leaves(mask), jax.tree.leaves(initial)
+  kept = sum(jnp.sum(m, dtype=jnp.int32) for m in ms)
+  new = sum(jnp.sum(m & ~i, dtype=jnp.int32) for m, i in zip(ms, ins))
+  total = sum(m.size for m in ms)
+  return {"mask_change": new / jnp.maximum(kept, 1),
+          "mask_density": kept / total}

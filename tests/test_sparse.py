@@ -1,0 +1,273 @@
+"""Sparse training: the mask-update hooks (exact counts under jit, RigL and
+SET against hand-checked masks, GMP's cubic schedule) and the driver end to
+end (records, tickets with their initial masks, resume, bad input)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lottery
+from lottery import analysis
+from lottery import distributions
+from lottery import masks
+from lottery import pruning
+from lottery import sparse_updates as su
+from lottery import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _state(params, mask, step):
+  return step_lib.TrainState(params=params, model_state={}, opt_state={},
+                             mask=mask, step=jnp.int32(step),
+                             rng=jax.random.key_data(jax.random.key(0)))
+
+
+def _kept(mask):
+  return {k: c for k, (c, _) in masks.counts(mask).items()}
+
+
+def test_keep_top_flat_equals_keep_top_with_ties():
+  rng = np.random.default_rng(0)
+  alive = [rng.random((7, 5)) < 0.6, rng.random(13) < 0.8, rng.random(4) < 1]
+  # Integer scores: many ties, broken by position as keep_top breaks them.
+  scores = [rng.integers(0, 3, a.shape).astype(np.float32) for a in alive]
+  keep = [5, 3, 0]
+  tree = {f"l{i}": a for i, a in enumerate(alive)}
+  want = pruning.keep_top(tree, {f"l{i}": s for i, s in enumerate(scores)},
+                          {f"l{i}": k for i, k in enumerate(keep)})
+  got = jax.jit(su.keep_top_flat)([jnp.asarray(a) for a in alive],
+                                  [jnp.asarray(s) for s in scores],
+                                  jnp.asarray(keep, jnp.int32))
+  for i, g in enumerate(got):
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(want[f"l{i}"]))
+
+
+def test_rigl_hook_hand_checked():
+  # One leaf of 8, 4 kept; drop round(0.5 x 4) = 2 smallest |w| (weights 1
+  # and 3), grow the 2 largest |grad| among the others (the just-dropped
+  # weight 3 has the largest gradient: it comes straight back, as in the
+  # RigL code), and weight 6 (|g| 0.7 beats 0.5).
+  w = jnp.asarray([0., 0.1, 0., -0.2, 0.9, 0., 0., -0.8])
+  m = jnp.asarray([0, 1, 0, 1, 1, 0, 0, 1], bool)
+  g = jnp.asarray([0.5, 0.0, 0.1, 3.0, 0.0, 0.2, -0.7, 0.0])
+  params, mask = {"k": w, "b": jnp.zeros(2)}, {"k": m, "b": None}
+  table = np.asarray([[0], [2]], np.int32)
+  hook = jax.jit(su.drop_and_grow("rigl", mask, {"k": 4}, table, 10))
+  new = hook(_state(params, mask, 10), {"k": g, "b": jnp.zeros(2)},
+             jax.random.key(0))
+  assert new["b"] is None
+  np.testing.assert_array_equal(np.asarray(new["k"]),
+                                [0, 0, 0, 1, 1, 0, 1, 1])
+
+
+@pytest.mark.parametrize("kind", ["set", "rigl"])
+def test_counts_exact_under_jit_over_many_updates(kind):
+  rng = np.random.default_rng(1)
+  shapes = {"fc1": (12, 30), "fc2": (30, 30), "out": (30, 4)}
+  params = {k: {"kernel": jnp.asarray(rng.normal(size=s), jnp.float32),
+                "bias": jnp.zeros(s[1])} for k, s in shapes.items()}
+  dense = masks.make_mask(params)
+  counts = distributions.keep_counts("erk", dense, 0.2)
+  mask = pruning.keep_top(dense, lottery.scores.random(
+      dense, jax.random.key(3)), counts)
+  table = su.drop_table(counts, su.drop_fractions(2000, 10, 0.3, 0.75))
+  hook = jax.jit(su.drop_and_grow(kind, dense, counts, table, 10))
+  first, changed = mask, 0
+  for j in range(1, 200):
+    grads = jax.tree.map(lambda p: jnp.asarray(
+        rng.normal(size=p.shape), jnp.float32), params)
+    new = hook(_state(params, mask, 10 * j), grads, jax.random.key(j))
+    assert _kept(new) == counts, j
+    # Dropped and grown: exactly the scheduled number per leaf.
+    for i, k in enumerate(counts):
+      path = k.split("/")[0]
+      gone = int(np.sum(np.asarray(mask[path]["kernel"]) &
+                        ~np.asarray(new[path]["kernel"])))
+      assert gone <= table[j, i], (j, k)
+    changed += not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b
+                       in zip(jax.tree.leaves(mask), jax.tree.leaves(new)))
+    mask = new
+    params = jax.tree.map(lambda p: p + jnp.asarray(
+        rng.normal(size=p.shape) * 0.1, jnp.float32), params)
+  # Nothing drops from T_end = 1500 (update 150) on, nor where the annealed
+  # fraction of a count rounds to 0; every other update changes the mask.
+  assert not table[150:].any() and table[1:136].all()
+  assert changed == su.changes(table, kind) == 138
+  assert analysis.overlap(mask, first) < 1.0
+
+
+def test_drop_fractions_cosine():
+  f = su.drop_fractions(1000, 100, 0.3, 0.5)
+  assert len(f) == 10 and f[0] == 0.0
+  np.testing.assert_allclose(f[1:5], [0.15 * (1 + np.cos(np.pi * s / 500))
+                                      for s in (100, 200, 300, 400)])
+  assert list(f[5:]) == [0.0] * 5
+  assert su.drop_table({"a": 100}, f)[1, 0] == pruning.num_to_remove(f[1], 100)
+
+
+def test_gmp_table_cubic_and_exact():
+  table = su.gmp_table({"a": 1000, "b": 10}, {"a": 100, "b": 1}, steps=1000,
+                       update_every=100, begin_step=200, end_step=600)
+  # s_t = s_f (1 - (1 - p)^3) with p = (t - 200) / 400: 900 x 37/64 =
+  # 520.3 pruned at p = 1/4, 900 x 7/8 = 787.5 -> 788 (halves up) at 1/2.
+  assert table[:, 0].tolist() == [1000, 1000, 1000, 1000 - 520, 1000 - 788,
+                                  1000 - 886, 100, 100, 100, 100]
+  assert table[:, 1].tolist() == [10, 10, 10, 10 - 5, 10 - 8, 10 - 9, 1, 1,
+                                  1, 1]
+  assert su.changes(table, "gmp") == 4
+
+
+def test_gmp_hook_prunes_smallest_magnitudes():
+  w = jnp.asarray([[0.5, -0.1], [0.3, -0.9]])
+  mask = {"k": jnp.ones((2, 2), bool)}
+  hook = jax.jit(su.magnitude_schedule(mask, np.asarray([[4], [2]]), 5))
+  new = hook(_state({"k": w}, mask, 5), {"k": w}, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(new["k"]), [[1, 0], [0, 1]])
+
+
+@pytest.fixture(scope="module")
+def sparse_run(npz_path, tmp_path_factory):
+  from conftest import tiny
+  c = tiny(npz_path, **{"seeds.num": 2, "training.steps": 20,
+                        "sparse.densities": (0.25,),
+                        "sparse.distribution": ("erk",),
+                        "sparse.update_every": 5, "sparse.end_step": 15})
+  wd = tmp_path_factory.mktemp("sparse") / "run"
+  lines = []
+  summary = lottery.sparse.run(c, wd, log=lines.append)
+  return c, wd, summary, lines
+
+
+def test_run_records_tickets_and_exact_counts(sparse_run):
+  c, wd, summary, lines = sparse_run
+  assert summary["finished"] and len(lines) == 5
+  runs = summary["runs"]
+  assert [(r["method"], r["seed"]) for r in runs] == [
+      (m, i) for m in ("dense", "static", "set", "rigl", "gmp")
+      for i in (0, 1)]
+  dense = lottery.load_ticket(wd, method="dense", seed=0)
+  counts = distributions.keep_counts("erk", dense.mask, 0.25)
+  first_masks = {}
+  for r in runs:
+    t = lottery.load_ticket(wd, method=r["method"], distribution=r[
+        "distribution"], target_density=r["target_density"], seed=r["seed"])
+    assert t.coords == {k: r[k] for k in ("method", "distribution",
+                                          "target_density", "seed")}
+    hist = t.metrics["history"]
+    assert [h["step"] for h in hist] == [5, 10, 15, 20]
+    assert hist[-1]["mask_change"] == pytest.approx(r["mask_change"])
+    assert r["mask_change"] == 1 - analysis.overlap(t.mask, t.initial_mask)
+    for n, m in masks.named_leaves(t.mask).items():
+      if m is not None:  # Pruned weights exactly 0 at the end.
+        assert not np.any(masks.named_leaves(t.trained_params)[n][~m])
+    if r["method"] == "dense":
+      assert r["density"] == 1.0 and r["mask_updates"] == 0
+      continue
+    assert _kept(t.mask) == counts, r["method"]
+    total = sum(n for _, n in masks.counts(t.mask).values())
+    assert r["density"] == sum(counts.values()) / total
+    if r["method"] == "gmp":
+      assert _kept(t.initial_mask) == {k: n for k, (_, n) in
+                                       masks.counts(t.mask).items()}
+      assert [h["mask_density"] for h in hist][-1] == r["density"]
+      assert r["mask_updates"] == 3 and r["mask_change"] == 0.0
+    else:
+      assert _kept(t.initial_mask) == counts
+      # static, SET and RigL start from the same random mask per seed.
+      prev = first_masks.setdefault(r["seed"], t.initial_mask)
+      assert jax.tree.all(jax.tree.map(np.array_equal, prev, t.initial_mask))
+    if r["method"] == "static":
+      assert r["mask_change"] == 0.0 and r["mask_updates"] == 0
+      assert jax.tree.all(jax.tree.map(np.array_equal, t.mask,
+                                       t.initial_mask))
+    if r["method"] in ("set", "rigl"):
+      # Updates at steps 5 and 10 (fraction 0 from T_end = 15 on).
+      assert r["mask_updates"] == 2 and r["mask_change"] > 0
+  assert lottery.sparse.summary(wd)["finished"]
+
+
+def test_rerun_loads_everything(sparse_run):
+  c, wd, summary, _ = sparse_run
+  again = lottery.sparse.run(c, wd, log=lambda _: None)
+  assert again["runs"] == summary["runs"]
+
+
+def test_bad_input_refused_in_one_line(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  res = subprocess.run(
+      [sys.executable, "-m", "experiments.sparse",
+       "--config=sparse_mnist1d:quick", f"--workdir={tmp_path / 'wd'}",
+       "--config.sparse.update_every=500"], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=120)
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines() == [
+      "error: sparse.update_every: no mask update happens in "
+      "training.steps=200 for ['set', 'rigl', 'gmp'] (got 500)"]
+  assert not (tmp_path / "wd").exists()
+
+
+def test_notebook_on_the_run(sparse_run, monkeypatch, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  _, wd, summary, _ = sparse_run
+  nb = nbformat.read(ROOT / "notebooks" / "sparse_training.ipynb",
+                     as_version=4)
+  monkeypatch.setenv("LOTTERY_WORKDIR", str(wd))
+  monkeypatch.delenv("LOTTERY_ANALYSIS_DIR", raising=False)
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  NotebookClient(nb, timeout=120, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert all(o["output_type"] != "error" for o in outputs)
+  text = "".join(o.get("text", "") for o in outputs)
+  assert f"10 runs finished in {wd} (run finished); replicates: 2" in text
+  tables = json.loads((wd / "analysis" / "tables.json").read_text())
+  runs = summary["runs"]
+  acc = {r["method"]: r for r in tables["test_accuracy"]}
+  for m in ("dense", "static", "set", "rigl", "gmp"):
+    vals = [r["test_accuracy"] for r in runs if r["method"] == m]
+    assert (acc[m]["mean"], acc[m]["std"], acc[m]["n"]) == (
+        float(np.mean(vals)), float(np.std(vals)), 2)
+  change = {r["method"]: r for r in tables["mask_change"]}
+  assert sorted(change) == ["gmp", "rigl", "set", "static"]
+  for m, row in change.items():
+    assert row["step"] == [5, 10, 15, 20]
+    finals = [r["mask_change"] for r in runs if r["method"] == m]
+    assert row["mean"][-1] == pytest.approx(float(np.mean(finals)))
+  assert change["static"]["mean"] == [0.0] * 4
+  for name in ("accuracy_by_method", "mask_change"):
+    assert (wd / "analysis" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"sparse.update_every": 20}, "sparse.update_every: no mask update "
+     "happens in training.steps=20 for ['set', 'rigl', 'gmp'] (got 20)"),
+    ({"sparse.begin_step": 15}, "sparse.begin_step: must be below GMP's end "
+     "step 15 (got 15)"),
+    ({"sparse.update_every": 8, "sparse.end_step": 17}, "sparse.end_step: GMP "
+     "must reach its target at an update step (multiple of "
+     "sparse.update_every=8) below training.steps=20, the last being 16 (got "
+     "17)"),
+    ({"sparse.end_step": 3, "sparse.begin_step": 3}, "sparse.end_step: must "
+     "be 0 (end_fraction x training.steps) or above sparse.begin_step=3 (got "
+     "3)"),
+])
+def test_check_refuses_steps_out_of_training(tiny_config, changes, message):
+  c = tiny_config(**{"sparse.update_every": 5, **changes})
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.sparse.check(c)
+  assert str(e.value) == message
+  # A run without GMP does not need GMP's steps in training.
+  if "GMP" in message:
+    c.sparse.methods = ("static", "rigl")
+    lottery.sparse.check(c)

@@ -222,8 +222,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
   p, t, n = config.pai, config.training, config.seeds.num
   groups = _groups(config)
-  progress.jobs(total=len(groups) * n,
-                done=sum(1 for r in tickets.records(wd) if "method" in r))
+  # Progress counts groups: each trains its n replicates at once.
+  progress.jobs(total=len(groups),
+                done=sum(1 for r in tickets.records(wd) if "method" in r) // n)
   starts = [exp.replicate_init(i) for i in range(n)]
   batches = [score_batch(exp, i) for i in range(n)]
   log_line = progress.line if log_steps else None

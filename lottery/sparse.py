@@ -257,8 +257,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
   t, n = config.training, config.seeds.num
   all_groups = groups(config)
-  progress.jobs(total=len(all_groups) * n,
-                done=sum(1 for r in tickets.records(wd) if "method" in r))
+  # Progress counts groups: each trains its n replicates at once.
+  progress.jobs(total=len(all_groups),
+                done=sum(1 for r in tickets.records(wd) if "method" in r) // n)
   inits = [exp.replicate_init(i) for i in range(n)]
   mask_keys = [rng.stream(config.seeds.control + i, "mask_init")
                for i in range(n)]

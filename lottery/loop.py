@@ -141,14 +141,24 @@ class Loop:
     self.form = form
     self.mesh = mesh
     unroll = UNROLL if form == "unroll" else 1
+    # A step with a mask-update hook (`step.make_train_step`): its plain
+    # form runs in the scans, its updating form alone at due steps.
+    self.update_every = getattr(step_fn, "update_every", 0)
+    plain = step_fn.plain if self.update_every else step_fn
     self._fns = {}
     for replicated in (False, True):
-      body = step_fn
-      if replicated:
-        body = jax.vmap(lambda s, b, lr: step_fn(s, b, lr),
+      def vm(fn):
+        if not replicated:
+          return fn
+        return jax.vmap(lambda s, b, lr: fn(s, b, lr),
                         in_axes=(STATE_AXES, 0, None),
                         out_axes=(STATE_AXES, 0))
-      self._fns[replicated] = self._compile(body, eval_fn, unroll, replicated)
+      fns = self._compile(vm(plain), eval_fn, unroll, replicated)
+      if self.update_every:
+        up = self._compile(vm(step_fn.updating), eval_fn, unroll, replicated)
+        fns["up_indexed"], fns["up_batch"] = (up["one_indexed"],
+                                              up["one_batch"])
+      self._fns[replicated] = fns
 
   def _compile(self, body, eval_fn, unroll, replicated):
     from lottery import parallel  # pylint: disable=g-import-not-at-top
@@ -216,11 +226,40 @@ class Loop:
     """Runs len(idx) steps; returns (state, per-step losses).
 
     idx: (steps, batch) example indices, or (steps, replicates, batch) for a
-    stacked state; losses then have shape (steps, replicates).
+    stacked state; losses then have shape (steps, replicates). With a
+    mask-update hook, the steps it is due at run on their own and the ones
+    between them in the loop form.
     """
+    lrs = np.asarray(lrs, np.float32)
+    if not self.update_every:
+      return self._run(state, data, idx, lrs)
+    first = int(_host(state.step))
+    every = self.update_every
+    due = [r for r in range(len(idx)) if (first + r) > 0 and
+           (first + r) % every == 0]
+    fns = self._fns[idx.ndim == 3]
+    losses, a = [], 0
+    for r in due + [len(idx)]:
+      if r > a:
+        state, loss = self._run(state, data, idx[a:r], lrs[a:r])
+        losses.append(loss)
+      if r < len(idx):
+        if data.on_device:
+          state, loss = fns["up_indexed"](
+              state, data.x, data.y, self._indices(idx[r], idx.ndim == 3, 0),
+              lrs[r])
+        else:
+          state, loss = fns["up_batch"](state, data.x[idx[r]],
+                                        data.y[idx[r]], lrs[r])
+        losses.append(_host(loss)[None])
+      a = r + 1
+    return state, np.concatenate(losses)
+
+  def _run(self, state: TrainState, data: Data, idx: np.ndarray,
+           lrs: np.ndarray) -> tuple[TrainState, np.ndarray]:
+    """`run` of the plain step (no mask update)."""
     replicated = idx.ndim == 3
     fns = self._fns[replicated]
-    lrs = np.asarray(lrs, np.float32)
     if self.form == "python":
       losses = []
       if data.on_device:

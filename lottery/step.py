@@ -220,41 +220,61 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
 
   Returns:
     The step function (not jitted: jit, scan or vmap it). metrics: {'loss'}.
+    With a `mask_update` it also has `.plain` (never updates the mask),
+    `.updating` (always does) and `.update_every`: `lottery.loop.Loop` runs
+    `.updating` at due steps and `.plain` in between, with no per-step cond
+    (same results; the cond cost about 7% of a LeNet step on the CPU).
   """
   if mask_update is not None and update_every < 1:
     raise ValueError("make_train_step: mask_update needs update_every >= 1")
   tx = keep_pruned(tx)
 
-  def step(state: TrainState, batch, learning_rate):
-    x, y = batch
-    key = state.key()
-    if augment is not None:
-      x = augment(jax.random.fold_in(key, _AUGMENT), x)
+  def make(update: str):
+    """The step; update: 'due' (a lax.cond on the step), 'always', 'never'."""
+    def step(state: TrainState, batch, learning_rate):
+      x, y = batch
+      key = state.key()
+      if augment is not None:
+        x = augment(jax.random.fold_in(key, _AUGMENT), x)
 
-    def loss(params):
-      logits, model_state = apply_fn(params, state.model_state, x, train=True,
-                                     rng=jax.random.fold_in(key, _DROPOUT))
-      return loss_fn(logits, y), model_state
+      def loss(params):
+        logits, model_state = apply_fn(params, state.model_state, x,
+                                       train=True,
+                                       rng=jax.random.fold_in(key, _DROPOUT))
+        return loss_fn(logits, y), model_state
 
-    (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
-        state.params)
-    params, opt_state, mask = state.params, state.opt_state, state.mask
-    if mask_update is not None:
-      def change(operands):
-        params, opt_state, mask = operands
-        new = mask_update(state, grads, jax.random.fold_in(key, _MASK_UPDATE))
-        opt_state = _grown_to_zero(tx, opt_state, mask, new)
-        return masks_lib.apply_mask(new, params), opt_state, new
-      due = (state.step > 0) & (state.step % update_every == 0)
-      params, opt_state, mask = jax.lax.cond(
-          due, change, lambda o: o, (params, opt_state, mask))
-    updates, opt_state = tx.update(grads, opt_state, params, mask=mask,
-                                   learning_rate=learning_rate)
-    new_state = state.replace(
-        params=optax.apply_updates(params, updates), model_state=model_state,
-        opt_state=opt_state, mask=mask, step=state.step + 1)
-    return new_state, {"loss": value}
+      (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
+          state.params)
+      params, opt_state, mask = state.params, state.opt_state, state.mask
+      if mask_update is not None and update != "never":
+        def change(operands):
+          params, opt_state, mask = operands
+          new = mask_update(state, grads, jax.random.fold_in(key,
+                                                             _MASK_UPDATE))
+          opt_state = _grown_to_zero(tx, opt_state, mask, new)
+          return masks_lib.apply_mask(new, params), opt_state, new
+        if update == "always":
+          params, opt_state, mask = change((params, opt_state, mask))
+        else:
+          due = (state.step > 0) & (state.step % update_every == 0)
+          params, opt_state, mask = jax.lax.cond(
+              due, change, lambda o: o, (params, opt_state, mask))
+      updates, opt_state = tx.update(grads, opt_state, params, mask=mask,
+                                     learning_rate=learning_rate)
+      new_state = state.replace(
+          params=optax.apply_updates(params, updates),
+          model_state=model_state, opt_state=opt_state, mask=mask,
+          step=state.step + 1)
+      return new_state, {"loss": value}
+    return step
 
+  step = make("due")
+  if mask_update is not None:
+    # For loops that know the step (`lottery.loop.Loop`): the step without
+    # the hook and the step that always runs it, so that they call the hook
+    # only at due steps instead of paying a lax.cond every step.
+    step.plain, step.updating = make("never"), make("always")
+    step.update_every = update_every
   return step
 
 

@@ -9,7 +9,7 @@ fraction 0.3 cosine-annealed to 0 at 75% of training (SET and RigL alike, as
 the RigL paper runs every dynamic method); GMP prunes from dense at step 0 to
 the target at step 1100 (the last update before 75% of training).
 
-Command (3 replicates; 12-15 minutes on the shared 2-core CPU, see the README):
+Command (3 replicates in one program; 2 minutes on the idle 2-core CPU):
   python -m experiments.sparse --workdir=/tmp/lottery/sparse \\
       --config.seeds.num=3
 Quick variant (seconds):
@@ -18,9 +18,9 @@ Quick variant (seconds):
 Expected (the literature, at equal density): RigL >= SET >= static (Evci et
 al. 2020, Fig. 2 and 4), ERK >= uniform, and gradual magnitude pruning (which
 trains dense first) a strong baseline. Measured here (README, 3 replicates,
-test accuracy %): dense 66.3; RigL 76.4 / 71.6 (uniform 10% / 3%) and
-72.2 / 75.1 (ERK), best in every column; SET 75.1 / 56.0 and 69.3 / 73.5;
-static 69.8 / 46.5 and 71.8 / 67.8; GMP 67.1 / 51.5 and 68.0 / 71.3.
+test accuracy %): dense 65.3; RigL 79.3 / 72.2 (uniform 10% / 3%) and
+71.9 / 74.8 (ERK); SET 72.3 / 56.6 and 69.8 / 75.2; static 67.9 / 46.2 and
+69.9 / 66.2; GMP 67.0 / 52.1 and 68.8 / 71.3.
 """
 
 from lottery.config import base_config

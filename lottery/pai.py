@@ -280,6 +280,6 @@ def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
     progress.line(f"{method:>9s} {check or '':7s} density "
                   f"{np.mean([r['density'] for r in recs]):.4f}  test acc "
                   f"{accs.mean():.4f}" +
-                  (f" +- {accs.std():.4f} ({n} seeds)" if n > 1 else "") +
+                  (f" ± {accs.std():.4f} ({n} seeds)" if n > 1 else "") +
                   f"  ({time.time() - t0:.1f} s)")
   return {"runs": records, "finished": True}

@@ -17,10 +17,10 @@ up to 100%, this stops at 96%), controls every 5th round, 3 seeds.
 
 Commands:
   python -m experiments.imp --workdir=/tmp/lottery/mnist1d
-  python -m experiments.imp --config=mnist1d:paper --workdir=...  # ~11 min/seed
+  python -m experiments.imp --config=mnist1d:paper --workdir=...  # ~18 min
   python -m experiments.imp --config=configs/mnist1d.py:quick --workdir=...
-Until seeds.num runs its replicates, run ':paper' once per seed i with
---config.seeds.num=1 --config.seeds.{init,data,control}=i.
+(':paper' trains its 3 seeds as replicates in one program; one seed i alone:
+--config.seeds.num=1 --config.seeds.{init,data,control}=i.)
 
 Expected (paper, read off its figure): tickets at ~90-92% sparsity reach
 ~74-76% test accuracy, against ~65-66% dense and ~61-66% for random masks.

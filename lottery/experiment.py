@@ -23,6 +23,7 @@ from lottery import loop as loop_lib
 from lottery import masks as masks_lib
 from lottery import models
 from lottery import optim
+from lottery import parallel
 from lottery import pruning
 from lottery import step as step_lib
 from lottery.errors import LotteryError
@@ -142,7 +143,6 @@ def build(config: ml_collections.ConfigDict, *,
   step_fn = step_lib.make_train_step(apply_fn, tx, augment=augment,
                                      mask_update=mask_update,
                                      update_every=update_every)
-  from lottery import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(config.seeds.num, t.batch_size)
   loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
                        form=loop_lib.choose_form(t.loop, init_params),
@@ -181,8 +181,7 @@ def start_lines(exp: Experiment, progress, build_s: float) -> None:
                   f"data {c.seeds.data}.., control {c.seeds.control}..), one "
                   f"compiled program")
   if exp.loop.mesh is not None:
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
-    progress.info(f"mesh: {parallel.describe(exp.loop.mesh)}")
+      progress.info(f"mesh: {parallel.describe(exp.loop.mesh)}")
 
 
 def _fits_on_device(nbytes: int) -> bool:

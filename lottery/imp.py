@@ -112,9 +112,6 @@ def _record(t: tickets.Ticket, path: str) -> dict:
   return {**t.coords, **{k: t.metrics[k] for k in keep}, "ticket": path}
 
 
-_start_lines = start_lines  # The drivers' old name.
-
-
 def _summary_scalars(writer, rec: dict) -> None:
   """Per-round scalars (the 'summary' TensorBoard run)."""
   if writer is None:

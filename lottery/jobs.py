@@ -27,6 +27,7 @@ import numpy as np
 from lottery import checkpoint
 from lottery import loop as loop_lib
 from lottery import masks as masks_lib
+from lottery import parallel
 from lottery import step as step_lib
 from lottery import tickets
 from lottery.errors import LotteryError
@@ -174,16 +175,16 @@ def tensorboard_writer(workdir, path: str, purge_step: int):
                        filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
 
-def _sync(name: str) -> None:
-  """Several processes: all wait until process 0 has written `name`."""
-  from lottery import parallel  # pylint: disable=g-import-not-at-top
-  parallel.barrier(name)
-
-
-def _host(tree):
-  """Device arrays (of one or several processes) as host arrays."""
-  from lottery import parallel  # pylint: disable=g-import-not-at-top
-  return parallel.to_host(tree)
+def _write_eval(writer, h: dict) -> None:
+  """One evaluation record's curves, if a TensorBoard writer is open."""
+  if writer is None:
+    return
+  for k in ("accuracy", "loss", "val_accuracy", "val_loss"):
+    if k in h:
+      writer.add_scalar(f"test_{k}" if "val" not in k else k, h[k],
+                        h["step"])
+  writer.add_scalar("train_loss", h["train_loss"], h["step"])
+  writer.flush()
 
 
 def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
@@ -221,7 +222,6 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
     state, history, captured = resumed
   at = int(state.step)
   if exp.loop.mesh is not None:
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
     state = parallel.put_tree(state, parallel.state_sharding(exp.loop.mesh,
                                                              state, False))
   if progress is not None:
@@ -233,13 +233,7 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
             if tensorboard else None)
 
   def on_eval(h):
-    if writer is not None:
-      for k in ("accuracy", "loss", "val_accuracy", "val_loss"):
-        if k in h:
-          writer.add_scalar(f"test_{k}" if "val" not in k else k, h[k],
-                            h["step"])
-      writer.add_scalar("train_loss", h["train_loss"], h["step"])
-      writer.flush()
+    _write_eval(writer, h)
     if log_steps:
       log_steps(f"  {job.name}  step {h['step']:6d}  train loss "
                 f"{h['train_loss']:.4f}  test loss {h['loss']:.4f}  "
@@ -251,13 +245,14 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
       batch_size=t.batch_size, data_seed=job.data_seed,
       eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
       capture=capture, history=history, captured=captured,
-      on_checkpoint=lambda s, h, c: midrun.save(job.path, _host(s), h, c),
+      on_checkpoint=lambda s, h, c: midrun.save(job.path,
+                                                parallel.to_host(s), h, c),
       on_chunk=progress.job_step if progress is not None else None,
       on_eval=on_eval)
   finally:
     if writer is not None:
       writer.close()
-  final = _host({"mask": state.mask, "params": state.params,
+  final = parallel.to_host({"mask": state.mask, "params": state.params,
                  "model_state": state.model_state})
   ticket = tickets.Ticket(
       coords=dict(job.coords), mask=final["mask"], rewind_params=start_params,
@@ -270,7 +265,7 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
     checkpoint.save(path, tickets.drop_none(captured[job.capture]))
   tickets.save_ticket(workdir, job.path, ticket)
   midrun.clear()
-  _sync(job.path)
+  parallel.barrier(job.path)  # Others read what process 0 wrote.
   if progress is not None:
     progress.job_end()
   return ticket
@@ -334,7 +329,6 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
                        "and capture")
   if all(tickets.is_finished(workdir, j.path) for j in jobs):
     return [tickets.read_ticket(workdir, j.path) for j in jobs]
-  from lottery import parallel  # pylint: disable=g-import-not-at-top
   t = exp.config.training
   midrun = MidRun(workdir)
   t0 = time.time()
@@ -363,15 +357,7 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
 
   def on_eval(h):
     for i, writer in enumerate(writers):
-      if writer is None:
-        continue
-      hi = _replicate_history([h], i)[0]
-      for k in ("accuracy", "loss", "val_accuracy", "val_loss"):
-        if k in hi:
-          writer.add_scalar(f"test_{k}" if "val" not in k else k, hi[k],
-                            hi["step"])
-      writer.add_scalar("train_loss", hi["train_loss"], hi["step"])
-      writer.flush()
+      _write_eval(writer, _replicate_history([h], i)[0])
     if log_steps:
       acc = np.asarray(h["accuracy"])
       log_steps(f"  {first.name} x{len(jobs)}  step {h['step']:6d}  train "
@@ -385,7 +371,8 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
         batch_size=t.batch_size, data_seed=[j.data_seed for j in jobs],
         eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         capture=capture, history=history, captured=captured,
-        on_checkpoint=lambda s, h, c: midrun.save(key, _host(s), h, c),
+        on_checkpoint=lambda s, h, c: midrun.save(key, parallel.to_host(s),
+                                                  h, c),
         on_chunk=progress.job_step if progress is not None else None,
         on_eval=on_eval)
   finally:
@@ -411,7 +398,7 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
     tickets.save_ticket(workdir, j.path, ticket)
     out.append(ticket)
   midrun.clear()
-  _sync(key)
+  parallel.barrier(key)
   if progress is not None:
     progress.job_end()
   return out

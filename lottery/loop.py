@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lottery import parallel
 from lottery.errors import LotteryError
 from lottery.step import TrainState
 
@@ -96,7 +97,6 @@ def put_data(x_train, y_train, x_test, y_test, *, x_val=None, y_val=None,
   """
   dev = jnp.asarray
   if mesh is not None:
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
     dev = lambda a: parallel.put_global(a, parallel.replicated(mesh))
   put = dev if on_device else np.asarray
   val = None if x_val is None else eval_batches(x_val, y_val, eval_batch, dev)
@@ -161,7 +161,6 @@ class Loop:
       self._fns[replicated] = fns
 
   def _compile(self, body, eval_fn, unroll, replicated):
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
     mesh = self.mesh
 
     def lay_batch(b):
@@ -216,7 +215,6 @@ class Loop:
     """Indices on the device(s); with a mesh, split like the batches."""
     if self.mesh is None:
       return jnp.asarray(idx)
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
     return parallel.put_global(
         idx, parallel.batch_sharding(self.mesh, replicated, idx.ndim,
                                      leading=leading))
@@ -233,7 +231,7 @@ class Loop:
     lrs = np.asarray(lrs, np.float32)
     if not self.update_every:
       return self._run(state, data, idx, lrs)
-    first = int(_host(state.step))
+    first = int(parallel.to_host(state.step))
     every = self.update_every
     due = [r for r in range(len(idx)) if (first + r) > 0 and
            (first + r) % every == 0]
@@ -251,7 +249,7 @@ class Loop:
         else:
           state, loss = fns["up_batch"](state, data.x[idx[r]],
                                         data.y[idx[r]], lrs[r])
-        losses.append(_host(loss)[None])
+        losses.append(parallel.to_host(loss)[None])
       a = r + 1
     return state, np.concatenate(losses)
 
@@ -275,7 +273,7 @@ class Loop:
           state, loss = fns["one_batch"](state, data.x[idx[i]],
                                          data.y[idx[i]], lrs[i])
           losses.append(loss)
-      return state, _host(jnp.stack(losses))
+      return state, parallel.to_host(jnp.stack(losses))
     if data.on_device:
       state, losses = fns["scan_indexed"](state, data.x, data.y,
                                           self._indices(idx, replicated, 1),
@@ -283,7 +281,7 @@ class Loop:
     else:
       state, losses = fns["scan_batches"](state, data.x[idx], data.y[idx],
                                           jnp.asarray(lrs))
-    return state, _host(losses)
+    return state, parallel.to_host(losses)
 
   def evaluate(self, state: TrainState, data: Data) -> dict:
     """Test 'loss' and 'accuracy' over the whole test set, and 'val_loss' and
@@ -291,21 +289,15 @@ class Loop:
     a plain state, arrays over the replicates for a stacked one."""
     evaluate = self._fns[is_stacked(state)]["evaluate"]
     ev = evaluate(state.params, state.model_state, *data.test)
-    conv = ((lambda v: _host(v).tolist()) if is_stacked(state) else
-            (lambda v: float(_host(v))))
+    if is_stacked(state):
+      conv = lambda v: parallel.to_host(v).tolist()
+    else:
+      conv = lambda v: float(parallel.to_host(v))
     out = {k: conv(v) for k, v in ev.items()}
     if data.val is not None:
       val = evaluate(state.params, state.model_state, *data.val)
       out.update({f"val_{k}": conv(v) for k, v in val.items()})
     return out
-
-
-def _host(x) -> np.ndarray:
-  """A (possibly multi-process) array as a numpy array on this host."""
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def is_stacked(state: TrainState) -> bool:
@@ -400,7 +392,7 @@ def train(loop: Loop, state: TrainState, data: Data, *,
   history = list(history or [])
   captured = dict(captured or {})
   capture = set(capture)
-  start = int(_host(state.step))
+  start = int(parallel.to_host(state.step))
   stacked = is_stacked(state)
   seeds = list(data_seed) if stacked else [data_seed]
   if stacked and len(seeds) != len(state.rng):
@@ -411,7 +403,6 @@ def train(loop: Loop, state: TrainState, data: Data, *,
                        f"to {stop}")
 
   def grab(s):
-    from lottery import parallel  # pylint: disable=g-import-not-at-top
     return parallel.to_host({"params": s.params, "model_state": s.model_state})
 
   if start in capture:

@@ -225,7 +225,7 @@ def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
   job trained by `seeds.num` replicates at once."""
   p, t = config.pruning, config.training
   n = config.seeds.num
-  score_fn = scores_lib.get(p.score)
+  score_fn = jax.jit(scores_lib.get(p.score))  # One program, not one a leaf.
   control_fns = {name: controls_lib.get(name) for name in config.controls}
   reset_fn = RESETS[p.reset]
   capture = p.rewind_step if p.reset == "rewind" and p.rewind_step else None

@@ -211,11 +211,13 @@ def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
   t = exp.config.training
   midrun = MidRun(workdir)
   t0 = time.time()
-  start_params = jax.device_get(masks_lib.apply_mask(job.mask, job.params))
-  start_model_state = jax.device_get(job.model_state)
-  state = step_lib.init_state(start_params, exp.tx, mask=job.mask,
-                              model_state=start_model_state,
+  state = step_lib.init_state(job.params, exp.tx, mask=job.mask,
+                              model_state=job.model_state,
                               step=job.start_step, seed=job.data_seed)
+  # The ticket's start: the masked weights (host copies; the state is
+  # donated to the loop).
+  start_params, start_model_state = jax.device_get((state.params,
+                                                    state.model_state))
   resumed = midrun.load(job.path, state)
   history, captured = [], {}
   if resumed:
@@ -333,12 +335,12 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
   midrun = MidRun(workdir)
   t0 = time.time()
   key = f"{first.path}+{len(jobs)}"
-  starts = [(jax.device_get(masks_lib.apply_mask(j.mask, j.params)),
-             jax.device_get(j.model_state)) for j in jobs]
-  state = loop_lib.stack_states([
-      step_lib.init_state(p, exp.tx, mask=j.mask, model_state=ms,
-                          step=j.start_step, seed=j.data_seed)
-      for j, (p, ms) in zip(jobs, starts)])
+  states = [step_lib.init_state(j.params, exp.tx, mask=j.mask,
+                                model_state=j.model_state,
+                                step=j.start_step, seed=j.data_seed)
+            for j in jobs]
+  starts = jax.device_get([(s.params, s.model_state) for s in states])
+  state = loop_lib.stack_states(states)
   resumed = midrun.load(key, state)
   history, captured = [], {}
   if resumed:

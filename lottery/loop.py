@@ -62,7 +62,7 @@ EvalSet = tuple[jax.Array, jax.Array, jax.Array]  # x, y, valid: (batches, B..)
 
 
 def eval_batches(x: np.ndarray, y: np.ndarray, eval_batch: int = 1000,
-                 put: Callable = jnp.asarray) -> EvalSet:
+                 put: Callable = jax.device_put) -> EvalSet:
   """An evaluation set on the device, zero-padded to whole batches."""
   n = len(x)
   eval_batch = min(eval_batch, n)
@@ -95,7 +95,9 @@ def put_data(x_train, y_train, x_test, y_test, *, x_val=None, y_val=None,
   of the loop gathers its batches there (for datasets that do not fit). With
   a `mesh` every device of it holds the arrays whole.
   """
-  dev = jnp.asarray
+  # device_put, not jnp.asarray: in JAX 0.10 the latter compiles a program
+  # per shape.
+  dev = jax.device_put
   if mesh is not None:
     dev = lambda a: parallel.put_global(a, parallel.replicated(mesh))
   put = dev if on_device else np.asarray
@@ -214,7 +216,7 @@ class Loop:
                leading: int) -> jax.Array:
     """Indices on the device(s); with a mesh, split like the batches."""
     if self.mesh is None:
-      return jnp.asarray(idx)
+      return jax.device_put(idx)
     return parallel.put_global(
         idx, parallel.batch_sharding(self.mesh, replicated, idx.ndim,
                                      leading=leading))
@@ -273,14 +275,16 @@ class Loop:
           state, loss = fns["one_batch"](state, data.x[idx[i]],
                                          data.y[idx[i]], lrs[i])
           losses.append(loss)
-      return state, parallel.to_host(jnp.stack(losses))
+      # Fetched together: stacking on the device would compile a program
+      # per chunk length.
+      return state, np.stack(parallel.to_host(losses))
     if data.on_device:
       state, losses = fns["scan_indexed"](state, data.x, data.y,
                                           self._indices(idx, replicated, 1),
-                                          jnp.asarray(lrs))
+                                          jax.device_put(lrs))
     else:
       state, losses = fns["scan_batches"](state, data.x[idx], data.y[idx],
-                                          jnp.asarray(lrs))
+                                          jax.device_put(lrs))
     return state, parallel.to_host(losses)
 
   def evaluate(self, state: TrainState, data: Data) -> dict:
@@ -305,6 +309,7 @@ def is_stacked(state: TrainState) -> bool:
   return jnp.ndim(state.rng) == 2
 
 
+@jax.jit
 def stack_states(states: list[TrainState]) -> TrainState:
   """Replicates' states stacked on a leading axis (they share the step)."""
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)

@@ -81,7 +81,7 @@ def make_mask(params: PyTree, prunable: Sequence[str] = DEFAULT_PRUNABLE,
     field: config field named in errors.
 
   Returns:
-    A mask: `jnp.bool_` ones for prunable leaves, None elsewhere.
+    A mask: numpy bool ones for prunable leaves, None elsewhere.
 
   Raises:
     LotteryError: if a pattern is invalid or no parameter matches any pattern.
@@ -91,7 +91,7 @@ def make_mask(params: PyTree, prunable: Sequence[str] = DEFAULT_PRUNABLE,
   def leaf_mask(path, p):
     name = path_str(path)
     if any(r.fullmatch(name) for r in patterns):
-      return jnp.ones(jnp.shape(p), dtype=jnp.bool_)
+      return np.ones(np.shape(p), dtype=np.bool_)  # Host: no device op.
     return None
 
   mask = jax.tree_util.tree_map_with_path(leaf_mask, params)

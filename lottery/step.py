@@ -21,6 +21,7 @@ optimizer with its own schedule runs unchanged (leave `learning_rate` at 1).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -28,9 +29,11 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from lottery import masks as masks_lib
+from lottery import rng as rng_lib
 
 PyTree = Any
 # apply_fn(params, model_state, x, *, train, rng) -> (logits, new model_state)
@@ -75,25 +78,37 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, *,
                seed: int = 0) -> TrainState:
   """A train state with a fresh optimizer state around a copy of `params`.
 
+  One compiled call (masking, copies, the optimizer's init and the key),
+  compiled once per optimizer and shapes: run op by op, these few dozen tiny
+  programs cost more than a short run's training.
+
   Args:
     params: starting weights; masked here, so pruned entries start at 0.
-    tx: the optimizer (e.g. `keep_pruned(optax.adam(1e-3))`).
+    tx: the optimizer (e.g. `keep_pruned(optax.adam(1e-3))`); hashable, as
+      optax's transformations are.
     mask: the mask (None: dense, no masking ops at all).
     model_state: e.g. {'batch_stats': ...}; default {}.
     step: the step training starts at (weight rewinding starts at k > 0).
-    seed: seeds the per-step keys (augmentation, dropout).
+    seed: seeds the per-step keys (augmentation, dropout); 0 <= seed < 2**31.
   """
   if mask is None:
     mask = jax.tree.map(lambda _: None, params)
-  # Own copies: the state is donated to the compiled loop.
-  params = jax.tree.map(jnp.array, masks_lib.apply_mask(mask, params))
+  return _init_state(tx, params, model_state or {}, mask,
+                     np.int32(step), np.int32(seed))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(tx, params, model_state, mask, step, seed) -> TrainState:
+  # Copies, not the inputs: the state is donated to the compiled loop, and
+  # its inputs (an experiment's initial weights, a ticket's mask) live on.
+  params = jax.tree.map(jnp.copy, masks_lib.apply_mask(mask, params))
   return TrainState(
       params=params,
-      model_state=jax.tree.map(jnp.array, model_state or {}),
+      model_state=jax.tree.map(jnp.copy, model_state),
       opt_state=tx.init(params),
       mask=jax.tree.map(lambda m: None if m is None else jnp.array(m, bool),
                         mask, is_leaf=lambda x: x is None),
-      step=jnp.asarray(step, jnp.int32),
+      step=step,
       rng=jax.random.key_data(jax.random.key(seed)))
 
 
@@ -238,9 +253,10 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
         x = augment(jax.random.fold_in(key, _AUGMENT), x)
 
       def loss(params):
-        logits, model_state = apply_fn(params, state.model_state, x,
-                                       train=True,
-                                       rng=jax.random.fold_in(key, _DROPOUT))
+        # A flat key (`lottery.rng.flat`): the same dropout, compiled faster.
+        logits, model_state = apply_fn(
+            params, state.model_state, x, train=True,
+            rng=rng_lib.flat(jax.random.fold_in(key, _DROPOUT)))
         return loss_fn(logits, y), model_state
 
       (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from absl import logging
@@ -35,14 +36,38 @@ def npz_path(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory):
-  """Keeps generated datasets (MNIST-1D) out of the user's cache."""
+  """Keeps generated datasets (MNIST-1D) and compiled programs out of the
+  user's cache. The session shares one persistent compilation cache, in
+  process and with the launchers the tests start (they read $LOTTERY_CACHE):
+  the suite is compile-bound, and many tests compile the same model's
+  programs (ResNet-20's initializer alone takes seconds)."""
   old = os.environ.get("LOTTERY_CACHE")
-  os.environ["LOTTERY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist: the workers share one cache (beside their own temp dirs).
+    cache = tmp_path_factory.getbasetemp().parent / "cache"
+    cache.mkdir(exist_ok=True)
+  else:
+    cache = tmp_path_factory.mktemp("cache")
+  os.environ["LOTTERY_CACHE"] = str(cache)
+  old_dir = jax.config.jax_compilation_cache_dir
+  old_min = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_compilation_cache_dir", str(cache / "jax"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   yield
+  jax.config.update("jax_compilation_cache_dir", old_dir)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old_min)
   if old is None:
     os.environ.pop("LOTTERY_CACHE", None)
   else:
     os.environ["LOTTERY_CACHE"] = old
+
+
+@pytest.fixture
+def no_compile_cache():
+  """For tests that count compilations: a cache hit is not a compilation."""
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield
+  jax.config.update("jax_enable_compilation_cache", True)
 
 
 def tiny(npz_path, **overrides):

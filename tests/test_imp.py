@@ -225,7 +225,8 @@ def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
       assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
 
 
-def test_compilations_do_not_grow_with_rounds(tiny_config, tmp_path):
+def test_compilations_do_not_grow_with_rounds(tiny_config, tmp_path,
+                                             no_compile_cache):
   events = []
   def listener(name, *a, **k):
     if name == "/jax/core/compile/backend_compile_duration":

@@ -142,7 +142,8 @@ def test_replicates_resume_bit_exact(tiny_config, tmp_path, monkeypatch):
         assert a.metrics["history"] == b.metrics["history"]
 
 
-def test_one_compilation_for_all_replicates(tiny_config, tmp_path):
+def test_one_compilation_for_all_replicates(tiny_config, tmp_path,
+                                          no_compile_cache):
   """Compilations of a run of 3 replicates = those of a run of 2: the step
   is compiled once for the stacked state, whatever the replicate count's
   effect on shapes (each count is its own program)."""

@@ -1,0 +1,88 @@
+"""Random streams and flat keys: compiled key helpers give the eager values,
+and a flat key draws exactly what the default key draws."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lottery import masks
+from lottery import models
+from lottery import rng
+from lottery import step
+
+DRAWS = {
+    "bits": lambda k, s: jax.random.bits(k, s),
+    "uniform": lambda k, s: jax.random.uniform(k, s),
+    "normal": lambda k, s: jax.random.normal(k, s),
+    "truncated_normal": lambda k, s: jax.random.truncated_normal(k, -2., 2., s),
+    "bernoulli": lambda k, s: jax.random.bernoulli(k, 0.3, s),
+    "randint": lambda k, s: jax.random.randint(k, s, 0, 7),
+}
+SHAPES = [(), (5,), (0, 3), (4, 6), (2, 3, 4), (3, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("name", sorted(DRAWS))
+def test_flat_key_draws_the_default_keys_bits(name):
+  draw = DRAWS[name]
+  key = jax.random.key(11)
+  derived = lambda k: [k, jax.random.split(k)[1], jax.random.fold_in(k, 7)]
+  for shape in SHAPES:
+    for plain, flat in zip(derived(key), derived(rng.flat(key))):
+      want = np.asarray(draw(plain, shape))
+      assert np.array_equal(want, np.asarray(draw(flat, shape))), shape
+      got = jax.jit(lambda k: draw(rng.flat(k), shape))(plain)
+      assert np.array_equal(want, np.asarray(got)), shape
+
+
+def test_flat_key_initializes_a_conv_model_exactly():
+  model = models.get("conv2", 10)
+  x = np.zeros((1, 8, 8, 3), np.float32)
+  want = model.init(jax.random.key(3), x)
+  got = jax.jit(lambda k: model.init(rng.flat(k), x))(jax.random.key(3))
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_compiled_keys_are_the_eager_ones():
+  for seed in (0, 5, 2**31 - 1):
+    assert np.array_equal(jax.random.key_data(rng.key(seed)),
+                          jax.random.key_data(jax.random.key(seed)))
+  # Pinned: the values of the first, op-by-op version of `stream`.
+  got = [np.asarray(jax.random.key_data(rng.stream(s, u, *i))).tolist()
+         for s, u, i in [(0, "reinit", ()), (3, "random_prune", (2,)),
+                         (7, "pai_score", (1, 5))]]
+  assert got == [[1797259609, 2579123966], [1162771976, 1047151509],
+                 [2947918763, 3465472855]]
+
+
+def test_init_state_compiles_once_and_copies_its_inputs(no_compile_cache):
+  params = {"a": {"kernel": jnp.arange(6.0).reshape(2, 3),
+                  "bias": jnp.ones(3)}}
+  mask = masks.make_mask(params)
+  assert isinstance(mask["a"]["kernel"], np.ndarray)  # Host: no device op.
+  tx = step.keep_pruned(optax.adam(1e-2))
+  events = []
+  def listener(name, *a, **k):
+    if name == "/jax/core/compile/backend_compile_duration":
+      events.append(name)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    states = []
+    for i in range(3):
+      m = {"a": {"kernel": np.arange(6).reshape(2, 3) % 3 != i,
+                 "bias": None}}
+      states.append(step.init_state(params, tx, mask=m, step=i, seed=i))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert len(events) == 1  # One program for every mask, step and seed.
+  s = states[2]
+  assert np.array_equal(s.params["a"]["kernel"],
+                        [[0.0, 1.0, 0.0], [3.0, 4.0, 0.0]])
+  assert int(s.step) == 2
+  assert np.array_equal(s.rng, jax.random.key_data(jax.random.key(2)))
+  # Donating the state leaves the caller's arrays alive.
+  jax.jit(lambda st: st, donate_argnums=0)(s)
+  assert not params["a"]["bias"].is_deleted()
+  assert float(params["a"]["kernel"][1, 2]) == 5.0

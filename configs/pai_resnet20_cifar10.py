@@ -29,33 +29,13 @@ collapse earlier. Not measured here: a 62K-step run takes about a day on a
 2-core CPU.
 """
 
-from lottery.config import base_config
+from configs import pai_vgg16_cifar10
 
-ARGS = ("", "quick")
+ARGS = pai_vgg16_cifar10.ARGS
 
 
 def get_config(arg: str = ""):
-  c = base_config()
-  c.data.name = "cifar10"
-  c.data.augment = "crop_flip"
+  """configs/pai_vgg16_cifar10.py's Synaptic-Flow settings, with ResNet-20."""
+  c = pai_vgg16_cifar10.get_config(arg)
   c.model.name = "resnet20"
-  c.training.update(steps=62_560, batch_size=128, optimizer="sgd",
-                    learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
-                    schedule="step", lr_boundaries=(23_460, 46_920),
-                    lr_decay=0.1, eval_every=3_910, checkpoint_every=3_910)
-  c.pruning.update(prunable=(".*kernel",))
-  c.controls = ()
-  c.pai.update(methods=("snip", "grasp", "synflow", "magnitude", "random"),
-               densities=(0.1, 0.0316, 0.01, 0.00316, 0.001),
-               checks=("shuffle", "reinit", "invert"), iterations=1,
-               method_iterations="synflow=100", scope="global",
-               batch_size=100, dense=True)
-  if arg == "quick":
-    c.model.width = 4
-    c.training.update(steps=20, batch_size=16, lr_boundaries=(10, 15),
-                      eval_every=10, checkpoint_every=10)
-    c.pai.update(densities=(0.1,), method_iterations="synflow=4",
-                 batch_size=16)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r} (known: 'quick')")
   return c

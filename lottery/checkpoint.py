@@ -15,10 +15,21 @@ naming the directory and what to delete so that a rerun writes it again.
 
 Files and directories get the usual permissions: 0666 / 0777 less the umask.
 A full disk (ENOSPC) while writing raises LotteryError.
+
+Inside `background_writes()` (every driver's run, see
+`lottery.experiment.prepared`) `save`, `write_json` and `remove` return at
+once and run in order on one writer thread, so a ticket is written while the
+next job trains. The disk then always holds a prefix of the run's writes, as
+it would after a crash of the synchronous version, so resuming is unchanged.
+A read of a path (`restore`, `read_json`, `wait_for`) first waits for the
+queued writes that touch it; the first failed write stops every later one
+and is raised in the run's thread at its next write, read or at the block's
+end.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -187,6 +198,120 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+class _Writer:
+  """One thread that runs a run's writes in the order they were queued."""
+
+  def __init__(self):
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="lottery-writer")
+    self._queued: list[tuple[pathlib.Path, concurrent.futures.Future]] = []
+    self._error: BaseException | None = None
+
+  def submit(self, path: pathlib.Path, write, removes: bool = False) -> None:
+    self.check()
+    self._queued.append((path.absolute(), removes,
+                         self._pool.submit(self._run, write)))
+
+  def _run(self, write) -> None:
+    if self._error is not None:
+      return  # After a failed write, nothing more is written.
+    try:
+      write()
+    except BaseException as e:  # pylint: disable=broad-except
+      self._error = e
+
+  def last(self, path: pathlib.Path) -> tuple[int, bool] | None:
+    """(index, whether it removes) of the last queued write to `path`, above
+    it or under it."""
+    path = path.absolute()
+    found = None
+    for i, (p, removes, _) in enumerate(self._queued):
+      if p == path or path in p.parents or p in path.parents:
+        found = i, removes and (p == path or p in path.parents)
+    return found
+
+  def wait_for(self, path: pathlib.Path | None) -> None:
+    """Waits for the queued writes to `path`, above it or under it (all of
+    them if None); raises a failed write's error."""
+    last = len(self._queued) - 1 if path is None else (
+        (self.last(path) or (-1, False))[0])
+    if last >= 0:
+      self._queued[last][2].result()  # In order: the earlier ones are done.
+      self._queued = [q for q in self._queued if not q[2].done()]
+    self.check()
+
+  def check(self) -> None:
+    if self._error is not None:
+      raise self._error
+
+  def close(self) -> None:
+    try:
+      self.wait_for(None)
+    finally:
+      self._pool.shutdown(wait=True)
+
+
+_WRITER: _Writer | None = None
+
+
+@contextlib.contextmanager
+def background_writes() -> Iterator[None]:
+  """Runs this process's checkpoint writes on a writer thread (see the
+  module doc) until the block ends, which waits for them all.
+
+  Nested blocks share the outer one's thread; several processes (one writes,
+  the others read after barriers) write synchronously.
+
+  Raises:
+    The first failed write's error (e.g. LotteryError for a full disk), at
+    the next write or read of the block, or at its end. An exception of the
+    block itself wins over it; the writes queued before it still finish.
+  """
+  global _WRITER
+  if _WRITER is not None or jax.process_count() > 1:
+    yield
+    return
+  writer = _WRITER = _Writer()
+  try:
+    yield
+  except BaseException:
+    _WRITER = None
+    with contextlib.suppress(BaseException):
+      writer.close()
+    raise
+  _WRITER = None
+  writer.close()
+
+
+def _write(path: pathlib.Path, write, removes: bool = False) -> None:
+  """Runs `write()` now, or queues it inside `background_writes`."""
+  if _WRITER is None:
+    write()
+  else:
+    _WRITER.submit(path, write, removes)
+
+
+def wait_for(path: str | os.PathLike) -> None:
+  """Returns once every queued write touching `path` is on disk (at once
+  outside `background_writes`); raises a failed write's error."""
+  if _WRITER is not None:
+    _WRITER.wait_for(pathlib.Path(path))
+
+
+def exists(path: str | os.PathLike) -> bool:
+  """Whether `path` exists once the queued writes are done: False without
+  waiting when the last of them to touch it removes it (or a directory
+  above it), else `wait_for(path)` and a look."""
+  path = pathlib.Path(path)
+  if _WRITER is not None:
+    last = _WRITER.last(path)
+    if last is not None and last[1]:
+      _WRITER.check()
+      return False
+  wait_for(path)
+  return path.exists()
+
+
 def save(path: str | os.PathLike, tree: Any) -> None:
   """Saves a pytree of arrays with its checksums (no-op if not `is_writer`).
 
@@ -200,7 +325,11 @@ def save(path: str | os.PathLike, tree: Any) -> None:
   if not is_writer():
     return
   path = pathlib.Path(path)
-  tree = jax.device_get(tree)
+  tree = jax.device_get(tree)  # Host copies, before the caller goes on.
+  _write(path, lambda: _save(path, tree))
+
+
+def _save(path: pathlib.Path, tree: Any) -> None:
   try:
     with disk_errors(path):
       with _no_orbax_errors():
@@ -211,9 +340,11 @@ def save(path: str | os.PathLike, tree: Any) -> None:
       head = (_HEADER + hashlib.sha256(body).hexdigest() + "\n").encode()
       _write_atomic(path / CHECKSUMS, head + body)
   except LotteryError:
-    remove(path)  # Frees the space the partial checkpoint took.
+    # Frees the space the partial checkpoint took (now: this may be the
+    # writer thread).
+    shutil.rmtree(path, ignore_errors=True)
     for tmp in path.parent.glob(path.name + ORBAX_TMP + "*"):
-      remove(tmp)
+      shutil.rmtree(tmp, ignore_errors=True)
     raise
 
 
@@ -269,6 +400,7 @@ def restore(path: str | os.PathLike) -> Any:
       its files or arrays differs from the checksums written with it.
   """
   path = pathlib.Path(path)
+  wait_for(path)
   if not path.exists():
     raise LotteryError(f"workdir: checkpoint {os.fspath(path)!r} does not "
                        f"exist")
@@ -310,7 +442,8 @@ def remove(path: str | os.PathLike) -> None:
   """Deletes a checkpoint (or any directory) if it exists (process 0)."""
   if not is_writer():
     return
-  shutil.rmtree(path, ignore_errors=True)
+  _write(pathlib.Path(path), lambda: shutil.rmtree(path, ignore_errors=True),
+         removes=True)
 
 
 def _strict(obj: Any) -> Any:
@@ -338,10 +471,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   if not is_writer():
     return
   path = pathlib.Path(path)
-  data = json.dumps(_strict(obj), indent=1, sort_keys=True, allow_nan=False)
-  with disk_errors(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, (data + "\n").encode())
+  # Serialized now: the caller may change `obj` once this returns.
+  data = (json.dumps(_strict(obj), indent=1, sort_keys=True,
+                     allow_nan=False) + "\n").encode()
+
+  def write():
+    with disk_errors(path):
+      path.parent.mkdir(parents=True, exist_ok=True)
+      _write_atomic(path, data)
+  _write(path, write)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -351,6 +489,7 @@ def read_json(path: str | os.PathLike) -> Any:
     OSError: if it cannot be read (e.g. FileNotFoundError).
     LotteryError: if it is not valid JSON.
   """
+  wait_for(path)
   with open(path, "rb") as f:
     data = f.read()
   try:

@@ -8,13 +8,16 @@ TFDS datasets are read from a local `data_dir` prepared beforehand.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import tempfile
+import time
 
 from absl import logging
 import numpy as np
@@ -335,12 +338,49 @@ def split_validation(ds: Dataset, size: int
           ds.x_train[val], ds.y_train[val])
 
 
+# Files changed this recently are hashed every time (see `_sha256_file`).
+_RACY_NS = 2 * 10**9
+
+
 def _sha256_file(path: str) -> str:
+  """'sha256:<hex>' of a file's bytes, remembered in the cache directory.
+
+  The digest is kept under a key of the file's path, device, inode, size and
+  modification and change times (ns): any write to the file, or a new file
+  at the path, changes the key (the stat rule of make, git and rsync; ctime
+  cannot be set back by hand). A rerun on an unchanged 200 MB .npz thus
+  reads it once, to load it, not twice. As in git's index, a file modified
+  in the last seconds is not remembered: a second write within the clock's
+  granularity (milliseconds) could keep every field of the key. An
+  unwritable cache only costs the reading.
+  """
+  st = os.stat(path)
+  key = hashlib.sha256(repr((os.path.abspath(path), st.st_dev, st.st_ino,
+                             st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                            ).encode()).hexdigest()
+  memo = cache_dir() / "digests" / key
+  with contextlib.suppress(OSError):
+    text = memo.read_text()
+    if re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+      return text
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
-  return "sha256:" + h.hexdigest()
+  digest = "sha256:" + h.hexdigest()
+  if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
+    return digest
+  with contextlib.suppress(OSError):
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=memo.parent, suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w") as f:
+        f.write(digest)
+      os.replace(tmp, memo)
+    finally:
+      with contextlib.suppress(OSError):
+        os.unlink(tmp)  # Left only if the rename failed.
+  return digest
 
 
 def _sha256_json(obj) -> str:

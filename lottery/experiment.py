@@ -8,8 +8,11 @@ config string (names, patterns, layer fractions) once, so the methods' drivers
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import pathlib
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -17,6 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import data as data_lib
 from lottery import loop as loop_lib
@@ -27,6 +31,7 @@ from lottery import parallel
 from lottery import pruning
 from lottery import rng
 from lottery import step as step_lib
+from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 
 
@@ -160,6 +165,39 @@ def build(config: ml_collections.ConfigDict, *,
       schedule=optim.make_schedule(t), loop=loop, init_params=init_params,
       init_model_state=variables, dense_mask=dense_mask,
       layer_fractions=layer_fractions, _init=init, _augment=augment)
+
+
+@contextlib.contextmanager
+def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
+             check: Callable[[ml_collections.ConfigDict], None] = (
+                 config_lib.validate),
+             before_claim: Callable[[Experiment], None] | None = None,
+             ) -> Iterator[tuple[Experiment, pathlib.Path]]:
+  """Every driver's start: `with prepared(config, workdir, progress) as
+  (exp, wd):` runs the method on the built experiment in the claimed workdir.
+
+  In order, so that bad input is refused before the long work and nothing is
+  written before it all succeeded: `check(config)` (default
+  `config.validate`), the data's fingerprint, `workdir.check` (a workdir of
+  another config or other data is refused untouched), `build`,
+  `before_claim(exp)` (a method's own checks of the built experiment), the
+  start-up lines, then `workdir.claim` (the lock and config.json), held
+  until the block ends, with the checkpoint writes on a writer thread
+  (`checkpoint.background_writes`).
+  """
+  check(config)
+  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
+  workdir_lib.check(workdir, config, extra=facts)
+  t0 = time.time()
+  exp = build(config)
+  if before_claim is not None:
+    before_claim(exp)
+  start_lines(exp, progress, time.time() - t0)
+  # Tickets are written while the next job trains; all is on disk before
+  # the lock is released.
+  with workdir_lib.claim(workdir, config, extra=facts) as held, \
+      checkpoint.background_writes():
+    yield exp, held.path
 
 
 def start_lines(exp: Experiment, progress, build_s: float) -> None:

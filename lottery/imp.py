@@ -36,20 +36,16 @@ import ml_collections
 import numpy as np
 
 from lottery import checkpoint
-from lottery import config as config_lib
 from lottery import controls as controls_lib
-from lottery import data as data_lib
 from lottery import jobs as jobs_lib
 from lottery import loop as loop_lib
-from lottery import masks as masks_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import tickets
-from lottery import workdir as workdir_lib
 from lottery.experiment import Experiment
 from lottery.experiment import build
-from lottery.experiment import start_lines
+from lottery.experiment import prepared
 from lottery.progress import NullProgress
 
 __all__ = ["RESETS", "build", "run", "summary"]
@@ -151,19 +147,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """
   if progress is None:
     progress = NullProgress(log)
-  config_lib.validate(config)
-  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
-  workdir_lib.check(workdir, config, extra=facts)  # Refuse before the long
-  t0 = time.time()
-  exp = build(config)                               # work, and write only
-  start_lines(exp, progress, time.time() - t0)
-  with workdir_lib.claim(workdir, config, extra=facts) as held:  # after it.
+  with prepared(config, workdir, progress) as (exp, wd):
     # Every round's record is rebuilt (finished ones loaded), so the summary
     # run is rewritten from round 0: purge_step=0 leaves no duplicates.
-    writer = jobs_lib.tensorboard_writer(held.path, "summary", 0)
+    writer = jobs_lib.tensorboard_writer(wd, "summary", 0)
     try:
-      return _rounds(config, exp, held.path, progress, writer, log_steps,
-                     on_round)
+      return _rounds(config, exp, wd, progress, writer, log_steps, on_round)
     finally:
       if writer is not None:
         writer.close()

@@ -145,7 +145,8 @@ class MidRun:
     checkpoint.remove(self.root)
 
   def _read(self):
-    if os.path.exists(self.meta):
+    # A clear() still queued (`checkpoint.background_writes`) counts as done.
+    if checkpoint.exists(self.meta):
       return checkpoint.read_json(self.meta)
     return None
 

@@ -49,18 +49,15 @@ from jax import lax
 from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import controls as controls_lib
-from lottery import data as data_lib
 from lottery import jobs as jobs_lib
 from lottery import masks as masks_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import tickets
-from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
-from lottery.experiment import build
-from lottery.experiment import start_lines
+from lottery.experiment import prepared
 from lottery.progress import NullProgress
 
 __all__ = ["iterations", "path", "prune_at_init", "run", "score_batch",
@@ -207,16 +204,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """
   if progress is None:
     progress = NullProgress(log)
-  config_lib.validate(config)
-  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
-  workdir_lib.check(workdir, config, extra=facts)  # Refuse before the long
-  t0 = time.time()
-  exp = build(config)                               # work, and write only
-  for i in range(config.seeds.num):                 # after it.
-    score_batch(exp, i)  # A batch_size above the training set is refused.
-  start_lines(exp, progress, time.time() - t0)
-  with workdir_lib.claim(workdir, config, extra=facts) as held:
-    return _run_groups(config, exp, held.path, progress, log_steps)
+
+  def check_batches(exp):  # A batch_size above the training set is refused.
+    for i in range(config.seeds.num):
+      score_batch(exp, i)
+
+  with prepared(config, workdir, progress,
+                before_claim=check_batches) as (exp, wd):
+    return _run_groups(config, exp, wd, progress, log_steps)
 
 
 def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:

@@ -53,7 +53,6 @@ import numpy as np
 from lottery import analysis
 from lottery import checkpoint
 from lottery import config as config_lib
-from lottery import data as data_lib
 from lottery import distributions
 from lottery import loop as loop_lib
 from lottery import jobs as jobs_lib
@@ -64,11 +63,9 @@ from lottery import rng
 from lottery import scores as scores_lib
 from lottery import sparse_updates
 from lottery import tickets
-from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
-from lottery.experiment import build
-from lottery.experiment import start_lines
+from lottery.experiment import prepared
 from lottery.progress import NullProgress
 
 __all__ = ["METHODS", "check", "groups", "run", "summary"]
@@ -244,14 +241,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """
   if progress is None:
     progress = NullProgress(log)
-  check(config)
-  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
-  workdir_lib.check(workdir, config, extra=facts)
-  t0 = time.time()
-  exp = build(config)
-  start_lines(exp, progress, time.time() - t0)
-  with workdir_lib.claim(workdir, config, extra=facts) as held:
-    return _run_groups(config, exp, held.path, progress, log_steps)
+  with prepared(config, workdir, progress, check=check) as (exp, wd):
+    return _run_groups(config, exp, wd, progress, log_steps)
 
 
 def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:

@@ -85,8 +85,9 @@ def imp_path(round_: int, kind: str = "ticket", seed: int | None = None
 
 
 def is_finished(workdir, path: str) -> bool:
-  """Whether the ticket at `path` (relative to `workdir`) is finished."""
-  return (pathlib.Path(workdir) / path / METRICS).exists()
+  """Whether the ticket at `path` (relative to `workdir`) is finished
+  (written, should its writes be queued: `checkpoint.background_writes`)."""
+  return checkpoint.exists(pathlib.Path(workdir) / path / METRICS)
 
 
 def drop_none(tree):
@@ -138,6 +139,7 @@ def save_ticket(workdir, path: str, ticket: Ticket) -> None:
 def read_ticket(workdir, path: str, *, like: Any = None) -> Ticket:
   """Loads the finished ticket at `path` (relative to `workdir`)."""
   d = pathlib.Path(workdir) / path
+  checkpoint.wait_for(d)
   if not (d / METRICS).exists():
     raise LotteryError(f"ticket: no finished ticket at {os.fspath(d)!r}")
   arrays = checkpoint.restore(d / "arrays")
@@ -173,6 +175,7 @@ def _walk_records(node, out: list) -> None:
 def summary(workdir) -> dict:
   """The run's summary.json as a dict."""
   path = pathlib.Path(workdir) / SUMMARY
+  checkpoint.wait_for(path)
   if not path.exists():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no finished "
                        f"record ({SUMMARY} missing)")
@@ -189,6 +192,7 @@ def records(workdir) -> list[dict]:
   under their round, are listed after their parent); tickets finished but
   not yet summarised (a run in flight) are added from their metrics.json.
   """
+  checkpoint.wait_for(workdir)
   walked: list[dict] = []
   path = pathlib.Path(workdir) / SUMMARY
   if path.exists():

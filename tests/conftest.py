@@ -1,8 +1,16 @@
 """Shared fixtures: a small synthetic dataset and a tiny, fast config."""
 
 import os
+import pathlib
 
-import jax
+# XLA's backend optimizations off for the tests' programs (unless XLA_FLAGS
+# says otherwise): compiling is most of the suite's time and a third of it
+# goes. The tests compare values computed under one setting (and, across
+# processes, within tolerances where a subprocess sets its own flags); the
+# README's numbers come from default builds.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 import pytest
 from absl import logging
@@ -68,6 +76,30 @@ def no_compile_cache():
   jax.config.update("jax_enable_compilation_cache", False)
   yield
   jax.config.update("jax_enable_compilation_cache", True)
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def execute_notebook(name: str, workdir, monkeypatch, tmp_path) -> str:
+  """Runs notebooks/<name> on `workdir` (in `tmp_path`); returns what it
+  printed. Fails on an error output or a traceback in the text (nbclient
+  raises CellExecutionError on an error)."""
+  import nbformat  # pylint: disable=g-import-not-at-top
+  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+  monkeypatch.setenv("LOTTERY_WORKDIR", str(workdir))
+  monkeypatch.delenv("LOTTERY_ANALYSIS_DIR", raising=False)
+  monkeypatch.setenv("MPLBACKEND", "Agg")
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+  NotebookClient(nb, timeout=120, kernel_name="python3",
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert all(o["output_type"] != "error" for o in outputs)
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "Traceback" not in text
+  return text
 
 
 def tiny(npz_path, **overrides):

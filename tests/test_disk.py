@@ -1,6 +1,7 @@
 """What is on disk: verified checkpoints, one writer per workdir, crash and
 full-disk safety, path checks, permissions, strict JSON."""
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -570,3 +571,100 @@ def test_more_rounds_extend_a_run_fewer_are_refused(tiny_config, tmp_path):
   with pytest.raises(lottery.LotteryError, match=r"^config: .*pruning.fraction:"
                      r" 0.5 -> 0.3; pruning.rounds: 2 -> 3\)"):
     workdir.check(wd, other)
+
+
+# --- Writes on the writer thread ----------------------------------------------
+
+def test_background_writes_keep_their_order_and_reads_wait(tmp_path):
+  tree = {"w": np.arange(6.0).reshape(2, 3), "m": np.ones(3, bool)}
+  with checkpoint.background_writes():
+    checkpoint.write_json(tmp_path / "a.json", {"n": [1]})
+    checkpoint.save(tmp_path / "ck", tree)
+    checkpoint.remove(tmp_path / "ck")
+    checkpoint.save(tmp_path / "ck", {**tree, "w": tree["w"] * 2})
+    obj = {"n": [1]}
+    checkpoint.write_json(tmp_path / "b.json", obj)
+    obj["n"].append(2)  # What was written is what was asked, at the call.
+    assert checkpoint.read_json(tmp_path / "a.json") == {"n": [1]}
+    got = checkpoint.restore(tmp_path / "ck")
+    assert np.array_equal(got["w"], tree["w"] * 2)
+    assert checkpoint.read_json(tmp_path / "b.json") == {"n": [1]}
+  assert checkpoint._WRITER is None  # pylint: disable=protected-access
+
+
+def test_a_queued_removal_is_known_without_waiting(tmp_path, monkeypatch):
+  import threading  # pylint: disable=g-import-not-at-top
+  checkpoint.write_json(tmp_path / "d" / "x.json", {})
+  go = threading.Event()
+  real = checkpoint._write_atomic  # pylint: disable=protected-access
+  def slow(path, data):
+    assert go.wait(timeout=30)
+    real(path, data)
+  with checkpoint.background_writes():
+    monkeypatch.setattr(checkpoint, "_write_atomic", slow)
+    checkpoint.write_json(tmp_path / "d" / "y.json", {})  # Blocks the thread.
+    checkpoint.remove(tmp_path / "d")
+    # The writer is still held up: the answer comes from the queue.
+    assert not checkpoint.exists(tmp_path / "d" / "x.json")
+    assert (tmp_path / "d" / "x.json").exists()
+    go.set()
+  assert not (tmp_path / "d").exists()
+
+
+def test_a_failed_background_write_stops_later_ones(tmp_path, monkeypatch):
+  def full(path, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+  monkeypatch.setattr(checkpoint, "_write_atomic", full)
+  msg = "^workdir: no space left on device while writing .*a.json"
+  with pytest.raises(lottery.LotteryError, match=msg):
+    with checkpoint.background_writes():
+      checkpoint.write_json(tmp_path / "a.json", {})
+      checkpoint.wait_for(tmp_path / "a.json")
+  monkeypatch.undo()
+  with pytest.raises(lottery.LotteryError, match=msg):
+    with checkpoint.background_writes():
+      monkeypatch.setattr(checkpoint, "_write_atomic", full)
+      checkpoint.write_json(tmp_path / "a.json", {})
+      checkpoint.wait_for(tmp_path)
+  monkeypatch.undo()
+  with pytest.raises(lottery.LotteryError, match=msg):  # At the block's end.
+    with checkpoint.background_writes():
+      monkeypatch.setattr(checkpoint, "_write_atomic", full)
+      checkpoint.write_json(tmp_path / "a.json", {})
+      checkpoint.save(tmp_path / "ck", {"w": np.zeros(2)})
+  assert not (tmp_path / "ck").exists()  # Queued after the failure: skipped.
+
+
+def test_ticket_is_written_while_the_next_job_trains(tiny_config, tmp_path,
+                                                     monkeypatch):
+  import threading  # pylint: disable=g-import-not-at-top
+  from lottery import jobs  # pylint: disable=g-import-not-at-top
+  trained = []
+  second = threading.Event()
+  real_train = jobs.loop_lib.train
+  def train(*a, **k):
+    trained.append(1)
+    if len(trained) == 2:
+      second.set()
+    return real_train(*a, **k)
+  real_save = checkpoint._save  # pylint: disable=protected-access
+  overlapped = []
+  def save(path, tree):
+    if path.name == "arrays" and "round_000" in str(path):
+      # Synchronous writes would never see round 1 start: a timeout.
+      overlapped.append(second.wait(timeout=60))
+    real_save(path, tree)
+  monkeypatch.setattr(jobs.loop_lib, "train", train)
+  monkeypatch.setattr(checkpoint, "_save", save)
+  cfg = tiny_config(**{"pruning.rounds": 1, "controls": ()})
+  lottery.run(cfg, tmp_path / "wd", log=quiet)
+  assert overlapped == [True]
+  monkeypatch.undo()
+  # The same tickets as with synchronous writes.
+  monkeypatch.setattr(checkpoint, "background_writes", contextlib.nullcontext)
+  lottery.run(cfg, tmp_path / "ref", log=quiet)
+  for r in (0, 1):
+    a = lottery.load_ticket(tmp_path / "ref", r)
+    b = lottery.load_ticket(tmp_path / "wd", r)
+    assert _bits(a.trained_params) == _bits(b.trained_params)
+    assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]

@@ -6,40 +6,23 @@ wrote beside its figures (tables.json, the numbers it plotted) against
 """
 
 import json
-import os
 import pathlib
 import shutil
 
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 import lottery
 from lottery import analysis
-from lottery import checkpoint
 
+from conftest import execute_notebook
 from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _execute(workdir, monkeypatch, tmp_path) -> str:
-  """Runs the notebook on `workdir`; returns its printed output. Fails on an
-  error output (nbclient raises CellExecutionError on one)."""
-  nb = nbformat.read(ROOT / "notebooks" / "tickets.ipynb", as_version=4)
-  monkeypatch.setenv("LOTTERY_WORKDIR", str(workdir))
-  monkeypatch.delenv("LOTTERY_ANALYSIS_DIR", raising=False)
-  monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(ROOT), os.environ.get("PYTHONPATH", "")]))
-  NotebookClient(nb, timeout=120, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-  assert all(o["output_type"] != "error" for o in outputs)
-  text = "".join(o.get("text", "") for o in outputs)
-  assert "Traceback" not in text
-  return text
+  return execute_notebook("tickets.ipynb", workdir, monkeypatch, tmp_path)
 
 
 def _tables(workdir) -> dict:

@@ -9,16 +9,15 @@ import subprocess
 import sys
 
 import jax
-import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 import lottery
 from lottery import analysis
 from lottery import masks
 from lottery import pruning
 
+from conftest import execute_notebook
 from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -166,16 +165,7 @@ def test_cli_refuses_bad_input_in_one_line(flag, start, tmp_path, npz_path):
 
 def test_notebook_runs_on_the_finished_run(finished, monkeypatch, tmp_path):
   wd, summary, _ = finished
-  nb = nbformat.read(ROOT / "notebooks" / "pruning_at_init.ipynb",
-                     as_version=4)
-  monkeypatch.setenv("LOTTERY_WORKDIR", str(wd))
-  monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(ROOT), os.environ.get("PYTHONPATH", "")]))
-  NotebookClient(nb, timeout=120, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-  assert all(o["output_type"] != "error" for o in outputs)
+  execute_notebook("pruning_at_init.ipynb", wd, monkeypatch, tmp_path)
   tables = json.loads((wd / "analysis" / "pai_tables.json").read_text())
   want = analysis.table(lottery.records(wd), "test_accuracy",
                         by=("method", "check", "target_density"))

@@ -20,6 +20,8 @@ from lottery import pruning
 from lottery import sparse_updates as su
 from lottery import step as step_lib
 
+from conftest import execute_notebook
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -215,21 +217,8 @@ def test_bad_input_refused_in_one_line(tmp_path):
 
 def test_notebook_on_the_run(sparse_run, monkeypatch, tmp_path):
   import json  # pylint: disable=g-import-not-at-top
-  import nbformat  # pylint: disable=g-import-not-at-top
-  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   _, wd, summary, _ = sparse_run
-  nb = nbformat.read(ROOT / "notebooks" / "sparse_training.ipynb",
-                     as_version=4)
-  monkeypatch.setenv("LOTTERY_WORKDIR", str(wd))
-  monkeypatch.delenv("LOTTERY_ANALYSIS_DIR", raising=False)
-  monkeypatch.setenv("MPLBACKEND", "Agg")
-  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-      [str(ROOT), os.environ.get("PYTHONPATH", "")]))
-  NotebookClient(nb, timeout=120, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
-  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-  assert all(o["output_type"] != "error" for o in outputs)
-  text = "".join(o.get("text", "") for o in outputs)
+  text = execute_notebook("sparse_training.ipynb", wd, monkeypatch, tmp_path)
   assert f"10 runs finished in {wd} (run finished); replicates: 2" in text
   tables = json.loads((wd / "analysis" / "tables.json").read_text())
   runs = summary["runs"]

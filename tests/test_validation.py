@@ -366,6 +366,35 @@ def test_standardize_per_channel_with_train_statistics():
   np.testing.assert_allclose(s2.x_train.std(), 1.0, rtol=1e-5)
 
 
+def test_npz_digest_is_remembered_until_the_file_changes(tmp_path,
+                                                        monkeypatch):
+  path = pathlib.Path(make_npz(tmp_path / "d.npz"))
+  digest = lambda: "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+  cfg = ml_collections.ConfigDict({"name": "npz", "path": str(path),
+                                   "data_dir": ""})
+  memos = lambda: list((data_lib.cache_dir() / "digests").glob("*"))
+  before = set(memos())
+  # Just written: hashed, not remembered (a second write in the same clock
+  # tick could leave its stat unchanged).
+  assert data_lib.fingerprint(cfg) == digest() and set(memos()) == before
+  # Remembered once old enough (here: at once, the file dated 10 s back so
+  # that the rewrite below is surely in another clock tick).
+  monkeypatch.setattr(data_lib, "_RACY_NS", 0)
+  past = time.time_ns() - 10**10
+  os.utime(path, ns=(past, past))
+  assert data_lib.fingerprint(cfg) == digest()
+  (memo,) = set(memos()) - before
+  assert memo.read_text() == digest()
+  # The memo is what answers (a fake digest shows it)...
+  memo.write_text("sha256:" + "0" * 64)
+  assert data_lib.fingerprint(cfg) == "sha256:" + "0" * 64
+  # ...until the file changes: same path, same size, other bytes.
+  size = path.stat().st_size
+  make_npz(path, seed=1)
+  assert path.stat().st_size == size
+  assert data_lib.fingerprint(cfg) == digest() != "sha256:" + "0" * 64
+
+
 def test_fingerprints(tmp_path, npz_path):
   cfg = lambda **kw: ml_collections.ConfigDict(
       {"name": "npz", "path": "", "data_dir": "", **kw})

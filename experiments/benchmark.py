@@ -43,6 +43,7 @@ from lottery import masks
 from lottery import models
 from lottery import optim
 from lottery import pruning
+from lottery import rng as rng_lib
 from lottery import scores
 from lottery import step
 
@@ -78,7 +79,8 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
   x = rng.normal(size=(n,) + shape).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
   model = models.get(model_name, 10)
-  variables = dict(jax.jit(lambda k: model.init(k, x[:1]))(jax.random.key(0)))
+  variables = dict(jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))(
+      jax.random.key(0)))
   params = variables.pop("params")
   mask = pruning.prune(masks.make_mask(params), scores.magnitude(params), 0.5)
   no_mask = jax.tree.map(lambda _: None, params)
@@ -156,7 +158,7 @@ def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
   x = rng.normal(size=(n,) + shape).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
   model = models.get(model_name, 10)
-  init = jax.jit(lambda k: model.init(k, x[:1])["params"])
+  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1])["params"])
   tx = optim.make_optimizer(t)
   apply_fn = step.flax_apply(model)
   lp = loop.Loop(step.make_train_step(apply_fn, tx), step.make_eval_step(
@@ -211,7 +213,8 @@ def _bench_sparse(steps: int, repeats: int) -> dict:
   x = rng.normal(size=(n,) + shape).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
   model = models.get(model_name, 10)
-  params = jax.jit(lambda k: model.init(k, x[:1]))(jax.random.key(0))["params"]
+  params = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))(
+      jax.random.key(0))["params"]
   dense = masks.make_mask(params)
   counts = distributions.keep_counts("uniform", dense, 0.1)
   mask = pruning.keep_top(dense, scores.random(dense, jax.random.key(1)),

@@ -25,9 +25,11 @@ controls; on MNIST-shaped synthetic data (60000 + 10000 examples of 28 x 28 x
 
   lenet_job_s       the job through `python -m experiments.imp` (warm)
   torch_lenet_job_s the same job as a plain PyTorch script (TORCH_JOB below,
-                    `--torch_threads` threads), or null if `torch` is not
-                    importable (or --notorch)
-  torch_vs_lottery  torch_lenet_job_s / lenet_job_s (target: >= 2)
+                    `--torch_threads` threads: default torch's own), or null
+                    if `torch` is not importable (or --notorch); the two
+                    jobs' `--lenet_repeats` runs alternate
+  torch_vs_lottery  torch_lenet_job_s / lenet_job_s (target: >= 2);
+                    torch_vs_lottery_cpu the same of CPU times
 
 With --seeds, the default recipe (configs/mnist1d.py) for --seeds_rounds
 rounds, three seeds (warm, alternating, median of --repeats each):
@@ -71,9 +73,8 @@ _LENET = flags.DEFINE_bool("lenet", True, "Time the LeNet-300-100 job.")
 _TORCH = flags.DEFINE_bool("torch", True, "Time the PyTorch LeNet job too "
                            "(if torch is importable).")
 _TORCH_THREADS = flags.DEFINE_integer(
-    "torch_threads", 1, "torch.set_num_threads for the PyTorch job (0: "
-    "torch's default, one per core, whose spinning threads slow down many "
-    "times over when other processes share the cores).")
+    "torch_threads", 0, "torch.set_num_threads for the PyTorch job (0: "
+    "torch's default, one thread per core, as a user's script runs).")
 _SEEDS = flags.DEFINE_bool(
     "seeds", False, "Time three seeds of the default recipe (a few rounds): "
     "one command with --config.seeds.num=3 against three single-seed "
@@ -268,7 +269,7 @@ def measure_seeds(repeats: int, rounds: int) -> dict:
 
 
 def measure(repeats: int = 3, lenet: bool = True, torch: bool = True,
-            lenet_repeats: int = 1, torch_threads: int = 1) -> dict:
+            lenet_repeats: int = 1, torch_threads: int = 0) -> dict:
   """The figures of this module's docstring, as a dict; each `<name>_s` has
   its CPU time beside it as `<name>_cpu_s`."""
   out = {}
@@ -289,19 +290,31 @@ def measure(repeats: int = 3, lenet: bool = True, torch: bool = True,
     if lenet:
       npz = tmp / "mnist_like.npz"
       write_mnist_like(npz)
-      record("lenet_job",
-             lambda i: imp_argv(lenet_flags(str(npz)), tmp / f"lenet_{i}"),
-             lenet_repeats)
+      ours = lambda i: imp_argv(lenet_flags(str(npz)), tmp / f"lenet_{i}")
       out.update(torch_lenet_job_s=None, torch_lenet_job_cpu_s=None,
                  torch_vs_lottery=None)
-      if torch and importlib.util.find_spec("torch") is not None:
-        script = tmp / "torch_lenet.py"
-        script.write_text(TORCH_JOB)
-        argv = [sys.executable, str(script), str(npz), str(LENET_LEVELS),
+      if not (torch and importlib.util.find_spec("torch") is not None):
+        record("lenet_job", ours, lenet_repeats)
+        return out
+      script = tmp / "torch_lenet.py"
+      script.write_text(TORCH_JOB)
+      theirs = [sys.executable, str(script), str(npz), str(LENET_LEVELS),
                 str(LENET_STEPS), str(LENET_BATCH), str(torch_threads)]
-        record("torch_lenet_job", lambda i: argv, lenet_repeats)
-        out["torch_vs_lottery"] = round(
-            out["torch_lenet_job_s"] / out["lenet_job_s"], 2)
+      # Alternating, after one untimed run of each: a change of the
+      # machine's load hits both alike.
+      timed_run(ours(-1))
+      timed_run(theirs)
+      runs = {"lenet_job": [], "torch_lenet_job": []}
+      for i in range(lenet_repeats):
+        runs["lenet_job"].append(timed_run(ours(i)))
+        runs["torch_lenet_job"].append(timed_run(theirs))
+      for name, rs in runs.items():
+        out[f"{name}_s"] = round(statistics.median(w for w, _ in rs), 3)
+        out[f"{name}_cpu_s"] = round(statistics.median(c for _, c in rs), 3)
+      out["torch_vs_lottery"] = round(
+          out["torch_lenet_job_s"] / out["lenet_job_s"], 2)
+      out["torch_vs_lottery_cpu"] = round(
+          out["torch_lenet_job_cpu_s"] / out["lenet_job_cpu_s"], 2)
   return out
 
 

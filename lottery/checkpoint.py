@@ -40,12 +40,12 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
 from lottery.errors import LotteryError
 
@@ -60,11 +60,23 @@ _HEADER = "lottery-checksums-v1 sha256:"
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
 
 _CKPTR = None
+# Orbax's checkpointer, used from the writer thread and the run's, one call
+# at a time.
+_ORBAX_LOCK = threading.RLock()
 
 
-def _checkpointer() -> ocp.PyTreeCheckpointer:
+def _orbax():
+  """orbax.checkpoint, imported on first use: 0.2 s of every start, which
+  `background_writes` spends on its thread while the first job trains."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp
+
+
+def _checkpointer():
+  """The process's orbax checkpointer (an `ocp.Checkpointer`)."""
   global _CKPTR
   if _CKPTR is None:
+    ocp = _orbax()
     if jax.process_count() == 1:
       _CKPTR = ocp.PyTreeCheckpointer()
     else:
@@ -204,8 +216,10 @@ class _Writer:
   def __init__(self):
     self._pool = concurrent.futures.ThreadPoolExecutor(
         1, thread_name_prefix="lottery-writer")
-    self._queued: list[tuple[pathlib.Path, concurrent.futures.Future]] = []
+    self._queued: list[tuple[pathlib.Path, bool,
+                             concurrent.futures.Future]] = []
     self._error: BaseException | None = None
+    self._pool.submit(self._run, _orbax)  # While the run builds and trains.
 
   def submit(self, path: pathlib.Path, write, removes: bool = False) -> None:
     self.check()
@@ -332,7 +346,7 @@ def save(path: str | os.PathLike, tree: Any) -> None:
 def _save(path: pathlib.Path, tree: Any) -> None:
   try:
     with disk_errors(path):
-      with _no_orbax_errors():
+      with _no_orbax_errors(), _ORBAX_LOCK:
         _checkpointer().save(os.fspath(path), tree)
       body = json.dumps({"arrays": _array_digests(tree),
                          "files": _file_digests(path)},
@@ -415,14 +429,15 @@ def restore(path: str | os.PathLike) -> Any:
         raise _damaged(path, f"{name} is missing")
       if f.stat().st_size != size or _file_digest(f) != digest:
         raise _damaged(path, f"{name} differs from its checksum")
-    ck = _checkpointer()
     try:
-      meta = ck.metadata(os.fspath(path))
-      meta = getattr(meta, "item_metadata", meta)
-      meta = getattr(meta, "tree", meta)
-      args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          meta)
-      tree = ck.restore(os.fspath(path), restore_args=args)
+      with _ORBAX_LOCK:
+        ck = _checkpointer()
+        meta = ck.metadata(os.fspath(path))
+        meta = getattr(meta, "item_metadata", meta)
+        meta = getattr(meta, "tree", meta)
+        restore_args = _orbax().RestoreArgs(restore_type=np.ndarray)
+        args = jax.tree.map(lambda _: restore_args, meta)
+        tree = ck.restore(os.fspath(path), restore_args=args)
     except Exception as e:  # pylint: disable=broad-except
       raise _damaged(path, f"orbax cannot read it: {type(e).__name__}: {e}"
                      ) from None

@@ -3,14 +3,7 @@
 import os
 import pathlib
 
-# XLA's backend optimizations off for the tests' programs (unless XLA_FLAGS
-# says otherwise): compiling is most of the suite's time and a third of it
-# goes. The tests compare values computed under one setting (and, across
-# processes, within tolerances where a subprocess sets its own flags); the
-# README's numbers come from default builds.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
-
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 import numpy as np
 import pytest
 from absl import logging

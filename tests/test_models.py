@@ -11,6 +11,7 @@ import lottery
 from lottery import augment
 from lottery import masks
 from lottery import models
+from lottery import rng
 
 
 def _count(tree) -> int:
@@ -114,7 +115,9 @@ def test_parameter_counts_match_openlth(name, options, expected):
 @pytest.fixture(scope="module")
 def resnet20_variables():
   model = models.get("resnet20", 10)
-  return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  # A flat key: the same weights, a fraction of the compile (tests/test_rng).
+  return jax.jit(lambda k, x: model.init(rng.flat(k), x))(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 def test_resnet20_prunes_exactly_its_22_kernels(resnet20_variables):
@@ -153,7 +156,8 @@ def test_resnet_init_is_untruncated_he_normal(resnet20_variables):
 def small_resnet():
   model = models.get("resnet", 10, depth=8, width=2)
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
-  return model, jax.jit(model.init)(jax.random.key(0), x), x
+  return model, jax.jit(lambda k, x: model.init(rng.flat(k), x))(
+      jax.random.key(0), x), x
 
 
 def test_train_true_updates_batch_stats_with_batch_statistics(small_resnet):
@@ -195,7 +199,7 @@ def test_train_false_uses_the_running_averages(small_resnet):
 def test_vgg_runs_with_state():
   model = models.get("vgg11", 10, width=4)
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
-  v = jax.jit(model.init)(jax.random.key(0), x)
+  v = jax.jit(lambda k, x: model.init(rng.flat(k), x))(jax.random.key(0), x)
   logits, new = jax.jit(lambda v, x: model.apply(
       v, x, train=True, mutable=["batch_stats"]))(v, x)
   assert logits.shape == (2, 10) and set(new) == {"batch_stats"}

@@ -190,7 +190,7 @@ def _device_num_to_remove(fraction: float, surviving: jax.Array) -> jax.Array:
 
 
 def _sort_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
-  """Flat uint32 keys whose unsigned order is the scores' order.
+  """uint32 keys (of `scores`' shape) whose unsigned order is the scores'.
 
   Survivors' NaN scores become -inf and -0.0 becomes 0.0; pruned weights get
   `_DEAD`, above the key of +inf, so they are never among the lowest.
@@ -200,12 +200,74 @@ def _sort_keys(scores: jax.Array, alive: jax.Array) -> jax.Array:
   s = jnp.where(s == 0, jnp.float32(0), s)
   u = lax.bitcast_convert_type(s, jnp.uint32)
   key = jnp.where(u >= jnp.uint32(0x80000000), ~u, u | jnp.uint32(0x80000000))
-  return jnp.where(alive, key, jnp.uint32(_DEAD)).reshape(-1)
+  return jnp.where(alive, key, jnp.uint32(_DEAD))
 
 
-def _mark_lowest(keys: Sequence[jax.Array], groups: Sequence[Sequence[int]],
-                 counts: jax.Array) -> list[jax.Array]:
-  """Marks, per group of leaves, its `counts[g]` lowest keys.
+# Chunk length of `_Layout`.
+_CHUNK = 2048
+
+
+class _Layout:
+  """Groups of leaves laid out as one (chunks, _CHUNK) array.
+
+  Each group's leaves, flattened, one after another (so the layout's order
+  within a group is the tie order: leaf, then flat index), padded to whole
+  chunks; a per-group total is a sum over each chunk and a segment sum over
+  the few thousand chunks. Every step of the ranking is then a handful of
+  operations whatever the number of leaves: with reductions per leaf,
+  ResNet-50's 54 leaves took 16 s to compile on the 2-core CPU, against about
+  2 s this way, at the same speed.
+  """
+
+  def __init__(self, sizes: Sequence[int], groups: Sequence[Sequence[int]]):
+    self.sizes, self.groups = list(sizes), [tuple(g) for g in groups]
+    self.offsets, chunk_group, at = {}, [], 0
+    for g, group in enumerate(self.groups):
+      n = 0
+      for j in group:
+        self.offsets[j] = at + n
+        n += self.sizes[j]
+      chunks = max(1, -(-n // _CHUNK))
+      chunk_group += [g] * chunks
+      at += chunks * _CHUNK
+    self.chunk_group = np.asarray(chunk_group, np.int32)
+    # Each group's first chunk.
+    self.first = np.searchsorted(self.chunk_group, np.arange(len(groups)))
+
+  def pack(self, leaves: Sequence[jax.Array], fill) -> jax.Array:
+    pieces = []
+    for group in self.groups:
+      n = 0
+      for j in group:
+        pieces.append(jnp.reshape(leaves[j], -1))
+        n += self.sizes[j]
+      pad = max(1, -(-n // _CHUNK)) * _CHUNK - n
+      if pad:
+        pieces.append(jnp.full((pad,), fill, jnp.asarray(leaves[0]).dtype))
+    return jnp.concatenate(pieces).reshape(-1, _CHUNK)
+
+  def unpack(self, packed: jax.Array, shapes) -> list[jax.Array]:
+    flat = packed.reshape(-1)
+    return [flat[self.offsets[j]:self.offsets[j] + self.sizes[j]].reshape(
+        shapes[j]) for j in range(len(self.sizes))]
+
+  def per_group(self, per_chunk: jax.Array) -> jax.Array:
+    return jax.ops.segment_sum(per_chunk, self.chunk_group,
+                               num_segments=len(self.groups),
+                               indices_are_sorted=True)
+
+  def spread(self, v: jax.Array) -> jax.Array:
+    """(groups,) -> (chunks, 1): each chunk its group's value."""
+    return v[self.chunk_group][:, None]
+
+  def count(self, x: jax.Array) -> jax.Array:
+    """Per group, the True entries of a packed bool array."""
+    return self.per_group(jnp.sum(x, axis=1, dtype=jnp.int32))
+
+
+def _mark_lowest(layout: _Layout, keys: jax.Array,
+                 counts: jax.Array) -> jax.Array:
+  """Marks, per group of the packed `keys`, its `counts[g]` lowest keys.
 
   Ties go to the earlier position in group order (leaf, then flat index). A
   count <= 0 marks nothing. The threshold key t_g (the counts[g]-th lowest:
@@ -213,46 +275,42 @@ def _mark_lowest(keys: Sequence[jax.Array], groups: Sequence[Sequence[int]],
   bisection, 32 reductions over the keys; when only some of the keys equal
   to t_g go, a running count in group order picks the first ones.
   """
-  def total(per_leaf):
-    return jnp.stack([sum(per_leaf(j, g) for j in group)
-                      for g, group in enumerate(groups)])
-
-  def below(t):
-    return total(lambda j, g: jnp.sum(keys[j] < t[g], dtype=jnp.int32))
+  spread = layout.spread
 
   def step(i, t):
     trial = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-    return jnp.where(below(trial) < counts, trial, t)
+    return jnp.where(layout.count(keys < spread(trial)) < counts, trial, t)
 
-  t = lax.fori_loop(0, 32, step, jnp.zeros(len(groups), jnp.uint32))
-  need = counts - below(t)  # how many of the keys equal to t_g go
-  group_of = {j: g for g, group in enumerate(groups) for j in group}
-  eq = [keys[j] == t[group_of[j]] for j in range(len(keys))]
-  ties = total(lambda j, g: jnp.sum(eq[j], dtype=jnp.int32))
+  t = lax.fori_loop(0, 32, step, jnp.zeros(len(layout.groups), jnp.uint32))
+  need = counts - layout.count(keys < spread(t))  # keys equal to t_g to go
+  eq = keys == spread(t)
+  in_chunk = jnp.sum(eq, axis=1, dtype=jnp.int32)
+  ties = layout.per_group(in_chunk)
 
   def first_ties():
-    out = list(eq)
-    for g, group in enumerate(groups):
-      seen = jnp.int32(0)
-      for j in group:
-        out[j] = eq[j] & (jnp.cumsum(eq[j], dtype=jnp.int32) + seen <= need[g])
-        seen = seen + jnp.sum(eq[j], dtype=jnp.int32)
-    return out
+    # Equal keys before each one in its group: those of the group's earlier
+    # chunks, then those before it in its own chunk.
+    before = jnp.cumsum(in_chunk) - in_chunk
+    before = before - before[layout.first][layout.chunk_group]
+    rank = before[:, None] + jnp.cumsum(eq, axis=1, dtype=jnp.int32) - eq
+    return eq & (rank < spread(need))
 
   def all_ties():
-    return [eq[j] & (need[group_of[j]] > 0) for j in range(len(keys))]
+    return eq & spread(need > 0)
 
   # Ties at the threshold rarely need splitting on real scores: skip the
-  # running count (a scan over every weight) unless some group needs it.
+  # running count unless some group needs it.
   take = lax.cond(jnp.any((need > 0) & (need < ties)), first_ties, all_ties)
-  return [(keys[j] < t[group_of[j]]) | take[j] for j in range(len(keys))]
+  return (keys < spread(t)) | take
 
 
-def _all_finite(alive: Sequence[jax.Array], scores: Sequence[jax.Array]):
-  """Whether every surviving weight's score is finite (a bool scalar)."""
-  return jnp.all(jnp.stack([
-      jnp.all(jnp.isfinite(jnp.asarray(s).astype(jnp.float32)) | ~a)
-      for a, s in zip(alive, scores)]))
+def _packed(alive, scores, groups):
+  """(layout, packed alive, packed keys, packed scores' finiteness)."""
+  alive = [jnp.asarray(a).astype(bool) for a in alive]
+  layout = _Layout([int(np.size(a)) for a in alive], groups)
+  live = layout.pack(alive, False)
+  s = layout.pack([jnp.asarray(x).astype(jnp.float32) for x in scores], 0.0)
+  return layout, live, _sort_keys(s, live), jnp.all(jnp.isfinite(s) | ~live)
 
 
 @functools.partial(jax.jit, static_argnames=("groups",))
@@ -268,29 +326,29 @@ def _prune_leaves(alive, scores, consts, *, groups):
   Returns:
     (new mask leaves, whether all survivors' scores are finite).
   """
-  alive = [jnp.asarray(a).astype(bool) for a in alive]
-  keys = [_sort_keys(s, a) for a, s in zip(alive, scores)]
-  n = [jnp.sum(a, dtype=jnp.int32) for a in alive]
-  counts = _counts_on_device(
-      consts, jnp.stack([sum(n[j] for j in group) for group in groups]))
-  marked = _mark_lowest(keys, groups, counts)
-  new = [a & ~mk.reshape(a.shape) for a, mk in zip(alive, marked)]
-  return new, _all_finite(alive, scores)
+  layout, live, keys, finite = _packed(alive, scores, groups)
+  counts = _counts_on_device(consts, layout.count(live))
+  new = live & ~_mark_lowest(layout, keys, counts)
+  return layout.unpack(new, [np.shape(a) for a in alive]), finite
 
 
-def _keep_top_core(alive, scores, keep):
-  """Keeps keep[j] highest-scoring survivors of leaf j; (new, survivors)."""
-  keys = [_sort_keys(s, a) for a, s in zip(alive, scores)]
-  n = jnp.stack([jnp.sum(a, dtype=jnp.int32) for a in alive])
-  marked = _mark_lowest(keys, [[j] for j in range(len(alive))], n - keep)
-  return [a & ~mk.reshape(a.shape) for a, mk in zip(alive, marked)], n
+def keep_top_core(alive: Sequence[jax.Array], scores: Sequence[jax.Array],
+                  keep: jax.Array):
+  """`keep_top` on lists of leaves, traceable with traced counts.
+
+  Keeps keep[j] highest-scoring survivors of leaf j (ties as `keep_top`);
+  returns (new leaves, survivors per leaf, whether the survivors' scores are
+  all finite). For code that runs inside a compiled step (sparse training's
+  mask updates); `keep_top` checks its arguments and calls this.
+  """
+  groups = tuple((j,) for j in range(len(alive)))
+  layout, live, keys, finite = _packed(alive, scores, groups)
+  n = layout.count(live)
+  new = live & ~_mark_lowest(layout, keys, n - keep)
+  return layout.unpack(new, [np.shape(a) for a in alive]), n, finite
 
 
-@jax.jit
-def _keep_top_leaves(alive, scores, keep):
-  alive = [jnp.asarray(a).astype(bool) for a in alive]
-  new, n = _keep_top_core(alive, scores, keep)
-  return new, n, _all_finite(alive, scores)
+_keep_top_leaves = jax.jit(keep_top_core)
 
 
 @jax.jit
@@ -298,7 +356,7 @@ def _random_like_leaves(alive, key):
   full = [jnp.ones(jnp.shape(a), bool) for a in alive]
   # Same draws as scores.random(full mask tree, key): one split per leaf.
   keep = jnp.stack([jnp.sum(jnp.asarray(a), dtype=jnp.int32) for a in alive])
-  new, _ = _keep_top_core(full, scores_lib.random(full, key), keep)
+  new, _, _ = keep_top_core(full, scores_lib.random(full, key), keep)
   return new
 
 

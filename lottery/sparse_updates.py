@@ -114,62 +114,9 @@ def changes(table: np.ndarray, method: str) -> int:
   return int(np.sum(np.any(table[1:] > 0, axis=1)))
 
 
-def keep_top_flat(alive: list[jax.Array], scores: list[jax.Array],
-                  keep: jax.Array) -> list[jax.Array]:
-  """`pruning.keep_top` for traced counts: keeps the keep[j] highest-scoring
-  alive weights of leaf j, with its ranking keys and tie rule (among equal
-  scores the earlier weight goes first), so its masks are keep_top's.
-
-  The leaves are ranked as one flat array cut into static segments; the
-  32-step bisection counts each segment's keys below its threshold with one
-  sum per segment, and the running count that splits ties at a threshold
-  (a cumulative sum, several times a sum on the CPU) runs only when some
-  segment needs it. About 5-7 ms for LeNet-300-100's 266K weights on the
-  2-core CPU (bisecting with cumulative sums or `segment_sum` compiled 3x
-  faster but ran 3-6x slower; an update runs every 100 steps, the compile
-  once per run).
-  """
-  shapes = [a.shape for a in alive]
-  sizes = [int(a.size) for a in alive]
-  ends = np.cumsum(sizes)
-  starts = np.concatenate([[0], ends[:-1]])
-  segments = list(zip(starts, ends))
-
-  def per_segment(x):  # (N,) bool -> (L,) int32 counts
-    return jnp.stack([jnp.sum(x[a:b], dtype=jnp.int32) for a, b in segments])
-
-  def spread(v):  # (L,) -> (N,): each segment's value over its weights
-    return jnp.concatenate([jnp.broadcast_to(v[j], (n,))
-                            for j, n in enumerate(sizes)])
-
-  flat = jnp.concatenate([a.reshape(-1) for a in alive])
-  keys = pruning._sort_keys(  # pylint: disable=protected-access
-      jnp.concatenate([jnp.asarray(s, jnp.float32).reshape(-1)
-                       for s in scores]), flat)
-  drop = per_segment(flat) - keep
-
-  def below(t):  # per segment: its keys below its threshold
-    return jnp.stack([jnp.sum(keys[a:b] < t[j], dtype=jnp.int32)
-                      for j, (a, b) in enumerate(segments)])
-
-  def bisect(i, t):
-    trial = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-    return jnp.where(below(trial) < drop, trial, t)
-
-  t = jax.lax.fori_loop(0, 32, bisect, jnp.zeros(len(alive), jnp.uint32))
-  need = drop - below(t)  # how many keys equal to t go, per segment
-  eq = keys == spread(t)
-
-  def first_ties():
-    before = jnp.cumsum(eq, dtype=jnp.int32) - eq  # equal keys before each
-    rank = before - spread(before[starts])
-    return eq & (rank < spread(need))
-
-  ties = per_segment(eq)
-  take = jax.lax.cond(jnp.any((need > 0) & (need < ties)), first_ties,
-                      lambda: eq & spread(need > 0))
-  new = flat & ~((keys < spread(t)) | take)
-  return [new[a:b].reshape(shape) for (a, b), shape in zip(segments, shapes)]
+def _keep_top(alive, scores, keep) -> list[jax.Array]:
+  """`pruning.keep_top` for traced counts (its masks, its tie rule)."""
+  return pruning.keep_top_core(alive, scores, keep)[0]
 
 
 def _index(state, update_every: int, rows: int) -> jax.Array:
@@ -205,14 +152,14 @@ def drop_and_grow(kind: str, mask: masks_lib.Mask, counts: Mapping[str, int],
     m = treedef.flatten_up_to(state.mask)
     alive = [m[i] for i in live]
     w = treedef.flatten_up_to(state.params)
-    kept = keep_top_flat(alive, [jnp.abs(w[i]) for i in live], keep - drop)
+    kept = _keep_top(alive, [jnp.abs(w[i]) for i in live], keep - drop)
     candidates = [~k for k in kept]
     if kind == "rigl":
       g = treedef.flatten_up_to(grads)
       score = [jnp.abs(g[i]) for i in live]
     else:
       score = scores_lib.random(candidates, key)
-    grown = keep_top_flat(candidates, score, drop)
+    grown = _keep_top(candidates, score, drop)
     new = list(m)
     for i, k, gr in zip(live, kept, grown):
       new[i] = k | gr
@@ -239,7 +186,7 @@ def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
     keep = jnp.asarray(table)[_index(state, update_every, len(table))]
     m = treedef.flatten_up_to(state.mask)
     w = treedef.flatten_up_to(state.params)
-    kept = keep_top_flat([m[i] for i in live], [jnp.abs(w[i]) for i in live],
+    kept = _keep_top([m[i] for i in live], [jnp.abs(w[i]) for i in live],
                          keep)
     new = list(m)
     for i, k in zip(live, kept):

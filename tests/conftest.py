@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic dataset and a tiny, fast config."""
 
+import contextlib
 import os
 import pathlib
 
@@ -63,12 +64,23 @@ def _cache_dir(tmp_path_factory):
     os.environ["LOTTERY_CACHE"] = old
 
 
-@pytest.fixture
-def no_compile_cache():
-  """For tests that count compilations: a cache hit is not a compilation."""
+@contextlib.contextmanager
+def compilations():
+  """Counts XLA compilations in the block: yields a list that gets one entry
+  per compilation. The persistent cache is off meanwhile (a hit is not a
+  compilation)."""
+  events = []
+  def listener(name, *a, **k):
+    del a, k
+    if name == "/jax/core/compile/backend_compile_duration":
+      events.append(name)
   jax.config.update("jax_enable_compilation_cache", False)
-  yield
-  jax.config.update("jax_enable_compilation_cache", True)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+    jax.config.update("jax_enable_compilation_cache", True)
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

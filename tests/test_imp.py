@@ -18,6 +18,8 @@ from lottery import jobs
 from lottery import masks
 from lottery import tickets
 
+from conftest import compilations
+
 KINDS = ("ticket", "reinit", "random_prune")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -225,20 +227,12 @@ def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
       assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
 
 
-def test_compilations_do_not_grow_with_rounds(tiny_config, tmp_path,
-                                             no_compile_cache):
-  events = []
-  def listener(name, *a, **k):
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-  jax.monitoring.register_event_duration_secs_listener(listener)
+def test_compilations_do_not_grow_with_rounds(tiny_config, tmp_path):
   per_round = []
   cfg = tiny_config(**{"pruning.rounds": 4, "pruning.rewind_step": 3})
-  try:
+  with compilations() as events:
     lottery.run(cfg, tmp_path, log=quiet,
                 on_round=lambda rec: per_round.append(len(events)))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   new = np.diff([0] + per_round)
   assert new[0] > 0  # Round 0 compiles the train step and evaluation.
   # Round 1 may compile pruning and control helpers once; after that, a new

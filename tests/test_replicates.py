@@ -16,6 +16,8 @@ from lottery import analysis
 from lottery import jobs
 from lottery import tickets
 
+from conftest import compilations
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("ticket", "reinit", "random_prune")
 
@@ -142,23 +144,15 @@ def test_replicates_resume_bit_exact(tiny_config, tmp_path, monkeypatch):
         assert a.metrics["history"] == b.metrics["history"]
 
 
-def test_one_compilation_for_all_replicates(tiny_config, tmp_path,
-                                          no_compile_cache):
+def test_one_compilation_for_all_replicates(tiny_config, tmp_path):
   """Compilations of a run of 3 replicates = those of a run of 2: the step
   is compiled once for the stacked state, whatever the replicate count's
   effect on shapes (each count is its own program)."""
   counts = []
   for n in (2, 3):
-    events = []
-    def listener(name, *a, **k):
-      if name == "/jax/core/compile/backend_compile_duration":
-        events.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compilations() as events:
       lottery.run(tiny_config(**{"seeds.num": n, "pruning.rounds": 2}),
                   tmp_path / str(n), log=quiet)
-    finally:
-      jax.monitoring.unregister_event_duration_listener(listener)
     counts.append(len(events))
   assert counts[0] == counts[1], counts
 

@@ -5,12 +5,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 from lottery import masks
 from lottery import models
 from lottery import rng
 from lottery import step
+
+from conftest import compilations
 
 DRAWS = {
     "bits": lambda k, s: jax.random.bits(k, s),
@@ -65,25 +66,18 @@ def test_compiled_keys_are_the_eager_ones():
                  [2947918763, 3465472855]]
 
 
-def test_init_state_compiles_once_and_copies_its_inputs(no_compile_cache):
+def test_init_state_compiles_once_and_copies_its_inputs():
   params = {"a": {"kernel": jnp.arange(6.0).reshape(2, 3),
                   "bias": jnp.ones(3)}}
   mask = masks.make_mask(params)
   assert isinstance(mask["a"]["kernel"], np.ndarray)  # Host: no device op.
   tx = step.keep_pruned(optax.adam(1e-2))
-  events = []
-  def listener(name, *a, **k):
-    if name == "/jax/core/compile/backend_compile_duration":
-      events.append(name)
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    states = []
+  states = []
+  with compilations() as events:
     for i in range(3):
       m = {"a": {"kernel": np.arange(6).reshape(2, 3) % 3 != i,
                  "bias": None}}
       states.append(step.init_state(params, tx, mask=m, step=i, seed=i))
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
   assert len(events) == 1  # One program for every mask, step and seed.
   s = states[2]
   assert np.array_equal(s.params["a"]["kernel"],

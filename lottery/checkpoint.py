@@ -354,8 +354,8 @@ def _save(path: pathlib.Path, tree: Any) -> None:
       head = (_HEADER + hashlib.sha256(body).hexdigest() + "\n").encode()
       _write_atomic(path / CHECKSUMS, head + body)
   except LotteryError:
-    # Frees the space the partial checkpoint took (now: this may be the
-    # writer thread).
+    # Frees the space the partial checkpoint took; directly, not through
+    # `remove`, which would queue behind this very write.
     shutil.rmtree(path, ignore_errors=True)
     for tmp in path.parent.glob(path.name + ORBAX_TMP + "*"):
       shutil.rmtree(tmp, ignore_errors=True)

@@ -215,19 +215,22 @@ class _Layout:
   chunks; a per-group total is a sum over each chunk and a segment sum over
   the few thousand chunks. Every step of the ranking is then a handful of
   operations whatever the number of leaves: with reductions per leaf,
-  ResNet-50's 54 leaves took 16 s to compile on the 2-core CPU, against about
-  2 s this way, at the same speed.
+  ResNet-50's keep_top took 17.8 s to compile and run once on the 2-core
+  CPU, this way 3.6 s; a compiled call runs at about the same speed (a
+  layerwise prune of its 25M weights 1.41 s against 1.15 s, global 1.26 s
+  against 1.31 s).
   """
 
   def __init__(self, sizes: Sequence[int], groups: Sequence[Sequence[int]]):
     self.sizes, self.groups = list(sizes), [tuple(g) for g in groups]
-    self.offsets, chunk_group, at = {}, [], 0
+    self.offsets, self.pads, chunk_group, at = {}, [], [], 0
     for g, group in enumerate(self.groups):
       n = 0
       for j in group:
         self.offsets[j] = at + n
         n += self.sizes[j]
       chunks = max(1, -(-n // _CHUNK))
+      self.pads.append(chunks * _CHUNK - n)
       chunk_group += [g] * chunks
       at += chunks * _CHUNK
     self.chunk_group = np.asarray(chunk_group, np.int32)
@@ -236,12 +239,8 @@ class _Layout:
 
   def pack(self, leaves: Sequence[jax.Array], fill) -> jax.Array:
     pieces = []
-    for group in self.groups:
-      n = 0
-      for j in group:
-        pieces.append(jnp.reshape(leaves[j], -1))
-        n += self.sizes[j]
-      pad = max(1, -(-n // _CHUNK)) * _CHUNK - n
+    for group, pad in zip(self.groups, self.pads):
+      pieces += [jnp.reshape(leaves[j], -1) for j in group]
       if pad:
         pieces.append(jnp.full((pad,), fill, jnp.asarray(leaves[0]).dtype))
     return jnp.concatenate(pieces).reshape(-1, _CHUNK)

@@ -15,6 +15,13 @@ On the CPU, XLA runs convolutions inside a rolled loop far slower than the
 same step called on its own (`python -m experiments.benchmark` measures it), so
 'auto' picks 'python' for models with convolution kernels on the CPU and
 'scan' everywhere else.
+
+Evaluation. In the scan and unroll forms the test (and validation) evaluation
+at the end of a chunk runs inside the chunk's compiled program, under a
+`lax.cond` on an argument: a chunk that ends without an evaluation calls the
+same program, so the step is never compiled twice. The python form, which has
+no compiled loop, and a chunk whose last step updates the mask (its own
+program) call the evaluation separately; the numbers are the same either way.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -182,18 +190,37 @@ class Loop:
       s, m = body(s, lay_batch((xb, yb)), lr)
       return s, m["loss"]
 
-    def scan_indexed(state, x, y, idx, lrs):
+    evaluate = eval_fn
+    if replicated:
+      evaluate = jax.vmap(eval_fn, in_axes=(0, 0, None, None, None))
+
+    def evaluated(s, sets, do_eval):
+      """`evaluate` of s on each set of `sets` if do_eval, else zeros."""
+      # Traced once (the zeros take its output shapes), not once for the
+      # shapes and again for the branch.
+      jaxpr, shapes = jax.make_jaxpr(
+          lambda: [evaluate(s.params, s.model_state, *e) for e in sets],
+          return_shape=True)()
+      leaves, tree = jax.tree.flatten(shapes)
+      out = jax.lax.cond(
+          do_eval, jax.extend.core.jaxpr_as_fun(jaxpr),
+          lambda: [jnp.zeros(a.shape, a.dtype) for a in leaves])
+      return jax.tree.unflatten(tree, out)
+
+    def scan_indexed(state, x, y, idx, lrs, sets, do_eval):
       def step(s, inp):
         i, lr = inp
         return one(s, x[i], y[i], lr)
       s, losses = jax.lax.scan(step, state, (idx, lrs), unroll=unroll)
-      return lay_state(s), losses
+      s = lay_state(s)
+      return s, losses, evaluated(s, sets, do_eval)
 
-    def scan_batches(state, xb, yb, lrs):
+    def scan_batches(state, xb, yb, lrs, sets, do_eval):
       def step(s, inp):
         return one(s, *inp)
       s, losses = jax.lax.scan(step, state, (xb, yb, lrs), unroll=unroll)
-      return lay_state(s), losses
+      s = lay_state(s)
+      return s, losses, evaluated(s, sets, do_eval)
 
     def one_indexed(state, x, y, b, lr):
       s, loss = one(state, x[b], y[b], lr)
@@ -203,9 +230,6 @@ class Loop:
       s, loss = one(state, xb, yb, lr)
       return lay_state(s), loss
 
-    evaluate = eval_fn
-    if replicated:
-      evaluate = jax.vmap(eval_fn, in_axes=(0, 0, None, None, None))
     return {"scan_indexed": jax.jit(scan_indexed, donate_argnums=0),
             "scan_batches": jax.jit(scan_batches, donate_argnums=0),
             "one_indexed": jax.jit(one_indexed, donate_argnums=0),
@@ -230,18 +254,37 @@ class Loop:
     mask-update hook, the steps it is due at run on their own and the ones
     between them in the loop form.
     """
+    state, losses, _ = self._steps(state, data, idx, lrs, False)
+    return state, losses
+
+  def run_and_evaluate(self, state: TrainState, data: Data, idx: np.ndarray,
+                       lrs: np.ndarray) -> tuple[TrainState, np.ndarray, dict]:
+    """`run`, then `evaluate` of the final state: (state, losses, metrics).
+
+    In the scan and unroll forms the evaluation is part of the chunk's
+    compiled program (see the module's docstring).
+    """
+    state, losses, metrics = self._steps(state, data, idx, lrs, True)
+    if metrics is None:
+      metrics = self.evaluate(state, data)
+    return state, losses, metrics
+
+  def _steps(self, state, data, idx, lrs, evaluate: bool):
+    """(state, losses, metrics if evaluated inside the last program, else
+    None) of len(idx) steps."""
     lrs = np.asarray(lrs, np.float32)
     if not self.update_every:
-      return self._run(state, data, idx, lrs)
+      return self._run(state, data, idx, lrs, evaluate)
     first = int(parallel.to_host(state.step))
     every = self.update_every
     due = [r for r in range(len(idx)) if (first + r) > 0 and
            (first + r) % every == 0]
     fns = self._fns[idx.ndim == 3]
-    losses, a = [], 0
+    losses, metrics, a = [], None, 0
     for r in due + [len(idx)]:
       if r > a:
-        state, loss = self._run(state, data, idx[a:r], lrs[a:r])
+        state, loss, metrics = self._run(state, data, idx[a:r], lrs[a:r],
+                                         evaluate and r == len(idx))
         losses.append(loss)
       if r < len(idx):
         if data.on_device:
@@ -253,11 +296,11 @@ class Loop:
                                         data.y[idx[r]], lrs[r])
         losses.append(parallel.to_host(loss)[None])
       a = r + 1
-    return state, np.concatenate(losses)
+    return state, np.concatenate(losses), metrics
 
   def _run(self, state: TrainState, data: Data, idx: np.ndarray,
-           lrs: np.ndarray) -> tuple[TrainState, np.ndarray]:
-    """`run` of the plain step (no mask update)."""
+           lrs: np.ndarray, evaluate: bool):
+    """`_steps` of the plain step (no mask update)."""
     replicated = idx.ndim == 3
     fns = self._fns[replicated]
     if self.form == "python":
@@ -277,31 +320,41 @@ class Loop:
           losses.append(loss)
       # Fetched together: stacking on the device would compile a program
       # per chunk length.
-      return state, np.stack(parallel.to_host(losses))
+      return state, np.stack(parallel.to_host(losses)), None
+    do_eval = np.bool_(evaluate)
     if data.on_device:
-      state, losses = fns["scan_indexed"](state, data.x, data.y,
-                                          self._indices(idx, replicated, 1),
-                                          jax.device_put(lrs))
+      state, losses, ev = fns["scan_indexed"](
+          state, data.x, data.y, self._indices(idx, replicated, 1),
+          jax.device_put(lrs), _sets(data), do_eval)
     else:
-      state, losses = fns["scan_batches"](state, data.x[idx], data.y[idx],
-                                          jax.device_put(lrs))
-    return state, parallel.to_host(losses)
+      state, losses, ev = fns["scan_batches"](
+          state, data.x[idx], data.y[idx], jax.device_put(lrs), _sets(data),
+          do_eval)
+    metrics = _metrics(ev, replicated) if evaluate else None
+    return state, parallel.to_host(losses), metrics
 
   def evaluate(self, state: TrainState, data: Data) -> dict:
     """Test 'loss' and 'accuracy' over the whole test set, and 'val_loss' and
     'val_accuracy' when the data has a validation set (eval mode). Floats for
-    a plain state, arrays over the replicates for a stacked one."""
+    a plain state, lists over the replicates for a stacked one."""
     evaluate = self._fns[is_stacked(state)]["evaluate"]
-    ev = evaluate(state.params, state.model_state, *data.test)
-    if is_stacked(state):
-      conv = lambda v: parallel.to_host(v).tolist()
-    else:
-      conv = lambda v: float(parallel.to_host(v))
-    out = {k: conv(v) for k, v in ev.items()}
-    if data.val is not None:
-      val = evaluate(state.params, state.model_state, *data.val)
-      out.update({f"val_{k}": conv(v) for k, v in val.items()})
-    return out
+    return _metrics([evaluate(state.params, state.model_state, *e)
+                     for e in _sets(data)], is_stacked(state))
+
+
+def _sets(data: Data) -> list[EvalSet]:
+  """The evaluation sets of `data`: test, then validation if any."""
+  return [data.test] + ([] if data.val is None else [data.val])
+
+
+def _metrics(evaluations: list[dict], stacked: bool) -> dict:
+  """`Loop.evaluate`'s dict from the evaluations of `_sets`, on the host."""
+  test, *val = parallel.to_host(evaluations)
+  conv = (lambda v: v.tolist()) if stacked else float
+  out = {k: conv(v) for k, v in test.items()}
+  for v in val:
+    out.update({f"val_{k}": conv(x) for k, x in v.items()})
+  return out
 
 
 def is_stacked(state: TrainState) -> bool:
@@ -419,14 +472,17 @@ def train(loop: Loop, state: TrainState, data: Data, *,
   for a, b in zip(bounds[:-1], bounds[1:]):
     idx = [batch_indices(len(data.y), batch_size, s, a, b) for s in seeds]
     idx = np.stack(idx, axis=1) if stacked else idx[0]
-    state, losses = loop.run(state, data, idx, lr_fn(a, b))
+    evaluate = b % eval_every == 0 or b == stop
+    if evaluate:
+      state, losses, ev = loop.run_and_evaluate(state, data, idx, lr_fn(a, b))
+    else:
+      state, losses = loop.run(state, data, idx, lr_fn(a, b))
     if first is None:
       first = np.where(np.isfinite(losses[0]), losses[0], 1.0)
     _check_loss(losses, first, a)
     if b in capture:
       captured[b] = grab(state)
-    if b % eval_every == 0 or b == stop:
-      ev = loop.evaluate(state, data)
+    if evaluate:
       mean = losses.mean(axis=0)
       history.append({"step": b, "train_loss": mean.tolist() if stacked
                       else float(mean), **ev})

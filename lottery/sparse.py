@@ -160,21 +160,28 @@ class _TrackedLoop:
     return getattr(self._loop, name)
 
   def evaluate(self, state, data) -> dict:
-    out = self._loop.evaluate(state, data)
+    return {**self._loop.evaluate(state, data), **self._stats(state)}
+
+  def run_and_evaluate(self, state, data, idx, lrs):
+    state, losses, metrics = self._loop.run_and_evaluate(state, data, idx, lrs)
+    return state, losses, {**metrics, **self._stats(state)}
+
+  def _stats(self, state) -> dict:
+    """The mask statistics of `state` against its initial mask(s)."""
     keys = np.asarray(parallel.to_host(state.rng))
     if not loop_lib.is_stacked(state):
       ref = self._initial.get(keys.tobytes())
-      if ref is not None:
-        stats = sparse_updates.mask_stats(state.mask, ref)
-        out.update({k: float(parallel.to_host(v)) for k, v in stats.items()})
-      return out
+      if ref is None:
+        return {}
+      stats = sparse_updates.mask_stats(state.mask, ref)
+      return {k: float(parallel.to_host(v)) for k, v in stats.items()}
     refs = [self._initial.get(row.tobytes()) for row in keys]
-    if all(r is not None for r in refs):
-      stacked = jax.tree.map(lambda *xs: np.stack(xs), *refs)
-      stats = jax.vmap(sparse_updates.mask_stats)(state.mask, stacked)
-      out.update({k: np.asarray(parallel.to_host(v)).tolist()
-                  for k, v in stats.items()})
-    return out
+    if not all(r is not None for r in refs):
+      return {}
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *refs)
+    stats = jax.vmap(sparse_updates.mask_stats)(state.mask, stacked)
+    return {k: np.asarray(parallel.to_host(v)).tolist()
+            for k, v in stats.items()}
 
 
 def _data_key(seed: int) -> bytes:

@@ -206,11 +206,14 @@ def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
   assert ref.returncode == 0, ref.stderr
   proc = subprocess.Popen(_cli(tmp_path / "run", npz_path), cwd=ROOT, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  # Kill once the run is inside round 1 with a mid-job checkpoint on disk.
+  # Kill once the run is inside round 1: round 0's ticket and the summary
+  # naming it are on disk (the summary is written just after the ticket).
   deadline = time.time() + 240
   progress = tmp_path / "run" / "progress" / "progress.json"
+  summary = tmp_path / "run" / tickets.SUMMARY
   while time.time() < deadline:
-    if tickets.is_finished(tmp_path / "run", tickets.imp_path(0)) and progress.exists():
+    if (tickets.is_finished(tmp_path / "run", tickets.imp_path(0))
+        and summary.exists() and progress.exists()):
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)

@@ -87,12 +87,12 @@ def test_compile_cache_hits_and_results_are_bit_identical(cold_run,
                                                           tmp_path):
   cache, cold_wd, cold = cold_run
   entries = sorted(p.name for p in (cache / "jax").iterdir())
-  # Its five programs ('jit_<name>-<hash>-cache'): the key, the initializer,
-  # the train state, the loop and the evaluation; not one op-by-op program
-  # (each cost ~10 ms of tracing and cache lookup at every start).
+  # Its four programs ('jit_<name>-<hash>-cache'): the key, the initializer,
+  # the train state and the loop with its evaluation inside; not one
+  # op-by-op program (each cost ~10 ms of tracing and cache lookup at every
+  # start).
   assert sorted(e.rsplit("-", 2)[0] for e in entries) == [
-      "jit__init_state", "jit__lambda", "jit_evaluate", "jit_key",
-      "jit_scan_indexed"], entries
+      "jit__init_state", "jit__lambda", "jit_key", "jit_scan_indexed"], entries
   warm = _run(tmp_path / "warm", cache)
   assert warm.returncode == 0, warm.stderr[-3000:]
   # Every program came from the cache: nothing new was written.

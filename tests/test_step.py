@@ -253,3 +253,9 @@ def test_mask_update_hook_inside_the_compiled_loop():
   assert len(calls) == n
   assert not np.array_equal(np.asarray(s.mask["fc1"]["kernel"]), m1)
   assert masks.counts(s.mask) == counts0
+  # Evaluations: after a chunk ending in a plain step (inside its scan) and
+  # after one ending in the update (called apart), as `evaluate` gives them.
+  for a, b in ((8, 9), (9, 10)):
+    s, _, ev = lp.run_and_evaluate(s, data, idx[a:b], lrs[a:b])
+    assert int(s.step) == b
+    assert ev == lp.evaluate(s, data)

@@ -142,3 +142,61 @@ def test_diverging_loss_is_an_error():
     loop.train(lp, state, data, stop=40,
                lr_fn=lambda a, b: np.full(b - a, 1e4, np.float32),
                batch_size=16, data_seed=0, eval_every=10)
+
+
+@pytest.mark.parametrize("form", ["scan", "unroll", "python"])
+def test_evaluation_inside_the_chunk_matches_a_separate_call(form):
+  """`run_and_evaluate` (the evaluation inside the scan's program) gives the
+  state of `run` and the numbers of `evaluate`, bit for bit, test and
+  validation sets, one state or stacked replicates; chunks with and without
+  an evaluation share one compiled program."""
+  lp, tx, data, params, mask = _setup("adam", form=form)
+  data = loop.put_data(np.asarray(data.x), np.asarray(data.y),
+                       np.asarray(data.x)[:10], np.asarray(data.y)[:10],
+                       x_val=np.asarray(data.x)[10:33],
+                       y_val=np.asarray(data.y)[10:33], eval_batch=8)
+  idx = loop.batch_indices(64, 16, 0, 0, 6)
+  lrs = np.linspace(0.05, 0.01, 6).astype(np.float32)
+  s1, l1 = lp.run(_state(tx, params, mask), data, idx, lrs)
+  ev1 = lp.evaluate(s1, data)
+  s2, l2, ev2 = lp.run_and_evaluate(_state(tx, params, mask), data, idx, lrs)
+  assert set(ev2) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+  assert ev2 == ev1
+  assert np.array_equal(l1, l2)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    assert np.array_equal(a, b)
+  fns = lp._fns[False]  # pylint: disable=protected-access
+  if form != "python":
+    assert fns["scan_indexed"]._cache_size() == 1  # pylint: disable=protected-access
+  # Replicates: the vmapped evaluation inside the vmapped scan.
+  stacked = loop.stack_states([_state(tx, params, mask),
+                               _state(tx, params, mask)])
+  two = np.stack([idx, loop.batch_indices(64, 16, 1, 0, 6)], axis=1)
+  s3, _, ev3 = lp.run_and_evaluate(stacked, data, two, lrs)
+  assert ev3 == lp.evaluate(s3, data)
+  assert ev3["accuracy"][0] == ev1["accuracy"]
+  assert ev3["loss"][0] == pytest.approx(ev1["loss"], rel=1e-6)
+
+
+def test_train_history_is_the_separate_evaluations():
+  """`train`'s history, evaluated inside the chunks' programs, equals a
+  hand-written loop of `run` and `evaluate` on the same chunks; an
+  evaluation at every second chunk boundary still compiles the scan once."""
+  lp, tx, data, params, mask = _setup("adam")
+  lr_fn = lambda a, b: np.linspace(0.05, 0.01, 20)[a:b].astype(np.float32)
+  _, history, _ = loop.train(lp, _state(tx, params, mask), data, stop=20,
+                             lr_fn=lr_fn, batch_size=16, data_seed=3,
+                             eval_every=10, checkpoint_every=5,
+                             on_checkpoint=lambda *a: None)
+  assert lp._fns[False]["scan_indexed"]._cache_size() == 1  # pylint: disable=protected-access
+  assert lp._fns[False]["evaluate"]._cache_size() == 0  # pylint: disable=protected-access
+  other, *_ = _setup("adam")
+  state, expected = _state(tx, params, mask), []
+  for a in range(0, 20, 5):
+    state, losses = other.run(state, data,
+                              loop.batch_indices(64, 16, 3, a, a + 5),
+                              lr_fn(a, a + 5))
+    if (a + 5) % 10 == 0:
+      expected.append({"step": a + 5, "train_loss": float(losses.mean()),
+                       **other.evaluate(state, data)})
+  assert history == expected

@@ -223,8 +223,14 @@ class _Writer:
 
   def submit(self, path: pathlib.Path, write, removes: bool = False) -> None:
     self.check()
+    self._forget_done()
     self._queued.append((path.absolute(), removes,
                          self._pool.submit(self._run, write)))
+
+  def _forget_done(self) -> None:
+    """Drops the finished writes: the disk answers for them (the queue then
+    stays as short as the writes in flight, however long the run)."""
+    self._queued = [q for q in self._queued if not q[2].done()]
 
   def _run(self, write) -> None:
     if self._error is not None:
@@ -251,7 +257,7 @@ class _Writer:
         (self.last(path) or (-1, False))[0])
     if last >= 0:
       self._queued[last][2].result()  # In order: the earlier ones are done.
-      self._queued = [q for q in self._queued if not q[2].done()]
+      self._forget_done()
     self.check()
 
   def check(self) -> None:

@@ -321,15 +321,14 @@ class Loop:
       # Fetched together: stacking on the device would compile a program
       # per chunk length.
       return state, np.stack(parallel.to_host(losses)), None
-    do_eval = np.bool_(evaluate)
+    sets, do_eval = _sets(data), np.bool_(evaluate)
     if data.on_device:
       state, losses, ev = fns["scan_indexed"](
           state, data.x, data.y, self._indices(idx, replicated, 1),
-          jax.device_put(lrs), _sets(data), do_eval)
+          jax.device_put(lrs), sets, do_eval)
     else:
       state, losses, ev = fns["scan_batches"](
-          state, data.x[idx], data.y[idx], jax.device_put(lrs), _sets(data),
-          do_eval)
+          state, data.x[idx], data.y[idx], jax.device_put(lrs), sets, do_eval)
     metrics = _metrics(ev, replicated) if evaluate else None
     return state, parallel.to_host(losses), metrics
 

@@ -16,7 +16,7 @@ together, scope 'module'), sparsity +1% per round (linear; they step by 1/99
 up to 100%, this stops at 96%), controls every 5th round, 3 seeds.
 
 Commands:
-  python -m experiments.imp --workdir=/tmp/lottery/mnist1d
+  python -m experiments.imp --workdir=/tmp/lottery_runs/mnist1d
   python -m experiments.imp --config=mnist1d:paper --workdir=...  # ~18 min
   python -m experiments.imp --config=configs/mnist1d.py:quick --workdir=...
 (':paper' trains its 3 seeds as replicates in one program; one seed i alone:

@@ -8,7 +8,7 @@ with the shuffle / reinit / invert checks of Frankle et al. 2021, and the
 dense network.
 
 Command (one replicate; the README's table used --config.seeds.num=3):
-  python -m experiments.pai --workdir=/tmp/lottery/pai
+  python -m experiments.pai --workdir=/tmp/lottery_runs/pai
 Quick variant (seconds):
   python -m experiments.pai --config=configs/pai_mnist1d.py:quick --workdir=...
 
@@ -26,6 +26,7 @@ ARGS = ("", "quick")
 
 def get_config(arg: str = ""):
   c = base_config()
+  c.method = "pai"
   c.data.name = "mnist1d"
   c.model.name = "mnist1d_mlp"
   c.training.update(steps=1500, batch_size=100, optimizer="adam",

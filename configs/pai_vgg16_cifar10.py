@@ -36,6 +36,7 @@ ARGS = ("", "quick")
 
 def get_config(arg: str = ""):
   c = base_config()
+  c.method = "pai"
   c.data.name = "cifar10"
   c.data.augment = "crop_flip"
   c.model.name = "vgg16"

@@ -31,6 +31,7 @@ ARGS = ("", "quick")
 
 def get_config(arg: str = ""):
   c = base_config()
+  c.method = "sparse"
   c.data.name = "cifar10"
   c.data.augment = "crop_flip"
   c.model.name = "resnet20"

@@ -32,6 +32,7 @@ STEPS_PER_EPOCH = 1_281_167 / 4096
 
 def get_config(arg: str = ""):
   c = base_config()
+  c.method = "sparse"
   c.data.name = "imagenet2012"
   c.model.name = "resnet50"
   c.training.update(

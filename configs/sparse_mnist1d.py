@@ -10,7 +10,7 @@ the RigL paper runs every dynamic method); GMP prunes from dense at step 0 to
 the target at step 1100 (the last update before 75% of training).
 
 Command (3 replicates in one program; 2 minutes on the idle 2-core CPU):
-  python -m experiments.sparse --workdir=/tmp/lottery/sparse \\
+  python -m experiments.sparse --workdir=/tmp/lottery_runs/sparse \\
       --config.seeds.num=3
 Quick variant (seconds):
   python -m experiments.sparse --config=sparse_mnist1d:quick --workdir=...
@@ -30,6 +30,7 @@ ARGS = ("", "quick")
 
 def get_config(arg: str = ""):
   c = base_config()
+  c.method = "sparse"
   c.data.name = "mnist1d"
   c.model.name = "mnist1d_mlp"
   c.training.update(steps=1500, batch_size=100, optimizer="adam",

@@ -403,7 +403,7 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     logging.set_verbosity(logging.WARNING)
   config, workdir = config_flag.value, workdir_flag.value
   if not workdir:
-    raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery/run "
+    raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery_runs/run "
                        "(got nothing)")
   if dry_run_flag.value:
     if validate is not None:
@@ -421,6 +421,7 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
 
 
 def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
+         method: str | None = None,
          validate: Callable[[ml_collections.ConfigDict], None] | None = None,
          choices: Mapping[str, Sequence[str]] | None = None,
          argv: Sequence[str] | None = None) -> NoReturn:
@@ -430,6 +431,8 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     run: runs (or resumes) the experiment; its return value is ignored.
     doc: the launcher's docstring, shown first by --help.
     default_config: the --config used when none is given.
+    method: the method this launcher runs (an alias such as experiments.pai);
+      a recipe of another method is refused in one line. None: any.
     validate: checks a config (raising LotteryError) for --dry_run.
     choices: allowed values of extra fields, for --help.
     argv: the command line (default: sys.argv).
@@ -440,6 +443,11 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
   argv = list(sys.argv if argv is None else argv)
   try:
     argv, spec, config = _prepare(argv, default_config)
+    if method is not None and config.get("method") != method:
+      raise LotteryError(
+          f"method: {spec!r} is a {config.get('method')!r} recipe and "
+          f"experiments.{method} runs {method!r} ones; run it with python -m "
+          f"experiments.run --config={spec}")
     config_flag = config_flags.DEFINE_config_file(
         "config", default_config,
         "Recipe NAME[:ARG] in configs/, or a config file PATH[:ARG].",

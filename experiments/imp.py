@@ -1,6 +1,6 @@
 r"""Runs an iterative-magnitude-pruning experiment.
 
-  python -m experiments.imp --workdir=/tmp/lottery/mnist1d
+  python -m experiments.imp --workdir=/tmp/lottery_runs/mnist1d
   python -m experiments.imp --config=mnist1d:quick --workdir=...
   python -m experiments.imp --config=lenet_mnist --workdir=... \
       --config.pruning.fraction=0.2 --config.pruning.rounds=5
@@ -25,5 +25,5 @@ def _run(config, workdir, progress):
 
 
 if __name__ == "__main__":
-  cli.main(_run, doc=__doc__, default_config="mnist1d",
+  cli.main(_run, doc=__doc__, default_config="mnist1d", method="imp",
            validate=config_lib.validate)

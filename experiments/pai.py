@@ -1,7 +1,7 @@
 r"""Runs a pruning-at-initialization experiment (SNIP, GraSP, SynFlow,
 magnitude and random at init, with Frankle et al. 2021's sanity checks).
 
-  python -m experiments.pai --workdir=/tmp/lottery/pai
+  python -m experiments.pai --workdir=/tmp/lottery_runs/pai
   python -m experiments.pai --config=pai_mnist1d:quick --workdir=...
   python -m experiments.pai --workdir=... --config.pai.methods="('synflow',)" \
       --config.pai.densities="(0.01,)" --config.seeds.num=3
@@ -26,5 +26,5 @@ def _run(config, workdir, progress):
 
 
 if __name__ == "__main__":
-  cli.main(_run, doc=__doc__, default_config="pai_mnist1d",
+  cli.main(_run, doc=__doc__, default_config="pai_mnist1d", method="pai",
            validate=config_lib.validate)

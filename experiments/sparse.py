@@ -1,7 +1,7 @@
 r"""Runs a sparse-training experiment: static, SET, RigL and GMP masks at each
 density and per-layer distribution, with a dense baseline.
 
-  python -m experiments.sparse --workdir=/tmp/lottery/sparse
+  python -m experiments.sparse --workdir=/tmp/lottery_runs/sparse
   python -m experiments.sparse --config=sparse_mnist1d:quick --workdir=...
   python -m experiments.sparse --workdir=... \
       --config.sparse.methods="('rigl',)" --config.sparse.densities="(0.05,)"
@@ -25,5 +25,5 @@ def _run(config, workdir, progress):
 
 
 if __name__ == "__main__":
-  cli.main(_run, doc=__doc__, default_config="sparse_mnist1d",
+  cli.main(_run, doc=__doc__, default_config="sparse_mnist1d", method="sparse",
            validate=lottery.sparse.check)

@@ -10,8 +10,11 @@ from lottery.errors import LotteryError
 from importlib import metadata as _metadata
 
 from lottery import distributions
+from lottery import driver
 from lottery import imp
+from lottery import method
 from lottery import pai
+from lottery import scores
 from lottery import sparse
 from lottery.experiment import build
 from lottery.imp import run
@@ -43,8 +46,8 @@ except _metadata.PackageNotFoundError:
 # aliases of the first method.
 __all__ = [
     "LotteryError", "Ticket", "TrainState", "apply_mask", "base_config",
-    "__version__", "build", "density", "distributions", "finished_rounds",
-    "imp", "init_state",
+    "__version__", "build", "density", "distributions", "driver",
+    "finished_rounds", "imp", "init_state", "method", "scores",
     "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
     "make_eval_step", "make_mask", "make_train_step", "pai", "prune",
     "random_like", "records", "run", "sparse", "summary",

@@ -34,9 +34,11 @@ Record = Mapping[str, Any]
 def replicates(records: Iterable[Record]) -> list[dict]:
   """The records that stand for one replicate each, in their order.
 
-  A ticket listed twice (same `ticket` directory) is kept once; where a
-  (round, kind) has records with a `seed`, its records without one (the
-  aggregate of its replicates) are dropped.
+  A ticket listed twice (same `workdir` and `ticket` directory) is kept
+  once; where a (round, kind) of a workdir has records with a `seed`, its
+  records without one (the aggregate of its replicates) are dropped. Records
+  of several workdirs (`records(a) + records(b)`) are all kept: two
+  single-seed runs are two replicates of their (round, kind).
 
   Args:
     records: records as `lottery.records(workdir)` lists them.
@@ -45,14 +47,17 @@ def replicates(records: Iterable[Record]) -> list[dict]:
     Copies of the kept records.
   """
   records = list(records)
-  seeded = {(r.get("round"), r.get("kind")) for r in records if "seed" in r}
+  # Records of several workdirs combine: a ticket is (workdir, directory).
+  run = lambda r: r.get("workdir")
+  seeded = {(run(r), r.get("round"), r.get("kind")) for r in records
+            if "seed" in r}
   out, seen = [], set()
   for r in records:
     # Filter before deduplicating: an aggregate may name the directory of
     # one of its replicates.
-    if "seed" in r or (r.get("round"), r.get("kind")) not in seeded:
-      if r["ticket"] not in seen:
-        seen.add(r["ticket"])
+    if "seed" in r or (run(r), r.get("round"), r.get("kind")) not in seeded:
+      if (run(r), r["ticket"]) not in seen:
+        seen.add((run(r), r["ticket"]))
         out.append(dict(r))
   return out
 

@@ -31,6 +31,10 @@ CONTROLS = ("reinit", "random_prune")
 def base_config() -> ml_collections.ConfigDict:
   """All fields, with the defaults of the MNIST-1D experiment."""
   c = ml_collections.ConfigDict()
+  # The method this recipe runs (a plug-in of lottery.method): imp | pai |
+  # sparse. `python -m experiments.run` runs any; experiments.imp, .pai and
+  # .sparse run their own.
+  c.method = "imp"
   # Separate seeds: weight init, data order, and the randomness of controls
   # and random scores. Keys are derived with fold_in, never reused.
   # seeds.num replicates train together in one compiled program; replicate i
@@ -427,7 +431,14 @@ def _sparse_end_step(f, v, c) -> None:
           f"sparse.begin_step={begin}")
 
 
+def _method_names() -> Sequence[str]:
+  from lottery import method  # pylint: disable=g-import-not-at-top
+  import lottery  # pylint: disable=g-import-not-at-top,unused-import  (registers the methods)
+  return method.names()
+
+
 RULES: dict[str, _Rule] = {
+    "method": _one_of(_method_names),
     "seeds.init": _count(0, SEED_LIMIT - 1),
     "seeds.data": _count(0, SEED_LIMIT - 1),
     "seeds.control": _count(0, SEED_LIMIT - 1),

@@ -172,6 +172,7 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
              check: Callable[[ml_collections.ConfigDict], None] = (
                  config_lib.validate),
              before_claim: Callable[[Experiment], None] | None = None,
+             facts: dict | None = None,
              ) -> Iterator[tuple[Experiment, pathlib.Path]]:
   """Every driver's start: `with prepared(config, workdir, progress) as
   (exp, wd):` runs the method on the built experiment in the claimed workdir.
@@ -183,10 +184,13 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   `before_claim(exp)` (a method's own checks of the built experiment), the
   start-up lines, then `workdir.claim` (the lock and config.json), held
   until the block ends, with the checkpoint writes on a writer thread
-  (`checkpoint.background_writes`).
+  (`checkpoint.background_writes`). `facts` (e.g. {'method': 'imp'}) are
+  recorded in facts.json beside the data's fingerprint; a workdir whose
+  facts differ is refused.
   """
   check(config)
-  facts = {"data_fingerprint": data_lib.fingerprint(config.data)}
+  facts = {**(facts or {}),
+           "data_fingerprint": data_lib.fingerprint(config.data)}
   workdir_lib.check(workdir, config, extra=facts)
   t0 = time.time()
   exp = build(config)

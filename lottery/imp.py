@@ -1,5 +1,5 @@
-"""Iterative magnitude pruning with rewinding, and its controls: a thin driver
-of jobs.
+"""Iterative magnitude pruning with rewinding, and its controls: a method
+plug-in (`lottery.method`) of the one driver (`lottery.driver`).
 
 Round 0 trains the dense network. Each later round scores the previous
 round's trained weights, prunes `pruning.fraction` of the surviving prunable
@@ -17,9 +17,10 @@ Under a constant schedule lr_rewind and finetune are the same procedure.
 Beside each pruned round's ticket the controls in `config.controls` (see
 `lottery.controls`) run from the same config and train exactly like the ticket.
 
-Resume order: a run is a sequence of jobs (round 0 ticket, round 1 ticket,
-round 1 reinit, round 1 random_prune, round 2 ticket, ...); see
-`lottery.jobs`. summary.json is rewritten after every round.
+Groups (each trains `seeds.num` replicates at once), in run order: round 0's
+ticket, round 1's ticket, round 1's controls, round 2's ticket, ...; see
+`lottery.driver`. A round's start is computed from the previous round's
+tickets only when one of its groups still has to train.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from fractions import Fraction
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,20 +35,19 @@ import jax
 import ml_collections
 import numpy as np
 
-from lottery import checkpoint
 from lottery import controls as controls_lib
+from lottery import driver
 from lottery import jobs as jobs_lib
 from lottery import loop as loop_lib
+from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import tickets
 from lottery.experiment import Experiment
 from lottery.experiment import build
-from lottery.experiment import prepared
-from lottery.progress import NullProgress
 
-__all__ = ["RESETS", "build", "run", "summary"]
+__all__ = ["RESETS", "Imp", "build", "round_rate", "run", "summary"]
 
 REWIND_POINT = "rewind_point"
 
@@ -101,24 +100,6 @@ RESETS: dict[str, Callable[..., Reset]] = {
     "rewind": _rewind, "lr_rewind": _lr_rewind, "finetune": _finetune}
 
 
-def _record(t: tickets.Ticket, path: str) -> dict:
-  keep = ("density", "test_accuracy", "test_loss", "train_loss", "time_s")
-  keep += tuple(k for k in ("early_stop_step", "early_stop_test_accuracy")
-                if k in t.metrics)
-  return {**t.coords, **{k: t.metrics[k] for k in keep}, "ticket": path}
-
-
-def _summary_scalars(writer, rec: dict) -> None:
-  """Per-round scalars (the 'summary' TensorBoard run)."""
-  if writer is None:
-    return
-  writer.add_scalar("density", rec["density"], rec["round"])
-  writer.add_scalar("ticket_test_accuracy", rec["test_accuracy"], rec["round"])
-  for k, c in rec.get("controls", {}).items():
-    writer.add_scalar(f"{k}_test_accuracy", c["test_accuracy"], rec["round"])
-  writer.flush()
-
-
 def summary(workdir) -> dict:
   """The run's summary.json as a dict ({'rounds': [...], 'finished': bool})."""
   return tickets.summary(workdir)
@@ -131,7 +112,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """Runs (or resumes) an IMP experiment; returns its summary.
 
   Args:
-    config: a config from `lottery.config.base_config()` or configs/.
+    config: a config from `lottery.config.base_config()` or configs/ whose
+      `method` is 'imp'.
     workdir: where everything is written; a workdir of an unfinished run
       of the same config is resumed, one of another config is refused.
     progress: a `lottery.progress.Progress`; default: none shown.
@@ -145,23 +127,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     'finished': True}, also written to <workdir>/summary.json. Every record
     (controls too) carries its coordinates and `ticket`, its directory.
   """
-  if progress is None:
-    progress = NullProgress(log)
-  with prepared(config, workdir, progress) as (exp, wd):
-    # Every round's record is rebuilt (finished ones loaded), so the summary
-    # run is rewritten from round 0: purge_step=0 leaves no duplicates.
-    writer = jobs_lib.tensorboard_writer(wd, "summary", 0)
-    try:
-      return _rounds(config, exp, wd, progress, writer, log_steps, on_round)
-    finally:
-      if writer is not None:
-        writer.close()
+  def on_group(done: method_lib.Done, report) -> None:
+    del done
+    if report is not None and report.record is not None:
+      on_round(report.record)
+
+  return driver.run(config, workdir, method="imp", progress=progress, log=log,
+                    log_steps=log_steps,
+                    on_group=None if on_round is None else on_group)
 
 
-def _aggregate(ts: list[tickets.Ticket], paths: list[str]) -> dict:
+def _aggregate(records: list[dict]) -> dict:
   """A group's record: its replicates' records under 'seeds', and the mean
   (std for test accuracy) of their metrics; `ticket` is replicate 0's."""
-  seeds = [_record(t, p) for t, p in zip(ts, paths)]
+  seeds = records
   rec = {k: v for k, v in seeds[0].items() if k != "seed"}
   for k in ("density", "test_accuracy", "test_loss", "train_loss",
             "early_stop_step", "early_stop_test_accuracy"):
@@ -208,92 +187,138 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
   return [loop_lib.unstack(masks, i) for i in range(len(prev))]
 
 
-def _rounds(config, exp: Experiment, wd, progress, writer, log_steps,
-            on_round) -> dict:
-  """The rounds of `run`, each a ticket job and its controls' jobs, every
-  job trained by `seeds.num` replicates at once."""
-  p, t = config.pruning, config.training
-  n = config.seeds.num
-  score_fn = jax.jit(scores_lib.get(p.score))  # One program, not one a leaf.
-  control_fns = {name: controls_lib.get(name) for name in config.controls}
-  reset_fn = RESETS[p.reset]
-  capture = p.rewind_step if p.reset == "rewind" and p.rewind_step else None
-  rewinds = [exp.replicate_init(i) for i in range(n)]
-  log_line = progress.line if log_steps else None
-  if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
-    progress.info(f"note: pruning.reset={p.reset!r} under a constant "
-                  f"schedule: lr_rewind and finetune are the same procedure")
-  seed_of = (lambda i: None) if n == 1 else (lambda i: i)
-  rewind_path = ((lambda i: REWIND_POINT) if n == 1 else
-                 (lambda i: f"{REWIND_POINT}_seed_{i}"))
-  records, prev = [], None
+@method_lib.register
+class Imp(method_lib.Method):
+  """Iterative magnitude pruning as a method plug-in (see the module doc).
 
-  def controls_due(r: int) -> bool:
+  Coordinates: {'round': r, 'kind': 'ticket' | a control's name}.
+  """
+
+  name = "imp"
+  summary_key = "rounds"
+  seed_dir_when_single = False
+
+  def directory(self, coords: dict) -> str:
+    return imp_path(coords["round"], coords["kind"])
+
+  def _controls_due(self, config, r: int) -> bool:
     """Controls run every controls_every pruned rounds and on the last."""
-    return r > 0 and (r % config.controls_every == 0 or r == p.rounds)
+    rounds = config.pruning.rounds
+    return r > 0 and (r % config.controls_every == 0 or r == rounds)
 
-  def paths(r, kind):
-    return [tickets.imp_path(r, kind, seed_of(i)) for i in range(n)]
+  def grid(self, ctx: method_lib.Context) -> list[dict]:
+    c = ctx.config
+    out = []
+    for r in range(c.pruning.rounds + 1):
+      out.append({"round": r, "kind": "ticket"})
+      controls = [{"round": r, "kind": k} for k in c.controls]
+      # Also wherever a run extended with more rounds already has them (its
+      # old last round).
+      if self._controls_due(c, r) or any(ctx.is_finished(k)
+                                         for k in controls):
+        out += controls
+    return out
 
-  def finished(r, kind):
-    return all(tickets.is_finished(wd, q) for q in paths(r, kind))
+  def before_claim(self, ctx: method_lib.Context) -> None:
+    p, t = ctx.config.pruning, ctx.config.training
+    if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
+      ctx.progress.info(f"note: pruning.reset={p.reset!r} under a constant "
+                        f"schedule: lr_rewind and finetune are the same "
+                        f"procedure")
 
-  groups = [(r, k) for r in range(p.rounds + 1)
-            for k in ["ticket"] + (list(control_fns) if controls_due(r)
-                                   else [])]
-  progress.jobs(total=len(groups), done=sum(finished(r, k) for r, k in groups))
-  for r in range(p.rounds + 1):
-    t0 = time.time()
-    if r == 0:
-      masks = [exp.dense_mask] * n
-      starts = [Reset(params, model_state, 0, exp.learning_rates)
-                for params, model_state in rewinds]
-    else:
-      masks = _prune(config, exp, score_fn, prev, r)
-      starts = [reset_fn(exp, prev[i], rewinds[i]) for i in range(n)]
+  def _rewind_path(self, ctx, i: int) -> str:
+    return (REWIND_POINT if ctx.replicates == 1 else
+            f"{REWIND_POINT}_seed_{i}")
 
-    def group(kind, begins: list[controls_lib.Start], capture=None):
-      return [jobs_lib.Job(
-          coords={"round": r, "kind": kind, "seed": i},
-          path=tickets.imp_path(r, kind, seed_of(i)), mask=s.mask,
-          params=s.params, model_state=s.model_state,
-          start_step=starts[i].start_step, stop=t.steps,
-          lr_fn=starts[i].lr_fn, data_seed=config.seeds.data + i,
-          capture=capture, capture_path=rewind_path(i))
-          for i, s in enumerate(begins)]
+  def _rewinds(self, ctx) -> list[tuple[Any, Any]]:
+    """Each replicate's (params, model_state) at the rewind step."""
+    if "rewinds" not in ctx.state:
+      p, n = ctx.config.pruning, ctx.replicates
+      if p.reset == "rewind" and p.rewind_step:
+        ctx.state["rewinds"] = [jobs_lib.load_capture(
+            ctx.workdir, self._rewind_path(ctx, i)) for i in range(n)]
+      else:
+        ctx.state["rewinds"] = [ctx.init(i) for i in range(n)]
+    return ctx.state["rewinds"]
 
-    ticket_starts = [controls_lib.Start(m, s.params, s.model_state)
-                     for m, s in zip(masks, starts)]
-    ts = jobs_lib.run_replicates(
-        exp, group("ticket", ticket_starts, capture if r == 0 else None), wd,
-        progress=progress, log_steps=log_line)
-    if r == 0 and capture is not None:
-      rewinds = [jobs_lib.load_capture(wd, rewind_path(i)) for i in range(n)]
-    rec = _aggregate(ts, paths(r, "ticket"))
-    # Also wherever a run extended with more rounds already has them (its
-    # old last round).
-    with_controls = controls_due(r) or any(finished(r, name)
-                                           for name in control_fns)
-    if with_controls and control_fns:
-      rec["controls"] = {}
-      for name, fn in control_fns.items():
-        cstarts = [fn(exp, ticket_starts[i],
-                      rng.stream(config.seeds.control + i, name, r))
-                   for i in range(n)]
-        cs = jobs_lib.run_replicates(exp, group(name, cstarts), wd,
-                                     progress=progress, log_steps=log_line)
-        rec["controls"][name] = _aggregate(cs, paths(r, name))
-      rec["time_s"] += sum(c["time_s"] for c in rec["controls"].values())
-    records.append(rec)
-    _summary_scalars(writer, rec)
-    checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
-                          {"rounds": records, "finished": r == p.rounds})
+  def _round_start(self, ctx, r: int):
+    """Round r's (masks, resets), computed once per run."""
+    key = ("round", r)
+    if key not in ctx.state:
+      c, exp, n = ctx.config, ctx.exp, ctx.replicates
+      if r == 0:
+        masks = [exp.dense_mask] * n
+        resets = [Reset(params, model_state, 0, exp.learning_rates)
+                  for params, model_state in
+                  [ctx.init(i) for i in range(n)]]
+      else:
+        prev = ctx.tickets({"round": r - 1, "kind": "ticket"})
+        if "score_fn" not in ctx.state:
+          # One program, not one a leaf.
+          ctx.state["score_fn"] = jax.jit(scores_lib.get(c.pruning.score))
+        masks = _prune(c, exp, ctx.state["score_fn"], prev, r)
+        reset_fn = RESETS[c.pruning.reset]
+        resets = [reset_fn(exp, prev[i], self._rewinds(ctx)[i])
+                  for i in range(n)]
+      ctx.state[key] = (masks, resets)
+    return ctx.state[key]
+
+  def start(self, ctx: method_lib.Context,
+            coords: dict) -> method_lib.GroupStart:
+    c, r, kind = ctx.config, coords["round"], coords["kind"]
+    masks, resets = self._round_start(ctx, r)
+    starts = [controls_lib.Start(m, s.params, s.model_state)
+              for m, s in zip(masks, resets)]
+    capture = None
+    if kind != "ticket":
+      fn = controls_lib.get(kind)
+      starts = [fn(ctx.exp, starts[i],
+                   rng.stream(c.seeds.control + i, kind, r))
+                for i in range(ctx.replicates)]
+    elif r == 0 and c.pruning.reset == "rewind" and c.pruning.rewind_step:
+      capture = c.pruning.rewind_step
+    return method_lib.GroupStart(
+        starts, start_step=resets[0].start_step, lr_fn=resets[0].lr_fn,
+        capture=capture,
+        capture_paths=[self._rewind_path(ctx, i)
+                       for i in range(ctx.replicates)])
+
+  def record(self, ctx, done: method_lib.Done) -> list[dict]:
+    keep = ("density", "test_accuracy", "test_loss", "train_loss", "time_s",
+            "early_stop_step", "early_stop_test_accuracy")
+    return [{**t.coords, **{k: t.metrics[k] for k in keep if k in t.metrics},
+             "ticket": p} for t, p in zip(done.tickets, done.paths)]
+
+  def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
+    rounds: dict[int, dict] = {}
+    for d in done:
+      rec = _aggregate(d.records)
+      if d.coords["kind"] == "ticket":
+        rounds[d.coords["round"]] = rec
+      else:
+        ticket = rounds[d.coords["round"]]
+        ticket.setdefault("controls", {})[d.coords["kind"]] = rec
+        ticket["time_s"] += rec["time_s"]
+    return {"rounds": list(rounds.values())}
+
+  def report(self, ctx, done: method_lib.Done) -> method_lib.Report | None:
+    """After the last group of a round: the round's line and scalars."""
+    r = done.coords["round"]
+    ctx.state["round_s"] = ctx.state.get("round_s", 0.0) + done.time_s
+    if [c for c in ctx.grid if c["round"] == r][-1] != done.coords:
+      return None
+    rec = self.summarize(ctx, [d for d in ctx.done.values()
+                               if d.coords["round"] == r])["rounds"][0]
     ctl = "".join(f"  {k} {_accuracy(c)}"
                   for k, c in rec.get("controls", {}).items())
-    progress.line(f"round {r:2d}/{p.rounds}  density {rec['density']:.4f}  "
-                  f"ticket {_accuracy(rec)}{ctl}  "
-                  f"({time.time() - t0:.1f} s)")
-    if on_round:
-      on_round(rec)
-    prev = ts
-  return {"rounds": records, "finished": True}
+    scalars = {"density": rec["density"],
+               "ticket_test_accuracy": rec["test_accuracy"],
+               **{f"{k}_test_accuracy": c["test_accuracy"]
+                  for k, c in rec.get("controls", {}).items()}}
+    line = (f"round {r:2d}/{ctx.config.pruning.rounds}  density "
+            f"{rec['density']:.4f}  ticket {_accuracy(rec)}{ctl}  "
+            f"({ctx.state.pop('round_s'):.1f} s)")
+    return method_lib.Report(line, scalars, r, record=rec)
+
+
+imp_path = tickets.imp_path

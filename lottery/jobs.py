@@ -188,92 +188,6 @@ def _write_eval(writer, h: dict) -> None:
   writer.flush()
 
 
-def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
-            tensorboard: bool = True,
-            log_steps: Callable[[str], None] | None = None
-            ) -> tickets.Ticket:
-  """Loads a finished job, or trains it (resuming) and saves its Ticket.
-
-  Args:
-    exp: the built experiment (model, data, compiled loop).
-    job: the job.
-    workdir: the run's workdir.
-    progress: a `lottery.progress.Progress` (job_start / job_step / job_end).
-    tensorboard: write the job's curves live under <workdir>/tensorboard.
-    log_steps: receives a line per evaluation.
-
-  Returns:
-    The job's Ticket; its metrics hold 'density', 'layer_densities',
-    'test_accuracy', 'test_loss', 'train_loss', 'history', 'time_s', and with
-    a validation set 'early_stop_step' and 'early_stop_test_accuracy'.
-  """
-  if tickets.is_finished(workdir, job.path):
-    return tickets.read_ticket(workdir, job.path)
-  t = exp.config.training
-  midrun = MidRun(workdir)
-  t0 = time.time()
-  state = step_lib.init_state(job.params, exp.tx, mask=job.mask,
-                              model_state=job.model_state,
-                              step=job.start_step, seed=job.data_seed)
-  # The ticket's start: the masked weights (host copies; the state is
-  # donated to the loop).
-  start_params, start_model_state = jax.device_get((state.params,
-                                                    state.model_state))
-  resumed = midrun.load(job.path, state)
-  history, captured = [], {}
-  if resumed:
-    state, history, captured = resumed
-  at = int(state.step)
-  if exp.loop.mesh is not None:
-    state = parallel.put_tree(state, parallel.state_sharding(exp.loop.mesh,
-                                                             state, False))
-  if progress is not None:
-    progress.job_start(job.name, at, job.stop)
-  capture = () if job.capture is None else (job.capture,)
-  # Evaluations up to the resumed step are in `history` (and already
-  # written); any written after it by an interrupted attempt are purged.
-  writer = (tensorboard_writer(workdir, job.path, at + 1)
-            if tensorboard else None)
-
-  def on_eval(h):
-    _write_eval(writer, h)
-    if log_steps:
-      log_steps(f"  {job.name}  step {h['step']:6d}  train loss "
-                f"{h['train_loss']:.4f}  test loss {h['loss']:.4f}  "
-                f"test acc {h['accuracy']:.4f}")
-
-  try:
-    state, history, captured = loop_lib.train(
-      exp.loop, state, exp.data, stop=job.stop, lr_fn=job.lr_fn,
-      batch_size=t.batch_size, data_seed=job.data_seed,
-      eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
-      capture=capture, history=history, captured=captured,
-      on_checkpoint=lambda s, h, c: midrun.save(job.path,
-                                                parallel.to_host(s), h, c),
-      on_chunk=progress.job_step if progress is not None else None,
-      on_eval=on_eval)
-  finally:
-    if writer is not None:
-      writer.close()
-  final = parallel.to_host({"mask": state.mask, "params": state.params,
-                 "model_state": state.model_state})
-  ticket = tickets.Ticket(
-      coords=dict(job.coords), mask=final["mask"], rewind_params=start_params,
-      trained_params=final["params"],
-      metrics=_metrics(job, final["mask"], history, t0),
-      model_state=final["model_state"], rewind_model_state=start_model_state)
-  if job.capture is not None:
-    path = os.path.join(workdir, job.capture_path)
-    checkpoint.remove(path)  # One from a crash before the ticket.
-    checkpoint.save(path, tickets.drop_none(captured[job.capture]))
-  tickets.save_ticket(workdir, job.path, ticket)
-  midrun.clear()
-  parallel.barrier(job.path)  # Others read what process 0 wrote.
-  if progress is not None:
-    progress.job_end()
-  return ticket
-
-
 def load_capture(workdir, path: str) -> tuple[Any, Any]:
   """The (params, model_state) a job captured (see `Job.capture`)."""
   arrays = checkpoint.restore(os.path.join(workdir, path))
@@ -308,40 +222,57 @@ def _metrics(job: Job, mask, history: list[dict], t0: float) -> dict:
   return metrics
 
 
-def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
-                   progress=None, tensorboard: bool = True,
-                   log_steps: Callable[[str], None] | None = None
-                   ) -> list[tickets.Ticket]:
-  """Trains replicates of one job together; returns their Tickets in order.
+def run_job(exp: Experiment, job: Job, workdir, *, progress=None,
+            tensorboard: bool = True,
+            log_steps: Callable[[str], None] | None = None
+            ) -> tickets.Ticket:
+  """Loads a finished job, or trains it (resuming) and saves its Ticket:
+  `run_group` of one job."""
+  return run_group(exp, [job], workdir, progress=progress,
+                   tensorboard=tensorboard, log_steps=log_steps)[0]
 
-  `jobs` differ only in their arrays (mask, params, model state), data seed,
-  coordinates and paths; they share start_step, stop, lr_fn and capture
-  step. Several jobs run as one stacked state in one compiled program (the
-  step vmapped over the replicates, laid over the experiment's mesh); one job
-  is `run_job`. Resumable like `run_job`: the group's mid-run checkpoint is
-  keyed by its first job's path; finished groups are loaded.
+
+def run_group(exp: Experiment, jobs: list[Job], workdir, *,
+              progress=None, tensorboard: bool = True,
+              log_steps: Callable[[str], None] | None = None
+              ) -> list[tickets.Ticket]:
+  """Trains a group of replicate jobs together; returns their Tickets.
+
+  The one job path of every method. `jobs` differ only in their arrays
+  (mask, params, model state), data seed, coordinates and paths; they share
+  start_step, stop, lr_fn and capture step. Several jobs run as one stacked
+  state in one compiled program (the step vmapped over the replicates, laid
+  over the experiment's mesh); one job runs unstacked. Finished groups are
+  loaded; the group in flight resumes from its mid-run checkpoint (keyed by
+  its first job's path, and the number of jobs when there are several).
+
+  Returns:
+    The jobs' Tickets in order; their metrics hold 'density',
+    'layer_densities', 'test_accuracy', 'test_loss', 'train_loss',
+    'history', 'time_s', and with a validation set 'early_stop_step' and
+    'early_stop_test_accuracy'.
   """
-  if len(jobs) == 1:
-    return [run_job(exp, jobs[0], workdir, progress=progress,
-                    tensorboard=tensorboard, log_steps=log_steps)]
   first = jobs[0]
   for j in jobs[1:]:
     if (j.start_step, j.stop, j.capture) != (first.start_step, first.stop,
                                              first.capture):
-      raise ValueError("run_replicates: jobs must share start_step, stop "
-                       "and capture")
+      raise ValueError("run_group: jobs must share start_step, stop and "
+                       "capture")
   if all(tickets.is_finished(workdir, j.path) for j in jobs):
     return [tickets.read_ticket(workdir, j.path) for j in jobs]
   t = exp.config.training
+  stacked = len(jobs) > 1
   midrun = MidRun(workdir)
   t0 = time.time()
-  key = f"{first.path}+{len(jobs)}"
+  key = f"{first.path}+{len(jobs)}" if stacked else first.path
   states = [step_lib.init_state(j.params, exp.tx, mask=j.mask,
                                 model_state=j.model_state,
                                 step=j.start_step, seed=j.data_seed)
             for j in jobs]
+  # The tickets' start: the masked weights (host copies; the state is
+  # donated to the loop).
   starts = jax.device_get([(s.params, s.model_state) for s in states])
-  state = loop_lib.stack_states(states)
+  state = loop_lib.stack_states(states) if stacked else states[0]
   resumed = midrun.load(key, state)
   history, captured = [], {}
   if resumed:
@@ -350,28 +281,36 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
   if exp.loop.mesh is not None:
     state = parallel.put_tree(
         parallel.to_host(state),
-        parallel.state_sharding(exp.loop.mesh, state, True))
+        parallel.state_sharding(exp.loop.mesh, state, stacked))
+  name = f"{first.name} x{len(jobs)}" if stacked else first.name
   if progress is not None:
-    progress.job_start(f"{first.name} x{len(jobs)}", at,
-                       first.stop)
+    progress.job_start(name, at, first.stop)
   capture = () if first.capture is None else (first.capture,)
+  # Evaluations up to the resumed step are in `history` (and already
+  # written); any written after it by an interrupted attempt are purged.
   writers = [tensorboard_writer(workdir, j.path, at + 1)
              if tensorboard else None for j in jobs]
+  one = (lambda tree, i: loop_lib.unstack(tree, i)) if stacked else (
+      lambda tree, i: tree)
+  replica_history = ((lambda hs, i: _replicate_history(hs, i)) if stacked
+                     else (lambda hs, i: hs))
 
   def on_eval(h):
     for i, writer in enumerate(writers):
-      _write_eval(writer, _replicate_history([h], i)[0])
+      _write_eval(writer, replica_history([h], i)[0])
     if log_steps:
       acc = np.asarray(h["accuracy"])
-      log_steps(f"  {first.name} x{len(jobs)}  step {h['step']:6d}  train "
-                f"loss {np.mean(h['train_loss']):.4f}  test loss "
-                f"{np.mean(h['loss']):.4f}  test acc {acc.mean():.4f} ± "
-                f"{acc.std():.4f}")
+      spread = f" ± {acc.std():.4f}" if stacked else ""
+      log_steps(f"  {name}  step {h['step']:6d}  train loss "
+                f"{np.mean(h['train_loss']):.4f}  test loss "
+                f"{np.mean(h['loss']):.4f}  test acc {acc.mean():.4f}"
+                f"{spread}")
 
   try:
     state, history, captured = loop_lib.train(
         exp.loop, state, exp.data, stop=first.stop, lr_fn=first.lr_fn,
-        batch_size=t.batch_size, data_seed=[j.data_seed for j in jobs],
+        batch_size=t.batch_size,
+        data_seed=[j.data_seed for j in jobs] if stacked else first.data_seed,
         eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         capture=capture, history=history, captured=captured,
         on_checkpoint=lambda s, h, c: midrun.save(key, parallel.to_host(s),
@@ -386,22 +325,25 @@ def run_replicates(exp: Experiment, jobs: list[Job], workdir, *,
                             "model_state": state.model_state})
   out = []
   for i, j in enumerate(jobs):
-    mask = loop_lib.unstack(final["mask"], i)
+    mask = one(final["mask"], i)
     ticket = tickets.Ticket(
         coords=dict(j.coords), mask=mask, rewind_params=starts[i][0],
-        trained_params=loop_lib.unstack(final["params"], i),
-        metrics=_metrics(j, mask, _replicate_history(history, i), t0),
-        model_state=loop_lib.unstack(final["model_state"], i),
+        trained_params=one(final["params"], i),
+        metrics=_metrics(j, mask, replica_history(history, i), t0),
+        model_state=one(final["model_state"], i),
         rewind_model_state=starts[i][1])
     if j.capture is not None:
       path = os.path.join(workdir, j.capture_path)
       checkpoint.remove(path)  # One from a crash before the ticket.
-      checkpoint.save(path, tickets.drop_none(
-          loop_lib.unstack(captured[j.capture], i)))
+      checkpoint.save(path, tickets.drop_none(one(captured[j.capture], i)))
     tickets.save_ticket(workdir, j.path, ticket)
     out.append(ticket)
   midrun.clear()
-  parallel.barrier(key)
+  parallel.barrier(key)  # Others read what process 0 wrote.
   if progress is not None:
     progress.job_end()
   return out
+
+
+# The name the drivers used before `run_group` served both cases.
+run_replicates = run_group

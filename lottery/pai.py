@@ -1,5 +1,6 @@
 """Pruning at initialization (SNIP, GraSP, SynFlow, magnitude, random) and
-the sanity checks of Frankle et al. 2021: a thin driver of jobs.
+the sanity checks of Frankle et al. 2021: a method plug-in
+(`lottery.method`) of the one driver (`lottery.driver`).
 
 For every method of `pai.methods` (a score of `lottery.scores`), target
 density d of `pai.densities` and replicate i, the initial weights of
@@ -25,18 +26,21 @@ and inversion are random pruning again):
 With `pai.dense` the dense network is trained too (method 'dense', target
 density 1.0). The score batch of replicate i is `pai.batch_size` training
 examples drawn uniformly without replacement with key rng.stream(seeds.data +
-i, 'pai_batch'); SynFlow reads only its shape.
+i, 'pai_batch'); SynFlow reads only its shape. Random draws are keyed by
+values, not positions: replicate i's scores of `method` at density d use
+rng.stream(seeds.control + i, 'pai_score', method, d, invert) and its checks
+rng.stream(seeds.control + i, check, method, d), so adding or reordering
+methods or densities leaves every other run bit-identical.
 
-Resume order: groups of replicate jobs -- dense, then per method and density
-the method's tickets and then its checks; summary.json is rewritten after
-every group.
+Groups (each trains `seeds.num` replicates at once), in run order: dense,
+then per method and density the method's tickets and then its checks; see
+`lottery.driver`.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -46,21 +50,19 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import controls as controls_lib
-from lottery import jobs as jobs_lib
+from lottery import driver
 from lottery import masks as masks_lib
+from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
-from lottery.experiment import prepared
-from lottery.progress import NullProgress
 
-__all__ = ["iterations", "path", "prune_at_init", "run", "score_batch",
+__all__ = ["Pai", "iterations", "path", "prune_at_init", "run", "score_batch",
            "summary"]
 
 DENSE = "dense"
@@ -77,8 +79,9 @@ def iterations(config: ml_collections.ConfigDict, method: str) -> int:
 def path(method: str, target_density: float, seed: int,
          check: str | None = None) -> str:
   """The ticket directory of one run, relative to the workdir."""
-  return (f"pai/{method}/{check or 'ticket'}/density_{target_density!r}/"
-          f"seed_{seed}")
+  return tickets.ticket_path(Pai().directory(
+      {"method": method, "check": check, "target_density": target_density}),
+                             seed, 1)
 
 
 def score_batch(exp: Experiment, replicate: int) -> tuple[np.ndarray,
@@ -149,44 +152,14 @@ def summary(workdir) -> dict:
   return tickets.summary(workdir)
 
 
-def _record(t: tickets.Ticket, rel: str) -> dict:
-  keep = ("density", "layer_densities", "test_accuracy", "test_loss",
-          "train_loss", "time_s")
-  keep += tuple(k for k in ("early_stop_step", "early_stop_test_accuracy")
-                if k in t.metrics)
-  return {**t.coords, **{k: t.metrics[k] for k in keep}, "ticket": rel}
-
-
-def _group_records(config, method: str, done: list, paths: list) -> list:
-  rounds = 0 if method == DENSE else iterations(config, method)
-  return [{**_record(tk, q), "iterations": rounds}
-          for tk, q in zip(done, paths)]
-
-
-def _write_summary(wd, records: list, total: int) -> None:
-  checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
-                        {"runs": records, "finished": len(records) == total})
-
-
-def _groups(config) -> list[tuple[str, str | None, float]]:
-  """(method, check, target density) of every group, in run order."""
-  p = config.pai
-  out = [(DENSE, None, 1.0)] if p.dense else []
-  for method in p.methods:
-    for d in p.densities:
-      out.append((method, None, d))
-      if method != "random":
-        out += [(method, check, d) for check in p.checks]
-  return out
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
         progress=None, log: Callable[[str], None] | None = None,
         log_steps: bool = False) -> dict:
   """Runs (or resumes) a pruning-at-initialization experiment.
 
   Args:
-    config: a config from `lottery.base_config()` or configs/pai_*.py.
+    config: a config from configs/pai_*.py (or `lottery.base_config()` with
+      `method = 'pai'`).
     workdir: where everything is written; a workdir of an unfinished run of
       the same config is resumed, one of another config is refused.
     progress: a `lottery.progress.Progress`; default: none shown.
@@ -196,85 +169,93 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   Returns:
     {'runs': [{'method', 'check', 'target_density', 'seed', 'density',
     'layer_densities', 'test_accuracy', 'test_loss', 'train_loss', 'time_s',
-    'iterations', 'ticket'}, ...], 'finished': True}, also written to
+    'ticket', 'iterations'}, ...], 'finished': True}, also written to
     <workdir>/summary.json; one record per replicate. `check` is None for
     the method itself, 'dense' has target_density 1.0. Any run loads with
     `lottery.load_ticket(workdir, method=..., check=..., target_density=...,
     seed=...)`.
   """
-  if progress is None:
-    progress = NullProgress(log)
-
-  def check_batches(exp):  # A batch_size above the training set is refused.
-    for i in range(config.seeds.num):
-      score_batch(exp, i)
-
-  with prepared(config, workdir, progress,
-                before_claim=check_batches) as (exp, wd):
-    return _run_groups(config, exp, wd, progress, log_steps)
+  return driver.run(config, workdir, method="pai", progress=progress,
+                    log=log, log_steps=log_steps)
 
 
-def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
-  p, t, n = config.pai, config.training, config.seeds.num
-  groups = _groups(config)
-  # Progress counts groups: each trains its n replicates at once.
-  progress.jobs(total=len(groups),
-                done=sum(1 for r in tickets.records(wd) if "method" in r) // n)
-  starts = [exp.replicate_init(i) for i in range(n)]
-  batches = [score_batch(exp, i) for i in range(n)]
-  log_line = progress.line if log_steps else None
-  masks: dict[tuple[str, float, bool], list] = {}
+@method_lib.register
+class Pai(method_lib.Method):
+  """Pruning at initialization as a method plug-in (see the module doc).
 
-  def method_masks(method: str, d: float, invert: bool) -> list:
+  Coordinates: {'method': a score or 'dense', 'check': None | 'shuffle' |
+  'reinit' | 'invert', 'target_density': d}.
+  """
+
+  name = "pai"
+  notebook = "pruning_at_init.ipynb"
+
+  def directory(self, coords: dict) -> str:
+    return (f"pai/{coords['method']}/{coords['check'] or 'ticket'}/"
+            f"density_{coords['target_density']!r}")
+
+  def grid(self, ctx: method_lib.Context) -> list[dict]:
+    p = ctx.config.pai
+    out = [(DENSE, None, 1.0)] if p.dense else []
+    for method in p.methods:
+      for d in p.densities:
+        out.append((method, None, d))
+        if method != "random":
+          out += [(method, check, d) for check in p.checks]
+    return [{"method": m, "check": c, "target_density": d}
+            for m, c, d in out]
+
+  def before_claim(self, ctx: method_lib.Context) -> None:
+    for i in range(ctx.replicates):  # A batch_size above the data is refused.
+      score_batch(ctx.exp, i)
+
+  def _batch(self, ctx, i: int):
+    if ("batch", i) not in ctx.state:
+      ctx.state["batch", i] = score_batch(ctx.exp, i)
+    return ctx.state["batch", i]
+
+  def _masks(self, ctx, method: str, d: float, invert: bool) -> list:
     """The method's masks of every replicate at density d (computed once)."""
-    if (method, d, invert) not in masks:
-      mi, di = p.methods.index(method), p.densities.index(d)
-      masks[method, d, invert] = [prune_at_init(
-          exp, method, d, starts[i][0], starts[i][1], batches[i],
-          rng.stream(config.seeds.control + i, "pai_score", mi, di,
+    key = ("masks", method, d, invert)
+    if key not in ctx.state:
+      c, exp = ctx.config, ctx.exp
+      ctx.state[key] = [prune_at_init(
+          exp, method, d, *ctx.init(i), self._batch(ctx, i),
+          rng.stream(c.seeds.control + i, "pai_score", method, d,
                      int(invert)),
-          rounds=iterations(config, method), scope=p.scope, invert=invert)
-                                  for i in range(n)]
-    return masks[method, d, invert]
+          rounds=iterations(c, method), scope=c.pai.scope, invert=invert)
+                        for i in range(ctx.replicates)]
+    return ctx.state[key]
 
-  records = []
-  for method, check, d in groups:
-    t0 = time.time()
-    paths = [path(method, d, i, check) for i in range(n)]
-    if all(tickets.is_finished(wd, q) for q in paths):
-      # Resumed: no mask to compute (SynFlow's rounds cost seconds).
-      done = [tickets.read_ticket(wd, q) for q in paths]
-      records += _group_records(config, method, done, paths)
-      _write_summary(wd, records, len(groups) * n)
-      continue
-    jobs = []
-    for i in range(n):
-      params, model_state = starts[i]
-      if method == DENSE:
-        mask = exp.dense_mask
-      else:
-        mask = method_masks(method, d, check == "invert")[i]
+  def start(self, ctx: method_lib.Context,
+            coords: dict) -> method_lib.GroupStart:
+    c, exp = ctx.config, ctx.exp
+    method, check, d = (coords["method"], coords["check"],
+                        coords["target_density"])
+    starts = []
+    for i in range(ctx.replicates):
+      params, model_state = ctx.init(i)
+      mask = (exp.dense_mask if method == DENSE else
+              self._masks(ctx, method, d, check == "invert")[i])
       start = controls_lib.Start(mask, params, model_state)
       if check in _CONTROL_CHECKS:
-        key = rng.stream(config.seeds.control + i, check,
-                         p.methods.index(method), p.densities.index(d))
-        start = controls_lib.get(check)(exp, start, key)
-      coords = {"method": method, "check": check, "target_density": d,
-                "seed": i}
-      jobs.append(jobs_lib.Job(
-          coords=coords, path=path(method, d, i, check), mask=start.mask,
-          params=start.params, model_state=start.model_state, start_step=0,
-          stop=t.steps, lr_fn=exp.learning_rates,
-          data_seed=config.seeds.data + i))
-    done = jobs_lib.run_replicates(exp, jobs, wd, progress=progress,
-                                   log_steps=log_line)
-    recs = _group_records(config, method, done, paths)
-    records += recs
-    _write_summary(wd, records, len(groups) * n)
+        start = controls_lib.get(check)(
+            exp, start, rng.stream(c.seeds.control + i, check, method, d))
+      starts.append(start)
+    return method_lib.GroupStart(starts)
+
+  def record(self, ctx, done: method_lib.Done) -> list[dict]:
+    method = done.coords["method"]
+    rounds = 0 if method == DENSE else iterations(ctx.config, method)
+    return [{**r, "iterations": rounds}
+            for r in super().record(ctx, done)]
+
+  def report(self, ctx, done: method_lib.Done) -> method_lib.Report:
+    recs, n = done.records, ctx.replicates
     accs = np.asarray([r["test_accuracy"] for r in recs])
-    progress.line(f"{method:>9s} {check or '':7s} density "
-                  f"{np.mean([r['density'] for r in recs]):.4f}  test acc "
-                  f"{accs.mean():.4f}" +
-                  (f" ± {accs.std():.4f} ({n} seeds)" if n > 1 else "") +
-                  f"  ({time.time() - t0:.1f} s)")
-  return {"runs": records, "finished": True}
+    return method_lib.Report(
+        f"{done.coords['method']:>9s} {done.coords['check'] or '':7s} "
+        f"density {np.mean([r['density'] for r in recs]):.4f}  test acc "
+        f"{accs.mean():.4f}" +
+        (f" ± {accs.std():.4f} ({n} seeds)" if n > 1 else "") +
+        f"  ({done.time_s:.1f} s)")

@@ -15,6 +15,7 @@ threefry's counters are the row-major flat index.
 from __future__ import annotations
 
 import math
+import zlib
 
 import jax
 import jax.extend.random
@@ -57,13 +58,31 @@ def key(seed: int) -> jax.Array:
 _key = jax.jit(jax.random.key)
 
 
-def stream(seed: int, use: str, *index: int) -> jax.Array:
+def stream(seed: int, use: str, *index: int | float | str) -> jax.Array:
   """The key of `use` at `index` (e.g. the round) under `seed`.
 
-  seed: 0 <= seed < 2**31 (the config's seeds are); index: int32 values.
+  seed: 0 <= seed < 2**31 (the config's seeds are). index: values that name
+  the draw -- integers (a round) as themselves, strings and floats (a method,
+  a density) by a hash of their value (`index_value`), so that a key never
+  depends on where a value sits in a config's tuple.
   """
   return _stream(np.int32(seed), np.int32(USES.index(use)),
-                 np.asarray(index, np.int32))
+                 np.asarray([index_value(v) for v in index], np.int32))
+
+
+def index_value(value: int | float | str) -> int:
+  """An index of `stream` as an int32: an integer as itself, a string or a
+  float as the CRC-32 of its repr (31 bits; floats as Python floats, so
+  0.1 and np.float64(0.1) agree)."""
+  if isinstance(value, (bool, np.bool_)):
+    return int(value)
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  if isinstance(value, (float, np.floating)):
+    value = float(value)
+  elif not isinstance(value, str):
+    raise TypeError(f"index: must be an int, float or str (got {value!r})")
+  return zlib.crc32(repr(value).encode()) & 0x7FFFFFFF
 
 
 @jax.jit

@@ -1,5 +1,5 @@
-"""Sparse training: static, SET, RigL and gradual magnitude pruning, a thin
-driver of jobs.
+"""Sparse training: static, SET, RigL and gradual magnitude pruning, a method
+plug-in (`lottery.method`) of the one driver (`lottery.driver`).
 
 For every distribution x density x method of `config.sparse` (and a dense
 baseline), `seeds.num` replicates train for `training.steps` steps:
@@ -34,15 +34,14 @@ ticket. The ticket holds the final mask, the initial and trained weights, and
 the initial mask (`Ticket.initial_mask`); each evaluation in its history also
 has 'mask_change' and 'mask_density', computed on the device.
 
-Resume order: groups in the order dense, then distribution, density, method;
-summary.json is rewritten after every group.
+Groups (each trains `seeds.num` replicates at once), in run order: dense,
+then distribution, density, method; see `lottery.driver`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,12 +50,12 @@ import ml_collections
 import numpy as np
 
 from lottery import analysis
-from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import distributions
+from lottery import driver
 from lottery import loop as loop_lib
-from lottery import jobs as jobs_lib
 from lottery import masks as masks_lib
+from lottery import method as method_lib
 from lottery import parallel
 from lottery import pruning
 from lottery import rng
@@ -65,10 +64,8 @@ from lottery import sparse_updates
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
-from lottery.experiment import prepared
-from lottery.progress import NullProgress
 
-__all__ = ["METHODS", "check", "groups", "run", "summary"]
+__all__ = ["METHODS", "Sparse", "check", "groups", "run", "summary"]
 
 METHODS = config_lib.SPARSE_METHODS
 DENSE = "dense"
@@ -211,15 +208,6 @@ def _hook(exp: Experiment, g: Group, counts: dict[str, int]):
   return hook, s.update_every, sparse_updates.changes(table, g.method)
 
 
-def _record(t: tickets.Ticket, path: str, initial, updates: int) -> dict:
-  keep = ("density", "layer_densities", "test_accuracy", "test_loss",
-          "train_loss", "time_s")
-  return {**t.coords, **{k: t.metrics[k] for k in keep},
-          "mask_updates": updates,
-          "mask_change": 1.0 - analysis.overlap(t.mask, initial),
-          "ticket": path}
-
-
 def summary(workdir) -> dict:
   """The run's summary.json ({'runs': [...], 'finished': bool})."""
   return tickets.summary(workdir)
@@ -231,8 +219,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """Runs (or resumes) a sparse-training experiment; returns its summary.
 
   Args:
-    config: e.g. configs/sparse_mnist1d.py's; `config.sparse` picks the
-      methods, densities and distributions.
+    config: e.g. configs/sparse_mnist1d.py's (`method = 'sparse'`);
+      `config.sparse` picks the methods, densities and distributions.
     workdir: where everything is written; a workdir of an unfinished run
       of the same config is resumed, one of another config is refused.
     progress: a `lottery.progress.Progress`; default: none shown.
@@ -246,61 +234,79 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   Raises:
     LotteryError: on bad input, before anything is written.
   """
-  if progress is None:
-    progress = NullProgress(log)
-  with prepared(config, workdir, progress, check=check) as (exp, wd):
-    return _run_groups(config, exp, wd, progress, log_steps)
+  return driver.run(config, workdir, method="sparse", progress=progress,
+                    log=log, log_steps=log_steps)
 
 
-def _run_groups(config, exp: Experiment, wd, progress, log_steps) -> dict:
-  t, n = config.training, config.seeds.num
-  all_groups = groups(config)
-  # Progress counts groups: each trains its n replicates at once.
-  progress.jobs(total=len(all_groups),
-                done=sum(1 for r in tickets.records(wd) if "method" in r) // n)
-  inits = [exp.replicate_init(i) for i in range(n)]
-  mask_keys = [rng.stream(config.seeds.control + i, "mask_init")
-               for i in range(n)]
-  log_line = progress.line if log_steps else None
-  records = []
-  for gi, g in enumerate(all_groups):
-    t0 = time.time()
-    counts = (distributions.keep_counts(g.distribution, exp.dense_mask,
-                                        g.density)
-              if g.method != DENSE else None)
-    hook, every, updates = _hook(exp, g, counts)
+@method_lib.register
+class Sparse(method_lib.Method):
+  """Sparse training as a method plug-in (see the module doc).
+
+  Coordinates: {'method': 'dense' | a sparse method, 'distribution':
+  'none' | a distribution, 'target_density': d}.
+  """
+
+  name = "sparse"
+  notebook = "sparse_training.ipynb"
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    check(config)
+
+  def grid(self, ctx: method_lib.Context) -> list[dict]:
+    return [{"method": g.method, "distribution": g.distribution,
+             "target_density": g.density} for g in groups(ctx.config)]
+
+  def directory(self, coords: dict) -> str:
+    return f"runs/{_group(coords).path}"
+
+  def _hook(self, ctx, coords: dict):
+    """(group, counts, hook, update_every, updates) of a group, once."""
+    key = ("hook", method_lib.group_key(coords))
+    if key not in ctx.state:
+      g = _group(coords)
+      counts = (distributions.keep_counts(g.distribution,
+                                          ctx.exp.dense_mask, g.density)
+                if g.method != DENSE else None)
+      ctx.state[key] = (g, counts, *_hook(ctx.exp, g, counts))
+    return ctx.state[key]
+
+  def start(self, ctx: method_lib.Context,
+            coords: dict) -> method_lib.GroupStart:
+    c, exp = ctx.config, ctx.exp
+    g, counts, hook, every, _ = self._hook(ctx, coords)
     gexp = exp.with_mask_update(hook, every) if hook is not None else exp
-    initial, jobs = {}, []
-    for i in range(n):
+    initial, starts = {}, []
+    for i in range(ctx.replicates):
       if g.method in (DENSE, "gmp"):
         mask = exp.dense_mask
       else:
-        mask = _random_mask(exp.dense_mask, counts, mask_keys[i])
-      path = f"runs/{g.path}/seed_{i}"
-      data_seed = config.seeds.data + i
-      initial[_data_key(data_seed)] = mask
-      if not tickets.is_finished(wd, path):
-        tickets.save_initial_mask(wd, path, mask)
-      jobs.append(jobs_lib.Job(
-          coords={"method": g.method, "distribution": g.distribution,
-                  "target_density": g.density, "seed": i},
-          path=path, mask=mask, params=inits[i][0], model_state=inits[i][1],
-          start_step=0, stop=t.steps, lr_fn=exp.learning_rates,
-          data_seed=data_seed))
+        mask = _random_mask(exp.dense_mask, counts,
+                            rng.stream(c.seeds.control + i, "mask_init"))
+      initial[_data_key(c.seeds.data + i)] = mask
+      starts.append(method_lib.Start(mask, *ctx.init(i)))
     gexp = dataclasses.replace(gexp, loop=_TrackedLoop(gexp.loop, initial))
-    done = jobs_lib.run_replicates(gexp, jobs, wd, progress=progress,
-                                   log_steps=log_line)
-    recs = [_record(tk, j.path, j.mask, updates)
-            for tk, j in zip(done, jobs)]
-    records.extend(recs)
-    checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
-                          {"runs": records,
-                           "finished": gi == len(all_groups) - 1})
+    return method_lib.GroupStart(starts, exp=gexp, initial_masks=True)
+
+  def record(self, ctx, done: method_lib.Done) -> list[dict]:
+    updates = self._hook(ctx, done.coords)[-1]
+    keep = ("density", "layer_densities", "test_accuracy", "test_loss",
+            "train_loss", "time_s")
+    return [{**t.coords, **{k: t.metrics[k] for k in keep},
+             "mask_updates": updates,
+             "mask_change": 1.0 - analysis.overlap(t.mask, t.initial_mask),
+             "ticket": p} for t, p in zip(done.tickets, done.paths)]
+
+  def report(self, ctx, done: method_lib.Done) -> method_lib.Report:
+    recs = done.records
     acc = np.asarray([r["test_accuracy"] for r in recs])
     change = np.mean([r["mask_change"] for r in recs])
-    progress.line(
-        f"{g.method:6s} {g.distribution:7s} density "
-        f"{np.mean([r['density'] for r in recs]):.4f}  test acc "
-        f"{acc.mean():.4f} ± {acc.std():.4f} (n={n})  mask change "
-        f"{change:.3f}  ({time.time() - t0:.1f} s)")
-  return {"runs": records, "finished": True}
+    return method_lib.Report(
+        f"{done.coords['method']:6s} {done.coords['distribution']:7s} "
+        f"density {np.mean([r['density'] for r in recs]):.4f}  test acc "
+        f"{acc.mean():.4f} ± {acc.std():.4f} (n={len(recs)})  mask change "
+        f"{change:.3f}  ({done.time_s:.1f} s)")
+
+
+def _group(coords: dict) -> Group:
+  return Group(coords["method"], coords["distribution"],
+               coords["target_density"])

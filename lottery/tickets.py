@@ -76,12 +76,23 @@ class Ticket:
     return self.coords.get("kind")
 
 
+def ticket_path(directory: str, seed: int, replicates: int,
+                seed_dir_when_single: bool = True) -> str:
+  """A replicate's ticket directory, relative to the workdir: the group's
+  `directory` and `seed_<seed>` (the one seed format of every method); a run
+  of one replicate whose method keeps no seed directory (IMP) writes to
+  `directory` itself."""
+  if replicates == 1 and not seed_dir_when_single:
+    return directory
+  return f"{directory}/seed_{seed}"
+
+
 def imp_path(round_: int, kind: str = "ticket", seed: int | None = None
              ) -> str:
   """The ticket directory of IMP round `round_`'s `kind`, relative; with
   `seed`, that replicate's (runs of several replicates)."""
   path = f"rounds/round_{round_:03d}/{kind}"
-  return path if seed is None else f"{path}/seed_{seed:03d}"
+  return path if seed is None else ticket_path(path, seed, 2)
 
 
 def is_finished(workdir, path: str) -> bool:
@@ -185,7 +196,9 @@ def summary(workdir) -> dict:
 def records(workdir) -> list[dict]:
   """Every ticket record of a run, flat, one per ticket: its coordinates
   (with `seed`, the replicate, where the run records it), its metrics
-  (scalars) and `ticket`, its directory relative to the workdir. Aggregates
+  (scalars), `ticket`, its directory relative to the workdir, and
+  `workdir`, the run's (absolute), so that the records of several workdirs
+  combine (`records(a) + records(b)`). Aggregates
   over replicates (IMP's round records: mean and std) stay in summary.json.
 
   Records come from summary.json (nested records, such as IMP's controls
@@ -212,7 +225,8 @@ def records(workdir) -> list[dict]:
     out.append({**coords, **{k: v for k, v in metrics.items()
                              if not isinstance(v, (dict, list))},
                 "ticket": rel})
-  return out
+  where = os.fspath(root.resolve())
+  return [{**r, "workdir": where} for r in out]
 
 
 def find(workdir, **coords) -> dict:
@@ -232,12 +246,27 @@ def find(workdir, **coords) -> dict:
   if not matches:
     field = next(iter(coords), "ticket")
     raise LotteryError(f"{field}: no finished ticket with {coords} in "
-                       f"{os.fspath(workdir)!r}")
+                       f"{os.fspath(workdir)!r}; it has "
+                       f"{_coordinates(records(workdir), coords)}")
   if len({r["ticket"] for r in matches}) > 1:
     found = sorted({r["ticket"] for r in matches})
     raise LotteryError(f"ticket: {coords} matches {len(found)} tickets "
                        f"({found[:4]}...); give more coordinates")
   return matches[0]
+
+
+def _coordinates(recs: list[dict], asked: dict) -> str:
+  """The values each asked coordinate takes in `recs`, for an error."""
+  if not recs:
+    return "no finished ticket yet"
+  parts = []
+  for k in dict.fromkeys([*asked, "round", "kind", "method", "check",
+                          "target_density", "distribution", "seed"]):
+    values = sorted({r[k] for r in recs if k in r}, key=repr)
+    if values:
+      shown = ", ".join(map(repr, values[:12]))
+      parts.append(f"{k} in [{shown}{', ...' if len(values) > 12 else ''}]")
+  return "; ".join(parts) or "tickets without coordinates"
 
 
 def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint: disable=redefined-builtin

@@ -114,6 +114,16 @@ def _is_leftover(p: pathlib.Path) -> bool:
   return p.name.endswith(checkpoint.TMP_SUFFIX) or checkpoint.ORBAX_TMP in p.name
 
 
+def legacy_method(wd: pathlib.Path, default: str) -> str:
+  """The method of a workdir whose config.json predates `config.method`:
+  IMP writes rounds/, pruning at init pai/, sparse training runs/."""
+  for name, directory in (("imp", "rounds"), ("pai", "pai"),
+                          ("sparse", "runs")):
+    if (wd / directory).is_dir():
+      return name
+  return default
+
+
 def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
                extra: dict[str, Any] | None) -> bool:
   """Whether `wd` holds this config's run; raises if it holds another."""
@@ -131,6 +141,10 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     saved = checkpoint.read_json(saved_path)
   except OSError as e:
     raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
+  if isinstance(saved, dict) and "method" not in saved and "method" in new:
+    # A run written before configs named their method: its facts.json
+    # (below) or its layout says which it is.
+    saved = {**saved, "method": legacy_method(wd, new["method"])}
   if saved != new:
     a, b = _flatten(saved), _flatten(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -150,6 +164,11 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
   if extra and (wd / FACTS_FILE).exists():
     facts = checkpoint.read_json(wd / FACTS_FILE)
     new_facts = json.loads(json.dumps(extra))
+    if "method" in facts and facts["method"] != new_facts.get("method"):
+      raise LotteryError(
+          f"method: workdir {_q(wd)} holds a {facts['method']!r} run, not a "
+          f"{new_facts.get('method')!r} one; a workdir belongs to one "
+          f"method: use a new --workdir")
     diffs = [f"{k}: {facts[k]!r} -> {v!r}" for k, v in sorted(new_facts.items())
              if k in facts and facts[k] != v]
     if diffs:

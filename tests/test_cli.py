@@ -98,7 +98,7 @@ def test_bad_command_line_prints_one_line(tmp_path, arg, message):
 
 def test_missing_workdir_prints_one_line():
   assert _one_error_line(_cli("--config=mnist1d:quick")) == (
-      "error: workdir: required, e.g. --workdir=/tmp/lottery/run (got "
+      "error: workdir: required, e.g. --workdir=/tmp/lottery_runs/run (got "
       "nothing)")
 
 

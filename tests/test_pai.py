@@ -25,7 +25,8 @@ METHODS, DENSITIES = ("snip", "synflow", "random"), (0.2,)
 
 
 def _config(npz_path, **kw):
-  c = tiny(npz_path, **{"training.steps": 10, "training.eval_every": 5,
+  c = tiny(npz_path, **{"method": "pai", "training.steps": 10,
+                        "training.eval_every": 5,
                         "training.checkpoint_every": 5, "seeds.num": 2,
                         "controls": (), **kw})
   c.pai.update(methods=METHODS, densities=DENSITIES,

@@ -137,7 +137,8 @@ def test_gmp_hook_prunes_smallest_magnitudes():
 @pytest.fixture(scope="module")
 def sparse_run(npz_path, tmp_path_factory):
   from conftest import tiny
-  c = tiny(npz_path, **{"seeds.num": 2, "training.steps": 20,
+  c = tiny(npz_path, **{"method": "sparse", "seeds.num": 2,
+                        "training.steps": 20,
                         "sparse.densities": (0.25,),
                         "sparse.distribution": ("erk",),
                         "sparse.update_every": 5, "sparse.end_step": 15})

@@ -1,0 +1,197 @@
+"""The one driver: runs any method plug-in (`lottery.method`) in a workdir.
+
+`run(config, workdir)` validates everything (the method's checks, the
+data's fingerprint, the workdir), builds the experiment, claims the workdir,
+then runs the method's groups in order: a finished group is loaded, the
+group in flight resumes, the others train (`jobs.run_group`: a group's
+replicates in one compiled program). After every group it writes
+summary.json (the method's records, 'finished' once all groups are),
+the 'summary' TensorBoard run and a progress line -- the same way for every
+method.
+
+Resume order: the method's grid, group by group; within a group, the order
+of `jobs.run_group` (mid-run checkpoints under <workdir>/progress, then the
+tickets, then summary.json).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+from collections.abc import Callable
+
+import ml_collections
+
+from lottery import checkpoint
+from lottery import jobs as jobs_lib
+from lottery import method as method_lib
+from lottery import tickets
+from lottery.errors import LotteryError
+from lottery.experiment import prepared
+from lottery.progress import NullProgress
+
+__all__ = ["expect_method", "method_of", "run", "summary", "workdir_method"]
+
+
+def summary(workdir) -> dict:
+  """A run's summary.json as a dict (its records, 'finished')."""
+  return tickets.summary(workdir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+        method: str | None = None, progress=None,
+        log: Callable[[str], None] | None = None, log_steps: bool = False,
+        on_group: Callable[[method_lib.Done, method_lib.Report | None],
+                           None] | None = None) -> dict:
+  """Runs (or resumes) the experiment of `config` in `workdir`.
+
+  Args:
+    config: a config from `lottery.base_config()` or configs/; its
+      `method` field names the method plug-in.
+    workdir: where everything is written; a workdir of an unfinished run
+      of the same config is resumed, one of another config is refused.
+    method: if given, the method the caller expects; a config of another
+      method is refused (the launchers of one method use it).
+    progress: a `lottery.progress.Progress`; default: none shown.
+    log: receives the per-group lines when no `progress` is given.
+    log_steps: also log the test metrics of every evaluation.
+    on_group: called with each group (`method.Done`) once it is finished,
+      and the method's `Report` of it.
+
+  Returns:
+    The summary, also written to <workdir>/summary.json:
+    {<the method's summary_key>: [record, ...], 'finished': True}.
+
+  Raises:
+    LotteryError: on bad input, before anything is written.
+  """
+  if progress is None:
+    progress = NullProgress(log)
+  m = _method(config, method)
+  box = {}
+
+  def before_claim(exp):
+    box["ctx"] = method_lib.Context(config, exp, None, progress, m)
+    m.before_claim(box["ctx"])
+
+  with prepared(config, workdir, progress, check=m.check,
+                before_claim=before_claim,
+                facts={"method": m.name}) as (_, wd):
+    ctx = box["ctx"]
+    ctx.workdir = wd
+    # Every group's record is rebuilt (finished ones loaded), so the summary
+    # run is rewritten from its first step: purge_step=0 leaves no
+    # duplicates.
+    writer = jobs_lib.tensorboard_writer(wd, "summary", 0)
+    try:
+      return _groups(ctx, writer, progress.line if log_steps else None,
+                     on_group)
+    finally:
+      if writer is not None:
+        writer.close()
+
+
+def workdir_method(workdir: str | os.PathLike) -> str:
+  """The method of the run in `workdir` (its config's `method`; for a run
+  written before configs named their method, what its layout shows).
+
+  Raises:
+    LotteryError: ('workdir: ...') if `workdir` holds no run.
+  """
+  from lottery import runs  # pylint: disable=g-import-not-at-top
+  from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = runs.load_config(workdir)
+  return config.get("method") or workdir_lib.legacy_method(
+      pathlib.Path(workdir), "imp")
+
+
+def expect_method(workdir: str | os.PathLike, name: str) -> None:
+  """Raises a one-line LotteryError naming the notebook that fits, if the
+  run in `workdir` is not of method `name` (for notebooks)."""
+  found = workdir_method(workdir)
+  if found != name:
+    raise LotteryError(
+        f"workdir: {os.fspath(workdir)!r} holds a {found!r} run, not a "
+        f"{name!r} one; open notebooks/{method_lib.get(found).notebook}")
+
+
+def method_of(config: ml_collections.ConfigDict) -> method_lib.Method:
+  """The method plug-in `config.method` names."""
+  return _method(config, None)
+
+
+def _method(config, expected: str | None) -> method_lib.Method:
+  name = config.get("method") if hasattr(config, "get") else None
+  if not isinstance(name, str) or name not in method_lib.names():
+    raise LotteryError(f"method: must be one of {method_lib.names()} "
+                       f"(got {name!r})")
+  if expected is not None and name != expected:
+    raise LotteryError(
+        f"method: this launcher runs {expected!r} recipes, the config is a "
+        f"{name!r} recipe; run it with python -m experiments.run (or "
+        f"experiments.{name})")
+  return method_lib.get(name)
+
+
+def _groups(ctx: method_lib.Context, writer, log_line, on_group) -> dict:
+  m, wd = ctx.method, ctx.workdir
+  grid = ctx.grid = m.grid(ctx)
+  ctx.progress.jobs(total=len(grid),
+                    done=sum(ctx.is_finished(c) for c in grid))
+  done: list[method_lib.Done] = []
+  for i, coords in enumerate(grid):
+    t0 = time.time()
+    paths = ctx.paths(coords)
+    if ctx.is_finished(coords):
+      # Resumed: its start (a SynFlow mask, say) is not recomputed.
+      ts = [tickets.read_ticket(wd, p) for p in paths]
+    else:
+      ts = _train(ctx, coords, paths, log_line)
+    d = method_lib.Done(coords, ts, paths, time_s=time.time() - t0)
+    d.records = m.record(ctx, d)
+    ctx.done[method_lib.group_key(coords)] = d
+    done.append(d)
+    checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
+                          {**m.summarize(ctx, done),
+                           "finished": i == len(grid) - 1})
+    rep = m.report(ctx, d)
+    if rep is not None:
+      if rep.line:
+        ctx.progress.line(rep.line)
+      if writer is not None and rep.scalars:
+        for tag, value in rep.scalars.items():
+          writer.add_scalar(tag, value, rep.step)
+        writer.flush()
+    if on_group:
+      on_group(d, rep)
+  ctx.progress.info(
+      f"results: {os.path.join(wd, tickets.SUMMARY)}; tickets: "
+      f"lottery.load_ticket({os.fspath(wd)!r}, ...); notebook: "
+      f"LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab notebooks/{m.notebook}; "
+      f"curves: tensorboard --logdir {os.path.join(wd, 'tensorboard')}")
+  return {**m.summarize(ctx, done), "finished": True}
+
+
+def _train(ctx: method_lib.Context, coords: dict, paths: list[str],
+           log_line) -> list[tickets.Ticket]:
+  """Trains one group from the method's start; returns its tickets."""
+  c = ctx.config
+  g = ctx.method.start(ctx, coords)
+  exp = g.exp if g.exp is not None else ctx.exp
+  jobs = []
+  for i, (s, path) in enumerate(zip(g.starts, paths)):
+    if g.initial_masks:
+      tickets.save_initial_mask(ctx.workdir, path, s.mask)
+    jobs.append(jobs_lib.Job(
+        coords={**coords, "seed": i}, path=path, mask=s.mask,
+        params=s.params, model_state=s.model_state, start_step=g.start_step,
+        stop=c.training.steps, lr_fn=g.lr_fn or ctx.exp.learning_rates,
+        data_seed=c.seeds.data + i, capture=g.capture,
+        capture_path=g.capture_paths[i] if g.capture_paths else ""))
+  ts = jobs_lib.run_group(exp, jobs, ctx.workdir, progress=ctx.progress,
+                          log_steps=log_line)
+  if g.initial_masks:
+    for t, j in zip(ts, jobs):
+      t.initial_mask = j.mask
+  return ts

@@ -1,0 +1,204 @@
+"""The one driver and the method plug-ins (lottery.driver, lottery.method):
+a new method needs no edit to the driver; random streams keyed by values;
+records of several workdirs combine; launchers refuse another method's
+recipe; a workdir belongs to one method."""
+
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import lottery
+from lottery import analysis
+from lottery import method as method_lib
+from lottery import rng
+
+from conftest import ROOT
+from conftest import tiny
+
+
+def _same_tree(a, b) -> bool:
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(
+      np.asarray(x).dtype == np.asarray(y).dtype and
+      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+@method_lib.register
+class _Densities(method_lib.Method):
+  """A toy method of ~20 lines: magnitude pruning of the initial weights to
+  each density of pai.densities, trained like any ticket."""
+
+  name = "toy_densities"
+
+  def grid(self, ctx):
+    return [{"target_density": d} for d in ctx.config.pai.densities]
+
+  def directory(self, coords):
+    return f"toy/density_{coords['target_density']!r}"
+
+  def start(self, ctx, coords):
+    starts = []
+    for i in range(ctx.replicates):
+      params, model_state = ctx.init(i)
+      mask = lottery.prune(ctx.exp.dense_mask, params,
+                           1 - coords["target_density"], scope="global")
+      starts.append(method_lib.Start(mask, params, model_state))
+    return method_lib.GroupStart(starts)
+
+
+def test_a_new_method_runs_through_the_driver(npz_path, tmp_path):
+  c = tiny(npz_path, method="toy_densities", **{"seeds.num": 2,
+                                                "pai.densities": (0.5, 0.25)})
+  lines = []
+  summary = lottery.driver.run(c, tmp_path / "wd", log=lines.append)
+  assert summary["finished"]
+  assert [(r["target_density"], r["seed"]) for r in summary["runs"]] == [
+      (0.5, 0), (0.5, 1), (0.25, 0), (0.25, 1)]
+  for r in summary["runs"]:
+    assert r["ticket"] == (f"toy/density_{r['target_density']!r}/"
+                           f"seed_{r['seed']}")
+    t = lottery.load_ticket(tmp_path / "wd", target_density=r[
+        "target_density"], seed=r["seed"])
+    assert t.metrics["density"] == pytest.approx(r["target_density"],
+                                                 abs=0.01)
+  assert len(lines) == 2  # One line per group.
+  # Resumed: loads every group, same summary.
+  assert lottery.driver.run(c, tmp_path / "wd") == summary
+
+
+def test_stream_indices_are_values():
+  assert rng.index_value(7) == 7
+  assert rng.index_value(True) == 1
+  assert rng.index_value(0.1) == rng.index_value(np.float64(0.1))
+  assert rng.index_value("snip") != rng.index_value("synflow")
+  assert 0 <= rng.index_value(0.003) < 2**31
+  with pytest.raises(TypeError, match="index"):
+    rng.index_value(None)
+  a = rng.stream(0, "pai_score", "snip", 0.1, 0)
+  b = rng.stream(0, "pai_score", "snip", 0.03, 0)
+  assert not np.array_equal(jax.random.key_data(a), jax.random.key_data(b))
+
+
+def _pai(npz_path, methods, densities):
+  c = tiny(npz_path, method="pai", **{"training.steps": 4,
+                                      "training.eval_every": 2,
+                                      "training.checkpoint_every": 2})
+  c.pai.update(methods=methods, densities=densities,
+               checks=("shuffle", "reinit"), dense=False, batch_size=16)
+  return c
+
+
+def test_pai_random_streams_keyed_by_values_not_positions(npz_path,
+                                                          tmp_path):
+  """Adding a method and a density in front, and reordering, leaves every
+  other run bit-identical: its masks, start and trained weights."""
+  a = tmp_path / "a"
+  b = tmp_path / "b"
+  lottery.pai.run(_pai(npz_path, ("random", "snip"), (0.2,)), a)
+  lottery.pai.run(_pai(npz_path, ("magnitude", "snip", "random"),
+                       (0.5, 0.2)), b)
+  recs = [r for r in lottery.records(a) if "method" in r]
+  assert len(recs) == 4  # random; snip + 2 checks.
+  for r in recs:
+    coords = {k: r[k] for k in ("method", "check", "target_density", "seed")}
+    ta = lottery.load_ticket(a, **coords)
+    tb = lottery.load_ticket(b, **coords)
+    for field in ("mask", "rewind_params", "trained_params"):
+      assert _same_tree(getattr(ta, field), getattr(tb, field)), (coords,
+                                                                  field)
+
+
+def test_records_of_two_workdirs_combine(npz_path, tmp_path):
+  """Two single-seed runs (seeds 0 and 1) are two replicates of each round
+  in one table: none is dropped as a duplicate."""
+  wds = []
+  for s in (0, 1):
+    c = tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 4,
+                          "training.eval_every": 2, "controls": (),
+                          "seeds.init": s, "seeds.data": s})
+    wds.append(tmp_path / f"seed{s}")
+    lottery.run(c, wds[-1])
+  recs = lottery.records(wds[0]) + lottery.records(wds[1])
+  assert {r["workdir"] for r in recs} == {str(w.resolve()) for w in wds}
+  rows = analysis.table(recs)
+  assert [(r["round"], r["kind"], r["n"]) for r in rows] == [
+      (0, "ticket", 2), (1, "ticket", 2)]
+  accs = [lottery.load_ticket(w, 1).metrics["test_accuracy"] for w in wds]
+  assert rows[1]["mean"] == pytest.approx(np.mean(accs))
+  assert rows[1]["std"] == pytest.approx(np.std(accs))
+
+
+def test_load_ticket_lists_the_coordinates_that_exist(npz_path, tmp_path):
+  c = tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 4,
+                        "training.eval_every": 2,
+                        "controls": ("reinit",)})
+  lottery.run(c, tmp_path / "wd")
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.load_ticket(tmp_path / "wd", 99)
+  msg = str(e.value)
+  assert msg.startswith("round: no finished ticket with {'round': 99, "
+                        "'kind': 'ticket'}")
+  assert "round in [0, 1]; kind in ['reinit', 'ticket']" in msg
+  assert "\n" not in msg
+
+
+def test_launcher_refuses_another_methods_recipe(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.imp", "--config=pai_mnist1d:quick",
+       f"--workdir={tmp_path}/wd"], cwd=ROOT, capture_output=True, text=True,
+      check=False)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [
+      "error: method: 'pai_mnist1d:quick' is a 'pai' recipe and "
+      "experiments.imp runs 'imp' ones; run it with python -m experiments.run "
+      "--config=pai_mnist1d:quick"]
+  assert not (tmp_path / "wd").exists()
+
+
+def test_library_refuses_another_methods_config(npz_path, tmp_path):
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^method: this launcher runs 'pai' recipes, the "
+                     r"config is a 'imp' recipe"):
+    lottery.pai.run(tiny(npz_path), tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
+  with pytest.raises(lottery.LotteryError, match=r"^method: must be one of"):
+    lottery.driver.run(tiny(npz_path, method="nope"), tmp_path / "wd")
+
+
+def test_a_workdir_belongs_to_one_method(npz_path, tmp_path):
+  c = tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 4,
+                        "training.eval_every": 2, "controls": ()})
+  lottery.run(c, tmp_path / "wd")
+  before = sorted(p.name for p in (tmp_path / "wd").iterdir())
+  other = _pai(npz_path, ("random",), (0.2,))
+  with pytest.raises(lottery.LotteryError, match=r"^config: workdir .* "
+                     r"different config \(.*method: 'imp' -> 'pai'"):
+    lottery.pai.run(other, tmp_path / "wd")
+  assert sorted(p.name for p in (tmp_path / "wd").iterdir()) == before
+  assert lottery.driver.workdir_method(tmp_path / "wd") == "imp"
+  with pytest.raises(lottery.LotteryError,
+                     match=r"holds a 'imp' run, not a 'pai' one; open "
+                     r"notebooks/tickets.ipynb$"):
+    lottery.driver.expect_method(tmp_path / "wd", "pai")
+
+
+@pytest.mark.slow
+def test_notebooks_name_the_one_that_fits(npz_path, tmp_path, monkeypatch):
+  """The tickets notebook on a pruning-at-init workdir, and the
+  pruning-at-init notebook on a missing one, each print one line."""
+  from conftest import execute_notebook  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "pai"
+  lottery.pai.run(_pai(npz_path, ("random",), (0.2,)), wd)
+  text = execute_notebook("tickets.ipynb", wd, monkeypatch, tmp_path)
+  assert text.strip() == (
+      f"error: workdir: {str(wd)!r} holds a 'pai' run, not a 'imp' one; open "
+      "notebooks/pruning_at_init.ipynb; set LOTTERY_WORKDIR to the --workdir "
+      "of a run (e.g. python -m experiments.imp "
+      "--workdir=/tmp/lottery_runs/mnist1d) and run again")
+  text = execute_notebook("pruning_at_init.ipynb", tmp_path / "missing",
+                          monkeypatch, tmp_path)
+  assert text.strip().startswith("error: workdir: ")
+  assert len(text.strip().splitlines()) == 1

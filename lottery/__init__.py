@@ -16,6 +16,7 @@ from lottery import method
 from lottery import pai
 from lottery import scores
 from lottery import sparse
+from lottery import stability
 from lottery.experiment import build
 from lottery.imp import run
 from lottery.imp import summary
@@ -50,5 +51,5 @@ __all__ = [
     "finished_rounds", "imp", "init_state", "method", "scores",
     "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
     "make_eval_step", "make_mask", "make_train_step", "pai", "prune",
-    "random_like", "records", "run", "sparse", "summary",
+    "random_like", "records", "run", "sparse", "stability", "summary",
 ]

@@ -140,6 +140,21 @@ def base_config() -> ml_collections.ConfigDict:
       begin_step=0,
       end_step=0,
   )
+  # Instability analysis (lottery.stability, Frankle et al. 2020): for each
+  # rewind step k and source mask, two copies of the network at step k of
+  # the dense run train to the end with different data orders; the error
+  # barrier along the linear path between them measures their instability.
+  c.stability = dict(
+      steps=(0, 25, 100, 250, 500),  # Rewind steps k, each < training.steps.
+      # 'dense', or coordinates of a ticket of source_workdir ('round=4',
+      # 'method=snip,check=None,target_density=0.1'); replicate i takes the
+      # source's seed i.
+      sources=("dense",),
+      source_workdir="",  # The workdir of the source tickets.
+      points=30,  # Evenly spaced points of the path, ends included.
+      # Both copies on the same data order (a sanity check: barrier 0).
+      same_data=False,
+  )
   return c
 
 
@@ -437,6 +452,24 @@ def _method_names() -> Sequence[str]:
   return method.names()
 
 
+def _stability_steps(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v:
+    _fail(f, v, "must be a non-empty tuple of steps, e.g. (0, 100)")
+  for x in v:
+    _int(f, x, 0)
+  if list(v) != sorted(set(v)):
+    _fail(f, v, "must be increasing steps")
+
+
+def _stability_sources(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v:
+    _fail(f, v, "must be a non-empty tuple, e.g. ('dense', 'round=4')")
+  for x in v:
+    _str(f, x)
+  if len(set(v)) != len(v):
+    _fail(f, v, "must not repeat a source")
+
+
 RULES: dict[str, _Rule] = {
     "method": _one_of(_method_names),
     "seeds.init": _count(0, SEED_LIMIT - 1),
@@ -494,6 +527,11 @@ RULES: dict[str, _Rule] = {
     "sparse.end_fraction": _sparse_end_fraction,
     "sparse.begin_step": _count(0),
     "sparse.end_step": _sparse_end_step,
+    "stability.steps": _stability_steps,
+    "stability.sources": _stability_sources,
+    "stability.source_workdir": _string,
+    "stability.points": _count(2, 10_000),
+    "stability.same_data": _boolean,
 }
 
 

@@ -111,9 +111,11 @@ def expect_method(workdir: str | os.PathLike, name: str) -> None:
   run in `workdir` is not of method `name` (for notebooks)."""
   found = workdir_method(workdir)
   if found != name:
-    raise LotteryError(
-        f"workdir: {os.fspath(workdir)!r} holds a {found!r} run, not a "
-        f"{name!r} one; open notebooks/{method_lib.get(found).notebook}")
+    nb = method_lib.get(found).notebook
+    where = (f"open notebooks/{nb}" if nb else
+             f"its records are in {tickets.SUMMARY} (lottery.records)")
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds a {found!r} "
+                       f"run, not a {name!r} one; {where}")
 
 
 def method_of(config: ml_collections.ConfigDict) -> method_lib.Method:
@@ -165,10 +167,11 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group) -> dict:
         writer.flush()
     if on_group:
       on_group(d, rep)
+  notebook = (f"notebook: LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab "
+              f"notebooks/{m.notebook}; " if m.notebook else "")
   ctx.progress.info(
       f"results: {os.path.join(wd, tickets.SUMMARY)}; tickets: "
-      f"lottery.load_ticket({os.fspath(wd)!r}, ...); notebook: "
-      f"LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab notebooks/{m.notebook}; "
+      f"lottery.load_ticket({os.fspath(wd)!r}, ...); {notebook}"
       f"curves: tensorboard --logdir {os.path.join(wd, 'tensorboard')}")
   return {**m.summarize(ctx, done), "finished": True}
 
@@ -180,15 +183,16 @@ def _train(ctx: method_lib.Context, coords: dict, paths: list[str],
   g = ctx.method.start(ctx, coords)
   exp = g.exp if g.exp is not None else ctx.exp
   jobs = []
-  for i, (s, path) in enumerate(zip(g.starts, paths)):
+  for s, r, path in zip(g.starts, ctx.replicas(coords), paths, strict=True):
     if g.initial_masks:
       tickets.save_initial_mask(ctx.workdir, path, s.mask)
     jobs.append(jobs_lib.Job(
-        coords={**coords, "seed": i}, path=path, mask=s.mask,
+        coords={**coords, **r.coords}, path=path, mask=s.mask,
         params=s.params, model_state=s.model_state, start_step=g.start_step,
-        stop=c.training.steps, lr_fn=g.lr_fn or ctx.exp.learning_rates,
-        data_seed=c.seeds.data + i, capture=g.capture,
-        capture_path=g.capture_paths[i] if g.capture_paths else ""))
+        stop=c.training.steps if g.stop is None else g.stop,
+        lr_fn=g.lr_fn or ctx.exp.learning_rates, data_seed=r.data_seed,
+        capture=g.capture,
+        capture_path=g.capture_paths[len(jobs)] if g.capture_paths else ""))
   ts = jobs_lib.run_group(exp, jobs, ctx.workdir, progress=ctx.progress,
                           log_steps=log_line)
   if g.initial_masks:

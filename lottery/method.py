@@ -9,6 +9,7 @@ says
                      replicates of one job, trained in one compiled program);
   directory(coords)  a group's ticket directory, relative to the workdir
                      (the store adds the replicate's `seed_<i>`);
+  replicas(...)      the jobs of a group (default: one per replicate);
   start(ctx, coords) how the group's replicates start (`GroupStart`: masks,
                      weights, model states, first step, rates, capture, and
                      optionally an experiment with a mask-update hook), made
@@ -41,8 +42,17 @@ from lottery import tickets
 from lottery.controls import Start
 from lottery.registry import Registry
 
-__all__ = ["Context", "Done", "GroupStart", "Method", "Report", "Start",
+__all__ = ["Context", "Done", "GroupStart", "Method", "Replica", "Report", "Start",
            "get", "names", "register"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Replica:
+  """One job of a group: its coordinates beside the group's (e.g.
+  {'seed': 2}; the stability analysis adds 'copy') and its data seed. Its
+  ticket directory is the group's with '<name>_<value>' per coordinate."""
+  coords: dict
+  data_seed: int
 
 
 @dataclasses.dataclass
@@ -50,8 +60,10 @@ class GroupStart:
   """How the replicates of one group start.
 
   Attributes:
-    starts: one `Start` (mask, params, model state) per replicate.
-    start_step: the first step trained (steps start_step..training.steps-1).
+    starts: one `Start` (mask, params, model state) per replica
+      (`Method.replicas`).
+    start_step: the first step trained (steps start_step..stop-1).
+    stop: the step training stops at; None: training.steps.
     lr_fn: (start, stop) -> rates; None: the config's schedule.
     capture: a step whose (params, model_state) each replicate saves at
       `capture_paths[i]` (IMP's rewind point), or None.
@@ -63,6 +75,7 @@ class GroupStart:
   """
   starts: list[Start]
   start_step: int = 0
+  stop: int | None = None
   lr_fn: Callable[[int, int], np.ndarray] | None = None
   capture: int | None = None
   capture_paths: list[str] | None = None
@@ -111,12 +124,15 @@ class Context:
   def replicates(self) -> int:
     return self.config.seeds.num
 
+  def replicas(self, coords: dict) -> list[Replica]:
+    return self.method.replicas(self, coords)
+
   def paths(self, coords: dict) -> list[str]:
-    """The ticket directories of a group's replicates."""
-    return [tickets.ticket_path(self.method.directory(coords), i,
-                                self.replicates,
-                                self.method.seed_dir_when_single)
-            for i in range(self.replicates)]
+    """The ticket directories of a group's replicas."""
+    reps = self.replicas(coords)
+    bare = len(reps) == 1 and not self.method.seed_dir_when_single
+    return [tickets.replica_path(self.method.directory(coords), r.coords,
+                                 bare=bare) for r in reps]
 
   def is_finished(self, coords: dict) -> bool:
     return all(tickets.is_finished(self.workdir, p)
@@ -152,7 +168,8 @@ class Method:
   # A run of one replicate writes its tickets without a seed_0 directory
   # (IMP's layout: rounds/round_003/ticket).
   seed_dir_when_single: bool = True
-  # The notebook (in notebooks/) that analyses this method's workdirs.
+  # The notebook (in notebooks/) that analyses this method's workdirs; ''
+  # for none.
   notebook: str = "tickets.ipynb"
 
   def check(self, config: ml_collections.ConfigDict) -> None:
@@ -165,6 +182,12 @@ class Method:
 
   def grid(self, ctx: Context) -> list[dict]:
     raise NotImplementedError
+
+  def replicas(self, ctx: Context, coords: dict) -> list[Replica]:
+    """The jobs of a group (default: replicate i of `seeds.num`, data seed
+    seeds.data + i)."""
+    return [Replica({"seed": i}, ctx.config.seeds.data + i)
+            for i in range(ctx.replicates)]
 
   def directory(self, coords: dict) -> str:
     raise NotImplementedError

@@ -76,15 +76,21 @@ class Ticket:
     return self.coords.get("kind")
 
 
+def replica_path(directory: str, coords: dict, *, bare: bool = False) -> str:
+  """A job's ticket directory, relative to the workdir: its group's
+  `directory`, then '<name>_<value>' per coordinate of the job beside its
+  group's (`seed_2`, `seed_0/copy_1`): the one seed format of every method.
+  `bare`: the group's directory itself (an IMP run of one replicate)."""
+  if bare:
+    return directory
+  return "/".join([directory, *(f"{k}_{v}" for k, v in coords.items())])
+
+
 def ticket_path(directory: str, seed: int, replicates: int,
                 seed_dir_when_single: bool = True) -> str:
-  """A replicate's ticket directory, relative to the workdir: the group's
-  `directory` and `seed_<seed>` (the one seed format of every method); a run
-  of one replicate whose method keeps no seed directory (IMP) writes to
-  `directory` itself."""
-  if replicates == 1 and not seed_dir_when_single:
-    return directory
-  return f"{directory}/seed_{seed}"
+  """Replicate `seed`'s ticket directory of a group (`replica_path`)."""
+  return replica_path(directory, {"seed": seed},
+                      bare=replicates == 1 and not seed_dir_when_single)
 
 
 def imp_path(round_: int, kind: str = "ticket", seed: int | None = None

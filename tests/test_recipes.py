@@ -228,7 +228,7 @@ def iterations_bound(config, method):
 
 @pytest.mark.parametrize("spec", [s for s in QUICK
                                   if s != "conv_cifar10:quick"
-                                  and not s.startswith("pai_")
+                                  and not s.startswith(("pai_", "stability_"))
                                   and s not in SPARSE_QUICK])
 def test_quick_recipe_end_to_end(spec, tmp_path, request):
   if spec == "resnet20_cifar10:quick":
@@ -494,3 +494,17 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
   assert [step for _, step in saves] == [5, 10, 15, 20, 25, 10, 15, 20, 25]
   assert lottery.load_ticket(tmp_path / "run", 1).metrics["start_step"] == 5
   assert_same_run(reference_run, tmp_path / "run")
+
+
+@pytest.mark.parametrize("spec", [s for s in QUICK
+                                  if s.startswith("stability_")])
+def test_stability_quick_recipe_end_to_end(spec, tmp_path):
+  config = cli.load_config(spec)
+  summary = lottery.driver.run(config, tmp_path / "wd", log=quiet)
+  s = config.stability
+  assert summary["finished"]
+  assert [(p["source"], p["k"]) for p in summary["pairs"]] == [
+      (src, k) for src in s.sources for k in s.steps]
+  for p in summary["pairs"]:
+    assert len(p["path"]["test_error"]) == s.points
+    assert -1 <= p["barrier_test"] <= 1

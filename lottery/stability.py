@@ -1,0 +1,331 @@
+"""Instability analysis and linear mode connectivity (Frankle, Dziugaite, Roy
+& Carbin 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"):
+library functions and a method plug-in (`lottery.method`).
+
+A network is *stable* to SGD noise at step k when two copies trained from its
+weights at step k, with the same mask and different data orders (and
+augmentation), end in minima joined by a linear path of low error. For every
+rewind step k of `stability.steps` and every source mask of
+`stability.sources` (the dense network, or a ticket of another workdir by its
+coordinates), each replicate i
+
+  1. trains the dense network from its initialization (seed seeds.init + i,
+     data seed seeds.data + i) for k steps (a 'parent' group per k, shared by
+     every source; k = 0 is the initialization itself);
+  2. trains two copies of mask ⊙ W_k from step k to training.steps, copy c
+     with data seed `copy_data_seed(config, i, c)` (copy 0 continues the
+     parent's own order), both in one compiled program (replicates), with a
+     fresh optimizer state and the learning-rate schedule from step k;
+  3. evaluates the error and loss on the training and test sets at
+     `stability.points` evenly spaced points of the linear path between the
+     copies' trained weights (all points in one compiled program), and their
+     error barrier: the maximum of the error over the path minus the mean of
+     the errors of the two end points (Frankle et al.'s instability; stable
+     when below 2%).
+
+The pruned weights are 0 at both ends, so they stay 0 along the path. Models
+with BatchNorm (running statistics in the model state) are refused for now:
+the paper recomputes the statistics of every interpolated network, which is
+not built yet.
+
+Coordinates: parents {'source': 'parent', 'k': k, 'seed': i, 'copy': 0};
+copies {'source': s, 'k': k, 'seed': i, 'copy': c} --
+`lottery.load_ticket(workdir, source='dense', k=100, copy=1, seed=0)`.
+summary.json: {'pairs': [{'source', 'k', 'seed', 'density', 'test_accuracy'
+(both ends), 'barrier_test', 'barrier_train', 'path': {'alpha',
+'test_error', 'test_loss', 'train_error', 'train_loss'}, 'copies': [the two
+tickets' records]}, ...]}.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lottery import checkpoint
+from lottery import config as config_lib
+from lottery import driver
+from lottery import loop as loop_lib
+from lottery import masks as masks_lib
+from lottery import method as method_lib
+from lottery import runs
+from lottery import step as step_lib
+from lottery import tickets
+from lottery.errors import LotteryError
+
+__all__ = ["Stability", "barrier", "copy_data_seed", "evaluate_path",
+           "interpolate", "parse_source", "run", "summary"]
+
+PARENT = "parent"
+DENSE = "dense"
+PATH_FILE = "path.json"
+
+
+def interpolate(a: Any, b: Any, alpha: float | jax.Array,
+                mask: Any = None) -> Any:
+  """(1 - alpha) * a + alpha * b, leaf by leaf; with `mask` (a mask pytree,
+  None where not prunable), pruned weights are exactly 0 at every alpha."""
+  out = jax.tree.map(lambda x, y: (1 - alpha) * x + alpha * y, a, b)
+  return out if mask is None else masks_lib.apply_mask(mask, out)
+
+
+@functools.partial(jax.jit, static_argnames=("eval_fn",))
+def _path(eval_fn, a, b, model_state, mask, alphas, xs, ys, valid):
+  def one(alpha):
+    return eval_fn(interpolate(a, b, alpha, mask), model_state, xs, ys,
+                   valid)
+  return jax.vmap(one)(alphas)
+
+
+def evaluate_path(eval_fn: Callable[..., dict], a: Any, b: Any,
+                  model_state: Any, mask: Any, x: np.ndarray, y: np.ndarray,
+                  *, points: int = 30, eval_batch: int = 1000) -> dict:
+  """Loss and error of the networks on the linear path from `a` to `b`.
+
+  Args:
+    eval_fn: `step.make_eval_step(apply_fn)`.
+    a, b: the two parameter pytrees (the path's ends, alpha 0 and 1).
+    model_state: the model state used at every point (no running
+      statistics: see the module doc).
+    mask: the mask both share (pruned weights stay 0), or None.
+    x, y: the examples to evaluate on.
+    points: evenly spaced alphas in [0, 1], ends included (the paper: 30).
+    eval_batch: examples per evaluation batch.
+
+  Returns:
+    {'alpha': [...], 'loss': [...], 'error': [...]} (Python floats), all
+    points evaluated in one compiled program.
+  """
+  if points < 2:
+    raise LotteryError(f"points: must be at least 2 (got {points!r})")
+  alphas = np.linspace(0.0, 1.0, points, dtype=np.float32)
+  xs, ys, valid = loop_lib.eval_batches(x, y, eval_batch)
+  m = _path(eval_fn, a, b, model_state, mask, alphas, xs, ys, valid)
+  m = jax.device_get(m)
+  return {"alpha": [float(v) for v in alphas],
+          "loss": [float(v) for v in m["loss"]],
+          "error": [1.0 - float(v) for v in m["accuracy"]]}
+
+
+def barrier(errors: list[float]) -> float:
+  """The error barrier of a path: max over the path minus the mean of its
+  two ends (Frankle et al. 2020's instability)."""
+  return float(max(errors) - (errors[0] + errors[-1]) / 2)
+
+
+def copy_data_seed(config: ml_collections.ConfigDict, replicate: int,
+                   copy: int) -> int:
+  """The data seed of copy `copy` (0 or 1) of replicate `replicate`: copy 0
+  continues the parent's order (seeds.data + replicate); copy 1 takes
+  seeds.data + seeds.num + replicate, or copy 0's with
+  `stability.same_data` (the sanity check: a barrier of exactly 0)."""
+  base = config.seeds.data + replicate
+  if copy == 0 or config.stability.same_data:
+    return base
+  return base + config.seeds.num
+
+
+def parse_source(spec: str, *, field: str = "stability.sources") -> dict:
+  """'dense', or a source ticket's coordinates 'round=3' /
+  'method=snip,check=None,target_density=0.1' as a dict (ints, floats, None
+  and strings parsed)."""
+  if spec == DENSE:
+    return {}
+  out = {}
+  for item in spec.split(","):
+    key, sep, value = (s.strip() for s in item.partition("="))
+    if not sep or not key or not value:
+      raise LotteryError(f"{field}: {spec!r} must be 'dense' or coordinates "
+                         f"'name=value,...', e.g. 'round=3'")
+    if key in ("seed", "source", "k", "copy"):
+      raise LotteryError(f"{field}: {spec!r}: {key!r} is not a source "
+                         f"coordinate (the replicate's seed is taken)")
+    out[key] = _value(value)
+  return out
+
+
+def _value(text: str):
+  if text == "None":
+    return None
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
+
+
+def summary(workdir) -> dict:
+  """The run's summary.json ({'pairs': [...], 'finished': bool})."""
+  return tickets.summary(workdir)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
+        progress=None, log: Callable[[str], None] | None = None,
+        log_steps: bool = False) -> dict:
+  """Runs (or resumes) an instability analysis (see the module doc)."""
+  return driver.run(config, workdir, method="stability", progress=progress,
+                    log=log, log_steps=log_steps)
+
+
+@method_lib.register
+class Stability(method_lib.Method):
+  """The instability analysis as a method plug-in (see the module doc)."""
+
+  name = "stability"
+  summary_key = "pairs"
+  notebook = ""
+
+  def check(self, config: ml_collections.ConfigDict) -> None:
+    config_lib.validate(config)
+    s, steps = config.stability, config.training.steps
+    for k in s.steps:
+      if k >= steps:
+        raise LotteryError(f"stability.steps: {k} is not below "
+                           f"training.steps={steps} (got {tuple(s.steps)})")
+    sources = [parse_source(x) for x in s.sources]
+    if any(sources) and not s.source_workdir:
+      raise LotteryError("stability.source_workdir: set it to the workdir of "
+                         f"the tickets {tuple(s.sources)} (got '')")
+    top = config.seeds.data + 2 * config.seeds.num - 1
+    if top >= config_lib.SEED_LIMIT:
+      raise LotteryError(f"seeds.num: the copies take data seeds up to {top}"
+                         f", past the limit {config_lib.SEED_LIMIT - 1} (got "
+                         f"{config.seeds.num})")
+
+  def before_claim(self, ctx: method_lib.Context) -> None:
+    exp, s = ctx.exp, ctx.config.stability
+    if jax.tree.leaves(exp.init_model_state):
+      raise LotteryError(
+          f"model.name: {ctx.config.model.name!r} keeps running statistics "
+          f"(BatchNorm); the stability analysis does not yet recompute them "
+          f"along the path (got {ctx.config.model.name!r})")
+    # Every source ticket exists and fits the model, before anything runs.
+    for spec in s.sources:
+      for i in range(ctx.replicates):
+        self._source_mask(ctx, spec, i)
+
+  def _source_mask(self, ctx, spec: str, i: int):
+    key = ("mask", spec, i)
+    if key not in ctx.state:
+      coords = parse_source(spec)
+      if not coords:
+        mask = ctx.exp.dense_mask
+      else:
+        wd = ctx.config.stability.source_workdir
+        if not pathlib.Path(wd).is_dir():
+          raise LotteryError(f"stability.source_workdir: {wd!r} is not a "
+                             f"workdir")
+        runs.load_config(wd)  # One line if it holds no run.
+        try:
+          t = tickets.load_ticket(wd, **coords, seed=i,
+                                  like=ctx.exp.init_params)
+        except LotteryError as e:
+          raise LotteryError(f"stability.sources: {spec!r} (seed {i}) names "
+                             f"no ticket of {wd!r}: "
+                             f"{str(e).partition(': ')[2]}") from None
+        mask = t.mask
+      ctx.state[key] = mask
+    return ctx.state[key]
+
+  def grid(self, ctx: method_lib.Context) -> list[dict]:
+    s = ctx.config.stability
+    out = [{"source": PARENT, "k": k} for k in s.steps if k > 0]
+    out += [{"source": src, "k": k} for src in s.sources for k in s.steps]
+    return out
+
+  def directory(self, coords: dict) -> str:
+    src = coords["source"].replace("/", "_").replace("=", "_").replace(",",
+                                                                       "__")
+    return f"stability/{src}/k_{coords['k']}"
+
+  def replicas(self, ctx, coords: dict) -> list[method_lib.Replica]:
+    n = ctx.replicates
+    if coords["source"] == PARENT:
+      return [method_lib.Replica({"seed": i, "copy": 0},
+                                 ctx.config.seeds.data + i) for i in range(n)]
+    # Ticket directories seed_<i>/copy_<c>; the path's evaluation is kept in
+    # seed_<i>/path.json.
+    return [method_lib.Replica({"seed": i, "copy": c},
+                               copy_data_seed(ctx.config, i, c))
+            for i in range(n) for c in (0, 1)]
+
+  def start(self, ctx: method_lib.Context,
+            coords: dict) -> method_lib.GroupStart:
+    k, n = coords["k"], ctx.replicates
+    if coords["source"] == PARENT:
+      return method_lib.GroupStart(
+          [method_lib.Start(ctx.exp.dense_mask, *ctx.init(i))
+           for i in range(n)], stop=k)
+    if k == 0:
+      weights = [ctx.init(i) for i in range(n)]
+    else:
+      parents = ctx.tickets({"source": PARENT, "k": k})
+      weights = [(t.trained_params, t.model_state) for t in parents]
+    starts = []
+    for i in range(n):
+      mask = self._source_mask(ctx, coords["source"], i)
+      starts += [method_lib.Start(mask, *weights[i])] * 2
+    return method_lib.GroupStart(starts, start_step=k)
+
+  def record(self, ctx, done: method_lib.Done) -> list[dict]:
+    copies = super().record(ctx, done)
+    if done.coords["source"] == PARENT:
+      return copies
+    out = []
+    for i in range(ctx.replicates):
+      a, b = done.tickets[2 * i], done.tickets[2 * i + 1]
+      path = self._path(ctx, done.paths[2 * i], a, b)
+      pair = copies[2 * i:2 * i + 2]
+      out.append({
+          "source": done.coords["source"], "k": done.coords["k"], "seed": i,
+          "density": pair[0]["density"],
+          "test_accuracy": [p["test_accuracy"] for p in pair],
+          "barrier_test": barrier(path["test_error"]),
+          "barrier_train": barrier(path["train_error"]),
+          "path": path, "copies": pair})
+    return out
+
+  def _path(self, ctx, copy0_path: str, a, b) -> dict:
+    """The pair's path evaluation, computed once and kept beside copy 0's
+    ticket (a rerun reads it)."""
+    file = pathlib.Path(ctx.workdir) / pathlib.Path(copy0_path).parent / (
+        PATH_FILE)
+    if checkpoint.exists(file):
+      return checkpoint.read_json(file)
+    exp, n = ctx.exp, ctx.config.stability.points
+    eval_fn = ctx.state.setdefault("eval_fn",
+                                   step_lib.make_eval_step(exp.apply_fn))
+    ds = exp.dataset
+    out = {}
+    for split, x, y in (("test", ds.x_test, ds.y_test),
+                        ("train", ds.x_train, ds.y_train)):
+      m = evaluate_path(eval_fn, a.trained_params, b.trained_params,
+                        a.model_state, a.mask, x, y, points=n)
+      out["alpha"] = m["alpha"]
+      out[f"{split}_error"], out[f"{split}_loss"] = m["error"], m["loss"]
+    checkpoint.write_json(file, out)
+    return out
+
+  def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
+    return {"pairs": [r for d in done if d.coords["source"] != PARENT
+                      for r in d.records]}
+
+  def report(self, ctx, done: method_lib.Done) -> method_lib.Report:
+    c = done.coords
+    if c["source"] == PARENT:
+      return method_lib.Report(f"parent k={c['k']}  ({done.time_s:.1f} s)")
+    b = np.asarray([r["barrier_test"] for r in done.records])
+    spread = f" ± {b.std():.4f}" if len(b) > 1 else ""
+    return method_lib.Report(
+        f"{c['source']:>10s} k={c['k']:<6d} density "
+        f"{done.records[0]['density']:.4f}  test barrier {b.mean():.4f}"
+        f"{spread}  ({done.time_s:.1f} s)")

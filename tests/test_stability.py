@@ -1,0 +1,172 @@
+"""The instability analysis (lottery.stability): the path functions checked
+exactly, the method end to end on a tiny model (dense and IMP-ticket
+sources), resume, and bad input refused before anything is written."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lottery
+from lottery import stability
+from lottery import step as step_lib
+
+from conftest import tiny
+
+
+def _config(npz_path, **kw):
+  c = tiny(npz_path, method="stability", **{
+      "training.steps": 12, "training.eval_every": 6,
+      "training.checkpoint_every": 6, "stability.steps": (0, 4),
+      "stability.points": 5, **kw})
+  return c
+
+
+@pytest.fixture(scope="module")
+def imp_run(npz_path, tmp_path_factory):
+  wd = tmp_path_factory.mktemp("imp") / "run"
+  c = tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 12,
+                        "training.eval_every": 6, "controls": (),
+                        "seeds.num": 2})
+  lottery.run(c, wd)
+  return wd
+
+
+@pytest.fixture(scope="module")
+def finished(npz_path, imp_run, tmp_path_factory):
+  wd = tmp_path_factory.mktemp("stability") / "run"
+  c = _config(npz_path, **{"seeds.num": 2,
+                           "stability.sources": ("dense", "round=1"),
+                           "stability.source_workdir": str(imp_run)})
+  lines = []
+  summary = lottery.driver.run(c, wd, log=lines.append)
+  return c, wd, summary, lines
+
+
+def test_interpolate_keeps_pruned_weights_at_zero():
+  a = {"w": jnp.asarray([1.0, 2.0, 3.0, 4.0]), "b": jnp.asarray([1.0])}
+  b = {"w": jnp.asarray([5.0, -2.0, 7.0, 0.5]), "b": jnp.asarray([3.0])}
+  mask = {"w": jnp.asarray([True, False, True, False]), "b": None}
+  for alpha in (0.0, 0.25, 0.5, 1.0):
+    out = stability.interpolate(a, b, alpha, mask)
+    assert out["w"][1] == 0.0 and out["w"][3] == 0.0
+    assert out["w"][0] == pytest.approx(1 + 4 * alpha)
+    assert out["b"][0] == pytest.approx(1 + 2 * alpha)
+  ends = stability.interpolate(a, b, 0.0), stability.interpolate(a, b, 1.0)
+  assert np.array_equal(ends[0]["w"], a["w"])
+  assert np.array_equal(ends[1]["w"], b["w"])
+
+
+def test_barrier_is_max_minus_mean_of_ends():
+  assert stability.barrier([0.1, 0.3, 0.5, 0.2, 0.3]) == pytest.approx(0.3)
+  assert stability.barrier([0.2, 0.1, 0.2]) == 0.0
+  assert stability.barrier([0.4, 0.2]) == pytest.approx(0.1)
+
+
+def test_batched_path_equals_separate_evaluations(npz_path):
+  exp = lottery.build(tiny(npz_path))
+  a = exp.init_params
+  b, _ = exp.init(jax.random.key(7))
+  eval_fn = step_lib.make_eval_step(exp.apply_fn)
+  ds = exp.dataset
+  path = stability.evaluate_path(eval_fn, a, b, exp.init_model_state, None,
+                                 ds.x_test, ds.y_test, points=7)
+  assert path["alpha"] == [float(x) for x in
+                           np.linspace(0, 1, 7, dtype=np.float32)]
+  from lottery import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  xs, ys, valid = loop_lib.eval_batches(ds.x_test, ds.y_test, 1000)
+  one = jax.jit(eval_fn)
+  for i, alpha in enumerate(path["alpha"]):
+    m = one(stability.interpolate(a, b, np.float32(alpha)),
+            exp.init_model_state, xs, ys, valid)
+    assert path["error"][i] == 1.0 - float(m["accuracy"])
+    assert path["loss"][i] == float(m["loss"])
+
+
+def test_records_and_tickets(finished):
+  c, wd, summary, lines = finished
+  assert summary["finished"]
+  pairs = summary["pairs"]
+  # 2 sources x 2 steps x 2 replicates.
+  assert [(p["source"], p["k"], p["seed"]) for p in pairs] == [
+      (s, k, i) for s in ("dense", "round=1") for k in (0, 4)
+      for i in (0, 1)]
+  for p in pairs:
+    assert len(p["path"]["test_error"]) == 5
+    assert p["barrier_test"] == stability.barrier(p["path"]["test_error"])
+    assert p["barrier_train"] == stability.barrier(p["path"]["train_error"])
+    # The ends of the path are the copies' own evaluations.
+    for end, copy in ((0, 0), (-1, 1)):
+      t = lottery.load_ticket(wd, source=p["source"], k=p["k"], copy=copy,
+                              seed=p["seed"])
+      assert p["path"]["test_error"][end] == 1.0 - t.metrics["test_accuracy"]
+      # The loss agrees to float32 rounding: the loop's evaluation is fused
+      # into its compiled chunk, the path's is a program of its own.
+      assert p["path"]["test_loss"][end] == pytest.approx(
+          t.metrics["test_loss"], rel=1e-6)
+      assert t.metrics["start_step"] == p["k"]
+    if p["source"] == "dense":
+      assert p["density"] == 1.0
+    else:
+      mask = lottery.load_ticket(c.stability.source_workdir, 1,
+                                 seed=p["seed"]).mask
+      t = lottery.load_ticket(wd, source=p["source"], k=p["k"], copy=0,
+                              seed=p["seed"])
+      for m, x in zip(jax.tree.leaves(mask), jax.tree.leaves(t.mask)):
+        assert np.array_equal(m, x)
+      assert p["density"] == pytest.approx(0.5, abs=0.01)
+  # The copies at k start from the parent's weights at step k (masked).
+  parent = lottery.load_ticket(wd, source="parent", k=4, copy=0, seed=1)
+  copy = lottery.load_ticket(wd, source="dense", k=4, copy=1, seed=1)
+  for x, y in zip(jax.tree.leaves(parent.trained_params),
+                  jax.tree.leaves(copy.rewind_params)):
+    assert np.array_equal(x, y)
+  # Copy 0 continues the parent's data order: it is the dense run itself.
+  assert len([l for l in lines if "barrier" in l]) == 4
+
+
+def test_same_data_gives_a_barrier_of_exactly_zero(npz_path, tmp_path):
+  c = _config(npz_path, **{"stability.same_data": True,
+                           "stability.steps": (4,)})
+  summary = lottery.driver.run(c, tmp_path / "wd")
+  (p,) = summary["pairs"]
+  assert p["barrier_test"] == 0.0 and p["barrier_train"] == 0.0
+  assert len(set(p["path"]["test_error"])) == 1
+  assert len(set(p["path"]["test_loss"])) == 1
+
+
+def test_rerun_resumes_without_training(finished, npz_path):
+  c, wd, summary, _ = finished
+  assert lottery.driver.run(c, wd) == summary
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"stability.steps": (0, 12)},
+     r"^stability.steps: 12 is not below training.steps=12"),
+    ({"stability.sources": ("round=1",)},
+     r"^stability.source_workdir: set it to the workdir"),
+    ({"stability.sources": ("round",)},
+     r"^stability.sources: 'round' must be 'dense' or coordinates"),
+])
+def test_bad_config_refused(npz_path, tmp_path, changes, message):
+  with pytest.raises(lottery.LotteryError, match=message):
+    lottery.driver.run(_config(npz_path, **changes), tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
+
+
+def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
+                                                      tmp_path):
+  c = _config(npz_path, **{"stability.sources": ("round=7",),
+                           "stability.source_workdir": str(imp_run)})
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^stability.sources: 'round=7' \(seed 0\) names "
+                     r"no ticket of .* it has seed in \[0, 1\]; round in "
+                     r"\[0, 1\]; kind in \['ticket'\]$"):
+    lottery.driver.run(c, tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
+  c.stability.source_workdir = str(tmp_path / "nowhere")
+  c.stability.sources = ("round=1",)
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^stability.source_workdir: .* is not a workdir"):
+    lottery.driver.run(c, tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()

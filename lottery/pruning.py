@@ -63,8 +63,11 @@ def parse_layer_fractions(spec: str | Mapping[str, float] | None,
                           *, field: str = "pruning.layer_fractions"
                           ) -> dict[str, float]:
   """Parses 'regex=rate,regex=rate' (or passes a mapping through, checked)."""
-  if not spec:
+  if spec is None or (isinstance(spec, (str, Mapping)) and not spec):
     return {}
+  if not isinstance(spec, (str, Mapping)):
+    raise LotteryError(f"{field}: expected 'regex=rate,...' or a {{regex: "
+                       f"rate}} mapping, got {spec!r}")
   if isinstance(spec, str):
     out = {}
     for item in spec.split(","):
@@ -79,6 +82,10 @@ def parse_layer_fractions(spec: str | Mapping[str, float] | None,
     spec = out
   for pattern, rate in spec.items():
     masks_lib.compile_patterns([pattern], field)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer,
+                                                       np.floating)):
+      raise LotteryError(f"{field}: rate for {pattern!r} must be a number in "
+                         f"[0, 1), got {rate!r}")
     if not 0.0 <= rate < 1.0:
       raise LotteryError(f"{field}: rate for {pattern!r} must be in [0, 1), "
                          f"got {rate}")
@@ -359,15 +366,45 @@ def _random_like_leaves(alive, key):
   return new
 
 
-def _flatten(mask, scores):
-  """(treedef, [(path, mask leaf or None, score leaf)]) in tree order."""
+def _flatten(mask, scores, *, what: str = "scores"):
+  """(treedef, [(path, mask leaf or None, score leaf)]) in tree order.
+
+  Checks the arguments (structure, shapes and dtypes only, so also on
+  tracers): `mask` is a mask pytree (bool arrays, None where not prunable),
+  `scores` (named `what` in errors) has its structure and a leaf of the
+  mask's shape for every prunable leaf.
+  """
+  if mask is None:
+    raise LotteryError("mask: must be a mask pytree (bool arrays, None where "
+                       "not prunable; from lottery.make_mask), got None")
   mleaves, treedef = jax.tree.flatten(mask, is_leaf=lambda x: x is None)
   names = masks_lib.named_leaves(mask)
-  leaves = list(zip(names, mleaves, treedef.flatten_up_to(scores)))
+  for name, m in names.items():
+    if m is None:
+      continue
+    if not hasattr(m, "shape") or not hasattr(m, "dtype"):
+      raise LotteryError(f"mask: leaf {name!r} must be a bool array or None, "
+                         f"got {type(m).__name__} {m!r:.40}")
+    if m.dtype != np.bool_:
+      raise LotteryError(f"mask: leaf {name!r} has dtype {m.dtype}, must be "
+                         f"bool")
+  try:
+    sleaves = treedef.flatten_up_to(scores)
+  except (ValueError, TypeError):
+    raise LotteryError(
+        f"{what}: must have the mask's pytree structure (a score array per "
+        f"prunable leaf: {[k for k, m in names.items() if m is not None]}), "
+        f"got {type(scores).__name__} {scores!r:.60}") from None
+  leaves = list(zip(names, mleaves, sleaves))
   for name, m, s in leaves:
-    if m is not None and np.shape(s) != np.shape(m):
-      raise LotteryError(f"pruning.score: scores of {name} have shape "
-                         f"{np.shape(s)}, the mask's is {np.shape(m)}")
+    if m is None:
+      continue
+    if not hasattr(s, "shape") or not hasattr(s, "dtype"):
+      raise LotteryError(f"{what}: leaf {name!r} must be an array of shape "
+                         f"{np.shape(m)}, got {type(s).__name__} {s!r:.40}")
+    if np.shape(s) != np.shape(m):
+      raise LotteryError(f"{what}: leaf {name!r} has shape {np.shape(s)}, "
+                         f"the mask has {np.shape(m)}")
   return treedef, leaves
 
 
@@ -383,6 +420,27 @@ def _is_false(flag: jax.Array) -> bool:
     return not bool(flag)
   except jax.errors.ConcretizationTypeError:
     return False
+
+
+def _rate(name: str, value) -> float:
+  """`value` as a float in [0, 1), or a LotteryError naming `name`."""
+  if isinstance(value, (bool, str)) or value is None:
+    ok = False
+  else:
+    try:
+      value = float(value)
+      ok = True
+    except (TypeError, ValueError):  # A tracer, an array of several, ...
+      ok = False
+  if isinstance(value, jax.core.Tracer):
+    raise LotteryError(f"{name}: must be a static Python number in [0, 1), "
+                       f"not a traced value (got {value!r:.60})")
+  if not ok:
+    raise LotteryError(f"{name}: must be a number in [0, 1) (got "
+                       f"{type(value).__name__} {value!r:.60})")
+  if not 0.0 <= value < 1.0:
+    raise LotteryError(f"{name}: must be in [0, 1) (got {value})")
+  return value
 
 
 def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
@@ -412,21 +470,26 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     The new mask (jnp.bool_ leaves); a subset of `mask`.
 
   Raises:
-    LotteryError: for an unknown scope, a fraction outside [0, 1), a bad
-      `layer_fractions`, scores shaped unlike the mask, or (concrete inputs
-      only) non-finite scores of surviving weights.
+    LotteryError: naming the argument ('fraction: ...', 'scores: ...'): for
+      an unknown scope, a fraction that is not a number in [0, 1), a bad
+      `layer_fractions` or one whose pattern matches no prunable leaf, a
+      mask that is not a bool mask pytree, scores not shaped like the mask,
+      or (concrete inputs only) non-finite scores of surviving weights.
   """
-  if scope not in SCOPES:
-    raise LotteryError(f"pruning.scope: unknown scope {scope!r} "
+  if not isinstance(scope, str) or scope not in SCOPES:
+    raise LotteryError(f"scope: unknown scope {scope!r} "
                        f"(known: {list(SCOPES)})")
-  fraction = float(fraction)
-  if not 0.0 <= fraction < 1.0:
-    raise LotteryError(f"pruning.fraction: must be in [0, 1) (got {fraction})")
-  overrides = parse_layer_fractions(layer_fractions)
-  compiled = [(masks_lib.compile_patterns([p], "pruning.layer_fractions")[0], r)
+  fraction = _rate("fraction", fraction)
+  overrides = parse_layer_fractions(layer_fractions, field="layer_fractions")
+  compiled = [(masks_lib.compile_patterns([p], "layer_fractions")[0], r)
               for p, r in overrides.items()]
   treedef, leaves = _flatten(mask, scores)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
+  prunable = [name for name, _, _ in live]
+  for (rx, _), pattern in zip(compiled, overrides):
+    if not any(rx.fullmatch(name) for name in prunable):
+      raise LotteryError(f"layer_fractions: {pattern!r} matches no prunable "
+                         f"parameter (prunable: {prunable})")
   if not live:
     return mask
   rates = [next((r for rx, r in compiled if rx.fullmatch(name)), None)
@@ -450,8 +513,8 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
                               _rate_constants(group_rates),
                               groups=tuple(groups))
   if _is_false(finite):
-    raise LotteryError("pruning.score: scores of surviving weights are not "
-                       "all finite")
+    raise LotteryError("scores: the scores of surviving weights are not all "
+                       "finite")
   return _unflatten(treedef, leaves, new)
 
 
@@ -471,23 +534,34 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
     The new mask; a subset of `mask`.
 
   Raises:
-    LotteryError: if a prunable leaf has no count, a count is negative or
+    LotteryError: naming the argument ('counts: ...', 'mask: ...',
+      'scores: ...'): for masks and scores as `prune`; if `counts` is not a
+      mapping, a prunable leaf has no count, a count is negative or
       larger than its leaf, or (concrete inputs only) more weights are asked
       for than survive or surviving scores are not finite. Under a
       transformation a leaf with fewer survivors than asked keeps them all.
   """
   treedef, leaves = _flatten(mask, scores)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
+  if not isinstance(counts, Mapping):
+    raise LotteryError(f"counts: must be a {{path: count}} mapping for the "
+                       f"prunable leaves {[name for name, _, _ in live]}, "
+                       f"got {type(counts).__name__} {counts!r:.60}")
   if not live:
     return mask
   keep = []
   for name, m, _ in live:
     if name not in counts:
-      raise LotteryError(f"mask: no keep count for {name} (got counts for "
+      raise LotteryError(f"counts: no keep count for {name} (got counts for "
                          f"{sorted(counts)})")
-    k = int(counts[name])
+    k = counts[name]
+    if isinstance(k, bool) or not isinstance(
+        k, (int, float, np.integer, np.floating)) or k != int(k):
+      raise LotteryError(f"counts: the count of {name} must be a whole "
+                         f"number (got {k!r})")
+    k = int(k)
     if not 0 <= k <= np.size(m):
-      raise LotteryError(f"mask: cannot keep {k} weights of {name}, which "
+      raise LotteryError(f"counts: cannot keep {k} weights of {name}, which "
                          f"has {np.size(m)}")
     keep.append(k)
   new, n, finite = _keep_top_leaves([m for _, m, _ in live],
@@ -496,11 +570,11 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   if not isinstance(n, jax.core.Tracer):  # under a transformation: see above
     for (name, _, _), k, alive in zip(live, keep, np.asarray(n).tolist()):
       if k > alive:
-        raise LotteryError(f"mask: cannot keep {k} weights of {name}, only "
-                           f"{alive} survive")
+        raise LotteryError(f"counts: cannot keep {k} weights of {name}, "
+                           f"only {alive} survive")
   if _is_false(finite):
-    raise LotteryError("pruning.score: scores of surviving weights are not "
-                       "all finite")
+    raise LotteryError("scores: the scores of surviving weights are not all "
+                       "finite")
   return _unflatten(treedef, leaves, new)
 
 
@@ -516,7 +590,7 @@ def random_like(mask: masks_lib.Mask, key: jax.Array) -> masks_lib.Mask:
   being its kept count; k may be traced, so this works inside `jax.jit` and
   `jax.vmap` and gives the same mask there as eagerly.
   """
-  treedef, leaves = _flatten(mask, mask)
+  treedef, leaves = _flatten(mask, mask, what="mask")
   live = [m for _, m, _ in leaves if m is not None]
   if not live:
     return mask

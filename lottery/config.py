@@ -20,6 +20,7 @@ from lottery import masks
 from lottery import models
 from lottery import optim
 from lottery import pruning
+from lottery import schedules
 from lottery import scores
 from lottery.errors import LotteryError
 
@@ -295,7 +296,7 @@ def _layer_fractions(f, v, c) -> None:
   pruning.parse_layer_fractions(v, field=f)
 
 
-SCHEDULES = ("geometric", "linear")
+SCHEDULES = schedules.IMP_SCHEDULES  # ('geometric', 'linear')
 
 
 def _schedule(f, v, c) -> None:

@@ -32,6 +32,7 @@ checkout, in an editable install and in an installed wheel alike.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import importlib.util
@@ -231,6 +232,38 @@ def _type_words(value: Any) -> str:
   return f"a {type(value).__name__}"
 
 
+def _block(config: ml_collections.ConfigDict, field: str
+           ) -> ml_collections.ConfigDict | None:
+  """The block of fields that `field` ('seeds') names, or None."""
+  node = config
+  for part in field.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node if isinstance(node, ml_collections.ConfigDict) else None
+
+
+def _block_message(field: str, value: str,
+                   block: ml_collections.ConfigDict) -> str:
+  """'seeds: is a block of fields (...); set one, e.g. --config.seeds.num=3'.
+
+  The example is a field that takes `value` (its type), 'num' first.
+  """
+  # In the order the config defines them (a ConfigDict iterates sorted).
+  names = list(getattr(block, "_fields", None) or block)
+  try:
+    literal = ast.literal_eval(value)
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    literal = value
+  fits = [k for k in names
+          if not isinstance(block[k], ml_collections.ConfigDict)
+          and type(block[k]) is type(literal)]  # pylint: disable=unidiomatic-typecheck
+  example = "num" if "num" in fits else (fits or names)[0]
+  shown = value if fits else _format_value(block[example])
+  return (f"{field}: is a block of fields ({', '.join(names)}); set one, "
+          f"e.g. --config.{field}.{example}={shown}")
+
+
 def flag_error_message(error: Exception,
                        config: ml_collections.ConfigDict | None) -> str:
   """One line for an absl flag error; '<field>: ...' for a config override."""
@@ -238,6 +271,9 @@ def flag_error_message(error: Exception,
   m = re.match(r"^flag --config\.([\w.]+)=(.*?): ", text)
   if m and config is not None:
     field, value = m[1], m[2]
+    block = _block(config, field)
+    if block is not None:
+      return _block_message(field, value, block)
     current = field_paths(config).get(field)
     return f"{field}: must be {_type_words(current)} (got {value!r})"
   m = re.match(r"^flag --(\w+)=(.*?): (.*)$", text)
@@ -368,6 +404,13 @@ def _prepare(argv: list[str], default_config: str
   config = load_config(spec)
   overrides = [m[1] for a in rest if (m := _OVERRIDE_ARG.match(a))]
   check_overrides(config, overrides)
+  # absl would append a repeated tuple override to the first one's value (and
+  # keep the last of any other): refuse the ambiguity.
+  seen = set()
+  for name in overrides:
+    if name in seen:
+      raise LotteryError(f"--config.{name}: given twice")
+    seen.add(name)
   resolved = resolve_config(spec)
   return [rest[0], f"--config={resolved}", *rest[1:]], spec, config
 

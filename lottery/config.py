@@ -20,6 +20,7 @@ from lottery import masks
 from lottery import models
 from lottery import optim
 from lottery import pruning
+from lottery import schedules
 from lottery import scores
 from lottery.errors import LotteryError
 
@@ -310,7 +311,7 @@ def _layer_fractions(f, v, c) -> None:
   pruning.parse_layer_fractions(v, field=f)
 
 
-SCHEDULES = ("geometric", "linear")
+SCHEDULES = schedules.IMP_SCHEDULES  # ('geometric', 'linear')
 
 
 def _schedule(f, v, c) -> None:
@@ -444,6 +445,18 @@ def _sparse_end_step(f, v, c) -> None:
   if v and v <= begin:
     _fail(f, v, f"must be 0 (end_fraction x training.steps) or above "
           f"sparse.begin_step={begin}")
+  # GMP changes the mask only at update steps: it reaches its target at
+  # end_step only if that is one (else at the next, past its schedule). Only
+  # GMP reads end_step; one past the last update in training is
+  # `lottery.sparse.check`'s to refuse (it needs the whole config).
+  every, steps = c["sparse.update_every"], c["training.steps"]
+  if v % every and "gmp" in c["sparse.methods"] and \
+      v <= (steps - 1) // every * every:
+    near = sorted({x for x in (v // every * every, (v // every + 1) * every)
+                   if x > begin})
+    _fail(f, v, f"must be a multiple of sparse.update_every={every}, where "
+          f"GMP's mask updates happen (e.g. "
+          f"{' or '.join(map(str, near))})")
 
 
 def _method_names() -> Sequence[str]:

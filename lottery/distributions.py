@@ -14,7 +14,7 @@ patterns); the others stay dense and are not counted.
            the others (the RigL code's loop, `get_sparsities_erdos_renyi`).
 
 Rounding. A leaf of n weights kept at density d keeps n - round((1 - d) n)
-weights: the framework's one rule (`pruning.num_to_remove`: remove round(p n),
+weights: the framework's one rule (`select.num_to_keep`: remove round(p n),
 halves up, with p at its exact decimal value), applied to the sparsity p =
 1 - d taken exactly (so density 0.1 of 1000 weights keeps exactly 100). ERK
 solves eps in exact rational arithmetic; its real-valued per-leaf targets are
@@ -33,6 +33,7 @@ from fractions import Fraction
 import numpy as np
 
 from lottery import masks as masks_lib
+from lottery import select
 from lottery.errors import LotteryError
 from lottery.registry import Registry
 
@@ -51,14 +52,14 @@ def _exact(density: float) -> Fraction:
       not 0 <= density <= 1:
     raise LotteryError(f"sparse.densities: must be numbers in [0, 1] (got "
                        f"{density!r})")
-  return Fraction(repr(float(density)))
+  return select.exact(density)
 
 
 def keep_count(density: float, n: int) -> int:
   """Weights kept of `n` at `density`: n - round((1 - density) n), halves
-  up on the removed count (the one rounding rule), exactly."""
-  removed = math.floor((1 - _exact(density)) * n + Fraction(1, 2))
-  return n - removed
+  up on the removed count (the one rounding rule, `select.num_to_keep`),
+  exactly."""
+  return select.num_to_keep(_exact(density), n)
 
 
 @register("uniform")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from fractions import Fraction
 from collections.abc import Callable
 from typing import Any
 
@@ -43,13 +42,18 @@ from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
+from lottery import schedules
 from lottery import tickets
 from lottery.experiment import Experiment
 from lottery.experiment import build
+from lottery.registry import Registry
 
 __all__ = ["RESETS", "Imp", "build", "round_rate", "run", "summary"]
 
 REWIND_POINT = "rewind_point"
+
+# The fraction of the survivors round r removes (`lottery.schedules`).
+round_rate = schedules.round_rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,20 +63,6 @@ class Reset:
   model_state: Any
   start_step: int
   lr_fn: Callable[[int, int], np.ndarray]
-
-
-def round_rate(schedule: str, rate: float, r: int) -> float:
-  """The fraction of the survivors that round r >= 1 removes.
-
-  'geometric': `rate` every round (density (1 - rate)^r). 'linear': sparsity
-  rises by `rate` of all the prunable weights per round (density 1 - r *
-  rate), so round r removes rate / (1 - (r - 1) * rate) of the survivors; with
-  the one rounding rule each layer's count is within a weight per round of
-  the exact target.
-  """
-  if schedule == "geometric":
-    return rate
-  return float(Fraction(repr(rate)) / (1 - (r - 1) * Fraction(repr(rate))))
 
 
 def _rewind(exp: Experiment, prev: tickets.Ticket, rewind) -> Reset:
@@ -94,10 +84,13 @@ def _finetune(exp: Experiment, prev: tickets.Ticket, rewind) -> Reset:
                lambda a, b: np.full(b - a, final, np.float32))
 
 
-# Reset policies by name: (experiment, previous ticket, (rewind params,
-# rewind model state)) -> Reset.
-RESETS: dict[str, Callable[..., Reset]] = {
-    "rewind": _rewind, "lr_rewind": _lr_rewind, "finetune": _finetune}
+# Reset policies by name (config `pruning.reset`): (experiment, previous
+# ticket, (rewind params, rewind model state)) -> Reset. `RESETS[name]` and
+# `RESETS.get(name)` give one; `RESETS.register(name)` adds one.
+RESETS = Registry("reset", "pruning.reset")
+RESETS.register("rewind")(_rewind)
+RESETS.register("lr_rewind")(_lr_rewind)
+RESETS.register("finetune")(_finetune)
 
 
 def summary(workdir) -> dict:
@@ -168,8 +161,8 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
   """Round r's masks from each replicate's previous ticket (vmapped over
   the replicates on the device when there are several)."""
   p = config.pruning
-  rate = round_rate(p.schedule, p.fraction, r)
-  layer_fractions = {k: round_rate(p.schedule, v, r)
+  rate = schedules.round_rate(p.schedule, p.fraction, r)
+  layer_fractions = {k: schedules.round_rate(p.schedule, v, r)
                      for k, v in exp.layer_fractions.items()}
 
   def one(mask, params, key):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -46,6 +46,15 @@ UNROLL = 10
 DIVERGED = 1e3
 
 
+# Most example indices (steps x replicates x batch) that one compiled call of
+# `train` takes: a longer chunk (a run of 10**8 steps with no evaluation
+# between, whose indices alone would take 37 GiB at batch 100) runs as
+# several calls of at most this many, each computing its own indices. 2**24
+# int32 indices are 64 MiB, above every recipe's chunk (the largest,
+# rigl_resnet50_imagenet's 1000 steps of 4096, is 2**22): they run as before.
+MAX_CALL_INDICES = 2**24
+
+
 def batch_indices(n: int, batch_size: int, seed: int, start: int, stop: int
                   ) -> np.ndarray:
   """int32 (stop - start, batch_size) example indices of steps start..stop-1.
@@ -53,16 +62,25 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int, stop: int
   Each epoch is a fresh permutation of the n examples drawn from
   `np.random.default_rng([seed, epoch])`; the last partial batch of an epoch
   is dropped. Step s is a pure function of (seed, s), so a run resumed at any
-  step sees the same batches as one that was never interrupted.
+  step sees the same batches as one that was never interrupted, and the
+  indices of any range of steps are the same rows of those of a longer range.
+
+  Raises:
+    LotteryError: if `batch_size` is above `n` (no whole batch in an epoch).
   """
   per_epoch = n // batch_size
+  if per_epoch < 1:
+    raise LotteryError(f"batch_size: must be at most the {n} training "
+                       f"examples (got {batch_size})")
   out = np.empty((stop - start, batch_size), np.int32)
-  perms: dict[int, np.ndarray] = {}
-  for i, s in enumerate(range(start, stop)):
+  s = start
+  while s < stop:  # One slice of one epoch's permutation at a time.
     epoch, pos = divmod(s, per_epoch)
-    if epoch not in perms:
-      perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-    out[i] = perms[epoch][pos * batch_size:(pos + 1) * batch_size]
+    take = min(stop - s, per_epoch - pos)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    out[s - start:s - start + take] = perm[
+        pos * batch_size:(pos + take) * batch_size].reshape(take, batch_size)
+    s += take
   return out
 
 
@@ -376,12 +394,24 @@ def unstack(tree, i: int):
 def chunk_bounds(start: int, stop: int, every: Iterable[int],
                  extra: Iterable[int] = ()) -> list[int]:
   """Chunk boundaries: start, stop, multiples of each `every`, and `extra`."""
-  b = {start, stop}
-  for e in every:
-    if e:
-      b.update(range((start // e + 1) * e, stop, e))
-  b.update(s for s in extra if start < s < stop)
-  return sorted(b)
+  return list(iter_bounds(start, stop, every, extra))
+
+
+def iter_bounds(start: int, stop: int, every: Iterable[int],
+                extra: Iterable[int] = ()) -> Iterator[int]:
+  """`chunk_bounds`, in increasing order, one at a time (none stored)."""
+  extra = sorted({s for s in extra if start < s < stop})
+  every = [e for e in set(every) if e]
+  at, j = start, 0
+  yield start
+  while at < stop:
+    nxt = min([stop] + [(at // e + 1) * e for e in every])
+    while j < len(extra) and extra[j] <= at:
+      j += 1
+    if j < len(extra):
+      nxt = min(nxt, extra[j])
+    yield nxt
+    at = nxt
 
 
 def _check_loss(losses: np.ndarray, first: np.ndarray, start: int) -> None:
@@ -427,7 +457,9 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     stop: the step to stop at (exclusive).
     lr_fn: (start, stop) -> learning rates of those steps.
     batch_size, data_seed: the batch order (see `batch_indices`); a stacked
-      state takes one data seed per replicate.
+      state takes one data seed per replicate. A chunk of more than
+      `MAX_CALL_INDICES` indices runs as several compiled calls, each
+      computing only its own steps' indices (same batches, same results).
     eval_every: steps between evaluations of the test set (and after the
       last step).
     checkpoint_every: steps between calls of `on_checkpoint` (0: never).
@@ -435,7 +467,8 @@ def train(loop: Loop, state: TrainState, data: Data, *,
       rewind point).
     history, captured: what a resumed run had recorded so far.
     on_checkpoint: called as (state, history, captured) at checkpoints.
-    on_chunk: called with the step reached after every compiled chunk.
+    on_chunk: called with the step reached after every compiled chunk (and
+      after every call of a chunk split by `MAX_CALL_INDICES`).
     on_eval: called with each new history record.
 
   Returns:
@@ -464,21 +497,36 @@ def train(loop: Loop, state: TrainState, data: Data, *,
 
   if start in capture:
     captured[start] = grab(state)
-  bounds = chunk_bounds(start, stop, [eval_every, checkpoint_every], capture)
+  bounds = iter_bounds(start, stop, [eval_every, checkpoint_every], capture)
+  # A chunk longer than this runs as several calls (see MAX_CALL_INDICES),
+  # each with the indices of its own steps only.
+  per_call = max(1, MAX_CALL_INDICES // (batch_size * len(seeds)))
   # The divergence check's reference: the run's first loss (a resumed run
   # takes its first evaluation's mean training loss).
   first = np.asarray(history[0]["train_loss"]) if history else None
-  for a, b in zip(bounds[:-1], bounds[1:]):
-    idx = [batch_indices(len(data.y), batch_size, s, a, b) for s in seeds]
-    idx = np.stack(idx, axis=1) if stacked else idx[0]
+  a = next(bounds)
+  for b in bounds:
     evaluate = b % eval_every == 0 or b == stop
-    if evaluate:
-      state, losses, ev = loop.run_and_evaluate(state, data, idx, lr_fn(a, b))
-    else:
-      state, losses = loop.run(state, data, idx, lr_fn(a, b))
-    if first is None:
-      first = np.where(np.isfinite(losses[0]), losses[0], 1.0)
-    _check_loss(losses, first, a)
+    # The chunk's rates at once (4 bytes a step), sliced for its calls: the
+    # values are those of one call whatever the split.
+    lrs = lr_fn(a, b)
+    pieces = []
+    for c in range(a, b, per_call):
+      d = min(c + per_call, b)
+      idx = [batch_indices(len(data.y), batch_size, s, c, d) for s in seeds]
+      idx = np.stack(idx, axis=1) if stacked else idx[0]
+      if evaluate and d == b:
+        state, losses, ev = loop.run_and_evaluate(state, data, idx,
+                                                  lrs[c - a:d - a])
+      else:
+        state, losses = loop.run(state, data, idx, lrs[c - a:d - a])
+      if first is None:
+        first = np.where(np.isfinite(losses[0]), losses[0], 1.0)
+      _check_loss(losses, first, c)
+      pieces.append(losses)
+      if on_chunk and d < b:
+        on_chunk(d)
+    losses = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     if b in capture:
       captured[b] = grab(state)
     if evaluate:
@@ -492,4 +540,5 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     if on_checkpoint and checkpoint_every and b % checkpoint_every == 0 \
         and b != stop:
       on_checkpoint(state, history, captured)
+    a = b
   return state, history, captured

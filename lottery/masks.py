@@ -11,7 +11,7 @@ Density = kept / total over prunable weights; sparsity = 1 - density.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -63,6 +63,9 @@ def compile_patterns(patterns: Sequence[str], field: str) -> list[re.Pattern]:
     patterns = (patterns,)
   compiled = []
   for p in patterns:
+    if not isinstance(p, str):
+      raise LotteryError(f"{field}: patterns must be regex strings (got "
+                         f"{p!r})")
     try:
       compiled.append(re.compile(p))
     except re.error as e:
@@ -102,14 +105,107 @@ def make_mask(params: PyTree, prunable: Sequence[str] = DEFAULT_PRUNABLE,
   return mask
 
 
+def _describe(x) -> str:
+  """A short description of a value that is not the pytree it should be."""
+  if isinstance(x, (list, tuple)):
+    return f"a {type(x).__name__} of {len(x)}"
+  if isinstance(x, Mapping):
+    return f"a {type(x).__name__} with keys {sorted(map(str, x))}"
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return f"an array of shape {tuple(x.shape)}"
+  return f"{type(x).__name__} {x!r}"[:80]
+
+
+def _dtype(x):
+  dtype = getattr(x, "dtype", None)
+  return np.asarray(x).dtype if dtype is None else dtype
+
+
+def check_mask(mask: Mask, params: PyTree, *, what: str = "mask",
+               against: str = "params") -> None:
+  """Raises LotteryError unless `mask` is a mask of `params`.
+
+  A mask has the pytree structure of `params`; each of its leaves is a bool
+  array of its parameter's shape, or None (not prunable; a None may also
+  stand for a whole subtree of `params`). Only structure, shapes and dtypes
+  are read, so this works on tracers at trace time and costs a compiled
+  function nothing at run time.
+
+  Args:
+    mask: the mask to check (None: no mask, always fine).
+    params: the pytree it masks (params, gradients, updates).
+    what: the argument named in errors ('mask').
+    against: what `params` is called in errors ('params').
+
+  Raises:
+    LotteryError: e.g. "mask: leaf 'fc1/kernel' has shape (1, 500), params
+      have (40, 500)"; for a missing or extra leaf, a non-bool dtype, or a
+      mask that is not a pytree like `params` (a list, a scalar).
+  """
+  if mask is None:
+    return
+  plural = against.endswith("s")
+  have, are = ("have", "are") if plural else ("has", "is")
+  flat, treedef = jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_none)
+
+  def not_a_mask():
+    return LotteryError(
+        f"{what}: must have the pytree structure of {against} (a bool array "
+        f"or None per leaf, e.g. from lottery.make_mask), got "
+        f"{_describe(mask)} where {against} {are} {_describe(params)}")
+
+  try:
+    under = treedef.flatten_up_to(params)
+  except (ValueError, TypeError):
+    under = None
+  if under is None:
+    if (treedef.num_leaves == 1 and not flat[0][0]) or \
+        type(mask) is not type(params):
+      raise not_a_mask()
+    mnames = {path_str(p): m for p, m in flat}
+    pnames = list(named_leaves(params))
+    covered = lambda q: q in mnames or any(
+        m is None and q.startswith(k + "/") for k, m in mnames.items())
+    missing = [q for q in pnames if not covered(q)]
+    extra = [k for k in mnames if k not in pnames and not any(
+        q.startswith(k + "/") for q in pnames)]
+    if not (missing or extra):  # Same names, other containers.
+      raise not_a_mask()
+    raise LotteryError(f"{what}: leaves differ from those of {against} "
+                       f"(missing {missing}, unexpected {extra})")
+  for (path, m), p in zip(flat, under):
+    if m is None:
+      continue
+    name = path_str(path)
+    if isinstance(p, (Mapping, list, tuple)) or p is None:
+      if not name:
+        raise not_a_mask()
+      raise LotteryError(f"{what}: leaf {name!r} is not None where {against} "
+                         f"{have} {_describe(p)}")
+    if not hasattr(m, "shape") and not isinstance(m, (bool, np.bool_)):
+      raise LotteryError(f"{what}: leaf {name!r} must be a bool array or "
+                         f"None, got {_describe(m)}")
+    if np.shape(m) != np.shape(p):
+      raise LotteryError(f"{what}: leaf {name!r} has shape {np.shape(m)}, "
+                         f"{against} {have} {np.shape(p)}")
+    if _dtype(m) != np.bool_:
+      raise LotteryError(f"{what}: leaf {name!r} has dtype {_dtype(m)}, "
+                         f"must be bool")
+
+
 def apply_mask(mask: Mask | None, tree: PyTree) -> PyTree:
   """Zeroes the pruned entries of `tree` (params, gradients, updates).
 
   Works inside and outside `jit`. Leaves whose mask is None pass through; a
   mask of None returns `tree` unchanged.
+
+  Raises:
+    LotteryError: if `mask` is not a mask of `tree` (`check_mask`: structure,
+      shapes, bool dtype; checked when traced, at no run-time cost).
   """
   if mask is None:
     return tree
+  check_mask(mask, tree, against="the tree")
   return jax.tree.map(
       lambda m, x: x if m is None else jnp.where(m, x, jnp.zeros_like(x)),
       mask, tree, is_leaf=_is_none)

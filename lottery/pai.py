@@ -57,6 +57,7 @@ from lottery import masks as masks_lib
 from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
+from lottery import schedules
 from lottery import scores as scores_lib
 from lottery import tickets
 from lottery.errors import LotteryError
@@ -139,7 +140,7 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
   Returns:
     The mask (bool leaves; None where not prunable).
   """
-  fraction = 1.0 - density ** (1.0 / rounds) if rounds > 1 else 1.0 - density
+  fraction = schedules.pai_fraction(density, rounds)
   mask = jax.tree.map(lambda m: jnp.asarray(m, bool), exp.dense_mask)
   return jax.device_get(_prune_rounds(
       params, model_state, mask, tuple(jnp.asarray(b) for b in batch), key,

@@ -29,7 +29,6 @@ over iterative pruning compile it once.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +40,7 @@ from jax import lax
 
 from lottery import masks as masks_lib
 from lottery.errors import LotteryError
+from lottery.registry import Registry
 
 ScoreFn = Callable[[Any, jax.Array], Any]
 # apply_fn(params, x) -> logits
@@ -52,13 +52,9 @@ ModelScoreFn = Callable[[ApplyFn, Any, Any, tuple, jax.Array], Any]
 GRASP_TEMPERATURE = 200.0
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-  fn: Callable[..., Any]
-  data: bool  # True: fn(apply_fn, params, mask, batch, key)
-
-
-_SCORES: dict[str, _Entry] = {}
+# Every score, with info `data`: False for fn(params, key), True for
+# fn(apply_fn, params, mask, batch, key).
+_SCORES = Registry("score", "pai.methods")
 
 
 def register(name: str, *, data: bool = False):
@@ -70,32 +66,22 @@ def register(name: str, *, data: bool = False):
       init; True: `fn(apply_fn, params, mask, batch, key)`, pruning at init
       only (`params` arrive masked).
   """
-  def deco(fn):
-    _SCORES[name] = _Entry(fn, data)
-    return fn
-  return deco
+  return _SCORES.register(name, data=bool(data))
 
 
 def names() -> list[str]:
   """The params-only scores, sorted: what IMP's `pruning.score` accepts."""
-  return sorted(k for k, e in _SCORES.items() if not e.data)
+  return _SCORES.names(data=False)
 
 
 def all_names() -> list[str]:
   """Every registered score, sorted: what `pai.methods` accepts."""
-  return sorted(_SCORES)
+  return _SCORES.names()
 
 
 def needs_model(name: str) -> bool:
   """Whether score `name` needs the model and a batch."""
-  return _entry(name, "pai.methods").data
-
-
-def _entry(name: str, field: str) -> _Entry:
-  if name not in _SCORES:
-    raise LotteryError(f"{field}: unknown score, must be one of "
-                       f"{all_names()} (got {name!r})")
-  return _SCORES[name]
+  return _SCORES.info(name, field="pai.methods")["data"]
 
 
 def get(name: str, *, field: str = "pruning.score") -> ScoreFn:
@@ -105,12 +91,12 @@ def get(name: str, *, field: str = "pruning.score") -> ScoreFn:
     LotteryError: for an unknown name, or a score that needs the model and
       data (use `compute` for those).
   """
-  e = _entry(name, field)
-  if e.data:
+  fn = _SCORES.get(name, field=field)
+  if _SCORES.info(name)["data"]:
     raise LotteryError(f"{field}: {name!r} needs the model and a batch "
                        f"(pruning at initialization only); scores of trained "
                        f"weights are {names()} (got {name!r})")
-  return e.fn
+  return fn
 
 
 def compute(name: str, apply_fn: ApplyFn, params: Any, mask: Any,
@@ -133,11 +119,11 @@ def compute(name: str, apply_fn: ApplyFn, params: Any, mask: Any,
   Returns:
     A pytree of float arrays with `params`' structure; higher = keep.
   """
-  e = _entry(name, "pai.methods")
+  fn = _SCORES.get(name, field="pai.methods")
   params = masks_lib.apply_mask(mask, params)
-  if e.data:
-    return e.fn(apply_fn, params, mask, batch, key)
-  return e.fn(params, key)
+  if _SCORES.info(name)["data"]:
+    return fn(apply_fn, params, mask, batch, key)
+  return fn(params, key)
 
 
 @register("magnitude")

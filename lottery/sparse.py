@@ -54,7 +54,6 @@ from lottery import config as config_lib
 from lottery import distributions
 from lottery import driver
 from lottery import loop as loop_lib
-from lottery import masks as masks_lib
 from lottery import method as method_lib
 from lottery import parallel
 from lottery import pruning
@@ -92,7 +91,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   """
   config_lib.validate(config)
   s, steps = config.sparse, config.training.steps
-  dynamic = [m for m in s.methods if m in sparse_updates.DYNAMIC]
+  dynamic = [m for m in s.methods if m in sparse_updates.names(dynamic=True)]
   if dynamic and s.update_every >= steps:
     raise LotteryError(
         f"sparse.update_every: no mask update happens in training.steps="
@@ -190,22 +189,17 @@ def _hook(exp: Experiment, g: Group, counts: dict[str, int]):
   """(hook, update_every, number of updates that change the mask) of a
   group; (None, 0, 0) for dense and static."""
   c = exp.config
-  s, steps = c.sparse, c.training.steps
-  if g.method in (DENSE, "static"):
+  s = c.sparse
+  if g.method == DENSE:
     return None, 0, 0
-  if g.method == "gmp":
-    sizes = {k: t for k, (_, t) in masks_lib.counts(exp.dense_mask).items()}
-    table = sparse_updates.gmp_table(
-        sizes, counts, steps=steps, update_every=s.update_every,
-        begin_step=s.begin_step, end_step=gmp_end(c))
-    hook = sparse_updates.magnitude_schedule(exp.dense_mask, table,
-                                             s.update_every)
-  else:
-    table = sparse_updates.drop_table(counts, sparse_updates.drop_fractions(
-        steps, s.update_every, s.drop_fraction, s.end_fraction))
-    hook = sparse_updates.drop_and_grow(g.method, exp.dense_mask, counts,
-                                        table, s.update_every)
-  return hook, s.update_every, sparse_updates.changes(table, g.method)
+  hook, changes = sparse_updates.get(g.method)(
+      exp.dense_mask, counts, steps=c.training.steps,
+      update_every=s.update_every, drop_fraction=s.drop_fraction,
+      end_fraction=s.end_fraction, begin_step=s.begin_step,
+      end_step=gmp_end(c))
+  if hook is None:
+    return None, 0, 0
+  return hook, s.update_every, changes
 
 
 def summary(workdir) -> dict:

@@ -26,60 +26,50 @@ keeps exactly its count through training. Differences from the code, on
 purpose: d = round(fraction x active) by the framework's one rounding rule
 (the code truncates); no 1e-5 noise on the drop scores (the code's TF1
 version adds it "for a slight bit of randomness"; its TF2 version does not);
-ties go by position, the framework's rule (`lottery.pruning`: among equal
+ties go by position, the framework's rule (`lottery.select`: among equal
 scores the earlier weight in tree order goes first), so equal inputs give
 equal masks.
 
 Drop fraction: fraction(s) = alpha / 2 (1 + cos(pi s / T_end)) for s < T_end
 = end_fraction x T, and 0 after (RigL's cosine annealing, used for SET as
-well, as the RigL paper does for every dynamic method); with fraction 0 the
-mask stays as it is.
+well, as the RigL paper does for every dynamic method; `lottery.schedules`,
+like GMP's cubic); with fraction 0 the mask stays as it is.
+
+The methods 'static', 'set', 'rigl' and 'gmp' are a `Registry` (`register`,
+`names`, `get`, `info`; info `dynamic`: whether the mask changes): an entry
+builds a group's hook and counts its mask-changing updates, and
+`lottery.sparse` calls the one its group names (see `static` for the form).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from fractions import Fraction
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lottery import masks as masks_lib
-from lottery import pruning
+from lottery import schedules
 from lottery import scores as scores_lib
+from lottery import select
 from lottery import step as step_lib
+from lottery.registry import Registry
 
-DYNAMIC = ("set", "rigl", "gmp")
+# The schedule's update grid and RigL's cosine drop fractions live in
+# `lottery.schedules`; these are their earlier names.
+num_updates = schedules.num_updates
+drop_fractions = schedules.drop_fractions
 
 
 def _is_none(x) -> bool:
   return x is None
 
 
-def num_updates(steps: int, update_every: int) -> int:
-  """How many steps of 0..steps-1 call the hook (s > 0, s % dT == 0)."""
-  return (steps - 1) // update_every
-
-
-def drop_fractions(steps: int, update_every: int, drop_fraction: float,
-                   end_fraction: float) -> np.ndarray:
-  """float64 (J + 1,) drop fraction of update j (step j x dT); entry 0 is
-  never used (no update at step 0)."""
-  t_end = end_fraction * steps
-  out = np.zeros(num_updates(steps, update_every) + 1)
-  for j in range(1, len(out)):
-    s = j * update_every
-    if s < t_end:
-      out[j] = drop_fraction / 2 * (1 + math.cos(math.pi * s / t_end))
-  return out
-
-
 def drop_table(counts: Mapping[str, int], fractions: np.ndarray) -> np.ndarray:
   """int32 (J + 1, L): weights dropped (and grown) per leaf at update j:
-  `pruning.num_to_remove(fraction_j, count)`."""
-  return np.asarray([[pruning.num_to_remove(float(f), k)
+  `select.num_to_remove(fraction_j, count)`."""
+  return np.asarray([[select.num_to_remove(float(f), k)
                       for k in counts.values()] for f in fractions],
                     np.int32).reshape(len(fractions), len(counts))
 
@@ -90,18 +80,16 @@ def gmp_table(sizes: Mapping[str, int], counts: Mapping[str, int], *,
   """int32 (J + 1, L): weights each leaf keeps after update j under the
   cubic schedule of Zhu & Gupta 2017.
 
-  Leaf l's sparsity at step s is s_l (1 - (1 - p)^3) with p = (s - begin) /
-  (end - begin) clipped to [0, 1] and s_l = 1 - count_l / size_l its final
-  sparsity; it keeps size_l - round(size_l x that), halves up, computed
-  exactly, so the last updates keep exactly `counts`.
+  Leaf l's sparsity at step s is s_l (1 - (1 - p)^3) (`schedules.
+  gmp_sparsity`) with s_l = 1 - count_l / size_l its final sparsity; it keeps
+  size_l - round(size_l x that), halves up (`select.round_half_up`),
+  computed exactly, so the last updates keep exactly `counts`.
   """
   rows = []
   for j in range(num_updates(steps, update_every) + 1):
-    s = j * update_every
-    p = min(max(Fraction(s - begin_step, end_step - begin_step), Fraction(0)),
-            Fraction(1))
-    rows.append([sizes[k] - math.floor((sizes[k] - counts[k]) * (1 - (1 - p) ** 3)
-                                       + Fraction(1, 2)) for k in counts])
+    share = schedules.gmp_sparsity(j * update_every, begin_step, end_step)
+    rows.append([sizes[k] - select.round_half_up((sizes[k] - counts[k]) *
+                                                 share) for k in counts])
   return np.asarray(rows, np.int32).reshape(-1, len(counts))
 
 
@@ -116,7 +104,7 @@ def changes(table: np.ndarray, method: str) -> int:
 
 def _keep_top(alive, scores, keep) -> list[jax.Array]:
   """`pruning.keep_top` for traced counts (its masks, its tie rule)."""
-  return pruning.keep_top_core(alive, scores, keep)[0]
+  return select.keep_top_core(alive, scores, keep)[0]
 
 
 def _index(state, update_every: int, rows: int) -> jax.Array:
@@ -194,6 +182,62 @@ def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
     return jax.tree.unflatten(treedef, new)
 
   return hook
+
+
+# Sparse-training methods by name (config `sparse.methods`), with info
+# `dynamic` (whether the mask changes in training). An entry is
+#   fn(mask, counts, *, steps, update_every, drop_fraction, end_fraction,
+#      begin_step, end_step) -> (hook or None, updates that change the mask)
+# with `counts` the {path: kept count} of the target density and the rest
+# the run's `training.steps` and `sparse.*` fields (end_step: GMP's resolved
+# end step, `sparse.gmp_end`).
+SparseMethod = Callable[..., tuple[step_lib.MaskUpdate | None, int]]
+_METHODS = Registry("sparse method", "sparse.methods")
+register = _METHODS.register
+names = _METHODS.names
+get = _METHODS.get
+info = _METHODS.info
+
+
+@register("static", dynamic=False)
+def static(mask, counts, **schedule):
+  """The mask stays as it is: no hook."""
+  del mask, counts, schedule
+  return None, 0
+
+
+def _drop_and_grow_method(kind: str) -> SparseMethod:
+  def build(mask, counts, *, steps, update_every, drop_fraction,
+            end_fraction, **schedule):
+    del schedule
+    table = drop_table(counts, drop_fractions(steps, update_every,
+                                              drop_fraction, end_fraction))
+    return (drop_and_grow(kind, mask, counts, table, update_every),
+            changes(table, kind))
+  build.__name__ = build.__qualname__ = kind
+  build.__doc__ = f"`drop_and_grow('{kind}', ...)` on the cosine drop table."
+  return build
+
+
+register("set", dynamic=True)(_drop_and_grow_method("set"))
+register("rigl", dynamic=True)(_drop_and_grow_method("rigl"))
+
+
+@register("gmp", dynamic=True)
+def gmp(mask, counts, *, steps, update_every, begin_step, end_step,
+        **schedule):
+  """`magnitude_schedule` on the cubic keep table (`gmp_table`)."""
+  del schedule
+  sizes = {k: t for k, (_, t) in masks_lib.counts(mask).items()}
+  table = gmp_table(sizes, counts, steps=steps, update_every=update_every,
+                    begin_step=begin_step, end_step=end_step)
+  return (magnitude_schedule(mask, table, update_every),
+          changes(table, "gmp"))
+
+
+# The built-in methods whose mask changes in training (`names(dynamic=True)`
+# also lists those registered later).
+DYNAMIC = tuple(names(dynamic=True))
 
 
 @jax.jit

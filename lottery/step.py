@@ -34,6 +34,7 @@ import optax
 
 from lottery import masks as masks_lib
 from lottery import rng as rng_lib
+from lottery.errors import LotteryError
 
 PyTree = Any
 # apply_fn(params, model_state, x, *, train, rng) -> (logits, new model_state)
@@ -90,9 +91,15 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, *,
     model_state: e.g. {'batch_stats': ...}; default {}.
     step: the step training starts at (weight rewinding starts at k > 0).
     seed: seeds the per-step keys (augmentation, dropout); 0 <= seed < 2**31.
+
+  Raises:
+    LotteryError: ('mask: ...') if `mask` is not a mask of `params`
+      (`masks.check_mask`: structure, shapes, bool dtype).
   """
   if mask is None:
     mask = jax.tree.map(lambda _: None, params)
+  else:
+    masks_lib.check_mask(mask, params)
   return _init_state(tx, params, model_state or {}, mask,
                      np.int32(step), np.int32(seed))
 
@@ -132,15 +139,30 @@ def keep_pruned(tx: optax.GradientTransformation
 
   Returns:
     An `optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    LotteryError: ('tx: ...') if `tx` is not an optax transformation; from
+      `update`, ('mask: ...') if the mask is not a mask of `params`
+      (`masks.check_mask`, run when traced: no run-time cost under `jit`)
+      and ('params: ...') if a mask comes without params.
   """
+  if not (callable(getattr(tx, "init", None)) and
+          callable(getattr(tx, "update", None))):
+    raise LotteryError(f"tx: must be an optax GradientTransformation, e.g. "
+                       f"optax.adam(1e-3) (got {type(tx).__name__} "
+                       f"{tx!r:.60})")
   tx = optax.with_extra_args_support(tx)
 
   def update(updates, state, params=None, *, mask=None, **extra):
     if mask is None:
       return tx.update(updates, state, params, **extra)
     if params is None:
-      raise ValueError("keep_pruned: update() needs params to keep pruned "
-                       "weights at exactly 0")
+      raise LotteryError("params: keep_pruned's update(updates, state, "
+                         "params, mask=mask) needs params with a mask, to "
+                         "keep pruned weights at exactly 0 (got None)")
+    # Structure, shapes and dtypes only: checked when traced, so a jitted
+    # step pays nothing for it at run time.
+    masks_lib.check_mask(mask, params)
     grads = masks_lib.apply_mask(mask, updates)
     new_updates, state = tx.update(grads, state, params, **extra)
     new_updates = jax.tree.map(
@@ -267,6 +289,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
           params, opt_state, mask = operands
           new = mask_update(state, grads, jax.random.fold_in(key,
                                                              _MASK_UPDATE))
+          # At trace time only (shapes and dtypes).
+          masks_lib.check_mask(new, params, what="mask_update's mask")
           opt_state = _grown_to_zero(tx, opt_state, mask, new)
           return masks_lib.apply_mask(new, params), opt_state, new
         if update == "always":

@@ -21,6 +21,7 @@ and are deleted when it is claimed.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -124,6 +125,40 @@ def legacy_method(wd: pathlib.Path, default: str) -> str:
   return default
 
 
+def _check_object(saved: Any, path: pathlib.Path) -> None:
+  """Refuses a config.json or facts.json that holds no JSON object."""
+  if not isinstance(saved, dict):
+    raise LotteryError(
+        f"config: {_q(path)} holds {json.dumps(saved)[:40]}, not a JSON "
+        f"object; it is not a lottery run's file: restore it, or use a new "
+        f"--workdir")
+
+
+def _read_facts(path: pathlib.Path) -> dict:
+  try:
+    facts = checkpoint.read_json(path)
+  except OSError as e:
+    raise LotteryError(f"config: cannot read {_q(path)} ({e})") from None
+  _check_object(facts, path)
+  return facts
+
+
+def _check_lock(wd: pathlib.Path) -> None:
+  """Refuses a <wd>/lock that cannot be opened for writing and locked."""
+  path = wd / LOCK_FILE
+  if path.is_symlink() and not path.exists():
+    raise LotteryError(f"workdir: the lock file {_q(path)} is a dangling "
+                       f"symlink (to {os.readlink(path)!r}); remove it and "
+                       f"rerun")
+  if path.is_dir():
+    raise LotteryError(f"workdir: the lock file {_q(path)} is a directory; "
+                       f"remove it and rerun")
+  if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+    raise LotteryError(f"workdir: the lock file {_q(path)} is not readable "
+                       f"and writable; fix its permissions (or remove it) and "
+                       f"rerun")
+
+
 def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
                extra: dict[str, Any] | None) -> bool:
   """Whether `wd` holds this config's run; raises if it holds another."""
@@ -141,9 +176,10 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     saved = checkpoint.read_json(saved_path)
   except OSError as e:
     raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
-  if isinstance(saved, dict) and "method" not in saved and "method" in new:
-    # A run written before configs named their method: its facts.json
-    # (below) or its layout says which it is.
+  _check_object(saved, saved_path)
+  if "method" not in saved and "method" in new:
+    # A run written before configs named their method: its layout says
+    # which it is.
     saved = {**saved, "method": legacy_method(wd, new["method"])}
   if saved != new:
     a, b = _flatten(saved), _flatten(new)
@@ -162,7 +198,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
           f"config: workdir {_q(wd)} holds a run with a different config "
           f"({'; '.join(diffs)}); use a new --workdir")
   if extra and (wd / FACTS_FILE).exists():
-    facts = checkpoint.read_json(wd / FACTS_FILE)
+    facts = _read_facts(wd / FACTS_FILE)
     new_facts = json.loads(json.dumps(extra))
     if "method" in facts and facts["method"] != new_facts.get("method"):
       raise LotteryError(
@@ -211,6 +247,7 @@ def _check(wd: pathlib.Path, config: ml_collections.ConfigDict,
            extra: dict[str, Any] | None) -> bool:
   _check_path(wd)
   if wd.exists() and checkpoint.is_writer():
+    _check_lock(wd)
     _check_not_in_use(wd)  # The lock is process 0's (multi-host runs).
   return _check_run(wd, config, extra)
 
@@ -264,7 +301,16 @@ class Claim:
 
 def _lock(wd: pathlib.Path) -> int:
   """Opens and locks <wd>/lock, writing this pid into it; returns its fd."""
-  fd = os.open(wd / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+  path = wd / LOCK_FILE
+  try:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+  except OSError as e:
+    if e.errno == errno.ENOSPC:
+      raise  # `disk_errors` reports it.
+    _check_lock(wd)  # Names the usual causes.
+    raise LotteryError(f"workdir: cannot open the lock file {_q(path)} "
+                       f"({e.strerror}); remove it or fix its permissions, "
+                       f"and rerun") from None
   # `check` in another process may hold a shared lock for an instant.
   for attempt in range(10):
     try:
@@ -325,7 +371,16 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
     return Claim(wd, None)
   _check(wd, config, extra)  # Refuse before writing anything.
   with checkpoint.disk_errors(wd / LOCK_FILE):
-    wd.mkdir(parents=True, exist_ok=True)
+    try:
+      wd.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      if e.errno == errno.ENOSPC:
+        raise  # `disk_errors` reports it.
+      # Where `_check_path`'s os.access says yes but the kernel says no (root
+      # in /proc or on a read-only mount, a parent that vanished).
+      raise LotteryError(f"workdir: {_q(wd)} cannot be created "
+                         f"({e.strerror}); use a --workdir in a writable "
+                         f"directory") from None
     fd = _lock(wd)
   held = Claim(wd, fd)
   try:
@@ -336,7 +391,7 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
       checkpoint.write_json(wd / CONFIG_FILE, new)
     if extra:
       path = wd / FACTS_FILE
-      facts = checkpoint.read_json(path) if path.exists() else {}
+      facts = _read_facts(path) if path.exists() else {}
       if not set(extra) <= set(facts):
         checkpoint.write_json(path, {**extra, **facts})
   except BaseException:

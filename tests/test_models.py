@@ -86,7 +86,8 @@ def test_options_reach_the_factory():
     ("resnet", {"width": 4.0}, r"^model.width: .*\(got 4.0\)$"),
     ("vgg", {"depth": 15},
      r"^model.depth: VGG depth must be one of \[11, 13, 16, 19\] \(got 15\)$"),
-    ("resnet18", {}, r"^model.name: unknown model 'resnet18'"),
+    ("resnet18", {}, r"^model.name: unknown model, must be one of \[.*"
+     r"'resnet20'.*\] \(got 'resnet18'\)$"),
 ])
 def test_bad_options_are_refused(name, options, message):
   with pytest.raises(lottery.LotteryError, match=message):

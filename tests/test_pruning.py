@@ -261,9 +261,9 @@ def test_vmap_over_replicates_matches_separate_calls(scope):
 def test_nonfinite_scores_raise_eagerly_and_rank_as_minus_inf_under_jit():
   m = {"w": jnp.array([True, True, False, True, True, True])}
   s = {"w": jnp.array([5.0, jnp.nan, -jnp.inf, 1.0, jnp.inf, 2.0])}
-  with pytest.raises(LotteryError, match="^pruning.score: .*not all finite"):
+  with pytest.raises(LotteryError, match="^scores: .*not all finite"):
     pruning.prune(m, s, 0.5)
-  with pytest.raises(LotteryError, match="^pruning.score: .*not all finite"):
+  with pytest.raises(LotteryError, match="^scores: .*not all finite"):
     pruning.keep_top(m, s, {"w": 2})
   # 5 survivors, round(2.5) = 3 go: NaN (as -inf), then 1.0, then 2.0; the
   # already pruned -inf weight is not counted and +inf stays.
@@ -300,13 +300,14 @@ def test_keep_top_matches_reference_and_checks_counts():
   keep = {k: c for k, (c, _) in kept.items()}
   too_many = {**keep, "fc/kernel": keep["fc/kernel"] + 1}
   with pytest.raises(LotteryError, match=(
-      rf"^mask: cannot keep {keep['fc/kernel'] + 1} weights of fc/kernel, "
+      rf"^counts: cannot keep {keep['fc/kernel'] + 1} weights of fc/kernel, "
       rf"only {keep['fc/kernel']} survive")):
     pruning.keep_top(m, s, too_many)
-  with pytest.raises(LotteryError, match=r"^mask: cannot keep 241 weights "
+  with pytest.raises(LotteryError, match=r"^counts: cannot keep 241 weights "
                      r"of fc/kernel, which has 240"):
     pruning.keep_top(m, s, {**keep, "fc/kernel": 241})
-  with pytest.raises(LotteryError, match="^mask: no keep count for out/kernel"):
+  with pytest.raises(LotteryError,
+                     match="^counts: no keep count for out/kernel"):
     pruning.keep_top(m, s, {k: v for k, v in keep.items() if k != "out/kernel"})
   # Under jit the survivor count is unknown: a leaf asked for too many keeps
   # all its survivors.
@@ -347,14 +348,14 @@ def test_random_like_same_eager_jit_and_reference():
 
 def test_prune_rejects_bad_arguments():
   m, s = masks.make_mask(tree_params()), tie_scores(0)
-  with pytest.raises(LotteryError, match=r"^pruning.fraction: must be in "
+  with pytest.raises(LotteryError, match=r"^fraction: must be in "
                      r"\[0, 1\) \(got 1.0\)"):
     pruning.prune(m, s, 1.0)
-  with pytest.raises(LotteryError, match="^pruning.scope: unknown scope"):
+  with pytest.raises(LotteryError, match="^scope: unknown scope"):
     pruning.prune(m, s, 0.2, scope="everywhere")
   bad = {**s, "fc": {"kernel": jnp.zeros((10, 24))}}
-  with pytest.raises(LotteryError, match=r"^pruning.score: scores of "
-                     r"fc/kernel have shape \(10, 24\)"):
+  with pytest.raises(LotteryError, match=r"^scores: leaf 'fc/kernel' has "
+                     r"shape \(10, 24\), the mask has \(24, 10\)$"):
     pruning.prune(m, bad, 0.2)
   # fraction 0 removes nothing.
   assert_same(pruning.prune(m, s, 0.0, scope="global"), m)

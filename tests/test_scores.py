@@ -173,8 +173,8 @@ def test_one_registry_imp_refuses_model_aware_scores():
 
 
 def test_a_users_score_registers_once_and_serves_pai(monkeypatch):
-  entries = dict(scores._SCORES)
-  monkeypatch.setattr(scores, "_SCORES", entries)
+  # Registrations made here are undone after the test.
+  monkeypatch.setattr(scores._SCORES, "_entries", dict(scores._SCORES._entries))
   traces = []
 
   @scores.register("neg_magnitude", data=True)
@@ -200,8 +200,8 @@ class _Exp:
 
 
 def test_hundred_rounds_compile_once_and_follow_the_schedule(monkeypatch):
-  entries = dict(scores._SCORES)
-  monkeypatch.setattr(scores, "_SCORES", entries)
+  # Registrations made here are undone after the test.
+  monkeypatch.setattr(scores._SCORES, "_entries", dict(scores._SCORES._entries))
   traces = []
 
   @scores.register("counted_synflow", data=True)

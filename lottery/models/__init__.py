@@ -24,8 +24,9 @@ from typing import Any
 import flax.linen as nn
 
 from lottery.errors import LotteryError
+from lottery.registry import Registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_MODELS = Registry("model", "model.name")
 
 
 def register(name: str):
@@ -34,21 +35,16 @@ def register(name: str):
   Options are the factory's keyword parameters other than `num_classes`; give
   each a default so that a config that leaves it out gets the model's own.
   """
-  def deco(fn):
-    _MODELS[name] = fn
-    return fn
-  return deco
+  return _MODELS.register(name)
 
 
 def names() -> list[str]:
   """The registered model names, sorted."""
-  return sorted(_MODELS)
+  return _MODELS.names()
 
 
 def _known(name: str, field: str) -> Callable[..., nn.Module]:
-  if name not in _MODELS:
-    raise LotteryError(f"{field}: unknown model {name!r} (known: {names()})")
-  return _MODELS[name]
+  return _MODELS.get(name, field=field)
 
 
 def options_of(name: str, *, field: str = "model.name") -> tuple[str, ...]:

@@ -100,7 +100,7 @@ def field_choices() -> dict[str, tuple[str, ...]]:
       "training.schedule": tuple(optim.SCHEDULES),
       "pruning.scope": tuple(pruning.SCOPES),
       "pruning.score": tuple(scores.names()),
-      "pruning.reset": tuple(config_lib.RESETS),
+      "pruning.reset": tuple(lottery.imp.RESETS.names()),
       "pruning.schedule": tuple(config_lib.SCHEDULES),
       "controls": tuple(controls_lib.names()),
       "data.augment": tuple(augment.names()),

@@ -418,7 +418,8 @@ def _names_tuple(f, v, known, example) -> tuple:
 
 
 def _sparse_methods(f, v, c) -> None:
-  _names_tuple(f, v, SPARSE_METHODS, ("rigl", "set"))
+  from lottery import sparse_updates  # pylint: disable=g-import-not-at-top
+  _names_tuple(f, v, sparse_updates.names(), ("rigl", "set"))
 
 
 def _sparse_distribution(f, v, c) -> None:
@@ -483,6 +484,11 @@ def _stability_sources(f, v, c) -> None:
     _fail(f, v, "must not repeat a source")
 
 
+def _reset_names() -> Sequence[str]:
+  from lottery import imp  # pylint: disable=g-import-not-at-top
+  return imp.RESETS.names()
+
+
 RULES: dict[str, _Rule] = {
     "method": _one_of(_method_names),
     "seeds.init": _count(0, SEED_LIMIT - 1),
@@ -520,7 +526,7 @@ RULES: dict[str, _Rule] = {
     "pruning.layer_fractions": _layer_fractions,
     "pruning.schedule": _schedule,
     "pruning.score": _one_of(scores.names),
-    "pruning.reset": _one_of(lambda: RESETS),
+    "pruning.reset": _one_of(_reset_names),
     "pruning.rewind_step": _rewind_step,
     "controls": _controls,
     "controls_every": _count(1),

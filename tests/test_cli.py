@@ -58,7 +58,7 @@ def test_help_lists_fields_defaults_choices_and_recipes():
   for field, names in [("data.name", data_lib.NAMES),
                        ("model.name", models.names()),
                        ("pruning.score", scores.names()),
-                       ("pruning.reset", config_lib.RESETS)]:
+                       ("pruning.reset", lottery.imp.RESETS.names())]:
     assert f"one of: {', '.join(names)})" in lines[field], lines[field]
   assert "any of: random_prune, reinit" in lines["controls"]
   for recipe in ("mnist1d:quick", "lenet_mnist:local", "conv_cifar10:conv4"):

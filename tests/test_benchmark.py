@@ -6,7 +6,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Second tier: the benchmark script in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def test_benchmark_prints_json_last():

@@ -180,6 +180,7 @@ def _tiny_run(workdir, npz):
           "--config.pruning.rounds=1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130),
                                          (signal.SIGTERM, 143)])
 def test_signal_prints_position_then_rerun_finishes(npz_path, tmp_path,
@@ -249,9 +250,9 @@ def test_progress_plain_lines_are_throttled():
   p.job_start("round 1 ticket", 0, 100)
   clock.t += 5.0  # The first chunk: 10 steps, compilation included.
   p.job_step(10)
-  for _ in range(4):  # 4 chunks of 10 steps, 1 s each.
+  for reached in (20, 30, 40, 50):  # 4 chunks of 10 steps, 1 s each.
     clock.t += 1.0
-    p.job_step(p._step + 10)
+    p.job_step(reached)
   assert p.where() == "round 1 ticket step 50"
   clock.t += 6.0  # 10 s after the first line: the second one.
   p.job_step(60)

@@ -51,6 +51,7 @@ def test_tfds_datasets_through_mock_data(name, shape, classes, tmp_path):
   np.testing.assert_allclose(ds.x_train.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_experiment_on_mock_tfds_end_to_end(tiny_config, tmp_path):
   cfg = tiny_config(**{"data.name": "cifar10", "data.data_dir":
                        str(tmp_path / "tfds"), "model.name": "conv2",

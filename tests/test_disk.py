@@ -328,6 +328,7 @@ time.sleep(300)
 """
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_until_the_first_dies(tmp_path, npz_path):
   wd = tmp_path / "wd"
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
@@ -459,6 +460,7 @@ def _faulty(monkeypatch, target: str, fault: str):
   return fired
 
 
+@pytest.mark.slow
 def test_killed_or_full_disk_at_any_write_then_rerun_resumes(
     tiny_config, tmp_path, monkeypatch):
   cfg = tiny_config(**{"pruning.rounds": 1, "pruning.rewind_step": 3,

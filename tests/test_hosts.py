@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 import lottery
 
@@ -57,6 +58,7 @@ def _args(workdir, npz):
           "--config.training.checkpoint_every=20", "--config.pruning.rounds=1"]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(npz_path, tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          "LOTTERY_NO_COMPILE_CACHE": "1"}

@@ -199,6 +199,7 @@ def _cli(workdir, npz, *extra):
           *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted(npz_path, tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   ref = subprocess.run(_cli(tmp_path / "ref", npz_path), cwd=ROOT, env=env,

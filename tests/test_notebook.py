@@ -19,6 +19,8 @@ from conftest import execute_notebook
 from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Second tier: every test executes a notebook (a Jupyter kernel per test).
+pytestmark = pytest.mark.slow
 
 
 def _execute(workdir, monkeypatch, tmp_path) -> str:

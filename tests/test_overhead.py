@@ -83,16 +83,16 @@ def cold_run(tmp_path_factory):
   return cache, tmp / "cold", res
 
 
+@pytest.mark.slow
 def test_compile_cache_hits_and_results_are_bit_identical(cold_run,
                                                           tmp_path):
   cache, cold_wd, cold = cold_run
   entries = sorted(p.name for p in (cache / "jax").iterdir())
-  # Its four programs ('jit_<name>-<hash>-cache'): the key, the initializer,
-  # the train state and the loop with its evaluation inside; not one
-  # op-by-op program (each cost ~10 ms of tracing and cache lookup at every
-  # start).
-  assert sorted(e.rsplit("-", 2)[0] for e in entries) == [
-      "jit__init_state", "jit__lambda", "jit_key", "jit_scan_indexed"], entries
+  # The launcher caches every program it compiles, one entry each: four
+  # programs (the key, the initializer, the train state and the loop with
+  # its evaluation inside), not one op-by-op program (each cost ~10 ms of
+  # tracing and cache lookup at every start). A count, not their names.
+  assert len(entries) == 4, entries
   warm = _run(tmp_path / "warm", cache)
   assert warm.returncode == 0, warm.stderr[-3000:]
   # Every program came from the cache: nothing new was written.
@@ -146,6 +146,7 @@ def test_import_and_build_import_nothing_heavy(tmp_path):
   assert res.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
 def test_overhead_script_prints_its_json_line(cold_run):
   cache = cold_run[0]
   res = subprocess.run(
@@ -182,6 +183,7 @@ def test_lenet_flags_resolve_to_openlth_job(tmp_path):
               0.2, "out/kernel=0.1", "rewind", 0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="torch is not installed")
 def test_torch_job_prunes_as_the_lottery_job(tmp_path):
@@ -219,6 +221,7 @@ def test_checkpoints_closer_than_the_floor_are_skipped(tmp_path, monkeypatch):
   monkeypatch.setattr(jobs, "time", types.SimpleNamespace(
       monotonic=lambda: now[0], time=time.time))
   midrun = jobs.MidRun(tmp_path, min_interval_s=10)
+  template = _State(np.int32(0), np.zeros(3, np.float32))
   written = []
   for t, step in ((105, 1), (111, 2), (115, 3), (120.5, 4), (121, 5),
                   (131, 6)):
@@ -226,18 +229,17 @@ def test_checkpoints_closer_than_the_floor_are_skipped(tmp_path, monkeypatch):
     midrun.save("rounds/round_000/ticket", _State(np.int32(step),
                                                   np.full(3, step, np.float32)),
                 [{"step": step}], {})
-    meta = midrun._read()  # pylint: disable=protected-access
-    written.append(meta["step"] if meta else None)
+    saved = midrun.load("rounds/round_000/ticket", template)
+    written.append(int(saved[0].step) if saved else None)
   # 10 s from the job's start (100) or the last checkpoint written: 105 is
   # too soon, 111 is written, 115 and 120.5 too soon, 121 and 131 written.
   assert written == [None, 2, 2, 2, 5, 6]
-  template = _State(np.int32(0), np.zeros(3, np.float32))
   state, history, _ = midrun.load("rounds/round_000/ticket", template)
   assert int(state.step) == 6 and state.w.tolist() == [6.0] * 3
   assert history == [{"step": 6}]
-  # Only the newest checkpoint is kept.
-  assert sorted(p.name for p in (tmp_path / "progress").iterdir()) == [
-      "progress.json", "rounds_round_000_ticket_step00000006"]
+  # Only the newest checkpoint is kept: beside the progress file, one entry
+  # (the directory of step 6's checkpoint), whatever its name.
+  assert len(list((tmp_path / "progress").iterdir())) == 2
 
 
 def test_checkpoint_floor_changes_no_result_and_resume_stays_exact(

@@ -164,6 +164,7 @@ def test_cli_refuses_bad_input_in_one_line(flag, start, tmp_path, npz_path):
   assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_the_finished_run(finished, monkeypatch, tmp_path):
   wd, summary, _ = finished
   execute_notebook("pruning_at_init.ipynb", wd, monkeypatch, tmp_path)

@@ -315,6 +315,7 @@ def test_keep_top_matches_reference_and_checks_counts():
   assert_same(got, m)
 
 
+@pytest.mark.slow
 def test_random_like_same_eager_jit_and_reference():
   # Two prunable leaves and a None leaf: each leaf compiles its own draws.
   params = {"a": {"kernel": jnp.zeros((6, 5)), "bias": jnp.zeros((5,))},

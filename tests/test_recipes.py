@@ -198,6 +198,7 @@ def resnet_quick(tmp_path_factory):
 PAI_QUICK = [s for s in QUICK if s.startswith("pai_")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", PAI_QUICK)
 def test_quick_pai_recipe_end_to_end(spec, tmp_path):
   config, summary = run_quick(spec, tmp_path / "wd", **QUICKER.get(spec, {}))
@@ -226,6 +227,7 @@ def iterations_bound(config, method):
   return lottery.pai.iterations(config, method)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [s for s in QUICK
                                   if s != "conv_cifar10:quick"
                                   and not s.startswith(("pai_", "stability_"))
@@ -270,6 +272,7 @@ def test_quick_recipe_end_to_end(spec, tmp_path, request):
     assert "early_stop_step" in rounds[-1]
 
 
+@pytest.mark.slow
 def test_resnet20_quick_batch_stats_and_global_pruning(resnet_quick):
   config, summary, wd = resnet_quick
   t0, t1, t2 = (lottery.load_ticket(wd, r) for r in range(3))
@@ -321,6 +324,7 @@ SPARSE_QUICKER = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [s for s in SPARSE_QUICK
                                   if not s.startswith("rigl_resnet50")])
 def test_sparse_quick_recipe_end_to_end(spec, tmp_path):
@@ -349,7 +353,9 @@ def test_sparse_quick_recipe_end_to_end(spec, tmp_path):
     assert {k: c for k, (c, _) in masks.counts(t.mask).items()} == want
 
 
+@pytest.mark.slow
 def test_rigl_resnet50_quick_builds_and_updates_exactly(tmp_path):
+  from lottery import scores  # pylint: disable=g-import-not-at-top
   from lottery import sparse_updates  # pylint: disable=g-import-not-at-top
   from lottery import step as step_lib  # pylint: disable=g-import-not-at-top
   config = cli.load_config("rigl_resnet50_imagenet:quick")
@@ -360,8 +366,9 @@ def test_rigl_resnet50_quick_builds_and_updates_exactly(tmp_path):
   kernels = [n for n in masks.named_leaves(exp.dense_mask) if "kernel" in n]
   assert len(kernels) == 54 and "conv/kernel" in kernels  # 53 convs + out
   counts = lottery.distributions.keep_counts("erk", exp.dense_mask, 0.2)
-  mask = lottery.sparse._random_mask(exp.dense_mask, counts,  # pylint: disable=protected-access
-                                     jax.random.key(0))
+  mask = pruning.keep_top(exp.dense_mask, scores.random(exp.dense_mask,
+                                                        jax.random.key(0)),
+                          counts)  # Random positions, exact counts.
   table = sparse_updates.drop_table(counts, np.asarray([0.0, 0.3]))
   hook = jax.jit(sparse_updates.drop_and_grow("rigl", exp.dense_mask, counts,
                                               table, 5))
@@ -431,6 +438,7 @@ def assert_same_run(a, b):
     assert ta.metrics["history"] == tb.metrics["history"]
 
 
+@pytest.mark.slow
 def test_sigkill_with_batchnorm_and_augmentation_resumes_bit_exact(
     cifar_npz, subprocess_env, reference_run, tmp_path):
   wd = tmp_path / "run"
@@ -465,6 +473,7 @@ class _Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow
 def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
     cifar_npz, reference_run, tmp_path, monkeypatch):
   config = cli.load_config("resnet20_cifar10:quick")

@@ -144,6 +144,7 @@ def test_replicates_resume_bit_exact(tiny_config, tmp_path, monkeypatch):
         assert a.metrics["history"] == b.metrics["history"]
 
 
+@pytest.mark.slow
 def test_one_compilation_for_all_replicates(tiny_config, tmp_path):
   """Compilations of a run of 3 replicates = those of a run of 2: the step
   is compiled once for the stacked state, whatever the replicate count's
@@ -154,6 +155,9 @@ def test_one_compilation_for_all_replicates(tiny_config, tmp_path):
               log=quiet)
   counts = []
   for n in (2, 3):
+    # Each run from empty in-memory caches: what earlier tests (or the run
+    # of 2) compiled in this process must not count for one run only.
+    jax.clear_caches()
     with compilations() as events:
       lottery.run(tiny_config(**{"seeds.num": n, "pruning.rounds": 2}),
                   tmp_path / str(n), log=quiet)
@@ -194,6 +198,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [4])
 def test_fake_devices_shard_and_match_one_device(npz_path, tmp_path, devices):
   from conftest import tiny  # pylint: disable=g-import-not-at-top

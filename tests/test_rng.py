@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from lottery import masks
 from lottery import models
@@ -24,6 +25,7 @@ DRAWS = {
 SHAPES = [(), (0, 3), (4, 6), (3, 3, 4, 5)]
 
 
+@pytest.mark.slow
 def test_flat_key_draws_the_default_keys_bits():
   """Every distribution, ranks 0 to 4, on a split and a folded key: one
   compiled program of default-key draws against one of flat-key draws."""

@@ -60,6 +60,7 @@ def test_snip_is_abs_grad_times_weight_by_hand():
   np.testing.assert_allclose(s["fc0"]["kernel"], np.abs(g * w), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_grasp_is_weight_times_hessian_gradient_product():
   apply_fn, params, batch = _setup()
   flat, unravel = jax.flatten_util.ravel_pytree(params)
@@ -132,6 +133,7 @@ def test_synflow_rescaled_flow_is_the_flow_times_one_power_of_two():
   np.testing.assert_array_equal(a, b * ratio)
 
 
+@pytest.mark.slow
 def test_synflow_deep_net_that_overflows_float32_gets_finite_scores():
   apply_fn, params, batch = _setup(widths=(64,) * 30 + (3,))
   params = jax.tree.map(lambda w: w * 8.0, params)
@@ -230,6 +232,7 @@ def test_hundred_rounds_compile_once_and_follow_the_schedule(monkeypatch):
   assert abs(kept - 0.05 * total) <= 50
 
 
+@pytest.mark.slow
 def test_one_round_is_the_one_shot_count_and_layerwise_is_per_layer():
   model = _Net((40, 30, 3))
   _, params, batch = _setup(widths=(40, 30, 3))

@@ -216,6 +216,7 @@ def test_bad_input_refused_in_one_line(tmp_path):
   assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow
 def test_notebook_on_the_run(sparse_run, monkeypatch, tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   _, wd, summary, _ = sparse_run

@@ -14,6 +14,8 @@ from lottery import pruning
 from lottery import scores
 from lottery import step
 
+from conftest import compilations
+
 
 def _setup(optimizer, form="scan", **training):
   t = config_lib.base_config().training
@@ -159,15 +161,16 @@ def test_evaluation_inside_the_chunk_matches_a_separate_call(form):
   lrs = np.linspace(0.05, 0.01, 6).astype(np.float32)
   s1, l1 = lp.run(_state(tx, params, mask), data, idx, lrs)
   ev1 = lp.evaluate(s1, data)
-  s2, l2, ev2 = lp.run_and_evaluate(_state(tx, params, mask), data, idx, lrs)
+  state = _state(tx, params, mask)
+  with compilations() as events:
+    s2, l2, ev2 = lp.run_and_evaluate(state, data, idx, lrs)
+  # The program `run` compiled serves the chunk with an evaluation too.
+  assert events == []
   assert set(ev2) == {"loss", "accuracy", "val_loss", "val_accuracy"}
   assert ev2 == ev1
   assert np.array_equal(l1, l2)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
     assert np.array_equal(a, b)
-  fns = lp._fns[False]  # pylint: disable=protected-access
-  if form != "python":
-    assert fns["scan_indexed"]._cache_size() == 1  # pylint: disable=protected-access
   # Replicates: the vmapped evaluation inside the vmapped scan.
   stacked = loop.stack_states([_state(tx, params, mask),
                                _state(tx, params, mask)])
@@ -184,12 +187,15 @@ def test_train_history_is_the_separate_evaluations():
   evaluation at every second chunk boundary still compiles the scan once."""
   lp, tx, data, params, mask = _setup("adam")
   lr_fn = lambda a, b: np.linspace(0.05, 0.01, 20)[a:b].astype(np.float32)
-  _, history, _ = loop.train(lp, _state(tx, params, mask), data, stop=20,
-                             lr_fn=lr_fn, batch_size=16, data_seed=3,
-                             eval_every=10, checkpoint_every=5,
-                             on_checkpoint=lambda *a: None)
-  assert lp._fns[False]["scan_indexed"]._cache_size() == 1  # pylint: disable=protected-access
-  assert lp._fns[False]["evaluate"]._cache_size() == 0  # pylint: disable=protected-access
+  state = _state(tx, params, mask)
+  with compilations() as events:
+    _, history, _ = loop.train(lp, state, data, stop=20, lr_fn=lr_fn,
+                               batch_size=16, data_seed=3, eval_every=10,
+                               checkpoint_every=5,
+                               on_checkpoint=lambda *a: None)
+  # One program for the four chunks, with or without an evaluation: no
+  # separate evaluation, no second scan.
+  assert len(events) == 1, len(events)
   other, *_ = _setup("adam")
   state, expected = _state(tx, params, mask), []
   for a in range(0, 20, 5):

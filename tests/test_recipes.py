@@ -505,6 +505,7 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
   assert_same_run(reference_run, tmp_path / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [s for s in QUICK
                                   if s.startswith("stability_")])
 def test_stability_quick_recipe_end_to_end(spec, tmp_path):

@@ -32,7 +32,6 @@ def get_config(arg: str = ""):
   c.training.update(steps=1500, batch_size=100, optimizer="adam",
                     learning_rate=2e-2, eval_every=500, checkpoint_every=500)
   c.pruning.update(prunable=(".*kernel",))
-  c.controls = ()
   c.pai.update(methods=("snip", "grasp", "synflow", "magnitude", "random"),
                densities=(0.1, 0.03, 0.01, 0.003),
                checks=("shuffle", "reinit", "invert"), iterations=1,

@@ -45,7 +45,6 @@ def get_config(arg: str = ""):
                     schedule="step", lr_boundaries=(23_460, 46_920),
                     lr_decay=0.1, eval_every=3_910, checkpoint_every=3_910)
   c.pruning.update(prunable=(".*kernel",))
-  c.controls = ()
   c.pai.update(methods=("snip", "grasp", "synflow", "magnitude", "random"),
                densities=(0.1, 0.0316, 0.01, 0.00316, 0.001),
                checks=("shuffle", "reinit", "invert"), iterations=1,

@@ -23,13 +23,19 @@ they are stable. Measured here: docs/stability.md.
 """
 
 from configs import mnist1d
+from lottery.config import base_config
 
 ARGS = ("", "quick")
 
 
 def get_config(arg: str = ""):
-  c = mnist1d.get_config()
+  imp = mnist1d.get_config()
+  c = base_config()
   c.method = "stability"
+  # The default IMP recipe's data, model, training and prunable weights.
+  for block in ("data", "model", "training"):
+    c[block].update(imp[block].to_dict())
+  c.pruning.prunable = imp.pruning.prunable
   c.stability.update(steps=(0, 25, 100, 250, 500), sources=("dense",),
                      points=30)
   if arg == "quick":

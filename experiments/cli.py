@@ -212,8 +212,9 @@ def check_overrides(config: ml_collections.ConfigDict,
   for name in names:
     if name in known:
       continue
-    close = difflib.get_close_matches(name, list(leaves), n=1, cutoff=0.6)
-    hint = (f"did you mean {close[0]!r}?" if close
+    from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+    close = config_lib.suggest(name, list(leaves))
+    hint = (f"did you mean {close!r}?" if close
             else "--help lists the fields")
     raise LotteryError(f"config: no field {name!r} ({hint})")
 
@@ -300,15 +301,25 @@ def help_text(doc: str, config: ml_collections.ConfigDict, spec: str, *,
   lines += ["", f"Recipes (--config=NAME[:ARG], in {CONFIGS_DIR}):"]
   for name, args in recipes().items():
     lines.append("  " + "  ".join(_spellings(name, args)))
-  fields = field_paths(config)
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+  from lottery import driver  # pylint: disable=g-import-not-at-top
+  try:
+    _, shown, method = driver.resolve(config)
+    title = f"the fields of method {method.name!r}"
+  except LotteryError:  # A broken recipe still gets its fields listed.
+    shown, title = config, "the fields"
+  fields = field_paths(shown)
   width = max(map(len, fields)) + 2
-  lines += ["", f"Config fields (--config.FIELD=VALUE), defaults of "
-            f"--config={spec}:"]
+  lines += ["", f"Config fields (--config.FIELD=VALUE): {title}, with the "
+            f"defaults of --config={spec}:"]
   for path, value in fields.items():
     line = f"  {path:<{width}}{_format_value(value)}"
     if path in choices:
       kind = "any of" if isinstance(value, tuple) else "one of"
       line += f"  ({kind}: {', '.join(choices[path])})"
+    what = config_lib.FIELD_HELP.get(path)
+    if what:
+      line += f"\n  {'':<{width}}{what}"
     lines.append(line)
   if full:
     lines += ["", "All flags:", FLAGS.get_help()]
@@ -449,10 +460,12 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery_runs/run "
                        "(got nothing)")
   if dry_run_flag.value:
+    from lottery import driver  # pylint: disable=g-import-not-at-top
+    full, saved, _ = driver.resolve(config)
     if validate is not None:
-      validate(config)
-    resumes = workdir_lib.check(workdir, config)
-    print(json.dumps(workdir_lib.config_json(config), indent=1,
+      validate(full)
+    resumes = workdir_lib.check(workdir, saved)
+    print(json.dumps(workdir_lib.config_json(saved), indent=1,
                      sort_keys=True))
     print(f"workdir: {os.path.abspath(workdir)} "
           f"({'resumes the run there' if resumes else 'new run'})")

@@ -582,17 +582,25 @@ def _leaves(schema: dict, config: dict, prefix: str,
       out[name] = value
 
 
-def _unknown(name: str):
-  known = schema_fields()
-  known += sorted({k.rpartition(".")[0] for k in known} - {""})  # Groups.
+def suggest(name: str, known: Sequence[str]) -> str | None:
+  """The field of `known` a mistyped `name` most likely meant, or None.
+
+  An abbreviation such as 'lr' or 'wd' is its words' initials (difflib
+  alone would rank 'training.loop' above 'training.learning_rate' for
+  'training.lr'); otherwise the closest spelling."""
   leaf = name.rpartition(".")[2]
-  # An abbreviation such as 'lr' or 'wd' is its words' initials; difflib
-  # would rank 'training.loop' above 'training.learning_rate' for it.
   guess = [k for k in known if len(leaf) > 1 and
            "".join(w[0] for w in k.rpartition(".")[2].split("_")) == leaf and
            k.rpartition(".")[0] == name.rpartition(".")[0]]
-  guess = guess or difflib.get_close_matches(name, known, n=1)
-  hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+  guess = guess or difflib.get_close_matches(name, list(known), n=1)
+  return guess[0] if guess else None
+
+
+def _unknown(name: str):
+  known = schema_fields()
+  known += sorted({k.rpartition(".")[0] for k in known} - {""})  # Groups.
+  guess = suggest(name, known)
+  hint = f" (did you mean {guess!r}?)" if guess else ""
   raise LotteryError(f"config: no field {name!r}{hint}")
 
 
@@ -621,3 +629,159 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name, rule in RULES.items():
     if name in values:
       rule(name, values[name], values)
+
+
+# The blocks every method reads; a method adds its own (`Method.fields`).
+SHARED = ("method", "seeds", "data", "model", "training")
+
+# One line per field for --help (tests/test_config.py checks every field has one).
+FIELD_HELP: dict[str, str] = {
+    "method": "the method plug-in that runs this config (imp, pai, sparse, stability)",
+    "seeds.init": "seed of the weights' initialization (replicate i: init + i)",
+    "seeds.data": "seed of the batch order, augmentation and dropout (replicate i: data + i)",
+    "seeds.control": "seed of controls, random scores and random masks (replicate i: control + i)",
+    "seeds.num": "replicates trained together in one compiled program",
+    "data.name": "dataset: mnist1d (generated offline), npz, or a TFDS name",
+    "data.data_dir": "TFDS data_dir ('' = TFDS's default)",
+    "data.path": "the .npz file for data.name='npz'",
+    "data.cache_dir": "MNIST-1D cache ('' = $LOTTERY_CACHE or ~/.cache/lottery)",
+    "data.validation_size": "training examples held out for validation (early stopping)",
+    "data.on_device": "keep the training set on the accelerator when it fits in half its memory",
+    "data.augment": "on-device batch augmentation keyed by (data seed, step)",
+    "model.name": "the model, by its registered name",
+    "model.depth": "depth of models that take one (ResNet); 0 = the model's default",
+    "model.width": "width of models that take one; 0 = the model's default",
+    "training.steps": "steps of one training run (every round, control and group)",
+    "training.batch_size": "examples per step",
+    "training.optimizer": "the optax optimizer, wrapped in keep_pruned",
+    "training.learning_rate": "the peak learning rate",
+    "training.momentum": "SGD's momentum",
+    "training.nesterov": "SGD with Nesterov momentum",
+    "training.weight_decay": "decoupled weight decay (adamw) or L2 added to the gradient (sgd)",
+    "training.schedule": "learning-rate schedule",
+    "training.lr_boundaries": "steps where the 'step' schedule multiplies the rate by lr_decay",
+    "training.lr_decay": "the 'step' schedule's factor at each boundary",
+    "training.warmup_steps": "steps of linear warm-up from 0",
+    "training.eval_every": "steps between test-set evaluations",
+    "training.checkpoint_every": "steps between resumable mid-run checkpoints",
+    "training.loop": "how a chunk of steps runs (auto: python for conv models on the CPU, scan elsewhere)",
+    "pruning.fraction": "fraction of the surviving prunable weights removed per round",
+    "pruning.rounds": "pruning rounds after the dense round 0",
+    "pruning.schedule": "geometric: density (1 - fraction)^r; linear: density 1 - r * fraction",
+    "pruning.scope": "which weights are ranked together: each layer, all, or each module's leaves",
+    "pruning.prunable": "regexes (re.fullmatch) over parameter paths such as 'fc1/kernel'",
+    "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1'",
+    "pruning.score": "the importance score ranked by each round",
+    "pruning.reset": "rewind: weights of step rewind_step; lr_rewind: replay the schedule; finetune: final rate",
+    "pruning.rewind_step": "the step of round 0 whose weights later rounds rewind to",
+    "controls": "controls trained beside each pruned round's ticket",
+    "controls_every": "run the controls on every N-th round and on the last",
+    "pai.methods": "scores that prune the initial weights",
+    "pai.densities": "target densities, each in (0, 1)",
+    "pai.checks": "Frankle et al. 2021's sanity checks, for every method but random",
+    "pai.iterations": "pruning rounds d^(k/n) of every method not in method_iterations",
+    "pai.method_iterations": "per-method rounds 'method=n,...'",
+    "pai.scope": "rank all prunable weights together (global) or each layer",
+    "pai.batch_size": "training examples the data-aware scores see",
+    "pai.dense": "also train the dense network (method 'dense')",
+    "sparse.methods": "sparse-training methods; a dense baseline always runs",
+    "sparse.densities": "target densities, each in (0, 1)",
+    "sparse.distribution": "per-layer densities (a tuple runs each)",
+    "sparse.update_every": "steps between mask updates (set, rigl, gmp)",
+    "sparse.drop_fraction": "set/rigl: fraction of active weights dropped and regrown, cosine-annealed",
+    "sparse.end_fraction": "set/rigl: updates stop at end_fraction x training.steps (gmp's default end)",
+    "sparse.begin_step": "gmp: the step pruning starts",
+    "sparse.end_step": "gmp: the step it reaches the target (0 = end_fraction x training.steps)",
+    "stability.steps": "rewind steps k whose copies are compared",
+    "stability.sources": "'dense', or coordinates of tickets of source_workdir ('round=4')",
+    "stability.source_workdir": "the workdir of the source tickets",
+    "stability.points": "evenly spaced points of the linear path, ends included",
+    "stability.same_data": "both copies on the same data order (sanity check: barrier 0)",
+}
+
+
+def _flat(config) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[prefix + k] = v
+  walk(_as_dict(config), "")
+  return out
+
+
+def _owns(fields: Sequence[str], name: str) -> bool:
+  """Whether the field `name` is one of `fields` (blocks or fields)."""
+  return any(name == f or name.startswith(f + ".") for f in fields)
+
+
+def method_fields(fields: Sequence[str]) -> list[str]:
+  """Every field of the schema a method with `fields` reads (the shared
+  blocks and its own), flattened, in the schema's order."""
+  return [n for n in schema_fields() if _owns((*SHARED, *fields), n)]
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with every field of `base_config()`: the fields it lacks (a
+  config.json holds only its method's) take their defaults.
+
+  Raises:
+    LotteryError: for a field the schema does not know (with the nearest
+      name), or a value where a block belongs.
+  """
+  given = _as_dict(config)
+  if given is None:
+    _fail("config", config, "must be a ConfigDict from lottery.base_config()")
+  full = base_config()
+
+  def merge(node, values: dict, prefix: str) -> None:
+    for key, value in values.items():
+      name = prefix + key
+      if key not in node:
+        _unknown(name)
+      if isinstance(node[key], ml_collections.ConfigDict):
+        sub = _as_dict(value)
+        if sub is None:
+          _fail(name, value, "must be a group of fields")
+        merge(node[key], sub, name + ".")
+      else:
+        with node.ignore_type():
+          node[key] = value
+
+  merge(full, given, "")
+  return full
+
+
+def for_method(config: ml_collections.ConfigDict, method: str,
+               fields: Sequence[str]) -> ml_collections.ConfigDict:
+  """The fields of `config` that method `method` reads (the shared blocks
+  and `fields`): what its workdir's config.json and --help show.
+
+  Raises:
+    LotteryError: naming the first field of another method set to
+      something other than its default (it would be silently ignored).
+  """
+  values, defaults = _flat(config), _flat(base_config())
+  for name, value in values.items():
+    if not _owns((*SHARED, *fields), name) and name in defaults and \
+        _json(value) != _json(defaults[name]):
+      _fail(name, value, f"is not a field of method {method!r}, which reads "
+            f"{', '.join(fields)} beside the shared blocks; remove it or set "
+            f"method")
+  out = ml_collections.ConfigDict()
+  full = _as_dict(config)
+  for name in method_fields(fields):
+    *parents, leaf = name.split(".")
+    node, src = out, full
+    for p in parents:
+      if p not in node:
+        node[p] = ml_collections.ConfigDict()
+      node, src = node[p], src[p]
+    node[leaf] = src[leaf]
+  return out
+
+
+def _json(value):
+  return list(value) if isinstance(value, (tuple, list)) else value

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import ml_collections
 
 from lottery import checkpoint
+from lottery import config as config_lib
 from lottery import jobs as jobs_lib
 from lottery import method as method_lib
 from lottery import tickets
@@ -68,7 +69,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   """
   if progress is None:
     progress = NullProgress(log)
-  m = _method(config, method)
+  config, saved, m = resolve(config, method)
   box = {}
 
   def before_claim(exp):
@@ -76,8 +77,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     m.before_claim(box["ctx"])
 
   with prepared(config, workdir, progress, check=m.check,
-                before_claim=before_claim,
-                facts={"method": m.name}) as (_, wd):
+                before_claim=before_claim, facts={"method": m.name},
+                saved=saved) as (_, wd):
     ctx = box["ctx"]
     ctx.workdir = wd
     # Every group's record is rebuilt (finished ones loaded), so the summary
@@ -116,6 +117,24 @@ def expect_method(workdir: str | os.PathLike, name: str) -> None:
              f"its records are in {tickets.SUMMARY} (lottery.records)")
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds a {found!r} "
                        f"run, not a {name!r} one; {where}")
+
+
+def resolve(config: ml_collections.ConfigDict, expected: str | None = None
+            ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict,
+                       method_lib.Method]:
+  """(the complete config, the fields its method reads, the method).
+
+  The complete config has every field (absent ones at their defaults: a
+  config.json holds only its method's); the second is what the workdir's
+  config.json holds and a rerun is compared with.
+
+  Raises:
+    LotteryError: for an unknown field or method, a config of another
+      method than `expected`, or another method's field set.
+  """
+  config = config_lib.complete(config)
+  m = _method(config, expected)
+  return config, config_lib.for_method(config, m.name, m.fields), m
 
 
 def method_of(config: ml_collections.ConfigDict) -> method_lib.Method:

@@ -173,6 +173,7 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
                  config_lib.validate),
              before_claim: Callable[[Experiment], None] | None = None,
              facts: dict | None = None,
+             saved: ml_collections.ConfigDict | None = None,
              ) -> Iterator[tuple[Experiment, pathlib.Path]]:
   """Every driver's start: `with prepared(config, workdir, progress) as
   (exp, wd):` runs the method on the built experiment in the claimed workdir.
@@ -186,12 +187,14 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   until the block ends, with the checkpoint writes on a writer thread
   (`checkpoint.background_writes`). `facts` (e.g. {'method': 'imp'}) are
   recorded in facts.json beside the data's fingerprint; a workdir whose
-  facts differ is refused.
+  facts differ is refused. `saved` (default `config`) is what config.json
+  holds and a rerun is compared with (the fields the method reads).
   """
+  saved = config if saved is None else saved
   check(config)
   facts = {**(facts or {}),
            "data_fingerprint": data_lib.fingerprint(config.data)}
-  workdir_lib.check(workdir, config, extra=facts)
+  workdir_lib.check(workdir, saved, extra=facts)
   t0 = time.time()
   exp = build(config)
   if before_claim is not None:
@@ -199,7 +202,7 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   start_lines(exp, progress, time.time() - t0)
   # Tickets are written while the next job trains; all is on disk before
   # the lock is released.
-  with workdir_lib.claim(workdir, config, extra=facts) as held, \
+  with workdir_lib.claim(workdir, saved, extra=facts) as held, \
       checkpoint.background_writes():
     yield exp, held.path
 

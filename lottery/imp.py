@@ -188,6 +188,7 @@ class Imp(method_lib.Method):
   """
 
   name = "imp"
+  fields = ("pruning", "controls", "controls_every")
   summary_key = "rounds"
   seed_dir_when_single = False
 

@@ -168,6 +168,11 @@ class Method:
   # A run of one replicate writes its tickets without a seed_0 directory
   # (IMP's layout: rounds/round_003/ticket).
   seed_dir_when_single: bool = True
+  # The config blocks (or single fields, 'pruning.prunable') it reads beside
+  # the shared ones (method, seeds, data, model, training): a run's
+  # config.json and --help show only these; another method's field set to a
+  # non-default value is refused.
+  fields: tuple[str, ...] = ()
   # The notebook (in notebooks/) that analyses this method's workdirs; ''
   # for none.
   notebook: str = "tickets.ipynb"

@@ -189,6 +189,7 @@ class Pai(method_lib.Method):
   """
 
   name = "pai"
+  fields = ("pruning.prunable", "pai")
   notebook = "pruning_at_init.ipynb"
 
   def directory(self, coords: dict) -> str:

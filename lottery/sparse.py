@@ -241,6 +241,7 @@ class Sparse(method_lib.Method):
   """
 
   name = "sparse"
+  fields = ("pruning.prunable", "sparse")
   notebook = "sparse_training.ipynb"
 
   def check(self, config: ml_collections.ConfigDict) -> None:

@@ -181,6 +181,7 @@ class Stability(method_lib.Method):
   """The instability analysis as a method plug-in (see the module doc)."""
 
   name = "stability"
+  fields = ("pruning.prunable", "stability")
   summary_key = "pairs"
   notebook = ""
 

@@ -52,6 +52,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def _unflatten(flat: dict) -> dict:
+  out: dict = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
 def config_json(config: ml_collections.ConfigDict) -> dict:
   """The config as JSON data (tuples become lists)."""
   return json.loads(config.to_json())
@@ -178,9 +189,12 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
   _check_object(saved, saved_path)
   if "method" not in saved and "method" in new:
-    # A run written before configs named their method: its layout says
-    # which it is.
+    # A run written before configs named their method (its layout says
+    # which it is) held every method's fields: compare those this one has.
     saved = {**saved, "method": legacy_method(wd, new["method"])}
+    flat_new = _flatten(new)
+    saved = _unflatten({k: v for k, v in _flatten(saved).items()
+                        if k in flat_new})
   if saved != new:
     a, b = _flatten(saved), _flatten(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

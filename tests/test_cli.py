@@ -54,7 +54,8 @@ def test_help_lists_fields_defaults_choices_and_recipes():
   # Defaults are the default recipe's; allowed values come from registries.
   assert re.search(r"^  training\.steps +1500$", out, re.M)
   assert re.search(r"^  pruning\.fraction +0\.1$", out, re.M)
-  lines = {l.split()[0]: l for l in out.splitlines() if l.startswith("  ")}
+  lines = {l.split()[0]: l for l in out.splitlines()
+           if re.match(r"^  \S", l)}
   for field, names in [("data.name", data_lib.NAMES),
                        ("model.name", models.names()),
                        ("pruning.score", scores.names()),
@@ -134,7 +135,8 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
   expected = cli.load_config("mnist1d:quick")
   expected.pruning.rounds = 7
   assert json.loads("\n".join(config_lines)) == workdir_lib.config_json(
-      expected)
+      lottery.driver.resolve(expected)[1])
+  assert "pai" not in json.loads("\n".join(config_lines))
   assert last == f"workdir: {wd} (new run)"
   assert not wd.exists()
   # The default recipe works from elsewhere too, and a bad value is

@@ -491,7 +491,8 @@ def test_killed_or_full_disk_at_any_write_then_rerun_resumes(
                                  f"resume$"):
           lottery.run(cfg, wd, log=quiet)
     assert fired, (target, fault)
-    workdir.check(wd, cfg)  # Never refuses to resume.
+    # Never refuses to resume (the workdir holds the fields IMP reads).
+    workdir.check(wd, lottery.driver.resolve(cfg)[1])
   lottery.run(cfg, wd, log=quiet)
   leftovers = [p for p in wd.rglob("*") if p.name.endswith(".tmp")
                or checkpoint.ORBAX_TMP in p.name]
@@ -558,7 +559,9 @@ def test_more_rounds_extend_a_run_fewer_are_refused(tiny_config, tmp_path):
   round1 = ((wd / tickets.imp_path(1)) / "metrics.json").read_bytes()
   res = lottery.run(cfg(2), wd, log=quiet)
   assert [r["round"] for r in res["rounds"]] == [0, 1, 2]
-  assert checkpoint.read_json(wd / "config.json") == workdir.config_json(cfg(2))
+  # config.json holds the fields the method reads (lottery.driver.resolve).
+  assert checkpoint.read_json(wd / "config.json") == workdir.config_json(
+      lottery.driver.resolve(cfg(2))[1])
   assert ((wd / tickets.imp_path(1)) / "metrics.json").read_bytes() == round1
   a, b = (lottery.load_ticket(d, 2) for d in (tmp_path / "ref", wd))
   assert _bits(a.trained_params) == _bits(b.trained_params)
@@ -572,7 +575,7 @@ def test_more_rounds_extend_a_run_fewer_are_refused(tiny_config, tmp_path):
                          "pruning.fraction": 0.3})
   with pytest.raises(lottery.LotteryError, match=r"^config: .*pruning.fraction:"
                      r" 0.5 -> 0.3; pruning.rounds: 2 -> 3\)"):
-    workdir.check(wd, other)
+    workdir.check(wd, lottery.driver.resolve(other)[1])
 
 
 # --- Writes on the writer thread ----------------------------------------------

@@ -32,6 +32,7 @@ class _Densities(method_lib.Method):
   each density of pai.densities, trained like any ticket."""
 
   name = "toy_densities"
+  fields = ("pai.densities",)
 
   def grid(self, ctx):
     return [{"target_density": d} for d in ctx.config.pai.densities]
@@ -202,3 +203,71 @@ def test_notebooks_name_the_one_that_fits(npz_path, tmp_path, monkeypatch):
                           monkeypatch, tmp_path)
   assert text.strip().startswith("error: workdir: ")
   assert len(text.strip().splitlines()) == 1
+
+
+def test_config_json_holds_the_methods_fields_and_legacy_ones_resume(
+    npz_path, tmp_path):
+  from lottery import checkpoint  # pylint: disable=g-import-not-at-top
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+  c = tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 4,
+                        "training.eval_every": 2, "controls": ()})
+  wd = tmp_path / "wd"
+  summary = lottery.run(c, wd)
+  saved = checkpoint.read_json(wd / "config.json")
+  assert sorted(saved) == ["controls", "controls_every", "data", "method",
+                           "model", "pruning", "seeds", "training"]
+  assert lottery.load_config(wd).method == "imp"
+  # A workdir written before configs named their method: every method's
+  # fields, no 'method', no method in facts.json. It resumes (nothing
+  # retrained) and is then recorded as IMP's.
+  legacy = json_config = lottery.workdir.config_json(config_lib.complete(c))
+  del legacy["method"]
+  checkpoint.write_json(wd / "config.json", json_config)
+  facts = checkpoint.read_json(wd / "facts.json")
+  facts.pop("method")
+  checkpoint.write_json(wd / "facts.json", facts)
+  again = lottery.run(c, wd)
+  assert again["rounds"] == summary["rounds"]
+  assert checkpoint.read_json(wd / "config.json") == saved
+
+
+def test_another_methods_field_is_refused(npz_path, tmp_path):
+  c = tiny(npz_path)
+  c.pai.methods = ("snip",)
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^pai.methods: is not a field of method 'imp', "
+                     r"which reads pruning, controls, controls_every"):
+    lottery.run(c, tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
+
+
+def test_every_field_has_a_one_line_help():
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+  fields = config_lib.schema_fields()
+  assert sorted(config_lib.FIELD_HELP) == sorted(fields)
+  assert all("\n" not in h and len(h) < 100
+             for h in config_lib.FIELD_HELP.values())
+
+
+def test_help_shows_the_methods_fields_with_descriptions():
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.run", "--config=pai_mnist1d:quick",
+       "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+  fields = [l.split()[0] for l in out.splitlines()
+            if l.startswith("  ") and not l.startswith("   ") and
+            "." in l.split()[0] and not l.split()[0].startswith("--")]
+  assert "pai.methods" in fields and "pruning.prunable" in fields
+  assert not any(f.startswith(("sparse.", "stability.")) or
+                 f == "pruning.fraction" for f in fields)
+  assert "scores that prune the initial weights" in out
+
+
+def test_cli_suggests_the_field_an_abbreviation_means(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.run", f"--workdir={tmp_path}/wd",
+       "--config.training.lr=0.1"], cwd=ROOT, capture_output=True, text=True,
+      check=False)
+  assert out.returncode == 1
+  assert out.stderr.strip() == (
+      "error: config: no field 'training.lr' (did you mean "
+      "'training.learning_rate'?)")

@@ -28,7 +28,7 @@ def _config(npz_path, **kw):
   c = tiny(npz_path, **{"method": "pai", "training.steps": 10,
                         "training.eval_every": 5,
                         "training.checkpoint_every": 5, "seeds.num": 2,
-                        "controls": (), **kw})
+                        **kw})
   c.pai.update(methods=METHODS, densities=DENSITIES,
                checks=("shuffle", "reinit", "invert"),
                method_iterations="synflow=5", batch_size=32)

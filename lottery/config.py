@@ -96,6 +96,15 @@ def base_config() -> ml_collections.ConfigDict:
       # finetune: keep trained weights, train all steps at the final rate.
       reset="rewind",
       rewind_step=0,
+      # Instability analysis of the tickets (lottery.stability): every N-th
+      # round (0: none) a copy of the ticket trains from the ticket's start
+      # (round 0 under 'rewind': the rewind point) with another data order;
+      # the error barrier on the linear path between the two is recorded.
+      stability_every=0,
+      # Record the error barrier between the trained networks of successive
+      # rounds (Paul et al. 2023).
+      level_barrier=False,
+      path_points=30,  # Evenly spaced points of those paths, ends included.
   )
   # Controls run every pruned round beside the ticket: 'reinit' (same mask,
   # fresh weights) and 'random_prune' (same per-layer densities, random
@@ -528,6 +537,9 @@ RULES: dict[str, _Rule] = {
     "pruning.score": _one_of(scores.names),
     "pruning.reset": _one_of(_reset_names),
     "pruning.rewind_step": _rewind_step,
+    "pruning.stability_every": _count(0),
+    "pruning.level_barrier": _boolean,
+    "pruning.path_points": _count(2, 10_000),
     "controls": _controls,
     "controls_every": _count(1),
     "pai.methods": _pai_methods,
@@ -674,6 +686,9 @@ FIELD_HELP: dict[str, str] = {
     "pruning.score": "the importance score ranked by each round",
     "pruning.reset": "rewind: weights of step rewind_step; lr_rewind: replay the schedule; finetune: final rate",
     "pruning.rewind_step": "the step of round 0 whose weights later rounds rewind to",
+    "pruning.stability_every": "every N-th round: the ticket's instability (a copy on another data order); 0: none",
+    "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
+    "pruning.path_points": "evenly spaced points of those linear paths, ends included",
     "controls": "controls trained beside each pruned round's ticket",
     "controls_every": "run the controls on every N-th round and on the last",
     "pai.methods": "scores that prune the initial weights",

@@ -43,7 +43,9 @@ from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import schedules
+from lottery import stability as stability_lib
 from lottery import tickets
+from lottery.errors import LotteryError
 from lottery.experiment import Experiment
 from lottery.experiment import build
 from lottery.registry import Registry
@@ -51,6 +53,8 @@ from lottery.registry import Registry
 __all__ = ["RESETS", "Imp", "build", "round_rate", "run", "summary"]
 
 REWIND_POINT = "rewind_point"
+# The kind of a ticket's copy trained on another data order (instability).
+COPY = "stability_copy"
 
 # The fraction of the survivors round r removes (`lottery.schedules`).
 round_rate = schedules.round_rate
@@ -130,13 +134,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     on_group=None if on_round is None else on_group)
 
 
+def _barriers(path: dict) -> dict:
+  return {"barrier_test": path["barrier_test"],
+          "barrier_train": path["barrier_train"]}
+
+
 def _aggregate(records: list[dict]) -> dict:
   """A group's record: its replicates' records under 'seeds', and the mean
   (std for test accuracy) of their metrics; `ticket` is replicate 0's."""
   seeds = records
   rec = {k: v for k, v in seeds[0].items() if k != "seed"}
   for k in ("density", "test_accuracy", "test_loss", "train_loss",
-            "early_stop_step", "early_stop_test_accuracy"):
+            "early_stop_step", "early_stop_test_accuracy", "barrier_test",
+            "barrier_train", "level_barrier_test", "level_barrier_train"):
     if k in rec:
       rec[k] = float(np.mean([_nan(s[k]) for s in seeds]))
   rec["test_accuracy_std"] = float(np.std([_nan(s["test_accuracy"])
@@ -184,7 +194,18 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
 class Imp(method_lib.Method):
   """Iterative magnitude pruning as a method plug-in (see the module doc).
 
-  Coordinates: {'round': r, 'kind': 'ticket' | a control's name}.
+  Coordinates: {'round': r, 'kind': 'ticket' | a control's name |
+  'stability_copy'}.
+
+  With `pruning.stability_every` = n > 0, every n-th round (round 0
+  included) also trains a copy of the ticket (kind 'stability_copy') from
+  the ticket's start -- round 0 under reset 'rewind': the rewind point, at
+  step rewind_step -- on another data order (seeds.data + seeds.num + i),
+  and its record gains 'stability': the error barrier of the linear path
+  between the ticket and its copy (Frankle et al. 2020; see
+  `lottery.stability`). With `pruning.level_barrier`, round r's record gains
+  'level_barrier': the barrier between rounds r - 1 and r's trained networks
+  (Paul et al. 2023).
   """
 
   name = "imp"
@@ -211,10 +232,28 @@ class Imp(method_lib.Method):
       if self._controls_due(c, r) or any(ctx.is_finished(k)
                                          for k in controls):
         out += controls
+      every = c.pruning.stability_every
+      if every and r % every == 0:
+        out.append({"round": r, "kind": COPY})
     return out
+
+  def replicas(self, ctx, coords: dict) -> list[method_lib.Replica]:
+    reps = super().replicas(ctx, coords)
+    if coords["kind"] != COPY:
+      return reps
+    # Another data order than the ticket's (which is copy 0).
+    return [method_lib.Replica(r.coords, r.data_seed + ctx.replicates)
+            for r in reps]
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
+    if (p.stability_every or p.level_barrier) and jax.tree.leaves(
+        ctx.exp.init_model_state):
+      raise LotteryError(
+          f"pruning.stability_every: {ctx.config.model.name!r} keeps running "
+          f"statistics (BatchNorm), which the path evaluation does not yet "
+          f"recompute (got stability_every={p.stability_every}, "
+          f"level_barrier={p.level_barrier})")
     if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
       ctx.progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                         f"schedule: lr_rewind and finetune are the same "
@@ -264,6 +303,16 @@ class Imp(method_lib.Method):
     starts = [controls_lib.Start(m, s.params, s.model_state)
               for m, s in zip(masks, resets)]
     capture = None
+    if kind == COPY:
+      p = c.pruning
+      if r == 0 and p.reset == "rewind" and p.rewind_step:
+        # The dense network's instability at the rewind step.
+        starts = [controls_lib.Start(m, *w)
+                  for m, w in zip(masks, self._rewinds(ctx))]
+        return method_lib.GroupStart(starts, start_step=p.rewind_step,
+                                     lr_fn=resets[0].lr_fn)
+      return method_lib.GroupStart(starts, start_step=resets[0].start_step,
+                                   lr_fn=resets[0].lr_fn)
     if kind != "ticket":
       fn = controls_lib.get(kind)
       starts = [fn(ctx.exp, starts[i],
@@ -280,8 +329,28 @@ class Imp(method_lib.Method):
   def record(self, ctx, done: method_lib.Done) -> list[dict]:
     keep = ("density", "test_accuracy", "test_loss", "train_loss", "time_s",
             "early_stop_step", "early_stop_test_accuracy")
-    return [{**t.coords, **{k: t.metrics[k] for k in keep if k in t.metrics},
+    recs = [{**t.coords, **{k: t.metrics[k] for k in keep if k in t.metrics},
              "ticket": p} for t, p in zip(done.tickets, done.paths)]
+    r, kind, pc = done.coords["round"], done.coords["kind"], ctx.config.pruning
+    if kind == COPY:
+      tickets_r = ctx.tickets({"round": r, "kind": "ticket"})
+      for rec, a, b, p in zip(recs, tickets_r, done.tickets, done.paths):
+        rec.update(_barriers(self._path(ctx, p, a, b, a.mask)))
+    elif kind == "ticket" and pc.level_barrier and r > 0:
+      prev = ctx.tickets({"round": r - 1, "kind": "ticket"})
+      for rec, a, b, p in zip(recs, prev, done.tickets, done.paths):
+        # The networks of two masks: the path is not masked.
+        path = self._path(ctx, p, a, b, None, name="level_path.json")
+        rec.update({f"level_{k}": v for k, v in _barriers(path).items()})
+    return recs
+
+  def _path(self, ctx, ticket_path: str, a, b, mask, *,
+            name: str = "path.json") -> dict:
+    """The path from a's trained network to b's, kept in b's directory."""
+    return stability_lib.path_metrics(
+        ctx.exp, a.trained_params, b.trained_params, a.model_state, mask,
+        points=ctx.config.pruning.path_points,
+        file=os.path.join(ctx.workdir, ticket_path, name))
 
   def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
     rounds: dict[int, dict] = {}
@@ -289,6 +358,8 @@ class Imp(method_lib.Method):
       rec = _aggregate(d.records)
       if d.coords["kind"] == "ticket":
         rounds[d.coords["round"]] = rec
+      elif d.coords["kind"] == COPY:
+        rounds[d.coords["round"]]["stability"] = rec
       else:
         ticket = rounds[d.coords["round"]]
         ticket.setdefault("controls", {})[d.coords["kind"]] = rec
@@ -305,6 +376,10 @@ class Imp(method_lib.Method):
                                if d.coords["round"] == r])["rounds"][0]
     ctl = "".join(f"  {k} {_accuracy(c)}"
                   for k, c in rec.get("controls", {}).items())
+    if "stability" in rec:
+      ctl += f"  barrier {rec['stability']['barrier_test']:.4f}"
+    if "level_barrier_test" in rec:
+      ctl += f"  level barrier {rec['level_barrier_test']:.4f}"
     scalars = {"density": rec["density"],
                "ticket_test_accuracy": rec["test_accuracy"],
                **{f"{k}_test_accuracy": c["test_accuracy"]

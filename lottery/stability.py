@@ -62,7 +62,7 @@ from lottery import tickets
 from lottery.errors import LotteryError
 
 __all__ = ["Stability", "barrier", "copy_data_seed", "evaluate_path",
-           "interpolate", "parse_source", "run", "summary"]
+           "interpolate", "parse_source", "path_metrics", "run", "summary"]
 
 PARENT = "parent"
 DENSE = "dense"
@@ -113,6 +113,35 @@ def evaluate_path(eval_fn: Callable[..., dict], a: Any, b: Any,
   return {"alpha": [float(v) for v in alphas],
           "loss": [float(v) for v in m["loss"]],
           "error": [1.0 - float(v) for v in m["accuracy"]]}
+
+
+def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
+                 points: int = 30, file: os.PathLike | None = None) -> dict:
+  """Train and test error and loss on the path from `a` to `b` (see
+  `evaluate_path`) over the experiment's data, with the barriers: {'alpha',
+  'test_error', 'test_loss', 'train_error', 'train_loss', 'barrier_test',
+  'barrier_train'}. With `file`, computed once and kept there (a JSON file
+  written atomically); a rerun reads it."""
+  if file is not None and checkpoint.exists(file):
+    return checkpoint.read_json(file)
+  eval_fn = _eval_fns.setdefault(exp.apply_fn,
+                                 step_lib.make_eval_step(exp.apply_fn))
+  ds, out = exp.dataset, {}
+  for split, x, y in (("test", ds.x_test, ds.y_test),
+                      ("train", ds.x_train, ds.y_train)):
+    m = evaluate_path(eval_fn, a, b, model_state, mask, x, y, points=points)
+    out["alpha"] = m["alpha"]
+    out[f"{split}_error"], out[f"{split}_loss"] = m["error"], m["loss"]
+  out["barrier_test"] = barrier(out["test_error"])
+  out["barrier_train"] = barrier(out["train_error"])
+  if file is not None:
+    checkpoint.write_json(file, out)
+  return out
+
+
+# One evaluation function per model's apply function: the compiled path
+# program is cached by it.
+_eval_fns: dict[Any, Callable] = {}
 
 
 def barrier(errors: list[float]) -> float:
@@ -296,25 +325,14 @@ class Stability(method_lib.Method):
     return out
 
   def _path(self, ctx, copy0_path: str, a, b) -> dict:
-    """The pair's path evaluation, computed once and kept beside copy 0's
-    ticket (a rerun reads it)."""
+    """The pair's path evaluation, computed once and kept beside its
+    tickets (seed_<i>/path.json)."""
     file = pathlib.Path(ctx.workdir) / pathlib.Path(copy0_path).parent / (
         PATH_FILE)
-    if checkpoint.exists(file):
-      return checkpoint.read_json(file)
-    exp, n = ctx.exp, ctx.config.stability.points
-    eval_fn = ctx.state.setdefault("eval_fn",
-                                   step_lib.make_eval_step(exp.apply_fn))
-    ds = exp.dataset
-    out = {}
-    for split, x, y in (("test", ds.x_test, ds.y_test),
-                        ("train", ds.x_train, ds.y_train)):
-      m = evaluate_path(eval_fn, a.trained_params, b.trained_params,
-                        a.model_state, a.mask, x, y, points=n)
-      out["alpha"] = m["alpha"]
-      out[f"{split}_error"], out[f"{split}_loss"] = m["error"], m["loss"]
-    checkpoint.write_json(file, out)
-    return out
+    out = path_metrics(ctx.exp, a.trained_params, b.trained_params,
+                       a.model_state, a.mask,
+                       points=ctx.config.stability.points, file=file)
+    return {k: v for k, v in out.items() if not k.startswith("barrier")}
 
   def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
     return {"pairs": [r for d in done if d.coords["source"] != PARENT

@@ -52,6 +52,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def _with_new_defaults(saved: dict, new: dict) -> dict:
+  """`saved` with the fields added to the schema since it was written (absent
+  from it, at their default in `new`): such a run is the same run."""
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+  defaults = _flatten(config_json(config_lib.base_config()))
+  flat_saved, flat_new = _flatten(saved), _flatten(new)
+  added = {k: v for k, v in flat_new.items()
+           if k not in flat_saved and k in defaults and defaults[k] == v}
+  return _unflatten({**flat_saved, **added}) if added else saved
+
+
 def _unflatten(flat: dict) -> dict:
   out: dict = {}
   for key, value in flat.items():
@@ -195,6 +206,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     flat_new = _flatten(new)
     saved = _unflatten({k: v for k, v in _flatten(saved).items()
                         if k in flat_new})
+  saved = _with_new_defaults(saved, new)
   if saved != new:
     a, b = _flatten(saved), _flatten(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -2,6 +2,8 @@
 exactly, the method end to end on a tiny model (dense and IMP-ticket
 sources), resume, and bad input refused before anything is written."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,3 +172,47 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
                      match=r"^stability.source_workdir: .* is not a workdir"):
     lottery.driver.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
+
+
+def test_imp_with_stability_and_level_barriers(npz_path, tmp_path):
+  c = tiny(npz_path, **{"pruning.rounds": 2, "training.steps": 12,
+                        "training.eval_every": 6, "controls": (),
+                        "pruning.rewind_step": 4,
+                        "pruning.stability_every": 2,
+                        "pruning.level_barrier": True,
+                        "pruning.path_points": 4})
+  wd = tmp_path / "wd"
+  lines = []
+  summary = lottery.run(c, wd, log=lines.append)
+  rounds = summary["rounds"]
+  assert [("stability" in r, "level_barrier_test" in r) for r in rounds] == [
+      (True, False), (False, True), (True, True)]
+  for r in (0, 2):
+    s = rounds[r]["stability"]
+    ticket = lottery.load_ticket(wd, r)
+    copy = lottery.load_ticket(wd, r, "stability_copy")
+    path = json.loads((wd / s["ticket"] / "path.json").read_text())
+    assert s["barrier_test"] == stability.barrier(path["test_error"])
+    assert path["test_error"][0] == 1.0 - ticket.metrics["test_accuracy"]
+    assert path["test_error"][-1] == 1.0 - copy.metrics["test_accuracy"]
+    # Same mask, same start (round 0: the rewind point at step 4).
+    for x, y in zip(jax.tree.leaves(ticket.mask), jax.tree.leaves(copy.mask)):
+      assert np.array_equal(x, y)
+    assert copy.metrics["start_step"] == 4
+    if r > 0:
+      for x, y in zip(jax.tree.leaves(ticket.rewind_params),
+                      jax.tree.leaves(copy.rewind_params)):
+        assert np.array_equal(x, y)
+    # Another data order: the two trained networks differ.
+    assert not all(np.array_equal(x, y) for x, y in zip(
+        jax.tree.leaves(ticket.trained_params),
+        jax.tree.leaves(copy.trained_params)))
+  rewind = lottery.load_ticket(wd, 1).rewind_params
+  copy0 = lottery.load_ticket(wd, 0, "stability_copy").rewind_params
+  for x, y in zip(jax.tree.leaves(rewind), jax.tree.leaves(copy0)):
+    # Round 1 starts from the rewind point under its mask; the copy of
+    # round 0 from the whole rewind point.
+    assert np.array_equal(x[x != 0], y[x != 0])
+  assert "barrier" in lines[0] and "level barrier" in lines[1]
+  # Resumed: the paths are read back, the summary is the same.
+  assert lottery.run(c, wd) == summary

@@ -23,7 +23,14 @@ names: masked_steps_per_s, dense_steps_per_s, ratio. 'seeds' times LeNet with
 `seeds_8_steps_per_s`: replicate-steps per second; `seeds_8_vs_1`). With
 LeNet, sparse training too: static_steps_per_s (a fixed 90%-sparse mask) and
 rigl_steps_per_s (RigL updating it every 100 steps inside the compiled loop),
-rigl_vs_static (target >= 0.85).
+rigl_vs_static (target >= 0.85). 'stability' times the instability
+analysis's two costs with LeNet-300-100 (`lottery.stability`): the error and
+loss at 30 points of a linear path, in one compiled program, against 30
+separately compiled-once evaluations of the interpolated networks
+(path_30_vs_separate, target <= 0.5), and a pair of copies trained as 2
+replicates of one program against two single trainings (pair_vs_two,
+target <= 0.8 on the CPU). BatchNorm models are not timed: the path does not
+recompute running statistics yet.
 """
 
 import json
@@ -45,6 +52,7 @@ from lottery import optim
 from lottery import pruning
 from lottery import rng as rng_lib
 from lottery import scores
+from lottery import stability
 from lottery import step
 
 _STEPS = flags.DEFINE_integer("steps", 200, "Steps per timed call (LeNet; "
@@ -53,9 +61,13 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per variant.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
-_MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds"],
+_MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
+                                      "stability"],
                             "What to time: lenet, conv2, resnet20, seeds "
-                            "(LeNet replicates, seeds.num = 1 and 8).")
+                            "(LeNet replicates, seeds.num = 1 and 8), "
+                            "stability (LeNet path and pair).")
+_EVAL_EXAMPLES = flags.DEFINE_integer(
+    "eval_examples", 10_000, "Examples of the path evaluation ('stability').")
 
 # name -> (registered model, input shape, batch size, optimizer, rate, steps
 # divisor)
@@ -194,7 +206,8 @@ def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
       times[c].append(timed(c))
   rate = {c: c * steps / statistics.median(ts) for c, ts in times.items()}
   out = {f"seeds_{c}_steps_per_s": float(f"{r:.4g}") for c, r in rate.items()}
-  out["seeds_8_vs_1"] = round(rate[counts[-1]] / rate[counts[0]], 4)
+  out[f"seeds_{counts[-1]}_vs_{counts[0]}"] = round(
+      rate[counts[-1]] / rate[counts[0]], 4)
   return out
 
 
@@ -261,19 +274,73 @@ def _bench_sparse(steps: int, repeats: int) -> dict:
           "rigl_mask_updates": int(states["rigl"].step) // every}
 
 
+def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
+  """The path's 30 points in one program against 30 evaluations, and a pair
+  of copies as 2 stacked replicates against two single trainings."""
+  model_name, shape, *_ = SETUPS["lenet"]
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(examples,) + shape).astype(np.float32)
+  y = rng.integers(0, 10, examples).astype(np.int32)
+  model = models.get(model_name, 10)
+  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1])["params"])
+  a, b = init(jax.random.key(0)), init(jax.random.key(1))
+  mask = pruning.prune(masks.make_mask(a), scores.magnitude(a), 0.5)
+  apply_fn = step.flax_apply(model)
+  eval_fn = step.make_eval_step(apply_fn)
+  points = 30
+  alphas = np.linspace(0, 1, points, dtype=np.float32)
+  xs, ys, valid = loop.eval_batches(x, y, 1000)
+  one = jax.jit(lambda p, q, alpha: eval_fn(
+      stability.interpolate(p, q, alpha, mask), {}, xs, ys, valid))
+
+  def batched():
+    start = time.perf_counter()
+    m = stability.evaluate_path(eval_fn, a, b, {}, mask, x, y, points=points)
+    assert len(m["error"]) == points
+    return time.perf_counter() - start
+
+  def separate():
+    start = time.perf_counter()
+    for alpha in alphas:
+      jax.block_until_ready(one(a, b, alpha))
+    return time.perf_counter() - start
+
+  batched(), separate()  # Compile both.
+  times = {"batched": [], "separate": []}
+  for _ in range(repeats):
+    times["batched"].append(batched())
+    times["separate"].append(separate())
+  med = {k: statistics.median(v) for k, v in times.items()}
+  out = {"path_30_s": float(f"{med['batched']:.4g}"),
+         "separate_30_s": float(f"{med['separate']:.4g}"),
+         "path_30_vs_separate": round(med["batched"] / med["separate"], 4),
+         "path_examples": examples}
+  seeds = _bench_seeds(steps, repeats, counts=(1, 2))
+  # Replicate-steps per second: two trainings of one replicate each take
+  # 2 / rate_1 per step, the pair 2 / rate_2.
+  out["pair_vs_two"] = round(seeds["seeds_1_steps_per_s"] /
+                             seeds["seeds_2_steps_per_s"], 4)
+  return out
+
+
 def main(argv):
   del argv
   result = {}
   for name in _MODELS.value:
     if name == "seeds":
       result.update(_bench_seeds(_STEPS.value, _REPEATS.value))
+    elif name == "stability":
+      result.update(_bench_stability(_STEPS.value, _REPEATS.value,
+                                     _EVAL_EXAMPLES.value))
     elif name not in SETUPS:
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
-                           f"{list(SETUPS) + ['seeds']})")
+                           f"{list(SETUPS) + ['seeds', 'stability']})")
     else:
       result.update(_bench(name, _STEPS.value, _REPEATS.value))
+    prefixes = (name,) if name != "stability" else ("path", "separate",
+                                                     "pair")
     print(json.dumps({k: v for k, v in result.items()
-                      if k.startswith(name)}), flush=True)
+                      if k.startswith(prefixes)}), flush=True)
   if "lenet" in _MODELS.value:
     result.update(_bench_sparse(_STEPS.value, _REPEATS.value))
     print(json.dumps({k: v for k, v in result.items()

@@ -17,8 +17,8 @@ def test_benchmark_prints_json_last():
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   res = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
-       "--repeats=2", "--models=lenet,conv2,seeds",
-       "--image_size=8"], cwd=ROOT, env=env, capture_output=True, text=True,
+       "--repeats=2", "--models=lenet,conv2,seeds,stability",
+       "--image_size=8", "--eval_examples=500"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert res.returncode == 0, res.stderr
   result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -34,6 +34,12 @@ def test_benchmark_prints_json_last():
   assert result["seeds_1_steps_per_s"] > 0 and result["seeds_8_steps_per_s"] > 0
   assert abs(result["seeds_8_vs_1"] - result["seeds_8_steps_per_s"]
              / result["seeds_1_steps_per_s"]) < 1e-2
+  # The stability analysis: the 30-point path against 30 evaluations, the
+  # pair as replicates against two trainings.
+  assert result["path_30_s"] > 0 and result["separate_30_s"] > 0
+  assert abs(result["path_30_vs_separate"] - result["path_30_s"]
+             / result["separate_30_s"]) < 1e-2
+  assert result["pair_vs_two"] > 0
   # Sparse training: a static mask and RigL (updates every 100 steps).
   assert result["static_steps_per_s"] > 0 and result["rigl_steps_per_s"] > 0
   ratio = result["rigl_steps_per_s"] / result["static_steps_per_s"]

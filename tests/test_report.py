@@ -1,0 +1,254 @@
+"""The report (lottery.report, python -m experiments.report): figures, their
+numbers and one self-contained HTML page, per method and across methods, on
+finished runs and a run in flight; a directory that is not a workdir is
+refused in one line. The slow tier opens the page in headless Chromium."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lottery
+from lottery import analysis
+from lottery import report
+
+from conftest import tiny
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytest.importorskip("matplotlib")
+FIGURES = {
+    "imp": ["accuracy_vs_density", "layer_densities", "mask_overlap",
+            "learning_curves"],
+    "pai": ["accuracy_vs_density", "layer_densities", "mask_overlap",
+            "learning_curves"],
+    "sparse": ["accuracy_vs_density", "layer_densities", "mask_overlap",
+               "learning_curves", "mask_change"],
+    "stability": ["barrier", "interpolation", "learning_curves"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(npz_path, tmp_path_factory):
+  """A small finished run of each method, two replicates each."""
+  root = tmp_path_factory.mktemp("runs")
+  quiet = {"log": lambda _: None}
+  lottery.run(tiny(npz_path, **{"seeds.num": 2, "controls_every": 2}),
+              root / "imp", **quiet)
+  c = tiny(npz_path, method="pai", **{"seeds.num": 2, "training.steps": 10})
+  c.pai.update(methods=("snip", "random"), densities=(0.25,),
+               checks=("shuffle",), batch_size=32)
+  lottery.pai.run(c, root / "pai", **quiet)
+  c = tiny(npz_path, method="sparse", **{
+      "seeds.num": 2, "sparse.methods": ("static", "set"),
+      "sparse.densities": (0.25,), "sparse.distribution": ("erk",),
+      "sparse.update_every": 5, "sparse.end_step": 15})
+  lottery.sparse.run(c, root / "sparse", **quiet)
+  c = tiny(npz_path, method="stability", **{
+      "seeds.num": 2, "training.steps": 12, "training.eval_every": 6,
+      "training.checkpoint_every": 6, "stability.steps": (0, 4),
+      "stability.points": 5})
+  lottery.stability.run(c, root / "stability", **quiet)
+  return {m: root / m for m in FIGURES}
+
+
+@pytest.fixture(scope="module")
+def written(runs, tmp_path_factory):
+  out = tmp_path_factory.mktemp("report") / "out"
+  figures = report.write_report(list(runs.values()), out)
+  return out, figures
+
+
+def _assert_self_contained(page: str):
+  # Every src/href is a data: URI or an in-page anchor; no URL anywhere.
+  refs = re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]*)""", page)
+  assert refs and all(r.startswith(("data:", "#")) for r in refs), refs
+  assert not re.search(r"https?://", page)
+  assert "<script" not in page and "<link" not in page
+
+
+def test_every_method_figures_json_and_page(runs, written):
+  out, figures = written
+  names = [f.name for f in figures]
+  want = ["comparison_accuracy_vs_density"] + [
+      f"{m}_{f}" for m in FIGURES for f in FIGURES[m]]
+  assert names == want
+  for name in names:
+    for ext, size in (("png", 5000), ("svg", 5000), ("json", 100)):
+      assert (out / "figures" / f"{name}.{ext}").stat().st_size > size, name
+    assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+  page = (out / "index.html").read_text()
+  _assert_self_contained(page)
+  assert page.count("<img class='report-figure'") == len(names)
+  info = json.loads((out / "report.json").read_text())
+  assert info["figures"] == names
+  assert [r["method"] for r in info["runs"]] == list(FIGURES)
+  for r, wd in zip(info["runs"], runs.values()):
+    assert r["facts"]["data_fingerprint"].startswith("sha256:")
+    assert r["facts"]["data_fingerprint"] in page
+    assert r["config"] == json.loads((wd / "config.json").read_text())
+    assert "run finished" in r["status"]
+  env = info["environment"]
+  assert set(env["versions"]) >= {"jax", "flax", "optax", "numpy", "lottery"}
+  assert env["machine"]["cpu_count"] == os.cpu_count()
+  assert env["machine"]["jax_devices"]
+  for text in (env["versions"]["jax"], env["machine"]["platform"]):
+    assert text in page
+
+
+def test_plotted_numbers_are_the_records(runs, written):
+  out, _ = written
+  fig = lambda n: json.loads((out / "figures" / f"{n}.json").read_text())
+  # IMP: mean and std over the two replicates, per (round, kind).
+  acc = fig("imp_accuracy_vs_density")["runs"][0]
+  table = analysis.table(lottery.records(runs["imp"]), "test_accuracy")
+  got = {(s["label"], p["density"]): p for s in acc["series"]
+         for p in s["points"]}
+  assert len(got) == len(table) - 1 + 1  # Round 0's ticket is a point too.
+  for row in table:
+    p = got[row["kind"], row["density"]]
+    assert (p["mean"], p["std"], p["n"]) == (row["mean"], row["std"], 2)
+  dense = next(r for r in table if r["round"] == 0)
+  assert acc["dense"] == {"mean": dense["mean"], "std": dense["std"], "n": 2}
+  assert sorted(s["label"] for s in acc["series"]) == [
+      "random_prune", "reinit", "ticket"]
+  # Layerwise at 0.5: every layer keeps 0.5 ** round.
+  rows = fig("imp_layer_densities")["rows"]
+  assert [r["density"] for r in rows] == [1.0, 0.5, 0.25]
+  # Mask overlap across rounds: nested masks (kept 1.0, Jaccard 0.5).
+  ov = fig("imp_mask_overlap")
+  kept = [r for r in ov["rounds"] if r["field"] == "kept_from_previous"]
+  assert [r["mean"] for r in kept] == [1.0, 1.0]
+  assert [r["group"] for r in ov["replicates"]] == [
+      ["ticket", 0], ["ticket", 1], ["ticket", 2]]
+  assert ov["replicates"][0]["mean"] == 1.0  # Round 0 is dense.
+  # Stability: barriers per k are the pairs'.
+  pairs = lottery.stability.summary(runs["stability"])["pairs"]
+  rows = fig("stability_barrier")["rows"]
+  for r in rows:
+    vals = [p[f"barrier_{r['split']}"] for p in pairs if p["k"] == r["k"]]
+    assert (r["mean"], r["std"], r["n"]) == (
+        float(np.mean(vals)), float(np.std(vals)), 2)
+  curves = fig("stability_interpolation")["curves"]
+  assert {len(c["alpha"]) for c in curves} == {5}
+  # Sparse: mask change of static is 0 throughout.
+  change = {r["method"]: r for r in fig("sparse_mask_change")["rows"]}
+  assert change["static"]["mean"] == [0.0] * 4
+  assert sorted(change) == ["set", "static"]
+  # The comparison: IMP's ticket, PaI's methods, sparse's methods, labelled
+  # by method and recipe; stability is left out.
+  comp = fig("comparison_accuracy_vs_density")
+  assert [r["method"] for r in comp["runs"]] == ["imp", "pai", "sparse"]
+  assert [s["label"] for s in comp["runs"][1]["series"]] == ["snip",
+                                                             "random"]
+  assert all(r["recipe"].startswith("mlp_tiny on npz") for r in comp["runs"])
+  matching = {m["density"]: m for m in comp["matching"]}
+  assert 0.25 in matching  # IMP's round 2, PaI's and sparse's target.
+  assert {v["run"] for v in matching[0.25]["series"].values()} == {
+      "imp", "pai", "sparse"}
+
+
+def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
+  """IMP stopped after round 0: its figures show round 0 only."""
+  wd = tmp_path / "run"
+
+  class Stop(Exception):
+    pass
+
+  def stop(rec):
+    if rec["round"] == 0:
+      raise Stop
+  with pytest.raises(Stop):
+    lottery.run(tiny(npz_path), wd, log=lambda _: None, on_round=stop)
+  figures = report.write_report(wd, tmp_path / "out")
+  names = [f.name for f in figures]
+  # One round, one replicate: no overlap to show yet.
+  assert names == ["run_accuracy_vs_density", "run_layer_densities",
+                   "run_learning_curves"]
+  data = figures[0].data["runs"][0]
+  assert [(s["label"], len(s["points"])) for s in data["series"]] == [
+      ("ticket", 1)]
+  page = (tmp_path / "out" / "index.html").read_text()
+  assert "run in flight or stopped" in page
+  # Nothing finished at all: a section without figures.
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  shutil.copy(wd / "config.json", empty)
+  assert report.write_report(empty, tmp_path / "out2") == []
+  assert "No finished ticket yet" in (tmp_path / "out2" /
+                                      "index.html").read_text()
+
+
+def _cli(*args, cwd):
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      [str(ROOT), os.environ.get("PYTHONPATH", "")]), "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "experiments.report", *args],
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_refuses_a_directory_that_is_not_a_workdir(runs, tmp_path):
+  out = tmp_path / "out"
+  (tmp_path / "plain").mkdir()
+  for bad in (tmp_path / "plain", tmp_path / "missing"):
+    p = _cli(str(runs["imp"]), str(bad), f"--out={out}", cwd=tmp_path)
+    assert p.returncode == 1
+    assert p.stderr == (f"error: workdir: {str(bad)!r} is not a lottery "
+                        "workdir (config.json missing)\n")
+    assert not out.exists()
+  p = _cli(str(runs["imp"]), cwd=tmp_path)  # --out is required.
+  assert p.returncode == 2 and "--out" in p.stderr
+
+
+def test_cli_writes_the_report(runs, tmp_path):
+  p = _cli(str(runs["sparse"]), f"--out={tmp_path / 'out'}", cwd=tmp_path)
+  assert p.returncode == 0, p.stderr
+  assert "5 figures" in p.stderr
+  assert sorted(x.name for x in (tmp_path / "out" / "figures").glob("*.png")
+                ) == sorted(f"sparse_{f}.png" for f in FIGURES["sparse"])
+
+
+def _chromium():
+  return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_page_renders_in_a_browser(written, tmp_path):
+  """Headless Chromium opens the page offline: its screenshot is not blank,
+  and every figure's image decoded (naturalWidth > 0)."""
+  browser = _chromium()
+  if browser is None:
+    pytest.skip("chromium is not installed (apt-get install chromium; "
+                ".ci/run installs it)")
+  out, figures = written
+  page = (out / "index.html").read_text()
+  _assert_self_contained(page)
+  # A copy of the page with a probe that records how many images decoded.
+  probe = ("<script>window.addEventListener('load', () => {"
+           "const imgs = [...document.querySelectorAll('img.report-figure')];"
+           "document.body.dataset.rendered = imgs.filter("
+           "i => i.complete && i.naturalWidth > 0).length;});</script>")
+  probed = tmp_path / "probed.html"
+  probed.write_text(page.replace("</body>", probe + "</body>"))
+  flags = ["--headless", "--disable-gpu", "--no-sandbox",
+           "--window-size=1200,3000", "--virtual-time-budget=5000"]
+  dom = subprocess.run([browser, *flags, "--dump-dom",
+                        probed.as_uri()], capture_output=True, text=True,
+                       timeout=120)
+  m = re.search(r'data-rendered="(\d+)"', dom.stdout)
+  assert m, dom.stderr[-2000:]
+  assert int(m[1]) == len(figures)
+  shot = tmp_path / "shot.png"
+  subprocess.run([browser, *flags, f"--screenshot={shot}",
+                  (out / "index.html").as_uri()], capture_output=True,
+                 timeout=120)
+  assert shot.exists()
+  from matplotlib import image  # pylint: disable=g-import-not-at-top
+  pixels = image.imread(shot)
+  assert pixels.shape[:2] == (3000, 1200)
+  assert pixels[..., :3].std() > 0.05  # Not blank.

@@ -301,7 +301,8 @@ class Stability(method_lib.Method):
     file = pathlib.Path(ctx.workdir) / pathlib.Path(copy0_path).parent / (
         PATH_FILE)
     if checkpoint.exists(file):
-      return checkpoint.read_json(file)
+      return checkpoint.read_json(
+          file, unverified_ok=checkpoint.predates_checksums(ctx.workdir))
     exp, n = ctx.exp, ctx.config.stability.points
     eval_fn = ctx.state.setdefault("eval_fn",
                                    step_lib.make_eval_step(exp.apply_fn))

@@ -146,3 +146,22 @@ def test_damaged_progress_is_refused(tmp_path):
     meta.write_text(text.replace(old, new))
     with pytest.raises(lottery.LotteryError, match=damaged):
       midrun.load("job", state)
+
+
+@pytest.mark.parametrize("method,overrides,message", [
+    ("sparse", {"sparse.densities": (1e-12,), "sparse.methods": ("static",)},
+     r"^sparse.densities: 1e-12 keeps no weight of layer '.*' \(\d+ weights, "
+     r"distribution '.*'\); use a higher density$"),
+    ("pai", {"pai.densities": (1e-12,)},
+     r"^pai.densities: 1e-12 keeps no weight of layer '.*' \(\d+ weights, "
+     r"pai.scope 'global': none of all \d+ prunable weights\); use a higher "
+     r"density$"),
+    ("pai", {"pai.densities": (0.005,), "pai.scope": "layerwise"},
+     r"^pai.densities: 0.005 keeps no weight of layer '.*' \(\d+ weights, "
+     r"pai.scope 'layerwise'\); use a higher density$")])
+def test_a_density_that_keeps_no_weight_is_refused_before_writing(
+    npz_path, tmp_path, method, overrides, message):
+  c = tiny(npz_path, method=method, **overrides)
+  with pytest.raises(lottery.LotteryError, match=message):
+    lottery.driver.run(c, tmp_path / "wd", log=quiet)
+  assert not (tmp_path / "wd").exists()

@@ -165,3 +165,65 @@ def test_a_density_that_keeps_no_weight_is_refused_before_writing(
   with pytest.raises(lottery.LotteryError, match=message):
     lottery.driver.run(c, tmp_path / "wd", log=quiet)
   assert not (tmp_path / "wd").exists()
+
+
+def _same(a, b) -> bool:
+  import jax  # pylint: disable=g-import-not-at-top
+  la, ta = jax.tree.flatten(a)
+  lb, tb = jax.tree.flatten(b)
+  return ta == tb and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def test_following_the_remedy_for_a_damaged_initial_mask(npz_path, tmp_path):
+  """Damage, delete what the message names, rerun: bit-identical to an
+  uninterrupted run, initial_mask included."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  c = tiny(npz_path, method="sparse", **{
+      "sparse.densities": (0.5,), "sparse.methods": ("set",),
+      "sparse.update_every": 5})
+  a, b = tmp_path / "a", tmp_path / "b"
+  lottery.driver.run(c, a, log=quiet)
+  shutil.copytree(a, b)
+  rec = next(r for r in lottery.records(b) if r.get("method") == "set")
+  im = b / rec["ticket"] / tickets.INITIAL_MASK
+  victim = next(p for p in sorted(im.rglob("*"))
+                if p.is_file() and p.name != checkpoint.CHECKSUMS)
+  victim.write_bytes(victim.read_bytes() + b"x")
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.driver.run(c, b, log=quiet)
+  m = re.search(r"; delete '([^']+)' \(that round's directory\) and rerun "
+                r"the same command$", str(e.value))
+  assert m and pathlib.Path(m[1]) == b / rec["ticket"], str(e.value)
+  shutil.rmtree(m[1])
+  lottery.driver.run(c, b, log=quiet)
+  for r in lottery.records(a):
+    ta, tb = (tickets.read_ticket(w, r["ticket"]) for w in (a, b))
+    for field in ("mask", "rewind_params", "trained_params", "model_state",
+                  "initial_mask"):
+      assert _same(getattr(ta, field), getattr(tb, field)), (r, field)
+    assert ta.initial_mask is not None
+    ta.metrics.pop("time_s"), tb.metrics.pop("time_s")
+    assert ta.metrics == tb.metrics
+
+
+def test_a_refused_rerun_changes_nothing_and_its_remedy_works(run_1):
+  """A deleted arrays/ of round 1: refused before summary.json or
+  TensorBoard are written, with a remedy that leads back to the result."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  c, wd = run_1
+  want = lottery.summary(wd)
+  shutil.rmtree(wd / tickets.imp_path(1) / "arrays")
+  before = _files(wd)
+  with pytest.raises(lottery.LotteryError, match=(
+      r"^workdir: checkpoint '.*round_001/ticket/arrays' does not exist; "
+      r"delete '(.*round_001/ticket)' \(that round's directory\) and rerun "
+      r"the same command$")) as e:
+    lottery.run(c, wd, log=quiet)
+  assert _files(wd) == before
+  shutil.rmtree(re.search(r"delete '([^']+)'", str(e.value))[1])
+  got = lottery.run(c, wd, log=quiet)
+  for r in (got, want):
+    for rnd in r["rounds"]:
+      for rec in [rnd, *rnd["seeds"]]:
+        rec.pop("time_s", None)
+  assert got == want

@@ -66,6 +66,7 @@ if getattr(lottery, "__file__", None) is None:
     sys.exit(f"error: lottery: {_shadow!r} shadows the installed package; "
              "run from another directory")
 
+from experiments import signals  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lottery.errors import LotteryError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lottery.progress import NullProgress, Progress  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -364,24 +365,21 @@ def enable_compile_cache() -> str | None:
   return path
 
 
-class Interrupted(KeyboardInterrupt):
-  """Raised by the SIGINT / SIGTERM handler: the run unwinds through its
-  `finally` blocks (closing writers) before the launcher exits."""
-
-  def __init__(self, signum: int):
-    super().__init__(signal.Signals(signum).name)
-    self.signum = signum
-
-
-def _raise_interrupted(signum, frame):
-  del frame
-  raise Interrupted(signum)
+Interrupted = signals.Interrupted
 
 
 def install_signal_handlers() -> None:
-  """SIGINT and SIGTERM raise `Interrupted` in the main thread."""
-  for s in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(s, _raise_interrupted)
+  """SIGINT and SIGTERM: one line and exit 130 / 143 (`signals`)."""
+  signals.install()
+
+
+class _Progress(Progress):
+  """Progress that delivers a signal dropped on its way (`signals.check`)
+  at every chunk boundary."""
+
+  def job_step(self, step: int) -> None:
+    signals.check()
+    super().job_step(step)
 
 
 def fail(message: str) -> NoReturn:
@@ -474,6 +472,48 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     progress.close()
     progress = NullProgress()  # One process reports: process 0.
   run(config, workdir, progress)
+  signals.check()  # A signal dropped on its way (see `signals`).
+
+
+def _command(run, doc, default_config, method, validate, choices, argv,
+             progress) -> None:
+  """`main`'s command: parses the command line and runs it."""
+  enable_compile_cache()
+  argv, spec, config = _prepare(argv, default_config)
+  if method is not None and config.get("method") != method:
+    raise LotteryError(
+        f"method: {spec!r} is a {config.get('method')!r} recipe and "
+        f"experiments.{method} runs {method!r} ones; run it with python -m "
+        f"experiments.run --config={spec}")
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default_config,
+      "Recipe NAME[:ARG] in configs/, or a config file PATH[:ARG].",
+      lock_config=True, sys_argv=argv)
+  workdir_flag = flags.DEFINE_string(
+      "workdir", None, "Directory of the run (rerun on it to resume).")
+  dry_run_flag = flags.DEFINE_bool(
+      "dry_run", False, "Print the resolved config and workdir; write "
+      "nothing.")
+  hosts = (
+      flags.DEFINE_string(
+          "coordinator_address", None, "Several hosts: HOST:PORT of "
+          "process 0's coordinator (jax.distributed.initialize), or 'auto' "
+          "where JAX detects the cluster (TPU pod slices, SLURM)."),
+      flags.DEFINE_integer("num_processes", 1, "Several hosts: how many "
+                           "processes join the run.", lower_bound=1),
+      flags.DEFINE_integer("process_id", 0, "Several hosts: this "
+                           "process's index (0 writes the workdir).",
+                           lower_bound=0))
+  if any(a in _HELP for a in argv[1:]):
+    print(help_text(doc, config, spec, choices=choices,
+                    full=any(a.endswith("helpfull") for a in argv)))
+    sys.exit(0)
+  app.run(functools.partial(
+      _main, run=run, config_flag=config_flag, workdir_flag=workdir_flag,
+      dry_run_flag=dry_run_flag, validate=validate, progress=progress,
+      hosts=hosts),
+          argv=argv, flags_parser=functools.partial(_parse_flags,
+                                                    config=config))
 
 
 def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
@@ -494,55 +534,29 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     argv: the command line (default: sys.argv).
   """
   install_signal_handlers()
-  enable_compile_cache()
-  progress = Progress()
+  progress = _Progress()
   argv = list(sys.argv if argv is None else argv)
   try:
-    argv, spec, config = _prepare(argv, default_config)
-    if method is not None and config.get("method") != method:
-      raise LotteryError(
-          f"method: {spec!r} is a {config.get('method')!r} recipe and "
-          f"experiments.{method} runs {method!r} ones; run it with python -m "
-          f"experiments.run --config={spec}")
-    config_flag = config_flags.DEFINE_config_file(
-        "config", default_config,
-        "Recipe NAME[:ARG] in configs/, or a config file PATH[:ARG].",
-        lock_config=True, sys_argv=argv)
-    workdir_flag = flags.DEFINE_string(
-        "workdir", None, "Directory of the run (rerun on it to resume).")
-    dry_run_flag = flags.DEFINE_bool(
-        "dry_run", False, "Print the resolved config and workdir; write "
-        "nothing.")
-    hosts = (
-        flags.DEFINE_string(
-            "coordinator_address", None, "Several hosts: HOST:PORT of "
-            "process 0's coordinator (jax.distributed.initialize), or 'auto' "
-            "where JAX detects the cluster (TPU pod slices, SLURM)."),
-        flags.DEFINE_integer("num_processes", 1, "Several hosts: how many "
-                             "processes join the run.", lower_bound=1),
-        flags.DEFINE_integer("process_id", 0, "Several hosts: this "
-                             "process's index (0 writes the workdir).",
-                             lower_bound=0))
-    if any(a in _HELP for a in argv[1:]):
-      print(help_text(doc, config, spec, choices=choices,
-                      full=any(a.endswith("helpfull") for a in argv)))
-      sys.exit(0)
-    app.run(functools.partial(
-        _main, run=run, config_flag=config_flag, workdir_flag=workdir_flag,
-        dry_run_flag=dry_run_flag, validate=validate, progress=progress,
-        hosts=hosts),
-            argv=argv, flags_parser=functools.partial(_parse_flags,
-                                                      config=config))
+    try:
+      signals.running(progress.where, progress.close)
+      _command(run, doc, default_config, method, validate, choices, argv,
+               progress)
+    except SystemExit as e:  # absl's app.run ends with sys.exit.
+      if e.code in (0, None):
+        signals.check()
+      raise
   except LotteryError as e:
+    signals.done()
     progress.close()
     fail(str(e))
   except KeyboardInterrupt as e:
-    # A second signal while exiting ends the process at once.
-    for s in (signal.SIGINT, signal.SIGTERM):
-      signal.signal(s, signal.SIG_DFL)
+    # A second signal while exiting ends the process at once (same line).
+    signals.done()
     progress.close()
     signum = getattr(e, "signum", signal.SIGINT)
     print(f"interrupted at {progress.where()}; rerun the same command to "
           "resume", file=sys.stderr, flush=True)
     sys.exit(128 + signum)
+  finally:
+    signals.done()
   sys.exit(0)

@@ -9,6 +9,11 @@ Running the same command on the same workdir resumes an interrupted run;
 --dry_run shows the resolved config and workdir without running.
 """
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import signals  # First: Ctrl-C during the imports.
+if __name__ == "__main__":
+  signals.install()
+
 from absl import flags
 
 from experiments import cli  # First: it checks which `lottery` is imported.

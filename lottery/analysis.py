@@ -106,7 +106,8 @@ def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:
   """A ticket's metrics.json (history and per-layer densities included),
   read without its arrays."""
   return checkpoint.read_json(
-      pathlib.Path(workdir) / record["ticket"] / tickets.METRICS)
+      pathlib.Path(workdir) / record["ticket"] / tickets.METRICS,
+      unverified_ok=checkpoint.predates_checksums(workdir))
 
 
 def layer_table(workdir: str | os.PathLike, records: Iterable[Record], *,

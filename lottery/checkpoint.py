@@ -58,6 +58,9 @@ _HEADER = "lottery-checksums-v1 sha256:"
 # Files orbax writes into every checkpoint; one of them without CHECKSUMS
 # means the save was cut short.
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
+# A ticket's optional starting mask (lottery.tickets.INITIAL_MASK): rewritten
+# only with its whole ticket.
+INITIAL_MASK_DIR = "initial_mask"
 
 _CKPTR = None
 # Orbax's checkpointer, used from the writer thread and the run's, one call
@@ -373,12 +376,13 @@ def _remedy(path: pathlib.Path) -> str:
 
   This knows the layout of a workdir (lottery.tickets, lottery.imp): a
   ticket's arrays/ and metrics.json are rewritten with that round's
-  directory, mid-run checkpoints with progress/, the rewind point with round
-  0's ticket.
+  directory (so is its initial_mask/, which is written before the ticket),
+  mid-run checkpoints with progress/, the rewind point with round 0's
+  ticket.
   """
   if path.parent.name == "progress":
     return f"delete {os.fspath(path.parent)!r}"
-  if path.name in ("arrays", "metrics.json"):
+  if path.name in ("arrays", "metrics.json", INITIAL_MASK_DIR):
     return f"delete {os.fspath(path.parent)!r} (that round's directory)"
   if path.name.startswith("rewind_point"):
     round0 = path.parent / "rounds" / "round_000"
@@ -396,6 +400,12 @@ def _damaged(path: pathlib.Path, what: str, noun: str = "checkpoint"
     remedy += " and rerun the same command"
   return LotteryError(f"workdir: {noun} {os.fspath(path)!r} is damaged "
                       f"({what}); {remedy}")
+
+
+def damaged_file(path: str | os.PathLike, what: str) -> LotteryError:
+  """The error for a damaged JSON file of a workdir: names the file, what is
+  wrong and what to delete so that a rerun writes it again."""
+  return _damaged(pathlib.Path(path), what, "file")
 
 
 def _read_checksums(path: pathlib.Path) -> dict:
@@ -422,8 +432,13 @@ def restore(path: str | os.PathLike) -> Any:
   path = pathlib.Path(path)
   wait_for(path)
   if not path.exists():
+    # A workdir's checkpoint (a ticket's arrays/, say): what to delete so
+    # that a rerun writes it again.
+    remedy = _remedy(path)
+    remedy = ("" if remedy == f"delete {os.fspath(path)!r}" else
+              f"; {remedy} and rerun the same command")
     raise LotteryError(f"workdir: checkpoint {os.fspath(path)!r} does not "
-                       f"exist")
+                       f"exist{remedy}")
   if not path.is_dir():
     raise LotteryError(f"workdir: {os.fspath(path)!r} is not a checkpoint "
                        f"(not a directory)")
@@ -480,11 +495,25 @@ def _strict(obj: Any) -> Any:
   return obj
 
 
+# The key under which `write_json` embeds a JSON object's checksum.
+JSON_CHECKSUM = "_sha256"
+
+
+def _json_digest(obj: Any) -> str:
+  """sha256 of `obj`'s canonical JSON (sorted keys, no spaces): any change
+  of a value, key or structure changes it, whitespace does not."""
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"),
+                                   allow_nan=False).encode()).hexdigest()
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-  """Writes strict JSON atomically (temporary file + rename).
+  """Writes strict JSON atomically (temporary file + rename), with a checksum.
 
   NaN and +-inf, which strict JSON cannot spell, are written as null,
-  anywhere in nested dicts and lists; numpy scalars as Python numbers.
+  anywhere in nested dicts and lists; numpy scalars as Python numbers. A
+  JSON object (a dict: every file of a workdir) gets one more key,
+  JSON_CHECKSUM: the sha256 of its canonical JSON, which `read_json`
+  verifies and removes.
 
   Raises:
     LotteryError: if the disk is full (the file is then left as it was).
@@ -492,9 +521,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   if not is_writer():
     return
   path = pathlib.Path(path)
-  # Serialized now: the caller may change `obj` once this returns.
-  data = (json.dumps(_strict(obj), indent=1, sort_keys=True,
-                     allow_nan=False) + "\n").encode()
+  # Serialized now: the caller may change `obj` once this returns. The round
+  # trip makes the object what a reader parses (string keys, lists).
+  obj = json.loads(json.dumps(_strict(obj), allow_nan=False))
+  if isinstance(obj, dict):
+    if JSON_CHECKSUM in obj:
+      raise ValueError(f"write_json: {JSON_CHECKSUM!r} is a reserved key")
+    obj[JSON_CHECKSUM] = _json_digest(obj)
+  data = (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n"
+          ).encode()
 
   def write():
     with disk_errors(path):
@@ -503,18 +538,55 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   _write(path, write)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-  """Reads a JSON file written by `write_json`.
+def read_json(path: str | os.PathLike, *, unverified_ok: bool = False) -> Any:
+  """Reads a JSON file written by `write_json`, verified against its
+  checksum (which is not part of the result).
+
+  Args:
+    path: the file.
+    unverified_ok: accept a JSON object without a checksum (a file written
+      before `write_json` wrote them: see `predates_checksums`).
 
   Raises:
     OSError: if it cannot be read (e.g. FileNotFoundError).
-    LotteryError: if it is not valid JSON.
+    LotteryError: if it is not valid JSON, differs from its checksum, or is
+      an object without one (unless `unverified_ok`); the message names the
+      file and what to delete so that a rerun writes it again.
   """
   wait_for(path)
   with open(path, "rb") as f:
     data = f.read()
   try:
-    return json.loads(data)
+    obj = json.loads(data)
   except ValueError as e:
     raise _damaged(pathlib.Path(path), f"not valid JSON: {e}", "file"
                    ) from None
+  if isinstance(obj, dict):
+    if JSON_CHECKSUM in obj:
+      digest = obj.pop(JSON_CHECKSUM)
+      try:
+        ok = digest == _json_digest(obj)
+      except ValueError:  # NaN spelled in the file: not write_json's.
+        ok = False
+      if not ok:
+        raise _damaged(pathlib.Path(path), "its content differs from its "
+                       "checksum", "file")
+    elif not unverified_ok:
+      raise _damaged(pathlib.Path(path), f"it has no checksum "
+                     f"({JSON_CHECKSUM})", "file")
+  return obj
+
+
+def predates_checksums(workdir: str | os.PathLike) -> bool:
+  """Whether `workdir` was written before JSON files had checksums: its
+  config.json (written first, when a run claims its workdir) is an object
+  without one. Its JSON files are then read without a checksum where they
+  have none (`read_json(..., unverified_ok=True)`); in any other workdir a
+  JSON file without a checksum is damaged."""
+  path = pathlib.Path(workdir) / "config.json"
+  wait_for(path)
+  try:
+    obj = json.loads(path.read_bytes())
+  except (OSError, ValueError):
+    return False
+  return isinstance(obj, dict) and JSON_CHECKSUM not in obj

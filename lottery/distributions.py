@@ -113,6 +113,25 @@ def shapes_of(mask: masks_lib.Mask) -> dict[str, tuple[int, ...]]:
           if m is not None}
 
 
+def check_every_layer_kept(field: str, density: float,
+                           counts: Mapping[str, int],
+                           shapes: Mapping[str, tuple[int, ...]],
+                           how: str) -> None:
+  """Refuses a density at which some layer keeps no weight (training such a
+  network is meaningless, and its analysis divides by zero), before
+  anything is written.
+
+  Raises:
+    LotteryError: ('<field>: <density> keeps no weight of layer ...').
+  """
+  for path, k in counts.items():
+    if k == 0:
+      raise LotteryError(
+          f"{field}: {density!r} keeps no weight of layer {path!r} "
+          f"({math.prod(shapes[path])} weights, {how}); use a higher "
+          f"density")
+
+
 def keep_counts(name: str, mask: masks_lib.Mask, density: float
                 ) -> dict[str, int]:
   """Exact keep counts per prunable leaf of `mask` at overall `density`.

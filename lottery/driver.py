@@ -81,13 +81,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                 saved=saved) as (_, wd):
     ctx = box["ctx"]
     ctx.workdir = wd
+    # Every finished group's tickets are read (verified) before anything is
+    # written: a damaged one is refused with the workdir as it was.
+    loaded = _load_finished(ctx)
     # Every group's record is rebuilt (finished ones loaded), so the summary
     # run is rewritten from its first step: purge_step=0 leaves no
     # duplicates.
     writer = jobs_lib.tensorboard_writer(wd, "summary", 0)
     try:
       return _groups(ctx, writer, progress.line if log_steps else None,
-                     on_group)
+                     on_group, loaded)
     finally:
       if writer is not None:
         writer.close()
@@ -155,18 +158,28 @@ def _method(config, expected: str | None) -> method_lib.Method:
   return method_lib.get(name)
 
 
-def _groups(ctx: method_lib.Context, writer, log_line, on_group) -> dict:
+def _load_finished(ctx: method_lib.Context
+                   ) -> dict[int, list[tickets.Ticket]]:
+  """Sets the run's grid; {index: tickets} of its finished groups, read and
+  verified (LotteryError for a damaged one, before anything is written)."""
+  grid = ctx.grid = ctx.method.grid(ctx)
+  return {i: [tickets.read_ticket(ctx.workdir, p) for p in ctx.paths(c)]
+          for i, c in enumerate(grid) if ctx.is_finished(c)}
+
+
+def _groups(ctx: method_lib.Context, writer, log_line, on_group,
+            loaded: dict[int, list[tickets.Ticket]]) -> dict:
   m, wd = ctx.method, ctx.workdir
-  grid = ctx.grid = m.grid(ctx)
+  grid = ctx.grid
   ctx.progress.jobs(total=len(grid),
                     done=sum(ctx.is_finished(c) for c in grid))
   done: list[method_lib.Done] = []
   for i, coords in enumerate(grid):
     t0 = time.time()
     paths = ctx.paths(coords)
-    if ctx.is_finished(coords):
+    if i in loaded:
       # Resumed: its start (a SynFlow mask, say) is not recomputed.
-      ts = [tickets.read_ticket(wd, p) for p in paths]
+      ts = loaded.pop(i)
     else:
       ts = _train(ctx, coords, paths, log_line)
     d = method_lib.Done(coords, ts, paths, time_s=time.time() - t0)

@@ -40,6 +40,7 @@ then per method and density the method's tickets and then its checks; see
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,7 @@ from jax import lax
 
 from lottery import config as config_lib
 from lottery import controls as controls_lib
+from lottery import distributions
 from lottery import driver
 from lottery import masks as masks_lib
 from lottery import method as method_lib
@@ -208,6 +210,19 @@ class Pai(method_lib.Method):
             for m, c, d in out]
 
   def before_claim(self, ctx: method_lib.Context) -> None:
+    # A density that keeps no weight of a layer (pai.scope 'layerwise') or
+    # none at all (global, module: the layer named is the first) is refused.
+    shapes = distributions.shapes_of(ctx.exp.dense_mask)
+    total = sum(math.prod(s) for s in shapes.values())
+    scope = ctx.config.pai.scope
+    for d in ctx.config.pai.densities:
+      if scope == "layerwise":
+        counts, how = distributions.uniform(shapes, d), "pai.scope 'layerwise'"
+      else:
+        counts = dict.fromkeys(shapes, distributions.keep_count(d, total))
+        how = f"pai.scope {scope!r}: none of all {total} prunable weights"
+      distributions.check_every_layer_kept("pai.densities", d, counts,
+                                           shapes, how)
     for i in range(ctx.replicates):  # A batch_size above the data is refused.
       score_batch(ctx.exp, i)
 

@@ -36,7 +36,7 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no run "
                        f"({workdir_lib.CONFIG_FILE} missing)")
   try:
-    data = checkpoint.read_json(path)
+    data = checkpoint.read_json(path, unverified_ok=True)
   except (OSError, ValueError) as e:
     raise LotteryError(f"workdir: cannot read {os.fspath(path)!r} ({e})"
                        ) from None

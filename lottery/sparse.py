@@ -247,6 +247,16 @@ class Sparse(method_lib.Method):
   def check(self, config: ml_collections.ConfigDict) -> None:
     check(config)
 
+  def before_claim(self, ctx: method_lib.Context) -> None:
+    shapes = distributions.shapes_of(ctx.exp.dense_mask)
+    for g in groups(ctx.config):
+      if g.method != DENSE:
+        distributions.check_every_layer_kept(
+            "sparse.densities", g.density,
+            distributions.keep_counts(g.distribution, ctx.exp.dense_mask,
+                                      g.density), shapes,
+            f"distribution {g.distribution!r}")
+
   def grid(self, ctx: method_lib.Context) -> list[dict]:
     return [{"method": g.method, "distribution": g.distribution,
              "target_density": g.density} for g in groups(ctx.config)]

@@ -160,7 +160,7 @@ def read_ticket(workdir, path: str, *, like: Any = None) -> Ticket:
   if not (d / METRICS).exists():
     raise LotteryError(f"ticket: no finished ticket at {os.fspath(d)!r}")
   arrays = checkpoint.restore(d / "arrays")
-  metrics = checkpoint.read_json(d / METRICS)
+  metrics = _read(workdir, d / METRICS)
   coords = metrics.pop("coords", {})
   trained = arrays["trained_params"]
   mask = _mask_like(arrays.get("mask", {}), trained)
@@ -173,6 +173,13 @@ def read_ticket(workdir, path: str, *, like: Any = None) -> Ticket:
   if like is not None:
     masks_lib.check_compatible(mask, like, what="ticket")
   return ticket
+
+
+def _read(workdir, path: pathlib.Path) -> Any:
+  """A JSON file of `workdir`, verified (`checkpoint.read_json`; without a
+  checksum only in a workdir written before files had them)."""
+  return checkpoint.read_json(
+      path, unverified_ok=checkpoint.predates_checksums(workdir))
 
 
 def _walk_records(node, out: list) -> None:
@@ -196,7 +203,7 @@ def summary(workdir) -> dict:
   if not path.exists():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no finished "
                        f"record ({SUMMARY} missing)")
-  return checkpoint.read_json(path)
+  return _read(workdir, path)
 
 
 def records(workdir) -> list[dict]:
@@ -215,24 +222,48 @@ def records(workdir) -> list[dict]:
   walked: list[dict] = []
   path = pathlib.Path(workdir) / SUMMARY
   if path.exists():
-    _walk_records(checkpoint.read_json(path), walked)
+    _walk_records(_read(workdir, path), walked)
   # An aggregate of replicates (IMP's round records) names replicate 0's
   # ticket: keep the replicate's own record.
   seeded = {r["ticket"] for r in walked if "seed" in r}
   out = [r for r in walked if "seed" in r or r["ticket"] not in seeded]
+  for r in out:
+    _check_record(workdir, r)
   seen = {r["ticket"] for r in out}
   root = pathlib.Path(workdir)
   for m in sorted(root.glob(f"**/{METRICS}")):
     rel = m.parent.relative_to(root).as_posix()
     if rel in seen or rel.startswith("progress"):
       continue
-    metrics = checkpoint.read_json(m)
+    metrics = _read(workdir, m)
     coords = metrics.get("coords", {})
     out.append({**coords, **{k: v for k, v in metrics.items()
                              if not isinstance(v, (dict, list))},
                 "ticket": rel})
   where = os.fspath(root.resolve())
   return [{**r, "workdir": where} for r in out]
+
+
+def _check_record(workdir, record: dict) -> None:
+  """Refuses a summary.json record that disagrees with its ticket's
+  (verified) metrics.json: its coordinates or a scalar metric differ, or it
+  names no finished ticket. summary.json is rewritten from the tickets by a
+  rerun, so its remedy is to delete it."""
+  path = pathlib.Path(workdir) / SUMMARY
+  rel = record["ticket"]
+  metrics_path = pathlib.Path(workdir) / str(rel) / METRICS
+  if not isinstance(rel, str) or not metrics_path.is_file():
+    raise checkpoint.damaged_file(
+        path, f"it names {rel!r}, which holds no finished ticket")
+  metrics = _read(workdir, metrics_path)
+  coords = metrics.get("coords", {})
+  theirs = {**{k: v for k, v in metrics.items()
+               if not isinstance(v, (dict, list))}, **coords}
+  for k, v in record.items():
+    if k in theirs and not isinstance(v, (dict, list)) and v != theirs[k]:
+      raise checkpoint.damaged_file(
+          path, f"its record of {rel!r} has {k}={v!r}, its "
+          f"{METRICS} {theirs[k]!r}")
 
 
 def find(workdir, **coords) -> dict:
@@ -307,7 +338,15 @@ def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint:
     raise LotteryError("ticket: give coordinates, e.g. load_ticket(workdir, "
                        "round=3) or load_ticket(workdir, method='snip', ...)")
   rec = find(workdir, **coords)
-  return read_ticket(workdir, rec["ticket"], like=like)
+  ticket = read_ticket(workdir, rec["ticket"], like=like)
+  wrong = {k: ticket.coords.get(k) for k, v in coords.items()
+           if k in ticket.coords and ticket.coords[k] != v}
+  if wrong:  # A ticket moved or a record damaged: never the wrong one.
+    raise LotteryError(f"ticket: {os.fspath(workdir)!r}'s record for "
+                       f"{coords} names {rec['ticket']!r}, whose coordinates "
+                       f"are {ticket.coords}; delete {SUMMARY} and rerun the "
+                       f"same command")
+  return ticket
 
 
 def finished_rounds(workdir) -> list[int]:

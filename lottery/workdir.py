@@ -158,7 +158,8 @@ def _check_object(saved: Any, path: pathlib.Path) -> None:
 
 def _read_facts(path: pathlib.Path) -> dict:
   try:
-    facts = checkpoint.read_json(path)
+    facts = checkpoint.read_json(
+        path, unverified_ok=checkpoint.predates_checksums(path.parent))
   except OSError as e:
     raise LotteryError(f"config: cannot read {_q(path)} ({e})") from None
   _check_object(facts, path)
@@ -195,7 +196,8 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
                          f"--workdir")
     return False
   try:
-    saved = checkpoint.read_json(saved_path)
+    # config.json without a checksum: a workdir written before they were.
+    saved = checkpoint.read_json(saved_path, unverified_ok=True)
   except OSError as e:
     raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
   _check_object(saved, saved_path)
@@ -413,7 +415,8 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
     holds = _check_run(wd, config, extra)  # Authoritative: under the lock.
     _clean(wd)
     new = config_json(config)
-    if not holds or checkpoint.read_json(wd / CONFIG_FILE) != new:
+    if not holds or checkpoint.read_json(wd / CONFIG_FILE,
+                                         unverified_ok=True) != new:
       checkpoint.write_json(wd / CONFIG_FILE, new)
     if extra:
       path = wd / FACTS_FILE

@@ -212,9 +212,42 @@ def test_write_json_is_strict_and_nulls_non_finite(tmp_path):
   def no_constants(name):
     raise AssertionError(f"non-strict JSON: {name}")
   loaded = json.loads(path.read_text(), parse_constant=no_constants)
+  # The file carries its checksum; read_json verifies and drops it.
+  assert loaded.pop(checkpoint.JSON_CHECKSUM)
   assert loaded == {"a": None, "b": [1.5, None, {"c": None}], "d": [None, 3],
                     "e": "nan", "f": True}
   assert checkpoint.read_json(path) == loaded
+
+
+def test_json_checksum_catches_any_change(tmp_path):
+  """A changed digit, key or value is refused with what to delete; a file
+  without a checksum only where asked (a workdir older than checksums)."""
+  path = tmp_path / "wd" / "rounds" / "round_001" / "ticket" / "metrics.json"
+  checkpoint.write_json(path, {"test_accuracy": 0.601, "history": [
+      {"step": 1, "accuracy": 0.601}], "coords": {"round": 1, "n": 2}})
+  text = path.read_text()
+  for old, new in (("0.601,", "0.600,"), ("0.601\n", "0.600\n"),
+                   ('"round": 1', '"round": 0'), ('"n": 2', '"m": 2'),
+                   ("_sha256", "_sha257")):
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(lottery.LotteryError, match=(
+        r"^workdir: file '.*metrics.json' is damaged \((its content differs "
+        r"from its checksum|it has no checksum \(_sha256\))\); delete "
+        r"'.*round_001/ticket' \(that round's directory\) and rerun the same "
+        r"command$")):
+      checkpoint.read_json(path)
+  path.write_text(text.replace("\n", " \n"))  # Whitespace: same values.
+  assert checkpoint.read_json(path)["test_accuracy"] == 0.601
+  legacy = tmp_path / "old.json"
+  legacy.write_text('{"x": 1}')
+  with pytest.raises(lottery.LotteryError, match="it has no checksum"):
+    checkpoint.read_json(legacy)
+  assert checkpoint.read_json(legacy, unverified_ok=True) == {"x": 1}
+  (tmp_path / "wd" / "config.json").write_text("{}")
+  assert checkpoint.predates_checksums(tmp_path / "wd")
+  checkpoint.write_json(tmp_path / "wd" / "config.json", {})
+  assert not checkpoint.predates_checksums(tmp_path / "wd")
 
 
 def _modes(root):

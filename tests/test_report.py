@@ -16,6 +16,7 @@ import pytest
 
 import lottery
 from lottery import analysis
+from lottery import checkpoint
 from lottery import report
 
 from conftest import tiny
@@ -91,7 +92,7 @@ def test_every_method_figures_json_and_page(runs, written):
   for r, wd in zip(info["runs"], runs.values()):
     assert r["facts"]["data_fingerprint"].startswith("sha256:")
     assert r["facts"]["data_fingerprint"] in page
-    assert r["config"] == json.loads((wd / "config.json").read_text())
+    assert r["config"] == checkpoint.read_json(wd / "config.json")
     assert "run finished" in r["status"]
   env = info["environment"]
   assert set(env["versions"]) >= {"jax", "flax", "optax", "numpy", "lottery"}

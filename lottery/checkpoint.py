@@ -39,6 +39,7 @@ import math
 import os
 import pathlib
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -207,6 +208,40 @@ def _no_orbax_errors() -> Iterator[None]:
     log.removeFilter(quiet)
 
 
+# Set while an orbax save runs and once one failed in this process: a failed
+# one's asyncio loop closes with tensorstore writes still in flight (see
+# `_quiet_closed_loop`).
+_IN_SAVE = 0
+_SAVE_FAILED = False
+_HOOK_INSTALLED = False
+
+
+def _is_closed_loop(unraisable) -> bool:
+  """Whether an unraisable exception is asyncio's 'Event loop is closed'."""
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _quiet_closed_loop() -> None:
+  """Drops, after a failed save, the 'RuntimeError: Event loop is closed'
+  tracebacks that tensorstore prints (as unraisable exceptions, up to dozens)
+  when the writes of orbax's aborted save finish after its event loop
+  closed; the save's own error (one line) says what happened. Anything else
+  goes to the previous hook."""
+  global _HOOK_INSTALLED
+  if _HOOK_INSTALLED:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if (_SAVE_FAILED or _IN_SAVE) and _is_closed_loop(unraisable):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  _HOOK_INSTALLED = True
+
+
 def is_writer() -> bool:
   """Whether this process writes (process 0 of a multi-host run does; the
   others read the shared workdir and never write)."""
@@ -353,16 +388,25 @@ def save(path: str | os.PathLike, tree: Any) -> None:
 
 
 def _save(path: pathlib.Path, tree: Any) -> None:
+  global _SAVE_FAILED, _IN_SAVE
+  _quiet_closed_loop()
   try:
     with disk_errors(path):
       with _no_orbax_errors(), _ORBAX_LOCK:
-        _checkpointer().save(os.fspath(path), tree)
+        _IN_SAVE += 1
+        try:
+          _checkpointer().save(os.fspath(path), tree)
+        finally:
+          _IN_SAVE -= 1
       body = json.dumps({"arrays": _array_digests(tree),
                          "files": _file_digests(path)},
                         indent=1, sort_keys=True).encode()
       head = (_HEADER + hashlib.sha256(body).hexdigest() + "\n").encode()
       _write_atomic(path / CHECKSUMS, head + body)
-  except LotteryError:
+  except BaseException as e:
+    _SAVE_FAILED = True
+    if not isinstance(e, LotteryError):
+      raise
     # Frees the space the partial checkpoint took; directly, not through
     # `remove`, which would queue behind this very write.
     shutil.rmtree(path, ignore_errors=True)

@@ -13,11 +13,13 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging as logging_std
 import os
 import pathlib
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 
 from absl import logging
 import numpy as np
@@ -281,7 +283,35 @@ def _not_prepared(name: str, builder) -> LotteryError:
                       f"{_tfds_prepare_hint(name, builder.data_dir)}")
 
 
+class _NoVariantWarnings(logging_std.Filter):
+  """Drops TFDS's warnings about a dataset folder without (or with part of)
+  a prepared dataset ('Variant folder ... has no dataset_info.json'): the
+  caller raises its own one-line error for an unprepared dataset."""
+
+  def filter(self, record: logging_std.LogRecord) -> bool:
+    return not (record.levelno == logging_std.WARNING
+                and str(record.msg).startswith("Variant folder "))
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+  """TFDS calls without its absl warnings about an unprepared folder (see
+  `_NoVariantWarnings`)."""
+  log = logging_std.getLogger("absl")  # TFDS logs through absl.logging.
+  quiet = _NoVariantWarnings()
+  log.addFilter(quiet)
+  try:
+    yield
+  finally:
+    log.removeFilter(quiet)
+
+
 def _read_tfds_split(name: str, split: str, data_dir: str | None):
+  with _quiet_tfds():
+    return _read_tfds_split_quietly(name, split, data_dir)
+
+
+def _read_tfds_split_quietly(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
   try:
@@ -423,8 +453,10 @@ def fingerprint(data) -> str:
                          "generator": "make_dataset(get_dataset_args())"})
   if data.name in TFDS_NAMES:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    builder = tfds.builder(data.name, data_dir=data.data_dir or None)
-    if not builder.is_prepared():
+    with _quiet_tfds():
+      builder = tfds.builder(data.name, data_dir=data.data_dir or None)
+      prepared = builder.is_prepared()
+    if not prepared:
       # Loading decides (it refuses, unless a test mocks the data source).
       return _sha256_json({"dataset": data.name, "prepared": False})
     root = os.fspath(builder.data_dir)

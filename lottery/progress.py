@@ -69,10 +69,14 @@ class Progress:
     self.clock = clock
     self.total_jobs = total_jobs
     self.jobs_done = 0
-    self._job_times: list[float] = []
+    self._job_times: list[float] = []  # Wall time of each finished job.
+    # Each finished job's time at its steady rate, the first chunk (which
+    # compiles) counted at that rate too.
+    self._steady_times: list[float] = []
+    self._rate = math.nan  # Steady steps/s of the last job that had one.
     self._name: str | None = None
     self._start = self._stop = self._step = 0
-    self._t_job = 0.0
+    self._t_job = self._t_step = 0.0
     self._first: tuple[int, float] | None = None  # (step, time) of 1st chunk.
     self._running = False
     self._shown = 0  # Width of the bar on screen (live), 0: none.
@@ -103,7 +107,7 @@ class Progress:
   def job_step(self, step: int) -> None:
     """The run in flight has reached `step` (after a compiled chunk)."""
     self._step = step
-    now = self.clock()
+    now = self._t_step = self.clock()
     if self._first is None:
       self._first = (step, now)  # Its time includes the compilation.
     if self.live:
@@ -115,7 +119,14 @@ class Progress:
 
   def job_end(self) -> None:
     """The run in flight has finished."""
-    self._job_times.append(self.clock() - self._t_job)
+    took = self.clock() - self._t_job
+    self._job_times.append(took)
+    rate = self._steady_rate(self._t_step)
+    if self._first is not None and rate > 0:
+      self._rate = rate
+      first_steps = self._first[0] - self._start
+      took += first_steps / rate - (self._first[1] - self._t_job)
+    self._steady_times.append(took)
     self.jobs_done += 1
     self._running = False
     self._clear()
@@ -143,26 +154,38 @@ class Progress:
     """
     now = self.clock() if now is None else now
     elapsed = now - self._t_job
-    if self._first is not None and self._step > self._first[0]:
-      # From the end of the first chunk on: it paid for the compilation.
-      rate = (self._step - self._first[0]) / max(now - self._first[1], 1e-9)
-    elif self._step > self._start and elapsed >= 1.0:  # Less is noise.
-      rate = (self._step - self._start) / elapsed
-    else:
-      rate = math.nan
+    # Steps/s from the end of the first chunk on: that chunk paid for the
+    # compilation (the last job's steady rate until a second chunk).
+    rate = self._steady_rate(now)
+    if not rate > 0:
+      rate = self._rate
     left = (self._stop - self._step) / rate if rate > 0 else math.nan
     speed = f"{rate:.1f}" if math.isfinite(rate) else "?"
     text = (f"{self._name} {self._step}/{self._stop} steps  {speed} steps/s"
             f"  elapsed {format_duration(elapsed)}  ETA {format_duration(left)}")
     if self.total_jobs:
-      # Jobs still to start after this one, at the mean time of those
-      # finished here (or this one's projected time before any finished).
-      per_job = (sum(self._job_times) / len(self._job_times)
-                 if self._job_times else elapsed + left)
+      # Jobs still to start after this one, each taking: the mean time of
+      # the jobs finished here after the first (which compiled); else the
+      # first's time at its steady rate; else this one's whole length at
+      # its steady rate. Compilation is not counted as training.
+      if len(self._job_times) > 1:
+        per_job = sum(self._job_times[1:]) / (len(self._job_times) - 1)
+      elif self._steady_times:
+        per_job = self._steady_times[0]
+      else:
+        per_job = self._stop / rate if rate > 0 else math.nan
       after = max(self.total_jobs - self.jobs_done - 1, 0)
+      total = left + after * per_job if after else left
       text += (f" | jobs {self.jobs_done}/{self.total_jobs}"
-               f"  ETA {format_duration(left + after * per_job)}")
+               f"  ETA {format_duration(total)}")
     return text
+
+  def _steady_rate(self, now: float) -> float:
+    """Steps/s of the run in flight after its first chunk (nan before its
+    second chunk)."""
+    if self._first is None or self._step <= self._first[0]:
+      return math.nan
+    return (self._step - self._first[0]) / max(now - self._first[1], 1e-9)
 
   def _draw(self, now: float) -> None:
     self._last_draw = now

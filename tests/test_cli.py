@@ -258,24 +258,24 @@ def test_progress_plain_lines_are_throttled():
   assert p.where() == "round 1 ticket step 50"
   clock.t += 6.0  # 10 s after the first line: the second one.
   p.job_step(60)
-  # First line: 10 steps in 5 s, 90 left: 45 s; the 2 jobs after this one
-  # at its projected 5 + 45 s each: 45 + 100 s. Second: 50 steps in the 10 s
-  # after the first chunk, 40 left: 8 s; 2 jobs at 15 + 8 s: 8 + 46 s.
+  # First line: only the first chunk, which compiled: rate and ETAs unknown.
+  # Second: 50 steps in the 10 s after the first chunk, 40 left: 8 s; the 2
+  # jobs after this one at its 100 steps at 5 steps/s each: 8 + 40 s.
   assert err.getvalue().splitlines() == [
       "data: blobs",
-      "round 1 ticket 10/100 steps  2.0 steps/s  elapsed 0:05  ETA 0:45 | "
-      "jobs 1/4  ETA 2:25",
+      "round 1 ticket 10/100 steps  ? steps/s  elapsed 0:05  ETA ? | "
+      "jobs 1/4  ETA ?",
       "round 1 ticket 60/100 steps  5.0 steps/s  elapsed 0:15  ETA 0:08 | "
-      "jobs 1/4  ETA 0:54"]
+      "jobs 1/4  ETA 0:48"]
   clock.t += 5.0
-  p.job_end()  # Took 20 s.
+  p.job_end()  # Took 20 s; 17 s at its steady rate (first chunk 2 s, not 5).
   p.line("round  1/3  density 0.5")
   assert out.getvalue() == "round  1/3  density 0.5\n"
   p.job_start("round 1 reinit", 0, 100)
   clock.t += 10.0
   p.job_step(100)
-  # Its own ETA 0, one job after it at the 20 s mean.
-  assert err.getvalue().splitlines()[-1].endswith("| jobs 2/4  ETA 0:20")
+  # Its own ETA 0, one job after it at the first job's steady 17 s.
+  assert err.getvalue().splitlines()[-1].endswith("| jobs 2/4  ETA 0:17")
   assert "\r" not in err.getvalue()
 
 
@@ -286,7 +286,7 @@ def test_progress_live_redraws_in_place_and_keeps_lines():
   p.job_start("round 0 ticket", 0, 20)
   clock.t += 1.0
   p.job_step(10)
-  first = "round 0 ticket 10/20 steps  10.0 steps/s  elapsed 0:01  ETA 0:01"
+  first = "round 0 ticket 10/20 steps  ? steps/s  elapsed 0:01  ETA ?"
   assert err.getvalue() == "\r" + first
   clock.t += 0.05  # Sooner than the redraw interval: not drawn.
   p.job_step(12)
@@ -341,3 +341,41 @@ def test_load_config_round_trips(tiny_config, tmp_path):
   loaded = runs.load_config(tmp_path)
   assert loaded.to_dict() == cfg.to_dict()  # Tuples stay tuples.
   assert workdir_lib.check(tmp_path, loaded)  # The same run.
+
+
+def test_progress_eta_leaves_out_compilation():
+  """A slow first chunk (it compiles) inflates neither the run's ETA nor the
+  whole experiment's: 10 jobs of 100 steps at 10 steps/s, a 60 s compile."""
+  clock = _Clock()
+  p = Progress(stream=io.StringIO(), clock=clock, interval=float("inf"))
+  p.jobs(total=10)
+  p.job_start("round 0 ticket", 0, 100)
+  clock.t += 61.0  # The first chunk: 10 steps and the compile.
+  p.job_step(10)
+  assert p.status().endswith("ETA ? | jobs 0/10  ETA ?")  # Not 9:09 / 1:41:00.
+  clock.t += 1.0
+  p.job_step(20)
+  # 80 steps left at 10 steps/s: 8 s; 9 jobs of 100 steps after it: 90 s each.
+  assert p.status(now=clock.t) == (
+      "round 0 ticket 20/100 steps  10.0 steps/s  elapsed 1:02  ETA 0:08 | "
+      "jobs 0/10  ETA 1:38")
+  clock.t += 8.0
+  p.job_step(100)
+  p.job_end()  # 70 s, of which 60 compiling.
+  p.job_start("round 1 ticket", 0, 100)
+  clock.t += 1.0  # Compiled already: a fast first chunk.
+  p.job_step(10)
+  # The last job's steady rate until a second chunk; 8 jobs after it at the
+  # first job's steady 10 s (not its 70 s).
+  assert p.status(now=clock.t) == (
+      "round 1 ticket 10/100 steps  10.0 steps/s  elapsed 0:01  ETA 0:09 | "
+      "jobs 1/10  ETA 1:29")
+  clock.t += 9.0
+  p.job_step(100)
+  p.job_end()  # 10 s: from now on the mean of the jobs after the first.
+  p.job_start("round 2 ticket", 0, 100)
+  clock.t += 1.0
+  p.job_step(10)
+  clock.t += 3.0
+  p.job_step(40)
+  assert p.status(now=clock.t).endswith("ETA 0:06 | jobs 2/10  ETA 1:16")

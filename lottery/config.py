@@ -1,5 +1,12 @@
 """The config schema: every field with its default, and its validation.
 
+This module defines the shared blocks every method reads (method, seeds, data,
+model, training); the modules of the methods register their own blocks with
+`register_block` when imported (lottery.imp: pruning, controls,
+controls_every; lottery.pai: pai; lottery.sparse: sparse; lottery.stability:
+stability). It imports none of the library at its top: rules that need a
+registry import it when they run.
+
 Recipe files in configs/ start from `base_config()` and change what their
 paper changes. `validate` checks every field before any long work and raises a
 `LotteryError` naming the field and value.
@@ -7,26 +14,22 @@ paper changes. `validate` checks every field before any long work and raises a
 
 from __future__ import annotations
 
+import copy
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import ml_collections
 
-from lottery import controls as controls_lib
-from lottery import data as data_lib
-from lottery import distributions
-from lottery import masks
-from lottery import models
-from lottery import optim
-from lottery import pruning
-from lottery import schedules
-from lottery import scores
 from lottery.errors import LotteryError
 
-RESETS = ("rewind", "lr_rewind", "finetune")
-# The default controls; any name registered in lottery.controls is allowed.
-CONTROLS = ("reinit", "random_prune")
+# The blocks every method reads; a method adds its own (`Method.fields`),
+# registered with `register_block` by the module that defines the method.
+SHARED = ("method", "seeds", "data", "model", "training")
+
+# Registered blocks: top-level key -> defaults (a dict of fields, or a single
+# value), in registration order.
+_BLOCKS: dict[str, Any] = {}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -79,92 +82,11 @@ def base_config() -> ml_collections.ConfigDict:
       # models with convolutions on the CPU, scan elsewhere).
       loop="auto",
   )
-
-  c.pruning = dict(
-      fraction=0.2,  # Fraction of surviving prunable weights removed per round.
-      rounds=10,  # Pruning rounds after the dense round 0.
-      # geometric: each round removes `fraction` of the survivors (density
-      # (1 - fraction)^r); linear: sparsity rises by `fraction` of all the
-      # prunable weights per round (density 1 - r * fraction).
-      schedule="geometric",
-      scope="layerwise",  # layerwise | global | module (a layer's leaves)
-      prunable=(".*kernel",),  # Regexes (re.fullmatch) over 'fc1/kernel'.
-      layer_fractions="",  # Overrides 'regex=rate,...', e.g. 'out/kernel=0.1'.
-      score="magnitude",
-      # rewind: weights back to step rewind_step of round 0, train the rest;
-      # lr_rewind: keep trained weights, replay the whole schedule;
-      # finetune: keep trained weights, train all steps at the final rate.
-      reset="rewind",
-      rewind_step=0,
-      # Instability analysis of the tickets (lottery.stability): every N-th
-      # round (0: none) a copy of the ticket trains from the ticket's start
-      # (round 0 under 'rewind': the rewind point) with another data order;
-      # the error barrier on the linear path between the two is recorded.
-      stability_every=0,
-      # Record the error barrier between the trained networks of successive
-      # rounds (Paul et al. 2023).
-      level_barrier=False,
-      path_points=30,  # Evenly spaced points of those paths, ends included.
-  )
-  # Controls run every pruned round beside the ticket: 'reinit' (same mask,
-  # fresh weights) and 'random_prune' (same per-layer densities, random
-  # positions, the ticket's starting weights).
-  c.controls = CONTROLS
-  c.controls_every = 1  # Run the controls on every N-th round and the last.
-  # Pruning at initialization (lottery.pai, experiments/pai.py): each method
-  # (a score of lottery.scores) prunes the initial weights to each target
-  # density in `iterations` rounds of the exponential schedule d^(k/n),
-  # rescoring the masked network each round; the mask is then trained like
-  # any ticket. `checks` are Frankle et al. 2021's sanity checks, run for
-  # every method but 'random': shuffle (mask permuted within each layer),
-  # reinit (same mask, fresh weights), invert (keep the lowest scores).
-  c.pai = dict(
-      methods=("snip", "grasp", "synflow", "magnitude", "random"),
-      densities=(0.1, 0.03, 0.01, 0.003),
-      checks=("shuffle", "reinit", "invert"),
-      iterations=1,  # Rounds of every method not in method_iterations.
-      method_iterations="synflow=100",  # Overrides 'method=n,...'.
-      scope="global",  # global | layerwise
-      # Training examples the data-aware scores see (one batch, uniformly
-      # drawn with the replicate's data seed): 100 = 10 per class on average
-      # for 10 classes, as in Synaptic-Flow's prune loader.
-      batch_size=100,
-      dense=True,  # Also train the dense network (method 'dense').
-  )
-
-  # Sparse training (lottery.sparse, python -m experiments.sparse): every
-  # method x distribution x density x replicate, and a dense baseline. The
-  # sparse leaves are those of pruning.prunable.
-  c.sparse = dict(
-      methods=SPARSE_METHODS,  # static | set | rigl | gmp
-      densities=(0.1, 0.03),  # Target densities, each in (0, 1).
-      # Per-layer densities: uniform | erk; a tuple runs each.
-      distribution=("uniform", "erk"),
-      update_every=100,  # Steps between mask updates (set, rigl, gmp).
-      # set / rigl: fraction of each layer's active weights dropped and
-      # regrown, cosine-annealed to 0 at end_fraction x training.steps.
-      drop_fraction=0.3,
-      end_fraction=0.75,
-      # gmp: from dense to the target between these steps (cubic schedule);
-      # end_step 0 = end_fraction x training.steps.
-      begin_step=0,
-      end_step=0,
-  )
-  # Instability analysis (lottery.stability, Frankle et al. 2020): for each
-  # rewind step k and source mask, two copies of the network at step k of
-  # the dense run train to the end with different data orders; the error
-  # barrier along the linear path between them measures their instability.
-  c.stability = dict(
-      steps=(0, 25, 100, 250, 500),  # Rewind steps k, each < training.steps.
-      # 'dense', or coordinates of a ticket of source_workdir ('round=4',
-      # 'method=snip,check=None,target_density=0.1'); replicate i takes the
-      # source's seed i.
-      sources=("dense",),
-      source_workdir="",  # The workdir of the source tickets.
-      points=30,  # Evenly spaced points of the path, ends included.
-      # Both copies on the same data order (a sanity check: barrier 0).
-      same_data=False,
-  )
+  # The blocks the methods register (lottery.imp: pruning, controls,
+  # controls_every; lottery.pai: pai; lottery.sparse: sparse;
+  # lottery.stability: stability), in registration order.
+  for name, defaults in _BLOCKS.items():
+    c[name] = copy.deepcopy(defaults)
   return c
 
 
@@ -264,6 +186,28 @@ def _augment_names() -> Sequence[str]:
   return augment.names()
 
 
+# The registries of the shared blocks' names, imported when a rule runs: this
+# module sits below the library and imports none of it at its top.
+def _data_names() -> Sequence[str]:
+  from lottery import data  # pylint: disable=g-import-not-at-top
+  return data.NAMES
+
+
+def _model_names() -> Sequence[str]:
+  from lottery import models  # pylint: disable=g-import-not-at-top
+  return models.names()
+
+
+def _optimizers() -> Sequence[str]:
+  from lottery import optim  # pylint: disable=g-import-not-at-top
+  return optim.OPTIMIZERS
+
+
+def _lr_schedules() -> Sequence[str]:
+  from lottery import optim  # pylint: disable=g-import-not-at-top
+  return optim.SCHEDULES
+
+
 def _data_path(f, v, c) -> None:
   _str(f, v)
   if c["data.name"] == "npz" and not v:
@@ -301,115 +245,12 @@ def _fraction(f, v, c) -> None:
   _real(f, v, 0, 1, lo_open=True, hi_open=True)
 
 
-def _rewind_step(f, v, c) -> None:
-  _below_steps(f, v, c)
-  reset = c["pruning.reset"]
-  if v and reset != "rewind":
-    _fail(f, v, f"only applies to pruning.reset='rewind', not {reset!r}")
-
-
-def _prunable(f, v, c) -> None:
-  if not isinstance(v, (tuple, list)) or not v or \
-      not all(isinstance(p, str) and p for p in v):
-    _fail(f, v, "must be a non-empty tuple of regexes")
-  masks.compile_patterns(v, f)
-
-
-def _layer_fractions(f, v, c) -> None:
-  _str(f, v)
-  pruning.parse_layer_fractions(v, field=f)
-
-
-SCHEDULES = schedules.IMP_SCHEDULES  # ('geometric', 'linear')
-
-
-def _schedule(f, v, c) -> None:
-  _choice(f, v, SCHEDULES)
-  if v != "linear":
-    return
-  rounds = c["pruning.rounds"]
-  rates = [("pruning.fraction", c["pruning.fraction"])] + [
-      (f"pruning.layer_fractions ({k})", r) for k, r in
-      pruning.parse_layer_fractions(c["pruning.layer_fractions"]).items()]
-  for name, rate in rates:
-    if rounds * rate >= 1:
-      _fail("pruning.rounds", rounds,
-            f"with pruning.schedule='linear', rounds x {name}={rate} must "
-            f"stay below 1 (density 1 - rounds x rate)")
-
-
-def _controls(f, v, c) -> None:
-  if not isinstance(v, (tuple, list)):
-    _fail(f, v, "must be a tuple, e.g. ('reinit',)")
-  for x in v:
-    _choice(f, x, controls_lib.names())
-  if len(set(v)) != len(v):
-    _fail(f, v, "must not repeat a control")
-
-
-def _seeds_num(f, v, c) -> None:
-  _int(f, v, 1, MAX_REPLICATES)
-  top = max(c[f"seeds.{k}"] for k in ("init", "data", "control")) + v - 1
-  if top >= SEED_LIMIT:
-    _fail(f, v, f"takes seeds up to {top}, past the limit {SEED_LIMIT - 1}")
-
-
-# Pruning at initialization (the `pai` block).
-PAI_CHECKS = ("shuffle", "reinit", "invert")
-MAX_PAI_ITERATIONS = 10_000
-
-
 def _distinct_tuple(f, v, what: str) -> list:
   if not isinstance(v, (tuple, list)):
     _fail(f, v, f"must be a tuple of {what}")
   if len(set(v)) != len(v):
     _fail(f, v, f"must not repeat {what}")
   return list(v)
-
-
-def _pai_methods(f, v, c) -> None:
-  if not _distinct_tuple(f, v, "scores"):
-    _fail(f, v, "must name at least one score")
-  for x in v:
-    _choice(f, x, scores.all_names())
-
-
-def _pai_densities(f, v, c) -> None:
-  if not _distinct_tuple(f, v, "densities"):
-    _fail(f, v, "must hold at least one density")
-  for x in v:
-    _real(f, x, 0, 1, lo_open=True, hi_open=True)
-
-
-def _pai_checks(f, v, c) -> None:
-  for x in _distinct_tuple(f, v, "checks"):
-    _choice(f, x, PAI_CHECKS)
-
-
-def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
-                            ) -> dict[str, int]:
-  """Parses 'method=n,...' (e.g. 'synflow=100') into {method: n}."""
-  _str(field, spec)
-  out = {}
-  for item in filter(None, (s.strip() for s in spec.split(","))):
-    name, sep, n = item.partition("=")
-    if not sep or not n.strip().isdigit():
-      _fail(field, spec, "must be 'method=iterations,...', e.g. 'synflow=100'")
-    name, n = name.strip(), int(n)
-    _choice(field, name, scores.all_names())
-    if not 1 <= n <= MAX_PAI_ITERATIONS:
-      _fail(field, spec, f"iterations of {name!r} must be in "
-            f"[1, {MAX_PAI_ITERATIONS}]")
-    if name in out:
-      _fail(field, spec, f"names {name!r} twice")
-    out[name] = n
-  return out
-
-
-def _pai_method_iterations(f, v, c) -> None:
-  parse_method_iterations(v, field=f)
-# Sparse training's methods (lottery.sparse).
-SPARSE_METHODS = ("static", "set", "rigl", "gmp")
 
 
 def _names_tuple(f, v, known, example) -> tuple:
@@ -426,47 +267,11 @@ def _names_tuple(f, v, known, example) -> tuple:
   return tuple(v)
 
 
-def _sparse_methods(f, v, c) -> None:
-  from lottery import sparse_updates  # pylint: disable=g-import-not-at-top
-  _names_tuple(f, v, sparse_updates.names(), ("rigl", "set"))
-
-
-def _sparse_distribution(f, v, c) -> None:
-  _names_tuple(f, v, distributions.names(), None)
-
-
-def _sparse_densities(f, v, c) -> None:
-  if not isinstance(v, (tuple, list)) or not v:
-    _fail(f, v, "must be a non-empty tuple of densities in (0, 1), e.g. "
-          "(0.1, 0.03)")
-  for x in v:
-    _real(f, x, 0, 1, lo_open=True, hi_open=True)
-  if len(set(v)) != len(v):
-    _fail(f, v, "must not repeat a density")
-
-
-def _sparse_end_fraction(f, v, c) -> None:
-  _real(f, v, 0, 1, lo_open=True, hi_open=False)
-
-
-def _sparse_end_step(f, v, c) -> None:
-  _int(f, v, 0)
-  begin = c["sparse.begin_step"]
-  if v and v <= begin:
-    _fail(f, v, f"must be 0 (end_fraction x training.steps) or above "
-          f"sparse.begin_step={begin}")
-  # GMP changes the mask only at update steps: it reaches its target at
-  # end_step only if that is one (else at the next, past its schedule). Only
-  # GMP reads end_step; one past the last update in training is
-  # `lottery.sparse.check`'s to refuse (it needs the whole config).
-  every, steps = c["sparse.update_every"], c["training.steps"]
-  if v % every and "gmp" in c["sparse.methods"] and \
-      v <= (steps - 1) // every * every:
-    near = sorted({x for x in (v // every * every, (v // every + 1) * every)
-                   if x > begin})
-    _fail(f, v, f"must be a multiple of sparse.update_every={every}, where "
-          f"GMP's mask updates happen (e.g. "
-          f"{' or '.join(map(str, near))})")
+def _seeds_num(f, v, c) -> None:
+  _int(f, v, 1, MAX_REPLICATES)
+  top = max(c[f"seeds.{k}"] for k in ("init", "data", "control")) + v - 1
+  if top >= SEED_LIMIT:
+    _fail(f, v, f"takes seeds up to {top}, past the limit {SEED_LIMIT - 1}")
 
 
 def _method_names() -> Sequence[str]:
@@ -475,95 +280,113 @@ def _method_names() -> Sequence[str]:
   return method.names()
 
 
-def _stability_steps(f, v, c) -> None:
-  if not isinstance(v, (tuple, list)) or not v:
-    _fail(f, v, "must be a non-empty tuple of steps, e.g. (0, 100)")
-  for x in v:
-    _int(f, x, 0)
-  if list(v) != sorted(set(v)):
-    _fail(f, v, "must be increasing steps")
-
-
-def _stability_sources(f, v, c) -> None:
-  if not isinstance(v, (tuple, list)) or not v:
-    _fail(f, v, "must be a non-empty tuple, e.g. ('dense', 'round=4')")
-  for x in v:
-    _str(f, x)
-  if len(set(v)) != len(v):
-    _fail(f, v, "must not repeat a source")
-
-
-def _reset_names() -> Sequence[str]:
-  from lottery import imp  # pylint: disable=g-import-not-at-top
-  return imp.RESETS.names()
-
-
 RULES: dict[str, _Rule] = {
     "method": _one_of(_method_names),
     "seeds.init": _count(0, SEED_LIMIT - 1),
     "seeds.data": _count(0, SEED_LIMIT - 1),
     "seeds.control": _count(0, SEED_LIMIT - 1),
     "seeds.num": _seeds_num,
-    "data.name": _one_of(lambda: data_lib.NAMES),
+    "data.name": _one_of(_data_names),
     "data.data_dir": _string,
     "data.path": _data_path,
     "data.cache_dir": _string,
     "data.validation_size": _count(0),
     "data.on_device": _boolean,
     "data.augment": _one_of(_augment_names),
-    "model.name": _one_of(models.names),
+    "model.name": _one_of(_model_names),
     "model.depth": _count(0),
     "model.width": _count(0),
     "training.steps": _count(1),
     "training.batch_size": _count(1),
-    "training.optimizer": _one_of(lambda: optim.OPTIMIZERS),
+    "training.optimizer": _one_of(_optimizers),
     "training.learning_rate": _learning_rate,
     "training.momentum": _momentum,
     "training.nesterov": _boolean,
     "training.weight_decay": _weight_decay,
-    "training.schedule": _one_of(lambda: optim.SCHEDULES),
+    "training.schedule": _one_of(_lr_schedules),
     "training.lr_boundaries": _lr_boundaries,
     "training.lr_decay": _learning_rate,
     "training.warmup_steps": _below_steps,
     "training.eval_every": _count(1),
     "training.checkpoint_every": _count(0),
     "training.loop": _one_of(lambda: LOOPS),
-    "pruning.fraction": _fraction,
-    "pruning.rounds": _count(0),
-    "pruning.scope": _one_of(lambda: pruning.SCOPES),
-    "pruning.prunable": _prunable,
-    "pruning.layer_fractions": _layer_fractions,
-    "pruning.schedule": _schedule,
-    "pruning.score": _one_of(scores.names),
-    "pruning.reset": _one_of(_reset_names),
-    "pruning.rewind_step": _rewind_step,
-    "pruning.stability_every": _count(0),
-    "pruning.level_barrier": _boolean,
-    "pruning.path_points": _count(2, 10_000),
-    "controls": _controls,
-    "controls_every": _count(1),
-    "pai.methods": _pai_methods,
-    "pai.densities": _pai_densities,
-    "pai.checks": _pai_checks,
-    "pai.iterations": _count(1, MAX_PAI_ITERATIONS),
-    "pai.method_iterations": _pai_method_iterations,
-    "pai.scope": _one_of(lambda: pruning.SCOPES),
-    "pai.batch_size": _count(1),
-    "pai.dense": _boolean,
-    "sparse.methods": _sparse_methods,
-    "sparse.densities": _sparse_densities,
-    "sparse.distribution": _sparse_distribution,
-    "sparse.update_every": _count(1),
-    "sparse.drop_fraction": _fraction,
-    "sparse.end_fraction": _sparse_end_fraction,
-    "sparse.begin_step": _count(0),
-    "sparse.end_step": _sparse_end_step,
-    "stability.steps": _stability_steps,
-    "stability.sources": _stability_sources,
-    "stability.source_workdir": _string,
-    "stability.points": _count(2, 10_000),
-    "stability.same_data": _boolean,
 }
+
+
+# The toolkit of the rules of registered blocks (lottery.imp, lottery.pai,
+# ...): each raises a LotteryError naming the field and value.
+fail = _fail
+is_int = _is_int
+check_int = _int
+check_real = _real
+check_choice = _choice
+check_str = _str
+check_bool = _bool
+count = _count
+one_of = _one_of
+string = _string
+boolean = _boolean
+fraction = _fraction
+below_steps = _below_steps
+distinct_tuple = _distinct_tuple
+names_tuple = _names_tuple
+
+
+def register_block(name: str, defaults: Any, rules: Mapping[str, _Rule],
+                   help: Mapping[str, str]) -> None:  # pylint: disable=redefined-builtin
+  """Adds the top-level block `name` to the schema (`base_config()`).
+
+  Args:
+    name: the block's key ('pai'); not a shared block's.
+    defaults: its fields and their defaults (a dict), or the default of a
+      block that is a single field (`controls_every=1`).
+    rules: flattened field ('pai.methods', or 'controls' for a single field)
+      -> check(field, value, values), run by `validate` after the shared
+      blocks' and the blocks registered before.
+    help: flattened field -> one line for --help.
+
+  Raises:
+    LotteryError: for a name already in the schema, or a rule or help line
+      of a field outside the block.
+  """
+  if not isinstance(name, str) or not name.isidentifier() or \
+      name in SHARED or name in _BLOCKS:
+    raise LotteryError(f"config: cannot register block {name!r}: the schema "
+                       f"has {[*SHARED, *_BLOCKS]}")
+  for field in (*rules, *help):
+    if field != name and not field.startswith(name + "."):
+      raise LotteryError(f"config: block {name!r} cannot register field "
+                         f"{field!r}, which is outside it")
+  _BLOCKS[name] = copy.deepcopy(dict(defaults) if isinstance(defaults, Mapping)
+                                else defaults)
+  RULES.update(rules)
+  FIELD_HELP.update(help)
+
+
+def registered_blocks() -> list[str]:
+  """The registered blocks' names, in registration order."""
+  return list(_BLOCKS)
+
+
+# Names that moved to the module of the block they belong to; kept here for
+# code that reads them from lottery.config.
+_MOVED = {
+    "SCHEDULES": ("imp", "SCHEDULES"),
+    "CONTROLS": ("imp", "DEFAULT_CONTROLS"),
+    "RESETS": ("imp", "RESET_NAMES"),
+    "PAI_CHECKS": ("pai", "CHECKS"),
+    "MAX_PAI_ITERATIONS": ("pai", "MAX_ITERATIONS"),
+    "parse_method_iterations": ("pai", "parse_method_iterations"),
+    "SPARSE_METHODS": ("sparse", "METHODS"),
+}
+
+
+def __getattr__(name: str):
+  if name in _MOVED:
+    import importlib  # pylint: disable=g-import-not-at-top
+    module, attr = _MOVED[name]
+    return getattr(importlib.import_module(f"lottery.{module}"), attr)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_dict(node) -> dict | None:
@@ -642,10 +465,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if name in values:
       rule(name, values[name], values)
 
-
-# The blocks every method reads; a method adds its own (`Method.fields`).
-SHARED = ("method", "seeds", "data", "model", "training")
-
 # One line per field for --help (tests/test_config.py checks every field has one).
 FIELD_HELP: dict[str, str] = {
     "method": "the method plug-in that runs this config (imp, pai, sparse, stability)",
@@ -677,41 +496,6 @@ FIELD_HELP: dict[str, str] = {
     "training.eval_every": "steps between test-set evaluations",
     "training.checkpoint_every": "steps between resumable mid-run checkpoints",
     "training.loop": "how a chunk of steps runs (auto: python for conv models on the CPU, scan elsewhere)",
-    "pruning.fraction": "fraction of the surviving prunable weights removed per round",
-    "pruning.rounds": "pruning rounds after the dense round 0",
-    "pruning.schedule": "geometric: density (1 - fraction)^r; linear: density 1 - r * fraction",
-    "pruning.scope": "which weights are ranked together: each layer, all, or each module's leaves",
-    "pruning.prunable": "regexes (re.fullmatch) over parameter paths such as 'fc1/kernel'",
-    "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1'",
-    "pruning.score": "the importance score ranked by each round",
-    "pruning.reset": "rewind: weights of step rewind_step; lr_rewind: replay the schedule; finetune: final rate",
-    "pruning.rewind_step": "the step of round 0 whose weights later rounds rewind to",
-    "pruning.stability_every": "every N-th round: the ticket's instability (a copy on another data order); 0: none",
-    "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
-    "pruning.path_points": "evenly spaced points of those linear paths, ends included",
-    "controls": "controls trained beside each pruned round's ticket",
-    "controls_every": "run the controls on every N-th round and on the last",
-    "pai.methods": "scores that prune the initial weights",
-    "pai.densities": "target densities, each in (0, 1)",
-    "pai.checks": "Frankle et al. 2021's sanity checks, for every method but random",
-    "pai.iterations": "pruning rounds d^(k/n) of every method not in method_iterations",
-    "pai.method_iterations": "per-method rounds 'method=n,...'",
-    "pai.scope": "rank all prunable weights together (global) or each layer",
-    "pai.batch_size": "training examples the data-aware scores see",
-    "pai.dense": "also train the dense network (method 'dense')",
-    "sparse.methods": "sparse-training methods; a dense baseline always runs",
-    "sparse.densities": "target densities, each in (0, 1)",
-    "sparse.distribution": "per-layer densities (a tuple runs each)",
-    "sparse.update_every": "steps between mask updates (set, rigl, gmp)",
-    "sparse.drop_fraction": "set/rigl: fraction of active weights dropped and regrown, cosine-annealed",
-    "sparse.end_fraction": "set/rigl: updates stop at end_fraction x training.steps (gmp's default end)",
-    "sparse.begin_step": "gmp: the step pruning starts",
-    "sparse.end_step": "gmp: the step it reaches the target (0 = end_fraction x training.steps)",
-    "stability.steps": "rewind steps k whose copies are compared",
-    "stability.sources": "'dense', or coordinates of tickets of source_workdir ('round=4')",
-    "stability.source_workdir": "the workdir of the source tickets",
-    "stability.points": "evenly spaced points of the linear path, ends included",
-    "stability.same_data": "both copies on the same data order (sanity check: barrier 0)",
 }
 
 

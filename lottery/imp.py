@@ -34,16 +34,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from lottery import config as config_lib
 from lottery import controls as controls_lib
 from lottery import driver
 from lottery import jobs as jobs_lib
 from lottery import loop as loop_lib
+from lottery import masks as masks_lib
 from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import schedules
-from lottery import stability as stability_lib
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
@@ -95,6 +96,137 @@ RESETS = Registry("reset", "pruning.reset")
 RESETS.register("rewind")(_rewind)
 RESETS.register("lr_rewind")(_lr_rewind)
 RESETS.register("finetune")(_finetune)
+
+
+def _rewind_step(f, v, c) -> None:
+  config_lib.below_steps(f, v, c)
+  reset = c["pruning.reset"]
+  if v and reset != "rewind":
+    config_lib.fail(f, v, f"only applies to pruning.reset='rewind', not {reset!r}")
+
+
+def _prunable(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v or \
+      not all(isinstance(p, str) and p for p in v):
+    config_lib.fail(f, v, "must be a non-empty tuple of regexes")
+  masks_lib.compile_patterns(v, f)
+
+
+def _layer_fractions(f, v, c) -> None:
+  config_lib.check_str(f, v)
+  pruning.parse_layer_fractions(v, field=f)
+
+
+SCHEDULES = schedules.IMP_SCHEDULES  # ('geometric', 'linear')
+# The default controls; any name registered in lottery.controls is allowed.
+DEFAULT_CONTROLS = ("reinit", "random_prune")
+# The built-in reset policies (`RESETS` may hold more).
+RESET_NAMES = ("rewind", "lr_rewind", "finetune")
+
+
+def _schedule(f, v, c) -> None:
+  config_lib.check_choice(f, v, SCHEDULES)
+  if v != "linear":
+    return
+  rounds = c["pruning.rounds"]
+  rates = [("pruning.fraction", c["pruning.fraction"])] + [
+      (f"pruning.layer_fractions ({k})", r) for k, r in
+      pruning.parse_layer_fractions(c["pruning.layer_fractions"]).items()]
+  for name, rate in rates:
+    if rounds * rate >= 1:
+      config_lib.fail("pruning.rounds", rounds,
+                      f"with pruning.schedule='linear', rounds x {name}={rate} must "
+                      f"stay below 1 (density 1 - rounds x rate)")
+
+
+def _controls(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)):
+    config_lib.fail(f, v, "must be a tuple, e.g. ('reinit',)")
+  for x in v:
+    config_lib.check_choice(f, x, controls_lib.names())
+  if len(set(v)) != len(v):
+    config_lib.fail(f, v, "must not repeat a control")
+
+
+# The blocks of the config schema (`lottery.config`) that IMP reads;
+# `pruning.prunable` is read by every method that prunes (their `fields`
+# name it).
+config_lib.register_block(
+    "pruning",
+    dict(
+        fraction=0.2,  # Fraction of surviving prunable weights removed per round.
+        rounds=10,  # Pruning rounds after the dense round 0.
+        # geometric: each round removes `fraction` of the survivors (density
+        # (1 - fraction)^r); linear: sparsity rises by `fraction` of all the
+        # prunable weights per round (density 1 - r * fraction).
+        schedule="geometric",
+        scope="layerwise",  # layerwise | global | module (a layer's leaves)
+        prunable=(".*kernel",),  # Regexes (re.fullmatch) over 'fc1/kernel'.
+        layer_fractions="",  # Overrides 'regex=rate,...', e.g. 'out/kernel=0.1'.
+        score="magnitude",
+        # rewind: weights back to step rewind_step of round 0, train the rest;
+        # lr_rewind: keep trained weights, replay the whole schedule;
+        # finetune: keep trained weights, train all steps at the final rate.
+        reset="rewind",
+        rewind_step=0,
+        # Instability analysis of the tickets (lottery.stability): every N-th
+        # round (0: none) a copy of the ticket trains from the ticket's start
+        # (round 0 under 'rewind': the rewind point) with another data order;
+        # the error barrier on the linear path between the two is recorded.
+        stability_every=0,
+        # Record the error barrier between the trained networks of successive
+        # rounds (Paul et al. 2023).
+        level_barrier=False,
+        path_points=30,  # Evenly spaced points of those paths, ends included.
+    ),
+    rules={
+        "pruning.fraction": config_lib.fraction,
+        "pruning.rounds": config_lib.count(0),
+        "pruning.scope": config_lib.one_of(lambda: pruning.SCOPES),
+        "pruning.prunable": _prunable,
+        "pruning.layer_fractions": _layer_fractions,
+        "pruning.schedule": _schedule,
+        "pruning.score": config_lib.one_of(scores_lib.names),
+        "pruning.reset": config_lib.one_of(RESETS.names),
+        "pruning.rewind_step": _rewind_step,
+        "pruning.stability_every": config_lib.count(0),
+        "pruning.level_barrier": config_lib.boolean,
+        "pruning.path_points": config_lib.count(2, 10_000),
+    },
+    help={
+        "pruning.fraction": "fraction of the surviving prunable weights removed per round",
+        "pruning.rounds": "pruning rounds after the dense round 0",
+        "pruning.schedule": "geometric: density (1 - fraction)^r; linear: density 1 - r * fraction",
+        "pruning.scope": "which weights are ranked together: each layer, all, or each module's leaves",
+        "pruning.prunable": "regexes (re.fullmatch) over parameter paths such as 'fc1/kernel'",
+        "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1'",
+        "pruning.score": "the importance score ranked by each round",
+        "pruning.reset": "rewind: weights of step rewind_step; lr_rewind: replay the schedule; finetune: final rate",
+        "pruning.rewind_step": "the step of round 0 whose weights later rounds rewind to",
+        "pruning.stability_every": "every N-th round: the ticket's instability (a copy on another data order); 0: none",
+        "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
+        "pruning.path_points": "evenly spaced points of those linear paths, ends included",
+    })
+# Controls run every pruned round beside the ticket: 'reinit' (same mask,
+# fresh weights) and 'random_prune' (same per-layer densities, random
+# positions, the ticket's starting weights).
+config_lib.register_block(
+    "controls", DEFAULT_CONTROLS,
+    rules={
+        "controls": _controls,
+    },
+    help={
+        "controls": "controls trained beside each pruned round's ticket",
+    })
+# Run the controls on every N-th round and the last.
+config_lib.register_block(
+    "controls_every", 1,
+    rules={
+        "controls_every": config_lib.count(1),
+    },
+    help={
+        "controls_every": "run the controls on every N-th round and on the last",
+    })
 
 
 def summary(workdir) -> dict:
@@ -347,6 +479,9 @@ class Imp(method_lib.Method):
   def _path(self, ctx, ticket_path: str, a, b, mask, *,
             name: str = "path.json") -> dict:
     """The path from a's trained network to b's, kept in b's directory."""
+    # Imported here: lottery.stability registers its config block on import,
+    # after IMP's (the schema's order).
+    from lottery import stability as stability_lib  # pylint: disable=g-import-not-at-top
     return stability_lib.path_metrics(
         ctx.exp, a.trained_params, b.trained_params, a.model_state, mask,
         points=ctx.config.pruning.path_points,

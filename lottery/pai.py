@@ -72,10 +72,101 @@ DENSE = "dense"
 # Checks that are controls of lottery.controls (key: rng.stream(seed, name)).
 _CONTROL_CHECKS = ("shuffle", "reinit")
 
+# The `pai` block of the config schema (`lottery.config`).
+CHECKS = ("shuffle", "reinit", "invert")
+MAX_ITERATIONS = 10_000
+
+
+def _pai_methods(f, v, c) -> None:
+  if not config_lib.distinct_tuple(f, v, "scores"):
+    config_lib.fail(f, v, "must name at least one score")
+  for x in v:
+    config_lib.check_choice(f, x, scores_lib.all_names())
+
+
+def _pai_densities(f, v, c) -> None:
+  if not config_lib.distinct_tuple(f, v, "densities"):
+    config_lib.fail(f, v, "must hold at least one density")
+  for x in v:
+    config_lib.check_real(f, x, 0, 1, lo_open=True, hi_open=True)
+
+
+def _pai_checks(f, v, c) -> None:
+  for x in config_lib.distinct_tuple(f, v, "checks"):
+    config_lib.check_choice(f, x, CHECKS)
+
+
+def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
+                            ) -> dict[str, int]:
+  """Parses 'method=n,...' (e.g. 'synflow=100') into {method: n}."""
+  config_lib.check_str(field, spec)
+  out = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, n = item.partition("=")
+    if not sep or not n.strip().isdigit():
+      config_lib.fail(field, spec, "must be 'method=iterations,...', e.g. 'synflow=100'")
+    name, n = name.strip(), int(n)
+    config_lib.check_choice(field, name, scores_lib.all_names())
+    if not 1 <= n <= MAX_ITERATIONS:
+      config_lib.fail(field, spec, f"iterations of {name!r} must be in "
+                      f"[1, {MAX_ITERATIONS}]")
+    if name in out:
+      config_lib.fail(field, spec, f"names {name!r} twice")
+    out[name] = n
+  return out
+
+
+def _pai_method_iterations(f, v, c) -> None:
+  parse_method_iterations(v, field=f)
+
+
+# Pruning at initialization (lottery.pai, experiments/pai.py): each method
+# (a score of lottery.scores) prunes the initial weights to each target
+# density in `iterations` rounds of the exponential schedule d^(k/n),
+# rescoring the masked network each round; the mask is then trained like
+# any ticket. `checks` are Frankle et al. 2021's sanity checks, run for
+# every method but 'random': shuffle (mask permuted within each layer),
+# reinit (same mask, fresh weights), invert (keep the lowest scores).
+config_lib.register_block(
+    "pai",
+    dict(
+        methods=("snip", "grasp", "synflow", "magnitude", "random"),
+        densities=(0.1, 0.03, 0.01, 0.003),
+        checks=("shuffle", "reinit", "invert"),
+        iterations=1,  # Rounds of every method not in method_iterations.
+        method_iterations="synflow=100",  # Overrides 'method=n,...'.
+        scope="global",  # global | layerwise
+        # Training examples the data-aware scores see (one batch, uniformly
+        # drawn with the replicate's data seed): 100 = 10 per class on average
+        # for 10 classes, as in Synaptic-Flow's prune loader.
+        batch_size=100,
+        dense=True,  # Also train the dense network (method 'dense').
+    ),
+    rules={
+        "pai.methods": _pai_methods,
+        "pai.densities": _pai_densities,
+        "pai.checks": _pai_checks,
+        "pai.iterations": config_lib.count(1, MAX_ITERATIONS),
+        "pai.method_iterations": _pai_method_iterations,
+        "pai.scope": config_lib.one_of(lambda: pruning.SCOPES),
+        "pai.batch_size": config_lib.count(1),
+        "pai.dense": config_lib.boolean,
+    },
+    help={
+        "pai.methods": "scores that prune the initial weights",
+        "pai.densities": "target densities, each in (0, 1)",
+        "pai.checks": "Frankle et al. 2021's sanity checks, for every method but random",
+        "pai.iterations": "pruning rounds d^(k/n) of every method not in method_iterations",
+        "pai.method_iterations": "per-method rounds 'method=n,...'",
+        "pai.scope": "rank all prunable weights together (global) or each layer",
+        "pai.batch_size": "training examples the data-aware scores see",
+        "pai.dense": "also train the dense network (method 'dense')",
+    })
+
 
 def iterations(config: ml_collections.ConfigDict, method: str) -> int:
   """The number of pruning rounds of `method` under `config`."""
-  return config_lib.parse_method_iterations(
+  return parse_method_iterations(
       config.pai.method_iterations).get(method, config.pai.iterations)
 
 

@@ -66,8 +66,94 @@ from lottery.experiment import Experiment
 
 __all__ = ["METHODS", "Sparse", "check", "groups", "run", "summary"]
 
-METHODS = config_lib.SPARSE_METHODS
+# Sparse training's methods (lottery.sparse_updates).
+METHODS = ("static", "set", "rigl", "gmp")
 DENSE = "dense"
+
+
+# The `sparse` block of the config schema (`lottery.config`).
+def _sparse_methods(f, v, c) -> None:
+  config_lib.names_tuple(f, v, sparse_updates.names(), ("rigl", "set"))
+
+
+def _sparse_distribution(f, v, c) -> None:
+  config_lib.names_tuple(f, v, distributions.names(), None)
+
+
+def _sparse_densities(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v:
+    config_lib.fail(f, v, "must be a non-empty tuple of densities in (0, 1), e.g. "
+                    "(0.1, 0.03)")
+  for x in v:
+    config_lib.check_real(f, x, 0, 1, lo_open=True, hi_open=True)
+  if len(set(v)) != len(v):
+    config_lib.fail(f, v, "must not repeat a density")
+
+
+def _sparse_end_fraction(f, v, c) -> None:
+  config_lib.check_real(f, v, 0, 1, lo_open=True, hi_open=False)
+
+
+def _sparse_end_step(f, v, c) -> None:
+  config_lib.check_int(f, v, 0)
+  begin = c["sparse.begin_step"]
+  if v and v <= begin:
+    config_lib.fail(f, v, f"must be 0 (end_fraction x training.steps) or above "
+                    f"sparse.begin_step={begin}")
+  # GMP changes the mask only at update steps: it reaches its target at
+  # end_step only if that is one (else at the next, past its schedule). Only
+  # GMP reads end_step; one past the last update in training is
+  # `lottery.sparse.check`'s to refuse (it needs the whole config).
+  every, steps = c["sparse.update_every"], c["training.steps"]
+  if v % every and "gmp" in c["sparse.methods"] and \
+      v <= (steps - 1) // every * every:
+    near = sorted({x for x in (v // every * every, (v // every + 1) * every)
+                   if x > begin})
+    config_lib.fail(f, v, f"must be a multiple of sparse.update_every={every}, where "
+                    f"GMP's mask updates happen (e.g. "
+                    f"{' or '.join(map(str, near))})")
+
+
+# Sparse training (lottery.sparse, python -m experiments.sparse): every
+# method x distribution x density x replicate, and a dense baseline. The
+# sparse leaves are those of pruning.prunable.
+config_lib.register_block(
+    "sparse",
+    dict(
+        methods=METHODS,  # static | set | rigl | gmp
+        densities=(0.1, 0.03),  # Target densities, each in (0, 1).
+        # Per-layer densities: uniform | erk; a tuple runs each.
+        distribution=("uniform", "erk"),
+        update_every=100,  # Steps between mask updates (set, rigl, gmp).
+        # set / rigl: fraction of each layer's active weights dropped and
+        # regrown, cosine-annealed to 0 at end_fraction x training.steps.
+        drop_fraction=0.3,
+        end_fraction=0.75,
+        # gmp: from dense to the target between these steps (cubic schedule);
+        # end_step 0 = end_fraction x training.steps.
+        begin_step=0,
+        end_step=0,
+    ),
+    rules={
+        "sparse.methods": _sparse_methods,
+        "sparse.densities": _sparse_densities,
+        "sparse.distribution": _sparse_distribution,
+        "sparse.update_every": config_lib.count(1),
+        "sparse.drop_fraction": config_lib.fraction,
+        "sparse.end_fraction": _sparse_end_fraction,
+        "sparse.begin_step": config_lib.count(0),
+        "sparse.end_step": _sparse_end_step,
+    },
+    help={
+        "sparse.methods": "sparse-training methods; a dense baseline always runs",
+        "sparse.densities": "target densities, each in (0, 1)",
+        "sparse.distribution": "per-layer densities (a tuple runs each)",
+        "sparse.update_every": "steps between mask updates (set, rigl, gmp)",
+        "sparse.drop_fraction": "set/rigl: fraction of active weights dropped and regrown, cosine-annealed",
+        "sparse.end_fraction": "set/rigl: updates stop at end_fraction x training.steps (gmp's default end)",
+        "sparse.begin_step": "gmp: the step pruning starts",
+        "sparse.end_step": "gmp: the step it reaches the target (0 = end_fraction x training.steps)",
+    })
 
 
 def _distributions(config) -> tuple[str, ...]:

@@ -69,6 +69,59 @@ DENSE = "dense"
 PATH_FILE = "path.json"
 
 
+
+# The `stability` block of the config schema (`lottery.config`).
+def _stability_steps(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v:
+    config_lib.fail(f, v, "must be a non-empty tuple of steps, e.g. (0, 100)")
+  for x in v:
+    config_lib.check_int(f, x, 0)
+  if list(v) != sorted(set(v)):
+    config_lib.fail(f, v, "must be increasing steps")
+
+
+def _stability_sources(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v:
+    config_lib.fail(f, v, "must be a non-empty tuple, e.g. ('dense', 'round=4')")
+  for x in v:
+    config_lib.check_str(f, x)
+  if len(set(v)) != len(v):
+    config_lib.fail(f, v, "must not repeat a source")
+
+
+# Instability analysis (lottery.stability, Frankle et al. 2020): for each
+# rewind step k and source mask, two copies of the network at step k of
+# the dense run train to the end with different data orders; the error
+# barrier along the linear path between them measures their instability.
+config_lib.register_block(
+    "stability",
+    dict(
+        steps=(0, 25, 100, 250, 500),  # Rewind steps k, each < training.steps.
+        # 'dense', or coordinates of a ticket of source_workdir ('round=4',
+        # 'method=snip,check=None,target_density=0.1'); replicate i takes the
+        # source's seed i.
+        sources=("dense",),
+        source_workdir="",  # The workdir of the source tickets.
+        points=30,  # Evenly spaced points of the path, ends included.
+        # Both copies on the same data order (a sanity check: barrier 0).
+        same_data=False,
+    ),
+    rules={
+        "stability.steps": _stability_steps,
+        "stability.sources": _stability_sources,
+        "stability.source_workdir": config_lib.string,
+        "stability.points": config_lib.count(2, 10_000),
+        "stability.same_data": config_lib.boolean,
+    },
+    help={
+        "stability.steps": "rewind steps k whose copies are compared",
+        "stability.sources": "'dense', or coordinates of tickets of source_workdir ('round=4')",
+        "stability.source_workdir": "the workdir of the source tickets",
+        "stability.points": "evenly spaced points of the linear path, ends included",
+        "stability.same_data": "both copies on the same data order (sanity check: barrier 0)",
+    })
+
+
 def interpolate(a: Any, b: Any, alpha: float | jax.Array,
                 mask: Any = None) -> Any:
   """(1 - alpha) * a + alpha * b, leaf by leaf; with `mask` (a mask pytree,

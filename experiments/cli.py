@@ -1,13 +1,10 @@
 r"""The command line every launcher in experiments/ shares.
 
-A launcher (experiments/imp.py, later pai.py, sparse.py) is a few lines:
-
-  def _run(config, workdir, progress):
-    return lottery.imp.run(config, workdir, progress=progress)
+A launcher (experiments/run.py, and the one-method aliases imp.py, pai.py,
+sparse.py) is a few lines:
 
   if __name__ == "__main__":
-    cli.main(_run, doc=__doc__, default_config="mnist1d",
-             validate=lottery.config.validate)
+    cli.launch(__doc__, default_config="mnist1d", method="imp")
 
 and gets:
 
@@ -560,3 +557,24 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
   finally:
     signals.done()
   sys.exit(0)
+
+
+def launch(doc: str, default_config: str,
+           method: str | None = None) -> NoReturn:
+  """A launcher's whole body: `--log_steps`, then the one driver
+  (`lottery.driver.run`) on the recipe, which must be of `method` (None:
+  any method, the recipe's own)."""
+  import lottery  # pylint: disable=g-import-not-at-top,redefined-outer-name,reimported
+  log_steps = flags.DEFINE_bool("log_steps", False,
+                                "Log test metrics at every evaluation.")
+
+  def run(config, workdir, progress):
+    return lottery.driver.run(config, workdir, method=method,
+                              progress=progress, log_steps=log_steps.value)
+
+  def validate(config):
+    full, _, m = lottery.driver.resolve(config, method)
+    m.check(full)
+
+  main(run, doc=doc, default_config=default_config, method=method,
+       validate=validate)

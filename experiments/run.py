@@ -15,23 +15,7 @@ from experiments import signals  # First: Ctrl-C during the imports.
 if __name__ == "__main__":
   signals.install()
 
-from absl import flags
-
 from experiments import cli  # First: it checks which `lottery` is imported.
-import lottery
-
-_LOG_STEPS = flags.DEFINE_bool("log_steps", False,
-                               "Log test metrics at every evaluation.")
-
-
-def _run(config, workdir, progress):
-  return lottery.driver.run(config, workdir, progress=progress,
-                            log_steps=_LOG_STEPS.value)
-
-
-def _validate(config):
-  lottery.driver.method_of(config).check(config)
-
 
 if __name__ == "__main__":
-  cli.main(_run, doc=__doc__, default_config="mnist1d", validate=_validate)
+  cli.launch(__doc__, default_config="mnist1d", method=None)

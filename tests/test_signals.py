@@ -36,6 +36,27 @@ def _check(returncode, stderr, signum):
   assert re.fullmatch(LINE, stderr.strip().splitlines()[-1]), stderr
 
 
+def _wait_for_handler(pid: int, signum: int = signal.SIGTERM,
+                      timeout: float = 60) -> None:
+  """Waits until process `pid` catches `signum` (its SigCgt mask in
+  /proc): a signal during Python's own start-up, before the launcher's
+  first line installs the handler, keeps Python's default (documented), and
+  on a loaded machine that start-up can outlast any fixed delay. SIGTERM by
+  default: Python catches SIGINT from its start, only the launcher's
+  `signals.install` catches SIGTERM, and it installs both at once."""
+  status = pathlib.Path(f"/proc/{pid}/status")
+  if not status.exists():
+    return  # Not Linux: fixed delays only.
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status.read_text(), re.M)
+    if caught and int(caught[1], 16) >> (signum - 1) & 1:
+      return
+    time.sleep(0.005)
+  raise AssertionError(f"process {pid} never installed a handler for "
+                       f"{signum}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,delay", [
     (signal.SIGINT, 0.05), (signal.SIGINT, 0.3), (signal.SIGINT, 0.8),
@@ -43,10 +64,12 @@ def _check(returncode, stderr, signum):
     (signal.SIGTERM, 0.05), (signal.SIGTERM, 1.5)])
 def test_a_signal_at_any_moment_gives_the_one_line(npz_path, tmp_path,
                                                    signum, delay):
-  """During the imports, start-up, compilation and training alike."""
+  """During the imports, start-up, compilation and training alike (from
+  the moment the launcher's first line installed the handler)."""
   proc = subprocess.Popen(_run(tmp_path / "wd", npz_path), cwd=ROOT, env=ENV,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True)
+  _wait_for_handler(proc.pid)
   time.sleep(delay)
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=120)

@@ -14,7 +14,7 @@ import lottery
 from lottery import checkpoint
 from lottery import jobs
 from lottery import tickets
-from tests.conftest import tiny
+from conftest import tiny
 
 
 def quiet(_):

@@ -16,8 +16,9 @@ such as JAX's `_xla_gc_callback`, a finalizer, an atexit callback) with an
 'Exception ignored in ...' report. The handler does not raise inside a
 known such callback, and `sys.unraisablehook` silences a dropped
 `Interrupted`; either way the signal is still pending and is delivered
-again a moment later, and `check` (at every chunk boundary, and once the
-command returns) raises it, so it is never lost. Only a signal in the
+again a moment later (a SIGALRM timer; nor does it raise inside `threading`,
+where a lock could stay held), and `check` (at every chunk boundary, and once
+the command returns) raises it, so it is never lost. Only a signal in the
 interpreter's own start-up, before the launcher's first line, is Python's.
 """
 
@@ -72,19 +73,31 @@ def _exit_now(signum: int) -> None:
 
 
 def _unsafe(frame) -> bool:
+  """Whether raising at `frame` could be lost or leave a lock held: inside
+  a callback whose exceptions Python drops, inside `threading` (a lock
+  acquired and not yet guarded: the writer thread would then wait for it
+  forever), or inside this module's unraisable hook."""
   while frame is not None:
-    if frame.f_code.co_name in _UNSAFE:
+    code = frame.f_code
+    if (code.co_name in _UNSAFE or code.co_filename == threading.__file__ or
+        (code.co_filename == __file__ and code.co_name == "_unraisable")):
       return True
     frame = frame.f_back
   return False
 
 
 def _redeliver(signum: int) -> None:
-  """Sends `signum` to this process again shortly (from a timer thread):
-  its handler then runs at a later point of the main thread."""
-  t = threading.Timer(_REDELIVER_S, os.kill, (os.getpid(), signum))
-  t.daemon = True
-  t.start()
+  """Runs the handler again shortly, at a later point of the main thread:
+  a one-shot real-time timer (SIGALRM), so no thread is started and no lock
+  taken here (a handler may run while the main thread holds any lock)."""
+  del signum
+  signal.setitimer(signal.ITIMER_REAL, _REDELIVER_S)
+
+
+def _alarm(signum, frame):
+  del signum
+  if _pending is not None and _mode == "raise":
+    _handler(_pending, frame)
 
 
 def _handler(signum, frame):
@@ -114,6 +127,7 @@ def install() -> None:
   sys.unraisablehook = _unraisable
   for s in SIGNALS:
     signal.signal(s, _handler)
+  signal.signal(signal.SIGALRM, _alarm)
 
 
 def running(where: Callable[[], str], before_exit: Callable[[], None]

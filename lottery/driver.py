@@ -83,14 +83,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     ctx.workdir = wd
     # Every finished group's tickets are read (verified) before anything is
     # written: a damaged one is refused with the workdir as it was.
-    loaded = _load_finished(ctx)
+    finished = _load_finished(ctx)
     # Every group's record is rebuilt (finished ones loaded), so the summary
     # run is rewritten from its first step: purge_step=0 leaves no
     # duplicates.
     writer = jobs_lib.tensorboard_writer(wd, "summary", 0)
     try:
       return _groups(ctx, writer, progress.line if log_steps else None,
-                     on_group, loaded)
+                     on_group, finished)
     finally:
       if writer is not None:
         writer.close()
@@ -158,17 +158,29 @@ def _method(config, expected: str | None) -> method_lib.Method:
   return method_lib.get(name)
 
 
-def _load_finished(ctx: method_lib.Context
-                   ) -> dict[int, list[tickets.Ticket]]:
-  """Sets the run's grid; {index: tickets} of its finished groups, read and
-  verified (LotteryError for a damaged one, before anything is written)."""
+def _load_finished(ctx: method_lib.Context) -> set[int]:
+  """Sets the run's grid; the indices of its finished groups, each ticket
+  read once to verify it (LotteryError for a damaged one, before anything
+  is written) and not kept: a long run's tickets would not fit in memory
+  together. `_groups` reads them again, one group at a time."""
   grid = ctx.grid = ctx.method.grid(ctx)
-  return {i: [tickets.read_ticket(ctx.workdir, p) for p in ctx.paths(c)]
-          for i, c in enumerate(grid) if ctx.is_finished(c)}
+  finished = set()
+  for i, c in enumerate(grid):
+    if ctx.is_finished(c):
+      for p in ctx.paths(c):
+        tickets.read_ticket(ctx.workdir, p)
+      finished.add(i)
+  return finished
+
+
+# Groups whose tickets the driver keeps in memory (the latest ones: IMP's
+# next round prunes its previous round's ticket); older groups keep their
+# records, and `Context.tickets` reads their tickets from disk.
+KEPT_GROUPS = 8
 
 
 def _groups(ctx: method_lib.Context, writer, log_line, on_group,
-            loaded: dict[int, list[tickets.Ticket]]) -> dict:
+            finished: set[int]) -> dict:
   m, wd = ctx.method, ctx.workdir
   grid = ctx.grid
   ctx.progress.jobs(total=len(grid),
@@ -177,9 +189,9 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
   for i, coords in enumerate(grid):
     t0 = time.time()
     paths = ctx.paths(coords)
-    if i in loaded:
+    if i in finished:
       # Resumed: its start (a SynFlow mask, say) is not recomputed.
-      ts = loaded.pop(i)
+      ts = [tickets.read_ticket(wd, p) for p in paths]
     else:
       ts = _train(ctx, coords, paths, log_line)
     d = method_lib.Done(coords, ts, paths, time_s=time.time() - t0)
@@ -199,6 +211,8 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
         writer.flush()
     if on_group:
       on_group(d, rep)
+    if i >= KEPT_GROUPS:
+      done[i - KEPT_GROUPS].tickets = None
   notebook = (f"notebook: LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab "
               f"notebooks/{m.notebook}; " if m.notebook else "")
   ctx.progress.info(

@@ -86,9 +86,10 @@ class GroupStart:
 @dataclasses.dataclass
 class Done:
   """A finished group: its coordinates, tickets, directories, records, and
-  the wall time this process spent on it (0 for a group loaded from disk)."""
+  the wall time this process spent on it. The driver drops the tickets
+  (None) of all but its latest groups; `Context.tickets` reads them again."""
   coords: dict
-  tickets: list[tickets.Ticket]
+  tickets: list[tickets.Ticket] | None
   paths: list[str]
   records: list[dict] = dataclasses.field(default_factory=list)
   time_s: float = 0.0
@@ -148,7 +149,7 @@ class Context:
   def tickets(self, coords: dict) -> list[tickets.Ticket]:
     """The tickets of a finished group (this run's, or loaded from disk)."""
     key = group_key(coords)
-    if key in self.done:
+    if key in self.done and self.done[key].tickets is not None:
       return self.done[key].tickets
     return [tickets.read_ticket(self.workdir, p) for p in self.paths(coords)]
 

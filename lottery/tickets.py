@@ -206,6 +206,21 @@ def summary(workdir) -> dict:
   return _read(workdir, path)
 
 
+def _run_dir(workdir) -> pathlib.Path:
+  """`workdir` as a directory that exists.
+
+  Raises:
+    TypeError: naming `workdir` if it is not a path (a programming error).
+    LotteryError: ('workdir: ...') if it is not a directory.
+  """
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise TypeError(f"workdir: must be a path, str or os.PathLike (got "
+                    f"{type(workdir).__name__} {workdir!r})")
+  if not pathlib.Path(workdir).is_dir():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
+  return pathlib.Path(workdir)
+
+
 def records(workdir) -> list[dict]:
   """Every ticket record of a run, flat, one per ticket: its coordinates
   (with `seed`, the replicate, where the run records it), its metrics
@@ -217,7 +232,12 @@ def records(workdir) -> list[dict]:
   Records come from summary.json (nested records, such as IMP's controls
   under their round, are listed after their parent); tickets finished but
   not yet summarised (a run in flight) are added from their metrics.json.
+
+  Raises:
+    TypeError: if `workdir` is not a path; LotteryError if it is not a
+      directory.
   """
+  _run_dir(workdir)
   checkpoint.wait_for(workdir)
   walked: list[dict] = []
   path = pathlib.Path(workdir) / SUMMARY
@@ -270,9 +290,7 @@ def find(workdir, **coords) -> dict:
   """The one record whose coordinates match `coords` (LotteryError if none
   or several match); without `seed`, replicate 0's where several
   replicates match."""
-  if not pathlib.Path(workdir).is_dir():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
-  if not (pathlib.Path(workdir) / "config.json").exists():
+  if not (_run_dir(workdir) / "config.json").exists():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
                        f"run (config.json missing)")
   matches = [r for r in records(workdir)

@@ -3,6 +3,7 @@ random stream per use."""
 
 import itertools
 import json
+import re
 
 import jax
 import numpy as np
@@ -148,3 +149,17 @@ def test_constant_schedule_notes_that_lr_rewind_is_finetune(tiny_config,
   assert any("lr_rewind and finetune are the same procedure" in i
              for i in infos)
   assert lottery.__version__ and isinstance(lottery.__version__, str)
+
+
+def test_store_functions_name_a_bad_workdir(tmp_path):
+  for bad in (None, 123):
+    for fn in (lambda w: lottery.load_ticket(w, 0), lottery.records):
+      with pytest.raises(TypeError, match=r"^workdir: must be a path, str "
+                         r"or os.PathLike \(got "):
+        fn(bad)
+  missing = tmp_path / "missing"
+  for fn in (lambda w: lottery.load_ticket(w, 0), lottery.records):
+    with pytest.raises(lottery.LotteryError,
+                       match=rf"^workdir: {re.escape(repr(str(missing)))} "
+                       r"is not a directory$"):
+      fn(missing)

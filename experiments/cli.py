@@ -550,10 +550,7 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     # A second signal while exiting ends the process at once (same line).
     signals.done()
     progress.close()
-    signum = getattr(e, "signum", signal.SIGINT)
-    print(f"interrupted at {progress.where()}; rerun the same command to "
-          "resume", file=sys.stderr, flush=True)
-    sys.exit(128 + signum)
+    signals.exit(getattr(e, "signum", signal.SIGINT), progress.where())
   finally:
     signals.done()
   sys.exit(0)

@@ -16,24 +16,35 @@ such as JAX's `_xla_gc_callback`, a finalizer, an atexit callback) with an
 'Exception ignored in ...' report. The handler does not raise inside a
 known such callback, and `sys.unraisablehook` silences a dropped
 `Interrupted`; either way the signal is still pending and is delivered
-again a moment later (a SIGALRM timer; nor does it raise inside `threading`,
-where a lock could stay held), and `check` (at every chunk boundary, and once
-the command returns) raises it, so it is never lost. Only a signal in the
-interpreter's own start-up, before the launcher's first line, is Python's.
+again a moment later (a SIGALRM timer; nor does it raise inside
+`threading` or the import system, where a lock could stay held), and
+`check` (at every chunk boundary, and once the command returns) raises it,
+so it is never lost. Only a signal in the interpreter's own start-up, before
+the launcher's first line, is Python's.
+
+Once the run has unwound, `exit` ends the process without the interpreter's
+finalization: an interrupted run may leave library threads (orbax's event
+loop, XLA's pools) mid-task, and finalizing around them can crash or hang.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Code names of callbacks whose exceptions Python drops ('Exception ignored').
 _UNSAFE = frozenset({"_xla_gc_callback", "__del__"})
 _REDELIVER_S = 0.02
+# Frames of the import system (`importlib._bootstrap` and its external part).
+_IMPORT_SYSTEM = ("<frozen importlib._bootstrap",
+                  os.path.join(os.path.dirname(importlib.__file__),
+                               "_bootstrap"))
 
 _mode = "exit"
 _pending: int | None = None  # The first signal not yet seen propagating.
@@ -54,15 +65,11 @@ def message(where: str) -> str:
   return f"interrupted at {where}; rerun the same command to resume"
 
 
-def _exit_now(signum: int) -> None:
-  """Prints the line and ends the process (nothing is being written)."""
+def exit(signum: int, where: str) -> NoReturn:  # pylint: disable=redefined-builtin
+  """Prints the line and ends the process at once: streams flushed, no
+  interpreter finalization (see the module doc)."""
   for s in SIGNALS:  # A second signal now ends the process at once.
     signal.signal(s, signal.SIG_DFL)
-  try:
-    _before_exit()
-    where = _where()
-  except Exception:  # pylint: disable=broad-except
-    where = "start-up"
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()
@@ -72,14 +79,29 @@ def _exit_now(signum: int) -> None:
   os._exit(128 + signum)  # pylint: disable=protected-access
 
 
+def _exit_now(signum: int) -> NoReturn:
+  """Prints the line and ends the process (nothing is being written)."""
+  for s in SIGNALS:
+    signal.signal(s, signal.SIG_DFL)
+  try:
+    _before_exit()
+    where = _where()
+  except Exception:  # pylint: disable=broad-except
+    where = "start-up"
+  exit(signum, where)
+
+
 def _unsafe(frame) -> bool:
   """Whether raising at `frame` could be lost or leave a lock held: inside
-  a callback whose exceptions Python drops, inside `threading` (a lock
-  acquired and not yet guarded: the writer thread would then wait for it
-  forever), or inside this module's unraisable hook."""
+  a callback whose exceptions Python drops, inside `threading` or the
+  import system (a lock acquired and not yet guarded, such as the global
+  import lock: a writer thread importing a module would then wait for it
+  forever, and the main thread for the writer), or inside this module's
+  unraisable hook."""
   while frame is not None:
     code = frame.f_code
     if (code.co_name in _UNSAFE or code.co_filename == threading.__file__ or
+        code.co_filename.startswith(_IMPORT_SYSTEM) or
         (code.co_filename == __file__ and code.co_name == "_unraisable")):
       return True
     frame = frame.f_back

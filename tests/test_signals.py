@@ -138,3 +138,36 @@ def test_a_signal_dropped_by_a_callback_is_delivered_again():
       res.stdout + res.stderr)
   assert "Exception ignored" not in res.stderr and res.returncode == 0, (
       res.stderr)
+
+
+_IN_IMPORT = textwrap.dedent("""
+    import os, pathlib, signal, sys, tempfile
+    from experiments import signals
+    signals.install()
+    signals.running(lambda: "here", lambda: None)
+    d = tempfile.mkdtemp()
+    pathlib.Path(d, "slow_module.py").write_text(
+        "import os, signal\\n"
+        "os.kill(os.getpid(), signal.SIGINT)\\n"
+        "for _ in range(10 ** 6): pass\\n"
+        "DONE = True\\n")
+    sys.path.insert(0, d)
+    try:
+      import slow_module
+      for _ in range(10 ** 8): pass
+      print("lost")
+    except signals.Interrupted as e:
+      print("imported" if "slow_module" in sys.modules else "in import",
+            e.signum)
+    """)
+
+
+@pytest.mark.slow
+def test_a_signal_inside_an_import_waits_for_its_end():
+  """Raising inside the import system could leave its global lock held (a
+  writer thread importing a module then waits forever, and the run for
+  the writer): the signal is delivered once the import is over."""
+  res = subprocess.run([sys.executable, "-c", _IN_IMPORT], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=60)
+  assert res.stdout.split() == ["imported", "2"], res.stdout + res.stderr
+  assert res.returncode == 0, res.stderr

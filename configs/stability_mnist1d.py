@@ -23,21 +23,14 @@ they are stable. Measured here: docs/stability.md.
 """
 
 from configs import mnist1d
-from lottery.config import base_config
+from lottery import stability
 
 ARGS = ("", "quick")
 
 
 def get_config(arg: str = ""):
-  imp = mnist1d.get_config()
-  c = base_config()
-  c.method = "stability"
   # The default IMP recipe's data, model, training and prunable weights.
-  for block in ("data", "model", "training"):
-    c[block].update(imp[block].to_dict())
-  c.pruning.prunable = imp.pruning.prunable
-  c.stability.update(steps=(0, 25, 100, 250, 500), sources=("dense",),
-                     points=30)
+  c = stability.recipe(mnist1d.get_config(), (0, 25, 100, 250, 500))
   if arg == "quick":
     c.training.update(steps=200, eval_every=50, checkpoint_every=100)
     c.stability.update(steps=(0, 20), points=10)

@@ -379,13 +379,6 @@ class Imp(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
-    if (p.stability_every or p.level_barrier) and jax.tree.leaves(
-        ctx.exp.init_model_state):
-      raise LotteryError(
-          f"pruning.stability_every: {ctx.config.model.name!r} keeps running "
-          f"statistics (BatchNorm), which the path evaluation does not yet "
-          f"recompute (got stability_every={p.stability_every}, "
-          f"level_barrier={p.level_barrier})")
     if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
       ctx.progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                         f"schedule: lr_rewind and finetune are the same "

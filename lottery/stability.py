@@ -23,10 +23,10 @@ coordinates), each replicate i
      the errors of the two end points (Frankle et al.'s instability; stable
      when below 2%).
 
-The pruned weights are 0 at both ends, so they stay 0 along the path. Models
-with BatchNorm (running statistics in the model state) are refused for now:
-the paper recomputes the statistics of every interpolated network, which is
-not built yet.
+The pruned weights are 0 at both ends, so they stay 0 along the path. A
+model with BatchNorm has the running statistics of every point of the path
+recomputed (`recompute_statistics`) over the training set before that point
+is evaluated: an interpolated network's statistics are neither end's.
 
 Coordinates: parents {'source': 'parent', 'k': k, 'seed': i, 'copy': 0};
 copies {'source': s, 'k': k, 'seed': i, 'copy': c} --
@@ -62,7 +62,9 @@ from lottery import tickets
 from lottery.errors import LotteryError
 
 __all__ = ["Stability", "barrier", "copy_data_seed", "evaluate_path",
-           "interpolate", "parse_source", "path_metrics", "run", "summary"]
+           "interpolate", "parse_source", "path_metrics",
+           "recipe", "recompute_statistics", "run", "statistics_batches",
+           "summary"]
 
 PARENT = "parent"
 DENSE = "dense"
@@ -130,42 +132,105 @@ def interpolate(a: Any, b: Any, alpha: float | jax.Array,
   return out if mask is None else masks_lib.apply_mask(mask, out)
 
 
-@functools.partial(jax.jit, static_argnames=("eval_fn",))
-def _path(eval_fn, a, b, model_state, mask, alphas, xs, ys, valid):
+def recompute_statistics(apply_fn: Callable[..., Any], params: Any,
+                         model_state: Any, xs: jax.Array) -> Any:
+  """The running statistics of the network `params`, recomputed: the mean
+  over the batches `xs` (batches, B, ...) of each batch's statistics, as the
+  training-mode forward pass computes them (PyTorch's `update_bn` with a
+  cumulative average). Jit- and vmap-friendly.
+
+  The model state must be exponential moving averages of batch statistics
+  (flax's BatchNorm: new = m * old + (1 - m) * batch); its momentum m is
+  read off the update itself (from a state of zeros and one of ones on the
+  first batch), so any momentum works. The interpolated networks of a path
+  need it: their statistics are neither end's.
+  """
+  zeros = jax.tree.map(jnp.zeros_like, model_state)
+  ones = jax.tree.map(jnp.ones_like, model_state)
+
+  def scaled(x):  # (1 - m) * the batch's statistics.
+    return apply_fn(params, zeros, x, train=True)[1]
+
+  first = scaled(xs[0])
+  momentum = jax.tree.map(jnp.subtract,
+                          apply_fn(params, ones, xs[0], train=True)[1], first)
+  total, _ = jax.lax.scan(
+      lambda t, x: (jax.tree.map(jnp.add, t, scaled(x)), None), first, xs[1:])
+  return jax.tree.map(lambda t, m: t / (xs.shape[0] * (1 - m)), total,
+                      momentum)
+
+
+@functools.partial(jax.jit, static_argnames=("eval_fn", "apply_fn"))
+def _path(eval_fn, apply_fn, a, b, model_state, mask, alphas, sets,
+          stats_xs):
   def one(alpha):
-    return eval_fn(interpolate(a, b, alpha, mask), model_state, xs, ys,
-                   valid)
+    params = interpolate(a, b, alpha, mask)
+    state = model_state
+    if stats_xs is not None:
+      state = recompute_statistics(apply_fn, params, model_state, stats_xs)
+    return [eval_fn(params, state, *s) for s in sets]
   return jax.vmap(one)(alphas)
+
+
+def statistics_batches(x: np.ndarray, batch_size: int) -> np.ndarray:
+  """The whole batches of `x`, in order, (batches, batch_size, ...): the
+  examples `recompute_statistics` averages over (a partial last batch would
+  weigh its examples differently and is left out)."""
+  n = len(x) // batch_size * batch_size
+  if n == 0:
+    raise LotteryError(f"training.batch_size: {batch_size} is more than the "
+                       f"{len(x)} training examples the statistics are "
+                       f"recomputed on")
+  return x[:n].reshape((n // batch_size, batch_size) + x.shape[1:])
 
 
 def evaluate_path(eval_fn: Callable[..., dict], a: Any, b: Any,
                   model_state: Any, mask: Any, x: np.ndarray, y: np.ndarray,
-                  *, points: int = 30, eval_batch: int = 1000) -> dict:
+                  *, points: int = 30, eval_batch: int = 1000,
+                  apply_fn: Callable[..., Any] | None = None,
+                  stats_x: np.ndarray | None = None) -> dict:
   """Loss and error of the networks on the linear path from `a` to `b`.
 
   Args:
     eval_fn: `step.make_eval_step(apply_fn)`.
     a, b: the two parameter pytrees (the path's ends, alpha 0 and 1).
-    model_state: the model state used at every point (no running
-      statistics: see the module doc).
+    model_state: the model state used at every point, or (with `stats_x`)
+      the template of the recomputed one.
     mask: the mask both share (pruned weights stay 0), or None.
     x, y: the examples to evaluate on.
     points: evenly spaced alphas in [0, 1], ends included (the paper: 30).
     eval_batch: examples per evaluation batch.
+    apply_fn, stats_x: with both, every point's running statistics are
+      recomputed (`recompute_statistics`) over the batches `stats_x`
+      (`statistics_batches`) before it is evaluated.
 
   Returns:
     {'alpha': [...], 'loss': [...], 'error': [...]} (Python floats), all
     points evaluated in one compiled program.
   """
+  out = _evaluate_path(eval_fn, a, b, model_state, mask, [(x, y)],
+                       points=points, eval_batch=eval_batch,
+                       apply_fn=apply_fn, stats_x=stats_x)
+  return {"alpha": out[0]["alpha"], "loss": out[0]["loss"],
+          "error": out[0]["error"]}
+
+
+def _evaluate_path(eval_fn, a, b, model_state, mask, splits, *, points,
+                   eval_batch=1000, apply_fn=None, stats_x=None) -> list:
+  """`evaluate_path` on several (x, y) sets at once: each point's
+  statistics are recomputed once for all of them."""
   if points < 2:
     raise LotteryError(f"points: must be at least 2 (got {points!r})")
+  if (apply_fn is None) != (stats_x is None):
+    raise LotteryError("stats_x: recomputing statistics needs both apply_fn "
+                       "and stats_x")
   alphas = np.linspace(0.0, 1.0, points, dtype=np.float32)
-  xs, ys, valid = loop_lib.eval_batches(x, y, eval_batch)
-  m = _path(eval_fn, a, b, model_state, mask, alphas, xs, ys, valid)
-  m = jax.device_get(m)
-  return {"alpha": [float(v) for v in alphas],
-          "loss": [float(v) for v in m["loss"]],
-          "error": [1.0 - float(v) for v in m["accuracy"]]}
+  sets = [loop_lib.eval_batches(x, y, eval_batch) for x, y in splits]
+  ms = jax.device_get(_path(eval_fn, apply_fn, a, b, model_state, mask,
+                            alphas, sets, stats_x))
+  return [{"alpha": [float(v) for v in alphas],
+           "loss": [float(v) for v in m["loss"]],
+           "error": [1.0 - float(v) for v in m["accuracy"]]} for m in ms]
 
 
 def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
@@ -173,16 +238,23 @@ def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
   """Train and test error and loss on the path from `a` to `b` (see
   `evaluate_path`) over the experiment's data, with the barriers: {'alpha',
   'test_error', 'test_loss', 'train_error', 'train_loss', 'barrier_test',
-  'barrier_train'}. With `file`, computed once and kept there (a JSON file
-  written atomically); a rerun reads it."""
+  'barrier_train'}. A model with running statistics (BatchNorm) has them
+  recomputed at every point over the training set's whole batches of
+  `training.batch_size`. With `file`, computed once and kept there (a JSON
+  file written atomically); a rerun reads it."""
   if file is not None and checkpoint.exists(file):
     return checkpoint.read_json(file)
   eval_fn = _eval_fns.setdefault(exp.apply_fn,
                                  step_lib.make_eval_step(exp.apply_fn))
   ds, out = exp.dataset, {}
-  for split, x, y in (("test", ds.x_test, ds.y_test),
-                      ("train", ds.x_train, ds.y_train)):
-    m = evaluate_path(eval_fn, a, b, model_state, mask, x, y, points=points)
+  stats = {}
+  if jax.tree.leaves(model_state):
+    stats = dict(apply_fn=exp.apply_fn, stats_x=statistics_batches(
+        ds.x_train, exp.config.training.batch_size))
+  splits = (("test", ds.x_test, ds.y_test), ("train", ds.x_train, ds.y_train))
+  ms = _evaluate_path(eval_fn, a, b, model_state, mask,
+                      [(x, y) for _, x, y in splits], points=points, **stats)
+  for (split, _, _), m in zip(splits, ms):
     out["alpha"] = m["alpha"]
     out[f"{split}_error"], out[f"{split}_loss"] = m["error"], m["loss"]
   out["barrier_test"] = barrier(out["test_error"])
@@ -201,6 +273,21 @@ def barrier(errors: list[float]) -> float:
   """The error barrier of a path: max over the path minus the mean of its
   two ends (Frankle et al. 2020's instability)."""
   return float(max(errors) - (errors[0] + errors[-1]) / 2)
+
+
+def recipe(train: ml_collections.ConfigDict, steps: tuple[int, ...], *,
+           points: int = 30) -> ml_collections.ConfigDict:
+  """A stability config that trains as the recipe `train` does (its data,
+  model, training and prunable weights, so that its dense run is `train`'s
+  and its tickets' masks fit), at rewind steps `steps` on the dense
+  network."""
+  c = config_lib.base_config()
+  c.method = "stability"
+  for block in ("data", "model", "training"):
+    c[block].update(train[block].to_dict())
+  c.pruning.prunable = train.pruning.prunable
+  c.stability.update(steps=tuple(steps), sources=(DENSE,), points=points)
+  return c
 
 
 def copy_data_seed(config: ml_collections.ConfigDict, replicate: int,
@@ -285,12 +372,7 @@ class Stability(method_lib.Method):
                          f"{config.seeds.num})")
 
   def before_claim(self, ctx: method_lib.Context) -> None:
-    exp, s = ctx.exp, ctx.config.stability
-    if jax.tree.leaves(exp.init_model_state):
-      raise LotteryError(
-          f"model.name: {ctx.config.model.name!r} keeps running statistics "
-          f"(BatchNorm); the stability analysis does not yet recompute them "
-          f"along the path (got {ctx.config.model.name!r})")
+    s = ctx.config.stability
     # Every source ticket exists and fits the model, before anything runs.
     for spec in s.sources:
       for i in range(ctx.replicates):

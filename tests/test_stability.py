@@ -216,3 +216,64 @@ def test_imp_with_stability_and_level_barriers(npz_path, tmp_path):
   assert "barrier" in lines[0] and "level barrier" in lines[1]
   # Resumed: the paths are read back, the summary is the same.
   assert lottery.run(c, wd) == summary
+
+
+class _DenseBN:
+  """Dense then BatchNorm (flax), of any momentum."""
+
+  def __init__(self, momentum):
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x, train=False):
+        x = nn.Dense(3, name="fc")(x)
+        return nn.BatchNorm(use_running_average=not train,
+                            momentum=momentum, name="bn")(x)
+
+    self.model = Net()
+    variables = self.model.init(jax.random.key(0), jnp.ones((2, 5)))
+    self.params = variables["params"]
+    self.state = {"batch_stats": variables["batch_stats"]}
+    self.apply = step_lib.flax_apply(self.model)
+
+
+@pytest.mark.parametrize("momentum", [0.9, 0.99])
+def test_recomputed_statistics_are_the_mean_of_batch_statistics(momentum):
+  net = _DenseBN(momentum)
+  xs = np.random.default_rng(1).normal(size=(4, 8, 5)).astype(np.float32)
+  got = jax.jit(stability.recompute_statistics, static_argnums=0)(
+      net.apply, net.params, net.state, xs)["batch_stats"]["bn"]
+  h = xs @ np.asarray(net.params["fc"]["kernel"]) + np.asarray(
+      net.params["fc"]["bias"])  # (batches, B, 3)
+  np.testing.assert_allclose(got["mean"], h.mean(1).mean(0), rtol=2e-5,
+                             atol=1e-6)
+  np.testing.assert_allclose(got["var"], h.var(1).mean(0), rtol=2e-5)
+
+
+def test_a_batchnorm_path_recomputes_statistics_at_every_point():
+  net = _DenseBN(0.9)
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(40, 5)).astype(np.float32)
+  y = rng.integers(0, 3, 40).astype(np.int32)
+  b = jax.tree.map(lambda p: p + 0.5, net.params)
+  eval_fn = step_lib.make_eval_step(net.apply)
+  stats_x = stability.statistics_batches(x, 16)
+  assert stats_x.shape == (2, 16, 5)  # The partial last batch is left out.
+  path = stability.evaluate_path(eval_fn, net.params, b, net.state, None, x,
+                                 y, points=3, apply_fn=net.apply,
+                                 stats_x=stats_x)
+  from lottery import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  sets = loop_lib.eval_batches(x, y, 1000)
+  for i, alpha in enumerate(path["alpha"]):
+    p = stability.interpolate(net.params, b, np.float32(alpha))
+    state = stability.recompute_statistics(net.apply, p, net.state, stats_x)
+    m = eval_fn(p, state, *sets)
+    assert path["loss"][i] == pytest.approx(float(m["loss"]), rel=1e-5)
+  # Without recomputation every point uses the initial statistics: other
+  # losses.
+  plain = stability.evaluate_path(eval_fn, net.params, b, net.state, None, x,
+                                  y, points=3)
+  assert plain["loss"] != pytest.approx(path["loss"], rel=1e-3)
+  with pytest.raises(lottery.LotteryError, match="^training.batch_size: 64"):
+    stability.statistics_batches(x, 64)

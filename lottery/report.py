@@ -20,6 +20,8 @@ figure is drawn in one place.
                                  and (IMP) of consecutive rounds' masks
   learning_curves(workdir)       test accuracy during training
   barrier(workdir)               stability: error barrier against k
+  imp_barriers(workdir)          IMP: instability and level barriers against
+                                 density
   interpolation(workdir)         stability: error along the linear paths
   mask_change(workdir)           sparse training: mask change over time
 
@@ -54,7 +56,7 @@ from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 
 __all__ = ["Figure", "accuracy_vs_density", "barrier", "check_workdir",
-           "environment", "interpolation", "layer_densities",
+           "environment", "imp_barriers", "interpolation", "layer_densities",
            "learning_curves", "mask_change", "mask_overlap", "recipe",
            "series", "write_report"]
 
@@ -101,9 +103,16 @@ def _figure(width=7.0, height=4.5, ncols=1, nrows=1, **kw):
   return fig, [ax for row in axes for ax in row]
 
 
-def _records(workdir: PathLike, records: Iterable[dict] | None) -> list[dict]:
+# IMP's copies of its tickets on another data order (`pruning.stability_
+# every`): only the barrier figure shows them.
+_COPY = "stability_copy"
+
+
+def _records(workdir: PathLike, records: Iterable[dict] | None, *,
+             copies: bool = False) -> list[dict]:
   recs = lottery_records(workdir) if records is None else list(records)
-  return analysis.replicates(recs)
+  return [r for r in analysis.replicates(recs)
+          if copies or r.get("kind") != _COPY]
 
 
 def lottery_records(workdir: PathLike) -> list[dict]:
@@ -215,6 +224,13 @@ def _density_axis(ax, densities: Sequence[float]) -> None:
   if not ax.xaxis_inverted():
     ax.invert_xaxis()
   ax.set_xlabel("density (fraction of prunable weights kept, log scale)")
+
+
+def _label_and_legend(axes, ylabel: str) -> None:
+  """The y label on the first panel, the legend right of the last."""
+  axes[0].set_ylabel(ylabel)
+  axes[-1].legend(fontsize="small", loc="center left",
+                  bbox_to_anchor=(1.01, 0.5))
 
 
 def _band(ax, x, mean, std, **kw):
@@ -412,9 +428,7 @@ def layer_densities(workdir: PathLike,
     ax.set_yscale("log")
     ax.set_title(f"{panel_key.replace('_', ' ')} {pv}", fontsize="medium")
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel("density of the layer (log; 1e-6 = empty)")
-  axes[-1].legend(fontsize="small", loc="center left",
-                  bbox_to_anchor=(1.01, 0.5))
+  _label_and_legend(axes, "density of the layer (log; 1e-6 = empty)")
   return fig, {"rows": rows}
 
 
@@ -683,9 +697,7 @@ def barrier(workdir: PathLike) -> Plot:
     ax.set_xlabel("rewind step k (copies trained from step k)")
     ax.set_title(f"{split} error barrier", fontsize="medium")
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel("error barrier (percentage points)")
-  axes[-1].legend(fontsize="small", loc="center left",
-                  bbox_to_anchor=(1.01, 0.5))
+  _label_and_legend(axes, "error barrier (percentage points)")
   return fig, {"rows": rows}
 
 
@@ -735,6 +747,55 @@ def interpolation(workdir: PathLike) -> Plot:
   return fig, {"curves": curves}
 
 
+def imp_barriers(workdir: PathLike,
+                 records: Iterable[dict] | None = None) -> Plot:
+  """IMP with `pruning.stability_every` / `pruning.level_barrier`: the error
+  barriers against each round's density, mean ± std over replicates --
+  instability (a ticket and its copy trained on another data order,
+  Frankle et al. 2020) and the level barrier (the trained networks of round
+  r - 1 and round r, Paul et al. 2023); the 2% line is the threshold of
+  stability.
+
+  Returns:
+    (figure, {'rows': [{'series', 'round', 'density', 'split', 'n', 'mean',
+    'std'}]}) or None when the run records no barrier.
+  """
+  recs = _records(workdir, records, copies=True)
+  kinds = (("instability", _COPY, "barrier"),
+           ("level barrier", "ticket", "level_barrier"))
+  density = {r["round"]: r["density"] for r in recs
+             if r.get("kind") == "ticket"}
+  rows = []
+  for split in ("test", "train"):
+    for label, kind, key in kinds:
+      groups: dict[int, list] = {}
+      for r in recs:
+        if r.get("kind") == kind and f"{key}_{split}" in r:
+          groups.setdefault(r["round"], []).append(r[f"{key}_{split}"])
+      for rnd in sorted(groups):
+        mean, std = analysis.mean_std(groups[rnd])
+        rows.append({"series": label, "round": rnd,
+                     "density": density.get(rnd), "split": split,
+                     "n": len(groups[rnd]), "mean": mean, "std": std})
+  rows = [r for r in rows if r["density"] is not None]
+  if not rows:
+    return None
+  fig, axes = _figure(11.5, 4.2, ncols=2, sharey=True)
+  for ax, split in zip(axes, ("test", "train")):
+    for i, (label, _, _) in enumerate(kinds):
+      rs = [r for r in rows if (r["series"], r["split"]) == (label, split)]
+      if rs:
+        _band(ax, [r["density"] for r in rs], [100 * r["mean"] for r in rs],
+              [100 * r["std"] for r in rs], marker="o", label=label,
+              color=_COLORS[i % len(_COLORS)])
+    ax.axhline(2.0, color="k", ls=":", lw=1, label="2% (stable below)")
+    _density_axis(ax, [r["density"] for r in rows])
+    ax.set_title(f"{split} error barrier", fontsize="medium")
+    ax.grid(alpha=0.3)
+  _label_and_legend(axes, "error barrier (percentage points)")
+  return fig, {"rows": rows}
+
+
 # --- sparse training: mask change ------------------------------------------
 
 def mask_change(workdir: PathLike,
@@ -778,9 +839,7 @@ def mask_change(workdir: PathLike,
     ax.set_title(f"{key[0]}, density {key[1]}", fontsize="medium")
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
-  axes[0].set_ylabel("kept weights not in the initial mask")
-  axes[-1].legend(fontsize="small", loc="center left",
-                  bbox_to_anchor=(1.01, 0.5))
+  _label_and_legend(axes, "kept weights not in the initial mask")
   return fig, {"rows": rows}
 
 
@@ -835,7 +894,12 @@ def _common(with_overlap: bool = True):
   return out
 
 
-_SECTIONS["imp"] = _common()
+_SECTIONS["imp"] = _common() + [
+    ("barriers", "Error barriers against density",
+     "Instability: the error barrier between each round's ticket and its "
+     "copy trained on another data order (pruning.stability_every); level "
+     "barrier: between the trained networks of consecutive rounds "
+     "(pruning.level_barrier). Below 2%: stable.", imp_barriers)]
 _SECTIONS["pai"] = _common()
 _SECTIONS["sparse"] = _common() + [
     ("mask_change", "Mask change over training",

@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip("matplotlib")
 FIGURES = {
     "imp": ["accuracy_vs_density", "layer_densities", "mask_overlap",
-            "learning_curves"],
+            "learning_curves", "barriers"],
     "pai": ["accuracy_vs_density", "layer_densities", "mask_overlap",
             "learning_curves"],
     "sparse": ["accuracy_vs_density", "layer_densities", "mask_overlap",
@@ -39,7 +39,10 @@ def runs(npz_path, tmp_path_factory):
   """A small finished run of each method, two replicates each."""
   root = tmp_path_factory.mktemp("runs")
   quiet = {"log": lambda _: None}
-  lottery.run(tiny(npz_path, **{"seeds.num": 2, "controls_every": 2}),
+  lottery.run(tiny(npz_path, **{"seeds.num": 2, "controls_every": 2,
+                                 "pruning.stability_every": 1,
+                                 "pruning.level_barrier": True,
+                                 "pruning.path_points": 5}),
               root / "imp", **quiet)
   c = tiny(npz_path, method="pai", **{"seeds.num": 2, "training.steps": 10})
   c.pai.update(methods=("snip", "random"), densities=(0.25,),
@@ -107,7 +110,10 @@ def test_plotted_numbers_are_the_records(runs, written):
   fig = lambda n: json.loads((out / "figures" / f"{n}.json").read_text())
   # IMP: mean and std over the two replicates, per (round, kind).
   acc = fig("imp_accuracy_vs_density")["runs"][0]
-  table = analysis.table(lottery.records(runs["imp"]), "test_accuracy")
+  # The tickets' copies on another data order are in the barrier figure
+  # only.
+  table = analysis.table([r for r in lottery.records(runs["imp"])
+                          if r["kind"] != "stability_copy"], "test_accuracy")
   got = {(s["label"], p["density"]): p for s in acc["series"]
          for p in s["points"]}
   assert len(got) == len(table) - 1 + 1  # Round 0's ticket is a point too.
@@ -128,6 +134,22 @@ def test_plotted_numbers_are_the_records(runs, written):
   assert [r["group"] for r in ov["replicates"]] == [
       ["ticket", 0], ["ticket", 1], ["ticket", 2]]
   assert ov["replicates"][0]["mean"] == 1.0  # Round 0 is dense.
+  # IMP's barriers: per round, the mean and std of its replicates'.
+  recs = lottery.records(runs["imp"])
+  rows = fig("imp_barriers")["rows"]
+  assert {(r["series"], r["split"]) for r in rows} == {
+      (s, split) for s in ("instability", "level barrier")
+      for split in ("test", "train")}
+  for r in rows:
+    kind, key = (("stability_copy", "barrier") if r["series"] ==
+                 "instability" else ("ticket", "level_barrier"))
+    vals = [x[f"{key}_{r['split']}"] for x in recs if "seed" in x and
+            (x["kind"], x["round"]) == (kind, r["round"])]
+    assert (r["mean"], r["std"], r["n"]) == (
+        float(np.mean(vals)), float(np.std(vals)), 2)
+  assert sorted({(r["series"], r["round"]) for r in rows}) == [
+      ("instability", 0), ("instability", 1), ("instability", 2),
+      ("level barrier", 1), ("level barrier", 2)]
   # Stability: barriers per k are the pairs'.
   pairs = lottery.stability.summary(runs["stability"])["pairs"]
   rows = fig("stability_barrier")["rows"]

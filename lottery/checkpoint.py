@@ -42,7 +42,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -59,9 +59,6 @@ _HEADER = "lottery-checksums-v1 sha256:"
 # Files orbax writes into every checkpoint; one of them without CHECKSUMS
 # means the save was cut short.
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA")
-# A ticket's optional starting mask (lottery.tickets.INITIAL_MASK): rewritten
-# only with its whole ticket.
-INITIAL_MASK_DIR = "initial_mask"
 
 _CKPTR = None
 # Orbax's checkpointer, used from the writer thread and the run's, one call
@@ -415,22 +412,32 @@ def _save(path: pathlib.Path, tree: Any) -> None:
     raise
 
 
-def _remedy(path: pathlib.Path) -> str:
-  """What to delete so that rerunning the same command rewrites `path`.
+# What to delete so that rerunning the same command rewrites a damaged file:
+# functions `path -> remedy or None` of the modules that own a part of the
+# workdir's layout (lottery.tickets: a ticket's files; lottery.imp: its
+# rewind point), newest first; see `register_remedy`.
+_REMEDIES: list[Callable[[pathlib.Path], str | None]] = []
 
-  This knows the layout of a workdir (lottery.tickets, lottery.imp): a
-  ticket's arrays/ and metrics.json are rewritten with that round's
-  directory (so is its initial_mask/, which is written before the ticket),
-  mid-run checkpoints with progress/, the rewind point with round 0's
-  ticket.
-  """
+
+def register_remedy(fn: Callable[[pathlib.Path], str | None]
+                    ) -> Callable[[pathlib.Path], str | None]:
+  """Registers `fn(path) -> 'delete ...' or None` (a decorator): the owner
+  of a part of a workdir's layout says what rewrites a damaged file of it."""
+  _REMEDIES.insert(0, fn)
+  return fn
+
+
+def _remedy(path: pathlib.Path) -> str:
+  """What to delete so that rerunning the same command rewrites `path`:
+  the registered owners' answer, else mid-run checkpoints go with
+  progress/, config.json cannot be rewritten, and any other file is
+  deleted alone."""
+  for fn in _REMEDIES:
+    remedy = fn(path)
+    if remedy is not None:
+      return remedy
   if path.parent.name == "progress":
     return f"delete {os.fspath(path.parent)!r}"
-  if path.name in ("arrays", "metrics.json", INITIAL_MASK_DIR):
-    return f"delete {os.fspath(path.parent)!r} (that round's directory)"
-  if path.name.startswith("rewind_point"):
-    round0 = path.parent / "rounds" / "round_000"
-    return f"delete {os.fspath(path)!r} and {os.fspath(round0)!r}"
   if path.name == "config.json":
     return "restore it from a copy, or use a new --workdir"
   return f"delete {os.fspath(path)!r}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lottery import checkpoint
 from lottery import config as config_lib
 from lottery import controls as controls_lib
 from lottery import driver
@@ -56,6 +58,16 @@ __all__ = ["RESETS", "Imp", "build", "round_rate", "run", "summary"]
 REWIND_POINT = "rewind_point"
 # The kind of a ticket's copy trained on another data order (instability).
 COPY = "stability_copy"
+
+@checkpoint.register_remedy
+def _rewind_point_remedy(path: pathlib.Path) -> str | None:
+  """The rewind point (one per replicate) is written with round 0's ticket
+  and rewritten only with it."""
+  if path.name.startswith(REWIND_POINT):
+    round0 = path.parent / os.path.dirname(tickets.imp_path(0))
+    return f"delete {os.fspath(path)!r} and {os.fspath(round0)!r}"
+  return None
+
 
 # The fraction of the survivors round r removes (`lottery.schedules`).
 round_rate = schedules.round_rate

@@ -39,6 +39,15 @@ INITIAL_MASK = "initial_mask"
 SUMMARY = "summary.json"
 
 
+@checkpoint.register_remedy
+def _ticket_remedy(path: pathlib.Path) -> str | None:
+  """A ticket's arrays/ and metrics.json are rewritten with its directory
+  (so is its initial_mask/, written before the ticket)."""
+  if path.name in ("arrays", METRICS, INITIAL_MASK):
+    return f"delete {os.fspath(path.parent)!r} (that ticket's directory)"
+  return None
+
+
 @dataclasses.dataclass
 class Ticket:
   """One training run: a ticket, a control, or any method's trained network.

@@ -182,7 +182,7 @@ def test_damage_names_what_to_delete(tmp_path):
   ticket = (wd / tickets.imp_path(3, "reinit"))
   paths = {wd / "progress" / "round_003_reinit_step00000010":
                repr(str(wd / "progress")),
-           ticket / "arrays": repr(str(ticket)) + r" \(that round's directory\)",
+           ticket / "arrays": repr(str(ticket)) + r" \(that ticket's directory\)",
            wd / "rewind_point": re.escape(repr(str(wd / "rewind_point")))
                                 + " and " + repr(str(wd / "rounds" /
                                                      "round_000"))}
@@ -199,7 +199,7 @@ def test_damage_names_what_to_delete(tmp_path):
   (ticket / "metrics.json").write_text('{"density": 0.')
   with pytest.raises(lottery.LotteryError, match=r"^workdir: file .* is "
                      r"damaged \(not valid JSON: .*\); delete .*reinit' "
-                     r"\(that round's directory\) and rerun the same command$"):
+                     r"\(that ticket's directory\) and rerun the same command$"):
     lottery.load_ticket(wd, 3, "reinit")
 
 
@@ -234,7 +234,7 @@ def test_json_checksum_catches_any_change(tmp_path):
     with pytest.raises(lottery.LotteryError, match=(
         r"^workdir: file '.*metrics.json' is damaged \((its content differs "
         r"from its checksum|it has no checksum \(_sha256\))\); delete "
-        r"'.*round_001/ticket' \(that round's directory\) and rerun the same "
+        r"'.*round_001/ticket' \(that ticket's directory\) and rerun the same "
         r"command$")):
       checkpoint.read_json(path)
   path.write_text(text.replace("\n", " \n"))  # Whitespace: same values.

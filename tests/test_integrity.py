@@ -47,7 +47,7 @@ def test_a_changed_metric_is_refused_not_copied(run_1):
   before = _files(wd)
   damaged = (r"^workdir: file '.*round_001/ticket/metrics.json' is damaged "
              r"\(its content differs from its checksum\); delete "
-             r"'.*round_001/ticket' \(that round's directory\) and rerun the "
+             r"'.*round_001/ticket' \(that ticket's directory\) and rerun the "
              r"same command$")
   with pytest.raises(lottery.LotteryError, match=damaged):
     lottery.load_ticket(wd, 1)
@@ -191,7 +191,7 @@ def test_following_the_remedy_for_a_damaged_initial_mask(npz_path, tmp_path):
   victim.write_bytes(victim.read_bytes() + b"x")
   with pytest.raises(lottery.LotteryError) as e:
     lottery.driver.run(c, b, log=quiet)
-  m = re.search(r"; delete '([^']+)' \(that round's directory\) and rerun "
+  m = re.search(r"; delete '([^']+)' \(that ticket's directory\) and rerun "
                 r"the same command$", str(e.value))
   assert m and pathlib.Path(m[1]) == b / rec["ticket"], str(e.value)
   shutil.rmtree(m[1])
@@ -216,7 +216,7 @@ def test_a_refused_rerun_changes_nothing_and_its_remedy_works(run_1):
   before = _files(wd)
   with pytest.raises(lottery.LotteryError, match=(
       r"^workdir: checkpoint '.*round_001/ticket/arrays' does not exist; "
-      r"delete '(.*round_001/ticket)' \(that round's directory\) and rerun "
+      r"delete '(.*round_001/ticket)' \(that ticket's directory\) and rerun "
       r"the same command$")) as e:
     lottery.run(c, wd, log=quiet)
   assert _files(wd) == before

@@ -29,8 +29,9 @@ loss at 30 points of a linear path, in one compiled program, against 30
 separately compiled-once evaluations of the interpolated networks
 (path_30_vs_separate, target <= 0.5), and a pair of copies trained as 2
 replicates of one program against two single trainings (pair_vs_two,
-target <= 0.8 on the CPU). BatchNorm models are not timed: the path does not
-recompute running statistics yet.
+target <= 0.8 on the CPU); and the same path of ResNet-20, whose BatchNorm
+statistics are recomputed at every point in both forms
+(resnet20_path_30_vs_separate, on --resnet_path_examples inputs).
 """
 
 import json
@@ -65,9 +66,12 @@ _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
                                       "stability"],
                             "What to time: lenet, conv2, resnet20, seeds "
                             "(LeNet replicates, seeds.num = 1 and 8), "
-                            "stability (LeNet path and pair).")
+                            "stability (LeNet and ResNet-20 paths, LeNet pair).")
 _EVAL_EXAMPLES = flags.DEFINE_integer(
     "eval_examples", 10_000, "Examples of the path evaluation ('stability').")
+_RESNET_PATH_EXAMPLES = flags.DEFINE_integer(
+    "resnet_path_examples", 512, "Examples of ResNet-20's path evaluation "
+    "and statistics ('stability').")
 
 # name -> (registered model, input shape, batch size, optimizer, rate, steps
 # divisor)
@@ -274,28 +278,46 @@ def _bench_sparse(steps: int, repeats: int) -> dict:
           "rigl_mask_updates": int(states["rigl"].step) // every}
 
 
-def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
-  """The path's 30 points in one program against 30 evaluations, and a pair
-  of copies as 2 stacked replicates against two single trainings."""
-  model_name, shape, *_ = SETUPS["lenet"]
+def _path_timing(name: str, examples: int, repeats: int) -> dict:
+  """The 30 points of a path in one program (`stability.evaluate_path`)
+  against 30 evaluations compiled once, on `examples` random inputs; a
+  model with BatchNorm has its statistics recomputed at every point, over
+  the examples' whole batches of its training batch size, in both."""
+  model_name, shape, batch, *_ = SETUPS[name]
+  if len(shape) == 3 and shape[0] == 32:
+    shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, shape[2])
   rng = np.random.default_rng(0)
   x = rng.normal(size=(examples,) + shape).astype(np.float32)
   y = rng.integers(0, 10, examples).astype(np.int32)
   model = models.get(model_name, 10)
-  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1])["params"])
-  a, b = init(jax.random.key(0)), init(jax.random.key(1))
+  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))
+  va, vb = init(jax.random.key(0)), init(jax.random.key(1))
+  a, b = va.pop("params"), vb.pop("params")
+  state = dict(va)
   mask = pruning.prune(masks.make_mask(a), scores.magnitude(a), 0.5)
   apply_fn = step.flax_apply(model)
   eval_fn = step.make_eval_step(apply_fn)
+  stats = {}
+  if state:
+    stats = dict(apply_fn=apply_fn,
+                 stats_x=stability.statistics_batches(x, batch))
   points = 30
   alphas = np.linspace(0, 1, points, dtype=np.float32)
   xs, ys, valid = loop.eval_batches(x, y, 1000)
-  one = jax.jit(lambda p, q, alpha: eval_fn(
-      stability.interpolate(p, q, alpha, mask), {}, xs, ys, valid))
+
+  @jax.jit
+  def one(p, q, alpha):
+    params = stability.interpolate(p, q, alpha, mask)
+    st = state
+    if stats:
+      st = stability.recompute_statistics(apply_fn, params, state,
+                                          stats["stats_x"])
+    return eval_fn(params, st, xs, ys, valid)
 
   def batched():
     start = time.perf_counter()
-    m = stability.evaluate_path(eval_fn, a, b, {}, mask, x, y, points=points)
+    m = stability.evaluate_path(eval_fn, a, b, state, mask, x, y,
+                                points=points, **stats)
     assert len(m["error"]) == points
     return time.perf_counter() - start
 
@@ -311,10 +333,19 @@ def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
     times["batched"].append(batched())
     times["separate"].append(separate())
   med = {k: statistics.median(v) for k, v in times.items()}
-  out = {"path_30_s": float(f"{med['batched']:.4g}"),
-         "separate_30_s": float(f"{med['separate']:.4g}"),
-         "path_30_vs_separate": round(med["batched"] / med["separate"], 4),
-         "path_examples": examples}
+  return {"path_30_s": float(f"{med['batched']:.4g}"),
+          "separate_30_s": float(f"{med['separate']:.4g}"),
+          "path_30_vs_separate": round(med["batched"] / med["separate"], 4),
+          "path_examples": examples}
+
+
+def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
+  """The path's 30 points in one program against 30 evaluations (LeNet;
+  ResNet-20 with its statistics recomputed, `resnet20_path_*`), and a pair
+  of copies as 2 stacked replicates against two single trainings."""
+  out = _path_timing("lenet", examples, repeats)
+  out.update({f"resnet20_{k}": v for k, v in _path_timing(
+      "resnet20", _RESNET_PATH_EXAMPLES.value, repeats).items()})
   seeds = _bench_seeds(steps, repeats, counts=(1, 2))
   # Replicate-steps per second: two trainings of one replicate each take
   # 2 / rate_1 per step, the pair 2 / rate_2.
@@ -338,7 +369,8 @@ def main(argv):
     else:
       result.update(_bench(name, _STEPS.value, _REPEATS.value))
     prefixes = (name,) if name != "stability" else ("path", "separate",
-                                                     "pair")
+                                                     "pair", "resnet20_path",
+                                                     "resnet20_separate")
     print(json.dumps({k: v for k, v in result.items()
                       if k.startswith(prefixes)}), flush=True)
   if "lenet" in _MODELS.value:

@@ -18,7 +18,8 @@ def test_benchmark_prints_json_last():
   res = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
        "--repeats=2", "--models=lenet,conv2,seeds,stability",
-       "--image_size=8", "--eval_examples=500"], cwd=ROOT, env=env, capture_output=True, text=True,
+       "--image_size=8", "--eval_examples=500",
+       "--resnet_path_examples=256"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert res.returncode == 0, res.stderr
   result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -40,6 +41,9 @@ def test_benchmark_prints_json_last():
   assert abs(result["path_30_vs_separate"] - result["path_30_s"]
              / result["separate_30_s"]) < 1e-2
   assert result["pair_vs_two"] > 0
+  # ResNet-20's path, its BatchNorm statistics recomputed at every point.
+  assert result["resnet20_path_30_s"] > 0
+  assert result["resnet20_path_examples"] == 256
   # Sparse training: a static mask and RigL (updates every 100 steps).
   assert result["static_steps_per_s"] > 0 and result["rigl_steps_per_s"] > 0
   ratio = result["rigl_steps_per_s"] / result["static_steps_per_s"]

@@ -127,6 +127,12 @@ def _pai_method_iterations(f, v, c) -> None:
 # any ticket. `checks` are Frankle et al. 2021's sanity checks, run for
 # every method but 'random': shuffle (mask permuted within each layer),
 # reinit (same mask, fresh weights), invert (keep the lowest scores).
+# A check is the control `kind` of IMP's records: 'ticket' for the method
+# itself (check None), else the check's name (`load_ticket(workdir,
+# method='snip', kind='shuffle', target_density=0.1)`).
+tickets.register_alias("kind", "check", lambda check: check or "ticket")
+
+
 config_lib.register_block(
     "pai",
     dict(

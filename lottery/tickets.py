@@ -48,6 +48,27 @@ def _ticket_remedy(path: pathlib.Path) -> str | None:
   return None
 
 
+# Coordinates derived from another (`register_alias`): {name: (source,
+# function of the source's value)}.
+_ALIASES: dict[str, tuple[str, Any]] = {}
+
+
+def register_alias(name: str, source: str, value: Any) -> None:
+  """Every record (`records`, and so `find` and `load_ticket`) with
+  coordinate `source` and without `name` gets `name` = `value(its source
+  value)`: one idea under one name across methods (pruning at init's
+  `check` is the control `kind` of IMP: 'ticket' for the method itself,
+  else the check), whatever the workdir's age. What a run writes is left
+  as it is."""
+  _ALIASES[name] = (source, value)
+
+
+def _with_aliases(coords: dict) -> dict:
+  extra = {name: fn(coords[src]) for name, (src, fn) in _ALIASES.items()
+           if src in coords and name not in coords}
+  return {**coords, **extra} if extra else coords
+
+
 @dataclasses.dataclass
 class Ticket:
   """One training run: a ticket, a control, or any method's trained network.
@@ -270,7 +291,7 @@ def records(workdir) -> list[dict]:
                              if not isinstance(v, (dict, list))},
                 "ticket": rel})
   where = os.fspath(root.resolve())
-  return [{**r, "workdir": where} for r in out]
+  return [{**_with_aliases(r), "workdir": where} for r in out]
 
 
 def _check_record(workdir, record: dict) -> None:

@@ -182,3 +182,23 @@ def test_notebook_runs_on_the_finished_run(finished, monkeypatch, tmp_path):
           [runs[p["method"], p["target_density"], s]["layer_densities"][layer]
            for s in (0, 1)])[0]
   assert (wd / "analysis" / "pai_layers.png").exists()
+
+
+def test_a_check_is_the_control_kind_of_imp(finished):
+  """`kind` means one thing in every method: PaI's records carry it
+  ('ticket' for the method itself, else the check) and load_ticket takes
+  it in place of `check`."""
+  wd, _, _ = finished
+  recs = lottery.records(wd)
+  assert {(r["check"], r["kind"]) for r in recs} == {
+      (None, "ticket"), ("shuffle", "shuffle"), ("reinit", "reinit"),
+      ("invert", "invert")}
+  for check, kind in ((None, "ticket"), ("shuffle", "shuffle")):
+    a = lottery.load_ticket(wd, method="snip", check=check,
+                            target_density=0.2, seed=1)
+    b = lottery.load_ticket(wd, method="snip", kind=kind,
+                            target_density=0.2, seed=1)
+    assert a.coords == b.coords and a.metrics == b.metrics
+  with pytest.raises(lottery.LotteryError, match=r"kind in \['invert', "):
+    lottery.load_ticket(wd, method="snip", kind="random_prune",
+                        target_density=0.2)

@@ -34,6 +34,7 @@ import numpy as np
 from lottery import masks as masks_lib
 from lottery import scores as scores_lib
 from lottery import select
+from lottery import structure as structure_lib
 from lottery.errors import LotteryError
 from lottery.select import keep_top_core
 from lottery.select import num_to_remove  # noqa: F401  (public here too)
@@ -99,6 +100,19 @@ def _prune_leaves(alive, scores, consts, *, groups):
   return layout.unpack(new, [np.shape(a) for a in alive]), finite
 
 
+@functools.partial(jax.jit, static_argnames=("plan", "groups",
+                                             "group_score"))
+def _prune_units(alive, scores, consts, *, plan, groups, group_score):
+  """`_prune_leaves` on the units of `plan` (`structure.unit_plan`), spread
+  back over the weights: (new mask leaves, whether all scored units are
+  finite)."""
+  units, unit_scores = structure_lib.reduce_units(plan, alive, scores,
+                                                  group_score)
+  new_units, finite = _prune_leaves(units, unit_scores, consts, groups=groups)
+  return structure_lib.spread_units(plan, alive, new_units), finite
+
+
+_prune_n_m = jax.jit(structure_lib.n_m_leaves, static_argnums=0)
 _keep_top_leaves = jax.jit(keep_top_core)
 
 
@@ -190,9 +204,10 @@ def _rate(name: str, value) -> float:
 
 def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
           scope: str = "layerwise",
-          layer_fractions: Mapping[str, float] | str | None = None
-          ) -> masks_lib.Mask:
-  """Removes the lowest-scoring surviving weights.
+          layer_fractions: Mapping[str, float] | str | None = None,
+          structure: str = "unstructured", group_score: str = "sum",
+          coupling: Any = None) -> masks_lib.Mask:
+  """Removes the lowest-scoring surviving weights (or units, or keeps N:M).
 
   One compiled call; also works inside `jax.jit` / `jax.vmap` with traced
   `mask` and `scores` (the other arguments are static Python values).
@@ -210,6 +225,17 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       Frankle & Carbin's half-rate output layer). A leaf whose path fully
       matches a pattern (first match wins) is pruned on its own at that rate,
       in either scope; the others follow `scope` at `fraction`.
+      Unstructured only.
+    structure: 'unstructured' (default); 'neuron': removes `fraction` of
+      the surviving units of each unit set of `coupling` ('layerwise',
+      'module') or of all of them ('global'), whole units, by the same
+      rounding rule; 'N:M' (e.g. '2:4'): keeps the N highest-scoring
+      survivors of every M along each leaf's reduction axis, whatever
+      `fraction` and `scope` (see `lottery.structure`).
+    group_score: how a unit's score reduces its weights' scores under
+      'neuron': 'sum', 'l1' or 'l2' (`lottery.structure`).
+    coupling: under 'neuron', the model's units: a tuple of
+      `structure.Units`, or the model itself (its `coupling()`).
 
   Returns:
     The new mask (jnp.bool_ leaves); a subset of `mask`.
@@ -219,7 +245,9 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       an unknown scope, a fraction that is not a number in [0, 1), a bad
       `layer_fractions` or one whose pattern matches no prunable leaf, a
       mask that is not a bool mask pytree, scores not shaped like the mask,
-      or (concrete inputs only) non-finite scores of surviving weights.
+      an unknown structure or group score, 'neuron' without a coupling, an
+      N:M whose M does not divide a leaf's reduction axis, or (concrete
+      inputs only) non-finite scores of surviving weights.
   """
   if not isinstance(scope, str) or scope not in SCOPES:
     raise LotteryError(f"scope: unknown scope {scope!r} "
@@ -237,6 +265,13 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
                          f"parameter (prunable: {prunable})")
   if not live:
     return mask
+  spec = structure_lib.parse(structure)
+  if spec.kind != structure_lib.UNSTRUCTURED:
+    if overrides:
+      raise LotteryError(f"layer_fractions: not used with structure "
+                         f"{str(spec)!r} (got {layer_fractions!r})")
+    return _unflatten(treedef, leaves, _prune_structured(
+        spec, live, fraction, scope, group_score, coupling))
   rates = [next((r for rx, r in compiled if rx.fullmatch(name)), None)
            for name, _, _ in live]
   pooled = tuple(j for j, r in enumerate(rates) if r is None)
@@ -261,6 +296,30 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     raise LotteryError("scores: the scores of surviving weights are not all "
                        "finite")
   return _unflatten(treedef, leaves, new)
+
+
+def _prune_structured(spec, live, fraction, scope, group_score, coupling):
+  """`prune`'s new mask leaves under an N:M or neuron structure."""
+  names = [name for name, _, _ in live]
+  shapes = [tuple(np.shape(m)) for _, m, _ in live]
+  alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
+  if spec.kind == "N:M":
+    new, finite = _prune_n_m(structure_lib.n_m_plan(spec, names, shapes),
+                             alive, scores)
+  else:
+    structure_lib.check_group_score(group_score)
+    if coupling is not None and not isinstance(coupling, (tuple, list)):
+      coupling = structure_lib.coupling_of(coupling)
+    plan = structure_lib.unit_plan(coupling, names, shapes)
+    groups = ((tuple(range(len(plan))),) if scope == "global" else
+              tuple((u,) for u in range(len(plan))))
+    new, finite = _prune_units(
+        alive, scores, select.rate_constants([fraction] * len(groups)),
+        plan=plan, groups=groups, group_score=group_score)
+  if _is_false(finite):
+    raise LotteryError("scores: the scores of surviving weights are not all "
+                       "finite")
+  return new
 
 
 def keep_top(mask: masks_lib.Mask, scores: Any,

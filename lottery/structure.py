@@ -129,9 +129,10 @@ def reduction_axis(ndim: int) -> int:
 
 # The shape of a prune under a structure, hashable (a static argument of the
 # compiled prune). For 'N:M': one (n, m, axis) per live leaf. For 'neuron':
-# one unit set per tuple of (live leaf index, axis) members.
+# one (name, members) per unit set: its producers joined with '+' and its
+# (live leaf index, axis) members.
 NMPlan = tuple[tuple[int, int, int], ...]
-UnitPlan = tuple[tuple[tuple[int, int], ...], ...]
+UnitPlan = tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
 
 
 def n_m_plan(spec: Structure, names: Sequence[str],
@@ -158,7 +159,9 @@ def n_m_plan(spec: Structure, names: Sequence[str],
 def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
               shapes: Sequence[tuple[int, ...]], *, model: str | None = None,
               field: str = "structure") -> UnitPlan:
-  """The unit sets over the live leaves `names`: members (leaf index, axis).
+  """The unit sets over the live leaves `names`: (name, members), a set named
+  by its producers joined with '+' ('fc1', 'fc1+fc2'), a member (leaf index,
+  axis).
 
   A producer contributes its 'kernel' (last axis) and 'bias' (axis 0), a
   consumer its 'kernel' (axis -2), each where it is among the live leaves
@@ -195,7 +198,7 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
           f"{field}: the units of {'+'.join(units.producers)} have "
           f"different sizes in "
           f"{[(names[j], shapes[j][a]) for j, a in members]}")
-    plan.append(tuple(members))
+    plan.append(("+".join(units.producers), tuple(members)))
   if not plan:
     raise LotteryError(
         f"{field}: 'neuron' finds no prunable units in the coupling "
@@ -236,7 +239,7 @@ def reduce_units(plan: UnitPlan, alive: Sequence[jax.Array],
   the scores of its surviving weights (0 for a dead unit).
   """
   unit_alive, unit_scores = [], []
-  for members in plan:
+  for _, members in plan:
     any_alive, total = None, None
     for j, axis in members:
       a = jnp.asarray(alive[j]).astype(bool)
@@ -261,7 +264,7 @@ def spread_units(plan: UnitPlan, alive: Sequence[jax.Array],
                  unit_alive: Sequence[jax.Array]) -> list[jax.Array]:
   """The weight mask: `alive` with every weight of a pruned unit removed."""
   out = [jnp.asarray(a).astype(bool) for a in alive]
-  for members, units in zip(plan, unit_alive):
+  for (_, members), units in zip(plan, unit_alive):
     for j, axis in members:
       shape = [1] * out[j].ndim
       shape[axis] = -1

@@ -199,6 +199,27 @@ def test_group_scores_reduce_the_scores_of_surviving_weights():
   assert gone == {"sum": [0], "l1": [1], "l2": [1]}
 
 
+def test_keep_top_keeps_exact_unit_counts():
+  mask, scores, coupling = _two_layer()
+  fn = lambda m, s: pruning.keep_top(m, s, {"fc1": 6}, structure="neuron",
+                                     coupling=coupling)
+  want = np.ones(10, bool)
+  want[[1, 3, 5, 7]] = False
+  np.testing.assert_array_equal(_units_alive(_np(fn(mask, scores))), want)
+  np.testing.assert_array_equal(_units_alive(_np(jax.jit(fn)(mask, scores))),
+                                want)
+  with pytest.raises(LotteryError, match=r"^counts: cannot keep 11 units of "
+                     r"fc1, which has 10$"):
+    pruning.keep_top(mask, scores, {"fc1": 11}, structure="neuron",
+                     coupling=coupling)
+  with pytest.raises(LotteryError, match=r"^counts: no keep count for fc1"):
+    pruning.keep_top(mask, scores, {"fc1/kernel": 6}, structure="neuron",
+                     coupling=coupling)
+  with pytest.raises(LotteryError, match=r"^structure: keep_top takes "
+                     r"'unstructured' or 'neuron'; '2:4' fixes"):
+    pruning.keep_top(mask, scores, {}, structure="2:4")
+
+
 def test_residual_mlp_prunes_the_residual_stream_as_one_set():
   model = models.get("mnist1d_mlp", 10)
   params = model.init(jax.random.key(0), jnp.ones((1, 40)))["params"]
@@ -319,6 +340,24 @@ def test_imp_neuron_run_prunes_whole_units(npz_path, tmp_path):
     np.testing.assert_array_equal(kernel, np.tile(~dead, (8, 1)))
     np.testing.assert_array_equal(out, np.tile(~dead[:, None], (1, 3)))
     assert summary["rounds"][r]["density"] == alive / 32
+
+
+def test_imp_neuron_replicates_prune_each_on_its_own(npz_path, tmp_path):
+  # Several replicates prune in one vmapped call.
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
+                          "seeds.num": 2, "controls": ()})
+  lottery.run(cfg, tmp_path / "two", log=quiet)
+  one = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
+                          "controls": ()})
+  lottery.run(one, tmp_path / "one", log=quiet)
+  coupling = models.get("mlp_tiny", 3).coupling()
+  masks_ = [lottery.load_ticket(tmp_path / "two", 1, "ticket", seed=i).mask
+            for i in range(2)]
+  for m in masks_:
+    assert (~structure.whole_units(m, coupling)["fc1"]).sum() == 16
+  assert not leaves_equal(masks_[0], masks_[1])
+  assert leaves_equal(masks_[0],
+                      lottery.load_ticket(tmp_path / "one", 1, "ticket").mask)
 
 
 def test_a_resumed_structured_run_is_bit_identical(npz_path, tmp_path,

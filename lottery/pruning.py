@@ -15,6 +15,12 @@ Python values). The number of survivors is then a traced int32, and the
 rounding rule is evaluated exactly on the device
 (`select.counts_on_device`).
 
+A structure (`lottery.structure`) changes what is ranked, not how: under
+'neuron' the same exact count and ranking run on one entry per unit (its
+weights' scores reduced), and the unit mask is spread back over the weights;
+under 'N:M' every run of M weights along a leaf's input axis keeps its N
+best survivors.
+
 Non-finite scores of surviving weights: called on concrete arrays, `prune` and
 `keep_top` raise LotteryError as before. Under a transformation nothing can be
 raised, and the rule is: a NaN score counts as -inf (that weight is removed

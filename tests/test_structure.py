@@ -199,6 +199,26 @@ def test_group_scores_reduce_the_scores_of_surviving_weights():
   assert gone == {"sum": [0], "l1": [1], "l2": [1]}
 
 
+def test_neuron_takes_prunable_biases_with_their_units():
+  model = models.get("lenet_300_100", 10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 784)))["params"]
+  mask = masks.make_mask(params, (".*",))
+  new = _np(pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.5,
+                          structure="neuron", coupling=model))
+  for layer, units in (("fc1", 150), ("fc2", 50)):
+    alive = new[layer]["kernel"].any(axis=0)
+    assert alive.sum() == units
+    np.testing.assert_array_equal(new[layer]["bias"], alive)
+  assert new["out"]["bias"].all()  # classes are not units
+  small, small_params, _ = lottery.shrink(model, params, {}, new)
+  assert small.features == (150, 50)
+  x = jax.random.normal(jax.random.key(1), (4, 784))
+  np.testing.assert_allclose(
+      small.apply({"params": small_params}, x),
+      model.apply({"params": lottery.apply_mask(new, params)}, x),
+      rtol=1e-5, atol=1e-5)
+
+
 def test_keep_top_keeps_exact_unit_counts():
   mask, scores, coupling = _two_layer()
   fn = lambda m, s: pruning.keep_top(m, s, {"fc1": 6}, structure="neuron",

@@ -169,9 +169,8 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
   its units cannot be removed.
 
   Raises:
-    LotteryError: naming `field`: for a model with no coupling, a coupling
-      naming a module without a kernel, members that disagree on the number
-      of units, or no unit set at all.
+    LotteryError: naming `field`: for a model with no coupling, members
+      that disagree on the number of units, or no unit set at all.
   """
   if coupling is None:
     whose = "a coupling" if model is None else (

@@ -17,6 +17,7 @@ from lottery import pai
 from lottery import scores
 from lottery import sparse
 from lottery import stability
+from lottery import structure
 from lottery.experiment import build
 from lottery.imp import run
 from lottery.imp import summary
@@ -28,6 +29,7 @@ from lottery.pruning import keep_top
 from lottery.pruning import prune
 from lottery.pruning import random_like
 from lottery.runs import load_config
+from lottery.shrink import shrink
 from lottery.step import TrainState
 from lottery.step import init_state
 from lottery.step import keep_pruned
@@ -51,5 +53,6 @@ __all__ = [
     "finished_rounds", "imp", "init_state", "method", "scores",
     "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
     "make_eval_step", "make_mask", "make_train_step", "pai", "prune",
-    "random_like", "records", "run", "sparse", "stability", "summary",
+    "random_like", "records", "run", "shrink", "sparse", "stability",
+    "structure", "summary",
 ]

@@ -47,6 +47,7 @@ from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import schedules
+from lottery import structure as structure_lib
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
@@ -151,6 +152,17 @@ def _schedule(f, v, c) -> None:
                       f"stay below 1 (density 1 - rounds x rate)")
 
 
+def _structure(f, v, c) -> None:
+  spec = structure_lib.parse(v, field=f)
+  if spec.kind != structure_lib.UNSTRUCTURED and c["pruning.layer_fractions"]:
+    config_lib.fail(f, v, f"takes no pruning.layer_fractions (got "
+                    f"{c['pruning.layer_fractions']!r})")
+  if spec.kind == "N:M" and c["pruning.rounds"] > 1:
+    config_lib.fail(f, v, f"prunes once (round 1 keeps {spec.n} of every "
+                    f"{spec.m}); set pruning.rounds to 1 (got rounds="
+                    f"{c['pruning.rounds']})")
+
+
 def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     config_lib.fail(f, v, "must be a tuple, e.g. ('reinit',)")
@@ -190,6 +202,11 @@ config_lib.register_block(
         # rounds (Paul et al. 2023).
         level_barrier=False,
         path_points=30,  # Evenly spaced points of those paths, ends included.
+        # unstructured | neuron (whole units, coupled across layers) | 'N:M'
+        # (e.g. '2:4': round 1 keeps N of every M along the input axis); see
+        # lottery.structure.
+        structure="unstructured",
+        group_score="sum",  # neuron: sum | l1 | l2 of its weights' scores.
     ),
     rules={
         "pruning.fraction": config_lib.fraction,
@@ -204,6 +221,9 @@ config_lib.register_block(
         "pruning.stability_every": config_lib.count(0),
         "pruning.level_barrier": config_lib.boolean,
         "pruning.path_points": config_lib.count(2, 10_000),
+        "pruning.structure": _structure,
+        "pruning.group_score": config_lib.one_of(
+            lambda: structure_lib.GROUP_SCORES),
     },
     help={
         "pruning.fraction": "fraction of the surviving prunable weights removed per round",
@@ -218,6 +238,8 @@ config_lib.register_block(
         "pruning.stability_every": "every N-th round: the ticket's instability (a copy on another data order); 0: none",
         "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
         "pruning.path_points": "evenly spaced points of those linear paths, ends included",
+        "pruning.structure": "unstructured, neuron (whole units) or 'N:M' such as '2:4' (one round)",
+        "pruning.group_score": "neuron: a unit's score from its weights' scores: sum, l1 or l2",
     })
 # Controls run every pruned round beside the ticket: 'reinit' (same mask,
 # fresh weights) and 'random_prune' (same per-layer densities, random
@@ -319,9 +341,14 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
   layer_fractions = {k: schedules.round_rate(p.schedule, v, r)
                      for k, v in exp.layer_fractions.items()}
 
+  coupling = (structure_lib.coupling_of(exp.model)
+              if p.structure == structure_lib.NEURON else None)
+
   def one(mask, params, key):
     return pruning.prune(mask, score_fn(params, key), rate, scope=p.scope,
-                         layer_fractions=layer_fractions)
+                         layer_fractions=layer_fractions,
+                         structure=p.structure, group_score=p.group_score,
+                         coupling=coupling)
 
   keys = [rng.stream(config.seeds.control + i, "random_score", r)
           for i in range(len(prev))]
@@ -391,6 +418,8 @@ class Imp(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
+    structure_lib.check_model(p.structure, ctx.exp.dense_mask, ctx.exp.model,
+                              ctx.config.model.name, field="pruning.structure")
     if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
       ctx.progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                         f"schedule: lr_rewind and finetune are the same "

@@ -61,6 +61,7 @@ from lottery import pruning
 from lottery import rng
 from lottery import schedules
 from lottery import scores as scores_lib
+from lottery import structure as structure_lib
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
@@ -94,6 +95,15 @@ def _pai_densities(f, v, c) -> None:
 def _pai_checks(f, v, c) -> None:
   for x in config_lib.distinct_tuple(f, v, "checks"):
     config_lib.check_choice(f, x, CHECKS)
+
+
+def _pai_structure(f, v, c) -> None:
+  spec = structure_lib.parse(v, field=f)
+  if spec.kind == "N:M" and any(
+      d != spec.n / spec.m for d in c["pai.densities"]):
+    config_lib.fail(f, v, f"keeps {spec.n} of every {spec.m}: set "
+                    f"pai.densities to ({spec.n / spec.m!r},) (got "
+                    f"densities={tuple(c['pai.densities'])})")
 
 
 def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
@@ -147,6 +157,10 @@ config_lib.register_block(
         # for 10 classes, as in Synaptic-Flow's prune loader.
         batch_size=100,
         dense=True,  # Also train the dense network (method 'dense').
+        # unstructured | neuron (densities are then of units) | 'N:M' (e.g.
+        # '2:4', density N/M); see lottery.structure.
+        structure="unstructured",
+        group_score="sum",  # neuron: sum | l1 | l2 of its weights' scores.
     ),
     rules={
         "pai.methods": _pai_methods,
@@ -157,6 +171,9 @@ config_lib.register_block(
         "pai.scope": config_lib.one_of(lambda: pruning.SCOPES),
         "pai.batch_size": config_lib.count(1),
         "pai.dense": config_lib.boolean,
+        "pai.structure": _pai_structure,
+        "pai.group_score": config_lib.one_of(
+            lambda: structure_lib.GROUP_SCORES),
     },
     help={
         "pai.methods": "scores that prune the initial weights",
@@ -167,6 +184,8 @@ config_lib.register_block(
         "pai.scope": "rank all prunable weights together (global) or each layer",
         "pai.batch_size": "training examples the data-aware scores see",
         "pai.dense": "also train the dense network (method 'dense')",
+        "pai.structure": "unstructured, neuron (densities of units) or 'N:M' such as '2:4' (density N/M)",
+        "pai.group_score": "neuron: a unit's score from its weights' scores: sum, l1 or l2",
     })
 
 
@@ -200,9 +219,11 @@ def score_batch(exp: Experiment, replicate: int) -> tuple[np.ndarray,
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "apply", "method", "rounds", "fraction", "scope", "invert"))
+    "apply", "method", "rounds", "fraction", "scope", "invert", "structure",
+    "group_score", "coupling"))
 def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
-                  rounds, fraction, scope, invert):
+                  rounds, fraction, scope, invert, structure, group_score,
+                  coupling):
   """`rounds` rounds of score + prune at `fraction`, in one fori_loop."""
   def apply_fn(p, x):
     return apply(p, model_state, x, train=False)[0]
@@ -212,7 +233,8 @@ def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
                            jax.random.fold_in(key, k))
     if invert:
       s = jax.tree.map(jnp.negative, s)
-    return pruning.prune(m, s, fraction, scope=scope)
+    return pruning.prune(m, s, fraction, scope=scope, structure=structure,
+                         group_score=group_score, coupling=coupling)
 
   return lax.fori_loop(0, rounds, one_round, mask)
 
@@ -220,7 +242,8 @@ def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
 def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
                   model_state: Any, batch: tuple, key: jax.Array, *,
                   rounds: int = 1, scope: str = "global",
-                  invert: bool = False) -> masks_lib.Mask:
+                  invert: bool = False, structure: str = "unstructured",
+                  group_score: str = "sum") -> masks_lib.Mask:
   """Prunes `params` (at init) to `density` with the score `method`.
 
   Args:
@@ -235,16 +258,23 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
       survivors after rescoring the masked network.
     scope: 'global' or 'layerwise'.
     invert: keep the lowest scores instead of the highest.
+    structure: 'unstructured'; 'neuron' (`density` is then the fraction of
+      each unit set's units kept, coupled across layers); or 'N:M' (keeps N
+      of every M whatever `density`; later rounds keep the same mask).
+    group_score: a unit's score under 'neuron' (`lottery.structure`).
 
   Returns:
     The mask (bool leaves; None where not prunable).
   """
   fraction = schedules.pai_fraction(density, rounds)
   mask = jax.tree.map(lambda m: jnp.asarray(m, bool), exp.dense_mask)
+  coupling = (structure_lib.coupling_of(exp.model)
+              if structure == structure_lib.NEURON else None)
   return jax.device_get(_prune_rounds(
       params, model_state, mask, tuple(jnp.asarray(b) for b in batch), key,
       apply=exp.apply_fn, method=method, rounds=rounds, fraction=fraction,
-      scope=scope, invert=invert))
+      scope=scope, invert=invert, structure=structure,
+      group_score=group_score, coupling=coupling))
 
 
 def summary(workdir) -> dict:
@@ -307,6 +337,9 @@ class Pai(method_lib.Method):
             for m, c, d in out]
 
   def before_claim(self, ctx: method_lib.Context) -> None:
+    structure_lib.check_model(ctx.config.pai.structure, ctx.exp.dense_mask,
+                              ctx.exp.model, ctx.config.model.name,
+                              field="pai.structure")
     # A density that keeps no weight of a layer (pai.scope 'layerwise') or
     # none at all (global, module: the layer named is the first) is refused.
     shapes = distributions.shapes_of(ctx.exp.dense_mask)
@@ -337,7 +370,8 @@ class Pai(method_lib.Method):
           exp, method, d, *ctx.init(i), self._batch(ctx, i),
           rng.stream(c.seeds.control + i, "pai_score", method, d,
                      int(invert)),
-          rounds=iterations(c, method), scope=c.pai.scope, invert=invert)
+          rounds=iterations(c, method), scope=c.pai.scope, invert=invert,
+          structure=c.pai.structure, group_score=c.pai.group_score)
                         for i in range(ctx.replicates)]
     return ctx.state[key]
 

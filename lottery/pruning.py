@@ -15,6 +15,12 @@ Python values). The number of survivors is then a traced int32, and the
 rounding rule is evaluated exactly on the device
 (`select.counts_on_device`).
 
+A structure (`lottery.structure`) changes what is ranked, not how: under
+'neuron' the same exact count and ranking run on one entry per unit (its
+weights' scores reduced), and the unit mask is spread back over the weights;
+under 'N:M' every run of M weights along a leaf's input axis keeps its N
+best survivors.
+
 Non-finite scores of surviving weights: called on concrete arrays, `prune` and
 `keep_top` raise LotteryError as before. Under a transformation nothing can be
 raised, and the rule is: a NaN score counts as -inf (that weight is removed
@@ -34,6 +40,7 @@ import numpy as np
 from lottery import masks as masks_lib
 from lottery import scores as scores_lib
 from lottery import select
+from lottery import structure as structure_lib
 from lottery.errors import LotteryError
 from lottery.select import keep_top_core
 from lottery.select import num_to_remove  # noqa: F401  (public here too)
@@ -99,6 +106,19 @@ def _prune_leaves(alive, scores, consts, *, groups):
   return layout.unpack(new, [np.shape(a) for a in alive]), finite
 
 
+@functools.partial(jax.jit, static_argnames=("plan", "groups",
+                                             "group_score"))
+def _prune_units(alive, scores, consts, *, plan, groups, group_score):
+  """`_prune_leaves` on the units of `plan` (`structure.unit_plan`), spread
+  back over the weights: (new mask leaves, whether all scored units are
+  finite)."""
+  units, unit_scores = structure_lib.reduce_units(plan, alive, scores,
+                                                  group_score)
+  new_units, finite = _prune_leaves(units, unit_scores, consts, groups=groups)
+  return structure_lib.spread_units(plan, alive, new_units), finite
+
+
+_prune_n_m = jax.jit(structure_lib.n_m_leaves, static_argnums=0)
 _keep_top_leaves = jax.jit(keep_top_core)
 
 
@@ -190,9 +210,10 @@ def _rate(name: str, value) -> float:
 
 def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
           scope: str = "layerwise",
-          layer_fractions: Mapping[str, float] | str | None = None
-          ) -> masks_lib.Mask:
-  """Removes the lowest-scoring surviving weights.
+          layer_fractions: Mapping[str, float] | str | None = None,
+          structure: str = "unstructured", group_score: str = "sum",
+          coupling: Any = None) -> masks_lib.Mask:
+  """Removes the lowest-scoring surviving weights (or units, or keeps N:M).
 
   One compiled call; also works inside `jax.jit` / `jax.vmap` with traced
   `mask` and `scores` (the other arguments are static Python values).
@@ -210,6 +231,17 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       Frankle & Carbin's half-rate output layer). A leaf whose path fully
       matches a pattern (first match wins) is pruned on its own at that rate,
       in either scope; the others follow `scope` at `fraction`.
+      Unstructured only.
+    structure: 'unstructured' (default); 'neuron': removes `fraction` of
+      the surviving units of each unit set of `coupling` ('layerwise',
+      'module') or of all of them ('global'), whole units, by the same
+      rounding rule; 'N:M' (e.g. '2:4'): keeps the N highest-scoring
+      survivors of every M along each leaf's reduction axis, whatever
+      `fraction` and `scope` (see `lottery.structure`).
+    group_score: how a unit's score reduces its weights' scores under
+      'neuron': 'sum', 'l1' or 'l2' (`lottery.structure`).
+    coupling: under 'neuron', the model's units: a tuple of
+      `structure.Units`, or the model itself (its `coupling()`).
 
   Returns:
     The new mask (jnp.bool_ leaves); a subset of `mask`.
@@ -219,7 +251,9 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       an unknown scope, a fraction that is not a number in [0, 1), a bad
       `layer_fractions` or one whose pattern matches no prunable leaf, a
       mask that is not a bool mask pytree, scores not shaped like the mask,
-      or (concrete inputs only) non-finite scores of surviving weights.
+      an unknown structure or group score, 'neuron' without a coupling, an
+      N:M whose M does not divide a leaf's reduction axis, or (concrete
+      inputs only) non-finite scores of surviving weights.
   """
   if not isinstance(scope, str) or scope not in SCOPES:
     raise LotteryError(f"scope: unknown scope {scope!r} "
@@ -237,6 +271,13 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
                          f"parameter (prunable: {prunable})")
   if not live:
     return mask
+  spec = structure_lib.parse(structure)
+  if spec.kind != structure_lib.UNSTRUCTURED:
+    if overrides:
+      raise LotteryError(f"layer_fractions: not used with structure "
+                         f"{str(spec)!r} (got {layer_fractions!r})")
+    return _unflatten(treedef, leaves, _prune_structured(
+        spec, live, fraction, scope, group_score, coupling))
   rates = [next((r for rx, r in compiled if rx.fullmatch(name)), None)
            for name, _, _ in live]
   pooled = tuple(j for j, r in enumerate(rates) if r is None)
@@ -263,8 +304,73 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   return _unflatten(treedef, leaves, new)
 
 
+def _unit_plan(live, group_score, coupling) -> structure_lib.UnitPlan:
+  """The unit sets of the live leaves under `coupling` (units, or a model
+  that declares them), after checking `group_score`."""
+  structure_lib.check_group_score(group_score)
+  if coupling is not None and not isinstance(coupling, (tuple, list)):
+    coupling = structure_lib.coupling_of(coupling)
+  return structure_lib.unit_plan(coupling, [name for name, _, _ in live],
+                                 [tuple(np.shape(m)) for _, m, _ in live])
+
+
+def _prune_structured(spec, live, fraction, scope, group_score, coupling):
+  """`prune`'s new mask leaves under an N:M or neuron structure."""
+  names = [name for name, _, _ in live]
+  shapes = [tuple(np.shape(m)) for _, m, _ in live]
+  alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
+  if spec.kind == "N:M":
+    new, finite = _prune_n_m(structure_lib.n_m_plan(spec, names, shapes),
+                             alive, scores)
+  else:
+    plan = _unit_plan(live, group_score, coupling)
+    groups = ((tuple(range(len(plan))),) if scope == "global" else
+              tuple((u,) for u in range(len(plan))))
+    new, finite = _prune_units(
+        alive, scores, select.rate_constants([fraction] * len(groups)),
+        plan=plan, groups=groups, group_score=group_score)
+  if _is_false(finite):
+    raise LotteryError("scores: the scores of surviving weights are not all "
+                       "finite")
+  return new
+
+
+def _keep_counts(sizes: Mapping[str, int], counts, what: str) -> list[int]:
+  """The whole counts of `counts` for every name of `sizes` (in order), each
+  in [0, size]; `what` names the things counted ('weights', 'units')."""
+  keep = []
+  for name, size in sizes.items():
+    if name not in counts:
+      raise LotteryError(f"counts: no keep count for {name} (got counts for "
+                         f"{sorted(counts)})")
+    k = counts[name]
+    if isinstance(k, bool) or not isinstance(
+        k, (int, float, np.integer, np.floating)) or k != int(k):
+      raise LotteryError(f"counts: the count of {name} must be a whole "
+                         f"number (got {k!r})")
+    k = int(k)
+    if not 0 <= k <= size:
+      raise LotteryError(f"counts: cannot keep {k} {what} of {name}, which "
+                         f"has {size}")
+    keep.append(k)
+  return keep
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "group_score"))
+def _keep_top_units(alive, scores, keep, *, plan, group_score):
+  """`keep_top_core` on the units of `plan`, spread back over the weights:
+  (new mask leaves, surviving units per set, whether unit scores are
+  finite)."""
+  units, unit_scores = structure_lib.reduce_units(plan, alive, scores,
+                                                  group_score)
+  new_units, n, finite = keep_top_core(units, unit_scores, keep)
+  return structure_lib.spread_units(plan, alive, new_units), n, finite
+
+
 def keep_top(mask: masks_lib.Mask, scores: Any,
-             counts: Mapping[str, int]) -> masks_lib.Mask:
+             counts: Mapping[str, int], *, structure: str = "unstructured",
+             group_score: str = "sum", coupling: Any = None
+             ) -> masks_lib.Mask:
   """Keeps exactly `counts[path]` highest-scoring survivors in each leaf.
 
   Ties as in `prune` (the earlier weight goes first). One compiled call for
@@ -273,7 +379,13 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   Args:
     mask: current mask (None leaves are not prunable).
     scores: pytree with the params' structure; higher = more important.
-    counts: {path: number of weights to keep} for every prunable leaf.
+    counts: {path: number of weights to keep} for every prunable leaf; under
+      'neuron', {unit set: number of units to keep} for every unit set of
+      the coupling, a set named by its producers joined with '+' ('fc1',
+      'fc1+fc2'; `structure.unit_plan`).
+    structure: 'unstructured' (default) or 'neuron' (as in `prune`; an N:M
+      structure fixes its own counts: use `prune`).
+    group_score, coupling: under 'neuron', as in `prune`.
 
   Returns:
     The new mask; a subset of `mask`.
@@ -281,9 +393,9 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   Raises:
     LotteryError: naming the argument ('counts: ...', 'mask: ...',
       'scores: ...'): for masks and scores as `prune`; if `counts` is not a
-      mapping, a prunable leaf has no count, a count is negative or
-      larger than its leaf, or (concrete inputs only) more weights are asked
-      for than survive or surviving scores are not finite. Under a
+      mapping, a prunable leaf (unit set) has no count, a count is negative
+      or larger than its leaf, or (concrete inputs only) more weights are
+      asked for than survive or surviving scores are not finite. Under a
       transformation a leaf with fewer survivors than asked keeps them all.
   """
   treedef, leaves = _flatten(mask, scores)
@@ -294,29 +406,31 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
                        f"got {type(counts).__name__} {counts!r:.60}")
   if not live:
     return mask
-  keep = []
-  for name, m, _ in live:
-    if name not in counts:
-      raise LotteryError(f"counts: no keep count for {name} (got counts for "
-                         f"{sorted(counts)})")
-    k = counts[name]
-    if isinstance(k, bool) or not isinstance(
-        k, (int, float, np.integer, np.floating)) or k != int(k):
-      raise LotteryError(f"counts: the count of {name} must be a whole "
-                         f"number (got {k!r})")
-    k = int(k)
-    if not 0 <= k <= np.size(m):
-      raise LotteryError(f"counts: cannot keep {k} weights of {name}, which "
-                         f"has {np.size(m)}")
-    keep.append(k)
-  new, n, finite = _keep_top_leaves([m for _, m, _ in live],
-                                    [s for _, _, s in live],
-                                    jnp.asarray(keep, jnp.int32))
+  spec = structure_lib.parse(structure)
+  alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
+  if spec.kind == "N:M":
+    raise LotteryError(f"structure: keep_top takes 'unstructured' or "
+                       f"'neuron'; {str(spec)!r} fixes its own counts (N of "
+                       f"every M): use prune")
+  if spec.kind == structure_lib.NEURON:
+    plan = _unit_plan(live, group_score, coupling)
+    sizes = {name: np.shape(alive[members[0][0]])[members[0][1]]
+             for name, members in plan}
+    what = "units"
+    keep = _keep_counts(sizes, counts, what)
+    new, n, finite = _keep_top_units(alive, scores,
+                                     jnp.asarray(keep, jnp.int32), plan=plan,
+                                     group_score=group_score)
+  else:
+    sizes, what = {name: np.size(m) for name, m, _ in live}, "weights"
+    keep = _keep_counts(sizes, counts, what)
+    new, n, finite = _keep_top_leaves(alive, scores,
+                                      jnp.asarray(keep, jnp.int32))
   if not isinstance(n, jax.core.Tracer):  # under a transformation: see above
-    for (name, _, _), k, alive in zip(live, keep, np.asarray(n).tolist()):
-      if k > alive:
-        raise LotteryError(f"counts: cannot keep {k} weights of {name}, "
-                           f"only {alive} survive")
+    for name, k, left in zip(sizes, keep, np.asarray(n).tolist()):
+      if k > left:
+        raise LotteryError(f"counts: cannot keep {k} {what} of {name}, "
+                           f"only {left} survive")
   if _is_false(finite):
     raise LotteryError("scores: the scores of surviving weights are not all "
                        "finite")

@@ -10,6 +10,8 @@ import pytest
 from absl import logging
 
 import lottery
+from lottery import jobs
+from lottery import tickets
 
 logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
 # Tests exercise mid-run checkpoints of runs that take seconds: no time floor
@@ -105,6 +107,52 @@ def execute_notebook(name: str, workdir, monkeypatch, tmp_path) -> str:
   text = "".join(o.get("text", "") for o in outputs)
   assert "Traceback" not in text
   return text
+
+
+def quiet(_):
+  """A `log` that shows nothing."""
+
+
+def leaves_equal(a, b):
+  """Whether two pytrees have the same leaves, bit for bit."""
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(
+      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+class Interrupt(Exception):
+  """Raised into a run by `run_interrupted`."""
+
+
+def run_interrupted(run, monkeypatch, *, saves=(), finishes=()) -> int:
+  """Calls `run()` until it returns, interrupting it just after the mid-run
+  checkpoint saves numbered in `saves` and the ticket writes numbered in
+  `finishes` (counted over all calls, from 1); returns the number of
+  interruptions."""
+  real_save, real_finish = jobs.MidRun.save, tickets.save_ticket
+  calls = {"save": 0, "finish": 0}
+
+  def save(self, *a, **k):
+    real_save(self, *a, **k)
+    calls["save"] += 1
+    if calls["save"] in saves:
+      raise Interrupt()
+
+  def finish(*a, **k):
+    real_finish(*a, **k)
+    calls["finish"] += 1
+    if calls["finish"] in finishes:
+      raise Interrupt()
+
+  monkeypatch.setattr(jobs.MidRun, "save", save)
+  monkeypatch.setattr(tickets, "save_ticket", finish)
+  interruptions = 0
+  while True:
+    try:
+      run()
+      return interruptions
+    except Interrupt:
+      interruptions += 1
 
 
 def tiny(npz_path, **overrides):

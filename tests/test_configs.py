@@ -28,6 +28,9 @@ from lottery import models
 from lottery import pruning
 from lottery import tickets
 
+from conftest import leaves_equal
+from conftest import quiet
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = cli.recipes()
 ALL = [f"{name}:{arg}" if arg else name
@@ -38,16 +41,6 @@ SPARSE_QUICK = [s for s in QUICK if s.startswith(("sparse_", "rigl_"))]
 # Mock TFDS splits have this many examples each; a recipe's validation split
 # shrinks to VALIDATION of them.
 MOCK_EXAMPLES, VALIDATION = 64, 16
-
-
-def quiet(_):
-  pass
-
-
-def leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
 @pytest.mark.parametrize("spec", ALL)

@@ -19,20 +19,13 @@ from lottery import masks
 from lottery import tickets
 
 from conftest import compilations
+from conftest import leaves_equal
+from conftest import quiet
+from conftest import run_interrupted
 
 KINDS = ("ticket", "reinit", "random_prune")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(
-      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
-
-
-def quiet(_):
-  pass
 
 
 def test_summary_tickets_and_controls(tiny_config, tmp_path):
@@ -148,37 +141,15 @@ def test_seeds_are_separate(tiny_config, tmp_path):
     assert leaves_equal(a.trained_params, b.trained_params) == same, kind
 
 
-class _Interrupt(Exception):
-  pass
-
-
 def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
                                                 monkeypatch):
   cfg = tiny_config(**{"pruning.rewind_step": 5})
   lottery.run(cfg, tmp_path / "ref", log=quiet)
   # Interrupt at several points: mid-job (after a progress checkpoint), and
   # just after jobs finish; resume each time with the same call.
-  real_save, real_finish = jobs.MidRun.save, tickets.save_ticket
-  calls = {"save": 0, "finish": 0}
-  def save(self, *a, **k):
-    real_save(self, *a, **k)
-    calls["save"] += 1
-    if calls["save"] in (1, 4):
-      raise _Interrupt()
-  def finish(*a, **k):
-    real_finish(*a, **k)
-    calls["finish"] += 1
-    if calls["finish"] == 2:
-      raise _Interrupt()
-  monkeypatch.setattr(jobs.MidRun, "save", save)
-  monkeypatch.setattr(tickets, "save_ticket", finish)
-  interruptions = 0
-  while True:
-    try:
-      lottery.run(cfg, tmp_path / "run", log=quiet)
-      break
-    except _Interrupt:
-      interruptions += 1
+  interruptions = run_interrupted(
+      lambda: lottery.run(cfg, tmp_path / "run", log=quiet), monkeypatch,
+      saves=(1, 4), finishes=(2,))
   assert interruptions == 3
   for r in range(3):
     for kind in (("ticket",) if r == 0 else KINDS):
@@ -393,17 +364,8 @@ def test_tensorboard_after_resume_has_no_duplicate_points(tiny_config,
   step 10: as TensorBoard reads it, every evaluation appears once."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
   cfg = tiny_config(**{"pruning.rounds": 0})
-  real_save = jobs.MidRun.save
-
-  def save(self, *a, **k):
-    real_save(self, *a, **k)
-    monkeypatch.setattr(jobs.MidRun, "save", real_save)
-    raise _Interrupt()
-
-  monkeypatch.setattr(jobs.MidRun, "save", save)
-  with pytest.raises(_Interrupt):
-    lottery.run(cfg, tmp_path, log=quiet)
-  lottery.run(cfg, tmp_path, log=quiet)
+  assert run_interrupted(lambda: lottery.run(cfg, tmp_path, log=quiet),
+                         monkeypatch, saves=(1,)) == 1
   files = sorted((tmp_path / "tensorboard" / "rounds" / "round_000" /
                   "ticket").glob("events.out.tfevents.*"),
                  key=lambda f: int(f.name.rsplit(".", 1)[-1]))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lottery.models import register
+from lottery.structure import Units
 
 
 class MLP(nn.Module):
@@ -28,6 +29,16 @@ class MLP(nn.Module):
     for i, f in enumerate(self.features):
       x = nn.relu(nn.Dense(f, kernel_init=init, name=f"fc{i + 1}")(x))
     return nn.Dense(self.num_classes, kernel_init=init, name="out")(x)
+
+  def coupling(self) -> tuple[Units, ...]:
+    """The units of each hidden layer, read by the next layer ('out' last);
+    the output units (classes) are not prunable units."""
+    names = [f"fc{i + 1}" for i in range(len(self.features))] + ["out"]
+    return tuple(Units((a,), (b,)) for a, b in zip(names, names[1:]))
+
+  def with_widths(self, widths: Sequence[int]) -> MLP:
+    """The same MLP with `widths[i]` units in hidden layer i."""
+    return self.clone(features=tuple(int(w) for w in widths))
 
 
 def torch_uniform(fan_in_axis: int = -2):
@@ -77,6 +88,17 @@ class ResidualMLP(nn.Module):
     h = nn.relu(TorchDense(self.hidden, name="fc1")(x))
     h = h + nn.relu(TorchDense(self.hidden, name="fc2")(h))
     return TorchDense(self.num_classes, name="out")(h)
+
+  def coupling(self) -> tuple[Units, ...]:
+    """One set of units: the residual stream. Unit j is fc1's output j and
+    fc2's output j (added into the same h_j) and is read by fc2's and
+    out's input row j, so these four go together."""
+    return (Units(("fc1", "fc2"), ("fc2", "out")),)
+
+  def with_widths(self, widths: Sequence[int]) -> ResidualMLP:
+    """The same network with `widths[0]` units in the residual stream."""
+    (hidden,) = widths
+    return self.clone(hidden=int(hidden))
 
 
 @register("lenet_300_100")

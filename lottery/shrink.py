@@ -1,0 +1,115 @@
+"""A masked network as a physically smaller one of the same family.
+
+`shrink` removes the units a mask leaves without effect and returns a model
+with fewer units whose outputs equal the masked model's (`apply_mask`) up to
+float rounding. A unit of a unit set (`lottery.structure.Units`) can go when
+
+  its producers' kernel columns are all masked: its activation is then a
+  constant (ReLU of its bias; the sum of those over the producers of a
+  residual stream), whose contribution through the consumers' surviving
+  input rows is added to the consumers' biases; or
+  its consumers' kernel input rows are all masked: nothing reads it.
+
+Neuron pruning (`lottery.structure`) masks both. The model must declare its
+coupling (`coupling()`) and how to rebuild itself with other widths
+(`with_widths(widths)`, one width per unit set): the MLP families
+(`lottery.models.mlp`) do. A unit set that loses every unit keeps one unit
+that contributes nothing (zero input rows), so every layer keeps a shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery import masks as masks_lib
+from lottery import structure as structure_lib
+from lottery.errors import LotteryError
+
+__all__ = ["shrink"]
+
+
+def _rows_cols(mask: Any, params: Any, module: str, what: str) -> np.ndarray:
+  """The kernel mask of `module` as a bool array (all kept if not
+  prunable)."""
+  m = masks_lib.named_leaves(mask).get(f"{module}/kernel")
+  kernel = params[module]["kernel"]
+  if m is None:
+    return np.ones(np.shape(kernel), bool)
+  if np.shape(m) != np.shape(kernel):
+    raise LotteryError(f"mask: leaf '{module}/kernel' has shape "
+                       f"{np.shape(m)}, the {what} has {np.shape(kernel)}")
+  return np.asarray(m, bool)
+
+
+def shrink(model: Any, params: Any, model_state: Any, mask: Any
+           ) -> tuple[Any, Any, Any]:
+  """The masked network with its dead units removed.
+
+  Args:
+    model: the Flax module; it must declare `coupling()` and
+      `with_widths(widths)` (the MLP families do).
+    params: its parameters ({module: {'kernel' (in, out), 'bias' (out,)}}).
+    model_state: its other collections (returned as they are: the MLP
+      families have none).
+    mask: a mask of `params` (None leaves: not prunable).
+
+  Returns:
+    (smaller model, its params, model_state): `model.apply` of the smaller
+    model on its params equals the original model's on
+    `apply_mask(mask, params)` up to float rounding. The kept weights are
+    the masked ones (pruned weights stay 0).
+
+  Raises:
+    LotteryError: one line, for a model that cannot be shrunk or a mask
+      that does not fit `params`.
+  """
+  coupling = structure_lib.coupling_of(model)
+  if coupling is None or not hasattr(model, "with_widths"):
+    raise LotteryError(
+        f"model: shrink needs a model that declares its units (coupling() "
+        f"and with_widths(), as the MLP families do); "
+        f"{type(model).__name__} does not")
+  if jax.tree.leaves(model_state):
+    raise LotteryError(f"model_state: shrink handles models without state, "
+                       f"{type(model).__name__} has "
+                       f"{list(dict(model_state))}")
+  masks_lib.check_compatible(mask, params, what="mask")
+  masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
+  out = {k: dict(v) for k, v in masked.items()}
+  keep_sets = []
+  # Constants first, from the original biases, then fold and slice: a
+  # module can be a producer of one set and a consumer of another.
+  folds = []
+  for units in coupling:
+    silent = np.logical_and.reduce([
+        ~np.any(_rows_cols(mask, params, p, "params"), axis=0)
+        for p in units.producers])
+    unread = np.logical_and.reduce([
+        ~np.any(_rows_cols(mask, params, c, "params"), axis=1)
+        for c in units.consumers])
+    const = sum(np.maximum(masked[p]["bias"], 0) for p in units.producers)
+    const = np.where(silent & ~unread, const, 0).astype(np.float32)
+    keep = ~(silent | unread)
+    if not keep.any():
+      keep[0] = True  # one unit that contributes nothing (see below)
+    folds.append((units, const, keep, silent | unread))
+    keep_sets.append(keep)
+  for units, const, keep, gone in folds:
+    for c in units.consumers:
+      kernel = out[c]["kernel"]
+      out[c]["bias"] = out[c]["bias"] + const @ kernel
+      # A kept unit that was gone (a set that lost every unit) reads zeros.
+      out[c]["kernel"] = np.where((keep & gone)[:, None], 0, kernel)
+  for units, _, keep, _ in folds:
+    for p in units.producers:
+      out[p]["kernel"] = out[p]["kernel"][:, keep]
+      out[p]["bias"] = out[p]["bias"][keep]
+    for c in units.consumers:
+      out[c]["kernel"] = out[c]["kernel"][keep, :]
+  small = model.with_widths([int(k.sum()) for k in keep_sets])
+  params = jax.tree.map(jnp.asarray, out)
+  return small, params, model_state

@@ -1,0 +1,332 @@
+"""Sparsity structure: which weights a prune removes together.
+
+A structure sits between the scores and the exact top-k of `lottery.select`:
+
+  'unstructured'  every prunable weight on its own (the default);
+  'N:M'           e.g. '2:4': in every run of M consecutive weights along a
+                  leaf's reduction axis (a Dense kernel (in, out): axis 0; a
+                  conv kernel HWIO: I, axis -2; a vector: its only axis) at
+                  most N survive: the N highest-scoring survivors (ties as in
+                  `select`: among equal scores the earlier weight goes first,
+                  so the later one is kept). From a dense mask that is
+                  exactly N of every M, density N/M. The axis length must be
+                  a multiple of M;
+  'neuron'        whole units: unit j of a layer is its kernel's output
+                  column j (last axis), its bias entry j, and, through the
+                  model's coupling, the input row j (axis -2) of every layer
+                  that reads it. Pruning a unit masks all of them, so the
+                  masked network computes what the network without the unit
+                  computes (the unit's bias stays, but nothing reads it).
+
+Neuron pruning goes through the same exact rounding as weights: each unit
+set's mask and scores are reduced to one entry per unit (a unit survives if
+any of its weights does; its score is `group_score` over the scores of its
+surviving weights), `pruning` removes round(p * n) of the n surviving units
+of a set (ties by unit index) on those short leaves, and the unit mask is
+spread back over the weights. Densities still count weights.
+
+Group scores reduce element scores, so they are defined for any score of
+`lottery.scores`: 'sum' (default) is the sum of the scores, 'l1' the sum of
+their absolute values, 'l2' the root of the sum of their squares. With the
+magnitude score |w|, 'sum' and 'l1' are the L1 norm of the unit's weights and
+'l2' its L2 norm.
+
+A model declares its coupling with a `coupling()` method on its module that
+returns a tuple of `Units`; a model without one takes 'unstructured' and
+'N:M' structures but not 'neuron'.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery import masks as masks_lib
+from lottery import select
+from lottery.errors import LotteryError
+
+UNSTRUCTURED = "unstructured"
+NEURON = "neuron"
+# The names a structure may have ('N:M' stands for every N:M pattern).
+NAMES = (UNSTRUCTURED, NEURON, "N:M")
+GROUP_SCORES = ("sum", "l1", "l2")
+
+_N_M = re.compile(r"(\d+):(\d+)")
+
+
+class Units(NamedTuple):
+  """One set of units of a model, as the model's coupling declares it.
+
+  Attributes:
+    producers: the modules whose outputs are these units (their kernels'
+      last axis, their biases): one module, or several whose outputs are
+      added (a residual stream).
+    consumers: the modules that read the units (their kernels' axis -2).
+  """
+  producers: tuple[str, ...]
+  consumers: tuple[str, ...]
+
+
+class Structure(NamedTuple):
+  """A parsed structure: kind 'unstructured', 'neuron' or 'N:M' (with n, m)."""
+  kind: str
+  n: int = 0
+  m: int = 0
+
+  def __str__(self) -> str:
+    return f"{self.n}:{self.m}" if self.kind == "N:M" else self.kind
+
+
+def parse(spec: Any, *, field: str = "structure") -> Structure:
+  """Parses 'unstructured', 'neuron' or 'N:M' (integers 0 < N < M).
+
+  Raises:
+    LotteryError: naming `field`, for anything else.
+  """
+  if isinstance(spec, Structure):
+    return spec
+  if not isinstance(spec, str):
+    raise LotteryError(f"{field}: must be one of {list(NAMES)}, e.g. '2:4' "
+                       f"(got {type(spec).__name__} {spec!r:.40})")
+  if spec in (UNSTRUCTURED, NEURON):
+    return Structure(spec)
+  found = _N_M.fullmatch(spec.strip())
+  if not found:
+    raise LotteryError(f"{field}: unknown structure, must be one of "
+                       f"{list(NAMES)}, e.g. '2:4' (got {spec!r})")
+  n, m = int(found.group(1)), int(found.group(2))
+  if not 0 < n < m:
+    raise LotteryError(f"{field}: an N:M structure needs 0 < N < M (got "
+                       f"{spec!r})")
+  return Structure("N:M", n, m)
+
+
+def check_group_score(name: Any, *, field: str = "group_score") -> str:
+  """`name` if it is one of GROUP_SCORES, else a LotteryError naming
+  `field`."""
+  if not isinstance(name, str) or name not in GROUP_SCORES:
+    raise LotteryError(f"{field}: unknown group score, must be one of "
+                       f"{list(GROUP_SCORES)} (got {name!r})")
+  return name
+
+
+def coupling_of(model: Any) -> tuple[Units, ...] | None:
+  """The units a model declares (its module's `coupling()`), or None."""
+  fn = getattr(model, "coupling", None)
+  return None if fn is None else tuple(Units(*u) for u in fn())
+
+
+def reduction_axis(ndim: int) -> int:
+  """The axis an N:M group runs along: -2 (a kernel's input axis), or 0 for
+  a vector."""
+  return 0 if ndim < 2 else ndim - 2
+
+
+# The shape of a prune under a structure, hashable (a static argument of the
+# compiled prune). For 'N:M': one (n, m, axis) per live leaf. For 'neuron':
+# one (name, members) per unit set: its producers joined with '+' and its
+# (live leaf index, axis) members.
+NMPlan = tuple[tuple[int, int, int], ...]
+UnitPlan = tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
+
+
+def n_m_plan(spec: Structure, names: Sequence[str],
+             shapes: Sequence[tuple[int, ...]], *,
+             field: str = "structure") -> NMPlan:
+  """(n, m, axis) of every live leaf; refuses an axis that M does not divide.
+
+  Raises:
+    LotteryError: naming `field`, the leaf, the axis and its length.
+  """
+  plan = []
+  for name, shape in zip(names, shapes):
+    axis = reduction_axis(len(shape))
+    length = shape[axis] if shape else 1
+    if length % spec.m:
+      raise LotteryError(
+          f"{field}: {str(spec)!r} groups {spec.m} weights along axis {axis} "
+          f"of {name} (shape {tuple(shape)}), whose length {length} is not a "
+          f"multiple of {spec.m}")
+    plan.append((spec.n, spec.m, axis))
+  return tuple(plan)
+
+
+def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
+              shapes: Sequence[tuple[int, ...]], *, model: str | None = None,
+              field: str = "structure") -> UnitPlan:
+  """The unit sets over the live leaves `names`: (name, members), a set named
+  by its producers joined with '+' ('fc1', 'fc1+fc2'), a member (leaf index,
+  axis).
+
+  A producer contributes its 'kernel' (last axis) and 'bias' (axis 0), a
+  consumer its 'kernel' (axis -2), each where it is among the live leaves
+  (prunable). A set none of whose producers' kernels is live is left out:
+  its units cannot be removed.
+
+  Raises:
+    LotteryError: naming `field`: for a model with no coupling, members
+      that disagree on the number of units, or no unit set at all.
+  """
+  if coupling is None:
+    whose = "a coupling" if model is None else (
+        f"the coupling of model {model}, which it does not declare")
+    raise LotteryError(f"{field}: 'neuron' needs {whose}; use "
+                       f"'unstructured' or an N:M structure")
+  index = {name: j for j, name in enumerate(names)}
+  plan = []
+  for units in coupling:
+    members = []
+    for module in units.producers:
+      for leaf, axis in ((f"{module}/kernel", -1), (f"{module}/bias", -1)):
+        if leaf in index:
+          members.append((index[leaf], axis % len(shapes[index[leaf]])))
+    if not any(names[j].endswith("/kernel") for j, _ in members):
+      continue
+    for module in units.consumers:
+      leaf = f"{module}/kernel"
+      if leaf in index:
+        members.append((index[leaf], len(shapes[index[leaf]]) - 2))
+    sizes = {shapes[j][a] for j, a in members}
+    if len(sizes) != 1:
+      raise LotteryError(
+          f"{field}: the units of {'+'.join(units.producers)} have "
+          f"different sizes in "
+          f"{[(names[j], shapes[j][a]) for j, a in members]}")
+    plan.append(("+".join(units.producers), tuple(members)))
+  if not plan:
+    raise LotteryError(
+        f"{field}: 'neuron' finds no prunable units in the coupling "
+        f"{[u.producers for u in coupling]} (prunable: {list(names)})")
+  return tuple(plan)
+
+
+def check_model(spec: Any, mask: Any, model: Any, name: str, *,
+                field: str = "structure") -> Structure:
+  """Refuses a structure that the model `name` (its module `model`, its
+  prunable `mask`) cannot take: 'neuron' without a declared coupling, an N:M
+  whose M does not divide a prunable leaf's reduction axis.
+
+  Raises:
+    LotteryError: one line naming `field`, the model or the leaf.
+  """
+  spec = parse(spec, field=field)
+  live = {k: np.shape(m) for k, m in masks_lib.named_leaves(mask).items()
+          if m is not None}
+  if spec.kind == "N:M":
+    n_m_plan(spec, list(live), list(live.values()), field=field)
+  elif spec.kind == NEURON:
+    unit_plan(coupling_of(model), list(live), list(live.values()),
+              model=repr(name), field=field)
+  return spec
+
+
+def _others(ndim: int, axis: int) -> tuple[int, ...]:
+  return tuple(a for a in range(ndim) if a != axis)
+
+
+def reduce_units(plan: UnitPlan, alive: Sequence[jax.Array],
+                 scores: Sequence[jax.Array], group_score: str
+                 ) -> tuple[list[jax.Array], list[jax.Array]]:
+  """Per unit set, (units alive, unit scores), each a vector over units.
+
+  A unit is alive if any of its weights is; its score is `group_score` over
+  the scores of its surviving weights (0 for a dead unit).
+  """
+  unit_alive, unit_scores = [], []
+  for _, members in plan:
+    any_alive, total = None, None
+    for j, axis in members:
+      a = jnp.asarray(alive[j]).astype(bool)
+      s = jnp.asarray(scores[j]).astype(jnp.float32)
+      if group_score == "l1":
+        s = jnp.abs(s)
+      elif group_score == "l2":
+        s = jnp.square(s)
+      others = _others(a.ndim, axis)
+      part_alive = jnp.any(a, axis=others)
+      part = jnp.sum(jnp.where(a, s, 0.0), axis=others)
+      any_alive = part_alive if any_alive is None else any_alive | part_alive
+      total = part if total is None else total + part
+    if group_score == "l2":
+      total = jnp.sqrt(total)
+    unit_alive.append(any_alive)
+    unit_scores.append(total)
+  return unit_alive, unit_scores
+
+
+def spread_units(plan: UnitPlan, alive: Sequence[jax.Array],
+                 unit_alive: Sequence[jax.Array]) -> list[jax.Array]:
+  """The weight mask: `alive` with every weight of a pruned unit removed."""
+  out = [jnp.asarray(a).astype(bool) for a in alive]
+  for (_, members), units in zip(plan, unit_alive):
+    for j, axis in members:
+      shape = [1] * out[j].ndim
+      shape[axis] = -1
+      out[j] = out[j] & jnp.reshape(units, shape)
+  return out
+
+
+def n_m_leaves(plan: NMPlan, alive: Sequence[jax.Array],
+               scores: Sequence[jax.Array]
+               ) -> tuple[list[jax.Array], jax.Array]:
+  """Keeps the N highest-scoring survivors of every M along each leaf's axis.
+
+  Ranks with `select`'s keys (NaN as -inf, -0.0 as 0.0); among equal scores
+  the later weight ranks higher (the earlier one goes first, as in every
+  prune); pruned weights rank below every survivor and never come back.
+
+  Returns:
+    (new mask leaves, whether all survivors' scores are finite).
+  """
+  out, finite = [], jnp.bool_(True)
+  for (n, m, axis), a, s in zip(plan, alive, scores):
+    a = jnp.asarray(a).astype(bool)
+    s = jnp.asarray(s).astype(jnp.float32)
+    finite = finite & jnp.all(jnp.isfinite(s) | ~a)
+    if a.ndim == 0:
+      out.append(a)
+      continue
+    shape = a.shape
+    keys = select._sort_keys(s, jnp.ones_like(a))  # pylint: disable=protected-access
+    # Each leaf as (..., runs, M) with the runs of M along the last axis.
+    k = jnp.moveaxis(keys, axis, -1)
+    moved = k.shape
+    k = k.reshape(moved[:-1] + (moved[-1] // m, m))
+    live = jnp.moveaxis(a, axis, -1).reshape(k.shape)
+    pos = jnp.arange(m)
+    # beats[..., i, j]: weight j ranks above weight i.
+    ki, kj = k[..., :, None], k[..., None, :]
+    li, lj = live[..., :, None], live[..., None, :]
+    beats = (lj & ~li) | ((lj == li) & (
+        (kj > ki) | ((kj == ki) & (pos[None, :] > pos[:, None]))))
+    rank = jnp.sum(beats, axis=-1, dtype=jnp.int32)
+    keep = live & (rank < n)
+    out.append(jnp.moveaxis(keep.reshape(moved), -1, axis).reshape(shape))
+  return out, finite
+
+
+def whole_units(mask: Any, coupling: Sequence[Units]) -> dict[str, np.ndarray]:
+  """Per unit set (named by its producers, '+'-joined), which units are
+  entirely pruned: every weight of the unit in the prunable kernels of its
+  producers and consumers is masked. A host helper for checks and tests."""
+  flat = masks_lib.named_leaves(mask)
+  out = {}
+  for units in coupling:
+    dead = None
+    parts = [(f"{p}/kernel", -1) for p in units.producers] + [
+        (f"{c}/kernel", -2) for c in units.consumers]
+    for leaf, axis in parts:
+      m = flat.get(leaf)
+      if m is None:
+        continue
+      m = np.asarray(m, bool)
+      axis %= m.ndim
+      gone = ~np.any(m, axis=_others(m.ndim, axis))
+      dead = gone if dead is None else dead & gone
+    out["+".join(units.producers)] = dead
+  return out

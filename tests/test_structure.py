@@ -1,0 +1,472 @@
+"""Structured pruning: N:M, whole units with coupling, shrink; eagerly,
+jitted and vmapped, and in IMP and PaI runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lottery
+from lottery import masks
+from lottery import models
+from lottery import pai
+from lottery import pruning
+from lottery import structure
+from lottery.errors import LotteryError
+
+from conftest import leaves_equal
+from conftest import quiet
+from conftest import run_interrupted
+from conftest import tiny
+
+
+def _np(tree):
+  return jax.tree.map(np.asarray, tree)
+
+
+# -- parsing ---------------------------------------------------------------
+
+def test_parse():
+  assert structure.parse("2:4") == structure.Structure("N:M", 2, 4)
+  assert str(structure.parse("1:8")) == "1:8"
+  assert structure.parse("neuron").kind == "neuron"
+  for bad in ("4:2", "0:4", "2:2", "a:b", "channel", 3):
+    with pytest.raises(LotteryError, match="^structure: "):
+      structure.parse(bad)
+  with pytest.raises(LotteryError, match=r"known|one of \['unstructured'"):
+    structure.parse("block")
+  with pytest.raises(LotteryError, match=r"^group_score: .*\['sum', 'l1', "
+                     r"'l2'\]"):
+    pruning.prune({"w": np.ones(4, bool)}, {"w": np.ones(4)}, 0.5,
+                  structure="neuron", group_score="mean",
+                  coupling=(structure.Units(("a",), ()),))
+
+
+# -- N:M -------------------------------------------------------------------
+
+def _reference_n_m(alive, scores, n, m, axis):
+  """Per run of m along `axis`: the n best survivors (later wins a tie)."""
+  a = np.moveaxis(np.asarray(alive, bool), axis, -1)
+  s = np.moveaxis(np.asarray(scores, np.float64), axis, -1)
+  out = np.zeros_like(a)
+  for idx in np.ndindex(a.shape[:-1]):
+    for start in range(0, a.shape[-1], m):
+      run = [(a[idx][i], s[idx][i], i) for i in range(start, start + m)]
+      best = sorted(run, reverse=True)[:n]
+      for alive_i, _, i in best:
+        out[idx + (i,)] = alive_i
+  return np.moveaxis(out, -1, axis)
+
+
+def test_n_m_keeps_n_of_every_m_along_the_input_axis():
+  rng = np.random.default_rng(0)
+  # Few distinct values: many ties.
+  scores = {"fc1": {"kernel": rng.integers(0, 3, (8, 6)).astype(np.float32),
+                    "bias": np.zeros(6, np.float32)},
+            "conv": {"kernel": rng.normal(size=(3, 3, 4, 5)).astype(
+                np.float32)}}
+  mask = {"fc1": {"kernel": np.ones((8, 6), bool), "bias": None},
+          "conv": {"kernel": np.ones((3, 3, 4, 5), bool)}}
+  new = _np(pruning.prune(mask, scores, 0.2, structure="2:4"))
+  k = new["fc1"]["kernel"]
+  assert (k.reshape(2, 4, 6).sum(axis=1) == 2).all()
+  # Not along the other axis: some run of 4 columns does not keep 2.
+  assert (k[:, :4].sum(axis=1) != 2).any()
+  assert (new["conv"]["kernel"].reshape(3, 3, 1, 4, 5).sum(axis=3) == 2).all()
+  assert new["fc1"]["bias"] is None
+  for leaf, axis in (("fc1", 0), ("conv", 2)):
+    np.testing.assert_array_equal(
+        new[leaf]["kernel"],
+        _reference_n_m(mask[leaf]["kernel"], scores[leaf]["kernel"], 2, 4,
+                       axis))
+  assert masks.density(new) == 0.5
+
+
+def test_n_m_ties_keep_the_later_weight_and_pruned_stay_pruned():
+  scores = {"w": np.zeros((8, 1), np.float32)}
+  new = _np(pruning.prune({"w": np.ones((8, 1), bool)}, scores, 0.0,
+                          structure="2:4"))
+  np.testing.assert_array_equal(new["w"][:, 0], [0, 0, 1, 1, 0, 0, 1, 1])
+  # A pruned weight with the best score does not come back; a run with one
+  # survivor keeps it.
+  alive = np.array([[1], [1], [1], [0], [1], [0], [0], [0]], bool)
+  scores = {"w": np.array([[1], [2], [3], [9], [1], [9], [9], [9]],
+                          np.float32)}
+  new = _np(pruning.prune({"w": alive}, scores, 0.0, structure="2:4"))
+  np.testing.assert_array_equal(new["w"][:, 0], [0, 1, 1, 0, 1, 0, 0, 0])
+
+
+def test_n_m_under_jit_and_vmap():
+  rng = np.random.default_rng(1)
+  scores = rng.normal(size=(3, 16, 4)).astype(np.float32)
+  alive = rng.random((3, 16, 4)) < 0.8
+  prune = lambda m, s: pruning.prune({"w": m}, {"w": s}, 0.5,
+                                     structure="1:4")["w"]
+  eager = np.stack([np.asarray(prune(alive[i], scores[i])) for i in range(3)])
+  np.testing.assert_array_equal(np.asarray(jax.jit(prune)(alive[0],
+                                                           scores[0])),
+                                eager[0])
+  np.testing.assert_array_equal(np.asarray(jax.vmap(prune)(alive, scores)),
+                                eager)
+  for i in range(3):
+    np.testing.assert_array_equal(
+        eager[i], _reference_n_m(alive[i], scores[i], 1, 4, 0))
+
+
+def test_n_m_refuses_an_axis_m_does_not_divide():
+  mask = {"fc1": {"kernel": np.ones((6, 4), bool)}}
+  with pytest.raises(LotteryError, match=r"^structure: '2:4' groups 4 "
+                     r"weights along axis 0 of fc1/kernel \(shape \(6, 4\)\), "
+                     r"whose length 6 is not a multiple of 4$"):
+    pruning.prune(mask, {"fc1": {"kernel": np.ones((6, 4))}}, 0.5,
+                  structure="2:4")
+
+
+# -- neuron ----------------------------------------------------------------
+
+def _two_layer(units=10):
+  """fc1 (3, units) -> out (units, 2), mask and unit-ranked magnitudes:
+  unit j's weights all score u[j]."""
+  u = np.array([5, 1, 7, 1, 9, 2, 8, 3, 6, 4], np.float32)[:units]
+  scores = {"fc1": {"kernel": np.tile(u, (3, 1)), "bias": np.zeros(units)},
+            "out": {"kernel": np.tile(u[:, None], (1, 2)),
+                    "bias": np.zeros(2)}}
+  mask = {"fc1": {"kernel": np.ones((3, units), bool), "bias": None},
+          "out": {"kernel": np.ones((units, 2), bool), "bias": None}}
+  coupling = (structure.Units(("fc1",), ("out",)),)
+  return mask, scores, coupling
+
+
+def _units_alive(mask):
+  cols = np.asarray(mask["fc1"]["kernel"]).any(axis=0)
+  rows = np.asarray(mask["out"]["kernel"]).any(axis=1)
+  # Whole units: a unit's column and its read row live or die together.
+  np.testing.assert_array_equal(cols, rows)
+  np.testing.assert_array_equal(np.asarray(mask["fc1"]["kernel"]),
+                                np.tile(cols, (3, 1)))
+  return cols
+
+
+@pytest.mark.parametrize("fraction, removed", [
+    (0.2, [1, 3]),  # 2 of 10; units 1 and 3 tie at 1
+    (0.25, [1, 3, 5]),  # 2.5 rounds half up: 3
+    (0.3, [1, 3, 5]),
+    (0.35, [1, 3, 5, 7]),  # 3.5: 4
+])
+def test_neuron_counts_follow_the_rounding_rule(fraction, removed):
+  mask, scores, coupling = _two_layer()
+  want = np.ones(10, bool)
+  want[removed] = False
+  fn = lambda m, s: pruning.prune(m, s, fraction, structure="neuron",
+                                  coupling=coupling)
+  np.testing.assert_array_equal(_units_alive(_np(fn(mask, scores))), want)
+  np.testing.assert_array_equal(_units_alive(_np(jax.jit(fn)(mask, scores))),
+                                want)
+  stack = lambda t: jax.tree.map(lambda x: np.stack([x, x]), t)
+  both = _np(jax.vmap(fn)(stack(mask), stack(scores)))
+  for i in range(2):
+    np.testing.assert_array_equal(
+        _units_alive(jax.tree.map(lambda x, i=i: x[i], both)), want)
+
+
+def test_neuron_ties_go_by_unit_index_and_pruned_units_stay_pruned():
+  mask, scores, coupling = _two_layer()
+  scores = jax.tree.map(np.ones_like, scores)
+  first = _np(pruning.prune(mask, scores, 0.2, structure="neuron",
+                            coupling=coupling))
+  np.testing.assert_array_equal(np.flatnonzero(~_units_alive(first)), [0, 1])
+  # 0.25 of the 8 survivors: 2 more, the next by index.
+  second = _np(pruning.prune(first, scores, 0.25, structure="neuron",
+                             coupling=coupling))
+  np.testing.assert_array_equal(np.flatnonzero(~_units_alive(second)),
+                                [0, 1, 2, 3])
+
+
+def test_group_scores_reduce_the_scores_of_surviving_weights():
+  mask, _, coupling = _two_layer(4)
+  # A unit's scores (fc1 column, then out row), sum / l1 / l2: unit 0: 3,
+  # -3, -1.5: -1.5 / 7.5 / 4.5; unit 1: 1, 1, 0.5: 2.5 / 2.5 / 1.5; unit 2:
+  # 2, 2, 1: 5 / 5 / 3; unit 3: 5, -4, -2: -1 / 11 / 6.7. The lowest goes.
+  k1 = np.array([[3, 1, 2, 5], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+  k2 = np.array([[-3] * 2, [1] * 2, [2] * 2, [-4] * 2], np.float32) / [1, 2]
+  scores = {"fc1": {"kernel": k1, "bias": np.zeros(4)},
+            "out": {"kernel": k2, "bias": np.zeros(2)}}
+  gone = {}
+  for g in structure.GROUP_SCORES:
+    new = _np(pruning.prune(mask, scores, 0.25, structure="neuron",
+                            group_score=g, coupling=coupling))
+    gone[g] = np.flatnonzero(~_units_alive(new)).tolist()
+  assert gone == {"sum": [0], "l1": [1], "l2": [1]}
+
+
+def test_neuron_takes_prunable_biases_with_their_units():
+  model = models.get("lenet_300_100", 10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 784)))["params"]
+  mask = masks.make_mask(params, (".*",))
+  new = _np(pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.5,
+                          structure="neuron", coupling=model))
+  for layer, units in (("fc1", 150), ("fc2", 50)):
+    alive = new[layer]["kernel"].any(axis=0)
+    assert alive.sum() == units
+    np.testing.assert_array_equal(new[layer]["bias"], alive)
+  assert new["out"]["bias"].all()  # classes are not units
+  small, small_params, _ = lottery.shrink(model, params, {}, new)
+  assert small.features == (150, 50)
+  x = jax.random.normal(jax.random.key(1), (4, 784))
+  np.testing.assert_allclose(
+      small.apply({"params": small_params}, x),
+      model.apply({"params": lottery.apply_mask(new, params)}, x),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_keep_top_keeps_exact_unit_counts():
+  mask, scores, coupling = _two_layer()
+  fn = lambda m, s: pruning.keep_top(m, s, {"fc1": 6}, structure="neuron",
+                                     coupling=coupling)
+  want = np.ones(10, bool)
+  want[[1, 3, 5, 7]] = False
+  np.testing.assert_array_equal(_units_alive(_np(fn(mask, scores))), want)
+  np.testing.assert_array_equal(_units_alive(_np(jax.jit(fn)(mask, scores))),
+                                want)
+  with pytest.raises(LotteryError, match=r"^counts: cannot keep 11 units of "
+                     r"fc1, which has 10$"):
+    pruning.keep_top(mask, scores, {"fc1": 11}, structure="neuron",
+                     coupling=coupling)
+  with pytest.raises(LotteryError, match=r"^counts: no keep count for fc1"):
+    pruning.keep_top(mask, scores, {"fc1/kernel": 6}, structure="neuron",
+                     coupling=coupling)
+  with pytest.raises(LotteryError, match=r"^structure: keep_top takes "
+                     r"'unstructured' or 'neuron'; '2:4' fixes"):
+    pruning.keep_top(mask, scores, {}, structure="2:4")
+
+
+def test_residual_mlp_prunes_the_residual_stream_as_one_set():
+  model = models.get("mnist1d_mlp", 10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  mask = masks.make_mask(params)
+  new = _np(pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.2,
+                          structure="neuron", coupling=model))
+  fc1, fc2, out = (new[k]["kernel"] for k in ("fc1", "fc2", "out"))
+  alive = fc1.any(axis=0)
+  assert alive.sum() == 400
+  for cut in (fc1.any(axis=0), fc2.any(axis=0), fc2.any(axis=1),
+              out.any(axis=1)):
+    np.testing.assert_array_equal(cut, alive)
+  assert fc2.sum() == 400 * 400 and out.sum() == 400 * 10
+  dead = structure.whole_units(new, structure.coupling_of(model))
+  np.testing.assert_array_equal(dead["fc1+fc2"], ~alive)
+
+
+def test_neuron_global_ranks_every_unit_set_together():
+  model = models.get("lenet_300_100", 10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 784)))["params"]
+  mask = masks.make_mask(params)
+  scores = jax.tree.map(jnp.ones_like, params)
+  new = _np(pruning.prune(mask, scores, 0.5, structure="neuron",
+                          scope="layerwise", coupling=model))
+  dead = structure.whole_units(new, model.coupling())
+  assert {k: int(v.sum()) for k, v in dead.items()} == {"fc1": 150,
+                                                        "fc2": 50}
+  # 200 of the 400 units, ranked together: fc2's units score less (fewer
+  # weights) and go first.
+  new = _np(pruning.prune(mask, scores, 0.5, structure="neuron",
+                          scope="global", coupling=model))
+  dead = structure.whole_units(new, model.coupling())
+  assert {k: int(v.sum()) for k, v in dead.items()} == {"fc1": 100,
+                                                        "fc2": 100}
+
+
+def test_neuron_needs_a_coupling():
+  model = models.get("conv2", 3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+  mask = masks.make_mask(params)
+  with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs a "
+                     r"coupling; use 'unstructured' or an N:M structure$"):
+    pruning.prune(mask, params, 0.2, structure="neuron", coupling=model)
+  with pytest.raises(LotteryError, match="^layer_fractions: not used with "
+                     "structure 'neuron'"):
+    pruning.prune(mask, params, 0.2, structure="neuron",
+                  layer_fractions="out/kernel=0.1")
+
+
+def test_unstructured_is_the_default():
+  mask, scores, _ = _two_layer()
+  scores = jax.tree.map(lambda x: x + np.arange(x.size).reshape(x.shape),
+                        scores)
+  assert leaves_equal(
+      pruning.prune(mask, scores, 0.3, scope="global"),
+      pruning.prune(mask, scores, 0.3, scope="global",
+                    structure="unstructured"))
+
+
+# -- shrink ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name, dim", [("mlp_tiny", 8),
+                                       ("lenet_300_100", 784),
+                                       ("mnist1d_mlp", 40)])
+def test_shrink_computes_what_the_masked_model_computes(name, dim):
+  model = models.get(name, 10)
+  params = model.init(jax.random.key(0), jnp.ones((1, dim)))["params"]
+  # Nonzero biases: a removed unit's constant activation must be folded.
+  params = jax.tree.map(lambda x: x + 0.05, params)
+  mask = masks.make_mask(params)
+  x = jax.random.normal(jax.random.key(1), (16, dim))
+  scores = jax.tree.map(jnp.abs, params)
+  for m in (pruning.prune(mask, scores, 0.6, structure="neuron",
+                          coupling=model),
+            pruning.prune(mask, scores, 0.99),
+            pruning.prune(mask, scores, 0.999, scope="global")):
+    small, small_params, state = lottery.shrink(model, params, {}, m)
+    assert state == {}
+    want = model.apply({"params": lottery.apply_mask(m, params)}, x)
+    got = small.apply({"params": small_params}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    dead = structure.whole_units(m, model.coupling())
+    widths = [int((~d).sum()) for d in dead.values()]
+    if hasattr(small, "features"):
+      assert all(w <= max(k, 1) for w, k in zip(small.features, widths))
+  neuron = pruning.prune(mask, scores, 0.5, structure="neuron",
+                         coupling=model)
+  small, _, _ = lottery.shrink(model, params, {}, neuron)
+  want = [int((~d).sum()) for d in
+          structure.whole_units(neuron, model.coupling()).values()]
+  got = list(small.features) if hasattr(small, "features") else [
+      small.hidden]
+  assert got == want
+
+
+def test_shrink_refuses_models_without_units():
+  model = models.get("conv2", 3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+  with pytest.raises(LotteryError, match="^model: shrink needs a model that "
+                     "declares its units .* ConvNet does not$"):
+    lottery.shrink(model, params, {}, masks.make_mask(params))
+
+
+# -- in runs ---------------------------------------------------------------
+
+def test_imp_neuron_run_prunes_whole_units(npz_path, tmp_path):
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron",
+                          "pruning.group_score": "l2", "controls": ()})
+  summary = lottery.run(cfg, tmp_path, log=quiet)
+  coupling = models.get("mlp_tiny", 3).coupling()
+  # mlp_tiny's 32 units: 16 go in round 1, 8 of 16 in round 2.
+  for r, alive in ((0, 32), (1, 16), (2, 8)):
+    t = lottery.load_ticket(tmp_path, r, "ticket")
+    dead = structure.whole_units(t.mask, coupling)["fc1"]
+    assert (~dead).sum() == alive
+    kernel = np.asarray(t.mask["fc1"]["kernel"])
+    out = np.asarray(t.mask["out"]["kernel"])
+    np.testing.assert_array_equal(kernel, np.tile(~dead, (8, 1)))
+    np.testing.assert_array_equal(out, np.tile(~dead[:, None], (1, 3)))
+    assert summary["rounds"][r]["density"] == alive / 32
+
+
+def test_imp_neuron_replicates_prune_each_on_its_own(npz_path, tmp_path):
+  # Several replicates prune in one vmapped call.
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
+                          "seeds.num": 2, "controls": ()})
+  lottery.run(cfg, tmp_path / "two", log=quiet)
+  one = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
+                          "controls": ()})
+  lottery.run(one, tmp_path / "one", log=quiet)
+  coupling = models.get("mlp_tiny", 3).coupling()
+  masks_ = [lottery.load_ticket(tmp_path / "two", 1, "ticket", seed=i).mask
+            for i in range(2)]
+  for m in masks_:
+    assert (~structure.whole_units(m, coupling)["fc1"]).sum() == 16
+  assert not leaves_equal(masks_[0], masks_[1])
+  assert leaves_equal(masks_[0],
+                      lottery.load_ticket(tmp_path / "one", 1, "ticket").mask)
+
+
+def test_a_resumed_structured_run_is_bit_identical(npz_path, tmp_path,
+                                                   monkeypatch):
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron",
+                          "controls": ("random_prune",)})
+  lottery.run(cfg, tmp_path / "ref", log=quiet)
+  assert run_interrupted(
+      lambda: lottery.run(cfg, tmp_path / "run", log=quiet), monkeypatch,
+      saves=(3,), finishes=(2,)) == 2
+  for r in range(3):
+    for kind in (("ticket",) if r == 0 else ("ticket", "random_prune")):
+      a = lottery.load_ticket(tmp_path / "ref", r, kind)
+      b = lottery.load_ticket(tmp_path / "run", r, kind)
+      for f in ("mask", "rewind_params", "trained_params"):
+        assert leaves_equal(getattr(a, f), getattr(b, f)), (r, kind, f)
+
+
+def test_imp_n_m_run_keeps_n_of_m(npz_path, tmp_path):
+  cfg = tiny(npz_path, **{"pruning.structure": "2:4", "pruning.rounds": 1,
+                          "controls": ()})
+  summary = lottery.run(cfg, tmp_path, log=quiet)
+  mask = lottery.load_ticket(tmp_path, 1, "ticket").mask
+  for leaf in ("fc1", "out"):
+    k = np.asarray(mask[leaf]["kernel"])
+    assert (k.reshape(-1, 4, k.shape[1]).sum(axis=1) == 2).all()
+  assert summary["rounds"][1]["density"] == 0.5
+
+
+def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
+  cfg = tiny(npz_path, method="pai", **{
+      "pai.methods": ("magnitude", "snip"), "pai.densities": (0.25,),
+      "pai.checks": (), "pai.dense": False, "pai.structure": "1:4"})
+  lottery.pai.run(cfg, tmp_path, log=quiet)
+  for method in ("magnitude", "snip"):
+    mask = lottery.load_ticket(tmp_path, method=method, check=None,
+                               target_density=0.25, seed=0).mask
+    k = np.asarray(mask["fc1"]["kernel"])
+    assert (k.reshape(2, 4, 32).sum(axis=1) == 1).all()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"pruning.structure": "4:2"}, r"^pruning.structure: an N:M structure "
+     r"needs 0 < N < M \(got '4:2'\)$"),
+    ({"pruning.structure": "blocks"}, r"^pruning.structure: unknown "
+     r"structure, must be one of \['unstructured', 'neuron', 'N:M'\]"),
+    ({"pruning.structure": "2:4"}, r"^pruning.structure: prunes once .* set "
+     r"pruning.rounds to 1"),
+    ({"pruning.structure": "neuron", "pruning.layer_fractions":
+      "out/kernel=0.1"}, r"^pruning.structure: takes no "
+     r"pruning.layer_fractions"),
+    ({"pruning.group_score": "mean"}, r"^pruning.group_score: must be one of "
+     r"\['sum', 'l1', 'l2'\]"),
+    ({"method": "pai", "pai.structure": "2:4"}, r"^pai.structure: keeps 2 of "
+     r"every 4: set pai.densities to \(0.5,\)"),
+])
+def test_config_refuses_bad_structures(npz_path, tmp_path, overrides, match):
+  with pytest.raises(LotteryError, match=match):
+    cfg = tiny(npz_path, **overrides)
+    lottery.driver.run(cfg, tmp_path / "wd", method=cfg.method, log=quiet)
+  assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("model, overrides, match", [
+    ("conv2", {"pruning.structure": "neuron"},
+     r"^pruning.structure: 'neuron' needs the coupling of model 'conv2', "
+     r"which it does not declare; use 'unstructured' or an N:M structure$"),
+    ("conv2", {"pruning.structure": "2:4", "pruning.rounds": 1},
+     r"^pruning.structure: '2:4' groups 4 weights along axis 1 of "
+     r"conv1/kernel \(shape \(3, 1, 64\)\), whose length 1 is not a "
+     r"multiple of 4$"),
+    ("conv2", {"method": "pai", "pai.structure": "neuron"},
+     r"^pai.structure: 'neuron' needs the coupling of model 'conv2'"),
+])
+def test_a_structure_the_model_cannot_take_is_refused_before_writing(
+    npz_path, tmp_path, model, overrides, match):
+  cfg = tiny(npz_path, **{"model.name": model, **overrides})
+  with pytest.raises(LotteryError, match=match):
+    lottery.driver.run(cfg, tmp_path / "wd", method=cfg.method, log=quiet)
+  assert not (tmp_path / "wd").exists() or not any(
+      (tmp_path / "wd").iterdir())
+
+
+def test_pai_prune_at_init_neuron_keeps_unit_densities(npz_path):
+  cfg = tiny(npz_path, method="pai", **{"pai.structure": "neuron"})
+  exp = lottery.build(cfg)
+  batch = pai.score_batch(exp, 0)
+  mask = pai.prune_at_init(exp, "snip", 0.25, exp.init_params,
+                           exp.init_model_state, batch, jax.random.key(0),
+                           structure="neuron")
+  dead = structure.whole_units(mask, exp.model.coupling())["fc1"]
+  assert (~dead).sum() == 8

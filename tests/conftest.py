@@ -132,3 +132,16 @@ def tiny(npz_path, **overrides):
 @pytest.fixture
 def tiny_config(npz_path):
   return lambda **kw: tiny(npz_path, **kw)
+
+
+def run_until_finished(config, workdir, interrupt: type[Exception]) -> int:
+  """Runs `config` on `workdir` again after each `interrupt` raised inside
+  it (a test's stand-in for a killed run) until it finishes; returns how
+  many times it was interrupted."""
+  interruptions = 0
+  while True:
+    try:
+      lottery.run(config, workdir, log=lambda _: None)
+      return interruptions
+    except interrupt:
+      interruptions += 1

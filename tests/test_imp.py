@@ -18,7 +18,7 @@ from lottery import jobs
 from lottery import masks
 from lottery import tickets
 
-from conftest import compilations
+from conftest import compilations, run_until_finished
 
 KINDS = ("ticket", "reinit", "random_prune")
 
@@ -172,13 +172,7 @@ def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
       raise _Interrupt()
   monkeypatch.setattr(jobs.MidRun, "save", save)
   monkeypatch.setattr(tickets, "save_ticket", finish)
-  interruptions = 0
-  while True:
-    try:
-      lottery.run(cfg, tmp_path / "run", log=quiet)
-      break
-    except _Interrupt:
-      interruptions += 1
+  interruptions = run_until_finished(cfg, tmp_path / "run", _Interrupt)
   assert interruptions == 3
   for r in range(3):
     for kind in (("ticket",) if r == 0 else KINDS):

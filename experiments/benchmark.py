@@ -30,10 +30,15 @@ separately compiled-once evaluations of the interpolated networks
 (path_30_vs_separate, target <= 0.5), and a pair of copies trained as 2
 replicates of one program against two single trainings (pair_vs_two,
 target <= 0.8 on the CPU). BatchNorm models are not timed: the path does not
-recompute running statistics yet.
+recompute running statistics yet. 'stream' times MNIST-1D's train loop
+(`lottery.loop.train`, `--steps` steps a call, a test evaluation every 100)
+with batches read from array_record files (data.source='stream') against the
+arrays on the device: stream_memory_steps_per_s, stream_stream_steps_per_s,
+stream_vs_memory (target >= 0.9).
 """
 
 import json
+import pathlib
 import platform
 import statistics
 import time
@@ -62,10 +67,11 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
 _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
-                                      "stability"],
+                                      "stability", "stream"],
                             "What to time: lenet, conv2, resnet20, seeds "
                             "(LeNet replicates, seeds.num = 1 and 8), "
-                            "stability (LeNet path and pair).")
+                            "stability (LeNet path and pair), stream "
+                            "(MNIST-1D batches streamed vs in memory).")
 _EVAL_EXAMPLES = flags.DEFINE_integer(
     "eval_examples", 10_000, "Examples of the path evaluation ('stability').")
 
@@ -323,6 +329,65 @@ def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
   return out
 
 
+def _bench_stream(steps: int, repeats: int) -> dict:
+  """MNIST-1D's train loop (`loop.train`: mnist1d_mlp, batch 100, Adam,
+  50% magnitude mask, a test evaluation every 100 steps) with its batches
+  from the record files (data.source='stream') against the arrays on the
+  device ('memory'). Target: stream >= 0.9 x memory."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from lottery import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lottery import stream  # pylint: disable=g-import-not-at-top
+  ds = data_lib.mnist1d()
+  t = config_lib.base_config().training
+  model = models.get("mnist1d_mlp", ds.num_classes)
+  params = jax.jit(lambda k: model.init(rng_lib.flat(k), ds.x_train[:1]))(
+      jax.random.key(0))["params"]
+  mask = pruning.prune(masks.make_mask(params), scores.magnitude(params), 0.5)
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn),
+                 form=loop.choose_form("auto", params))
+  folder = tempfile.TemporaryDirectory()
+  records = {}
+  for split, x, y in (("train", ds.x_train, ds.y_train),
+                      ("test", ds.x_test, ds.y_test)):
+    path = pathlib.Path(folder.name) / f"{split}.array_record"
+    stream.write_split(path, x, y)
+    records[split] = stream.Records(path)
+  data = {"memory": loop.put_data(ds.x_train, ds.y_train, ds.x_test,
+                                  ds.y_test),
+          "stream": loop.stream_data(records["train"], records["test"])}
+  states = {v: step.init_state(params, tx, mask=mask) for v in data}
+  lr_fn = lambda a, b: np.full(b - a, t.learning_rate, np.float32)
+
+  def timed(v):
+    start = time.perf_counter()
+    s0 = int(states[v].step)
+    states[v], history, _ = loop.train(
+        lp, states[v], data[v], stop=s0 + steps, lr_fn=lr_fn,
+        batch_size=t.batch_size, data_seed=0, eval_every=min(100, steps))
+    jax.block_until_ready(states[v])
+    assert np.isfinite(history[-1]["loss"]), v
+    return time.perf_counter() - start
+
+  for v in data:  # Compile and warm up.
+    timed(v)
+  times = {v: [] for v in data}
+  for _ in range(repeats):
+    for v in data:
+      times[v].append(timed(v))
+  folder.cleanup()
+  rate = {v: steps / statistics.median(ts) for v, ts in times.items()}
+  # The same batches, so the same weights (bit for bit).
+  assert all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(states["memory"].params),
+      jax.tree.leaves(states["stream"].params)))
+  return {"stream_memory_steps_per_s": float(f"{rate['memory']:.4g}"),
+          "stream_stream_steps_per_s": float(f"{rate['stream']:.4g}"),
+          "stream_vs_memory": round(rate["stream"] / rate["memory"], 4)}
+
+
 def main(argv):
   del argv
   result = {}
@@ -332,9 +397,12 @@ def main(argv):
     elif name == "stability":
       result.update(_bench_stability(_STEPS.value, _REPEATS.value,
                                      _EVAL_EXAMPLES.value))
+    elif name == "stream":
+      result.update(_bench_stream(_STEPS.value, _REPEATS.value))
     elif name not in SETUPS:
+      known = list(SETUPS) + ["seeds", "stability", "stream"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
-                           f"{list(SETUPS) + ['seeds', 'stability']})")
+                           f"{known})")
     else:
       result.update(_bench(name, _STEPS.value, _REPEATS.value))
     prefixes = (name,) if name != "stability" else ("path", "separate",

@@ -50,8 +50,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _args(workdir, npz):
+def _args(workdir, npz, source="memory"):
   return [f"--workdir={workdir}", "--config=mnist1d:quick",
+          f"--config.data.source={source}",
           "--config.data.name=npz", f"--config.data.path={npz}",
           "--config.model.name=mlp_tiny", "--config.training.steps=40",
           "--config.training.batch_size=16", "--config.training.eval_every=20",
@@ -59,18 +60,21 @@ def _args(workdir, npz):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(npz_path, tmp_path):
+@pytest.mark.parametrize("source", ["memory", "stream"])
+def test_two_processes_match_one(npz_path, tmp_path, source):
+  """Streamed, each process reads only its own half of every batch from the
+  record files (`parallel.put_parts`)."""
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          "LOTTERY_NO_COMPILE_CACHE": "1"}
   env.pop("XLA_FLAGS", None)
   one = subprocess.run([sys.executable, "-m", "experiments.imp",
-                        *_args(tmp_path / "one", npz_path)], cwd=ROOT,
+                        *_args(tmp_path / "one", npz_path, source)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-2000:]
   port = _free_port()
   wd = tmp_path / "two"
   procs = [subprocess.Popen(
-      [sys.executable, "-c", _AUDITED, str(wd), *_args(wd, npz_path),
+      [sys.executable, "-c", _AUDITED, str(wd), *_args(wd, npz_path, source),
        f"--coordinator_address=localhost:{port}", "--num_processes=2",
        f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -26,13 +26,14 @@ with either file missing is written again.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import pathlib
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
 import queue
+import tempfile
 import threading
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -104,6 +105,12 @@ def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray) -> None:
   _replace_atomic(path.with_suffix(".json"), text)
 
 
+def _cause(e: Exception) -> str:
+  """An exception's type and the start of its first line."""
+  first = str(e).splitlines()[0][:80] if str(e) else ""
+  return f"{type(e).__name__}: {first}"
+
+
 def _damaged(path, why: str) -> LotteryError:
   return LotteryError(f"data.source: stream cache file {os.fspath(path)} is "
                       f"unreadable ({why}); delete it to have the next run "
@@ -118,13 +125,14 @@ class Records:
   whose index i is the file's record rows[i] (a validation split's rows).
   """
 
-  def __init__(self, path: os.PathLike, rows: np.ndarray | None = None,
-               _opened=None):
+  def __init__(self, path: os.PathLike):
+    """Opens `path` and checks it against its header.
+
+    Raises:
+      LotteryError: naming the file, if it or its header is damaged.
+    """
     self.path = pathlib.Path(path)
-    self.rows = rows
-    if _opened is not None:
-      self._source, self.dtype, self._count = _opened
-      return
+    self.rows: np.ndarray | None = None
     header_path = self.path.with_suffix(".json")
     try:
       with open(header_path) as f:
@@ -134,9 +142,7 @@ class Records:
       if h["format"] != FORMAT or self.dtype.itemsize != h["record_bytes"]:
         raise ValueError("unknown format")
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise _damaged(header_path, f"{type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:80] if str(e) else ''}"
-                     ) from None
+      raise _damaged(header_path, _cause(e)) from None
     try:
       actual = self.path.stat().st_size
     except OSError as e:
@@ -148,13 +154,11 @@ class Records:
       self._source = grain.sources.ArrayRecordDataSource(os.fspath(self.path))
       n = len(self._source)
     except Exception as e:  # pylint: disable=broad-except
-      raise _damaged(self.path, f"{type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:80] if str(e) else ''}"
-                     ) from None
+      raise _damaged(self.path, _cause(e)) from None
     if n != count:
       raise _damaged(self.path, f"{n} records, its header says {count}")
     self._count = count
-    if count:  # The first and last records' sizes (reads every chunk index).
+    if count:  # The first and last records are of the header's size.
       self._decode(self._read([0, count - 1]))
 
   def __len__(self) -> int:
@@ -167,18 +171,15 @@ class Records:
   def subset(self, rows: np.ndarray) -> Records:
     """The view of records rows[0], rows[1], ... (of this view)."""
     rows = np.asarray(rows, np.int64)
-    if self.rows is not None:
-      rows = self.rows[rows]
-    return Records(self.path, rows,
-                   _opened=(self._source, self.dtype, self._count))
+    view = copy.copy(self)  # The same open source.
+    view.rows = rows if self.rows is None else self.rows[rows]
+    return view
 
   def _read(self, keys: list[int]) -> list[bytes]:
     try:
       return self._source.__getitems__(keys)
     except Exception as e:  # pylint: disable=broad-except
-      raise _damaged(self.path, f"{type(e).__name__}: "
-                     f"{str(e).splitlines()[0][:80] if str(e) else ''}"
-                     ) from None
+      raise _damaged(self.path, _cause(e)) from None
 
   def _decode(self, records: list[bytes]) -> np.ndarray:
     if any(len(r) != self.dtype.itemsize for r in records):

@@ -36,8 +36,18 @@ def hook(event, args):
     if os.path.abspath(path).startswith(workdir):
       writes.append(f"{event} {path}")
 sys.addaudithook(hook)
+# And counts the training examples it reads from stream record files.
+from lottery import stream
+read = [0]
+real_read = stream.Records.read
+def counted(self, idx):
+  if self.path.stem == "train":
+    read[0] += idx.size
+  return real_read(self, idx)
+stream.Records.read = counted
 import atexit
 atexit.register(lambda: print("WRITES " + json.dumps(writes), flush=True))
+atexit.register(lambda: print(f"TRAIN_READ {read[0]}", flush=True))
 sys.argv = [sys.argv[0]] + sys.argv[2:]
 import runpy
 runpy.run_module("experiments.imp", run_name="__main__")
@@ -85,6 +95,10 @@ def test_two_processes_match_one(npz_path, tmp_path, source):
             for out, _ in outs]
   assert writes[0], "process 0 wrote nothing"
   assert writes[1] == [], writes[1][:5]  # Process 1 never writes.
+  # Streamed, each process reads half of every batch: 4 jobs (round 0's
+  # ticket, round 1's and its 2 controls) of 40 steps of 16 examples.
+  reads = [int(out.split("TRAIN_READ ", 1)[1].split()[0]) for out, _ in outs]
+  assert reads == ([4 * 40 * 16 // 2] * 2 if source == "stream" else [0, 0])
   # Process 0 reports; its mesh line names both processes' devices.
   assert "mesh: replicas=1 data=2 (2 devices; 2 processes)" in outs[0][1]
   for r in range(2):

@@ -31,10 +31,15 @@ separately compiled-once evaluations of the interpolated networks
 replicates of one program against two single trainings (pair_vs_two,
 target <= 0.8 on the CPU); and the same path of ResNet-20, whose BatchNorm
 statistics are recomputed at every point in both forms
-(resnet20_path_30_vs_separate, on --resnet_path_examples inputs).
+(resnet20_path_30_vs_separate, on --resnet_path_examples inputs). 'stream'
+times MNIST-1D's train loop (`lottery.loop.train`, `--steps` steps a call, a
+test evaluation every 100) with batches read from array_record files
+(data.source='stream') against the arrays on the device: stream_memory_steps_per_s, stream_stream_steps_per_s,
+stream_vs_memory (target >= 0.9).
 """
 
 import json
+import pathlib
 import platform
 import statistics
 import time
@@ -63,10 +68,12 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
 _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
-                                      "stability"],
+                                      "stability", "stream"],
                             "What to time: lenet, conv2, resnet20, seeds "
                             "(LeNet replicates, seeds.num = 1 and 8), "
-                            "stability (LeNet and ResNet-20 paths, LeNet pair).")
+                            "stability (LeNet and ResNet-20 paths, LeNet "
+                            "pair), stream (MNIST-1D batches streamed vs in "
+                            "memory).")
 _EVAL_EXAMPLES = flags.DEFINE_integer(
     "eval_examples", 10_000, "Examples of the path evaluation ('stability').")
 _RESNET_PATH_EXAMPLES = flags.DEFINE_integer(
@@ -80,6 +87,19 @@ SETUPS = {
     "conv2": ("conv2", (32, 32, 3), 60, "adam", 2e-4, 5),
     "resnet20": ("resnet20", (32, 32, 3), 128, "sgd", 0.1, 5),
 }
+
+
+def _median_times(timed, variants, repeats: int) -> dict:
+  """The median of `repeats` calls of `timed(v)` per variant, after one
+  call each to compile and warm up; the variants alternate, so that a
+  slower stretch of a shared machine falls on all of them."""
+  for v in variants:
+    timed(v)
+  times = {v: [] for v in variants}
+  for _ in range(repeats):
+    for v in variants:
+      times[v].append(timed(v))
+  return {v: statistics.median(ts) for v, ts in times.items()}
 
 
 def _bench(name: str, steps: int, repeats: int) -> dict:
@@ -144,14 +164,9 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
     assert np.all(np.isfinite(losses)), (name, v)
     return time.perf_counter() - start
 
-  for v in runners:  # Compile and warm up.
-    timed(v)
-  times = {v: [] for v in runners}
-  for _ in range(repeats):
-    for v in runners:
-      times[v].append(timed(v))
+  med = _median_times(timed, runners, repeats)
   n_steps.setdefault("python_loop", steps)
-  rate = {v: n_steps[v] / statistics.median(ts) for v, ts in times.items()}
+  rate = {v: n_steps[v] / t for v, t in med.items()}
   out = {f"{name}_{v}_steps_per_s": float(f"{r:.4g}") for v, r in rate.items()}
   out[f"{name}_ratio"] = round(rate["masked"] / rate["dense"], 4)
   out[f"{name}_loop"] = form
@@ -202,13 +217,8 @@ def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
     assert np.all(np.isfinite(losses)), c
     return time.perf_counter() - start
 
-  for c in counts:
-    timed(c)
-  times = {c: [] for c in counts}
-  for _ in range(repeats):
-    for c in counts:
-      times[c].append(timed(c))
-  rate = {c: c * steps / statistics.median(ts) for c, ts in times.items()}
+  rate = {c: c * steps / t
+          for c, t in _median_times(timed, counts, repeats).items()}
   out = {f"seeds_{c}_steps_per_s": float(f"{r:.4g}") for c, r in rate.items()}
   out[f"seeds_{counts[-1]}_vs_{counts[0]}"] = round(
       rate[counts[-1]] / rate[counts[0]], 4)
@@ -263,13 +273,8 @@ def _bench_sparse(steps: int, repeats: int) -> dict:
     assert np.all(np.isfinite(losses)), v
     return time.perf_counter() - start
 
-  for v in loops:  # Compile and warm up.
-    timed(v)
-  times = {v: [] for v in loops}
-  for _ in range(repeats):
-    for v in loops:
-      times[v].append(timed(v))
-  rate = {v: steps / statistics.median(ts) for v, ts in times.items()}
+  rate = {v: steps / t
+          for v, t in _median_times(timed, loops, repeats).items()}
   kept = {k: int(c) for k, (c, _) in masks.counts(states["rigl"].mask).items()}
   assert kept == counts, (kept, counts)  # exact through every update
   return {"static_steps_per_s": float(f"{rate['static']:.4g}"),
@@ -327,12 +332,8 @@ def _path_timing(name: str, examples: int, repeats: int) -> dict:
       jax.block_until_ready(one(a, b, alpha))
     return time.perf_counter() - start
 
-  batched(), separate()  # Compile both.
-  times = {"batched": [], "separate": []}
-  for _ in range(repeats):
-    times["batched"].append(batched())
-    times["separate"].append(separate())
-  med = {k: statistics.median(v) for k, v in times.items()}
+  forms = {"batched": batched, "separate": separate}
+  med = _median_times(lambda v: forms[v](), forms, repeats)
   return {"path_30_s": float(f"{med['batched']:.4g}"),
           "separate_30_s": float(f"{med['separate']:.4g}"),
           "path_30_vs_separate": round(med["batched"] / med["separate"], 4),
@@ -354,6 +355,60 @@ def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
   return out
 
 
+def _bench_stream(steps: int, repeats: int) -> dict:
+  """MNIST-1D's train loop (`loop.train`: mnist1d_mlp, batch 100, Adam,
+  50% magnitude mask, a test evaluation every 100 steps) with its batches
+  from the record files (data.source='stream') against the arrays on the
+  device ('memory'). Target: stream >= 0.9 x memory."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from lottery import data as data_lib  # pylint: disable=g-import-not-at-top
+  from lottery import stream  # pylint: disable=g-import-not-at-top
+  ds = data_lib.mnist1d()
+  t = config_lib.base_config().training
+  model = models.get("mnist1d_mlp", ds.num_classes)
+  params = jax.jit(lambda k: model.init(rng_lib.flat(k), ds.x_train[:1]))(
+      jax.random.key(0))["params"]
+  mask = pruning.prune(masks.make_mask(params), scores.magnitude(params), 0.5)
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn),
+                 form=loop.choose_form("auto", params))
+  folder = tempfile.TemporaryDirectory()
+  records = {}
+  for split, x, y in (("train", ds.x_train, ds.y_train),
+                      ("test", ds.x_test, ds.y_test)):
+    path = pathlib.Path(folder.name) / f"{split}.array_record"
+    stream.write_split(path, x, y)
+    records[split] = stream.Records(path)
+  data = {"memory": loop.put_data(ds.x_train, ds.y_train, ds.x_test,
+                                  ds.y_test),
+          "stream": loop.stream_data(records["train"], records["test"])}
+  states = {v: step.init_state(params, tx, mask=mask) for v in data}
+  lr_fn = lambda a, b: np.full(b - a, t.learning_rate, np.float32)
+
+  def timed(v):
+    start = time.perf_counter()
+    s0 = int(states[v].step)
+    states[v], history, _ = loop.train(
+        lp, states[v], data[v], stop=s0 + steps, lr_fn=lr_fn,
+        batch_size=t.batch_size, data_seed=0, eval_every=min(100, steps))
+    jax.block_until_ready(states[v])
+    assert np.isfinite(history[-1]["loss"]), v
+    return time.perf_counter() - start
+
+  med = _median_times(timed, data, repeats)
+  folder.cleanup()
+  rate = {v: steps / t for v, t in med.items()}
+  # The same batches, so the same weights (bit for bit).
+  assert all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(states["memory"].params),
+      jax.tree.leaves(states["stream"].params)))
+  return {"stream_memory_steps_per_s": float(f"{rate['memory']:.4g}"),
+          "stream_stream_steps_per_s": float(f"{rate['stream']:.4g}"),
+          "stream_vs_memory": round(rate["stream"] / rate["memory"], 4)}
+
+
 def main(argv):
   del argv
   result = {}
@@ -363,9 +418,12 @@ def main(argv):
     elif name == "stability":
       result.update(_bench_stability(_STEPS.value, _REPEATS.value,
                                      _EVAL_EXAMPLES.value))
+    elif name == "stream":
+      result.update(_bench_stream(_STEPS.value, _REPEATS.value))
     elif name not in SETUPS:
+      known = list(SETUPS) + ["seeds", "stability", "stream"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
-                           f"{list(SETUPS) + ['seeds', 'stability']})")
+                           f"{known})")
     else:
       result.update(_bench(name, _STEPS.value, _REPEATS.value))
     prefixes = (name,) if name != "stability" else ("path", "separate",

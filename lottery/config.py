@@ -49,12 +49,20 @@ def base_config() -> ml_collections.ConfigDict:
       name="mnist1d",  # mnist1d | npz | mnist | fashion_mnist | cifar10 | ...
       data_dir="",  # TFDS data_dir ('' = TFDS's default).
       path="",  # .npz file for name='npz'.
-      cache_dir="",  # MNIST-1D cache ('' = $LOTTERY_CACHE or ~/.cache/lottery).
+      # Generated data and stream records ('' = $LOTTERY_CACHE or
+      # ~/.cache/lottery).
+      cache_dir="",
+      # Where training batches come from: 'memory' (the arrays, on the device
+      # when they fit) or 'stream' (read per call from the dataset's
+      # array_record files in the cache, written on first use; the same
+      # batches and the same results bit for bit).
+      source="memory",
       # Training examples held out for validation (a fixed subset); with it,
       # metrics include the early-stopping step and its test accuracy.
       validation_size=0,
       # Keep the training set on the accelerator when it fits in half its
-      # memory; otherwise (or if False) gather each call's batches on the host.
+      # memory; otherwise (or if False) gather each call's batches on the
+      # host. For source='memory'.
       on_device=True,
       # On-device batch augmentation, keyed by (data seed, step): 'none' or
       # 'crop_flip' (CIFAR: 4-pixel padded random crop, horizontal flip).
@@ -193,6 +201,11 @@ def _data_names() -> Sequence[str]:
   return data.NAMES
 
 
+def _data_sources() -> Sequence[str]:
+  from lottery import stream  # pylint: disable=g-import-not-at-top
+  return stream.SOURCES
+
+
 def _model_names() -> Sequence[str]:
   from lottery import models  # pylint: disable=g-import-not-at-top
   return models.names()
@@ -290,6 +303,7 @@ RULES: dict[str, _Rule] = {
     "data.data_dir": _string,
     "data.path": _data_path,
     "data.cache_dir": _string,
+    "data.source": _one_of(_data_sources),
     "data.validation_size": _count(0),
     "data.on_device": _boolean,
     "data.augment": _one_of(_augment_names),
@@ -475,9 +489,10 @@ FIELD_HELP: dict[str, str] = {
     "data.name": "dataset: mnist1d (generated offline), npz, or a TFDS name",
     "data.data_dir": "TFDS data_dir ('' = TFDS's default)",
     "data.path": "the .npz file for data.name='npz'",
-    "data.cache_dir": "MNIST-1D cache ('' = $LOTTERY_CACHE or ~/.cache/lottery)",
+    "data.cache_dir": "cache of generated data and stream records ('' = $LOTTERY_CACHE or ~/.cache/lottery)",
+    "data.source": "training batches from memory, or streamed from array_record files (memory | stream)",
     "data.validation_size": "training examples held out for validation (early stopping)",
-    "data.on_device": "keep the training set on the accelerator when it fits in half its memory",
+    "data.on_device": "keep the training set on the accelerator when it fits in half its memory (source='memory')",
     "data.augment": "on-device batch augmentation keyed by (data seed, step)",
     "model.name": "the model, by its registered name",
     "model.depth": "depth of models that take one (ResNet); 0 = the model's default",

@@ -348,6 +348,20 @@ def from_tfds(name: str, data_dir: str = "") -> Dataset:
   return standardize(Dataset(name, x_tr, y_tr, x_te, y_te, c))
 
 
+def validation_rows(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, held-out) sorted row indices of `split_validation` for n
+  training examples.
+
+  Raises:
+    LotteryError: if `size` leaves no training example.
+  """
+  if size >= n:
+    raise LotteryError(f"data.validation_size: {size} leaves no training "
+                       f"examples of {n}")
+  perm = np.random.default_rng(0).permutation(n)
+  return np.sort(perm[size:]), np.sort(perm[:size])
+
+
 def split_validation(ds: Dataset, size: int
                      ) -> tuple[Dataset, np.ndarray, np.ndarray]:
   """Holds out `size` training examples as a validation set.
@@ -358,11 +372,7 @@ def split_validation(ds: Dataset, size: int
   Returns:
     (the dataset without them, x_val, y_val).
   """
-  if size >= len(ds.y_train):
-    raise LotteryError(f"data.validation_size: {size} leaves no training "
-                       f"examples of {len(ds.y_train)}")
-  perm = np.random.default_rng(0).permutation(len(ds.y_train))
-  val, keep = np.sort(perm[:size]), np.sort(perm[size:])
+  keep, val = validation_rows(len(ds.y_train), size)
   return (dataclasses.replace(ds, x_train=ds.x_train[keep],
                               y_train=ds.y_train[keep]),
           ds.x_train[val], ds.y_train[val])

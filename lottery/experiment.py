@@ -42,7 +42,8 @@ class Experiment:
   Attributes:
     config: the validated config.
     dataset: the host arrays.
-    data: the arrays placed for training (`loop.Data`).
+    data: the arrays placed for training, or the record files streamed
+      (`loop.Data`).
     model: the Flax module; `apply_fn` its `step.ApplyFn`.
     tx: the optimizer (`keep_pruned`, rate as an argument).
     schedule: the learning-rate schedule (an optax schedule).
@@ -117,8 +118,20 @@ def build(config: ml_collections.ConfigDict, *,
   """
   config_lib.validate(config)
   ds = data_lib.load(config.data)
+  # Streamed: the record files of the whole loaded set (written on first
+  # use), opened and checked before anything is trained or written.
+  records = None
+  if config.data.source == "stream":
+    from lottery import stream  # pylint: disable=g-import-not-at-top
+    records = stream.open_cache(config.data, ds,
+                                data_lib.fingerprint(config.data))
   x_val = y_val = None
   if config.data.validation_size:
+    if records is not None:
+      keep, val = data_lib.validation_rows(len(ds.y_train),
+                                           config.data.validation_size)
+      records["train"], records["val"] = (records["train"].subset(keep),
+                                          records["train"].subset(val))
     ds, x_val, y_val = data_lib.split_validation(ds,
                                                  config.data.validation_size)
   t = config.training
@@ -154,13 +167,17 @@ def build(config: ml_collections.ConfigDict, *,
   loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
                        form=loop_lib.choose_form(t.loop, init_params),
                        mesh=mesh)
-  on_device = config.data.on_device and _fits_on_device(
-      ds.x_train.nbytes + ds.y_train.nbytes)
-  return Experiment(
-      config=config, dataset=ds,
-      data=loop_lib.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
+  if records is not None:
+    data = loop_lib.stream_data(records["train"], records["test"],
+                                records.get("val"))
+  else:
+    on_device = config.data.on_device and _fits_on_device(
+        ds.x_train.nbytes + ds.y_train.nbytes)
+    data = loop_lib.put_data(ds.x_train, ds.y_train, ds.x_test, ds.y_test,
                              x_val=x_val, y_val=y_val, on_device=on_device,
-                             mesh=mesh),
+                             mesh=mesh)
+  return Experiment(
+      config=config, dataset=ds, data=data,
       model=model, apply_fn=apply_fn, tx=tx,
       schedule=optim.make_schedule(t), loop=loop, init_params=init_params,
       init_model_state=variables, dense_mask=dense_mask,
@@ -211,12 +228,15 @@ def start_lines(exp: Experiment, progress, build_s: float) -> None:
   """The start-up lines of every driver: data, model, devices, loop,
   replicates and mesh (`progress.info`)."""
   ds, c = exp.dataset, exp.config
+  streamed = ("" if exp.data.stream is None else
+              f", streamed from {exp.data.stream.path.parent}")
   n_params = sum(int(np.size(x)) for x in jax.tree.leaves(exp.init_params))
   prunable = sum(total for _, total in masks_lib.counts(exp.dense_mask).values())
   progress.info(f"data: {c.data.name} ({len(ds.y_train)} train, "
                 f"{len(ds.y_test)} test, {ds.num_classes} classes, input "
                 f"{tuple(ds.x_train.shape[1:])}"
-                f"{', augment ' + c.data.augment if c.data.augment != 'none' else ''})")
+                f"{', augment ' + c.data.augment if c.data.augment != 'none' else ''}"
+                f"{streamed})")
   progress.info(f"model: {c.model.name} ({n_params:,} parameters, "
                 f"{prunable:,} prunable)")
   devices = jax.devices()

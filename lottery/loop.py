@@ -26,6 +26,7 @@ program) call the evaluation separately; the numbers are the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -53,6 +54,9 @@ DIVERGED = 1e3
 # int32 indices are 64 MiB, above every recipe's chunk (the largest,
 # rigl_resnet50_imagenet's 1000 steps of 4096, is 2**22): they run as before.
 MAX_CALL_INDICES = 2**24
+# Most bytes of examples that one compiled call reads from a stream (the
+# call's batches, and the next call's read meanwhile, are on the device).
+STREAM_CALL_BYTES = 2**28
 
 
 def batch_indices(n: int, batch_size: int, seed: int, start: int, stop: int
@@ -104,12 +108,25 @@ def eval_batches(x: np.ndarray, y: np.ndarray, eval_batch: int = 1000,
 
 @dataclasses.dataclass
 class Data:
-  """Training arrays, and the test (and validation) sets as `EvalSet`s."""
+  """The training set and the test (and validation) sets of a run.
+
+  In memory (`put_data`): training arrays (on the device, or on the host
+  with `on_device=False`) and the evaluation sets as `EvalSet`s. Streamed
+  (`stream_data`): `stream` holds the training set's `stream.Records`, and
+  `test` and `val` theirs, read `eval_batch` examples at a time.
+  """
   x: Any
   y: Any
-  test: EvalSet
-  val: EvalSet | None
+  test: Any
+  val: Any
   on_device: bool
+  stream: Any = None
+  eval_batch: int = 1000
+
+  @property
+  def num_train(self) -> int:
+    """The number of training examples."""
+    return len(self.y) if self.stream is None else len(self.stream)
 
 
 def put_data(x_train, y_train, x_test, y_test, *, x_val=None, y_val=None,
@@ -131,6 +148,13 @@ def put_data(x_train, y_train, x_test, y_test, *, x_val=None, y_val=None,
   return Data(x=put(x_train), y=put(y_train),
               test=eval_batches(x_test, y_test, eval_batch, dev), val=val,
               on_device=on_device)
+
+
+def stream_data(train, test, val=None, *, eval_batch: int = 1000) -> Data:
+  """A dataset read from record files (`stream.Records`) as the loop needs
+  them: nothing is put on the device until a call's batches are read."""
+  return Data(x=None, y=None, test=test, val=val, on_device=False,
+              stream=train, eval_batch=eval_batch)
 
 
 def choose_form(form: str, params) -> str:
@@ -263,36 +287,60 @@ class Loop:
         idx, parallel.batch_sharding(self.mesh, replicated, idx.ndim,
                                      leading=leading))
 
+  def batches(self, data: Data, idx: np.ndarray
+              ) -> tuple[jax.Array, jax.Array]:
+    """The examples of `idx` read from `data.stream`, on the device(s).
+
+    (x, y) of shapes idx.shape + the input's shape and idx.shape, laid out
+    as the loop's batches (steps first); with a mesh, each process reads
+    only the records of its own devices' part.
+    """
+    dims = idx.ndim + len(data.stream.example_shape)
+    if self.mesh is None:
+      sx = sy = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    else:
+      replicated = idx.ndim == 3
+      sx = parallel.batch_sharding(self.mesh, replicated, dims, leading=1)
+      sy = parallel.batch_sharding(self.mesh, replicated, idx.ndim, leading=1)
+    return parallel.put_parts(data.stream.read, idx,
+                              data.stream.example_shape, sx, sy)
+
   def run(self, state: TrainState, data: Data, idx: np.ndarray,
-          lrs: np.ndarray) -> tuple[TrainState, np.ndarray]:
+          lrs: np.ndarray, batches=None) -> tuple[TrainState, np.ndarray]:
     """Runs len(idx) steps; returns (state, per-step losses).
 
     idx: (steps, batch) example indices, or (steps, replicates, batch) for a
     stacked state; losses then have shape (steps, replicates). With a
     mask-update hook, the steps it is due at run on their own and the ones
-    between them in the loop form.
+    between them in the loop form. batches: for streamed data, `batches(data,
+    idx)` if already read (read here otherwise).
     """
-    state, losses, _ = self._steps(state, data, idx, lrs, False)
+    state, losses, _ = self._steps(state, data, idx, lrs, False, batches)
     return state, losses
 
   def run_and_evaluate(self, state: TrainState, data: Data, idx: np.ndarray,
-                       lrs: np.ndarray) -> tuple[TrainState, np.ndarray, dict]:
+                       lrs: np.ndarray, batches=None
+                       ) -> tuple[TrainState, np.ndarray, dict]:
     """`run`, then `evaluate` of the final state: (state, losses, metrics).
 
-    In the scan and unroll forms the evaluation is part of the chunk's
-    compiled program (see the module's docstring).
+    In the scan and unroll forms the evaluation of data in memory is part of
+    the chunk's compiled program (see the module's docstring); streamed
+    data is evaluated after it, a batch at a time.
     """
-    state, losses, metrics = self._steps(state, data, idx, lrs, True)
+    state, losses, metrics = self._steps(state, data, idx, lrs, True,
+                                         batches)
     if metrics is None:
       metrics = self.evaluate(state, data)
     return state, losses, metrics
 
-  def _steps(self, state, data, idx, lrs, evaluate: bool):
+  def _steps(self, state, data, idx, lrs, evaluate: bool, batches):
     """(state, losses, metrics if evaluated inside the last program, else
     None) of len(idx) steps."""
     lrs = np.asarray(lrs, np.float32)
+    if data.stream is not None and batches is None:
+      batches = self.batches(data, idx)
     if not self.update_every:
-      return self._run(state, data, idx, lrs, evaluate)
+      return self._run(state, data, idx, lrs, evaluate, batches)
     first = int(parallel.to_host(state.step))
     every = self.update_every
     due = [r for r in range(len(idx)) if (first + r) > 0 and
@@ -301,8 +349,10 @@ class Loop:
     losses, metrics, a = [], None, 0
     for r in due + [len(idx)]:
       if r > a:
+        rows = None if batches is None else (batches[0][a:r],
+                                             batches[1][a:r])
         state, loss, metrics = self._run(state, data, idx[a:r], lrs[a:r],
-                                         evaluate and r == len(idx))
+                                         evaluate and r == len(idx), rows)
         losses.append(loss)
       if r < len(idx):
         if data.on_device:
@@ -310,14 +360,14 @@ class Loop:
               state, data.x, data.y, self._indices(idx[r], idx.ndim == 3, 0),
               lrs[r])
         else:
-          state, loss = fns["up_batch"](state, data.x[idx[r]],
-                                        data.y[idx[r]], lrs[r])
+          state, loss = fns["up_batch"](state, *_take(data, idx, batches, r),
+                                        lrs[r])
         losses.append(parallel.to_host(loss)[None])
       a = r + 1
     return state, np.concatenate(losses), metrics
 
   def _run(self, state: TrainState, data: Data, idx: np.ndarray,
-           lrs: np.ndarray, evaluate: bool):
+           lrs: np.ndarray, evaluate: bool, batches):
     """`_steps` of the plain step (no mask update)."""
     replicated = idx.ndim == 3
     fns = self._fns[replicated]
@@ -333,8 +383,8 @@ class Loop:
           losses.append(loss)
       else:
         for i in range(len(idx)):
-          state, loss = fns["one_batch"](state, data.x[idx[i]],
-                                         data.y[idx[i]], lrs[i])
+          state, loss = fns["one_batch"](state, *_take(data, idx, batches, i),
+                                         lrs[i])
           losses.append(loss)
       # Fetched together: stacking on the device would compile a program
       # per chunk length.
@@ -346,21 +396,80 @@ class Loop:
           jax.device_put(lrs), sets, do_eval)
     else:
       state, losses, ev = fns["scan_batches"](
-          state, data.x[idx], data.y[idx], jax.device_put(lrs), sets, do_eval)
-    metrics = _metrics(ev, replicated) if evaluate else None
+          state, *_take(data, idx, batches, slice(None)), jax.device_put(lrs),
+          sets, do_eval)
+    metrics = _metrics(ev, replicated) if evaluate and sets else None
     return state, parallel.to_host(losses), metrics
 
   def evaluate(self, state: TrainState, data: Data) -> dict:
     """Test 'loss' and 'accuracy' over the whole test set, and 'val_loss' and
     'val_accuracy' when the data has a validation set (eval mode). Floats for
-    a plain state, lists over the replicates for a stacked one."""
-    evaluate = self._fns[is_stacked(state)]["evaluate"]
-    return _metrics([evaluate(state.params, state.model_state, *e)
-                     for e in _sets(data)], is_stacked(state))
+    a plain state, lists over the replicates for a stacked one.
+
+    Streamed data is evaluated `data.eval_batch` examples at a time (the
+    next batch read while one runs): the same accuracy as in memory (the
+    correct predictions are counted exactly), the loss the same up to the
+    order of its float32 sums.
+    """
+    stacked = is_stacked(state)
+    evaluate = self._fns[stacked]["evaluate"]
+    if data.stream is None:
+      return _metrics([evaluate(state.params, state.model_state, *e)
+                       for e in _sets(data)], stacked)
+    return _metrics([self._evaluate_streamed(evaluate, state, records,
+                                             data.eval_batch)
+                     for records in _streamed_sets(data)], stacked)
+
+  def _evaluate_streamed(self, evaluate, state, records, eval_batch: int
+                         ) -> dict[str, np.ndarray]:
+    """{'loss', 'accuracy'} of `state` on `records`, a batch at a time: each
+    batch padded to `eval_batch` as `eval_batches` pads, so one program."""
+    from lottery import stream  # pylint: disable=g-import-not-at-top
+    n = len(records)
+    size = min(eval_batch, n)
+    put = jax.device_put
+    if self.mesh is not None:
+      put = lambda a: parallel.put_global(a, parallel.replicated(self.mesh))
+
+    def load(start):
+      x, y = records.read(np.arange(start, min(start + size, n)))
+      pad = size - len(y)
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+      valid = np.arange(size) < size - pad
+      return (put(x[None]), put(y[None]), put(valid[None])), size - pad
+
+    loss, correct = 0.0, 0
+    for _, (batch, k) in stream.prefetch(range(0, n, size), load):
+      m = parallel.to_host(evaluate(state.params, state.model_state, *batch))
+      # The batch's mean times its count: its sum of losses, and (exactly,
+      # after rounding) its count of correct predictions.
+      loss = loss + m["loss"].astype(np.float64) * k
+      correct = correct + np.rint(m["accuracy"].astype(np.float64) * k
+                                  ).astype(np.int64)
+    # As the in-memory evaluation divides: float32 count / float32 n.
+    return {"loss": np.float32(loss / n),
+            "accuracy": np.float32(correct) / np.float32(n)}
+
+
+def _take(data: Data, idx: np.ndarray, batches, rows) -> tuple[Any, Any]:
+  """The (x, y) batches of idx[rows]: rows of `batches` when given (read
+  from a stream), else gathered from the host arrays."""
+  if batches is not None:
+    return batches[0][rows], batches[1][rows]
+  return data.x[idx[rows]], data.y[idx[rows]]
 
 
 def _sets(data: Data) -> list[EvalSet]:
-  """The evaluation sets of `data`: test, then validation if any."""
+  """The evaluation sets of `data` on the device: test, then validation if
+  any; none for streamed data (see `_streamed_sets`)."""
+  if data.stream is not None:
+    return []
+  return [data.test] + ([] if data.val is None else [data.val])
+
+
+def _streamed_sets(data: Data) -> list:
+  """The `stream.Records` to evaluate on: test, then validation if any."""
   return [data.test] + ([] if data.val is None else [data.val])
 
 
@@ -453,13 +562,15 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     loop: the experiment's compiled functions.
     state: train state (donated: do not reuse it); a stacked state (see
       `stack_states`) trains its replicates together.
-    data: from `put_data`.
+    data: from `put_data`, or `stream_data` (each call's batches read from
+      the records, the next call's while one runs).
     stop: the step to stop at (exclusive).
     lr_fn: (start, stop) -> learning rates of those steps.
     batch_size, data_seed: the batch order (see `batch_indices`); a stacked
       state takes one data seed per replicate. A chunk of more than
-      `MAX_CALL_INDICES` indices runs as several compiled calls, each
-      computing only its own steps' indices (same batches, same results).
+      `MAX_CALL_INDICES` indices (or, streamed, of `STREAM_CALL_BYTES` of
+      examples) runs as several compiled calls, each computing only its own
+      steps' indices (same batches, same results).
     eval_every: steps between evaluations of the test set (and after the
       last step).
     checkpoint_every: steps between calls of `on_checkpoint` (0: never).
@@ -468,7 +579,7 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     history, captured: what a resumed run had recorded so far.
     on_checkpoint: called as (state, history, captured) at checkpoints.
     on_chunk: called with the step reached after every compiled chunk (and
-      after every call of a chunk split by `MAX_CALL_INDICES`).
+      after every call of a split chunk).
     on_eval: called with each new history record.
 
   Returns:
@@ -501,44 +612,66 @@ def train(loop: Loop, state: TrainState, data: Data, *,
   # A chunk longer than this runs as several calls (see MAX_CALL_INDICES),
   # each with the indices of its own steps only.
   per_call = max(1, MAX_CALL_INDICES // (batch_size * len(seeds)))
+  if data.stream is not None:  # Also at most STREAM_CALL_BYTES of batches.
+    example = data.stream.dtype.itemsize * batch_size * len(seeds)
+    per_call = min(per_call, max(1, STREAM_CALL_BYTES // example))
+  n = data.num_train
+
+  def calls():
+    """(chunk start, chunk stop, call start, call stop, indices, rates) of
+    every compiled call, in order."""
+    a = next(bounds)
+    for b in bounds:
+      # The chunk's rates at once (4 bytes a step), sliced for its calls:
+      # the values are those of one call whatever the split.
+      lrs = lr_fn(a, b)
+      for c in range(a, b, per_call):
+        d = min(c + per_call, b)
+        idx = [batch_indices(n, batch_size, s, c, d) for s in seeds]
+        idx = np.stack(idx, axis=1) if stacked else idx[0]
+        yield a, b, c, d, idx, lrs[c - a:d - a]
+      a = b
+
+  if data.stream is None:
+    planned = ((call, None) for call in calls())
+  else:  # The next call's batches are read while this one runs.
+    from lottery import stream  # pylint: disable=g-import-not-at-top
+    planned = stream.prefetch(calls(), lambda call: loop.batches(data,
+                                                                 call[4]))
   # The divergence check's reference: the run's first loss (a resumed run
   # takes its first evaluation's mean training loss).
   first = np.asarray(history[0]["train_loss"]) if history else None
-  a = next(bounds)
-  for b in bounds:
-    evaluate = b % eval_every == 0 or b == stop
-    # The chunk's rates at once (4 bytes a step), sliced for its calls: the
-    # values are those of one call whatever the split.
-    lrs = lr_fn(a, b)
+  with contextlib.closing(planned):  # Ends the reading thread on errors.
     pieces = []
-    for c in range(a, b, per_call):
-      d = min(c + per_call, b)
-      idx = [batch_indices(len(data.y), batch_size, s, c, d) for s in seeds]
-      idx = np.stack(idx, axis=1) if stacked else idx[0]
+    for (a, b, c, d, idx, lrs), batches in planned:
+      evaluate = b % eval_every == 0 or b == stop
       if evaluate and d == b:
-        state, losses, ev = loop.run_and_evaluate(state, data, idx,
-                                                  lrs[c - a:d - a])
+        state, losses, ev = loop.run_and_evaluate(state, data, idx, lrs,
+                                                  batches)
       else:
-        state, losses = loop.run(state, data, idx, lrs[c - a:d - a])
+        state, losses = loop.run(state, data, idx, lrs, batches)
+      del batches  # Its device buffers are freed before the next call.
       if first is None:
         first = np.where(np.isfinite(losses[0]), losses[0], 1.0)
       _check_loss(losses, first, c)
       pieces.append(losses)
-      if on_chunk and d < b:
-        on_chunk(d)
-    losses = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-    if b in capture:
-      captured[b] = grab(state)
-    if evaluate:
-      mean = losses.mean(axis=0)
-      history.append({"step": b, "train_loss": mean.tolist() if stacked
-                      else float(mean), **ev})
-      if on_eval:
-        on_eval(history[-1])
-    if on_chunk:
-      on_chunk(b)
-    if on_checkpoint and checkpoint_every and b % checkpoint_every == 0 \
-        and b != stop:
-      on_checkpoint(state, history, captured)
-    a = b
+      if d < b:
+        if on_chunk:
+          on_chunk(d)
+        continue
+      losses = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+      pieces = []
+      if b in capture:
+        captured[b] = grab(state)
+      if evaluate:
+        mean = losses.mean(axis=0)
+        history.append({"step": b, "train_loss": mean.tolist() if stacked
+                        else float(mean), **ev})
+        if on_eval:
+          on_eval(history[-1])
+      if on_chunk:
+        on_chunk(b)
+      if on_checkpoint and checkpoint_every and b % checkpoint_every == 0 \
+          and b != stop:
+        on_checkpoint(state, history, captured)
   return state, history, captured

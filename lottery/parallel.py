@@ -18,6 +18,7 @@ metrics, tickets) are gathered to every process.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -126,6 +127,32 @@ def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   process transfers only its own devices' parts."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+
+def put_parts(read: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+              idx: np.ndarray, x_shape: tuple[int, ...],
+              x_sharding: jax.sharding.Sharding,
+              y_sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
+  """(x, y) = read(idx) laid out as the two shardings, each process calling
+  `read` only for the parts of `idx` its own devices hold (once per part).
+
+  `read` maps an index array to (inputs of shape idx.shape + x_shape, labels
+  of idx.shape); both shardings split idx's axes alike.
+  """
+  parts = {}
+
+  def part(index: tuple[slice, ...]):
+    key = tuple((s.start, s.stop, s.step) for s in index)
+    if key not in parts:
+      parts[key] = read(idx[index])
+    return parts[key]
+
+  n = idx.ndim
+  x = jax.make_array_from_callback(idx.shape + tuple(x_shape), x_sharding,
+                                   lambda i: part(i[:n])[0])
+  y = jax.make_array_from_callback(idx.shape, y_sharding,
+                                   lambda i: part(i)[1])
+  return x, y
 
 
 def put_tree(tree: Any, shardings: Any) -> Any:

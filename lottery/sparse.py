@@ -244,8 +244,9 @@ class _TrackedLoop:
   def evaluate(self, state, data) -> dict:
     return {**self._loop.evaluate(state, data), **self._stats(state)}
 
-  def run_and_evaluate(self, state, data, idx, lrs):
-    state, losses, metrics = self._loop.run_and_evaluate(state, data, idx, lrs)
+  def run_and_evaluate(self, state, data, idx, lrs, batches=None):
+    state, losses, metrics = self._loop.run_and_evaluate(state, data, idx, lrs,
+                                                         batches)
     return state, losses, {**metrics, **self._stats(state)}
 
   def _stats(self, state) -> dict:

@@ -146,12 +146,18 @@ def run_interrupted(run, monkeypatch, *, saves=(), finishes=()) -> int:
 
   monkeypatch.setattr(jobs.MidRun, "save", save)
   monkeypatch.setattr(tickets, "save_ticket", finish)
+  return _until_returns(run, Interrupt)
+
+
+def _until_returns(run, interrupt: type[Exception]) -> int:
+  """Calls `run()` again after each `interrupt` until it returns; the
+  number of interruptions."""
   interruptions = 0
   while True:
     try:
       run()
       return interruptions
-    except Interrupt:
+    except interrupt:
       interruptions += 1
 
 
@@ -180,3 +186,11 @@ def tiny(npz_path, **overrides):
 @pytest.fixture
 def tiny_config(npz_path):
   return lambda **kw: tiny(npz_path, **kw)
+
+
+def run_until_finished(config, workdir, interrupt: type[Exception]) -> int:
+  """Runs `config` on `workdir` again after each `interrupt` raised inside
+  it (a test's stand-in for a killed run) until it finishes; returns how
+  many times it was interrupted."""
+  return _until_returns(lambda: lottery.run(config, workdir, log=quiet),
+                        interrupt)

@@ -17,7 +17,7 @@ def test_benchmark_prints_json_last():
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   res = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
-       "--repeats=2", "--models=lenet,conv2,seeds,stability",
+       "--repeats=2", "--models=lenet,conv2,seeds,stability,stream",
        "--image_size=8", "--eval_examples=500",
        "--resnet_path_examples=256"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
@@ -44,6 +44,10 @@ def test_benchmark_prints_json_last():
   # ResNet-20's path, its BatchNorm statistics recomputed at every point.
   assert result["resnet20_path_30_s"] > 0
   assert result["resnet20_path_examples"] == 256
+  # MNIST-1D's loop with batches streamed from record files vs in memory.
+  assert result["stream_memory_steps_per_s"] > 0
+  assert abs(result["stream_vs_memory"] - result["stream_stream_steps_per_s"]
+             / result["stream_memory_steps_per_s"]) < 1e-2
   # Sparse training: a static mask and RigL (updates every 100 steps).
   assert result["static_steps_per_s"] > 0 and result["rigl_steps_per_s"] > 0
   ratio = result["rigl_steps_per_s"] / result["static_steps_per_s"]

@@ -30,6 +30,7 @@ from lottery import tickets
 
 from conftest import leaves_equal
 from conftest import quiet
+from conftest import run_until_finished
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = cli.recipes()
@@ -507,13 +508,7 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
     if len(saves) == 3:
       raise _Interrupt()
   monkeypatch.setattr(jobs.MidRun, "save", save)
-  interruptions = 0
-  while True:
-    try:
-      lottery.run(config, tmp_path / "run", log=quiet)
-      break
-    except _Interrupt:
-      interruptions += 1
+  interruptions = run_until_finished(config, tmp_path / "run", _Interrupt)
   assert interruptions == 1, saves
   assert [step for _, step in saves] == [5, 10, 15, 20, 25, 10, 15, 20, 25]
   assert lottery.load_ticket(tmp_path / "run", 1).metrics["start_step"] == 5

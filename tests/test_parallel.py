@@ -36,8 +36,18 @@ def hook(event, args):
     if os.path.abspath(path).startswith(workdir):
       writes.append(f"{event} {path}")
 sys.addaudithook(hook)
+# And counts the training examples it reads from stream record files.
+from lottery import stream
+read = [0]
+real_read = stream.Records.read
+def counted(self, idx):
+  if self.path.stem == "train":
+    read[0] += idx.size
+  return real_read(self, idx)
+stream.Records.read = counted
 import atexit
 atexit.register(lambda: print("WRITES " + json.dumps(writes), flush=True))
+atexit.register(lambda: print(f"TRAIN_READ {read[0]}", flush=True))
 sys.argv = [sys.argv[0]] + sys.argv[2:]
 import runpy
 runpy.run_module("experiments.imp", run_name="__main__")
@@ -50,8 +60,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _args(workdir, npz):
+def _args(workdir, npz, source="memory"):
   return [f"--workdir={workdir}", "--config=mnist1d:quick",
+          f"--config.data.source={source}",
           "--config.data.name=npz", f"--config.data.path={npz}",
           "--config.model.name=mlp_tiny", "--config.training.steps=40",
           "--config.training.batch_size=16", "--config.training.eval_every=20",
@@ -59,18 +70,21 @@ def _args(workdir, npz):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(npz_path, tmp_path):
+@pytest.mark.parametrize("source", ["memory", "stream"])
+def test_two_processes_match_one(npz_path, tmp_path, source):
+  """Streamed, each process reads only its own half of every batch from the
+  record files (`parallel.put_parts`)."""
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          "LOTTERY_NO_COMPILE_CACHE": "1"}
   env.pop("XLA_FLAGS", None)
   one = subprocess.run([sys.executable, "-m", "experiments.imp",
-                        *_args(tmp_path / "one", npz_path)], cwd=ROOT,
+                        *_args(tmp_path / "one", npz_path, source)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-2000:]
   port = _free_port()
   wd = tmp_path / "two"
   procs = [subprocess.Popen(
-      [sys.executable, "-c", _AUDITED, str(wd), *_args(wd, npz_path),
+      [sys.executable, "-c", _AUDITED, str(wd), *_args(wd, npz_path, source),
        f"--coordinator_address=localhost:{port}", "--num_processes=2",
        f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -81,6 +95,10 @@ def test_two_processes_match_one(npz_path, tmp_path):
             for out, _ in outs]
   assert writes[0], "process 0 wrote nothing"
   assert writes[1] == [], writes[1][:5]  # Process 1 never writes.
+  # Streamed, each process reads half of every batch: 4 jobs (round 0's
+  # ticket, round 1's and its 2 controls) of 40 steps of 16 examples.
+  reads = [int(out.split("TRAIN_READ ", 1)[1].split()[0]) for out, _ in outs]
+  assert reads == ([4 * 40 * 16 // 2] * 2 if source == "stream" else [0, 0])
   # Process 0 reports; its mesh line names both processes' devices.
   assert "mesh: replicas=1 data=2 (2 devices; 2 processes)" in outs[0][1]
   for r in range(2):

@@ -16,7 +16,7 @@ from lottery import analysis
 from lottery import jobs
 from lottery import tickets
 
-from conftest import compilations
+from conftest import compilations, run_until_finished
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("ticket", "reinit", "random_prune")
@@ -125,13 +125,7 @@ def test_replicates_resume_bit_exact(tiny_config, tmp_path, monkeypatch):
       raise Stop()
   monkeypatch.setattr(jobs.MidRun, "save", save)
   monkeypatch.setattr(tickets, "save_ticket", finish)
-  stops = 0
-  while True:
-    try:
-      lottery.run(cfg, tmp_path / "run", log=quiet)
-      break
-    except Stop:
-      stops += 1
+  stops = run_until_finished(cfg, tmp_path / "run", Stop)
   assert stops == 2
   for r in range(2):
     for kind in (("ticket",) if r == 0 else KINDS):

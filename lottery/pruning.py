@@ -47,11 +47,6 @@ from lottery.select import num_to_remove  # noqa: F401  (public here too)
 
 SCOPES = ("global", "layerwise", "module")
 
-# The earlier private names of `select`'s device count (tests use them).
-_rate_constants = select.rate_constants
-_counts_on_device = select.counts_on_device
-_device_num_to_remove = select.device_num_to_remove
-
 
 def parse_layer_fractions(spec: str | Mapping[str, float] | None,
                           *, field: str = "pruning.layer_fractions"

@@ -10,6 +10,7 @@ import pytest
 from lottery import masks
 from lottery import pruning
 from lottery import scores
+from lottery import select
 from lottery.errors import LotteryError
 
 
@@ -132,8 +133,8 @@ def assert_same(a, b):
     (0.123456789, 2**31 - 1), (0.123456789, 2**31 - 2), (0.2, 2**31 - 1)])
 def test_device_count_pinned_values(fraction, n):
   want = pruning.num_to_remove(fraction, n)
-  assert int(pruning._device_num_to_remove(fraction, n)) == want
-  got = jax.jit(lambda x: pruning._device_num_to_remove(fraction, x))(
+  assert int(select.device_num_to_remove(fraction, n)) == want
+  got = jax.jit(lambda x: select.device_num_to_remove(fraction, x))(
       jnp.int32(n))
   assert int(got) == want
 
@@ -146,7 +147,7 @@ def test_device_count_matches_exact_rule_on_adversarial_pairs():
   base = [0, 1, 2, 3, 5, 7, 235200, 2**24 + 1, 2**30, 2**31 - 1, 2**31 - 2,
           2**31 - 3, 999999999, 1000000001, *rng.integers(0, 2**31 - 1, 40)]
   # Rates enter the compiled function as arrays of constants: one compile.
-  jitted = jax.jit(pruning._counts_on_device)
+  jitted = jax.jit(select.counts_on_device)
   halves_seen = 0
   for f in fractions:
     p = Fraction(repr(f))
@@ -161,13 +162,13 @@ def test_device_count_matches_exact_rule_on_adversarial_pairs():
           n += [x - 1, x, x + 1]
           halves_seen += 1
     want = [pruning.num_to_remove(f, int(x)) for x in n]
-    got = jitted(pruning._rate_constants([f] * len(n)),
+    got = jitted(select.rate_constants([f] * len(n)),
                  jnp.asarray(n, jnp.int32))
     assert np.asarray(got).tolist() == want
   assert halves_seen >= 10
   # Eagerly too.
   n = jnp.asarray([2**31 - 1, 235200, 7], jnp.int32)
-  assert np.asarray(pruning._device_num_to_remove(0.123456789, n)).tolist() \
+  assert np.asarray(select.device_num_to_remove(0.123456789, n)).tolist() \
       == [pruning.num_to_remove(0.123456789, int(x)) for x in n]
 
 

@@ -23,6 +23,8 @@ from lottery import select
 from lottery import sparse_updates
 from lottery.registry import Registry
 
+from conftest import tiny
+
 # ------------------------------------------------------------ rounding rule
 
 
@@ -92,7 +94,6 @@ def test_rule_pinned_values_and_names():
   # One rule, reached by every older name.
   assert pruning.num_to_remove is select.num_to_remove
   assert pruning.keep_top_core is select.keep_top_core
-  assert pruning._device_num_to_remove is select.device_num_to_remove
   for d in (0.0, 0.03, 0.1, 0.5, 0.7, 1.0):
     for n in (0, 1, 3, 10, 1000, 250_000):
       assert distributions.keep_count(d, n) == select.num_to_keep(d, n)
@@ -253,7 +254,8 @@ def test_registry_api_and_errors(monkeypatch):
     models.get("nope", 10)
 
 
-def test_a_registered_sparse_method_is_what_sparse_calls(monkeypatch):
+def test_a_registered_sparse_method_is_what_sparse_calls(monkeypatch,
+                                                         npz_path, tmp_path):
   monkeypatch.setattr(sparse_updates._METHODS, "_entries",
                       dict(sparse_updates._METHODS._entries))
   seen = []
@@ -264,10 +266,11 @@ def test_a_registered_sparse_method_is_what_sparse_calls(monkeypatch):
     return None, 0
 
   assert "frozen" in sparse_updates.names(dynamic=False)
-  c = lottery.base_config()
-  exp = type("E", (), {"config": c, "dense_mask": {"w": jnp.ones(4, bool)}})
-  from lottery import sparse  # pylint: disable=g-import-not-at-top
-  g = sparse.Group("frozen", "uniform", 0.5)
-  assert sparse._hook(exp, g, {"w": 2}) == (None, 0, 0)
-  assert seen == [["begin_step", "drop_fraction", "end_fraction", "end_step",
-                   "steps", "update_every"]]
+  c = tiny(npz_path, method="sparse", **{
+      "sparse.methods": ("frozen",), "sparse.densities": (0.5,),
+      "sparse.distribution": ("uniform",)})
+  summary = lottery.sparse.run(c, tmp_path / "wd", log=lambda _: None)
+  assert [r["method"] for r in summary["runs"]] == ["dense", "frozen"]
+  assert seen and all(s == ["begin_step", "drop_fraction", "end_fraction",
+                            "end_step", "steps", "update_every"]
+                      for s in seen)

@@ -219,6 +219,24 @@ def _is_closed_loop(unraisable) -> bool:
           and str(unraisable.exc_value) == "Event loop is closed")
 
 
+class _NoLostTasks(logging.Filter):
+  """Drops asyncio's 'Task / Future exception was never retrieved' reports
+  (with tracebacks, logged when the tasks are garbage collected, often at
+  exit) of the writes of orbax's aborted save; the save's own error (one
+  line) says what happened."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    first = str(record.msg).partition("\n")[0]
+    return not first.endswith("exception was never retrieved")
+
+
+def _quiet_lost_tasks() -> None:
+  """After a failed save: its writer tasks are not reported again."""
+  log = logging.getLogger("asyncio")
+  if not any(isinstance(f, _NoLostTasks) for f in log.filters):
+    log.addFilter(_NoLostTasks())
+
+
 def _quiet_closed_loop() -> None:
   """Drops, after a failed save, the 'RuntimeError: Event loop is closed'
   tracebacks that tensorstore prints (as unraisable exceptions, up to dozens)
@@ -402,6 +420,7 @@ def _save(path: pathlib.Path, tree: Any) -> None:
       _write_atomic(path / CHECKSUMS, head + body)
   except BaseException as e:
     _SAVE_FAILED = True
+    _quiet_lost_tasks()
     if not isinstance(e, LotteryError):
       raise
     # Frees the space the partial checkpoint took; directly, not through

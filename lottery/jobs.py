@@ -171,9 +171,30 @@ def tensorboard_writer(workdir, path: str, purge_step: int):
       del sys.modules["torch"]
   # A unique file name: TensorBoard names files by the second, and a resumed
   # job must not overwrite the events of its first attempt.
-  return SummaryWriter(os.path.join(workdir, "tensorboard", path),
-                       purge_step=purge_step,
-                       filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+  logdir = os.path.join(workdir, "tensorboard", path)
+  return _DiskChecked(SummaryWriter(
+      logdir, purge_step=purge_step,
+      filename_suffix=f".{os.getpid()}.{time.time_ns()}"), logdir)
+
+
+class _DiskChecked:
+  """A TensorBoard writer whose writes turn a full disk into the one-line
+  LotteryError of `checkpoint.disk_errors`, like every other write."""
+
+  def __init__(self, writer, logdir: str):
+    self._writer, self._logdir = writer, logdir
+
+  def add_scalar(self, *args, **kwargs) -> None:
+    with checkpoint.disk_errors(self._logdir):
+      self._writer.add_scalar(*args, **kwargs)
+
+  def flush(self) -> None:
+    with checkpoint.disk_errors(self._logdir):
+      self._writer.flush()
+
+  def close(self) -> None:
+    with checkpoint.disk_errors(self._logdir):
+      self._writer.close()
 
 
 def _write_eval(writer, h: dict) -> None:

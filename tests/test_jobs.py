@@ -1,6 +1,7 @@
 """Replicates: seeds.num runs trained together in one compiled program, their
 records, and devices (fake CPU devices in a subprocess)."""
 
+import errno
 import json
 import os
 import pathlib
@@ -218,3 +219,20 @@ def test_fake_devices_shard_and_match_one_device(npz_path, tmp_path, devices):
       for x, y in zip(jax.tree.leaves(a.trained_params),
                       jax.tree.leaves(b.trained_params)):
         np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def test_a_full_disk_under_tensorboard_is_the_one_line_error(tmp_path,
+                                                            monkeypatch):
+  tensorboardx = pytest.importorskip("tensorboardX")
+  writer = jobs.tensorboard_writer(tmp_path, "run", 0)
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  writer.add_scalar("x", 1.0, 0)
+  for name in ("flush", "close"):
+    monkeypatch.setattr(tensorboardx.SummaryWriter, name, full)
+    with pytest.raises(lottery.LotteryError, match=(
+        "^workdir: no space left on device while writing '.*tensorboard/run'"
+        "; free space and rerun the same command to resume$")):
+      getattr(writer, name)()

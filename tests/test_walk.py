@@ -35,8 +35,9 @@ def test_unprepared_tfds_dataset_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_full_disk_is_one_error_without_event_loop_tracebacks(tmp_path):
   """A disk that fills while a ticket is written: the no-space error, and
-  none of tensorstore's 'RuntimeError: Event loop is closed' tracebacks
-  (orbax's aborted save; they came in about half of the runs, so 3 runs)."""
+  none of tensorstore's 'RuntimeError: Event loop is closed' tracebacks or
+  asyncio's 'Task exception was never retrieved' reports (orbax's aborted
+  save; each came in a third to a half of the runs, so 3 runs)."""
   if os.geteuid() != 0 or shutil.which("mount") is None:
     pytest.skip("needs root to mount a tmpfs")
   tiny = tmp_path / "tiny"
@@ -51,6 +52,7 @@ def test_full_disk_is_one_error_without_event_loop_tracebacks(tmp_path):
       assert res.returncode == 1, res.stderr
       assert "Traceback" not in res.stderr, res.stderr
       assert "Event loop is closed" not in res.stderr, res.stderr
+      assert "never retrieved" not in res.stderr, res.stderr
       last = res.stderr.splitlines()[-1]
       assert last.startswith("error: workdir: no space left on device"), last
       shutil.rmtree(tiny / f"wd{i}")

@@ -299,6 +299,52 @@ def test_unstructured_is_the_default():
                     structure="unstructured"))
 
 
+def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
+  model = models.get("vgg11", 10, width=4)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  params, state = variables["params"], {"batch_stats":
+                                        variables["batch_stats"]}
+  mask = masks.make_mask(params)
+  new = _np(pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.25,
+                          structure="neuron", coupling=model))
+  assert new["bn1"]["scale"] is None
+  dead = structure.whole_units(new, model.coupling())
+  # Each set of the 8 convs (4..32 channels) loses round(0.25 * n) channels.
+  sizes = [len(d) for d in dead.values()]
+  assert [int(d.sum()) for d in dead.values()] == [
+      round(0.25 * n) for n in sizes]
+  for i, d in enumerate(dead.values(), start=1):
+    reader = new[f"conv{i + 1}" if i < 8 else "out"]["kernel"]
+    np.testing.assert_array_equal(~new[f"conv{i}"]["kernel"].any(
+        axis=(0, 1, 2)), d)
+    read = reader.any(axis=(0, 1, 3) if reader.ndim == 4 else 1)
+    np.testing.assert_array_equal(~read, d)
+  # A pruned channel's BatchNorm emits a constant that nobody reads: moving
+  # its BN bias and running mean changes nothing (eval mode).
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  masked = lottery.apply_mask(new, params)
+  want = model.apply({"params": masked, **state}, x)
+  moved = jax.tree.map(np.array, masked)
+  moved_state = jax.tree.map(np.array, state)
+  for i, d in enumerate(dead.values(), start=1):
+    moved[f"bn{i}"]["bias"][d] += 3.0
+    moved_state["batch_stats"][f"bn{i}"]["mean"][d] -= 2.0
+  got = model.apply({"params": moved, **moved_state}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(
+      model.apply({"params": params, **moved_state}, x), want)
+
+
+def test_neuron_refuses_conv_nets_in_one_line():
+  for name in ("conv2", "resnet20"):
+    model = models.get(name, 10)
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+    with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
+                       r"coupling of model '" + name + r"', which it does not "
+                       r"declare; use 'unstructured' or an N:M structure$"):
+      structure.check_model("neuron", masks.make_mask(params), model, name)
+
+
 # -- shrink ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, dim", [("mlp_tiny", 8),

@@ -381,6 +381,33 @@ def test_shrink_computes_what_the_masked_model_computes(name, dim):
   assert got == want
 
 
+def test_shrink_vgg_computes_what_the_masked_vgg_computes():
+  model = models.get("vgg11", 10, width=4)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  params, state = variables["params"], {"batch_stats":
+                                        variables["batch_stats"]}
+  # Running stats that are not the init's, so that slicing them matters.
+  state = jax.tree.map(lambda v: v + 0.3, state)
+  mask = masks.make_mask(params)
+  scores = jax.tree.map(jnp.abs, params)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  for m in (pruning.prune(mask, scores, 0.4, structure="neuron",
+                          coupling=model),
+            pruning.prune(mask, scores, 0.9)):
+    small, small_params, small_state = lottery.shrink(model, params, state, m)
+    want = model.apply({"params": lottery.apply_mask(m, params), **state}, x)
+    got = small.apply({"params": small_params, **small_state}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  neuron = pruning.prune(mask, scores, 0.4, structure="neuron",
+                         coupling=model)
+  small, small_params, small_state = lottery.shrink(model, params, state,
+                                                    neuron)
+  want = [int((~d).sum()) for d in
+          structure.whole_units(neuron, model.coupling()).values()]
+  assert [c for c in small.plan if c != "M"] == want
+  assert small_state["batch_stats"]["bn1"]["mean"].shape == (want[0],)
+
+
 def test_shrink_refuses_models_without_units():
   model = models.get("conv2", 3)
   params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]

@@ -74,12 +74,22 @@ class VGG(nn.Module):
     channels (HWIO axis -2) and, for the last conv, by the rows of 'out' (the
     global mean pools channel j into input row j).
 
-    A pruned channel's BatchNorm (not prunable by default) still emits the
-    constant relu(bias - mean * scale / sqrt(var + eps)), which max-pooling
-    keeps constant; every reader of it is masked, so it adds nothing.
+    The conv's BatchNorm goes with its channels (pruned where prunable,
+    sliced by shrink). Not prunable (the default), a pruned channel's
+    BatchNorm still emits the constant relu(bias - mean * scale /
+    sqrt(var + eps)), which max-pooling keeps constant; every reader of it
+    is masked, so it adds nothing.
     """
-    names = [f"conv{i + 1}" for i in range(sum(c != "M" for c in self.plan))]
-    return tuple(Units((a,), (b,)) for a, b in zip(names, names[1:] + ["out"]))
+    n = sum(c != "M" for c in self.plan)
+    convs = [f"conv{i + 1}" for i in range(n)]
+    return tuple(Units((a,), (b,), (f"bn{i + 1}",))
+                 for i, (a, b) in enumerate(zip(convs, convs[1:] + ["out"])))
+
+  def with_widths(self, widths: Sequence[int]) -> VGG:
+    """The same VGG with `widths[i]` channels in conv i + 1."""
+    it = iter(int(w) for w in widths)
+    return self.clone(plan=tuple(c if c == "M" else next(it)
+                                 for c in self.plan))
 
 
 @register("vgg")

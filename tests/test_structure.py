@@ -299,14 +299,21 @@ def test_unstructured_is_the_default():
                     structure="unstructured"))
 
 
-def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
-  model = models.get("vgg11", 10, width=4)
-  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
-  params, state = variables["params"], {"batch_stats":
-                                        variables["batch_stats"]}
-  mask = masks.make_mask(params)
-  new = _np(pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.25,
+def _bn_neuron_pruned(name, size):
+  """A width-4 BatchNorm model `name` on size x size images, its params,
+  model_state and a mask with a quarter of each unit set's channels pruned."""
+  model = models.get(name, 10, width=4)
+  variables = model.init(jax.random.key(0), jnp.ones((1, size, size, 3)))
+  params = variables["params"]
+  state = {"batch_stats": variables["batch_stats"]}
+  new = _np(pruning.prune(masks.make_mask(params),
+                          jax.tree.map(jnp.abs, params), 0.25,
                           structure="neuron", coupling=model))
+  return model, params, state, new
+
+
+def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
+  model, params, state, new = _bn_neuron_pruned("vgg11", 32)
   assert new["bn1"]["scale"] is None
   dead = structure.whole_units(new, model.coupling())
   # Each set of the 8 convs (4..32 channels) loses round(0.25 * n) channels.
@@ -335,8 +342,31 @@ def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
       model.apply({"params": params, **moved_state}, x), want)
 
 
+def test_resnet_prunes_whole_block_inner_channels():
+  model, params, state, new = _bn_neuron_pruned("resnet20", 8)
+  dead = structure.whole_units(new, model.coupling())
+  assert len(dead) == 9
+  # Widths 4, 8, 16 per stage: round(0.25 * n) channels of each block go.
+  assert [int(d.sum()) for d in dead.values()] == [1] * 3 + [2] * 3 + [4] * 3
+  for name, d in dead.items():
+    block = name.split("/")[0]
+    conv1, conv2 = (new[block][c]["kernel"] for c in ("conv1", "conv2"))
+    np.testing.assert_array_equal(~conv1.any(axis=(0, 1, 2)), d)
+    np.testing.assert_array_equal(~conv2.any(axis=(0, 1, 3)), d)
+    assert conv2.any(axis=(0, 1, 2)).all()  # the residual stream stays
+  # The pruned channels' bn1 constants are not read.
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  masked = lottery.apply_mask(new, params)
+  want = model.apply({"params": masked, **state}, x)
+  moved = jax.tree.map(np.array, masked)
+  for name, d in dead.items():
+    moved[name.split("/")[0]]["bn1"]["bias"][d] += 3.0
+  got = model.apply({"params": moved, **state}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_neuron_refuses_conv_nets_in_one_line():
-  for name in ("conv2", "resnet20"):
+  for name in ("conv2", "conv6"):
     model = models.get(name, 10)
     params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
     with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "

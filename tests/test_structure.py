@@ -465,6 +465,25 @@ def test_imp_neuron_run_prunes_whole_units(npz_path, tmp_path):
     assert summary["rounds"][r]["density"] == alive / 32
 
 
+def test_imp_neuron_run_on_a_tiny_vgg(tmp_path):
+  rng = np.random.default_rng(0)
+  images = lambda n: rng.normal(size=(n, 16, 16, 3)).astype(np.float32)
+  labels = lambda n: rng.integers(0, 3, n)
+  path = tmp_path / "images.npz"
+  np.savez(path, x_train=images(32), y_train=labels(32), x_test=images(16),
+           y_test=labels(16))
+  cfg = tiny(str(path), **{"model.name": "vgg11", "model.width": 4,
+                           "pruning.structure": "neuron", "pruning.rounds": 1,
+                           "training.steps": 2, "training.eval_every": 2,
+                           "training.checkpoint_every": 2, "controls": ()})
+  lottery.run(cfg, tmp_path / "run", log=quiet)
+  t = lottery.load_ticket(tmp_path / "run", 1, "ticket")
+  dead = structure.whole_units(t.mask, models.get("vgg11", 3,
+                                                  width=4).coupling())
+  # Half of each conv's channels (4, 8, 16, 16, 32, 32, 32, 32) go.
+  assert [int(d.sum()) for d in dead.values()] == [2, 4, 8, 8, 16, 16, 16, 16]
+
+
 def test_imp_neuron_replicates_prune_each_on_its_own(npz_path, tmp_path):
   # Several replicates prune in one vmapped call.
   cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,

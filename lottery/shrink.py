@@ -13,7 +13,9 @@ float rounding. A unit of a unit set (`lottery.structure.Units`) can go when
 Neuron pruning (`lottery.structure`) masks both. The model must declare its
 coupling (`coupling()`) and how to rebuild itself with other widths
 (`with_widths(widths)`, one width per unit set): the MLP families
-(`lottery.models.mlp`) do. A unit set that loses every unit keeps one unit
+(`lottery.models.mlp`) and VGG do. A conv channel goes only when nothing
+reads it: a silent channel feeds a BatchNorm and a 'same'-padded conv, which
+make no bias of it. A unit set that loses every unit keeps one unit
 that contributes nothing (zero input rows), so every layer keeps a shape.
 """
 
@@ -51,10 +53,12 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
 
   Args:
     model: the Flax module; it must declare `coupling()` and
-      `with_widths(widths)` (the MLP families do).
-    params: its parameters ({module: {'kernel' (in, out), 'bias' (out,)}}).
-    model_state: its other collections (returned as they are: the MLP
-      families have none).
+      `with_widths(widths)` (the MLP families and VGG do).
+    params: its parameters ({module: {'kernel' (..., in, out), 'bias'
+      (out,)}}).
+    model_state: its other collections ({collection: {module: {leaf}}}): the
+      leaves of a unit set's `channels` modules (BatchNorm running stats)
+      are sliced with the units, the rest returned as they are.
     mask: a mask of `params` (None leaves: not prunable).
 
   Returns:
@@ -71,45 +75,72 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
   if coupling is None or not hasattr(model, "with_widths"):
     raise LotteryError(
         f"model: shrink needs a model that declares its units (coupling() "
-        f"and with_widths(), as the MLP families do); "
+        f"and with_widths(), as the MLP families and VGG do); "
         f"{type(model).__name__} does not")
-  if jax.tree.leaves(model_state):
-    raise LotteryError(f"model_state: shrink handles models without state, "
-                       f"{type(model).__name__} has "
-                       f"{list(dict(model_state))}")
   masks_lib.check_compatible(mask, params, what="mask")
   masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
   out = {k: dict(v) for k, v in masked.items()}
+  state = {c: {k: dict(v) for k, v in dict(col).items()}
+           for c, col in dict(model_state).items()}
   keep_sets = []
   # Constants first, from the original biases, then fold and slice: a
   # module can be a producer of one set and a consumer of another.
   folds = []
   for units in coupling:
-    silent = np.logical_and.reduce([
-        ~np.any(_rows_cols(mask, params, p, "params"), axis=0)
-        for p in units.producers])
-    unread = np.logical_and.reduce([
-        ~np.any(_rows_cols(mask, params, c, "params"), axis=1)
-        for c in units.consumers])
-    const = sum(np.maximum(masked[p]["bias"], 0) for p in units.producers)
-    const = np.where(silent & ~unread, const, 0).astype(np.float32)
-    keep = ~(silent | unread)
+    silent = np.logical_and.reduce([_silent(mask, params, p)
+                                    for p in units.producers])
+    unread = np.logical_and.reduce([_unread(mask, params, c)
+                                    for c in units.consumers])
+    if _foldable(units, params):
+      const = sum(np.maximum(masked[p]["bias"], 0) for p in units.producers)
+      const = np.where(silent & ~unread, const, 0).astype(np.float32)
+      gone = silent | unread
+    else:
+      # A silent conv channel is no constant for the next 'same'-padded conv
+      # (nor through a BatchNorm): it stays, and only unread channels go.
+      const, gone = None, unread
+    keep = ~gone
     if not keep.any():
       keep[0] = True  # one unit that contributes nothing (see below)
-    folds.append((units, const, keep, silent | unread))
+    folds.append((units, const, keep, gone))
     keep_sets.append(keep)
   for units, const, keep, gone in folds:
     for c in units.consumers:
       kernel = out[c]["kernel"]
-      out[c]["bias"] = out[c]["bias"] + const @ kernel
+      if const is not None:
+        out[c]["bias"] = out[c]["bias"] + const @ kernel
       # A kept unit that was gone (a set that lost every unit) reads zeros.
       out[c]["kernel"] = np.where((keep & gone)[:, None], 0, kernel)
   for units, _, keep, _ in folds:
     for p in units.producers:
-      out[p]["kernel"] = out[p]["kernel"][:, keep]
+      out[p]["kernel"] = out[p]["kernel"][..., keep]
       out[p]["bias"] = out[p]["bias"][keep]
     for c in units.consumers:
-      out[c]["kernel"] = out[c]["kernel"][keep, :]
+      out[c]["kernel"] = out[c]["kernel"][..., keep, :]
+    for m in units.channels:
+      for tree in [out] + list(state.values()):
+        if m in tree:
+          tree[m] = {k: np.asarray(v)[..., keep] for k, v in tree[m].items()}
   small = model.with_widths([int(k.sum()) for k in keep_sets])
   params = jax.tree.map(jnp.asarray, out)
-  return small, params, model_state
+  return small, params, jax.tree.map(jnp.asarray, state)
+
+
+def _silent(mask: Any, params: Any, module: str) -> np.ndarray:
+  """Per unit of `module`'s output: all of its kernel's weights masked."""
+  m = _rows_cols(mask, params, module, "params")
+  return ~m.reshape(-1, m.shape[-1]).any(axis=0)
+
+
+def _unread(mask: Any, params: Any, module: str) -> np.ndarray:
+  """Per input unit of `module`: all of its kernel's weights masked."""
+  m = np.moveaxis(_rows_cols(mask, params, module, "params"), -2, 0)
+  return ~m.reshape(m.shape[0], -1).any(axis=1)
+
+
+def _foldable(units: Any, params: Any) -> bool:
+  """Whether a silent unit is a constant its consumers can take into their
+  biases: dense producers and consumers, no per-channel modules."""
+  return not units.channels and all(
+      np.ndim(params[m]["kernel"]) == 2
+      for m in units.producers + units.consumers)

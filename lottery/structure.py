@@ -67,9 +67,13 @@ class Units(NamedTuple):
       last axis, their biases): one module, or several whose outputs are
       added (a residual stream).
     consumers: the modules that read the units (their kernels' axis -2).
+    channels: modules with one entry per unit in every leaf (a BatchNorm
+      after a conv: scale and bias, its running mean and variance), pruned
+      with the unit where prunable and sliced with it by `lottery.shrink`.
   """
   producers: tuple[str, ...]
   consumers: tuple[str, ...]
+  channels: tuple[str, ...] = ()
 
 
 class Structure(NamedTuple):
@@ -187,6 +191,10 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
           members.append((index[leaf], axis % len(shapes[index[leaf]])))
     if not any(names[j].endswith("/kernel") for j, _ in members):
       continue
+    for module in units.channels:
+      for leaf in (f"{module}/scale", f"{module}/bias"):
+        if leaf in index:
+          members.append((index[leaf], 0))
     for module in units.consumers:
       leaf = f"{module}/kernel"
       if leaf in index:

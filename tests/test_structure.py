@@ -299,6 +299,82 @@ def test_unstructured_is_the_default():
                     structure="unstructured"))
 
 
+def _bn_neuron_pruned(name, size):
+  """A width-4 BatchNorm model `name` on size x size images, its params,
+  model_state and a mask with a quarter of each unit set's channels pruned."""
+  model = models.get(name, 10, width=4)
+  variables = model.init(jax.random.key(0), jnp.ones((1, size, size, 3)))
+  params = variables["params"]
+  state = {"batch_stats": variables["batch_stats"]}
+  new = _np(pruning.prune(masks.make_mask(params),
+                          jax.tree.map(jnp.abs, params), 0.25,
+                          structure="neuron", coupling=model))
+  return model, params, state, new
+
+
+def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
+  model, params, state, new = _bn_neuron_pruned("vgg11", 32)
+  assert new["bn1"]["scale"] is None
+  dead = structure.whole_units(new, model.coupling())
+  # Each set of the 8 convs (4..32 channels) loses round(0.25 * n) channels.
+  sizes = [len(d) for d in dead.values()]
+  assert [int(d.sum()) for d in dead.values()] == [
+      round(0.25 * n) for n in sizes]
+  for i, d in enumerate(dead.values(), start=1):
+    reader = new[f"conv{i + 1}" if i < 8 else "out"]["kernel"]
+    np.testing.assert_array_equal(~new[f"conv{i}"]["kernel"].any(
+        axis=(0, 1, 2)), d)
+    read = reader.any(axis=(0, 1, 3) if reader.ndim == 4 else 1)
+    np.testing.assert_array_equal(~read, d)
+  # A pruned channel's BatchNorm emits a constant that nobody reads: moving
+  # its BN bias and running mean changes nothing (eval mode).
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  masked = lottery.apply_mask(new, params)
+  want = model.apply({"params": masked, **state}, x)
+  moved = jax.tree.map(np.array, masked)
+  moved_state = jax.tree.map(np.array, state)
+  for i, d in enumerate(dead.values(), start=1):
+    moved[f"bn{i}"]["bias"][d] += 3.0
+    moved_state["batch_stats"][f"bn{i}"]["mean"][d] -= 2.0
+  got = model.apply({"params": moved, **moved_state}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert not np.allclose(
+      model.apply({"params": params, **moved_state}, x), want)
+
+
+def test_resnet_prunes_whole_block_inner_channels():
+  model, params, state, new = _bn_neuron_pruned("resnet20", 8)
+  dead = structure.whole_units(new, model.coupling())
+  assert len(dead) == 9
+  # Widths 4, 8, 16 per stage: round(0.25 * n) channels of each block go.
+  assert [int(d.sum()) for d in dead.values()] == [1] * 3 + [2] * 3 + [4] * 3
+  for name, d in dead.items():
+    block = name.split("/")[0]
+    conv1, conv2 = (new[block][c]["kernel"] for c in ("conv1", "conv2"))
+    np.testing.assert_array_equal(~conv1.any(axis=(0, 1, 2)), d)
+    np.testing.assert_array_equal(~conv2.any(axis=(0, 1, 3)), d)
+    assert conv2.any(axis=(0, 1, 2)).all()  # the residual stream stays
+  # The pruned channels' bn1 constants are not read.
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  masked = lottery.apply_mask(new, params)
+  want = model.apply({"params": masked, **state}, x)
+  moved = jax.tree.map(np.array, masked)
+  for name, d in dead.items():
+    moved[name.split("/")[0]]["bn1"]["bias"][d] += 3.0
+  got = model.apply({"params": moved, **state}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_neuron_refuses_conv_nets_in_one_line():
+  for name in ("conv2", "conv6"):
+    model = models.get(name, 10)
+    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+    with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
+                       r"coupling of model '" + name + r"', which it does not "
+                       r"declare; use 'unstructured' or an N:M structure$"):
+      structure.check_model("neuron", masks.make_mask(params), model, name)
+
+
 # -- shrink ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, dim", [("mlp_tiny", 8),
@@ -335,6 +411,33 @@ def test_shrink_computes_what_the_masked_model_computes(name, dim):
   assert got == want
 
 
+def test_shrink_vgg_computes_what_the_masked_vgg_computes():
+  model = models.get("vgg11", 10, width=4)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  params, state = variables["params"], {"batch_stats":
+                                        variables["batch_stats"]}
+  # Running stats that are not the init's, so that slicing them matters.
+  state = jax.tree.map(lambda v: v + 0.3, state)
+  mask = masks.make_mask(params)
+  scores = jax.tree.map(jnp.abs, params)
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  for m in (pruning.prune(mask, scores, 0.4, structure="neuron",
+                          coupling=model),
+            pruning.prune(mask, scores, 0.9)):
+    small, small_params, small_state = lottery.shrink(model, params, state, m)
+    want = model.apply({"params": lottery.apply_mask(m, params), **state}, x)
+    got = small.apply({"params": small_params, **small_state}, x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  neuron = pruning.prune(mask, scores, 0.4, structure="neuron",
+                         coupling=model)
+  small, small_params, small_state = lottery.shrink(model, params, state,
+                                                    neuron)
+  want = [int((~d).sum()) for d in
+          structure.whole_units(neuron, model.coupling()).values()]
+  assert [c for c in small.plan if c != "M"] == want
+  assert small_state["batch_stats"]["bn1"]["mean"].shape == (want[0],)
+
+
 def test_shrink_refuses_models_without_units():
   model = models.get("conv2", 3)
   params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
@@ -360,6 +463,25 @@ def test_imp_neuron_run_prunes_whole_units(npz_path, tmp_path):
     np.testing.assert_array_equal(kernel, np.tile(~dead, (8, 1)))
     np.testing.assert_array_equal(out, np.tile(~dead[:, None], (1, 3)))
     assert summary["rounds"][r]["density"] == alive / 32
+
+
+def test_imp_neuron_run_on_a_tiny_vgg(tmp_path):
+  rng = np.random.default_rng(0)
+  images = lambda n: rng.normal(size=(n, 16, 16, 3)).astype(np.float32)
+  labels = lambda n: rng.integers(0, 3, n)
+  path = tmp_path / "images.npz"
+  np.savez(path, x_train=images(32), y_train=labels(32), x_test=images(16),
+           y_test=labels(16))
+  cfg = tiny(str(path), **{"model.name": "vgg11", "model.width": 4,
+                           "pruning.structure": "neuron", "pruning.rounds": 1,
+                           "training.steps": 2, "training.eval_every": 2,
+                           "training.checkpoint_every": 2, "controls": ()})
+  lottery.run(cfg, tmp_path / "run", log=quiet)
+  t = lottery.load_ticket(tmp_path / "run", 1, "ticket")
+  dead = structure.whole_units(t.mask, models.get("vgg11", 3,
+                                                  width=4).coupling())
+  # Half of each conv's channels (4, 8, 16, 16, 32, 32, 32, 32) go.
+  assert [int(d.sum()) for d in dead.values()] == [2, 4, 8, 8, 16, 16, 16, 16]
 
 
 def test_imp_neuron_replicates_prune_each_on_its_own(npz_path, tmp_path):

@@ -27,6 +27,7 @@ import jax
 from lottery.errors import LotteryError
 from lottery.models import check_int
 from lottery.models import register
+from lottery.structure import Units
 from lottery.models.mlp import torch_uniform
 
 # PyTorch's kaiming_normal_ (mode 'fan_in', gain sqrt(2)) is untruncated.
@@ -93,6 +94,20 @@ class ResNet(nn.Module):
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+  def coupling(self) -> tuple[Units, ...]:
+    """The inner channels of each block: conv1's outputs (with bn1), read by
+    conv2's input channels (Li et al. 2017's filter pruning). The channels
+    of the residual stream, which a stage's convs add, are not units yet.
+
+    A pruned channel's bn1 (not prunable by default) emits a constant that
+    conv2's masked input slice does not read.
+    """
+    blocks = (self.depth - 2) // 6
+    names = [f"stage{s + 1}_block{b + 1}" for s in range(3)
+             for b in range(blocks)]
+    return tuple(Units((f"{n}/conv1",), (f"{n}/conv2",), (f"{n}/bn1",))
+                 for n in names)
 
 
 @register("resnet")

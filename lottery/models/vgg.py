@@ -35,6 +35,7 @@ from lottery.models.resnet import batch_norm
 from lottery.models.resnet import check_images
 from lottery.models.resnet import he_normal
 from lottery.models.resnet import torch_bias
+from lottery.structure import Units
 
 PLANS: dict[int, tuple[int | str, ...]] = {
     11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
@@ -67,6 +68,28 @@ class VGG(nn.Module):
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+  def coupling(self) -> tuple[Units, ...]:
+    """The output channels of each conv, read by the next conv's input
+    channels (HWIO axis -2) and, for the last conv, by the rows of 'out' (the
+    global mean pools channel j into input row j).
+
+    The conv's BatchNorm goes with its channels (pruned where prunable,
+    sliced by shrink). Not prunable (the default), a pruned channel's
+    BatchNorm still emits the constant relu(bias - mean * scale /
+    sqrt(var + eps)), which max-pooling keeps constant; every reader of it
+    is masked, so it adds nothing.
+    """
+    n = sum(c != "M" for c in self.plan)
+    convs = [f"conv{i + 1}" for i in range(n)]
+    return tuple(Units((a,), (b,), (f"bn{i + 1}",))
+                 for i, (a, b) in enumerate(zip(convs, convs[1:] + ["out"])))
+
+  def with_widths(self, widths: Sequence[int]) -> VGG:
+    """The same VGG with `widths[i]` channels in conv i + 1."""
+    it = iter(int(w) for w in widths)
+    return self.clone(plan=tuple(c if c == "M" else next(it)
+                                 for c in self.plan))
 
 
 @register("vgg")

@@ -55,7 +55,8 @@ DIVERGED = 1e3
 # rigl_resnet50_imagenet's 1000 steps of 4096, is 2**22): they run as before.
 MAX_CALL_INDICES = 2**24
 # Most bytes of examples that one compiled call reads from a stream (the
-# call's batches, and the next call's read meanwhile, are on the device).
+# call's batches, the next call's queued and a third call's being read can
+# be in memory at once: three times this).
 STREAM_CALL_BYTES = 2**28
 
 

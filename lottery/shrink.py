@@ -91,13 +91,15 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
                                     for p in units.producers])
     unread = np.logical_and.reduce([_unread(mask, params, c)
                                     for c in units.consumers])
-    if _foldable(units, params):
+    if _foldable(units, params) and len(units.producers) == 1:
       const = sum(np.maximum(masked[p]["bias"], 0) for p in units.producers)
       const = np.where(silent & ~unread, const, 0).astype(np.float32)
       gone = silent | unread
     else:
       # A silent conv channel is no constant for the next 'same'-padded conv
-      # (nor through a BatchNorm): it stays, and only unread channels go.
+      # (nor through a BatchNorm), and a silent unit of a residual stream
+      # reaches each consumer through other producers (fc2 reads relu(b1),
+      # out relu(b1) + relu(b2)): it stays, and only unread units go.
       const, gone = None, unread
     keep = ~gone
     if not keep.any():

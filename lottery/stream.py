@@ -269,3 +269,4 @@ def prefetch(items: Iterable, load: Callable, depth: int = 1) -> Iterator:
       yield item, value
   finally:
     stop.set()
+    thread.join()  # Its load is bounded: nothing reads on after the caller.

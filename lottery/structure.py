@@ -173,8 +173,9 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
   its units cannot be removed.
 
   Raises:
-    LotteryError: naming `field`: for a model with no coupling, members
-      that disagree on the number of units, or no unit set at all.
+    LotteryError: naming `field`: for a model with no coupling, a prunable
+      producer whose consumer kernel is not prunable, members that disagree
+      on the number of units, or no unit set at all.
   """
   if coupling is None:
     whose = "a coupling" if model is None else (
@@ -197,8 +198,13 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
           members.append((index[leaf], 0))
     for module in units.consumers:
       leaf = f"{module}/kernel"
-      if leaf in index:
-        members.append((index[leaf], len(shapes[index[leaf]]) - 2))
+      if leaf not in index:
+        # Its unit's constant activation would still reach the output.
+        raise LotteryError(
+            f"{field}: 'neuron' removes the units of "
+            f"{'+'.join(units.producers)} with the input rows of {leaf}, "
+            f"which is not prunable; add it to the prunable weights")
+      members.append((index[leaf], len(shapes[index[leaf]]) - 2))
     sizes = {shapes[j][a] for j, a in members}
     if len(sizes) != 1:
       raise LotteryError(

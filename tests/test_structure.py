@@ -592,3 +592,32 @@ def test_pai_prune_at_init_neuron_keeps_unit_densities(npz_path):
                            structure="neuron")
   dead = structure.whole_units(mask, exp.model.coupling())["fc1"]
   assert (~dead).sum() == 8
+
+
+def test_shrink_keeps_a_silent_residual_unit_that_is_still_read():
+  """A unit of the residual stream whose fc1 and fc2 columns are masked but
+  whose fc2 row is not: fc2 reads relu(b1), out relu(b1) + relu(b2); the
+  unit stays and the outputs agree."""
+  model = models.get("mnist1d_mlp", 10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  params = jax.tree.map(lambda x: x + 0.5, params)  # Positive biases.
+  mask = jax.tree.map(np.array, masks.make_mask(params))
+  for layer in ("fc1", "fc2"):
+    mask[layer]["kernel"][:, 0] = False
+  x = jax.random.normal(jax.random.key(1), (8, 40))
+  small, small_params, _ = lottery.shrink(model, params, {}, mask)
+  want = model.apply({"params": lottery.apply_mask(mask, params)}, x)
+  got = small.apply({"params": small_params}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_neuron_refuses_a_consumer_that_is_not_prunable():
+  params = models.get("mlp_tiny", 3).init(jax.random.key(0),
+                                          jnp.ones((1, 8)))["params"]
+  mask = masks.make_mask(params, (r"fc\d+/kernel",))  # 'out' not prunable.
+  scores = jax.tree.map(jnp.abs, params)
+  with pytest.raises(LotteryError, match=r"^structure: 'neuron' removes the "
+                     r"units of fc\d with the input rows of .*/kernel, which "
+                     r"is not prunable"):
+    pruning.prune(mask, scores, 0.5, structure="neuron",
+                  coupling=models.get("mlp_tiny", 3))

@@ -49,6 +49,7 @@ import jax
 import numpy as np
 
 from lottery.errors import LotteryError
+from lottery.errors import quiet_logs
 
 CHECKSUMS = "CHECKSUMS"
 # Names of the temporary files and directories that a killed writer leaves:
@@ -192,17 +193,6 @@ class _NoOrbaxErrors(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR or "orbax" not in record.pathname
-
-
-@contextlib.contextmanager
-def _no_orbax_errors() -> Iterator[None]:
-  log = logging.getLogger("absl")  # Orbax logs through absl.logging.
-  quiet = _NoOrbaxErrors()
-  log.addFilter(quiet)
-  try:
-    yield
-  finally:
-    log.removeFilter(quiet)
 
 
 # Set while an orbax save runs and once one failed in this process: a failed
@@ -407,7 +397,7 @@ def _save(path: pathlib.Path, tree: Any) -> None:
   _quiet_closed_loop()
   try:
     with disk_errors(path):
-      with _no_orbax_errors(), _ORBAX_LOCK:
+      with quiet_logs(_NoOrbaxErrors()), _ORBAX_LOCK:
         _IN_SAVE += 1
         try:
           _checkpointer().save(os.fspath(path), tree)

@@ -19,12 +19,12 @@ import pathlib
 import re
 import tempfile
 import time
-from collections.abc import Iterator
 
 from absl import logging
 import numpy as np
 
 from lottery.errors import LotteryError
+from lottery.errors import quiet_logs
 
 # imagenet2012: named for the ImageNet recipes; this in-memory loader needs
 # equal-sized images (prepare a resized variant) and a machine that holds it.
@@ -293,21 +293,8 @@ class _NoVariantWarnings(logging_std.Filter):
                 and str(record.msg).startswith("Variant folder "))
 
 
-@contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
-  """TFDS calls without its absl warnings about an unprepared folder (see
-  `_NoVariantWarnings`)."""
-  log = logging_std.getLogger("absl")  # TFDS logs through absl.logging.
-  quiet = _NoVariantWarnings()
-  log.addFilter(quiet)
-  try:
-    yield
-  finally:
-    log.removeFilter(quiet)
-
-
 def _read_tfds_split(name: str, split: str, data_dir: str | None):
-  with _quiet_tfds():
+  with quiet_logs(_NoVariantWarnings()):
     return _read_tfds_split_quietly(name, split, data_dir)
 
 
@@ -463,7 +450,7 @@ def fingerprint(data) -> str:
                          "generator": "make_dataset(get_dataset_args())"})
   if data.name in TFDS_NAMES:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    with _quiet_tfds():
+    with quiet_logs(_NoVariantWarnings()):
       builder = tfds.builder(data.name, data_dir=data.data_dir or None)
       prepared = builder.is_prepared()
     if not prepared:

@@ -1,4 +1,9 @@
-"""The framework's one exception type for user mistakes."""
+"""The framework's one exception type for user mistakes, and a way to keep
+the libraries' own reports of them off the screen."""
+
+import contextlib
+import logging
+from collections.abc import Iterator
 
 
 class LotteryError(ValueError):
@@ -8,3 +13,17 @@ class LotteryError(ValueError):
   another run) and its value. Entry points print it on one line, without a
   traceback, and exit non-zero.
   """
+
+
+@contextlib.contextmanager
+def quiet_logs(log_filter: logging.Filter, logger: str = "absl"
+               ) -> Iterator[None]:
+  """Drops the records `log_filter` rejects from `logger` in the block (TFDS
+  and orbax log through absl's logger: their reports of what a LotteryError
+  then says in one line)."""
+  log = logging.getLogger(logger)
+  log.addFilter(log_filter)
+  try:
+    yield
+  finally:
+    log.removeFilter(log_filter)

@@ -17,6 +17,16 @@ Under a constant schedule lr_rewind and finetune are the same procedure.
 Beside each pruned round's ticket the controls in `config.controls` (see
 `lottery.controls`) run from the same config and train exactly like the ticket.
 
+With `pruning.stability_every` = n > 0, every n-th round (round 0 included)
+also trains a copy of the ticket (kind 'stability_copy') from the ticket's
+start -- round 0 under reset 'rewind': the rewind point, at step rewind_step
+-- on another data order (seeds.data + seeds.num + i), and its record gains
+'barrier_test' and 'barrier_train': the error barriers of the linear path
+between the ticket and its copy (Frankle et al. 2020; see `lottery.stability`).
+With `pruning.level_barrier`, round r's record gains 'level_barrier_test' and
+'level_barrier_train': the barriers between rounds r - 1 and r's trained
+networks (Paul et al. 2023).
+
 Groups (each trains `seeds.num` replicates at once), in run order: round 0's
 ticket, round 1's ticket, round 1's controls, round 2's ticket, ...; see
 `lottery.driver`. A round's start is computed from the previous round's
@@ -300,11 +310,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     on_group=None if on_round is None else on_group)
 
 
-def _barriers(path: dict) -> dict:
-  return {"barrier_test": path["barrier_test"],
-          "barrier_train": path["barrier_train"]}
-
-
 def _aggregate(records: list[dict]) -> dict:
   """A group's record: its replicates' records under 'seeds', and the mean
   (std for test accuracy) of their metrics; `ticket` is replicate 0's."""
@@ -367,16 +372,6 @@ class Imp(method_lib.Method):
 
   Coordinates: {'round': r, 'kind': 'ticket' | a control's name |
   'stability_copy'}.
-
-  With `pruning.stability_every` = n > 0, every n-th round (round 0
-  included) also trains a copy of the ticket (kind 'stability_copy') from
-  the ticket's start -- round 0 under reset 'rewind': the rewind point, at
-  step rewind_step -- on another data order (seeds.data + seeds.num + i),
-  and its record gains 'stability': the error barrier of the linear path
-  between the ticket and its copy (Frankle et al. 2020; see
-  `lottery.stability`). With `pruning.level_barrier`, round r's record gains
-  'level_barrier': the barrier between rounds r - 1 and r's trained networks
-  (Paul et al. 2023).
   """
 
   name = "imp"
@@ -387,34 +382,26 @@ class Imp(method_lib.Method):
   def directory(self, coords: dict) -> str:
     return imp_path(coords["round"], coords["kind"])
 
-  def _controls_due(self, config, r: int) -> bool:
-    """Controls run every controls_every pruned rounds and on the last."""
-    rounds = config.pruning.rounds
-    return r > 0 and (r % config.controls_every == 0 or r == rounds)
-
   def grid(self, ctx: method_lib.Context) -> list[dict]:
-    c = ctx.config
-    out = []
+    c, out = ctx.config, []
     for r in range(c.pruning.rounds + 1):
       out.append({"round": r, "kind": "ticket"})
       controls = [{"round": r, "kind": k} for k in c.controls]
-      # Also wherever a run extended with more rounds already has them (its
-      # old last round).
-      if self._controls_due(c, r) or any(ctx.is_finished(k)
-                                         for k in controls):
+      # Controls run every controls_every pruned rounds and on the last;
+      # also wherever a run extended with more rounds already has them.
+      due = r > 0 and (r % c.controls_every == 0 or r == c.pruning.rounds)
+      if due or any(ctx.is_finished(k) for k in controls):
         out += controls
-      every = c.pruning.stability_every
-      if every and r % every == 0:
+      if c.pruning.stability_every and r % c.pruning.stability_every == 0:
         out.append({"round": r, "kind": COPY})
     return out
 
   def replicas(self, ctx, coords: dict) -> list[method_lib.Replica]:
     reps = super().replicas(ctx, coords)
-    if coords["kind"] != COPY:
-      return reps
-    # Another data order than the ticket's (which is copy 0).
-    return [method_lib.Replica(r.coords, r.data_seed + ctx.replicates)
-            for r in reps]
+    if coords["kind"] == COPY:  # Another data order than the ticket's.
+      reps = [dataclasses.replace(r, data_seed=r.data_seed + ctx.replicates)
+              for r in reps]
+    return reps
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
@@ -466,60 +453,47 @@ class Imp(method_lib.Method):
             coords: dict) -> method_lib.GroupStart:
     c, r, kind = ctx.config, coords["round"], coords["kind"]
     masks, resets = self._round_start(ctx, r)
-    starts = [controls_lib.Start(m, s.params, s.model_state)
-              for m, s in zip(masks, resets)]
-    capture = None
-    if kind == COPY:
-      p = c.pruning
-      if r == 0 and p.reset == "rewind" and p.rewind_step:
-        # The dense network's instability at the rewind step.
-        starts = [controls_lib.Start(m, *w)
-                  for m, w in zip(masks, self._rewinds(ctx))]
-        return method_lib.GroupStart(starts, start_step=p.rewind_step,
-                                     lr_fn=resets[0].lr_fn)
-      return method_lib.GroupStart(starts, start_step=resets[0].start_step,
-                                   lr_fn=resets[0].lr_fn)
-    if kind != "ticket":
-      fn = controls_lib.get(kind)
-      starts = [fn(ctx.exp, starts[i],
-                   rng.stream(c.seeds.control + i, kind, r))
-                for i in range(ctx.replicates)]
-    elif r == 0 and c.pruning.reset == "rewind" and c.pruning.rewind_step:
-      capture = c.pruning.rewind_step
+    weights = [(s.params, s.model_state) for s in resets]
+    step, capture = resets[0].start_step, None
+    if r == 0 and c.pruning.reset == "rewind" and c.pruning.rewind_step:
+      if kind == COPY:  # The dense network's instability at the rewind step.
+        weights, step = self._rewinds(ctx), c.pruning.rewind_step
+      else:
+        capture = c.pruning.rewind_step
+    starts = [controls_lib.Start(m, *w) for m, w in zip(masks, weights)]
+    if kind not in ("ticket", COPY):
+      starts = [controls_lib.get(kind)(
+          ctx.exp, s, rng.stream(c.seeds.control + i, kind, r))
+                for i, s in enumerate(starts)]
     return method_lib.GroupStart(
-        starts, start_step=resets[0].start_step, lr_fn=resets[0].lr_fn,
-        capture=capture,
+        starts, start_step=step, lr_fn=resets[0].lr_fn, capture=capture,
         capture_paths=[self._rewind_path(ctx, i)
                        for i in range(ctx.replicates)])
 
   def record(self, ctx, done: method_lib.Done) -> list[dict]:
-    keep = ("density", "test_accuracy", "test_loss", "train_loss", "time_s",
-            "early_stop_step", "early_stop_test_accuracy")
-    recs = [{**t.coords, **{k: t.metrics[k] for k in keep if k in t.metrics},
-             "ticket": p} for t, p in zip(done.tickets, done.paths)]
-    r, kind, pc = done.coords["round"], done.coords["kind"], ctx.config.pruning
-    if kind == COPY:
-      tickets_r = ctx.tickets({"round": r, "kind": "ticket"})
-      for rec, a, b, p in zip(recs, tickets_r, done.tickets, done.paths):
-        rec.update(_barriers(self._path(ctx, p, a, b, a.mask)))
-    elif kind == "ticket" and pc.level_barrier and r > 0:
-      prev = ctx.tickets({"round": r - 1, "kind": "ticket"})
-      for rec, a, b, p in zip(recs, prev, done.tickets, done.paths):
-        # The networks of two masks: the path is not masked.
-        path = self._path(ctx, p, a, b, None, name="level_path.json")
-        rec.update({f"level_{k}": v for k, v in _barriers(path).items()})
-    return recs
-
-  def _path(self, ctx, ticket_path: str, a, b, mask, *,
-            name: str = "path.json") -> dict:
-    """The path from a's trained network to b's, kept in b's directory."""
+    recs = [{k: v for k, v in rec.items() if k != "layer_densities"}
+            for rec in super().record(ctx, done)]
+    r, kind = done.coords["round"], done.coords["kind"]
+    if kind == COPY:  # The path from the ticket to its copy, masked.
+      other, masked, prefix = r, True, ""
+    elif kind == "ticket" and ctx.config.pruning.level_barrier and r > 0:
+      # From round r - 1's trained network to round r's: not masked.
+      other, masked, prefix = r - 1, False, "level_"
+    else:
+      return recs
     # Imported here: lottery.stability registers its config block on import,
     # after IMP's (the schema's order).
     from lottery import stability as stability_lib  # pylint: disable=g-import-not-at-top
-    return stability_lib.path_metrics(
-        ctx.exp, a.trained_params, b.trained_params, a.model_state, mask,
-        points=ctx.config.pruning.path_points,
-        file=os.path.join(ctx.workdir, ticket_path, name))
+    for rec, a, b, p in zip(recs, ctx.tickets({"round": other,
+                                                "kind": "ticket"}),
+                            done.tickets, done.paths):
+      path = stability_lib.path_metrics(
+          ctx.exp, a.trained_params, b.trained_params, a.model_state,
+          a.mask if masked else None, points=ctx.config.pruning.path_points,
+          file=os.path.join(ctx.workdir, p, f"{prefix}path.json"))
+      rec.update({prefix + k: path[k] for k in ("barrier_test",
+                                                "barrier_train")})
+    return recs
 
   def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
     rounds: dict[int, dict] = {}

@@ -35,7 +35,10 @@ statistics are recomputed at every point in both forms
 times MNIST-1D's train loop (`lottery.loop.train`, `--steps` steps a call, a
 test evaluation every 100) with batches read from array_record files
 (data.source='stream') against the arrays on the device: stream_memory_steps_per_s, stream_stream_steps_per_s,
-stream_vs_memory (target >= 0.9).
+stream_vs_memory (target >= 0.9). 'shrink' (not in the default list: VGG-16
+at batch 256 takes minutes on a CPU) measures parameters, FLOPs and latency of
+dense, masked and shrunk networks under structured pruning
+(`experiments.benchmark_shrink`; target speedup_vs_flops >= 0.6).
 """
 
 import json
@@ -50,6 +53,7 @@ import jax
 import numpy as np
 import optax
 
+from experiments import benchmark_shrink
 from lottery import config as config_lib
 from lottery import loop
 from lottery import masks
@@ -420,15 +424,18 @@ def main(argv):
                                      _EVAL_EXAMPLES.value))
     elif name == "stream":
       result.update(_bench_stream(_STEPS.value, _REPEATS.value))
+    elif name == "shrink":
+      result.update(benchmark_shrink.measure(
+          repeats=_REPEATS.value, median_times=_median_times))
     elif name not in SETUPS:
-      known = list(SETUPS) + ["seeds", "stability", "stream"]
+      known = list(SETUPS) + ["seeds", "stability", "stream", "shrink"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
                            f"{known})")
     else:
       result.update(_bench(name, _STEPS.value, _REPEATS.value))
-    prefixes = (name,) if name != "stability" else ("path", "separate",
-                                                     "pair", "resnet20_path",
-                                                     "resnet20_separate")
+    prefixes = {"stability": ("path", "separate", "pair", "resnet20_path",
+                              "resnet20_separate"),
+                "shrink": tuple(benchmark_shrink.MODELS)}.get(name, (name,))
     print(json.dumps({k: v for k, v in result.items()
                       if k.startswith(prefixes)}), flush=True)
   if "lenet" in _MODELS.value:

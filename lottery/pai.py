@@ -277,6 +277,32 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
       group_score=group_score, coupling=coupling))
 
 
+def _check_units_kept(config: ml_collections.ConfigDict,
+                      exp: Experiment) -> None:
+  """Refuses a density at which neuron pruning keeps no unit of a unit set
+  (pai.scope 'layerwise', 'module') or none at all ('global'), after each
+  method's rounds, by the one rounding rule."""
+  p = config.pai
+  sizes = structure_lib.unit_counts(
+      exp.dense_mask, structure_lib.coupling_of(exp.model),
+      field="pai.structure")
+  if p.scope == "global":
+    sizes = {f"its {len(sizes)} unit set(s) together": sum(sizes.values())}
+  for method in p.methods:
+    rounds = iterations(config, method)
+    for d in p.densities:
+      fraction = schedules.pai_fraction(d, rounds)
+      for name, n in sizes.items():
+        kept = n
+        for _ in range(rounds):
+          kept -= pruning.num_to_remove(fraction, kept)
+        if kept == 0:
+          raise LotteryError(
+              f"pai.densities: {d!r} keeps no unit of {name} ({n} units, "
+              f"pai.structure 'neuron', pai.scope {p.scope!r}, {method} in "
+              f"{rounds} round(s)); use a higher density")
+
+
 def summary(workdir) -> dict:
   """The run's summary.json ({'runs': [...], 'finished': bool})."""
   return tickets.summary(workdir)
@@ -337,9 +363,11 @@ class Pai(method_lib.Method):
             for m, c, d in out]
 
   def before_claim(self, ctx: method_lib.Context) -> None:
-    structure_lib.check_model(ctx.config.pai.structure, ctx.exp.dense_mask,
-                              ctx.exp.model, ctx.config.model.name,
-                              field="pai.structure")
+    spec = structure_lib.check_model(
+        ctx.config.pai.structure, ctx.exp.dense_mask, ctx.exp.model,
+        ctx.config.model.name, field="pai.structure")
+    if spec.kind == structure_lib.NEURON:
+      _check_units_kept(ctx.config, ctx.exp)
     # A density that keeps no weight of a layer (pai.scope 'layerwise') or
     # none at all (global, module: the layer named is the first) is refused.
     shapes = distributions.shapes_of(ctx.exp.dense_mask)

@@ -72,11 +72,16 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
       that does not fit `params`.
   """
   coupling = structure_lib.coupling_of(model)
-  if coupling is None or not hasattr(model, "with_widths"):
+  if coupling is None:
     raise LotteryError(
         f"model: shrink needs a model that declares its units (coupling() "
         f"and with_widths(), as the MLP families and VGG do); "
         f"{type(model).__name__} does not")
+  if not hasattr(model, "with_widths"):
+    raise LotteryError(
+        f"model: shrink needs a model that can rebuild itself with other "
+        f"widths (with_widths(), as the MLP families and VGG do); "
+        f"{type(model).__name__} declares its units but cannot")
   masks_lib.check_compatible(mask, params, what="mask")
   masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
   out = {k: dict(v) for k, v in masked.items()}

@@ -239,6 +239,17 @@ def check_model(spec: Any, mask: Any, model: Any, name: str, *,
   return spec
 
 
+def unit_counts(mask: Any, coupling: Sequence[Units], *,
+                field: str = "structure") -> dict[str, int]:
+  """{unit set name: its number of units} over the prunable leaves of
+  `mask` (the sets `unit_plan` finds)."""
+  live = {k: np.shape(m) for k, m in masks_lib.named_leaves(mask).items()
+          if m is not None}
+  shapes = list(live.values())
+  return {name: shapes[j][a] for name, ((j, a), *_) in
+          unit_plan(coupling, list(live), shapes, field=field)}
+
+
 def _others(ndim: int, axis: int) -> tuple[int, ...]:
   return tuple(a for a in range(ndim) if a != axis)
 

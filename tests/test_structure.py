@@ -444,6 +444,13 @@ def test_shrink_refuses_models_without_units():
   with pytest.raises(LotteryError, match="^model: shrink needs a model that "
                      "declares its units .* ConvNet does not$"):
     lottery.shrink(model, params, {}, masks.make_mask(params))
+  # A model that declares its units but has no smaller form.
+  model = models.get("resnet20", 3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+  with pytest.raises(LotteryError, match="^model: shrink needs a model that "
+                     "can rebuild itself .* ResNet declares its units but "
+                     "cannot$"):
+    lottery.shrink(model, params, {}, masks.make_mask(params))
 
 
 # -- in runs ---------------------------------------------------------------
@@ -555,6 +562,13 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
      r"\['sum', 'l1', 'l2'\]"),
     ({"method": "pai", "pai.structure": "2:4"}, r"^pai.structure: keeps 2 of "
      r"every 4: set pai.densities to \(0.5,\)"),
+    ({"method": "pai", "pai.structure": "neuron", "pai.densities": (0.01,)},
+     r"^pai.densities: 0.01 keeps no unit of its 1 unit set\(s\) together "
+     r"\(32 units, pai.structure 'neuron', pai.scope 'global', .*\); use a "
+     r"higher density$"),
+    ({"method": "pai", "pai.structure": "neuron", "pai.scope": "layerwise",
+      "pai.densities": (0.5, 0.01)},
+     r"^pai.densities: 0.01 keeps no unit of fc1 \(32 units"),
 ])
 def test_config_refuses_bad_structures(npz_path, tmp_path, overrides, match):
   with pytest.raises(LotteryError, match=match):

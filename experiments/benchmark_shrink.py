@@ -1,0 +1,113 @@
+"""What structured pruning buys: parameters, FLOPs and latency of dense,
+masked and shrunk networks (`python -m experiments.benchmark --models=shrink`).
+
+For each model and structured sparsity s, a magnitude score of a fresh
+initialization removes the fraction s of every unit set's units
+(`lottery.prune(..., structure='neuron', scope='layerwise')`), and
+`lottery.shrink` turns the masked network into a smaller one. Reported per
+(model, s):
+
+  params_{dense,masked,shrunk}   parameter counts (masked: the unpruned ones)
+  flops_{dense,shrunk}           FLOPs of the compiled forward pass at batch
+                                 256 (XLA's cost analysis; the masked network
+                                 runs the dense one's program)
+  ms_b{1,256}_{dense,masked,shrunk}
+                                 median latency of the jitted forward pass
+  speedup_b256                   dense / shrunk latency at batch 256
+  flop_reduction                 dense / shrunk FLOPs
+  speedup_vs_flops               speedup_b256 / flop_reduction (target on the
+                                 CPU: >= 0.6)
+
+The variants' calls alternate (`_median_times`). Models without a shrinkable
+form (ResNets: no `with_widths` yet) are left out.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lottery import masks
+from lottery import models
+from lottery import pruning
+from lottery import rng as rng_lib
+from lottery import scores
+import lottery
+
+# name: (model, input shape of one example).
+MODELS = {
+    "mnist1d_mlp": ("mnist1d_mlp", (40,)),
+    "vgg16": ("vgg16", (32, 32, 3)),
+}
+SPARSITIES = (0.5, 0.75, 0.9)
+BATCHES = (1, 256)
+
+
+def _count(tree) -> int:
+  return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def _forward(model, params, state):
+  """The jitted eval-mode forward pass (params, x) -> logits."""
+  del params
+  return jax.jit(lambda p, x: model.apply({"params": p, **state}, x))
+
+
+def measure(names=tuple(MODELS), sparsities=SPARSITIES, repeats: int = 5,
+            median_times=None) -> dict:
+  """{f'{model}_{int(100 s)}_{key}': value} for the keys of the module doc."""
+  out = {}
+  for name in names:
+    model_name, shape = MODELS[name]
+    model = models.get(model_name, 10)
+    xs = {b: jnp.asarray(np.random.default_rng(b).normal(
+        size=(b,) + shape).astype(np.float32)) for b in BATCHES}
+    variables = jax.jit(lambda k, m=model: m.init(rng_lib.flat(k),
+                                                  xs[1]))(jax.random.key(0))
+    params = variables.pop("params")
+    state = dict(variables)
+    dense_mask = masks.make_mask(params)
+    for s in sparsities:
+      mask = pruning.prune(dense_mask, scores.magnitude(params), s,
+                           structure="neuron", coupling=model)
+      small, small_params, small_state = lottery.shrink(model, params,
+                                                           state, mask)
+      nets = {"dense": (model, params, state),
+              "masked": (model, masks.apply_mask(mask, params), state),
+              "shrunk": (small, small_params, small_state)}
+      fns = {v: _forward(*net) for v, net in nets.items()}
+      key = f"{name}_{int(round(100 * s))}"
+      out[f"{key}_params_dense"] = _count(params)
+      # Non-prunable leaves (biases) count whole.
+      pruned = sum(t - k for k, t in masks.counts(mask).values())
+      out[f"{key}_params_masked"] = _count(params) - pruned
+      out[f"{key}_params_shrunk"] = _count(small_params)
+      for v in ("dense", "shrunk"):
+        cost = fns[v].lower(nets[v][1], xs[256]).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        out[f"{key}_flops_{v}"] = float(cost["flops"])
+      for b in BATCHES:
+        def timed(v, b=b):
+          start = time.perf_counter()
+          jax.block_until_ready(fns[v](nets[v][1], xs[b]))
+          return time.perf_counter() - start
+        # Enough calls per timing that one lasts ~0.1 s of the dense net's.
+        calls = max(1, int(0.1 / min(timed("dense") for _ in range(3))))
+        med = median_times(lambda v: sum(timed(v) for _ in range(calls)),
+                           nets, repeats)
+        for v, t in med.items():
+          out[f"{key}_ms_b{b}_{v}"] = float(f"{1000 * t / calls:.4g}")
+      # Equal outputs: the shrunk network computes the masked one's.
+      np.testing.assert_allclose(
+          fns["shrunk"](small_params, xs[256]),
+          fns["masked"](nets["masked"][1], xs[256]), rtol=1e-3, atol=1e-3)
+      speedup = out[f"{key}_ms_b256_dense"] / out[f"{key}_ms_b256_shrunk"]
+      flops = out[f"{key}_flops_dense"] / out[f"{key}_flops_shrunk"]
+      out[f"{key}_speedup_b256"] = round(speedup, 3)
+      out[f"{key}_flop_reduction"] = round(flops, 3)
+      out[f"{key}_speedup_vs_flops"] = round(speedup / flops, 3)
+  return out
+

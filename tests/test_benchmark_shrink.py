@@ -1,0 +1,31 @@
+"""experiments.benchmark_shrink: counts, FLOPs and timings of dense, masked
+and shrunk networks."""
+
+import pytest
+
+from experiments import benchmark
+from experiments import benchmark_shrink
+
+
+def test_the_mnist1d_mlp_at_half_its_units():
+  out = benchmark_shrink.measure(names=("mnist1d_mlp",), sparsities=(0.5,),
+                                 repeats=1,
+                                 median_times=benchmark._median_times)
+  # 40 -> 500 -> 500 (residual) -> 10; half the stream's units removed.
+  assert out["mnist1d_mlp_50_params_dense"] == (40 * 500 + 500 + 500 * 500 +
+                                                500 + 500 * 10 + 10)
+  assert out["mnist1d_mlp_50_params_shrunk"] == (40 * 250 + 250 + 250 * 250 +
+                                                 250 + 250 * 10 + 10)
+  # The masked net keeps the removed units' biases.
+  assert (out["mnist1d_mlp_50_params_masked"] ==
+          out["mnist1d_mlp_50_params_shrunk"] + 2 * 250)
+  # FLOPs are the kernels' multiply-adds, plus elementwise work.
+  assert out["mnist1d_mlp_50_flops_dense"] >= 2 * 256 * 275_000
+  assert out["mnist1d_mlp_50_flop_reduction"] == pytest.approx(
+      275_000 / 75_000, rel=0.05)
+  for b in (1, 256):
+    for v in ("dense", "masked", "shrunk"):
+      assert out[f"mnist1d_mlp_50_ms_b{b}_{v}"] > 0
+  assert out["mnist1d_mlp_50_speedup_vs_flops"] == pytest.approx(
+      out["mnist1d_mlp_50_speedup_b256"] /
+      out["mnist1d_mlp_50_flop_reduction"], rel=0.01)

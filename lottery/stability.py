@@ -244,8 +244,7 @@ def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
   file written atomically); a rerun reads it."""
   if file is not None and checkpoint.exists(file):
     return checkpoint.read_json(file)
-  eval_fn = _eval_fns.setdefault(exp.apply_fn,
-                                 step_lib.make_eval_step(exp.apply_fn))
+  eval_fn = _eval_fn(exp.apply_fn)
   ds, out = exp.dataset, {}
   stats = {}
   if jax.tree.leaves(model_state):
@@ -264,9 +263,11 @@ def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
   return out
 
 
-# One evaluation function per model's apply function: the compiled path
-# program is cached by it.
-_eval_fns: dict[Any, Callable] = {}
+@functools.lru_cache(maxsize=16)
+def _eval_fn(apply_fn: Callable[..., Any]) -> Callable[..., dict]:
+  """One evaluation function per model's apply function: the compiled path
+  program is cached by it (the latest few models')."""
+  return step_lib.make_eval_step(apply_fn)
 
 
 def barrier(errors: list[float]) -> float:
@@ -454,8 +455,8 @@ class Stability(method_lib.Method):
           "source": done.coords["source"], "k": done.coords["k"], "seed": i,
           "density": pair[0]["density"],
           "test_accuracy": [p["test_accuracy"] for p in pair],
-          "barrier_test": barrier(path["test_error"]),
-          "barrier_train": barrier(path["train_error"]),
+          "barrier_test": path.pop("barrier_test"),
+          "barrier_train": path.pop("barrier_train"),
           "path": path, "copies": pair})
     return out
 
@@ -464,10 +465,9 @@ class Stability(method_lib.Method):
     tickets (seed_<i>/path.json)."""
     file = pathlib.Path(ctx.workdir) / pathlib.Path(copy0_path).parent / (
         PATH_FILE)
-    out = path_metrics(ctx.exp, a.trained_params, b.trained_params,
-                       a.model_state, a.mask,
-                       points=ctx.config.stability.points, file=file)
-    return {k: v for k, v in out.items() if not k.startswith("barrier")}
+    return path_metrics(ctx.exp, a.trained_params, b.trained_params,
+                        a.model_state, a.mask,
+                        points=ctx.config.stability.points, file=file)
 
   def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
     return {"pairs": [r for d in done if d.coords["source"] != PARENT

@@ -64,3 +64,17 @@ def shuffle(exp, ticket: Start, key: jax.Array) -> Start:
   del exp
   return Start(pruning.random_like(ticket.mask, key), ticket.params,
                ticket.model_state)
+
+
+@register("scratch")
+def scratch(exp, ticket: Start, key: jax.Array) -> Start:
+  """Liu et al. 2019's scratch baseline ("Rethinking the value of network
+  pruning"): the architecture the ticket's mask shrinks to, trained from its
+  own fresh initialization (drawn from `key`), as the ticket's mask on the
+  full-size model (`lottery.shrink.scratch`). For structured (neuron)
+  tickets; the model must be one `lottery.shrink` can rebuild."""
+  from lottery.shrink import scratch as scratch_init  # pylint: disable=g-import-not-at-top
+  params, model_state = scratch_init(
+      exp.model, ticket.params, ticket.model_state, ticket.mask, key,
+      exp.dataset.x_train[:1])
+  return Start(ticket.mask, params, model_state)

@@ -58,6 +58,7 @@ from lottery import rng
 from lottery import scores as scores_lib
 from lottery import schedules
 from lottery import structure as structure_lib
+from lottery.shrink import check as check_shrinkable
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
@@ -407,6 +408,9 @@ class Imp(method_lib.Method):
     p, t = ctx.config.pruning, ctx.config.training
     structure_lib.check_model(p.structure, ctx.exp.dense_mask, ctx.exp.model,
                               ctx.config.model.name, field="pruning.structure")
+    if "scratch" in ctx.config.controls:
+      check_shrinkable(ctx.exp.model, field="controls",
+                       what="the 'scratch' control")
     if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
       ctx.progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                         f"schedule: lr_rewind and finetune are the same "

@@ -64,9 +64,12 @@ def stream(seed: int, use: str, *index: int | float | str) -> jax.Array:
   seed: 0 <= seed < 2**31 (the config's seeds are). index: values that name
   the draw -- integers (a round) as themselves, strings and floats (a method,
   a density) by a hash of their value (`index_value`), so that a key never
-  depends on where a value sits in a config's tuple.
+  depends on where a value sits in a config's tuple. use: one of `USES` (by
+  its position there) or any other name, e.g. a registered control's (by
+  `index_value` of the name).
   """
-  return _stream(np.int32(seed), np.int32(USES.index(use)),
+  use_id = USES.index(use) if use in USES else index_value(use)
+  return _stream(np.int32(seed), np.int32(use_id),
                  np.asarray([index_value(v) for v in index], np.int32))
 
 

@@ -31,7 +31,7 @@ from lottery import masks as masks_lib
 from lottery import structure as structure_lib
 from lottery.errors import LotteryError
 
-__all__ = ["shrink"]
+__all__ = ["check", "scratch", "shrink"]
 
 
 def _rows_cols(mask: Any, params: Any, module: str, what: str) -> np.ndarray:
@@ -71,23 +71,116 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
     LotteryError: one line, for a model that cannot be shrunk or a mask
       that does not fit `params`.
   """
+  folds, masked = _folds(model, params, mask)
+  out = {k: dict(v) for k, v in masked.items()}
+  state = {c: {k: dict(v) for k, v in dict(col).items()}
+           for c, col in dict(model_state).items()}
+  for units, const, keep, gone in folds:
+    for c in units.consumers:
+      kernel = out[c]["kernel"]
+      if const is not None:
+        out[c]["bias"] = out[c]["bias"] + const @ kernel
+      # A kept unit that was gone (a set that lost every unit) reads zeros.
+      out[c]["kernel"] = np.where((keep & gone)[:, None], 0, kernel)
+  for units, _, keep, _ in folds:
+    for p in units.producers:
+      out[p]["kernel"] = out[p]["kernel"][..., keep]
+      out[p]["bias"] = out[p]["bias"][keep]
+    for c in units.consumers:
+      out[c]["kernel"] = out[c]["kernel"][..., keep, :]
+    for m in units.channels:
+      for tree in [out] + list(state.values()):
+        if m in tree:
+          tree[m] = {k: np.asarray(v)[..., keep] for k, v in tree[m].items()}
+  small = model.with_widths([int(f[2].sum()) for f in folds])
+  params = jax.tree.map(jnp.asarray, out)
+  return small, params, jax.tree.map(jnp.asarray, state)
+
+
+def scratch(model: Any, params: Any, model_state: Any, mask: Any,
+            key: jax.Array, x: Any) -> tuple[Any, Any]:
+  """Liu et al. 2019's scratch baseline, in the full-size model: the shrunk
+  architecture's own fresh initialization (`model.with_widths(...).init`
+  from `key` on the example input `x`: its fan-ins, not the full model's)
+  placed at the units `shrink` keeps; the removed units' biases and
+  per-channel leaves are 0 and their kernels' entries masked, the rest
+  kept from `params` and `model_state`.
+
+  Under `mask`, the full model on these weights computes what the shrunk
+  model computes on its fresh weights, and trains like it when the removed
+  units are unread (neuron pruning removes their input rows too): `shrink`
+  of the result gives back that initialization.
+
+  Returns:
+    (params, model_state) with the shapes of `params` and `model_state`.
+  """
+  from lottery import rng  # pylint: disable=g-import-not-at-top
+  folds, _ = _folds(model, params, mask)
+  small = model.with_widths([int(f[2].sum()) for f in folds])
+  fresh = dict(small.init(rng.flat(key), x))
+  small_params = fresh.pop("params")
+  # Per module, the kept indices along its kernel's input axis (-2), its
+  # output axis (-1, also a producer's bias) and its channel leaves (-1).
+  index: dict[str, dict[int, np.ndarray]] = {}
+  for units, _, keep, _ in folds:
+    kept = np.flatnonzero(keep)
+    for m in units.producers + units.channels:
+      index.setdefault(m, {})[-1] = kept
+    for m in units.consumers:
+      index.setdefault(m, {})[-2] = kept
+
+  def place(full: dict, part: dict) -> dict:
+    out = {}
+    for m, leaves in full.items():
+      if m not in index:
+        out[m] = part.get(m, leaves)
+        continue
+      out[m] = {}
+      for name, leaf in leaves.items():
+        leaf = np.array(leaf)
+        axes = [np.arange(n) for n in leaf.shape]
+        for axis, kept in index[m].items():
+          if name == "kernel" or axis == -1:
+            axes[axis] = kept
+        zero = np.zeros_like(leaf) if name != "kernel" else leaf
+        zero[np.ix_(*axes)] = part[m][name]
+        out[m][name] = jnp.asarray(zero)
+    return out
+
+  state = {c: place(dict(model_state[c]), dict(fresh.get(c, {})))
+           for c in model_state}
+  return place(dict(params), dict(small_params)), state
+
+
+def check(model: Any, *, field: str = "model", what: str = "shrink"
+          ) -> tuple[Any, ...]:
+  """The coupling of a model that `shrink` can rebuild smaller.
+
+  Raises:
+    LotteryError: '<field>: <what> needs ...', for a model that declares no
+      units (`coupling()`) or cannot rebuild itself (`with_widths`).
+  """
   coupling = structure_lib.coupling_of(model)
   if coupling is None:
     raise LotteryError(
-        f"model: shrink needs a model that declares its units (coupling() "
+        f"{field}: {what} needs a model that declares its units (coupling() "
         f"and with_widths(), as the MLP families and VGG do); "
         f"{type(model).__name__} does not")
   if not hasattr(model, "with_widths"):
     raise LotteryError(
-        f"model: shrink needs a model that can rebuild itself with other "
+        f"{field}: {what} needs a model that can rebuild itself with other "
         f"widths (with_widths(), as the MLP families and VGG do); "
         f"{type(model).__name__} declares its units but cannot")
+  return coupling
+
+
+def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
+  """Per unit set of the model's coupling: (units, the constant its silent
+  units add to the consumers' biases or None, the units kept, the units
+  gone); and the masked params (numpy)."""
+  coupling = check(model)
   masks_lib.check_compatible(mask, params, what="mask")
   masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
-  out = {k: dict(v) for k, v in masked.items()}
-  state = {c: {k: dict(v) for k, v in dict(col).items()}
-           for c, col in dict(model_state).items()}
-  keep_sets = []
   # Constants first, from the original biases, then fold and slice: a
   # module can be a producer of one set and a consumer of another.
   folds = []
@@ -110,27 +203,7 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
     if not keep.any():
       keep[0] = True  # one unit that contributes nothing (see below)
     folds.append((units, const, keep, gone))
-    keep_sets.append(keep)
-  for units, const, keep, gone in folds:
-    for c in units.consumers:
-      kernel = out[c]["kernel"]
-      if const is not None:
-        out[c]["bias"] = out[c]["bias"] + const @ kernel
-      # A kept unit that was gone (a set that lost every unit) reads zeros.
-      out[c]["kernel"] = np.where((keep & gone)[:, None], 0, kernel)
-  for units, _, keep, _ in folds:
-    for p in units.producers:
-      out[p]["kernel"] = out[p]["kernel"][..., keep]
-      out[p]["bias"] = out[p]["bias"][keep]
-    for c in units.consumers:
-      out[c]["kernel"] = out[c]["kernel"][..., keep, :]
-    for m in units.channels:
-      for tree in [out] + list(state.values()):
-        if m in tree:
-          tree[m] = {k: np.asarray(v)[..., keep] for k, v in tree[m].items()}
-  small = model.with_widths([int(k.sum()) for k in keep_sets])
-  params = jax.tree.map(jnp.asarray, out)
-  return small, params, jax.tree.map(jnp.asarray, state)
+  return folds, masked
 
 
 def _silent(mask: Any, params: Any, module: str) -> np.ndarray:

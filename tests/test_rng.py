@@ -90,3 +90,12 @@ def test_init_state_compiles_once_and_copies_its_inputs():
   jax.jit(lambda st: st, donate_argnums=0)(s)
   assert not params["a"]["bias"].is_deleted()
   assert float(params["a"]["kernel"][1, 2]) == 5.0
+
+
+def test_a_use_outside_uses_is_keyed_by_its_name():
+  """A registered control's name (not one of rng.USES) has its own stream,
+  the same on every call."""
+  a = jax.random.key_data(rng.stream(0, "my_control", 1))
+  assert np.array_equal(a, jax.random.key_data(rng.stream(0, "my_control", 1)))
+  for other in [("other_control", 1), ("my_control", 2), ("reinit", 1)]:
+    assert not np.array_equal(a, jax.random.key_data(rng.stream(0, *other)))

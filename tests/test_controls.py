@@ -1,0 +1,88 @@
+"""lottery.controls: the scratch control (Liu et al. 2019) and its shrink
+placement (`lottery.shrink.scratch`)."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lottery
+from lottery import masks
+from lottery import models
+from lottery import pruning
+from lottery import rng
+from lottery import structure
+from lottery.errors import LotteryError
+
+from conftest import leaves_equal
+from conftest import quiet
+from conftest import tiny
+
+# lottery.shrink is the function; its module holds `scratch`.
+shrink_module = importlib.import_module("lottery.shrink")
+
+
+@pytest.mark.parametrize("name, shape, options", [
+    ("lenet_300_100", (1, 28, 28, 1), {}),
+    ("vgg11", (1, 32, 32, 3), {"width": 4}),
+])
+def test_scratch_places_the_shrunk_models_own_init(name, shape, options):
+  model = models.get(name, 10, **options)
+  variables = dict(model.init(jax.random.key(0), jnp.ones(shape)))
+  params = variables.pop("params")
+  mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
+                       0.5, structure="neuron", coupling=model)
+  x = jnp.ones(shape)
+  full, state = shrink_module.scratch(model, params, variables, mask,
+                                      jax.random.key(5), x)
+  assert jax.tree.map(np.shape, full) == jax.tree.map(np.shape, params)
+  small, small_params, small_state = lottery.shrink(model, full, state, mask)
+  fresh = dict(small.init(rng.flat(jax.random.key(5)), x))
+  # Shrinking the placed weights gives back the small model's fresh init,
+  # bit for bit (its fan-ins: not the full model's values).
+  assert leaves_equal(small_params, fresh.pop("params"))
+  assert leaves_equal(small_state, fresh)
+  assert not leaves_equal(masks.apply_mask(mask, full),
+                          masks.apply_mask(mask, params))
+  inputs = jax.random.normal(jax.random.key(1), (4,) + shape[1:])
+  np.testing.assert_allclose(
+      model.apply({"params": masks.apply_mask(mask, full), **state}, inputs),
+      small.apply({"params": small_params, **small_state}, inputs),
+      rtol=1e-5, atol=1e-5)
+
+
+def test_imp_trains_the_scratch_control_of_a_neuron_ticket(npz_path,
+                                                           tmp_path):
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron",
+                          "controls": ("scratch",)})
+  summary = lottery.run(cfg, tmp_path, log=quiet)
+  last = summary["rounds"][-1]
+  assert 0 < last["controls"]["scratch"]["test_accuracy"] <= 1
+  ticket = lottery.load_ticket(tmp_path, 2, "ticket")
+  control = lottery.load_ticket(tmp_path, 2, "scratch")
+  assert leaves_equal(control.mask, ticket.mask)
+  # mlp_tiny's 32 units keep 8 in round 2; the control starts from an
+  # 8-unit MLP's fresh init, placed at the ticket's units.
+  kept = ~structure.whole_units(ticket.mask, cfg_model(cfg).coupling())["fc1"]
+  assert kept.sum() == 8
+  fc1 = np.asarray(control.rewind_params["fc1"]["kernel"])
+  assert not np.array_equal(fc1[:, kept],
+                            np.asarray(ticket.rewind_params["fc1"]
+                                       ["kernel"])[:, kept])
+  assert np.all(np.asarray(control.rewind_params["fc1"]["bias"])[~kept] == 0)
+
+
+def cfg_model(cfg):
+  return models.get(cfg.model.name, 3)
+
+
+def test_scratch_needs_a_model_shrink_can_rebuild(npz_path, tmp_path):
+  cfg = tiny(npz_path, **{"model.name": "conv2", "controls": ("scratch",)})
+  with pytest.raises(LotteryError, match="^controls: the 'scratch' control "
+                     "needs a model that declares its units .* ConvNet does "
+                     "not$"):
+    lottery.run(cfg, tmp_path / "wd", log=quiet)
+  assert not (tmp_path / "wd").exists() or not any(
+      (tmp_path / "wd").iterdir())

@@ -174,9 +174,7 @@ def test_one_registry_imp_refuses_model_aware_scores():
     lottery.config.validate(c)
 
 
-def test_a_users_score_registers_once_and_serves_pai(monkeypatch):
-  # Registrations made here are undone after the test.
-  monkeypatch.setattr(scores._SCORES, "_entries", dict(scores._SCORES._entries))
+def test_a_users_score_registers_once_and_serves_pai(request):
   traces = []
 
   @scores.register("neg_magnitude", data=True)
@@ -184,6 +182,7 @@ def test_a_users_score_registers_once_and_serves_pai(monkeypatch):
     traces.append(1)  # Runs once per trace, not per round.
     return jax.tree.map(lambda w: -jnp.abs(w), params)
 
+  request.addfinalizer(lambda: scores.unregister("neg_magnitude"))
   assert "neg_magnitude" in scores.all_names()
   assert "neg_magnitude" not in scores.names()
   apply_fn, params, batch = _setup()
@@ -201,9 +200,7 @@ class _Exp:
     self.apply_fn = lottery.step.flax_apply(model)
 
 
-def test_hundred_rounds_compile_once_and_follow_the_schedule(monkeypatch):
-  # Registrations made here are undone after the test.
-  monkeypatch.setattr(scores._SCORES, "_entries", dict(scores._SCORES._entries))
+def test_hundred_rounds_compile_once_and_follow_the_schedule(request):
   traces = []
 
   @scores.register("counted_synflow", data=True)
@@ -211,6 +208,7 @@ def test_hundred_rounds_compile_once_and_follow_the_schedule(monkeypatch):
     traces.append(1)
     return scores.synflow(apply_fn, params, mask, batch, key)
 
+  request.addfinalizer(lambda: scores.unregister("counted_synflow"))
   model = _Net((40, 30, 3))
   _, params, batch = _setup(widths=(40, 30, 3))
   exp = _Exp(model, params)

@@ -280,11 +280,13 @@ def test_npz_digest_is_remembered_until_the_file_changes(tmp_path,
   # Just written: hashed, not remembered (a second write in the same clock
   # tick could leave its stat unchanged).
   assert data.fingerprint(cfg) == digest() and set(memos()) == before
-  # Remembered once old enough (here: at once, the file dated 10 s back so
-  # that the rewrite below is surely in another clock tick).
-  monkeypatch.setattr(data, "_RACY_NS", 0)
-  past = time.time_ns() - 10**10
+  # Remembered once old enough (here: at once, on a clock 10 s ahead; the
+  # file dated 10 s back so that the rewrite below is surely in another
+  # clock tick).
+  now = time.time_ns
+  past = now() - 10**10
   os.utime(path, ns=(past, past))
+  monkeypatch.setattr(time, "time_ns", lambda: now() + 10**10)
   assert data.fingerprint(cfg) == digest()
   (memo,) = set(memos()) - before
   assert memo.read_text() == digest()

@@ -119,13 +119,23 @@ def test_synflow_conservation_every_layer_sums_to_r(kept):
 def test_synflow_rescaled_flow_is_the_flow_times_one_power_of_two():
   """The overflow fallback divides each kernel by a power of two: on a
   bias-free net every score is the plain one times the same power of two,
-  bit for bit."""
+  bit for bit. A network whose output is +inf at the given weights and
+  finite at smaller ones stands for one whose R overflows."""
   apply_fn, params, batch = _setup(widths=(7, 6, 5, 3))
   params = jax.tree.map(lambda w: w * 3.0, params)
-  _, plain = scores._synflow_flow(apply_fn, params, batch[0].shape, None,
-                                  rescale=False)
-  _, scaled = scores._synflow_flow(apply_fn, params, batch[0].shape, None,
-                                   rescale=True)
+  big = float(jnp.max(jnp.abs(params["fc0"]["kernel"])))
+
+  def overflowing(p, x):
+    # +inf added to the output while fc0's largest |w| is the given one
+    # (the rescaled pass divides it by 2 or more); no gradient flows
+    # through it, so only R changes.
+    inf = jnp.where(jax.lax.stop_gradient(jnp.max(p["fc0"]["kernel"])) >
+                    big / 2, jnp.inf, 0.0)
+    return apply_fn(p, x) + inf
+
+  plain, scaled = (scores.compute("synflow", fn, params, None, batch,
+                                  jax.random.key(0))
+                   for fn in (apply_fn, overflowing))
   a = np.concatenate([np.ravel(v) for v in jax.tree.leaves(plain)])
   b = np.concatenate([np.ravel(v) for v in jax.tree.leaves(scaled)])
   ratio = a[a > 0][0] / b[a > 0][0]

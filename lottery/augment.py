@@ -21,6 +21,7 @@ Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 _AUGMENTS = Registry("augmentation", "data.augment")
 register = _AUGMENTS.register
+unregister = _AUGMENTS.unregister
 names = _AUGMENTS.names
 
 

@@ -165,7 +165,7 @@ def _bool(field: str, value) -> None:
 # Rules: flattened field -> check(field, value, values), where `values` holds
 # every field by its flattened name. `validate` runs them in this table's
 # order, so a rule may rely on the fields above it (training.steps before
-# training.warmup_steps). tests/test_validation.py checks that every field of
+# training.warmup_steps). tests/test_config.py checks that every field of
 # base_config() has one; rules for fields it lacks are skipped.
 _Rule = Callable[[str, Any, dict[str, Any]], None]
 
@@ -474,7 +474,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   values: dict[str, Any] = {}
   _leaves(base_config().to_dict(), config_dict, "", values)
   # In the table's order, so that a rule may rely on the fields before it. A
-  # schema field without a rule fails tests/test_validation.py.
+  # schema field without a rule fails tests/test_config.py.
   for name, rule in RULES.items():
     if name in values:
       rule(name, values[name], values)

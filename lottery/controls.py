@@ -30,6 +30,7 @@ class Start:
 ControlFn = Callable[[Any, Start, jax.Array], Start]
 _CONTROLS = Registry("control", "controls")
 register = _CONTROLS.register
+unregister = _CONTROLS.unregister
 names = _CONTROLS.names
 get = _CONTROLS.get
 

@@ -42,6 +42,7 @@ DistributionFn = Callable[[Mapping[str, tuple[int, ...]], float],
                           dict[str, int]]
 _DISTRIBUTIONS = Registry("distribution", "sparse.distribution")
 register = _DISTRIBUTIONS.register
+unregister = _DISTRIBUTIONS.unregister
 names = _DISTRIBUTIONS.names
 get = _DISTRIBUTIONS.get
 

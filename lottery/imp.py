@@ -115,7 +115,8 @@ def _finetune(exp: Experiment, prev: tickets.Ticket, rewind) -> Reset:
 
 # Reset policies by name (config `pruning.reset`): (experiment, previous
 # ticket, (rewind params, rewind model state)) -> Reset. `RESETS[name]` and
-# `RESETS.get(name)` give one; `RESETS.register(name)` adds one.
+# `RESETS.get(name)` give one; `RESETS.register(name)` adds one,
+# `RESETS.unregister(name)` removes it.
 RESETS = Registry("reset", "pruning.reset")
 RESETS.register("rewind")(_rewind)
 RESETS.register("lr_rewind")(_lr_rewind)

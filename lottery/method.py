@@ -43,7 +43,7 @@ from lottery.controls import Start
 from lottery.registry import Registry
 
 __all__ = ["Context", "Done", "GroupStart", "Method", "Replica", "Report", "Start",
-           "get", "names", "register"]
+           "get", "names", "register", "unregister"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +232,12 @@ def register(cls: type[Method]) -> type[Method]:
   """Class decorator: registers a `Method` subclass under its `name`."""
   _METHODS.register(cls.name)(cls)
   return cls
+
+
+def unregister(name: str) -> type[Method]:
+  """Removes the method `name` and returns its class (the undo of
+  `register`; LotteryError if `name` is not registered)."""
+  return _METHODS.unregister(name)
 
 
 def get(name: str) -> Method:

@@ -14,7 +14,8 @@ and names it in the config. Keyword arguments of `register` are the entry's
 info (a score's `data`, a sparse method's `dynamic`), read back with
 `info(name)` and filtered on by `names(**info)`. `get(name)` of an unknown
 name raises LotteryError naming the config field: '<field>: unknown <what>,
-must be one of [...] (got 'name')'.
+must be one of [...] (got 'name')'. The module's `unregister(name)` removes
+an entry again (a test's or a notebook's own, once it is done with it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class Registry:
       self._entries[name] = (fn, dict(info))
       return fn
     return deco
+
+  def unregister(self, name: str, *,
+                 field: str | None = None) -> Callable[..., Any]:
+    """Removes the entry `name` and returns its function: the undo of
+    `register` (a built-in that `name` replaced is not restored).
+
+    Raises:
+      LotteryError: if `name` is not registered (naming `field`).
+    """
+    fn = self._entry(name, field)[0]
+    del self._entries[name]
+    return fn
 
   def names(self, **where: Any) -> list[str]:
     """The registered names, sorted; with `where`, only those whose info

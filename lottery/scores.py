@@ -69,6 +69,12 @@ def register(name: str, *, data: bool = False):
   return _SCORES.register(name, data=bool(data))
 
 
+def unregister(name: str) -> Callable[..., Any]:
+  """Removes the score `name` and returns its function (the undo of
+  `register`; LotteryError if `name` is not registered)."""
+  return _SCORES.unregister(name)
+
+
 def names() -> list[str]:
   """The params-only scores, sorted: what IMP's `pruning.score` accepts."""
   return _SCORES.names(data=False)

@@ -194,6 +194,7 @@ def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
 SparseMethod = Callable[..., tuple[step_lib.MaskUpdate | None, int]]
 _METHODS = Registry("sparse method", "sparse.methods")
 register = _METHODS.register
+unregister = _METHODS.unregister
 names = _METHODS.names
 get = _METHODS.get
 info = _METHODS.info

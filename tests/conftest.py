@@ -5,12 +5,14 @@ import os
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from absl import logging
 
 import lottery
 from lottery import jobs
+from lottery import models
 from lottery import tickets
 
 logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
@@ -175,12 +177,33 @@ def tiny(npz_path, **overrides):
   if c.method == "imp":
     c.pruning.update(fraction=0.5, rounds=2)
   for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    _set_field(c, key, value)
   return c
+
+
+def _set_field(config, key, value):
+  """Sets the field `key` ('training.steps') of a config or dict."""
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def config_from_dict(npz_path, changes):
+  """A tiny npz config built by hand from a dict, as a library user might.
+
+  Built from a plain dict so that ConfigDict's own type checks (which refuse
+  some of these when set on an existing field) do not stand in for ours.
+  """
+  d = lottery.base_config().to_dict()
+  d["data"].update(name="npz", path=npz_path)
+  d["model"]["name"] = "mlp_tiny"
+  d["training"].update(steps=20, batch_size=16, eval_every=5,
+                       checkpoint_every=10)
+  for key, value in changes.items():
+    _set_field(d, key, value)
+  return ml_collections.ConfigDict(d)
 
 
 @pytest.fixture
@@ -194,3 +217,15 @@ def run_until_finished(config, workdir, interrupt: type[Exception]) -> int:
   many times it was interrupted."""
   return _until_returns(lambda: lottery.run(config, workdir, log=quiet),
                         interrupt)
+
+
+def mlp_tiny_params(dim=6):
+  """mlp_tiny's params: fc1 (dim, 32), out (32, 3), with biases."""
+  x = np.zeros((1, dim), np.float32)
+  return models.get("mlp_tiny", 3).init(jax.random.key(0), x)["params"]
+
+
+def with_leaf(mask, name, leaf):
+  """`mask` with leaf 'module/name' replaced (a copy)."""
+  mod, _, key = name.partition("/")
+  return {**mask, mod: {**mask[mod], key: leaf}}

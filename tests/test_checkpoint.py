@@ -14,14 +14,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 import lottery
 from lottery import checkpoint
+from lottery import loop
 from lottery import tickets
 from lottery import workdir
 
@@ -118,12 +121,23 @@ def test_missing_checksums_is_an_incomplete_checkpoint(tmp_path):
     checkpoint.restore(d)
 
 
-def _rewrite_checksums(d, **changes):
-  """Rewrites CHECKSUMS consistently, as if written so by `save`."""
-  sums = {**checkpoint._read_checksums(d), **changes}
-  body = json.dumps(sums, indent=1, sort_keys=True).encode()
-  head = checkpoint._HEADER + hashlib.sha256(body).hexdigest() + "\n"
-  (d / checkpoint.CHECKSUMS).write_bytes(head.encode() + body)
+def _rewrite_file_checksums(d):
+  """Rewrites CHECKSUMS of checkpoint `d` with its files' present sizes and
+  sha256s, consistently, as if `save` had written these files: CHECKSUMS is
+  a line '<header> sha256:<hex of the rest>' and JSON with 'files':
+  {relative path: [size, sha256]} (the format lottery.checkpoint's doc
+  gives)."""
+  head, _, body = (d / checkpoint.CHECKSUMS).read_bytes().partition(b"\n")
+  digest = hashlib.sha256(body).hexdigest().encode()
+  assert head.endswith(b" sha256:" + digest)
+  files = {p.relative_to(d).as_posix():
+               [p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()]
+           for p in sorted(d.rglob("*"))
+           if p.is_file() and p.name != checkpoint.CHECKSUMS}
+  body = json.dumps({**json.loads(body), "files": files}, indent=1,
+                    sort_keys=True).encode()
+  head = head[:-64] + hashlib.sha256(body).hexdigest().encode()
+  (d / checkpoint.CHECKSUMS).write_bytes(head + b"\n" + body)
 
 
 def test_array_checksums_catch_what_file_checksums_miss(tmp_path, monkeypatch):
@@ -142,7 +156,7 @@ def test_array_checksums_catch_what_file_checksums_miss(tmp_path, monkeypatch):
     raw = bytearray((d / rel).read_bytes())
     raw[i] ^= 1 << (i % 8)
     (d / rel).write_bytes(bytes(raw))
-    _rewrite_checksums(d, files=checkpoint._file_digests(d))
+    _rewrite_file_checksums(d)
     try:
       back = checkpoint.restore(d)
     except lottery.LotteryError as e:
@@ -152,13 +166,12 @@ def test_array_checksums_catch_what_file_checksums_miss(tmp_path, monkeypatch):
   # Most flips give other values, silently as far as orbax is concerned.
   assert sum("arrays differ" in e for e in caught) >= 12, caught
   # Orbax reading other values than were saved.
-  ck = checkpoint._checkpointer()
-  real = ck.restore
-  def restore(*a, **k):
-    tree = real(*a, **k)
+  real = ocp.Checkpointer.restore
+  def restore(self, *a, **k):
+    tree = real(self, *a, **k)
     tree["w"].view(np.uint32)[7] ^= 1
     return tree
-  monkeypatch.setattr(ck, "restore", restore)
+  monkeypatch.setattr(ocp.Checkpointer, "restore", restore)
   with pytest.raises(lottery.LotteryError,
                      match=r"damaged \(its arrays differ from their checksums"):
     checkpoint.restore(pristine)
@@ -303,8 +316,7 @@ def test_tensorstore_full_disk_is_recognised(tmp_path):
 
 
 def test_full_disk_in_orbax_logs_no_traceback(tmp_path, monkeypatch, caplog):
-  ck = checkpoint._checkpointer()
-  def save(path, tree, *a, **k):
+  def save(self, path, tree, *a, **k):
     # What orbax does on ENOSPC: logs the error (with a traceback) from its
     # writer thread through absl, then raises it.
     logging.getLogger("absl").handle(logging.makeLogRecord(dict(
@@ -312,7 +324,8 @@ def test_full_disk_in_orbax_logs_no_traceback(tmp_path, monkeypatch, caplog):
         pathname="/site-packages/orbax/checkpoint/_src/futures/future.py",
         msg="_SignalingThread.run() raised an exception")))
     raise ValueError("Failed to write: No space left on device")
-  monkeypatch.setattr(ck, "save", save)
+  monkeypatch.setattr(ocp.Checkpointer, "save", save)
+  jax.devices()  # JAX's backends start (and log at INFO) before the block.
   with caplog.at_level(logging.INFO):
     with pytest.raises(lottery.LotteryError, match="^workdir: no space left"):
       checkpoint.save(tmp_path / "ck", {"x": np.zeros(2)})
@@ -456,14 +469,14 @@ class _Killed(BaseException):
 
 
 def _faulty(monkeypatch, target: str, fault: str):
-  """Makes the first write whose path ends with `target` fail.
+  """Makes the first write whose path ends with `target` fail: orbax's save,
+  or the rename (os.replace) that ends an atomic file write.
 
   fault: 'kill' leaves the writer's temporary file (or orbax's temporary
   directory) half-written and stops the run as SIGKILL would; 'enospc'
   fails the write with a full disk.
   """
-  real_write, ck = checkpoint._write_atomic, checkpoint._checkpointer()
-  real_save = ck.save
+  real_replace, real_save = os.replace, ocp.Checkpointer.save
   fired = []
   def fire(path, leftover):
     if fired or not str(path).endswith(target):
@@ -477,19 +490,22 @@ def _faulty(monkeypatch, target: str, fault: str):
     raise ValueError(  # As tensorstore (under orbax) reports it.
         f"RESOURCE_EXHAUSTED: Error writing in OCDBT database at local file "
         f"{path}: No space left on device [os_error_code='28']")
-  def write(path, data):
-    fire(path, lambda: (path.parent / f"{path.name}.x1y2.tmp").write_bytes(
-        data[:len(data) // 2]))
-    real_write(path, data)
-  def save(path, tree, *a, **k):
+  def replace(src, path, *a, **k):  # Ends a JSON file's or CHECKSUMS' write.
+    def leftover():
+      data = pathlib.Path(src).read_bytes()
+      (path.parent / f"{path.name}.x1y2.tmp").write_bytes(
+          data[:len(data) // 2])
+    fire(path, leftover)
+    real_replace(src, path, *a, **k)
+  def save(self, path, tree, *a, **k):
     def leftover():
       tmp = pathlib.Path(path + checkpoint.ORBAX_TMP) / "ocdbt.process_0"
       tmp.mkdir(parents=True)
       (tmp / "manifest.ocdbt").write_bytes(b"\0" * 10)
     fire(path, leftover)
-    real_save(path, tree, *a, **k)
-  monkeypatch.setattr(checkpoint, "_write_atomic", write)
-  monkeypatch.setattr(ck, "save", save)
+    real_save(self, path, tree, *a, **k)
+  monkeypatch.setattr(os, "replace", replace)
+  monkeypatch.setattr(ocp.Checkpointer, "save", save)
   return fired
 
 
@@ -613,7 +629,8 @@ def test_more_rounds_extend_a_run_fewer_are_refused(tiny_config, tmp_path):
 
 # --- Writes on the writer thread ----------------------------------------------
 
-def test_background_writes_keep_their_order_and_reads_wait(tmp_path):
+def test_background_writes_keep_their_order_and_reads_wait(tmp_path,
+                                                           monkeypatch):
   tree = {"w": np.arange(6.0).reshape(2, 3), "m": np.ones(3, bool)}
   with checkpoint.background_writes():
     checkpoint.write_json(tmp_path / "a.json", {"n": [1]})
@@ -627,19 +644,27 @@ def test_background_writes_keep_their_order_and_reads_wait(tmp_path):
     got = checkpoint.restore(tmp_path / "ck")
     assert np.array_equal(got["w"], tree["w"] * 2)
     assert checkpoint.read_json(tmp_path / "b.json") == {"n": [1]}
-  assert checkpoint._WRITER is None  # pylint: disable=protected-access
+  # After the block, writes are synchronous again: in the caller's thread.
+  writers = []
+  real = os.replace
+  def replace(*a, **k):
+    writers.append(threading.current_thread())
+    real(*a, **k)
+  monkeypatch.setattr(os, "replace", replace)
+  checkpoint.write_json(tmp_path / "c.json", {})
+  assert writers == [threading.current_thread()]
 
 
 def test_a_queued_removal_is_known_without_waiting(tmp_path, monkeypatch):
-  import threading  # pylint: disable=g-import-not-at-top
   checkpoint.write_json(tmp_path / "d" / "x.json", {})
   go = threading.Event()
-  real = checkpoint._write_atomic  # pylint: disable=protected-access
-  def slow(path, data):
-    assert go.wait(timeout=30)
-    real(path, data)
+  real = os.replace
+  def slow(src, dst, *a, **k):  # The rename that ends a JSON write.
+    if pathlib.Path(dst).name == "y.json":
+      assert go.wait(timeout=30)
+    real(src, dst, *a, **k)
   with checkpoint.background_writes():
-    monkeypatch.setattr(checkpoint, "_write_atomic", slow)
+    monkeypatch.setattr(os, "replace", slow)
     checkpoint.write_json(tmp_path / "d" / "y.json", {})  # Blocks the thread.
     checkpoint.remove(tmp_path / "d")
     # The writer is still held up: the answer comes from the queue.
@@ -650,9 +675,12 @@ def test_a_queued_removal_is_known_without_waiting(tmp_path, monkeypatch):
 
 
 def test_a_failed_background_write_stops_later_ones(tmp_path, monkeypatch):
-  def full(path, data):
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-  monkeypatch.setattr(checkpoint, "_write_atomic", full)
+  real = os.replace
+  def full(src, dst, *a, **k):  # The rename that ends a.json's write.
+    if pathlib.Path(dst).name == "a.json":
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+    real(src, dst, *a, **k)
+  monkeypatch.setattr(os, "replace", full)
   msg = "^workdir: no space left on device while writing .*a.json"
   with pytest.raises(lottery.LotteryError, match=msg):
     with checkpoint.background_writes():
@@ -661,13 +689,13 @@ def test_a_failed_background_write_stops_later_ones(tmp_path, monkeypatch):
   monkeypatch.undo()
   with pytest.raises(lottery.LotteryError, match=msg):
     with checkpoint.background_writes():
-      monkeypatch.setattr(checkpoint, "_write_atomic", full)
+      monkeypatch.setattr(os, "replace", full)
       checkpoint.write_json(tmp_path / "a.json", {})
       checkpoint.wait_for(tmp_path)
   monkeypatch.undo()
   with pytest.raises(lottery.LotteryError, match=msg):  # At the block's end.
     with checkpoint.background_writes():
-      monkeypatch.setattr(checkpoint, "_write_atomic", full)
+      monkeypatch.setattr(os, "replace", full)
       checkpoint.write_json(tmp_path / "a.json", {})
       checkpoint.save(tmp_path / "ck", {"w": np.zeros(2)})
   assert not (tmp_path / "ck").exists()  # Queued after the failure: skipped.
@@ -675,25 +703,26 @@ def test_a_failed_background_write_stops_later_ones(tmp_path, monkeypatch):
 
 def test_ticket_is_written_while_the_next_job_trains(tiny_config, tmp_path,
                                                      monkeypatch):
-  import threading  # pylint: disable=g-import-not-at-top
-  from lottery import jobs  # pylint: disable=g-import-not-at-top
   trained = []
   second = threading.Event()
-  real_train = jobs.loop_lib.train
+  real_train = loop.train
   def train(*a, **k):
     trained.append(1)
     if len(trained) == 2:
       second.set()
     return real_train(*a, **k)
-  real_save = checkpoint._save  # pylint: disable=protected-access
+  real_replace = os.replace
   overlapped = []
-  def save(path, tree):
-    if path.name == "arrays" and "round_000" in str(path):
-      # Synchronous writes would never see round 1 start: a timeout.
+  def replace(src, dst, *a, **k):
+    dst = pathlib.Path(dst)
+    # The last file of round 0's ticket arrays: synchronous writes would
+    # never see round 1 start (a timeout).
+    if (dst.name == checkpoint.CHECKSUMS and dst.parent.name == "arrays"
+        and "round_000" in str(dst)):
       overlapped.append(second.wait(timeout=60))
-    real_save(path, tree)
-  monkeypatch.setattr(jobs.loop_lib, "train", train)
-  monkeypatch.setattr(checkpoint, "_save", save)
+    real_replace(src, dst, *a, **k)
+  monkeypatch.setattr(loop, "train", train)
+  monkeypatch.setattr(os, "replace", replace)
   cfg = tiny_config(**{"pruning.rounds": 1, "controls": ()})
   lottery.run(cfg, tmp_path / "wd", log=quiet)
   assert overlapped == [True]

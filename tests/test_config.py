@@ -1,16 +1,22 @@
-"""Config validation and the entry point's one-line errors."""
+"""Config validation: every bad value refused in one line that names the
+field, a rule for every field of the schema, and the entry point's one-line
+errors."""
 
 import os
 import pathlib
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 import lottery
 from lottery import config as config_lib
 
+from conftest import config_from_dict
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+INF, NAN = float("inf"), float("nan")
 
 
 @pytest.mark.parametrize("key,value,field", [
@@ -48,6 +54,131 @@ def test_invalid_values_name_the_field(tiny_config, tmp_path, key, value,
   assert not (tmp_path / "wd").exists()  # Raised before anything is written.
 
 
+# (changed field, value, the message's start).
+BAD_CONFIGS = [
+    ("training.lr", 1, "config: no field 'training.lr' (did you mean "
+     "'training.learning_rate'?)"),
+    ("pruning.fracton", 0.5, "config: no field 'pruning.fracton' (did you "
+     "mean 'pruning.fraction'?)"),
+    ("trainin", {"steps": 5}, "config: no field 'trainin' (did you mean "
+     "'training'?)"),
+    ("training", 5, "training: must be a group of fields (got 5)"),
+    ("training.steps", "100", "training.steps: must be an integer in "
+     "[1, 1000000000] (got '100')"),
+    ("training.steps", 10**12, "training.steps: "),
+    ("training.steps", 2.0, "training.steps: "),
+    ("training.batch_size", True, "training.batch_size: "),
+    ("training.batch_size", None, "training.batch_size: "),
+    ("training.learning_rate", INF, "training.learning_rate: must be in "
+     "(0, 1000] (got inf)"),
+    ("training.learning_rate", NAN, "training.learning_rate: "),
+    ("training.learning_rate", 1e4, "training.learning_rate: "),
+    ("training.learning_rate", "0.1", "training.learning_rate: must be a "
+     "number in (0, 1000] (got '0.1')"),
+    ("training.learning_rate", -0.1, "training.learning_rate: "),
+    ("training.weight_decay", 1e300, "training.weight_decay: must be in "
+     "[0, 1000) (got 1e+300)"),
+    ("training.weight_decay", -1e-4, "training.weight_decay: "),
+    ("training.momentum", -0.5, "training.momentum: "),
+    ("training.momentum", NAN, "training.momentum: "),
+    ("training.nesterov", "yes", "training.nesterov: must be True or False"),
+    ("training.lr_decay", 0.0, "training.lr_decay: "),
+    ("training.lr_decay", INF, "training.lr_decay: "),
+    ("training.lr_boundaries", ("5",), "training.lr_boundaries: "),
+    ("training.lr_boundaries", 5, "training.lr_boundaries: "),
+    ("training.warmup_steps", 20, "training.warmup_steps: must be below "
+     "training.steps=20"),
+    ("training.eval_every", 0, "training.eval_every: "),
+    ("training.checkpoint_every", -1, "training.checkpoint_every: "),
+    ("seeds.init", 2**70, "seeds.init: must be an integer in [0, 2147483647]"),
+    ("seeds.data", 2**31, "seeds.data: "),
+    ("seeds.control", 1.5, "seeds.control: "),
+    ("data.name", 7, "data.name: "),
+    ("data.path", "", "data.path: set it to an .npz file"),
+    ("data.data_dir", None, "data.data_dir: must be a string"),
+    ("data.cache_dir", 3, "data.cache_dir: "),
+    ("data.on_device", 1, "data.on_device: must be True or False"),
+    ("data.validation_size", 10**10, "data.validation_size: "),
+    ("model.name", None, "model.name: "),
+    ("pruning.fraction", NAN, "pruning.fraction: must be in (0, 1) (got nan)"),
+    ("pruning.fraction", "0.2", "pruning.fraction: must be a number in "
+     "(0, 1)"),
+    ("pruning.rounds", 1.0, "pruning.rounds: "),
+    ("pruning.prunable", (), "pruning.prunable: "),
+    ("pruning.prunable", ".*kernel", "pruning.prunable: "),
+    ("pruning.prunable", (3,), "pruning.prunable: "),
+    ("pruning.layer_fractions", ("out/kernel=0.1",),
+     "pruning.layer_fractions: must be a string"),
+    ("pruning.reset", None, "pruning.reset: "),
+    ("pruning.rewind_step", -1, "pruning.rewind_step: "),
+    ("controls", "reinit", "controls: must be a tuple, e.g. ('reinit',) "
+     "(got 'reinit')"),
+    ("controls", ("reinit", 1), "controls: "),
+    ("controls", ("reinit", "reinit"), "controls: must not repeat"),
+    ("controls_every", False, "controls_every: "),
+    ("pai.methods", (), "pai.methods: must name at least one score"),
+    ("pai.methods", "snip", "pai.methods: must be a tuple"),
+    ("pai.methods", ("snip", "sinp"), "pai.methods: must be one of"),
+    ("pai.methods", ("snip", "snip"), "pai.methods: must not repeat"),
+    ("pai.densities", (), "pai.densities: must hold at least one"),
+    ("pai.densities", (0.1, 1.0), "pai.densities: must be in (0, 1)"),
+    ("pai.densities", (0.0,), "pai.densities: must be in (0, 1)"),
+    ("pai.densities", (NAN,), "pai.densities: "),
+    ("pai.densities", ("0.1",), "pai.densities: must be a number"),
+    ("pai.checks", ("shuffle", "flip"), "pai.checks: must be one of"),
+    ("pai.checks", ("invert", "invert"), "pai.checks: must not repeat"),
+    ("pai.iterations", 0, "pai.iterations: must be an integer in [1, "),
+    ("pai.method_iterations", "synflow", "pai.method_iterations: must be "
+     "'method=iterations,...'"),
+    ("pai.method_iterations", "synflow=-3", "pai.method_iterations: "),
+    ("pai.method_iterations", "synflo=10", "pai.method_iterations: must be "
+     "one of"),
+    ("pai.method_iterations", "snip=0", "pai.method_iterations: iterations "
+     "of 'snip' must be in"),
+    ("pai.scope", "local", "pai.scope: must be one of"),
+    ("pai.batch_size", 0, "pai.batch_size: "),
+    ("pai.dense", 1, "pai.dense: must be True or False"),
+    # Sparse training (lottery.sparse).
+    ("sparse.methods", ("rigl", "snip"), "sparse.methods: must be one of "
+     "['gmp', 'rigl', 'set', 'static'] (got 'snip')"),
+    ("sparse.methods", (), "sparse.methods: must be a non-empty tuple"),
+    ("sparse.methods", ("rigl", "rigl"), "sparse.methods: must not repeat"),
+    ("sparse.densities", (0.1, 1.0), "sparse.densities: must be in (0, 1) "
+     "(got 1.0)"),
+    ("sparse.densities", "0.1", "sparse.densities: must be a non-empty "
+     "tuple"),
+    ("sparse.densities", (NAN,), "sparse.densities: "),
+    ("sparse.densities", (0.1, 0.1), "sparse.densities: must not repeat"),
+    ("sparse.distribution", ("erk", "er"), "sparse.distribution: must be "
+     "one of ['erk', 'uniform'] (got 'er')"),
+    ("sparse.update_every", 0, "sparse.update_every: must be an integer in "
+     "[1, "),
+    ("sparse.drop_fraction", 1.0, "sparse.drop_fraction: must be in (0, 1) "
+     "(got 1.0)"),
+    ("sparse.end_fraction", 0.0, "sparse.end_fraction: must be in (0, 1] "
+     "(got 0.0)"),
+    ("sparse.begin_step", -1, "sparse.begin_step: "),
+    ("sparse.end_step", 2.5, "sparse.end_step: "),
+]
+
+
+@pytest.mark.parametrize(
+    "changes,start", [({k: v}, s) for k, v, s in BAD_CONFIGS],
+    ids=[f"{k}={v!r}" for k, v, _ in BAD_CONFIGS])
+def test_bad_value_refused_naming_the_field(npz_path, changes, start):
+  """Each bad value is refused by `lottery.build` in one line that starts
+  with the field (bad data files: tests/test_data.py)."""
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.build(config_from_dict(npz_path, changes))
+  msg = str(e.value)
+  assert msg.startswith(start), msg
+  assert "\n" not in msg, msg
+
+
+def test_table_is_long_enough():
+  assert len(BAD_CONFIGS) >= 40
+
+
 def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
   with pytest.raises(lottery.LotteryError, match="^training.batch_size: 512"):
     lottery.run(tiny_config(**{"training.batch_size": 512}), tmp_path / "a")
@@ -75,6 +206,62 @@ def test_every_recipe_config_is_valid():
     for arg in args:
       config_lib.validate(mod.get_config(arg))
     assert mod.__doc__ and "python -m experiments." in mod.__doc__, path
+
+
+def test_every_schema_field_has_a_rule():
+  fields = config_lib.schema_fields()
+  assert "training.learning_rate" in fields and "controls" in fields
+  assert not set(fields) - set(config_lib.RULES), (
+      "fields of base_config() without a rule in lottery.config.RULES")
+
+
+def test_added_fields_have_rules_before_the_schema_has_them():
+  # The lead adds these to base_config(); their rules are ready.
+  rules = config_lib.RULES
+  values = {"data.augment": "none", "model.depth": 0, "model.width": 0,
+            "training.loop": "scan"}
+  for name, ok in values.items():
+    rules[name](name, ok, {})
+  for name, bad in [("data.augment", "mixup"), ("model.depth", -1),
+                    ("model.width", 2.0), ("training.loop", "vmap")]:
+    with pytest.raises(lottery.LotteryError, match=f"^{name}: "):
+      rules[name](name, bad, {})
+
+
+def test_good_config_and_rules_dont_mutate(npz_path):
+  cfg = config_from_dict(npz_path, {"training.learning_rate": 1,
+                                    "training.lr_boundaries": [5, 10],
+                                    "controls": ["reinit"]})
+  before = cfg.to_json()
+  config_lib.validate(cfg)
+  assert cfg.to_json() == before
+
+
+def test_missing_field_named(npz_path):
+  d = config_from_dict(npz_path, {}).to_dict()
+  del d["seeds"]["init"]
+  with pytest.raises(lottery.LotteryError, match=r"^seeds.init: missing"):
+    config_lib.validate(ml_collections.ConfigDict(d))
+
+
+def test_sparse_end_step_must_be_a_multiple_of_update_every():
+  c = lottery.base_config()
+  c.sparse.update(update_every=25, end_step=130)
+  with pytest.raises(lottery.LotteryError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == (
+      "sparse.end_step: must be a multiple of sparse.update_every=25, where "
+      "GMP's mask updates happen (e.g. 125 or 150) (got 130)")
+  c.sparse.update(end_step=10)
+  with pytest.raises(lottery.LotteryError, match=r"\(e\.g\. 25\) \(got 10\)$"):
+    config_lib.validate(c)
+  c.sparse.update(end_step=125)
+  config_lib.validate(c)
+  c.sparse.update(end_step=0)  # end_fraction x training.steps
+  config_lib.validate(c)
+  # Only GMP reads it.
+  c.sparse.update(end_step=130, methods=("static", "rigl"))
+  config_lib.validate(c)
 
 
 def _run_cli(*args, cwd=ROOT):

@@ -1,5 +1,5 @@
 """Per-layer densities: exact keep counts, uniform and ERK (against the RigL
-code's rule)."""
+code's rule), and a density that keeps no weight of a layer refused."""
 
 import math
 
@@ -9,6 +9,9 @@ import pytest
 import lottery
 from lottery import distributions
 from lottery import masks
+
+from conftest import quiet
+from conftest import tiny
 
 MNIST1D = {"fc1/kernel": (40, 500), "fc2/kernel": (500, 500),
            "out/kernel": (500, 10)}
@@ -107,3 +110,22 @@ def test_keep_counts_over_a_mask_and_unknown_name():
     distributions.keep_counts("snip", mask, 0.1)
   with pytest.raises(lottery.LotteryError, match=r"^sparse.densities: "):
     distributions.keep_counts("uniform", mask, 1.5)
+
+
+@pytest.mark.parametrize("method,overrides,message", [
+    ("sparse", {"sparse.densities": (1e-12,), "sparse.methods": ("static",)},
+     r"^sparse.densities: 1e-12 keeps no weight of layer '.*' \(\d+ weights, "
+     r"distribution '.*'\); use a higher density$"),
+    ("pai", {"pai.densities": (1e-12,)},
+     r"^pai.densities: 1e-12 keeps no weight of layer '.*' \(\d+ weights, "
+     r"pai.scope 'global': none of all \d+ prunable weights\); use a higher "
+     r"density$"),
+    ("pai", {"pai.densities": (0.005,), "pai.scope": "layerwise"},
+     r"^pai.densities: 0.005 keeps no weight of layer '.*' \(\d+ weights, "
+     r"pai.scope 'layerwise'\); use a higher density$")])
+def test_a_density_that_keeps_no_weight_is_refused_before_writing(
+    npz_path, tmp_path, method, overrides, message):
+  c = tiny(npz_path, method=method, **overrides)
+  with pytest.raises(lottery.LotteryError, match=message):
+    lottery.driver.run(c, tmp_path / "wd", log=quiet)
+  assert not (tmp_path / "wd").exists()

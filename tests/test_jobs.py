@@ -1,12 +1,15 @@
 """Replicates: seeds.num runs trained together in one compiled program, their
-records, and devices (fake CPU devices in a subprocess)."""
+records, and devices (fake CPU devices in a subprocess); a damaged mid-run
+checkpoint refused."""
 
 import errno
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -236,3 +239,26 @@ def test_a_full_disk_under_tensorboard_is_the_one_line_error(tmp_path,
         "^workdir: no space left on device while writing '.*tensorboard/run'"
         "; free space and rerun the same command to resume$")):
       getattr(writer, name)()
+
+
+class _State(NamedTuple):
+  step: Any
+  w: Any
+
+
+def test_damaged_progress_is_refused(tmp_path):
+  midrun = jobs.MidRun(tmp_path, min_interval_s=0)
+  state = _State(np.int32(10), np.arange(3, dtype=np.float32))
+  history = [{"step": 5, "accuracy": 0.601}, {"step": 10, "accuracy": 0.7}]
+  midrun.save("job", state, history, {})
+  assert midrun.load("job", state)[1] == history
+  meta = pathlib.Path(midrun.meta)
+  text = meta.read_text()
+  damaged = (r"^workdir: file '.*progress/progress.json' is damaged \(its "
+             r"content differs from its checksum\); delete '.*progress' and "
+             r"rerun the same command$")
+  for old, new in (("0.601", "0.600"), (re.search(
+      r'"history": \[.*?\n \]', text, re.S)[0], '"history": []')):
+    meta.write_text(text.replace(old, new))
+    with pytest.raises(lottery.LotteryError, match=damaged):
+      midrun.load("job", state)

@@ -13,6 +13,7 @@ from lottery import optim
 from lottery import pruning
 from lottery import scores
 from lottery import step
+from lottery.errors import LotteryError
 
 from conftest import compilations
 
@@ -206,3 +207,88 @@ def test_train_history_is_the_separate_evaluations():
       expected.append({"step": a + 5, "train_loss": float(losses.mean()),
                        **other.evaluate(state, data)})
   assert history == expected
+
+
+# --- batch indices per call --------------------------------------------------
+
+
+def _reference_batch_indices(n, batch_size, seed, start, stop):
+  """loop.batch_indices before it worked an epoch slice at a time."""
+  per_epoch = n // batch_size
+  out = np.empty((stop - start, batch_size), np.int32)
+  perms = {}
+  for i, s in enumerate(range(start, stop)):
+    epoch, pos = divmod(s, per_epoch)
+    if epoch not in perms:
+      perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+    out[i] = perms[epoch][pos * batch_size:(pos + 1) * batch_size]
+  return out
+
+
+def test_batch_indices_of_a_chunk_are_the_slice_of_the_full_array():
+  full = loop.batch_indices(50, 8, 3, 0, 40)  # 6 batches per epoch
+  assert np.array_equal(full, _reference_batch_indices(50, 8, 3, 0, 40))
+  for a, b in [(0, 1), (5, 6), (5, 7), (6, 12), (11, 40), (17, 29)]:
+    assert np.array_equal(loop.batch_indices(50, 8, 3, a, b), full[a:b])
+  assert loop.batch_indices(50, 8, 3, 4, 4).shape == (0, 8)
+  with pytest.raises(LotteryError) as e:
+    loop.batch_indices(50, 64, 3, 0, 4)
+  assert str(e.value) == ("batch_size: must be at most the 50 training "
+                          "examples (got 64)")
+
+
+def _reference_chunk_bounds(start, stop, every, extra=()):
+  """loop.chunk_bounds before `iter_bounds` (a set of every boundary)."""
+  b = {start, stop}
+  for e in every:
+    if e:
+      b.update(range((start // e + 1) * e, stop, e))
+  b.update(s for s in extra if start < s < stop)
+  return sorted(b)
+
+
+def test_iter_bounds_is_chunk_bounds():
+  for args in [(0, 20, [10, 5], ()), (3, 47, [10, 0, 7], (4, 9, 50, 3, 20)),
+               (0, 5, [], ()), (7, 8, [100], (7,)), (5, 5, [2], ()),
+               (0, 30, [10, 10], (10, 10, 15))]:
+    want = _reference_chunk_bounds(*args)
+    assert loop.chunk_bounds(*args) == want
+    assert list(loop.iter_bounds(*args)) == want
+  # Lazily: a billion steps of one-step chunks are never all stored.
+  bounds = loop.iter_bounds(0, 10**9, [1])
+  assert [next(bounds) for _ in range(3)] == [0, 1, 2]
+
+
+def _train_setup(form):
+  t = config_lib.base_config().training
+  t.update(optimizer="adam", learning_rate=0.05)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(64, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 64).astype(np.int32)
+  model = models.get("mlp_tiny", 3)
+  params = model.init(jax.random.key(0), x[:1])["params"]
+  mask = pruning.prune(masks.make_mask(params),
+                       scores.random(params, jax.random.key(1)), 0.5)
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn), form=form)
+  data = loop.put_data(x, y, x[:10], y[:10])
+  return lp, lambda: step.init_state(params, tx, mask=mask), data
+
+
+@pytest.mark.parametrize("form", ["scan", "python"])
+def test_chunks_split_into_calls_train_bit_identically(form, monkeypatch):
+  """A chunk run as calls of at most MAX_CALL_INDICES indices (here 6 steps
+  of 16: 6, 6, 6, 1) trains exactly as one call, and reports the same."""
+  lr_fn = lambda a, b: np.linspace(0.05, 0.01, 19)[a:b].astype(np.float32)
+  kw = dict(stop=19, lr_fn=lr_fn, batch_size=16, data_seed=3, eval_every=19)
+  lp, state, data = _train_setup(form)
+  s1, h1, _ = loop.train(lp, state(), data, **kw)
+  monkeypatch.setattr(loop, "MAX_CALL_INDICES", 6 * 16)
+  reached = []
+  s2, h2, _ = loop.train(lp, state(), data, on_chunk=reached.append, **kw)
+  assert reached == [6, 12, 18, 19]
+  assert h1 == h2
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+    assert np.array_equal(a, b)

@@ -13,6 +13,9 @@ from lottery import scores
 from lottery import select
 from lottery.errors import LotteryError
 
+from conftest import mlp_tiny_params
+from conftest import with_leaf
+
 
 # The host implementation this module replaced (float64, stable numpy sort),
 # kept verbatim as the reference.
@@ -361,3 +364,82 @@ def test_prune_rejects_bad_arguments():
     pruning.prune(m, bad, 0.2)
   # fraction 0 removes nothing.
   assert_same(pruning.prune(m, s, 0.0, scope="global"), m)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, s: pruning.prune(m, None, 0.2),
+     "scores: must have the mask's pytree structure (a score array per "
+     "prunable leaf: ['fc1/kernel', 'out/kernel']), got NoneType None"),
+    (lambda m, s: pruning.prune(m, [1, 2], 0.2),
+     "scores: must have the mask's pytree structure (a score array per "
+     "prunable leaf: ['fc1/kernel', 'out/kernel']), got list [1, 2]"),
+    (lambda m, s: pruning.prune(m, {**s, "out": {**s["out"], "kernel": 3.0}},
+                                0.2),
+     "scores: leaf 'out/kernel' must be an array of shape (32, 3), got float "
+     "3.0"),
+    (lambda m, s: pruning.prune(m, s, None),
+     "fraction: must be a number in [0, 1) (got NoneType None)"),
+    (lambda m, s: pruning.prune(m, s, "0.2"),
+     "fraction: must be a number in [0, 1) (got str '0.2')"),
+    (lambda m, s: pruning.prune(m, s, True),
+     "fraction: must be a number in [0, 1) (got bool True)"),
+    (lambda m, s: pruning.prune(m, s, -0.1),
+     "fraction: must be in [0, 1) (got -0.1)"),
+    (lambda m, s: pruning.prune(None, s, 0.2),
+     "mask: must be a mask pytree (bool arrays, None where not prunable; "
+     "from lottery.make_mask), got None"),
+    (lambda m, s: pruning.prune(
+        with_leaf(m, "fc1/kernel", np.ones((6, 32), np.float32)), s, 0.2),
+     "mask: leaf 'fc1/kernel' has dtype float32, must be bool"),
+    (lambda m, s: pruning.prune(m, s, 0.2, scope=None),
+     "scope: unknown scope None (known: ['global', 'layerwise', 'module'])"),
+    (lambda m, s: pruning.prune(m, s, 0.2, layer_fractions="nomatch=0.5"),
+     "layer_fractions: 'nomatch' matches no prunable parameter (prunable: "
+     "['fc1/kernel', 'out/kernel'])"),
+    (lambda m, s: pruning.prune(m, s, 0.2,
+                                layer_fractions={"fc1/bias": 0.5}),
+     "layer_fractions: 'fc1/bias' matches no prunable parameter (prunable: "
+     "['fc1/kernel', 'out/kernel'])"),
+    (lambda m, s: pruning.prune(m, s, 0.2, layer_fractions=5),
+     "layer_fractions: expected 'regex=rate,...' or a {regex: rate} "
+     "mapping, got 5"),
+    (lambda m, s: pruning.prune(m, s, 0.2, layer_fractions="out/kernel"),
+     "layer_fractions: expected 'regex=rate,...', got 'out/kernel'"),
+    (lambda m, s: pruning.prune(m, s, 0.2,
+                                layer_fractions={"out/kernel": "half"}),
+     "layer_fractions: rate for 'out/kernel' must be a number in [0, 1), "
+     "got 'half'"),
+    (lambda m, s: pruning.prune(m, s, 0.2, layer_fractions={3: 0.5}),
+     "layer_fractions: patterns must be regex strings (got 3)"),
+    (lambda m, s: pruning.keep_top(m, s, 5),
+     "counts: must be a {path: count} mapping for the prunable leaves "
+     "['fc1/kernel', 'out/kernel'], got int 5"),
+    (lambda m, s: pruning.keep_top(m, s, {"fc1/kernel": 3,
+                                          "out/kernel": 2.5}),
+     "counts: the count of out/kernel must be a whole number (got 2.5)"),
+    (lambda m, s: pruning.random_like(
+        with_leaf(m, "out/kernel", np.ones((32, 3), np.int32)),
+        jax.random.key(0)),
+     "mask: leaf 'out/kernel' has dtype int32, must be bool"),
+])
+def test_prune_names_the_bad_argument(call, message):
+  p = mlp_tiny_params()
+  with pytest.raises(LotteryError) as e:
+    call(masks.make_mask(p), scores.magnitude(p))
+  assert str(e.value) == message
+
+
+def test_prune_refuses_a_traced_fraction():
+  p = mlp_tiny_params()
+  m, s = masks.make_mask(p), scores.magnitude(p)
+  with pytest.raises(LotteryError, match=r"^fraction: must be a static "
+                     r"Python number in \[0, 1\), not a traced value"):
+    jax.jit(lambda f: pruning.prune(m, s, f))(0.2)
+
+
+def test_layer_fractions_that_match_prune_as_before():
+  p = mlp_tiny_params()
+  m, s = masks.make_mask(p), scores.magnitude(p)
+  got = pruning.prune(m, s, 0.2, layer_fractions="out/kernel=0.5")
+  assert masks.counts(got) == {"fc1/kernel": (192 - 38, 192),
+                               "out/kernel": (48, 96)}

@@ -119,13 +119,23 @@ def test_synflow_conservation_every_layer_sums_to_r(kept):
 def test_synflow_rescaled_flow_is_the_flow_times_one_power_of_two():
   """The overflow fallback divides each kernel by a power of two: on a
   bias-free net every score is the plain one times the same power of two,
-  bit for bit."""
+  bit for bit. A network whose output is +inf at the given weights and
+  finite at smaller ones stands for one whose R overflows."""
   apply_fn, params, batch = _setup(widths=(7, 6, 5, 3))
   params = jax.tree.map(lambda w: w * 3.0, params)
-  _, plain = scores._synflow_flow(apply_fn, params, batch[0].shape, None,
-                                  rescale=False)
-  _, scaled = scores._synflow_flow(apply_fn, params, batch[0].shape, None,
-                                   rescale=True)
+  big = float(jnp.max(jnp.abs(params["fc0"]["kernel"])))
+
+  def overflowing(p, x):
+    # +inf added to the output while fc0's largest |w| is the given one
+    # (the rescaled pass divides it by 2 or more); no gradient flows
+    # through it, so only R changes.
+    inf = jnp.where(jax.lax.stop_gradient(jnp.max(p["fc0"]["kernel"])) >
+                    big / 2, jnp.inf, 0.0)
+    return apply_fn(p, x) + inf
+
+  plain, scaled = (scores.compute("synflow", fn, params, None, batch,
+                                  jax.random.key(0))
+                   for fn in (apply_fn, overflowing))
   a = np.concatenate([np.ravel(v) for v in jax.tree.leaves(plain)])
   b = np.concatenate([np.ravel(v) for v in jax.tree.leaves(scaled)])
   ratio = a[a > 0][0] / b[a > 0][0]
@@ -174,9 +184,7 @@ def test_one_registry_imp_refuses_model_aware_scores():
     lottery.config.validate(c)
 
 
-def test_a_users_score_registers_once_and_serves_pai(monkeypatch):
-  # Registrations made here are undone after the test.
-  monkeypatch.setattr(scores._SCORES, "_entries", dict(scores._SCORES._entries))
+def test_a_users_score_registers_once_and_serves_pai(request):
   traces = []
 
   @scores.register("neg_magnitude", data=True)
@@ -184,6 +192,7 @@ def test_a_users_score_registers_once_and_serves_pai(monkeypatch):
     traces.append(1)  # Runs once per trace, not per round.
     return jax.tree.map(lambda w: -jnp.abs(w), params)
 
+  request.addfinalizer(lambda: scores.unregister("neg_magnitude"))
   assert "neg_magnitude" in scores.all_names()
   assert "neg_magnitude" not in scores.names()
   apply_fn, params, batch = _setup()
@@ -201,9 +210,7 @@ class _Exp:
     self.apply_fn = lottery.step.flax_apply(model)
 
 
-def test_hundred_rounds_compile_once_and_follow_the_schedule(monkeypatch):
-  # Registrations made here are undone after the test.
-  monkeypatch.setattr(scores._SCORES, "_entries", dict(scores._SCORES._entries))
+def test_hundred_rounds_compile_once_and_follow_the_schedule(request):
   traces = []
 
   @scores.register("counted_synflow", data=True)
@@ -211,6 +218,7 @@ def test_hundred_rounds_compile_once_and_follow_the_schedule(monkeypatch):
     traces.append(1)
     return scores.synflow(apply_fn, params, mask, batch, key)
 
+  request.addfinalizer(lambda: scores.unregister("counted_synflow"))
   model = _Net((40, 30, 3))
   _, params, batch = _setup(widths=(40, 30, 3))
   exp = _Exp(model, params)

@@ -1,4 +1,4 @@
-"""The one rounding rule (host and device), the schedules and the registries."""
+"""The one rounding rule (host and device) and the schedules."""
 
 import math
 from fractions import Fraction
@@ -8,22 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import lottery
-from lottery import augment
 from lottery import config as config_lib
-from lottery import controls
 from lottery import distributions
 from lottery import imp
-from lottery import method
-from lottery import models
 from lottery import pruning
 from lottery import schedules
-from lottery import scores
 from lottery import select
 from lottery import sparse_updates
-from lottery.registry import Registry
-
-from conftest import tiny
 
 # ------------------------------------------------------------ rounding rule
 
@@ -189,88 +180,3 @@ def test_gmp_sparsity_is_the_cubic():
   assert schedules.cosine_drop_fraction(0, 100.0, 0.3) == pytest.approx(0.3)
   assert schedules.cosine_drop_fraction(50, 100.0, 0.3) == pytest.approx(0.15)
   assert schedules.cosine_drop_fraction(100, 100.0, 0.3) == 0.0
-
-
-# --------------------------------------------------------------- registries
-
-
-def test_every_registry_is_a_registry():
-  regs = {"model": models._MODELS, "score": scores._SCORES,
-          "control": controls._CONTROLS,
-          "distribution": distributions._DISTRIBUTIONS,
-          "augmentation": augment._AUGMENTS,
-          "sparse method": sparse_updates._METHODS, "reset": imp.RESETS,
-          "method": method._METHODS}
-  for what, reg in regs.items():
-    assert isinstance(reg, Registry) and reg.what == what
-  assert set(method.names()) >= {"imp", "pai", "sparse"}
-  assert sparse_updates.names() == sorted(config_lib.SPARSE_METHODS)
-  assert sparse_updates.names(dynamic=True) == ["gmp", "rigl", "set"]
-  assert set(sparse_updates.DYNAMIC) == {"set", "rigl", "gmp"}
-  assert set(imp.RESETS) == set(config_lib.RESETS)
-  assert imp.RESETS["rewind"] is imp.RESETS.get("rewind")
-  assert scores.names() == ["magnitude", "random"]
-  assert scores.all_names() == ["grasp", "magnitude", "random", "snip",
-                                "synflow"]
-  assert scores.needs_model("snip") and not scores.needs_model("magnitude")
-  assert scores._SCORES.info("grasp") == {"data": True}
-  assert augment.names() == ["crop_flip", "none"]
-  assert controls.names() == ["random_prune", "reinit", "shuffle"]
-  assert distributions.names() == ["erk", "uniform"]
-
-
-def test_registry_api_and_errors(monkeypatch):
-  reg = Registry("widget", "config.widget")
-
-  @reg.register("b", kind=1)
-  def b():
-    return "b"
-
-  reg.register("a", kind=2)(lambda: "a")
-  reg.register("c")(lambda: "c")
-  assert reg.names() == ["a", "b", "c"] and list(reg) == ["a", "b", "c"]
-  assert reg.names(kind=1) == ["b"] and reg.names(kind=3) == []
-  assert reg.get("b") is b and reg["b"] is b and "b" in reg and len(reg) == 3
-  assert reg.info("a") == {"kind": 2} and reg.info("c") == {}
-  with pytest.raises(lottery.LotteryError, match=(
-      r"^config.widget: unknown widget, must be one of \['a', 'b', 'c'\] "
-      r"\(got 'z'\)$")):
-    reg.get("z")
-  with pytest.raises(lottery.LotteryError, match=r"^other.field: unknown"):
-    reg.info("z", field="other.field")
-
-  # A user's model through the module's decorator, undone afterwards.
-  monkeypatch.setattr(models._MODELS, "_entries",
-                      dict(models._MODELS._entries))
-
-  @models.register("my_tiny")
-  def my_tiny(num_classes, width=3):
-    return models.get("mlp_tiny", num_classes)
-
-  assert "my_tiny" in models.names()
-  assert models.options_of("my_tiny") == ("width",)
-  with pytest.raises(lottery.LotteryError, match=(
-      r"^model.name: unknown model, must be one of \[.*\] \(got 'nope'\)$")):
-    models.get("nope", 10)
-
-
-def test_a_registered_sparse_method_is_what_sparse_calls(monkeypatch,
-                                                         npz_path, tmp_path):
-  monkeypatch.setattr(sparse_updates._METHODS, "_entries",
-                      dict(sparse_updates._METHODS._entries))
-  seen = []
-
-  @sparse_updates.register("frozen", dynamic=False)
-  def frozen(mask, counts, **schedule):
-    seen.append(sorted(schedule))
-    return None, 0
-
-  assert "frozen" in sparse_updates.names(dynamic=False)
-  c = tiny(npz_path, method="sparse", **{
-      "sparse.methods": ("frozen",), "sparse.densities": (0.5,),
-      "sparse.distribution": ("uniform",)})
-  summary = lottery.sparse.run(c, tmp_path / "wd", log=lambda _: None)
-  assert [r["method"] for r in summary["runs"]] == ["dense", "frozen"]
-  assert seen and all(s == ["begin_step", "drop_fraction", "end_fraction",
-                            "end_step", "steps", "update_every"]
-                      for s in seen)

@@ -21,6 +21,7 @@ from lottery import sparse_updates as su
 from lottery import step as step_lib
 
 from conftest import execute_notebook
+from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -262,3 +263,24 @@ def test_check_refuses_steps_out_of_training(tiny_config, changes, message):
   if "GMP" in message:
     c.sparse.methods = ("static", "rigl")
     lottery.sparse.check(c)
+
+
+def test_a_registered_sparse_method_is_what_sparse_calls(request, npz_path,
+                                                         tmp_path):
+  seen = []
+
+  @su.register("frozen", dynamic=False)
+  def frozen(mask, counts, **schedule):
+    seen.append(sorted(schedule))
+    return None, 0
+
+  request.addfinalizer(lambda: su.unregister("frozen"))
+  assert "frozen" in su.names(dynamic=False)
+  c = tiny(npz_path, method="sparse", **{
+      "sparse.methods": ("frozen",), "sparse.densities": (0.5,),
+      "sparse.distribution": ("uniform",)})
+  summary = lottery.sparse.run(c, tmp_path / "wd", log=lambda _: None)
+  assert [r["method"] for r in summary["runs"]] == ["dense", "frozen"]
+  assert seen and all(s == ["begin_step", "drop_fraction", "end_fraction",
+                            "end_step", "steps", "update_every"]
+                      for s in seen)

@@ -13,6 +13,10 @@ from lottery import loop
 from lottery import masks
 from lottery import models
 from lottery import step
+from lottery.errors import LotteryError
+
+from conftest import mlp_tiny_params
+from conftest import with_leaf
 
 
 def _data(n=64, dim=6, classes=3, seed=0):
@@ -259,3 +263,132 @@ def test_mask_update_hook_inside_the_compiled_loop():
     s, _, ev = lp.run_and_evaluate(s, data, idx[a:b], lrs[a:b])
     assert int(s.step) == b
     assert ev == lp.evaluate(s, data)
+
+
+# --- bad masks where they enter ---------------------------------------------
+
+
+def _bad_masks():
+  p = mlp_tiny_params()
+  m = masks.make_mask(p)
+  kernel = np.ones((6, 32), bool)
+  return {
+      "other_model": (
+          masks.make_mask(mlp_tiny_params(dim=40)),
+          "mask: leaf 'fc1/kernel' has shape (40, 32), params have (6, 32)"),
+      "missing": (
+          {"out": m["out"]},
+          "mask: leaves differ from those of params (missing ['fc1/bias', "
+          "'fc1/kernel'], unexpected [])"),
+      "extra": (
+          {**m, "head": {"kernel": kernel}},
+          "mask: leaves differ from those of params (missing [], unexpected "
+          "['head/kernel'])"),
+      "transposed": (
+          with_leaf(m, "fc1/kernel", kernel.T),
+          "mask: leaf 'fc1/kernel' has shape (32, 6), params have (6, 32)"),
+      "broadcastable": (
+          with_leaf(m, "fc1/kernel", np.ones((1, 32), bool)),
+          "mask: leaf 'fc1/kernel' has shape (1, 32), params have (6, 32)"),
+      "float": (
+          with_leaf(m, "fc1/kernel", np.ones((6, 32), np.float32)),
+          "mask: leaf 'fc1/kernel' has dtype float32, must be bool"),
+      "int": (
+          with_leaf(m, "out/kernel", jnp.ones((32, 3), jnp.int32)),
+          "mask: leaf 'out/kernel' has dtype int32, must be bool"),
+      "list": (
+          [kernel, kernel],
+          "mask: must have the pytree structure of params (a bool array or "
+          "None per leaf, e.g. from lottery.make_mask), got a list of 2 "
+          "where params are a dict with keys ['fc1', 'out']"),
+      "scalar": (
+          True,
+          "mask: must have the pytree structure of params (a bool array or "
+          "None per leaf, e.g. from lottery.make_mask), got bool True where "
+          "params are a dict with keys ['fc1', 'out']"),
+  }
+
+
+BAD_MASKS = list(_bad_masks())
+
+
+@pytest.mark.parametrize("case", BAD_MASKS)
+def test_keep_pruned_update_refuses_bad_masks(case):
+  mask, message = _bad_masks()[case]
+  p = mlp_tiny_params()
+  tx = lottery.keep_pruned(optax.adam(1e-2))
+  state = tx.init(p)
+  with pytest.raises(LotteryError) as e:
+    tx.update(p, state, p, mask=mask)
+  assert str(e.value) == message
+  # Under jit too, where it is found when traced (shapes and dtypes); a
+  # scalar is then a traced array.
+  with pytest.raises(LotteryError) as e:
+    jax.jit(lambda m: tx.update(p, state, p, mask=m))(mask)
+  if case == "scalar":
+    message = message.replace("bool True", "an array of shape ()")
+  assert str(e.value) == message
+
+
+@pytest.mark.parametrize("case", BAD_MASKS)
+def test_init_state_and_apply_mask_refuse_bad_masks(case):
+  mask, message = _bad_masks()[case]
+  p = mlp_tiny_params()
+  with pytest.raises(LotteryError) as e:
+    step.init_state(p, optax.adam(1e-2), mask=mask)
+  assert str(e.value) == message
+  with pytest.raises(LotteryError) as e:
+    masks.apply_mask(mask, p)
+  # apply_mask's second argument is `tree`.
+  assert str(e.value) == message.replace("params have", "the tree has") \
+      .replace("params are", "the tree is").replace("params", "the tree")
+
+
+def test_keep_pruned_refuses_a_non_optimizer_and_a_mask_without_params():
+  with pytest.raises(LotteryError) as e:
+    lottery.keep_pruned(5)
+  assert str(e.value) == ("tx: must be an optax GradientTransformation, e.g. "
+                          "optax.adam(1e-3) (got int 5)")
+  p = mlp_tiny_params()
+  tx = lottery.keep_pruned(optax.sgd(0.1))
+  with pytest.raises(LotteryError, match=r"^params: keep_pruned's update"):
+    tx.update(p, tx.init(p), mask=masks.make_mask(p))
+
+
+def test_masks_with_none_leaves_and_subtrees_stay_allowed():
+  p = mlp_tiny_params()
+  m = masks.make_mask(p)  # None for the biases
+  tx = lottery.keep_pruned(optax.sgd(0.1))
+  tx.update(p, tx.init(p), p, mask=m)
+  # None standing for a whole subtree: not prunable.
+  sub = {"fc1": None, "out": m["out"]}
+  tx.update(p, tx.init(p), p, mask=sub)
+  q = masks.apply_mask(sub, p)
+  assert np.array_equal(q["fc1"]["kernel"], p["fc1"]["kernel"])
+  step.init_state(p, tx, mask=sub)
+  masks.check_mask(None, p)  # no mask: dense
+
+
+def test_mask_check_runs_when_traced_not_at_every_step(monkeypatch):
+  """The check reads shapes and dtypes when the step is traced: a compiled
+  step runs it once, however many steps it takes."""
+  calls = []
+  real = masks.check_mask
+  monkeypatch.setattr(masks, "check_mask",
+                      lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+  p = mlp_tiny_params()
+  m = masks.make_mask(p)
+  tx = lottery.keep_pruned(optax.sgd(0.1))
+
+  @jax.jit
+  def one(params, opt_state, mask):
+    updates, opt_state = tx.update(params, opt_state, params, mask=mask)
+    return optax.apply_updates(params, updates), opt_state
+
+  s = tx.init(p)
+  one(p, s, m)
+  traced = len(calls)
+  assert traced >= 1
+  for _ in range(5):
+    p, s = one(p, s, m)
+  assert len(calls) == traced

@@ -38,6 +38,12 @@ def register(name: str):
   return _MODELS.register(name)
 
 
+def unregister(name: str) -> Callable[..., nn.Module]:
+  """Removes the model `name` and returns its factory (the undo of
+  `register`; LotteryError if `name` is not registered)."""
+  return _MODELS.unregister(name)
+
+
 def names() -> list[str]:
   """The registered model names, sorted."""
   return _MODELS.names()

@@ -1,0 +1,111 @@
+"""The workdir: damaged or foreign files where a run's config.json, facts.json
+and lock file belong, and a workdir that cannot be created, refused in one
+line."""
+
+import os
+import pathlib
+
+import pytest
+
+import lottery
+from lottery import workdir as workdir_lib
+from lottery.errors import LotteryError
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "3"])
+def test_config_json_that_is_not_an_object(tmp_path, content):
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / "config.json").write_text(content)
+  message = (f"config: '{wd}/config.json' holds {content}, not a JSON "
+             f"object; it is not a lottery run's file: restore it, or use a "
+             f"new --workdir")
+  for fn in (workdir_lib.check, workdir_lib.claim):
+    with pytest.raises(LotteryError) as e:
+      fn(wd, lottery.base_config())
+    assert str(e.value) == message
+
+
+def test_facts_json_that_is_not_an_object(tmp_path):
+  wd = tmp_path / "wd"
+  workdir_lib.claim(wd, lottery.base_config(), extra={"a": 1}).release()
+  (wd / "facts.json").write_text("[]")
+  for fn in (workdir_lib.check, workdir_lib.claim):
+    with pytest.raises(LotteryError, match=r"^config: '.*facts.json' holds "
+                       r"\[\], not a JSON object"):
+      fn(wd, lottery.base_config(), extra={"a": 1})
+
+
+def test_lock_that_is_a_directory_or_a_dangling_symlink(tmp_path):
+  c = lottery.base_config()
+  wd = tmp_path / "dir"
+  (wd / "lock").mkdir(parents=True)
+  for fn in (workdir_lib.check, workdir_lib.claim):
+    with pytest.raises(LotteryError) as e:
+      fn(wd, c)
+    assert str(e.value) == (f"workdir: the lock file '{wd}/lock' is a "
+                            f"directory; remove it and rerun")
+  wd = tmp_path / "link"
+  wd.mkdir()
+  os.symlink(tmp_path / "nowhere" / "lock", wd / "lock")
+  for fn in (workdir_lib.check, workdir_lib.claim):
+    with pytest.raises(LotteryError) as e:
+      fn(wd, c)
+    assert str(e.value) == (
+        f"workdir: the lock file '{wd}/lock' is a dangling symlink (to "
+        f"'{tmp_path}/nowhere/lock'); remove it and rerun")
+
+
+def test_lock_that_cannot_be_opened(tmp_path, monkeypatch):
+  c = lottery.base_config()
+  wd = tmp_path / "wd"
+  workdir_lib.claim(wd, c).release()
+  lock = wd / "lock"
+  if os.geteuid() != 0:  # root reads and writes anything
+    lock.chmod(0)
+    with pytest.raises(LotteryError) as e:
+      workdir_lib.check(wd, c)
+    assert str(e.value) == (
+        f"workdir: the lock file '{lock}' is not readable and writable; fix "
+        f"its permissions (or remove it) and rerun")
+    lock.chmod(0o644)
+  real = os.open
+
+  def deny(path, *a, **k):
+    if os.fspath(path) == os.fspath(lock):
+      raise PermissionError(13, "Permission denied", os.fspath(path))
+    return real(path, *a, **k)
+
+  monkeypatch.setattr(os, "open", deny)
+  with pytest.raises(LotteryError) as e:
+    workdir_lib.claim(wd, c)
+  assert str(e.value) == (
+      f"workdir: cannot open the lock file '{lock}' (Permission denied); "
+      f"remove it or fix its permissions, and rerun")
+
+
+def test_workdir_that_cannot_be_created(monkeypatch, tmp_path):
+  c = lottery.base_config()
+  wd = "/proc/lottery_run"
+  if os.path.isdir("/proc") and not os.access("/proc", os.W_OK | os.X_OK):
+    # Not root: refused before anything is tried.
+    with pytest.raises(LotteryError) as e:
+      workdir_lib.claim(wd, c)
+    assert str(e.value) == ("workdir: '/proc/lottery_run' cannot be created: "
+                            "'/proc' is not writable")
+    return
+  if not os.path.isdir("/proc") or os.path.exists(wd):
+    # Elsewhere: a directory whose mkdir fails as /proc's does.
+    wd = tmp_path / "ro" / "run"
+    real = pathlib.Path.mkdir
+
+    def refuse(self, *a, **k):
+      if self == wd:
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+      return real(self, *a, **k)
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+  with pytest.raises(LotteryError) as e:
+    workdir_lib.claim(wd, c)
+  assert str(e.value) == (
+      f"workdir: '{wd}' cannot be created (No such file or directory); use a "
+      f"--workdir in a writable directory")

@@ -38,7 +38,7 @@ def test_every_registry_is_a_registry():
   assert scores.needs_model("snip") and not scores.needs_model("magnitude")
   assert scores._SCORES.info("grasp") == {"data": True}
   assert augment.names() == ["crop_flip", "none"]
-  assert controls.names() == ["random_prune", "reinit", "shuffle"]
+  assert controls.names() == ["random_prune", "reinit", "scratch", "shuffle"]
   assert distributions.names() == ["erk", "uniform"]
 
 

@@ -13,7 +13,8 @@ float rounding. A unit of a unit set (`lottery.structure.Units`) can go when
 Neuron pruning (`lottery.structure`) masks both. The model must declare its
 coupling (`coupling()`) and how to rebuild itself with other widths
 (`with_widths(widths)`, one width per unit set): the MLP families
-(`lottery.models.mlp`) and VGG do. A conv channel goes only when nothing
+(`lottery.models.mlp`), VGG and the ResNets (their blocks' inner channels)
+do. A conv channel goes only when nothing
 reads it: a silent channel feeds a BatchNorm and a 'same'-padded conv, which
 make no bias of it. A unit set that loses every unit keeps one unit
 that contributes nothing (zero input rows), so every layer keeps a shape.
@@ -26,6 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from lottery import masks as masks_lib
 from lottery import structure as structure_lib
@@ -38,7 +40,7 @@ def _rows_cols(mask: Any, params: Any, module: str, what: str) -> np.ndarray:
   """The kernel mask of `module` as a bool array (all kept if not
   prunable)."""
   m = masks_lib.named_leaves(mask).get(f"{module}/kernel")
-  kernel = params[module]["kernel"]
+  kernel = masks_lib.named_leaves(params)[f"{module}/kernel"]
   if m is None:
     return np.ones(np.shape(kernel), bool)
   if np.shape(m) != np.shape(kernel):
@@ -53,7 +55,7 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
 
   Args:
     model: the Flax module; it must declare `coupling()` and
-      `with_widths(widths)` (the MLP families and VGG do).
+      `with_widths(widths)` (the MLP families, VGG and the ResNets do).
     params: its parameters ({module: {'kernel' (..., in, out), 'bias'
       (out,)}}).
     model_state: its other collections ({collection: {module: {leaf}}}): the
@@ -72,9 +74,8 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
       that does not fit `params`.
   """
   folds, masked = _folds(model, params, mask)
-  out = {k: dict(v) for k, v in masked.items()}
-  state = {c: {k: dict(v) for k, v in dict(col).items()}
-           for c, col in dict(model_state).items()}
+  out = _by_module(masked)
+  state = {c: _by_module(col) for c, col in dict(model_state).items()}
   for units, const, keep, gone in folds:
     for c in units.consumers:
       kernel = out[c]["kernel"]
@@ -85,7 +86,8 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
   for units, _, keep, _ in folds:
     for p in units.producers:
       out[p]["kernel"] = out[p]["kernel"][..., keep]
-      out[p]["bias"] = out[p]["bias"][keep]
+      if "bias" in out[p]:
+        out[p]["bias"] = out[p]["bias"][keep]
     for c in units.consumers:
       out[c]["kernel"] = out[c]["kernel"][..., keep, :]
     for m in units.channels:
@@ -93,8 +95,23 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
         if m in tree:
           tree[m] = {k: np.asarray(v)[..., keep] for k, v in tree[m].items()}
   small = model.with_widths([int(f[2].sum()) for f in folds])
-  params = jax.tree.map(jnp.asarray, out)
-  return small, params, jax.tree.map(jnp.asarray, state)
+  return small, _nested(out), {c: _nested(v) for c, v in state.items()}
+
+
+def _by_module(tree: Any) -> dict[str, dict[str, Any]]:
+  """{module path ('stage1_block1/conv1'): {leaf name: numpy array}}."""
+  out: dict[str, dict[str, Any]] = {}
+  for path, leaf in masks_lib.named_leaves(tree).items():
+    module, name = path.rsplit("/", 1)
+    out.setdefault(module, {})[name] = np.asarray(leaf)
+  return out
+
+
+def _nested(modules: dict[str, dict[str, Any]]) -> dict:
+  """`_by_module`'s inverse, with jax arrays."""
+  return traverse_util.unflatten_dict(
+      {f"{m}/{k}": jnp.asarray(v) for m, leaves in modules.items()
+       for k, v in leaves.items()}, sep="/")
 
 
 def scratch(model: Any, params: Any, model_state: Any, mask: Any,
@@ -129,27 +146,25 @@ def scratch(model: Any, params: Any, model_state: Any, mask: Any,
     for m in units.consumers:
       index.setdefault(m, {})[-2] = kept
 
-  def place(full: dict, part: dict) -> dict:
-    out = {}
+  def place(full: Any, part: Any) -> dict:
+    full, part, out = _by_module(full), _by_module(part), {}
     for m, leaves in full.items():
       if m not in index:
         out[m] = part.get(m, leaves)
         continue
       out[m] = {}
       for name, leaf in leaves.items():
-        leaf = np.array(leaf)
         axes = [np.arange(n) for n in leaf.shape]
         for axis, kept in index[m].items():
           if name == "kernel" or axis == -1:
             axes[axis] = kept
-        zero = np.zeros_like(leaf) if name != "kernel" else leaf
-        zero[np.ix_(*axes)] = part[m][name]
-        out[m][name] = jnp.asarray(zero)
-    return out
+        new = np.array(leaf) if name == "kernel" else np.zeros_like(leaf)
+        new[np.ix_(*axes)] = part[m][name]
+        out[m][name] = new
+    return _nested(out)
 
-  state = {c: place(dict(model_state[c]), dict(fresh.get(c, {})))
-           for c in model_state}
-  return place(dict(params), dict(small_params)), state
+  state = {c: place(model_state[c], fresh.get(c, {})) for c in model_state}
+  return place(params, small_params), state
 
 
 def check(model: Any, *, field: str = "model", what: str = "shrink"
@@ -164,12 +179,12 @@ def check(model: Any, *, field: str = "model", what: str = "shrink"
   if coupling is None:
     raise LotteryError(
         f"{field}: {what} needs a model that declares its units (coupling() "
-        f"and with_widths(), as the MLP families and VGG do); "
+        f"and with_widths(), as the MLP families, VGG and the ResNets do); "
         f"{type(model).__name__} does not")
   if not hasattr(model, "with_widths"):
     raise LotteryError(
         f"{field}: {what} needs a model that can rebuild itself with other "
-        f"widths (with_widths(), as the MLP families and VGG do); "
+        f"widths (with_widths(), as the MLP families, VGG and the ResNets do); "
         f"{type(model).__name__} declares its units but cannot")
   return coupling
 
@@ -190,7 +205,8 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
     unread = np.logical_and.reduce([_unread(mask, params, c)
                                     for c in units.consumers])
     if _foldable(units, params) and len(units.producers) == 1:
-      const = sum(np.maximum(masked[p]["bias"], 0) for p in units.producers)
+      const = sum(np.maximum(masks_lib.named_leaves(masked)[f"{p}/bias"], 0)
+                  for p in units.producers)
       const = np.where(silent & ~unread, const, 0).astype(np.float32)
       gone = silent | unread
     else:
@@ -222,5 +238,5 @@ def _foldable(units: Any, params: Any) -> bool:
   """Whether a silent unit is a constant its consumers can take into their
   biases: dense producers and consumers, no per-channel modules."""
   return not units.channels and all(
-      np.ndim(params[m]["kernel"]) == 2
+      np.ndim(masks_lib.named_leaves(params)[f"{m}/kernel"]) == 2
       for m in units.producers + units.consumers)

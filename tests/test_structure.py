@@ -1,6 +1,7 @@
 """Structured pruning: N:M, whole units with coupling, shrink; eagerly,
 jitted and vmapped, and in IMP and PaI runs."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -445,12 +446,54 @@ def test_shrink_refuses_models_without_units():
                      "declares its units .* ConvNet does not$"):
     lottery.shrink(model, params, {}, masks.make_mask(params))
   # A model that declares its units but has no smaller form.
-  model = models.get("resnet20", 3)
-  params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
+  model = _DeclaresUnits()
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
   with pytest.raises(LotteryError, match="^model: shrink needs a model that "
-                     "can rebuild itself .* ResNet declares its units but "
-                     "cannot$"):
+                     "can rebuild itself .* _DeclaresUnits declares its units "
+                     "but cannot$"):
     lottery.shrink(model, params, {}, masks.make_mask(params))
+
+
+class _DeclaresUnits(nn.Module):
+  """A model with a coupling and no `with_widths`."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3, name="out")(nn.relu(nn.Dense(4, name="fc1")(x)))
+
+  def coupling(self):
+    return (structure.Units(("fc1",), ("out",)),)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("resnet20", {}),
+    ("resnet50", {"width": 4}),
+])
+def test_shrink_resnets_computes_what_the_masked_resnet_computes(name,
+                                                                 options):
+  """The ResNets shrink their blocks' inner channels (conv1 with bn1;
+  ResNet-50's conv2 with bn2 too)."""
+  model = models.get(name, 10, **options)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
+  params = variables["params"]
+  state = jax.tree.map(lambda v: v + 0.3,
+                       {"batch_stats": variables["batch_stats"]})
+  mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
+                       0.5, structure="neuron", coupling=model)
+  small, small_params, small_state = lottery.shrink(model, params, state,
+                                                    mask)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  want = model.apply({"params": lottery.apply_mask(mask, params), **state}, x)
+  got = small.apply({"params": small_params, **small_state}, x)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  kept = [int((~d).sum()) for d in
+          structure.whole_units(mask, model.coupling()).values()]
+  assert list(small.inner) == kept
+  block = small_params["stage1_block1"]
+  assert block["conv1"]["kernel"].shape[-1] == kept[0]
+  assert block["conv2"]["kernel"].shape[-2] == kept[0]
+  assert small_state["batch_stats"]["stage1_block1"]["bn1"]["mean"].shape == (
+      kept[0],)
 
 
 # -- in runs ---------------------------------------------------------------

@@ -20,6 +20,7 @@ layer (22 kernels in ResNet-20), never BatchNorm.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -46,22 +47,24 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
 
 
 class BasicBlock(nn.Module):
-  """Two 3x3 conv + BatchNorm layers around a residual connection."""
+  """Two 3x3 conv + BatchNorm layers around a residual connection; conv1
+  has `inner` output channels (default `features`)."""
   features: int
   strides: int = 1
+  inner: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, self.features, use_bias=False,
-                             kernel_init=he_normal)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal)
     # padding=1 as in PyTorch: Flax's 'SAME' would pad stride-2 convs on the
     # bottom/right only and sample other pixels.
-    y = conv((3, 3), strides=self.strides, padding=1, name="conv1")(x)
+    y = conv(self.inner or self.features, (3, 3), strides=self.strides,
+             padding=1, name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    y = conv((3, 3), padding=1, name="conv2")(y)
+    y = conv(self.features, (3, 3), padding=1, name="conv2")(y)
     y = batch_norm(train, "bn2")(y)
     if self.strides != 1 or x.shape[-1] != self.features:
-      x = conv((1, 1), strides=self.strides, padding="VALID",
+      x = conv(self.features, (1, 1), strides=self.strides, padding="VALID",
                name="shortcut_conv")(x)
       x = batch_norm(train, "shortcut_bn")(x)
     return nn.relu(y + x)
@@ -75,10 +78,13 @@ def check_images(x: jax.Array, model: str) -> None:
 
 
 class ResNet(nn.Module):
-  """A CIFAR ResNet of `depth` = 6n + 2 layers; images (N, H, W, C)."""
+  """A CIFAR ResNet of `depth` = 6n + 2 layers; images (N, H, W, C).
+  `inner`: each block's inner channels, in block order (default: the
+  stage's width; `with_widths`)."""
   depth: int
   width: int
   num_classes: int
+  inner: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -87,9 +93,11 @@ class ResNet(nn.Module):
                 kernel_init=he_normal, name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     blocks = (self.depth - 2) // 6
+    inner = iter(self.inner or [None] * (3 * blocks))
     for s in range(3):
       for b in range(blocks):
         x = BasicBlock(self.width * 2**s, strides=2 if s and not b else 1,
+                       inner=next(inner),
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
@@ -108,6 +116,11 @@ class ResNet(nn.Module):
              for b in range(blocks)]
     return tuple(Units((f"{n}/conv1",), (f"{n}/conv2",), (f"{n}/bn1",))
                  for n in names)
+
+  def with_widths(self, widths: Sequence[int]) -> ResNet:
+    """The same ResNet with `widths[i]` inner channels in block i (the
+    coupling's order)."""
+    return self.clone(inner=tuple(int(w) for w in widths))
 
 
 @register("resnet")
@@ -142,13 +155,15 @@ class Bottleneck(nn.Module):
   BatchNorm, 4x expansion, around a residual connection."""
   features: int
   strides: int = 1
+  inner: tuple[int, int] | None = None  # conv1's, conv2's outputs
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal)
-    y = conv(self.features, (1, 1), name="conv1")(x)
+    w1, w2 = self.inner or (self.features, self.features)
+    y = conv(w1, (1, 1), name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
-    y = conv(self.features, (3, 3), strides=self.strides, padding=1,
+    y = conv(w2, (3, 3), strides=self.strides, padding=1,
              name="conv2")(y)
     y = nn.relu(batch_norm(train, "bn2")(y))
     y = conv(self.features * 4, (1, 1), name="conv3")(y)
@@ -168,6 +183,7 @@ class ImageNetResNet(nn.Module):
   blocks: tuple[int, ...]
   width: int
   num_classes: int
+  inner: tuple[int, ...] | None = None  # conv1, conv2 of each block
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -176,13 +192,34 @@ class ImageNetResNet(nn.Module):
                 kernel_init=he_normal, name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    inner = iter(self.inner or [None] * (2 * sum(self.blocks)))
     for s, n in enumerate(self.blocks):
       for b in range(n):
+        pair = (next(inner), next(inner))
         x = Bottleneck(self.width * 2**s, strides=2 if s and not b else 1,
+                       inner=None if pair[0] is None else pair,
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+  def coupling(self) -> tuple[Units, ...]:
+    """Each bottleneck's inner channels: conv1's outputs (with bn1) read by
+    conv2, conv2's (with bn2) read by conv3. The residual stream's channels
+    are not units."""
+    out = []
+    for s, n in enumerate(self.blocks):
+      for b in range(n):
+        name = f"stage{s + 1}_block{b + 1}"
+        out += [Units((f"{name}/conv1",), (f"{name}/conv2",),
+                      (f"{name}/bn1",)),
+                Units((f"{name}/conv2",), (f"{name}/conv3",),
+                      (f"{name}/bn2",))]
+    return tuple(out)
+
+  def with_widths(self, widths: Sequence[int]) -> ImageNetResNet:
+    """The same network with inner widths `widths` (the coupling's order)."""
+    return self.clone(inner=tuple(int(w) for w in widths))
 
 
 @register("resnet50")

@@ -44,7 +44,6 @@ dense, masked and shrunk networks under structured pruning
 import json
 import pathlib
 import platform
-import statistics
 import time
 
 from absl import app
@@ -54,6 +53,7 @@ import numpy as np
 import optax
 
 from experiments import benchmark_shrink
+from experiments import timing
 from lottery import config as config_lib
 from lottery import loop
 from lottery import masks
@@ -93,17 +93,7 @@ SETUPS = {
 }
 
 
-def _median_times(timed, variants, repeats: int) -> dict:
-  """The median of `repeats` calls of `timed(v)` per variant, after one
-  call each to compile and warm up; the variants alternate, so that a
-  slower stretch of a shared machine falls on all of them."""
-  for v in variants:
-    timed(v)
-  times = {v: [] for v in variants}
-  for _ in range(repeats):
-    for v in variants:
-      times[v].append(timed(v))
-  return {v: statistics.median(ts) for v, ts in times.items()}
+_median_times = timing.median_times
 
 
 def _bench(name: str, steps: int, repeats: int) -> dict:
@@ -425,8 +415,7 @@ def main(argv):
     elif name == "stream":
       result.update(_bench_stream(_STEPS.value, _REPEATS.value))
     elif name == "shrink":
-      result.update(benchmark_shrink.measure(
-          repeats=_REPEATS.value, median_times=_median_times))
+      result.update(benchmark_shrink.measure(repeats=_REPEATS.value))
     elif name not in SETUPS:
       known = list(SETUPS) + ["seeds", "stability", "stream", "shrink"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "

@@ -18,7 +18,7 @@ initialization removes the fraction s of every unit set's units
   speedup_vs_flops               speedup_b256 / flop_reduction (target on the
                                  CPU: >= 0.6)
 
-The variants' calls alternate (`_median_times`). ResNet-20 shrinks its
+The variants' calls alternate (`timing.median_times`). ResNet-20 shrinks its
 blocks' inner channels only (the residual stream's are not units).
 """
 
@@ -36,6 +36,7 @@ from lottery import pruning
 from lottery import rng as rng_lib
 from lottery import scores
 import lottery
+from experiments import timing
 
 # name: (model, input shape of one example).
 MODELS = {
@@ -57,8 +58,8 @@ def _forward(model, params, state):
   return jax.jit(lambda p, x: model.apply({"params": p, **state}, x))
 
 
-def measure(names=tuple(MODELS), sparsities=SPARSITIES, repeats: int = 5,
-            median_times=None) -> dict:
+def measure(names=tuple(MODELS), sparsities=SPARSITIES,
+            repeats: int = 5) -> dict:
   """{f'{model}_{int(100 s)}_{key}': value} for the keys of the module doc."""
   out = {}
   for name in names:
@@ -97,8 +98,8 @@ def measure(names=tuple(MODELS), sparsities=SPARSITIES, repeats: int = 5,
           return time.perf_counter() - start
         # Enough calls per timing that one lasts ~0.1 s of the dense net's.
         calls = max(1, int(0.1 / min(timed("dense") for _ in range(3))))
-        med = median_times(lambda v: sum(timed(v) for _ in range(calls)),
-                           nets, repeats)
+        med = timing.median_times(
+            lambda v: sum(timed(v) for _ in range(calls)), nets, repeats)
         for v, t in med.items():
           out[f"{key}_ms_b{b}_{v}"] = float(f"{1000 * t / calls:.4g}")
       # Equal outputs: the shrunk network computes the masked one's.

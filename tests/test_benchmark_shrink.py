@@ -3,14 +3,12 @@ and shrunk networks."""
 
 import pytest
 
-from experiments import benchmark
 from experiments import benchmark_shrink
 
 
 def test_the_mnist1d_mlp_at_half_its_units():
   out = benchmark_shrink.measure(names=("mnist1d_mlp",), sparsities=(0.5,),
-                                 repeats=1,
-                                 median_times=benchmark._median_times)
+                                 repeats=1)
   # 40 -> 500 -> 500 (residual) -> 10; half the stream's units removed.
   assert out["mnist1d_mlp_50_params_dense"] == (40 * 500 + 500 + 500 * 500 +
                                                 500 + 500 * 10 + 10)

@@ -84,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
       lr_boundaries=(),  # Steps where 'step' multiplies the rate by lr_decay.
       lr_decay=0.1,
       warmup_steps=0,
+      # Label smoothing of the training loss (optax.smooth_labels: targets
+      # (1 - a) one-hot + a / classes); evaluation is plain cross-entropy.
+      label_smoothing=0.0,
       eval_every=100,  # Steps between test-set evaluations.
       checkpoint_every=500,  # Steps between resumable mid-run checkpoints.
       # How a chunk of steps runs: scan | unroll | python | auto (python for
@@ -238,7 +241,8 @@ def _learning_rate(f, v, c) -> None:
   _real(f, v, 0, MAX_RATE, lo_open=True, hi_open=False)
 
 
-def _momentum(f, v, c) -> None:
+def _below_one(f, v, c) -> None:
+  """A number in [0, 1) (momentum, label smoothing)."""
   _real(f, v, 0, 1, lo_open=False, hi_open=True)
 
 
@@ -314,13 +318,14 @@ RULES: dict[str, _Rule] = {
     "training.batch_size": _count(1),
     "training.optimizer": _one_of(_optimizers),
     "training.learning_rate": _learning_rate,
-    "training.momentum": _momentum,
+    "training.momentum": _below_one,
     "training.nesterov": _boolean,
     "training.weight_decay": _weight_decay,
     "training.schedule": _one_of(_lr_schedules),
     "training.lr_boundaries": _lr_boundaries,
     "training.lr_decay": _learning_rate,
     "training.warmup_steps": _below_steps,
+    "training.label_smoothing": _below_one,
     "training.eval_every": _count(1),
     "training.checkpoint_every": _count(0),
     "training.loop": _one_of(lambda: LOOPS),
@@ -508,6 +513,7 @@ FIELD_HELP: dict[str, str] = {
     "training.lr_boundaries": "steps where the 'step' schedule multiplies the rate by lr_decay",
     "training.lr_decay": "the 'step' schedule's factor at each boundary",
     "training.warmup_steps": "steps of linear warm-up from 0",
+    "training.label_smoothing": "label smoothing of the training loss, in [0, 1); the evaluation loss stays plain cross-entropy",
     "training.eval_every": "steps between test-set evaluations",
     "training.checkpoint_every": "steps between resumable mid-run checkpoints",
     "training.loop": "how a chunk of steps runs (auto: python for conv models on the CPU, scan elsewhere)",

@@ -88,6 +88,8 @@ class Experiment:
     train step and its compiled loop are new (see `build`).
     """
     step_fn = step_lib.make_train_step(self.apply_fn, self.tx,
+                                       loss_fn=step_lib.train_loss(
+                                           self.config.training.label_smoothing),
                                        augment=self._augment,
                                        mask_update=mask_update,
                                        update_every=update_every)
@@ -160,7 +162,10 @@ def build(config: ml_collections.ConfigDict, *,
     augment = augment_lib.get(config.data.augment)
   apply_fn = step_lib.flax_apply(model)
   tx = optim.make_optimizer(t)
-  step_fn = step_lib.make_train_step(apply_fn, tx, augment=augment,
+  step_fn = step_lib.make_train_step(apply_fn, tx,
+                                     loss_fn=step_lib.train_loss(
+                                         t.label_smoothing),
+                                     augment=augment,
                                      mask_update=mask_update,
                                      update_every=update_every)
   mesh = parallel.make_mesh(config.seeds.num, t.batch_size)

@@ -151,3 +151,11 @@ def test_a_missing_split_is_named(tmp_path):
   with pytest.raises(lottery.LotteryError, match="^data.path: .* holds no "
                      "train split"):
     images.Folder(str(tmp_path / "empty"), "train")
+
+
+def test_crops_benchmark_reports_images_per_second():
+  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  out = benchmark._bench_crops(4, 1)
+  assert out["crops_train_images_per_s"] > 0
+  assert out["crops_eval_images_per_s"] > 0
+  assert out["crops_threads"] == images.THREADS and out["crops_jpeg_bytes"] > 0

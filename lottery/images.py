@@ -7,7 +7,8 @@ files, decoded and cropped to `data.image_size` squares on the host, in
 grain's worker threads (`grain.ReadOptions`), while the previous call trains
 (`stream.prefetch`). Training crops are the Inception-style random-resized
 crops of the TF/TPU ResNet preprocessing that RigL's ImageNet code uses
-(`random_resized_crop`) with a horizontal flip at probability 1/2;
+(`random_resized_crop`, TF's `sample_distorted_bounding_box` drawn with
+numpy) with a horizontal flip at probability 1/2;
 evaluation takes the central crop of 224/256 of the shorter side
 (`center_crop`), both resized bicubically, then scaled by ImageNet's
 per-channel mean and standard deviation (`MEAN_RGB`, `STDDEV_RGB`).
@@ -45,9 +46,11 @@ from lottery.errors import LotteryError
 
 FORMAT = "encoded_images_1"
 # The TF/TPU ResNet preprocessing: random crops of 8% to 100% of the image's
-# area and aspect ratio 3/4 to 4/3, 10 tries, else the evaluation crop;
-# evaluation crops image_size / (image_size + 32) of the shorter side.
+# area (and at least 10% of it: min_object_covered) and aspect ratio 3/4 to
+# 4/3, 10 tries, else the evaluation crop; evaluation crops image_size /
+# (image_size + 32) of the shorter side.
 AREA_RANGE = (0.08, 1.0)
+MIN_COVERED = 0.1
 RATIO_RANGE = (3 / 4, 4 / 3)
 ATTEMPTS = 10
 CROP_PADDING = 32
@@ -192,23 +195,50 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   return _box_resize(image, (x0, y0, x0 + side, y0 + side), size)
 
 
+def _crop_box(h: int, w: int, rng: np.random.Generator
+              ) -> tuple[int, int, int, int] | None:
+  """One draw of TF's `sample_distorted_bounding_box` (its C++
+  GenerateRandomCrop) over the whole image: the aspect ratio (width /
+  height) uniform in RATIO_RANGE, the height uniform between the heights of
+  the smallest and largest area of AREA_RANGE at that ratio (capped to fit),
+  the width from the ratio; a box outside the area range or under
+  MIN_COVERED of the image fails. (x0, y0, x1, y1), or None."""
+  min_area, max_area = (a * h * w for a in AREA_RANGE)
+  ratio = rng.uniform(*RATIO_RANGE)
+  height = int(np.rint(np.sqrt(min_area / ratio)))
+  max_height = int(np.rint(np.sqrt(max_area / ratio)))
+  if np.rint(max_height * ratio) > w:
+    max_height = int((w + 0.5 - 1e-7) / ratio)
+  max_height = min(max_height, h)
+  height = min(height, max_height)
+  if height < max_height:
+    height += int(rng.integers(0, max_height - height + 1))
+  width = int(np.rint(height * ratio))
+  area = width * height
+  if area < min_area:
+    height += 1
+    width = int(np.rint(height * ratio))
+    area = width * height
+  if not (max(min_area, MIN_COVERED * h * w) <= area <= max_area and
+          0 < width <= w and 0 < height <= h):
+    return None
+  y0 = int(rng.integers(0, h - height + 1))
+  x0 = int(rng.integers(0, w - width + 1))
+  return x0, y0, x0 + width, y0 + height
+
+
 def random_resized_crop(image: np.ndarray, size: int,
                         rng: np.random.Generator) -> np.ndarray:
-  """The Inception-style training crop, as TF's `sample_distorted_bounding_box`
-  in the TF/TPU ResNet preprocessing: a box of area uniform in 8%..100% of
-  the image's and aspect ratio (width / height) uniform in 3/4..4/3, at a
-  uniform position; the first of 10 draws that fits, else `center_crop`.
-  Resized to (size, size, 3), uint8; not flipped."""
+  """The Inception-style training crop of the TF/TPU ResNet preprocessing
+  (`distorted_bounding_box_crop`: min_object_covered 0.1, aspect ratio
+  3/4..4/3, area 8%..100%, 10 attempts): the first of ATTEMPTS draws of
+  `_crop_box` that succeeds, else `center_crop`. Resized bicubically to
+  (size, size, 3), uint8; not flipped."""
   h, w = image.shape[:2]
   for _ in range(ATTEMPTS):
-    area = h * w * rng.uniform(*AREA_RANGE)
-    ratio = rng.uniform(*RATIO_RANGE)
-    cw = int(round(np.sqrt(area * ratio)))
-    ch = int(round(np.sqrt(area / ratio)))
-    if 0 < cw <= w and 0 < ch <= h:
-      y0 = int(rng.integers(0, h - ch + 1))
-      x0 = int(rng.integers(0, w - cw + 1))
-      return _box_resize(image, (x0, y0, x0 + cw, y0 + ch), size)
+    box = _crop_box(h, w, rng)
+    if box is not None:
+      return _box_resize(image, box, size)
   return center_crop(image, size)
 
 

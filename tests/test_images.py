@@ -159,3 +159,18 @@ def test_crops_benchmark_reports_images_per_second():
   assert out["crops_train_images_per_s"] > 0
   assert out["crops_eval_images_per_s"] > 0
   assert out["crops_threads"] == images.THREADS and out["crops_jpeg_bytes"] > 0
+
+
+def test_mock_imagenet_in_memory_is_refused_and_streams_cropped(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  c = lottery.base_config()
+  c.data.update(name="imagenet2012", data_dir=str(tmp_path / "tfds"))
+  with tfds.testing.mock_data(num_examples=6):  # Random shapes.
+    with pytest.raises(lottery.LotteryError, match="^data.crop: the images "
+                       "of imagenet2012 train have different shapes"):
+      lottery.data.load(c.data)
+    c.data.update(source="stream", crop="inception", image_size=8)
+    ds, splits = images.open_splits(c.data)
+    x, y = splits["test"].read(np.arange(6))
+  assert x.shape == (6, 8, 8, 3) and ds.num_classes == 1000
+  assert ds.x_train.shape == (1, 8, 8, 3) and len(splits["train"]) == 6

@@ -3,7 +3,8 @@ Carbin 2020, "Linear Mode Connectivity and the Lottery Ticket Hypothesis"),
 trained as configs/rigl_resnet50_imagenet.py trains its dense network (SGD
 1.6 with Nesterov momentum, batch 4096, 32K steps ≈ 102 epochs, x0.1 at
 epochs 30, 70 and 90); the paper trains at batch 1024 for 90 epochs, so
-its k (in iterations) is 4x these steps. Rewind steps at 0, 1, 2, 4, 6
+its k (in iterations) is 4x these steps. Without that recipe's label
+smoothing and host-side crops (the data are held in memory). Rewind steps at 0, 1, 2, 4, 6
 and 10 epochs. The running statistics of every point of the path are
 recomputed over the training set before it is evaluated.
 
@@ -31,6 +32,12 @@ def get_config(arg: str = ""):
     raise ValueError(f"unknown config argument {arg!r} (known: {ARGS})")
   c = rigl_resnet50_imagenet.get_config(arg)
   c.method = "imp"  # The dense training of the sparse recipe.
+  # Without its label smoothing and host-side crops: the path's statistics
+  # are recomputed over the training set held in memory (data.crop='none').
+  c.data.update(source="memory", crop="none")
+  c.training.label_smoothing = 0.0
+  if arg:
+    c.data.name = "cifar10"
   if arg:
     return stability.recipe(c, (0, 5), points=3)
   steps = tuple(round(e * rigl_resnet50_imagenet.STEPS_PER_EPOCH)

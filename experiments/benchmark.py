@@ -38,7 +38,12 @@ test evaluation every 100) with batches read from array_record files
 stream_vs_memory (target >= 0.9). 'shrink' (not in the default list: VGG-16
 at batch 256 takes minutes on a CPU) measures parameters, FLOPs and latency of
 dense, masked and shrunk networks under structured pruning
-(`experiments.benchmark_shrink`; target speedup_vs_flops >= 0.6).
+(`experiments.benchmark_shrink`; target speedup_vs_flops >= 0.6). 'crops'
+(not in the default list) times the host-side decoding and cropping of
+data.crop='inception' (`lottery.images`): --crop_images JPEGs of 500x375 (an
+ImageNet-sized smooth pattern plus noise) read as 224x224 training crops and
+as evaluation crops, one call each: crops_train_images_per_s,
+crops_eval_images_per_s, crops_threads, crops_jpeg_bytes (their mean size).
 """
 
 import json
@@ -77,7 +82,10 @@ _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
                             "(LeNet replicates, seeds.num = 1 and 8), "
                             "stability (LeNet and ResNet-20 paths, LeNet "
                             "pair), stream (MNIST-1D batches streamed vs in "
-                            "memory).")
+                            "memory); also shrink, crops (host-side JPEG "
+                            "crops).")
+_CROP_IMAGES = flags.DEFINE_integer(
+    "crop_images", 256, "JPEGs decoded and cropped per timed call ('crops').")
 _EVAL_EXAMPLES = flags.DEFINE_integer(
     "eval_examples", 10_000, "Examples of the path evaluation ('stability').")
 _RESNET_PATH_EXAMPLES = flags.DEFINE_integer(
@@ -403,6 +411,38 @@ def _bench_stream(steps: int, repeats: int) -> dict:
           "stream_vs_memory": round(rate["stream"] / rate["memory"], 4)}
 
 
+def _bench_crops(images_per_call: int, repeats: int) -> dict:
+  """Host-side JPEG decoding and crops (data.crop='inception'): images per
+  second of 224x224 training and evaluation crops of 500x375 JPEGs."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from lottery import images  # pylint: disable=g-import-not-at-top
+  gen = np.random.default_rng(0)
+  yy, xx = np.mgrid[0:375, 0:500]
+  wave = (np.sin(xx / 17.0) + np.cos(yy / 23.0))[..., None] * 60 + 128
+  encoded = [images.encode((wave + gen.normal(0, 12, (375, 500, 3))).clip(
+      0, 255).astype(np.uint8)) for _ in range(images_per_call)]
+  with tempfile.TemporaryDirectory() as folder:
+    images.write(folder, "train", encoded, np.zeros(len(encoded), int), 1)
+    src = images.Images(images.Folder(folder, "train"), 224)
+    idx = np.arange(len(encoded))[None]
+    variants = {"train": lambda r: src.read(idx, loop.example_keys(
+        idx.shape, r, (0,))), "eval": lambda r: src.read(idx)}
+    seconds = {}
+    for name, read in variants.items():
+      times = []
+      for r in range(repeats):
+        t0 = time.perf_counter()
+        read(r)
+        times.append(time.perf_counter() - t0)
+      seconds[name] = statistics.median(times)
+  return {"crops_train_images_per_s": float(
+              f"{len(encoded) / seconds['train']:.4g}"),
+          "crops_eval_images_per_s": float(
+              f"{len(encoded) / seconds['eval']:.4g}"),
+          "crops_threads": images.THREADS,
+          "crops_jpeg_bytes": int(np.mean([len(e) for e in encoded]))}
+
+
 def main(argv):
   del argv
   result = {}
@@ -414,10 +454,13 @@ def main(argv):
                                      _EVAL_EXAMPLES.value))
     elif name == "stream":
       result.update(_bench_stream(_STEPS.value, _REPEATS.value))
+    elif name == "crops":
+      result.update(_bench_crops(_CROP_IMAGES.value, _REPEATS.value))
     elif name == "shrink":
       result.update(benchmark_shrink.measure(repeats=_REPEATS.value))
     elif name not in SETUPS:
-      known = list(SETUPS) + ["seeds", "stability", "stream", "shrink"]
+      known = list(SETUPS) + ["seeds", "stability", "stream", "shrink",
+                              "crops"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
                            f"{known})")
     else:

@@ -67,6 +67,12 @@ def base_config() -> ml_collections.ConfigDict:
       # On-device batch augmentation, keyed by (data seed, step): 'none' or
       # 'crop_flip' (CIFAR: 4-pixel padded random crop, horizontal flip).
       augment="none",
+      # Host-side decoding and cropping of images of any size, as they are
+      # streamed (lottery.images; data.source='stream'): 'none' (the
+      # dataset's arrays as they are) or 'inception' (training: random-resized
+      # crops and flips; evaluation: center crops), to squares of image_size.
+      crop="none",
+      image_size=224,
   )
   # Options of models that take them (ResNet depth and width); 0 = the
   # model's default.
@@ -84,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
       lr_boundaries=(),  # Steps where 'step' multiplies the rate by lr_decay.
       lr_decay=0.1,
       warmup_steps=0,
+      # Label smoothing of the training loss (optax.smooth_labels: targets
+      # (1 - a) one-hot + a / classes); evaluation is plain cross-entropy.
+      label_smoothing=0.0,
       eval_every=100,  # Steps between test-set evaluations.
       checkpoint_every=500,  # Steps between resumable mid-run checkpoints.
       # How a chunk of steps runs: scan | unroll | python | auto (python for
@@ -114,6 +123,11 @@ MAX_REPLICATES = 1024
 MAX_RATE = 1e3
 LOOPS = ("auto", "scan", "unroll", "python")
 _AUGMENTS_FALLBACK = ("none", "crop_flip")
+CROPS = ("none", "inception")
+MAX_IMAGE_SIZE = 4096
+# The methods whose data are read through the train loop only (the others
+# also read the training arrays: PaI's scoring batch, stability's statistics).
+_CROP_METHODS = ("imp", "sparse")
 
 
 def _fail(field: str, value, why: str) -> NoReturn:
@@ -225,6 +239,24 @@ def _data_path(f, v, c) -> None:
   _str(f, v)
   if c["data.name"] == "npz" and not v:
     _fail(f, v, "set it to an .npz file for data.name='npz'")
+  if c["data.name"] == "images" and not v:
+    _fail(f, v, "set it to the folder of train.array_record and "
+          "test.array_record for data.name='images'")
+
+
+def _crop(f, v, c) -> None:
+  _choice(f, v, CROPS)
+  if v == "none":
+    return
+  if c["data.source"] != "stream":
+    _fail(f, v, "decodes and crops batches on the host as they are "
+          "streamed; set data.source='stream'")
+  if c["data.name"] in ("mnist1d", "npz"):
+    _fail(f, v, f"crops images of a TFDS dataset or data.name='images', not "
+          f"data.name={c['data.name']!r}")
+  if c.get("method") not in _CROP_METHODS:
+    _fail(f, v, f"is for methods {list(_CROP_METHODS)}, which read their data "
+          f"through the train loop only (method {c.get('method')!r})")
 
 
 def _below_steps(f, v, c) -> None:
@@ -238,7 +270,8 @@ def _learning_rate(f, v, c) -> None:
   _real(f, v, 0, MAX_RATE, lo_open=True, hi_open=False)
 
 
-def _momentum(f, v, c) -> None:
+def _below_one(f, v, c) -> None:
+  """A number in [0, 1) (momentum, label smoothing)."""
   _real(f, v, 0, 1, lo_open=False, hi_open=True)
 
 
@@ -307,6 +340,8 @@ RULES: dict[str, _Rule] = {
     "data.validation_size": _count(0),
     "data.on_device": _boolean,
     "data.augment": _one_of(_augment_names),
+    "data.crop": _crop,
+    "data.image_size": _count(1, MAX_IMAGE_SIZE),
     "model.name": _one_of(_model_names),
     "model.depth": _count(0),
     "model.width": _count(0),
@@ -314,13 +349,14 @@ RULES: dict[str, _Rule] = {
     "training.batch_size": _count(1),
     "training.optimizer": _one_of(_optimizers),
     "training.learning_rate": _learning_rate,
-    "training.momentum": _momentum,
+    "training.momentum": _below_one,
     "training.nesterov": _boolean,
     "training.weight_decay": _weight_decay,
     "training.schedule": _one_of(_lr_schedules),
     "training.lr_boundaries": _lr_boundaries,
     "training.lr_decay": _learning_rate,
     "training.warmup_steps": _below_steps,
+    "training.label_smoothing": _below_one,
     "training.eval_every": _count(1),
     "training.checkpoint_every": _count(0),
     "training.loop": _one_of(lambda: LOOPS),
@@ -494,6 +530,8 @@ FIELD_HELP: dict[str, str] = {
     "data.validation_size": "training examples held out for validation (early stopping)",
     "data.on_device": "keep the training set on the accelerator when it fits in half its memory (source='memory')",
     "data.augment": "on-device batch augmentation keyed by (data seed, step)",
+    "data.crop": "host-side crops of streamed images: none | inception (random-resized, flip; center)",
+    "data.image_size": "side of the square crops of data.crop='inception' (224 for ImageNet)",
     "model.name": "the model, by its registered name",
     "model.depth": "depth of models that take one (ResNet); 0 = the model's default",
     "model.width": "width of models that take one; 0 = the model's default",
@@ -508,6 +546,7 @@ FIELD_HELP: dict[str, str] = {
     "training.lr_boundaries": "steps where the 'step' schedule multiplies the rate by lr_decay",
     "training.lr_decay": "the 'step' schedule's factor at each boundary",
     "training.warmup_steps": "steps of linear warm-up from 0",
+    "training.label_smoothing": "label smoothing of the training loss, in [0, 1); the evaluation loss stays plain cross-entropy",
     "training.eval_every": "steps between test-set evaluations",
     "training.checkpoint_every": "steps between resumable mid-run checkpoints",
     "training.loop": "how a chunk of steps runs (auto: python for conv models on the CPU, scan elsewhere)",

@@ -26,16 +26,22 @@ import numpy as np
 from lottery.errors import LotteryError
 from lottery.errors import quiet_logs
 
-# imagenet2012: named for the ImageNet recipes; this in-memory loader needs
-# equal-sized images (prepare a resized variant) and a machine that holds it.
+# imagenet2012: named for the ImageNet recipes; they stream it, decoded and
+# cropped on the host (`lottery.images`, data.crop='inception'). In memory
+# (data.crop='none') it needs equal-sized images and a machine that holds it.
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 # Datasets whose test set is TFDS's 'validation' split.
-_TEST_SPLIT = {"imagenet2012": "validation"}
-NAMES = ("mnist1d", "npz") + TFDS_NAMES
+TEST_SPLIT = {"imagenet2012": "validation"}
+# 'images': a folder of encoded images in array_record files (`data.path`,
+# written by `lottery.images.write`).
+NAMES = ("mnist1d", "npz", "images") + TFDS_NAMES
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+  """A dataset's splits as arrays. With data.crop != 'none' the examples are
+  read as they are streamed (`lottery.images`) and the arrays hold one
+  example of each split, for its shapes."""
   name: str
   x_train: np.ndarray
   y_train: np.ndarray
@@ -293,12 +299,19 @@ class _NoVariantWarnings(logging_std.Filter):
                 and str(record.msg).startswith("Variant folder "))
 
 
-def _read_tfds_split(name: str, split: str, data_dir: str | None):
+def tfds_source(name: str, split: str, data_dir: str | None):
+  """(TFDS's random-access data source of the split, the number of classes,
+  the prepared dataset's folder).
+
+  Raises:
+    LotteryError: naming data.data_dir if the dataset is not prepared or not
+      readable (array_record format is needed).
+  """
   with quiet_logs(_NoVariantWarnings()):
-    return _read_tfds_split_quietly(name, split, data_dir)
+    return _tfds_source_quietly(name, split, data_dir or None)
 
 
-def _read_tfds_split_quietly(name: str, split: str, data_dir: str | None):
+def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir)
   try:
@@ -311,12 +324,35 @@ def _read_tfds_split_quietly(name: str, split: str, data_dir: str | None):
                        f"({first}); re-prepare it in array_record format: "
                        f"{_tfds_prepare_hint(name, builder.data_dir)}"
                        ) from None
+  return (source, builder.info.features["label"].num_classes,
+          os.fspath(builder.data_dir))
+
+
+def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
+  """The images as one array, or a LotteryError if their shapes differ.
+
+  Args:
+    images: the examples of a split.
+    where: the split, for the message ('imagenet2012 train').
+  """
+  first = images[0].shape if images else None
+  other = next((x.shape for x in images if x.shape != first), None)
+  if other is not None:
+    raise LotteryError(
+        f"data.crop: the images of {where} have different shapes ({first} "
+        f"and {other}); set data.crop='inception' with data.source='stream' "
+        f"to crop them to data.image_size squares")
+  return np.stack(images)
+
+
+def _read_tfds_split(name: str, split: str, data_dir: str | None):
+  source, num_classes, _ = tfds_source(name, split, data_dir)
   images, labels = [], []
   for ex in source:
     images.append(np.asarray(ex["image"]))
     labels.append(np.asarray(ex["label"]))
-  num_classes = builder.info.features["label"].num_classes
-  return np.stack(images), np.asarray(labels, np.int32), num_classes
+  return (stack_images(images, f"{name} {split}"),
+          np.asarray(labels, np.int32), num_classes)
 
 
 def from_tfds(name: str, data_dir: str = "") -> Dataset:
@@ -328,11 +364,27 @@ def from_tfds(name: str, data_dir: str = "") -> Dataset:
   """
   data_dir = data_dir or None
   x_tr, y_tr, c = _read_tfds_split(name, "train", data_dir)
-  x_te, y_te, _ = _read_tfds_split(name, _TEST_SPLIT.get(name, "test"),
+  x_te, y_te, _ = _read_tfds_split(name, TEST_SPLIT.get(name, "test"),
                                    data_dir)
   x_tr = x_tr.astype(np.float32) / 255.0
   x_te = x_te.astype(np.float32) / 255.0
   return standardize(Dataset(name, x_tr, y_tr, x_te, y_te, c))
+
+
+def _from_images(path: str) -> Dataset:
+  """A data.name='images' folder decoded into memory (data.crop='none'):
+  images of one shape, scaled as `from_tfds` scales them."""
+  from lottery import images  # pylint: disable=g-import-not-at-top
+  splits = []
+  for split in ("train", "test"):
+    source = images.Folder(path, split)
+    examples = [source[i] for i in range(len(source))]
+    splits.append((stack_images([x for x, _ in examples], f"{path} {split}"
+                                ).astype(np.float32) / 255.0,
+                   np.asarray([y for _, y in examples], np.int32)))
+  (x_tr, y_tr), (x_te, y_te) = splits
+  return standardize(Dataset("images", x_tr, y_tr, x_te, y_te,
+                             source.num_classes))
 
 
 def validation_rows(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -410,7 +462,7 @@ def _sha256_file(path: str) -> str:
   return digest
 
 
-def _sha256_json(obj) -> str:
+def sha256_json(obj) -> str:
   text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
   return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
@@ -446,8 +498,11 @@ def fingerprint(data) -> str:
     except importlib.metadata.PackageNotFoundError:
       raise LotteryError("data.name: 'mnist1d' needs the mnist1d package "
                          "(pip install mnist1d)") from None
-    return _sha256_json({"dataset": "mnist1d", "mnist1d": version,
+    return sha256_json({"dataset": "mnist1d", "mnist1d": version,
                          "generator": "make_dataset(get_dataset_args())"})
+  if data.name == "images":
+    from lottery import images  # pylint: disable=g-import-not-at-top
+    return images.folder_fingerprint(data.path)
   if data.name in TFDS_NAMES:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     with quiet_logs(_NoVariantWarnings()):
@@ -455,7 +510,7 @@ def fingerprint(data) -> str:
       prepared = builder.is_prepared()
     if not prepared:
       # Loading decides (it refuses, unless a test mocks the data source).
-      return _sha256_json({"dataset": data.name, "prepared": False})
+      return sha256_json({"dataset": data.name, "prepared": False})
     root = os.fspath(builder.data_dir)
     files = []
     for d, _, names in os.walk(root):
@@ -464,7 +519,7 @@ def fingerprint(data) -> str:
         files.append((os.path.relpath(p, root), os.path.getsize(p)))
     with open(os.path.join(root, "dataset_info.json"), "rb") as f:
       info = hashlib.sha256(f.read()).hexdigest()
-    return _sha256_json({"dataset": data.name, "files": sorted(files),
+    return sha256_json({"dataset": data.name, "files": sorted(files),
                          "dataset_info": info})
   raise LotteryError(f"data.name: unknown dataset {data.name!r} "
                      f"(known: {list(NAMES)})")
@@ -478,5 +533,7 @@ def load(data) -> Dataset:
     return from_npz(data.path)
   if data.name in TFDS_NAMES:
     return from_tfds(data.name, data.data_dir)
+  if data.name == "images":
+    return _from_images(data.path)
   raise LotteryError(f"data.name: unknown dataset {data.name!r} "
                      f"(known: {list(NAMES)})")

@@ -88,6 +88,8 @@ class Experiment:
     train step and its compiled loop are new (see `build`).
     """
     step_fn = step_lib.make_train_step(self.apply_fn, self.tx,
+                                       loss_fn=step_lib.train_loss(
+                                           self.config.training.label_smoothing),
                                        augment=self._augment,
                                        mask_update=mask_update,
                                        update_every=update_every)
@@ -117,27 +119,36 @@ def build(config: ml_collections.ConfigDict, *,
       the train step (sparse training; see `step.make_train_step`).
   """
   config_lib.validate(config)
-  ds = data_lib.load(config.data)
-  # Streamed: the record files of the whole loaded set (written on first
-  # use), opened and checked before anything is trained or written.
   records = None
-  if config.data.source == "stream":
-    from lottery import stream  # pylint: disable=g-import-not-at-top
-    records = stream.open_cache(config.data, ds,
-                                data_lib.fingerprint(config.data))
+  if config.data.crop != "none":
+    # Images decoded and cropped on the host as they are streamed: the
+    # dataset's arrays hold one example of each split (see images.open_splits).
+    from lottery import images  # pylint: disable=g-import-not-at-top
+    ds, records = images.open_splits(config.data)
+  else:
+    ds = data_lib.load(config.data)
+    if config.data.source == "stream":
+      # The record files of the whole loaded set (written on first use),
+      # opened and checked before anything is trained or written.
+      from lottery import stream  # pylint: disable=g-import-not-at-top
+      records = stream.open_cache(config.data, ds,
+                                  data_lib.fingerprint(config.data))
+  num_train = len(ds.y_train) if records is None else len(records["train"])
   x_val = y_val = None
   if config.data.validation_size:
     if records is not None:
-      keep, val = data_lib.validation_rows(len(ds.y_train),
+      keep, val = data_lib.validation_rows(num_train,
                                            config.data.validation_size)
       records["train"], records["val"] = (records["train"].subset(keep),
                                           records["train"].subset(val))
-    ds, x_val, y_val = data_lib.split_validation(ds,
-                                                 config.data.validation_size)
+      num_train = len(keep)
+    if config.data.crop == "none":
+      ds, x_val, y_val = data_lib.split_validation(
+          ds, config.data.validation_size)
   t = config.training
-  if t.batch_size > len(ds.y_train):
+  if t.batch_size > num_train:
     raise LotteryError(f"training.batch_size: {t.batch_size} exceeds the "
-                       f"{len(ds.y_train)} training examples")
+                       f"{num_train} training examples")
   model = models.get(config.model.name, ds.num_classes,
                      **model_options(config))
   # Compiled once: run op by op, the initializers cost more than training.
@@ -160,7 +171,10 @@ def build(config: ml_collections.ConfigDict, *,
     augment = augment_lib.get(config.data.augment)
   apply_fn = step_lib.flax_apply(model)
   tx = optim.make_optimizer(t)
-  step_fn = step_lib.make_train_step(apply_fn, tx, augment=augment,
+  step_fn = step_lib.make_train_step(apply_fn, tx,
+                                     loss_fn=step_lib.train_loss(
+                                         t.label_smoothing),
+                                     augment=augment,
                                      mask_update=mask_update,
                                      update_every=update_every)
   mesh = parallel.make_mesh(config.seeds.num, t.batch_size)
@@ -232,11 +246,13 @@ def start_lines(exp: Experiment, progress, build_s: float) -> None:
               f", streamed from {exp.data.stream.path.parent}")
   n_params = sum(int(np.size(x)) for x in jax.tree.leaves(exp.init_params))
   prunable = sum(total for _, total in masks_lib.counts(exp.dense_mask).values())
-  progress.info(f"data: {c.data.name} ({len(ds.y_train)} train, "
-                f"{len(ds.y_test)} test, {ds.num_classes} classes, input "
+  n_test = len(ds.y_test) if exp.data.stream is None else len(exp.data.test)
+  crop = (f", {c.data.crop} crops" if c.data.crop != "none" else "")
+  progress.info(f"data: {c.data.name} ({exp.data.num_train} train, "
+                f"{n_test} test, {ds.num_classes} classes, input "
                 f"{tuple(ds.x_train.shape[1:])}"
                 f"{', augment ' + c.data.augment if c.data.augment != 'none' else ''}"
-                f"{streamed})")
+                f"{crop}{streamed})")
   progress.info(f"model: {c.model.name} ({n_params:,} parameters, "
                 f"{prunable:,} prunable)")
   devices = jax.devices()

@@ -60,6 +60,20 @@ MAX_CALL_INDICES = 2**24
 STREAM_CALL_BYTES = 2**28
 
 
+def example_keys(shape: tuple[int, ...], first_step: int, seeds
+                 ) -> np.ndarray:
+  """int64 keys (data seed, step, slot) of a call's examples: shape + (3,)
+  for indices of shape (steps, batch) (seeds[0]) or (steps, replicates,
+  batch) (replicate i: seeds[i])."""
+  steps, batch = shape[0], shape[-1]
+  reps = shape[1] if len(shape) == 3 else 1
+  out = np.empty((steps, reps, batch, 3), np.int64)
+  out[..., 0] = np.asarray(seeds, np.int64)[:reps, None]
+  out[..., 1] = first_step + np.arange(steps)[:, None, None]
+  out[..., 2] = np.arange(batch)
+  return out.reshape(tuple(shape) + (3,))
+
+
 def batch_indices(n: int, batch_size: int, seed: int, start: int, stop: int
                   ) -> np.ndarray:
   """int32 (stop - start, batch_size) example indices of steps start..stop-1.
@@ -288,14 +302,19 @@ class Loop:
         idx, parallel.batch_sharding(self.mesh, replicated, idx.ndim,
                                      leading=leading))
 
-  def batches(self, data: Data, idx: np.ndarray
-              ) -> tuple[jax.Array, jax.Array]:
+  def batches(self, data: Data, idx: np.ndarray, first_step: int = 0,
+              seeds=(0,)) -> tuple[jax.Array, jax.Array]:
     """The examples of `idx` read from `data.stream`, on the device(s).
 
     (x, y) of shapes idx.shape + the input's shape and idx.shape, laid out
     as the loop's batches (steps first); with a mesh, each process reads
-    only the records of its own devices' part.
+    only the records of its own devices' part. A stream that draws random
+    crops (`images.Images`) keys example j of step first_step + r of
+    replicate i by (seeds[i], first_step + r, j).
     """
+    keys = None
+    if getattr(data.stream, "random", False):
+      keys = example_keys(idx.shape, first_step, seeds)
     dims = idx.ndim + len(data.stream.example_shape)
     if self.mesh is None:
       sx = sy = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -304,7 +323,7 @@ class Loop:
       sx = parallel.batch_sharding(self.mesh, replicated, dims, leading=1)
       sy = parallel.batch_sharding(self.mesh, replicated, idx.ndim, leading=1)
     return parallel.put_parts(data.stream.read, idx,
-                              data.stream.example_shape, sx, sy)
+                              data.stream.example_shape, sx, sy, keys)
 
   def run(self, state: TrainState, data: Data, idx: np.ndarray,
           lrs: np.ndarray, batches=None) -> tuple[TrainState, np.ndarray]:
@@ -339,6 +358,9 @@ class Loop:
     None) of len(idx) steps."""
     lrs = np.asarray(lrs, np.float32)
     if data.stream is not None and batches is None:
+      if getattr(data.stream, "random", False):
+        raise ValueError("Loop.run: a stream of random crops needs batches="
+                         "loop.batches(data, idx, first_step, seeds)")
       batches = self.batches(data, idx)
     if not self.update_every:
       return self._run(state, data, idx, lrs, evaluate, batches)
@@ -637,8 +659,8 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     planned = ((call, None) for call in calls())
   else:  # The next call's batches are read while this one runs.
     from lottery import stream  # pylint: disable=g-import-not-at-top
-    planned = stream.prefetch(calls(), lambda call: loop.batches(data,
-                                                                 call[4]))
+    planned = stream.prefetch(calls(), lambda call: loop.batches(
+        data, call[4], call[2], seeds))
   # The divergence check's reference: the run's first loss (a resumed run
   # takes its first evaluation's mean training loss).
   first = np.asarray(history[0]["train_loss"]) if history else None

@@ -132,19 +132,22 @@ def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 def put_parts(read: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
               idx: np.ndarray, x_shape: tuple[int, ...],
               x_sharding: jax.sharding.Sharding,
-              y_sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
+              y_sharding: jax.sharding.Sharding,
+              keys: np.ndarray | None = None) -> tuple[jax.Array, jax.Array]:
   """(x, y) = read(idx) laid out as the two shardings, each process calling
   `read` only for the parts of `idx` its own devices hold (once per part).
 
   `read` maps an index array to (inputs of shape idx.shape + x_shape, labels
-  of idx.shape); both shardings split idx's axes alike.
+  of idx.shape); both shardings split idx's axes alike. With `keys` (of
+  shape idx.shape + (k,)), `read(idx part, keys part)`.
   """
   parts = {}
 
   def part(index: tuple[slice, ...]):
     key = tuple((s.start, s.stop, s.step) for s in index)
     if key not in parts:
-      parts[key] = read(idx[index])
+      parts[key] = (read(idx[index]) if keys is None else
+                    read(idx[index], keys[index]))
     return parts[key]
 
   n = idx.ndim

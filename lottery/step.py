@@ -196,6 +196,22 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+def train_loss(label_smoothing: float = 0.0) -> Callable:
+  """The training loss `(logits, labels) -> scalar` of a config's
+  `training.label_smoothing`: `cross_entropy` itself at 0 (the same
+  program), else the mean softmax cross-entropy against the one-hot labels
+  smoothed by `optax.smooth_labels` ((1 - a) one-hot + a / classes)."""
+  if not label_smoothing:
+    return cross_entropy
+
+  def smoothed(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
+        label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets).mean()
+  return smoothed
+
+
 def flax_apply(model) -> ApplyFn:
   """The `ApplyFn` of a Flax linen module.
 

@@ -63,7 +63,7 @@ def cache_root(data, fingerprint: str) -> pathlib.Path:
       fingerprint.split(":")[-1][:32])
 
 
-def _replace_atomic(path: pathlib.Path, write: Callable[[str], None]) -> None:
+def replace_atomic(path: pathlib.Path, write: Callable[[str], None]) -> None:
   """Calls write(tmp) for a temporary file beside `path`, then renames it."""
   fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
   os.close(fd)
@@ -92,7 +92,7 @@ def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray) -> None:
     finally:
       writer.close()
 
-  _replace_atomic(path, records)
+  replace_atomic(path, records)
   header = {"format": FORMAT, "count": len(x), "x_dtype": x.dtype.str,
             "x_shape": list(x.shape[1:]), "y_dtype": y.dtype.str,
             "record_bytes": rec.dtype.itemsize,
@@ -102,10 +102,10 @@ def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray) -> None:
     with open(tmp, "w") as f:
       json.dump(header, f)
 
-  _replace_atomic(path.with_suffix(".json"), text)
+  replace_atomic(path.with_suffix(".json"), text)
 
 
-def _cause(e: Exception) -> str:
+def cause(e: Exception) -> str:
   """An exception's type and the start of its first line."""
   first = str(e).splitlines()[0][:80] if str(e) else ""
   return f"{type(e).__name__}: {first}"
@@ -142,7 +142,7 @@ class Records:
       if h["format"] != FORMAT or self.dtype.itemsize != h["record_bytes"]:
         raise ValueError("unknown format")
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise _damaged(header_path, _cause(e)) from None
+      raise _damaged(header_path, cause(e)) from None
     try:
       actual = self.path.stat().st_size
     except OSError as e:
@@ -154,7 +154,7 @@ class Records:
       self._source = grain.sources.ArrayRecordDataSource(os.fspath(self.path))
       n = len(self._source)
     except Exception as e:  # pylint: disable=broad-except
-      raise _damaged(self.path, _cause(e)) from None
+      raise _damaged(self.path, cause(e)) from None
     if n != count:
       raise _damaged(self.path, f"{n} records, its header says {count}")
     self._count = count
@@ -179,7 +179,7 @@ class Records:
     try:
       return self._source.__getitems__(keys)
     except Exception as e:  # pylint: disable=broad-except
-      raise _damaged(self.path, _cause(e)) from None
+      raise _damaged(self.path, cause(e)) from None
 
   def _decode(self, records: list[bytes]) -> np.ndarray:
     if any(len(r) != self.dtype.itemsize for r in records):

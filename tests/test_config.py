@@ -88,6 +88,9 @@ BAD_CONFIGS = [
     ("training.lr_boundaries", 5, "training.lr_boundaries: "),
     ("training.warmup_steps", 20, "training.warmup_steps: must be below "
      "training.steps=20"),
+    ("training.label_smoothing", 1.0, "training.label_smoothing: must be in "
+     "[0, 1) (got 1.0)"),
+    ("training.label_smoothing", -0.1, "training.label_smoothing: "),
     ("training.eval_every", 0, "training.eval_every: "),
     ("training.checkpoint_every", -1, "training.checkpoint_every: "),
     ("seeds.init", 2**70, "seeds.init: must be an integer in [0, 2147483647]"),

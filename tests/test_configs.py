@@ -529,3 +529,42 @@ def test_stability_quick_recipe_end_to_end(spec, tmp_path):
   for p in summary["pairs"]:
     assert len(p["path"]["test_error"]) == s.points
     assert -1 <= p["barrier_test"] <= 1
+
+
+# The ImageNet recipes (host-side JPEG decoding and crops) on a locally
+# written folder of a few thousand JPEGs of mixed shapes, and RigL's on mock
+# TFDS imagenet2012 (IMP's runs there in test_quick_recipe_end_to_end).
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+  from test_images import write_jpegs  # pylint: disable=g-import-not-at-top
+  return write_jpegs(tmp_path_factory.mktemp("imagenet_like") / "ds", 2000,
+                     200, classes=100,
+                     shapes=((48, 64, 3), (64, 48, 3), (56, 56, 3)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, source", [
+    ("imp_resnet50_imagenet:quick", "jpegs"),
+    ("rigl_resnet50_imagenet:quick", "jpegs"),
+    ("rigl_resnet50_imagenet:quick", "mock")])
+def test_imagenet_quick_recipes_on_jpegs_and_mock_data(spec, source,
+                                                        tmp_path, request):
+  config = cli.load_config(spec)
+  assert (config.data.crop, config.data.source) == ("inception", "stream")
+  run = lottery.sparse.run if spec.startswith("rigl_") else lottery.run
+  wd = tmp_path / "wd"
+  if source == "jpegs":
+    config.data.update(name="images", path=request.getfixturevalue(
+        "jpeg_folder"))
+    summary = run(config, wd, log=quiet)
+  else:
+    config.data.data_dir = str(wd) + "-tfds"
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+      summary = run(config, wd, log=quiet)
+  assert summary["finished"]
+  jobs_run = summary["runs"] if "runs" in summary else summary["rounds"]
+  assert len(jobs_run) == 2  # dense + RigL at 0.2, or rounds 0 and 1.
+  for job in jobs_run:
+    assert np.isfinite(job["test_loss"]) and 0 <= job["test_accuracy"] <= 1

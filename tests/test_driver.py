@@ -271,3 +271,21 @@ def test_cli_suggests_the_field_an_abbreviation_means(tmp_path):
   assert out.stderr.strip() == (
       "error: config: no field 'training.lr' (did you mean "
       "'training.learning_rate'?)")
+
+
+def test_a_workdir_without_label_smoothing_resumes_and_refuses_a_change(
+    npz_path, tmp_path):
+  """A workdir written before training.label_smoothing existed resumes at
+  its default (nothing retrained); another value is another run."""
+  from lottery import checkpoint  # pylint: disable=g-import-not-at-top
+  c = tiny(npz_path, **{"pruning.rounds": 0, "training.steps": 4,
+                        "training.eval_every": 2, "controls": ()})
+  wd = tmp_path / "wd"
+  summary = lottery.run(c, wd)
+  saved = checkpoint.read_json(wd / "config.json")
+  del saved["training"]["label_smoothing"]
+  checkpoint.write_json(wd / "config.json", saved)
+  assert lottery.run(c, wd)["rounds"] == summary["rounds"]
+  c.training.label_smoothing = 0.1
+  with pytest.raises(lottery.LotteryError, match="label_smoothing"):
+    lottery.run(c, wd)

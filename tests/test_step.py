@@ -392,3 +392,22 @@ def test_mask_check_runs_when_traced_not_at_every_step(monkeypatch):
   for _ in range(5):
     p, s = one(p, s, m)
   assert len(calls) == traced
+
+
+def test_label_smoothing_is_the_hand_computed_smoothed_cross_entropy():
+  x, y = _data()
+  model = models.get("mlp_tiny", 3)
+  params = model.init(jax.random.key(0), x[:1])["params"]
+  apply_fn = step.flax_apply(model)
+  state = step.init_state(params, optax.sgd(0.1))
+  fn = jax.jit(step.make_train_step(apply_fn, optax.sgd(0.1),
+                                    loss_fn=step.train_loss(0.1)))
+  _, metrics = fn(state, (x[:16], y[:16]), 0.1)
+  logits = np.asarray(model.apply({"params": params}, x[:16]), np.float64)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets = np.full((16, 3), 0.1 / 3)
+  targets[np.arange(16), y[:16]] += 0.9
+  want = -(targets * logp).sum(-1).mean()
+  np.testing.assert_allclose(float(metrics["loss"]), want, rtol=1e-6)
+  # At 0 the loss is plain cross-entropy, the same function (program).
+  assert step.train_loss(0.0) is step.cross_entropy

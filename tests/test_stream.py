@@ -149,18 +149,25 @@ class _Interrupt(Exception):
   pass
 
 
+def interrupt_after_saves(monkeypatch, saves) -> None:
+  """Raises _Interrupt just after the mid-run checkpoints numbered `saves`
+  (1, 2, ... over the test) are written."""
+  real_save = jobs.MidRun.save
+  calls = {"save": 0}
+
+  def save(self, *a, **k):
+    real_save(self, *a, **k)
+    calls["save"] += 1
+    if calls["save"] in saves:
+      raise _Interrupt()
+  monkeypatch.setattr(jobs.MidRun, "save", save)
+
+
 def test_interrupted_stream_run_resumes_bit_exact(npz_path, tmp_path,
                                                   monkeypatch):
   cfg = tiny(npz_path, **{"data.source": "stream", "pruning.rewind_step": 5})
   lottery.run(cfg, tmp_path / "ref", log=quiet)
-  real_save = jobs.MidRun.save
-  calls = {"save": 0}
-  def save(self, *a, **k):
-    real_save(self, *a, **k)
-    calls["save"] += 1
-    if calls["save"] in (1, 3):
-      raise _Interrupt()
-  monkeypatch.setattr(jobs.MidRun, "save", save)
+  interrupt_after_saves(monkeypatch, (1, 3))
   interruptions = run_until_finished(cfg, tmp_path / "run", _Interrupt)
   assert interruptions == 2
   _tickets_equal(tmp_path / "ref", tmp_path / "run", 2)

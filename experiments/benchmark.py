@@ -49,6 +49,7 @@ crops_eval_images_per_s, crops_threads, crops_jpeg_bytes (their mean size).
 import json
 import pathlib
 import platform
+import statistics
 import time
 
 from absl import app

@@ -68,16 +68,17 @@ rounds, three seeds (warm, alternating, median of --repeats each):
   seeds_one_vs_separate  seeds_3_one_command_s / seeds_3_separate_s (target:
                          <= 0.9)
 
-Before the JSON, one row per job and length; the last line printed is a JSON
-object with these keys, whether the persistent compilation cache was on
-(`compile_cache`), and the versions. The runs use the user's caches
-($LOTTERY_CACHE or ~/.cache/lottery), as a user's runs would;
+Each job's rows (one per length) are printed as soon as it is timed; the
+last line printed is a JSON object with these keys, whether the persistent
+compilation cache was on (`compile_cache`), and the versions. The runs use the
+user's caches ($LOTTERY_CACHE or ~/.cache/lottery), as a user's runs would;
 LOTTERY_NO_COMPILE_CACHE=1 measures without the compilation cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -453,12 +454,14 @@ class Job:
 
 
 JOBS = {
-    "lenet": Job(lenet_flags, TORCH_LENET, lambda p: write_synthetic(
-        p, (28, 28, 1), 60_000, 10_000), steps=938, batch=64),
+    "lenet": Job(lenet_flags, TORCH_LENET, functools.partial(
+        write_synthetic, shape=(28, 28, 1), train=60_000, test=10_000),
+                 steps=938, batch=64),
     "mnist1d": Job(mnist1d_flags, TORCH_MNIST1D, write_mnist1d, steps=1500,
                    batch=100, eval_every=100),
-    "resnet20": Job(resnet20_flags, TORCH_RESNET20, lambda p: write_synthetic(
-        p, (32, 32, 3), 50_000, 10_000), steps=200, batch=128, levels=(2,)),
+    "resnet20": Job(resnet20_flags, TORCH_RESNET20, functools.partial(
+        write_synthetic, shape=(32, 32, 3), train=50_000, test=10_000),
+                    steps=200, batch=128, levels=(2,)),
 }
 
 
@@ -638,9 +641,11 @@ def measure(repeats: int = 3, startup: bool = True,
             jobs: Sequence[str] = tuple(JOBS),
             levels: Sequence[int] = (1, 3, 10), steps: int = 0,
             job_repeats: int = 1, torch: bool = True,
-            torch_threads: int = 0) -> dict:
+            torch_threads: int = 0,
+            report: Callable[[str], None] | None = None) -> dict:
   """The figures of this module's docstring, as a dict; each `<name>_s` has
-  its CPU time beside it as `<name>_cpu_s`; the jobs' under 'jobs'."""
+  its CPU time beside it as `<name>_cpu_s`; the jobs' under 'jobs'. `report`
+  gets each job's rows (`table`) as soon as it is timed."""
   out = {}
   torch = torch and importlib.util.find_spec("torch") is not None
 
@@ -658,10 +663,12 @@ def measure(repeats: int = 3, startup: bool = True,
       out["ratio"] = round(out["run_10_steps_s"] / out["bare_import_s"], 2)
       out["cpu_ratio"] = round(
           out["run_10_steps_cpu_s"] / out["bare_import_cpu_s"], 2)
-    if jobs:
-      out["jobs"] = {name: measure_job(name, levels, steps, job_repeats,
-                                       torch, torch_threads, tmp)
-                     for name in jobs}
+    for name in jobs:
+      res = measure_job(name, levels, steps, job_repeats, torch,
+                        torch_threads, tmp)
+      out.setdefault("jobs", {})[name] = res
+      if report:
+        report(table({name: res}))
   return out
 
 
@@ -691,15 +698,14 @@ def main(argv):
                          f"{','.join(_LEVELS.value)!r})")
   result = measure(_REPEATS.value, _STARTUP.value, jobs, levels,
                    _STEPS.value, _JOB_REPEATS.value, _TORCH.value,
-                   _TORCH_THREADS.value)
+                   _TORCH_THREADS.value,
+                   report=functools.partial(print, flush=True))
   if _SEEDS.value:
     result.update(measure_seeds(_REPEATS.value, _SEEDS_ROUNDS.value))
   result["compile_cache"] = os.environ.get("LOTTERY_NO_COMPILE_CACHE",
                                            "") in ("", "0")
   result.update(repeats=_REPEATS.value, job_repeats=_JOB_REPEATS.value,
                 torch_threads=_TORCH_THREADS.value, **_versions())
-  if "jobs" in result:
-    print(table(result["jobs"]))
   print(json.dumps(result))
 
 

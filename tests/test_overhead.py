@@ -21,6 +21,7 @@ from experiments import overhead
 import lottery
 from lottery import checkpoint
 from lottery import jobs
+from lottery import select
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow_datasets", "tensorflow", "matplotlib", "mnist1d",
@@ -147,35 +148,85 @@ def test_import_and_build_import_nothing_heavy(tmp_path):
 
 
 @pytest.mark.slow
-def test_overhead_script_prints_its_json_line(cold_run):
+def test_overhead_script_prints_its_rows_and_json_line(cold_run):
+  """Start-up figures and two jobs at two lengths each, tiny; --nolenet and
+  --lenet_repeats (the old flags) still work."""
   cache = cold_run[0]
   res = subprocess.run(
       [sys.executable, "-m", "experiments.overhead", "--repeats=1",
-       "--nolenet"], cwd=ROOT, env=_env(cache), capture_output=True,
-      text=True, timeout=300, check=False)
+       "--jobs=lenet,mnist1d", "--nolenet", "--levels=1,3", "--steps=10",
+       "--lenet_repeats=1", "--torch_threads=1"], cwd=ROOT, env=_env(cache),
+      capture_output=True, text=True, timeout=600, check=False)
   assert res.returncode == 0, res.stderr[-3000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  lines = res.stdout.strip().splitlines()
+  out = json.loads(lines[-1])
   for k in ("bare_import_s", "run_10_steps_s", "bare_import_cpu_s",
             "run_10_steps_cpu_s"):
     assert out[k] > 0, k
   assert out["ratio"] == round(out["run_10_steps_s"] / out["bare_import_s"],
                                2)
-  assert out["compile_cache"] is True and "lenet_job_s" not in out
-  assert (cache / "jax").is_dir()
+  assert out["compile_cache"] is True and (cache / "jax").is_dir()
+  assert list(out["jobs"]) == ["mnist1d"] and out["job_repeats"] == 1
+  job = out["jobs"]["mnist1d"]
+  assert (job["steps"], job["batch"]) == (10, 100)
+  assert list(job["levels"]) == ["1", "3"]
+  torch = importlib.util.find_spec("torch") is not None
+  for row in (*job["levels"].values(), job["per_level"]):
+    assert (row["torch_s"] is not None) == torch, row
+    if torch:
+      assert row["torch_vs_lottery"] == round(
+          row["torch_s"] / row["lottery_s"], 2)
+  one, three = job["levels"]["1"], job["levels"]["3"]
+  assert job["per_level"]["lottery_s"] == round(
+      (three["lottery_s"] - one["lottery_s"]) / 2, 3)
+  # The table: a header and a row per length and the marginal level.
+  assert [ln.split()[:2] for ln in lines[-4:-1]] == [
+      ["mnist1d", "1"], ["mnist1d", "3"], ["mnist1d", "per"]]
 
 
-def test_lenet_flags_resolve_to_openlth_job(tmp_path):
+def test_summarize_medians_ratios_and_marginal_level():
+  runs = {"lottery": {1: [(2.0, 1.0), (4.0, 3.0), (3.0, 2.0)],
+                      10: [(12.0, 11.0)]},
+          "torch": {1: [(6.0, 4.0)], 10: [(42.0, 40.0)]}}
+  out = overhead.summarize(runs)
+  assert out["levels"] == {
+      "1": {"lottery_s": 3.0, "lottery_cpu_s": 2.0, "torch_s": 6.0,
+            "torch_cpu_s": 4.0, "torch_vs_lottery": 2.0,
+            "torch_vs_lottery_cpu": 2.0},
+      "10": {"lottery_s": 12.0, "lottery_cpu_s": 11.0, "torch_s": 42.0,
+             "torch_cpu_s": 40.0, "torch_vs_lottery": 3.5,
+             "torch_vs_lottery_cpu": 3.64}}
+  # (12 - 3) / 9 = 1 s a level for ours, (42 - 6) / 9 = 4 for PyTorch.
+  assert out["per_level"] == {
+      "lottery_s": 1.0, "lottery_cpu_s": 1.0, "torch_s": 4.0,
+      "torch_cpu_s": 4.0, "torch_vs_lottery": 4.0,
+      "torch_vs_lottery_cpu": 4.0}
+  alone = overhead.summarize({"lottery": {2: [(5.0, 4.0)]}, "torch": {}})
+  assert alone["per_level"] is None
+  assert alone["levels"]["2"]["torch_s"] is None
+  assert alone["levels"]["2"]["torch_vs_lottery"] is None
+  rows = overhead.table({"lenet": out}).splitlines()
+  assert [r.split() for r in rows[1:]] == [
+      ["lenet", "1", "3.00", "6.00", "2.00", "2.00"],
+      ["lenet", "10", "12.00", "42.00", "3.50", "3.64"],
+      ["lenet", "per", "level", "1.00", "4.00", "4.00", "4.00"]]
+
+
+def _dry_run(flags, tmp_path):
   res = subprocess.run(
-      [sys.executable, "-m", "experiments.imp",
-       *overhead.lenet_flags(str(tmp_path / "x.npz")),
+      [sys.executable, "-m", "experiments.imp", *flags,
        f"--workdir={tmp_path / 'wd'}", "--dry_run"], cwd=ROOT,
       env=_env(tmp_path / "cache"), capture_output=True, text=True,
       timeout=300, check=False)
   assert res.returncode == 0, res.stderr[-3000:]
-  config = json.loads(res.stdout[:res.stdout.rindex("}") + 1])
+  return json.loads(res.stdout[:res.stdout.rindex("}") + 1])
+
+
+def test_lenet_flags_resolve_to_openlth_job(tmp_path):
+  config = _dry_run(overhead.lenet_flags(str(tmp_path / "x.npz")), tmp_path)
   assert config["model"]["name"] == "lenet_300_100"
   assert config["controls"] == []
-  assert config["pruning"]["rounds"] == overhead.LENET_LEVELS - 1 == 2
+  assert config["pruning"]["rounds"] == 2
   assert (config["training"]["steps"], config["training"]["batch_size"],
           config["training"]["learning_rate"]) == (938, 64, 1.2e-3)
   assert (config["pruning"]["fraction"], config["pruning"]["layer_fractions"],
@@ -183,29 +234,109 @@ def test_lenet_flags_resolve_to_openlth_job(tmp_path):
               0.2, "out/kernel=0.1", "rewind", 0)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
-                    reason="torch is not installed")
-def test_torch_job_prunes_as_the_lottery_job(tmp_path):
-  """The PyTorch script keeps the counts that `lottery.prune` keeps: 20% of
-  each hidden kernel and 10% of the output kernel per level, rounded."""
-  rng = np.random.default_rng(0)
-  npz = tmp_path / "small.npz"
-  np.savez(npz, x_train=rng.random((64, 28, 28, 1), dtype=np.float32),
-           y_train=rng.integers(0, 10, 64),
-           x_test=rng.random((16, 28, 28, 1), dtype=np.float32),
-           y_test=rng.integers(0, 10, 16))
+def test_mnist1d_and_resnet20_flags_resolve_to_their_recipes(tmp_path):
+  """The default recipe changed in its rounds only; ResNet-20's in its
+  length (2 levels x 200 steps, the constant rate of its first 32K steps),
+  its data and rewind step (0), without controls."""
+  c = _dry_run(overhead.mnist1d_flags("", levels=10), tmp_path)
+  from configs import mnist1d  # pylint: disable=g-import-not-at-top
+  default = mnist1d.get_config().to_dict()
+  assert c["pruning"]["rounds"] == 9
+  c["pruning"]["rounds"] = default["pruning"]["rounds"]
+  for block in ("model", "training", "pruning", "data"):
+    assert c[block] == json.loads(json.dumps(default[block])), block
+  assert (c["controls"], c["controls_every"]) == (
+      ["reinit", "random_prune"], 4)
+  r = _dry_run(overhead.resnet20_flags(str(tmp_path / "x.npz")), tmp_path)
+  assert (r["model"]["name"], r["data"]["augment"], r["controls"]) == (
+      "resnet20", "crop_flip", [])
+  assert {k: r["training"][k] for k in (
+      "steps", "batch_size", "optimizer", "learning_rate", "momentum",
+      "weight_decay", "schedule", "eval_every")} == {
+          "steps": 200, "batch_size": 128, "optimizer": "sgd",
+          "learning_rate": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
+          "schedule": "constant", "eval_every": 200}
+  assert {k: r["pruning"][k] for k in (
+      "rounds", "fraction", "scope", "prunable", "reset", "rewind_step")} == {
+          "rounds": 1, "fraction": 0.2, "scope": "global",
+          "prunable": [".*kernel"], "reset": "rewind", "rewind_step": 0}
+
+
+def _torch_job(tmp_path, name, shape, levels, steps, batch, eval_every):
+  """Levels printed by job `name`'s PyTorch script on easy synthetic data
+  (256 + 256 examples, classes apart by more than their noise)."""
+  npz = tmp_path / "easy.npz"
+  overhead.write_synthetic(npz, shape, 256, 256, signal=0.6, noise=0.1)
   script = tmp_path / "job.py"
-  script.write_text(overhead.TORCH_JOB)
-  res = subprocess.run([sys.executable, str(script), str(npz), "3", "5", "16",
-                        "1"], capture_output=True, text=True, timeout=300,
+  script.write_text(overhead.JOBS[name].torch_script)
+  res = subprocess.run([sys.executable, str(script), str(npz), str(levels),
+                        str(steps), str(batch), str(eval_every), "1"],
+                       capture_output=True, text=True, timeout=300,
                        check=False)
   assert res.returncode == 0, res.stderr[-3000:]
-  levels = [json.loads(line) for line in res.stdout.splitlines()]
+  return [json.loads(line) for line in res.stdout.splitlines()]
+
+
+def _densities(sizes, fractions, levels):
+  """Densities level by level by lottery's one rounding rule
+  (`select.num_to_remove`): `fractions` one per tensor (layerwise) or one
+  number (global)."""
+  if isinstance(fractions, float):
+    kept, fractions = [sum(sizes)], [fractions]
+  else:
+    kept = list(sizes)
+  out = []
+  for level in range(levels):
+    if level:
+      kept = [k - select.num_to_remove(f, k) for k, f in zip(kept, fractions)]
+    out.append(sum(kept) / sum(sizes))
+  return out
+
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="torch is not installed")
+
+
+@needs_torch
+def test_torch_lenet_job_prunes_as_the_lottery_job_and_learns(tmp_path):
+  """20% of each hidden kernel and 10% of the output kernel per level,
+  rounded as `lottery.prune` rounds; above chance after 60 steps."""
+  levels = _torch_job(tmp_path, "lenet", (28, 28, 1), 3, 60, 32, 30)
   # fc1 784x300, fc2 300x100, out 100x10: 235200, 30000, 1000 weights.
   kept = [235200 + 30000 + 1000, 188160 + 24000 + 900,
           150528 + 19200 + 810]
   assert [lv["density"] for lv in levels] == [k / 266200 for k in kept]
+  assert [lv["level"] for lv in levels] == [0, 1, 2]
+  assert all(lv["ticket_accuracy"] > 0.5 for lv in levels), levels
+
+
+@needs_torch
+def test_torch_mnist1d_job_prunes_every_tensor_and_runs_the_controls(
+    tmp_path):
+  levels = _torch_job(tmp_path, "mnist1d", (40,), 6, 60, 32, 20)
+  # fc1, fc2, out: kernel and bias each pruned 10% a level on its own.
+  sizes = [20000, 500, 250000, 500, 5000, 10]
+  assert [lv["density"] for lv in levels] == _densities(sizes, [0.1] * 6, 6)
+  # Controls as configs/mnist1d.py runs them: every 4th level and the last.
+  assert [sorted(lv) for lv in levels] == [
+      ["density", "level", "ticket_accuracy", "time_s"]] * 4 + [
+          ["density", "level", "random_prune_accuracy", "reinit_accuracy",
+           "ticket_accuracy", "time_s"]] * 2
+  assert all(lv["ticket_accuracy"] > 0.5 for lv in levels), levels
+
+
+@needs_torch
+def test_torch_resnet20_job_prunes_ours_kernels_globally(tmp_path):
+  from lottery import models  # pylint: disable=g-import-not-at-top
+  model = models.get("resnet20", 10)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+  kernels = [leaf.size for path, leaf in jax.tree.leaves_with_path(
+      shapes["params"]) if path[-1].key == "kernel"]
+  assert len(kernels) == 22
+  levels = _torch_job(tmp_path, "resnet20", (32, 32, 3), 3, 2, 16, 2)
+  assert [lv["density"] for lv in levels] == _densities(kernels, 0.2, 3)
+  assert all(0 <= lv["ticket_accuracy"] <= 1 for lv in levels)
 
 
 # --- mid-run checkpoints by elapsed time ---------------------------------------

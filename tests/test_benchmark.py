@@ -31,7 +31,7 @@ def test_benchmark_prints_json_last():
   for key in ("conv2_masked_steps_per_s", "conv2_dense_steps_per_s",
               "conv2_python_loop_steps_per_s", "conv2_scan_steps_per_s"):
     assert result[key] > 0, key
-  assert result["conv2_loop"] == "python"  # 'auto' on the CPU, with convs
+  assert result["conv2_loop"] == "scan"  # 'auto', on every platform
   assert result["seeds_1_steps_per_s"] > 0 and result["seeds_8_steps_per_s"] > 0
   assert abs(result["seeds_8_vs_1"] - result["seeds_8_steps_per_s"]
              / result["seeds_1_steps_per_s"]) < 1e-2
@@ -52,3 +52,23 @@ def test_benchmark_prints_json_last():
   assert result["static_steps_per_s"] > 0 and result["rigl_steps_per_s"] > 0
   ratio = result["rigl_steps_per_s"] / result["static_steps_per_s"]
   assert abs(result["rigl_vs_static"] - ratio) < 1e-2
+
+
+def test_benchmark_resnet20_against_torch():
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  res = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--steps=5",
+       "--repeats=1", "--models=torch", "--image_size=8"], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  result = json.loads(res.stdout.strip().splitlines()[-1])
+  assert result["resnet20_ours_steps_per_s"] > 0
+  assert result["resnet20_ours_loop"] == "scan"
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    assert result["resnet20_torch_steps_per_s"] is None
+    return
+  ratio = (result["resnet20_ours_steps_per_s"] /
+           result["resnet20_torch_steps_per_s"])
+  assert abs(result["resnet20_vs_torch"] - ratio) < 1e-2 * ratio

@@ -44,6 +44,12 @@ data.crop='inception' (`lottery.images`): --crop_images JPEGs of 500x375 (an
 ImageNet-sized smooth pattern plus noise) read as 224x224 training crops and
 as evaluation crops, one call each: crops_train_images_per_s,
 crops_eval_images_per_s, crops_threads, crops_jpeg_bytes (their mean size).
+'torch' times ResNet-20's train step
+(batch 128, 32x32x3, SGD momentum, masked) in the framework's loop against a
+plain PyTorch eager script of the same network and step, alternating:
+resnet20_ours_steps_per_s, resnet20_torch_steps_per_s, resnet20_vs_torch
+(target >= 1 on the CPU); the torch keys are null when torch is not
+importable.
 """
 
 import json
@@ -78,12 +84,13 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
 _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
-                                      "stability", "stream"],
+                                      "stability", "stream", "torch"],
                             "What to time: lenet, conv2, resnet20, seeds "
                             "(LeNet replicates, seeds.num = 1 and 8), "
                             "stability (LeNet and ResNet-20 paths, LeNet "
                             "pair), stream (MNIST-1D batches streamed vs in "
-                            "memory); also shrink, crops (host-side JPEG "
+                            "memory), torch (ResNet-20 against PyTorch "
+                            "eager); also shrink, crops (host-side JPEG "
                             "crops).")
 _CROP_IMAGES = flags.DEFINE_integer(
     "crop_images", 256, "JPEGs decoded and cropped per timed call ('crops').")
@@ -105,6 +112,21 @@ SETUPS = {
 _median_times = timing.median_times
 
 
+def _synthetic(model_name: str, shape: tuple, n: int):
+  """n random examples of `shape` with labels in [0, 10), the model, its
+  params and other variables (init seed 0), and a 50%-density magnitude
+  mask: (x, y, model, params, variables, mask)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(n,) + shape).astype(np.float32)
+  y = rng.integers(0, 10, n).astype(np.int32)
+  model = models.get(model_name, 10)
+  variables = dict(jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))(
+      jax.random.key(0)))
+  params = variables.pop("params")
+  mask = pruning.prune(masks.make_mask(params), scores.magnitude(params), 0.5)
+  return x, y, model, params, variables, mask
+
+
 def _bench(name: str, steps: int, repeats: int) -> dict:
   model_name, shape, batch, opt, lr, div = SETUPS[name]
   if len(shape) == 3 and shape[0] == 32:
@@ -113,15 +135,8 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
   t = config_lib.base_config().training
   t.update(optimizer=opt, learning_rate=lr, momentum=0.9 if opt == "sgd"
            else 0.0)
-  rng = np.random.default_rng(0)
   n = max(10 * batch, 600)
-  x = rng.normal(size=(n,) + shape).astype(np.float32)
-  y = rng.integers(0, 10, n).astype(np.int32)
-  model = models.get(model_name, 10)
-  variables = dict(jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))(
-      jax.random.key(0)))
-  params = variables.pop("params")
-  mask = pruning.prune(masks.make_mask(params), scores.magnitude(params), 0.5)
+  x, y, model, params, variables, mask = _synthetic(model_name, shape, n)
   no_mask = jax.tree.map(lambda _: None, params)
   tx = optim.make_optimizer(t)
   apply_fn = step.flax_apply(model)
@@ -139,8 +154,7 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
     masks_of["scan"] = mask
   states = {v: step.init_state(params, tx, mask=masks_of[v],
                                model_state=variables) for v in loops}
-  # The rolled scan of a conv net is slow on the CPU: time it on few steps.
-  n_steps = {v: min(steps, 2) if v == "scan" else steps for v in loops}
+  n_steps = {v: steps for v in loops}
   runners = {v: (lambda v=v: loops[v].run(states[v], data, idx[:n_steps[v]],
                                           lrs[:n_steps[v]]))
              for v in loops}
@@ -178,6 +192,117 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
         rate["masked"] / rate["python_loop"], 4)
     out["conv2_scan_vs_python_loop"] = round(
         rate["scan"] / rate["python_loop"], 4)
+  return out
+
+
+def _torch_resnet20(x: np.ndarray, y: np.ndarray, batch: int, lr: float,
+                    momentum: float, weight_decay: float):
+  """A plain PyTorch eager script of ResNet-20's train step, as a user
+  writes it: the same network (`lottery.models.resnet`: 3x3 stem, 3 stages
+  of 3 basic blocks, 1x1 projection shortcuts, BatchNorm), NCHW tensors,
+  SGD with momentum and coupled weight decay, torch's default threads,
+  denormals flushed (XLA flushes them on the CPU). Returns `run(idx) ->
+  losses` for (steps, batch) example indices, or None if torch is not
+  importable."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  fn = torch.nn.functional
+  torch.set_flush_denormal(True)
+  torch.manual_seed(0)
+
+  def conv_bn(cin, cout, k, stride):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False),
+                         nn.BatchNorm2d(cout))
+
+  class Block(nn.Module):
+
+    def __init__(self, cin, cout, stride):
+      super().__init__()
+      self.a, self.b = conv_bn(cin, cout, 3, stride), conv_bn(cout, cout, 3, 1)
+      self.shortcut = (conv_bn(cin, cout, 1, stride)
+                       if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, h):
+      return fn.relu(self.b(fn.relu(self.a(h))) + self.shortcut(h))
+
+  layers, cin = [conv_bn(x.shape[-1], 16, 3, 1), nn.ReLU()], 16
+  for s in range(3):
+    for b in range(3):
+      layers.append(Block(cin, 16 * 2**s, 2 if s and not b else 1))
+      cin = 16 * 2**s
+  net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      nn.Linear(cin, 10))
+  opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum,
+                        weight_decay=weight_decay)
+  xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+  yt = torch.from_numpy(y.astype(np.int64))
+
+  def run(idx):
+    losses = []
+    for rows in idx:
+      rows = torch.from_numpy(rows)
+      loss = fn.cross_entropy(net(xt[rows]), yt[rows])
+      opt.zero_grad()
+      loss.backward()
+      opt.step()
+      losses.append(loss.item())
+    return np.asarray(losses)
+  return run
+
+
+def _bench_torch(steps: int, repeats: int) -> dict:
+  """ResNet-20's train step (batch 128, 32x32x3, SGD momentum 0.9, weight
+  decay 1e-4 as in configs/resnet20_cifar10.py) in the framework's own loop
+  (the form 'auto' picks; a 50%-density mask, as IMP trains) against a plain
+  PyTorch eager script of the same step (`_torch_resnet20`), alternating.
+  Target: resnet20_vs_torch >= 1. Without torch: the framework's rate only,
+  the torch keys null."""
+  model_name, shape, batch, opt, lr, div = SETUPS["resnet20"]
+  shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, shape[2])
+  steps = max(1, steps // div)
+  t = config_lib.base_config().training
+  t.update(optimizer=opt, learning_rate=lr, momentum=0.9, weight_decay=1e-4)
+  n = 10 * batch
+  x, y, model, params, variables, mask = _synthetic(model_name, shape, n)
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  form = loop.choose_form("auto", params)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn), form=form)
+  data = loop.put_data(x, y, x[:100], y[:100])
+  idx = loop.batch_indices(n, batch, 0, 0, steps)
+  lrs = np.full(steps, lr, np.float32)
+  state = [step.init_state(params, tx, mask=mask, model_state=variables)]
+
+  def ours():
+    state[0], losses = lp.run(state[0], data, idx, lrs)
+    jax.block_until_ready(state[0])
+    return losses
+
+  runners = {"ours": ours}
+  torch_run = _torch_resnet20(x, y, batch, lr, t.momentum, t.weight_decay)
+  if torch_run is not None:
+    runners["torch"] = lambda: torch_run(idx)
+
+  def timed(v):
+    start = time.perf_counter()
+    losses = runners[v]()
+    assert np.all(np.isfinite(losses)), v
+    return time.perf_counter() - start
+
+  rate = {v: steps / t
+          for v, t in _median_times(timed, runners, repeats).items()}
+  out = {"resnet20_ours_steps_per_s": float(f"{rate['ours']:.4g}"),
+         "resnet20_torch_steps_per_s": None, "resnet20_vs_torch": None,
+         "resnet20_ours_loop": form}
+  if "torch" in rate:
+    import torch  # pylint: disable=g-import-not-at-top
+    out.update(resnet20_torch_steps_per_s=float(f"{rate['torch']:.4g}"),
+               resnet20_vs_torch=round(rate["ours"] / rate["torch"], 4),
+               torch=torch.__version__, torch_threads=torch.get_num_threads())
   return out
 
 
@@ -459,15 +584,19 @@ def main(argv):
       result.update(_bench_crops(_CROP_IMAGES.value, _REPEATS.value))
     elif name == "shrink":
       result.update(benchmark_shrink.measure(repeats=_REPEATS.value))
+    elif name == "torch":
+      result.update(_bench_torch(_STEPS.value, _REPEATS.value))
     elif name not in SETUPS:
-      known = list(SETUPS) + ["seeds", "stability", "stream", "shrink",
-                              "crops"]
+      known = list(SETUPS) + ["seeds", "stability", "stream", "torch",
+                              "shrink", "crops"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
                            f"{known})")
     else:
       result.update(_bench(name, _STEPS.value, _REPEATS.value))
     prefixes = {"stability": ("path", "separate", "pair", "resnet20_path",
                               "resnet20_separate"),
+                "torch": ("resnet20_ours", "resnet20_torch",
+                          "resnet20_vs_torch", "torch"),
                 "shrink": tuple(benchmark_shrink.MODELS)}.get(name, (name,))
     print(json.dumps({k: v for k, v in result.items()
                       if k.startswith(prefixes)}), flush=True)

@@ -95,8 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
       label_smoothing=0.0,
       eval_every=100,  # Steps between test-set evaluations.
       checkpoint_every=500,  # Steps between resumable mid-run checkpoints.
-      # How a chunk of steps runs: scan | unroll | python | auto (python for
-      # models with convolutions on the CPU, scan elsewhere).
+      # How a chunk of steps runs: scan | unroll | python | auto (scan; see
+      # lottery.loop).
       loop="auto",
   )
   # The blocks the methods register (lottery.imp: pruning, controls,
@@ -549,7 +549,7 @@ FIELD_HELP: dict[str, str] = {
     "training.label_smoothing": "label smoothing of the training loss, in [0, 1); the evaluation loss stays plain cross-entropy",
     "training.eval_every": "steps between test-set evaluations",
     "training.checkpoint_every": "steps between resumable mid-run checkpoints",
-    "training.loop": "how a chunk of steps runs (auto: python for conv models on the CPU, scan elsewhere)",
+    "training.loop": "how a chunk of steps runs (auto: scan)",
 }
 
 

@@ -11,10 +11,13 @@ Loop forms. A chunk runs as
           dense layers on any platform and for everything on accelerators);
   unroll  the same scan unrolled `UNROLL` steps at a time;
   python  the jitted step called once per step from Python.
-On the CPU, XLA runs convolutions inside a rolled loop far slower than the
-same step called on its own (`python -m experiments.benchmark` measures it), so
-'auto' picks 'python' for models with convolution kernels on the CPU and
-'scan' everywhere else.
+'auto' picks 'scan' on every platform. XLA:CPU runs the gradient
+convolutions of a step inside a rolled loop as plain loop nests (45-120x
+slower) unless they are in the canonical form that
+`lottery.models.convolution` writes out; the registered models' convolutions
+use it. A model of one's own with `flax.linen.Conv` trains correctly in a
+scan, but on the CPU fast only with `lottery.models.convolution.Conv` or
+`training.loop='python'` (docs/performance.md).
 
 Evaluation. In the scan and unroll forms the test (and validation) evaluation
 at the end of a chunk runs inside the chunk's compiled program, under a
@@ -173,11 +176,10 @@ def stream_data(train, test, val=None, *, eval_batch: int = 1000) -> Data:
 
 
 def choose_form(form: str, params) -> str:
-  """Resolves 'auto' for `params`' model on the default backend."""
-  if form != "auto":
-    return form
-  has_conv = any(np.ndim(p) >= 3 for p in jax.tree.leaves(params))
-  return "python" if has_conv and jax.default_backend() == "cpu" else "scan"
+  """Resolves 'auto': 'scan', for every model on every platform (see the
+  module's docstring). `params` is kept for callers that pass it."""
+  del params
+  return "scan" if form == "auto" else form
 
 
 # vmap axes of a stacked TrainState: every leaf has a leading replicate axis

@@ -31,7 +31,7 @@ def test_benchmark_prints_json_last():
   for key in ("conv2_masked_steps_per_s", "conv2_dense_steps_per_s",
               "conv2_python_loop_steps_per_s", "conv2_scan_steps_per_s"):
     assert result[key] > 0, key
-  assert result["conv2_loop"] == "python"  # 'auto' on the CPU, with convs
+  assert result["conv2_loop"] == "scan"  # 'auto', on every platform
   assert result["seeds_1_steps_per_s"] > 0 and result["seeds_8_steps_per_s"] > 0
   assert abs(result["seeds_8_vs_1"] - result["seeds_8_steps_per_s"]
              / result["seeds_1_steps_per_s"]) < 1e-2
@@ -63,7 +63,7 @@ def test_benchmark_resnet20_against_torch():
   assert res.returncode == 0, res.stderr
   result = json.loads(res.stdout.strip().splitlines()[-1])
   assert result["resnet20_ours_steps_per_s"] > 0
-  assert result["resnet20_torch_loop"] == "scan"
+  assert result["resnet20_ours_loop"] == "scan"
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:

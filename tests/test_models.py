@@ -1,6 +1,7 @@
 """Models (registry, options, BatchNorm state) and on-device augmentation."""
 
 import hashlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -349,3 +350,52 @@ def test_crop_flip_needs_images():
                      match=r"^data.augment: 'crop_flip' needs image batches "
                            r"\(N, H, W, C\) \(got shape \(2, 40\)\)$"):
     augment.crop_flip(jax.random.key(0), jnp.zeros((2, 40)))
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    (8, 3, 1, ((1, 1), (1, 1))), (8, 3, 2, ((1, 1), (1, 1))),
+    (8, 1, 2, "VALID"), (9, 3, 2, "SAME"), (7, 7, 2, ((3, 3), (3, 3))),
+    (10, 2, 3, ((0, 1), (2, 0)))])
+def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
+  from jax import lax
+  from lottery.models import convolution
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(
+        x, w, (stride, stride), padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  ours = jax.jit(jax.value_and_grad(loss(convolution.conv_general_dilated),
+                                    (0, 1)))(x, w)
+  ref = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated),
+                                   (0, 1)))(x, w)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_convolution_gradients_in_a_loop_are_canonical():
+  """Every convolution of a ResNet-20 train step inside a fori_loop has
+  the form XLA:CPU runs through a library kernel (dim_labels
+  b01f_01io->b01f), not the loop nest of a non-canonical one."""
+  model = models.get("resnet20", 10, width=2)
+  # CIFAR's 32x32: at 2x2 feature maps XLA swaps a convolution's operands
+  # (a rewrite of its own, whatever the input's form).
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+
+  def step(i, params):
+    del i
+    grads = jax.grad(lambda p: jnp.sum(model.apply(
+        {**variables, "params": p}, x, train=True,
+        mutable=["batch_stats"])[0]))(params)
+    return jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+
+  text = jax.jit(lambda p: jax.lax.fori_loop(0, 2, step, p)).lower(
+      variables["params"]).compile().as_text()
+  labels = re.findall(r"dim_labels=([^,\s]+)", text)
+  # 21 convolutions: forward, kernel gradient, input gradient (not the
+  # stem's).
+  assert len(labels) >= 3 * 21 - 1, len(labels)
+  assert set(labels) == {"b01f_01io->b01f"}, set(labels)

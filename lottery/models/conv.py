@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 
 from lottery.models import register
+from lottery.models.convolution import Conv
 
 
 class ConvNet(nn.Module):
@@ -33,7 +34,7 @@ class ConvNet(nn.Module):
         x = nn.max_pool(x, (2,) * spatial, strides=(2,) * spatial)
       else:
         i += 1
-        x = nn.relu(nn.Conv(c, (3,) * spatial, padding="SAME", kernel_init=init,
+        x = nn.relu(Conv(c, (3,) * spatial, padding="SAME", kernel_init=init,
                             name=f"conv{i}")(x))
     x = x.reshape((x.shape[0], -1))
     for j, f in enumerate(self.dense):

@@ -28,6 +28,7 @@ import jax
 from lottery.errors import LotteryError
 from lottery.models import check_int
 from lottery.models import register
+from lottery.models.convolution import Conv
 from lottery.structure import Units
 from lottery.models.mlp import torch_uniform
 
@@ -55,7 +56,7 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal)
+    conv = functools.partial(Conv, use_bias=False, kernel_init=he_normal)
     # padding=1 as in PyTorch: Flax's 'SAME' would pad stride-2 convs on the
     # bottom/right only and sample other pixels.
     y = conv(self.inner or self.features, (3, 3), strides=self.strides,
@@ -89,7 +90,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "resnet")
-    x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False,
+    x = Conv(self.width, (3, 3), padding=1, use_bias=False,
                 kernel_init=he_normal, name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     blocks = (self.depth - 2) // 6
@@ -159,7 +160,7 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal)
+    conv = functools.partial(Conv, use_bias=False, kernel_init=he_normal)
     w1, w2 = self.inner or (self.features, self.features)
     y = conv(w1, (1, 1), name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
@@ -188,7 +189,7 @@ class ImageNetResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "resnet50")
-    x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
+    x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
                 kernel_init=he_normal, name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -31,6 +31,7 @@ import jax
 from lottery.errors import LotteryError
 from lottery.models import check_int
 from lottery.models import register
+from lottery.models.convolution import Conv
 from lottery.models.resnet import batch_norm
 from lottery.models.resnet import check_images
 from lottery.models.resnet import he_normal
@@ -62,7 +63,7 @@ class VGG(nn.Module):
       else:
         i += 1
         fan_in = 9 * x.shape[-1]
-        x = nn.Conv(c, (3, 3), padding=1, kernel_init=he_normal,
+        x = Conv(c, (3, 3), padding=1, kernel_init=he_normal,
                     bias_init=torch_bias(fan_in), name=f"conv{i}")(x)
         x = nn.relu(batch_norm(train, f"bn{i}")(x))
     x = x.mean(axis=(1, 2))

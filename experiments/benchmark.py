@@ -55,7 +55,6 @@ importable.
 import json
 import pathlib
 import platform
-import statistics
 import time
 
 from absl import app
@@ -64,6 +63,7 @@ import jax
 import numpy as np
 import optax
 
+from experiments import benchmark_crops
 from experiments import benchmark_shrink
 from experiments import timing
 from lottery import config as config_lib
@@ -537,38 +537,6 @@ def _bench_stream(steps: int, repeats: int) -> dict:
           "stream_vs_memory": round(rate["stream"] / rate["memory"], 4)}
 
 
-def _bench_crops(images_per_call: int, repeats: int) -> dict:
-  """Host-side JPEG decoding and crops (data.crop='inception'): images per
-  second of 224x224 training and evaluation crops of 500x375 JPEGs."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  from lottery import images  # pylint: disable=g-import-not-at-top
-  gen = np.random.default_rng(0)
-  yy, xx = np.mgrid[0:375, 0:500]
-  wave = (np.sin(xx / 17.0) + np.cos(yy / 23.0))[..., None] * 60 + 128
-  encoded = [images.encode((wave + gen.normal(0, 12, (375, 500, 3))).clip(
-      0, 255).astype(np.uint8)) for _ in range(images_per_call)]
-  with tempfile.TemporaryDirectory() as folder:
-    images.write(folder, "train", encoded, np.zeros(len(encoded), int), 1)
-    src = images.Images(images.Folder(folder, "train"), 224)
-    idx = np.arange(len(encoded))[None]
-    variants = {"train": lambda r: src.read(idx, loop.example_keys(
-        idx.shape, r, (0,))), "eval": lambda r: src.read(idx)}
-    seconds = {}
-    for name, read in variants.items():
-      times = []
-      for r in range(repeats):
-        t0 = time.perf_counter()
-        read(r)
-        times.append(time.perf_counter() - t0)
-      seconds[name] = statistics.median(times)
-  return {"crops_train_images_per_s": float(
-              f"{len(encoded) / seconds['train']:.4g}"),
-          "crops_eval_images_per_s": float(
-              f"{len(encoded) / seconds['eval']:.4g}"),
-          "crops_threads": images.THREADS,
-          "crops_jpeg_bytes": int(np.mean([len(e) for e in encoded]))}
-
-
 def main(argv):
   del argv
   result = {}
@@ -581,7 +549,8 @@ def main(argv):
     elif name == "stream":
       result.update(_bench_stream(_STEPS.value, _REPEATS.value))
     elif name == "crops":
-      result.update(_bench_crops(_CROP_IMAGES.value, _REPEATS.value))
+      result.update(benchmark_crops.measure(_CROP_IMAGES.value,
+                                            _REPEATS.value))
     elif name == "shrink":
       result.update(benchmark_shrink.measure(repeats=_REPEATS.value))
     elif name == "torch":

@@ -154,8 +154,8 @@ def test_a_missing_split_is_named(tmp_path):
 
 
 def test_crops_benchmark_reports_images_per_second():
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
-  out = benchmark._bench_crops(4, 1)
+  from experiments import benchmark_crops  # pylint: disable=g-import-not-at-top
+  out = benchmark_crops.measure(4, 1)
   assert out["crops_train_images_per_s"] > 0
   assert out["crops_eval_images_per_s"] > 0
   assert out["crops_threads"] == images.THREADS and out["crops_jpeg_bytes"] > 0

@@ -36,11 +36,12 @@ from lottery.errors import LotteryError
 __all__ = ["check", "scratch", "shrink"]
 
 
-def _rows_cols(mask: Any, params: Any, module: str, what: str) -> np.ndarray:
+def _rows_cols(mask: dict, params: dict, module: str, what: str
+               ) -> np.ndarray:
   """The kernel mask of `module` as a bool array (all kept if not
-  prunable)."""
-  m = masks_lib.named_leaves(mask).get(f"{module}/kernel")
-  kernel = masks_lib.named_leaves(params)[f"{module}/kernel"]
+  prunable); `mask`, `params`: flat ({path: leaf}, `named_leaves`)."""
+  m = mask.get(f"{module}/kernel")
+  kernel = params[f"{module}/kernel"]
   if m is None:
     return np.ones(np.shape(kernel), bool)
   if np.shape(m) != np.shape(kernel):
@@ -94,7 +95,7 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
       for tree in [out] + list(state.values()):
         if m in tree:
           tree[m] = {k: np.asarray(v)[..., keep] for k, v in tree[m].items()}
-  small = model.with_widths([int(f[2].sum()) for f in folds])
+  small = _smaller(model, folds)
   return small, _nested(out), {c: _nested(v) for c, v in state.items()}
 
 
@@ -133,7 +134,7 @@ def scratch(model: Any, params: Any, model_state: Any, mask: Any,
   """
   from lottery import rng  # pylint: disable=g-import-not-at-top
   folds, _ = _folds(model, params, mask)
-  small = model.with_widths([int(f[2].sum()) for f in folds])
+  small = _smaller(model, folds)
   fresh = dict(small.init(rng.flat(key), x))
   small_params = fresh.pop("params")
   # Per module, the kept indices along its kernel's input axis (-2), its
@@ -196,16 +197,18 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
   coupling = check(model)
   masks_lib.check_compatible(mask, params, what="mask")
   masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
+  flat_mask, flat, flat_masked = (masks_lib.named_leaves(t)
+                                  for t in (mask, params, masked))
   # Constants first, from the original biases, then fold and slice: a
   # module can be a producer of one set and a consumer of another.
   folds = []
   for units in coupling:
-    silent = np.logical_and.reduce([_silent(mask, params, p)
+    silent = np.logical_and.reduce([_silent(flat_mask, flat, p)
                                     for p in units.producers])
-    unread = np.logical_and.reduce([_unread(mask, params, c)
+    unread = np.logical_and.reduce([_unread(flat_mask, flat, c)
                                     for c in units.consumers])
-    if _foldable(units, params) and len(units.producers) == 1:
-      const = sum(np.maximum(masks_lib.named_leaves(masked)[f"{p}/bias"], 0)
+    if _foldable(units, flat) and len(units.producers) == 1:
+      const = sum(np.maximum(flat_masked[f"{p}/bias"], 0)
                   for p in units.producers)
       const = np.where(silent & ~unread, const, 0).astype(np.float32)
       gone = silent | unread
@@ -222,21 +225,26 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
   return folds, masked
 
 
-def _silent(mask: Any, params: Any, module: str) -> np.ndarray:
+def _smaller(model: Any, folds: list) -> Any:
+  """The model with the widths `folds` keep."""
+  return model.with_widths([int(keep.sum()) for _, _, keep, _ in folds])
+
+
+def _silent(mask: dict, params: dict, module: str) -> np.ndarray:
   """Per unit of `module`'s output: all of its kernel's weights masked."""
   m = _rows_cols(mask, params, module, "params")
   return ~m.reshape(-1, m.shape[-1]).any(axis=0)
 
 
-def _unread(mask: Any, params: Any, module: str) -> np.ndarray:
+def _unread(mask: dict, params: dict, module: str) -> np.ndarray:
   """Per input unit of `module`: all of its kernel's weights masked."""
   m = np.moveaxis(_rows_cols(mask, params, module, "params"), -2, 0)
   return ~m.reshape(m.shape[0], -1).any(axis=1)
 
 
-def _foldable(units: Any, params: Any) -> bool:
+def _foldable(units: Any, params: dict) -> bool:
   """Whether a silent unit is a constant its consumers can take into their
   biases: dense producers and consumers, no per-channel modules."""
   return not units.channels and all(
-      np.ndim(masks_lib.named_leaves(params)[f"{m}/kernel"]) == 2
+      np.ndim(params[f"{m}/kernel"]) == 2
       for m in units.producers + units.consumers)

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lottery import distributions
 from lottery import masks as masks_lib
 from lottery import select
 from lottery.errors import LotteryError
@@ -229,8 +230,7 @@ def check_model(spec: Any, mask: Any, model: Any, name: str, *,
     LotteryError: one line naming `field`, the model or the leaf.
   """
   spec = parse(spec, field=field)
-  live = {k: np.shape(m) for k, m in masks_lib.named_leaves(mask).items()
-          if m is not None}
+  live = distributions.shapes_of(mask)
   if spec.kind == "N:M":
     n_m_plan(spec, list(live), list(live.values()), field=field)
   elif spec.kind == NEURON:
@@ -243,8 +243,7 @@ def unit_counts(mask: Any, coupling: Sequence[Units], *,
                 field: str = "structure") -> dict[str, int]:
   """{unit set name: its number of units} over the prunable leaves of
   `mask` (the sets `unit_plan` finds)."""
-  live = {k: np.shape(m) for k, m in masks_lib.named_leaves(mask).items()
-          if m is not None}
+  live = distributions.shapes_of(mask)
   shapes = list(live.values())
   return {name: shapes[j][a] for name, ((j, a), *_) in
           unit_plan(coupling, list(live), shapes, field=field)}

@@ -3,6 +3,7 @@ a new method needs no edit to the driver; random streams keyed by values;
 records of several workdirs combine; launchers refuse another method's
 recipe; a workdir belongs to one method."""
 
+import io
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import lottery
 from lottery import analysis
 from lottery import method as method_lib
 from lottery import rng
+from lottery.progress import Progress
 
 from conftest import ROOT
 from conftest import tiny
@@ -289,3 +291,29 @@ def test_a_workdir_without_label_smoothing_resumes_and_refuses_a_change(
   c.training.label_smoothing = 0.1
   with pytest.raises(lottery.LotteryError, match="label_smoothing"):
     lottery.run(c, wd)
+
+
+@pytest.mark.parametrize("method, notebook", [("imp", "tickets.ipynb"),
+                                              ("pai", "pruning_at_init.ipynb"),
+                                              ("sparse", "sparse_training.ipynb")])
+def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
+                                                   method, notebook):
+  cfg = tiny(npz_path, method=method)
+  if method == "imp":
+    cfg.pruning.rounds = 1
+  if method == "pai":
+    cfg.pai.update(methods=("magnitude",), densities=(0.5,), checks=(),
+                   dense=False)
+  if method == "sparse":
+    cfg.sparse.update(methods=("set",), densities=(0.5,), update_every=5)
+  err = io.StringIO()
+  wd = tmp_path / "wd"
+  lottery.driver.run(cfg, wd, method=method,
+                     progress=Progress(stream=err, out=io.StringIO(),
+                                       live=False))
+  last = err.getvalue().strip().splitlines()[-1]
+  assert last == (
+      f"results: {wd / 'summary.json'}; tickets: "
+      f"lottery.load_ticket({str(wd)!r}, ...); notebook: "
+      f"LOTTERY_WORKDIR={wd} jupyter lab notebooks/{notebook}; "
+      f"curves: tensorboard --logdir {wd / 'tensorboard'}")

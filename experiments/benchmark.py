@@ -25,8 +25,9 @@ LeNet, sparse training too: static_steps_per_s (a fixed 90%-sparse mask) and
 rigl_steps_per_s (RigL updating it every 100 steps inside the compiled loop),
 rigl_vs_static (target >= 0.85). 'stability' times the instability
 analysis's two costs with LeNet-300-100 (`lottery.stability`): the error and
-loss at 30 points of a linear path, in one compiled program, against 30
-separately compiled-once evaluations of the interpolated networks
+loss at 30 points of a linear path, in one compiled program with the
+model's input layer computed once per end (`stability.linear_input`), against
+30 separately compiled-once evaluations of the interpolated networks
 (path_30_vs_separate, target <= 0.5), and a pair of copies trained as 2
 replicates of one program against two single trainings (pair_vs_two,
 target <= 0.8 on the CPU); and the same path of ResNet-20, whose BatchNorm
@@ -449,8 +450,9 @@ def _path_timing(name: str, examples: int, repeats: int) -> dict:
 
   def batched():
     start = time.perf_counter()
-    m = stability.evaluate_path(eval_fn, a, b, state, mask, x, y,
-                                points=points, **stats)
+    m = stability.evaluate_path(
+        eval_fn, a, b, state, mask, x, y, points=points,
+        input_layer=stability.input_layer_of(model), **stats)
     assert len(m["error"]) == points
     return time.perf_counter() - start
 

@@ -36,6 +36,11 @@ class MLP(nn.Module):
     names = [f"fc{i + 1}" for i in range(len(self.features))] + ["out"]
     return tuple(Units((a,), (b,)) for a, b in zip(names, names[1:]))
 
+  def input_layer(self) -> str:
+    """The first layer, affine, reading the flattened input
+    (`lottery.stability.linear_input`)."""
+    return "fc1"
+
   def with_widths(self, widths: Sequence[int]) -> MLP:
     """The same MLP with `widths[i]` units in hidden layer i."""
     return self.clone(features=tuple(int(w) for w in widths))
@@ -94,6 +99,11 @@ class ResidualMLP(nn.Module):
     fc2's output j (added into the same h_j) and is read by fc2's and
     out's input row j, so these four go together."""
     return (Units(("fc1", "fc2"), ("fc2", "out")),)
+
+  def input_layer(self) -> str:
+    """The first layer, affine, reading the flattened input
+    (`lottery.stability.linear_input`)."""
+    return "fc1"
 
   def with_widths(self, widths: Sequence[int]) -> ResidualMLP:
     """The same network with `widths[0]` units in the residual stream."""

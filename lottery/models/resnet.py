@@ -104,6 +104,11 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
 
+  def input_layer(self) -> str:
+    """The stem conv, reading the images
+    (`lottery.stability.linear_input`)."""
+    return "conv"
+
   def coupling(self) -> tuple[Units, ...]:
     """The inner channels of each block: conv1's outputs (with bn1), read by
     conv2's input channels (Li et al. 2017's filter pruning). The channels
@@ -203,6 +208,11 @@ class ImageNetResNet(nn.Module):
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
+
+  def input_layer(self) -> str:
+    """The stem conv, reading the images
+    (`lottery.stability.linear_input`)."""
+    return "conv"
 
   def coupling(self) -> tuple[Units, ...]:
     """Each bottleneck's inner channels: conv1's outputs (with bn1) read by

@@ -70,6 +70,11 @@ class VGG(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
 
+  def input_layer(self) -> str:
+    """The first conv, reading the images
+    (`lottery.stability.linear_input`)."""
+    return "conv1"
+
   def coupling(self) -> tuple[Units, ...]:
     """The output channels of each conv, read by the next conv's input
     channels (HWIO axis -2) and, for the last conv, by the rows of 'out' (the

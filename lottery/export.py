@@ -97,8 +97,8 @@ def export(directory: str | os.PathLike, params: Any, model_state: Any,
 
   Raises:
     LotteryError: one line, before anything is written: a directory that
-      holds something, an unknown model or option, a mask that does not
-      fit `params`.
+      holds something, an unknown model or option, params that are not the
+      model's or a mask that does not fit them.
   """
   path = pathlib.Path(directory)
   if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -107,6 +107,7 @@ def export(directory: str | os.PathLike, params: Any, model_state: Any,
                        f"directory")
   options = dict(options or {})
   net = models.get(model, num_classes, field="model", **options)
+  _check_params(net, params, model, num_classes)
   if mask is None:
     mask = masks_lib.make_mask(params)  # All kept.
   if structure_lib.coupling_of(net) is not None and hasattr(net,
@@ -125,6 +126,24 @@ def export(directory: str | os.PathLike, params: Any, model_state: Any,
   checkpoint.write_json(path / ARCHITECTURE, arch)
   checkpoint.wait_for(path / ARCHITECTURE)
   return checkpoint.read_json(path / ARCHITECTURE)
+
+
+def _check_params(net: nn.Module, params: Any, model: str,
+                  num_classes: int) -> None:
+  """Refuses params without the model's output layer of `num_classes`
+  units or without a kernel its coupling names."""
+  flat = _flat(params)
+  needed = ["out/kernel"] + [f"{m}/kernel" for u in
+                             structure_lib.coupling_of(net) or ()
+                             for m in u.producers + u.consumers]
+  missing = [k for k in needed if k not in flat]
+  if missing:
+    raise LotteryError(f"params: not those of model {model!r} (no "
+                       f"{missing[0]!r}; they hold {sorted(flat)[:8]})")
+  outputs = np.shape(flat["out/kernel"])[-1]
+  if outputs != num_classes:
+    raise LotteryError(f"num_classes: {num_classes}, but the params' output "
+                       f"layer 'out' has {outputs} units")
 
 
 def load_exported(directory: str | os.PathLike
@@ -150,8 +169,9 @@ def load_exported(directory: str | os.PathLike
   where = f"directory: {os.fspath(file)!r}"
   if not isinstance(arch, dict) or arch.get("format") != FORMAT or set(
       arch) != set(_KEYS):
+    keys = sorted(arch) if isinstance(arch, dict) else arch
     raise LotteryError(f"{where} is not an export of format {FORMAT!r} "
-                       f"(keys {sorted(arch) if isinstance(arch, dict) else arch!r})")
+                       f"(keys {keys!r})")
   net = models.get(arch["model"], arch["num_classes"], field=f"{where}: model",
                    **arch["options"])
   arrays = checkpoint.restore(path / ARRAYS)
@@ -192,6 +212,8 @@ def export_ticket(workdir: str | os.PathLike, directory: str | os.PathLike,
     The architecture written; its 'source' holds the workdir, the ticket's
     coordinates, `weights`, its density and test accuracy.
   """
+  # Imported here: lottery.experiment builds runs (data, loop), which a
+  # load of an export does not need.
   from lottery.experiment import model_options  # pylint: disable=g-import-not-at-top
   if weights not in ("trained", "rewind"):
     raise LotteryError(f"weights: must be 'trained' or 'rewind' (got "

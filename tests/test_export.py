@@ -126,9 +126,20 @@ def test_export_never_overwrites_and_refuses_bad_input_before_writing(
     export_lib.export(busy, params, state, mask, model="mlp_tiny",
                       num_classes=10)
   assert [p.name for p in busy.iterdir()] == ["notes.txt"]
-  with pytest.raises(LotteryError, match=r"^model: unknown model, .*\(got 'nope'\)$"):
+  with pytest.raises(LotteryError,
+                     match=r"^model: unknown model, .*\(got 'nope'\)$"):
     export_lib.export(tmp_path / "a", params, state, mask, model="nope",
                       num_classes=10)
+  with pytest.raises(LotteryError, match=r"^params: not those of model "
+                     r"'mnist1d_mlp' \(no 'fc2/kernel'; they hold "
+                     r"\['fc1/bias', 'fc1/kernel', 'out/bias', "
+                     r"'out/kernel'\]\)$"):
+    export_lib.export(tmp_path / "a", params, state, mask,
+                      model="mnist1d_mlp", num_classes=10)
+  with pytest.raises(LotteryError, match="^num_classes: 3, but the params' "
+                     "output layer 'out' has 10 units$"):
+    export_lib.export(tmp_path / "a", params, state, mask, model="mlp_tiny",
+                      num_classes=3)
   bad = {**mask, "fc1": {**mask["fc1"], "kernel": mask["fc1"]["kernel"][:2]}}
   with pytest.raises(LotteryError, match="^mask: "):
     export_lib.export(tmp_path / "a", params, state, bad, model="mlp_tiny",

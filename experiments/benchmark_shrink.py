@@ -58,6 +58,19 @@ def _forward(model, params, state):
   return jax.jit(lambda p, x: model.apply({"params": p, **state}, x))
 
 
+def _latencies(fns: dict, nets: dict, x, repeats: int) -> dict[str, float]:
+  """{variant: median ms of `fns[v](params, x)`}, 4 significant digits; the
+  variants alternate, each timing ~0.1 s of the dense net's calls."""
+  def timed(v):
+    start = time.perf_counter()
+    jax.block_until_ready(fns[v](nets[v][1], x))
+    return time.perf_counter() - start
+  calls = max(1, int(0.1 / min(timed("dense") for _ in range(3))))
+  med = timing.median_times(
+      lambda v: sum(timed(v) for _ in range(calls)), nets, repeats)
+  return {v: float(f"{1000 * t / calls:.4g}") for v, t in med.items()}
+
+
 def measure(names=tuple(MODELS), sparsities=SPARSITIES,
             repeats: int = 5) -> dict:
   """{f'{model}_{int(100 s)}_{key}': value} for the keys of the module doc."""
@@ -92,16 +105,8 @@ def measure(names=tuple(MODELS), sparsities=SPARSITIES,
         cost = cost[0] if isinstance(cost, list) else cost
         out[f"{key}_flops_{v}"] = float(cost["flops"])
       for b in BATCHES:
-        def timed(v, b=b):
-          start = time.perf_counter()
-          jax.block_until_ready(fns[v](nets[v][1], xs[b]))
-          return time.perf_counter() - start
-        # Enough calls per timing that one lasts ~0.1 s of the dense net's.
-        calls = max(1, int(0.1 / min(timed("dense") for _ in range(3))))
-        med = timing.median_times(
-            lambda v: sum(timed(v) for _ in range(calls)), nets, repeats)
-        for v, t in med.items():
-          out[f"{key}_ms_b{b}_{v}"] = float(f"{1000 * t / calls:.4g}")
+        for v, ms in _latencies(fns, nets, xs[b], repeats).items():
+          out[f"{key}_ms_b{b}_{v}"] = ms
       # Equal outputs: the shrunk network computes the masked one's.
       np.testing.assert_allclose(
           fns["shrunk"](small_params, xs[256]),
@@ -113,3 +118,52 @@ def measure(names=tuple(MODELS), sparsities=SPARSITIES,
       out[f"{key}_speedup_vs_flops"] = round(speedup / flops, 3)
   return out
 
+
+
+def measure_tickets(workdir, rounds, shape: tuple[int, ...],
+                    repeats: int = 5) -> dict:
+  """What a run's tickets shrink to: per IMP round r in `rounds`, replicate
+  0's ticket exported (`lottery.export_ticket`) and loaded back
+  (`lottery.load_exported`) against the full-size masked network.
+
+  Args:
+    workdir: a finished IMP run.
+    rounds: the rounds to measure.
+    shape: the shape of one input example (MNIST-1D: (40,)).
+    repeats: timings per variant and batch size (`timing.median_times`).
+
+  Returns:
+    {f'{r}_{key}': value}: params_{dense,shrunk} (parameter counts),
+    widths (the exported widths), ms_b{1,256}_{dense,shrunk} (median
+    latency of the jitted forward pass; 'dense' is the masked full-size
+    network, which runs the dense program), speedup_b256.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  out = {}
+  config = lottery.load_config(workdir)
+  xs = {b: jnp.asarray(np.random.default_rng(b).normal(
+      size=(b,) + tuple(shape)).astype(np.float32)) for b in BATCHES}
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in rounds:
+      ticket = lottery.load_ticket(workdir, r)
+      arch = lottery.export_ticket(workdir, f"{tmp}/{r}", r)
+      small = lottery.load_exported(f"{tmp}/{r}")
+      full = models.get(config.model.name, arch["num_classes"],
+                        **arch["options"])
+      nets = {"dense": (full, masks.apply_mask(ticket.mask,
+                                               ticket.trained_params),
+                        ticket.model_state),
+              "shrunk": small}
+      fns = {v: _forward(*net) for v, net in nets.items()}
+      np.testing.assert_allclose(
+          fns["shrunk"](small[1], xs[256]),
+          fns["dense"](nets["dense"][1], xs[256]), rtol=1e-3, atol=1e-3)
+      out[f"{r}_params_dense"] = _count(ticket.trained_params)
+      out[f"{r}_params_shrunk"] = _count(small[1])
+      out[f"{r}_widths"] = arch["widths"]
+      for b in BATCHES:
+        for v, ms in _latencies(fns, nets, xs[b], repeats).items():
+          out[f"{r}_ms_b{b}_{v}"] = ms
+      out[f"{r}_speedup_b256"] = round(
+          out[f"{r}_ms_b256_dense"] / out[f"{r}_ms_b256_shrunk"], 3)
+  return out

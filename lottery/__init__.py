@@ -19,6 +19,8 @@ from lottery import sparse
 from lottery import stability
 from lottery import structure
 from lottery.experiment import build
+from lottery.export import export_ticket
+from lottery.export import load_exported
 from lottery.imp import run
 from lottery.imp import summary
 from lottery.masks import apply_mask
@@ -50,8 +52,9 @@ except _metadata.PackageNotFoundError:
 __all__ = [
     "LotteryError", "Ticket", "TrainState", "apply_mask", "base_config",
     "__version__", "build", "density", "distributions", "driver",
-    "finished_rounds", "imp", "init_state", "method", "scores",
-    "keep_pruned", "keep_top", "layer_densities", "load_config", "load_ticket",
+    "export_ticket", "finished_rounds", "imp", "init_state", "method",
+    "scores", "keep_pruned", "keep_top", "layer_densities", "load_config",
+    "load_exported", "load_ticket",
     "make_eval_step", "make_mask", "make_train_step", "pai", "prune",
     "random_like", "records", "run", "shrink", "sparse", "stability",
     "structure", "summary",

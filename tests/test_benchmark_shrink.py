@@ -27,3 +27,21 @@ def test_the_mnist1d_mlp_at_half_its_units():
   assert out["mnist1d_mlp_50_speedup_vs_flops"] == pytest.approx(
       out["mnist1d_mlp_50_speedup_b256"] /
       out["mnist1d_mlp_50_flop_reduction"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_measure_tickets_exports_and_times_a_runs_tickets(npz_path, tmp_path):
+  import lottery  # pylint: disable=g-import-not-at-top
+  from conftest import quiet, tiny  # pylint: disable=g-import-not-at-top
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
+                          "controls": ()})
+  lottery.run(cfg, tmp_path / "wd", log=quiet)
+  out = benchmark_shrink.measure_tickets(tmp_path / "wd", (0, 1), (8,),
+                                         repeats=1)
+  # mlp_tiny: 8 -> 32 -> 3; round 1 keeps 16 of the 32 units.
+  assert out["0_widths"] == [32] and out["1_widths"] == [16]
+  assert out["0_params_shrunk"] == out["1_params_dense"] == (
+      8 * 32 + 32 + 32 * 3 + 3)
+  assert out["1_params_shrunk"] == 8 * 16 + 16 + 16 * 3 + 3
+  for b in (1, 256):
+    assert out[f"1_ms_b{b}_dense"] > 0 and out[f"1_ms_b{b}_shrunk"] > 0

@@ -21,11 +21,14 @@ import tensorflow_datasets as tfds
 import lottery
 from experiments import cli
 from lottery import checkpoint
+from lottery import export as export_lib
 from lottery import imp
 from lottery import jobs
 from lottery import masks
 from lottery import models
+from lottery import n_m
 from lottery import pruning
+from lottery import structure
 from lottery import tickets
 
 from conftest import leaves_equal
@@ -39,6 +42,10 @@ ALL = [f"{name}:{arg}" if arg else name
 QUICK = [s for s in ALL if s.endswith(":quick") or s.endswith(",quick")]
 # Sparse-training recipes run with experiments.sparse (lottery.sparse.run).
 SPARSE_QUICK = [s for s in QUICK if s.startswith(("sparse_", "rigl_"))]
+# Structured IMP recipes (neuron, N:M): their counts follow the units' or
+# the N:M rule, checked by test_structured_quick_recipe_end_to_end.
+STRUCTURED_QUICK = [s for s in QUICK
+                    if s.startswith(("filter_", "structured_", "nm_"))]
 # Mock TFDS splits have this many examples each; a recipe's validation split
 # shrinks to VALIDATION of them.
 MOCK_EXAMPLES, VALIDATION = 64, 16
@@ -227,7 +234,8 @@ def iterations_bound(config, method):
 @pytest.mark.parametrize("spec", [s for s in QUICK
                                   if s != "conv_cifar10:quick"
                                   and not s.startswith(("pai_", "stability_"))
-                                  and s not in SPARSE_QUICK])
+                                  and s not in SPARSE_QUICK
+                                  and s not in STRUCTURED_QUICK])
 def test_quick_recipe_end_to_end(spec, tmp_path, request):
   if spec == "resnet20_cifar10:quick":
     config, summary, wd = request.getfixturevalue("resnet_quick")
@@ -304,6 +312,81 @@ def test_resnet20_quick_batch_stats_and_global_pruning(resnet_quick):
   assert leaves_equal(t1.rewind_model_state, point_state)
   assert not leaves_equal(point_state, init_state)
   assert leaves_equal(t1.rewind_params, lottery.apply_mask(t1.mask, point))
+
+
+def test_structured_mnist1d_unstructured_keeps_the_structured_layer_counts():
+  """':unstructured' keeps, every round and layer, the weights the structured
+  run keeps (units u: fc1 40u, fc2 u^2, out 10u), to within 0.3%."""
+  structured = cli.load_config("structured_mnist1d")
+  plain = cli.load_config("structured_mnist1d:unstructured")
+  for k in ("training", "data", "model", "seeds"):
+    assert plain[k] == structured[k], k
+  p = structured.pruning
+  assert (p.structure, p.group_score, plain.pruning.structure) == (
+      "neuron", "l1", "unstructured")
+  units = [500]
+  for r in range(1, p.rounds + 1):
+    units.append(units[-1] - pruning.num_to_remove(
+        imp.round_rate(p.schedule, p.fraction, r), units[-1]))
+  assert units == [500, 400, 320, 256, 205, 164, 131, 105, 84]
+  sizes = {"fc1/kernel": 40 * 500, "fc2/kernel": 500 * 500,
+           "out/kernel": 500 * 10}
+  for (_, kept), u in zip(expected_kept(sizes, plain), units):
+    want = {"fc1/kernel": 40 * u, "fc2/kernel": u * u, "out/kernel": 10 * u}
+    for name, k in kept.items():
+      assert abs(k - want[name]) <= 0.003 * want[name], (u, name, k)
+  assert kept["fc2/kernel"] != want["fc2/kernel"]  # Not exact: rounding.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", STRUCTURED_QUICK)
+def test_structured_quick_recipe_end_to_end(spec, tmp_path):
+  """Neuron recipes keep round(p n) fewer units of each set every round, and
+  their scratch control trains; N:M recipes keep exactly N of every M
+  (`n_m.pack` takes each kernel); the last round's ticket exports to a
+  network that computes the masked one's outputs."""
+  wd = tmp_path / "wd"
+  config, summary = run_quick(spec, wd)
+  p = config.pruning
+  assert summary["finished"]
+  rounds = summary["rounds"]
+  assert [r["round"] for r in rounds] == list(range(p.rounds + 1))
+  spec_ = structure.parse(p.structure)
+  last = lottery.load_ticket(wd, p.rounds)
+  arch = lottery.export_ticket(wd, tmp_path / "export", p.rounds)
+  assert arch["source"]["coords"] == last.coords
+  full = models.get(config.model.name, arch["num_classes"], **arch["options"])
+  if spec_.kind == "neuron":
+    alive = None
+    for r in range(p.rounds + 1):
+      got = [int((~d).sum()) for d in structure.whole_units(
+          lottery.load_ticket(wd, r).mask, full.coupling()).values()]
+      alive = got if alive is None else [
+          n - pruning.num_to_remove(imp.round_rate(p.schedule, p.fraction, r),
+                                    n) for n in alive]
+      assert got == alive, r
+    assert arch["widths"] == alive
+    for r in range(1, p.rounds + 1):
+      due = r % config.controls_every == 0 or r == p.rounds
+      assert set(rounds[r].get("controls", {})) == (
+          set(config.controls) if due else set()), r
+  else:
+    flat_mask = masks.named_leaves(last.mask)
+    for name, w in masks.named_leaves(last.trained_params).items():
+      m = flat_mask[name]
+      if m is not None:
+        assert m.sum() * spec_.m == m.size * spec_.n, name
+        packed = n_m.pack(w, m, spec_.n, spec_.m, name=name)
+        np.testing.assert_array_equal(n_m.unpack(packed), np.where(m, w, 0))
+  small, small_params, small_state = export_lib.load_exported(
+      tmp_path / "export")
+  shape = (40,) if config.data.name == "mnist1d" else (32, 32, 3)
+  x = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
+  np.testing.assert_allclose(
+      small.apply({"params": small_params, **small_state}, x),
+      full.apply({"params": lottery.apply_mask(last.mask,
+                                               last.trained_params),
+                  **last.model_state}, x), rtol=1e-4, atol=1e-4)
 
 
 # Test-only overrides: each group of a sparse run compiles its own train

@@ -605,16 +605,20 @@ def test_bn_scale_criterion_sums_abs_gamma_over_channel_modules():
 
 def test_imp_taylor_prunes_the_units_hand_computed_on_its_batch(npz_path,
                                                                 tmp_path):
+  # Two replicates: pruned in one vmapped call, each on its own batch.
   cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
-                          "pruning.group_score": "taylor",
+                          "pruning.group_score": "taylor", "seeds.num": 2,
                           "pruning.batch_size": 50, "controls": ()})
   lottery.run(cfg, tmp_path, log=quiet)
-  trained = lottery.load_ticket(tmp_path, 0, "ticket").trained_params
   exp = lottery.build(cfg)
-  x, y = lottery.imp._score_batch(cfg, exp, 0, 1)  # pylint: disable=protected-access
-  assert len(y) == 50
-  want = _lowest(_mlp_taylor_units(trained, x, y), 16)
-  assert _dead_fc1(lottery.load_ticket(tmp_path, 1, "ticket").mask) == want
+  for i in range(2):
+    trained = lottery.load_ticket(tmp_path, 0, "ticket",
+                                  seed=i).trained_params
+    x, y = lottery.imp._score_batch(cfg, exp, i, 1)  # pylint: disable=protected-access
+    assert len(y) == 50
+    want = _lowest(_mlp_taylor_units(trained, x, y), 16)
+    mask = lottery.load_ticket(tmp_path, 1, "ticket", seed=i).mask
+    assert _dead_fc1(mask) == want, i
 
 
 def test_pai_taylor_prunes_the_units_hand_computed_on_the_init(npz_path,

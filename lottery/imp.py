@@ -14,6 +14,13 @@ weights (`lottery.prune`), resets the rest (a reset policy) and trains again:
 
 Under a constant schedule lr_rewind and finetune are the same procedure.
 
+Under `pruning.structure` 'neuron' a group criterion (`pruning.group_score`
+'taylor' or 'bn_scale', `lottery.structure`) scores the units in place of
+`pruning.score`: 'taylor' on the previous round's trained network (in
+evaluation mode, its model state) with the loss gradient of
+`pruning.batch_size` training examples drawn for replicate i and round r with
+rng.stream(seeds.data + i, 'imp_batch', r).
+
 Beside each pruned round's ticket the controls in `config.controls` (see
 `lottery.controls`) run from the same config and train exactly like the ticket.
 
@@ -175,6 +182,12 @@ def _structure(f, v, c) -> None:
                     f"{c['pruning.rounds']})")
 
 
+def _group_score(f, v, c) -> None:
+  config_lib.check_choice(f, v, structure_lib.GROUP_SCORES)
+  structure_lib.check_criterion(v, c["pruning.structure"], None, None, "",
+                                field=f, structure_field="pruning.structure")
+
+
 def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     config_lib.fail(f, v, "must be a tuple, e.g. ('reinit',)")
@@ -218,7 +231,13 @@ config_lib.register_block(
         # (e.g. '2:4': round 1 keeps N of every M along the input axis); see
         # lottery.structure.
         structure="unstructured",
-        group_score="sum",  # neuron: sum | l1 | l2 of its weights' scores.
+        # neuron: sum | l1 | l2 of its weights' scores (pruning.score), or a
+        # criterion in their place: taylor (|sum of g * w| of the trained
+        # network on a batch) | bn_scale (|gamma| of its BatchNorm channel).
+        group_score="sum",
+        # taylor: the training examples of the batch (drawn per round and
+        # replicate) whose loss gradient scores the units.
+        batch_size=100,
     ),
     rules={
         "pruning.fraction": config_lib.fraction,
@@ -234,8 +253,8 @@ config_lib.register_block(
         "pruning.level_barrier": config_lib.boolean,
         "pruning.path_points": config_lib.count(2, 10_000),
         "pruning.structure": _structure,
-        "pruning.group_score": config_lib.one_of(
-            lambda: structure_lib.GROUP_SCORES),
+        "pruning.group_score": _group_score,
+        "pruning.batch_size": config_lib.count(1),
     },
     help={
         "pruning.fraction": "fraction of the surviving prunable weights removed per round",
@@ -251,7 +270,8 @@ config_lib.register_block(
         "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
         "pruning.path_points": "evenly spaced points of those linear paths, ends included",
         "pruning.structure": "unstructured, neuron (whole units) or 'N:M' such as '2:4' (one round)",
-        "pruning.group_score": "neuron: a unit's score from its weights' scores: sum, l1 or l2",
+        "pruning.group_score": "neuron: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of pruning.score)",
+        "pruning.batch_size": "taylor: training examples whose loss gradient scores the units",
     })
 # Controls run every pruned round beside the ticket: 'reinit' (same mask,
 # fresh weights) and 'random_prune' (same per-layer densities, random
@@ -339,6 +359,17 @@ def _accuracy(rec: dict) -> str:
   return f"{rec['test_accuracy']:.4f} ± {rec['test_accuracy_std']:.4f}"
 
 
+def _score_batch(config, exp: Experiment, i: int, r: int):
+  """The batch whose loss gradient scores round r's units under 'taylor'
+  for replicate i: `pruning.batch_size` training examples drawn with
+  rng.stream(seeds.data + i, 'imp_batch', r)."""
+  ds = exp.dataset
+  return scores_lib.draw_batch(
+      ds.x_train, ds.y_train, config.pruning.batch_size,
+      rng.stream(config.seeds.data + i, "imp_batch", r),
+      field="pruning.batch_size")
+
+
 def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
            r: int) -> list[Any]:
   """Round r's masks from each replicate's previous ticket (vmapped over
@@ -350,21 +381,38 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
 
   coupling = (structure_lib.coupling_of(exp.model)
               if p.structure == structure_lib.NEURON else None)
+  # A group criterion scores the units in place of pruning.score (its
+  # config rule refuses it without 'neuron').
+  criterion = (p.group_score if p.group_score in structure_lib.CRITERIA
+               else None)
 
-  def one(mask, params, key):
-    return pruning.prune(mask, score_fn(params, key), rate, scope=p.scope,
+  def scores(params, key, model_state, batch, mask):
+    if criterion is None:
+      return score_fn(params, key)
+    apply_fn = lambda q, x: exp.apply_fn(q, model_state, x, train=False)[0]
+    return scores_lib.for_criterion(criterion, apply_fn, params, mask, batch)
+
+  def one(mask, params, key, model_state=None, batch=None):
+    return pruning.prune(mask, scores(params, key, model_state, batch, mask),
+                         rate, scope=p.scope,
                          layer_fractions=layer_fractions,
                          structure=p.structure, group_score=p.group_score,
                          coupling=coupling)
 
   keys = [rng.stream(config.seeds.control + i, "random_score", r)
           for i in range(len(prev))]
+  # The trained networks' model state and a batch, for the taylor criterion.
+  extra = ([] if criterion != "taylor" else
+           [[t.model_state for t in prev],
+            [_score_batch(config, exp, i, r) for i in range(len(prev))]])
   if len(prev) == 1:
-    return [one(prev[0].mask, prev[0].trained_params, keys[0])]
+    return [one(prev[0].mask, prev[0].trained_params, keys[0],
+                *[e[0] for e in extra])]
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   masks = jax.device_get(jax.vmap(one)(stack([t.mask for t in prev]),
                                        stack([t.trained_params for t in prev]),
-                                       jax.numpy.stack(keys)))
+                                       jax.numpy.stack(keys),
+                                       *[stack(e) for e in extra]))
   return [loop_lib.unstack(masks, i) for i in range(len(prev))]
 
 
@@ -409,6 +457,13 @@ class Imp(method_lib.Method):
     p, t = ctx.config.pruning, ctx.config.training
     structure_lib.check_model(p.structure, ctx.exp.dense_mask, ctx.exp.model,
                               ctx.config.model.name, field="pruning.structure")
+    structure_lib.check_criterion(
+        p.group_score, p.structure, ctx.exp.dense_mask, ctx.exp.model,
+        ctx.config.model.name, field="pruning.group_score",
+        structure_field="pruning.structure")
+    if p.group_score == "taylor":
+      for i in range(ctx.replicates):  # A batch_size above the data.
+        _score_batch(ctx.config, ctx.exp, i, 1)
     if "scratch" in ctx.config.controls:
       check_shrinkable(ctx.exp.model, field="controls",
                        what="the 'scratch' control")

@@ -32,6 +32,12 @@ rng.stream(seeds.control + i, 'pai_score', method, d, invert) and its checks
 rng.stream(seeds.control + i, check, method, d), so adding or reordering
 methods or densities leaves every other run bit-identical.
 
+Under `pai.structure` 'neuron' a group criterion (`pai.group_score` 'taylor'
+or 'bn_scale', `lottery.structure`) scores the units in place of the method's
+scores, each round on the masked initial network ('taylor': the gradient on
+the score batch); `pai.methods` must then name one method, and the 'invert'
+check is refused (negated element scores do not invert a criterion).
+
 Groups (each trains `seeds.num` replicates at once), in run order: dense,
 then per method and density the method's tickets and then its checks; see
 `lottery.driver`.
@@ -106,6 +112,23 @@ def _pai_structure(f, v, c) -> None:
                     f"densities={tuple(c['pai.densities'])})")
 
 
+def _pai_group_score(f, v, c) -> None:
+  config_lib.check_choice(f, v, structure_lib.GROUP_SCORES)
+  if v not in structure_lib.CRITERIA:
+    return
+  structure_lib.check_criterion(v, c["pai.structure"], None, None, "",
+                                field=f, structure_field="pai.structure")
+  if len(c["pai.methods"]) != 1:
+    config_lib.fail(f, v, f"scores the units in place of a method's scores, "
+                    f"so every method would give its mask: set pai.methods "
+                    f"to one method, e.g. ('magnitude',) (got methods="
+                    f"{tuple(c['pai.methods'])})")
+  if "invert" in c["pai.checks"]:
+    config_lib.fail(f, v, "ranks units by its own unit scores, which the "
+                    "'invert' check (negated element scores) does not "
+                    "invert: leave 'invert' out of pai.checks")
+
+
 def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
                             ) -> dict[str, int]:
   """Parses 'method=n,...' (e.g. 'synflow=100') into {method: n}."""
@@ -160,7 +183,9 @@ config_lib.register_block(
         # unstructured | neuron (densities are then of units) | 'N:M' (e.g.
         # '2:4', density N/M); see lottery.structure.
         structure="unstructured",
-        group_score="sum",  # neuron: sum | l1 | l2 of its weights' scores.
+        # neuron: sum | l1 | l2 of its weights' scores, or a criterion:
+        # taylor (|sum of g * w| on the score batch) | bn_scale (|gamma|).
+        group_score="sum",
     ),
     rules={
         "pai.methods": _pai_methods,
@@ -172,8 +197,7 @@ config_lib.register_block(
         "pai.batch_size": config_lib.count(1),
         "pai.dense": config_lib.boolean,
         "pai.structure": _pai_structure,
-        "pai.group_score": config_lib.one_of(
-            lambda: structure_lib.GROUP_SCORES),
+        "pai.group_score": _pai_group_score,
     },
     help={
         "pai.methods": "scores that prune the initial weights",
@@ -185,7 +209,7 @@ config_lib.register_block(
         "pai.batch_size": "training examples the data-aware scores see",
         "pai.dense": "also train the dense network (method 'dense')",
         "pai.structure": "unstructured, neuron (densities of units) or 'N:M' such as '2:4' (density N/M)",
-        "pai.group_score": "neuron: a unit's score from its weights' scores: sum, l1 or l2",
+        "pai.group_score": "neuron: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of the method)",
     })
 
 
@@ -208,14 +232,11 @@ def score_batch(exp: Experiment, replicate: int) -> tuple[np.ndarray,
   """The (x, y) the scores of replicate `replicate` see: `pai.batch_size`
   training examples drawn without replacement with the replicate's data
   seed (stream 'pai_batch')."""
-  ds, n = exp.dataset, exp.config.pai.batch_size
-  if n > len(ds.y_train):
-    raise LotteryError(f"pai.batch_size: {n} exceeds the {len(ds.y_train)} "
-                       f"training examples (got {n})")
-  key = rng.stream(exp.config.seeds.data + replicate, "pai_batch")
-  idx = np.sort(np.asarray(jax.random.choice(key, len(ds.y_train), (n,),
-                                             replace=False)))
-  return ds.x_train[idx], ds.y_train[idx]
+  ds = exp.dataset
+  return scores_lib.draw_batch(
+      ds.x_train, ds.y_train, exp.config.pai.batch_size,
+      rng.stream(exp.config.seeds.data + replicate, "pai_batch"),
+      field="pai.batch_size")
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -229,8 +250,11 @@ def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
     return apply(p, model_state, x, train=False)[0]
 
   def one_round(k, m):
-    s = scores_lib.compute(method, apply_fn, params, m, batch,
-                           jax.random.fold_in(key, k))
+    if group_score in structure_lib.CRITERIA:  # It scores the units itself.
+      s = scores_lib.for_criterion(group_score, apply_fn, params, m, batch)
+    else:
+      s = scores_lib.compute(method, apply_fn, params, m, batch,
+                             jax.random.fold_in(key, k))
     if invert:
       s = jax.tree.map(jnp.negative, s)
     return pruning.prune(m, s, fraction, scope=scope, structure=structure,
@@ -261,7 +285,9 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
     structure: 'unstructured'; 'neuron' (`density` is then the fraction of
       each unit set's units kept, coupled across layers); or 'N:M' (keeps N
       of every M whatever `density`; later rounds keep the same mask).
-    group_score: a unit's score under 'neuron' (`lottery.structure`).
+    group_score: a unit's score under 'neuron' (`lottery.structure`); a
+      criterion ('taylor': g * w of the masked network on `batch`,
+      'bn_scale') scores the units in place of `method`.
 
   Returns:
     The mask (bool leaves; None where not prunable).
@@ -368,6 +394,10 @@ class Pai(method_lib.Method):
         ctx.config.model.name, field="pai.structure")
     if spec.kind == structure_lib.NEURON:
       _check_units_kept(ctx.config, ctx.exp)
+    structure_lib.check_criterion(
+        ctx.config.pai.group_score, spec, ctx.exp.dense_mask, ctx.exp.model,
+        ctx.config.model.name, field="pai.group_score",
+        structure_field="pai.structure")
     # A density that keeps no weight of a layer (pai.scope 'layerwise') or
     # none at all (global, module: the layer named is the first) is refused.
     shapes = distributions.shapes_of(ctx.exp.dense_mask)

@@ -103,12 +103,13 @@ def _prune_leaves(alive, scores, consts, *, groups):
 
 @functools.partial(jax.jit, static_argnames=("plan", "groups",
                                              "group_score"))
-def _prune_units(alive, scores, consts, *, plan, groups, group_score):
+def _prune_units(alive, scores, consts, scales=None, *, plan, groups,
+                 group_score):
   """`_prune_leaves` on the units of `plan` (`structure.unit_plan`), spread
   back over the weights: (new mask leaves, whether all scored units are
-  finite)."""
+  finite). `scales`: the BatchNorm scales of 'bn_scale'."""
   units, unit_scores = structure_lib.reduce_units(plan, alive, scores,
-                                                  group_score)
+                                                  group_score, scales)
   new_units, finite = _prune_leaves(units, unit_scores, consts, groups=groups)
   return structure_lib.spread_units(plan, alive, new_units), finite
 
@@ -233,8 +234,12 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       rounding rule; 'N:M' (e.g. '2:4'): keeps the N highest-scoring
       survivors of every M along each leaf's reduction axis, whatever
       `fraction` and `scope` (see `lottery.structure`).
-    group_score: how a unit's score reduces its weights' scores under
-      'neuron': 'sum', 'l1' or 'l2' (`lottery.structure`).
+    group_score: a unit's score under 'neuron': 'sum', 'l1' or 'l2' of its
+      weights' scores, or a criterion (`lottery.structure`): 'taylor'
+      (|sum| of the scores, which are then the signed g * w of
+      `scores.taylor_terms`) or 'bn_scale' (|gamma| of the unit's BatchNorm
+      channels, read from the 'scale' leaves of `scores`, prunable or not:
+      pass the params or `scores.magnitude(params)`).
     coupling: under 'neuron', the model's units: a tuple of
       `structure.Units`, or the model itself (its `coupling()`).
 
@@ -272,7 +277,7 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       raise LotteryError(f"layer_fractions: not used with structure "
                          f"{str(spec)!r} (got {layer_fractions!r})")
     return _unflatten(treedef, leaves, _prune_structured(
-        spec, live, fraction, scope, group_score, coupling))
+        spec, leaves, fraction, scope, group_score, coupling))
   rates = [next((r for rx, r in compiled if rx.fullmatch(name)), None)
            for name, _, _ in live]
   pooled = tuple(j for j, r in enumerate(rates) if r is None)
@@ -299,18 +304,34 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   return _unflatten(treedef, leaves, new)
 
 
-def _unit_plan(live, group_score, coupling) -> structure_lib.UnitPlan:
-  """The unit sets of the live leaves under `coupling` (units, or a model
-  that declares them), after checking `group_score`."""
+def _unit_plan(leaves, group_score, coupling):
+  """(the unit sets of the live leaves under `coupling` (units, or a model
+  that declares them), the BatchNorm scales of each set under 'bn_scale'
+  (else None)), after checking `group_score`; `leaves` as `_flatten`'s."""
   structure_lib.check_group_score(group_score)
   if coupling is not None and not isinstance(coupling, (tuple, list)):
     coupling = structure_lib.coupling_of(coupling)
-  return structure_lib.unit_plan(coupling, [name for name, _, _ in live],
+  live = [(name, m, s) for name, m, s in leaves if m is not None]
+  plan = structure_lib.unit_plan(coupling, [name for name, _, _ in live],
                                  [tuple(np.shape(m)) for _, m, _ in live])
+  if group_score != "bn_scale":
+    return plan, None
+  found = structure_lib.channel_scales(coupling, plan,
+                                       [name for name, _, _ in leaves])
+  for (unit_set, members), js in zip(plan, found):
+    units = np.shape(live[members[0][0]][1])[members[0][1]]
+    for j in js:
+      if np.shape(leaves[j][2]) != (units,):
+        raise LotteryError(
+            f"scores: 'bn_scale' reads {leaves[j][0]} from the scores (the "
+            f"BatchNorm scales of {unit_set}'s {units} units; pass the "
+            f"params or their magnitudes), got {leaves[j][2]!r:.60}")
+  return plan, [[leaves[j][2] for j in js] for js in found]
 
 
-def _prune_structured(spec, live, fraction, scope, group_score, coupling):
+def _prune_structured(spec, leaves, fraction, scope, group_score, coupling):
   """`prune`'s new mask leaves under an N:M or neuron structure."""
+  live = [(name, m, s) for name, m, s in leaves if m is not None]
   names = [name for name, _, _ in live]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
   alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
@@ -318,12 +339,12 @@ def _prune_structured(spec, live, fraction, scope, group_score, coupling):
     new, finite = _prune_n_m(structure_lib.n_m_plan(spec, names, shapes),
                              alive, scores)
   else:
-    plan = _unit_plan(live, group_score, coupling)
+    plan, scales = _unit_plan(leaves, group_score, coupling)
     groups = ((tuple(range(len(plan))),) if scope == "global" else
               tuple((u,) for u in range(len(plan))))
     new, finite = _prune_units(
         alive, scores, select.rate_constants([fraction] * len(groups)),
-        plan=plan, groups=groups, group_score=group_score)
+        scales, plan=plan, groups=groups, group_score=group_score)
   if _is_false(finite):
     raise LotteryError("scores: the scores of surviving weights are not all "
                        "finite")
@@ -352,12 +373,12 @@ def _keep_counts(sizes: Mapping[str, int], counts, what: str) -> list[int]:
 
 
 @functools.partial(jax.jit, static_argnames=("plan", "group_score"))
-def _keep_top_units(alive, scores, keep, *, plan, group_score):
+def _keep_top_units(alive, scores, keep, scales=None, *, plan, group_score):
   """`keep_top_core` on the units of `plan`, spread back over the weights:
   (new mask leaves, surviving units per set, whether unit scores are
   finite)."""
   units, unit_scores = structure_lib.reduce_units(plan, alive, scores,
-                                                  group_score)
+                                                  group_score, scales)
   new_units, n, finite = keep_top_core(units, unit_scores, keep)
   return structure_lib.spread_units(plan, alive, new_units), n, finite
 
@@ -408,14 +429,14 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
                        f"'neuron'; {str(spec)!r} fixes its own counts (N of "
                        f"every M): use prune")
   if spec.kind == structure_lib.NEURON:
-    plan = _unit_plan(live, group_score, coupling)
+    plan, scales = _unit_plan(leaves, group_score, coupling)
     sizes = {name: np.shape(alive[members[0][0]])[members[0][1]]
              for name, members in plan}
     what = "units"
     keep = _keep_counts(sizes, counts, what)
     new, n, finite = _keep_top_units(alive, scores,
-                                     jnp.asarray(keep, jnp.int32), plan=plan,
-                                     group_score=group_score)
+                                     jnp.asarray(keep, jnp.int32), scales,
+                                     plan=plan, group_score=group_score)
   else:
     sizes, what = {name: np.size(m) for name, m, _ in live}, "weights"
     keep = _keep_counts(sizes, counts, what)

@@ -23,7 +23,7 @@ import numpy as np
 
 # One tag per use; append new uses, never renumber.
 USES = ("reinit", "random_prune", "random_score", "shuffle", "mask_init",
-        "mask_update", "pai_batch", "pai_score")
+        "mask_update", "pai_batch", "pai_score", "imp_batch")
 
 
 _THREEFRY = jax.extend.random.threefry_prng_impl

@@ -158,6 +158,22 @@ def random(params, key):
   return jax.tree.unflatten(treedef, out)
 
 
+def draw_batch(x: np.ndarray, y: np.ndarray, n: int, key: jax.Array, *,
+               field: str) -> tuple[np.ndarray, np.ndarray]:
+  """The batch a data-aware score sees: `n` of the examples (x, y) drawn
+  uniformly without replacement with `key`, in their order.
+
+  Raises:
+    LotteryError: naming `field`, if `n` exceeds the examples.
+  """
+  if n > len(y):
+    raise LotteryError(f"{field}: {n} exceeds the {len(y)} training "
+                       f"examples (got {n})")
+  idx = np.sort(np.asarray(jax.random.choice(key, len(y), (n,),
+                                             replace=False)))
+  return x[idx], y[idx]
+
+
 def _loss(apply_fn: ApplyFn, params, batch, temperature: float = 1.0):
   """Mean softmax cross-entropy of the batch (logits / temperature)."""
   x, y = batch
@@ -177,6 +193,30 @@ def snip(apply_fn: ApplyFn, params, mask, batch, key):
   del mask, key
   grads = jax.grad(lambda p: _loss(apply_fn, p, batch))(params)
   return jax.tree.map(lambda g, w: jnp.abs(g * w), grads, params)
+
+
+def taylor_terms(apply_fn: ApplyFn, params, batch):
+  """g * w, signed: the first-order Taylor terms of the loss on the batch.
+
+  Not a score of the registry (a signed per-weight term ranks nothing
+  useful alone): the 'taylor' group criterion (`lottery.structure`) sums
+  them over a unit and takes |.|, Molchanov et al. 2019's group criterion.
+  `params` as the network is pruned (masked).
+  """
+  grads = jax.grad(lambda p: _loss(apply_fn, p, batch))(params)
+  return jax.tree.map(lambda g, w: g * w, grads, params)
+
+
+def for_criterion(criterion: str, apply_fn: ApplyFn, params: Any, mask: Any,
+                  batch: tuple[jax.Array, jax.Array]) -> Any:
+  """What the group criterion `criterion` (`lottery.structure.CRITERIA`)
+  reads, as the `scores` of `lottery.prune`: for 'taylor' the signed g * w
+  of the masked network on `batch` (`taylor_terms`), for 'bn_scale' the
+  masked params' magnitudes (its BatchNorm scales among them). Traceable."""
+  params = masks_lib.apply_mask(mask, params)
+  if criterion == "taylor":
+    return taylor_terms(apply_fn, params, batch)
+  return magnitude(params)
 
 
 @register("grasp", data=True)

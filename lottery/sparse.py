@@ -11,6 +11,13 @@ baseline), `seeds.num` replicates train for `training.steps` steps:
   rigl    the same random mask, changed every `update_every` steps by RigL.
   gmp     dense at the start, pruned by magnitude to the target along the
           cubic schedule of Zhu & Gupta 2017 between begin_step and end_step.
+  nm      N:M sparse training (`sparse.n_m`, e.g. '2:4'): a random N:M mask
+          (N of every M along each prunable leaf's reduction axis), changed
+          every `update_every` steps by RigL with growth within each run of
+          M (`sparse_updates.n_m_rigl`, which says how it differs from
+          SR-STE); density N/M in every layer, so it takes
+          `sparse.densities` = (N/M,) and the 'uniform' distribution. Not
+          among the default methods.
 
 The masks change inside the compiled train step (`lottery.sparse_updates`
 builds the hooks; `Experiment.with_mask_update` compiles one loop per group
@@ -60,6 +67,7 @@ from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import sparse_updates
+from lottery import structure
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
@@ -88,6 +96,23 @@ def _sparse_densities(f, v, c) -> None:
     config_lib.check_real(f, x, 0, 1, lo_open=True, hi_open=True)
   if len(set(v)) != len(v):
     config_lib.fail(f, v, "must not repeat a density")
+
+
+def _sparse_n_m(f, v, c) -> None:
+  spec = structure.parse(v, field=f)
+  if spec.kind != "N:M":
+    config_lib.fail(f, v, "must be an N:M pattern such as '2:4'")
+  if "nm" not in c["sparse.methods"]:
+    return
+  d = spec.n / spec.m
+  if any(x != d for x in c["sparse.densities"]):
+    config_lib.fail("sparse.densities", tuple(c["sparse.densities"]),
+                    f"'nm' with sparse.n_m={v!r} trains at density N/M = "
+                    f"{d!r}: set sparse.densities to ({d!r},)")
+  dist = c["sparse.distribution"]
+  if ((dist,) if isinstance(dist, str) else tuple(dist)) != ("uniform",):
+    config_lib.fail("sparse.distribution", dist, f"'nm' keeps {spec.n} of "
+                    f"every {spec.m} in every layer: set it to 'uniform'")
 
 
 def _sparse_end_fraction(f, v, c) -> None:
@@ -120,12 +145,12 @@ def _sparse_end_step(f, v, c) -> None:
 config_lib.register_block(
     "sparse",
     dict(
-        methods=METHODS,  # static | set | rigl | gmp
+        methods=METHODS,  # static | set | rigl | gmp | nm
         densities=(0.1, 0.03),  # Target densities, each in (0, 1).
         # Per-layer densities: uniform | erk; a tuple runs each.
         distribution=("uniform", "erk"),
-        update_every=100,  # Steps between mask updates (set, rigl, gmp).
-        # set / rigl: fraction of each layer's active weights dropped and
+        update_every=100,  # Steps between mask updates (set, rigl, gmp, nm).
+        # set / rigl / nm: fraction of each layer's active weights dropped and
         # regrown, cosine-annealed to 0 at end_fraction x training.steps.
         drop_fraction=0.3,
         end_fraction=0.75,
@@ -133,6 +158,8 @@ config_lib.register_block(
         # end_step 0 = end_fraction x training.steps.
         begin_step=0,
         end_step=0,
+        # nm: keep N of every M along each prunable leaf's reduction axis.
+        n_m="2:4",
     ),
     rules={
         "sparse.methods": _sparse_methods,
@@ -143,16 +170,18 @@ config_lib.register_block(
         "sparse.end_fraction": _sparse_end_fraction,
         "sparse.begin_step": config_lib.count(0),
         "sparse.end_step": _sparse_end_step,
+        "sparse.n_m": _sparse_n_m,
     },
     help={
         "sparse.methods": "sparse-training methods; a dense baseline always runs",
         "sparse.densities": "target densities, each in (0, 1)",
         "sparse.distribution": "per-layer densities (a tuple runs each)",
-        "sparse.update_every": "steps between mask updates (set, rigl, gmp)",
-        "sparse.drop_fraction": "set/rigl: fraction of active weights dropped and regrown, cosine-annealed",
-        "sparse.end_fraction": "set/rigl: updates stop at end_fraction x training.steps (gmp's default end)",
+        "sparse.update_every": "steps between mask updates (set, rigl, gmp, nm)",
+        "sparse.drop_fraction": "set/rigl/nm: fraction of active weights dropped and regrown, cosine-annealed",
+        "sparse.end_fraction": "set/rigl/nm: updates stop at end_fraction x training.steps (gmp's default end)",
         "sparse.begin_step": "gmp: the step pruning starts",
         "sparse.end_step": "gmp: the step it reaches the target (0 = end_fraction x training.steps)",
+        "sparse.n_m": "nm: the N:M pattern along the reduction axis, e.g. '2:4' (density N/M)",
     })
 
 
@@ -283,7 +312,7 @@ def _hook(exp: Experiment, g: Group, counts: dict[str, int]):
       exp.dense_mask, counts, steps=c.training.steps,
       update_every=s.update_every, drop_fraction=s.drop_fraction,
       end_fraction=s.end_fraction, begin_step=s.begin_step,
-      end_step=gmp_end(c))
+      end_step=gmp_end(c), n_m=s.n_m)
   if hook is None:
     return None, 0, 0
   return hook, s.update_every, changes
@@ -336,6 +365,10 @@ class Sparse(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     shapes = distributions.shapes_of(ctx.exp.dense_mask)
+    if "nm" in ctx.config.sparse.methods:  # M divides every reduction axis.
+      structure.check_model(ctx.config.sparse.n_m, ctx.exp.dense_mask,
+                            ctx.exp.model, ctx.config.model.name,
+                            field="sparse.n_m")
     for g in groups(ctx.config):
       if g.method != DENSE:
         distributions.check_every_layer_kept(
@@ -371,6 +404,10 @@ class Sparse(method_lib.Method):
     for i in range(ctx.replicates):
       if g.method in (DENSE, "gmp"):
         mask = exp.dense_mask
+      elif g.method == "nm":
+        mask = pruning.prune(exp.dense_mask, scores_lib.random(
+            exp.dense_mask, rng.stream(c.seeds.control + i, "mask_init")),
+                             0.0, structure=c.sparse.n_m)
       else:
         mask = _random_mask(exp.dense_mask, counts,
                             rng.stream(c.seeds.control + i, "mask_init"))

@@ -14,6 +14,8 @@ j = s // dT, so the hook compiles once per run and never again.
         largest |dense gradient| (of the step's batch).
   gmp   (Zhu & Gupta 2017) keep the k_j largest-|w| active weights, k_j
         falling from dense to the target along the cubic schedule.
+  nm    N:M sparse training: RigL whose growth refills each run of M
+        weights along the reduction axis to exactly N (see `n_m_rigl`).
 
 Drop and grow, as in the RigL code (`SparseSETOptimizer._get_update_op`):
 the d weights to drop are ranked among the active weights only; the grow
@@ -35,7 +37,7 @@ Drop fraction: fraction(s) = alpha / 2 (1 + cos(pi s / T_end)) for s < T_end
 well, as the RigL paper does for every dynamic method; `lottery.schedules`,
 like GMP's cubic); with fraction 0 the mask stays as it is.
 
-The methods 'static', 'set', 'rigl' and 'gmp' are a `Registry` (`register`,
+The methods 'static', 'set', 'rigl', 'gmp' and 'nm' are a `Registry` (`register`,
 `names`, `get`, `info`; info `dynamic`: whether the mask changes): an entry
 builds a group's hook and counts its mask-changing updates, and
 `lottery.sparse` calls the one its group names (see `static` for the form).
@@ -54,6 +56,8 @@ from lottery import schedules
 from lottery import scores as scores_lib
 from lottery import select
 from lottery import step as step_lib
+from lottery import structure
+from lottery.errors import LotteryError
 from lottery.registry import Registry
 
 # The schedule's update grid and RigL's cosine drop fractions live in
@@ -156,6 +160,70 @@ def drop_and_grow(kind: str, mask: masks_lib.Mask, counts: Mapping[str, int],
   return hook
 
 
+def n_m_rigl(mask: masks_lib.Mask, table: np.ndarray, update_every: int,
+             n_m: str) -> step_lib.MaskUpdate:
+  """The N:M hook ('nm'): RigL under an N:M structure, exactly N of every M.
+
+  At an update the d_l smallest-|w| active weights of leaf l are dropped, as
+  RigL drops them (d_l = `table[j, l]`, the cosine-annealed drop count of
+  `drop_table`); then every run of M consecutive weights along the leaf's
+  reduction axis (`structure.reduction_axis`: a Dense kernel's axis 0, a
+  conv kernel's input channels) grows back as many as it lost, the largest
+  |dense gradient| among its weights not kept (`structure.n_m_fill`; a
+  just-dropped weight may come straight back, keeping its value). So the
+  mask holds exactly N of every M before and after every update; the run
+  starts from a random N:M mask (`lottery.sparse`). Density N/M in every
+  layer.
+
+  What it is not: SR-STE (Zhou et al. 2021, "Learning N:M Fine-grained
+  Structured Sparse Neural Networks From Scratch") keeps the dense weights,
+  recomputes the N:M mask from their magnitudes every step, passes
+  gradients straight through to the pruned weights and decays them by
+  lambda_W. The engine keeps pruned weights at exactly 0 (`lottery.step`),
+  so a pruned weight has no magnitude to come back by: the dense gradient
+  chooses regrowth, as in RigL, and a grown weight starts at 0 with a fresh
+  optimizer state. For that reason the update period is the run's
+  `sparse.update_every` (RigL's Delta T), not 1: updated every step, a
+  weight grown at 0 would be the smallest of its run at the next update.
+
+  Args:
+    mask: a mask of the model (its structure and prunable leaves).
+    table: `drop_table(counts, ...)` with counts N/M of every leaf.
+    update_every: dT, the engine's update period.
+    n_m: the pattern, e.g. '2:4'.
+
+  Raises:
+    LotteryError: ('sparse.n_m: ...') for an M that does not divide a
+      prunable leaf's reduction axis.
+  """
+  spec = structure.parse(n_m, field="sparse.n_m")
+  named = {k: np.shape(m) for k, m in masks_lib.named_leaves(mask).items()
+           if m is not None}
+  plan = structure.n_m_plan(spec, list(named), list(named.values()),
+                            field="sparse.n_m")
+  keep = np.asarray([np.prod(s, dtype=int) // spec.m * spec.n
+                     for s in named.values()], np.int32)
+  leaves, treedef = jax.tree.flatten(mask, is_leaf=_is_none)
+  live = [i for i, m in enumerate(leaves) if m is not None]
+  table = np.asarray(table, np.int32)
+
+  def hook(state, grads, key):
+    del key
+    drop = jnp.asarray(table)[_index(state, update_every, len(table))]
+    m = treedef.flatten_up_to(state.mask)
+    w = treedef.flatten_up_to(state.params)
+    g = treedef.flatten_up_to(grads)
+    kept = _keep_top([m[i] for i in live], [jnp.abs(w[i]) for i in live],
+                     keep - drop)
+    grown = structure.n_m_fill(plan, kept, [jnp.abs(g[i]) for i in live])
+    new = list(m)
+    for i, k in zip(live, grown):
+      new[i] = k
+    return jax.tree.unflatten(treedef, new)
+
+  return hook
+
+
 def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
                        update_every: int) -> step_lib.MaskUpdate:
   """The GMP hook: keep the `table[j]` largest-|w| active weights per leaf.
@@ -190,7 +258,7 @@ def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
 #      begin_step, end_step) -> (hook or None, updates that change the mask)
 # with `counts` the {path: kept count} of the target density and the rest
 # the run's `training.steps` and `sparse.*` fields (end_step: GMP's resolved
-# end step, `sparse.gmp_end`).
+# end step, `sparse.gmp_end`; n_m: the N:M pattern of 'nm').
 SparseMethod = Callable[..., tuple[step_lib.MaskUpdate | None, int]]
 _METHODS = Registry("sparse method", "sparse.methods")
 register = _METHODS.register
@@ -234,6 +302,24 @@ def gmp(mask, counts, *, steps, update_every, begin_step, end_step,
                     begin_step=begin_step, end_step=end_step)
   return (magnitude_schedule(mask, table, update_every),
           changes(table, "gmp"))
+
+
+@register("nm", dynamic=True)
+def nm(mask, counts, *, steps, update_every, drop_fraction, end_fraction,
+       n_m, **schedule):
+  """`n_m_rigl` on RigL's cosine drop table; `counts` must be N/M of every
+  leaf (`lottery.sparse` refuses other densities and distributions)."""
+  del schedule
+  spec = structure.parse(n_m, field="sparse.n_m")
+  for path, (_, size) in masks_lib.counts(mask).items():
+    if counts[path] * spec.m != size * spec.n:
+      raise LotteryError(
+          f"sparse.densities: 'nm' keeps {spec.n} of every {spec.m}, "
+          f"{size // spec.m * spec.n} of the {size} weights of {path} "
+          f"(got a count of {counts[path]})")
+  table = drop_table(counts, drop_fractions(steps, update_every,
+                                            drop_fraction, end_fraction))
+  return n_m_rigl(mask, table, update_every, n_m), changes(table, "rigl")
 
 
 # The built-in methods whose mask changes in training (`names(dynamic=True)`

@@ -31,6 +31,26 @@ their absolute values, 'l2' the root of the sum of their squares. With the
 magnitude score |w|, 'sum' and 'l1' are the L1 norm of the unit's weights and
 'l2' its L2 norm.
 
+Group criteria (`CRITERIA`) define a unit's score themselves; what they read
+is fixed by the criterion, not by a choice of element score:
+
+  'taylor'    first-order Taylor (Molchanov et al. 2019, "Importance
+              Estimation for Neural Network Pruning", eq. 4 for a group S):
+              |sum over the unit's surviving weights s of g_s * w_s|, the
+              element terms g * w signed (g the loss gradient on a batch;
+              `lottery.scores.taylor_terms`), the absolute value taken once
+              per unit. The paper squares the sum; |.| ranks alike. Over a
+              unit's producer column and bias the sum is dL/dz for a gate z
+              scaling its pre-activation, over its consumer rows dL/dz for a
+              gate on its output; through a ReLU the two are equal.
+  'bn_scale'  network slimming (Liu et al. 2017, "Learning Efficient
+              Convolutional Networks through Network Slimming"): |gamma_j|,
+              the BatchNorm scale of the unit's channel (the `channels`
+              modules of its `Units`; summed over them if several). It reads
+              the channel modules' 'scale' leaves of the scores it is given
+              (the params, or their magnitudes), prunable or not; a unit set
+              with no BatchNorm channel is refused.
+
 A model declares its coupling with a `coupling()` method on its module that
 returns a tuple of `Units`; a model without one takes 'unstructured' and
 'N:M' structures but not 'neuron'.
@@ -55,7 +75,10 @@ UNSTRUCTURED = "unstructured"
 NEURON = "neuron"
 # The names a structure may have ('N:M' stands for every N:M pattern).
 NAMES = (UNSTRUCTURED, NEURON, "N:M")
-GROUP_SCORES = ("sum", "l1", "l2")
+# Reductions of element scores, then group criteria (see the module doc).
+REDUCTIONS = ("sum", "l1", "l2")
+CRITERIA = ("taylor", "bn_scale")
+GROUP_SCORES = REDUCTIONS + CRITERIA
 
 _N_M = re.compile(r"(\d+):(\d+)")
 
@@ -254,15 +277,18 @@ def _others(ndim: int, axis: int) -> tuple[int, ...]:
 
 
 def reduce_units(plan: UnitPlan, alive: Sequence[jax.Array],
-                 scores: Sequence[jax.Array], group_score: str
+                 scores: Sequence[jax.Array], group_score: str,
+                 scales: Sequence[Sequence[jax.Array]] | None = None
                  ) -> tuple[list[jax.Array], list[jax.Array]]:
   """Per unit set, (units alive, unit scores), each a vector over units.
 
   A unit is alive if any of its weights is; its score is `group_score` over
-  the scores of its surviving weights (0 for a dead unit).
+  the scores of its surviving weights (0 for a dead unit): 'sum', 'l1',
+  'l2', or 'taylor' (|sum|). Under 'bn_scale' it is the sum of |gamma| over
+  `scales[set]`, the unit set's BatchNorm scale vectors (`channel_scales`).
   """
   unit_alive, unit_scores = [], []
-  for _, members in plan:
+  for u, (_, members) in enumerate(plan):
     any_alive, total = None, None
     for j, axis in members:
       a = jnp.asarray(alive[j]).astype(bool)
@@ -278,9 +304,71 @@ def reduce_units(plan: UnitPlan, alive: Sequence[jax.Array],
       total = part if total is None else total + part
     if group_score == "l2":
       total = jnp.sqrt(total)
+    elif group_score == "taylor":
+      total = jnp.abs(total)
+    elif group_score == "bn_scale":
+      gammas = sum(jnp.abs(jnp.asarray(g).astype(jnp.float32))
+                   for g in scales[u])
+      total = jnp.where(any_alive, gammas, 0.0)
     unit_alive.append(any_alive)
     unit_scores.append(total)
   return unit_alive, unit_scores
+
+
+def channel_scales(coupling: Sequence[Units], plan: UnitPlan,
+                   names: Sequence[str], *, model: str | None = None,
+                   field: str = "group_score") -> tuple[tuple[int, ...], ...]:
+  """For 'bn_scale': per unit set of `plan`, the indices in `names` (every
+  parameter leaf, prunable or not) of its channel modules' 'scale' leaves.
+
+  Raises:
+    LotteryError: naming `field` and the model, for a unit set with no
+      BatchNorm scale among its channels.
+  """
+  index = {name: j for j, name in enumerate(names)}
+  sets = {"+".join(u.producers): u for u in coupling}
+  out = []
+  for name, _ in plan:
+    found = tuple(index[f"{c}/scale"] for c in sets[name].channels
+                  if f"{c}/scale" in index)
+    if not found:
+      whose = "" if model is None else f" of model {model}"
+      raise LotteryError(
+          f"{field}: 'bn_scale' scores a unit by the scale of its BatchNorm "
+          f"channel, but the units of {name}{whose} have none; use one of "
+          f"{[g for g in GROUP_SCORES if g != 'bn_scale']}")
+    out.append(found)
+  return tuple(out)
+
+
+def check_criterion(group_score: Any, spec: Any, mask: Any, model: Any,
+                    name: str, *, field: str = "group_score",
+                    structure_field: str = "structure") -> str:
+  """Refuses a group score that the model `name` (its module `model`, its
+  mask `mask` with a None leaf per non-prunable parameter) cannot take under
+  structure `spec`: an unknown name, a criterion without 'neuron', or
+  'bn_scale' on a unit set without BatchNorm (`channel_scales`; only with a
+  `mask`: a config rule passes None for the mask, model and name).
+
+  Raises:
+    LotteryError: one line naming `field` and the model.
+  """
+  check_group_score(group_score, field=field)
+  spec = parse(spec, field=structure_field)
+  if group_score not in CRITERIA:
+    return group_score
+  if spec.kind != NEURON:
+    raise LotteryError(
+        f"{field}: {group_score!r} scores whole units: it needs "
+        f"{structure_field}='neuron' (got {str(spec)!r})")
+  if group_score == "bn_scale" and mask is not None:
+    live = distributions.shapes_of(mask)
+    coupling = coupling_of(model)
+    plan = unit_plan(coupling, list(live), list(live.values()),
+                     model=repr(name), field=structure_field)
+    channel_scales(coupling, plan, list(masks_lib.named_leaves(mask)),
+                   model=repr(name), field=field)
+  return group_score
 
 
 def spread_units(plan: UnitPlan, alive: Sequence[jax.Array],
@@ -293,6 +381,31 @@ def spread_units(plan: UnitPlan, alive: Sequence[jax.Array],
       shape[axis] = -1
       out[j] = out[j] & jnp.reshape(units, shape)
   return out
+
+
+def _n_m_ranks(live: jax.Array, s: jax.Array, m: int, axis: int
+               ) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+  """(rank of every weight in its run of m along `axis`, `live` in the same
+  layout, the moved shape): 0 = best; `live` weights rank above the others,
+  then by `select`'s keys of `s`, then the later weight above the earlier."""
+  keys = select._sort_keys(s, jnp.ones_like(live))  # pylint: disable=protected-access
+  # Each leaf as (..., runs, M) with the runs of M along the last axis.
+  k = jnp.moveaxis(keys, axis, -1)
+  moved = k.shape
+  k = k.reshape(moved[:-1] + (moved[-1] // m, m))
+  live = jnp.moveaxis(live, axis, -1).reshape(k.shape)
+  pos = jnp.arange(m)
+  # beats[..., i, j]: weight j ranks above weight i.
+  ki, kj = k[..., :, None], k[..., None, :]
+  li, lj = live[..., :, None], live[..., None, :]
+  beats = (lj & ~li) | ((lj == li) & (
+      (kj > ki) | ((kj == ki) & (pos[None, :] > pos[:, None]))))
+  return jnp.sum(beats, axis=-1, dtype=jnp.int32), live, moved
+
+
+def _unmove(x: jax.Array, moved: tuple[int, ...], axis: int,
+            shape: tuple[int, ...]) -> jax.Array:
+  return jnp.moveaxis(x.reshape(moved), -1, axis).reshape(shape)
 
 
 def n_m_leaves(plan: NMPlan, alive: Sequence[jax.Array],
@@ -315,23 +428,26 @@ def n_m_leaves(plan: NMPlan, alive: Sequence[jax.Array],
     if a.ndim == 0:
       out.append(a)
       continue
-    shape = a.shape
-    keys = select._sort_keys(s, jnp.ones_like(a))  # pylint: disable=protected-access
-    # Each leaf as (..., runs, M) with the runs of M along the last axis.
-    k = jnp.moveaxis(keys, axis, -1)
-    moved = k.shape
-    k = k.reshape(moved[:-1] + (moved[-1] // m, m))
-    live = jnp.moveaxis(a, axis, -1).reshape(k.shape)
-    pos = jnp.arange(m)
-    # beats[..., i, j]: weight j ranks above weight i.
-    ki, kj = k[..., :, None], k[..., None, :]
-    li, lj = live[..., :, None], live[..., None, :]
-    beats = (lj & ~li) | ((lj == li) & (
-        (kj > ki) | ((kj == ki) & (pos[None, :] > pos[:, None]))))
-    rank = jnp.sum(beats, axis=-1, dtype=jnp.int32)
-    keep = live & (rank < n)
-    out.append(jnp.moveaxis(keep.reshape(moved), -1, axis).reshape(shape))
+    rank, live, moved = _n_m_ranks(a, s, m, axis)
+    out.append(_unmove(live & (rank < n), moved, axis, a.shape))
   return out, finite
+
+
+def n_m_fill(plan: NMPlan, kept: Sequence[jax.Array],
+             scores: Sequence[jax.Array]) -> list[jax.Array]:
+  """Tops every run of M along each leaf's axis up to exactly N: a run keeps
+  its `kept` weights (at most N) and adds the highest-scoring of its others
+  (ties as in `n_m_leaves`: the later weight first). Traceable."""
+  out = []
+  for (n, m, axis), a, s in zip(plan, kept, scores):
+    a = jnp.asarray(a).astype(bool)
+    if a.ndim == 0:
+      out.append(a)
+      continue
+    rank, _, moved = _n_m_ranks(a, jnp.asarray(s).astype(jnp.float32), m,
+                                axis)
+    out.append(_unmove(rank < n, moved, axis, a.shape))
+  return out
 
 
 def whole_units(mask: Any, coupling: Sequence[Units]) -> dict[str, np.ndarray]:

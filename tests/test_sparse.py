@@ -282,5 +282,124 @@ def test_a_registered_sparse_method_is_what_sparse_calls(request, npz_path,
   summary = lottery.sparse.run(c, tmp_path / "wd", log=lambda _: None)
   assert [r["method"] for r in summary["runs"]] == ["dense", "frozen"]
   assert seen and all(s == ["begin_step", "drop_fraction", "end_fraction",
-                            "end_step", "steps", "update_every"]
+                            "end_step", "n_m", "steps", "update_every"]
                       for s in seen)
+
+
+# -- N:M sparse training ('nm') ----------------------------------------------
+
+def _runs_of(k, m, axis):
+  """Kept weights per run of m along `axis` of a kernel."""
+  k = np.moveaxis(np.asarray(k), axis, -1)
+  return k.reshape(k.shape[:-1] + (k.shape[-1] // m, m)).sum(axis=-1)
+
+
+def test_n_m_hook_hand_checked():
+  # A (8, 1) kernel, 2:4 along axis 0, drop 1: the smallest |w| active
+  # weight (row 5, 0.05) goes and its run (rows 4-7) grows the largest
+  # |grad| of rows 5, 6, 7 (row 6: 0.9 beats the just-dropped 0.8); the run
+  # of rows 0-3 is untouched though row 2's gradient is the largest.
+  w = jnp.asarray([0.5, -0.4, 0., 0., 0.3, 0.05, 0., 0.])[:, None]
+  m = jnp.asarray([1, 1, 0, 0, 1, 1, 0, 0], bool)[:, None]
+  g = jnp.asarray([0., 0., 5., 0., 0., 0.8, -0.9, 0.1])[:, None]
+  mask = {"k": m}
+  hook = jax.jit(su.n_m_rigl(mask, np.asarray([[0], [1]], np.int32), 10,
+                             "2:4"))
+  new = hook(_state({"k": w}, mask, 10), {"k": g}, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(new["k"])[:, 0],
+                                [1, 1, 0, 0, 1, 0, 1, 0])
+
+
+def test_n_m_masks_keep_n_of_every_m_along_the_input_axis_at_every_update():
+  rng = np.random.default_rng(2)
+  shapes = {"conv": (3, 3, 8, 8), "fc": (16, 12), "out": (12, 3)}
+  params = {k: {"kernel": jnp.asarray(rng.normal(size=s), jnp.float32),
+                "bias": jnp.zeros(s[-1])} for k, s in shapes.items()}
+  dense = masks.make_mask(params)
+  counts = distributions.keep_counts("uniform", dense, 0.5)
+  mask = pruning.prune(dense, lottery.scores.random(dense, jax.random.key(3)),
+                       0.0, structure="2:4")
+  hook, changes = su.get("nm")(dense, counts, steps=400, update_every=10,
+                               drop_fraction=0.3, end_fraction=0.75,
+                               begin_step=0, end_step=0, n_m="2:4")
+  hook = jax.jit(hook)
+  first, changed = mask, 0
+  for j in range(40):
+    for path, axis in (("conv", 2), ("fc", 0), ("out", 0)):
+      k = mask[path]["kernel"]
+      assert (_runs_of(k, 4, axis) == 2).all(), (j, path)
+      if path != "out":  # Not along another axis (a random pattern).
+        assert not (_runs_of(k, 4, k.ndim - 1) == 2).all(), (j, path)
+    assert _kept(mask) == counts
+    grads = jax.tree.map(lambda p: jnp.asarray(
+        rng.normal(size=p.shape), jnp.float32), params)
+    new = hook(_state(params, mask, 10 * (j + 1)), grads, jax.random.key(j))
+    changed += not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b
+                       in zip(jax.tree.leaves(mask), jax.tree.leaves(new)))
+    mask = new
+    params = jax.tree.map(lambda p: p + jnp.asarray(
+        rng.normal(size=p.shape) * 0.1, jnp.float32), params)
+  # RigL's cosine drop table: updates 1..28 drop (T_end = 300; at update
+  # 29 the annealed fraction of every count rounds to 0), none after.
+  assert changes == changed == 28
+  assert analysis.overlap(mask, first) < 1.0
+
+
+@pytest.fixture(scope="module")
+def n_m_config(npz_path):
+  return tiny(npz_path, method="sparse", **{
+      "sparse.methods": ("nm",), "sparse.densities": (0.5,),
+      "sparse.distribution": ("uniform",), "sparse.update_every": 5,
+      "sparse.n_m": "2:4", "training.checkpoint_every": 5})
+
+
+def test_n_m_run_resumes_bit_identical_and_keeps_n_of_m(n_m_config, tmp_path,
+                                                        monkeypatch):
+  from conftest import leaves_equal, run_interrupted  # pylint: disable=g-import-not-at-top
+  ref = lottery.sparse.run(n_m_config, tmp_path / "ref", log=lambda _: None)
+  assert run_interrupted(lambda: lottery.sparse.run(
+      n_m_config, tmp_path / "run", log=lambda _: None), monkeypatch,
+                         saves=(4,), finishes=(2,)) == 2
+  (nm,) = [r for r in ref["runs"] if r["method"] == "nm"]
+  assert nm["density"] == 0.5 and nm["mask_updates"] == 2
+  assert nm["mask_change"] > 0
+  for r in ref["runs"]:
+    coords = {k: r[k] for k in ("method", "distribution", "target_density",
+                                "seed")}
+    a = lottery.load_ticket(tmp_path / "ref", **coords)
+    b = lottery.load_ticket(tmp_path / "run", **coords)
+    for f in ("mask", "initial_mask", "trained_params"):
+      assert leaves_equal(getattr(a, f), getattr(b, f)), (r["method"], f)
+    assert a.metrics["history"] == b.metrics["history"]
+    if r["method"] == "nm":
+      for m in (a.mask, a.initial_mask):
+        for leaf in ("fc1", "out"):
+          assert (_runs_of(m[leaf]["kernel"], 4, 0) == 2).all()
+      assert [h["mask_density"] for h in a.metrics["history"]] == [0.5] * 4
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"sparse.densities": (0.5, 0.25)}, "sparse.densities: 'nm' with "
+     "sparse.n_m='2:4' trains at density N/M = 0.5: set sparse.densities to "
+     "(0.5,) (got (0.5, 0.25))"),
+    ({"sparse.distribution": ("uniform", "erk")}, "sparse.distribution: 'nm' "
+     "keeps 2 of every 4 in every layer: set it to 'uniform' (got "
+     "('uniform', 'erk'))"),
+    ({"sparse.n_m": "neuron"}, "sparse.n_m: must be an N:M pattern such as "
+     "'2:4' (got 'neuron')"),
+    ({"sparse.n_m": "4:2"}, "sparse.n_m: an N:M structure needs 0 < N < M "
+     "(got '4:2')"),
+    ({"sparse.n_m": "1:3", "sparse.densities": (1 / 3,)}, "sparse.n_m: '1:3' "
+     "groups 3 weights along axis 0 of fc1/kernel (shape (8, 32)), whose "
+     "length 8 is not a multiple of 3"),
+])
+def test_n_m_bad_input_refused_before_writing(n_m_config, tmp_path, changes,
+                                              message):
+  c = n_m_config.copy_and_resolve_references()
+  for k, v in changes.items():
+    c.sparse[k.split(".")[1]] = v
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.sparse.run(c, tmp_path / "wd", log=lambda _: None)
+  assert str(e.value) == message
+  assert not (tmp_path / "wd").exists() or not any(
+      (tmp_path / "wd").iterdir())

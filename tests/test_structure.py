@@ -37,7 +37,7 @@ def test_parse():
   with pytest.raises(LotteryError, match=r"known|one of \['unstructured'"):
     structure.parse("block")
   with pytest.raises(LotteryError, match=r"^group_score: .*\['sum', 'l1', "
-                     r"'l2'\]"):
+                     r"'l2', 'taylor', 'bn_scale'\]"):
     pruning.prune({"w": np.ones(4, bool)}, {"w": np.ones(4)}, 0.5,
                   structure="neuron", group_score="mean",
                   coupling=(structure.Units(("a",), ()),))
@@ -193,7 +193,7 @@ def test_group_scores_reduce_the_scores_of_surviving_weights():
   scores = {"fc1": {"kernel": k1, "bias": np.zeros(4)},
             "out": {"kernel": k2, "bias": np.zeros(2)}}
   gone = {}
-  for g in structure.GROUP_SCORES:
+  for g in structure.REDUCTIONS:
     new = _np(pruning.prune(mask, scores, 0.25, structure="neuron",
                             group_score=g, coupling=coupling))
     gone[g] = np.flatnonzero(~_units_alive(new)).tolist()
@@ -496,6 +496,211 @@ def test_shrink_resnets_computes_what_the_masked_resnet_computes(name,
       kept[0],)
 
 
+# -- group criteria --------------------------------------------------------
+
+def _mlp_taylor_units(params, x, y):
+  """|sum of g * w| over each hidden unit of an MLP fc1 -> relu -> out (its
+  fc1 column and its out row; biases not prunable), g the gradient of the
+  mean cross-entropy, backpropagated by hand in float64."""
+  p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+  w1, b1 = p["fc1"]["kernel"], p["fc1"]["bias"]
+  w2, b2 = p["out"]["kernel"], p["out"]["bias"]
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  pre = x @ w1 + b1
+  h = np.maximum(pre, 0)
+  logits = h @ w2 + b2
+  e = np.exp(logits - logits.max(axis=1, keepdims=True))
+  d = e / e.sum(axis=1, keepdims=True)
+  d[np.arange(len(y)), np.asarray(y)] -= 1
+  d /= len(y)
+  g2 = h.T @ d
+  g1 = x.T @ ((d @ w2.T) * (pre > 0))
+  return np.abs((g1 * w1).sum(axis=0) + (g2 * w2).sum(axis=1))
+
+
+def _lowest(scores, k):
+  """The k lowest-scoring units (ties by index), after checking that the
+  k-th and (k+1)-th are far apart for float32 to rank them alike."""
+  order = np.argsort(scores, kind="stable")
+  lo, hi = scores[order[k - 1]], scores[order[k]]
+  assert hi - lo > 1e-4 * max(hi, 1e-6), (lo, hi)
+  return sorted(order[:k].tolist())
+
+
+def _dead_fc1(mask):
+  return np.flatnonzero(structure.whole_units(
+      mask, models.get("mlp_tiny", 3).coupling())["fc1"]).tolist()
+
+
+def test_taylor_criterion_is_the_abs_of_the_summed_signed_terms():
+  model = models.get("mlp_tiny", 3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+  params["fc1"]["bias"] = jnp.full(32, 0.1)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(20, 8)).astype(np.float32)
+  y = rng.integers(0, 3, 20)
+  apply_fn = lambda p, xs: model.apply({"params": p}, xs)
+  want = _mlp_taylor_units(params, x, y)
+  terms = lottery.scores.taylor_terms(apply_fn, params, (x, y))
+  k1, k2 = np.asarray(terms["fc1"]["kernel"]), np.asarray(terms["out"]["kernel"])
+  np.testing.assert_allclose(np.abs(k1.sum(axis=0) + k2.sum(axis=1)), want,
+                             rtol=1e-4, atol=1e-7)
+  # The sign matters: the sum of |g * w| ranks the units otherwise.
+  l1 = np.abs(k1).sum(axis=0) + np.abs(k2).sum(axis=1)
+  assert _lowest(want, 16) != _lowest(l1, 16)
+  mask = masks.make_mask(params)
+
+  @jax.jit
+  def prune(m, p, batch):
+    s = lottery.scores.for_criterion("taylor", apply_fn, p, m, batch)
+    return pruning.prune(m, s, 0.5, structure="neuron", group_score="taylor",
+                         coupling=model)
+
+  assert _dead_fc1(_np(prune(mask, params, (x, y)))) == _lowest(want, 16)
+  # Eagerly, and the reductions of the same terms are not it.
+  eager = pruning.prune(mask, terms, 0.5, structure="neuron",
+                        group_score="taylor", coupling=model)
+  assert _dead_fc1(_np(eager)) == _lowest(want, 16)
+  assert _dead_fc1(_np(pruning.prune(mask, terms, 0.5, structure="neuron",
+                                     group_score="l1", coupling=model))) == \
+      _lowest(l1, 16)
+
+
+def test_bn_scale_criterion_sums_abs_gamma_over_channel_modules():
+  # Units of fc1 (4) with two BatchNorm channel modules, neither prunable:
+  # unit scores |a| + |b| = 3.5, 1, 2.5, 1.5 (unit 1: 0.5 + 0.5); the
+  # weights' own scores (all 9) do not count.
+  coupling = (structure.Units(("fc1",), ("out",), ("bn_a", "bn_b")),)
+  mask = {"fc1": {"kernel": np.ones((3, 4), bool)},
+          "bn_a": {"scale": None, "bias": None},
+          "bn_b": {"scale": None},
+          "out": {"kernel": np.ones((4, 2), bool)}}
+  scores = {"fc1": {"kernel": np.full((3, 4), 9.0, np.float32)},
+            "bn_a": {"scale": np.array([3, -0.5, 2, -1], np.float32),
+                     "bias": np.zeros(4, np.float32)},
+            "bn_b": {"scale": np.array([-0.5, 0.5, 0.5, 0.5], np.float32)},
+            "out": {"kernel": np.full((4, 2), 9.0, np.float32)}}
+  for fn in (pruning.prune, jax.jit(pruning.prune, static_argnames=(
+      "fraction", "structure", "group_score", "coupling"))):
+    new = _np(fn(mask, scores, fraction=0.5, structure="neuron",
+                 group_score="bn_scale", coupling=coupling))
+    np.testing.assert_array_equal(new["fc1"]["kernel"].any(axis=0),
+                                  [True, False, True, False])
+  new = _np(pruning.keep_top(mask, scores, {"fc1": 3}, structure="neuron",
+                             group_score="bn_scale", coupling=coupling))
+  np.testing.assert_array_equal(new["fc1"]["kernel"].any(axis=0),
+                                [True, False, True, True])
+  with pytest.raises(LotteryError, match=r"^group_score: 'bn_scale' scores a "
+                     r"unit by the scale of its BatchNorm channel, but the "
+                     r"units of fc1 have none"):
+    pruning.prune(mask, scores, 0.5, structure="neuron",
+                  group_score="bn_scale",
+                  coupling=(structure.Units(("fc1",), ("out",)),))
+  with pytest.raises(LotteryError, match=r"^scores: 'bn_scale' reads "
+                     r"bn_b/scale from the scores"):
+    pruning.prune(mask, {**scores, "bn_b": {"scale": np.zeros(3)}}, 0.5,
+                  structure="neuron", group_score="bn_scale",
+                  coupling=coupling)
+
+
+def test_imp_taylor_prunes_the_units_hand_computed_on_its_batch(npz_path,
+                                                                tmp_path):
+  # Two replicates: pruned in one vmapped call, each on its own batch.
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 1,
+                          "pruning.group_score": "taylor", "seeds.num": 2,
+                          "pruning.batch_size": 50, "controls": ()})
+  lottery.run(cfg, tmp_path, log=quiet)
+  exp = lottery.build(cfg)
+  for i in range(2):
+    trained = lottery.load_ticket(tmp_path, 0, "ticket",
+                                  seed=i).trained_params
+    x, y = lottery.imp._score_batch(cfg, exp, i, 1)  # pylint: disable=protected-access
+    assert len(y) == 50
+    want = _lowest(_mlp_taylor_units(trained, x, y), 16)
+    mask = lottery.load_ticket(tmp_path, 1, "ticket", seed=i).mask
+    assert _dead_fc1(mask) == want, i
+
+
+def test_pai_taylor_prunes_the_units_hand_computed_on_the_init(npz_path,
+                                                               tmp_path):
+  cfg = tiny(npz_path, method="pai", **{
+      "pai.methods": ("magnitude",), "pai.densities": (0.5,),
+      "pai.checks": ("reinit",), "pai.dense": False,
+      "pai.structure": "neuron", "pai.group_score": "taylor"})
+  lottery.pai.run(cfg, tmp_path, log=quiet)
+  exp = lottery.build(cfg)
+  x, y = pai.score_batch(exp, 0)
+  want = _lowest(_mlp_taylor_units(exp.init_params, x, y), 16)
+  mask = lottery.load_ticket(tmp_path, method="magnitude", check=None,
+                             target_density=0.5, seed=0).mask
+  assert _dead_fc1(mask) == want
+
+
+@pytest.mark.slow
+def test_imp_bn_scale_prunes_the_channels_of_smallest_gamma(tmp_path):
+  rng = np.random.default_rng(0)
+  images = lambda n: rng.normal(size=(n, 16, 16, 3)).astype(np.float32)
+  path = tmp_path / "images.npz"
+  np.savez(path, x_train=images(32), y_train=rng.integers(0, 3, 32),
+           x_test=images(16), y_test=rng.integers(0, 3, 16))
+  cfg = tiny(str(path), **{"model.name": "vgg11", "model.width": 4,
+                           "pruning.structure": "neuron", "pruning.rounds": 1,
+                           "pruning.group_score": "bn_scale",
+                           "training.steps": 4, "training.eval_every": 4,
+                           "training.checkpoint_every": 4, "controls": ()})
+  lottery.run(cfg, tmp_path / "run", log=quiet)
+  trained = lottery.load_ticket(tmp_path / "run", 0, "ticket").trained_params
+  dead = structure.whole_units(
+      lottery.load_ticket(tmp_path / "run", 1, "ticket").mask,
+      models.get("vgg11", 3, width=4).coupling())
+  for i, (name, d) in enumerate(dead.items(), start=1):
+    gamma = np.abs(np.asarray(trained[f"bn{i}"]["scale"]))
+    assert name == f"conv{i}"
+    assert np.flatnonzero(d).tolist() == _lowest(gamma, len(gamma) // 2), i
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"pruning.group_score": "taylor"}, r"^pruning.group_score: 'taylor' "
+     r"scores whole units: it needs pruning.structure='neuron' \(got "
+     r"'unstructured'\)$"),
+    ({"pruning.group_score": "bn_scale", "pruning.structure": "neuron"},
+     r"^pruning.group_score: 'bn_scale' scores a unit by the scale of its "
+     r"BatchNorm channel, but the units of fc1 of model 'mlp_tiny' have "
+     r"none; use one of \['sum', 'l1', 'l2', 'taylor'\]$"),
+    ({"pruning.group_score": "taylor", "pruning.structure": "neuron",
+      "pruning.batch_size": 1000}, r"^pruning.batch_size: 1000 exceeds the "
+     r"256 training examples"),
+    ({"method": "pai", "pai.group_score": "taylor", "pai.structure":
+      "neuron"}, r"^pai.group_score: scores the units in place of a method's "
+     r"scores, .* set pai.methods to one method"),
+    ({"method": "pai", "pai.group_score": "taylor", "pai.structure": "neuron",
+      "pai.methods": ("snip",)}, r"^pai.group_score: ranks units by its own "
+     r"unit scores, .*leave 'invert' out of pai.checks"),
+    ({"method": "pai", "pai.group_score": "bn_scale", "pai.structure":
+      "2:4", "pai.densities": (0.5,)}, r"^pai.group_score: 'bn_scale' scores whole units: it needs "
+     r"pai.structure='neuron'"),
+])
+def test_group_criteria_config_refusals(npz_path, tmp_path, overrides,
+                                        match):
+  cfg = tiny(npz_path, **overrides)
+  with pytest.raises(LotteryError, match=match):
+    lottery.driver.run(cfg, tmp_path / "wd", method=cfg.method, log=quiet)
+  assert not (tmp_path / "wd").exists() or not any(
+      (tmp_path / "wd").iterdir())
+
+
+def test_group_criteria_config_accepted(npz_path):
+  for overrides in ({"pruning.structure": "neuron",
+                     "pruning.group_score": "taylor"},
+                    {"pruning.structure": "neuron",
+                     "pruning.group_score": "bn_scale",
+                     "model.name": "vgg11"},
+                    {"method": "pai", "pai.structure": "neuron",
+                     "pai.group_score": "taylor", "pai.methods": ("snip",),
+                     "pai.checks": ("shuffle", "reinit")}):
+    lottery.config.validate(tiny(npz_path, **overrides))
+
+
 # -- in runs ---------------------------------------------------------------
 
 def test_imp_neuron_run_prunes_whole_units(npz_path, tmp_path):
@@ -602,7 +807,7 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
       "out/kernel=0.1"}, r"^pruning.structure: takes no "
      r"pruning.layer_fractions"),
     ({"pruning.group_score": "mean"}, r"^pruning.group_score: must be one of "
-     r"\['sum', 'l1', 'l2'\]"),
+     r"\['sum', 'l1', 'l2', 'taylor', 'bn_scale'\]"),
     ({"method": "pai", "pai.structure": "2:4"}, r"^pai.structure: keeps 2 of "
      r"every 4: set pai.densities to \(0.5,\)"),
     ({"method": "pai", "pai.structure": "neuron", "pai.densities": (0.01,)},

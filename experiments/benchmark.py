@@ -43,7 +43,13 @@ dense, masked and shrunk networks under structured pruning
 data.crop='inception' (`lottery.images`): --crop_images JPEGs of 500x375 (an
 ImageNet-sized smooth pattern plus noise) read as 224x224 training crops and
 as evaluation crops, one call each: crops_train_images_per_s,
-crops_eval_images_per_s, crops_threads, crops_jpeg_bytes (their mean size).
+crops_eval_images_per_s, crops_threads, crops_jpeg_bytes (their mean size);
+and training crops with 1 and 2 reader threads (crops_train_threads_1_...,
+crops_train_threads_2_images_per_s), the rate of one core
+(crops_per_core_images_per_s: one thread's) and the cores that would feed
+an accelerator's ResNet-50 at 3,000 images/s
+(crops_cores_for_accelerator; the figure's source is in
+experiments/benchmark_crops.py).
 'torch' times ResNet-20's train step
 (batch 128, 32x32x3, SGD momentum, masked) in the framework's loop against a
 plain PyTorch eager script of the same network and step, alternating:

@@ -155,10 +155,17 @@ def test_a_missing_split_is_named(tmp_path):
 
 def test_crops_benchmark_reports_images_per_second():
   from experiments import benchmark_crops  # pylint: disable=g-import-not-at-top
+  threads = images.THREADS
   out = benchmark_crops.measure(4, 1)
   assert out["crops_train_images_per_s"] > 0
   assert out["crops_eval_images_per_s"] > 0
   assert out["crops_threads"] == images.THREADS and out["crops_jpeg_bytes"] > 0
+  assert images.THREADS == threads  # Set back after the 1- and 2-thread reads.
+  # One thread's rate is one core's; the cores to feed 3,000 images/s.
+  one = out["crops_train_threads_1_images_per_s"]
+  assert out["crops_train_threads_2_images_per_s"] > 0
+  assert out["crops_per_core_images_per_s"] == one
+  assert -0.01 < out["crops_cores_for_accelerator"] - 3000 / one < 1.01
 
 
 def test_mock_imagenet_in_memory_is_refused_and_streams_cropped(tmp_path):

@@ -31,6 +31,17 @@ def _threads(images, n: int | None):
     images.THREADS = saved
 
 
+def jpegs(n: int, seed: int = 0) -> list[bytes]:
+  """n JPEGs of 500x375 (ImageNet's typical size, ~73 KB at quality 90): a
+  smooth pattern plus noise, each its own noise."""
+  from lottery import images  # pylint: disable=g-import-not-at-top
+  gen = np.random.default_rng(seed)
+  yy, xx = np.mgrid[0:375, 0:500]
+  wave = (np.sin(xx / 17.0) + np.cos(yy / 23.0))[..., None] * 60 + 128
+  return [images.encode((wave + gen.normal(0, 12, (375, 500, 3))).clip(
+      0, 255).astype(np.uint8)) for _ in range(n)]
+
+
 def measure(images_per_call: int, repeats: int, threads=(1, 2)) -> dict:
   """Host-side JPEG decoding and crops (data.crop='inception'): images per
   second of 224x224 training and evaluation crops of 500x375 JPEGs with
@@ -40,11 +51,7 @@ def measure(images_per_call: int, repeats: int, threads=(1, 2)) -> dict:
   cores would feed ACCELERATOR_IMAGES_PER_S training crops."""
   import tempfile  # pylint: disable=g-import-not-at-top
   from lottery import images  # pylint: disable=g-import-not-at-top
-  gen = np.random.default_rng(0)
-  yy, xx = np.mgrid[0:375, 0:500]
-  wave = (np.sin(xx / 17.0) + np.cos(yy / 23.0))[..., None] * 60 + 128
-  encoded = [images.encode((wave + gen.normal(0, 12, (375, 500, 3))).clip(
-      0, 255).astype(np.uint8)) for _ in range(images_per_call)]
+  encoded = jpegs(images_per_call)
   with tempfile.TemporaryDirectory() as folder:
     images.write(folder, "train", encoded, np.zeros(len(encoded), int), 1)
     src = images.Images(images.Folder(folder, "train"), 224)

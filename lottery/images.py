@@ -348,10 +348,7 @@ def open_splits(data) -> tuple[data_lib.Dataset, dict[str, Images]]:
     if not len(src):
       raise LotteryError(f"data.name: the {split} split of {data.name!r} is "
                          f"empty")
-  x_tr, y_tr = out["train"].read(np.arange(1))
-  x_te, y_te = out["test"].read(np.arange(1))
-  return data_lib.Dataset(data.name, x_tr, y_tr, x_te, y_te,
-                          train.num_classes), out
+  return stream.sample(data.name, out, train.num_classes), out
 
 
 def folder_fingerprint(path: str) -> str:

@@ -12,11 +12,9 @@ the dataset itself shows:
           size, ~73 KB each), streamed with data.crop='inception'
           (decoded and cropped on the host); the data a run must not hold.
   arrays  an .npz of CIFAR-shaped uint8 arrays (float32 once loaded: 4x the
-          file), in memory (data.source='memory') and streamed from the
-          record cache ('stream'; its cache is written by an unmeasured run
-          first). A dataset of arrays is loaded whole by both sources (to
-          write the cache, and for PaI's and stability's batches), so both
-          grow with it: the contrast to the images.
+          file), in memory (data.source='memory': held on the host, the
+          contrast) and streamed from the record cache ('stream'; the cache
+          is written by an unmeasured run first, which loads the dataset).
 """
 
 import json

@@ -258,6 +258,11 @@ def _crop(f, v, c) -> None:
     _fail(f, v, f"is for methods {list(LOOP_ONLY_METHODS)}, which read "
           f"their data through the train loop only (method "
           f"{c.get('method')!r})")
+  if "stability_copy" in (c.get("controls") or ()) or c.get(
+      "pruning.level_barrier"):
+    _fail(f, v, "the error barriers of IMP's stability_copy control and "
+          "pruning.level_barrier evaluate the training and test arrays, "
+          "which cropped images are not held as; remove them")
 
 
 def _below_steps(f, v, c) -> None:

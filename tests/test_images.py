@@ -133,12 +133,16 @@ def test_one_shaped_images_load_in_memory(tmp_path):
     ("method", "pai", "data.crop: is for methods ['imp', 'sparse']"),
     ("data.image_size", 0, "data.image_size: must be an integer in [1, "),
     ("data.path", "", "data.path: set it to the folder of "),
+    ("pruning.level_barrier", True, "data.crop: the error barriers of IMP's "
+     "stability_copy control and pruning.level_barrier evaluate the training "
+     "and test arrays"),
+    ("controls", ("stability_copy",), "data.crop: the error barriers of "),
 ])
 def test_crop_settings_are_refused_in_one_line(jpegs, tmp_path, field, value,
                                                start):
   c = tiny_images(jpegs, tmp_path / "cache")
-  if field == "method":
-    c.method = value
+  if field in ("method", "controls"):
+    c[field] = value
   else:
     c[field.split(".")[0]][field.split(".")[1]] = value
   with pytest.raises(lottery.LotteryError) as e:

@@ -43,8 +43,21 @@ dense, masked and shrunk networks under structured pruning
 (not in the default list) times the host-side decoding and cropping of
 data.crop='inception' (`lottery.images`): --crop_images JPEGs of 500x375 (an
 ImageNet-sized smooth pattern plus noise) read as 224x224 training crops and
-as evaluation crops, one call each: crops_train_images_per_s,
-crops_eval_images_per_s, crops_threads, crops_jpeg_bytes (their mean size).
+as evaluation crops (alternating, median of --repeats):
+crops_train_images_per_s, crops_eval_images_per_s, crops_threads,
+crops_jpeg_bytes (their mean size);
+and training crops with 1 and 2 reader threads (crops_train_threads_1_...,
+crops_train_threads_2_images_per_s), the rate of one core
+(crops_per_core_images_per_s: one thread's) and the cores that would feed
+an accelerator's ResNet-50 at 3,000 images/s
+(crops_cores_for_accelerator; the figure's source is in
+experiments/benchmark_crops.py). 'rss' (not in the default list: minutes)
+measures the peak host memory of short training runs, each in a fresh
+process, on datasets at 1x and 4x their size (`experiments.benchmark_stream`):
+JPEGs streamed with host-side crops (rss_images_stream_4x_vs_1x, target <=
+1.1) and, for contrast, arrays in memory and streamed
+(rss_arrays_memory_4x_vs_1x, rss_arrays_stream_4x_vs_1x), with each run's
+peak (rss_*_mb) and each dataset's size on disk (rss_*_dataset_mb).
 'torch' times ResNet-20's train step
 (batch 128, 32x32x3, SGD momentum, masked) in the framework's loop against a
 plain PyTorch eager script of the same network and step, alternating:
@@ -66,6 +79,7 @@ import optax
 
 from experiments import benchmark_crops
 from experiments import benchmark_shrink
+from experiments import benchmark_stream
 from experiments import timing
 from lottery import config as config_lib
 from lottery import loop
@@ -92,7 +106,8 @@ _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
                             "pair), stream (MNIST-1D batches streamed vs in "
                             "memory), torch (ResNet-20 against PyTorch "
                             "eager); also shrink, crops (host-side JPEG "
-                            "crops).")
+                            "crops), rss (peak host memory at 1x and 4x "
+                            "the data).")
 _CROP_IMAGES = flags.DEFINE_integer(
     "crop_images", 256, "JPEGs decoded and cropped per timed call ('crops').")
 _EVAL_EXAMPLES = flags.DEFINE_integer(
@@ -555,11 +570,13 @@ def main(argv):
                                             _REPEATS.value))
     elif name == "shrink":
       result.update(benchmark_shrink.measure(repeats=_REPEATS.value))
+    elif name == "rss":
+      result.update(benchmark_stream.measure())
     elif name == "torch":
       result.update(_bench_torch(_STEPS.value, _REPEATS.value))
     elif name not in SETUPS:
       known = list(SETUPS) + ["seeds", "stability", "stream", "torch",
-                              "shrink", "crops"]
+                              "shrink", "crops", "rss"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
                            f"{known})")
     else:

@@ -127,7 +127,7 @@ CROPS = ("none", "inception")
 MAX_IMAGE_SIZE = 4096
 # The methods whose data are read through the train loop only (the others
 # also read the training arrays: PaI's scoring batch, stability's statistics).
-_CROP_METHODS = ("imp", "sparse")
+LOOP_ONLY_METHODS = ("imp", "sparse")
 
 
 def _fail(field: str, value, why: str) -> NoReturn:
@@ -254,9 +254,15 @@ def _crop(f, v, c) -> None:
   if c["data.name"] in ("mnist1d", "npz"):
     _fail(f, v, f"crops images of a TFDS dataset or data.name='images', not "
           f"data.name={c['data.name']!r}")
-  if c.get("method") not in _CROP_METHODS:
-    _fail(f, v, f"is for methods {list(_CROP_METHODS)}, which read their data "
-          f"through the train loop only (method {c.get('method')!r})")
+  if c.get("method") not in LOOP_ONLY_METHODS:
+    _fail(f, v, f"is for methods {list(LOOP_ONLY_METHODS)}, which read "
+          f"their data through the train loop only (method "
+          f"{c.get('method')!r})")
+  if "stability_copy" in (c.get("controls") or ()) or c.get(
+      "pruning.level_barrier"):
+    _fail(f, v, "the error barriers of IMP's stability_copy control and "
+          "pruning.level_barrier evaluate the training and test arrays, "
+          "which cropped images are not held as; remove them")
 
 
 def _below_steps(f, v, c) -> None:

@@ -32,6 +32,8 @@ from lottery.errors import quiet_logs
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 # Datasets whose test set is TFDS's 'validation' split.
 TEST_SPLIT = {"imagenet2012": "validation"}
+# TFDS's file formats that `as_data_source` reads by index.
+RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 # 'images': a folder of encoded images in array_record files (`data.path`,
 # written by `lottery.images.write`).
 NAMES = ("mnist1d", "npz", "images") + TFDS_NAMES
@@ -319,6 +321,7 @@ def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
   except Exception as e:  # pylint: disable=broad-except
     if not builder.is_prepared():
       raise _not_prepared(name, builder) from None
+    _check_prepared(name, split, builder)
     first = str(e).splitlines()[0]
     raise LotteryError(f"data.data_dir: cannot read TFDS dataset {name!r} "
                        f"({first}); re-prepare it in array_record format: "
@@ -326,6 +329,28 @@ def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
                        ) from None
   return (source, builder.info.features["label"].num_classes,
           os.fspath(builder.data_dir))
+
+
+def _check_prepared(name: str, split: str, builder) -> None:
+  """Raises the LotteryError for a prepared TFDS dataset that random access
+  cannot read: a file format other than array_record, or no such split."""
+  fmt = builder.info.file_format
+  fmt = getattr(fmt, "value", fmt)
+  where = os.fspath(builder.data_dir)
+  if fmt not in RANDOM_ACCESS_FORMATS:
+    raise LotteryError(
+        f"data.data_dir: TFDS dataset {name!r} in {where!r} is prepared as "
+        f"{fmt}, which cannot be read by index; convert it with `pip install "
+        f"tensorflow tensorflow-datasets && tfds convert_format "
+        f"--dataset_version_dir={where} --out_file_format=array_record` or "
+        f"prepare it again with `tfds build {name} "
+        f"--file_format=array_record --data_dir=DIR`")
+  splits = list(builder.info.splits)
+  if split not in splits:
+    raise LotteryError(
+        f"data.data_dir: TFDS dataset {name!r} in {where!r} has no {split!r} "
+        f"split (it has {splits}); "
+        f"{_tfds_prepare_hint(name, builder.data_dir)}")
 
 
 def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:

@@ -108,6 +108,18 @@ def model_options(config) -> dict[str, int]:
           if k in config.model and config.model[k]}
 
 
+def _reads_arrays(config: ml_collections.ConfigDict) -> bool:
+  """Whether a run reads the dataset's arrays beside its train loop: PaI's
+  scoring batch, the stability analysis's statistics, IMP's error barriers
+  (its 'stability_copy' control, `lottery.imp.COPY`, and
+  pruning.level_barrier evaluate paths on the training and test sets)."""
+  if config.method not in config_lib.LOOP_ONLY_METHODS:
+    return True
+  return config.method == "imp" and (
+      "stability_copy" in config.get("controls", ()) or
+      bool(config.pruning.get("level_barrier", False)))
+
+
 def build(config: ml_collections.ConfigDict, *,
           mask_update: step_lib.MaskUpdate | None = None,
           update_every: int = 0) -> Experiment:
@@ -120,19 +132,31 @@ def build(config: ml_collections.ConfigDict, *,
   """
   config_lib.validate(config)
   records = None
+  # Whether `ds` holds the whole dataset, or one example of each split.
+  whole = True
   if config.data.crop != "none":
     # Images decoded and cropped on the host as they are streamed: the
     # dataset's arrays hold one example of each split (see images.open_splits).
     from lottery import images  # pylint: disable=g-import-not-at-top
     ds, records = images.open_splits(config.data)
+    whole = False
+  elif config.data.source == "stream":
+    # The record files of the whole set (written on first use), opened and
+    # checked before anything is trained or written; the set itself is
+    # loaded only to write them or for a method that reads its arrays.
+    from lottery import stream  # pylint: disable=g-import-not-at-top
+    fingerprint = data_lib.fingerprint(config.data)
+    if not _reads_arrays(config):
+      records = stream.open_written(config.data, fingerprint)
+    if records is not None:
+      ds = stream.sample(records["train"].name, records,
+                         records["train"].num_classes)
+      whole = False
+    else:
+      ds = data_lib.load(config.data)
+      records = stream.open_cache(config.data, ds, fingerprint)
   else:
     ds = data_lib.load(config.data)
-    if config.data.source == "stream":
-      # The record files of the whole loaded set (written on first use),
-      # opened and checked before anything is trained or written.
-      from lottery import stream  # pylint: disable=g-import-not-at-top
-      records = stream.open_cache(config.data, ds,
-                                  data_lib.fingerprint(config.data))
   num_train = len(ds.y_train) if records is None else len(records["train"])
   x_val = y_val = None
   if config.data.validation_size:
@@ -142,7 +166,7 @@ def build(config: ml_collections.ConfigDict, *,
       records["train"], records["val"] = (records["train"].subset(keep),
                                           records["train"].subset(val))
       num_train = len(keep)
-    if config.data.crop == "none":
+    if whole:
       ds, x_val, y_val = data_lib.split_validation(
           ds, config.data.validation_size)
   t = config.training

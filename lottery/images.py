@@ -244,8 +244,10 @@ def random_resized_crop(image: np.ndarray, size: int,
 
 def normalize(crops: np.ndarray) -> np.ndarray:
   """uint8 crops (..., 3) as float32, scaled by ImageNet's channel mean and
-  standard deviation."""
-  return (crops.astype(np.float32) - MEAN_RGB) / STDDEV_RGB
+  standard deviation: (x - mean) / std, each in float32."""
+  out = np.subtract(crops, MEAN_RGB, dtype=np.float32)
+  out /= STDDEV_RGB  # In place: no temporary of the float32 crops.
+  return out
 
 
 class Images:
@@ -288,11 +290,12 @@ class Images:
       image = image[:, :, None]
     if image.shape[-1] == 1:
       image = np.repeat(image, 3, axis=-1)
+    # Normalized here, in the reader's threads (numpy releases the GIL).
     if key is None:
-      return center_crop(image, self.size), label
+      return normalize(center_crop(image, self.size)), label
     rng = np.random.default_rng([TAG, *key])
     crop = random_resized_crop(image, self.size, rng)
-    return (crop[:, ::-1] if rng.random() < 0.5 else crop), label
+    return normalize(crop[:, ::-1] if rng.random() < 0.5 else crop), label
 
   def read(self, idx: np.ndarray, keys: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +310,7 @@ class Images:
                  np.asarray(keys, np.int64).reshape(-1, 3).tolist())
     items = [(int(r), None if flat_keys is None else flat_keys[i])
              for i, r in enumerate(flat)]
-    x = np.empty((len(items),) + self.example_shape, np.uint8)
+    x = np.empty((len(items),) + self.example_shape, np.float32)
     y = np.empty(len(items), np.int32)
     if items:
       # In order; grain's threads decode ahead (PIL releases the GIL).
@@ -316,8 +319,7 @@ class Images:
                                   prefetch_buffer_size=2 * THREADS)
       for i, (crop, label) in enumerate(ds.to_iter_dataset(options)):
         x[i], y[i] = crop, label
-    return (normalize(x).reshape(idx.shape + self.example_shape),
-            y.reshape(idx.shape))
+    return x.reshape(idx.shape + self.example_shape), y.reshape(idx.shape)
 
 
 def _sources(data) -> tuple[object, object]:
@@ -346,10 +348,7 @@ def open_splits(data) -> tuple[data_lib.Dataset, dict[str, Images]]:
     if not len(src):
       raise LotteryError(f"data.name: the {split} split of {data.name!r} is "
                          f"empty")
-  x_tr, y_tr = out["train"].read(np.arange(1))
-  x_te, y_te = out["test"].read(np.arange(1))
-  return data_lib.Dataset(data.name, x_tr, y_tr, x_te, y_te,
-                          train.num_classes), out
+  return stream.sample(data.name, out, train.num_classes), out
 
 
 def folder_fingerprint(path: str) -> str:

@@ -78,6 +78,11 @@ def make_mesh(replicas: int, batch_size: int, devices=None) -> Mesh | None:
   divisor of the rest that divides the batch. Devices that fit neither are
   left idle (a warning is the caller's to give: see `describe`).
   None with one device.
+
+  Raises:
+    LotteryError: naming training.batch_size if the idle devices would
+      leave a process of a multi-host run without any (each process feeds
+      its own devices).
   """
   devices = list(jax.devices() if devices is None else devices)
   if len(devices) == 1:
@@ -86,6 +91,14 @@ def make_mesh(replicas: int, batch_size: int, devices=None) -> Mesh | None:
   rest = len(devices) // r
   d = max(k for k in range(1, rest + 1) if rest % k == 0 and
           batch_size % k == 0)
+  processes = {dev.process_index for dev in devices}
+  left_out = processes - {dev.process_index for dev in devices[:r * d]}
+  if left_out:
+    raise LotteryError(
+        f"training.batch_size: {batch_size} does not divide across the "
+        f"{len(processes)} processes' {len(devices)} devices (the batch "
+        f"splits over {d} of them, leaving process {min(left_out)} without "
+        f"work); use a multiple of {rest}")
   used = np.asarray(devices[:r * d], dtype=object).reshape(r, d)
   return Mesh(used, AXES)
 

@@ -14,10 +14,14 @@ The files live in the data cache (`data.cache_dir`, $LOTTERY_CACHE or
       `record_dtype`), uncompressed, one record per chunk (group_size 1: the
       fastest random access);
   train.json, test.json  the header: format, count, input dtype and shape,
-      label dtype, record and file sizes.
+      label dtype, record and file sizes, the dataset's name and number of
+      classes.
 Any dataset the framework loads is written there once, on its first
 streamed run; each file is written to a temporary name and renamed, the
-header last, so a header names a complete file. A file that does not match
+header last, so a header names a complete file. A run of a method that
+reads its data through the train loop only (IMP, sparse training) on a
+written cache does not load the dataset: the host holds none of it
+(`open_written`). A file that does not match
 its header, or that array_record cannot read (riegeli checks a hash of every
 block and chunk), is refused in one line that says to delete it: a split
 with either file missing is written again.
@@ -75,9 +79,12 @@ def replace_atomic(path: pathlib.Path, write: Callable[[str], None]) -> None:
       os.unlink(tmp)  # Left only if writing or the rename failed.
 
 
-def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray) -> None:
+def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray,
+                **dataset) -> None:
   """Writes examples (x[i], y[i]) to the array_record file `path` and its
-  header (`path` with suffix .json), each atomically, the header last."""
+  header (`path` with suffix .json), each atomically, the header last.
+  `dataset` (name=..., num_classes=...) is recorded in the header: with it,
+  a later run opens the split without loading the dataset."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
   rec = np.empty(len(x), record_dtype(x.dtype, x.shape[1:], y.dtype))
@@ -96,7 +103,7 @@ def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray) -> None:
   header = {"format": FORMAT, "count": len(x), "x_dtype": x.dtype.str,
             "x_shape": list(x.shape[1:]), "y_dtype": y.dtype.str,
             "record_bytes": rec.dtype.itemsize,
-            "file_bytes": path.stat().st_size}
+            "file_bytes": path.stat().st_size, **dataset}
 
   def text(tmp):
     with open(tmp, "w") as f:
@@ -139,6 +146,9 @@ class Records:
         h = json.load(f)
       self.dtype = record_dtype(h["x_dtype"], h["x_shape"], h["y_dtype"])
       count, size = int(h["count"]), int(h["file_bytes"])
+      # Absent from a header written without them (a cache of an older
+      # version): the dataset is then loaded to learn them.
+      self.name, self.num_classes = h.get("name"), h.get("num_classes")
       if h["format"] != FORMAT or self.dtype.itemsize != h["record_bytes"]:
         raise ValueError("unknown format")
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -221,13 +231,42 @@ def open_cache(data, ds, fingerprint: str) -> dict[str, Records]:
     path = root / f"{split}.array_record"
     if not (path.exists() and path.with_suffix(".json").exists()):
       try:
-        write_split(path, x, y)
+        write_split(path, x, y, name=ds.name, num_classes=ds.num_classes)
       except OSError as e:
         raise LotteryError(f"data.cache_dir: cannot write the stream cache "
                            f"{os.fspath(path)} ({e.strerror}); set "
                            f"data.cache_dir to a writable folder") from None
     out[split] = Records(path)
   return out
+
+
+def open_written(data, fingerprint: str) -> dict[str, Records] | None:
+  """The dataset's record files, if the cache holds both splits and their
+  headers name the dataset and its classes (`open_cache` wrote them), so
+  that a run need not load the dataset; else None.
+
+  Raises:
+    LotteryError: naming a file that is damaged or does not match its header.
+  """
+  root = cache_root(data, fingerprint)
+  paths = {split: root / f"{split}.array_record" for split in SPLITS}
+  if not all(p.exists() and p.with_suffix(".json").exists()
+             for p in paths.values()):
+    return None
+  out = {split: Records(path) for split, path in paths.items()}
+  if out["train"].num_classes is None or out["train"].name is None:
+    return None
+  return out
+
+
+def sample(name: str, splits, num_classes: int):
+  """The `data.Dataset` whose arrays hold the first example of each of
+  `splits` ({'train': ..., 'test': ...}, read by index): their shapes, and
+  an input to initialize a model with."""
+  from lottery import data as data_lib  # pylint: disable=g-import-not-at-top
+  x_tr, y_tr = splits["train"].read(np.arange(1))
+  x_te, y_te = splits["test"].read(np.arange(1))
+  return data_lib.Dataset(name, x_tr, y_tr, x_te, y_te, num_classes)
 
 
 def prefetch(items: Iterable, load: Callable, depth: int = 1) -> Iterator:

@@ -3,6 +3,7 @@ in one line), TFDS from a data_dir, standardization, fingerprints."""
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import time
@@ -87,6 +88,46 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
   msg = str(e.value)
   assert msg.startswith("data.data_dir: TFDS dataset 'mnist' is not prepared")
   assert "--file_format=array_record" in msg
+
+
+def _prepared_info(data_dir, name, file_format, splits):
+  """A TFDS dataset folder as `tfds build` leaves it, without its records:
+  dataset_info.json (the format and splits) and features.json."""
+  builder = tfds.builder(name, data_dir=str(data_dir), file_format=file_format)
+  info = json.loads(builder.info.as_json)
+  info["splits"] = [{"name": s, "numBytes": "100", "shardLengths": ["10"],
+                     "filepathTemplate":
+                         "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}
+                    for s in splits]
+  os.makedirs(builder.data_dir)
+  (pathlib.Path(builder.data_dir) / "dataset_info.json").write_text(
+      json.dumps(info))
+  builder.info.features.save_config(builder.data_dir)
+  return os.fspath(builder.data_dir)
+
+
+@pytest.mark.parametrize("file_format, splits, field, cause", [
+    ("tfrecord", ("train", "test"), "data.data_dir",
+     "is prepared as tfrecord, which cannot be read by index; convert it with "
+     "`pip install tensorflow tensorflow-datasets && tfds convert_format "
+     "--dataset_version_dir={where} --out_file_format=array_record` or "
+     "prepare it again with `tfds build mnist --file_format=array_record "
+     "--data_dir=DIR`"),
+    ("array_record", ("test",), "data.data_dir",
+     "has no 'train' split (it has ['test']); prepare it on a machine"),
+], ids=["tfrecord", "no-train-split"])
+def test_unreadable_tfds_dataset_is_refused_before_writing(
+    tiny_config, tmp_path, file_format, splits, field, cause):
+  where = _prepared_info(tmp_path / "tfds", "mnist", file_format, splits)
+  cfg = tiny_config(**{"data.name": "mnist", "data.data_dir":
+                       str(tmp_path / "tfds"), "model.name": "lenet_300_100"})
+  with pytest.raises(LotteryError) as e:
+    lottery.run(cfg, tmp_path / "wd", log=lambda _: None)
+  msg = str(e.value)
+  assert msg.startswith(f"{field}: TFDS dataset 'mnist' in {where!r} "
+                        + cause.format(where=where)), msg
+  assert "\n" not in msg
+  assert not (tmp_path / "wd").exists()
 
 
 def test_build_rejects_unknown_dataset(tiny_config):

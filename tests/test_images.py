@@ -133,12 +133,16 @@ def test_one_shaped_images_load_in_memory(tmp_path):
     ("method", "pai", "data.crop: is for methods ['imp', 'sparse']"),
     ("data.image_size", 0, "data.image_size: must be an integer in [1, "),
     ("data.path", "", "data.path: set it to the folder of "),
+    ("pruning.level_barrier", True, "data.crop: the error barriers of IMP's "
+     "stability_copy control and pruning.level_barrier evaluate the training "
+     "and test arrays"),
+    ("controls", ("stability_copy",), "data.crop: the error barriers of "),
 ])
 def test_crop_settings_are_refused_in_one_line(jpegs, tmp_path, field, value,
                                                start):
   c = tiny_images(jpegs, tmp_path / "cache")
-  if field == "method":
-    c.method = value
+  if field in ("method", "controls"):
+    c[field] = value
   else:
     c[field.split(".")[0]][field.split(".")[1]] = value
   with pytest.raises(lottery.LotteryError) as e:
@@ -155,10 +159,17 @@ def test_a_missing_split_is_named(tmp_path):
 
 def test_crops_benchmark_reports_images_per_second():
   from experiments import benchmark_crops  # pylint: disable=g-import-not-at-top
+  threads = images.THREADS
   out = benchmark_crops.measure(4, 1)
   assert out["crops_train_images_per_s"] > 0
   assert out["crops_eval_images_per_s"] > 0
   assert out["crops_threads"] == images.THREADS and out["crops_jpeg_bytes"] > 0
+  assert images.THREADS == threads  # Set back after the 1- and 2-thread reads.
+  # One thread's rate is one core's; the cores to feed 3,000 images/s.
+  one = out["crops_train_threads_1_images_per_s"]
+  assert out["crops_train_threads_2_images_per_s"] > 0
+  assert out["crops_per_core_images_per_s"] == one
+  assert -0.01 < out["crops_cores_for_accelerator"] - 3000 / one < 1.01
 
 
 def test_mock_imagenet_in_memory_is_refused_and_streams_cropped(tmp_path):

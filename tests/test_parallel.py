@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import lottery
+from lottery import parallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -96,9 +97,12 @@ def test_two_processes_match_one(npz_path, tmp_path, source):
   assert writes[0], "process 0 wrote nothing"
   assert writes[1] == [], writes[1][:5]  # Process 1 never writes.
   # Streamed, each process reads half of every batch: 4 jobs (round 0's
-  # ticket, round 1's and its 2 controls) of 40 steps of 16 examples.
+  # ticket, round 1's and its 2 controls) of 40 steps of 16 examples, and
+  # the first example, to build the model (the cache written by the
+  # one-process run, the dataset is not loaded).
   reads = [int(out.split("TRAIN_READ ", 1)[1].split()[0]) for out, _ in outs]
-  assert reads == ([4 * 40 * 16 // 2] * 2 if source == "stream" else [0, 0])
+  assert reads == ([4 * 40 * 16 // 2 + 1] * 2 if source == "stream"
+                   else [0, 0])
   # Process 0 reports; its mesh line names both processes' devices.
   assert "mesh: replicas=1 data=2 (2 devices; 2 processes)" in outs[0][1]
   for r in range(2):
@@ -126,3 +130,25 @@ def test_bad_host_flags_are_refused_in_one_line(tmp_path):
     assert res.stderr.strip().startswith(want), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()
+
+
+class _Device:
+  """A stand-in for a device of a multi-host run: its id and process."""
+
+  def __init__(self, i, process):
+    self.id, self.process_index = i, process
+
+
+def test_a_batch_that_leaves_a_host_idle_is_refused():
+  """2 hosts of 2 devices: batch 6 splits over 2 devices, both of host 0;
+  host 1 would feed nothing."""
+  devices = [_Device(i, i // 2) for i in range(4)]
+  with pytest.raises(lottery.LotteryError) as e:
+    parallel.make_mesh(1, 6, devices)
+  assert str(e.value) == (
+      "training.batch_size: 6 does not divide across the 2 processes' 4 "
+      "devices (the batch splits over 2 of them, leaving process 1 without "
+      "work); use a multiple of 4")
+  # 2 replicates, batch 7: the mesh takes 2 devices, both of host 0.
+  with pytest.raises(lottery.LotteryError, match="^training.batch_size: 7 "):
+    parallel.make_mesh(2, 7, devices)

@@ -235,6 +235,37 @@ def test_cache_is_written_once(npz_path, tmp_path):
   assert not [p for p in records.parent.iterdir() if p.suffix == ".tmp"]
 
 
+def test_a_written_cache_is_read_without_loading_the_dataset(
+    npz_path, tmp_path, monkeypatch):
+  cache = tmp_path / "cache"
+  cfg = tiny(npz_path, **{"data.source": "stream", "data.cache_dir":
+                          str(cache), "data.validation_size": 32})
+  lottery.run(cfg, tmp_path / "first", log=quiet)  # Loads, writes the cache.
+  _, header = _cache_files(npz_path, cache)
+  h = json.loads(header.read_text())
+  assert (h["name"], h["num_classes"]) == (os.path.basename(npz_path), 3)
+  loads = []
+  real_load = data_lib.load
+  monkeypatch.setattr(data_lib, "load",
+                      lambda data: loads.append(data.name) or real_load(data))
+  lottery.run(cfg, tmp_path / "second", log=quiet)
+  assert loads == []  # The host holds one example of each split.
+  _tickets_equal(tmp_path / "first", tmp_path / "second", 2)
+  # IMP's error barriers evaluate the training arrays: loaded.
+  barrier = tiny(npz_path, **{"data.source": "stream", "data.cache_dir":
+                              str(cache), "pruning.level_barrier": True,
+                              "pruning.rounds": 1})
+  lottery.run(barrier, tmp_path / "barrier", log=quiet)
+  assert loads == ["npz"]
+  # A header without the dataset's name and classes (written by an older
+  # version): loaded, and the same tickets.
+  del h["name"], h["num_classes"]
+  header.write_text(json.dumps(h))
+  lottery.run(cfg, tmp_path / "old", log=quiet)
+  assert loads == ["npz", "npz"]
+  _tickets_equal(tmp_path / "first", tmp_path / "old", 2)
+
+
 def test_prefetch_order_errors_and_early_stop():
   assert [v for _, v in stream.prefetch(range(5), lambda i: i * i)] == [
       0, 1, 4, 9, 16]

@@ -214,7 +214,8 @@ config_lib.register_block(
         # rounds (Paul et al. 2023).
         level_barrier=False,
         path_points=30,  # Evenly spaced points of those paths, ends included.
-        # unstructured | neuron (whole units, coupled across layers) | 'N:M'
+        # unstructured | neuron (whole units, coupled across layers) | head
+        # (whole attention heads) | 'N:M'
         # (e.g. '2:4': round 1 keeps N of every M along the input axis); see
         # lottery.structure.
         structure="unstructured",
@@ -250,7 +251,7 @@ config_lib.register_block(
         "pruning.stability_every": "every N-th round: the ticket's instability (a copy on another data order); 0: none",
         "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
         "pruning.path_points": "evenly spaced points of those linear paths, ends included",
-        "pruning.structure": "unstructured, neuron (whole units) or 'N:M' such as '2:4' (one round)",
+        "pruning.structure": "unstructured, neuron (whole units), head (whole attention heads) or 'N:M' such as '2:4' (one round)",
         "pruning.group_score": "neuron: a unit's score from its weights' scores: sum, l1 or l2",
     })
 # Controls run every pruned round beside the ticket: 'reinit' (same mask,
@@ -349,7 +350,7 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
                      for k, v in exp.layer_fractions.items()}
 
   coupling = (structure_lib.coupling_of(exp.model)
-              if p.structure == structure_lib.NEURON else None)
+              if p.structure in structure_lib.UNIT_KINDS else None)
 
   def one(mask, params, key):
     return pruning.prune(mask, score_fn(params, key), rate, scope=p.scope,

@@ -16,8 +16,9 @@ rounding rule is evaluated exactly on the device
 (`select.counts_on_device`).
 
 A structure (`lottery.structure`) changes what is ranked, not how: under
-'neuron' the same exact count and ranking run on one entry per unit (its
-weights' scores reduced), and the unit mask is spread back over the weights;
+'neuron' (or 'head') the same exact count and ranking run on one entry per
+unit (its weights' scores reduced), and the unit mask is spread back over the
+weights;
 under 'N:M' every run of M weights along a leaf's input axis keeps its N
 best survivors.
 
@@ -230,12 +231,13 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     structure: 'unstructured' (default); 'neuron': removes `fraction` of
       the surviving units of each unit set of `coupling` ('layerwise',
       'module') or of all of them ('global'), whole units, by the same
-      rounding rule; 'N:M' (e.g. '2:4'): keeps the N highest-scoring
+      rounding rule; 'head': the same on its attention heads (the sets of
+      kind 'head'); 'N:M' (e.g. '2:4'): keeps the N highest-scoring
       survivors of every M along each leaf's reduction axis, whatever
       `fraction` and `scope` (see `lottery.structure`).
     group_score: how a unit's score reduces its weights' scores under
       'neuron': 'sum', 'l1' or 'l2' (`lottery.structure`).
-    coupling: under 'neuron', the model's units: a tuple of
+    coupling: under 'neuron' or 'head', the model's units: a tuple of
       `structure.Units`, or the model itself (its `coupling()`).
 
   Returns:
@@ -246,7 +248,8 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       an unknown scope, a fraction that is not a number in [0, 1), a bad
       `layer_fractions` or one whose pattern matches no prunable leaf, a
       mask that is not a bool mask pytree, scores not shaped like the mask,
-      an unknown structure or group score, 'neuron' without a coupling, an
+      an unknown structure or group score, 'neuron' without a coupling,
+      'head' without heads, an
       N:M whose M does not divide a leaf's reduction axis, or (concrete
       inputs only) non-finite scores of surviving weights.
   """
@@ -299,18 +302,19 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   return _unflatten(treedef, leaves, new)
 
 
-def _unit_plan(live, group_score, coupling) -> structure_lib.UnitPlan:
-  """The unit sets of the live leaves under `coupling` (units, or a model
-  that declares them), after checking `group_score`."""
+def _unit_plan(live, group_score, coupling, kind) -> structure_lib.UnitPlan:
+  """The unit sets of kind `kind` of the live leaves under `coupling`
+  (units, or a model that declares them), after checking `group_score`."""
   structure_lib.check_group_score(group_score)
   if coupling is not None and not isinstance(coupling, (tuple, list)):
     coupling = structure_lib.coupling_of(coupling)
   return structure_lib.unit_plan(coupling, [name for name, _, _ in live],
-                                 [tuple(np.shape(m)) for _, m, _ in live])
+                                 [tuple(np.shape(m)) for _, m, _ in live],
+                                 kind=kind)
 
 
 def _prune_structured(spec, live, fraction, scope, group_score, coupling):
-  """`prune`'s new mask leaves under an N:M or neuron structure."""
+  """`prune`'s new mask leaves under an N:M, neuron or head structure."""
   names = [name for name, _, _ in live]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
   alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
@@ -318,7 +322,7 @@ def _prune_structured(spec, live, fraction, scope, group_score, coupling):
     new, finite = _prune_n_m(structure_lib.n_m_plan(spec, names, shapes),
                              alive, scores)
   else:
-    plan = _unit_plan(live, group_score, coupling)
+    plan = _unit_plan(live, group_score, coupling, spec.kind)
     groups = ((tuple(range(len(plan))),) if scope == "global" else
               tuple((u,) for u in range(len(plan))))
     new, finite = _prune_units(
@@ -375,12 +379,12 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
     mask: current mask (None leaves are not prunable).
     scores: pytree with the params' structure; higher = more important.
     counts: {path: number of weights to keep} for every prunable leaf; under
-      'neuron', {unit set: number of units to keep} for every unit set of
-      the coupling, a set named by its producers joined with '+' ('fc1',
-      'fc1+fc2'; `structure.unit_plan`).
-    structure: 'unstructured' (default) or 'neuron' (as in `prune`; an N:M
-      structure fixes its own counts: use `prune`).
-    group_score, coupling: under 'neuron', as in `prune`.
+      'neuron' or 'head', {unit set: number of units to keep} for every
+      unit set of the coupling, a set named by its producers joined with
+      '+' ('fc1', 'fc1+fc2'; `structure.unit_plan`).
+    structure: 'unstructured' (default), 'neuron' or 'head' (as in
+      `prune`; an N:M structure fixes its own counts: use `prune`).
+    group_score, coupling: under 'neuron' or 'head', as in `prune`.
 
   Returns:
     The new mask; a subset of `mask`.
@@ -404,13 +408,12 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   spec = structure_lib.parse(structure)
   alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
   if spec.kind == "N:M":
-    raise LotteryError(f"structure: keep_top takes 'unstructured' or "
-                       f"'neuron'; {str(spec)!r} fixes its own counts (N of "
-                       f"every M): use prune")
-  if spec.kind == structure_lib.NEURON:
-    plan = _unit_plan(live, group_score, coupling)
-    sizes = {name: np.shape(alive[members[0][0]])[members[0][1]]
-             for name, members in plan}
+    raise LotteryError(f"structure: keep_top takes 'unstructured', "
+                       f"'neuron' or 'head'; {str(spec)!r} fixes its own "
+                       f"counts (N of every M): use prune")
+  if spec.kind in structure_lib.UNIT_KINDS:
+    plan = _unit_plan(live, group_score, coupling, spec.kind)
+    sizes = structure_lib.set_sizes(plan, [np.shape(a) for a in alive])
     what = "units"
     keep = _keep_counts(sizes, counts, what)
     new, n, finite = _keep_top_units(alive, scores,

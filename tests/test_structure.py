@@ -758,6 +758,11 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
      r"^pai.densities: 0.01 keeps no unit of its 1 unit set\(s\) together "
      r"\(32 units, pai.structure 'neuron', pai.scope 'global', .*\); use a "
      r"higher density$"),
+    ({"method": "pai", "model.name": "vit_tiny", "pai.structure": "head",
+      "pai.densities": (0.01,)},
+     r"^pai.densities: 0.01 keeps no unit of its 2 unit set\(s\) together "
+     r"\(8 units, pai.structure 'head', pai.scope 'global', .*\); use a "
+     r"higher density$"),
     ({"method": "pai", "pai.structure": "neuron", "pai.scope": "layerwise",
       "pai.densities": (0.5, 0.01)},
      r"^pai.densities: 0.01 keeps no unit of fc1 \(32 units"),
@@ -802,6 +807,18 @@ def test_pai_prune_at_init_neuron_keeps_unit_densities(npz_path):
                            structure="neuron")
   dead = structure.whole_units(mask, exp.model.coupling())["fc1"]
   assert (~dead).sum() == 8
+
+
+def test_pai_prune_at_init_head_keeps_head_densities(npz_path):
+  cfg = tiny(npz_path, method="pai", **{"model.name": "vit_tiny",
+                                        "pai.structure": "head"})
+  exp = lottery.build(cfg)
+  batch = pai.score_batch(exp, 0)
+  mask = pai.prune_at_init(exp, "snip", 0.5, exp.init_params,
+                           exp.init_model_state, batch, jax.random.key(0),
+                           structure="head", scope="layerwise")
+  dead = structure.whole_units(mask, exp.model.coupling())
+  assert [int((~d).sum()) for d in dead.values()] == [2, 64, 2, 64]
 
 
 def test_shrink_keeps_a_silent_residual_unit_that_is_still_read():

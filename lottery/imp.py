@@ -227,7 +227,8 @@ config_lib.register_block(
         # rounds (Paul et al. 2023).
         level_barrier=False,
         path_points=30,  # Evenly spaced points of those paths, ends included.
-        # unstructured | neuron (whole units, coupled across layers) | 'N:M'
+        # unstructured | neuron (whole units, coupled across layers) | head
+        # (whole attention heads) | 'N:M'
         # (e.g. '2:4': round 1 keeps N of every M along the input axis); see
         # lottery.structure.
         structure="unstructured",
@@ -269,8 +270,8 @@ config_lib.register_block(
         "pruning.stability_every": "every N-th round: the ticket's instability (a copy on another data order); 0: none",
         "pruning.level_barrier": "record the error barrier between successive rounds' trained networks",
         "pruning.path_points": "evenly spaced points of those linear paths, ends included",
-        "pruning.structure": "unstructured, neuron (whole units) or 'N:M' such as '2:4' (one round)",
-        "pruning.group_score": "neuron: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of pruning.score)",
+        "pruning.structure": "unstructured, neuron (whole units), head (whole attention heads) or 'N:M' such as '2:4' (one round)",
+        "pruning.group_score": "neuron/head: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of pruning.score)",
         "pruning.batch_size": "taylor: training examples whose loss gradient scores the units",
     })
 # Controls run every pruned round beside the ticket: 'reinit' (same mask,
@@ -380,9 +381,9 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
                      for k, v in exp.layer_fractions.items()}
 
   coupling = (structure_lib.coupling_of(exp.model)
-              if p.structure == structure_lib.NEURON else None)
+              if p.structure in structure_lib.UNIT_KINDS else None)
   # A group criterion scores the units in place of pruning.score (its
-  # config rule refuses it without 'neuron').
+  # config rule refuses it without 'neuron' or 'head').
   criterion = (p.group_score if p.group_score in structure_lib.CRITERIA
                else None)
 

@@ -180,8 +180,9 @@ config_lib.register_block(
         # for 10 classes, as in Synaptic-Flow's prune loader.
         batch_size=100,
         dense=True,  # Also train the dense network (method 'dense').
-        # unstructured | neuron (densities are then of units) | 'N:M' (e.g.
-        # '2:4', density N/M); see lottery.structure.
+        # unstructured | neuron (densities are then of units) | head (of
+        # attention heads) | 'N:M' (e.g. '2:4', density N/M); see
+        # lottery.structure.
         structure="unstructured",
         # neuron: sum | l1 | l2 of its weights' scores, or a criterion:
         # taylor (|sum of g * w| on the score batch) | bn_scale (|gamma|).
@@ -208,8 +209,8 @@ config_lib.register_block(
         "pai.scope": "rank all prunable weights together (global) or each layer",
         "pai.batch_size": "training examples the data-aware scores see",
         "pai.dense": "also train the dense network (method 'dense')",
-        "pai.structure": "unstructured, neuron (densities of units) or 'N:M' such as '2:4' (density N/M)",
-        "pai.group_score": "neuron: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of the method)",
+        "pai.structure": "unstructured, neuron (densities of units), head (densities of attention heads) or 'N:M' such as '2:4' (density N/M)",
+        "pai.group_score": "neuron/head: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of the method)",
     })
 
 
@@ -283,7 +284,8 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
     scope: 'global' or 'layerwise'.
     invert: keep the lowest scores instead of the highest.
     structure: 'unstructured'; 'neuron' (`density` is then the fraction of
-      each unit set's units kept, coupled across layers); or 'N:M' (keeps N
+      each unit set's units kept, coupled across layers); 'head' (the same
+      over attention heads); or 'N:M' (keeps N
       of every M whatever `density`; later rounds keep the same mask).
     group_score: a unit's score under 'neuron' (`lottery.structure`); a
       criterion ('taylor': g * w of the masked network on `batch`,
@@ -295,7 +297,7 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
   fraction = schedules.pai_fraction(density, rounds)
   mask = jax.tree.map(lambda m: jnp.asarray(m, bool), exp.dense_mask)
   coupling = (structure_lib.coupling_of(exp.model)
-              if structure == structure_lib.NEURON else None)
+              if structure in structure_lib.UNIT_KINDS else None)
   return jax.device_get(_prune_rounds(
       params, model_state, mask, tuple(jnp.asarray(b) for b in batch), key,
       apply=exp.apply_fn, method=method, rounds=rounds, fraction=fraction,
@@ -305,13 +307,13 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
 
 def _check_units_kept(config: ml_collections.ConfigDict,
                       exp: Experiment) -> None:
-  """Refuses a density at which neuron pruning keeps no unit of a unit set
-  (pai.scope 'layerwise', 'module') or none at all ('global'), after each
-  method's rounds, by the one rounding rule."""
+  """Refuses a density at which neuron (or head) pruning keeps no unit of
+  a unit set (pai.scope 'layerwise', 'module') or none at all ('global'),
+  after each method's rounds, by the one rounding rule."""
   p = config.pai
   sizes = structure_lib.unit_counts(
       exp.dense_mask, structure_lib.coupling_of(exp.model),
-      field="pai.structure")
+      kind=p.structure, field="pai.structure")
   if p.scope == "global":
     sizes = {f"its {len(sizes)} unit set(s) together": sum(sizes.values())}
   for method in p.methods:
@@ -325,7 +327,7 @@ def _check_units_kept(config: ml_collections.ConfigDict,
         if kept == 0:
           raise LotteryError(
               f"pai.densities: {d!r} keeps no unit of {name} ({n} units, "
-              f"pai.structure 'neuron', pai.scope {p.scope!r}, {method} in "
+              f"pai.structure {p.structure!r}, pai.scope {p.scope!r}, {method} in "
               f"{rounds} round(s)); use a higher density")
 
 
@@ -392,7 +394,7 @@ class Pai(method_lib.Method):
     spec = structure_lib.check_model(
         ctx.config.pai.structure, ctx.exp.dense_mask, ctx.exp.model,
         ctx.config.model.name, field="pai.structure")
-    if spec.kind == structure_lib.NEURON:
+    if spec.kind in structure_lib.UNIT_KINDS:
       _check_units_kept(ctx.config, ctx.exp)
     structure_lib.check_criterion(
         ctx.config.pai.group_score, spec, ctx.exp.dense_mask, ctx.exp.model,

@@ -16,8 +16,9 @@ rounding rule is evaluated exactly on the device
 (`select.counts_on_device`).
 
 A structure (`lottery.structure`) changes what is ranked, not how: under
-'neuron' the same exact count and ranking run on one entry per unit (its
-weights' scores reduced), and the unit mask is spread back over the weights;
+'neuron' (or 'head') the same exact count and ranking run on one entry per
+unit (its weights' scores reduced), and the unit mask is spread back over the
+weights;
 under 'N:M' every run of M weights along a leaf's input axis keeps its N
 best survivors.
 
@@ -231,16 +232,17 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     structure: 'unstructured' (default); 'neuron': removes `fraction` of
       the surviving units of each unit set of `coupling` ('layerwise',
       'module') or of all of them ('global'), whole units, by the same
-      rounding rule; 'N:M' (e.g. '2:4'): keeps the N highest-scoring
+      rounding rule; 'head': the same on its attention heads (the sets of
+      kind 'head'); 'N:M' (e.g. '2:4'): keeps the N highest-scoring
       survivors of every M along each leaf's reduction axis, whatever
       `fraction` and `scope` (see `lottery.structure`).
-    group_score: a unit's score under 'neuron': 'sum', 'l1' or 'l2' of its
-      weights' scores, or a criterion (`lottery.structure`): 'taylor'
-      (|sum| of the scores, which are then the signed g * w of
+    group_score: a unit's score under 'neuron' or 'head': 'sum', 'l1' or
+      'l2' of its weights' scores, or a criterion (`lottery.structure`):
+      'taylor' (|sum| of the scores, which are then the signed g * w of
       `scores.taylor_terms`) or 'bn_scale' (|gamma| of the unit's BatchNorm
       channels, read from the 'scale' leaves of `scores`, prunable or not:
       pass the params or `scores.magnitude(params)`).
-    coupling: under 'neuron', the model's units: a tuple of
+    coupling: under 'neuron' or 'head', the model's units: a tuple of
       `structure.Units`, or the model itself (its `coupling()`).
 
   Returns:
@@ -251,7 +253,8 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       an unknown scope, a fraction that is not a number in [0, 1), a bad
       `layer_fractions` or one whose pattern matches no prunable leaf, a
       mask that is not a bool mask pytree, scores not shaped like the mask,
-      an unknown structure or group score, 'neuron' without a coupling, an
+      an unknown structure or group score, 'neuron' without a coupling,
+      'head' without heads, an
       N:M whose M does not divide a leaf's reduction axis, or (concrete
       inputs only) non-finite scores of surviving weights.
   """
@@ -304,33 +307,35 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   return _unflatten(treedef, leaves, new)
 
 
-def _unit_plan(leaves, group_score, coupling):
-  """(the unit sets of the live leaves under `coupling` (units, or a model
-  that declares them), the BatchNorm scales of each set under 'bn_scale'
-  (else None)), after checking `group_score`; `leaves` as `_flatten`'s."""
+def _unit_plan(leaves, group_score, coupling, kind):
+  """(the unit sets of kind `kind` of the live leaves under `coupling`
+  (units, or a model that declares them), the BatchNorm scales of each set
+  under 'bn_scale' (else None)), after checking `group_score`; `leaves` as
+  `_flatten`'s."""
   structure_lib.check_group_score(group_score)
   if coupling is not None and not isinstance(coupling, (tuple, list)):
     coupling = structure_lib.coupling_of(coupling)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
+  shapes = [tuple(np.shape(m)) for _, m, _ in live]
   plan = structure_lib.unit_plan(coupling, [name for name, _, _ in live],
-                                 [tuple(np.shape(m)) for _, m, _ in live])
+                                 shapes, kind=kind)
   if group_score != "bn_scale":
     return plan, None
   found = structure_lib.channel_scales(coupling, plan,
                                        [name for name, _, _ in leaves])
-  for (unit_set, members), js in zip(plan, found):
-    units = np.shape(live[members[0][0]][1])[members[0][1]]
+  sizes = structure_lib.set_sizes(plan, shapes)
+  for (unit_set, _), js in zip(plan, found):
     for j in js:
-      if np.shape(leaves[j][2]) != (units,):
+      if np.shape(leaves[j][2]) != (sizes[unit_set],):
         raise LotteryError(
             f"scores: 'bn_scale' reads {leaves[j][0]} from the scores (the "
-            f"BatchNorm scales of {unit_set}'s {units} units; pass the "
-            f"params or their magnitudes), got {leaves[j][2]!r:.60}")
+            f"BatchNorm scales of {unit_set}'s {sizes[unit_set]} units; pass "
+            f"the params or their magnitudes), got {leaves[j][2]!r:.60}")
   return plan, [[leaves[j][2] for j in js] for js in found]
 
 
 def _prune_structured(spec, leaves, fraction, scope, group_score, coupling):
-  """`prune`'s new mask leaves under an N:M or neuron structure."""
+  """`prune`'s new mask leaves under an N:M, neuron or head structure."""
   live = [(name, m, s) for name, m, s in leaves if m is not None]
   names = [name for name, _, _ in live]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
@@ -339,7 +344,7 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling):
     new, finite = _prune_n_m(structure_lib.n_m_plan(spec, names, shapes),
                              alive, scores)
   else:
-    plan, scales = _unit_plan(leaves, group_score, coupling)
+    plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind)
     groups = ((tuple(range(len(plan))),) if scope == "global" else
               tuple((u,) for u in range(len(plan))))
     new, finite = _prune_units(
@@ -396,12 +401,12 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
     mask: current mask (None leaves are not prunable).
     scores: pytree with the params' structure; higher = more important.
     counts: {path: number of weights to keep} for every prunable leaf; under
-      'neuron', {unit set: number of units to keep} for every unit set of
-      the coupling, a set named by its producers joined with '+' ('fc1',
-      'fc1+fc2'; `structure.unit_plan`).
-    structure: 'unstructured' (default) or 'neuron' (as in `prune`; an N:M
-      structure fixes its own counts: use `prune`).
-    group_score, coupling: under 'neuron', as in `prune`.
+      'neuron' or 'head', {unit set: number of units to keep} for every
+      unit set of the coupling, a set named by its producers joined with
+      '+' ('fc1', 'fc1+fc2'; `structure.unit_plan`).
+    structure: 'unstructured' (default), 'neuron' or 'head' (as in
+      `prune`; an N:M structure fixes its own counts: use `prune`).
+    group_score, coupling: under 'neuron' or 'head', as in `prune`.
 
   Returns:
     The new mask; a subset of `mask`.
@@ -425,13 +430,12 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   spec = structure_lib.parse(structure)
   alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
   if spec.kind == "N:M":
-    raise LotteryError(f"structure: keep_top takes 'unstructured' or "
-                       f"'neuron'; {str(spec)!r} fixes its own counts (N of "
-                       f"every M): use prune")
-  if spec.kind == structure_lib.NEURON:
-    plan, scales = _unit_plan(leaves, group_score, coupling)
-    sizes = {name: np.shape(alive[members[0][0]])[members[0][1]]
-             for name, members in plan}
+    raise LotteryError(f"structure: keep_top takes 'unstructured', "
+                       f"'neuron' or 'head'; {str(spec)!r} fixes its own "
+                       f"counts (N of every M): use prune")
+  if spec.kind in structure_lib.UNIT_KINDS:
+    plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind)
+    sizes = structure_lib.set_sizes(plan, [np.shape(a) for a in alive])
     what = "units"
     keep = _keep_counts(sizes, counts, what)
     new, n, finite = _keep_top_units(alive, scores,

@@ -10,19 +10,23 @@ float rounding. A unit of a unit set (`lottery.structure.Units`) can go when
   input rows is added to the consumers' biases; or
   its consumers' kernel input rows are all masked: nothing reads it.
 
-Neuron pruning (`lottery.structure`) masks both. The model must declare its
-coupling (`coupling()`) and how to rebuild itself with other widths
-(`with_widths(widths)`, one width per unit set): the MLP families
-(`lottery.models.mlp`), VGG and the ResNets (their blocks' inner channels)
-do. A conv channel goes only when nothing
-reads it: a silent channel feeds a BatchNorm and a 'same'-padded conv, which
-make no bias of it. A unit set that loses every unit keeps one unit
-that contributes nothing (zero input rows), so every layer keeps a shape.
+Neuron and head pruning (`lottery.structure`) mask both. The model must
+declare its coupling (`coupling()`) and how to rebuild itself with other
+widths (`with_widths(widths)`, one width per unit set, in units: heads for
+a set of heads): the MLP families (`lottery.models.mlp`), VGG, the ResNets
+(their blocks' inner channels), Conv-2/4/6 and the ViT do. A unit spanning
+several indices (`Units.block`, `Units.tiled`: a head's head_dim columns, a
+conv channel's rows after a flatten) goes with all of them. A conv channel
+goes only when nothing reads it: a silent channel feeds a BatchNorm and a
+'same'-padded conv, which make no bias of it; so does a head (its value
+bias reaches the output projection). A unit set that loses every unit keeps
+one unit that contributes nothing (zero input rows), so every layer keeps a
+shape.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +60,8 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
 
   Args:
     model: the Flax module; it must declare `coupling()` and
-      `with_widths(widths)` (the MLP families, VGG and the ResNets do).
+      `with_widths(widths)` (the MLP families, VGG, the ResNets, Conv-2/4/6
+      and the ViT do).
     params: its parameters ({module: {'kernel' (..., in, out), 'bias'
       (out,)}}).
     model_state: its other collections ({collection: {module: {leaf}}}): the
@@ -77,24 +82,25 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
   folds, masked = _folds(model, params, mask)
   out = _by_module(masked)
   state = {c: _by_module(col) for c, col in dict(model_state).items()}
-  for units, const, keep, gone in folds:
+  for units, const, keep, gone, spread in folds:
     for c in units.consumers:
       kernel = out[c]["kernel"]
       if const is not None:
         out[c]["bias"] = out[c]["bias"] + const @ kernel
       # A kept unit that was gone (a set that lost every unit) reads zeros.
-      out[c]["kernel"] = np.where((keep & gone)[:, None], 0, kernel)
-  for units, _, keep, _ in folds:
+      out[c]["kernel"] = np.where(spread[c](keep & gone)[:, None], 0, kernel)
+  for units, _, keep, _, spread in folds:
+    cols = spread[None](keep)
     for p in units.producers:
-      out[p]["kernel"] = out[p]["kernel"][..., keep]
+      out[p]["kernel"] = out[p]["kernel"][..., cols]
       if "bias" in out[p]:
-        out[p]["bias"] = out[p]["bias"][keep]
+        out[p]["bias"] = out[p]["bias"][cols]
     for c in units.consumers:
-      out[c]["kernel"] = out[c]["kernel"][..., keep, :]
+      out[c]["kernel"] = out[c]["kernel"][..., spread[c](keep), :]
     for m in units.channels:
       for tree in [out] + list(state.values()):
         if m in tree:
-          tree[m] = {k: np.asarray(v)[..., keep] for k, v in tree[m].items()}
+          tree[m] = {k: np.asarray(v)[..., cols] for k, v in tree[m].items()}
   small = _smaller(model, folds)
   return small, _nested(out), {c: _nested(v) for c, v in state.items()}
 
@@ -140,12 +146,11 @@ def scratch(model: Any, params: Any, model_state: Any, mask: Any,
   # Per module, the kept indices along its kernel's input axis (-2), its
   # output axis (-1, also a producer's bias) and its channel leaves (-1).
   index: dict[str, dict[int, np.ndarray]] = {}
-  for units, _, keep, _ in folds:
-    kept = np.flatnonzero(keep)
+  for units, _, keep, _, spread in folds:
     for m in units.producers + units.channels:
-      index.setdefault(m, {})[-1] = kept
+      index.setdefault(m, {})[-1] = np.flatnonzero(spread[None](keep))
     for m in units.consumers:
-      index.setdefault(m, {})[-2] = kept
+      index.setdefault(m, {})[-2] = np.flatnonzero(spread[m](keep))
 
   def place(full: Any, part: Any) -> dict:
     full, part, out = _by_module(full), _by_module(part), {}
@@ -180,20 +185,27 @@ def check(model: Any, *, field: str = "model", what: str = "shrink"
   if coupling is None:
     raise LotteryError(
         f"{field}: {what} needs a model that declares its units (coupling() "
-        f"and with_widths(), as the MLP families, VGG and the ResNets do); "
+        f"and with_widths(), as the MLP families, VGG, the ResNets, the conv "
+        f"nets and the ViT do); "
         f"{type(model).__name__} does not")
   if not hasattr(model, "with_widths"):
     raise LotteryError(
         f"{field}: {what} needs a model that can rebuild itself with other "
-        f"widths (with_widths(), as the MLP families, VGG and the ResNets do); "
+        f"widths (with_widths(), as the MLP families, VGG, the ResNets, the "
+        f"conv nets and the ViT do); "
         f"{type(model).__name__} declares its units but cannot")
   return coupling
+
+
+# A silent unit's constant activation, by `Units.activation`.
+_ACTIVATIONS = {"relu": lambda b: np.maximum(b, 0),
+                "gelu": lambda b: np.asarray(jax.nn.gelu(b))}
 
 
 def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
   """Per unit set of the model's coupling: (units, the constant its silent
   units add to the consumers' biases or None, the units kept, the units
-  gone); and the masked params (numpy)."""
+  gone, the layouts of `_layouts`); and the masked params (numpy)."""
   coupling = check(model)
   masks_lib.check_compatible(mask, params, what="mask")
   masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
@@ -203,48 +215,90 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
   # module can be a producer of one set and a consumer of another.
   folds = []
   for units in coupling:
-    silent = np.logical_and.reduce([_silent(flat_mask, flat, p)
+    spread = _layouts(units, flat)
+    silent = np.logical_and.reduce([_silent(flat_mask, flat, p, spread[None])
                                     for p in units.producers])
-    unread = np.logical_and.reduce([_unread(flat_mask, flat, c)
+    unread = np.logical_and.reduce([_unread(flat_mask, flat, c, spread[c])
                                     for c in units.consumers])
     if _foldable(units, flat) and len(units.producers) == 1:
-      const = sum(np.maximum(flat_masked[f"{p}/bias"], 0)
-                  for p in units.producers)
+      act = _ACTIVATIONS[units.activation]
+      const = sum(act(flat_masked[f"{p}/bias"]) for p in units.producers)
       const = np.where(silent & ~unread, const, 0).astype(np.float32)
       gone = silent | unread
     else:
       # A silent conv channel is no constant for the next 'same'-padded conv
-      # (nor through a BatchNorm), and a silent unit of a residual stream
+      # (nor through a BatchNorm), a silent unit of a residual stream
       # reaches each consumer through other producers (fc2 reads relu(b1),
-      # out relu(b1) + relu(b2)): it stays, and only unread units go.
+      # out relu(b1) + relu(b2)), a silent head's value bias reaches the
+      # output projection: it stays, and only unread units go.
       const, gone = None, unread
     keep = ~gone
     if not keep.any():
       keep[0] = True  # one unit that contributes nothing (see below)
-    folds.append((units, const, keep, gone))
+    folds.append((units, const, keep, gone, spread))
   return folds, masked
+
+
+class _Spread(NamedTuple):
+  """A per-unit vector spread over a member's axis (`structure.Units`'s
+  layout: (repeat, units, block))."""
+  repeat: int
+  block: int
+
+  def __call__(self, units: np.ndarray) -> np.ndarray:
+    return structure_lib.unit_indices(units, self.repeat, self.block)
+
+
+def _layouts(units: Any, params: dict) -> dict[str | None, _Spread]:
+  """The units' layouts: {consumer: its input axis', None: the producers'
+  and channels' output axis'} (`params` flat); refuses a consumer whose
+  length does not fit."""
+  n = np.shape(params[f"{units.producers[0]}/kernel"])[-1] // units.block
+  out = {None: _Spread(1, units.block)}
+  for c in units.consumers:
+    length = np.shape(params[f"{c}/kernel"])[-2]
+    repeat = structure_lib.repeat_of(units, c, length, n)
+    if repeat is None:
+      raise LotteryError(f"model: the {n} units of "
+                         f"{'+'.join(units.producers)} do not fit the "
+                         f"{length} input rows of {c}")
+    out[c] = _Spread(repeat, units.block)
+  return out
 
 
 def _smaller(model: Any, folds: list) -> Any:
   """The model with the widths `folds` keep."""
-  return model.with_widths([int(keep.sum()) for _, _, keep, _ in folds])
+  return model.with_widths([int(keep.sum()) for _, _, keep, _, _ in folds])
 
 
-def _silent(mask: dict, params: dict, module: str) -> np.ndarray:
-  """Per unit of `module`'s output: all of its kernel's weights masked."""
+def _silent(mask: dict, params: dict, module: str, spread: _Spread
+            ) -> np.ndarray:
+  """Per unit of `module`'s output (its columns laid out as `spread`):
+  all of its kernel's weights masked."""
   m = _rows_cols(mask, params, module, "params")
-  return ~m.reshape(-1, m.shape[-1]).any(axis=0)
+  return _dead(m.reshape(-1, m.shape[-1]).any(axis=0), spread)
 
 
-def _unread(mask: dict, params: dict, module: str) -> np.ndarray:
-  """Per input unit of `module`: all of its kernel's weights masked."""
+def _unread(mask: dict, params: dict, module: str, spread: _Spread
+            ) -> np.ndarray:
+  """Per input unit of `module` (its rows laid out as `spread`): all of
+  its kernel's weights masked."""
   m = np.moveaxis(_rows_cols(mask, params, module, "params"), -2, 0)
-  return ~m.reshape(m.shape[0], -1).any(axis=1)
+  return _dead(m.reshape(m.shape[0], -1).any(axis=1), spread)
+
+
+def _dead(alive: np.ndarray, spread: _Spread) -> np.ndarray:
+  """Per unit, none of its indices `alive` (a vector over an axis)."""
+  view, _, others = structure_lib.unit_view(alive, 0, spread.repeat,
+                                            spread.block)
+  return ~np.any(view, axis=others)
 
 
 def _foldable(units: Any, params: dict) -> bool:
   """Whether a silent unit is a constant its consumers can take into their
-  biases: dense producers and consumers, no per-channel modules."""
-  return not units.channels and all(
-      np.ndim(params[f"{m}/kernel"]) == 2
-      for m in units.producers + units.consumers)
+  biases: dense producers and consumers, one index per unit, an activation
+  of `_ACTIVATIONS`, no per-channel modules."""
+  return (not units.channels and units.block == 1 and not units.tiled and
+          units.activation in _ACTIVATIONS and all(
+              np.ndim(params[f"{m}/kernel"]) == 2
+              for m in units.producers + units.consumers))

@@ -16,9 +16,22 @@ A structure sits between the scores and the exact top-k of `lottery.select`:
                   model's coupling, the input row j (axis -2) of every layer
                   that reads it. Pruning a unit masks all of them, so the
                   masked network computes what the network without the unit
-                  computes (the unit's bias stays, but nothing reads it).
+                  computes (the unit's bias stays, but nothing reads it);
+  'head'          whole attention heads: the units a model declares with
+                  kind 'head' (`Units.kind`), pruned as 'neuron' prunes its
+                  units. Head h of a layer is the columns [h*dh, (h+1)*dh)
+                  of its query, key and value kernels (and biases) and the
+                  same rows of its output projection (`lottery.models.vit`).
 
-Neuron pruning goes through the same exact rounding as weights: each unit
+A unit may span several indices of a member's axis (`Units.block`,
+`Units.tiled`): the axis, of length repeat * n * block for n units, is read
+as (repeat, n, block) in C order and unit u is every index [r, u, b]. One
+index per unit (repeat = block = 1) is the default; an attention head is a
+block of dh indices; a conv channel c of C read by a Dense after a flatten
+of (H, W, C) is the tiled rows c, c + C, c + 2C, ... (repeat H * W, from the
+consumer's length).
+
+Neuron and head pruning go through the same exact rounding as weights: each unit
 set's mask and scores are reduced to one entry per unit (a unit survives if
 any of its weights does; its score is `group_score` over the scores of its
 surviving weights), `pruning` removes round(p * n) of the n surviving units
@@ -53,7 +66,8 @@ is fixed by the criterion, not by a choice of element score:
 
 A model declares its coupling with a `coupling()` method on its module that
 returns a tuple of `Units`; a model without one takes 'unstructured' and
-'N:M' structures but not 'neuron'.
+'N:M' structures but not 'neuron' or 'head'; a model that declares no units
+of kind 'head' does not take 'head'.
 """
 
 from __future__ import annotations
@@ -73,8 +87,11 @@ from lottery.errors import LotteryError
 
 UNSTRUCTURED = "unstructured"
 NEURON = "neuron"
+HEAD = "head"
+# The structures that prune a model's declared units (`Units.kind`).
+UNIT_KINDS = (NEURON, HEAD)
 # The names a structure may have ('N:M' stands for every N:M pattern).
-NAMES = (UNSTRUCTURED, NEURON, "N:M")
+NAMES = (UNSTRUCTURED, NEURON, HEAD, "N:M")
 # Reductions of element scores, then group criteria (see the module doc).
 REDUCTIONS = ("sum", "l1", "l2")
 CRITERIA = ("taylor", "bn_scale")
@@ -94,14 +111,30 @@ class Units(NamedTuple):
     channels: modules with one entry per unit in every leaf (a BatchNorm
       after a conv: scale and bias, its running mean and variance), pruned
       with the unit where prunable and sliced with it by `lottery.shrink`.
+    block: indices per unit, consecutive, on every member's axis (an
+      attention head: its dh columns of query, key and value, its dh rows of
+      the output projection); 1: one index per unit.
+    tiled: consumers that read the units through a flatten of (..., n *
+      block): their input axis repeats the set's n * block indices (a Dense
+      after a flatten of (H, W, C) reads channel c at rows c, c + C, ...);
+      the number of repeats follows the consumer's length.
+    kind: the structure that prunes these units: 'neuron' or 'head'.
+    activation: what lies between the producers and the consumers, for
+      `lottery.shrink`'s folding of a silent unit's constant into the
+      consumers' biases: 'relu' or 'gelu' fold; anything else does not.
   """
   producers: tuple[str, ...]
   consumers: tuple[str, ...]
   channels: tuple[str, ...] = ()
+  block: int = 1
+  tiled: tuple[str, ...] = ()
+  kind: str = NEURON
+  activation: str = "relu"
 
 
 class Structure(NamedTuple):
-  """A parsed structure: kind 'unstructured', 'neuron' or 'N:M' (with n, m)."""
+  """A parsed structure: kind 'unstructured', 'neuron', 'head' or 'N:M'
+  (with n, m)."""
   kind: str
   n: int = 0
   m: int = 0
@@ -111,7 +144,7 @@ class Structure(NamedTuple):
 
 
 def parse(spec: Any, *, field: str = "structure") -> Structure:
-  """Parses 'unstructured', 'neuron' or 'N:M' (integers 0 < N < M).
+  """Parses 'unstructured', 'neuron', 'head' or 'N:M' (integers 0 < N < M).
 
   Raises:
     LotteryError: naming `field`, for anything else.
@@ -121,7 +154,7 @@ def parse(spec: Any, *, field: str = "structure") -> Structure:
   if not isinstance(spec, str):
     raise LotteryError(f"{field}: must be one of {list(NAMES)}, e.g. '2:4' "
                        f"(got {type(spec).__name__} {spec!r:.40})")
-  if spec in (UNSTRUCTURED, NEURON):
+  if spec in (UNSTRUCTURED,) + UNIT_KINDS:
     return Structure(spec)
   found = _N_M.fullmatch(spec.strip())
   if not found:
@@ -156,11 +189,41 @@ def reduction_axis(ndim: int) -> int:
 
 
 # The shape of a prune under a structure, hashable (a static argument of the
-# compiled prune). For 'N:M': one (n, m, axis) per live leaf. For 'neuron':
-# one (name, members) per unit set: its producers joined with '+' and its
-# (live leaf index, axis) members.
+# compiled prune). For 'N:M': one (n, m, axis) per live leaf. For 'neuron' and
+# 'head': one (name, members) per unit set: its producers joined with '+' and
+# its (live leaf index, axis, repeat, block) members (`Units`: the axis is
+# (repeat, units, block)).
 NMPlan = tuple[tuple[int, int, int], ...]
-UnitPlan = tuple[tuple[str, tuple[tuple[int, int], ...]], ...]
+Member = tuple[int, int, int, int]
+UnitPlan = tuple[tuple[str, tuple[Member, ...]], ...]
+
+
+def unit_view(x: Any, axis: int, repeat: int, block: int
+              ) -> tuple[Any, int, tuple[int, ...]]:
+  """`x` (a numpy or jax array) with `axis` split as (repeat, units,
+  block): (the view, its units axis, the other axes). One index per unit
+  (repeat = block = 1) leaves `x` as it is."""
+  if repeat == block == 1:
+    return x, axis, _others(x.ndim, axis)
+  shape = tuple(x.shape)
+  n = shape[axis] // (repeat * block)
+  view = x.reshape(shape[:axis] + (repeat, n, block) + shape[axis + 1:])
+  return view, axis + 1, _others(view.ndim, axis + 1)
+
+
+def unit_indices(units: np.ndarray, repeat: int, block: int) -> np.ndarray:
+  """A per-unit bool vector spread over the indices of a member's axis
+  (`unit_view`'s layout): length repeat * len(units) * block."""
+  return np.tile(np.repeat(np.asarray(units, bool), block), repeat)
+
+
+def repeat_of(units: Units, module: str, length: int, n: int) -> int | None:
+  """How many times the axis of `module` (`length` entries) holds the n
+  units of `units` (1 unless `module` is tiled); None if it does not fit."""
+  span = n * units.block
+  if module in units.tiled:
+    return length // span if span and length % span == 0 else None
+  return 1 if length == span else None
 
 
 def n_m_plan(spec: Structure, names: Sequence[str],
@@ -184,70 +247,96 @@ def n_m_plan(spec: Structure, names: Sequence[str],
   return tuple(plan)
 
 
+# What a structure of UNIT_KINDS removes, for messages.
+_WHAT = {NEURON: "units", HEAD: "attention heads"}
+
+
 def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
-              shapes: Sequence[tuple[int, ...]], *, model: str | None = None,
-              field: str = "structure") -> UnitPlan:
-  """The unit sets over the live leaves `names`: (name, members), a set named
-  by its producers joined with '+' ('fc1', 'fc1+fc2'), a member (leaf index,
-  axis).
+              shapes: Sequence[tuple[int, ...]], *, kind: str = NEURON,
+              model: str | None = None, field: str = "structure"
+              ) -> UnitPlan:
+  """The unit sets of kind `kind` ('neuron', 'head') over the live leaves
+  `names`: (name, members), a set named by its producers joined with '+'
+  ('fc1', 'fc1+fc2'), a member (leaf index, axis, repeat, block).
 
   A producer contributes its 'kernel' (last axis) and 'bias' (axis 0), a
   consumer its 'kernel' (axis -2), each where it is among the live leaves
   (prunable). A set none of whose producers' kernels is live is left out:
-  its units cannot be removed.
+  its units cannot be removed. The number of units is the first producer
+  leaf's length over `Units.block`.
 
   Raises:
-    LotteryError: naming `field`: for a model with no coupling, a prunable
-      producer whose consumer kernel is not prunable, members that disagree
-      on the number of units, or no unit set at all.
+    LotteryError: naming `field`: for a model with no coupling or no units
+      of `kind`, a prunable producer whose consumer kernel is not prunable,
+      members that disagree on the number of units, or no unit set at all.
   """
   if coupling is None:
     whose = "a coupling" if model is None else (
         f"the coupling of model {model}, which it does not declare")
-    raise LotteryError(f"{field}: 'neuron' needs {whose}; use "
+    raise LotteryError(f"{field}: {kind!r} needs {whose}; use "
                        f"'unstructured' or an N:M structure")
+  kinds = sorted({u.kind for u in coupling})
+  if kind not in kinds:
+    whose = "the coupling" if model is None else f"model {model}"
+    raise LotteryError(
+        f"{field}: {kind!r} prunes {_WHAT.get(kind, kind)}, and {whose} "
+        f"declares none (its units are for {kinds}); use one of "
+        f"{kinds}, 'unstructured' or an N:M structure")
   index = {name: j for j, name in enumerate(names)}
   plan = []
   for units in coupling:
-    members = []
+    if units.kind != kind:
+      continue
+    members = []  # (leaf index, axis, module)
     for module in units.producers:
-      for leaf, axis in ((f"{module}/kernel", -1), (f"{module}/bias", -1)):
+      for leaf in (f"{module}/kernel", f"{module}/bias"):
         if leaf in index:
-          members.append((index[leaf], axis % len(shapes[index[leaf]])))
-    if not any(names[j].endswith("/kernel") for j, _ in members):
+          members.append((index[leaf], len(shapes[index[leaf]]) - 1, module))
+    if not any(names[j].endswith("/kernel") for j, _, _ in members):
       continue
     for module in units.channels:
       for leaf in (f"{module}/scale", f"{module}/bias"):
         if leaf in index:
-          members.append((index[leaf], 0))
+          members.append((index[leaf], 0, module))
     for module in units.consumers:
       leaf = f"{module}/kernel"
       if leaf not in index:
         # Its unit's constant activation would still reach the output.
         raise LotteryError(
-            f"{field}: 'neuron' removes the units of "
+            f"{field}: {kind!r} removes the units of "
             f"{'+'.join(units.producers)} with the input rows of {leaf}, "
             f"which is not prunable; add it to the prunable weights")
-      members.append((index[leaf], len(shapes[index[leaf]]) - 2))
-    sizes = {shapes[j][a] for j, a in members}
-    if len(sizes) != 1:
+      members.append((index[leaf], len(shapes[index[leaf]]) - 2, module))
+    n = shapes[members[0][0]][members[0][1]] // units.block
+    repeats = [repeat_of(units, module, shapes[j][a], n)
+               for j, a, module in members]
+    if None in repeats:
       raise LotteryError(
           f"{field}: the units of {'+'.join(units.producers)} have "
           f"different sizes in "
-          f"{[(names[j], shapes[j][a]) for j, a in members]}")
-    plan.append(("+".join(units.producers), tuple(members)))
+          f"{[(names[j], shapes[j][a]) for j, a, _ in members]}")
+    plan.append(("+".join(units.producers), tuple(
+        (j, a, r, units.block) for (j, a, _), r in zip(members, repeats))))
   if not plan:
     raise LotteryError(
-        f"{field}: 'neuron' finds no prunable units in the coupling "
-        f"{[u.producers for u in coupling]} (prunable: {list(names)})")
+        f"{field}: {kind!r} finds no prunable units in the coupling "
+        f"{[u.producers for u in coupling if u.kind == kind]} (prunable: "
+        f"{list(names)})")
   return tuple(plan)
+
+
+def set_sizes(plan: UnitPlan, shapes: Sequence[tuple[int, ...]]
+              ) -> dict[str, int]:
+  """{unit set name: its number of units} of a `unit_plan`."""
+  return {name: shapes[j][a] // (r * b) for name, ((j, a, r, b), *_) in plan}
 
 
 def check_model(spec: Any, mask: Any, model: Any, name: str, *,
                 field: str = "structure") -> Structure:
   """Refuses a structure that the model `name` (its module `model`, its
-  prunable `mask`) cannot take: 'neuron' without a declared coupling, an N:M
-  whose M does not divide a prunable leaf's reduction axis.
+  prunable `mask`) cannot take: 'neuron' without a declared coupling, 'head'
+  on a model that declares no heads, an N:M whose M does not divide a
+  prunable leaf's reduction axis.
 
   Raises:
     LotteryError: one line naming `field`, the model or the leaf.
@@ -256,20 +345,21 @@ def check_model(spec: Any, mask: Any, model: Any, name: str, *,
   live = distributions.shapes_of(mask)
   if spec.kind == "N:M":
     n_m_plan(spec, list(live), list(live.values()), field=field)
-  elif spec.kind == NEURON:
+  elif spec.kind in UNIT_KINDS:
     unit_plan(coupling_of(model), list(live), list(live.values()),
-              model=repr(name), field=field)
+              kind=spec.kind, model=repr(name), field=field)
   return spec
 
 
 def unit_counts(mask: Any, coupling: Sequence[Units], *,
-                field: str = "structure") -> dict[str, int]:
+                kind: str = NEURON, field: str = "structure"
+                ) -> dict[str, int]:
   """{unit set name: its number of units} over the prunable leaves of
-  `mask` (the sets `unit_plan` finds)."""
+  `mask` (the sets of kind `kind` that `unit_plan` finds)."""
   live = distributions.shapes_of(mask)
   shapes = list(live.values())
-  return {name: shapes[j][a] for name, ((j, a), *_) in
-          unit_plan(coupling, list(live), shapes, field=field)}
+  return set_sizes(unit_plan(coupling, list(live), shapes, kind=kind,
+                             field=field), shapes)
 
 
 def _others(ndim: int, axis: int) -> tuple[int, ...]:
@@ -290,14 +380,15 @@ def reduce_units(plan: UnitPlan, alive: Sequence[jax.Array],
   unit_alive, unit_scores = [], []
   for u, (_, members) in enumerate(plan):
     any_alive, total = None, None
-    for j, axis in members:
-      a = jnp.asarray(alive[j]).astype(bool)
-      s = jnp.asarray(scores[j]).astype(jnp.float32)
+    for j, axis, repeat, block in members:
+      a, _, others = unit_view(jnp.asarray(alive[j]).astype(bool), axis,
+                               repeat, block)
+      s, _, _ = unit_view(jnp.asarray(scores[j]).astype(jnp.float32), axis,
+                          repeat, block)
       if group_score == "l1":
         s = jnp.abs(s)
       elif group_score == "l2":
         s = jnp.square(s)
-      others = _others(a.ndim, axis)
       part_alive = jnp.any(a, axis=others)
       part = jnp.sum(jnp.where(a, s, 0.0), axis=others)
       any_alive = part_alive if any_alive is None else any_alive | part_alive
@@ -346,7 +437,8 @@ def check_criterion(group_score: Any, spec: Any, mask: Any, model: Any,
                     structure_field: str = "structure") -> str:
   """Refuses a group score that the model `name` (its module `model`, its
   mask `mask` with a None leaf per non-prunable parameter) cannot take under
-  structure `spec`: an unknown name, a criterion without 'neuron', or
+  structure `spec`: an unknown name, a criterion without 'neuron' or
+  'head', or
   'bn_scale' on a unit set without BatchNorm (`channel_scales`; only with a
   `mask`: a config rule passes None for the mask, model and name).
 
@@ -357,15 +449,15 @@ def check_criterion(group_score: Any, spec: Any, mask: Any, model: Any,
   spec = parse(spec, field=structure_field)
   if group_score not in CRITERIA:
     return group_score
-  if spec.kind != NEURON:
+  if spec.kind not in UNIT_KINDS:
     raise LotteryError(
         f"{field}: {group_score!r} scores whole units: it needs "
-        f"{structure_field}='neuron' (got {str(spec)!r})")
+        f"{structure_field}='neuron' or 'head' (got {str(spec)!r})")
   if group_score == "bn_scale" and mask is not None:
     live = distributions.shapes_of(mask)
     coupling = coupling_of(model)
     plan = unit_plan(coupling, list(live), list(live.values()),
-                     model=repr(name), field=structure_field)
+                     kind=spec.kind, model=repr(name), field=structure_field)
     channel_scales(coupling, plan, list(masks_lib.named_leaves(mask)),
                    model=repr(name), field=field)
   return group_score
@@ -376,10 +468,11 @@ def spread_units(plan: UnitPlan, alive: Sequence[jax.Array],
   """The weight mask: `alive` with every weight of a pruned unit removed."""
   out = [jnp.asarray(a).astype(bool) for a in alive]
   for (_, members), units in zip(plan, unit_alive):
-    for j, axis in members:
-      shape = [1] * out[j].ndim
-      shape[axis] = -1
-      out[j] = out[j] & jnp.reshape(units, shape)
+    for j, axis, repeat, block in members:
+      view, unit_axis, _ = unit_view(out[j], axis, repeat, block)
+      shape = [1] * view.ndim
+      shape[unit_axis] = -1
+      out[j] = (view & jnp.reshape(units, shape)).reshape(out[j].shape)
   return out
 
 
@@ -453,20 +546,25 @@ def n_m_fill(plan: NMPlan, kept: Sequence[jax.Array],
 def whole_units(mask: Any, coupling: Sequence[Units]) -> dict[str, np.ndarray]:
   """Per unit set (named by its producers, '+'-joined), which units are
   entirely pruned: every weight of the unit in the prunable kernels of its
-  producers and consumers is masked. A host helper for checks and tests."""
+  producers and consumers is masked (a head: all its query, key and value
+  columns and output rows). A host helper for checks and tests."""
   flat = masks_lib.named_leaves(mask)
   out = {}
   for units in coupling:
-    dead = None
-    parts = [(f"{p}/kernel", -1) for p in units.producers] + [
-        (f"{c}/kernel", -2) for c in units.consumers]
-    for leaf, axis in parts:
-      m = flat.get(leaf)
+    dead, n = None, None
+    parts = [(p, -1) for p in units.producers] + [
+        (c, -2) for c in units.consumers]
+    for module, axis in parts:
+      m = flat.get(f"{module}/kernel")
       if m is None:
         continue
       m = np.asarray(m, bool)
       axis %= m.ndim
-      gone = ~np.any(m, axis=_others(m.ndim, axis))
+      if n is None:
+        n = m.shape[axis] // units.block
+      repeat = repeat_of(units, module, m.shape[axis], n)
+      view, _, others = unit_view(m, axis, repeat, units.block)
+      gone = ~np.any(view, axis=others)
       dead = gone if dead is None else dead & gone
     out["+".join(units.producers)] = dead
   return out

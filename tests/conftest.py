@@ -13,6 +13,7 @@ from absl import logging
 import lottery
 from lottery import jobs
 from lottery import models
+from lottery.models import mlp
 from lottery import tickets
 
 logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
@@ -229,3 +230,19 @@ def with_leaf(mask, name, leaf):
   """`mask` with leaf 'module/name' replaced (a copy)."""
   mod, _, key = name.partition("/")
   return {**mask, mod: {**mask[mod], key: leaf}}
+
+
+class Unitless(mlp.MLP):
+  """mlp_tiny without `coupling()`: a model that declares no units (every
+  registered model declares its own)."""
+  coupling = None
+
+
+@pytest.fixture
+def unitless():
+  """The name of a registered model that declares no units ('unitless',
+  unregistered after the test)."""
+  models.register("unitless")(
+      lambda num_classes: Unitless(features=(32,), num_classes=num_classes))
+  yield "unitless"
+  models.unregister("unitless")

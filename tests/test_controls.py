@@ -24,16 +24,22 @@ from conftest import tiny
 shrink_module = importlib.import_module("lottery.shrink")
 
 
-@pytest.mark.parametrize("name, shape, options", [
-    ("lenet_300_100", (1, 28, 28, 1), {}),
-    ("vgg11", (1, 32, 32, 3), {"width": 4}),
+@pytest.mark.parametrize("name, shape, options, structures", [
+    ("lenet_300_100", (1, 28, 28, 1), {}, ("neuron",)),
+    ("vgg11", (1, 32, 32, 3), {"width": 4}, ("neuron",)),
+    # The last conv's channels read through a flatten; heads of 8 columns.
+    ("conv2", (1, 8, 8, 3), {}, ("neuron",)),
+    ("vit_tiny", (1, 40), {}, ("head", "neuron")),
 ])
-def test_scratch_places_the_shrunk_models_own_init(name, shape, options):
+def test_scratch_places_the_shrunk_models_own_init(name, shape, options,
+                                                   structures):
   model = models.get(name, 10, **options)
   variables = dict(model.init(jax.random.key(0), jnp.ones(shape)))
   params = variables.pop("params")
-  mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
-                       0.5, structure="neuron", coupling=model)
+  mask = masks.make_mask(params)
+  for s in structures:
+    mask = pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.5,
+                         structure=s, coupling=model)
   x = jnp.ones(shape)
   full, state = shrink_module.scratch(model, params, variables, mask,
                                       jax.random.key(5), x)
@@ -78,10 +84,11 @@ def cfg_model(cfg):
   return models.get(cfg.model.name, 3)
 
 
-def test_scratch_needs_a_model_shrink_can_rebuild(npz_path, tmp_path):
-  cfg = tiny(npz_path, **{"model.name": "conv2", "controls": ("scratch",)})
+def test_scratch_needs_a_model_shrink_can_rebuild(npz_path, tmp_path,
+                                                 unitless):
+  cfg = tiny(npz_path, **{"model.name": unitless, "controls": ("scratch",)})
   with pytest.raises(LotteryError, match="^controls: the 'scratch' control "
-                     "needs a model that declares its units .* ConvNet does "
+                     "needs a model that declares its units .* Unitless does "
                      "not$"):
     lottery.run(cfg, tmp_path / "wd", log=quiet)
   assert not (tmp_path / "wd").exists() or not any(

@@ -32,7 +32,7 @@ def test_names_include_every_family():
   assert models.names() == [
       "conv2", "conv4", "conv6", "lenet_300_100", "mlp_tiny", "mnist1d_mlp",
       "resnet", "resnet20", "resnet32", "resnet50", "resnet56",
-      "vgg", "vgg11", "vgg13", "vgg16", "vgg19"]
+      "vgg", "vgg11", "vgg13", "vgg16", "vgg19", "vit", "vit_tiny"]
 
 
 def test_resnet50_imagenet_layout():

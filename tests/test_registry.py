@@ -27,9 +27,11 @@ def test_every_registry_is_a_registry():
   for what, reg in regs.items():
     assert isinstance(reg, Registry) and reg.what == what
   assert set(method.names()) >= {"imp", "pai", "sparse"}
-  assert sparse_updates.names() == sorted(config_lib.SPARSE_METHODS)
-  assert sparse_updates.names(dynamic=True) == ["gmp", "rigl", "set"]
-  assert set(sparse_updates.DYNAMIC) == {"set", "rigl", "gmp"}
+  # The default methods, and 'nm' (N:M sparse training, not a default).
+  assert sparse_updates.names() == sorted(config_lib.SPARSE_METHODS +
+                                          ("nm",))
+  assert sparse_updates.names(dynamic=True) == ["gmp", "nm", "rigl", "set"]
+  assert set(sparse_updates.DYNAMIC) == {"set", "rigl", "gmp", "nm"}
   assert set(imp.RESETS) == set(config_lib.RESETS)
   assert imp.RESETS["rewind"] is imp.RESETS.get("rewind")
   assert scores.names() == ["magnitude", "random"]

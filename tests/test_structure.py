@@ -237,7 +237,7 @@ def test_keep_top_keeps_exact_unit_counts():
     pruning.keep_top(mask, scores, {"fc1/kernel": 6}, structure="neuron",
                      coupling=coupling)
   with pytest.raises(LotteryError, match=r"^structure: keep_top takes "
-                     r"'unstructured' or 'neuron'; '2:4' fixes"):
+                     r"'unstructured', 'neuron' or 'head'; '2:4' fixes"):
     pruning.keep_top(mask, scores, {}, structure="2:4")
 
 
@@ -277,8 +277,8 @@ def test_neuron_global_ranks_every_unit_set_together():
                                                         "fc2": 100}
 
 
-def test_neuron_needs_a_coupling():
-  model = models.get("conv2", 3)
+def test_neuron_needs_a_coupling(unitless):
+  model = models.get(unitless, 3)
   params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
   mask = masks.make_mask(params)
   with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs a "
@@ -366,14 +366,162 @@ def test_resnet_prunes_whole_block_inner_channels():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_neuron_refuses_conv_nets_in_one_line():
-  for name in ("conv2", "conv6"):
+def test_head_refuses_models_without_heads_in_one_line(unitless):
+  for name, shape in (("conv2", (1, 8, 8, 3)), ("mlp_tiny", (1, 8))):
     model = models.get(name, 10)
-    params = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))["params"]
-    with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
-                       r"coupling of model '" + name + r"', which it does not "
-                       r"declare; use 'unstructured' or an N:M structure$"):
-      structure.check_model("neuron", masks.make_mask(params), model, name)
+    params = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.ones(shape))["params"]
+    with pytest.raises(LotteryError, match=r"^structure: 'head' prunes "
+                       r"attention heads, and model '" + name + r"' declares "
+                       r"none \(its units are for \['neuron'\]\); use one of "
+                       r"\['neuron'\], 'unstructured' or an N:M structure$"):
+      structure.check_model("head", masks.make_mask(params), model, name)
+  mask, scores, coupling = _two_layer()
+  with pytest.raises(LotteryError, match=r"^structure: 'head' prunes "
+                     r"attention heads, and the coupling declares none"):
+    pruning.prune(mask, scores, 0.5, structure="head", coupling=coupling)
+  model = models.get(unitless, 10)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.ones((1, 8)))["params"]
+  with pytest.raises(LotteryError, match=r"^structure: 'head' needs the "
+                     r"coupling of model 'unitless', which it does not "
+                     r"declare; use 'unstructured' or an N:M structure$"):
+    structure.check_model("head", masks.make_mask(params), model, "unitless")
+
+
+# -- heads and units of several indices --------------------------------------
+
+_HEAD_SCORES = np.array([5, 1, 7, 1, 9, 2, 8, 3], np.float32)
+
+
+def _vit_head_scores(params):
+  """Scores of a vit_tiny with 8 heads of 4: head h of block 1 scores
+  _HEAD_SCORES[h] on every weight of its query, key and value columns and
+  out rows, block 2 the reverse; every other weight 1."""
+  scores = jax.tree.map(np.ones_like, _np(params))
+  for b, u in (("block1", _HEAD_SCORES), ("block2", _HEAD_SCORES[::-1])):
+    cols = np.repeat(u, 4)
+    attn = scores[b]["attn"]
+    for leaf in ("query", "key", "value"):
+      attn[leaf]["kernel"] = np.tile(cols, (32, 1))
+    attn["out"]["kernel"] = np.tile(cols[:, None], (1, 32))
+  return scores
+
+
+def _heads_alive(mask, block):
+  """A block's live heads, checking that each head's q/k/v columns and out
+  rows live or die together and nothing else of the block is pruned."""
+  attn = mask[block]["attn"]
+  alive = np.asarray(attn["query"]["kernel"]).any(axis=0)[::4]
+  cols = np.repeat(alive, 4)
+  for leaf in ("query", "key", "value"):
+    np.testing.assert_array_equal(attn[leaf]["kernel"],
+                                  np.tile(cols, (32, 1)))
+  np.testing.assert_array_equal(attn["out"]["kernel"],
+                                np.tile(cols[:, None], (1, 32)))
+  for leaf in ("fc1", "fc2"):
+    assert np.asarray(mask[block]["mlp"][leaf]["kernel"]).all()
+  return alive
+
+
+@pytest.mark.parametrize("fraction, removed", [
+    (0.25, [1, 3]),  # 2 of 8; heads 1 and 3 tie at 1
+    (0.3, [1, 3]),  # 2.4 rounds to 2
+    (0.35, [1, 3, 5]),  # 2.8: 3
+    (0.5, [1, 3, 5, 7]),
+])
+def test_head_removes_round_p_n_whole_heads_per_layer(fraction, removed):
+  model = models.get("vit_tiny", 10, heads=8)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  mask = masks.make_mask(params)
+  fn = jax.jit(lambda m, s: pruning.prune(m, s, fraction, structure="head",
+                                          coupling=model))
+  new = _np(fn(mask, _vit_head_scores(params)))
+  want = np.ones(8, bool)
+  want[removed] = False
+  np.testing.assert_array_equal(_heads_alive(new, "block1"), want)
+  np.testing.assert_array_equal(_heads_alive(new, "block2"), want[::-1])
+  assert new["out"]["kernel"].all()
+  dead = structure.whole_units(new, model.coupling())
+  assert [int(d.sum()) for d in dead.values()] == [len(removed), 0] * 2
+
+
+def test_head_keep_top_and_later_rounds_count_surviving_heads():
+  model = models.get("vit_tiny", 10, heads=8)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  scores = _vit_head_scores(params)
+  names = [u for u in structure.whole_units(masks.make_mask(params),
+                                            model.coupling())
+           if "attn" in u]
+  assert names[0] == "block1/attn/query+block1/attn/key+block1/attn/value"
+  new = _np(pruning.keep_top(masks.make_mask(params), scores,
+                             {names[0]: 5, names[1]: 3}, structure="head",
+                             coupling=model))
+  np.testing.assert_array_equal(np.flatnonzero(_heads_alive(new, "block1")),
+                                [0, 2, 4, 6, 7])
+  np.testing.assert_array_equal(np.flatnonzero(_heads_alive(new, "block2")),
+                                [1, 3, 5])
+  # 0.5 of block 1's 5 survivors: 2.5 rounds half up to 3 more.
+  again = _np(pruning.prune(new, scores, 0.5, structure="head",
+                            coupling=model))
+  np.testing.assert_array_equal(np.flatnonzero(_heads_alive(again, "block1")),
+                                [4, 6])
+
+
+def test_neuron_on_a_vit_prunes_its_mlp_units_only():
+  model = models.get("vit_tiny", 10)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  new = _np(pruning.prune(masks.make_mask(params),
+                          jax.tree.map(jnp.abs, params), 0.25,
+                          structure="neuron", coupling=model))
+  for b in ("block1", "block2"):
+    fc1, fc2 = (new[b]["mlp"][k]["kernel"] for k in ("fc1", "fc2"))
+    alive = fc1.any(axis=0)
+    assert alive.sum() == 48
+    np.testing.assert_array_equal(fc1, np.tile(alive, (32, 1)))
+    np.testing.assert_array_equal(fc2, np.tile(alive[:, None], (1, 32)))
+    assert all(np.asarray(v["kernel"]).all()
+               for v in new[b]["attn"].values())
+
+
+@pytest.mark.parametrize("shape, positions", [((1, 8, 8, 3), 16),
+                                              ((1, 40), 20)])
+def test_conv_neuron_prunes_every_channel_and_its_flatten_rows(shape,
+                                                               positions):
+  model = models.get("conv2", 10)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones(shape))["params"]
+  fn = jax.jit(lambda m, s: pruning.prune(m, s, 0.25, structure="neuron",
+                                          coupling=model))
+  new = _np(fn(masks.make_mask(params), jax.tree.map(jnp.abs, params)))
+  dead = structure.whole_units(new, model.coupling())
+  assert {k: int(d.sum()) for k, d in dead.items()} == {
+      "conv1": 16, "conv2": 16, "fc1": 64, "fc2": 64}
+  # fc1 reads the flatten of (positions, 64): channel c at rows c + 64 k.
+  np.testing.assert_array_equal(
+      new["fc1"]["kernel"], np.outer(np.tile(~dead["conv2"], positions),
+                                     ~dead["fc1"]))
+  conv2 = new["conv2"]["kernel"]
+  np.testing.assert_array_equal(conv2.any(axis=tuple(range(conv2.ndim - 1))),
+                                ~dead["conv2"])
+
+
+def test_units_that_do_not_fit_are_refused_in_one_line():
+  mask, scores, _ = _two_layer()
+  # Blocks of 3 columns do not tile fc1's 10.
+  with pytest.raises(LotteryError, match=r"^structure: the units of fc1 "
+                     r"have different sizes in \[\('fc1/kernel', 10\), "
+                     r"\('out/kernel', 10\)\]$"):
+    pruning.prune(mask, scores, 0.5, structure="neuron",
+                  coupling=(structure.Units(("fc1",), ("out",), block=3),))
+  # 15 tiled rows are no whole number of repeats of 10 units.
+  mask["out"]["kernel"] = np.ones((15, 2), bool)
+  scores["out"]["kernel"] = np.ones((15, 2), np.float32)
+  with pytest.raises(LotteryError, match=r"^structure: the units of fc1 "
+                     r"have different sizes in \[\('fc1/kernel', 10\), "
+                     r"\('out/kernel', 15\)\]$"):
+    pruning.prune(mask, scores, 0.5, structure="neuron",
+                  coupling=(structure.Units(("fc1",), ("out",),
+                                            tiled=("out",)),))
 
 
 # -- shrink ----------------------------------------------------------------
@@ -439,11 +587,11 @@ def test_shrink_vgg_computes_what_the_masked_vgg_computes():
   assert small_state["batch_stats"]["bn1"]["mean"].shape == (want[0],)
 
 
-def test_shrink_refuses_models_without_units():
-  model = models.get("conv2", 3)
+def test_shrink_refuses_models_without_units(unitless):
+  model = models.get(unitless, 3)
   params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
   with pytest.raises(LotteryError, match="^model: shrink needs a model that "
-                     "declares its units .* ConvNet does not$"):
+                     "declares its units .* Unitless does not$"):
     lottery.shrink(model, params, {}, masks.make_mask(params))
   # A model that declares its units but has no smaller form.
   model = _DeclaresUnits()
@@ -661,8 +809,8 @@ def test_imp_bn_scale_prunes_the_channels_of_smallest_gamma(tmp_path):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"pruning.group_score": "taylor"}, r"^pruning.group_score: 'taylor' "
-     r"scores whole units: it needs pruning.structure='neuron' \(got "
-     r"'unstructured'\)$"),
+     r"scores whole units: it needs pruning.structure='neuron' or 'head' "
+     r"\(got 'unstructured'\)$"),
     ({"pruning.group_score": "bn_scale", "pruning.structure": "neuron"},
      r"^pruning.group_score: 'bn_scale' scores a unit by the scale of its "
      r"BatchNorm channel, but the units of fc1 of model 'mlp_tiny' have "
@@ -677,8 +825,8 @@ def test_imp_bn_scale_prunes_the_channels_of_smallest_gamma(tmp_path):
       "pai.methods": ("snip",)}, r"^pai.group_score: ranks units by its own "
      r"unit scores, .*leave 'invert' out of pai.checks"),
     ({"method": "pai", "pai.group_score": "bn_scale", "pai.structure":
-      "2:4", "pai.densities": (0.5,)}, r"^pai.group_score: 'bn_scale' scores whole units: it needs "
-     r"pai.structure='neuron'"),
+      "2:4", "pai.densities": (0.5,)}, r"^pai.group_score: 'bn_scale' scores "
+     r"whole units: it needs pai.structure='neuron' or 'head'"),
 ])
 def test_group_criteria_config_refusals(npz_path, tmp_path, overrides,
                                         match):
@@ -800,7 +948,8 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
     ({"pruning.structure": "4:2"}, r"^pruning.structure: an N:M structure "
      r"needs 0 < N < M \(got '4:2'\)$"),
     ({"pruning.structure": "blocks"}, r"^pruning.structure: unknown "
-     r"structure, must be one of \['unstructured', 'neuron', 'N:M'\]"),
+     r"structure, must be one of \['unstructured', 'neuron', 'head', "
+     r"'N:M'\]"),
     ({"pruning.structure": "2:4"}, r"^pruning.structure: prunes once .* set "
      r"pruning.rounds to 1"),
     ({"pruning.structure": "neuron", "pruning.layer_fractions":
@@ -814,6 +963,11 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
      r"^pai.densities: 0.01 keeps no unit of its 1 unit set\(s\) together "
      r"\(32 units, pai.structure 'neuron', pai.scope 'global', .*\); use a "
      r"higher density$"),
+    ({"method": "pai", "model.name": "vit_tiny", "pai.structure": "head",
+      "pai.densities": (0.01,)},
+     r"^pai.densities: 0.01 keeps no unit of its 2 unit set\(s\) together "
+     r"\(8 units, pai.structure 'head', pai.scope 'global', .*\); use a "
+     r"higher density$"),
     ({"method": "pai", "pai.structure": "neuron", "pai.scope": "layerwise",
       "pai.densities": (0.5, 0.01)},
      r"^pai.densities: 0.01 keeps no unit of fc1 \(32 units"),
@@ -826,18 +980,22 @@ def test_config_refuses_bad_structures(npz_path, tmp_path, overrides, match):
 
 
 @pytest.mark.parametrize("model, overrides, match", [
-    ("conv2", {"pruning.structure": "neuron"},
-     r"^pruning.structure: 'neuron' needs the coupling of model 'conv2', "
-     r"which it does not declare; use 'unstructured' or an N:M structure$"),
+    ("conv2", {"pruning.structure": "head"},
+     r"^pruning.structure: 'head' prunes attention heads, and model 'conv2' "
+     r"declares none \(its units are for \['neuron'\]\); use one of "
+     r"\['neuron'\], 'unstructured' or an N:M structure$"),
     ("conv2", {"pruning.structure": "2:4", "pruning.rounds": 1},
      r"^pruning.structure: '2:4' groups 4 weights along axis 1 of "
      r"conv1/kernel \(shape \(3, 1, 64\)\), whose length 1 is not a "
      r"multiple of 4$"),
-    ("conv2", {"method": "pai", "pai.structure": "neuron"},
-     r"^pai.structure: 'neuron' needs the coupling of model 'conv2'"),
+    ("conv2", {"method": "pai", "pai.structure": "head"},
+     r"^pai.structure: 'head' prunes attention heads, and model 'conv2'"),
+    ("unitless", {"pruning.structure": "neuron"},
+     r"^pruning.structure: 'neuron' needs the coupling of model 'unitless', "
+     r"which it does not declare; use 'unstructured' or an N:M structure$"),
 ])
 def test_a_structure_the_model_cannot_take_is_refused_before_writing(
-    npz_path, tmp_path, model, overrides, match):
+    npz_path, tmp_path, unitless, model, overrides, match):
   cfg = tiny(npz_path, **{"model.name": model, **overrides})
   with pytest.raises(LotteryError, match=match):
     lottery.driver.run(cfg, tmp_path / "wd", method=cfg.method, log=quiet)
@@ -854,6 +1012,18 @@ def test_pai_prune_at_init_neuron_keeps_unit_densities(npz_path):
                            structure="neuron")
   dead = structure.whole_units(mask, exp.model.coupling())["fc1"]
   assert (~dead).sum() == 8
+
+
+def test_pai_prune_at_init_head_keeps_head_densities(npz_path):
+  cfg = tiny(npz_path, method="pai", **{"model.name": "vit_tiny",
+                                        "pai.structure": "head"})
+  exp = lottery.build(cfg)
+  batch = pai.score_batch(exp, 0)
+  mask = pai.prune_at_init(exp, "snip", 0.5, exp.init_params,
+                           exp.init_model_state, batch, jax.random.key(0),
+                           structure="head", scope="layerwise")
+  dead = structure.whole_units(mask, exp.model.coupling())
+  assert [int((~d).sum()) for d in dead.values()] == [2, 64, 2, 64]
 
 
 def test_shrink_keeps_a_silent_residual_unit_that_is_still_read():

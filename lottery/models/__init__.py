@@ -111,3 +111,4 @@ from lottery.models import conv as _conv  # noqa: E402,F401  pylint: disable=g-i
 from lottery.models import mlp as _mlp  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from lottery.models import resnet as _resnet  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 from lottery.models import vgg as _vgg  # noqa: E402,F401  pylint: disable=g-import-not-at-top
+from lottery.models import vit as _vit  # noqa: E402,F401  pylint: disable=g-import-not-at-top

@@ -8,6 +8,7 @@ import flax.linen as nn
 
 from lottery.models import register
 from lottery.models.convolution import Conv
+from lottery.structure import Units
 
 
 class ConvNet(nn.Module):
@@ -40,6 +41,29 @@ class ConvNet(nn.Module):
     for j, f in enumerate(self.dense):
       x = nn.relu(nn.Dense(f, kernel_init=init, name=f"fc{j + 1}")(x))
     return nn.Dense(self.num_classes, kernel_init=init, name="out")(x)
+
+  def coupling(self) -> tuple[Units, ...]:
+    """The output channels of each conv, read by the next conv's input
+    channels (kernel axis -2); the last conv's channels, read through the
+    flatten of (..., C) by the first dense layer's tiled rows (channel c at
+    rows c, c + C, c + 2C, ...); then the units of each dense layer, read by
+    the next ('out' last). 'neuron' prunes every conv channel and dense
+    unit; the output units (classes) are not prunable units."""
+    convs = [f"conv{i + 1}" for i in range(self._num_convs())]
+    dense = [f"fc{j + 1}" for j in range(len(self.dense))]
+    layers = convs + dense + ["out"]
+    return tuple(Units((a,), (b,), tiled=(b,) if a == convs[-1] else ())
+                 for a, b in zip(layers, layers[1:]))
+
+  def with_widths(self, widths: Sequence[int]) -> ConvNet:
+    """The same network with `widths` channels and units (the coupling's
+    order: the convs, then the dense layers)."""
+    it = iter(int(w) for w in widths)
+    convs = tuple(c if c == "pool" else next(it) for c in self.convs)
+    return self.clone(convs=convs, dense=tuple(it))
+
+  def _num_convs(self) -> int:
+    return sum(c != "pool" for c in self.convs)
 
 
 @register("conv2")

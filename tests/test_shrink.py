@@ -1,0 +1,99 @@
+"""lottery.shrink on units that span several indices: a ViT's attention heads
+(blocks of head_dim columns and rows) and the last conv's channels of
+Conv-2/4/6 (read through a flatten: tiled rows). The MLP, VGG and ResNet
+shrink tests are in test_structure.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lottery
+from lottery import masks
+from lottery import models
+from lottery import pruning
+from lottery import structure
+
+
+def _init(model, shape):
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones(shape))["params"]
+  # Nonzero biases: a silent unit's constant activation must be folded.
+  return jax.tree.map(lambda x: x + 0.02, params)
+
+
+def _assert_same_outputs(model, params, mask, small, small_params, x):
+  want = model.apply({"params": lottery.apply_mask(mask, params)}, x)
+  got = small.apply({"params": small_params}, x)
+  scale = float(jnp.max(jnp.abs(want)))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("shape", [(4, 40), (2, 16, 16, 3)])
+def test_shrink_vit_removes_pruned_heads_and_mlp_units(shape):
+  model = models.get("vit_tiny", 10)
+  params = _init(model, shape)
+  scores = jax.tree.map(jnp.abs, params)
+  mask = pruning.prune(masks.make_mask(params), scores, 0.5, structure="head",
+                       coupling=model)
+  mask = pruning.prune(mask, scores, 0.25, structure="neuron", coupling=model)
+  small, small_params, state = lottery.shrink(model, params, {}, mask)
+  assert state == {}
+  assert (small.heads, small.mlp_dims, small.head_dim) == ((2, 2), (48, 48),
+                                                          8)
+  dead = structure.whole_units(mask, model.coupling())
+  kept = ~list(dead.values())[0]
+  attn = small_params["block1"]["attn"]
+  cols = np.repeat(kept, 8)
+  for leaf in ("query", "key", "value"):
+    np.testing.assert_array_equal(
+        attn[leaf]["kernel"], np.asarray(params["block1"]["attn"][leaf]
+                                         ["kernel"])[:, cols])
+  np.testing.assert_array_equal(
+      attn["out"]["kernel"],
+      np.asarray(params["block1"]["attn"]["out"]["kernel"])[cols])
+  x = jax.random.normal(jax.random.key(1), shape)
+  _assert_same_outputs(model, params, mask, small, small_params, x)
+
+
+def test_shrink_vit_folds_silent_gelu_units_and_keeps_silent_heads():
+  """Unstructured pruning silences whole MLP columns whose GELU(bias) fc2
+  still reads (folded into fc2's bias), and whole q/k/v columns of a head
+  whose value bias still reaches attn/out (the head stays)."""
+  model = models.get("vit_tiny", 10)
+  params = _init(model, (4, 40))
+  mask = jax.tree.map(np.array, masks.make_mask(params))
+  mlp, attn = mask["block1"]["mlp"], mask["block1"]["attn"]
+  mlp["fc1"]["kernel"][:, :5] = False
+  for leaf in ("query", "key", "value"):
+    attn[leaf]["kernel"][:, :8] = False  # head 0
+  attn["out"]["kernel"][8:16] = False  # nothing reads head 1
+  small, small_params, _ = lottery.shrink(model, params, {}, mask)
+  assert (small.heads, small.mlp_dims) == ((3, 4), (59, 64))
+  x = jax.random.normal(jax.random.key(1), (4, 40))
+  _assert_same_outputs(model, params, mask, small, small_params, x)
+
+
+@pytest.mark.parametrize("name, shape, positions", [
+    ("conv2", (4, 40), 20),
+    ("conv4", (2, 8, 8, 3), 4),
+    pytest.param("conv6", (2, 8, 8, 3), 1, marks=pytest.mark.slow),
+])
+def test_shrink_conv_nets_removes_channels_and_their_flatten_rows(
+    name, shape, positions):
+  model = models.get(name, 10)
+  params = _init(model, shape)
+  scores = jax.tree.map(jnp.abs, params)
+  x = jax.random.normal(jax.random.key(1), shape)
+  mask = pruning.prune(masks.make_mask(params), scores, 0.5,
+                       structure="neuron", coupling=model)
+  small, small_params, _ = lottery.shrink(model, params, {}, mask)
+  kept = [int((~d).sum()) for d in
+          structure.whole_units(mask, model.coupling()).values()]
+  widths = [c for c in small.convs if c != "pool"] + list(small.dense)
+  assert widths == kept
+  assert small_params["fc1"]["kernel"].shape == (positions * kept[-3],
+                                                 kept[-2])
+  _assert_same_outputs(model, params, mask, small, small_params, x)
+  unstructured = pruning.prune(masks.make_mask(params), scores, 0.95)
+  small, small_params, _ = lottery.shrink(model, params, {}, unstructured)
+  _assert_same_outputs(model, params, unstructured, small, small_params, x)

@@ -35,10 +35,11 @@ alpha it is (1 - alpha) f(x; a) + alpha f(x; b). With
 `stability.linear_input` (on by default) and a model that names that layer
 (its module's `input_layer()`, as the models of `lottery.models` do), the
 path computes f(x; a) and f(x; b) once for all points instead of the layer
-at every point: LeNet-300-100 spends 88% of its forward pass there. The ends
-are unchanged bit for bit ((1 - 0) f(x; a) + 0 f(x; b) is f(x; a)); inner
-points differ from the interpolated network's own evaluation by float
-rounding. Each path in the records states both: 'recomputed_statistics' and
+at every point: LeNet-300-100 spends 88% of its forward pass there. At the
+ends the layer's output is exact ((1 - 0) f(x; a) + 0 f(x; b) is f(x; a));
+the networks' outputs differ from their direct evaluation by float rounding
+at most (XLA may fuse the two programs differently; the MLP paths of the
+tests are unchanged bit for bit at the ends). Each path in the records states both: 'recomputed_statistics' and
 'input_layer' (the layer computed once, or None).
 
 Coordinates: parents {'source': 'parent', 'k': k, 'seed': i, 'copy': 0};

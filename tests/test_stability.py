@@ -2,6 +2,7 @@
 exactly, the method end to end on a tiny model (dense and IMP-ticket
 sources), resume, and bad input refused before anything is written."""
 
+import functools
 import json
 
 import jax
@@ -364,3 +365,36 @@ def test_a_batchnorm_path_recomputes_statistics_at_every_point():
   assert plain["loss"] != pytest.approx(path["loss"], rel=1e-3)
   with pytest.raises(lottery.LotteryError, match="^training.batch_size: 64"):
     stability.statistics_batches(x, 64)
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("lenet_300_100", (28, 28, 1)), ("mnist1d_mlp", (40,)),
+    ("conv2", (32, 32, 3)), ("vgg11", (32, 32, 3)), ("resnet20", (32, 32, 3)),
+    ("vit_tiny", (40,))])
+def test_every_zoo_input_layer_is_linear_in_alpha(name, shape):
+  """The layer a model names takes the input, so its output on the path is
+  the ends' outputs combined: the whole network agrees with and without
+  `linear_input`."""
+  model = lottery.models.get(name, 10)
+  x = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
+  va, vb = (model.init(jax.random.key(k), x) for k in (0, 1))
+  a, b = va["params"], vb["params"]
+  state = {k: v for k, v in va.items() if k != "params"}
+  layer = stability.input_layer_of(model)
+
+  # Arguments, not constants of the program (XLA folds constants with other
+  # kernels).
+  @functools.partial(jax.jit, static_argnums=0)
+  def out(linear, alpha, a, b, x):
+    params = stability.interpolate(a, b, alpha)
+    if not linear:
+      return model.apply({"params": params, **state}, x)
+    with stability.linear_input(layer, a, b, alpha):
+      return model.apply({"params": params, **state}, x)
+  for alpha in (0.0, 0.3, 1.0):
+    want = out(False, np.float32(alpha), a, b, x)
+    got = out(True, np.float32(alpha), a, b, x)
+    # At the ends the layer's output is exact ((1 - 0) f(x; a) + 0 f(x; b));
+    # XLA may still fuse the rest of the two programs differently.
+    tol = 1e-5 if alpha in (0.0, 1.0) else 2e-4
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol / 10)

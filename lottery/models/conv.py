@@ -42,6 +42,11 @@ class ConvNet(nn.Module):
       x = nn.relu(nn.Dense(f, kernel_init=init, name=f"fc{j + 1}")(x))
     return nn.Dense(self.num_classes, kernel_init=init, name="out")(x)
 
+  def input_layer(self) -> str:
+    """The first conv, reading the input
+    (`lottery.stability.linear_input`)."""
+    return "conv1"
+
   def coupling(self) -> tuple[Units, ...]:
     """The output channels of each conv, read by the next conv's input
     channels (kernel axis -2); the last conv's channels, read through the

@@ -148,6 +148,11 @@ class ViT(nn.Module):
     x = nn.LayerNorm(name="norm")(x).mean(axis=1)
     return nn.Dense(self.num_classes, kernel_init=_KERNEL, name="out")(x)
 
+  def input_layer(self) -> str:
+    """The patch embedding, affine in its parameters (projection, bias and
+    position embedding; `lottery.stability.linear_input`)."""
+    return "embed"
+
   def coupling(self) -> tuple[Units, ...]:
     """Per block: its heads (kind 'head': head h is the head_dim columns
     from h * head_dim of query, key and value, with the same rows of

@@ -209,7 +209,7 @@ config_lib.register_block(
         "pai.scope": "rank all prunable weights together (global) or each layer",
         "pai.batch_size": "training examples the data-aware scores see",
         "pai.dense": "also train the dense network (method 'dense')",
-        "pai.structure": "unstructured, neuron (densities of units), head (densities of attention heads) or 'N:M' such as '2:4' (density N/M)",
+        "pai.structure": "unstructured, neuron / head (densities of units / heads) or 'N:M' such as '2:4' (density N/M)",
         "pai.group_score": "neuron/head: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of the method)",
     })
 

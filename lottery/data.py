@@ -327,6 +327,15 @@ def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
                        f"({first}); re-prepare it in array_record format: "
                        f"{_tfds_prepare_hint(name, builder.data_dir)}"
                        ) from None
+  try:  # Opens the record files now: a missing or damaged one fails here.
+    if len(source):
+      source[0]  # pylint: disable=pointless-statement
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    raise LotteryError(
+        f"data.data_dir: cannot read the {split!r} records of TFDS dataset "
+        f"{name!r} in {os.fspath(builder.data_dir)!r} ({first}); "
+        f"{_tfds_prepare_hint(name, builder.data_dir)}") from None
   return (source, builder.info.features["label"].num_classes,
           os.fspath(builder.data_dir))
 

@@ -130,6 +130,22 @@ def test_unreadable_tfds_dataset_is_refused_before_writing(
   assert not (tmp_path / "wd").exists()
 
 
+def test_tfds_dataset_without_its_record_files_is_refused_before_writing(
+    tiny_config, tmp_path):
+  where = _prepared_info(tmp_path / "tfds", "mnist", "array_record",
+                         ("train", "test"))
+  cfg = tiny_config(**{"data.name": "mnist", "data.data_dir":
+                       str(tmp_path / "tfds"), "model.name": "lenet_300_100"})
+  with pytest.raises(LotteryError) as e:
+    lottery.run(cfg, tmp_path / "wd", log=lambda _: None)
+  msg = str(e.value)
+  assert msg.startswith(f"data.data_dir: cannot read the 'train' records of "
+                        f"TFDS dataset 'mnist' in {where!r} ("), msg
+  assert "mnist-train.array_record-00000-of-00001" in msg
+  assert "--file_format=array_record" in msg and "\n" not in msg
+  assert not (tmp_path / "wd").exists()
+
+
 def test_build_rejects_unknown_dataset(tiny_config):
   with pytest.raises(LotteryError, match="^data.name: "):
     imp.build(tiny_config(**{"data.name": "svhn"}))

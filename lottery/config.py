@@ -74,9 +74,10 @@ def base_config() -> ml_collections.ConfigDict:
       crop="none",
       image_size=224,
   )
-  # Options of models that take them (ResNet depth and width); 0 = the
-  # model's default.
-  c.model = dict(name="mnist1d_mlp", depth=0, width=0)
+  # Options of models that take them (ResNet depth and width; the ViT's
+  # dim, heads, mlp_dim, patch); 0 = the model's default.
+  c.model = dict(name="mnist1d_mlp", depth=0, width=0, dim=0, heads=0,
+                 mlp_dim=0, patch=0)
 
   c.training = dict(
       steps=1500,  # Steps of one training run (every round and control).
@@ -351,6 +352,10 @@ RULES: dict[str, _Rule] = {
     "model.name": _one_of(_model_names),
     "model.depth": _count(0),
     "model.width": _count(0),
+    "model.dim": _count(0),
+    "model.heads": _count(0),
+    "model.mlp_dim": _count(0),
+    "model.patch": _count(0),
     "training.steps": _count(1),
     "training.batch_size": _count(1),
     "training.optimizer": _one_of(_optimizers),
@@ -541,6 +546,10 @@ FIELD_HELP: dict[str, str] = {
     "model.name": "the model, by its registered name",
     "model.depth": "depth of models that take one (ResNet); 0 = the model's default",
     "model.width": "width of models that take one; 0 = the model's default",
+    "model.dim": "token width of models that take one (ViT); 0 = the model's default",
+    "model.heads": "attention heads per block (ViT); 0 = the model's default",
+    "model.mlp_dim": "hidden units of each block's MLP (ViT); 0 = the model's default",
+    "model.patch": "patch size (ViT: samples of a sequence, pixels of an image side); 0 = default",
     "training.steps": "steps of one training run (every round, control and group)",
     "training.batch_size": "examples per step",
     "training.optimizer": "the optax optimizer, wrapped in keep_pruned",

@@ -102,9 +102,14 @@ class Experiment:
     return optim.learning_rates(self.schedule, start, stop)
 
 
+# The config's model options (`model.<option>`), passed to the model's
+# factory where set.
+MODEL_OPTIONS = ("depth", "width", "dim", "heads", "mlp_dim", "patch")
+
+
 def model_options(config) -> dict[str, int]:
   """The model options set in the config (0 = the model's default)."""
-  return {k: config.model[k] for k in ("depth", "width")
+  return {k: config.model[k] for k in MODEL_OPTIONS
           if k in config.model and config.model[k]}
 
 

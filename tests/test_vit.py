@@ -119,3 +119,19 @@ def test_imp_prunes_vit_heads_on_mnist1d(tmp_path):
     dead = structure.whole_units(mask, coupling)
     assert [int((~d).sum()) for d in dead.values()] == [heads, 64] * 2
     assert 0 < summary["rounds"][r]["test_accuracy"] <= 1
+
+
+def test_config_options_reach_the_vit(npz_path):
+  """model.dim, heads, mlp_dim and patch (0: the model's default) reach the
+  factory; another model refuses them in one line before anything runs."""
+  from conftest import tiny  # pylint: disable=g-import-not-at-top
+  exp = lottery.build(tiny(npz_path, **{
+      "model.name": "vit_tiny", "model.dim": 16, "model.heads": 2,
+      "model.mlp_dim": 24, "model.patch": 2}))
+  m = exp.model
+  assert (m.dim, m.heads, m.mlp_dims, m.patch) == (16, (2, 2), (24, 24), 2)
+  q = exp.init_params["block1"]["attn"]["query"]["kernel"]
+  assert q.shape == (16, 16)
+  with pytest.raises(LotteryError, match=r"^model.heads: not an option of "
+                     r"model 'mlp_tiny'"):
+    lottery.build(tiny(npz_path, **{"model.heads": 2}))

@@ -240,6 +240,20 @@ def score_batch(exp: Experiment, replicate: int) -> tuple[np.ndarray,
       field="pai.batch_size")
 
 
+def _inverted(scores: Any, group_score: str = "sum") -> tuple[Any, str]:
+  """(element scores, group score) that rank weights, or units under
+  `group_score`, in the reverse order of `scores` (the 'invert' check):
+  -s for weights and for a unit's 'sum'; a unit's 'l1' (sum of |s|) and 'l2'
+  (root of the sum of s^2) reversed are the 'sum' of -|s| and of -s^2 (the
+  root does not change the order). Negating the element scores alone would
+  leave l1 and l2 unchanged."""
+  if group_score == "l1":
+    return jax.tree.map(lambda x: -jnp.abs(x), scores), "sum"
+  if group_score == "l2":
+    return jax.tree.map(lambda x: -jnp.square(x), scores), "sum"
+  return jax.tree.map(jnp.negative, scores), group_score
+
+
 @functools.partial(jax.jit, static_argnames=(
     "apply", "method", "rounds", "fraction", "scope", "invert", "structure",
     "group_score", "coupling"))
@@ -256,10 +270,11 @@ def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
     else:
       s = scores_lib.compute(method, apply_fn, params, m, batch,
                              jax.random.fold_in(key, k))
+    reduce = group_score
     if invert:
-      s = jax.tree.map(jnp.negative, s)
+      s, reduce = _inverted(s, group_score)
     return pruning.prune(m, s, fraction, scope=scope, structure=structure,
-                         group_score=group_score, coupling=coupling)
+                         group_score=reduce, coupling=coupling)
 
   return lax.fori_loop(0, rounds, one_round, mask)
 

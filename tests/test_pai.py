@@ -202,3 +202,22 @@ def test_a_check_is_the_control_kind_of_imp(finished):
   with pytest.raises(lottery.LotteryError, match=r"kind in \['invert', "):
     lottery.load_ticket(wd, method="snip", kind="random_prune",
                         target_density=0.2)
+
+
+@pytest.mark.parametrize("group_score", ["sum", "l1", "l2"])
+def test_invert_keeps_the_units_the_method_would_prune(npz_path,
+                                                       group_score):
+  """The 'invert' check ranks units in reverse under every reduction: at
+  half the units, it keeps exactly the ones the method prunes (the l1 and
+  l2 of negated scores would be the method's own)."""
+  from lottery import pai  # pylint: disable=g-import-not-at-top
+  exp = lottery.build(tiny(npz_path, method="pai"))
+  kept = {}
+  for invert in (False, True):
+    mask = pai.prune_at_init(
+        exp, "magnitude", 0.5, exp.init_params, exp.init_model_state,
+        pai.score_batch(exp, 0), jax.random.key(0), invert=invert,
+        structure="neuron", group_score=group_score)
+    kept[invert] = np.any(np.asarray(mask["fc1"]["kernel"]), axis=0)
+  assert kept[False].sum() == kept[True].sum() == 16
+  assert np.array_equal(kept[True], ~kept[False])

@@ -7,9 +7,10 @@ ResNet-20, SGD 0.1 with momentum 0.9, weight decay 1e-4, batch 128, 63K
 iterations, rate x0.1 at 32K and 48K, crops and flips, weights rewound to
 iteration 2000), pruning whole channels instead of weights: each round
 removes 20% of the surviving inner channels of every block (conv1's filters
-with bn1 and conv2's input channels: the units of `lottery.shrink`; the
-residual stream's channels stay), ranked by L1 norm, for 5 rounds (32.8% of
-the inner channels left). Beside each round's ticket:
+with bn1 and conv2's input channels) and of every stage's residual stream
+(the convs that add into it with their BatchNorms, the convs that read it),
+ranked by L1 norm, for 5 rounds (about 0.8^5 = 32.8% of each set's
+channels left, each round's count rounded). Beside each round's ticket:
 
   scratch  the shrunk architecture trained from its own fresh initialization
            (Liu et al.'s scratch-E: as many steps as the ticket);

@@ -19,7 +19,7 @@ initialization removes the fraction s of every unit set's units
                                  CPU: >= 0.6)
 
 The variants' calls alternate (`timing.median_times`). ResNet-20 shrinks its
-blocks' inner channels only (the residual stream's are not units).
+blocks' inner channels and its three residual streams.
 """
 
 from __future__ import annotations

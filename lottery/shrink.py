@@ -14,11 +14,12 @@ Neuron and head pruning (`lottery.structure`) mask both. The model must
 declare its coupling (`coupling()`) and how to rebuild itself with other
 widths (`with_widths(widths)`, one width per unit set, in units: heads for
 a set of heads): the MLP families (`lottery.models.mlp`), VGG, the ResNets
-(their blocks' inner channels), Conv-2/4/6 and the ViT do. A unit spanning
+(their blocks' inner channels and residual streams), Conv-2/4/6 and the ViT do. A unit spanning
 several indices (`Units.block`, `Units.tiled`: a head's head_dim columns, a
 conv channel's rows after a flatten) goes with all of them. A conv channel
 goes only when nothing reads it: a silent channel feeds a BatchNorm and a
-'same'-padded conv, which make no bias of it; so does a head (its value
+'same'-padded conv, which make no bias of it (a ResNet's stream channel
+with its BatchNorms and identity shortcuts too); so does a head (its value
 bias reaches the output projection). A unit set that loses every unit keeps
 one unit that contributes nothing (zero input rows), so every layer keeps a
 shape.

@@ -343,27 +343,51 @@ def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
       model.apply({"params": params, **moved_state}, x), want)
 
 
-def test_resnet_prunes_whole_block_inner_channels():
+def test_resnet_prunes_inner_and_stream_channels():
   model, params, state, new = _bn_neuron_pruned("resnet20", 8)
   dead = structure.whole_units(new, model.coupling())
-  assert len(dead) == 9
-  # Widths 4, 8, 16 per stage: round(0.25 * n) channels of each block go.
-  assert [int(d.sum()) for d in dead.values()] == [1] * 3 + [2] * 3 + [4] * 3
-  for name, d in dead.items():
+  assert len(dead) == 9 + 3
+  # Widths 4, 8, 16 per stage: round(0.25 * n) channels of each block's
+  # inner set and of each stage's stream go.
+  assert [int(d.sum()) for d in dead.values()] == (
+      [1] * 3 + [2] * 3 + [4] * 3 + [1, 2, 4])
+  inner, streams = list(dead.items())[:9], list(dead.values())[9:]
+  for name, d in inner:
     block = name.split("/")[0]
     conv1, conv2 = (new[block][c]["kernel"] for c in ("conv1", "conv2"))
     np.testing.assert_array_equal(~conv1.any(axis=(0, 1, 2)), d)
     np.testing.assert_array_equal(~conv2.any(axis=(0, 1, 3)), d)
-    assert conv2.any(axis=(0, 1, 2)).all()  # the residual stream stays
-  # The pruned channels' bn1 constants are not read.
+  # Stage 2's stream: its projection and conv2s write it, the conv1s, the
+  # next projection and nothing else read it.
+  stage2 = new["stage2_block1"], new["stage2_block2"], new["stage2_block3"]
+  for kernel in [stage2[0]["shortcut_conv"]["kernel"]] + [
+      b["conv2"]["kernel"] for b in stage2]:
+    np.testing.assert_array_equal(~kernel.any(axis=(0, 1, 2)), streams[1])
+  for kernel in [b["conv1"]["kernel"] for b in stage2[1:]] + [
+      new["stage3_block1"][c]["kernel"] for c in ("conv1", "shortcut_conv")]:
+    np.testing.assert_array_equal(~kernel.any(axis=(0, 1, 3)), streams[1])
+  np.testing.assert_array_equal(~new["out"]["kernel"].any(axis=1), streams[2])
+  # The pruned channels' BatchNorm constants (bn1 inside a block; bn, bn2
+  # and shortcut_bn on a stream) are not read.
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   masked = lottery.apply_mask(new, params)
   want = model.apply({"params": masked, **state}, x)
-  moved = jax.tree.map(np.array, masked)
-  for name, d in dead.items():
-    moved[name.split("/")[0]]["bn1"]["bias"][d] += 3.0
-  got = model.apply({"params": moved, **state}, x)
+
+  def moved(tree):
+    tree = jax.tree.map(np.array, tree)
+    for units, d in zip(model.coupling(), dead.values()):
+      for bn in units.channels:
+        leaves = tree
+        for part in bn.split("/"):
+          leaves = leaves[part]
+        leaves["bias"][d] += 3.0
+    return tree
+
+  got = model.apply({"params": moved(masked), **state}, x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # Unmasked, the same moves change the output.
+  assert not np.allclose(model.apply({"params": moved(params), **state}, x),
+                         model.apply({"params": params, **state}, x))
 
 
 def test_head_refuses_models_without_heads_in_one_line(unitless):
@@ -613,35 +637,71 @@ class _DeclaresUnits(nn.Module):
     return (structure.Units(("fc1",), ("out",)),)
 
 
-@pytest.mark.parametrize("name, options", [
-    ("resnet20", {}),
-    ("resnet50", {"width": 4}),
+@pytest.mark.parametrize("name, options, scope, fraction", [
+    ("resnet20", {}, "layerwise", 0.5),
+    # Magnitude sums rank the wide stream units last: at 90% the global
+    # prune empties stage 1's stream (one silent channel stays) and most of
+    # stage 3's, and every inner set.
+    ("resnet20", {}, "global", 0.9),
+    ("resnet50", {"width": 4}, "layerwise", 0.5),
 ])
-def test_shrink_resnets_computes_what_the_masked_resnet_computes(name,
-                                                                 options):
+def test_shrink_resnets_computes_what_the_masked_resnet_computes(
+    name, options, scope, fraction):
   """The ResNets shrink their blocks' inner channels (conv1 with bn1;
-  ResNet-50's conv2 with bn2 too)."""
+  ResNet-50's conv2 with bn2 too) and their residual streams (every conv
+  that adds into a stream, its BatchNorm, every conv that reads it)."""
   model = models.get(name, 10, **options)
   variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
   params = variables["params"]
   state = jax.tree.map(lambda v: v + 0.3,
                        {"batch_stats": variables["batch_stats"]})
   mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
-                       0.5, structure="neuron", coupling=model)
+                       fraction, structure="neuron", coupling=model,
+                       scope=scope)
   small, small_params, small_state = lottery.shrink(model, params, state,
                                                     mask)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   want = model.apply({"params": lottery.apply_mask(mask, params), **state}, x)
   got = small.apply({"params": small_params, **small_state}, x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-  kept = [int((~d).sum()) for d in
+  kept = [max(int((~d).sum()), 1) for d in
           structure.whole_units(mask, model.coupling()).values()]
-  assert list(small.inner) == kept
+  n = len(small.inner)
+  assert list(small.inner) + list(small.streams) == kept
+  full = [len(d) for d in structure.whole_units(
+      masks.make_mask(params), model.coupling()).values()]
+  assert list(small.streams) != full[n:]  # narrower streams
   block = small_params["stage1_block1"]
-  assert block["conv1"]["kernel"].shape[-1] == kept[0]
+  # Its input: stage 1's stream (ResNet-20) or the stem's (ResNet-50).
+  assert block["conv1"]["kernel"].shape[-2:] == (kept[n], kept[0])
   assert block["conv2"]["kernel"].shape[-2] == kept[0]
   assert small_state["batch_stats"]["stage1_block1"]["bn1"]["mean"].shape == (
       kept[0],)
+  assert small_params["out"]["kernel"].shape[0] == kept[-1]
+  assert small_state["batch_stats"]["bn"]["mean"].shape == (kept[n],)
+
+
+def test_resnet_widths_are_inner_then_streams_or_refused_in_one_line():
+  model = models.get("resnet20", 10, width=4)
+  assert model.with_widths([2] * 9).streams is None  # the streams as built
+  assert model.with_widths([2] * 9 + [3, 5, 7]).streams == (3, 5, 7)
+  with pytest.raises(LotteryError, match=r"^model: resnet takes 9 inner "
+                     r"widths and 3 stream widths \(got 10 widths\)$"):
+    model.with_widths([2] * 10)
+
+
+def test_resnet_neuron_refuses_a_stream_reader_that_is_not_prunable():
+  """A stream channel's BatchNorm constant reaches every reader: one whose
+  kernel is not prunable keeps it (here 'out', after the pooling)."""
+  model = models.get("resnet20", 10, width=4)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.ones((1, 8, 8, 3)))["params"]
+  mask = masks.make_mask(params, prunable=(r"stage.*kernel", r"conv/kernel"))
+  with pytest.raises(LotteryError, match=r"^structure: 'neuron' removes the "
+                     r"units of stage3_block1/shortcut_conv\+.* with the input "
+                     r"rows of out/kernel, which is not prunable; add it to "
+                     r"the prunable weights$"):
+    structure.check_model("neuron", mask, model, "resnet20")
 
 
 # -- group criteria --------------------------------------------------------

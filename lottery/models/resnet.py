@@ -49,10 +49,13 @@ def batch_norm(train: bool, name: str) -> nn.BatchNorm:
 
 class BasicBlock(nn.Module):
   """Two 3x3 conv + BatchNorm layers around a residual connection; conv1
-  has `inner` output channels (default `features`)."""
+  has `inner` output channels (default `features`). `project`: whether the
+  shortcut is a 1x1 conv + BatchNorm (None: where the shape changes; a
+  shrunk ResNet names it, since its widths no longer tell)."""
   features: int
   strides: int = 1
   inner: int | None = None
+  project: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -64,7 +67,10 @@ class BasicBlock(nn.Module):
     y = nn.relu(batch_norm(train, "bn1")(y))
     y = conv(self.features, (3, 3), padding=1, name="conv2")(y)
     y = batch_norm(train, "bn2")(y)
-    if self.strides != 1 or x.shape[-1] != self.features:
+    project = self.project
+    if project is None:
+      project = self.strides != 1 or x.shape[-1] != self.features
+    if project:
       x = conv(self.features, (1, 1), strides=self.strides, padding="VALID",
                name="shortcut_conv")(x)
       x = batch_norm(train, "shortcut_bn")(x)
@@ -78,27 +84,73 @@ def check_images(x: jax.Array, model: str) -> None:
                        f"(N, H, W, C) (got shape {tuple(x.shape)})")
 
 
+def stream_units(layout: Sequence[tuple[str, bool]], last: str
+                 ) -> tuple[Units, ...]:
+  """The residual streams of a ResNet whose blocks `layout` ((name, whether
+  its shortcut is a conv), in order) follow the stem 'conv' + 'bn' and end
+  in conv `last` + BatchNorm 'bn' + `last`[-1]: one unit set per stream,
+  a stream running from a projection (or the stem) to the next.
+
+  A stream's producers are the convs whose BatchNorm outputs it adds (the
+  stem or a projection shortcut, and every block's `last`), its channels
+  those BatchNorms, its consumers every conv that reads it (each block's
+  conv1, the next projection) and, for the last stream, 'out' (after the
+  pooling). Everything between them is per channel (ReLU, the identity
+  shortcuts, max and average pooling), so a channel that no consumer reads
+  changes nothing and goes with its producers' columns.
+  """
+  out = []
+  producers, channels, consumers = ["conv"], ["bn"], []
+  for name, project in layout:
+    consumers.append(f"{name}/conv1")
+    if project:
+      consumers.append(f"{name}/shortcut_conv")
+      out.append(Units(tuple(producers), tuple(consumers), tuple(channels)))
+      producers, channels, consumers = ([f"{name}/shortcut_conv"],
+                                        [f"{name}/shortcut_bn"], [])
+    producers.append(f"{name}/{last}")
+    channels.append(f"{name}/bn{last[-1]}")
+  consumers.append("out")
+  out.append(Units(tuple(producers), tuple(consumers), tuple(channels)))
+  return tuple(out)
+
+
+def split_widths(widths: Sequence[int], inner: int, streams: int, model: str
+                 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+  """(inner widths, stream widths or None) of a ResNet's `with_widths`:
+  `inner` + `streams` widths in the coupling's order, or the `inner` ones
+  alone (the streams at full width)."""
+  widths = tuple(int(w) for w in widths)
+  if len(widths) not in (inner, inner + streams):
+    raise LotteryError(f"model: {model} takes {inner} inner widths and "
+                       f"{streams} stream widths (got {len(widths)} widths)")
+  return widths[:inner], widths[inner:] or None
+
+
 class ResNet(nn.Module):
   """A CIFAR ResNet of `depth` = 6n + 2 layers; images (N, H, W, C).
   `inner`: each block's inner channels, in block order (default: the
-  stage's width; `with_widths`)."""
+  stage's width); `streams`: each stage's channels (default: width, 2
+  width, 4 width); both set by `with_widths`."""
   depth: int
   width: int
   num_classes: int
   inner: tuple[int, ...] | None = None
+  streams: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "resnet")
-    x = Conv(self.width, (3, 3), padding=1, use_bias=False,
+    streams = self.streams or tuple(self.width * 2**s for s in range(3))
+    x = Conv(streams[0], (3, 3), padding=1, use_bias=False,
                 kernel_init=he_normal, name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     blocks = (self.depth - 2) // 6
     inner = iter(self.inner or [None] * (3 * blocks))
     for s in range(3):
       for b in range(blocks):
-        x = BasicBlock(self.width * 2**s, strides=2 if s and not b else 1,
-                       inner=next(inner),
+        x = BasicBlock(streams[s], strides=2 if s and not b else 1,
+                       inner=next(inner), project=bool(s and not b),
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
@@ -111,22 +163,31 @@ class ResNet(nn.Module):
 
   def coupling(self) -> tuple[Units, ...]:
     """The inner channels of each block: conv1's outputs (with bn1), read by
-    conv2's input channels (Li et al. 2017's filter pruning). The channels
-    of the residual stream, which a stage's convs add, are not units yet.
+    conv2's input channels (Li et al. 2017's filter pruning); then each
+    stage's residual stream (`stream_units`): the stem conv (stage 1) or
+    the projection shortcut (stages 2, 3) and every block's conv2, with
+    their BatchNorms, read by the blocks' conv1, the next projection and
+    'out'.
 
-    A pruned channel's bn1 (not prunable by default) emits a constant that
-    conv2's masked input slice does not read.
+    A pruned channel's BatchNorm (not prunable by default) emits a constant
+    that the consumers' masked input slices do not read.
     """
     blocks = (self.depth - 2) // 6
     names = [f"stage{s + 1}_block{b + 1}" for s in range(3)
              for b in range(blocks)]
-    return tuple(Units((f"{n}/conv1",), (f"{n}/conv2",), (f"{n}/bn1",))
-                 for n in names)
+    inner = tuple(Units((f"{n}/conv1",), (f"{n}/conv2",), (f"{n}/bn1",))
+                  for n in names)
+    return inner + stream_units(
+        [(n, n.endswith("_block1") and not n.startswith("stage1"))
+         for n in names], "conv2")
 
   def with_widths(self, widths: Sequence[int]) -> ResNet:
-    """The same ResNet with `widths[i]` inner channels in block i (the
-    coupling's order)."""
-    return self.clone(inner=tuple(int(w) for w in widths))
+    """The same ResNet with `widths[i]` inner channels in block i and then
+    each stage's stream channels (the coupling's order; the inner widths
+    alone leave the streams as they are)."""
+    inner, streams = split_widths(widths, 3 * ((self.depth - 2) // 6), 3,
+                                  "resnet")
+    return self.clone(inner=inner, streams=streams or self.streams)
 
 
 @register("resnet")
@@ -162,6 +223,8 @@ class Bottleneck(nn.Module):
   features: int
   strides: int = 1
   inner: tuple[int, int] | None = None  # conv1's, conv2's outputs
+  out: int | None = None  # conv3's outputs (default 4 * features)
+  project: bool | None = None  # as BasicBlock's
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -172,10 +235,14 @@ class Bottleneck(nn.Module):
     y = conv(w2, (3, 3), strides=self.strides, padding=1,
              name="conv2")(y)
     y = nn.relu(batch_norm(train, "bn2")(y))
-    y = conv(self.features * 4, (1, 1), name="conv3")(y)
+    out = self.out or self.features * 4
+    y = conv(out, (1, 1), name="conv3")(y)
     y = batch_norm(train, "bn3")(y)
-    if self.strides != 1 or x.shape[-1] != self.features * 4:
-      x = conv(self.features * 4, (1, 1), strides=self.strides,
+    project = self.project
+    if project is None:
+      project = self.strides != 1 or x.shape[-1] != out
+    if project:
+      x = conv(out, (1, 1), strides=self.strides,
                padding="VALID", name="shortcut_conv")(x)
       x = batch_norm(train, "shortcut_bn")(x)
     return nn.relu(y + x)
@@ -185,16 +252,20 @@ class ImageNetResNet(nn.Module):
   """ResNet with bottleneck blocks in the ImageNet layout (He et al. 2016,
   Table 1): 7x7/2 conv stem + BatchNorm + ReLU, 3x3/2 max pool, four stages
   of widths w, 2w, 4w, 8w (x4 out), stride 2 at the first block of stages
-  2-4, global average pooling, dense output layer."""
+  2-4, global average pooling, dense output layer. `streams`: the stem's
+  and each stage's channels (default w, 4w, 8w, 16w, 32w)."""
   blocks: tuple[int, ...]
   width: int
   num_classes: int
   inner: tuple[int, ...] | None = None  # conv1, conv2 of each block
+  streams: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "resnet50")
-    x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False,
+    streams = self.streams or (self.width,) + tuple(
+        4 * self.width * 2**s for s in range(len(self.blocks)))
+    x = Conv(streams[0], (7, 7), strides=2, padding=3, use_bias=False,
                 kernel_init=he_normal, name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -204,6 +275,7 @@ class ImageNetResNet(nn.Module):
         pair = (next(inner), next(inner))
         x = Bottleneck(self.width * 2**s, strides=2 if s and not b else 1,
                        inner=None if pair[0] is None else pair,
+                       out=streams[s + 1], project=not b,
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
@@ -216,21 +288,29 @@ class ImageNetResNet(nn.Module):
 
   def coupling(self) -> tuple[Units, ...]:
     """Each bottleneck's inner channels: conv1's outputs (with bn1) read by
-    conv2, conv2's (with bn2) read by conv3. The residual stream's channels
-    are not units."""
-    out = []
+    conv2, conv2's (with bn2) read by conv3; then the streams
+    (`stream_units`): the stem's (conv + bn, through the max pool, read by
+    the first block's conv1 and projection), and each stage's (its
+    projection shortcut and every block's conv3, with their BatchNorms)."""
+    out, names = [], []
     for s, n in enumerate(self.blocks):
       for b in range(n):
         name = f"stage{s + 1}_block{b + 1}"
+        names.append(name)
         out += [Units((f"{name}/conv1",), (f"{name}/conv2",),
                       (f"{name}/bn1",)),
                 Units((f"{name}/conv2",), (f"{name}/conv3",),
                       (f"{name}/bn2",))]
-    return tuple(out)
+    return tuple(out) + stream_units(
+        [(n, n.endswith("_block1")) for n in names], "conv3")
 
   def with_widths(self, widths: Sequence[int]) -> ImageNetResNet:
-    """The same network with inner widths `widths` (the coupling's order)."""
-    return self.clone(inner=tuple(int(w) for w in widths))
+    """The same network with inner widths and then the stem's and each
+    stage's stream widths (the coupling's order; the inner widths alone
+    leave the streams as they are)."""
+    inner, streams = split_widths(widths, 2 * sum(self.blocks),
+                                  len(self.blocks) + 1, "resnet50")
+    return self.clone(inner=inner, streams=streams or self.streams)
 
 
 @register("resnet50")

@@ -26,13 +26,15 @@ shrink_module = importlib.import_module("lottery.shrink")
 
 @pytest.mark.parametrize("name, shape, options, structures", [
     ("lenet_300_100", (1, 28, 28, 1), {}, ("neuron",)),
-    ("vgg11", (1, 32, 32, 3), {"width": 4}, ("neuron",)),
+    pytest.param("vgg11", (1, 32, 32, 3), {"width": 4}, ("neuron",),
+                 marks=pytest.mark.slow),
     # Inner channels and residual streams, BatchNorm statistics placed.
     pytest.param("resnet20", (1, 8, 8, 3), {"width": 4}, ("neuron",),
                  marks=pytest.mark.slow),
     # The last conv's channels read through a flatten; heads of 8 columns.
     ("conv2", (1, 8, 8, 3), {}, ("neuron",)),
-    ("vit_tiny", (1, 40), {}, ("head", "neuron")),
+    pytest.param("vit_tiny", (1, 40), {}, ("head", "neuron"),
+                 marks=pytest.mark.slow),
 ])
 def test_scratch_places_the_shrunk_models_own_init(name, shape, options,
                                                    structures):

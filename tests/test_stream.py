@@ -329,6 +329,7 @@ def test_mnist1d_stream_gives_memory_tickets(tmp_path):
   _tickets_equal(tmp_path / "memory", tmp_path / "stream", 1)
 
 
+@pytest.mark.slow
 def test_stream_sparse_training_matches_memory(npz_path, tmp_path):
   """Mask updates inside the compiled loop (SET, RigL, GMP) take their
   batches from the stream as from memory."""

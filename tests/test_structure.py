@@ -643,7 +643,8 @@ class _DeclaresUnits(nn.Module):
     # prune empties stage 1's stream (one silent channel stays) and most of
     # stage 3's, and every inner set.
     ("resnet20", {}, "global", 0.9),
-    ("resnet50", {"width": 4}, "layerwise", 0.5),
+    pytest.param("resnet50", {"width": 4}, "layerwise", 0.5,
+                 marks=pytest.mark.slow),
 ])
 def test_shrink_resnets_computes_what_the_masked_resnet_computes(
     name, options, scope, fraction):

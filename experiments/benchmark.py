@@ -30,9 +30,12 @@ model's input layer computed once per end (`stability.linear_input`), against
 30 separately compiled-once evaluations of the interpolated networks
 (path_30_vs_separate, target <= 0.5), and a pair of copies trained as 2
 replicates of one program against two single trainings (pair_vs_two,
-target <= 0.8 on the CPU); and the same path of ResNet-20, whose BatchNorm
-statistics are recomputed at every point in both forms
-(resnet20_path_30_vs_separate, on --resnet_path_examples inputs). 'stream'
+target <= 0.8 on the CPU), and the same in a child process whose CPU is split
+into 2 host devices, one copy on each (pair_vs_two_host_devices,
+`experiments.benchmark_pair`); and the same path of ResNet-20, whose BatchNorm
+statistics are recomputed at every point in both forms, one point a step
+(resnet20_path_30_vs_separate, on --resnet_path_examples inputs; path_batch
+and resnet20_path_batch: the points vmapped together). 'stream'
 times MNIST-1D's train loop (`lottery.loop.train`, `--steps` steps a call, a
 test evaluation every 100) with batches read from array_record files
 (data.source='stream') against the arrays on the device: stream_memory_steps_per_s, stream_stream_steps_per_s,
@@ -78,6 +81,7 @@ import numpy as np
 import optax
 
 from experiments import benchmark_crops
+from experiments import benchmark_pair
 from experiments import benchmark_shrink
 from experiments import benchmark_stream
 from experiments import timing
@@ -325,44 +329,7 @@ def _bench_torch(steps: int, repeats: int) -> dict:
 def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
   """Replicate-steps per second of LeNet-300-100 (batch 60, masked), with
   N replicates stacked in one compiled program (seeds.num = N)."""
-  model_name, shape, batch, opt, lr, _ = SETUPS["lenet"]
-  t = config_lib.base_config().training
-  t.update(optimizer=opt, learning_rate=lr)
-  rng = np.random.default_rng(0)
-  n = 600
-  x = rng.normal(size=(n,) + shape).astype(np.float32)
-  y = rng.integers(0, 10, n).astype(np.int32)
-  model = models.get(model_name, 10)
-  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1])["params"])
-  tx = optim.make_optimizer(t)
-  apply_fn = step.flax_apply(model)
-  lp = loop.Loop(step.make_train_step(apply_fn, tx), step.make_eval_step(
-      apply_fn), form=loop.choose_form("auto", init(jax.random.key(0))))
-  data = loop.put_data(x, y, x[:100], y[:100])
-  lrs = np.full(steps, lr, np.float32)
-  states, idx = {}, {}
-  for c in counts:
-    reps = []
-    for i in range(c):
-      params = init(jax.random.key(i))
-      mask = pruning.prune(masks.make_mask(params), scores.magnitude(params),
-                           0.5)
-      reps.append(step.init_state(params, tx, mask=mask, seed=i))
-    ix = [loop.batch_indices(n, batch, i, 0, steps) for i in range(c)]
-    if c == 1:
-      states[c], idx[c] = reps[0], ix[0]
-    else:
-      states[c], idx[c] = loop.stack_states(reps), np.stack(ix, axis=1)
-
-  def timed(c):
-    start = time.perf_counter()
-    states[c], losses = lp.run(states[c], data, idx[c], lrs)
-    jax.block_until_ready(states[c])
-    assert np.all(np.isfinite(losses)), c
-    return time.perf_counter() - start
-
-  rate = {c: c * steps / t
-          for c, t in _median_times(timed, counts, repeats).items()}
+  rate = benchmark_pair.replicate_rates(steps, repeats, counts)
   out = {f"seeds_{c}_steps_per_s": float(f"{r:.4g}") for c, r in rate.items()}
   out[f"seeds_{counts[-1]}_vs_{counts[0]}"] = round(
       rate[counts[-1]] / rate[counts[0]], 4)
@@ -431,7 +398,9 @@ def _path_timing(name: str, examples: int, repeats: int) -> dict:
   """The 30 points of a path in one program (`stability.evaluate_path`)
   against 30 evaluations compiled once, on `examples` random inputs; a
   model with BatchNorm has its statistics recomputed at every point, over
-  the examples' whole batches of its training batch size, in both."""
+  the examples' whole batches of its training batch size, in both. The
+  path vmaps the points as `stability.path_batch` picks (all of them for
+  LeNet, one a step for ResNet-20)."""
   model_name, shape, batch, *_ = SETUPS[name]
   if len(shape) == 3 and shape[0] == 32:
     shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, shape[2])
@@ -463,11 +432,13 @@ def _path_timing(name: str, examples: int, repeats: int) -> dict:
                                           stats["stats_x"])
     return eval_fn(params, st, xs, ys, valid)
 
+  per_step = stability.path_batch(eval_fn, a, state, (xs, ys, valid))
+
   def batched():
     start = time.perf_counter()
     m = stability.evaluate_path(
         eval_fn, a, b, state, mask, x, y, points=points,
-        input_layer=stability.input_layer_of(model), **stats)
+        input_layer=stability.input_layer_of(model), batch=per_step, **stats)
     assert len(m["error"]) == points
     return time.perf_counter() - start
 
@@ -482,7 +453,7 @@ def _path_timing(name: str, examples: int, repeats: int) -> dict:
   return {"path_30_s": float(f"{med['batched']:.4g}"),
           "separate_30_s": float(f"{med['separate']:.4g}"),
           "path_30_vs_separate": round(med["batched"] / med["separate"], 4),
-          "path_examples": examples}
+          "path_examples": examples, "path_batch": per_step or points}
 
 
 def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
@@ -497,6 +468,7 @@ def _bench_stability(steps: int, repeats: int, examples: int) -> dict:
   # 2 / rate_1 per step, the pair 2 / rate_2.
   out["pair_vs_two"] = round(seeds["seeds_1_steps_per_s"] /
                              seeds["seeds_2_steps_per_s"], 4)
+  out.update(benchmark_pair.pair_on_host_devices(steps, repeats))
   return out
 
 

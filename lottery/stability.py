@@ -42,13 +42,22 @@ at most (XLA may fuse the two programs differently; the MLP paths of the
 tests are unchanged bit for bit at the ends). Each path in the records states both: 'recomputed_statistics' and
 'input_layer' (the layer computed once, or None).
 
+The points run in one compiled program, `stability.path_batch` of them
+vmapped together in each step of a loop over the path (`jax.lax.map`). By
+default (0) a model without convolutions takes all points in one vmap and a
+model with convolutions one point a step: vmapped over the points, a
+convolution's kernel differs per point and becomes one grouped convolution,
+which ran ResNet-20's path 4x slower than one point at a time on a CPU
+(docs/performance.md). Records state the points vmapped together in each
+step: 'path_batch'.
+
 Coordinates: parents {'source': 'parent', 'k': k, 'seed': i, 'copy': 0};
 copies {'source': s, 'k': k, 'seed': i, 'copy': c} --
 `lottery.load_ticket(workdir, source='dense', k=100, copy=1, seed=0)`.
 summary.json: {'pairs': [{'source', 'k', 'seed', 'density', 'test_accuracy'
 (both ends), 'barrier_test', 'barrier_train', 'path': {'alpha',
 'test_error', 'test_loss', 'train_error', 'train_loss',
-'recomputed_statistics', 'input_layer'}, 'copies': [the two
+'recomputed_statistics', 'input_layer', 'path_batch'}, 'copies': [the two
 tickets' records]}, ...]}.
 """
 
@@ -129,6 +138,9 @@ config_lib.register_block(
         recompute_statistics=True,
         # The model's input layer once per end, not at every point.
         linear_input=True,
+        # Points vmapped together per step of the path's loop (0: all for a
+        # model without convolutions, 1 for a model with them).
+        path_batch=0,
     ),
     rules={
         "stability.steps": _stability_steps,
@@ -138,6 +150,7 @@ config_lib.register_block(
         "stability.same_data": config_lib.boolean,
         "stability.recompute_statistics": config_lib.boolean,
         "stability.linear_input": config_lib.boolean,
+        "stability.path_batch": config_lib.count(0, 10_000),
     },
     help={
         "stability.steps": "rewind steps k whose copies are compared",
@@ -147,6 +160,7 @@ config_lib.register_block(
         "stability.same_data": "both copies on the same data order (sanity check: barrier 0)",
         "stability.recompute_statistics": "recompute each point's BatchNorm statistics on training batches",
         "stability.linear_input": "the input layer's output once per end, combined at each point",
+        "stability.path_batch": "points vmapped together per step of the path's loop (0: all without convolutions, 1 with)",
     })
 
 
@@ -222,10 +236,10 @@ def linear_input(layer: str, a: Any, b: Any, alpha: float | jax.Array):
   return nn.intercept_methods(intercept)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("eval_fn", "apply_fn", "input_layer"))
+@functools.partial(jax.jit, static_argnames=("eval_fn", "apply_fn",
+                                             "input_layer", "batch"))
 def _path(eval_fn, apply_fn, a, b, model_state, mask, alphas, sets,
-          stats_xs, input_layer=None):
+          stats_xs, input_layer=None, batch=0):
   if input_layer is not None and mask is not None:
     a, b = masks_lib.apply_mask(mask, a), masks_lib.apply_mask(mask, b)
 
@@ -240,7 +254,18 @@ def _path(eval_fn, apply_fn, a, b, model_state, mask, alphas, sets,
       if stats_xs is not None:
         state = recompute_statistics(apply_fn, params, model_state, stats_xs)
       return [eval_fn(params, state, *s) for s in sets]
-  return jax.vmap(one)(alphas)
+  if batch == 0 or batch >= len(alphas):
+    return jax.vmap(one)(alphas)
+  return jax.lax.map(one, alphas, batch_size=None if batch == 1 else batch)
+
+
+def path_batch(eval_fn: Callable[..., dict], params: Any, model_state: Any,
+               batches: tuple) -> int:
+  """The points `stability.path_batch=0` vmaps together: all of them (0)
+  for a model without convolutions, 1 for a model with them (found in the
+  evaluation's traced program; `batches` is one of `loop.eval_batches`)."""
+  program = jax.make_jaxpr(eval_fn)(params, model_state, *batches)
+  return 1 if "conv_general_dilated" in str(program) else 0
 
 
 def statistics_batches(x: np.ndarray, batch_size: int) -> np.ndarray:
@@ -260,7 +285,7 @@ def evaluate_path(eval_fn: Callable[..., dict], a: Any, b: Any,
                   *, points: int = 30, eval_batch: int = 1000,
                   apply_fn: Callable[..., Any] | None = None,
                   stats_x: np.ndarray | None = None,
-                  input_layer: str | None = None) -> dict:
+                  input_layer: str | None = None, batch: int = 0) -> dict:
   """Loss and error of the networks on the linear path from `a` to `b`.
 
   Args:
@@ -278,6 +303,8 @@ def evaluate_path(eval_fn: Callable[..., dict], a: Any, b: Any,
     input_layer: the model's input layer (`input_layer_of`), computed once
       per end and combined at each point (`linear_input`); None computes
       every point's network as it is.
+    batch: points vmapped together in each step of the loop over the path
+      (0: all of them at once; see `path_batch` for the records' default).
 
   Returns:
     {'alpha': [...], 'loss': [...], 'error': [...]} (Python floats), all
@@ -286,14 +313,14 @@ def evaluate_path(eval_fn: Callable[..., dict], a: Any, b: Any,
   out = _evaluate_path(eval_fn, a, b, model_state, mask, [(x, y)],
                        points=points, eval_batch=eval_batch,
                        apply_fn=apply_fn, stats_x=stats_x,
-                       input_layer=input_layer)
+                       input_layer=input_layer, batch=batch)
   return {"alpha": out[0]["alpha"], "loss": out[0]["loss"],
           "error": out[0]["error"]}
 
 
 def _evaluate_path(eval_fn, a, b, model_state, mask, splits, *, points,
                    eval_batch=1000, apply_fn=None, stats_x=None,
-                   input_layer=None) -> list:
+                   input_layer=None, batch=0) -> list:
   """`evaluate_path` on several (x, y) sets at once: each point's
   statistics are recomputed once for all of them."""
   if points < 2:
@@ -305,7 +332,7 @@ def _evaluate_path(eval_fn, a, b, model_state, mask, splits, *, points,
   sets = [loop_lib.eval_batches(x, y, eval_batch) for x, y in splits]
   ms = jax.device_get(_path(eval_fn, apply_fn, a, b, model_state, mask,
                             alphas, sets, stats_x,
-                            input_layer=input_layer))
+                            input_layer=input_layer, batch=batch))
   return [{"alpha": [float(v) for v in alphas],
            "loss": [float(v) for v in m["loss"]],
            "error": [1.0 - float(v) for v in m["accuracy"]]} for m in ms]
@@ -313,16 +340,18 @@ def _evaluate_path(eval_fn, a, b, model_state, mask, splits, *, points,
 
 def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
                  points: int = 30, file: os.PathLike | None = None,
-                 recompute: bool = True, linear: bool = True) -> dict:
+                 recompute: bool = True, linear: bool = True,
+                 batch: int = 0) -> dict:
   """Train and test error and loss on the path from `a` to `b` (see
   `evaluate_path`) over the experiment's data, with the barriers: {'alpha',
   'test_error', 'test_loss', 'train_error', 'train_loss', 'barrier_test',
-  'barrier_train', 'recomputed_statistics', 'input_layer'}.
+  'barrier_train', 'recomputed_statistics', 'input_layer', 'path_batch'}.
 
   With `recompute`, a model with running statistics (BatchNorm) has them
   recomputed at every point over the training set's whole batches of
   `training.batch_size`; with `linear`, the model's input layer
-  (`input_layer_of`) is computed once per end (`linear_input`). With
+  (`input_layer_of`) is computed once per end (`linear_input`); `batch`
+  points are vmapped together (0: `path_batch` picks). With
   `file`, computed once and kept there (a JSON file written atomically); a
   rerun reads it."""
   if file is not None and checkpoint.exists(file):
@@ -335,9 +364,12 @@ def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
         ds.x_train, exp.config.training.batch_size))
   layer = input_layer_of(exp.model) if linear else None
   splits = (("test", ds.x_test, ds.y_test), ("train", ds.x_train, ds.y_train))
+  if batch == 0:
+    batch = path_batch(eval_fn, a, model_state,
+                       loop_lib.eval_batches(ds.x_test[:1], ds.y_test[:1]))
   ms = _evaluate_path(eval_fn, a, b, model_state, mask,
                       [(x, y) for _, x, y in splits], points=points,
-                      input_layer=layer, **stats)
+                      input_layer=layer, batch=batch, **stats)
   for (split, _, _), m in zip(splits, ms):
     out["alpha"] = m["alpha"]
     out[f"{split}_error"], out[f"{split}_loss"] = m["error"], m["loss"]
@@ -345,6 +377,7 @@ def path_metrics(exp, a: Any, b: Any, model_state: Any, mask: Any, *,
   out["barrier_train"] = barrier(out["train_error"])
   out["recomputed_statistics"] = bool(stats)
   out["input_layer"] = layer
+  out["path_batch"] = min(batch, points) if batch else points
   if file is not None:
     checkpoint.write_json(file, out)
   return out
@@ -556,7 +589,8 @@ class Stability(method_lib.Method):
                         a.model_state, a.mask,
                         points=ctx.config.stability.points, file=file,
                         recompute=ctx.config.stability.recompute_statistics,
-                        linear=ctx.config.stability.linear_input)
+                        linear=ctx.config.stability.linear_input,
+                        batch=ctx.config.stability.path_batch)
 
   def summarize(self, ctx, done: list[method_lib.Done]) -> dict:
     return {"pairs": [r for d in done if d.coords["source"] != PARENT

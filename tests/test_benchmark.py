@@ -41,9 +41,16 @@ def test_benchmark_prints_json_last():
   assert abs(result["path_30_vs_separate"] - result["path_30_s"]
              / result["separate_30_s"]) < 1e-2
   assert result["pair_vs_two"] > 0
-  # ResNet-20's path, its BatchNorm statistics recomputed at every point.
+  # The pair split over 2 host devices (a child process) against one copy.
+  assert result["host_devices"] == 2
+  assert result["pair_vs_two_host_devices"] == pytest.approx(
+      result["host_devices_1_steps_per_s"]
+      / result["host_devices_2_steps_per_s"], rel=1e-2)
+  # ResNet-20's path, its BatchNorm statistics recomputed at every point,
+  # one point a step; LeNet's in one vmap.
   assert result["resnet20_path_30_s"] > 0
   assert result["resnet20_path_examples"] == 256
+  assert result["resnet20_path_batch"] == 1 and result["path_batch"] == 30
   # MNIST-1D's loop with batches streamed from record files vs in memory.
   assert result["stream_memory_steps_per_s"] > 0
   assert abs(result["stream_vs_memory"] - result["stream_stream_steps_per_s"]

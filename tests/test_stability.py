@@ -195,6 +195,7 @@ def test_records_and_tickets(finished):
     # end, no statistics to recompute.
     assert p["path"]["input_layer"] == "fc1"
     assert p["path"]["recomputed_statistics"] is False
+    assert p["path"]["path_batch"] == 5  # No convolutions: all points.
     if p["source"] == "dense":
       assert p["density"] == 1.0
     else:
@@ -400,3 +401,45 @@ def test_every_zoo_input_layer_is_linear_in_alpha(name, shape):
     # XLA may still fuse the rest of the two programs differently.
     tol = 1e-5 if alpha in (0.0, 1.0) else 2e-4
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol / 10)
+
+
+def _conv_path_setup():
+  """Conv-2 on 8x8 inputs with BatchNorm-free ends, its eval function and
+  evaluation batches."""
+  from lottery import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  model = lottery.models.get("conv2", 10)
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(24, 8, 8, 3)).astype(np.float32)
+  y = rng.integers(0, 10, 24).astype(np.int32)
+  a, b = (model.init(jax.random.key(k), x[:1])["params"] for k in (0, 1))
+  mask = lottery.prune(lottery.make_mask(a), lottery.scores.magnitude(a), 0.5)
+  eval_fn = step_lib.make_eval_step(step_lib.flax_apply(model))
+  return a, b, mask, x, y, eval_fn, loop_lib.eval_batches(x, y, 1000)
+
+
+def test_path_batch_picks_one_point_a_step_for_convolutions(npz_path):
+  a, _, _, _, _, eval_fn, sets = _conv_path_setup()
+  assert stability.path_batch(eval_fn, a, {}, sets) == 1
+  exp = lottery.build(tiny(npz_path))
+  mlp_sets = lottery.loop.eval_batches(exp.dataset.x_test[:1],
+                                       exp.dataset.y_test[:1])
+  assert stability.path_batch(step_lib.make_eval_step(exp.apply_fn),
+                              exp.init_params, exp.init_model_state,
+                              mlp_sets) == 0
+
+
+def test_path_in_steps_of_points_equals_separate_evaluations():
+  """One point a step (`lax.map`), 3 a step (with a remainder) and all at
+  once give the same path; one a step equals the points' separate
+  evaluations bit for bit, and the pruned weights stay 0."""
+  a, b, mask, x, y, eval_fn, sets = _conv_path_setup()
+  paths = {k: stability.evaluate_path(eval_fn, a, b, {}, mask, x, y,
+                                      points=7, batch=k) for k in (1, 3, 0)}
+  one = jax.jit(eval_fn)
+  for i, alpha in enumerate(paths[1]["alpha"]):
+    m = one(stability.interpolate(a, b, np.float32(alpha), mask), {}, *sets)
+    assert paths[1]["error"][i] == 1.0 - float(m["accuracy"])
+    assert paths[1]["loss"][i] == float(m["loss"])
+  for k in (3, 0):
+    assert paths[k]["error"] == paths[1]["error"], k
+    assert paths[k]["loss"] == pytest.approx(paths[1]["loss"], rel=1e-5), k

@@ -173,8 +173,9 @@ def _schedule(f, v, c) -> None:
 
 def _structure(f, v, c) -> None:
   spec = structure_lib.parse(v, field=f)
-  if spec.kind != structure_lib.UNSTRUCTURED and c["pruning.layer_fractions"]:
-    config_lib.fail(f, v, f"takes no pruning.layer_fractions (got "
+  if spec.kind == "N:M" and c["pruning.layer_fractions"]:
+    config_lib.fail(f, v, f"takes no pruning.layer_fractions (N:M keeps N of "
+                    f"every M in every layer; got "
                     f"{c['pruning.layer_fractions']!r})")
   if spec.kind == "N:M" and c["pruning.rounds"] > 1:
     config_lib.fail(f, v, f"prunes once (round 1 keeps {spec.n} of every "
@@ -211,7 +212,10 @@ config_lib.register_block(
         schedule="geometric",
         scope="layerwise",  # layerwise | global | module (a layer's leaves)
         prunable=(".*kernel",),  # Regexes (re.fullmatch) over 'fc1/kernel'.
-        layer_fractions="",  # Overrides 'regex=rate,...', e.g. 'out/kernel=0.1'.
+        # Overrides 'regex=rate,...', e.g. 'out/kernel=0.1' (first match
+        # wins; 0 exempts a layer); under neuron / head a unit set takes its
+        # producer kernel's rate ('conv1/kernel=0.5').
+        layer_fractions="",
         score="magnitude",
         # rewind: weights back to step rewind_step of round 0, train the rest;
         # lr_rewind: keep trained weights, replay the whole schedule;
@@ -263,7 +267,7 @@ config_lib.register_block(
         "pruning.schedule": "geometric: density (1 - fraction)^r; linear: density 1 - r * fraction",
         "pruning.scope": "which weights are ranked together: each layer, all, or each module's leaves",
         "pruning.prunable": "regexes (re.fullmatch) over parameter paths such as 'fc1/kernel'",
-        "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1'",
+        "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1'; neuron/head: a unit set takes its producer kernel's rate",
         "pruning.score": "the importance score ranked by each round",
         "pruning.reset": "rewind: weights of step rewind_step; lr_rewind: replay the schedule; finetune: final rate",
         "pruning.rewind_step": "the step of round 0 whose weights later rounds rewind to",
@@ -456,8 +460,15 @@ class Imp(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
-    structure_lib.check_model(p.structure, ctx.exp.dense_mask, ctx.exp.model,
-                              ctx.config.model.name, field="pruning.structure")
+    spec = structure_lib.check_model(p.structure, ctx.exp.dense_mask,
+                                     ctx.exp.model, ctx.config.model.name,
+                                     field="pruning.structure")
+    if spec.kind in structure_lib.UNIT_KINDS and ctx.exp.layer_fractions:
+      sets = structure_lib.unit_counts(
+          ctx.exp.dense_mask, structure_lib.coupling_of(ctx.exp.model),
+          kind=spec.kind, field="pruning.structure")
+      pruning.unit_set_fractions(list(sets), ctx.exp.layer_fractions,
+                                 structure=str(spec))
     structure_lib.check_criterion(
         p.group_score, p.structure, ctx.exp.dense_mask, ctx.exp.model,
         ctx.config.model.name, field="pruning.group_score",

@@ -17,7 +17,8 @@ rounding rule is evaluated exactly on the device
 
 A structure (`lottery.structure`) changes what is ranked, not how: under
 'neuron' (or 'head') the same exact count and ranking run on one entry per
-unit (its weights' scores reduced), and the unit mask is spread back over the
+unit (its weights' scores reduced; a set at its producers' `layer_fractions`
+rate where one matches), and the unit mask is spread back over the
 weights;
 under 'N:M' every run of M weights along a leaf's input axis keeps its N
 best survivors.
@@ -31,7 +32,7 @@ first), +inf and -inf rank as themselves; the counts removed stay exact.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -80,6 +81,82 @@ def parse_layer_fractions(spec: str | Mapping[str, float] | None,
       raise LotteryError(f"{field}: rate for {pattern!r} must be in [0, 1), "
                          f"got {rate}")
   return dict(spec)
+
+
+def _compile(overrides: Mapping[str, float], field: str):
+  """[(compiled pattern, rate)] of parsed `layer_fractions`, in order."""
+  return [(masks_lib.compile_patterns([p], field)[0], r)
+          for p, r in overrides.items()]
+
+
+def _override(compiled, name: str) -> float | None:
+  """The rate of the first pattern that fully matches `name`, or None."""
+  return next((r for rx, r in compiled if rx.fullmatch(name)), None)
+
+
+def unit_set_fractions(sets: Sequence[str], overrides: Mapping[str, float],
+                       *, structure: str = "neuron",
+                       field: str = "pruning.layer_fractions"
+                       ) -> list[float | None]:
+  """The `layer_fractions` rate of each unit set (None: `fraction`).
+
+  A unit set takes the rate of its producers' kernels ('conv1/kernel' for
+  the set 'conv1'; every producer of a set named 'a+b' must have the same).
+
+  Args:
+    sets: unit set names, producers joined with '+' (`structure.unit_plan`).
+    overrides: parsed `layer_fractions` ({regex: rate}).
+    structure: the structure's name, for messages.
+    field: the config field (or argument) named in errors.
+
+  Raises:
+    LotteryError: naming `field`, for a pattern that matches no unit set's
+      producer kernel, or a set whose producers' rates differ.
+  """
+  compiled = _compile(overrides, field)
+  kernels = {s: [f"{p}/kernel" for p in s.split("+")] for s in sets}
+  for (rx, _), pattern in zip(compiled, overrides):
+    if not any(rx.fullmatch(k) for ks in kernels.values() for k in ks):
+      raise LotteryError(
+          f"{field}: {pattern!r} matches the kernel of no unit set's producer "
+          f"under structure {structure!r} (a set takes its producer's rate; "
+          f"producers: {[k for ks in kernels.values() for k in ks]})")
+  rates = []
+  for s, ks in kernels.items():
+    found = {k: _override(compiled, k) for k in ks}
+    if len(set(found.values())) > 1:
+      raise LotteryError(
+          f"{field}: the units of {s} take one rate, but its producers' "
+          f"kernels get {found} (None: the fraction); give them one rate")
+    rates.append(found[ks[0]])
+  return rates
+
+
+def _rank_groups(rates: Sequence[float | None], fraction: float, scope: str,
+                 modules: Sequence[str] = ()
+                 ) -> tuple[tuple[tuple[int, ...], ...], list[float]]:
+  """(groups of entry indices ranked together, each group's rate).
+
+  An entry with a rate of its own (not None) is ranked alone at that rate;
+  the others at `fraction`: all together under 'global', by `modules[j]`
+  under 'module', each alone under 'layerwise'.
+  """
+  pooled = tuple(j for j, r in enumerate(rates) if r is None)
+  groups, group_rates = [], []
+  if scope == "global" and pooled:
+    groups.append(pooled)
+    group_rates.append(fraction)
+  if scope == "module":
+    by_module: dict[str, list[int]] = {}
+    for j in pooled:
+      by_module.setdefault(modules[j], []).append(j)
+    groups.extend(tuple(g) for g in by_module.values())
+    group_rates.extend(fraction for _ in by_module)
+  for j, r in enumerate(rates):
+    if r is not None or scope == "layerwise":
+      groups.append((j,))
+      group_rates.append(fraction if r is None else r)
+  return tuple(groups), group_rates
 
 
 @functools.partial(jax.jit, static_argnames=("groups",))
@@ -224,11 +301,15 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       those of each module together (the leaves under one parent path, e.g.
       'fc1/kernel' with 'fc1/bias', as one vector per layer in the MNIST-1D
       authors' notebook).
-    layer_fractions: {regex: rate} overrides (e.g. {'out/kernel': 0.1} for
-      Frankle & Carbin's half-rate output layer). A leaf whose path fully
-      matches a pattern (first match wins) is pruned on its own at that rate,
-      in either scope; the others follow `scope` at `fraction`.
-      Unstructured only.
+    layer_fractions: {regex: rate} overrides, or the string
+      'regex=rate,regex=rate' (e.g. {'out/kernel': 0.1} for Frankle &
+      Carbin's half-rate output layer; a rate of 0 exempts a layer). A leaf
+      whose path fully matches a pattern (first match wins) is pruned on its
+      own at that rate, in any scope; the others follow `scope` at
+      `fraction`. Under 'neuron' or 'head' a unit set takes the rate of its
+      producers' kernels (the set 'conv1': 'conv1/kernel'; all producers of
+      a set must get the same rate) and is then ranked on its own; not
+      with an N:M structure.
     structure: 'unstructured' (default); 'neuron': removes `fraction` of
       the surviving units of each unit set of `coupling` ('layerwise',
       'module') or of all of them ('global'), whole units, by the same
@@ -251,7 +332,9 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   Raises:
     LotteryError: naming the argument ('fraction: ...', 'scores: ...'): for
       an unknown scope, a fraction that is not a number in [0, 1), a bad
-      `layer_fractions` or one whose pattern matches no prunable leaf, a
+      `layer_fractions`, one whose pattern matches no prunable leaf (under
+      'neuron' or 'head': no unit set's producer kernel), or one that gives
+      a unit set's producers different rates, a
       mask that is not a bool mask pytree, scores not shaped like the mask,
       an unknown structure or group score, 'neuron' without a coupling,
       'head' without heads, an
@@ -263,8 +346,7 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
                        f"(known: {list(SCOPES)})")
   fraction = _rate("fraction", fraction)
   overrides = parse_layer_fractions(layer_fractions, field="layer_fractions")
-  compiled = [(masks_lib.compile_patterns([p], "layer_fractions")[0], r)
-              for p, r in overrides.items()]
+  compiled = _compile(overrides, "layer_fractions")
   treedef, leaves = _flatten(mask, scores)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
   prunable = [name for name, _, _ in live]
@@ -276,31 +358,18 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     return mask
   spec = structure_lib.parse(structure)
   if spec.kind != structure_lib.UNSTRUCTURED:
-    if overrides:
+    if overrides and spec.kind == "N:M":
       raise LotteryError(f"layer_fractions: not used with structure "
-                         f"{str(spec)!r} (got {layer_fractions!r})")
+                         f"{str(spec)!r}, which keeps N of every M in every "
+                         f"layer (got {layer_fractions!r})")
     return _unflatten(treedef, leaves, _prune_structured(
-        spec, leaves, fraction, scope, group_score, coupling))
-  rates = [next((r for rx, r in compiled if rx.fullmatch(name)), None)
-           for name, _, _ in live]
-  pooled = tuple(j for j, r in enumerate(rates) if r is None)
-  groups, group_rates = [], []
-  if scope == "global" and pooled:
-    groups.append(pooled)
-    group_rates.append(fraction)
-  if scope == "module":
-    modules: dict[str, list[int]] = {}
-    for j in pooled:
-      modules.setdefault(live[j][0].rpartition("/")[0], []).append(j)
-    groups.extend(tuple(g) for g in modules.values())
-    group_rates.extend(fraction for _ in modules)
-  for j, r in enumerate(rates):
-    if r is not None or scope == "layerwise":
-      groups.append((j,))
-      group_rates.append(fraction if r is None else r)
+        spec, leaves, fraction, scope, group_score, coupling, overrides))
+  rates = [_override(compiled, name) for name in prunable]
+  groups, group_rates = _rank_groups(
+      rates, fraction, scope, [name.rpartition("/")[0] for name in prunable])
   new, finite = _prune_leaves([m for _, m, _ in live], [s for _, _, s in live],
                               select.rate_constants(group_rates),
-                              groups=tuple(groups))
+                              groups=groups)
   if _is_false(finite):
     raise LotteryError("scores: the scores of surviving weights are not all "
                        "finite")
@@ -334,8 +403,10 @@ def _unit_plan(leaves, group_score, coupling, kind):
   return plan, [[leaves[j][2] for j in js] for js in found]
 
 
-def _prune_structured(spec, leaves, fraction, scope, group_score, coupling):
-  """`prune`'s new mask leaves under an N:M, neuron or head structure."""
+def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
+                      overrides):
+  """`prune`'s new mask leaves under an N:M, neuron or head structure;
+  `overrides` the parsed `layer_fractions` (none under N:M)."""
   live = [(name, m, s) for name, m, s in leaves if m is not None]
   names = [name for name, _, _ in live]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
@@ -345,10 +416,13 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling):
                              alive, scores)
   else:
     plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind)
-    groups = ((tuple(range(len(plan))),) if scope == "global" else
-              tuple((u,) for u in range(len(plan))))
+    rates = unit_set_fractions([name for name, _ in plan], overrides,
+                               structure=str(spec), field="layer_fractions")
+    # A unit set is one ranked entry: 'module' ranks each set on its own.
+    groups, group_rates = _rank_groups(
+        rates, fraction, "global" if scope == "global" else "layerwise")
     new, finite = _prune_units(
-        alive, scores, select.rate_constants([fraction] * len(groups)),
+        alive, scores, select.rate_constants(group_rates),
         scales, plan=plan, groups=groups, group_score=group_score)
   if _is_false(finite):
     raise LotteryError("scores: the scores of surviving weights are not all "

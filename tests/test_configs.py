@@ -358,12 +358,16 @@ def test_structured_quick_recipe_end_to_end(spec, tmp_path):
   full = models.get(config.model.name, arch["num_classes"], **arch["options"])
   if spec_.kind == "neuron":
     alive = None
+    sets = [u.producers for u in full.coupling()]
+    rates = [p.fraction if f is None else f for f in pruning.unit_set_fractions(
+        ["+".join(s) for s in sets],
+        pruning.parse_layer_fractions(p.layer_fractions))]
     for r in range(p.rounds + 1):
       got = [int((~d).sum()) for d in structure.whole_units(
           lottery.load_ticket(wd, r).mask, full.coupling()).values()]
       alive = got if alive is None else [
-          n - pruning.num_to_remove(imp.round_rate(p.schedule, p.fraction, r),
-                                    n) for n in alive]
+          n - pruning.num_to_remove(imp.round_rate(p.schedule, f, r), n)
+          for n, f in zip(alive, rates)]
       assert got == alive, r
     assert arch["widths"] == alive
     for r in range(1, p.rounds + 1):
@@ -387,6 +391,51 @@ def test_structured_quick_recipe_end_to_end(spec, tmp_path):
       full.apply({"params": lottery.apply_mask(last.mask,
                                                last.trained_params),
                   **last.model_state}, x), rtol=1e-4, atol=1e-4)
+
+
+def _vgg_macs(model) -> int:
+  """Multiply-adds of a CIFAR VGG on a 32x32 input as Li et al. 2017 count
+  them: every tap of each 3x3 conv (zero padding included), then the output
+  layer."""
+  size, cin, total = 32, 3, 0
+  for c in model.plan:
+    if c == "M":
+      size //= 2
+    else:
+      total += size * size * 9 * cin * c
+      cin = c
+  return total + cin * model.num_classes
+
+
+@pytest.mark.slow
+def test_filter_vgg16_prunes_li_et_als_vgg16_a():
+  """The recipe's pruning on a random init at CIFAR shapes and real widths:
+  conv 1 and convs 8-13 keep half their filters; the docstring's parameter,
+  multiply-add and XLA FLOP counts, dense and shrunk."""
+  p = cli.load_config("filter_vgg16_cifar10").pruning
+  model = models.get("vgg16", 10)
+  x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  params = variables.pop("params")
+  mask = pruning.prune(masks.make_mask(params, p.prunable),
+                       jax.tree.map(jnp.abs, params), p.fraction,
+                       scope=p.scope, layer_fractions=p.layer_fractions,
+                       structure=p.structure, group_score=p.group_score,
+                       coupling=model)
+  small, small_params, small_state = lottery.shrink(model, params, variables,
+                                                    mask)
+  assert [c for c in small.plan if c != "M"] == [32, 64, 128, 128] + [256] * 9
+  count = lambda tree: sum(np.size(leaf) for leaf in jax.tree.leaves(tree))
+  assert (count(params), count(small_params)) == (14_728_266, 5_264_522)
+  assert (_vgg_macs(model), _vgg_macs(small)) == (313_201_664, 206_146_048)
+
+  def flops(m, q, state):
+    f = jax.jit(lambda q, x: m.apply({"params": q, **state}, x))
+    cost = f.lower(q, x).compile().cost_analysis()
+    return (cost[0] if isinstance(cost, list) else cost)["flops"]
+  assert (flops(model, params, variables),
+          flops(small, small_params, small_state)) == (495_832_704,
+                                                       347_115_872)
 
 
 # Test-only overrides: each group of a sparse run compiles its own train

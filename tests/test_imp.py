@@ -16,6 +16,7 @@ import lottery
 from lottery import imp
 from lottery import jobs
 from lottery import masks
+from lottery import structure
 from lottery import tickets
 
 from conftest import compilations
@@ -382,3 +383,43 @@ def test_tensorboard_after_resume_has_no_duplicate_points(tiny_config,
   history = lottery.load_ticket(tmp_path, 0).metrics["history"]
   assert [v for _, v in sorted(points)] == pytest.approx(
       [h["accuracy"] for h in history])
+
+
+def test_layer_fractions_under_neuron_prune_each_set_at_its_rate(
+    tiny_config, tmp_path):
+  # lenet_300_100's unit sets: fc1 at the fraction 0.2, fc2 at 0.5; each
+  # round removes round(rate * survivors) of each set.
+  cfg = tiny_config(**{"model.name": "lenet_300_100",
+                       "pruning.structure": "neuron", "pruning.fraction": 0.2,
+                       "pruning.layer_fractions": "fc2/kernel=0.5",
+                       "training.steps": 5, "training.eval_every": 5,
+                       "training.checkpoint_every": 5, "controls": ()})
+  lottery.run(cfg, tmp_path, log=quiet)
+  coupling = lottery.models.get("lenet_300_100", 3).coupling()
+  kept = [{k: int((~v).sum()) for k, v in structure.whole_units(
+      lottery.load_ticket(tmp_path, r).mask, coupling).items()}
+          for r in range(3)]
+  assert kept == [{"fc1": 300, "fc2": 100}, {"fc1": 240, "fc2": 50},
+                  {"fc1": 192, "fc2": 25}]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.name": "lenet_300_100",
+      "pruning.layer_fractions": "out/kernel=0.5"},
+     "pruning.layer_fractions: 'out/kernel' matches the kernel of no unit "
+     "set's producer under structure 'neuron' (a set takes its producer's "
+     "rate; producers: ['fc1/kernel', 'fc2/kernel'])"),
+    ({"model.name": "mnist1d_mlp",
+      "pruning.layer_fractions": "fc2/kernel=0.5"},
+     "pruning.layer_fractions: the units of fc1+fc2 take one rate, but its "
+     "producers' kernels get {'fc1/kernel': None, 'fc2/kernel': 0.5} (None: "
+     "the fraction); give them one rate"),
+])
+def test_layer_fractions_a_model_cannot_take_are_refused_before_writing(
+    tiny_config, tmp_path, overrides, message):
+  cfg = tiny_config(**{"pruning.structure": "neuron", **overrides})
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.run(cfg, tmp_path / "wd", log=quiet)
+  assert str(e.value) == message
+  assert not (tmp_path / "wd").exists() or not any(
+      (tmp_path / "wd").iterdir())

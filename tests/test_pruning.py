@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from lottery import masks
+from lottery import models
 from lottery import pruning
 from lottery import scores
 from lottery import select
+from lottery import structure
 from lottery.errors import LotteryError
+from lottery.models import mlp
 
 from conftest import mlp_tiny_params
 from conftest import with_leaf
@@ -443,3 +446,101 @@ def test_layer_fractions_that_match_prune_as_before():
   got = pruning.prune(m, s, 0.2, layer_fractions="out/kernel=0.5")
   assert masks.counts(got) == {"fc1/kernel": (192 - 38, 192),
                                "out/kernel": (48, 96)}
+
+
+# -- per-layer fractions ----------------------------------------------------
+
+def test_layer_fractions_keep_exact_per_layer_counts_over_rounds_under_jit():
+  # fc at 0.5, out exempt (0), conv and head at the fraction 0.2; each round
+  # removes round(rate * survivors) of each leaf.
+  prune_fn = jax.jit(lambda m, s: pruning.prune(
+      m, s, 0.2, layer_fractions="fc/kernel=0.5,out/kernel=0"))
+  mask, kept = masks.make_mask(tree_params()), []
+  for r in range(2):
+    mask = prune_fn(mask, tie_scores(r))
+    kept.append({k: int(np.asarray(v).sum())
+                 for k, v in masks.named_leaves(mask).items()
+                 if v is not None})
+  assert kept == [
+      {"conv/kernel": 72 - 14, "fc/kernel": 120, "head/kernel": 40,
+       "out/kernel": 15},
+      {"conv/kernel": 58 - 12, "fc/kernel": 60, "head/kernel": 32,
+       "out/kernel": 15}]
+
+
+def _mlp():
+  """An MLP 6 -> 10 -> 8 -> 3: unit sets fc1 (10 units) and fc2 (8)."""
+  model = mlp.MLP(features=(10, 8), num_classes=3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 6)))["params"]
+  return model, masks.make_mask(params), jax.tree.map(jnp.abs, params)
+
+
+def _units_kept(mask, model):
+  return {k: int((~v).sum())
+          for k, v in structure.whole_units(mask, model.coupling()).items()}
+
+
+@pytest.mark.parametrize("scope", pruning.SCOPES)
+def test_neuron_unit_sets_take_their_producers_fraction(scope):
+  model, mask, s = _mlp()
+  prune_fn = jax.jit(lambda m, s: pruning.prune(
+      m, s, 0.2, scope=scope, layer_fractions="fc2/kernel=0.5",
+      structure="neuron", coupling=model))
+  first = prune_fn(mask, s)
+  second = prune_fn(first, s)
+  # fc1 at 0.2 (ranked alone: the only set left at the fraction), fc2 at 0.5.
+  assert _units_kept(first, model) == {"fc1": 8, "fc2": 4}
+  assert _units_kept(second, model) == {"fc1": 6, "fc2": 2}  # 1.6 -> 2
+  # The same units as each set pruned on its own at its rate.
+  alone = lambda f: structure.whole_units(pruning.prune(
+      mask, s, f, structure="neuron", coupling=model), model.coupling())
+  dead = structure.whole_units(first, model.coupling())
+  np.testing.assert_array_equal(dead["fc1"], alone(0.2)["fc1"])
+  np.testing.assert_array_equal(dead["fc2"], alone(0.5)["fc2"])
+
+
+def test_neuron_layer_fraction_zero_exempts_a_unit_set():
+  model, mask, s = _mlp()
+  new = pruning.prune(mask, s, 0.5, scope="global",
+                      layer_fractions="fc1/kernel=0", structure="neuron",
+                      coupling=model)
+  assert _units_kept(new, model) == {"fc1": 10, "fc2": 4}
+
+
+def test_head_sets_take_their_projections_fraction():
+  model = models.get("vit_tiny", 10, heads=8)
+  params = jax.jit(model.init)(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  new = jax.jit(lambda m, s: pruning.prune(
+      m, s, 0.5, layer_fractions="block1/attn/.*=0", structure="head",
+      coupling=model))(masks.make_mask(params), jax.tree.map(jnp.abs, params))
+  heads = {k: v for k, v in _units_kept(new, model).items() if "query" in k}
+  # Block 1's heads exempt, 4 of block 2's 8 gone.
+  assert heads == {"block1/attn/query+block1/attn/key+block1/attn/value": 8,
+                   "block2/attn/query+block2/attn/key+block2/attn/value": 4}
+
+
+@pytest.mark.parametrize("residual, kw, message", [
+    (False, dict(structure="neuron", layer_fractions="out/kernel=0.5"),
+     "layer_fractions: 'out/kernel' matches the kernel of no unit set's "
+     "producer under structure 'neuron' (a set takes its producer's rate; "
+     "producers: ['fc1/kernel', 'fc2/kernel'])"),
+    (True, dict(structure="neuron", layer_fractions="fc1/kernel=0.5"),
+     "layer_fractions: the units of fc1+fc2 take one rate, but its "
+     "producers' kernels get {'fc1/kernel': 0.5, 'fc2/kernel': None} (None: "
+     "the fraction); give them one rate"),
+    (False, dict(structure="2:4", layer_fractions="fc1/kernel=0.5"),
+     "layer_fractions: not used with structure '2:4', which keeps N of every "
+     "M in every layer (got 'fc1/kernel=0.5')"),
+    (False, dict(structure="neuron", layer_fractions="fc(1/kernel=0.5"),
+     "layer_fractions: invalid regex 'fc(1/kernel' (missing ), unterminated "
+     "subpattern at position 2)"),
+    (False, dict(structure="neuron", layer_fractions="fc1/kernel=1.0"),
+     "layer_fractions: rate for 'fc1/kernel' must be in [0, 1), got 1.0"),
+])
+def test_layer_fractions_refusals_name_the_argument(residual, kw, message):
+  model = (mlp.ResidualMLP(hidden=8, num_classes=3) if residual
+           else _mlp()[0])
+  params = model.init(jax.random.key(0), jnp.ones((1, 6)))["params"]
+  with pytest.raises(LotteryError) as e:
+    pruning.prune(masks.make_mask(params), params, 0.2, coupling=model, **kw)
+  assert str(e.value) == message

@@ -284,10 +284,6 @@ def test_neuron_needs_a_coupling(unitless):
   with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs a "
                      r"coupling; use 'unstructured' or an N:M structure$"):
     pruning.prune(mask, params, 0.2, structure="neuron", coupling=model)
-  with pytest.raises(LotteryError, match="^layer_fractions: not used with "
-                     "structure 'neuron'"):
-    pruning.prune(mask, params, 0.2, structure="neuron",
-                  layer_fractions="out/kernel=0.1")
 
 
 def test_unstructured_is_the_default():
@@ -1013,9 +1009,10 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
      r"'N:M'\]"),
     ({"pruning.structure": "2:4"}, r"^pruning.structure: prunes once .* set "
      r"pruning.rounds to 1"),
-    ({"pruning.structure": "neuron", "pruning.layer_fractions":
-      "out/kernel=0.1"}, r"^pruning.structure: takes no "
-     r"pruning.layer_fractions"),
+    ({"pruning.structure": "2:4", "pruning.rounds": 1,
+      "pruning.layer_fractions": "out/kernel=0.1"}, r"^pruning.structure: "
+     r"takes no pruning.layer_fractions \(N:M keeps N of every M in every "
+     r"layer; got 'out/kernel=0.1'\)"),
     ({"pruning.group_score": "mean"}, r"^pruning.group_score: must be one of "
      r"\['sum', 'l1', 'l2', 'taylor', 'bn_scale'\]"),
     ({"method": "pai", "pai.structure": "2:4"}, r"^pai.structure: keeps 2 of "

@@ -78,7 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 
   with prepared(config, workdir, progress, check=m.check,
                 before_claim=before_claim, facts={"method": m.name},
-                saved=saved) as (_, wd):
+                saved=saved, replicates=m.stacked(config)) as (_, wd):
     ctx = box["ctx"]
     ctx.workdir = wd
     # Every finished group's tickets are read (verified) before anything is

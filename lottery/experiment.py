@@ -127,13 +127,15 @@ def _reads_arrays(config: ml_collections.ConfigDict) -> bool:
 
 def build(config: ml_collections.ConfigDict, *,
           mask_update: step_lib.MaskUpdate | None = None,
-          update_every: int = 0) -> Experiment:
+          update_every: int = 0, replicates: int | None = None) -> Experiment:
   """Validates `config`, loads the data and builds model, optimizer, loop.
 
   Args:
     config: a config from `lottery.base_config()` or configs/.
     mask_update, update_every: an optional mask-update hook compiled into
       the train step (sparse training; see `step.make_train_step`).
+    replicates: the replicates the mesh's replicate axis is sized for
+      (`parallel.make_mesh`; default seeds.num; a method's `Method.stacked`).
   """
   config_lib.validate(config)
   records = None
@@ -206,7 +208,8 @@ def build(config: ml_collections.ConfigDict, *,
                                      augment=augment,
                                      mask_update=mask_update,
                                      update_every=update_every)
-  mesh = parallel.make_mesh(config.seeds.num, t.batch_size)
+  mesh = parallel.make_mesh(
+      config.seeds.num if replicates is None else replicates, t.batch_size)
   loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
                        form=loop_lib.choose_form(t.loop, init_params),
                        mesh=mesh)
@@ -234,6 +237,7 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
              before_claim: Callable[[Experiment], None] | None = None,
              facts: dict | None = None,
              saved: ml_collections.ConfigDict | None = None,
+             replicates: int | None = None,
              ) -> Iterator[tuple[Experiment, pathlib.Path]]:
   """Every driver's start: `with prepared(config, workdir, progress) as
   (exp, wd):` runs the method on the built experiment in the claimed workdir.
@@ -256,7 +260,7 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
            "data_fingerprint": data_lib.fingerprint(config.data)}
   workdir_lib.check(workdir, saved, extra=facts)
   t0 = time.time()
-  exp = build(config)
+  exp = build(config, replicates=replicates)
   if before_claim is not None:
     before_claim(exp)
   start_lines(exp, progress, time.time() - t0)

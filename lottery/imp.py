@@ -267,7 +267,7 @@ config_lib.register_block(
         "pruning.schedule": "geometric: density (1 - fraction)^r; linear: density 1 - r * fraction",
         "pruning.scope": "which weights are ranked together: each layer, all, or each module's leaves",
         "pruning.prunable": "regexes (re.fullmatch) over parameter paths such as 'fc1/kernel'",
-        "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1'; neuron/head: a unit set takes its producer kernel's rate",
+        "pruning.layer_fractions": "per-layer rates 'regex=rate,...', e.g. 'out/kernel=0.1' (a unit set: its producer's)",
         "pruning.score": "the importance score ranked by each round",
         "pruning.reset": "rewind: weights of step rewind_step; lr_rewind: replay the schedule; finetune: final rate",
         "pruning.rewind_step": "the step of round 0 whose weights later rounds rewind to",

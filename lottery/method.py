@@ -186,6 +186,11 @@ class Method:
   def before_claim(self, ctx: Context) -> None:
     """Checks that need the built experiment; before anything is written."""
 
+  def stacked(self, config: ml_collections.ConfigDict) -> int:
+    """The replicates the mesh's replicate axis is sized for
+    (`parallel.make_mesh`): seeds.num, the jobs of a group."""
+    return config.seeds.num
+
   def grid(self, ctx: Context) -> list[dict]:
     raise NotImplementedError
 

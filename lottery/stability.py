@@ -492,6 +492,13 @@ class Stability(method_lib.Method):
                          f", past the limit {config_lib.SEED_LIMIT - 1} (got "
                          f"{config.seeds.num})")
 
+  def stacked(self, config: ml_collections.ConfigDict) -> int:
+    """One replicate: its pair of copies, so that on two devices the copies
+    train side by side, one on each (the parent group's single job runs
+    whole on both). Several: seeds.num, which every group's jobs (n parents,
+    2n copies) split evenly across."""
+    return 2 if config.seeds.num == 1 else config.seeds.num
+
   def before_claim(self, ctx: method_lib.Context) -> None:
     s = ctx.config.stability
     # Every source ticket exists and fits the model, before anything runs.

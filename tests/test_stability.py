@@ -443,3 +443,58 @@ def test_path_in_steps_of_points_equals_separate_evaluations():
   for k in (3, 0):
     assert paths[k]["error"] == paths[1]["error"], k
     assert paths[k]["loss"] == pytest.approx(paths[1]["loss"], rel=1e-5), k
+
+
+_TWO_DEVICES = """
+import json, sys
+import jax
+import lottery
+from conftest import tiny
+c = tiny(sys.argv[1], method="stability", **{
+    "training.steps": 12, "training.eval_every": 6,
+    "training.checkpoint_every": 6, "stability.steps": (0, 4),
+    "stability.points": 5})
+lines = []
+progress = lottery.progress.NullProgress()
+progress.info = lines.append  # The start-up lines, the mesh's among them.
+lottery.driver.run(c, sys.argv[2], progress=progress)
+print(json.dumps({"devices": jax.device_count(), "lines": lines}))
+"""
+
+
+@pytest.mark.slow
+def test_one_replicate_splits_its_pair_over_two_devices(npz_path, tmp_path):
+  """With one replicate on two devices, the copies train one per device
+  (the replicate axis sized for the pair, `Stability.stacked`), and the run
+  matches one device's within float tolerance."""
+  import os  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = pathlib.Path(__file__).resolve().parents[1]
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  res = subprocess.run([sys.executable, "-c", _TWO_DEVICES, npz_path,
+                        str(tmp_path / "two")], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 2
+  assert any(line.startswith("mesh: replicas=2 data=1 (2 devices")
+             for line in out["lines"]), out["lines"]
+  lottery.driver.run(_config(npz_path), tmp_path / "one", log=lambda _: None)
+  two = lottery.stability.summary(tmp_path / "two")["pairs"]
+  one = lottery.stability.summary(tmp_path / "one")["pairs"]
+  assert [(p["k"], p["seed"]) for p in two] == [(p["k"], p["seed"])
+                                               for p in one]
+  for p, q in zip(one, two):
+    assert abs(p["barrier_test"] - q["barrier_test"]) <= 0.02
+    for copy in (0, 1):
+      a = lottery.load_ticket(tmp_path / "one", source="dense", k=p["k"],
+                              copy=copy, seed=0)
+      b = lottery.load_ticket(tmp_path / "two", source="dense", k=p["k"],
+                              copy=copy, seed=0)
+      for x, y in zip(jax.tree.leaves(a.trained_params),
+                      jax.tree.leaves(b.trained_params)):
+        np.testing.assert_allclose(x, y, atol=1e-4)

@@ -188,6 +188,12 @@ def _group_score(f, v, c) -> None:
                                 field=f, structure_field="pruning.structure")
 
 
+def _residual_streams(f, v, c) -> None:
+  config_lib.boolean(f, v, c)
+  structure_lib.check_streams(v, c["pruning.structure"], field=f,
+                              structure_field="pruning.structure")
+
+
 def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     config_lib.fail(f, v, "must be a tuple, e.g. ('reinit',)")
@@ -236,6 +242,9 @@ config_lib.register_block(
         # criterion in their place: taylor (|sum of g * w| of the trained
         # network on a batch) | bn_scale (|gamma| of its BatchNorm channel).
         group_score="sum",
+        # neuron / head: False keeps the model's residual streams whole (a
+        # ResNet then loses only its blocks' inner channels).
+        residual_streams=True,
         # taylor: the training examples of the batch (drawn per round and
         # replicate) whose loss gradient scores the units.
         batch_size=100,
@@ -255,6 +264,7 @@ config_lib.register_block(
         "pruning.path_points": config_lib.count(2, 10_000),
         "pruning.structure": _structure,
         "pruning.group_score": _group_score,
+        "pruning.residual_streams": _residual_streams,
         "pruning.batch_size": config_lib.count(1),
     },
     help={
@@ -272,6 +282,7 @@ config_lib.register_block(
         "pruning.path_points": "evenly spaced points of those linear paths, ends included",
         "pruning.structure": "unstructured, neuron (whole units), head (whole attention heads) or 'N:M' such as '2:4' (one round)",
         "pruning.group_score": "neuron/head: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of pruning.score)",
+        "pruning.residual_streams": "neuron/head: False keeps residual streams whole (a ResNet loses only its blocks' inner channels)",
         "pruning.batch_size": "taylor: training examples whose loss gradient scores the units",
     })
 # Controls run every pruned round beside the ticket: 'reinit' (same mask,
@@ -398,7 +409,8 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
                          rate, scope=p.scope,
                          layer_fractions=layer_fractions,
                          structure=p.structure, group_score=p.group_score,
-                         coupling=coupling)
+                         coupling=coupling,
+                         residual_streams=p.residual_streams)
 
   keys = [rng.stream(config.seeds.control + i, "random_score", r)
           for i in range(len(prev))]
@@ -457,7 +469,9 @@ class Imp(method_lib.Method):
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
     structure_lib.check_model(p.structure, ctx.exp.dense_mask, ctx.exp.model,
-                              ctx.config.model.name, field="pruning.structure")
+                              ctx.config.model.name, field="pruning.structure",
+                              residual_streams=p.residual_streams,
+                              streams_field="pruning.residual_streams")
     structure_lib.check_criterion(
         p.group_score, p.structure, ctx.exp.dense_mask, ctx.exp.model,
         ctx.config.model.name, field="pruning.group_score",

@@ -429,6 +429,54 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
   return [loop_lib.unstack(masks, i) for i in range(len(prev))]
 
 
+def _stream_free_coupling(config, exp: Experiment):
+  """The model's unit sets that `pruning.structure` prunes (without the
+  residual streams under `pruning.residual_streams` False)."""
+  return structure_lib.without_streams(
+      structure_lib.coupling_of(exp.model), config.pruning.residual_streams,
+      field="pruning.residual_streams")
+
+
+def _check_units_kept(config, exp: Experiment) -> None:
+  """Refuses rounds that, by the one rounding rule, remove every unit of a
+  unit set (pruning.scope 'layerwise', 'module') or every unit of all sets
+  together ('global'), before anything is written."""
+  p = config.pruning
+  sizes = structure_lib.unit_counts(
+      exp.dense_mask, _stream_free_coupling(config, exp), kind=p.structure,
+      field="pruning.structure")
+  if p.scope == "global":
+    sizes = {f"its {len(sizes)} unit set(s) together": sum(sizes.values())}
+  rates = [schedules.round_rate(p.schedule, p.fraction, r)
+           for r in range(1, p.rounds + 1)]
+  for name, n in sizes.items():
+    kept = structure_lib.kept_after(n, rates)
+    if 0 in kept:
+      raise LotteryError(
+          f"pruning.rounds: round {kept.index(0) + 1} removes every unit of "
+          f"{name} ({n} units, pruning.structure {p.structure!r}, "
+          f"pruning.scope {p.scope!r}, pruning.fraction {p.fraction!r}); use "
+          f"fewer rounds or a lower fraction")
+
+
+def _check_sets_kept(config, exp: Experiment, masks: list, r: int) -> None:
+  """Under pruning.scope 'global', where the scores decide each set's count:
+  refuses round r's masks if one removes every unit of a unit set, before
+  they are used (the earlier rounds stay as they are, and the same config
+  on the workdir comes back here without training them again)."""
+  p = config.pruning
+  coupling = _stream_free_coupling(config, exp)
+  for i, mask in enumerate(masks):
+    emptied = structure_lib.emptied_sets(mask, coupling, p.structure)
+    if emptied:
+      raise LotteryError(
+          f"pruning.rounds: round {r} (pruning.scope 'global', "
+          f"pruning.fraction {p.fraction!r}) removes every unit of "
+          f"{emptied[0]} in replicate {i}; rounds 0 to {r - 1} stay in the "
+          f"workdir: for more, use a lower fraction, pruning.scope "
+          f"'layerwise' or fewer rounds in a new workdir")
+
+
 @method_lib.register
 class Imp(method_lib.Method):
   """Iterative magnitude pruning as a method plug-in (see the module doc).
@@ -476,6 +524,8 @@ class Imp(method_lib.Method):
         p.group_score, p.structure, ctx.exp.dense_mask, ctx.exp.model,
         ctx.config.model.name, field="pruning.group_score",
         structure_field="pruning.structure")
+    if p.structure in structure_lib.UNIT_KINDS:
+      _check_units_kept(ctx.config, ctx.exp)
     if p.group_score == "taylor":
       for i in range(ctx.replicates):  # A batch_size above the data.
         _score_batch(ctx.config, ctx.exp, i, 1)
@@ -518,6 +568,9 @@ class Imp(method_lib.Method):
           # One program, not one a leaf.
           ctx.state["score_fn"] = jax.jit(scores_lib.get(c.pruning.score))
         masks = _prune(c, exp, ctx.state["score_fn"], prev, r)
+        if (c.pruning.structure in structure_lib.UNIT_KINDS and
+            c.pruning.scope == "global"):
+          _check_sets_kept(c, exp, masks, r)
         reset_fn = RESETS[c.pruning.reset]
         resets = [reset_fn(exp, prev[i], self._rewinds(ctx)[i])
                   for i in range(n)]

@@ -354,10 +354,7 @@ def _check_units_kept(config: ml_collections.ConfigDict,
     for d in p.densities:
       fraction = schedules.pai_fraction(d, rounds)
       for name, n in sizes.items():
-        kept = n
-        for _ in range(rounds):
-          kept -= pruning.num_to_remove(fraction, kept)
-        if kept == 0:
+        if structure_lib.kept_after(n, [fraction] * rounds)[-1] == 0:
           raise LotteryError(
               f"pai.densities: {d!r} keeps no unit of {name} ({n} units, "
               f"pai.structure {p.structure!r}, pai.scope {p.scope!r}, {method} in "

@@ -420,6 +420,25 @@ def unit_counts(mask: Any, coupling: Sequence[Units], *,
                              field=field), shapes)
 
 
+def kept_after(n: int, rates: Sequence[float]) -> list[int]:
+  """The survivors of `n` units after each of the rounds that remove
+  `rates[k]` of the survivors (the one rounding rule, `select`)."""
+  out = []
+  for rate in rates:
+    n -= select.num_to_remove(rate, n)
+    out.append(n)
+  return out
+
+
+def emptied_sets(mask: Any, coupling: Sequence[Units], kind: str = NEURON
+                 ) -> list[str]:
+  """The unit sets of kind `kind` of `coupling` (by name, `whole_units`)
+  whose every unit `mask` removes; a host helper."""
+  dead = whole_units(mask, [u for u in coupling if u.kind == kind])
+  return [name for name, d in dead.items()
+          if d is not None and np.all(d)]
+
+
 def _others(ndim: int, axis: int) -> tuple[int, ...]:
   return tuple(a for a in range(ndim) if a != axis)
 

@@ -64,6 +64,10 @@ is fixed by the criterion, not by a choice of element score:
               (the params, or their magnitudes), prunable or not; a unit set
               with no BatchNorm channel is refused.
 
+A set marked `Units.stream` is a residual stream (the ResNets' and the
+residual MLP's); `residual_streams=False` (`without_streams`) leaves such sets
+whole and prunes the others by the same counts.
+
 A model declares its coupling with a `coupling()` method on its module that
 returns a tuple of `Units`; a model without one takes 'unstructured' and
 'N:M' structures but not 'neuron' or 'head'; a model that declares no units

@@ -1093,6 +1093,21 @@ def stream_mlp():
   models.unregister("stream_mlp")
 
 
+def test_keep_top_without_streams_counts_the_other_sets_only():
+  model = _StreamMLP(3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+  mask, scores = masks.make_mask(params), jax.tree.map(jnp.abs, params)
+  keep = jax.jit(lambda m, s: pruning.keep_top(
+      m, s, {"fc1": 3}, structure="neuron", coupling=model,
+      residual_streams=False))
+  dead = structure.whole_units(keep(mask, scores), model.coupling())
+  assert [int(d.sum()) for d in dead.values()] == [5, 0]
+  with pytest.raises(LotteryError, match=r"^counts: no keep count for "
+                     r"fc0\+fc2"):
+    pruning.keep_top(mask, scores, {"fc1": 3}, structure="neuron",
+                     coupling=model)
+
+
 @pytest.mark.parametrize("streams, dead", [(True, [4, 8]), (False, [4, 0])])
 def test_imp_and_pai_honour_residual_streams(npz_path, tmp_path, stream_mlp,
                                              streams, dead):

@@ -189,6 +189,12 @@ def _group_score(f, v, c) -> None:
                                 field=f, structure_field="pruning.structure")
 
 
+def _residual_streams(f, v, c) -> None:
+  config_lib.boolean(f, v, c)
+  structure_lib.check_streams(v, c["pruning.structure"], field=f,
+                              structure_field="pruning.structure")
+
+
 def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     config_lib.fail(f, v, "must be a tuple, e.g. ('reinit',)")
@@ -240,6 +246,9 @@ config_lib.register_block(
         # criterion in their place: taylor (|sum of g * w| of the trained
         # network on a batch) | bn_scale (|gamma| of its BatchNorm channel).
         group_score="sum",
+        # neuron / head: False keeps the model's residual streams whole (a
+        # ResNet then loses only its blocks' inner channels).
+        residual_streams=True,
         # taylor: the training examples of the batch (drawn per round and
         # replicate) whose loss gradient scores the units.
         batch_size=100,
@@ -259,6 +268,7 @@ config_lib.register_block(
         "pruning.path_points": config_lib.count(2, 10_000),
         "pruning.structure": _structure,
         "pruning.group_score": _group_score,
+        "pruning.residual_streams": _residual_streams,
         "pruning.batch_size": config_lib.count(1),
     },
     help={
@@ -276,6 +286,7 @@ config_lib.register_block(
         "pruning.path_points": "evenly spaced points of those linear paths, ends included",
         "pruning.structure": "unstructured, neuron (whole units), head (whole attention heads) or 'N:M' such as '2:4' (one round)",
         "pruning.group_score": "neuron/head: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of pruning.score)",
+        "pruning.residual_streams": "neuron/head: False keeps residual streams whole (a ResNet loses only its blocks' inner channels)",
         "pruning.batch_size": "taylor: training examples whose loss gradient scores the units",
     })
 # Controls run every pruned round beside the ticket: 'reinit' (same mask,
@@ -402,7 +413,8 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
                          rate, scope=p.scope,
                          layer_fractions=layer_fractions,
                          structure=p.structure, group_score=p.group_score,
-                         coupling=coupling)
+                         coupling=coupling,
+                         residual_streams=p.residual_streams)
 
   keys = [rng.stream(config.seeds.control + i, "random_score", r)
           for i in range(len(prev))]
@@ -419,6 +431,65 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
                                        jax.numpy.stack(keys),
                                        *[stack(e) for e in extra]))
   return [loop_lib.unstack(masks, i) for i in range(len(prev))]
+
+
+def _stream_free_coupling(config, exp: Experiment):
+  """The model's unit sets that `pruning.structure` prunes (without the
+  residual streams under `pruning.residual_streams` False)."""
+  return structure_lib.without_streams(
+      structure_lib.coupling_of(exp.model), config.pruning.residual_streams,
+      field="pruning.residual_streams")
+
+
+def _check_units_kept(config, exp: Experiment) -> None:
+  """Refuses rounds that, by the one rounding rule, remove every unit of a
+  unit set (pruning.scope 'layerwise', 'module'; a set at its own
+  `layer_fractions` rate in any scope) or every unit of the sets ranked
+  together ('global'), before anything is written."""
+  p = config.pruning
+  sizes = structure_lib.unit_counts(
+      exp.dense_mask, _stream_free_coupling(config, exp), kind=p.structure,
+      field="pruning.structure")
+  own = (pruning.unit_set_fractions(list(sizes), exp.layer_fractions,
+                                    structure=p.structure)
+         if exp.layer_fractions else [None] * len(sizes))
+  field = f"pruning.fraction {p.fraction!r}"
+  checks = [(name, n, r, f"pruning.layer_fractions rate {r!r}")
+            for (name, n), r in zip(sizes.items(), own) if r is not None]
+  pooled = {name: n for (name, n), r in zip(sizes.items(), own) if r is None}
+  if p.scope == "global" and pooled:
+    checks.append((f"its {len(pooled)} unit set(s) together",
+                   sum(pooled.values()), p.fraction, field))
+  else:
+    checks += [(name, n, p.fraction, field) for name, n in pooled.items()]
+  for name, n, fraction, said in checks:
+    kept = structure_lib.kept_after(
+        n, [schedules.round_rate(p.schedule, fraction, r)
+            for r in range(1, p.rounds + 1)])
+    if 0 in kept:
+      raise LotteryError(
+          f"pruning.rounds: round {kept.index(0) + 1} removes every unit of "
+          f"{name} ({n} units, pruning.structure {p.structure!r}, "
+          f"pruning.scope {p.scope!r}, {said}); use fewer rounds or a lower "
+          f"fraction")
+
+
+def _check_sets_kept(config, exp: Experiment, masks: list, r: int) -> None:
+  """Under pruning.scope 'global', where the scores decide each set's count:
+  refuses round r's masks if one removes every unit of a unit set, before
+  they are used (the earlier rounds stay as they are, and the same config
+  on the workdir comes back here without training them again)."""
+  p = config.pruning
+  coupling = _stream_free_coupling(config, exp)
+  for i, mask in enumerate(masks):
+    emptied = structure_lib.emptied_sets(mask, coupling, p.structure)
+    if emptied:
+      raise LotteryError(
+          f"pruning.rounds: round {r} (pruning.scope 'global', "
+          f"pruning.fraction {p.fraction!r}) removes every unit of "
+          f"{emptied[0]} in replicate {i}; rounds 0 to {r - 1} stay in the "
+          f"workdir: for more, use a lower fraction, pruning.scope "
+          f"'layerwise' or fewer rounds in a new workdir")
 
 
 @method_lib.register
@@ -460,12 +531,13 @@ class Imp(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
-    spec = structure_lib.check_model(p.structure, ctx.exp.dense_mask,
-                                     ctx.exp.model, ctx.config.model.name,
-                                     field="pruning.structure")
+    spec = structure_lib.check_model(
+        p.structure, ctx.exp.dense_mask, ctx.exp.model, ctx.config.model.name,
+        field="pruning.structure", residual_streams=p.residual_streams,
+        streams_field="pruning.residual_streams")
     if spec.kind in structure_lib.UNIT_KINDS and ctx.exp.layer_fractions:
       sets = structure_lib.unit_counts(
-          ctx.exp.dense_mask, structure_lib.coupling_of(ctx.exp.model),
+          ctx.exp.dense_mask, _stream_free_coupling(ctx.config, ctx.exp),
           kind=spec.kind, field="pruning.structure")
       pruning.unit_set_fractions(list(sets), ctx.exp.layer_fractions,
                                  structure=str(spec))
@@ -473,6 +545,8 @@ class Imp(method_lib.Method):
         p.group_score, p.structure, ctx.exp.dense_mask, ctx.exp.model,
         ctx.config.model.name, field="pruning.group_score",
         structure_field="pruning.structure")
+    if p.structure in structure_lib.UNIT_KINDS:
+      _check_units_kept(ctx.config, ctx.exp)
     if p.group_score == "taylor":
       for i in range(ctx.replicates):  # A batch_size above the data.
         _score_batch(ctx.config, ctx.exp, i, 1)
@@ -515,6 +589,9 @@ class Imp(method_lib.Method):
           # One program, not one a leaf.
           ctx.state["score_fn"] = jax.jit(scores_lib.get(c.pruning.score))
         masks = _prune(c, exp, ctx.state["score_fn"], prev, r)
+        if (c.pruning.structure in structure_lib.UNIT_KINDS and
+            c.pruning.scope == "global"):
+          _check_sets_kept(c, exp, masks, r)
         reset_fn = RESETS[c.pruning.reset]
         resets = [reset_fn(exp, prev[i], self._rewinds(ctx)[i])
                   for i in range(n)]

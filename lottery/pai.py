@@ -129,6 +129,12 @@ def _pai_group_score(f, v, c) -> None:
                     "invert: leave 'invert' out of pai.checks")
 
 
+def _pai_residual_streams(f, v, c) -> None:
+  config_lib.boolean(f, v, c)
+  structure_lib.check_streams(v, c["pai.structure"], field=f,
+                              structure_field="pai.structure")
+
+
 def parse_method_iterations(spec: str, *, field: str = "pai.method_iterations"
                             ) -> dict[str, int]:
   """Parses 'method=n,...' (e.g. 'synflow=100') into {method: n}."""
@@ -187,6 +193,9 @@ config_lib.register_block(
         # neuron: sum | l1 | l2 of its weights' scores, or a criterion:
         # taylor (|sum of g * w| on the score batch) | bn_scale (|gamma|).
         group_score="sum",
+        # neuron / head: False keeps the model's residual streams whole (a
+        # ResNet then loses only its blocks' inner channels).
+        residual_streams=True,
     ),
     rules={
         "pai.methods": _pai_methods,
@@ -199,6 +208,7 @@ config_lib.register_block(
         "pai.dense": config_lib.boolean,
         "pai.structure": _pai_structure,
         "pai.group_score": _pai_group_score,
+        "pai.residual_streams": _pai_residual_streams,
     },
     help={
         "pai.methods": "scores that prune the initial weights",
@@ -211,6 +221,7 @@ config_lib.register_block(
         "pai.dense": "also train the dense network (method 'dense')",
         "pai.structure": "unstructured, neuron / head (densities of units / heads) or 'N:M' such as '2:4' (density N/M)",
         "pai.group_score": "neuron/head: sum, l1 or l2 of its weights' scores, or taylor | bn_scale (in place of the method)",
+        "pai.residual_streams": "neuron/head: False keeps residual streams whole (a ResNet loses only its blocks' inner channels)",
     })
 
 
@@ -256,10 +267,10 @@ def _inverted(scores: Any, group_score: str = "sum") -> tuple[Any, str]:
 
 @functools.partial(jax.jit, static_argnames=(
     "apply", "method", "rounds", "fraction", "scope", "invert", "structure",
-    "group_score", "coupling"))
+    "group_score", "coupling", "residual_streams"))
 def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
                   rounds, fraction, scope, invert, structure, group_score,
-                  coupling):
+                  coupling, residual_streams):
   """`rounds` rounds of score + prune at `fraction`, in one fori_loop."""
   def apply_fn(p, x):
     return apply(p, model_state, x, train=False)[0]
@@ -274,7 +285,8 @@ def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,
     if invert:
       s, reduce = _inverted(s, group_score)
     return pruning.prune(m, s, fraction, scope=scope, structure=structure,
-                         group_score=reduce, coupling=coupling)
+                         group_score=reduce, coupling=coupling,
+                         residual_streams=residual_streams)
 
   return lax.fori_loop(0, rounds, one_round, mask)
 
@@ -283,7 +295,8 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
                   model_state: Any, batch: tuple, key: jax.Array, *,
                   rounds: int = 1, scope: str = "global",
                   invert: bool = False, structure: str = "unstructured",
-                  group_score: str = "sum") -> masks_lib.Mask:
+                  group_score: str = "sum",
+                  residual_streams: bool = True) -> masks_lib.Mask:
   """Prunes `params` (at init) to `density` with the score `method`.
 
   Args:
@@ -305,6 +318,8 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
     group_score: a unit's score under 'neuron' (`lottery.structure`); a
       criterion ('taylor': g * w of the masked network on `batch`,
       'bn_scale') scores the units in place of `method`.
+    residual_streams: under 'neuron' or 'head', False keeps the model's
+      residual streams whole (`lottery.prune`).
 
   Returns:
     The mask (bool leaves; None where not prunable).
@@ -317,7 +332,8 @@ def prune_at_init(exp: Experiment, method: str, density: float, params: Any,
       params, model_state, mask, tuple(jnp.asarray(b) for b in batch), key,
       apply=exp.apply_fn, method=method, rounds=rounds, fraction=fraction,
       scope=scope, invert=invert, structure=structure,
-      group_score=group_score, coupling=coupling))
+      group_score=group_score, coupling=coupling,
+      residual_streams=residual_streams))
 
 
 def _check_units_kept(config: ml_collections.ConfigDict,
@@ -327,7 +343,9 @@ def _check_units_kept(config: ml_collections.ConfigDict,
   after each method's rounds, by the one rounding rule."""
   p = config.pai
   sizes = structure_lib.unit_counts(
-      exp.dense_mask, structure_lib.coupling_of(exp.model),
+      exp.dense_mask, structure_lib.without_streams(
+          structure_lib.coupling_of(exp.model), p.residual_streams,
+          field="pai.residual_streams"),
       kind=p.structure, field="pai.structure")
   if p.scope == "global":
     sizes = {f"its {len(sizes)} unit set(s) together": sum(sizes.values())}
@@ -336,10 +354,7 @@ def _check_units_kept(config: ml_collections.ConfigDict,
     for d in p.densities:
       fraction = schedules.pai_fraction(d, rounds)
       for name, n in sizes.items():
-        kept = n
-        for _ in range(rounds):
-          kept -= pruning.num_to_remove(fraction, kept)
-        if kept == 0:
+        if structure_lib.kept_after(n, [fraction] * rounds)[-1] == 0:
           raise LotteryError(
               f"pai.densities: {d!r} keeps no unit of {name} ({n} units, "
               f"pai.structure {p.structure!r}, pai.scope {p.scope!r}, {method} in "
@@ -408,7 +423,9 @@ class Pai(method_lib.Method):
   def before_claim(self, ctx: method_lib.Context) -> None:
     spec = structure_lib.check_model(
         ctx.config.pai.structure, ctx.exp.dense_mask, ctx.exp.model,
-        ctx.config.model.name, field="pai.structure")
+        ctx.config.model.name, field="pai.structure",
+        residual_streams=ctx.config.pai.residual_streams,
+        streams_field="pai.residual_streams")
     if spec.kind in structure_lib.UNIT_KINDS:
       _check_units_kept(ctx.config, ctx.exp)
     structure_lib.check_criterion(
@@ -446,7 +463,8 @@ class Pai(method_lib.Method):
           rng.stream(c.seeds.control + i, "pai_score", method, d,
                      int(invert)),
           rounds=iterations(c, method), scope=c.pai.scope, invert=invert,
-          structure=c.pai.structure, group_score=c.pai.group_score)
+          structure=c.pai.structure, group_score=c.pai.group_score,
+          residual_streams=c.pai.residual_streams)
                         for i in range(ctx.replicates)]
     return ctx.state[key]
 

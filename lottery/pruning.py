@@ -286,7 +286,8 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
           scope: str = "layerwise",
           layer_fractions: Mapping[str, float] | str | None = None,
           structure: str = "unstructured", group_score: str = "sum",
-          coupling: Any = None) -> masks_lib.Mask:
+          coupling: Any = None,
+          residual_streams: bool = True) -> masks_lib.Mask:
   """Removes the lowest-scoring surviving weights (or units, or keeps N:M).
 
   One compiled call; also works inside `jax.jit` / `jax.vmap` with traced
@@ -325,6 +326,10 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
       pass the params or `scores.magnitude(params)`).
     coupling: under 'neuron' or 'head', the model's units: a tuple of
       `structure.Units`, or the model itself (its `coupling()`).
+    residual_streams: under 'neuron' or 'head', False keeps the residual
+      streams of `coupling` whole (`structure.without_streams`: a ResNet
+      then loses only its blocks' inner channels); True (default) prunes
+      every unit set.
 
   Returns:
     The new mask (jnp.bool_ leaves); a subset of `mask`.
@@ -357,13 +362,15 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   if not live:
     return mask
   spec = structure_lib.parse(structure)
+  structure_lib.check_streams(residual_streams, spec)
   if spec.kind != structure_lib.UNSTRUCTURED:
     if overrides and spec.kind == "N:M":
       raise LotteryError(f"layer_fractions: not used with structure "
                          f"{str(spec)!r}, which keeps N of every M in every "
                          f"layer (got {layer_fractions!r})")
     return _unflatten(treedef, leaves, _prune_structured(
-        spec, leaves, fraction, scope, group_score, coupling, overrides))
+        spec, leaves, fraction, scope, group_score, coupling, overrides,
+        residual_streams))
   rates = [_override(compiled, name) for name in prunable]
   groups, group_rates = _rank_groups(
       rates, fraction, scope, [name.rpartition("/")[0] for name in prunable])
@@ -376,14 +383,16 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
   return _unflatten(treedef, leaves, new)
 
 
-def _unit_plan(leaves, group_score, coupling, kind):
+def _unit_plan(leaves, group_score, coupling, kind, residual_streams):
   """(the unit sets of kind `kind` of the live leaves under `coupling`
-  (units, or a model that declares them), the BatchNorm scales of each set
-  under 'bn_scale' (else None)), after checking `group_score`; `leaves` as
+  (units, or a model that declares them; without its residual streams if
+  `residual_streams` is False), the BatchNorm scales of each set under
+  'bn_scale' (else None)), after checking `group_score`; `leaves` as
   `_flatten`'s."""
   structure_lib.check_group_score(group_score)
   if coupling is not None and not isinstance(coupling, (tuple, list)):
     coupling = structure_lib.coupling_of(coupling)
+  coupling = structure_lib.without_streams(coupling, residual_streams)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
   plan = structure_lib.unit_plan(coupling, [name for name, _, _ in live],
@@ -404,7 +413,7 @@ def _unit_plan(leaves, group_score, coupling, kind):
 
 
 def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
-                      overrides):
+                      overrides, residual_streams):
   """`prune`'s new mask leaves under an N:M, neuron or head structure;
   `overrides` the parsed `layer_fractions` (none under N:M)."""
   live = [(name, m, s) for name, m, s in leaves if m is not None]
@@ -415,7 +424,8 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
     new, finite = _prune_n_m(structure_lib.n_m_plan(spec, names, shapes),
                              alive, scores)
   else:
-    plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind)
+    plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind,
+                              residual_streams)
     rates = unit_set_fractions([name for name, _ in plan], overrides,
                                structure=str(spec), field="layer_fractions")
     # A unit set is one ranked entry: 'module' ranks each set on its own.
@@ -464,8 +474,8 @@ def _keep_top_units(alive, scores, keep, scales=None, *, plan, group_score):
 
 def keep_top(mask: masks_lib.Mask, scores: Any,
              counts: Mapping[str, int], *, structure: str = "unstructured",
-             group_score: str = "sum", coupling: Any = None
-             ) -> masks_lib.Mask:
+             group_score: str = "sum", coupling: Any = None,
+             residual_streams: bool = True) -> masks_lib.Mask:
   """Keeps exactly `counts[path]` highest-scoring survivors in each leaf.
 
   Ties as in `prune` (the earlier weight goes first). One compiled call for
@@ -480,7 +490,8 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
       '+' ('fc1', 'fc1+fc2'; `structure.unit_plan`).
     structure: 'unstructured' (default), 'neuron' or 'head' (as in
       `prune`; an N:M structure fixes its own counts: use `prune`).
-    group_score, coupling: under 'neuron' or 'head', as in `prune`.
+    group_score, coupling, residual_streams: under 'neuron' or 'head', as
+      in `prune` (without the streams, `counts` names no stream).
 
   Returns:
     The new mask; a subset of `mask`.
@@ -502,13 +513,15 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   if not live:
     return mask
   spec = structure_lib.parse(structure)
+  structure_lib.check_streams(residual_streams, spec)
   alive, scores = [m for _, m, _ in live], [s for _, _, s in live]
   if spec.kind == "N:M":
     raise LotteryError(f"structure: keep_top takes 'unstructured', "
                        f"'neuron' or 'head'; {str(spec)!r} fixes its own "
                        f"counts (N of every M): use prune")
   if spec.kind in structure_lib.UNIT_KINDS:
-    plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind)
+    plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind,
+                              residual_streams)
     sizes = structure_lib.set_sizes(plan, [np.shape(a) for a in alive])
     what = "units"
     keep = _keep_counts(sizes, counts, what)

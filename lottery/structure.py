@@ -64,6 +64,10 @@ is fixed by the criterion, not by a choice of element score:
               (the params, or their magnitudes), prunable or not; a unit set
               with no BatchNorm channel is refused.
 
+A set marked `Units.stream` is a residual stream (the ResNets' and the
+residual MLP's); `residual_streams=False` (`without_streams`) leaves such sets
+whole and prunes the others by the same counts.
+
 A model declares its coupling with a `coupling()` method on its module that
 returns a tuple of `Units`; a model without one takes 'unstructured' and
 'N:M' structures but not 'neuron' or 'head'; a model that declares no units
@@ -122,6 +126,10 @@ class Units(NamedTuple):
     activation: what lies between the producers and the consumers, for
       `lottery.shrink`'s folding of a silent unit's constant into the
       consumers' biases: 'relu' or 'gelu' fold; anything else does not.
+    stream: whether these units are a residual stream (the producers'
+      outputs added along skip connections); `residual_streams=False`
+      prunes a model's other units and leaves its streams whole
+      (`without_streams`).
   """
   producers: tuple[str, ...]
   consumers: tuple[str, ...]
@@ -130,6 +138,7 @@ class Units(NamedTuple):
   tiled: tuple[str, ...] = ()
   kind: str = NEURON
   activation: str = "relu"
+  stream: bool = False
 
 
 class Structure(NamedTuple):
@@ -180,6 +189,35 @@ def coupling_of(model: Any) -> tuple[Units, ...] | None:
   """The units a model declares (its module's `coupling()`), or None."""
   fn = getattr(model, "coupling", None)
   return None if fn is None else tuple(Units(*u) for u in fn())
+
+
+def without_streams(coupling: Sequence[Units] | None,
+                    residual_streams: bool = True, *,
+                    model: str | None = None,
+                    field: str = "residual_streams"
+                    ) -> tuple[Units, ...] | None:
+  """The unit sets that a prune may remove units of: all of `coupling`, or
+  with `residual_streams` False those that are not residual streams
+  (`Units.stream`: a stream stays whole; a ResNet's blocks' inner channels
+  are pruned). A coupling without streams, or None, is returned as it is.
+
+  Raises:
+    LotteryError: naming `field` (and the model), when `residual_streams`
+      is not a bool, or is False and every unit set is a stream.
+  """
+  if not isinstance(residual_streams, bool):
+    raise LotteryError(f"{field}: must be True or False (got "
+                       f"{type(residual_streams).__name__} "
+                       f"{residual_streams!r:.40})")
+  if residual_streams or coupling is None:
+    return None if coupling is None else tuple(coupling)
+  kept = tuple(u for u in coupling if not u.stream)
+  if not kept:
+    whose = "the coupling" if model is None else f"model {model}"
+    raise LotteryError(f"{field}: False keeps every residual stream whole, "
+                       f"and {whose} declares no other units; set it to "
+                       f"True")
+  return kept
 
 
 def reduction_axis(ndim: int) -> int:
@@ -332,23 +370,47 @@ def set_sizes(plan: UnitPlan, shapes: Sequence[tuple[int, ...]]
 
 
 def check_model(spec: Any, mask: Any, model: Any, name: str, *,
-                field: str = "structure") -> Structure:
+                field: str = "structure", residual_streams: bool = True,
+                streams_field: str = "residual_streams") -> Structure:
   """Refuses a structure that the model `name` (its module `model`, its
   prunable `mask`) cannot take: 'neuron' without a declared coupling, 'head'
   on a model that declares no heads, an N:M whose M does not divide a
-  prunable leaf's reduction axis.
+  prunable leaf's reduction axis, `residual_streams` False on a model whose
+  units are all residual streams (`without_streams`).
 
   Raises:
-    LotteryError: one line naming `field`, the model or the leaf.
+    LotteryError: one line naming `field` (or `streams_field`), the model
+      or the leaf.
   """
   spec = parse(spec, field=field)
   live = distributions.shapes_of(mask)
   if spec.kind == "N:M":
     n_m_plan(spec, list(live), list(live.values()), field=field)
   elif spec.kind in UNIT_KINDS:
-    unit_plan(coupling_of(model), list(live), list(live.values()),
+    coupling = without_streams(coupling_of(model), residual_streams,
+                               model=repr(name), field=streams_field)
+    unit_plan(coupling, list(live), list(live.values()),
               kind=spec.kind, model=repr(name), field=field)
   return spec
+
+
+def check_streams(residual_streams: Any, spec: Any, *,
+                  field: str = "residual_streams",
+                  structure_field: str = "structure") -> bool:
+  """`residual_streams` if it is a bool that structure `spec` can take:
+  False only with 'neuron' or 'head' (the structures that prune units).
+
+  Raises:
+    LotteryError: one line naming `field`.
+  """
+  without_streams(None, residual_streams, field=field)
+  spec = parse(spec, field=structure_field)
+  if not residual_streams and spec.kind not in UNIT_KINDS:
+    raise LotteryError(
+        f"{field}: False leaves the residual streams out of the units that "
+        f"{structure_field}='neuron' or 'head' prunes; it does not apply to "
+        f"{str(spec)!r}")
+  return residual_streams
 
 
 def unit_counts(mask: Any, coupling: Sequence[Units], *,
@@ -360,6 +422,25 @@ def unit_counts(mask: Any, coupling: Sequence[Units], *,
   shapes = list(live.values())
   return set_sizes(unit_plan(coupling, list(live), shapes, kind=kind,
                              field=field), shapes)
+
+
+def kept_after(n: int, rates: Sequence[float]) -> list[int]:
+  """The survivors of `n` units after each of the rounds that remove
+  `rates[k]` of the survivors (the one rounding rule, `select`)."""
+  out = []
+  for rate in rates:
+    n -= select.num_to_remove(rate, n)
+    out.append(n)
+  return out
+
+
+def emptied_sets(mask: Any, coupling: Sequence[Units], kind: str = NEURON
+                 ) -> list[str]:
+  """The unit sets of kind `kind` of `coupling` (by name, `whole_units`)
+  whose every unit `mask` removes; a host helper."""
+  dead = whole_units(mask, [u for u in coupling if u.kind == kind])
+  return [name for name, d in dead.items()
+          if d is not None and np.all(d)]
 
 
 def _others(ndim: int, axis: int) -> tuple[int, ...]:

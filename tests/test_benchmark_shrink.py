@@ -30,6 +30,22 @@ def test_the_mnist1d_mlp_at_half_its_units():
 
 
 @pytest.mark.slow
+def test_resnet50_row_shrinks_inner_channels_and_streams():
+  out = benchmark_shrink.measure(names=("resnet50",), sparsities=(0.75,),
+                                 repeats=1)
+  # Width 16 (streams 16, 64, 128, 256, 512), 10 classes.
+  assert out["resnet50_75_params_dense"] == 1_486_106
+  assert (out["resnet50_75_params_shrunk"] <
+          out["resnet50_75_params_masked"] <
+          out["resnet50_75_params_dense"] / 8)
+  # A quarter of every set's channels: about 1/16 of the FLOPs.
+  assert 10 < out["resnet50_75_flop_reduction"] < 16
+  for b in (1, 256):
+    for v in ("dense", "masked", "shrunk"):
+      assert out[f"resnet50_75_ms_b{b}_{v}"] > 0
+
+
+@pytest.mark.slow
 def test_measure_tickets_exports_and_times_a_runs_tickets(npz_path, tmp_path):
   import lottery  # pylint: disable=g-import-not-at-top
   from conftest import quiet, tiny  # pylint: disable=g-import-not-at-top

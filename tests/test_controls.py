@@ -31,6 +31,9 @@ shrink_module = importlib.import_module("lottery.shrink")
     # Inner channels and residual streams, BatchNorm statistics placed.
     pytest.param("resnet20", (1, 8, 8, 3), {"width": 4}, ("neuron",),
                  marks=pytest.mark.slow),
+    # Bottlenecks: two inner sets per block, the stem's stream and four more.
+    pytest.param("resnet50", (1, 32, 32, 3), {"width": 2}, ("neuron",),
+                 marks=pytest.mark.slow),
     # The last conv's channels read through a flatten; heads of 8 columns.
     ("conv2", (1, 8, 8, 3), {}, ("neuron",)),
     pytest.param("vit_tiny", (1, 40), {}, ("head", "neuron"),

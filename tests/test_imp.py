@@ -16,6 +16,7 @@ import lottery
 from lottery import imp
 from lottery import jobs
 from lottery import masks
+from lottery import models
 from lottery import structure
 from lottery import tickets
 
@@ -423,3 +424,75 @@ def test_layer_fractions_a_model_cannot_take_are_refused_before_writing(
   assert str(e.value) == message
   assert not (tmp_path / "wd").exists() or not any(
       (tmp_path / "wd").iterdir())
+
+
+@pytest.mark.parametrize("overrides, match", [
+    # mlp_tiny's 32 units at 0.5 a round: 16, 8, 4, 2, 1, then none.
+    ({"pruning.rounds": 6}, r"^pruning.rounds: round 6 removes every unit "
+     r"of fc1 \(32 units, pruning.structure 'neuron', pruning.scope "
+     r"'layerwise', pruning.fraction 0.5\); use fewer rounds or a lower "
+     r"fraction$"),
+    # Every attention head of a block: vit_tiny's 4 heads, 2, 1, none.
+    ({"model.name": "vit_tiny", "pruning.structure": "head",
+      "pruning.scope": "module", "pruning.rounds": 3},
+     r"^pruning.rounds: round 3 removes every unit of block1/attn/query\+"
+     r"block1/attn/key\+block1/attn/value \(4 units, pruning.structure "
+     r"'head', pruning.scope 'module'"),
+    # A set at its own rate: lenet_300_100's fc2 keeps 10, 1, then none.
+    ({"model.name": "lenet_300_100", "pruning.rounds": 3,
+      "pruning.layer_fractions": "fc2/kernel=0.9"},
+     r"^pruning.rounds: round 3 removes every unit of fc2 \(100 units, "
+     r"pruning.structure 'neuron', pruning.scope 'layerwise', "
+     r"pruning.layer_fractions rate 0.9\); use fewer rounds"),
+    # Global: 32 units, round(0.9 * 32) = 29 go, then round(0.9 * 3) = 3.
+    ({"pruning.scope": "global", "pruning.fraction": 0.9},
+     r"^pruning.rounds: round 2 removes every unit of its 1 unit set\(s\) "
+     r"together \(32 units, pruning.structure 'neuron', pruning.scope "
+     r"'global', pruning.fraction 0.9\)"),
+])
+def test_rounds_that_remove_every_unit_of_a_set_are_refused_before_writing(
+    tiny_config, tmp_path, overrides, match):
+  cfg = tiny_config(**{"pruning.structure": "neuron", **overrides})
+  with pytest.raises(lottery.LotteryError, match=match):
+    lottery.run(cfg, tmp_path / "wd", log=quiet)
+  assert not (tmp_path / "wd").exists()
+  # One round fewer keeps a unit of every set.
+  cfg.pruning.rounds -= 1
+  imp._check_units_kept(cfg, imp.build(cfg))
+
+
+def test_a_global_round_that_empties_a_unit_set_is_refused_at_its_prune(
+    tiny_config, tmp_path):
+  """Under global scope the scores decide each set's count: lenet_300_100's
+  300 + 100 units keep 120, 36, 11 in rounds 1-3 (by the rounding rule),
+  5 of them fc2's after round 3; round 4 removes 8 of the 11, all fc2's."""
+  cfg = tiny_config(**{"model.name": "lenet_300_100",
+                       "pruning.structure": "neuron",
+                       "pruning.scope": "global", "pruning.fraction": 0.7,
+                       "pruning.rounds": 4, "controls": ()})
+  match = (r"^pruning.rounds: round 4 \(pruning.scope 'global', "
+           r"pruning.fraction 0.7\) removes every unit of fc2 in replicate "
+           r"0; rounds 0 to 3 stay in the workdir: for more, use a lower "
+           r"fraction, pruning.scope 'layerwise' or fewer rounds in a new "
+           r"workdir$")
+  with pytest.raises(lottery.LotteryError, match=match):
+    lottery.run(cfg, tmp_path, log=quiet)
+  coupling = models.get("lenet_300_100", 3).coupling()
+  alive = [[int((~d).sum()) for d in structure.whole_units(
+      lottery.load_ticket(tmp_path, r).mask, coupling).values()]
+           for r in range(4)]
+  assert [sum(a) for a in alive] == [400, 120, 36, 11]
+  assert alive[3] == [6, 5]
+  assert not tickets.is_finished(tmp_path, tickets.imp_path(4, "ticket"))
+  assert [r["round"] for r in lottery.summary(tmp_path)["rounds"]] == [
+      0, 1, 2, 3]
+  # The same config comes back to the refusal without training again.
+  def snapshot():
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(tmp_path.rglob("*"))
+            if p.is_file() and "tensorboard" not in str(p)
+            and p.name != "lock"}
+  before = snapshot()
+  with pytest.raises(lottery.LotteryError, match=match):
+    lottery.run(cfg, tmp_path, log=quiet)
+  assert snapshot() == before

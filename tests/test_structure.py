@@ -386,6 +386,93 @@ def test_resnet_prunes_inner_and_stream_channels():
                          model.apply({"params": params, **state}, x))
 
 
+def test_without_streams_keeps_the_other_units_or_refuses_in_one_line():
+  resnet = models.get("resnet20", 10, width=4).coupling()
+  assert [u.stream for u in resnet] == [False] * 9 + [True] * 3
+  assert structure.without_streams(resnet, True) == resnet
+  assert structure.without_streams(resnet, False) == resnet[:9]
+  resnet50 = models.get("resnet50", 10, width=2).coupling()
+  assert structure.without_streams(resnet50, False) == resnet50[:32]
+  # No streams (the ViT), or no coupling: nothing to leave out.
+  vit = models.get("vit_tiny", 10).coupling()
+  assert structure.without_streams(vit, False) == vit
+  assert structure.without_streams(None, False) is None
+  # The residual MLP's one unit set is its stream.
+  mlp = models.get("mnist1d_mlp", 10).coupling()
+  with pytest.raises(LotteryError, match=r"^pai.residual_streams: False "
+                     r"keeps every residual stream whole, and model "
+                     r"'mnist1d_mlp' declares no other units; set it to "
+                     r"True$"):
+    structure.without_streams(mlp, False, model="'mnist1d_mlp'",
+                              field="pai.residual_streams")
+  with pytest.raises(LotteryError, match=r"^residual_streams: must be True "
+                     r"or False \(got int 0\)$"):
+    structure.without_streams(resnet, 0)
+
+
+def test_residual_streams_false_applies_to_units_only():
+  params = {"fc1": {"kernel": jnp.ones((4, 4))}}
+  mask = masks.make_mask(params)
+  for spec in ("unstructured", "2:4"):
+    with pytest.raises(LotteryError, match=(
+        r"^residual_streams: False leaves the residual streams out of the "
+        r"units that structure='neuron' or 'head' prunes; it does not apply "
+        rf"to '{spec}'$")):
+      pruning.prune(mask, params, 0.5, structure=spec,
+                    residual_streams=False)
+  with pytest.raises(LotteryError, match=r"^residual_streams: False leaves"):
+    pruning.keep_top(mask, params, {"fc1/kernel": 2},
+                     residual_streams=False)
+
+
+def test_resnet_inner_only_prunes_round_p_n_inner_channels_under_jit():
+  """With residual_streams False a ResNet loses round(p * n) of each
+  block's inner channels and no stream channel; it shrinks to a network of
+  full-width streams that computes what the masked one computes."""
+  model = models.get("resnet20", 10, width=4)
+  variables = model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
+  params = variables["params"]
+  state = jax.tree.map(lambda v: v + 0.3,
+                       {"batch_stats": variables["batch_stats"]})
+  dense = masks.make_mask(params)
+  scores = jax.tree.map(jnp.abs, params)
+  prune = jax.jit(lambda m, s, streams: pruning.prune(
+      m, s, 0.3, structure="neuron", coupling=model,
+      residual_streams=streams), static_argnums=2)
+  new = _np(prune(dense, scores, False))
+  dead = structure.whole_units(new, model.coupling())
+  # Inner sets of 4, 8, 16 channels: round(0.3 n) = 1, 2, 5 go; streams none.
+  assert [int(d.sum()) for d in dead.values()] == (
+      [1] * 3 + [2] * 3 + [5] * 3 + [0] * 3)
+  # Exactly the inner channels' weights: conv1's output columns and conv2's
+  # input rows (3x3 kernels); the stem, projections and 'out' stay whole.
+  widths = {1: (4, 1), 2: (8, 2), 3: (16, 5)}
+  for path, (kept, total) in masks.counts(new).items():
+    module = path.split("/")
+    if module[0] == "conv" or module[1] not in ("conv1", "conv2"):
+      assert kept == total, path
+      continue
+    stage, conv = int(path[5]), module[1]
+    c, gone = widths[stage]
+    reads = 4 * 2**(stage - 2) if path.startswith(
+        ("stage2_block1", "stage3_block1")) and conv == "conv1" else c
+    assert total - kept == 9 * (reads if conv == "conv1" else c) * gone, path
+  # With True (the default), the streams go too, as without the argument.
+  both = _np(prune(dense, scores, True))
+  assert leaves_equal(both, _np(pruning.prune(
+      dense, scores, 0.3, structure="neuron", coupling=model)))
+  assert [int(d.sum()) for d in structure.whole_units(
+      both, model.coupling()).values()][9:] == [1, 2, 5]
+  small, small_params, small_state = lottery.shrink(model, params, state, new)
+  assert small.streams == (4, 8, 16)
+  assert list(small.inner) == [3] * 3 + [6] * 3 + [11] * 3
+  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+  np.testing.assert_allclose(
+      small.apply({"params": small_params, **small_state}, x),
+      model.apply({"params": lottery.apply_mask(new, params), **state}, x),
+      rtol=1e-4, atol=1e-5)
+
+
 def test_head_refuses_models_without_heads_in_one_line(unitless):
   for name, shape in (("conv2", (1, 8, 8, 3)), ("mlp_tiny", (1, 8))):
     model = models.get(name, 10)
@@ -978,6 +1065,70 @@ def test_a_resumed_structured_run_is_bit_identical(npz_path, tmp_path,
         assert leaves_equal(getattr(a, f), getattr(b, f)), (r, kind, f)
 
 
+class _StreamMLP(nn.Module):
+  """A residual MLP with an inner layer: a stream of 16 units (fc0's and
+  fc2's outputs, added) read by fc1 (8 inner units) and 'out'."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    h = nn.relu(nn.Dense(16, name="fc0")(x.reshape((x.shape[0], -1))))
+    h = h + nn.Dense(16, name="fc2")(nn.relu(nn.Dense(8, name="fc1")(h)))
+    return nn.Dense(self.num_classes, name="out")(h)
+
+  def coupling(self):
+    return (structure.Units(("fc1",), ("fc2",)),
+            structure.Units(("fc0", "fc2"), ("fc1", "out"), stream=True))
+
+
+@pytest.fixture
+def stream_mlp():
+  models.register("stream_mlp")(lambda num_classes: _StreamMLP(num_classes))
+  yield "stream_mlp"
+  models.unregister("stream_mlp")
+
+
+def test_keep_top_without_streams_counts_the_other_sets_only():
+  model = _StreamMLP(3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+  mask, scores = masks.make_mask(params), jax.tree.map(jnp.abs, params)
+  keep = jax.jit(lambda m, s: pruning.keep_top(
+      m, s, {"fc1": 3}, structure="neuron", coupling=model,
+      residual_streams=False))
+  dead = structure.whole_units(keep(mask, scores), model.coupling())
+  assert [int(d.sum()) for d in dead.values()] == [5, 0]
+  with pytest.raises(LotteryError, match=r"^counts: no keep count for "
+                     r"fc0\+fc2"):
+    pruning.keep_top(mask, scores, {"fc1": 3}, structure="neuron",
+                     coupling=model)
+
+
+@pytest.mark.parametrize("streams, dead", [(True, [4, 8]), (False, [4, 0])])
+def test_imp_and_pai_honour_residual_streams(npz_path, tmp_path, stream_mlp,
+                                             streams, dead):
+  imp_cfg = tiny(npz_path, **{"model.name": stream_mlp,
+                              "pruning.structure": "neuron",
+                              "pruning.rounds": 1, "controls": (),
+                              "pruning.residual_streams": streams})
+  lottery.run(imp_cfg, tmp_path / "imp", log=quiet)
+  pai_cfg = tiny(npz_path, method="pai", **{
+      "model.name": stream_mlp, "pai.methods": ("magnitude",),
+      "pai.densities": (0.5,), "pai.checks": (), "pai.dense": False,
+      "pai.structure": "neuron", "pai.scope": "layerwise",
+      "pai.residual_streams": streams})
+  lottery.pai.run(pai_cfg, tmp_path / "pai", log=quiet)
+  coupling = _StreamMLP(3).coupling()
+  for mask in (lottery.load_ticket(tmp_path / "imp", 1, "ticket").mask,
+               lottery.load_ticket(tmp_path / "pai", method="magnitude",
+                                   check=None, target_density=0.5,
+                                   seed=0).mask):
+    # Half of the 8 inner units go, and half of the 16 stream units or none.
+    assert [int(d.sum()) for d in structure.whole_units(
+        mask, coupling).values()] == dead
+    assert np.asarray(mask["fc0"]["kernel"]).all() == (not streams)
+
+
 def test_imp_n_m_run_keeps_n_of_m(npz_path, tmp_path):
   cfg = tiny(npz_path, **{"pruning.structure": "2:4", "pruning.rounds": 1,
                           "controls": ()})
@@ -1029,6 +1180,14 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
     ({"method": "pai", "pai.structure": "neuron", "pai.scope": "layerwise",
       "pai.densities": (0.5, 0.01)},
      r"^pai.densities: 0.01 keeps no unit of fc1 \(32 units"),
+    ({"pruning.residual_streams": False}, r"^pruning.residual_streams: False "
+     r"leaves the residual streams out of the units that "
+     r"pruning.structure='neuron' or 'head' prunes; it does not apply to "
+     r"'unstructured'$"),
+    ({"method": "pai", "pai.structure": "2:4", "pai.densities": (0.5,),
+      "pai.residual_streams": False}, r"^pai.residual_streams: False leaves "
+     r"the residual streams out of the units that pai.structure='neuron' or "
+     r"'head' prunes; it does not apply to '2:4'$"),
 ])
 def test_config_refuses_bad_structures(npz_path, tmp_path, overrides, match):
   with pytest.raises(LotteryError, match=match):
@@ -1051,6 +1210,15 @@ def test_config_refuses_bad_structures(npz_path, tmp_path, overrides, match):
     ("unitless", {"pruning.structure": "neuron"},
      r"^pruning.structure: 'neuron' needs the coupling of model 'unitless', "
      r"which it does not declare; use 'unstructured' or an N:M structure$"),
+    # Its one unit set is a residual stream.
+    ("mnist1d_mlp", {"pruning.structure": "neuron",
+                     "pruning.residual_streams": False},
+     r"^pruning.residual_streams: False keeps every residual stream whole, "
+     r"and model 'mnist1d_mlp' declares no other units; set it to True$"),
+    ("mnist1d_mlp", {"method": "pai", "pai.structure": "neuron",
+                     "pai.residual_streams": False},
+     r"^pai.residual_streams: False keeps every residual stream whole, "
+     r"and model 'mnist1d_mlp' declares no other units; set it to True$"),
 ])
 def test_a_structure_the_model_cannot_take_is_refused_before_writing(
     npz_path, tmp_path, unitless, model, overrides, match):

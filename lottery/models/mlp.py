@@ -97,8 +97,9 @@ class ResidualMLP(nn.Module):
   def coupling(self) -> tuple[Units, ...]:
     """One set of units: the residual stream. Unit j is fc1's output j and
     fc2's output j (added into the same h_j) and is read by fc2's and
-    out's input row j, so these four go together."""
-    return (Units(("fc1", "fc2"), ("fc2", "out")),)
+    out's input row j, so these four go together: a residual stream
+    (`Units.stream`)."""
+    return (Units(("fc1", "fc2"), ("fc2", "out"), stream=True),)
 
   def input_layer(self) -> str:
     """The first layer, affine, reading the flattened input

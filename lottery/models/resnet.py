@@ -97,7 +97,8 @@ def stream_units(layout: Sequence[tuple[str, bool]], last: str
   conv1, the next projection) and, for the last stream, 'out' (after the
   pooling). Everything between them is per channel (ReLU, the identity
   shortcuts, max and average pooling), so a channel that no consumer reads
-  changes nothing and goes with its producers' columns.
+  changes nothing and goes with its producers' columns. Each set is marked
+  a stream (`Units.stream`).
   """
   out = []
   producers, channels, consumers = ["conv"], ["bn"], []
@@ -105,13 +106,15 @@ def stream_units(layout: Sequence[tuple[str, bool]], last: str
     consumers.append(f"{name}/conv1")
     if project:
       consumers.append(f"{name}/shortcut_conv")
-      out.append(Units(tuple(producers), tuple(consumers), tuple(channels)))
+      out.append(Units(tuple(producers), tuple(consumers), tuple(channels),
+                       stream=True))
       producers, channels, consumers = ([f"{name}/shortcut_conv"],
                                         [f"{name}/shortcut_bn"], [])
     producers.append(f"{name}/{last}")
     channels.append(f"{name}/bn{last[-1]}")
   consumers.append("out")
-  out.append(Units(tuple(producers), tuple(consumers), tuple(channels)))
+  out.append(Units(tuple(producers), tuple(consumers), tuple(channels),
+                   stream=True))
   return tuple(out)
 
 

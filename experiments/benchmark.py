@@ -47,7 +47,7 @@ dense, masked and shrunk networks under structured pruning
 data.crop='inception' (`lottery.images`): --crop_images JPEGs of 500x375 (an
 ImageNet-sized smooth pattern plus noise) read as 224x224 training crops and
 as evaluation crops (alternating, median of --repeats):
-crops_train_images_per_s, crops_eval_images_per_s, crops_threads,
+crops_train_images_per_s, crops_eval_images_per_s, crops_threads, crops_size (224),
 crops_jpeg_bytes (their mean size);
 and training crops with 1 and 2 reader threads (crops_train_threads_1_...,
 crops_train_threads_2_images_per_s), the rate of one core
@@ -70,6 +70,7 @@ importable.
 """
 
 import json
+import os
 import pathlib
 import platform
 import time
@@ -130,6 +131,19 @@ SETUPS = {
 
 
 _median_times = timing.median_times
+
+
+def _cpu_name() -> str:
+  """The CPU's model name (/proc/cpuinfo on Linux; `platform.processor()`,
+  which is often empty there, elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.partition(":")[2].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def _synthetic(model_name: str, shape: tuple, n: int):
@@ -572,7 +586,8 @@ def main(argv):
   result.update(steps_per_call=_STEPS.value, repeats=_REPEATS.value,
                 device=str(jax.devices()[0].device_kind),
                 image_size=_IMAGE_SIZE.value,
-                platform=jax.default_backend(), cpu=platform.processor(),
+                platform=jax.default_backend(), cpu=_cpu_name(),
+                cpu_count=os.cpu_count(),
                 jax=jax.__version__, optax=optax.__version__)
   print(json.dumps(result))
 

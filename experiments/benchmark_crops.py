@@ -76,7 +76,7 @@ def measure(images_per_call: int, repeats: int, threads=(1, 2)) -> dict:
   rate = {v: len(encoded) / s for v, s in seconds.items()}
   out = {"crops_train_images_per_s": float(f"{rate['train']:.4g}"),
          "crops_eval_images_per_s": float(f"{rate['eval']:.4g}"),
-         "crops_threads": images.THREADS,
+         "crops_threads": images.THREADS, "crops_size": 224,
          "crops_jpeg_bytes": int(np.mean([len(e) for e in encoded]))}
   for n in threads:
     out[f"crops_train_threads_{n}_images_per_s"] = float(

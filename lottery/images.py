@@ -85,6 +85,10 @@ def write(folder: os.PathLike, split: str, encoded: Iterable[bytes],
 
   Returns:
     The array_record file's path.
+
+  Raises:
+    LotteryError: for a label outside [0, num_classes) (nothing is
+      written in place of the split).
   """
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(folder) / f"{split}.array_record"
@@ -96,6 +100,9 @@ def write(folder: os.PathLike, split: str, encoded: Iterable[bytes],
     writer = array_record_module.ArrayRecordWriter(tmp, stream.WRITER_OPTIONS)
     try:
       for image, label in zip(encoded, labels, strict=True):
+        if not 0 <= int(label) < num_classes:
+          raise LotteryError(f"labels: example {count} has label {label}, "
+                             f"outside [0, {num_classes})")
         writer.write(struct.pack("<i", int(label)) + bytes(image))
         count += 1
     finally:
@@ -152,11 +159,28 @@ class Folder:
     return self.count
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
+    """Example i, decoded.
+
+    Raises:
+      LotteryError: naming data.path, for a label outside [0, num_classes)
+        or bytes that PIL cannot decode (the record and the file named).
+    """
+    from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
     record = self._source[int(i)]
     (label,) = struct.unpack_from("<i", record)
-    with Image.open(io.BytesIO(record[4:])) as image:
-      return np.asarray(image.convert("RGB")), label
+    if not 0 <= label < self.num_classes:
+      raise _path_error(f"record {int(i)} of {os.fspath(self.path)!r} has "
+                        f"label {label}, outside [0, {self.num_classes}); "
+                        f"write the split again")
+    try:
+      with Image.open(io.BytesIO(record[4:])) as image:
+        return np.asarray(image.convert("RGB")), label
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError too.
+      why = ("no image format PIL knows"
+             if isinstance(e, UnidentifiedImageError) else stream.cause(e))
+      raise _path_error(f"record {int(i)} of {os.fspath(self.path)!r} is not "
+                        f"an image PIL can decode ({why}); write the split "
+                        f"again") from None
 
 
 class _Tfds:

@@ -157,6 +157,33 @@ def test_a_missing_split_is_named(tmp_path):
     images.Folder(str(tmp_path / "empty"), "train")
 
 
+def test_labels_outside_the_classes_are_refused_when_written(tmp_path):
+  encoded = [images.encode(np.zeros((4, 4, 3), np.uint8))] * 3
+  with pytest.raises(lottery.LotteryError, match=(
+      r"^labels: example 2 has label 10, outside \[0, 10\)$")):
+    images.write(tmp_path, "train", encoded, [0, 9, 10], 10)
+  assert not (tmp_path / "train.array_record").exists()
+
+
+def test_undecodable_or_mislabelled_records_are_named(tmp_path):
+  good = images.encode(np.zeros((4, 4, 3), np.uint8))
+  images.write(tmp_path, "train", [good, b"notajpeg", good], [1, 2, 3], 10)
+  split = images.Folder(str(tmp_path), "train")
+  assert split[0][1] == 1 and split[0][0].shape == (4, 4, 3)
+  path = str(tmp_path / "train.array_record")
+  with pytest.raises(lottery.LotteryError, match=(
+      f"^data.path: record 1 of '{path}' is not an image PIL can decode "
+      r"\(no image format PIL knows\); write the split again$")):
+    split[1]  # pylint: disable=pointless-statement
+  # A header that claims fewer classes than the records use (a folder
+  # written by other code).
+  split.num_classes = 3
+  with pytest.raises(lottery.LotteryError, match=(
+      f"^data.path: record 2 of '{path}' has label 3, outside \\[0, 3\\); "
+      "write the split again$")):
+    split[2]  # pylint: disable=pointless-statement
+
+
 def test_crops_benchmark_reports_images_per_second():
   from experiments import benchmark_crops  # pylint: disable=g-import-not-at-top
   threads = images.THREADS

@@ -10,11 +10,9 @@ one per device.
 
 `pair_on_host_devices` runs that in a fresh process whose CPU is split into
 `devices` host devices (`--xla_force_host_platform_device_count`): the
-stability analysis's pair of copies, one per core, against one copy on one
-device. On a CPU a single LeNet replicate keeps one core busy (a
-one-core run is as fast as a two-core one), so a pair stacked on one
-device costs two trainings; split across two host devices the copies run
-side by side.
+stability analysis's pair of copies one per device (as `Stability.stacked`
+lays out one replicate's pair) against one copy on one device
+(docs/performance.md has the measurements).
 """
 
 import json

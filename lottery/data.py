@@ -287,8 +287,14 @@ def _tfds_prepare_hint(name: str, data_dir: str) -> str:
 
 
 def _not_prepared(name: str, builder) -> LotteryError:
+  manual = ""
+  if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    # imagenet2012 and others: TFDS cannot fetch their files itself.
+    manual = (f"; {name!r} first needs its files downloaded by hand into "
+              f"DIR/downloads/manual/ (TFDS's instructions for {name}; "
+              f"docs/data.md)")
   return LotteryError(f"data.data_dir: TFDS dataset {name!r} is not prepared; "
-                      f"{_tfds_prepare_hint(name, builder.data_dir)}")
+                      f"{_tfds_prepare_hint(name, builder.data_dir)}{manual}")
 
 
 class _NoVariantWarnings(logging_std.Filter):

@@ -88,6 +88,16 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path):
   msg = str(e.value)
   assert msg.startswith("data.data_dir: TFDS dataset 'mnist' is not prepared")
   assert "--file_format=array_record" in msg
+  assert "downloads/manual" not in msg
+  # ImageNet's files are downloaded by hand before `tfds build`.
+  with pytest.raises(LotteryError) as e:
+    data.from_tfds("imagenet2012", str(tmp_path / "empty"))
+  msg = str(e.value)
+  assert msg.startswith("data.data_dir: TFDS dataset 'imagenet2012' is not "
+                        "prepared") and "\n" not in msg
+  assert msg.endswith("; 'imagenet2012' first needs its files downloaded by "
+                      "hand into DIR/downloads/manual/ (TFDS's instructions "
+                      "for imagenet2012; docs/data.md)")
 
 
 def _prepared_info(data_dir, name, file_format, splits):

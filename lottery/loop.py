@@ -297,7 +297,8 @@ class Loop:
 
   def _indices(self, idx: np.ndarray, replicated: bool,
                leading: int) -> jax.Array:
-    """Indices on the device(s); with a mesh, split like the batches."""
+    """Indices (or a batch's padding mask) on the device(s); with a mesh,
+    split like the batches."""
     if self.mesh is None:
       return jax.device_put(idx)
     return parallel.put_global(
@@ -317,15 +318,23 @@ class Loop:
     keys = None
     if getattr(data.stream, "random", False):
       keys = example_keys(idx.shape, first_step, seeds)
-    dims = idx.ndim + len(data.stream.example_shape)
+    return self._read_parts(data.stream.read, idx, data.stream.example_shape,
+                            keys)
+
+  def _read_parts(self, read: Callable, idx: np.ndarray,
+                  example_shape: tuple[int, ...], keys=None
+                  ) -> tuple[jax.Array, jax.Array]:
+    """(x, y) = read(idx) on the device(s), laid out as the loop's batches
+    (idx: (steps, batch) or (steps, replicates, batch)); with a mesh, each
+    process calls `read` only for its own devices' parts."""
+    dims = idx.ndim + len(example_shape)
     if self.mesh is None:
       sx = sy = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     else:
       replicated = idx.ndim == 3
       sx = parallel.batch_sharding(self.mesh, replicated, dims, leading=1)
       sy = parallel.batch_sharding(self.mesh, replicated, idx.ndim, leading=1)
-    return parallel.put_parts(data.stream.read, idx,
-                              data.stream.example_shape, sx, sy, keys)
+    return parallel.put_parts(read, idx, example_shape, sx, sy, keys)
 
   def run(self, state: TrainState, data: Data, idx: np.ndarray,
           lrs: np.ndarray, batches=None) -> tuple[TrainState, np.ndarray]:
@@ -432,9 +441,10 @@ class Loop:
     a plain state, lists over the replicates for a stacked one.
 
     Streamed data is evaluated `data.eval_batch` examples at a time (the
-    next batch read while one runs): the same accuracy as in memory (the
-    correct predictions are counted exactly), the loss the same up to the
-    order of its float32 sums.
+    next batch read while one runs), with a mesh split over its 'data' axis
+    (each process reads its own devices' part): the same accuracy as in
+    memory or on one device (the correct predictions are counted exactly),
+    the loss the same up to the order of its float32 sums.
     """
     stacked = is_stacked(state)
     evaluate = self._fns[stacked]["evaluate"]
@@ -448,21 +458,38 @@ class Loop:
   def _evaluate_streamed(self, evaluate, state, records, eval_batch: int
                          ) -> dict[str, np.ndarray]:
     """{'loss', 'accuracy'} of `state` on `records`, a batch at a time: each
-    batch padded to `eval_batch` as `eval_batches` pads, so one program."""
+    batch padded as `eval_batches` pads, so one program.
+
+    With a mesh, each batch is split over the 'data' axis as the training
+    batches are (`_read_parts`): each process reads only its own devices'
+    examples and each device evaluates its slice. A batch that does not
+    divide across the 'data' devices is padded to the next multiple with
+    masked examples (none read), so the batch's sums count its examples
+    once: the same correct predictions as on one device, the loss summed in
+    another order (equal to float32 rounding).
+    """
     from lottery import stream  # pylint: disable=g-import-not-at-top
     n = len(records)
     size = min(eval_batch, n)
-    put = jax.device_put
-    if self.mesh is not None:
-      put = lambda a: parallel.put_global(a, parallel.replicated(self.mesh))
+    devices = 1 if self.mesh is None else self.mesh.shape["data"]
+    width = -(-size // devices) * devices
+
+    def read(part):
+      """The examples of `part`'s indices, zeros where it holds -1 (the
+      padding)."""
+      ok = part >= 0
+      x, y = records.read(part[ok])
+      xs = np.zeros(part.shape + x.shape[1:], x.dtype)
+      ys = np.zeros(part.shape, y.dtype)
+      xs[ok], ys[ok] = x, y
+      return xs, ys
 
     def load(start):
-      x, y = records.read(np.arange(start, min(start + size, n)))
-      pad = size - len(y)
-      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-      y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-      valid = np.arange(size) < size - pad
-      return (put(x[None]), put(y[None]), put(valid[None])), size - pad
+      k = min(size, n - start)
+      idx = np.full((1, width), -1, np.int64)
+      idx[0, :k] = np.arange(start, start + k)
+      x, y = self._read_parts(read, idx, records.example_shape)
+      return (x, y, self._indices(idx >= 0, False, 1)), k
 
     loss, correct = 0.0, 0
     for _, (batch, k) in stream.prefetch(range(0, n, size), load):

@@ -37,22 +37,27 @@ def hook(event, args):
     if os.path.abspath(path).startswith(workdir):
       writes.append(f"{event} {path}")
 sys.addaudithook(hook)
-# And counts the training examples it reads from stream record files.
+# And counts the examples it reads from each split's stream record file.
 from lottery import stream
-read = [0]
+read = {"train": 0, "test": 0}
 real_read = stream.Records.read
 def counted(self, idx):
-  if self.path.stem == "train":
-    read[0] += idx.size
+  read[self.path.stem] += idx.size
   return real_read(self, idx)
 stream.Records.read = counted
 import atexit
 atexit.register(lambda: print("WRITES " + json.dumps(writes), flush=True))
-atexit.register(lambda: print(f"TRAIN_READ {read[0]}", flush=True))
+atexit.register(lambda: print(f"TRAIN_READ {read['train']} TEST_READ "
+                              f"{read['test']}", flush=True))
 sys.argv = [sys.argv[0]] + sys.argv[2:]
 import runpy
 runpy.run_module("experiments.imp", run_name="__main__")
 """
+
+
+def _reads(out: str, name: str) -> int:
+  """The count the audited launcher printed after `name`."""
+  return int(out.split(f"{name} ", 1)[1].split()[0])
 
 
 def _free_port() -> int:
@@ -78,7 +83,7 @@ def test_two_processes_match_one(npz_path, tmp_path, source):
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
          "LOTTERY_NO_COMPILE_CACHE": "1"}
   env.pop("XLA_FLAGS", None)
-  one = subprocess.run([sys.executable, "-m", "experiments.imp",
+  one = subprocess.run([sys.executable, "-c", _AUDITED, str(tmp_path / "one"),
                         *_args(tmp_path / "one", npz_path, source)], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
   assert one.returncode == 0, one.stderr[-2000:]
@@ -100,16 +105,28 @@ def test_two_processes_match_one(npz_path, tmp_path, source):
   # ticket, round 1's and its 2 controls) of 40 steps of 16 examples, and
   # the first example, to build the model (the cache written by the
   # one-process run, the dataset is not loaded).
-  reads = [int(out.split("TRAIN_READ ", 1)[1].split()[0]) for out, _ in outs]
+  reads = [_reads(out, "TRAIN_READ") for out, _ in outs]
   assert reads == ([4 * 40 * 16 // 2 + 1] * 2 if source == "stream"
                    else [0, 0])
+  # And half of every evaluation batch of the test set (64 examples, one
+  # batch, split 32 + 32): 4 jobs evaluated at steps 20 and 40, where the
+  # one-process run (which wrote the cache from the loaded dataset) reads
+  # each batch whole.
+  test_reads = [_reads(out, "TEST_READ") for out, _ in outs]
+  if source == "stream":
+    assert _reads(one.stdout, "TEST_READ") == 4 * 2 * 64
+    assert test_reads == [4 * 2 * 64 // 2 + 1] * 2  # +1: the model's example.
+  else:
+    assert test_reads == [0, 0]
   # Process 0 reports; its mesh line names both processes' devices.
   assert "mesh: replicas=1 data=2 (2 devices; 2 processes)" in outs[0][1]
   for r in range(2):
     a = lottery.load_ticket(tmp_path / "one", r)
     b = lottery.load_ticket(wd, r)
     assert a.metrics["density"] == b.metrics["density"]
-    assert abs(a.metrics["test_accuracy"] - b.metrics["test_accuracy"]) <= 0.02
+    # Every evaluation counts the same correct predictions.
+    assert [h["accuracy"] for h in a.metrics["history"]] == [
+        h["accuracy"] for h in b.metrics["history"]]
     for x, y in zip(jax.tree.leaves(a.trained_params),
                     jax.tree.leaves(b.trained_params)):
       np.testing.assert_allclose(x, y, atol=1e-4)

@@ -108,6 +108,101 @@ def test_streamed_evaluation_counts_like_memory(tmp_path):
   assert c["accuracy"] == [a["accuracy"]] * 2
 
 
+_SPLIT_EVAL = r"""
+import json, pathlib, sys
+import jax
+import numpy as np
+import lottery
+from lottery import loop, models, optim, parallel, step, stream
+rng = np.random.default_rng(1)
+x = rng.normal(size=(23, 6)).astype(np.float32)
+y = rng.integers(0, 3, 23).astype(np.int32)
+path = pathlib.Path(sys.argv[1]) / "test.array_record"
+stream.write_split(path, x, y)
+records = stream.Records(path)
+parts = []
+real_read = stream.Records.read
+def counted(self, idx):
+  parts.append(int(idx.size))
+  return real_read(self, idx)
+stream.Records.read = counted
+model = models.get("mlp_tiny", 3)
+tx = optim.make_optimizer(lottery.base_config().training)
+apply_fn = step.flax_apply(model)
+states = [step.init_state(model.init(jax.random.key(i), x[:1])["params"], tx,
+                          seed=i) for i in range(2)]
+data = loop.stream_data(records, records, records.subset(np.arange(5)),
+                        eval_batch=10)
+out = {"devices": jax.device_count()}
+for name, reps, devices in (("one", 1, 1), ("one_stacked", 2, 1),
+                            ("data2", 1, 2), ("data4", 1, 4),
+                            ("replicas2_data2", 2, 4)):
+  mesh = parallel.make_mesh(reps, 8, jax.devices()[:devices])
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn), mesh=mesh)
+  state = states[0] if reps == 1 else loop.stack_states(states)
+  if mesh is not None:
+    state = parallel.put_tree(state, parallel.state_sharding(mesh, state,
+                                                             reps > 1))
+  parts.clear()
+  metrics = lp.evaluate(state, data)
+  read = parts[:]
+  # The compiled evaluation of a batch laid out as the loop lays it.
+  idx = np.arange(12)[None]
+  batch = (*lp._read_parts(records.read, idx, records.example_shape),
+           lp._indices(idx >= 0, False, 1))
+  hlo = lp._fns[reps > 1]["evaluate"].lower(
+      state.params, state.model_state, *batch).compile().as_text()
+  out[name] = {"metrics": metrics, "mesh": parallel.describe(mesh),
+               "parts": read, "all_gather": "all-gather" in hlo,
+               "all_reduce": "all-reduce" in hlo}
+print(json.dumps(out))
+"""
+
+
+def test_streamed_evaluation_splits_over_devices(tmp_path):
+  """On 4 fake devices, each device's part of an evaluation batch is read
+  on its own (the padding of a batch that does not divide is not read), the
+  devices sum their slices (all-reduce, no all-gather), and the metrics are
+  those of one device: the accuracy exactly, the loss to float32 rounding."""
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  res = subprocess.run([sys.executable, "-c", _SPLIT_EVAL, str(tmp_path)],
+                       env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4
+  one = out["one"]
+  # One device: the test set's batches of 10, 10, 3 and the 5 validation
+  # examples, each read whole.
+  assert one["parts"] == [10, 10, 3, 5] and not one["all_reduce"]
+  # Test batches of 10 over 2 devices: halves of 5 (the last batch's 3 in
+  # one); over 4, padded to 12: parts of 3 (the padding, 2 of the second
+  # batch's and 3 of the last's on each of 3 devices, not read).
+  # The validation set's 5 examples: one batch, padded to 6 (2 devices: 3
+  # and 2) or 8 (4: 2, 2, 1, 0). Both replicates of a stacked state
+  # evaluate the same parts, read once.
+  want = {"data2": [5, 5, 5, 5, 3, 0, 3, 2],
+          "data4": [3, 3, 3, 1, 3, 3, 3, 1, 3, 0, 0, 0, 2, 2, 1, 0],
+          "replicas2_data2": [5, 5, 5, 5, 3, 0, 3, 2]}
+  for name, parts in want.items():
+    got = out[name]
+    assert sorted(got["parts"]) == sorted(parts), (name, got["parts"])
+    assert got["all_reduce"] and not got["all_gather"], name
+    m = got["metrics"]
+    ref = out["one_stacked" if name.startswith("replicas") else "one"]
+    for k in ("accuracy", "val_accuracy"):
+      assert m[k] == ref["metrics"][k], (name, k)
+    for k in ("loss", "val_loss"):
+      assert m[k] == pytest.approx(ref["metrics"][k], rel=1e-6), (name, k)
+  assert out["data4"]["mesh"].startswith("replicas=1 data=4")
+  assert out["replicas2_data2"]["mesh"].startswith("replicas=2 data=2")
+  # The two replicates differ (their own initializations).
+  assert out["one_stacked"]["metrics"]["loss"][0] == one["metrics"]["loss"]
+  assert out["one_stacked"]["metrics"]["loss"][1] != one["metrics"]["loss"]
+
+
 def _tickets_equal(wa, wb, rounds, kinds=KINDS):
   for r in range(rounds + 1):
     for kind in (("ticket",) if r == 0 else kinds):

@@ -531,21 +531,17 @@ class Imp(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     p, t = ctx.config.pruning, ctx.config.training
-    spec = structure_lib.check_model(
+    structure_lib.check_model(
         p.structure, ctx.exp.dense_mask, ctx.exp.model, ctx.config.model.name,
         field="pruning.structure", residual_streams=p.residual_streams,
         streams_field="pruning.residual_streams")
-    if spec.kind in structure_lib.UNIT_KINDS and ctx.exp.layer_fractions:
-      sets = structure_lib.unit_counts(
-          ctx.exp.dense_mask, _stream_free_coupling(ctx.config, ctx.exp),
-          kind=spec.kind, field="pruning.structure")
-      pruning.unit_set_fractions(list(sets), ctx.exp.layer_fractions,
-                                 structure=str(spec))
     structure_lib.check_criterion(
         p.group_score, p.structure, ctx.exp.dense_mask, ctx.exp.model,
         ctx.config.model.name, field="pruning.group_score",
         structure_field="pruning.structure")
     if p.structure in structure_lib.UNIT_KINDS:
+      # Also each unit set's layer_fractions rate (refusing patterns that
+      # match no set's producer or sets whose producers disagree).
       _check_units_kept(ctx.config, ctx.exp)
     if p.group_score == "taylor":
       for i in range(ctx.replicates):  # A batch_size above the data.

@@ -440,8 +440,9 @@ class Loop:
     'val_accuracy' when the data has a validation set (eval mode). Floats for
     a plain state, lists over the replicates for a stacked one.
 
-    Streamed data is evaluated `data.eval_batch` examples at a time (the
-    next batch read while one runs), with a mesh split over its 'data' axis
+    Streamed data is evaluated `Data.eval_batch` examples at a time (1,000
+    unless `stream_data` is given another; the next batch read while one
+    runs), with a mesh split over its 'data' axis
     (each process reads its own devices' part): the same accuracy as in
     memory or on one device (the correct predictions are counted exactly),
     the loss the same up to the order of its float32 sums.

@@ -325,6 +325,9 @@ def _evaluate_path(eval_fn, a, b, model_state, mask, splits, *, points,
   statistics are recomputed once for all of them."""
   if points < 2:
     raise LotteryError(f"points: must be at least 2 (got {points!r})")
+  if not isinstance(batch, int) or isinstance(batch, bool) or batch < 0:
+    raise LotteryError(f"batch: must be a count of points >= 0 (0: all at "
+                       f"once; got {batch!r})")
   if (apply_fn is None) != (stats_x is None):
     raise LotteryError("stats_x: recomputing statistics needs both apply_fn "
                        "and stats_x")

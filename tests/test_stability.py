@@ -431,7 +431,7 @@ def test_path_batch_picks_one_point_a_step_for_convolutions(npz_path):
 def test_path_in_steps_of_points_equals_separate_evaluations():
   """One point a step (`lax.map`), 3 a step (with a remainder) and all at
   once give the same path; one a step equals the points' separate
-  evaluations bit for bit, and the pruned weights stay 0."""
+  evaluations bit for bit. A batch that is not a count is refused."""
   a, b, mask, x, y, eval_fn, sets = _conv_path_setup()
   paths = {k: stability.evaluate_path(eval_fn, a, b, {}, mask, x, y,
                                       points=7, batch=k) for k in (1, 3, 0)}
@@ -443,6 +443,12 @@ def test_path_in_steps_of_points_equals_separate_evaluations():
   for k in (3, 0):
     assert paths[k]["error"] == paths[1]["error"], k
     assert paths[k]["loss"] == pytest.approx(paths[1]["loss"], rel=1e-5), k
+  for bad in (-1, 2.5, True):
+    with pytest.raises(lottery.LotteryError, match=(
+        rf"^batch: must be a count of points >= 0 \(0: all at once; got "
+        rf"{bad!r}\)$")):
+      stability.evaluate_path(eval_fn, a, b, {}, mask, x, y, points=7,
+                              batch=bad)
 
 
 _TWO_DEVICES = """

@@ -60,7 +60,12 @@ process, on datasets at 1x and 4x their size (`experiments.benchmark_stream`):
 JPEGs streamed with host-side crops (rss_images_stream_4x_vs_1x, target <=
 1.1) and, for contrast, arrays in memory and streamed
 (rss_arrays_memory_4x_vs_1x, rss_arrays_stream_4x_vs_1x), with each run's
-peak (rss_*_mb) and each dataset's size on disk (rss_*_dataset_mb).
+peak (rss_*_mb) and each dataset's size on disk (rss_*_dataset_mb); its
+runs are of 20 steps in one chunk, and a streamed run's peak grows with its
+chunks' length (docs/performance.md). 'rss_growth' (not in the default list)
+reads the resident memory after every 100-step chunk of one --steps run of
+LeNet-300-100 on the 1x arrays per source (rss_growth_memory_mb,
+rss_growth_stream_mb, and each run's peak: rss_growth_*_peak_mb).
 'torch' times ResNet-20's train step
 (batch 128, 32x32x3, SGD momentum, masked) in the framework's loop against a
 plain PyTorch eager script of the same network and step, alternating:
@@ -112,7 +117,8 @@ _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
                             "memory), torch (ResNet-20 against PyTorch "
                             "eager); also shrink, crops (host-side JPEG "
                             "crops), rss (peak host memory at 1x and 4x "
-                            "the data).")
+                            "the data), rss_growth (host memory after each "
+                            "chunk of a --steps run).")
 _CROP_IMAGES = flags.DEFINE_integer(
     "crop_images", 256, "JPEGs decoded and cropped per timed call ('crops').")
 _EVAL_EXAMPLES = flags.DEFINE_integer(
@@ -558,11 +564,13 @@ def main(argv):
       result.update(benchmark_shrink.measure(repeats=_REPEATS.value))
     elif name == "rss":
       result.update(benchmark_stream.measure())
+    elif name == "rss_growth":
+      result.update(benchmark_stream.growth(_STEPS.value))
     elif name == "torch":
       result.update(_bench_torch(_STEPS.value, _REPEATS.value))
     elif name not in SETUPS:
       known = list(SETUPS) + ["seeds", "stability", "stream", "torch",
-                              "shrink", "crops", "rss"]
+                              "shrink", "crops", "rss", "rss_growth"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
                            f"{known})")
     else:

@@ -5,8 +5,12 @@ it beside the other scripts.
 Each run is a short IMP training job (`lottery.run`: Conv-2, 32x32 inputs,
 `steps` steps of batch 32, round 0 only, a test evaluation at the end) in a
 fresh Python process; its peak resident memory is its own VmHWM
-(`peak_rss_mb`). Every run takes the same steps, so only what grows with
-the dataset itself shows:
+(`peak_rss_mb`). Every run takes the same steps (20 by default, in one
+chunk: one compiled call), so only what grows with the dataset itself
+shows. The figures are for that length: a streamed run's peak also grows
+with its chunks' length, up to three calls of `loop.STREAM_CALL_BYTES`
+(docs/performance.md); `growth` reads the memory after every chunk of a
+longer run:
 
   images  a data.name='images' folder of 500x375 JPEGs (ImageNet's typical
           size, ~73 KB each), streamed with data.crop='inception'
@@ -45,7 +49,7 @@ def _report_peak(path=_os.environ.pop("LOTTERY_PEAK_FILE")):
 _atexit.register(_report_peak)
 """
 
-_RUN = r"""
+_CONFIG = r"""
 import json, sys
 import lottery
 c = lottery.base_config()
@@ -55,7 +59,26 @@ for key, value in json.loads(sys.argv[1]).items():
   for p in parents:
     node = node[p]
   node[leaf] = value
-lottery.run(c, sys.argv[2], log=lambda _: None)
+"""
+_RUN = _CONFIG + "lottery.run(c, sys.argv[2], log=lambda _: None)\n"
+
+
+# A run whose VmRSS (MB) after every compiled chunk is written, as a JSON
+# list, to the file argv[3].
+_RUN_BY_CHUNK = _CONFIG + r"""
+from lottery import progress as progress_lib
+def _rss():
+  with open("/proc/self/status") as f:
+    kb = next(l.split()[1] for l in f if l.startswith("VmRSS:"))
+  return int(kb) * 1024 / 1e6
+rss = []
+class _Hook(progress_lib.NullProgress):
+  def job_step(self, step):
+    super().job_step(step)
+    rss.append(round(_rss()))
+lottery.run(c, sys.argv[2], progress=_Hook())
+with open(sys.argv[3], "w") as f:
+  json.dump(rss, f)
 """
 
 
@@ -156,4 +179,36 @@ def measure(scales=(1, 4), steps: int = 20, images: int = IMAGES,
     out[f"rss_{v}_{hi}x_vs_{lo}x"] = round(
         out[f"rss_{v}_{hi}x_mb"] / out[f"rss_{v}_{lo}x_mb"], 3)
   out["rss_steps"] = steps
+  return out
+
+
+def growth(steps: int = 1562, eval_every: int = 100,
+           model: str = "lenet_300_100", arrays: int = ARRAYS) -> dict:
+  """Resident memory along one run per source on the 1x arrays (batch 32,
+  chunks of `eval_every` steps), each in a fresh process.
+
+  Returns rss_growth_{memory,stream}_mb (the VmRSS in MB after every
+  chunk), rss_growth_{memory,stream}_peak_mb (the run's VmHWM),
+  rss_growth_steps and rss_growth_eval_every. `model`: LeNet-300-100 by
+  default, ten times faster than Conv-2 on the same data path.
+  """
+  out = {"rss_growth_steps": steps, "rss_growth_eval_every": eval_every}
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = pathlib.Path(tmp)
+    path = folder / "arrays.npz"
+    _write_arrays(path, arrays)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+           "LOTTERY_CACHE": str(folder / "cache")}
+    for source in ("memory", "stream"):
+      job = {**_job(steps, name="npz", path=str(path), source=source),
+             "model.name": model, "training.eval_every": eval_every}
+      if source == "stream":  # Writes the record cache, unmeasured.
+        _run_mb(folder, "cache", {**job, "training.steps": 1,
+                                  "training.eval_every": 1,
+                                  "training.checkpoint_every": 1})
+      chunks = folder / f"{source}.json"
+      out[f"rss_growth_{source}_peak_mb"] = round(peak_rss_mb(
+          _RUN_BY_CHUNK, json.dumps(job), str(folder / source), str(chunks),
+          env=env), 1)
+      out[f"rss_growth_{source}_mb"] = json.loads(chunks.read_text())
   return out

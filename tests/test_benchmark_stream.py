@@ -29,3 +29,13 @@ def test_runs_at_two_sizes_report_their_peaks():
   assert out["rss_images_2x_dataset_mb"] > out["rss_images_1x_dataset_mb"] > 0
   assert out["rss_arrays_2x_dataset_mb"] > out["rss_arrays_1x_dataset_mb"] > 0
   assert out["rss_steps"] == 2
+
+
+@pytest.mark.slow
+def test_growth_reports_memory_after_every_chunk():
+  out = benchmark_stream.growth(steps=6, eval_every=2, arrays=120)
+  for source in ("memory", "stream"):
+    after = out[f"rss_growth_{source}_mb"]
+    assert len(after) == 3 and min(after) > 100  # JAX alone takes more.
+    assert out[f"rss_growth_{source}_peak_mb"] >= max(after) - 1
+  assert (out["rss_growth_steps"], out["rss_growth_eval_every"]) == (6, 2)

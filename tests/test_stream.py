@@ -58,18 +58,23 @@ def test_records_read_any_index_shape_and_subset(tmp_path):
       "train.array_record", "train.json"]
 
 
-@pytest.mark.parametrize("form", ["scan", "python"])
-def test_streamed_batches_match_memory(tmp_path, form):
+def _tiny(form="scan"):
+  """(x, y, params, tx, loop) of mlp_tiny on 64 examples of 6 floats."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(64, 6)).astype(np.float32)
   y = rng.integers(0, 3, 64).astype(np.int32)
   model = models.get("mlp_tiny", 3)
   params = model.init(jax.random.key(0), x[:1])["params"]
-  t = lottery.base_config().training
-  tx = optim.make_optimizer(t)
+  tx = optim.make_optimizer(lottery.base_config().training)
   apply_fn = step.flax_apply(model)
   lp = loop.Loop(step.make_train_step(apply_fn, tx),
                  step.make_eval_step(apply_fn), form=form)
+  return x, y, params, tx, lp
+
+
+@pytest.mark.parametrize("form", ["scan", "python"])
+def test_streamed_batches_match_memory(tmp_path, form):
+  x, y, params, tx, lp = _tiny(form)
   mem = loop.put_data(x, y, x[:10], y[:10])
   streamed = loop.stream_data(_records(tmp_path, x, y),
                               _records(tmp_path, x[:10], y[:10], "test"))
@@ -79,6 +84,31 @@ def test_streamed_batches_match_memory(tmp_path, form):
   s2, l2 = lp.run(step.init_state(params, tx), streamed, idx, lrs)
   assert np.array_equal(l1, l2)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    assert np.array_equal(a, b)
+
+
+def test_a_long_streamed_chunk_reads_at_most_stream_call_bytes_a_call(
+    tmp_path, monkeypatch):
+  """The host holds a call's batches, not a chunk's: one 19-step chunk, at
+  a cap of 5 steps' bytes (28-byte records, batch 16), is read as calls of
+  5, 5, 5 and 4 steps and trains as one call does. Without the cap a run's
+  peak memory grows with its chunks' length (docs/performance.md)."""
+  x, y, params, tx, lp = _tiny()
+  train = _records(tmp_path, x, y)
+  data = loop.stream_data(train, _records(tmp_path, x[:10], y[:10], "test"))
+  kw = dict(stop=19, lr_fn=lambda a, b: np.full(b - a, 0.05, np.float32),
+            batch_size=16, data_seed=3, eval_every=19)
+  s1, h1, _ = loop.train(lp, step.init_state(params, tx), data, **kw)
+  read = []
+  real = train.read
+  monkeypatch.setattr(train, "read",
+                      lambda idx: read.append(idx.shape) or real(idx))
+  monkeypatch.setattr(loop, "STREAM_CALL_BYTES", 5 * 16 * 28)
+  s2, h2, _ = loop.train(lp, step.init_state(params, tx), data, **kw)
+  assert train.dtype.itemsize == 28
+  assert read == [(5, 16), (5, 16), (5, 16), (4, 16)]
+  assert h1 == h2
+  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
     assert np.array_equal(a, b)
 
 

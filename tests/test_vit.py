@@ -104,17 +104,19 @@ def test_a_patch_that_does_not_divide_the_input_is_refused():
 
 @pytest.mark.slow
 def test_imp_prunes_vit_heads_on_mnist1d(tmp_path):
-  """mnist1d:quick with vit_tiny and structure 'head': 4 heads per block,
-  half of the survivors per round: 2, 1, 0 heads after rounds 1-3 (0.5 of 1
-  rounds half up); the MLPs keep every unit."""
+  """mnist1d:quick with vit_tiny and structure 'head', two rounds: 4 heads
+  per block, half of the survivors per round: 2, then 1 head; the MLPs
+  keep every unit. (A third round would remove the last head of each block:
+  IMP refuses it, tests/test_imp.py.)"""
   cfg = cli.load_config("mnist1d:quick")
   cfg.model.name = "vit_tiny"
   cfg.pruning.structure = "head"
+  cfg.pruning.rounds = 2
   cfg.training.update(steps=20, eval_every=10, checkpoint_every=10)
   cfg.controls = ()
   summary = lottery.run(cfg, tmp_path, log=quiet)
   coupling = models.get("vit_tiny", 10).coupling()
-  for r, heads in ((0, 4), (1, 2), (2, 1), (3, 0)):
+  for r, heads in ((0, 4), (1, 2), (2, 1)):
     mask = lottery.load_ticket(tmp_path, r, "ticket").mask
     dead = structure.whole_units(mask, coupling)
     assert [int((~d).sum()) for d in dead.values()] == [heads, 64] * 2

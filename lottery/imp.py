@@ -452,21 +452,15 @@ def _check_units_kept(config, exp: Experiment) -> None:
       field="pruning.structure")
   own = (pruning.unit_set_fractions(list(sizes), exp.layer_fractions,
                                     structure=p.structure)
-         if exp.layer_fractions else [None] * len(sizes))
-  field = f"pruning.fraction {p.fraction!r}"
-  checks = [(name, n, r, f"pruning.layer_fractions rate {r!r}")
-            for (name, n), r in zip(sizes.items(), own) if r is not None]
-  pooled = {name: n for (name, n), r in zip(sizes.items(), own) if r is None}
-  if p.scope == "global" and pooled:
-    checks.append((f"its {len(pooled)} unit set(s) together",
-                   sum(pooled.values()), p.fraction, field))
-  else:
-    checks += [(name, n, p.fraction, field) for name, n in pooled.items()]
-  for name, n, fraction, said in checks:
+         if exp.layer_fractions else None)
+  for name, n, rate, is_own in pruning.unit_groups(sizes, p.fraction,
+                                                   p.scope, own):
     kept = structure_lib.kept_after(
-        n, [schedules.round_rate(p.schedule, fraction, r)
+        n, [schedules.round_rate(p.schedule, rate, r)
             for r in range(1, p.rounds + 1)])
     if 0 in kept:
+      said = (f"pruning.layer_fractions rate {rate!r}" if is_own else
+              f"pruning.fraction {p.fraction!r}")
       raise LotteryError(
           f"pruning.rounds: round {kept.index(0) + 1} removes every unit of "
           f"{name} ({n} units, pruning.structure {p.structure!r}, "

@@ -347,13 +347,11 @@ def _check_units_kept(config: ml_collections.ConfigDict,
           structure_lib.coupling_of(exp.model), p.residual_streams,
           field="pai.residual_streams"),
       kind=p.structure, field="pai.structure")
-  if p.scope == "global":
-    sizes = {f"its {len(sizes)} unit set(s) together": sum(sizes.values())}
   for method in p.methods:
     rounds = iterations(config, method)
     for d in p.densities:
       fraction = schedules.pai_fraction(d, rounds)
-      for name, n in sizes.items():
+      for name, n, _, _ in pruning.unit_groups(sizes, fraction, p.scope):
         if structure_lib.kept_after(n, [fraction] * rounds)[-1] == 0:
           raise LotteryError(
               f"pai.densities: {d!r} keeps no unit of {name} ({n} units, "

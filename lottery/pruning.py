@@ -159,6 +159,31 @@ def _rank_groups(rates: Sequence[float | None], fraction: float, scope: str,
   return tuple(groups), group_rates
 
 
+def unit_groups(sizes: Mapping[str, int], fraction: float, scope: str,
+                rates: Sequence[float | None] | None = None
+                ) -> list[tuple[str, int, float, bool]]:
+  """The unit counts that a 'neuron' or 'head' prune ranks together, as
+  `prune` groups them (`_rank_groups`): (name, units, rate, own) per group.
+
+  A set with a rate of its own (`rates[j]`, `unit_set_fractions`) is a
+  group alone at that rate (own True); the others are at `fraction`, all
+  in one group under 'global' (named 'its k unit set(s) together'), each
+  alone under 'layerwise' and 'module'. `sizes`: {set name: units}
+  (`structure.unit_counts`).
+  """
+  names, counts = list(sizes), list(sizes.values())
+  rates = [None] * len(names) if rates is None else list(rates)
+  unit_scope = "global" if scope == "global" else "layerwise"
+  groups, group_rates = _rank_groups(rates, fraction, unit_scope)
+  out = []
+  for g, rate in zip(groups, group_rates):
+    own = rates[g[0]] is not None
+    name = (f"its {len(g)} unit set(s) together"
+            if unit_scope == "global" and not own else names[g[0]])
+    out.append((name, sum(counts[j] for j in g), rate, own))
+  return out
+
+
 @functools.partial(jax.jit, static_argnames=("groups",))
 def _prune_leaves(alive, scores, consts, *, groups):
   """Removes round(rate_g * survivors) from each group of prunable leaves.
@@ -428,7 +453,8 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
                               residual_streams)
     rates = unit_set_fractions([name for name, _ in plan], overrides,
                                structure=str(spec), field="layer_fractions")
-    # A unit set is one ranked entry: 'module' ranks each set on its own.
+    # A unit set is one ranked entry: 'module' ranks each set on its own
+    # (as `unit_groups` reports the groups).
     groups, group_rates = _rank_groups(
         rates, fraction, "global" if scope == "global" else "layerwise")
     new, finite = _prune_units(

@@ -414,6 +414,35 @@ def _bench_sparse(steps: int, repeats: int) -> dict:
           "rigl_mask_updates": int(states["rigl"].step) // every}
 
 
+def path_setup(model_name: str, shape: tuple, examples: int, batch: int
+               ) -> dict:
+  """A linear path's pieces (no flags: `experiments.repro_path_forms` uses
+  it too): `examples` random inputs `x` of `shape` with labels `y`, the
+  model, its two initializations (seeds 0, 1) as the ends `a`, `b` with
+  their other variables `state`, a 50% magnitude mask of `a`, the apply
+  and eval functions, and (for a model with BatchNorm) `stats`, the
+  `evaluate_path` arguments that recompute statistics over whole batches of
+  `batch`."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(examples,) + tuple(shape)).astype(np.float32)
+  y = rng.integers(0, 10, examples).astype(np.int32)
+  model = models.get(model_name, 10)
+  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))
+  va, vb = init(jax.random.key(0)), init(jax.random.key(1))
+  a, b = va.pop("params"), vb.pop("params")
+  state = dict(va)
+  apply_fn = step.flax_apply(model)
+  stats = {}
+  if state:
+    stats = dict(apply_fn=apply_fn,
+                 stats_x=stability.statistics_batches(x, batch))
+  return dict(x=x, y=y, model=model, a=a, b=b, state=state,
+              mask=pruning.prune(masks.make_mask(a), scores.magnitude(a),
+                                 0.5),
+              apply_fn=apply_fn, eval_fn=step.make_eval_step(apply_fn),
+              stats=stats)
+
+
 def _path_timing(name: str, examples: int, repeats: int) -> dict:
   """The 30 points of a path in one program (`stability.evaluate_path`)
   against 30 evaluations compiled once, on `examples` random inputs; a
@@ -424,21 +453,10 @@ def _path_timing(name: str, examples: int, repeats: int) -> dict:
   model_name, shape, batch, *_ = SETUPS[name]
   if len(shape) == 3 and shape[0] == 32:
     shape = (_IMAGE_SIZE.value, _IMAGE_SIZE.value, shape[2])
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(examples,) + shape).astype(np.float32)
-  y = rng.integers(0, 10, examples).astype(np.int32)
-  model = models.get(model_name, 10)
-  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))
-  va, vb = init(jax.random.key(0)), init(jax.random.key(1))
-  a, b = va.pop("params"), vb.pop("params")
-  state = dict(va)
-  mask = pruning.prune(masks.make_mask(a), scores.magnitude(a), 0.5)
-  apply_fn = step.flax_apply(model)
-  eval_fn = step.make_eval_step(apply_fn)
-  stats = {}
-  if state:
-    stats = dict(apply_fn=apply_fn,
-                 stats_x=stability.statistics_batches(x, batch))
+  p = path_setup(model_name, shape, examples, batch)
+  x, y, model, a, b, state, mask, apply_fn, eval_fn, stats = (
+      p[k] for k in ("x", "y", "model", "a", "b", "state", "mask",
+                     "apply_fn", "eval_fn", "stats"))
   points = 30
   alphas = np.linspace(0, 1, points, dtype=np.float32)
   xs, ys, valid = loop.eval_batches(x, y, 1000)

@@ -18,32 +18,19 @@ import time
 import jax
 import numpy as np
 
+from experiments import benchmark
 from lottery import loop
-from lottery import masks
-from lottery import models
-from lottery import pruning
-from lottery import rng as rng_lib
-from lottery import scores
 from lottery import stability
-from lottery import step
 
 
 def main(examples: int, points: int, form: str) -> None:
   if form not in ("vmap", "map", "sep"):
     raise SystemExit(f"FORM must be vmap, map or sep (got {form!r})")
-  rng = np.random.default_rng(0)
-  x = rng.normal(size=(examples, 32, 32, 3)).astype(np.float32)
-  y = rng.integers(0, 10, examples).astype(np.int32)
-  model = models.get("resnet20", 10)
-  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))
-  va, vb = init(jax.random.key(0)), init(jax.random.key(1))
-  a, b = va.pop("params"), vb.pop("params")
-  state = dict(va)
-  mask = pruning.prune(masks.make_mask(a), scores.magnitude(a), 0.5)
-  apply_fn = step.flax_apply(model)
-  eval_fn = step.make_eval_step(apply_fn)
-  stats_x = stability.statistics_batches(x, 128)
-  xs, ys, valid = loop.eval_batches(x, y, 1000)
+  p = benchmark.path_setup("resnet20", (32, 32, 3), examples, 128)
+  a, b, state, mask, apply_fn, eval_fn = (
+      p[k] for k in ("a", "b", "state", "mask", "apply_fn", "eval_fn"))
+  stats_x = p["stats"]["stats_x"]
+  xs, ys, valid = loop.eval_batches(p["x"], p["y"], 1000)
   alphas = np.linspace(0, 1, points, dtype=np.float32)
 
   def one(alpha):

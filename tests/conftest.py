@@ -91,6 +91,23 @@ def compilations():
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def run_on_devices(script: str, *args: str, devices: int) -> dict:
+  """Runs `python -c script args...` from the repository root in a process
+  whose CPU is split into `devices` host devices (XLA_FLAGS; the tests
+  folder importable: `from conftest import tiny`); returns the JSON object
+  its last line prints, after checking that it exited 0."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  res = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def execute_notebook(name: str, workdir, monkeypatch, tmp_path) -> str:
   """Runs notebooks/<name> on `workdir` (in `tmp_path`); returns what it
   printed. Fails on an error output or a traceback in the text (nbclient

@@ -3,12 +3,8 @@ records, and devices (fake CPU devices in a subprocess); a damaged mid-run
 checkpoint refused."""
 
 import errno
-import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -20,9 +16,8 @@ from lottery import analysis
 from lottery import jobs
 from lottery import tickets
 
-from conftest import compilations, run_until_finished
+from conftest import compilations, run_on_devices, run_until_finished
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("ticket", "reinit", "random_prune")
 
 
@@ -196,13 +191,8 @@ print(json.dumps(out))
 @pytest.mark.parametrize("devices", [4])
 def test_fake_devices_shard_and_match_one_device(npz_path, tmp_path, devices):
   from conftest import tiny  # pylint: disable=g-import-not-at-top
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-  res = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, npz_path,
-                        str(tmp_path / "multi")], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-  assert res.returncode == 0, res.stderr[-3000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out = run_on_devices(_DEVICES_SCRIPT, npz_path, str(tmp_path / "multi"),
+                       devices=devices)
   assert out["devices"] == 4
   assert out["mesh"].startswith("replicas=2 data=2 (4 devices")
   # Replicate axis split in two, batch over the other two devices: each

@@ -14,6 +14,7 @@ import lottery
 from lottery import stability
 from lottery import step as step_lib
 
+from conftest import run_on_devices
 from conftest import tiny
 
 
@@ -473,19 +474,8 @@ def test_one_replicate_splits_its_pair_over_two_devices(npz_path, tmp_path):
   """With one replicate on two devices, the copies train one per device
   (the replicate axis sized for the pair, `Stability.stacked`), and the run
   matches one device's within float tolerance."""
-  import os  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  root = pathlib.Path(__file__).resolve().parents[1]
-  env = {**os.environ, "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  res = subprocess.run([sys.executable, "-c", _TWO_DEVICES, npz_path,
-                        str(tmp_path / "two")], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=300)
-  assert res.returncode == 0, res.stderr[-3000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out = run_on_devices(_TWO_DEVICES, npz_path, str(tmp_path / "two"),
+                       devices=2)
   assert out["devices"] == 2
   assert any(line.startswith("mesh: replicas=2 data=1 (2 devices")
              for line in out["lines"]), out["lines"]

@@ -22,7 +22,7 @@ from lottery import step
 from lottery import stream
 from lottery.errors import LotteryError
 
-from conftest import run_until_finished, tiny
+from conftest import run_on_devices, run_until_finished, tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ("ticket", "reinit", "random_prune")
@@ -195,13 +195,7 @@ def test_streamed_evaluation_splits_over_devices(tmp_path):
   on its own (the padding of a batch that does not divide is not read), the
   devices sum their slices (all-reduce, no all-gather), and the metrics are
   those of one device: the accuracy exactly, the loss to float32 rounding."""
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  res = subprocess.run([sys.executable, "-c", _SPLIT_EVAL, str(tmp_path)],
-                       env=env, cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
-  assert res.returncode == 0, res.stderr[-3000:]
-  out = json.loads(res.stdout.strip().splitlines()[-1])
+  out = run_on_devices(_SPLIT_EVAL, str(tmp_path), devices=4)
   assert out["devices"] == 4
   one = out["one"]
   # One device: the test set's batches of 10, 10, 3 and the 5 validation

@@ -7,7 +7,10 @@ convolution's kernel gradient needs its input) of three residual blocks'
 BatchNorm-like maps, adds and ReLUs: XLA:CPU fuses the chain into the
 transpose's loop, which recomputes it reading every operand with a 64 KB
 stride; the transpose of an array and the chain alone are each a few ms.
-Half of ResNet-20's CPU train step is such transposes (docs/performance.md).
+Half of ResNet-20's CPU train step was such transposes (docs/performance.md).
+The fourth timing is the workaround `lottery.models.convolution` ships: the
+chain's result passes through a conditional (`convolution._unfused`) that XLA
+does not fuse across, so the transpose reads it once, computed.
 """
 
 import statistics
@@ -16,6 +19,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lottery.models import convolution
 
 T = (3, 1, 2, 0)  # (N, H, W, C) -> (C, H, W, N)
 
@@ -34,9 +39,12 @@ def main(repeats: int = 9):
   plain = jax.jit(lambda a: jnp.transpose(a, T))
   fused = jax.jit(lambda *v: jnp.transpose(chain(*v), T))
   alone = jax.jit(chain)
+  unfused = jax.jit(lambda *v: jnp.transpose(convolution._unfused(chain(*v)),
+                                             T))
   fns = {"transpose of an array": lambda: plain(a),
          "the chain alone": lambda: alone(a, b, c, s),
-         "transpose of the chain": lambda: fused(a, b, c, s)}
+         "transpose of the chain": lambda: fused(a, b, c, s),
+         "behind a conditional": lambda: unfused(a, b, c, s)}
   for f in fns.values():
     jax.block_until_ready(f())
   times = {k: [] for k in fns}

@@ -375,6 +375,56 @@ def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
     np.testing.assert_array_equal(a, b)
 
 
+def test_convolution_second_order_and_vmap_match_lax():
+  """GraSP differentiates the backward pass, and replicates vmap it: both
+  go through the CPU's unfused kernel-gradient input like plain lax."""
+  from jax import lax
+  from lottery.models import convolution
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 3, 4)), jnp.float32)
+
+  def hvp(conv):
+    def loss(w, x):
+      return jnp.sum(jnp.sin(conv(x, w, (1, 1), "SAME",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+    # GraSP's Hessian-gradient product: d/dw <grad, stop_gradient(grad)>.
+    return lambda w, x: jax.grad(lambda w: jnp.vdot(
+        jax.grad(loss)(w, x), jax.lax.stop_gradient(jax.grad(loss)(w, x))))(w)
+  ours = jax.jit(jax.vmap(hvp(convolution.conv_general_dilated)))(w, x)
+  ref = jax.jit(jax.vmap(hvp(lax.conv_general_dilated)))(w, x)
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+  one = jax.jit(hvp(convolution.conv_general_dilated))(w[1], x[1])
+  np.testing.assert_allclose(ours[1], one, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("replicates", [0, 2])
+def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
+  """On the CPU each computed convolution input reaches its kernel
+  gradient's transpose through a conditional, so XLA does not fuse the
+  BatchNorm/residual/ReLU chain into the transpose (which recomputed it with
+  the batch's stride: half of ResNet-20's step). Vmapped replicates too."""
+  model = models.get("resnet20", 10, width=2)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x)
+
+  def grad(params):
+    return jax.grad(lambda p: jnp.sum(model.apply(
+        {**variables, "params": p}, x, train=True,
+        mutable=["batch_stats"])[0]))(params)
+  params = variables["params"]
+  if replicates:
+    grad = jax.vmap(grad)
+    params = jax.tree.map(lambda p: jnp.stack([p] * replicates), params)
+  text = jax.jit(grad).lower(params).compile().as_text()
+  # 19 kernel gradients; the stem's input is the (constant) data.
+  assert text.count(" conditional(") == 18, text.count(" conditional(")
+  operands = [line.split(" fusion(")[1].split("), kind=")[0].count("%")
+              for line in text.splitlines()
+              if "transpose" in line.split("=")[0] and " fusion(" in line]
+  assert operands and sum(n > 2 for n in operands) <= 1, operands
+
+
 def test_convolution_gradients_in_a_loop_are_canonical():
   """Every convolution of a ResNet-20 train step inside a fori_loop has
   the form XLA:CPU runs through a library kernel (dim_labels

@@ -23,6 +23,14 @@ program: the same convolutions on the same transposed operands (the train
 step's losses and weights match the per-step program's to float rounding).
 Anything else (1-D or 3-D convolutions, dilations, feature groups, other
 dimension numbers) goes to `lax.conv_general_dilated` unchanged.
+
+On the CPU the kernel gradient's input passes through `_unfused` before its
+transpose. Otherwise XLA fuses the element-wise chain that produced the
+activation (BatchNorm, residual additions, ReLU) into the transpose, which
+recomputes it while reading every operand with the batch's stride: those
+transposes were half of ResNet-20's CPU train step. Behind a conditional the
+transpose reads the activation once, already computed; the values are the
+same bits (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -46,6 +54,37 @@ def _conv(x, w, strides, padding, lhs_dilation=None, rhs_dilation=None,
       x, w, strides, padding, lhs_dilation=lhs_dilation,
       rhs_dilation=rhs_dilation, dimension_numbers=_CANONICAL,
       precision=precision)
+
+
+@jax.custom_batching.custom_vmap
+def _behind_conditional(x):
+  # A conditional is a boundary XLA does not fuse across. The predicate is
+  # read from x so that it is not a constant XLA would fold; the branches
+  # differ so that JAX does not forward x past the conditional.
+  first = x.reshape(-1)[0]
+  return lax.cond(first == first, lambda v: v, lambda v: v * 1.0, x)
+
+
+@_behind_conditional.def_vmap
+def _behind_conditional_vmap(axis_size, in_batched, x):
+  # Vmapped (replicates), one conditional for the whole batch: a batched
+  # predicate would turn it into a select, which XLA fuses.
+  del axis_size
+  return _behind_conditional(x), in_batched[0]
+
+
+@jax.custom_jvp
+def _unfused(x):
+  """x, materialized where it is consumed: on the CPU it passes through a
+  conditional that XLA's fusion does not cross; elsewhere it is x itself.
+  The identity to differentiation (GraSP differentiates the backward pass)."""
+  return lax.platform_dependent(x, cpu=_behind_conditional,
+                                default=lambda v: v)
+
+
+@_unfused.defjvp
+def _unfused_jvp(primals, tangents):
+  return _unfused(primals[0]), tangents[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -74,7 +113,8 @@ def _backward(strides, padding, precision, residuals, g):
   pads = [(lo, k + (o - 1) * s - i - lo)
           for k, i, o, s, (lo, _) in zip(kernel, inputs, outputs, strides,
                                           padding)]
-  dw = _conv(jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3)),
+  dw = _conv(jnp.transpose(_unfused(x), (3, 1, 2, 0)),
+             jnp.transpose(g, (1, 2, 0, 3)),
              (1, 1), pads, rhs_dilation=strides, precision=precision)
   return dx, jnp.transpose(dw, (1, 2, 0, 3))
 

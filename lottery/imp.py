@@ -67,6 +67,7 @@ from lottery import schedules
 from lottery import structure as structure_lib
 from lottery.shrink import check as check_shrinkable
 from lottery import tickets
+from lottery import xla_options
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
 from lottery.experiment import build
@@ -577,7 +578,8 @@ class Imp(method_lib.Method):
         prev = ctx.tickets({"round": r - 1, "kind": "ticket"})
         if "score_fn" not in ctx.state:
           # One program, not one a leaf.
-          ctx.state["score_fn"] = jax.jit(scores_lib.get(c.pruning.score))
+          ctx.state["score_fn"] = xla_options.jit(
+              scores_lib.get(c.pruning.score))
         masks = _prune(c, exp, ctx.state["score_fn"], prev, r)
         if (c.pruning.structure in structure_lib.UNIT_KINDS and
             c.pruning.scope == "global"):

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lottery import parallel
+from lottery import xla_options
 from lottery.errors import LotteryError
 from lottery.step import TrainState
 
@@ -289,11 +290,12 @@ class Loop:
       s, loss = one(state, xb, yb, lr)
       return lay_state(s), loss
 
-    return {"scan_indexed": jax.jit(scan_indexed, donate_argnums=0),
-            "scan_batches": jax.jit(scan_batches, donate_argnums=0),
-            "one_indexed": jax.jit(one_indexed, donate_argnums=0),
-            "one_batch": jax.jit(one_batch, donate_argnums=0),
-            "evaluate": jax.jit(evaluate)}
+    jit = xla_options.jit
+    return {"scan_indexed": jit(scan_indexed, donate_argnums=0),
+            "scan_batches": jit(scan_batches, donate_argnums=0),
+            "one_indexed": jit(one_indexed, donate_argnums=0),
+            "one_batch": jit(one_batch, donate_argnums=0),
+            "evaluate": jit(evaluate)}
 
   def _indices(self, idx: np.ndarray, replicated: bool,
                leading: int) -> jax.Array:

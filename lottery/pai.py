@@ -69,6 +69,7 @@ from lottery import schedules
 from lottery import scores as scores_lib
 from lottery import structure as structure_lib
 from lottery import tickets
+from lottery import xla_options
 from lottery.errors import LotteryError
 from lottery.experiment import Experiment
 
@@ -265,7 +266,7 @@ def _inverted(scores: Any, group_score: str = "sum") -> tuple[Any, str]:
   return jax.tree.map(jnp.negative, scores), group_score
 
 
-@functools.partial(jax.jit, static_argnames=(
+@xla_options.jit(static_argnames=(
     "apply", "method", "rounds", "fraction", "scope", "invert", "structure",
     "group_score", "coupling", "residual_streams"))
 def _prune_rounds(params, model_state, mask, batch, key, *, apply, method,

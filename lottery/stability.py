@@ -85,6 +85,7 @@ from lottery import method as method_lib
 from lottery import runs
 from lottery import step as step_lib
 from lottery import tickets
+from lottery import xla_options
 from lottery.errors import LotteryError
 
 __all__ = ["Stability", "barrier", "copy_data_seed", "evaluate_path",
@@ -236,8 +237,8 @@ def linear_input(layer: str, a: Any, b: Any, alpha: float | jax.Array):
   return nn.intercept_methods(intercept)
 
 
-@functools.partial(jax.jit, static_argnames=("eval_fn", "apply_fn",
-                                             "input_layer", "batch"))
+@xla_options.jit(static_argnames=("eval_fn", "apply_fn", "input_layer",
+                                  "batch"))
 def _path(eval_fn, apply_fn, a, b, model_state, mask, alphas, sets,
           stats_xs, input_layer=None, batch=0):
   if input_layer is not None and mask is not None:

@@ -451,8 +451,11 @@ def _check_units_kept(config, exp: Experiment) -> None:
   sizes = structure_lib.unit_counts(
       exp.dense_mask, _stream_free_coupling(config, exp), kind=p.structure,
       field="pruning.structure")
-  own = (pruning.unit_set_fractions(list(sizes), exp.layer_fractions,
-                                    structure=p.structure)
+  whole = (() if p.residual_streams else
+           structure_lib.stream_producers(exp.model))
+  own = (pruning.unit_set_fractions(
+      list(sizes), exp.layer_fractions, structure=p.structure, whole=whole,
+      streams_field="pruning.residual_streams")
          if exp.layer_fractions else None)
   for name, n, rate, is_own in pruning.unit_groups(sizes, p.fraction,
                                                    p.scope, own):

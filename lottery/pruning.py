@@ -96,7 +96,9 @@ def _override(compiled, name: str) -> float | None:
 
 def unit_set_fractions(sets: Sequence[str], overrides: Mapping[str, float],
                        *, structure: str = "neuron",
-                       field: str = "pruning.layer_fractions"
+                       field: str = "pruning.layer_fractions",
+                       whole: Sequence[str] = (),
+                       streams_field: str = "residual_streams"
                        ) -> list[float | None]:
   """The `layer_fractions` rate of each unit set (None: `fraction`).
 
@@ -108,6 +110,9 @@ def unit_set_fractions(sets: Sequence[str], overrides: Mapping[str, float],
     overrides: parsed `layer_fractions` ({regex: rate}).
     structure: the structure's name, for messages.
     field: the config field (or argument) named in errors.
+    whole: the producers of residual streams kept whole (`streams_field`
+      False), which a pattern may not rate either; named in the error.
+    streams_field: the residual-streams field, for messages.
 
   Raises:
     LotteryError: naming `field`, for a pattern that matches no unit set's
@@ -117,6 +122,13 @@ def unit_set_fractions(sets: Sequence[str], overrides: Mapping[str, float],
   kernels = {s: [f"{p}/kernel" for p in s.split("+")] for s in sets}
   for (rx, _), pattern in zip(compiled, overrides):
     if not any(rx.fullmatch(k) for ks in kernels.values() for k in ks):
+      streams = [f"{p}/kernel" for p in whole
+                 if rx.fullmatch(f"{p}/kernel")]
+      if streams:
+        raise LotteryError(
+            f"{field}: {pattern!r} matches only residual-stream producers "
+            f"({streams}), which {streams_field}=False keeps whole; set it "
+            f"to True or leave them out of {field}")
       raise LotteryError(
           f"{field}: {pattern!r} matches the kernel of no unit set's producer "
           f"under structure {structure!r} (a set takes its producer's rate; "
@@ -451,8 +463,11 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
   else:
     plan, scales = _unit_plan(leaves, group_score, coupling, spec.kind,
                               residual_streams)
-    rates = unit_set_fractions([name for name, _ in plan], overrides,
-                               structure=str(spec), field="layer_fractions")
+    rates = unit_set_fractions(
+        [name for name, _ in plan], overrides, structure=str(spec),
+        field="layer_fractions",
+        whole=(() if residual_streams else
+               structure_lib.stream_producers(coupling)))
     # A unit set is one ranked entry: 'module' ranks each set on its own
     # (as `unit_groups` reports the groups).
     groups, group_rates = _rank_groups(

@@ -220,6 +220,16 @@ def without_streams(coupling: Sequence[Units] | None,
   return kept
 
 
+def stream_producers(coupling: Any) -> tuple[str, ...]:
+  """The producers of the residual streams of `coupling` (unit sets, or a
+  model that declares them; none for None)."""
+  if coupling is None:
+    return ()
+  if not isinstance(coupling, (tuple, list)):
+    coupling = coupling_of(coupling)
+  return tuple(p for u in coupling or () if u.stream for p in u.producers)
+
+
 def reduction_axis(ndim: int) -> int:
   """The axis an N:M group runs along: -2 (a kernel's input axis), or 0 for
   a vector."""

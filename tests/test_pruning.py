@@ -544,3 +544,24 @@ def test_layer_fractions_refusals_name_the_argument(residual, kw, message):
   with pytest.raises(LotteryError) as e:
     pruning.prune(masks.make_mask(params), params, 0.2, coupling=model, **kw)
   assert str(e.value) == message
+
+
+def test_layer_fractions_on_streams_kept_whole_name_residual_streams():
+  model = models.get("resnet20", 10, width=1)
+  params = jax.jit(model.init)(jax.random.key(0),
+                               jnp.ones((1, 8, 8, 3)))["params"]
+  mask = masks.make_mask(params)
+  with pytest.raises(LotteryError) as e:
+    pruning.prune(mask, params, 0.2, coupling=model, structure="neuron",
+                  residual_streams=False,
+                  layer_fractions="stage1_block1/conv2/kernel=0.5")
+  assert str(e.value) == (
+      "layer_fractions: 'stage1_block1/conv2/kernel' matches only "
+      "residual-stream producers (['stage1_block1/conv2/kernel']), which "
+      "residual_streams=False keeps whole; set it to True or leave them out "
+      "of layer_fractions")
+  # With the streams prunable, the stage's stream takes the rate of all its
+  # producers.
+  new = pruning.prune(mask, params, 0.2, coupling=model, structure="neuron",
+                      layer_fractions="(conv|stage1_block./conv2)/kernel=0.5")
+  assert masks.density(new) < 1

@@ -15,7 +15,7 @@ or without the option (tested for the MLPs and the ViT); a convolution's
 result changes by float rounding. A user's `XLA_FLAGS` naming the option
 wins (`--xla_cpu_experimental_ynn_fusion_type=...`), and the option is left
 out where the default backend is not the CPU or the installed jaxlib does not
-know it.
+know it (found at the first compile, which then compiles without it).
 """
 
 from __future__ import annotations
@@ -32,19 +32,18 @@ CPU_OPTIONS = {
     _OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
+_UNKNOWN = []  # Holds True once this jaxlib refused the option.
+
+
 @functools.cache
 def options() -> dict[str, str] | None:
   """The compiler options for the default backend (None: XLA's own).
 
   Decided at the first call (after the backend is up), then fixed for the
   process."""
-  if _OPTION in os.environ.get("XLA_FLAGS", ""):
+  if _UNKNOWN or _OPTION in os.environ.get("XLA_FLAGS", ""):
     return None
   if jax.default_backend() != "cpu":
-    return None
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS)(0.0)
-  except jax.errors.JaxRuntimeError:  # A jaxlib without the option.
     return None
   return dict(CPU_OPTIONS)
 
@@ -74,7 +73,17 @@ class _Jitted:
     return self._jitted
 
   def __call__(self, *args, **kwargs):
-    return self._get()(*args, **kwargs)
+    try:
+      return self._get()(*args, **kwargs)
+    except jax.errors.JaxRuntimeError as e:
+      # A jaxlib that does not know the option refuses it at the first
+      # compile, before any argument is used; compile with XLA's own.
+      if _OPTION not in str(e) or options() is None:
+        raise
+      _UNKNOWN.append(True)
+      options.cache_clear()
+      self._jitted = None
+      return self._get()(*args, **kwargs)
 
   def __getattr__(self, name: str):
     if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted"):

@@ -71,3 +71,19 @@ def test_jit_is_lazy_and_keeps_jit_arguments():
   assert float(f(jnp.float32(2), k=3)) == 6.0
   assert float(f(jnp.float32(4), k=3)) == 12.0
   assert calls == [3]  # Traced once: static k, the same compiled program.
+
+
+def test_a_jaxlib_without_the_option_compiles_without_it(monkeypatch):
+  monkeypatch.setattr(xla_options, "_OPTION", "xla_cpu_no_such_option")
+  monkeypatch.setattr(xla_options, "CPU_OPTIONS",
+                      {"xla_cpu_no_such_option": "1"})
+  monkeypatch.setattr(xla_options, "_UNKNOWN", [])
+  xla_options.options.cache_clear()
+  try:
+    assert xla_options.options() == {"xla_cpu_no_such_option": "1"}
+    f = xla_options.jit(lambda x: x * 2)
+    assert float(f(jnp.float32(3))) == 6.0
+    assert xla_options.options() is None
+  finally:
+    monkeypatch.undo()
+    xla_options.options.cache_clear()

@@ -423,11 +423,15 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
   extra = ([] if criterion != "taylor" else
            [[t.model_state for t in prev],
             [_score_batch(config, exp, i, r) for i in range(len(prev))]])
+  # A group criterion runs the model (taylor): compiled like every program
+  # that does, so its scores are PaI's for the same network and batch.
+  compiled = xla_options.jit if criterion is not None else (lambda f: f)
   if len(prev) == 1:
-    return [one(prev[0].mask, prev[0].trained_params, keys[0],
-                *[e[0] for e in extra])]
+    return [compiled(one)(prev[0].mask, prev[0].trained_params, keys[0],
+                          *[e[0] for e in extra])]
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
-  masks = jax.device_get(jax.vmap(one)(stack([t.mask for t in prev]),
+  masks = jax.device_get(compiled(jax.vmap(one))(
+                                       stack([t.mask for t in prev]),
                                        stack([t.trained_params for t in prev]),
                                        jax.numpy.stack(keys),
                                        *[stack(e) for e in extra]))

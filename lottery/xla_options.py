@@ -2,15 +2,15 @@
 
 On the CPU, XLA runs convolutions through YNNPACK by default. For the zoo's
 convolutional networks its other CPU kernels (Eigen's) are faster: on
-ResNet-20's train step (batch 128) 1.4x, with YNNPACK slower only on the
+ResNet-20's train step (batch 128) 1.21-1.40x, with Eigen slower only on the
 16-channel first stage (docs/performance.md has the measurements and the
 per-convolution table). `CPU_OPTIONS` keeps YNNPACK for dot products and
 reductions and gives convolutions to Eigen.
 
 Every framework program that runs a model is compiled with `options()`: the
 training loop and its evaluation, pruning at initialization's scores, IMP's
-score function and the stability path, so their numbers agree bit for bit
-with each other. Programs without convolutions compile to the same code with
+score function and group criteria, and the stability path, so their numbers
+agree bit for bit with each other. Programs without convolutions compile to the same code with
 or without the option (tested for the MLPs and the ViT); a convolution's
 result changes by float rounding. A user's `XLA_FLAGS` naming the option
 wins (`--xla_cpu_experimental_ynn_fusion_type=...`), and the option is left
@@ -63,12 +63,14 @@ class _Jitted:
   """A `jax.jit` of `fun` made on first use; calls and attributes go to it."""
 
   def __init__(self, fun: Callable[..., Any], kwargs: dict):
+    functools.update_wrapper(self, fun, updated=())
     self._fun, self._kwargs, self._jitted = fun, kwargs, None
-    functools.update_wrapper(self, fun)
+    self._options = None
 
   def _get(self):
     if self._jitted is None:
-      self._jitted = jax.jit(self._fun, compiler_options=options(),
+      self._options = options()
+      self._jitted = jax.jit(self._fun, compiler_options=self._options,
                              **self._kwargs)
     return self._jitted
 
@@ -78,7 +80,7 @@ class _Jitted:
     except jax.errors.JaxRuntimeError as e:
       # A jaxlib that does not know the option refuses it at the first
       # compile, before any argument is used; compile with XLA's own.
-      if _OPTION not in str(e) or options() is None:
+      if _OPTION not in str(e) or self._options is None:
         raise
       _UNKNOWN.append(True)
       options.cache_clear()
@@ -86,6 +88,7 @@ class _Jitted:
       return self._get()(*args, **kwargs)
 
   def __getattr__(self, name: str):
-    if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted"):
+    if name.startswith("__") or name in ("_fun", "_kwargs", "_jitted",
+                                         "_options"):
       raise AttributeError(name)
     return getattr(self._get(), name)

@@ -398,6 +398,18 @@ def test_convolution_second_order_and_vmap_match_lax():
   np.testing.assert_allclose(ours[1], one, rtol=1e-5, atol=1e-5)
 
 
+def test_convolution_of_an_empty_batch_differentiates_like_lax():
+  from jax import lax
+  from lottery.models import convolution
+  x, w = jnp.zeros((0, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+
+  def grad(conv):
+    return jax.grad(lambda w: jnp.sum(conv(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))(w)
+  np.testing.assert_array_equal(grad(convolution.conv_general_dilated),
+                                grad(lax.conv_general_dilated))
+
+
 @pytest.mark.parametrize("replicates", [0, 2])
 def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
   """On the CPU each computed convolution input reaches its kernel

@@ -76,8 +76,11 @@ def _behind_conditional_vmap(axis_size, in_batched, x):
 @jax.custom_jvp
 def _unfused(x):
   """x, materialized where it is consumed: on the CPU it passes through a
-  conditional that XLA's fusion does not cross; elsewhere it is x itself.
-  The identity to differentiation (GraSP differentiates the backward pass)."""
+  conditional that XLA's fusion does not cross; elsewhere (and for empty or
+  non-float arrays) it is x itself. The identity to differentiation (GraSP
+  differentiates the backward pass)."""
+  if x.size == 0 or not jnp.issubdtype(x.dtype, jnp.inexact):
+    return x
   return lax.platform_dependent(x, cpu=_behind_conditional,
                                 default=lambda v: v)
 

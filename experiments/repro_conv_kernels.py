@@ -9,10 +9,11 @@ O)), compiled with XLA's default (YNNPACK) and with `xla_options.CPU_OPTIONS`
 (Eigen), in one process; with PyTorch installed, also oneDNN's forward,
 input-gradient and kernel-gradient primitives (`convolution_backward`) at
 PyTorch's default threads, denormals flushed. Prints ms and GFLOP/s
-(2 * N * H * W * C * O * 9 each) (docs/performance.md).
+(2 * N * H * W * C * O * 9 each), the calls alternating
+(docs/performance.md).
 """
 
-import statistics
+import functools
 import time
 
 import jax
@@ -22,6 +23,7 @@ from absl import app
 from absl import flags
 from jax import lax
 
+from experiments import timing
 from lottery import xla_options
 
 _BATCH = flags.DEFINE_integer("batch", 128, "Batch size.")
@@ -36,17 +38,17 @@ def _conv(x, w):
                                   dimension_numbers=DN)
 
 
-def _median(fn, repeats):
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
+def _medians(calls: dict, repeats: int) -> dict:
+  """{name: median seconds of `calls[name]()`}, the calls alternating."""
+  def timed(name):
     start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    jax.block_until_ready(calls[name]())
+    return time.perf_counter() - start
+  return timing.median_times(timed, calls, repeats)
 
 
-def _torch_times(n, h, c, repeats):
+def _torch_calls(n, h, c):
+  """PyTorch's three primitives at these shapes, or None without torch."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -58,11 +60,9 @@ def _torch_times(n, h, c, repeats):
   def backward(which):
     return lambda: torch.ops.aten.convolution_backward(
         g, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, which)
-  return {"forward": _median(lambda: torch.nn.functional.conv2d(
-              x, w, padding=1), repeats),
-          "input gradient": _median(backward([True, False, False]), repeats),
-          "kernel gradient": _median(backward([False, True, False]),
-                                     repeats)}
+  return {"forward": lambda: torch.nn.functional.conv2d(x, w, padding=1),
+          "input gradient": backward([True, False, False]),
+          "kernel gradient": backward([False, True, False])}
 
 
 def main(_):
@@ -74,16 +74,17 @@ def main(_):
     g = jnp.asarray(rng.normal(size=(n, h, h, c)), jnp.float32)
     xt, gt = jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(g, (1, 2, 0, 3))
     flops = 2 * n * h * h * c * c * 9
-    rows = {}
+    calls = {}
     for kernel, options in (("YNNPACK", None),
                             ("Eigen", xla_options.CPU_OPTIONS)):
       fwd = jax.jit(_conv, compiler_options=options)
-      rows[kernel] = {"forward": _median(lambda: fwd(x, w), repeats),
-                      "kernel gradient": _median(lambda: fwd(xt, gt),
-                                                 repeats)}
-    torch_times = _torch_times(n, h, c, repeats)
-    if torch_times is not None:
-      rows["PyTorch (oneDNN)"] = torch_times
+      calls[kernel, "forward"] = functools.partial(fwd, x, w)
+      calls[kernel, "kernel gradient"] = functools.partial(fwd, xt, gt)
+    for name, call in (_torch_calls(n, h, c) or {}).items():
+      calls["PyTorch (oneDNN)", name] = call
+    rows = {}
+    for (kernel, name), t in _medians(calls, repeats).items():
+      rows.setdefault(kernel, {})[name] = t
     print(f"{n}x{h}x{h}x{c}, 3x3, {c}->{c}:")
     for kernel, times in rows.items():
       cells = "  ".join(f"{k} {1e3 * t:5.1f} ms ({flops / t / 1e9:4.0f} GF/s)"

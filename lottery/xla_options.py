@@ -2,17 +2,17 @@
 
 On the CPU, XLA runs convolutions through YNNPACK by default. For the zoo's
 convolutional networks its other CPU kernels (Eigen's) are faster: on
-ResNet-20's train step (batch 128) 1.21-1.40x, with Eigen slower only on the
-16-channel first stage (docs/performance.md has the measurements and the
-per-convolution table). `CPU_OPTIONS` keeps YNNPACK for dot products and
+ResNet-20's train step (batch 128) 1.21-1.40x: Eigen is faster at the 32-
+and 64-channel stages, the two are close at the 16-channel one
+(docs/performance.md has the measurements and the per-convolution table). `CPU_OPTIONS` keeps YNNPACK for dot products and
 reductions and gives convolutions to Eigen.
 
 Every framework program that runs a model is compiled with `options()`: the
 training loop and its evaluation, pruning at initialization's scores, IMP's
 score function and group criteria, and the stability path, so their numbers
-agree bit for bit with each other. Programs without convolutions compile to the same code with
-or without the option (tested for the MLPs and the ViT); a convolution's
-result changes by float rounding. A user's `XLA_FLAGS` naming the option
+agree bit for bit with each other. Programs without convolutions compile to
+the same code with or without the option (tested for the MLPs and the ViT);
+a convolution's result changes by float rounding. A user's `XLA_FLAGS` naming the option
 wins (`--xla_cpu_experimental_ynn_fusion_type=...`), and the option is left
 out where the default backend is not the CPU or the installed jaxlib does not
 know it (found at the first compile, which then compiles without it).

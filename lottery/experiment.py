@@ -87,12 +87,23 @@ class Experiment:
     Same data, model, optimizer and weights (nothing is reloaded); only the
     train step and its compiled loop are new (see `build`).
     """
-    step_fn = step_lib.make_train_step(self.apply_fn, self.tx,
-                                       loss_fn=step_lib.train_loss(
-                                           self.config.training.label_smoothing),
-                                       augment=self._augment,
-                                       mask_update=mask_update,
-                                       update_every=update_every)
+    return self._with_step(self.tx, mask_update=mask_update,
+                           update_every=update_every)
+
+  def with_straight_through(self, st) -> Experiment:
+    """A copy that trains by SR-STE (`lottery.straight_through`): its
+    optimizer is `st.optimizer(tx)`, holding the dense weights, and its
+    train step recomputes the N:M mask from them every step. Start its
+    jobs from unmasked weights W0 with the mask `st.mask(W0)`."""
+    tx = st.optimizer(self.tx)
+    return dataclasses.replace(self._with_step(tx, straight_through=st),
+                               tx=tx)
+
+  def _with_step(self, tx, **step_options) -> Experiment:
+    step_fn = step_lib.make_train_step(
+        self.apply_fn, tx,
+        loss_fn=step_lib.train_loss(self.config.training.label_smoothing),
+        augment=self._augment, **step_options)
     loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(self.apply_fn),
                          form=self.loop.form, mesh=self.loop.mesh)
     return dataclasses.replace(self, loop=loop)

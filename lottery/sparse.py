@@ -18,6 +18,12 @@ baseline), `seeds.num` replicates train for `training.steps` steps:
           SR-STE); density N/M in every layer, so it takes
           `sparse.densities` = (N/M,) and the 'uniform' distribution. Not
           among the default methods.
+  sr_ste  SR-STE (Zhou et al. 2021, `lottery.straight_through`): dense
+          weights behind the N:M mask of their magnitudes, recomputed every
+          step, gradients passed straight through to the pruned weights,
+          which decay by `sparse.sr_ste_decay`; starts from the N:M mask of
+          the initial weights' magnitudes. Density and distribution as 'nm';
+          `update_every` is not read. Not among the default methods.
 
 The masks change inside the compiled train step (`lottery.sparse_updates`
 builds the hooks; `Experiment.with_mask_update` compiles one loop per group
@@ -67,6 +73,7 @@ from lottery import pruning
 from lottery import rng
 from lottery import scores as scores_lib
 from lottery import sparse_updates
+from lottery import straight_through
 from lottery import structure
 from lottery import tickets
 from lottery.errors import LotteryError
@@ -102,17 +109,26 @@ def _sparse_n_m(f, v, c) -> None:
   spec = structure.parse(v, field=f)
   if spec.kind != "N:M":
     config_lib.fail(f, v, "must be an N:M pattern such as '2:4'")
-  if "nm" not in c["sparse.methods"]:
+  methods = [m for m in c["sparse.methods"] if m in _N_M_METHODS]
+  if not methods:
     return
   d = spec.n / spec.m
   if any(x != d for x in c["sparse.densities"]):
     config_lib.fail("sparse.densities", tuple(c["sparse.densities"]),
-                    f"'nm' with sparse.n_m={v!r} trains at density N/M = "
+                    f"{methods[0]!r} with sparse.n_m={v!r} trains at density N/M = "
                     f"{d!r}: set sparse.densities to ({d!r},)")
   dist = c["sparse.distribution"]
   if ((dist,) if isinstance(dist, str) else tuple(dist)) != ("uniform",):
-    config_lib.fail("sparse.distribution", dist, f"'nm' keeps {spec.n} of "
+    config_lib.fail("sparse.distribution", dist, f"{methods[0]!r} keeps {spec.n} of "
                     f"every {spec.m} in every layer: set it to 'uniform'")
+
+
+def _sparse_decay(f, v, c) -> None:
+  config_lib.check_real(f, v, 0, 1, lo_open=False, hi_open=True)
+
+
+# The methods that train under `sparse.n_m`.
+_N_M_METHODS = ("nm", "sr_ste")
 
 
 def _sparse_end_fraction(f, v, c) -> None:
@@ -145,7 +161,7 @@ def _sparse_end_step(f, v, c) -> None:
 config_lib.register_block(
     "sparse",
     dict(
-        methods=METHODS,  # static | set | rigl | gmp | nm
+        methods=METHODS,  # static | set | rigl | gmp | nm | sr_ste
         densities=(0.1, 0.03),  # Target densities, each in (0, 1).
         # Per-layer densities: uniform | erk; a tuple runs each.
         distribution=("uniform", "erk"),
@@ -158,8 +174,12 @@ config_lib.register_block(
         # end_step 0 = end_fraction x training.steps.
         begin_step=0,
         end_step=0,
-        # nm: keep N of every M along each prunable leaf's reduction axis.
+        # nm, sr_ste: keep N of every M along each prunable leaf's reduction
+        # axis.
         n_m="2:4",
+        # sr_ste: lambda_W, the decay of the pruned weights' dense values
+        # (Zhou et al. 2021: 2e-4).
+        sr_ste_decay=2e-4,
     ),
     rules={
         "sparse.methods": _sparse_methods,
@@ -171,6 +191,7 @@ config_lib.register_block(
         "sparse.begin_step": config_lib.count(0),
         "sparse.end_step": _sparse_end_step,
         "sparse.n_m": _sparse_n_m,
+        "sparse.sr_ste_decay": _sparse_decay,
     },
     help={
         "sparse.methods": "sparse-training methods; a dense baseline always runs",
@@ -181,7 +202,8 @@ config_lib.register_block(
         "sparse.end_fraction": "set/rigl/nm: updates stop at end_fraction x training.steps (gmp's default end)",
         "sparse.begin_step": "gmp: the step pruning starts",
         "sparse.end_step": "gmp: the step it reaches the target (0 = end_fraction x training.steps)",
-        "sparse.n_m": "nm: the N:M pattern along the reduction axis, e.g. '2:4' (density N/M)",
+        "sparse.n_m": "nm, sr_ste: the N:M pattern along the reduction axis, e.g. '2:4' (density N/M)",
+        "sparse.sr_ste_decay": "sr_ste: lambda_W, decay of the pruned weights' dense values",
     })
 
 
@@ -206,7 +228,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   """
   config_lib.validate(config)
   s, steps = config.sparse, config.training.steps
-  dynamic = [m for m in s.methods if m in sparse_updates.names(dynamic=True)]
+  dynamic = [m for m in s.methods if m in sparse_updates.names(dynamic=True)
+             and not sparse_updates.info(m).get("every_step")]
   if dynamic and s.update_every >= steps:
     raise LotteryError(
         f"sparse.update_every: no mask update happens in training.steps="
@@ -312,7 +335,7 @@ def _hook(exp: Experiment, g: Group, counts: dict[str, int]):
       exp.dense_mask, counts, steps=c.training.steps,
       update_every=s.update_every, drop_fraction=s.drop_fraction,
       end_fraction=s.end_fraction, begin_step=s.begin_step,
-      end_step=gmp_end(c), n_m=s.n_m)
+      end_step=gmp_end(c), n_m=s.n_m, sr_ste_decay=s.sr_ste_decay)
   if hook is None:
     return None, 0, 0
   return hook, s.update_every, changes
@@ -365,7 +388,8 @@ class Sparse(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     shapes = distributions.shapes_of(ctx.exp.dense_mask)
-    if "nm" in ctx.config.sparse.methods:  # M divides every reduction axis.
+    if set(_N_M_METHODS) & set(ctx.config.sparse.methods):
+      # M divides every reduction axis.
       structure.check_model(ctx.config.sparse.n_m, ctx.exp.dense_mask,
                             ctx.exp.model, ctx.config.model.name,
                             field="sparse.n_m")
@@ -399,10 +423,19 @@ class Sparse(method_lib.Method):
             coords: dict) -> method_lib.GroupStart:
     c, exp = ctx.config, ctx.exp
     g, counts, hook, every, _ = self._hook(ctx, coords)
-    gexp = exp.with_mask_update(hook, every) if hook is not None else exp
+    st = hook if isinstance(hook, straight_through.StraightThrough) else None
+    if st is not None:
+      gexp = exp.with_straight_through(st)
+    elif hook is not None:
+      gexp = exp.with_mask_update(hook, every)
+    else:
+      gexp = exp
     initial, starts = {}, []
     for i in range(ctx.replicates):
-      if g.method in (DENSE, "gmp"):
+      if st is not None:
+        # The N:M mask of the initial weights, which start whole.
+        mask = jax.device_get(st.mask(ctx.init(i)[0]))
+      elif g.method in (DENSE, "gmp"):
         mask = exp.dense_mask
       elif g.method == "nm":
         mask = pruning.prune(exp.dense_mask, scores_lib.random(

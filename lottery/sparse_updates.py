@@ -16,6 +16,9 @@ j = s // dT, so the hook compiles once per run and never again.
         falling from dense to the target along the cubic schedule.
   nm    N:M sparse training: RigL whose growth refills each run of M
         weights along the reduction axis to exactly N (see `n_m_rigl`).
+  sr_ste  (Zhou et al. 2021) N:M from dense weights every step, their
+        gradient passed straight through (`lottery.straight_through`;
+        not a hook: the step itself runs it).
 
 Drop and grow, as in the RigL code (`SparseSETOptimizer._get_update_op`):
 the d weights to drop are ranked among the active weights only; the grow
@@ -37,7 +40,7 @@ Drop fraction: fraction(s) = alpha / 2 (1 + cos(pi s / T_end)) for s < T_end
 well, as the RigL paper does for every dynamic method; `lottery.schedules`,
 like GMP's cubic); with fraction 0 the mask stays as it is.
 
-The methods 'static', 'set', 'rigl', 'gmp' and 'nm' are a `Registry` (`register`,
+The methods 'static', 'set', 'rigl', 'gmp', 'nm' and 'sr_ste' are a `Registry` (`register`,
 `names`, `get`, `info`; info `dynamic`: whether the mask changes): an entry
 builds a group's hook and counts its mask-changing updates, and
 `lottery.sparse` calls the one its group names (see `static` for the form).
@@ -56,6 +59,7 @@ from lottery import schedules
 from lottery import scores as scores_lib
 from lottery import select
 from lottery import step as step_lib
+from lottery import straight_through
 from lottery import structure
 from lottery.errors import LotteryError
 from lottery.registry import Registry
@@ -175,15 +179,14 @@ def n_m_rigl(mask: masks_lib.Mask, table: np.ndarray, update_every: int,
   starts from a random N:M mask (`lottery.sparse`). Density N/M in every
   layer.
 
-  What it is not: SR-STE (Zhou et al. 2021, "Learning N:M Fine-grained
-  Structured Sparse Neural Networks From Scratch") keeps the dense weights,
-  recomputes the N:M mask from their magnitudes every step, passes
-  gradients straight through to the pruned weights and decays them by
-  lambda_W. The engine keeps pruned weights at exactly 0 (`lottery.step`),
-  so a pruned weight has no magnitude to come back by: the dense gradient
-  chooses regrowth, as in RigL, and a grown weight starts at 0 with a fresh
-  optimizer state. For that reason the update period is the run's
-  `sparse.update_every` (RigL's Delta T), not 1: updated every step, a
+  How it differs from SR-STE ('sr_ste', `lottery.straight_through`): SR-STE
+  keeps dense weights in the optimizer state, recomputes the N:M mask from
+  their magnitudes every step and passes gradients straight through to the
+  pruned ones. Here pruned weights are exactly 0 with no dense value behind
+  them, so a pruned weight has no magnitude to come back by: the dense
+  gradient chooses regrowth, as in RigL, and a grown weight starts at 0
+  with a fresh optimizer state. For that reason the update period is the
+  run's `sparse.update_every` (RigL's Delta T), not 1: updated every step, a
   weight grown at 0 would be the smallest of its run at the next update.
 
   Args:
@@ -258,7 +261,10 @@ def magnitude_schedule(mask: masks_lib.Mask, table: np.ndarray,
 #      begin_step, end_step) -> (hook or None, updates that change the mask)
 # with `counts` the {path: kept count} of the target density and the rest
 # the run's `training.steps` and `sparse.*` fields (end_step: GMP's resolved
-# end step, `sparse.gmp_end`; n_m: the N:M pattern of 'nm').
+# end step, `sparse.gmp_end`; n_m: the N:M pattern of 'nm' and 'sr_ste';
+# sr_ste_decay: SR-STE's lambda_W). 'sr_ste' returns a
+# `straight_through.StraightThrough` in the hook's place (info `every_step`:
+# the mask is set every step, `sparse.update_every` is not read).
 SparseMethod = Callable[..., tuple[step_lib.MaskUpdate | None, int]]
 _METHODS = Registry("sparse method", "sparse.methods")
 register = _METHODS.register
@@ -304,22 +310,36 @@ def gmp(mask, counts, *, steps, update_every, begin_step, end_step,
           changes(table, "gmp"))
 
 
+def _check_n_m_counts(mask, counts, n_m: str, method: str) -> None:
+  spec = structure.parse(n_m, field="sparse.n_m")
+  for path, (_, size) in masks_lib.counts(mask).items():
+    if counts[path] * spec.m != size * spec.n:
+      raise LotteryError(
+          f"sparse.densities: {method!r} keeps {spec.n} of every {spec.m}, "
+          f"{size // spec.m * spec.n} of the {size} weights of {path} "
+          f"(got a count of {counts[path]})")
+
+
 @register("nm", dynamic=True)
 def nm(mask, counts, *, steps, update_every, drop_fraction, end_fraction,
        n_m, **schedule):
   """`n_m_rigl` on RigL's cosine drop table; `counts` must be N/M of every
   leaf (`lottery.sparse` refuses other densities and distributions)."""
   del schedule
-  spec = structure.parse(n_m, field="sparse.n_m")
-  for path, (_, size) in masks_lib.counts(mask).items():
-    if counts[path] * spec.m != size * spec.n:
-      raise LotteryError(
-          f"sparse.densities: 'nm' keeps {spec.n} of every {spec.m}, "
-          f"{size // spec.m * spec.n} of the {size} weights of {path} "
-          f"(got a count of {counts[path]})")
+  _check_n_m_counts(mask, counts, n_m, "nm")
   table = drop_table(counts, drop_fractions(steps, update_every,
                                             drop_fraction, end_fraction))
   return n_m_rigl(mask, table, update_every, n_m), changes(table, "rigl")
+
+
+@register("sr_ste", dynamic=True, every_step=True)
+def sr_ste(mask, counts, *, steps, n_m, sr_ste_decay, **schedule):
+  """SR-STE (`lottery.straight_through`): no hook but a `StraightThrough`,
+  which the step runs every step (so `steps` updates); `counts` must be N/M
+  of every leaf, as for 'nm'."""
+  del schedule
+  _check_n_m_counts(mask, counts, n_m, "sr_ste")
+  return straight_through.sr_ste(mask, n_m, sr_ste_decay), steps
 
 
 # The built-in methods whose mask changes in training (`names(dynamic=True)`

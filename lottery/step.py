@@ -108,11 +108,15 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, *,
 def _init_state(tx, params, model_state, mask, step, seed) -> TrainState:
   # Copies, not the inputs: the state is donated to the compiled loop, and
   # its inputs (an experiment's initial weights, a ticket's mask) live on.
+  # The optimizer starts from the unmasked weights: SR-STE's keeps them
+  # whole (`lottery.straight_through`); optax's optimizers start from zeros
+  # of their shapes either way.
+  opt_state = tx.init(params)
   params = jax.tree.map(jnp.copy, masks_lib.apply_mask(mask, params))
   return TrainState(
       params=params,
       model_state=jax.tree.map(jnp.copy, model_state),
-      opt_state=tx.init(params),
+      opt_state=opt_state,
       mask=jax.tree.map(lambda m: None if m is None else jnp.array(m, bool),
                         mask, is_leaf=lambda x: x is None),
       step=step,
@@ -249,6 +253,7 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
                     augment: Augment | None = None,
                     mask_update: MaskUpdate | None = None,
                     update_every: int = 0,
+                    straight_through=None,
                     ) -> Callable[[TrainState, tuple, jax.Array],
                                   tuple[TrainState, dict]]:
   """The train step: `step(state, (x, y), learning_rate) -> (state, metrics)`.
@@ -270,6 +275,11 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
       key; returns the new mask. Weights the new mask adds start at 0 and
       their optimizer state is reset; dropped weights are zeroed.
     update_every: steps between mask updates (needs `mask_update`).
+    straight_through: a `lottery.straight_through.StraightThrough` (SR-STE):
+      `tx` is its `optimizer(...)` wrapper (not wrapped in `keep_pruned`),
+      which updates the dense weights in the optimizer state with the
+      gradient at the params; params and mask are then set from them every
+      step (`StraightThrough.step`). Not with `mask_update`.
 
   Returns:
     The step function (not jitted: jit, scan or vmap it). metrics: {'loss'}.
@@ -280,7 +290,11 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
   """
   if mask_update is not None and update_every < 1:
     raise ValueError("make_train_step: mask_update needs update_every >= 1")
-  tx = keep_pruned(tx)
+  if straight_through is not None and mask_update is not None:
+    raise ValueError("make_train_step: straight_through sets the mask every "
+                     "step; it takes no mask_update")
+  if straight_through is None:
+    tx = keep_pruned(tx)
 
   def make(update: str):
     """The step; update: 'due' (a lax.cond on the step), 'always', 'never'."""
@@ -315,12 +329,16 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
           due = (state.step > 0) & (state.step % update_every == 0)
           params, opt_state, mask = jax.lax.cond(
               due, change, lambda o: o, (params, opt_state, mask))
-      updates, opt_state = tx.update(grads, opt_state, params, mask=mask,
-                                     learning_rate=learning_rate)
+      if straight_through is not None:
+        params, opt_state, mask = straight_through.step(
+            tx, grads, opt_state, mask, learning_rate=learning_rate)
+      else:
+        updates, opt_state = tx.update(grads, opt_state, params, mask=mask,
+                                       learning_rate=learning_rate)
+        params = optax.apply_updates(params, updates)
       new_state = state.replace(
-          params=optax.apply_updates(params, updates),
-          model_state=model_state, opt_state=opt_state, mask=mask,
-          step=state.step + 1)
+          params=params, model_state=model_state, opt_state=opt_state,
+          mask=mask, step=state.step + 1)
       return new_state, {"loss": value}
     return step
 

@@ -143,7 +143,7 @@ BAD_CONFIGS = [
     ("pai.dense", 1, "pai.dense: must be True or False"),
     # Sparse training (lottery.sparse).
     ("sparse.methods", ("rigl", "snip"), "sparse.methods: must be one of "
-     "['gmp', 'nm', 'rigl', 'set', 'static'] (got 'snip')"),
+     "['gmp', 'nm', 'rigl', 'set', 'sr_ste', 'static'] (got 'snip')"),
     ("sparse.methods", (), "sparse.methods: must be a non-empty tuple"),
     ("sparse.methods", ("rigl", "rigl"), "sparse.methods: must not repeat"),
     ("sparse.densities", (0.1, 1.0), "sparse.densities: must be in (0, 1) "

@@ -27,11 +27,15 @@ def test_every_registry_is_a_registry():
   for what, reg in regs.items():
     assert isinstance(reg, Registry) and reg.what == what
   assert set(method.names()) >= {"imp", "pai", "sparse"}
-  # The default methods, and 'nm' (N:M sparse training, not a default).
+  # The default methods, 'nm' and 'sr_ste' (N:M sparse training, not
+  # defaults).
   assert sparse_updates.names() == sorted(config_lib.SPARSE_METHODS +
-                                          ("nm",))
-  assert sparse_updates.names(dynamic=True) == ["gmp", "nm", "rigl", "set"]
-  assert set(sparse_updates.DYNAMIC) == {"set", "rigl", "gmp", "nm"}
+                                          ("nm", "sr_ste"))
+  assert sparse_updates.names(dynamic=True) == ["gmp", "nm", "rigl", "set",
+                                                "sr_ste"]
+  assert sparse_updates.names(every_step=True) == ["sr_ste"]
+  assert set(sparse_updates.DYNAMIC) == {"set", "rigl", "gmp", "nm",
+                                         "sr_ste"}
   assert set(imp.RESETS) == set(config_lib.RESETS)
   assert imp.RESETS["rewind"] is imp.RESETS.get("rewind")
   assert scores.names() == ["magnitude", "random"]

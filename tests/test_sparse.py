@@ -19,6 +19,7 @@ from lottery import masks
 from lottery import pruning
 from lottery import sparse_updates as su
 from lottery import step as step_lib
+from lottery import straight_through
 
 from conftest import execute_notebook
 from conftest import tiny
@@ -282,7 +283,8 @@ def test_a_registered_sparse_method_is_what_sparse_calls(request, npz_path,
   summary = lottery.sparse.run(c, tmp_path / "wd", log=lambda _: None)
   assert [r["method"] for r in summary["runs"]] == ["dense", "frozen"]
   assert seen and all(s == ["begin_step", "drop_fraction", "end_fraction",
-                            "end_step", "n_m", "steps", "update_every"]
+                            "end_step", "n_m", "sr_ste_decay", "steps",
+                            "update_every"]
                       for s in seen)
 
 
@@ -348,7 +350,7 @@ def test_n_m_masks_keep_n_of_every_m_along_the_input_axis_at_every_update():
 @pytest.fixture(scope="module")
 def n_m_config(npz_path):
   return tiny(npz_path, method="sparse", **{
-      "sparse.methods": ("nm",), "sparse.densities": (0.5,),
+      "sparse.methods": ("nm", "sr_ste"), "sparse.densities": (0.5,),
       "sparse.distribution": ("uniform",), "sparse.update_every": 5,
       "sparse.n_m": "2:4", "training.checkpoint_every": 5})
 
@@ -357,12 +359,17 @@ def test_n_m_run_resumes_bit_identical_and_keeps_n_of_m(n_m_config, tmp_path,
                                                         monkeypatch):
   from conftest import leaves_equal, run_interrupted  # pylint: disable=g-import-not-at-top
   ref = lottery.sparse.run(n_m_config, tmp_path / "ref", log=lambda _: None)
+  # Interrupted in nm's training, after its ticket, and in SR-STE's.
   assert run_interrupted(lambda: lottery.sparse.run(
       n_m_config, tmp_path / "run", log=lambda _: None), monkeypatch,
-                         saves=(4,), finishes=(2,)) == 2
-  (nm,) = [r for r in ref["runs"] if r["method"] == "nm"]
+                         saves=(4, 7), finishes=(2,)) == 3
+  nm, sr = [[r for r in ref["runs"] if r["method"] == m][0]
+            for m in ("nm", "sr_ste")]
   assert nm["density"] == 0.5 and nm["mask_updates"] == 2
   assert nm["mask_change"] > 0
+  # SR-STE sets its mask every step (20), from weights that start whole.
+  assert sr["density"] == 0.5 and sr["mask_updates"] == 20
+  assert sr["mask_change"] > 0
   for r in ref["runs"]:
     coords = {k: r[k] for k in ("method", "distribution", "target_density",
                                 "seed")}
@@ -371,11 +378,20 @@ def test_n_m_run_resumes_bit_identical_and_keeps_n_of_m(n_m_config, tmp_path,
     for f in ("mask", "initial_mask", "trained_params"):
       assert leaves_equal(getattr(a, f), getattr(b, f)), (r["method"], f)
     assert a.metrics["history"] == b.metrics["history"]
-    if r["method"] == "nm":
+    if r["method"] in ("nm", "sr_ste"):
       for m in (a.mask, a.initial_mask):
         for leaf in ("fc1", "out"):
           assert (_runs_of(m[leaf]["kernel"], 4, 0) == 2).all()
       assert [h["mask_density"] for h in a.metrics["history"]] == [0.5] * 4
+      for leaf in ("fc1", "out"):  # Pruned weights are exactly 0.
+        w = np.asarray(a.trained_params[leaf]["kernel"])
+        assert (w[~np.asarray(a.mask[leaf]["kernel"])] == 0).all()
+    if r["method"] == "sr_ste":
+      # It starts from the N:M mask of the initial weights' magnitudes.
+      exp = lottery.build(n_m_config)
+      st = straight_through.sr_ste(exp.dense_mask, "2:4")
+      assert leaves_equal(jax.device_get(st.mask(exp.init_params)),
+                          a.initial_mask)
 
 
 @pytest.mark.parametrize("changes,message", [

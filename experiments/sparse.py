@@ -1,5 +1,6 @@
-r"""Runs a sparse-training experiment: static, SET, RigL and GMP masks at each
-density and per-layer distribution, with a dense baseline.
+r"""Runs a sparse-training experiment: static, SET, RigL and GMP masks (and
+N:M: 'nm', SR-STE's 'sr_ste') at each density and per-layer distribution,
+with a dense baseline.
 
   python -m experiments.sparse --workdir=/tmp/lottery_runs/sparse
   python -m experiments.sparse --config=sparse_mnist1d:quick --workdir=...

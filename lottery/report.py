@@ -136,7 +136,14 @@ def recipe(workdir: PathLike) -> str:
   elif m == "pai":
     parts.append(f"{c.pai.scope}")
   elif m == "sparse":
-    parts.append(f"ΔT={c.sparse.update_every}")
+    s = c.sparse
+    # ΔT for the methods that read it; N:M and SR-STE's decay where run.
+    if set(s.methods) - {"static", "sr_ste"}:
+      parts.append(f"ΔT={s.update_every}")
+    if {"nm", "sr_ste"} & set(s.methods):
+      parts.append(f"N:M {s.n_m}")
+    if "sr_ste" in s.methods:
+      parts.append(f"λ_W={s.get('sr_ste_decay', 2e-4):g}")
   return ", ".join(parts)
 
 

@@ -41,7 +41,9 @@ uninterrupted one would.
 
 Every run's record: its coordinates (method, distribution, target_density,
 seed), density, layer_densities, test_accuracy, test_loss, train_loss,
-time_s, mask_updates (updates that changed the mask), mask_change (fraction
+time_s, mask_updates (the updates that change the mask's counts or draw
+new positions; for sr_ste the steps, at each of which the mask is
+recomputed, whether or not it moves), mask_change (fraction
 of the final mask's kept weights that the initial mask did not keep) and
 ticket. The ticket holds the final mask, the initial and trained weights, and
 the initial mask (`Ticket.initial_mask`); each evaluation in its history also

@@ -79,6 +79,10 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, *,
                seed: int = 0) -> TrainState:
   """A train state with a fresh optimizer state around a copy of `params`.
 
+  The state's params are `params` masked; the optimizer's `init` receives
+  `params` as given (unmasked): SR-STE's keeps them whole
+  (`lottery.straight_through`), optax's optimizers read only their shapes.
+
   One compiled call (masking, copies, the optimizer's init and the key),
   compiled once per optimizer and shapes: run op by op, these few dozen tiny
   programs cost more than a short run's training.

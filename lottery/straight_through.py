@@ -132,7 +132,17 @@ class StraightThrough:
            ) -> tuple[PyTree, DenseWeights, PyTree]:
     """One SR-STE update: (new params W * m, new optimizer state, new mask
     m = N:M(|W|)) from the gradient at the current params. `tx` is
-    `optimizer(...)`'s wrapper."""
+    `optimizer(...)`'s wrapper.
+
+    Raises:
+      LotteryError: (when traced) if `opt_state` is not a `DenseWeights`:
+        `tx` was not built by `optimizer`.
+    """
+    if not isinstance(opt_state, DenseWeights):
+      raise LotteryError(
+          f"tx: SR-STE's train step needs the optimizer of "
+          f"StraightThrough.optimizer(tx), whose state holds the dense "
+          f"weights (got a state of type {type(opt_state).__name__})")
     _, opt_state = tx.update(grads, opt_state, None, mask=mask, **extra)
     new_mask = self.mask(opt_state.dense)
     return (masks_lib.apply_mask(new_mask, opt_state.dense), opt_state,
@@ -153,6 +163,10 @@ def sr_ste(mask: masks_lib.Mask, n_m: str, decay: float = 2e-4, *,
     LotteryError: naming `field` for a pattern that is not N:M or an M that
       does not divide a prunable leaf's reduction axis.
   """
+  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or \
+      not 0 <= decay < 1:
+    raise LotteryError(f"sparse.sr_ste_decay: must be a number in [0, 1) "
+                       f"(got {decay!r})")
   spec = structure.parse(n_m, field=field)
   if spec.kind != "N:M":
     raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "

@@ -170,6 +170,7 @@ def test_plotted_numbers_are_the_records(runs, written):
   assert [s["label"] for s in comp["runs"][1]["series"]] == ["snip",
                                                              "random"]
   assert all(r["recipe"].startswith("mlp_tiny on npz") for r in comp["runs"])
+  assert comp["runs"][2]["recipe"] == "mlp_tiny on npz, 20 steps, ΔT=5"
   matching = {m["density"]: m for m in comp["matching"]}
   assert 0.25 in matching  # IMP's round 2, PaI's and sparse's target.
   assert {v["run"] for v in matching[0.25]["series"].values()} == {

@@ -370,6 +370,10 @@ def test_n_m_run_resumes_bit_identical_and_keeps_n_of_m(n_m_config, tmp_path,
   # SR-STE sets its mask every step (20), from weights that start whole.
   assert sr["density"] == 0.5 and sr["mask_updates"] == 20
   assert sr["mask_change"] > 0
+  # The report's label names what the run reads.
+  from lottery import report  # pylint: disable=g-import-not-at-top
+  assert report.recipe(tmp_path / "ref") == (
+      "mlp_tiny on npz, 20 steps, ΔT=5, N:M 2:4, λ_W=0.0002")
   for r in ref["runs"]:
     coords = {k: r[k] for k in ("method", "distribution", "target_density",
                                 "seed")}

@@ -5,6 +5,7 @@ weights, bad input)."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import lottery
 from lottery import masks
 from lottery import models
+from lottery import optim
 from lottery import step as step_lib
 from lottery import straight_through
 
@@ -21,9 +23,10 @@ def _linear(params, model_state, x, *, train, rng=None):
   return x @ params["k"], model_state
 
 
-def _weighted_sum(logits, y):
-  # The gradient of sum(x @ k * y) in k is x^T y: known by hand.
-  return jnp.sum(logits * y)
+def _squared(logits, y):
+  # sum(y * (x @ k)^2): its gradient in k, 2 x^T (y * x @ k), depends on
+  # the weights it is taken at (W * m, not W).
+  return jnp.sum(y * logits ** 2)
 
 
 def _sgd():
@@ -32,11 +35,14 @@ def _sgd():
 
 def test_one_step_hand_checked():
   # k: 4 weights in one run of 4 (2:4 along axis 0). The 2 largest |w|
-  # (rows 0, 1) are kept; the gradient x^T y = [1, 2, -3, -4] reaches all
-  # four; the pruned rows 2, 3 also decay by lambda * w. With lr 0.1:
-  #   W1 = W0 - 0.1 * (g + 0.5 * (1 - m) * W0)
-  #      = [0.4, -0.6, 0.1 + 0.295, 0.3 + 0.385] = [0.4, -0.6, 0.395, 0.685]
-  # and the new mask keeps rows 1 and 3: a pruned weight came back.
+  # (rows 0, 1) are kept: W0 * m0 = [0.5, -0.4, 0, 0]. With x = [1, 1, -4,
+  # -4] the forward pass gives x @ (W0 * m0) = 0.1 and the gradient at
+  # W0 * m0 is g = 2 * 0.1 * x = [0.2, 0.2, -0.8, -0.8], passed to all four
+  # weights (at W0 it would be 2 * (-1.5) * x). The pruned rows also decay:
+  #   W1 = W0 - lr * (g + 0.5 * (1 - m0) * W0), lr = 1
+  #      = [0.5 - 0.2, -0.4 - 0.2, 0.1 + 0.75, 0.3 + 0.65]
+  #      = [0.3, -0.6, 0.85, 0.95],
+  # and the new mask keeps rows 2 and 3: both pruned weights came back.
   w0 = np.asarray([[0.5], [-0.4], [0.1], [0.3]], np.float32)
   params = {"k": jnp.asarray(w0)}
   st = straight_through.sr_ste(masks.make_mask(params, ("k",)), "2:4", 0.5)
@@ -48,20 +54,80 @@ def test_one_step_hand_checked():
   np.testing.assert_array_equal(state.params["k"][:, 0],
                                 np.float32([0.5, -0.4, 0, 0]))
   np.testing.assert_array_equal(state.opt_state.dense["k"], w0)
-  step = jax.jit(step_lib.make_train_step(_linear, tx, loss_fn=_weighted_sum,
+  step = jax.jit(step_lib.make_train_step(_linear, tx, loss_fn=_squared,
                                           straight_through=st))
-  x = jnp.asarray([[1.0, 2.0, -3.0, -4.0]])
-  new, _ = step(state, (x, jnp.ones((1, 1))), 0.1)
-  g = np.asarray([[1.0], [2.0], [-3.0], [-4.0]], np.float32)
-  m = np.asarray(m0["k"])
-  want = w0 + (-np.where(m, g, g + np.float32(0.5) * w0)) * np.float32(0.1)
-  np.testing.assert_allclose(want[:, 0], [0.4, -0.6, 0.395, 0.685],
-                             rtol=1e-6)
-  np.testing.assert_array_equal(new.opt_state.dense["k"], want)
+  new, _ = step(state, (jnp.asarray([[1.0, 1.0, -4.0, -4.0]]),
+                        jnp.ones((1, 1))), 1.0)
+  np.testing.assert_allclose(new.opt_state.dense["k"][:, 0],
+                             [0.3, -0.6, 0.85, 0.95], rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(new.mask["k"])[:, 0],
-                                [0, 1, 0, 1])
+                                [0, 0, 1, 1])
+  dense = np.asarray(new.opt_state.dense["k"])[:, 0]
   np.testing.assert_array_equal(new.params["k"][:, 0],
-                                [0, want[1, 0], 0, want[3, 0]])
+                                [0, 0, dense[2], dense[3]])
+
+
+def _mlp(params, model_state, x, *, train, rng=None):
+  del train, rng
+  h = jnp.tanh(x @ params["a"]["kernel"] + params["a"]["bias"])
+  return h @ params["b"]["kernel"] + params["b"]["bias"], model_state
+
+
+def _n_m_reference(w, n=2, m=4):
+  """N largest |w| of every m consecutive rows (axis 0), in numpy."""
+  runs = np.abs(w).T.reshape(w.shape[1], -1, m)
+  keep = np.argsort(np.argsort(-runs, axis=-1, kind="stable"), axis=-1) < n
+  return keep.reshape(w.shape[1], -1).T
+
+
+def test_steps_match_a_reference_with_momentum_and_weight_decay():
+  # A tanh MLP, 2:4 on both kernels (biases dense), SGD with momentum 0.9
+  # and coupled weight decay 0.01 (the framework's 'sgd', as the paper
+  # trains), lambda_W 0.05, 12 steps, against a float64 numpy reference of
+  # Zhou et al.'s update: the gradient at W * N:M(|W|) for every weight,
+  # plus lambda_W * W on the pruned ones, plus weight decay * W, momentum.
+  rng = np.random.default_rng(0)
+  w = {"a": {"kernel": rng.normal(size=(8, 12)), "bias": rng.normal(size=12)},
+       "b": {"kernel": rng.normal(size=(12, 4)), "bias": np.zeros(4)}}
+  w = jax.tree.map(lambda a: np.asarray(a, np.float32), w)
+  x = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 4, 16))
+  training = ml_collections.ConfigDict(dict(
+      optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=0.01))
+  st = straight_through.sr_ste(masks.make_mask(w, (".*kernel",)), "2:4",
+                               0.05)
+  tx = st.optimizer(optim.make_optimizer(training))
+  state = step_lib.init_state(w, tx, mask=st.mask(w))
+  step = jax.jit(step_lib.make_train_step(_mlp, tx, straight_through=st))
+  ref = jax.tree.map(lambda a: a.astype(np.float64), w)
+  velocity = jax.tree.map(np.zeros_like, ref)
+  grad = jax.jit(jax.grad(lambda p: step_lib.cross_entropy(
+      _mlp(p, {}, x, train=True)[0], y)))
+  for _ in range(12):
+    state, _ = step(state, (x, y), 0.1)
+    keep = {k: _n_m_reference(ref[k]["kernel"]) for k in ref}
+    at = {k: {"kernel": np.float32(ref[k]["kernel"] * keep[k]),
+              "bias": np.float32(ref[k]["bias"])} for k in ref}
+    g = jax.tree.map(lambda a: np.asarray(a, np.float64), grad(at))
+    for k in ref:
+      for leaf in ("kernel", "bias"):
+        d = g[k][leaf] + 0.01 * ref[k][leaf]
+        if leaf == "kernel":
+          d = d + 0.05 * ~keep[k] * ref[k][leaf]
+        velocity[k][leaf] = 0.9 * velocity[k][leaf] + d
+        ref[k][leaf] = ref[k][leaf] - 0.1 * velocity[k][leaf]
+  for k in ref:
+    for leaf in ("kernel", "bias"):
+      np.testing.assert_allclose(state.opt_state.dense[k][leaf],
+                                 ref[k][leaf], rtol=1e-5, atol=1e-5)
+    keep = _n_m_reference(ref[k]["kernel"])
+    np.testing.assert_array_equal(state.mask[k]["kernel"], keep)
+    np.testing.assert_array_equal(
+        state.params[k]["kernel"],
+        np.where(keep, state.opt_state.dense[k]["kernel"], 0))
+  # The masks moved: the test reaches pruned weights that come back.
+  assert not all(np.array_equal(st.mask(w)[k]["kernel"],
+                                state.mask[k]["kernel"]) for k in ref)
 
 
 def _runs(k, m, axis):
@@ -98,15 +164,12 @@ def test_n_of_m_along_the_reduction_axis_at_every_step():
       assert (_runs(m, 4, axis) == 2).all(), name
       if m.shape[-1] % 4 == 0:  # Not along the output axis.
         assert not (_runs(m, 4, m.ndim - 1) == 2).all(), name
-    for m, p, w in zip(jax.tree.leaves(state.mask),
-                       jax.tree.leaves(masks.apply_mask(
-                           state.mask, state.params)),
-                       jax.tree.leaves(masks.apply_mask(
-                           state.mask, state.opt_state.dense))):
-      np.testing.assert_array_equal(p, w)
-    for m, p in zip(jax.tree.leaves(state.mask), [
-        state.params[k]["kernel"] for k in sorted(state.params)]):
-      assert (np.asarray(p)[~np.asarray(m)] == 0).all()
+    # Every leaf: the params are the dense weights on the mask, 0 off it.
+    params = masks.named_leaves(state.params)
+    dense_w = masks.named_leaves(state.opt_state.dense)
+    for name, m in masks.named_leaves(state.mask).items():
+      want = dense_w[name] if m is None else np.where(m, dense_w[name], 0)
+      np.testing.assert_array_equal(params[name], want)
   assert changed > 0
   assert not all(np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(first), jax.tree.leaves(state.mask)))
@@ -121,6 +184,22 @@ def test_refuses_a_pattern_that_is_not_n_m_or_does_not_divide():
   with pytest.raises(lottery.LotteryError, match=r"^sparse.n_m: '2:4' groups "
                      r"4 weights along axis 0 of k \(shape \(6, 2\)\)"):
     straight_through.sr_ste(mask, "2:4")
+
+
+def test_refuses_a_bad_decay_and_an_optimizer_it_did_not_build():
+  params = {"k": jnp.zeros((4, 1))}
+  mask = masks.make_mask(params, ("k",))
+  for decay in (-0.1, 1.0, float("nan"), True):
+    with pytest.raises(lottery.LotteryError, match=r"^sparse.sr_ste_decay: "
+                       r"must be a number in \[0, 1\)"):
+      straight_through.sr_ste(mask, "2:4", decay)
+  st = straight_through.sr_ste(mask, "2:4")
+  state = step_lib.init_state(params, _sgd(), mask=st.mask(params))
+  step = step_lib.make_train_step(_linear, _sgd(), loss_fn=_squared,
+                                  straight_through=st)
+  with pytest.raises(lottery.LotteryError, match=r"^tx: SR-STE's train step "
+                     r"needs the optimizer of StraightThrough.optimizer"):
+    jax.jit(step)(state, (jnp.ones((1, 4)), jnp.ones((1, 1))), 0.1)
 
 
 def test_no_mask_update_beside_it():

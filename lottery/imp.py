@@ -388,9 +388,11 @@ def _score_batch(config, exp: Experiment, i: int, r: int):
 
 
 def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
-           r: int) -> list[Any]:
+           r: int, programs: dict | None = None) -> list[Any]:
   """Round r's masks from each replicate's previous ticket (vmapped over
-  the replicates on the device when there are several)."""
+  the replicates on the device when there are several). `programs` keeps a
+  group criterion's compiled program across rounds, by the round's rates:
+  rounds at the same rate (a constant `pruning.fraction`) share one."""
   p = config.pruning
   rate = schedules.round_rate(p.schedule, p.fraction, r)
   layer_fractions = {k: schedules.round_rate(p.schedule, v, r)
@@ -424,17 +426,23 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
            [[t.model_state for t in prev],
             [_score_batch(config, exp, i, r) for i in range(len(prev))]])
   # A group criterion runs the model (taylor): compiled like every program
-  # that does, so its scores are PaI's for the same network and batch.
-  compiled = xla_options.jit if criterion is not None else (lambda f: f)
+  # that does, so its scores are PaI's for the same network and batch; one
+  # program for every round at the same rates.
+  fn = one if len(prev) == 1 else jax.vmap(one)
+  if criterion is not None:
+    programs = {} if programs is None else programs
+    key = (rate, tuple(sorted(layer_fractions.items())), len(prev) > 1)
+    if key not in programs:
+      programs[key] = xla_options.jit(fn)
+    fn = programs[key]
   if len(prev) == 1:
-    return [compiled(one)(prev[0].mask, prev[0].trained_params, keys[0],
-                          *[e[0] for e in extra])]
+    return [fn(prev[0].mask, prev[0].trained_params, keys[0],
+               *[e[0] for e in extra])]
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
-  masks = jax.device_get(compiled(jax.vmap(one))(
-                                       stack([t.mask for t in prev]),
-                                       stack([t.trained_params for t in prev]),
-                                       jax.numpy.stack(keys),
-                                       *[stack(e) for e in extra]))
+  masks = jax.device_get(fn(stack([t.mask for t in prev]),
+                            stack([t.trained_params for t in prev]),
+                            jax.numpy.stack(keys),
+                            *[stack(e) for e in extra]))
   return [loop_lib.unstack(masks, i) for i in range(len(prev))]
 
 
@@ -587,7 +595,8 @@ class Imp(method_lib.Method):
           # One program, not one a leaf.
           ctx.state["score_fn"] = xla_options.jit(
               scores_lib.get(c.pruning.score))
-        masks = _prune(c, exp, ctx.state["score_fn"], prev, r)
+        masks = _prune(c, exp, ctx.state["score_fn"], prev, r,
+                       ctx.state.setdefault("prune_programs", {}))
         if (c.pruning.structure in structure_lib.UNIT_KINDS and
             c.pruning.scope == "global"):
           _check_sets_kept(c, exp, masks, r)

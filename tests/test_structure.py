@@ -913,6 +913,26 @@ def test_imp_taylor_prunes_the_units_hand_computed_on_its_batch(npz_path,
     assert _dead_fc1(mask) == want, i
 
 
+def test_imp_taylor_traces_its_scoring_once_for_rounds_at_one_rate(
+    npz_path, tmp_path, monkeypatch):
+  # Three rounds at the constant fraction: one compiled scoring program.
+  traced = []
+  real = lottery.scores.for_criterion
+
+  def counted(*args, **kwargs):
+    traced.append(args[0])
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(lottery.imp.scores_lib, "for_criterion", counted)
+  cfg = tiny(npz_path, **{"pruning.structure": "neuron", "pruning.rounds": 3,
+                          "pruning.group_score": "taylor",
+                          "pruning.batch_size": 50, "controls": (),
+                          "training.steps": 5})
+  summary = lottery.run(cfg, tmp_path, log=quiet)
+  assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
+  assert traced == ["taylor"]
+
+
 def test_pai_taylor_prunes_the_units_hand_computed_on_the_init(npz_path,
                                                                tmp_path):
   cfg = tiny(npz_path, method="pai", **{

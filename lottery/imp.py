@@ -449,8 +449,8 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
 def _stream_free_coupling(config, exp: Experiment):
   """The model's unit sets that `pruning.structure` prunes (without the
   residual streams under `pruning.residual_streams` False)."""
-  return structure_lib.without_streams(
-      structure_lib.coupling_of(exp.model), config.pruning.residual_streams,
+  return structure_lib.prunable_units(
+      exp.model, config.pruning.residual_streams,
       field="pruning.residual_streams")
 
 

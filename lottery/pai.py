@@ -344,9 +344,8 @@ def _check_units_kept(config: ml_collections.ConfigDict,
   after each method's rounds, by the one rounding rule."""
   p = config.pai
   sizes = structure_lib.unit_counts(
-      exp.dense_mask, structure_lib.without_streams(
-          structure_lib.coupling_of(exp.model), p.residual_streams,
-          field="pai.residual_streams"),
+      exp.dense_mask, structure_lib.prunable_units(
+          exp.model, p.residual_streams, field="pai.residual_streams"),
       kind=p.structure, field="pai.structure")
   for method in p.methods:
     rounds = iterations(config, method)

@@ -220,6 +220,15 @@ def without_streams(coupling: Sequence[Units] | None,
   return kept
 
 
+def prunable_units(model: Any, residual_streams: bool = True, *,
+                   name: str | None = None,
+                   field: str = "residual_streams") -> tuple[Units, ...] | None:
+  """The unit sets of `model` that a prune may remove units of:
+  `without_streams(coupling_of(model), residual_streams, ...)`."""
+  return without_streams(coupling_of(model), residual_streams, model=name,
+                         field=field)
+
+
 def stream_producers(coupling: Any) -> tuple[str, ...]:
   """The producers of the residual streams of `coupling` (unit sets, or a
   model that declares them; none for None)."""
@@ -397,8 +406,8 @@ def check_model(spec: Any, mask: Any, model: Any, name: str, *,
   if spec.kind == "N:M":
     n_m_plan(spec, list(live), list(live.values()), field=field)
   elif spec.kind in UNIT_KINDS:
-    coupling = without_streams(coupling_of(model), residual_streams,
-                               model=repr(name), field=streams_field)
+    coupling = prunable_units(model, residual_streams, name=repr(name),
+                              field=streams_field)
     unit_plan(coupling, list(live), list(live.values()),
               kind=spec.kind, model=repr(name), field=field)
   return spec

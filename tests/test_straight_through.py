@@ -16,6 +16,7 @@ from lottery import models
 from lottery import optim
 from lottery import step as step_lib
 from lottery import straight_through
+from lottery import structure
 
 
 def _linear(params, model_state, x, *, train, rng=None):
@@ -173,6 +174,26 @@ def test_n_of_m_along_the_reduction_axis_at_every_step():
   assert changed > 0
   assert not all(np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(first), jax.tree.leaves(state.mask)))
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (3, 3, 8, 5), (12,)])
+@pytest.mark.parametrize("n_m", ["2:4", "1:4", "3:4"])
+def test_mask_is_n_m_leaves_of_the_magnitudes_with_ties_and_nan(shape, n_m):
+  # Integer magnitudes of both signs: many ties (and -0.0 against 0.0);
+  # a NaN and infinities. The fast ranking equals the prune's.
+  rng = np.random.default_rng(1)
+  w = rng.integers(-2, 3, size=shape).astype(np.float32)
+  flat = w.reshape(-1)
+  flat[0], flat[3], flat[5] = np.nan, np.inf, -np.inf
+  flat[np.flatnonzero(flat == 0)[:2]] = -0.0
+  params = {"k": jnp.asarray(w)}
+  mask = masks.make_mask(params, ("k",))
+  st = straight_through.sr_ste(mask, n_m)
+  n, m = map(int, n_m.split(":"))
+  axis = 0 if len(shape) < 2 else len(shape) - 2
+  want, _ = structure.n_m_leaves(((n, m, axis),),
+                                 [np.ones(shape, bool)], [np.abs(w)])
+  np.testing.assert_array_equal(jax.jit(st.mask)(params)["k"], want[0])
 
 
 def test_refuses_a_pattern_that_is_not_n_m_or_does_not_divide():

@@ -3,7 +3,7 @@ density, uniform and ERK, with a dense baseline (the default of
 `python -m experiments.sparse`).
 
 The MLP, data and optimizer of configs/mnist1d.py (40-500-(residual
-500-500)-10, Adam 2e-2, batch 100, 1500 steps); the four kernels are sparse,
+500-500)-10, Adam 2e-2, batch 100, 1500 steps); the three kernels are sparse,
 the biases dense. Mask updates every 100 steps (Evci et al. 2020's dT), drop
 fraction 0.3 cosine-annealed to 0 at 75% of training (SET and RigL alike, as
 the RigL paper runs every dynamic method); GMP prunes from dense at step 0 to

@@ -34,6 +34,7 @@ import optax
 
 from lottery import masks as masks_lib
 from lottery import rng as rng_lib
+from lottery import straight_through as straight_through_lib
 from lottery.errors import LotteryError
 
 PyTree = Any
@@ -303,6 +304,14 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
   def make(update: str):
     """The step; update: 'due' (a lax.cond on the step), 'always', 'never'."""
     def step(state: TrainState, batch, learning_rate):
+      if straight_through is None and isinstance(
+          state.opt_state, straight_through_lib.DenseWeights):
+        # At trace time: without it the SR-STE optimizer would train a
+        # fixed mask.
+        raise LotteryError(
+            "straight_through: the optimizer state holds SR-STE's dense "
+            "weights (StraightThrough.optimizer); pass straight_through=st "
+            "to make_train_step, or its mask never changes")
       x, y = batch
       key = state.key()
       if augment is not None:

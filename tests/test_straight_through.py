@@ -223,6 +223,18 @@ def test_refuses_a_bad_decay_and_an_optimizer_it_did_not_build():
     jax.jit(step)(state, (jnp.ones((1, 4)), jnp.ones((1, 1))), 0.1)
 
 
+def test_its_optimizer_without_straight_through_is_refused():
+  # Else keep_pruned would train the starting mask, silently not SR-STE.
+  params = {"k": jnp.asarray([[0.5], [-0.4], [0.1], [0.3]])}
+  st = straight_through.sr_ste(masks.make_mask(params, ("k",)), "2:4")
+  tx = st.optimizer(_sgd())
+  state = step_lib.init_state(params, tx, mask=st.mask(params))
+  step = step_lib.make_train_step(_linear, tx, loss_fn=_squared)
+  with pytest.raises(lottery.LotteryError, match=r"^straight_through: the "
+                     r"optimizer state holds SR-STE's dense weights"):
+    jax.jit(step)(state, (jnp.ones((1, 4)), jnp.ones((1, 1))), 0.1)
+
+
 def test_no_mask_update_beside_it():
   params = {"k": jnp.zeros((4, 1))}
   st = straight_through.sr_ste(masks.make_mask(params, ("k",)), "2:4")

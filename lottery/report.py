@@ -143,7 +143,7 @@ def recipe(workdir: PathLike) -> str:
     if {"nm", "sr_ste"} & set(s.methods):
       parts.append(f"N:M {s.n_m}")
     if "sr_ste" in s.methods:
-      parts.append(f"λ_W={s.get('sr_ste_decay', 2e-4):g}")
+      parts.append(f"λ_W={s.sr_ste_decay:g}")
   return ", ".join(parts)
 
 

@@ -108,9 +108,7 @@ def _sparse_densities(f, v, c) -> None:
 
 
 def _sparse_n_m(f, v, c) -> None:
-  spec = structure.parse(v, field=f)
-  if spec.kind != "N:M":
-    config_lib.fail(f, v, "must be an N:M pattern such as '2:4'")
+  spec = structure.parse_n_m(v, field=f)
   methods = [m for m in c["sparse.methods"] if m in _N_M_METHODS]
   if not methods:
     return
@@ -433,10 +431,11 @@ class Sparse(method_lib.Method):
     else:
       gexp = exp
     initial, starts = {}, []
+    # SR-STE starts from the N:M mask of the initial weights (one program).
+    mask_of = jax.jit(st.mask) if st is not None else None
     for i in range(ctx.replicates):
       if st is not None:
-        # The N:M mask of the initial weights, which start whole.
-        mask = jax.device_get(st.mask(ctx.init(i)[0]))
+        mask = jax.device_get(mask_of(ctx.init(i)[0]))
       elif g.method in (DENSE, "gmp"):
         mask = exp.dense_mask
       elif g.method == "nm":

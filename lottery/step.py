@@ -113,9 +113,7 @@ def init_state(params: PyTree, tx: optax.GradientTransformation, *,
 def _init_state(tx, params, model_state, mask, step, seed) -> TrainState:
   # Copies, not the inputs: the state is donated to the compiled loop, and
   # its inputs (an experiment's initial weights, a ticket's mask) live on.
-  # The optimizer starts from the unmasked weights: SR-STE's keeps them
-  # whole (`lottery.straight_through`); optax's optimizers start from zeros
-  # of their shapes either way.
+  # The optimizer's init sees the unmasked weights (see the docstring).
   opt_state = tx.init(params)
   params = jax.tree.map(jnp.copy, masks_lib.apply_mask(mask, params))
   return TrainState(

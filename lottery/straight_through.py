@@ -188,10 +188,7 @@ def sr_ste(mask: masks_lib.Mask, n_m: str, decay: float = 2e-4, *,
       not 0 <= decay < 1:
     raise LotteryError(f"sparse.sr_ste_decay: must be a number in [0, 1) "
                        f"(got {decay!r})")
-  spec = structure.parse(n_m, field=field)
-  if spec.kind != "N:M":
-    raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "
-                       f"{n_m!r})")
+  spec = structure.parse_n_m(n_m, field=field)
   leaves, treedef = jax.tree.flatten(mask, is_leaf=_is_none)
   live = tuple(i for i, m in enumerate(leaves) if m is not None)
   names = [n for n, m in masks_lib.named_leaves(mask).items() if m is not None]

@@ -176,6 +176,16 @@ def parse(spec: Any, *, field: str = "structure") -> Structure:
   return Structure("N:M", n, m)
 
 
+def parse_n_m(spec: Any, *, field: str = "structure") -> Structure:
+  """`parse(spec)` of an N:M pattern; a LotteryError naming `field` for any
+  other structure."""
+  parsed = parse(spec, field=field)
+  if parsed.kind != "N:M":
+    raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "
+                       f"{spec!r})")
+  return parsed
+
+
 def check_group_score(name: Any, *, field: str = "group_score") -> str:
   """`name` if it is one of GROUP_SCORES, else a LotteryError naming
   `field`."""

@@ -42,6 +42,7 @@ import os
 import pathlib
 import platform
 import re
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -63,9 +64,39 @@ __all__ = ["Figure", "accuracy_vs_density", "barrier", "check_workdir",
 PathLike = str | os.PathLike
 Plot = tuple[Any, dict] | None
 
-# One colour per series name, the same in every figure.
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-           "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+           "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+# The built-in series names' colours: a family's names appear together, so
+# each family takes distinct places of the palette.
+_NAMED_COLORS = {name: _COLORS[i] for family in (
+    ("ticket", "reinit", "random_prune", "shuffle", "scratch"),
+    ("magnitude", "random", "snip", "grasp", "synflow"),
+    ("static", "set", "rigl", "gmp", "nm", "sr_ste"))
+                 for i, name in enumerate(family)}
+
+
+def _colors(keys: Iterable[str],
+            word: Callable[[str], str] = lambda k: k) -> dict[str, str]:
+  """One figure's colours, by series key: a series named 'dense' is gray;
+  the others take their name's colour (`word(key)`'s first word: a built-in
+  method or control has a fixed one, any other name one chosen by its
+  checksum), so a method has the same colour in every figure of a report;
+  a colour already taken in the figure passes to the next free one."""
+  out: dict[str, str] = {}
+  for key in dict.fromkeys(keys):
+    name = (word(key).split() or [""])[0]
+    if name == "dense":
+      out[key] = "gray"
+      continue
+    i = _COLORS.index(_NAMED_COLORS.get(name) or _COLORS[
+        zlib.crc32(name.encode()) % len(_COLORS)])
+    taken = set(out.values())
+    for j in range(len(_COLORS)):
+      if _COLORS[(i + j) % len(_COLORS)] not in taken:
+        i += j
+        break
+    out[key] = _COLORS[i % len(_COLORS)]
+  return out
 
 
 @dataclasses.dataclass
@@ -289,7 +320,13 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
   fig, axes = _figure((12 if several else 5.5 + 3.5 * len(panels))
                       if len(panels) > 1 or several else 7.5, 5,
                       ncols=len(panels), sharey=True)
-  colors: dict[str, str] = {}
+  colors = _colors((f"{run['name']}/{k}" for run in all_runs for k in
+                    [s["label"] for s in run["series"]] +
+                    (["dense"] if run["dense"] else [])),
+                   # Several runs: each run's baseline in a colour of its own.
+                   word=lambda k: (k.replace(" ", "_") if several and
+                                   k.endswith("/dense") else
+                                   k.rsplit("/", 1)[1]))
   markers = "osD^v<>p*hXP"
   densities = []
   handles: dict[str, Any] = {}
@@ -305,8 +342,6 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
       densities += [p["density"] for p in pts]
       label = s["label"]
       key = f"{run['name']}/{label}"
-      if key not in colors:
-        colors[key] = _COLORS[len(colors) % len(_COLORS)]
       dashed = run["method"] == "imp" and label != "ticket"
       line = _band(ax, [p["density"] for p in pts], [p["mean"] for p in pts],
                    [p["std"] for p in pts],
@@ -316,8 +351,7 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
       handles.setdefault(f"{key}", line)
     if run["dense"]:
       d = run["dense"]
-      color = "gray" if not several else _COLORS[len(colors) % len(_COLORS)]
-      colors[f"{run['name']}/dense"] = color
+      color = colors[f"{run['name']}/dense"]
       for ax in axes:
         line = ax.axhline(d["mean"], color=color, ls=":", lw=1.2,
                           label=("    " if several else "") + "dense" +
@@ -424,12 +458,13 @@ def layer_densities(workdir: PathLike,
       -v if isinstance(v, (int, float)) else 0, str(v)))
   fig, axes = _figure(min(4.2 * len(panels), 13) + 1.5, 3.8,
                       ncols=len(panels), sharey=True)
+  colors = _colors(" ".join(str(r[k]) for k in by[1:]) for r in rows)
   for ax, pv in zip(axes, panels):
-    for i, r in enumerate(r for r in rows if r[panel_key] == pv):
+    for r in (r for r in rows if r[panel_key] == pv):
       names = list(r["layers"])
       label = " ".join(str(r[k]) for k in by[1:])
       ax.plot(range(len(names)), [max(v, 1e-6) for v in r["layers"].values()],
-              "o-", ms=4, label=label, color=_COLORS[i % len(_COLORS)])
+              "o-", ms=4, label=label, color=colors[label])
       ax.set_xticks(range(len(names)), [_short(n) for n in names],
                     rotation=45, ha="right", fontsize="small")
     ax.set_yscale("log")
@@ -519,11 +554,12 @@ def mask_overlap(workdir: PathLike,
       name = ("ticket" if method == "imp" else
               " ".join(str(v) for v in r["group"][:-1]))
       labels.setdefault(name, []).append(r)
-    for i, (name, rows) in enumerate(labels.items()):
+    colors = _colors(labels)
+    for name, rows in labels.items():
       rows.sort(key=lambda r: -r["density"])
       _band(ax, [r["density"] for r in rows], [r["mean"] for r in rows],
             [r["std"] for r in rows], marker="o", ms=4, label=name,
-            color=_COLORS[i % len(_COLORS)])
+            color=colors[name])
     ch = sorted({(r["density"], r["chance"]) for r in reps}, reverse=True)
     ax.plot([c[0] for c in ch], [c[1] for c in ch], "k:",
             label="chance (random masks)")
@@ -628,7 +664,8 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
         if r.get(pk) == v and r.get("method") != "dense":
           by.setdefault(lk(r), []).append(r)
       name = pk.replace("_", " ")
-      panels.append({"title": f"{name} {v}", "lines": lines(by)})
+      panels.append({"title": f"{name} {v}", "lines": lines(by),
+                     "ramp": method == "stability"})
   panels = [p for p in panels if p["lines"]]
   if not panels:
     return None
@@ -637,9 +674,7 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
   for ax, p in zip(axes, panels):
     n = len(p["lines"])
     colors = (colormaps["viridis"](np.linspace(0, 0.9, n)) if p.get("ramp")
-              else [("gray" if l["label"] == "dense" else
-                     _COLORS[i % len(_COLORS)])
-                    for i, l in enumerate(p["lines"])])
+              else list(_colors(l["label"] for l in p["lines"]).values()))
     for l, c in zip(p["lines"], colors):
       _band(ax, l["step"], l["mean"], l["std"], color=c, label=l["label"],
             ls=":" if l["label"] == "dense" else "-")
@@ -689,12 +724,13 @@ def barrier(workdir: PathLike) -> Plot:
   ks = sorted({r["k"] for r in rows})
   for ax, split in zip(axes, ("test", "train")):
     sources = list(dict.fromkeys(r["source"] for r in rows))
-    for i, src in enumerate(sources):
+    colors = _colors(sources)
+    for src in sources:
       rs = sorted((r for r in rows if r["source"] == src
                    and r["split"] == split), key=lambda r: r["k"])
       _band(ax, [r["k"] for r in rs], [100 * r["mean"] for r in rs],
             [100 * r["std"] for r in rs], marker="o", label=src,
-            color=_COLORS[i % len(_COLORS)])
+            color=colors[src])
     ax.axhline(2.0, color="k", ls=":", lw=1, label="2% (stable below)")
     positive = [k for k in ks if k > 0]
     if positive and len(ks) > 2:
@@ -789,7 +825,7 @@ def imp_barriers(workdir: PathLike,
     return None
   fig, axes = _figure(11.5, 4.2, ncols=2, sharey=True)
   for ax, split in zip(axes, ("test", "train")):
-    for i, (label, _, _) in enumerate(kinds):
+    for i, (label, _, _) in enumerate(kinds):  # Not series of a method.
       rs = [r for r in rows if (r["series"], r["split"]) == (label, split)]
       if rs:
         _band(ax, [r["density"] for r in rs], [100 * r["mean"] for r in rs],
@@ -834,7 +870,7 @@ def mask_change(workdir: PathLike,
     return None
   keys = [k for k in keys if any((r["distribution"], r["target_density"]) ==
                                  k for r in rows)]
-  methods = list(dict.fromkeys(r["method"] for r in rows))
+  colors = _colors(r["method"] for r in rows)
   fig, axes = _figure(min(4.5 * len(keys), 16) + 1.5, 3.8, ncols=len(keys),
                       sharey=True)
   for ax, key in zip(axes, keys):
@@ -842,7 +878,7 @@ def mask_change(workdir: PathLike,
       if (r["distribution"], r["target_density"]) == key:
         _band(ax, r["step"], r["mean"], r["std"], marker="o", ms=3,
               label=r["method"],
-              color=_COLORS[methods.index(r["method"]) % len(_COLORS)])
+              color=colors[r["method"]])
     ax.set_title(f"{key[0]}, density {key[1]}", fontsize="medium")
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)

@@ -177,6 +177,47 @@ def test_plotted_numbers_are_the_records(runs, written):
       "imp", "pai", "sparse"}
 
 
+def _series_colors(figure) -> dict[str, set]:
+  """{a labelled line's first word: its colours} over a figure's panels."""
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  out: dict[str, set] = {}
+  for ax in figure.figure.axes:
+    for line in ax.get_lines():
+      label = line.get_label().strip()
+      if label and not label.startswith("_"):
+        out.setdefault(label.split()[0], set()).add(
+            colors.to_hex(line.get_color()))
+  return out
+
+
+def test_a_series_has_one_colour_in_every_figure(written):
+  _, figures = written
+  by_name = {f.name: _series_colors(f) for f in figures}
+  for method, names in (("imp", ("ticket", "reinit", "random_prune")),
+                        ("pai", ("snip", "random")),
+                        ("sparse", ("static", "set"))):
+    seen = {}
+    for fig, got in by_name.items():
+      if not fig.startswith(method):
+        continue
+      for name in names:
+        if name in got:
+          assert len(got[name]) == 1, (fig, name, got[name])
+          seen.setdefault(name, set()).update(got[name])
+    assert {n for n, c in seen.items() if len(c) == 1} == set(names), seen
+    assert len({c.pop() for c in seen.values()}) == len(names), method
+  # The dense baseline is gray in each run's own figures.
+  for fig in ("pai_learning_curves", "sparse_learning_curves",
+              "imp_accuracy_vs_density"):
+    assert by_name[fig]["dense"] == {"#808080"}, fig
+  # The comparison: every run's series and baseline in a colour of its own.
+  comp = [f for f in figures if f.name.startswith("comparison")][0]
+  lines = [l for ax in comp.figure.axes for l in ax.get_lines()
+           if l.get_label().startswith("    ")]
+  assert len({(l.get_label(), l.get_color()) for l in lines}) == len(
+      {l.get_color() for l in lines})
+
+
 def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
   """IMP stopped after round 0: its figures show round 0 only."""
   wd = tmp_path / "run"

@@ -360,8 +360,19 @@ def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
   from jax import lax
   from lottery.models import convolution
   rng = np.random.default_rng(0)
+  # 3 -> 12 channels: wider than convolution.NARROW, the library kernel.
   x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
-  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 12)), jnp.float32)
+  ours, ref = _conv_and_grads(x, w, stride, padding)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _conv_and_grads(x, w, stride, padding):
+  """(value, (dx, dw)) of a loss of the framework's convolution and of
+  lax's."""
+  from jax import lax
+  from lottery.models import convolution
 
   def loss(conv):
     return lambda x, w: jnp.sum(jnp.sin(conv(
@@ -371,8 +382,34 @@ def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
                                     (0, 1)))(x, w)
   ref = jax.jit(jax.value_and_grad(loss(lax.conv_general_dilated),
                                    (0, 1)))(x, w)
+  return ours, ref
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding,channels", [
+    (8, 3, 1, ((1, 1), (1, 1)), (2, 3)), (8, 3, 2, "SAME", (8, 8)),
+    (9, 1, 2, "VALID", (4, 1)), (10, 2, 3, ((0, 1), (2, 0)), (1, 6)),
+    (7, 5, 1, ((-1, 2), (2, 2)), (2, 2))])
+def test_narrow_convolution_runs_as_taps_and_matches_lax(size, kernel, stride,
+                                                         padding, channels):
+  """A convolution of at most NARROW channels runs on the CPU as a sum of
+  shifted slices (no convolution op in its forward program), with lax's
+  values and gradients to float rounding."""
+  from lottery.models import convolution
+  ci, co = channels
+  assert max(ci, co) <= convolution.NARROW
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, size, size, ci)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, ci, co)), jnp.float32)
+  ours, ref = _conv_and_grads(x, w, stride, padding)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
-    np.testing.assert_array_equal(a, b)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  forward = jax.jit(lambda x, w: convolution.conv_general_dilated(
+      x, w, (stride, stride), padding))
+  hlo = forward.lower(x, w).compile().as_text()
+  assert (" convolution(" in hlo) == (jax.default_backend() != "cpu")
+  wide = jnp.concatenate([w] * (convolution.NARROW // co + 1), axis=-1)
+  assert " convolution(" in forward.lower(x, wide).compile().as_text()
 
 
 def test_convolution_second_order_and_vmap_match_lax():
@@ -416,7 +453,8 @@ def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
   gradient's transpose through a conditional, so XLA does not fuse the
   BatchNorm/residual/ReLU chain into the transpose (which recomputed it with
   the batch's stride: half of ResNet-20's step). Vmapped replicates too."""
-  model = models.get("resnet20", 10, width=2)
+  # Wider than convolution.NARROW: every convolution is a library kernel.
+  model = models.get("resnet20", 10, width=10)
   x = jnp.zeros((2, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
 
@@ -441,7 +479,8 @@ def test_convolution_gradients_in_a_loop_are_canonical():
   """Every convolution of a ResNet-20 train step inside a fori_loop has
   the form XLA:CPU runs through a library kernel (dim_labels
   b01f_01io->b01f), not the loop nest of a non-canonical one."""
-  model = models.get("resnet20", 10, width=2)
+  # Wider than convolution.NARROW: every convolution is a library kernel.
+  model = models.get("resnet20", 10, width=10)
   # CIFAR's 32x32: at 2x2 feature maps XLA swaps a convolution's operands
   # (a rewrite of its own, whatever the input's form).
   x = jnp.zeros((2, 32, 32, 3))

@@ -24,6 +24,18 @@ step's losses and weights match the per-step program's to float rounding).
 Anything else (1-D or 3-D convolutions, dilations, feature groups, other
 dimension numbers) goes to `lax.conv_general_dilated` unchanged.
 
+Narrow convolutions. XLA:CPU runs a convolution of a few channels far below
+its rate for wide ones: a 3x3 convolution of 256 32x32 images with 2 input
+and 2 output channels took ~9 ms, about what 16 channels take, against 1 ms
+as a sum over the kernel's taps and input channels of shifted input slices
+times kernel rows, which XLA fuses into one loop. On the CPU, a float32
+convolution with at most `NARROW` input and output channels (and at most
+`NARROW` * 9 taps times input channels) runs in that form, forward and input
+gradient (`_taps`): the models `lottery.shrink` makes narrow get their speed
+from it. The values agree with the library convolution's to float rounding
+(the order of the sums differs); wider convolutions, every zoo model at its
+default widths among them, are unchanged.
+
 On the CPU the kernel gradient's input passes through `_unfused` before its
 transpose. Otherwise XLA fuses the element-wise chain that produced the
 activation (BatchNorm, residual additions, ReLU) into the transpose, which
@@ -90,13 +102,64 @@ def _unfused_jvp(primals, tangents):
   return _unfused(primals[0]), tangents[0]
 
 
+# Channels up to which a float32 convolution runs as a sum of taps on the CPU.
+# `python -m experiments.repro_narrow_conv` on a 2-core AMD EPYC CPU (3x3,
+# stride 1, 256 images of 32x32, 16x16 and 8x8; docs/performance.md): the sum
+# was 1.3-8x faster than the library kernel up to 8 input and output
+# channels, 0.3-0.5x at 12 and 16.
+NARROW = 8
+
+
+def _taps(x, w, strides, padding):
+  """The convolution (NHWC input, HWIO kernel, explicit padding) as a sum
+  over the kernel's taps and input channels of each tap's strided input
+  slice times the kernel's row of output features."""
+  kh, kw, ci, _ = w.shape
+  xp = lax.pad(x, jnp.zeros((), x.dtype),
+               ((0, 0, 0), (*padding[0], 0), (*padding[1], 0), (0, 0, 0)))
+  (sh, sw), (n, h, wd, _) = strides, xp.shape
+  oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
+  out = None
+  for dy in range(kh):
+    for dx in range(kw):
+      tap = lax.slice(xp, (0, dy, dx, 0),
+                      (n, dy + (oh - 1) * sh + 1, dx + (ow - 1) * sw + 1, ci),
+                      (1, sh, sw, 1))
+      for i in range(ci):
+        term = tap[..., i:i + 1] * w[dy, dx, i]
+        out = term if out is None else out + term
+  return out
+
+
+def _is_narrow(x, w, padding) -> bool:
+  kh, kw, ci, co = w.shape
+  h, wd = (x.shape[1 + a] + sum(padding[a]) for a in (0, 1))
+  return (x.dtype == w.dtype == jnp.float32 and max(ci, co) <= NARROW and
+          kh * kw * ci <= 9 * NARROW and h >= kh and wd >= kw and
+          x.shape[0] > 0)
+
+
+def _forward_conv(x, w, strides, padding, precision):
+  """The convolution: on the CPU a narrow one as `_taps`, else the library's."""
+  conv = lambda x, w: _conv(x, w, strides, padding, precision=precision)
+  if not _is_narrow(x, w, padding):
+    return conv(x, w)
+  # Input and output behind conditionals: fused into the sum's loop, the
+  # chain that computed the input (BatchNorm, ReLU) would be recomputed for
+  # every term, and the sum for every consumer it were fused into.
+  return lax.platform_dependent(
+      x, w, cpu=lambda x, w: _unfused(_taps(_unfused(x), w, strides,
+                                            padding)),
+      default=conv)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _canonical_conv(x, w, strides, padding, precision):
-  return _conv(x, w, strides, padding, precision=precision)
+  return _forward_conv(x, w, strides, padding, precision)
 
 
 def _forward(x, w, strides, padding, precision):
-  return _conv(x, w, strides, padding, precision=precision), (x, w)
+  return _forward_conv(x, w, strides, padding, precision), (x, w)
 
 
 def _backward(strides, padding, precision, residuals, g):
@@ -109,7 +172,12 @@ def _backward(strides, padding, precision, residuals, g):
     before = k - 1 - lo
     pads.append((before, i + k - 2 - (o - 1) * s - before))
   w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-  dx = _conv(g, w_t, (1, 1), pads, lhs_dilation=strides, precision=precision)
+  pads = tuple(pads)
+  if _is_unit(strides):
+    dx = _forward_conv(g, w_t, (1, 1), pads, precision)
+  else:
+    dx = _conv(g, w_t, (1, 1), pads, lhs_dilation=strides,
+               precision=precision)
   # Kernel gradient: the input's channels as the batch and its batch as the
   # features, g as a (H, W, N, O) kernel dilated by the strides; the output
   # (I, kh, kw, O) is the kernel gradient with I first.

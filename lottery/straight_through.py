@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lottery import config as config_lib
 from lottery import masks as masks_lib
 from lottery import structure
 from lottery.errors import LotteryError
@@ -184,10 +185,9 @@ def sr_ste(mask: masks_lib.Mask, n_m: str, decay: float = 2e-4, *,
     LotteryError: naming `field` for a pattern that is not N:M or an M that
       does not divide a prunable leaf's reduction axis.
   """
-  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or \
-      not 0 <= decay < 1:
-    raise LotteryError(f"sparse.sr_ste_decay: must be a number in [0, 1) "
-                       f"(got {decay!r})")
+  # The config rule's check, so a call and a config give the same message.
+  config_lib.check_real("sparse.sr_ste_decay", decay, 0, 1, lo_open=False,
+                        hi_open=True)
   spec = structure.parse_n_m(n_m, field=field)
   leaves, treedef = jax.tree.flatten(mask, is_leaf=_is_none)
   live = tuple(i for i, m in enumerate(leaves) if m is not None)

@@ -75,27 +75,44 @@ _NAMED_COLORS = {name: _COLORS[i] for family in (
                  for i, name in enumerate(family)}
 
 
-def _colors(keys: Iterable[str],
-            word: Callable[[str], str] = lambda k: k) -> dict[str, str]:
-  """One figure's colours, by series key: a series named 'dense' is gray;
-  the others take their name's colour (`word(key)`'s first word: a built-in
-  method or control has a fixed one, any other name one chosen by its
-  checksum), so a method has the same colour in every figure of a report;
-  a colour already taken in the figure passes to the next free one."""
-  out: dict[str, str] = {}
-  for key in dict.fromkeys(keys):
-    name = (word(key).split() or [""])[0]
-    if name == "dense":
-      out[key] = "gray"
-      continue
-    i = _COLORS.index(_NAMED_COLORS.get(name) or _COLORS[
-        zlib.crc32(name.encode()) % len(_COLORS)])
-    taken = set(out.values())
-    for j in range(len(_COLORS)):
-      if _COLORS[(i + j) % len(_COLORS)] not in taken:
-        i += j
-        break
-    out[key] = _COLORS[i % len(_COLORS)]
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+def _styles(keys: Iterable[str], word: Callable[[str], str] = lambda k: k
+            ) -> dict[str, dict[str, str]]:
+  """One figure's line styles, {series key: {'color', 'ls'}}.
+
+  A series' name is the first word of `word(key)` (its method or control).
+  'dense' is gray. The built-in names take their fixed colours first, any
+  other name one chosen by its checksum; a colour another name of the figure
+  holds passes to the next free one (past the palette's nine, colours repeat
+  in another line style). So a method has the same colour in every figure of
+  a run, and a method's several series in one figure (one per distribution)
+  share its colour, each in a line style of its own.
+  """
+  keys = list(dict.fromkeys(keys))
+  name = {k: (word(k).split() or [""])[0] for k in keys}
+  names = sorted(dict.fromkeys(n for n in name.values() if n != "dense"),
+                 key=lambda n: n not in _NAMED_COLORS)
+  slots, taken = {}, set()
+  size = len(_COLORS) * len(_LINESTYLES)
+  for n in names:
+    start = (_COLORS.index(_NAMED_COLORS[n]) if n in _NAMED_COLORS else
+             zlib.crc32(n.encode()) % len(_COLORS))
+    slot = next((start + j) % size for j in range(size)
+                if (start + j) % size not in taken)
+    slots[n] = slot
+    taken.add(slot)
+  out: dict[str, dict[str, str]] = {}
+  seen: dict[str, int] = {}
+  for k in keys:
+    n = name[k]
+    i = seen[n] = seen.get(n, -1) + 1
+    if n == "dense":
+      out[k] = {"color": "gray", "ls": _LINESTYLES[(3 + i) % 4]}
+    else:
+      out[k] = {"color": _COLORS[slots[n] % len(_COLORS)],
+                "ls": _LINESTYLES[(slots[n] // len(_COLORS) + i) % 4]}
   return out
 
 
@@ -320,7 +337,7 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
   fig, axes = _figure((12 if several else 5.5 + 3.5 * len(panels))
                       if len(panels) > 1 or several else 7.5, 5,
                       ncols=len(panels), sharey=True)
-  colors = _colors((f"{run['name']}/{k}" for run in all_runs for k in
+  styles = _styles((f"{run['name']}/{k}" for run in all_runs for k in
                     [s["label"] for s in run["series"]] +
                     (["dense"] if run["dense"] else [])),
                    # Several runs: each run's baseline in a colour of its own.
@@ -345,13 +362,14 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
       dashed = run["method"] == "imp" and label != "ticket"
       line = _band(ax, [p["density"] for p in pts], [p["mean"] for p in pts],
                    [p["std"] for p in pts],
-                   marker=markers[list(colors).index(key) % len(markers)],
-                   ms=5, ls="--" if dashed else "-", color=colors[key],
+                   marker=markers[list(styles).index(key) % len(markers)],
+                   ms=5, ls="--" if dashed else styles[key]["ls"],
+                   color=styles[key]["color"],
                    label=("    " if several else "") + label)
       handles.setdefault(f"{key}", line)
     if run["dense"]:
       d = run["dense"]
-      color = colors[f"{run['name']}/dense"]
+      color = styles[f"{run['name']}/dense"]["color"]
       for ax in axes:
         line = ax.axhline(d["mean"], color=color, ls=":", lw=1.2,
                           label=("    " if several else "") + "dense" +
@@ -458,13 +476,13 @@ def layer_densities(workdir: PathLike,
       -v if isinstance(v, (int, float)) else 0, str(v)))
   fig, axes = _figure(min(4.2 * len(panels), 13) + 1.5, 3.8,
                       ncols=len(panels), sharey=True)
-  colors = _colors(" ".join(str(r[k]) for k in by[1:]) for r in rows)
+  styles = _styles(" ".join(str(r[k]) for k in by[1:]) for r in rows)
   for ax, pv in zip(axes, panels):
     for r in (r for r in rows if r[panel_key] == pv):
       names = list(r["layers"])
       label = " ".join(str(r[k]) for k in by[1:])
       ax.plot(range(len(names)), [max(v, 1e-6) for v in r["layers"].values()],
-              "o-", ms=4, label=label, color=colors[label])
+              marker="o", ms=4, label=label, **styles[label])
       ax.set_xticks(range(len(names)), [_short(n) for n in names],
                     rotation=45, ha="right", fontsize="small")
     ax.set_yscale("log")
@@ -554,12 +572,12 @@ def mask_overlap(workdir: PathLike,
       name = ("ticket" if method == "imp" else
               " ".join(str(v) for v in r["group"][:-1]))
       labels.setdefault(name, []).append(r)
-    colors = _colors(labels)
+    styles = _styles(labels)
     for name, rows in labels.items():
       rows.sort(key=lambda r: -r["density"])
       _band(ax, [r["density"] for r in rows], [r["mean"] for r in rows],
             [r["std"] for r in rows], marker="o", ms=4, label=name,
-            color=colors[name])
+            **styles[name])
     ch = sorted({(r["density"], r["chance"]) for r in reps}, reverse=True)
     ax.plot([c[0] for c in ch], [c[1] for c in ch], "k:",
             label="chance (random masks)")
@@ -673,11 +691,11 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
                       ncols=len(panels), sharey=True)
   for ax, p in zip(axes, panels):
     n = len(p["lines"])
-    colors = (colormaps["viridis"](np.linspace(0, 0.9, n)) if p.get("ramp")
-              else list(_colors(l["label"] for l in p["lines"]).values()))
-    for l, c in zip(p["lines"], colors):
-      _band(ax, l["step"], l["mean"], l["std"], color=c, label=l["label"],
-            ls=":" if l["label"] == "dense" else "-")
+    styles = ([{"color": c, "ls": "-"} for c in
+               colormaps["viridis"](np.linspace(0, 0.9, n))] if p.get("ramp")
+              else list(_styles(l["label"] for l in p["lines"]).values()))
+    for l, style in zip(p["lines"], styles):
+      _band(ax, l["step"], l["mean"], l["std"], label=l["label"], **style)
     ax.set_title(p["title"], fontsize="medium")
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
@@ -724,13 +742,13 @@ def barrier(workdir: PathLike) -> Plot:
   ks = sorted({r["k"] for r in rows})
   for ax, split in zip(axes, ("test", "train")):
     sources = list(dict.fromkeys(r["source"] for r in rows))
-    colors = _colors(sources)
+    styles = _styles(sources)
     for src in sources:
       rs = sorted((r for r in rows if r["source"] == src
                    and r["split"] == split), key=lambda r: r["k"])
       _band(ax, [r["k"] for r in rs], [100 * r["mean"] for r in rs],
             [100 * r["std"] for r in rs], marker="o", label=src,
-            color=colors[src])
+            **styles[src])
     ax.axhline(2.0, color="k", ls=":", lw=1, label="2% (stable below)")
     positive = [k for k in ks if k > 0]
     if positive and len(ks) > 2:
@@ -870,7 +888,7 @@ def mask_change(workdir: PathLike,
     return None
   keys = [k for k in keys if any((r["distribution"], r["target_density"]) ==
                                  k for r in rows)]
-  colors = _colors(r["method"] for r in rows)
+  styles = _styles(r["method"] for r in rows)
   fig, axes = _figure(min(4.5 * len(keys), 16) + 1.5, 3.8, ncols=len(keys),
                       sharey=True)
   for ax, key in zip(axes, keys):
@@ -878,7 +896,7 @@ def mask_change(workdir: PathLike,
       if (r["distribution"], r["target_density"]) == key:
         _band(ax, r["step"], r["mean"], r["std"], marker="o", ms=3,
               label=r["method"],
-              color=colors[r["method"]])
+              **styles[r["method"]])
     ax.set_title(f"{key[0]}, density {key[1]}", fontsize="medium")
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)

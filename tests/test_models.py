@@ -435,16 +435,23 @@ def test_convolution_second_order_and_vmap_match_lax():
   np.testing.assert_allclose(ours[1], one, rtol=1e-5, atol=1e-5)
 
 
-def test_convolution_of_an_empty_batch_differentiates_like_lax():
+@pytest.mark.parametrize("x_shape,w_shape", [
+    ((0, 5, 5, 2), (3, 3, 2, 4)), ((2, 5, 5, 0), (3, 3, 0, 4)),
+    ((2, 5, 5, 2), (3, 3, 2, 0))])
+def test_convolution_of_an_empty_batch_or_no_channels_is_lax(x_shape,
+                                                             w_shape):
   from jax import lax
   from lottery.models import convolution
-  x, w = jnp.zeros((0, 5, 5, 2)), jnp.ones((3, 3, 2, 4))
+  x, w = jnp.ones(x_shape), jnp.ones(w_shape)
 
-  def grad(conv):
-    return jax.grad(lambda w: jnp.sum(conv(
-        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))(w)
-  np.testing.assert_array_equal(grad(convolution.conv_general_dilated),
-                                grad(lax.conv_general_dilated))
+  def value_and_grads(conv):
+    return jax.value_and_grad(lambda x, w: jnp.sum(conv(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
+                              (0, 1))(x, w)
+  for a, b in zip(jax.tree.leaves(value_and_grads(
+      convolution.conv_general_dilated)), jax.tree.leaves(
+          value_and_grads(lax.conv_general_dilated))):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("replicates", [0, 2])

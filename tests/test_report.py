@@ -50,7 +50,8 @@ def runs(npz_path, tmp_path_factory):
   lottery.pai.run(c, root / "pai", **quiet)
   c = tiny(npz_path, method="sparse", **{
       "seeds.num": 2, "sparse.methods": ("static", "set"),
-      "sparse.densities": (0.25,), "sparse.distribution": ("erk",),
+      "sparse.densities": (0.25,),
+      "sparse.distribution": ("erk", "uniform"),
       "sparse.update_every": 5, "sparse.end_step": 15})
   lottery.sparse.run(c, root / "sparse", **quiet)
   c = tiny(npz_path, method="stability", **{
@@ -177,45 +178,60 @@ def test_plotted_numbers_are_the_records(runs, written):
       "imp", "pai", "sparse"}
 
 
-def _series_colors(figure) -> dict[str, set]:
-  """{a labelled line's first word: its colours} over a figure's panels."""
+def _labelled_lines(figure):
+  """(axes index, label, colour, line style) of a figure's labelled lines."""
   from matplotlib import colors  # pylint: disable=g-import-not-at-top
-  out: dict[str, set] = {}
-  for ax in figure.figure.axes:
-    for line in ax.get_lines():
-      label = line.get_label().strip()
-      if label and not label.startswith("_"):
-        out.setdefault(label.split()[0], set()).add(
-            colors.to_hex(line.get_color()))
-  return out
+  return [(i, line.get_label().strip(), colors.to_hex(line.get_color()),
+           line.get_linestyle())
+          for i, ax in enumerate(figure.figure.axes) for line in ax.get_lines()
+          if line.get_label().strip() and
+          not line.get_label().startswith("_")]
 
 
 def test_a_series_has_one_colour_in_every_figure(written):
   _, figures = written
-  by_name = {f.name: _series_colors(f) for f in figures}
+  lines = {f.name: _labelled_lines(f) for f in figures}
   for method, names in (("imp", ("ticket", "reinit", "random_prune")),
                         ("pai", ("snip", "random")),
                         ("sparse", ("static", "set"))):
-    seen = {}
-    for fig, got in by_name.items():
-      if not fig.startswith(method):
-        continue
-      for name in names:
-        if name in got:
-          assert len(got[name]) == 1, (fig, name, got[name])
-          seen.setdefault(name, set()).update(got[name])
-    assert {n for n, c in seen.items() if len(c) == 1} == set(names), seen
-    assert len({c.pop() for c in seen.values()}) == len(names), method
+    seen: dict[str, set] = {}
+    for fig, got in lines.items():
+      if fig.startswith(method):
+        for _, label, color, _ in got:
+          if label.split()[0] in names:
+            seen.setdefault(label.split()[0], set()).add(color)
+    assert all(len(c) == 1 for c in seen.values()), (method, seen)
+    assert set(seen) == set(names), (method, seen)
+    assert len({c for cs in seen.values() for c in cs}) == len(names)
   # The dense baseline is gray in each run's own figures.
   for fig in ("pai_learning_curves", "sparse_learning_curves",
               "imp_accuracy_vs_density"):
-    assert by_name[fig]["dense"] == {"#808080"}, fig
-  # The comparison: every run's series and baseline in a colour of its own.
-  comp = [f for f in figures if f.name.startswith("comparison")][0]
-  lines = [l for ax in comp.figure.axes for l in ax.get_lines()
-           if l.get_label().startswith("    ")]
-  assert len({(l.get_label(), l.get_color()) for l in lines}) == len(
-      {l.get_color() for l in lines})
+    assert {c for _, label, c, _ in lines[fig] if label.startswith(
+        "dense")} == {"#808080"}, fig
+  # In every panel, different series look different: a method's series
+  # under two distributions share its colour in two line styles.
+  for fig, got in lines.items():
+    for ax in {i for i, *_ in got}:
+      look: dict[tuple, set] = {}
+      for i, label, c, ls in got:
+        if i == ax and ls != "None":  # Not the comparison's run headers.
+          look.setdefault((c, ls), set()).add(label)
+      assert all(len(labels) == 1 for labels in look.values()), (fig, look)
+  layer = {label: (c, ls) for _, label, c, ls in
+           lines["sparse_layer_densities"]}
+  assert layer["static erk"][0] == layer["static uniform"][0]
+  assert layer["static erk"][1] != layer["static uniform"][1]
+
+
+def test_built_in_names_keep_their_colours():
+  # A user's method never takes a built-in's colour from it, and a figure
+  # with more names than the palette has colours repeats them in another
+  # line style.
+  one = report._styles(["snip"])["snip"]
+  for first in ("mymethod10", "x", "my method"):
+    assert report._styles([first, "snip"])["snip"] == one
+  many = report._styles([f"m{i}" for i in range(20)])
+  assert len({(s["color"], s["ls"]) for s in many.values()}) == 20
 
 
 def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):

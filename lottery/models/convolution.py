@@ -134,7 +134,8 @@ def _taps(x, w, strides, padding):
 def _is_narrow(x, w, padding) -> bool:
   kh, kw, ci, co = w.shape
   h, wd = (x.shape[1 + a] + sum(padding[a]) for a in (0, 1))
-  return (x.dtype == w.dtype == jnp.float32 and max(ci, co) <= NARROW and
+  return (x.dtype == w.dtype == jnp.float32 and 0 < min(ci, co) and
+          max(ci, co) <= NARROW and
           kh * kw * ci <= 9 * NARROW and h >= kh and wd >= kw and
           x.shape[0] > 0)
 

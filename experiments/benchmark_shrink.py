@@ -20,6 +20,10 @@ initialization removes the fraction s of every unit set's units
 
 The variants' calls alternate (`timing.median_times`). ResNet-20 and
 ResNet-50 shrink their blocks' inner channels and their residual streams.
+Convolutions of at most `narrow` (default 8) channels run as sums of taps on
+the CPU (`lottery.models.convolution.NARROW`, 0 by default in the framework:
+it makes narrow networks' programs compile slower); `narrow=0` times the
+library kernels alone.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from lottery import models
 from lottery import pruning
 from lottery import rng as rng_lib
 from lottery import scores
+from lottery.models import convolution
 import lottery
 from experiments import timing
 
@@ -75,8 +80,17 @@ def _latencies(fns: dict, nets: dict, x, repeats: int) -> dict[str, float]:
 
 
 def measure(names=tuple(MODELS), sparsities=SPARSITIES,
-            repeats: int = 5) -> dict:
-  """{f'{model}_{int(100 s)}_{key}': value} for the keys of the module doc."""
+            repeats: int = 5, narrow: int = 8) -> dict:
+  """{f'{model}_{int(100 s)}_{key}': value} for the keys of the module doc,
+  and 'narrow_channels': `narrow`."""
+  saved, convolution.NARROW = convolution.NARROW, narrow
+  try:
+    return {**_measure(names, sparsities, repeats), "narrow_channels": narrow}
+  finally:
+    convolution.NARROW = saved
+
+
+def _measure(names, sparsities, repeats: int) -> dict:
   out = {}
   for name in names:
     model_name, shape, options = MODELS[name]

@@ -9,9 +9,10 @@ programs) against the same convolution as a sum over the kernel's 9 taps and
 the input channels of shifted input slices times the kernel's rows
 (`lottery.models.convolution._taps`, one fused loop). The library kernel
 takes about as long for 2 channels as for 16; the sum's time grows with
-input x output channels and wins up to about 8 of each. On the CPU the
-framework runs convolutions of at most `convolution.NARROW` channels in that
-form (docs/performance.md, "Structured pruning: what shrink buys").
+input x output channels and wins up to about 8 of each. With
+`lottery.models.convolution.NARROW = 8` the framework runs the inference of
+convolutions that narrow in that form on the CPU (docs/performance.md,
+"Structured pruning: what shrink buys").
 """
 
 import statistics

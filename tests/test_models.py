@@ -360,7 +360,7 @@ def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
   from jax import lax
   from lottery.models import convolution
   rng = np.random.default_rng(0)
-  # 3 -> 12 channels: wider than convolution.NARROW, the library kernel.
+  # 3 -> 12 channels: wider than any NARROW worth setting (the library).
   x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 12)), jnp.float32)
   ours, ref = _conv_and_grads(x, w, stride, padding)
@@ -390,26 +390,35 @@ def _conv_and_grads(x, w, stride, padding):
     (9, 1, 2, "VALID", (4, 1)), (10, 2, 3, ((0, 1), (2, 0)), (1, 6)),
     (7, 5, 1, ((-1, 2), (2, 2)), (2, 2))])
 def test_narrow_convolution_runs_as_taps_and_matches_lax(size, kernel, stride,
-                                                         padding, channels):
-  """A convolution of at most NARROW channels runs on the CPU as a sum of
-  shifted slices (no convolution op in its forward program), with lax's
-  values and gradients to float rounding."""
+                                                         padding, channels,
+                                                         monkeypatch):
+  """With NARROW set, a convolution of at most NARROW channels runs on the
+  CPU as a sum of shifted slices when not differentiated (no convolution op
+  in its program), with lax's values to float rounding; its gradients are
+  lax's. The default (0) keeps the library kernel."""
+  from jax import lax
   from lottery.models import convolution
   ci, co = channels
-  assert max(ci, co) <= convolution.NARROW
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, size, size, ci)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, ci, co)), jnp.float32)
+  # A new function per use: jit's cache would keep a trace made under
+  # another NARROW (it is read when tracing).
+  forward = lambda: lambda x, w: convolution.conv_general_dilated(
+      x, w, (stride, stride), padding)
+  conv_op = lambda w: " convolution(" in jax.jit(forward()).lower(
+      x, w).compile().as_text()
+  assert convolution.NARROW == 0 and conv_op(w)
+  monkeypatch.setattr(convolution, "NARROW", 8)
+  ref = lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(jax.jit(forward())(x, w), ref, rtol=1e-5,
+                             atol=1e-5)
+  assert conv_op(w) == (jax.default_backend() != "cpu")
+  assert conv_op(jnp.concatenate([w] * (8 // co + 1), axis=-1))  # Wider.
   ours, ref = _conv_and_grads(x, w, stride, padding)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  forward = jax.jit(lambda x, w: convolution.conv_general_dilated(
-      x, w, (stride, stride), padding))
-  hlo = forward.lower(x, w).compile().as_text()
-  assert (" convolution(" in hlo) == (jax.default_backend() != "cpu")
-  wide = jnp.concatenate([w] * (convolution.NARROW // co + 1), axis=-1)
-  assert " convolution(" in forward.lower(x, wide).compile().as_text()
+    np.testing.assert_array_equal(a, b)
 
 
 def test_convolution_second_order_and_vmap_match_lax():
@@ -439,9 +448,11 @@ def test_convolution_second_order_and_vmap_match_lax():
     ((0, 5, 5, 2), (3, 3, 2, 4)), ((2, 5, 5, 0), (3, 3, 0, 4)),
     ((2, 5, 5, 2), (3, 3, 2, 0))])
 def test_convolution_of_an_empty_batch_or_no_channels_is_lax(x_shape,
-                                                             w_shape):
+                                                             w_shape,
+                                                             monkeypatch):
   from jax import lax
   from lottery.models import convolution
+  monkeypatch.setattr(convolution, "NARROW", 8)
   x, w = jnp.ones(x_shape), jnp.ones(w_shape)
 
   def value_and_grads(conv):
@@ -460,7 +471,7 @@ def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
   gradient's transpose through a conditional, so XLA does not fuse the
   BatchNorm/residual/ReLU chain into the transpose (which recomputed it with
   the batch's stride: half of ResNet-20's step). Vmapped replicates too."""
-  # Wider than convolution.NARROW: every convolution is a library kernel.
+  # Wider than any convolution.NARROW worth setting: library kernels.
   model = models.get("resnet20", 10, width=10)
   x = jnp.zeros((2, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
@@ -486,7 +497,7 @@ def test_convolution_gradients_in_a_loop_are_canonical():
   """Every convolution of a ResNet-20 train step inside a fori_loop has
   the form XLA:CPU runs through a library kernel (dim_labels
   b01f_01io->b01f), not the loop nest of a non-canonical one."""
-  # Wider than convolution.NARROW: every convolution is a library kernel.
+  # Wider than any convolution.NARROW worth setting: library kernels.
   model = models.get("resnet20", 10, width=10)
   # CIFAR's 32x32: at 2x2 feature maps XLA swaps a convolution's operands
   # (a rewrite of its own, whatever the input's form).

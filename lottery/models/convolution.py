@@ -28,13 +28,15 @@ Narrow convolutions. XLA:CPU runs a convolution of a few channels far below
 its rate for wide ones: a 3x3 convolution of 256 32x32 images with 2 input
 and 2 output channels took ~9 ms, about what 16 channels take, against 1 ms
 as a sum over the kernel's taps and input channels of shifted input slices
-times kernel rows, which XLA fuses into one loop. On the CPU, a float32
-convolution with at most `NARROW` input and output channels (and at most
-`NARROW` * 9 taps times input channels) runs in that form, forward and input
-gradient (`_taps`): the models `lottery.shrink` makes narrow get their speed
-from it. The values agree with the library convolution's to float rounding
-(the order of the sums differs); wider convolutions, every zoo model at its
-default widths among them, are unchanged.
+times kernel rows, which XLA fuses into one loop. With `NARROW` set to N > 0
+(before tracing), a float32 convolution with at most N input and output
+channels (and at most 9 N taps times input channels) runs in that form on
+the CPU when it is not differentiated: the inference of the narrow networks
+`lottery.shrink` makes (`experiments/benchmark_shrink.py` sets 8). The default
+is 0, every convolution on the library kernel: the sums made a narrow
+network's programs compile about 3x slower (a width-4 ResNet-20's forward
+pass 1.8 s against 0.5 s), which the test suite, compile-bound, felt. The
+values agree with the library convolution's to float rounding.
 
 On the CPU the kernel gradient's input passes through `_unfused` before its
 transpose. Otherwise XLA fuses the element-wise chain that produced the
@@ -102,12 +104,13 @@ def _unfused_jvp(primals, tangents):
   return _unfused(primals[0]), tangents[0]
 
 
-# Channels up to which a float32 convolution runs as a sum of taps on the CPU.
+# Channels up to which a float32 convolution runs as a sum of taps on the CPU
+# when not differentiated; 0: none (the default; the module doc says why).
 # `python -m experiments.repro_narrow_conv` on a 2-core AMD EPYC CPU (3x3,
 # stride 1, 256 images of 32x32, 16x16 and 8x8; docs/performance.md): the sum
 # was 1.3-8x faster than the library kernel up to 8 input and output
-# channels, 0.3-0.5x at 12 and 16.
-NARROW = 8
+# channels, 0.3-0.5x at 12 and 16, so 8 is the value to set.
+NARROW = 0
 
 
 def _taps(x, w, strides, padding):
@@ -160,7 +163,10 @@ def _canonical_conv(x, w, strides, padding, precision):
 
 
 def _forward(x, w, strides, padding, precision):
-  return _forward_conv(x, w, strides, padding, precision), (x, w)
+  # Differentiated (training): the library convolution. As a sum of taps the
+  # gradient of a narrow network compiled about 3x slower (ResNet-20 at width
+  # 4: 5.3 s against 1.8 s); inference is where shrunk networks run.
+  return _conv(x, w, strides, padding, precision=precision), (x, w)
 
 
 def _backward(strides, padding, precision, residuals, g):
@@ -173,12 +179,7 @@ def _backward(strides, padding, precision, residuals, g):
     before = k - 1 - lo
     pads.append((before, i + k - 2 - (o - 1) * s - before))
   w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
-  pads = tuple(pads)
-  if _is_unit(strides):
-    dx = _forward_conv(g, w_t, (1, 1), pads, precision)
-  else:
-    dx = _conv(g, w_t, (1, 1), pads, lhs_dilation=strides,
-               precision=precision)
+  dx = _conv(g, w_t, (1, 1), pads, lhs_dilation=strides, precision=precision)
   # Kernel gradient: the input's channels as the batch and its batch as the
   # features, g as a (H, W, N, O) kernel dilated by the strides; the output
   # (I, kh, kw, O) is the kernel gradient with I first.

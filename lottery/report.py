@@ -691,11 +691,13 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
                       ncols=len(panels), sharey=True)
   for ax, p in zip(axes, panels):
     n = len(p["lines"])
-    styles = ([{"color": c, "ls": "-"} for c in
-               colormaps["viridis"](np.linspace(0, 0.9, n))] if p.get("ramp")
-              else list(_styles(l["label"] for l in p["lines"]).values()))
-    for l, style in zip(p["lines"], styles):
-      _band(ax, l["step"], l["mean"], l["std"], label=l["label"], **style)
+    labels = [l["label"] for l in p["lines"]]
+    styles = ({k: {"color": c, "ls": "-"} for k, c in zip(
+        labels, colormaps["viridis"](np.linspace(0, 0.9, n)))}
+              if p.get("ramp") else _styles(labels))
+    for l in p["lines"]:
+      _band(ax, l["step"], l["mean"], l["std"], label=l["label"],
+            **styles[l["label"]])
     ax.set_title(p["title"], fontsize="medium")
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
@@ -740,9 +742,9 @@ def barrier(workdir: PathLike) -> Plot:
                    "mean": mean, "std": std})
   fig, axes = _figure(11.5, 4.2, ncols=2, sharey=True)
   ks = sorted({r["k"] for r in rows})
+  sources = list(dict.fromkeys(r["source"] for r in rows))
+  styles = _styles(sources)
   for ax, split in zip(axes, ("test", "train")):
-    sources = list(dict.fromkeys(r["source"] for r in rows))
-    styles = _styles(sources)
     for src in sources:
       rs = sorted((r for r in rows if r["source"] == src
                    and r["split"] == split), key=lambda r: r["k"])

@@ -7,7 +7,7 @@ rounds), magnitude and random at init, at densities 10%, 3%, 1%, 0.3%, each
 with the shuffle / reinit / invert checks of Frankle et al. 2021, and the
 dense network.
 
-Command (one replicate; the README's table used --config.seeds.num=3):
+Command (one replicate; docs/results.md's table used --config.seeds.num=3):
   python -m experiments.pai --workdir=/tmp/lottery_runs/pai
 Quick variant (seconds):
   python -m experiments.pai --config=configs/pai_mnist1d.py:quick --workdir=...
@@ -15,8 +15,8 @@ Quick variant (seconds):
 Expected (literature, on other models): every method above random pruning,
 below IMP; shuffle and reinit barely change SNIP / GraSP / SynFlow, invert
 hurts; at extreme sparsity magnitude and SNIP can disconnect layers where
-SynFlow does not. Measured here: see the README's "Pruning at
-initialization" section.
+SynFlow does not. Measured here: docs/results.md, "Pruning at
+initialization on MNIST-1D".
 """
 
 from lottery.config import base_config

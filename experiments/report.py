@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR",
                       help="a run's --workdir")
   parser.add_argument("--out", required=True, metavar="DIR",
-                      help="where the report is written")
+                      help="a new or empty directory, or a previous report's "
+                      "(replaced whole)")
   args = parser.parse_args(argv)
   if importlib.util.find_spec("matplotlib") is None:
     cli.fail("report: matplotlib is not installed; pip install -e "
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
   try:
     for wd in args.workdirs:  # All refused before anything is written.
       report.check_workdir(wd)
+    report.check_out(args.out, args.workdirs)
     figures = report.write_report(args.workdirs, args.out)
   except LotteryError as e:
     cli.fail(str(e))

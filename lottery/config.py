@@ -556,7 +556,7 @@ FIELD_HELP: dict[str, str] = {
     "training.learning_rate": "the peak learning rate",
     "training.momentum": "SGD's momentum",
     "training.nesterov": "SGD with Nesterov momentum",
-    "training.weight_decay": "decoupled weight decay (adamw) or L2 added to the gradient (sgd)",
+    "training.weight_decay": "L2 added to the gradient (sgd, adam) or decoupled weight decay (adamw)",
     "training.schedule": "learning-rate schedule",
     "training.lr_boundaries": "steps where the 'step' schedule multiplies the rate by lr_decay",
     "training.lr_decay": "the 'step' schedule's factor at each boundary",

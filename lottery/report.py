@@ -42,6 +42,7 @@ import os
 import pathlib
 import platform
 import re
+import shutil
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -56,7 +57,8 @@ from lottery import tickets
 from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 
-__all__ = ["Figure", "accuracy_vs_density", "barrier", "check_workdir",
+__all__ = ["Figure", "accuracy_vs_density", "barrier", "check_out",
+           "check_workdir",
            "environment", "imp_barriers", "interpolation", "layer_densities",
            "learning_curves", "mask_change", "mask_overlap", "recipe",
            "series", "write_report"]
@@ -141,6 +143,32 @@ def check_workdir(workdir: PathLike) -> str:
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
                        f"workdir ({workdir_lib.CONFIG_FILE} missing)")
   return driver.workdir_method(path)
+
+
+_REPORT_FILE = "report.json"
+
+
+def check_out(out: PathLike, workdirs: Sequence[PathLike] = ()) -> None:
+  """Checks that a report may be written to `out`: a new or empty directory,
+  or a previous report's (which the new one replaces whole).
+
+  Raises:
+    LotteryError: ('out: ...', one line) if `out` is a file, a lottery
+      workdir, one of `workdirs`, or a directory holding other files.
+  """
+  path = pathlib.Path(out)
+  name = os.fspath(out)
+  if path.exists() and not path.is_dir():
+    raise LotteryError(f"out: {name!r} is a file, not a directory")
+  if any(path.resolve() == pathlib.Path(w).resolve() for w in workdirs) or (
+      path / workdir_lib.CONFIG_FILE).exists():
+    raise LotteryError(f"out: {name!r} is a lottery workdir; write the "
+                       f"report to a directory of its own")
+  if (path.is_dir() and any(path.iterdir()) and
+      not (path / _REPORT_FILE).is_file()):
+    raise LotteryError(f"out: {name!r} holds files that are not a report "
+                       f"(no {_REPORT_FILE}); give a new or empty directory, "
+                       f"or a previous report's")
 
 
 def _figure(width=7.0, height=4.5, ncols=1, nrows=1, **kw):
@@ -284,8 +312,28 @@ def _density_axis(ax, densities: Sequence[float]) -> None:
 def _label_and_legend(axes, ylabel: str) -> None:
   """The y label on the first panel, the legend right of the last."""
   axes[0].set_ylabel(ylabel)
-  axes[-1].legend(fontsize="small", loc="center left",
-                  bbox_to_anchor=(1.01, 0.5))
+  _legend_right(axes[-1])
+
+
+# Legend entries in one column right of a panel before it takes another
+# (a 4-inch-high panel holds about 18 at the small font).
+_LEGEND_ROWS = 18
+
+
+def _legend_right(ax) -> None:
+  """The panel's legend right of it, in as many columns as it needs."""
+  n = len(ax.get_legend_handles_labels()[1])
+  ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5),
+            ncols=max(1, -(-n // _LEGEND_ROWS)))
+
+
+def _round_ticks(ax, rounds: Sequence[int]) -> None:
+  """A tick at every round up to 12 of them, else integer ticks that fit."""
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top
+  if len(rounds) <= 12:
+    ax.set_xticks(list(rounds))
+  else:
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=12, integer=True))
 
 
 def _band(ax, x, mean, std, **kw):
@@ -441,12 +489,12 @@ def layer_densities(workdir: PathLike,
               label=_short(n))
     ax.plot(x, [r["density"] for r in rows], "k--", lw=2, label="overall")
     ax.set_yscale("log")
-    ax.set_xticks(x)
+    _round_ticks(ax, x)
     ax.set_xlabel("IMP round")
     ax.set_ylabel("density of the layer (log scale)")
     ax.set_title("ticket's per-layer densities")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend_right(ax)
     return fig, {"rows": rows}
   if method == "stability":
     recs = [r for r in recs if r.get("source") not in (None, "parent")
@@ -602,17 +650,35 @@ def mask_overlap(workdir: PathLike,
                   key=lambda r: r["round"])
     ax.plot([r["round"] for r in rows], [r["density"] for r in rows], "k:",
             label="density (chance for random_prune)")
-    ax.set_xticks([r["round"] for r in rows])
+    _round_ticks(ax, [r["round"] for r in rows])
     ax.set_xlabel("IMP round r (compared with round r − 1)")
     ax.set_ylabel("overlap (fraction of weights)")
     ax.set_ylim(0, 1.05)
     ax.set_title("across rounds", fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend_right(ax)
   return fig, {"replicates": reps, "rounds": rounds}
 
 
 # --- learning curves -------------------------------------------------------
+
+# A ramp of more lines than this (IMP's rounds) gets a colour bar, not a
+# legend, which would cover the panel.
+_RAMP_LEGEND = 10
+
+
+def _ramp_bar(fig, ax, labels: Sequence[str], colors) -> None:
+  """A colour bar beside `ax` for a ramp of lines, one band per line, with
+  at most 12 of their labels."""
+  from matplotlib.cm import ScalarMappable  # pylint: disable=g-import-not-at-top
+  from matplotlib.colors import BoundaryNorm, ListedColormap  # pylint: disable=g-import-not-at-top
+  n = len(labels)
+  bar = fig.colorbar(
+      ScalarMappable(BoundaryNorm(np.arange(n + 1) - 0.5, n),
+                     ListedColormap(colors)), ax=ax, pad=0.02)
+  shown = sorted(set(np.linspace(0, n - 1, min(n, 12)).round().astype(int)))
+  bar.set_ticks(shown, labels=[labels[i] for i in shown], fontsize="x-small")
+
 
 def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
                     key: str = "accuracy") -> Plot:
@@ -692,8 +758,8 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
   for ax, p in zip(axes, panels):
     n = len(p["lines"])
     labels = [l["label"] for l in p["lines"]]
-    styles = ({k: {"color": c, "ls": "-"} for k, c in zip(
-        labels, colormaps["viridis"](np.linspace(0, 0.9, n)))}
+    colors = colormaps["viridis"](np.linspace(0, 0.9, n))
+    styles = ({k: {"color": c, "ls": "-"} for k, c in zip(labels, colors)}
               if p.get("ramp") else _styles(labels))
     for l in p["lines"]:
       _band(ax, l["step"], l["mean"], l["std"], label=l["label"],
@@ -701,7 +767,10 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
     ax.set_title(p["title"], fontsize="medium")
     ax.set_xlabel("training step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small")
+    if p.get("ramp") and n > _RAMP_LEGEND:
+      _ramp_bar(fig, ax, labels, colors)
+    else:
+      ax.legend(fontsize="x-small")
   axes[0].set_ylabel({"accuracy": "test accuracy (fraction correct)"}.get(
       key, key.replace("_", " ")))
   for p in panels:
@@ -1089,11 +1158,13 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
   """Writes the report of `workdirs` to `out`: index.html (one page, the
   figures inline as PNG data URIs, no external reference: it opens
   offline), figures/NAME.png, NAME.svg and NAME.json (the plotted numbers),
-  and report.json (runs, environment, figure names).
+  and report.json (runs, environment, figure names). A previous report in
+  `out` is replaced whole (its figures too), once the new one is written.
 
   Raises:
     LotteryError: ('workdir: ...') if one of `workdirs` is not a lottery
-      workdir; nothing is written then.
+      workdir, ('out: ...') if `out` may not take a report (`check_out`);
+      nothing is written then.
 
   Returns:
     The report's figures, in page order.
@@ -1102,10 +1173,32 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
     workdirs = [workdirs]
   if not workdirs:
     raise LotteryError("workdir: give at least one workdir")
+  check_out(out, workdirs)
   figures, runs_info = collect(workdirs)
   env = environment() if env is None else env
-  out = pathlib.Path(out)
-  (out / "figures").mkdir(parents=True, exist_ok=True)
+  final = pathlib.Path(out)
+  final.parent.mkdir(parents=True, exist_ok=True)
+  # Written beside `out`, then swapped in: a failure leaves `out` as it was,
+  # and no figure of a previous report stays behind.
+  out = final.with_name(f".{final.name}.writing-{os.getpid()}")
+  shutil.rmtree(out, ignore_errors=True)
+  try:
+    _write(out, figures, runs_info, env)
+  except BaseException:
+    shutil.rmtree(out, ignore_errors=True)
+    raise
+  old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
+  if final.exists():
+    final.rename(old)
+  out.rename(final)
+  shutil.rmtree(old, ignore_errors=True)
+  return figures
+
+
+def _write(out: pathlib.Path, figures: list[Figure], runs_info: list[dict],
+           env: dict) -> None:
+  """Writes the report's files into the new directory `out`."""
+  (out / "figures").mkdir(parents=True)
   pngs = {}
   for f in figures:
     pngs[f.name] = _png(f.figure)
@@ -1154,7 +1247,6 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
   parts.append("<p></p>" + _table(env["machine"]))
   parts.append("</body></html>")
   (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
-  (out / "report.json").write_text(json.dumps(
+  (out / _REPORT_FILE).write_text(json.dumps(
       {"runs": runs_info, "environment": env,
        "figures": [f.name for f in figures]}, indent=1, default=str))
-  return figures

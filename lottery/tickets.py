@@ -347,11 +347,30 @@ def _coordinates(recs: list[dict], asked: dict) -> str:
   parts = []
   for k in dict.fromkeys([*asked, "round", "kind", "method", "check",
                           "target_density", "distribution", "seed"]):
-    values = sorted({r[k] for r in recs if k in r}, key=repr)
+    # An asked coordinate's values among the tickets that match the other
+    # asked ones, where some do (the rounds that have a 'reinit' control).
+    others = {a: v for a, v in asked.items() if a != k}
+    among = [r for r in recs if all(r.get(a) == v for a, v in others.items())]
+    values = sorted({r[k] for r in (among if k in asked and among else recs)
+                     if k in r}, key=_order)
     if values:
-      shown = ", ".join(map(repr, values[:12]))
-      parts.append(f"{k} in [{shown}{', ...' if len(values) > 12 else ''}]")
+      parts.append(f"{k} in {_values(values)}")
   return "; ".join(parts) or "tickets without coordinates"
+
+
+def _order(v) -> tuple:
+  """Numbers by value, then everything else by repr."""
+  number = isinstance(v, (int, float)) and not isinstance(v, bool)
+  return (0, v, "") if number else (1, 0, repr(v))
+
+
+def _values(values: list) -> str:
+  """'[0..32]' for a run of consecutive integers, else up to 12 values."""
+  if (len(values) > 3 and all(type(v) is int for v in values) and
+      values[-1] - values[0] == len(values) - 1):
+    return f"[{values[0]}..{values[-1]}]"
+  shown = ", ".join(map(repr, values[:12]))
+  return f"[{shown}{', ...' if len(values) > 12 else ''}]"
 
 
 def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint: disable=redefined-builtin

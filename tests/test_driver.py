@@ -146,6 +146,22 @@ def test_load_ticket_lists_the_coordinates_that_exist(npz_path, tmp_path):
                         "'kind': 'ticket'}")
   assert "round in [0, 1]; kind in ['reinit', 'ticket']" in msg
   assert "\n" not in msg
+  # Each asked coordinate lists its values among the tickets that match the
+  # others: the reinit control runs at round 1 only, round 0 has a ticket.
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.load_ticket(tmp_path / "wd", 0, "reinit")
+  assert "round in [1]; kind in ['ticket']" in str(e.value)
+
+
+def test_coordinate_values_sort_numbers_by_value_and_shorten_runs():
+  from lottery import tickets  # pylint: disable=g-import-not-at-top
+  assert tickets._values(sorted([10, 2, 1, 0], key=tickets._order)) == (
+      "[0, 1, 2, 10]")
+  assert tickets._values(list(range(33))) == "[0..32]"
+  assert tickets._values(sorted([None, "a", 0.1, 0.03],
+                                key=tickets._order)) == (
+      "[0.03, 0.1, 'a', None]")
+  assert tickets._values(list(range(0, 40, 2))).endswith("20, 22, ...]")
 
 
 def test_launcher_refuses_another_methods_recipe(tmp_path):

@@ -265,6 +265,60 @@ def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
                                       "index.html").read_text()
 
 
+def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
+    runs, written, tmp_path):
+  from experiments import report as report_cli  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "out"
+  shutil.copytree(written[0], out)  # The report of every method's run.
+  figures = report.write_report(runs["sparse"], out)
+  assert sorted(p.name for p in (out / "figures").glob("*.png")) == sorted(
+      f"sparse_{f}.png" for f in FIGURES["sparse"]) == sorted(
+          f"{f.name}.png" for f in figures)
+  assert json.loads((out / "report.json").read_text())["figures"] == [
+      f.name for f in figures]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+  # Refused, each in one line, with nothing written or changed.
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "index.html").write_text("mine")
+  (tmp_path / "file").write_text("mine")
+  for bad, why in [
+      (tmp_path / "file", "is a file, not a directory"),
+      (runs["imp"], "is a lottery workdir; write the report to a directory "
+       "of its own"),
+      (tmp_path / "notes", "holds files that are not a report (no "
+       "report.json); give a new or empty directory, or a previous report's")]:
+    before = sorted(p.name for p in pathlib.Path(bad).parent.iterdir())
+    with pytest.raises(lottery.LotteryError) as e:
+      report.write_report(runs["pai"], bad)
+    assert str(e.value) == f"out: {str(bad)!r} {why}"
+    with pytest.raises(SystemExit) as e:
+      report_cli.main([str(runs["pai"]), f"--out={bad}"])
+    assert e.value.code == 1
+    assert sorted(p.name for p in pathlib.Path(bad).parent.iterdir()) == before
+  assert (tmp_path / "notes" / "index.html").read_text() == "mine"
+  assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_long_runs_get_a_colour_bar_and_integer_round_ticks(
+    runs, monkeypatch):
+  from matplotlib.figure import Figure as MplFigure  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(report, "_RAMP_LEGEND", 2)
+  fig, data = report.learning_curves(runs["imp"])
+  labels = [l["label"] for l in data["panels"][0]["lines"]]
+  assert len(labels) > 2
+  ramp, controls = fig.axes[:2]
+  assert ramp.get_legend() is None and controls.get_legend() is not None
+  bar, = fig.axes[2:]  # The colour bar: a band and a label per line.
+  assert [t.get_text() for t in bar.get_yticklabels()] == labels
+  ax = MplFigure().subplots()
+  ax.plot(range(33), range(33))
+  report._round_ticks(ax, range(33))
+  ticks = [t for t in ax.get_xticks() if 0 <= t <= 32]
+  assert 5 <= len(ticks) <= 13 and all(t == int(t) for t in ticks)
+  report._round_ticks(ax, range(5))
+  assert list(ax.get_xticks()) == [0, 1, 2, 3, 4]
+
+
 def _cli(*args, cwd):
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(
       [str(ROOT), os.environ.get("PYTHONPATH", "")]), "JAX_PLATFORMS": "cpu"}

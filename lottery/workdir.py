@@ -219,6 +219,11 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
             f"{_EXTENDABLE}: lower than the {a[_EXTENDABLE]} rounds of the "
             f"run in workdir {_q(wd)} (got {b[_EXTENDABLE]}); a higher value "
             f"extends that run, a lower one needs a new --workdir")
+    elif "method" in keys and "method" in a and "method" in b:
+      raise LotteryError(
+          f"method: workdir {_q(wd)} holds a {a['method']!r} run, not a "
+          f"{b['method']!r} one; a workdir belongs to one method: use a new "
+          f"--workdir")
     else:
       diffs = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
                for k in keys]

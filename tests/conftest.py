@@ -47,9 +47,14 @@ def _cache_dir(tmp_path_factory):
   user's cache. The session shares one persistent compilation cache, in
   process and with the launchers the tests start (they read $LOTTERY_CACHE):
   the suite is compile-bound, and many tests compile the same model's
-  programs (ResNet-20's initializer alone takes seconds)."""
+  programs (ResNet-20's initializer alone takes seconds). $LOTTERY_TEST_CACHE
+  names a cache to use instead, which outlives the session: .ci/run gives
+  both tiers one, so the second reads what the first compiled."""
   old = os.environ.get("LOTTERY_CACHE")
-  if os.environ.get("PYTEST_XDIST_WORKER"):
+  if os.environ.get("LOTTERY_TEST_CACHE"):
+    cache = pathlib.Path(os.environ["LOTTERY_TEST_CACHE"])
+    cache.mkdir(parents=True, exist_ok=True)
+  elif os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist: the workers share one cache (beside their own temp dirs).
     cache = tmp_path_factory.getbasetemp().parent / "cache"
     cache.mkdir(exist_ok=True)

@@ -676,10 +676,12 @@ def jpeg_folder(tmp_path_factory):
                      shapes=((48, 64, 3), (64, 48, 3), (56, 56, 3)))
 
 
+# Each data path once (the job path is one for every method): IMP's recipe
+# on encoded JPEGs (its mock-data run is test_quick_recipe_end_to_end's),
+# RigL's on TFDS's mock data.
 @pytest.mark.slow
 @pytest.mark.parametrize("spec, source", [
     ("imp_resnet50_imagenet:quick", "jpegs"),
-    ("rigl_resnet50_imagenet:quick", "jpegs"),
     ("rigl_resnet50_imagenet:quick", "mock")])
 def test_imagenet_quick_recipes_on_jpegs_and_mock_data(spec, source,
                                                         tmp_path, request):

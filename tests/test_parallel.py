@@ -80,8 +80,11 @@ def _args(workdir, npz, source="memory"):
 def test_two_processes_match_one(npz_path, tmp_path, source):
   """Streamed, each process reads only its own half of every batch from the
   record files (`parallel.put_parts`)."""
+  # A data cache of its own: the one-process run writes the record files
+  # (no other test's run of the same .npz has).
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
-         "LOTTERY_NO_COMPILE_CACHE": "1"}
+         "LOTTERY_NO_COMPILE_CACHE": "1",
+         "LOTTERY_CACHE": str(tmp_path / "cache")}
   env.pop("XLA_FLAGS", None)
   one = subprocess.run([sys.executable, "-c", _AUDITED, str(tmp_path / "one"),
                         *_args(tmp_path / "one", npz_path, source)], cwd=ROOT,

@@ -381,7 +381,8 @@ def test_every_zoo_input_layer_is_linear_in_alpha(name, shape):
   `linear_input`."""
   model = lottery.models.get(name, 10)
   x = np.random.default_rng(0).normal(size=(4,) + shape).astype(np.float32)
-  va, vb = (model.init(jax.random.key(k), x) for k in (0, 1))
+  init = jax.jit(model.init)  # One compilation for both ends.
+  va, vb = (init(jax.random.key(k), x) for k in (0, 1))
   a, b = va["params"], vb["params"]
   state = {k: v for k, v in va.items() if k != "params"}
   layer = stability.input_layer_of(model)

@@ -300,7 +300,8 @@ def _bn_neuron_pruned(name, size):
   """A width-4 BatchNorm model `name` on size x size images, its params,
   model_state and a mask with a quarter of each unit set's channels pruned."""
   model = models.get(name, 10, width=4)
-  variables = model.init(jax.random.key(0), jnp.ones((1, size, size, 3)))
+  variables = jax.jit(model.init)(jax.random.key(0),
+                                  jnp.ones((1, size, size, 3)))
   params = variables["params"]
   state = {"batch_stats": variables["batch_stats"]}
   new = _np(pruning.prune(masks.make_mask(params),
@@ -327,16 +328,16 @@ def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
   # its BN bias and running mean changes nothing (eval mode).
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   masked = lottery.apply_mask(new, params)
-  want = model.apply({"params": masked, **state}, x)
+  apply = jax.jit(model.apply)  # One compilation for the three calls.
+  want = apply({"params": masked, **state}, x)
   moved = jax.tree.map(np.array, masked)
   moved_state = jax.tree.map(np.array, state)
   for i, d in enumerate(dead.values(), start=1):
     moved[f"bn{i}"]["bias"][d] += 3.0
     moved_state["batch_stats"][f"bn{i}"]["mean"][d] -= 2.0
-  got = model.apply({"params": moved, **moved_state}, x)
+  got = apply({"params": moved, **moved_state}, x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-  assert not np.allclose(
-      model.apply({"params": params, **moved_state}, x), want)
+  assert not np.allclose(apply({"params": params, **moved_state}, x), want)
 
 
 def test_resnet_prunes_inner_and_stream_channels():
@@ -367,7 +368,8 @@ def test_resnet_prunes_inner_and_stream_channels():
   # and shortcut_bn on a stream) are not read.
   x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
   masked = lottery.apply_mask(new, params)
-  want = model.apply({"params": masked, **state}, x)
+  apply = jax.jit(model.apply)  # One compilation for the four calls.
+  want = apply({"params": masked, **state}, x)
 
   def moved(tree):
     tree = jax.tree.map(np.array, tree)
@@ -379,11 +381,11 @@ def test_resnet_prunes_inner_and_stream_channels():
         leaves["bias"][d] += 3.0
     return tree
 
-  got = model.apply({"params": moved(masked), **state}, x)
+  got = apply({"params": moved(masked), **state}, x)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   # Unmasked, the same moves change the output.
-  assert not np.allclose(model.apply({"params": moved(params), **state}, x),
-                         model.apply({"params": params, **state}, x))
+  assert not np.allclose(apply({"params": moved(params), **state}, x),
+                         apply({"params": params, **state}, x))
 
 
 def test_without_streams_keeps_the_other_units_or_refuses_in_one_line():

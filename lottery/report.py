@@ -192,11 +192,22 @@ def _records(workdir: PathLike, records: Iterable[dict] | None, *,
 
 
 def lottery_records(workdir: PathLike) -> list[dict]:
-  """`lottery.records(workdir)`, or [] for a run with nothing finished."""
-  try:
-    return tickets.records(workdir)
-  except LotteryError:
-    return []
+  """`lottery.records(workdir)` ([] for a run with nothing finished).
+
+  Raises:
+    LotteryError: (one line, naming the file and what to do) if one of the
+      run's record files is damaged: a report must not pass a damaged run
+      off as an unfinished one.
+  """
+  return tickets.records(workdir)
+
+
+def _summary(workdir: PathLike) -> dict:
+  """The run's summary.json; {} before its first record (a damaged one
+  raises, as `lottery_records`)."""
+  if not (pathlib.Path(workdir) / tickets.SUMMARY).exists():
+    return {}
+  return tickets.summary(workdir)
 
 
 def recipe(workdir: PathLike) -> str:
@@ -781,10 +792,7 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
 # --- stability: barrier and interpolation ----------------------------------
 
 def _pairs(workdir: PathLike) -> list[dict]:
-  try:
-    return list(tickets.summary(workdir).get("pairs", []))
-  except LotteryError:
-    return []
+  return list(_summary(workdir).get("pairs", []))
 
 
 def barrier(workdir: PathLike) -> Plot:
@@ -1055,10 +1063,7 @@ def _slug(text: str) -> str:
 
 
 def _status(workdir: PathLike, method: str, recs: list[dict]) -> str:
-  try:
-    finished = tickets.summary(workdir).get("finished", False)
-  except LotteryError:
-    finished = False
+  finished = _summary(workdir).get("finished", False)
   n = len(analysis.replicates(recs))
   return (f"{n} finished ticket{'s' if n != 1 else ''}; "
           f"{'run finished' if finished else 'run in flight or stopped'}")

@@ -299,6 +299,20 @@ def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
   assert (tmp_path / "file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("damaged", ["summary.json", "metrics.json"])
+def test_a_damaged_run_is_refused_not_reported_empty(runs, tmp_path, damaged):
+  wd = tmp_path / "wd"
+  shutil.copytree(runs["stability"], wd)
+  path = (wd / damaged if damaged == "summary.json" else
+          sorted(wd.glob(f"**/{damaged}"))[0])
+  path.write_text(path.read_text()[:20])
+  with pytest.raises(lottery.LotteryError) as e:
+    report.write_report(wd, tmp_path / "out")
+  assert str(e.value).startswith(f"workdir: file {str(path)!r} is damaged")
+  assert "\n" not in str(e.value)
+  assert not (tmp_path / "out").exists()
+
+
 def test_long_runs_get_a_colour_bar_and_integer_round_ticks(
     runs, monkeypatch):
   from matplotlib.figure import Figure as MplFigure  # pylint: disable=g-import-not-at-top

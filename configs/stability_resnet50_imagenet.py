@@ -22,6 +22,7 @@ only when rewound to around that point, never at k = 0.
 
 from configs import rigl_resnet50_imagenet
 from lottery import stability
+from lottery.config import IMAGE_SIZE
 
 ARGS = ("", "quick")
 EPOCHS = (0, 1, 2, 4, 6, 10)
@@ -34,7 +35,7 @@ def get_config(arg: str = ""):
   c.method = "imp"  # The dense training of the sparse recipe.
   # Without its label smoothing and host-side crops: the path's statistics
   # are recomputed over the training set held in memory (data.crop='none').
-  c.data.update(source="memory", crop="none")
+  c.data.update(source="memory", crop="none", image_size=IMAGE_SIZE)
   c.training.label_smoothing = 0.0
   if arg:
     c.data.name = "cifar10"

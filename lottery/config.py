@@ -30,10 +30,12 @@ SHARED = ("method", "seeds", "data", "model", "training")
 # Registered blocks: top-level key -> defaults (a dict of fields, or a single
 # value), in registration order.
 _BLOCKS: dict[str, Any] = {}
+# data.image_size's default: ImageNet's 224 x 224 crops.
+IMAGE_SIZE = 224
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """All fields, with the defaults of the MNIST-1D experiment."""
+  """Every field at its default (the tables of docs/config.md)."""
   c = ml_collections.ConfigDict()
   # The method this recipe runs (a plug-in of lottery.method): imp | pai |
   # sparse. `python -m experiments.run` runs any; experiments.imp, .pai and
@@ -72,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
       # dataset's arrays as they are) or 'inception' (training: random-resized
       # crops and flips; evaluation: center crops), to squares of image_size.
       crop="none",
-      image_size=224,
+      image_size=IMAGE_SIZE,
   )
   # Options of models that take them (ResNet depth and width; the ViT's
   # dim, heads, mlp_dim, patch); 0 = the model's default.
@@ -238,11 +240,28 @@ def _lr_schedules() -> Sequence[str]:
 
 def _data_path(f, v, c) -> None:
   _str(f, v)
+  if v and c["data.name"] not in ("npz", "images"):
+    _fail(f, v, f"is read for data.name 'npz' or 'images', not "
+          f"{c['data.name']!r}: leave it ''")
   if c["data.name"] == "npz" and not v:
     _fail(f, v, "set it to an .npz file for data.name='npz'")
   if c["data.name"] == "images" and not v:
     _fail(f, v, "set it to the folder of train.array_record and "
           "test.array_record for data.name='images'")
+
+
+def _image_size(f, v, c) -> None:
+  _int(f, v, 1, MAX_IMAGE_SIZE)
+  if v != IMAGE_SIZE and c["data.crop"] == "none":
+    _fail(f, v, "is the side of data.crop='inception''s crops, and data.crop "
+          "is 'none'")
+
+
+def _on_device(f, v, c) -> None:
+  _bool(f, v)
+  if not v and c["data.source"] != "memory":
+    _fail(f, v, "places an in-memory training set (data.source='memory'); "
+          "streamed batches go to the devices as they are read")
 
 
 def _crop(f, v, c) -> None:
@@ -345,10 +364,10 @@ RULES: dict[str, _Rule] = {
     "data.cache_dir": _string,
     "data.source": _one_of(_data_sources),
     "data.validation_size": _count(0),
-    "data.on_device": _boolean,
+    "data.on_device": _on_device,
     "data.augment": _one_of(_augment_names),
     "data.crop": _crop,
-    "data.image_size": _count(1, MAX_IMAGE_SIZE),
+    "data.image_size": _image_size,
     "model.name": _one_of(_model_names),
     "model.depth": _count(0),
     "model.width": _count(0),

@@ -176,18 +176,30 @@ def _structure(f, v, c) -> None:
   spec = structure_lib.parse(v, field=f)
   if spec.kind == "N:M" and c["pruning.layer_fractions"]:
     config_lib.fail(f, v, f"takes no pruning.layer_fractions (N:M keeps N of "
-                    f"every M in every layer; got "
-                    f"{c['pruning.layer_fractions']!r})")
+                    f"every M in every layer): set it to '', not "
+                    f"{c['pruning.layer_fractions']!r}")
   if spec.kind == "N:M" and c["pruning.rounds"] > 1:
     config_lib.fail(f, v, f"prunes once (round 1 keeps {spec.n} of every "
-                    f"{spec.m}); set pruning.rounds to 1 (got rounds="
-                    f"{c['pruning.rounds']})")
+                    f"{spec.m}); set pruning.rounds to 1, not "
+                    f"{c['pruning.rounds']}")
 
 
 def _group_score(f, v, c) -> None:
   config_lib.check_choice(f, v, structure_lib.GROUP_SCORES)
   structure_lib.check_criterion(v, c["pruning.structure"], None, None, "",
                                 field=f, structure_field="pruning.structure")
+
+
+# pruning.path_points' default.
+PATH_POINTS = 30
+
+
+def _path_points(f, v, c) -> None:
+  config_lib.check_int(f, v, 2, 10_000)
+  if (v != PATH_POINTS and not c["pruning.level_barrier"] and
+      not c["pruning.stability_every"]):
+    config_lib.fail(f, v, "is read by pruning.level_barrier and "
+                    "pruning.stability_every, which are both off")
 
 
 def _residual_streams(f, v, c) -> None:
@@ -237,7 +249,7 @@ config_lib.register_block(
         # Record the error barrier between the trained networks of successive
         # rounds (Paul et al. 2023).
         level_barrier=False,
-        path_points=30,  # Evenly spaced points of those paths, ends included.
+        path_points=PATH_POINTS,  # Points of those paths, ends included.
         # unstructured | neuron (whole units, coupled across layers) | head
         # (whole attention heads) | 'N:M'
         # (e.g. '2:4': round 1 keeps N of every M along the input axis); see
@@ -266,7 +278,7 @@ config_lib.register_block(
         "pruning.rewind_step": _rewind_step,
         "pruning.stability_every": config_lib.count(0),
         "pruning.level_barrier": config_lib.boolean,
-        "pruning.path_points": config_lib.count(2, 10_000),
+        "pruning.path_points": _path_points,
         "pruning.structure": _structure,
         "pruning.group_score": _group_score,
         "pruning.residual_streams": _residual_streams,

@@ -109,21 +109,21 @@ def _pai_structure(f, v, c) -> None:
   if spec.kind == "N:M" and any(
       d != spec.n / spec.m for d in c["pai.densities"]):
     config_lib.fail(f, v, f"keeps {spec.n} of every {spec.m}: set "
-                    f"pai.densities to ({spec.n / spec.m!r},) (got "
-                    f"densities={tuple(c['pai.densities'])})")
+                    f"pai.densities to ({spec.n / spec.m!r},), not "
+                    f"{tuple(c['pai.densities'])}")
 
 
 def _pai_group_score(f, v, c) -> None:
   config_lib.check_choice(f, v, structure_lib.GROUP_SCORES)
-  if v not in structure_lib.CRITERIA:
-    return
   structure_lib.check_criterion(v, c["pai.structure"], None, None, "",
                                 field=f, structure_field="pai.structure")
+  if v not in structure_lib.CRITERIA:
+    return
   if len(c["pai.methods"]) != 1:
     config_lib.fail(f, v, f"scores the units in place of a method's scores, "
                     f"so every method would give its mask: set pai.methods "
-                    f"to one method, e.g. ('magnitude',) (got methods="
-                    f"{tuple(c['pai.methods'])})")
+                    f"to one method, e.g. ('magnitude',), not "
+                    f"{tuple(c['pai.methods'])}")
   if "invert" in c["pai.checks"]:
     config_lib.fail(f, v, "ranks units by its own unit scores, which the "
                     "'invert' check (negated element scores) does not "

@@ -400,6 +400,8 @@ def prune(mask: masks_lib.Mask, scores: Any, fraction: float, *,
     return mask
   spec = structure_lib.parse(structure)
   structure_lib.check_streams(residual_streams, spec)
+  if spec.kind not in structure_lib.UNIT_KINDS:
+    structure_lib.check_criterion(group_score, spec, None, None, "")
   if spec.kind != structure_lib.UNSTRUCTURED:
     if overrides and spec.kind == "N:M":
       raise LotteryError(f"layer_fractions: not used with structure "

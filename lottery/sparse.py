@@ -111,6 +111,9 @@ def _sparse_n_m(f, v, c) -> None:
   spec = structure.parse_n_m(v, field=f)
   methods = [m for m in c["sparse.methods"] if m in _N_M_METHODS]
   if not methods:
+    if v != N_M:
+      config_lib.fail(f, v, f"is read by methods {list(_N_M_METHODS)}, which "
+                      f"sparse.methods does not name")
     return
   d = spec.n / spec.m
   if any(x != d for x in c["sparse.densities"]):
@@ -127,8 +130,9 @@ def _sparse_decay(f, v, c) -> None:
   config_lib.check_real(f, v, 0, 1, lo_open=False, hi_open=True)
 
 
-# The methods that train under `sparse.n_m`.
+# The methods that train under `sparse.n_m`, and its default.
 _N_M_METHODS = ("nm", "sr_ste")
+N_M = "2:4"
 
 
 def _sparse_end_fraction(f, v, c) -> None:
@@ -176,7 +180,7 @@ config_lib.register_block(
         end_step=0,
         # nm, sr_ste: keep N of every M along each prunable leaf's reduction
         # axis.
-        n_m="2:4",
+        n_m=N_M,
         # sr_ste: lambda_W, the decay of the pruned weights' dense values
         # (Zhou et al. 2021: 2e-4).
         sr_ste_decay=2e-4,

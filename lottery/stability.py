@@ -490,6 +490,11 @@ class Stability(method_lib.Method):
     if any(sources) and not s.source_workdir:
       raise LotteryError("stability.source_workdir: set it to the workdir of "
                          f"the tickets {tuple(s.sources)} (got '')")
+    if s.source_workdir and not any(sources):
+      raise LotteryError(f"stability.source_workdir: no source names a ticket "
+                         f"of it (stability.sources={tuple(s.sources)}); add "
+                         f"their coordinates, e.g. 'round=4', or leave it '' "
+                         f"(got {s.source_workdir!r})")
     top = config.seeds.data + 2 * config.seeds.num - 1
     if top >= config_lib.SEED_LIMIT:
       raise LotteryError(f"seeds.num: the copies take data seeds up to {top}"

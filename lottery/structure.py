@@ -547,8 +547,8 @@ def check_criterion(group_score: Any, spec: Any, mask: Any, model: Any,
                     structure_field: str = "structure") -> str:
   """Refuses a group score that the model `name` (its module `model`, its
   mask `mask` with a None leaf per non-prunable parameter) cannot take under
-  structure `spec`: an unknown name, a criterion without 'neuron' or
-  'head', or
+  structure `spec`: an unknown name, a reduction other than 'sum' or a
+  criterion without 'neuron' or 'head' (they would be ignored), or
   'bn_scale' on a unit set without BatchNorm (`channel_scales`; only with a
   `mask`: a config rule passes None for the mask, model and name).
 
@@ -557,6 +557,12 @@ def check_criterion(group_score: Any, spec: Any, mask: Any, model: Any,
   """
   check_group_score(group_score, field=field)
   spec = parse(spec, field=structure_field)
+  if group_score != "sum" and spec.kind not in UNIT_KINDS and (
+      group_score not in CRITERIA):
+    raise LotteryError(
+        f"{field}: {group_score!r} reduces each unit's weight scores, and "
+        f"{str(spec)!r} has no units: set it to 'sum' or {structure_field} to "
+        f"'neuron' or 'head'")
   if group_score not in CRITERIA:
     return group_score
   if spec.kind not in UNIT_KINDS:

@@ -199,6 +199,8 @@ def tiny(npz_path, **overrides):
                     learning_rate=1e-2, eval_every=5, checkpoint_every=10)
   if c.method == "imp":
     c.pruning.update(fraction=0.5, rounds=2)
+  if overrides.get("data.name", "npz") not in ("npz", "images"):
+    c.data.path = ""  # Another dataset: data.path is not read.
   for key, value in overrides.items():
     _set_field(c, key, value)
   return c

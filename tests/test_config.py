@@ -193,6 +193,50 @@ def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
                 tmp_path / "c")
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"data.name": "mnist1d"}, "data.path: is read for data.name 'npz' or "
+     "'images', not 'mnist1d': leave it '' (got '{path}')"),
+    ({"data.image_size": 32}, "data.image_size: is the side of data.crop="
+     "'inception''s crops, and data.crop is 'none' (got 32)"),
+    ({"data.source": "stream", "data.on_device": False}, "data.on_device: "
+     "places an in-memory training set (data.source='memory'); streamed "
+     "batches go to the devices as they are read (got False)"),
+    ({"pruning.path_points": 5}, "pruning.path_points: is read by "
+     "pruning.level_barrier and pruning.stability_every, which are both off "
+     "(got 5)"),
+    ({"method": "sparse", "sparse.methods": ("static",), "sparse.n_m": "1:4"},
+     "sparse.n_m: is read by methods ['nm', 'sr_ste'], which sparse.methods "
+     "does not name (got '1:4')"),
+])
+def test_a_field_that_would_be_ignored_is_refused(npz_path, changes,
+                                                  message):
+  """Set away from its default where nothing reads it, a field is refused
+  (as another method's field is), not silently ignored."""
+  cfg = config_from_dict(npz_path, {})
+  for key, value in changes.items():
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  with pytest.raises(lottery.LotteryError) as e:
+    config_lib.validate(cfg)
+  assert str(e.value) == message.format(path=npz_path)
+
+
+def test_stability_source_workdir_needs_a_ticket_source(tiny_config,
+                                                        tmp_path):
+  cfg = tiny_config(method="stability", **{
+      "stability.steps": (0,), "stability.source_workdir": str(tmp_path)})
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.driver.run(cfg, tmp_path / "wd")
+  assert str(e.value) == (
+      "stability.source_workdir: no source names a ticket of it "
+      "(stability.sources=('dense',)); add their coordinates, e.g. "
+      f"'round=4', or leave it '' (got {str(tmp_path)!r})")
+  assert not (tmp_path / "wd").exists()
+
+
 def test_rewind_step_only_with_rewind(tiny_config):
   cfg = tiny_config(**{"pruning.reset": "finetune", "pruning.rewind_step": 3})
   with pytest.raises(lottery.LotteryError, match="^pruning.rewind_step: "):

@@ -110,7 +110,8 @@ def test_interrupted_cropped_run_resumes_bit_exact(jpegs, tmp_path,
 def test_mixed_shapes_without_a_crop_are_refused_before_writing(jpegs,
                                                                  tmp_path):
   cfg = tiny_images(jpegs, tmp_path / "cache",
-                    **{"data.crop": "none", "data.source": "memory"})
+                    **{"data.crop": "none", "data.source": "memory",
+                       "data.image_size": 224})
   with pytest.raises(lottery.LotteryError) as e:
     lottery.run(cfg, tmp_path / "wd", log=quiet)
   msg = str(e.value)

@@ -41,6 +41,30 @@ def test_parse():
     pruning.prune({"w": np.ones(4, bool)}, {"w": np.ones(4)}, 0.5,
                   structure="neuron", group_score="mean",
                   coupling=(structure.Units(("a",), ()),))
+  # A reduction of unit scores where there are no units would be ignored.
+  for spec in ("unstructured", "2:4"):
+    with pytest.raises(LotteryError) as e:
+      pruning.prune({"w": np.ones((4, 4), bool)}, {"w": np.ones((4, 4))}, 0.5,
+                    structure=spec, group_score="l1")
+    assert str(e.value) == (
+        f"group_score: 'l1' reduces each unit's weight scores, and {spec!r} "
+        f"has no units: set it to 'sum' or structure to 'neuron' or 'head'")
+
+
+@pytest.mark.parametrize("block", ["pruning", "pai"])
+def test_config_refuses_a_unit_reduction_without_units(block):
+  c = lottery.base_config()
+  if block == "pai":
+    c.method = "pai"
+  getattr(c, block).group_score = "l2"
+  with pytest.raises(LotteryError) as e:
+    lottery.config.validate(c)
+  assert str(e.value) == (
+      f"{block}.group_score: 'l2' reduces each unit's weight scores, and "
+      f"'unstructured' has no units: set it to 'sum' or {block}.structure to "
+      f"'neuron' or 'head'")
+  getattr(c, block).structure = "neuron"
+  lottery.config.validate(c)
 
 
 # -- N:M -------------------------------------------------------------------
@@ -1185,7 +1209,9 @@ def test_pai_n_m_keeps_n_of_m(npz_path, tmp_path):
     ({"pruning.structure": "2:4", "pruning.rounds": 1,
       "pruning.layer_fractions": "out/kernel=0.1"}, r"^pruning.structure: "
      r"takes no pruning.layer_fractions \(N:M keeps N of every M in every "
-     r"layer; got 'out/kernel=0.1'\)"),
+     r"layer\): set it to '', not 'out/kernel=0.1' \(got '2:4'\)$"),
+    ({"pruning.structure": "2:4"}, r"^pruning.structure: prunes once \(round "
+     r"1 keeps 2 of every 4\); set pruning.rounds to 1, not 2 \(got '2:4'\)$"),
     ({"pruning.group_score": "mean"}, r"^pruning.group_score: must be one of "
      r"\['sum', 'l1', 'l2', 'taylor', 'bn_scale'\]"),
     ({"method": "pai", "pai.structure": "2:4"}, r"^pai.structure: keeps 2 of "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -146,6 +147,18 @@ def _check_params(net: nn.Module, params: Any, model: str,
                        f"layer 'out' has {outputs} units")
 
 
+def _exported(read: Callable[[pathlib.Path], Any], path: pathlib.Path) -> Any:
+  """`read(path)` of an export's file; the error for a damaged one names
+  the export's `directory`, not a workdir."""
+  try:
+    return read(path)
+  except LotteryError as e:
+    text = str(e)
+    if not text.startswith("workdir: "):
+      raise
+    raise LotteryError("directory: " + text[len("workdir: "):]) from None
+
+
 def load_exported(directory: str | os.PathLike
                   ) -> tuple[nn.Module, Any, dict]:
   """The network `export` wrote to `directory`.
@@ -165,7 +178,7 @@ def load_exported(directory: str | os.PathLike
   if not file.is_file():
     raise LotteryError(f"directory: {os.fspath(path)!r} holds no exported "
                        f"network ({ARCHITECTURE} missing)")
-  arch = checkpoint.read_json(file)
+  arch = _exported(checkpoint.read_json, file)
   where = f"directory: {os.fspath(file)!r}"
   if not isinstance(arch, dict) or arch.get("format") != FORMAT or set(
       arch) != set(_KEYS):
@@ -174,7 +187,7 @@ def load_exported(directory: str | os.PathLike
                        f"(keys {keys!r})")
   net = models.get(arch["model"], arch["num_classes"], field=f"{where}: model",
                    **arch["options"])
-  arrays = checkpoint.restore(path / ARRAYS)
+  arrays = _exported(checkpoint.restore, path / ARRAYS)
   params, model_state = arrays["params"], arrays.get("model_state", {})
   if arch["widths"] is not None:
     if not hasattr(net, "with_widths"):

@@ -526,7 +526,11 @@ class Stability(method_lib.Method):
         if not pathlib.Path(wd).is_dir():
           raise LotteryError(f"stability.source_workdir: {wd!r} is not a "
                              f"workdir")
-        runs.load_config(wd)  # One line if it holds no run.
+        try:
+          runs.load_config(wd)
+        except LotteryError as e:  # One line, naming this field.
+          raise LotteryError("stability.source_workdir: " + str(e).partition(
+              ": ")[2]) from None
         try:
           t = tickets.load_ticket(wd, **coords, seed=i,
                                   like=ctx.exp.init_params)

@@ -115,6 +115,8 @@ def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray,
 def cause(e: Exception) -> str:
   """An exception's type and the start of its first line."""
   first = str(e).splitlines()[0][:80] if str(e) else ""
+  if first.count("(") > first.count(")"):  # A parenthesis cut off.
+    first = first[:first.rfind("(")].rstrip()
   return f"{type(e).__name__}: {first}"
 
 

@@ -262,6 +262,15 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
                      match=r"^stability.source_workdir: .* is not a workdir"):
     lottery.driver.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
+  # A folder that holds no run: named as this field's, not the --workdir's.
+  (tmp_path / "notes").mkdir()
+  c.stability.source_workdir = str(tmp_path / "notes")
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.driver.run(c, tmp_path / "wd")
+  assert str(e.value) == (f"stability.source_workdir: "
+                          f"{str(tmp_path / 'notes')!r} holds no run "
+                          f"(config.json missing)")
+  assert not (tmp_path / "wd").exists()
 
 
 def test_imp_with_stability_and_level_barriers(npz_path, tmp_path):

@@ -469,3 +469,12 @@ def test_stream_sparse_training_matches_memory(npz_path, tmp_path):
       assert all(np.array_equal(x, y) for x, y in zip(
           jax.tree.leaves(getattr(a, f)), jax.tree.leaves(getattr(b, f)))), (
               coords, f)
+
+
+def test_a_cause_cut_inside_a_parenthesis_drops_it():
+  long = RuntimeError("Corrupted Riegeli/records file: chunk header hash "
+                      "mismatch (computed 0x5d3a8cb64, stored 0x1234567890ab)")
+  assert stream.cause(long) == ("RuntimeError: Corrupted Riegeli/records "
+                                "file: chunk header hash mismatch")
+  assert stream.cause(OSError("no such file (x)")) == (
+      "OSError: no such file (x)")

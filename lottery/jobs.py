@@ -172,29 +172,35 @@ def tensorboard_writer(workdir, path: str, purge_step: int):
   # A unique file name: TensorBoard names files by the second, and a resumed
   # job must not overwrite the events of its first attempt.
   logdir = os.path.join(workdir, "tensorboard", path)
-  return _DiskChecked(SummaryWriter(
+  return _DiskChecked(lambda: SummaryWriter(
       logdir, purge_step=purge_step,
       filename_suffix=f".{os.getpid()}.{time.time_ns()}"), logdir)
 
 
 class _DiskChecked:
   """A TensorBoard writer whose writes turn a full disk into the one-line
-  LotteryError of `checkpoint.disk_errors`, like every other write."""
+  LotteryError of `checkpoint.disk_errors`, like every other write. Its
+  events file is created at the first write: a run refused before it writes
+  anything (a damaged checkpoint found at resume) leaves no file."""
 
-  def __init__(self, writer, logdir: str):
-    self._writer, self._logdir = writer, logdir
+  def __init__(self, make: Callable[[], Any], logdir: str):
+    self._make, self._writer, self._logdir = make, None, logdir
 
   def add_scalar(self, *args, **kwargs) -> None:
     with checkpoint.disk_errors(self._logdir):
+      if self._writer is None:
+        self._writer = self._make()
       self._writer.add_scalar(*args, **kwargs)
 
   def flush(self) -> None:
-    with checkpoint.disk_errors(self._logdir):
-      self._writer.flush()
+    if self._writer is not None:
+      with checkpoint.disk_errors(self._logdir):
+        self._writer.flush()
 
   def close(self) -> None:
-    with checkpoint.disk_errors(self._logdir):
-      self._writer.close()
+    if self._writer is not None:
+      with checkpoint.disk_errors(self._logdir):
+        self._writer.close()
 
 
 def _write_eval(writer, h: dict) -> None:

@@ -162,6 +162,41 @@ def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
       assert a.metrics["history"] == b.metrics["history"]
 
 
+def test_a_damaged_mid_run_checkpoint_is_refused_writing_nothing(
+    tiny_config, tmp_path, monkeypatch):
+  """The resume refuses the damaged checkpoint before it writes anything:
+  no file of the workdir changes and none is added (not even an empty
+  TensorBoard events file)."""
+  cfg = tiny_config()
+  wd = tmp_path / "wd"
+
+  class Stop(Exception):
+    pass
+
+  real = jobs.MidRun.save
+
+  def save_then_stop(self, *a, **k):
+    real(self, *a, **k)
+    raise Stop
+
+  monkeypatch.setattr(jobs.MidRun, "save", save_then_stop)
+  with pytest.raises(Stop):
+    lottery.run(cfg, wd, log=quiet)
+  monkeypatch.setattr(jobs.MidRun, "save", real)
+  meta = wd / "progress" / "progress.json"
+  meta.write_text(meta.read_text().replace('"step"', '"steps"', 1))
+
+  def files():
+    return {p.relative_to(wd).as_posix(): p.read_bytes()
+            for p in wd.rglob("*") if p.is_file()}
+  before = files()
+  with pytest.raises(lottery.LotteryError, match=r"^workdir: file .*"
+                     r"progress.json' is damaged .* and rerun the same "
+                     r"command$"):
+    lottery.run(cfg, wd, log=quiet)
+  assert files() == before
+
+
 def _cli(workdir, npz, *extra):
   return [sys.executable, "-m", "experiments.imp",
           f"--workdir={workdir}", "--config=configs/mnist1d.py:quick",

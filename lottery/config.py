@@ -33,6 +33,35 @@ _BLOCKS: dict[str, Any] = {}
 # data.image_size's default: ImageNet's 224 x 224 crops.
 IMAGE_SIZE = 224
 
+# Fields that only some values of other fields make anything read: {field:
+# is_read(c)}, c the flat {'block.field': value} config (tuples may be
+# lists). Their rules refuse a value other than the default where nothing
+# reads it; a workdir's saved config counts such a value as the default
+# (`unread_at_defaults`), so a run written before a rule resumes.
+READ_WHEN: dict[str, Callable[[Mapping[str, Any]], bool]] = {}
+
+
+def read_when(field: str, is_read: Callable[[Mapping[str, Any]], bool]
+              ) -> Callable[[Mapping[str, Any]], bool]:
+  """Registers `is_read` for `field` (see `READ_WHEN`); returns it."""
+  READ_WHEN[field] = is_read
+  return is_read
+
+
+def unread_at_defaults(flat: dict, defaults: Mapping[str, Any]) -> dict:
+  """`flat` (a flat config) with each field of `READ_WHEN` that nothing
+  reads under its other values set to its default from `defaults`."""
+  out = dict(flat)
+  for field, is_read in READ_WHEN.items():
+    if field in out and field in defaults:
+      try:
+        read = is_read(out)
+      except (KeyError, TypeError):
+        continue  # Another method's config: the field is not its own.
+      if not read:
+        out[field] = defaults[field]
+  return out
+
 
 def base_config() -> ml_collections.ConfigDict:
   """Every field at its default (the tables of docs/config.md)."""
@@ -238,9 +267,17 @@ def _lr_schedules() -> Sequence[str]:
   return optim.SCHEDULES
 
 
+_path_read = read_when("data.path",
+                       lambda c: c["data.name"] in ("npz", "images"))
+_image_size_read = read_when("data.image_size",
+                             lambda c: c["data.crop"] != "none")
+_on_device_read = read_when("data.on_device",
+                            lambda c: c["data.source"] == "memory")
+
+
 def _data_path(f, v, c) -> None:
   _str(f, v)
-  if v and c["data.name"] not in ("npz", "images"):
+  if v and not _path_read(c):
     _fail(f, v, f"is read for data.name 'npz' or 'images', not "
           f"{c['data.name']!r}: leave it ''")
   if c["data.name"] == "npz" and not v:
@@ -252,14 +289,14 @@ def _data_path(f, v, c) -> None:
 
 def _image_size(f, v, c) -> None:
   _int(f, v, 1, MAX_IMAGE_SIZE)
-  if v != IMAGE_SIZE and c["data.crop"] == "none":
-    _fail(f, v, "is the side of data.crop='inception''s crops, and data.crop "
-          "is 'none'")
+  if v != IMAGE_SIZE and not _image_size_read(c):
+    _fail(f, v, "is the side of the crops of data.crop='inception', and "
+          "data.crop is 'none'")
 
 
 def _on_device(f, v, c) -> None:
   _bool(f, v)
-  if not v and c["data.source"] != "memory":
+  if not v and not _on_device_read(c):
     _fail(f, v, "places an in-memory training set (data.source='memory'); "
           "streamed batches go to the devices as they are read")
 

@@ -194,10 +194,17 @@ def _group_score(f, v, c) -> None:
 PATH_POINTS = 30
 
 
+_path_points_read = config_lib.read_when(
+    "pruning.path_points",
+    lambda c: bool(c["pruning.level_barrier"] or c["pruning.stability_every"]))
+config_lib.read_when(
+    "pruning.group_score",
+    lambda c: c["pruning.structure"] in structure_lib.UNIT_KINDS)
+
+
 def _path_points(f, v, c) -> None:
   config_lib.check_int(f, v, 2, 10_000)
-  if (v != PATH_POINTS and not c["pruning.level_barrier"] and
-      not c["pruning.stability_every"]):
+  if v != PATH_POINTS and not _path_points_read(c):
     config_lib.fail(f, v, "is read by pruning.level_barrier and "
                     "pruning.stability_every, which are both off")
 

@@ -113,6 +113,10 @@ def _pai_structure(f, v, c) -> None:
                     f"{tuple(c['pai.densities'])}")
 
 
+config_lib.read_when(
+    "pai.group_score", lambda c: c["pai.structure"] in structure_lib.UNIT_KINDS)
+
+
 def _pai_group_score(f, v, c) -> None:
   config_lib.check_choice(f, v, structure_lib.GROUP_SCORES)
   structure_lib.check_criterion(v, c["pai.structure"], None, None, "",

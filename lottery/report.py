@@ -150,25 +150,45 @@ _REPORT_FILE = "report.json"
 
 def check_out(out: PathLike, workdirs: Sequence[PathLike] = ()) -> None:
   """Checks that a report may be written to `out`: a new or empty directory,
-  or a previous report's (which the new one replaces whole).
+  or a previous report's (index.html, report.json and figures/ only), which
+  the new one replaces whole. A symbolic link is followed.
 
   Raises:
     LotteryError: ('out: ...', one line) if `out` is a file, a lottery
-      workdir, one of `workdirs`, or a directory holding other files.
+      workdir, holds one of `workdirs`, or holds anything but a report.
   """
-  path = pathlib.Path(out)
   name = os.fspath(out)
+  path = _out_path(out)
   if path.exists() and not path.is_dir():
     raise LotteryError(f"out: {name!r} is a file, not a directory")
-  if any(path.resolve() == pathlib.Path(w).resolve() for w in workdirs) or (
-      path / workdir_lib.CONFIG_FILE).exists():
-    raise LotteryError(f"out: {name!r} is a lottery workdir; write the "
-                       f"report to a directory of its own")
-  if (path.is_dir() and any(path.iterdir()) and
-      not (path / _REPORT_FILE).is_file()):
+  if (path / workdir_lib.CONFIG_FILE).exists() or any(
+      path == w or path in w.parents
+      for w in (pathlib.Path(w).resolve() for w in workdirs)):
+    raise LotteryError(f"out: {name!r} is or holds a lottery workdir; write "
+                       f"the report to a directory of its own")
+  if path.is_dir() and any(path.iterdir()) and not _is_report(path):
     raise LotteryError(f"out: {name!r} holds files that are not a report "
-                       f"(no {_REPORT_FILE}); give a new or empty directory, "
-                       f"or a previous report's")
+                       f"(a report holds only index.html, {_REPORT_FILE} and "
+                       f"figures/); give a new or empty directory, or a "
+                       f"previous report's")
+
+
+def _out_path(out: PathLike) -> pathlib.Path:
+  """`out` absolute, its links followed: the directory the report takes."""
+  return pathlib.Path(os.path.abspath(os.path.realpath(out)))
+
+
+def _is_report(path: pathlib.Path) -> bool:
+  """Whether the directory `path` holds a report of `write_report` only."""
+  if {p.name for p in path.iterdir()} - {"index.html", _REPORT_FILE,
+                                          "figures"}:
+    return False
+  try:
+    meta = json.loads((path / _REPORT_FILE).read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(meta, dict) and {"runs", "environment",
+                                     "figures"} <= set(meta)
 
 
 def _figure(width=7.0, height=4.5, ncols=1, nrows=1, **kw):
@@ -205,7 +225,7 @@ def lottery_records(workdir: PathLike) -> list[dict]:
 def _summary(workdir: PathLike) -> dict:
   """The run's summary.json; {} before its first record (a damaged one
   raises, as `lottery_records`)."""
-  if not (pathlib.Path(workdir) / tickets.SUMMARY).exists():
+  if not checkpoint.exists(pathlib.Path(workdir) / tickets.SUMMARY):
     return {}
   return tickets.summary(workdir)
 
@@ -1181,28 +1201,38 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
   check_out(out, workdirs)
   figures, runs_info = collect(workdirs)
   env = environment() if env is None else env
-  final = pathlib.Path(out)
-  final.parent.mkdir(parents=True, exist_ok=True)
+  name, final = os.fspath(out), _out_path(out)
+  if final.exists() and not any(final.iterdir()):
+    _write(final, figures, runs_info, env)  # An empty directory: in place.
+    return figures
   # Written beside `out`, then swapped in: a failure leaves `out` as it was,
   # and no figure of a previous report stays behind.
-  out = final.with_name(f".{final.name}.writing-{os.getpid()}")
-  shutil.rmtree(out, ignore_errors=True)
-  try:
-    _write(out, figures, runs_info, env)
-  except BaseException:
-    shutil.rmtree(out, ignore_errors=True)
-    raise
+  new = final.with_name(f".{final.name}.writing-{os.getpid()}")
   old = final.with_name(f".{final.name}.replaced-{os.getpid()}")
-  if final.exists():
-    final.rename(old)
-  out.rename(final)
+  try:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(new, ignore_errors=True)
+    _write(new, figures, runs_info, env)
+    if final.exists():
+      final.rename(old)
+    try:
+      new.rename(final)
+    except OSError:
+      if old.exists():
+        old.rename(final)  # The previous report, back in place.
+      raise
+  except OSError as e:
+    raise LotteryError(f"out: cannot write the report to {name!r} "
+                       f"({e.strerror or e})") from None
+  finally:
+    shutil.rmtree(new, ignore_errors=True)
   shutil.rmtree(old, ignore_errors=True)
   return figures
 
 
 def _write(out: pathlib.Path, figures: list[Figure], runs_info: list[dict],
            env: dict) -> None:
-  """Writes the report's files into the new directory `out`."""
+  """Writes the report's files into the new or empty directory `out`."""
   (out / "figures").mkdir(parents=True)
   pngs = {}
   for f in figures:

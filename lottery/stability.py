@@ -123,6 +123,10 @@ def _stability_sources(f, v, c) -> None:
 # rewind step k and source mask, two copies of the network at step k of
 # the dense run train to the end with different data orders; the error
 # barrier along the linear path between them measures their instability.
+config_lib.read_when("stability.source_workdir",
+                     lambda c: any(x != DENSE for x in c["stability.sources"]))
+
+
 config_lib.register_block(
     "stability",
     dict(

@@ -114,9 +114,17 @@ def write_split(path: pathlib.Path, x: np.ndarray, y: np.ndarray,
 
 def cause(e: Exception) -> str:
   """An exception's type and the start of its first line."""
-  first = str(e).splitlines()[0][:80] if str(e) else ""
-  if first.count("(") > first.count(")"):  # A parenthesis cut off.
-    first = first[:first.rfind("(")].rstrip()
+  line = str(e).splitlines()[0] if str(e) else ""
+  first = line[:80]
+  if len(line) > 80:  # Cut: from a parenthesis the cut left open, drop it.
+    depth, start = 0, None
+    for i, ch in enumerate(first):
+      if ch == "(":
+        depth, start = depth + 1, (i if depth == 0 else start)
+      elif ch == ")" and depth:
+        depth -= 1
+    if depth:
+      first = first[:start].rstrip()
   return f"{type(e).__name__}: {first}"
 
 

@@ -63,6 +63,17 @@ def _with_new_defaults(saved: dict, new: dict) -> dict:
   return _unflatten({**flat_saved, **added}) if added else saved
 
 
+def _unread_at_defaults(saved: dict) -> dict:
+  """`saved` with each field that nothing reads under its other values at
+  its default (`config.READ_WHEN`): a run written before the rule that
+  refuses such a value is the same run as one without it."""
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
+  defaults = _flatten(config_json(config_lib.base_config()))
+  flat = _flatten(saved)
+  out = config_lib.unread_at_defaults(flat, defaults)
+  return _unflatten(out) if out != flat else saved
+
+
 def _unflatten(flat: dict) -> dict:
   out: dict = {}
   for key, value in flat.items():
@@ -208,7 +219,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     flat_new = _flatten(new)
     saved = _unflatten({k: v for k, v in _flatten(saved).items()
                         if k in flat_new})
-  saved = _with_new_defaults(saved, new)
+  saved = _unread_at_defaults(_with_new_defaults(saved, new))
   if saved != new:
     a, b = _flatten(saved), _flatten(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -196,8 +196,8 @@ def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"data.name": "mnist1d"}, "data.path: is read for data.name 'npz' or "
      "'images', not 'mnist1d': leave it '' (got '{path}')"),
-    ({"data.image_size": 32}, "data.image_size: is the side of data.crop="
-     "'inception''s crops, and data.crop is 'none' (got 32)"),
+    ({"data.image_size": 32}, "data.image_size: is the side of the crops of "
+     "data.crop='inception', and data.crop is 'none' (got 32)"),
     ({"data.source": "stream", "data.on_device": False}, "data.on_device: "
      "places an in-memory training set (data.source='memory'); streamed "
      "batches go to the devices as they are read (got False)"),
@@ -222,6 +222,28 @@ def test_a_field_that_would_be_ignored_is_refused(npz_path, changes,
   with pytest.raises(lottery.LotteryError) as e:
     config_lib.validate(cfg)
   assert str(e.value) == message.format(path=npz_path)
+
+
+def test_a_run_saved_with_an_unread_field_resumes(tiny_config, tmp_path,
+                                                  monkeypatch):
+  """A run written before the rule that refuses an unread value (here
+  pruning.path_points=10 without barriers) is the same run as the config
+  without it: it resumes and extends."""
+  from lottery import imp  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(imp, "PATH_POINTS", 10)  # The rule lets 10 pass.
+  old = tiny_config(**{"pruning.rounds": 1, "pruning.path_points": 10})
+  lottery.run(old, tmp_path, log=lambda _: None)
+  monkeypatch.undo()
+  with pytest.raises(lottery.LotteryError, match="^pruning.path_points: "):
+    config_lib.validate(old)
+  summary = lottery.run(tiny_config(**{"pruning.rounds": 2}), tmp_path,
+                        log=lambda _: None)
+  assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+  # A value that is read still makes another run.
+  with pytest.raises(lottery.LotteryError, match=r"^config: .*"
+                     r"pruning.fraction: 0.5 -> 0.25"):
+    lottery.run(tiny_config(**{"pruning.rounds": 2,
+                               "pruning.fraction": 0.25}), tmp_path)
 
 
 def test_stability_source_workdir_needs_a_ticket_source(tiny_config,

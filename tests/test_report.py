@@ -266,7 +266,7 @@ def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
 
 
 def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
-    runs, written, tmp_path):
+    runs, written, tmp_path, monkeypatch):
   from experiments import report as report_cli  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
   shutil.copytree(written[0], out)  # The report of every method's run.
@@ -281,12 +281,23 @@ def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes" / "index.html").write_text("mine")
   (tmp_path / "file").write_text("mine")
+  (tmp_path / "project").mkdir()  # A report.json of another tool's.
+  (tmp_path / "project" / "report.json").write_text('{"runs": [], '
+                                                    '"environment": {}, '
+                                                    '"figures": []}')
+  (tmp_path / "project" / "main.py").write_text("mine")
   for bad, why in [
       (tmp_path / "file", "is a file, not a directory"),
-      (runs["imp"], "is a lottery workdir; write the report to a directory "
-       "of its own"),
-      (tmp_path / "notes", "holds files that are not a report (no "
-       "report.json); give a new or empty directory, or a previous report's")]:
+      (runs["imp"], "is or holds a lottery workdir; write the report to a "
+       "directory of its own"),
+      (runs["imp"].parent, "is or holds a lottery workdir; write the report "
+       "to a directory of its own"),
+      (tmp_path / "notes", "holds files that are not a report (a report "
+       "holds only index.html, report.json and figures/); give a new or "
+       "empty directory, or a previous report's"),
+      (tmp_path / "project", "holds files that are not a report (a report "
+       "holds only index.html, report.json and figures/); give a new or "
+       "empty directory, or a previous report's")]:
     before = sorted(p.name for p in pathlib.Path(bad).parent.iterdir())
     with pytest.raises(lottery.LotteryError) as e:
       report.write_report(runs["pai"], bad)
@@ -297,6 +308,19 @@ def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
     assert sorted(p.name for p in pathlib.Path(bad).parent.iterdir()) == before
   assert (tmp_path / "notes" / "index.html").read_text() == "mine"
   assert (tmp_path / "file").read_text() == "mine"
+  assert (tmp_path / "project" / "main.py").read_text() == "mine"
+  # '.', and a link to a previous report (replaced where it points).
+  monkeypatch.chdir(out)
+  report.write_report(runs["stability"], ".")
+  assert sorted(p.name for p in (out / "figures").glob("*.png"))[0].startswith(
+      "stability_")
+  (tmp_path / "link").symlink_to(out)
+  report.write_report(runs["sparse"], tmp_path / "link")
+  assert (tmp_path / "link").is_symlink()
+  assert sorted(p.name for p in (out / "figures").glob("*.png"))[0].startswith(
+      "sparse_")
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "file", "link", "notes", "out", "project"]
 
 
 @pytest.mark.parametrize("damaged", ["summary.json", "metrics.json"])

@@ -478,3 +478,6 @@ def test_a_cause_cut_inside_a_parenthesis_drops_it():
                                 "file: chunk header hash mismatch")
   assert stream.cause(OSError("no such file (x)")) == (
       "OSError: no such file (x)")
+  assert stream.cause(OSError("/data/(copy")) == "OSError: /data/(copy"
+  nested = OSError("bad chunk (at 12 (of 40) records, offset " + "9" * 80)
+  assert stream.cause(nested) == "OSError: bad chunk"

@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
   try:
     for wd in args.workdirs:  # All refused before anything is written.
       report.check_workdir(wd)
-    report.check_out(args.out, args.workdirs)
     figures = report.write_report(args.workdirs, args.out)
   except LotteryError as e:
     cli.fail(str(e))

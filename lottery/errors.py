@@ -15,6 +15,12 @@ class LotteryError(ValueError):
   """
 
 
+def refield(error: LotteryError, field: str) -> LotteryError:
+  """`error`'s message under another field name: 'workdir: X' -> 'FIELD: X'
+  (a check reused for a value that is not the field it names)."""
+  return LotteryError(f"{field}: {str(error).partition(': ')[2]}")
+
+
 @contextlib.contextmanager
 def quiet_logs(log_filter: logging.Filter, logger: str = "absl"
                ) -> Iterator[None]:

@@ -40,6 +40,7 @@ from lottery import runs
 from lottery import structure as structure_lib
 from lottery import tickets
 from lottery.errors import LotteryError
+from lottery.errors import refield
 from lottery.shrink import shrink
 
 __all__ = ["ARCHITECTURE", "export", "export_ticket", "load_exported"]
@@ -153,10 +154,9 @@ def _exported(read: Callable[[pathlib.Path], Any], path: pathlib.Path) -> Any:
   try:
     return read(path)
   except LotteryError as e:
-    text = str(e)
-    if not text.startswith("workdir: "):
+    if not str(e).startswith("workdir: "):
       raise
-    raise LotteryError("directory: " + text[len("workdir: "):]) from None
+    raise refield(e, "directory") from None
 
 
 def load_exported(directory: str | os.PathLike

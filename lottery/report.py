@@ -175,7 +175,7 @@ def check_out(out: PathLike, workdirs: Sequence[PathLike] = ()) -> None:
 
 def _out_path(out: PathLike) -> pathlib.Path:
   """`out` absolute, its links followed: the directory the report takes."""
-  return pathlib.Path(os.path.abspath(os.path.realpath(out)))
+  return pathlib.Path(os.path.realpath(out))
 
 
 def _is_report(path: pathlib.Path) -> bool:

@@ -87,6 +87,7 @@ from lottery import step as step_lib
 from lottery import tickets
 from lottery import xla_options
 from lottery.errors import LotteryError
+from lottery.errors import refield
 
 __all__ = ["Stability", "barrier", "copy_data_seed", "evaluate_path",
            "input_layer_of", "interpolate", "linear_input", "parse_source",
@@ -533,8 +534,7 @@ class Stability(method_lib.Method):
         try:
           runs.load_config(wd)
         except LotteryError as e:  # One line, naming this field.
-          raise LotteryError("stability.source_workdir: " + str(e).partition(
-              ": ")[2]) from None
+          raise refield(e, "stability.source_workdir") from None
         try:
           t = tickets.load_ticket(wd, **coords, seed=i,
                                   like=ctx.exp.init_params)

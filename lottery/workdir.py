@@ -53,25 +53,24 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _with_new_defaults(saved: dict, new: dict) -> dict:
-  """`saved` with the fields added to the schema since it was written (absent
-  from it, at their default in `new`): such a run is the same run."""
+  """`saved` as today's schema reads it: with the fields added to the schema
+  since it was written (absent from it, at their default in `new`), and with
+  each field that nothing reads under its other values at its default
+  (`config.READ_WHEN`; a value a later rule refuses). Such a run is the same
+  run."""
   from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
   defaults = _flatten(config_json(config_lib.base_config()))
   flat_saved, flat_new = _flatten(saved), _flatten(new)
   added = {k: v for k, v in flat_new.items()
            if k not in flat_saved and k in defaults and defaults[k] == v}
-  return _unflatten({**flat_saved, **added}) if added else saved
+  flat = config_lib.unread_at_defaults({**flat_saved, **added}, defaults)
+  return _unflatten(flat) if flat != flat_saved else saved
 
 
-def _unread_at_defaults(saved: dict) -> dict:
-  """`saved` with each field that nothing reads under its other values at
-  its default (`config.READ_WHEN`): a run written before the rule that
-  refuses such a value is the same run as one without it."""
-  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
-  defaults = _flatten(config_json(config_lib.base_config()))
-  flat = _flatten(saved)
-  out = config_lib.unread_at_defaults(flat, defaults)
-  return _unflatten(out) if out != flat else saved
+def _other_method(wd: pathlib.Path, saved: str, new: str) -> LotteryError:
+  return LotteryError(
+      f"method: workdir {_q(wd)} holds a {saved!r} run, not a {new!r} one; "
+      f"a workdir belongs to one method: use a new --workdir")
 
 
 def _unflatten(flat: dict) -> dict:
@@ -219,7 +218,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     flat_new = _flatten(new)
     saved = _unflatten({k: v for k, v in _flatten(saved).items()
                         if k in flat_new})
-  saved = _unread_at_defaults(_with_new_defaults(saved, new))
+  saved = _with_new_defaults(saved, new)
   if saved != new:
     a, b = _flatten(saved), _flatten(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
@@ -231,10 +230,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
             f"run in workdir {_q(wd)} (got {b[_EXTENDABLE]}); a higher value "
             f"extends that run, a lower one needs a new --workdir")
     elif "method" in keys and "method" in a and "method" in b:
-      raise LotteryError(
-          f"method: workdir {_q(wd)} holds a {a['method']!r} run, not a "
-          f"{b['method']!r} one; a workdir belongs to one method: use a new "
-          f"--workdir")
+      raise _other_method(wd, a["method"], b["method"])
     else:
       diffs = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
                for k in keys]
@@ -245,10 +241,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     facts = _read_facts(wd / FACTS_FILE)
     new_facts = json.loads(json.dumps(extra))
     if "method" in facts and facts["method"] != new_facts.get("method"):
-      raise LotteryError(
-          f"method: workdir {_q(wd)} holds a {facts['method']!r} run, not a "
-          f"{new_facts.get('method')!r} one; a workdir belongs to one "
-          f"method: use a new --workdir")
+      raise _other_method(wd, facts["method"], new_facts.get("method"))
     diffs = [f"{k}: {facts[k]!r} -> {v!r}" for k, v in sorted(new_facts.items())
              if k in facts and facts[k] != v]
     if diffs:

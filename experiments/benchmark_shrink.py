@@ -20,9 +20,9 @@ initialization removes the fraction s of every unit set's units
 
 The variants' calls alternate (`timing.median_times`). ResNet-20 and
 ResNet-50 shrink their blocks' inner channels and their residual streams.
-Convolutions of at most `narrow` (default 8) channels run as sums of taps on
-the CPU (`lottery.models.convolution.NARROW`, 0 by default in the framework:
-it makes narrow networks' programs compile slower); `narrow=0` times the
+The shrunk networks' convolutions of at most `narrow` channels run as sums
+of taps on the CPU (default `lottery.models.convolution.NARROW`, 8, the
+`narrow` of every network `lottery.shrink` returns); `narrow=0` times the
 library kernels alone.
 """
 
@@ -80,17 +80,14 @@ def _latencies(fns: dict, nets: dict, x, repeats: int) -> dict[str, float]:
 
 
 def measure(names=tuple(MODELS), sparsities=SPARSITIES,
-            repeats: int = 5, narrow: int = 8) -> dict:
+            repeats: int = 5, narrow: int = convolution.NARROW) -> dict:
   """{f'{model}_{int(100 s)}_{key}': value} for the keys of the module doc,
   and 'narrow_channels': `narrow`."""
-  saved, convolution.NARROW = convolution.NARROW, narrow
-  try:
-    return {**_measure(names, sparsities, repeats), "narrow_channels": narrow}
-  finally:
-    convolution.NARROW = saved
+  return {**_measure(names, sparsities, repeats, narrow),
+          "narrow_channels": narrow}
 
 
-def _measure(names, sparsities, repeats: int) -> dict:
+def _measure(names, sparsities, repeats: int, narrow: int) -> dict:
   out = {}
   for name in names:
     model_name, shape, options = MODELS[name]
@@ -107,6 +104,8 @@ def _measure(names, sparsities, repeats: int) -> dict:
                            structure="neuron", coupling=model)
       small, small_params, small_state = lottery.shrink(model, params,
                                                            state, mask)
+      if "narrow" in small.__dataclass_fields__:
+        small = small.clone(narrow=narrow)
       nets = {"dense": (model, params, state),
               "masked": (model, masks.apply_mask(mask, params), state),
               "shrunk": (small, small_params, small_state)}

@@ -9,10 +9,10 @@ programs) against the same convolution as a sum over the kernel's 9 taps and
 the input channels of shifted input slices times the kernel's rows
 (`lottery.models.convolution._taps`, one fused loop). The library kernel
 takes about as long for 2 channels as for 16; the sum's time grows with
-input x output channels and wins up to about 8 of each. With
-`lottery.models.convolution.NARROW = 8` the framework runs the inference of
-convolutions that narrow in that form on the CPU (docs/performance.md,
-"Structured pruning: what shrink buys").
+input x output channels and wins up to about 8 of each. The networks
+`lottery.shrink` returns (`narrow` = `lottery.models.convolution.NARROW`, 8)
+run the inference of convolutions that narrow in that form on the CPU
+(docs/performance.md, "Structured pruning: what shrink buys").
 """
 
 import statistics

@@ -12,10 +12,10 @@ mask is needed to run it:
                                   'source' (where it came from)}
 
 `load_exported(directory)` rebuilds the model from the registry
-(`lottery.models.get(model, num_classes, **options).with_widths(widths)`)
-and restores the arrays: `model.apply({'params': params, **model_state}, x)`
-computes what the masked network computed, up to float rounding, with no
-mask anywhere. `export_ticket(workdir, directory, round=3)` exports a ticket
+(`lottery.models.get(model, num_classes, **options).with_widths(widths)`,
+`lottery.shrink.narrowed` as `shrink` returns it) and restores the arrays:
+`model.apply({'params': params, **model_state}, x)` computes what the
+masked network computed, up to float rounding, with no mask anywhere. `export_ticket(workdir, directory, round=3)` exports a ticket
 of a run in one call.
 
 A model `shrink` cannot rebuild (no `coupling()` or `with_widths()`) is
@@ -41,6 +41,7 @@ from lottery import structure as structure_lib
 from lottery import tickets
 from lottery.errors import LotteryError
 from lottery.errors import refield
+from lottery.shrink import narrowed
 from lottery.shrink import shrink
 
 __all__ = ["ARCHITECTURE", "export", "export_ticket", "load_exported"]
@@ -193,7 +194,7 @@ def load_exported(directory: str | os.PathLike
     if not hasattr(net, "with_widths"):
       raise LotteryError(f"{where}: model {arch['model']!r} cannot rebuild "
                          f"itself with widths {arch['widths']}")
-    net = net.with_widths(arch["widths"])
+    net = narrowed(net.with_widths(arch["widths"]))
   flat = _flat(params)
   outputs = np.shape(flat.get("out/kernel", ()))[-1:]
   try:

@@ -37,8 +37,9 @@ from flax import traverse_util
 from lottery import masks as masks_lib
 from lottery import structure as structure_lib
 from lottery.errors import LotteryError
+from lottery.models import convolution
 
-__all__ = ["check", "scratch", "shrink"]
+__all__ = ["check", "narrowed", "scratch", "shrink"]
 
 
 def _rows_cols(mask: dict, params: dict, module: str, what: str
@@ -74,7 +75,9 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
     (smaller model, its params, model_state): `model.apply` of the smaller
     model on its params equals the original model's on
     `apply_mask(mask, params)` up to float rounding. The kept weights are
-    the masked ones (pruned weights stay 0).
+    the masked ones (pruned weights stay 0). The smaller model is
+    `narrowed`: on the CPU its narrow convolutions run as sums of taps in
+    inference.
 
   Raises:
     LotteryError: one line, for a model that cannot be shrunk or a mask
@@ -268,8 +271,21 @@ def _layouts(units: Any, params: dict) -> dict[str | None, _Spread]:
 
 
 def _smaller(model: Any, folds: list) -> Any:
-  """The model with the widths `folds` keep."""
-  return model.with_widths([int(keep.sum()) for _, _, keep, _, _ in folds])
+  """The model with the widths `folds` keep, `narrowed`."""
+  return narrowed(model.with_widths(
+      [int(keep.sum()) for _, _, keep, _, _ in folds]))
+
+
+def narrowed(model: Any) -> Any:
+  """`model` with `narrow` = `lottery.models.convolution.NARROW` if it has
+  that field (the conv models): on the CPU, its convolutions of at most
+  that many channels run as sums of taps when not differentiated, several
+  times faster than XLA's library kernel for a few channels
+  (docs/performance.md), for programs that compile about 3x slower. Other
+  models are returned as they are."""
+  if "narrow" not in getattr(model, "__dataclass_fields__", {}):
+    return model
+  return model.clone(narrow=convolution.NARROW)
 
 
 def _silent(mask: dict, params: dict, module: str, spread: _Spread

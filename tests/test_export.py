@@ -14,6 +14,7 @@ from lottery import masks
 from lottery import models
 from lottery import pruning
 from lottery import structure
+from lottery.models import convolution
 from lottery.errors import LotteryError
 
 from conftest import quiet
@@ -62,6 +63,9 @@ def test_exported_network_computes_what_the_masked_one_computes(
   n_small = sum(np.size(a) for a in jax.tree.leaves(small_params))
   assert n_small < sum(np.size(a) for a in jax.tree.leaves(params))
   assert type(small) is type(model)
+  # Loaded as `shrink` returns it: narrow convolutions as sums of taps.
+  assert getattr(small, "narrow", None) == (
+      None if name != "resnet20" else convolution.NARROW)
 
 
 def test_a_model_without_units_is_exported_at_full_size(tmp_path, unitless):

@@ -390,32 +390,28 @@ def _conv_and_grads(x, w, stride, padding):
     (9, 1, 2, "VALID", (4, 1)), (10, 2, 3, ((0, 1), (2, 0)), (1, 6)),
     (7, 5, 1, ((-1, 2), (2, 2)), (2, 2))])
 def test_narrow_convolution_runs_as_taps_and_matches_lax(size, kernel, stride,
-                                                         padding, channels,
-                                                         monkeypatch):
-  """With NARROW set, a convolution of at most NARROW channels runs on the
-  CPU as a sum of shifted slices when not differentiated (no convolution op
-  in its program), with lax's values to float rounding; its gradients are
-  lax's. The default (0) keeps the library kernel."""
+                                                         padding, channels):
+  """With `narrow` 8, a convolution of at most 8 channels runs on the CPU as
+  a sum of shifted slices when not differentiated (no convolution op in its
+  program), with lax's values to float rounding; its gradients are lax's.
+  The default (0) keeps the library kernel."""
   from jax import lax
   from lottery.models import convolution
   ci, co = channels
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, size, size, ci)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, ci, co)), jnp.float32)
-  # A new function per use: jit's cache would keep a trace made under
-  # another NARROW (it is read when tracing).
-  forward = lambda: lambda x, w: convolution.conv_general_dilated(
-      x, w, (stride, stride), padding)
-  conv_op = lambda w: " convolution(" in jax.jit(forward()).lower(
-      x, w).compile().as_text()
-  assert convolution.NARROW == 0 and conv_op(w)
-  monkeypatch.setattr(convolution, "NARROW", 8)
+  forward = lambda narrow: lambda x, w: convolution.conv_general_dilated(
+      x, w, (stride, stride), padding, narrow=narrow)
+  conv_op = lambda w, narrow: " convolution(" in jax.jit(
+      forward(narrow)).lower(x, w).compile().as_text()
+  assert conv_op(w, 0)
   ref = lax.conv_general_dilated(x, w, (stride, stride), padding,
                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(jax.jit(forward())(x, w), ref, rtol=1e-5,
+  np.testing.assert_allclose(jax.jit(forward(8))(x, w), ref, rtol=1e-5,
                              atol=1e-5)
-  assert conv_op(w) == (jax.default_backend() != "cpu")
-  assert conv_op(jnp.concatenate([w] * (8 // co + 1), axis=-1))  # Wider.
+  assert conv_op(w, 8) == (jax.default_backend() != "cpu")
+  assert conv_op(jnp.concatenate([w] * (8 // co + 1), axis=-1), 8)  # Wider.
   ours, ref = _conv_and_grads(x, w, stride, padding)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
     np.testing.assert_array_equal(a, b)
@@ -448,19 +444,18 @@ def test_convolution_second_order_and_vmap_match_lax():
     ((0, 5, 5, 2), (3, 3, 2, 4)), ((2, 5, 5, 0), (3, 3, 0, 4)),
     ((2, 5, 5, 2), (3, 3, 2, 0))])
 def test_convolution_of_an_empty_batch_or_no_channels_is_lax(x_shape,
-                                                             w_shape,
-                                                             monkeypatch):
+                                                             w_shape):
+  import functools
   from jax import lax
   from lottery.models import convolution
-  monkeypatch.setattr(convolution, "NARROW", 8)
   x, w = jnp.ones(x_shape), jnp.ones(w_shape)
 
   def value_and_grads(conv):
     return jax.value_and_grad(lambda x, w: jnp.sum(conv(
         x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))),
                               (0, 1))(x, w)
-  for a, b in zip(jax.tree.leaves(value_and_grads(
-      convolution.conv_general_dilated)), jax.tree.leaves(
+  for a, b in zip(jax.tree.leaves(value_and_grads(functools.partial(
+      convolution.conv_general_dilated, narrow=8))), jax.tree.leaves(
           value_and_grads(lax.conv_general_dilated))):
     np.testing.assert_array_equal(a, b)
 

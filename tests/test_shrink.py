@@ -97,3 +97,31 @@ def test_shrink_conv_nets_removes_channels_and_their_flatten_rows(
   unstructured = pruning.prune(masks.make_mask(params), scores, 0.95)
   small, small_params, _ = lottery.shrink(model, params, {}, unstructured)
   _assert_same_outputs(model, params, unstructured, small, small_params, x)
+
+
+def test_shrunk_conv_nets_run_their_narrow_convolutions_as_taps():
+  """`shrink` returns the smaller network `narrowed`: on the CPU its
+  convolutions of at most `convolution.NARROW` channels run as sums of taps
+  in inference (no convolution op in its program), computing what the
+  masked network computes; the registry's networks keep the library
+  kernel, and models without the field come back as they are."""
+  from lottery.models import convolution
+  from lottery.models.conv import ConvNet
+  from lottery.shrink import narrowed
+  model = ConvNet(convs=(16, 16, "pool"), dense=(8,), num_classes=4)
+  shape = (2, 8, 8, 3)
+  params = _init(model, shape)
+  mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
+                       0.75, structure="neuron", coupling=model)
+  small, small_params, _ = lottery.shrink(model, params, {}, mask)
+  assert (small.narrow, model.narrow) == (convolution.NARROW, 0)
+  assert small.convs == (4, 4, "pool")
+  x = jax.random.normal(jax.random.key(1), shape)
+  _assert_same_outputs(model, params, mask, small, small_params, x)
+  conv_ops = lambda net, p: jax.jit(net.apply).lower(
+      {"params": p}, x).compile().as_text().count(" convolution(")
+  on_cpu = jax.default_backend() == "cpu"
+  assert conv_ops(small, small_params) == (0 if on_cpu else 2)
+  assert conv_ops(small.clone(narrow=0), small_params) == 2
+  mlp = models.get("mlp_tiny", 10)
+  assert narrowed(mlp) is mlp

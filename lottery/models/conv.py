@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 
 from lottery.models import register
-from lottery.models.convolution import Conv
+from lottery.models.convolution import conv_module
 from lottery.structure import Units
 
 
@@ -16,11 +16,13 @@ class ConvNet(nn.Module):
 
   `convs` lists conv widths; 'pool' entries mark max-pooling. Works on images
   (N, H, W, C) and on sequences (N, L) or (N, L, C), where the convs are 1-D.
-  Glorot-normal kernels, zero biases.
+  Glorot-normal kernels, zero biases. `narrow`: the convolutions'
+  (`lottery.models.convolution.conv_module`; `lottery.shrink` sets it).
   """
   convs: Sequence[int | str]
   dense: Sequence[int]
   num_classes: int
+  narrow: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -35,8 +37,9 @@ class ConvNet(nn.Module):
         x = nn.max_pool(x, (2,) * spatial, strides=(2,) * spatial)
       else:
         i += 1
-        x = nn.relu(Conv(c, (3,) * spatial, padding="SAME", kernel_init=init,
-                            name=f"conv{i}")(x))
+        x = nn.relu(conv_module(self.narrow)(
+            c, (3,) * spatial, padding="SAME", kernel_init=init,
+            name=f"conv{i}")(x))
     x = x.reshape((x.shape[0], -1))
     for j, f in enumerate(self.dense):
       x = nn.relu(nn.Dense(f, kernel_init=init, name=f"fc{j + 1}")(x))

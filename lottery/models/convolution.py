@@ -28,15 +28,18 @@ Narrow convolutions. XLA:CPU runs a convolution of a few channels far below
 its rate for wide ones: a 3x3 convolution of 256 32x32 images with 2 input
 and 2 output channels took ~9 ms, about what 16 channels take, against 1 ms
 as a sum over the kernel's taps and input channels of shifted input slices
-times kernel rows, which XLA fuses into one loop. With `NARROW` set to N > 0
-(before tracing), a float32 convolution with at most N input and output
-channels (and at most 9 N taps times input channels) runs in that form on
-the CPU when it is not differentiated: the inference of the narrow networks
-`lottery.shrink` makes (`experiments/benchmark_shrink.py` sets 8). The default
-is 0, every convolution on the library kernel: the sums made a narrow
-network's programs compile about 3x slower (a width-4 ResNet-20's forward
-pass 1.8 s against 0.5 s), which the test suite, compile-bound, felt. The
-values agree with the library convolution's to float rounding.
+times kernel rows, which XLA fuses into one loop. A model's convolutions
+built by `conv_module(narrow)` with N = narrow > 0 run a float32 convolution
+with at most N input and output channels (and at most 9 N taps times input
+channels) in that form on the CPU when it is not differentiated. The conv
+models take it as their `narrow` field: 0 for the models of the registry,
+every convolution on the library kernel, `NARROW` (8) for the smaller
+networks that `lottery.shrink` makes and `lottery.export` loads, whose
+inference is what they are for. Not everywhere, because the sums make a
+narrow network's programs compile about 3x slower (a width-4 ResNet-20's
+forward pass 1.8 s against 0.5 s): the test suite, compile-bound, and
+every evaluation in training would feel it. The values agree with the
+library convolution's to float rounding.
 
 On the CPU the kernel gradient's input passes through `_unfused` before its
 transpose. Otherwise XLA fuses the element-wise chain that produced the
@@ -50,7 +53,7 @@ same bits (docs/performance.md).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,13 +107,13 @@ def _unfused_jvp(primals, tangents):
   return _unfused(primals[0]), tangents[0]
 
 
-# Channels up to which a float32 convolution runs as a sum of taps on the CPU
-# when not differentiated; 0: none (the default; the module doc says why).
+# The `narrow` of shrunk networks: channels up to which a float32
+# convolution runs as a sum of taps on the CPU when not differentiated.
 # `python -m experiments.repro_narrow_conv` on a 2-core AMD EPYC CPU (3x3,
 # stride 1, 256 images of 32x32, 16x16 and 8x8; docs/performance.md): the sum
 # was 1.3-8x faster than the library kernel up to 8 input and output
-# channels, 0.3-0.5x at 12 and 16, so 8 is the value to set.
-NARROW = 0
+# channels, 0.3-0.5x at 12 and 16, so 8.
+NARROW = 8
 
 
 def _taps(x, w, strides, padding):
@@ -134,19 +137,20 @@ def _taps(x, w, strides, padding):
   return out
 
 
-def _is_narrow(x, w, padding) -> bool:
+def _is_narrow(x, w, padding, narrow: int) -> bool:
   kh, kw, ci, co = w.shape
   h, wd = (x.shape[1 + a] + sum(padding[a]) for a in (0, 1))
   return (x.dtype == w.dtype == jnp.float32 and 0 < min(ci, co) and
-          max(ci, co) <= NARROW and
-          kh * kw * ci <= 9 * NARROW and h >= kh and wd >= kw and
+          max(ci, co) <= narrow and
+          kh * kw * ci <= 9 * narrow and h >= kh and wd >= kw and
           x.shape[0] > 0)
 
 
-def _forward_conv(x, w, strides, padding, precision):
-  """The convolution: on the CPU a narrow one as `_taps`, else the library's."""
+def _forward_conv(x, w, strides, padding, precision, narrow):
+  """The convolution: on the CPU one of at most `narrow` channels as
+  `_taps`, else the library's."""
   conv = lambda x, w: _conv(x, w, strides, padding, precision=precision)
-  if not _is_narrow(x, w, padding):
+  if not _is_narrow(x, w, padding, narrow):
     return conv(x, w)
   # Input and output behind conditionals: fused into the sum's loop, the
   # chain that computed the input (BatchNorm, ReLU) would be recomputed for
@@ -157,19 +161,21 @@ def _forward_conv(x, w, strides, padding, precision):
       default=conv)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _canonical_conv(x, w, strides, padding, precision):
-  return _forward_conv(x, w, strides, padding, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _canonical_conv(x, w, strides, padding, precision, narrow):
+  return _forward_conv(x, w, strides, padding, precision, narrow)
 
 
-def _forward(x, w, strides, padding, precision):
+def _forward(x, w, strides, padding, precision, narrow):
   # Differentiated (training): the library convolution. As a sum of taps the
   # gradient of a narrow network compiled about 3x slower (ResNet-20 at width
   # 4: 5.3 s against 1.8 s); inference is where shrunk networks run.
+  del narrow
   return _conv(x, w, strides, padding, precision=precision), (x, w)
 
 
-def _backward(strides, padding, precision, residuals, g):
+def _backward(strides, padding, precision, narrow, residuals, g):
+  del narrow
   x, w = residuals
   kernel, inputs, outputs = w.shape[:2], x.shape[1:3], g.shape[1:3]
   # Input gradient: g dilated by the strides, convolved with the kernel
@@ -203,13 +209,16 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
                          lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1,
                          batch_group_count: int = 1, precision=None,
-                         preferred_element_type=None) -> jax.Array:
+                         preferred_element_type=None, *, narrow: int = 0
+                         ) -> jax.Array:
   """`lax.conv_general_dilated` with canonical backward convolutions.
 
   Same signature and forward result. A 2-D convolution in Flax's default
   layout (NHWC input, HWIO kernel, NHWC output) with no dilation and one
   feature group differentiates through the explicit canonical form of this
-  module; every other call is `lax.conv_general_dilated` itself.
+  module; every other call is `lax.conv_general_dilated` itself. `narrow`:
+  on the CPU, such a convolution of at most `narrow` float32 channels runs
+  as a sum of taps when not differentiated (the module doc).
   """
   plain = (lhs.ndim == 4 and _is_unit(lhs_dilation) and
            _is_unit(rhs_dilation) and feature_group_count == 1 and
@@ -230,8 +239,19 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
     padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides,
                                   padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _canonical_conv(lhs, rhs, strides, padding, precision)
+  return _canonical_conv(lhs, rhs, strides, padding, precision, int(narrow))
 
 
-# flax.linen.Conv with the convolution above; parameters and names unchanged.
-Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+@functools.cache
+def conv_module(narrow: int = 0) -> Callable[..., nn.Conv]:
+  """flax.linen.Conv with the convolution above (`narrow` as there);
+  parameters and names unchanged. One object per `narrow`, so that modules
+  built with it compare equal."""
+  if not narrow:
+    return functools.partial(nn.Conv,
+                             conv_general_dilated=conv_general_dilated)
+  return functools.partial(nn.Conv, conv_general_dilated=functools.partial(
+      conv_general_dilated, narrow=narrow))
+
+
+Conv = conv_module(0)

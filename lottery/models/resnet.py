@@ -28,7 +28,7 @@ import jax
 from lottery.errors import LotteryError
 from lottery.models import check_int
 from lottery.models import register
-from lottery.models.convolution import Conv
+from lottery.models.convolution import conv_module
 from lottery.structure import Units
 from lottery.models.mlp import torch_uniform
 
@@ -56,10 +56,12 @@ class BasicBlock(nn.Module):
   strides: int = 1
   inner: int | None = None
   project: bool | None = None
+  narrow: int = 0  # `lottery.models.convolution.conv_module`'s.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(Conv, use_bias=False, kernel_init=he_normal)
+    conv = functools.partial(conv_module(self.narrow), use_bias=False,
+                             kernel_init=he_normal)
     # padding=1 as in PyTorch: Flax's 'SAME' would pad stride-2 convs on the
     # bottom/right only and sample other pixels.
     y = conv(self.inner or self.features, (3, 3), strides=self.strides,
@@ -134,19 +136,22 @@ class ResNet(nn.Module):
   """A CIFAR ResNet of `depth` = 6n + 2 layers; images (N, H, W, C).
   `inner`: each block's inner channels, in block order (default: the
   stage's width); `streams`: each stage's channels (default: width, 2
-  width, 4 width); both set by `with_widths`."""
+  width, 4 width); both set by `with_widths`. `narrow`: the convolutions'
+  (`lottery.models.convolution.conv_module`; `lottery.shrink` sets it)."""
   depth: int
   width: int
   num_classes: int
   inner: tuple[int, ...] | None = None
   streams: tuple[int, ...] | None = None
+  narrow: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "resnet")
     streams = self.streams or tuple(self.width * 2**s for s in range(3))
-    x = Conv(streams[0], (3, 3), padding=1, use_bias=False,
-                kernel_init=he_normal, name="conv")(x)
+    x = conv_module(self.narrow)(streams[0], (3, 3), padding=1,
+                                 use_bias=False, kernel_init=he_normal,
+                                 name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     blocks = (self.depth - 2) // 6
     inner = iter(self.inner or [None] * (3 * blocks))
@@ -154,6 +159,7 @@ class ResNet(nn.Module):
       for b in range(blocks):
         x = BasicBlock(streams[s], strides=2 if s and not b else 1,
                        inner=next(inner), project=bool(s and not b),
+                       narrow=self.narrow,
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
@@ -228,10 +234,12 @@ class Bottleneck(nn.Module):
   inner: tuple[int, int] | None = None  # conv1's, conv2's outputs
   out: int | None = None  # conv3's outputs (default 4 * features)
   project: bool | None = None  # as BasicBlock's
+  narrow: int = 0  # `lottery.models.convolution.conv_module`'s.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(Conv, use_bias=False, kernel_init=he_normal)
+    conv = functools.partial(conv_module(self.narrow), use_bias=False,
+                             kernel_init=he_normal)
     w1, w2 = self.inner or (self.features, self.features)
     y = conv(w1, (1, 1), name="conv1")(x)
     y = nn.relu(batch_norm(train, "bn1")(y))
@@ -256,20 +264,23 @@ class ImageNetResNet(nn.Module):
   Table 1): 7x7/2 conv stem + BatchNorm + ReLU, 3x3/2 max pool, four stages
   of widths w, 2w, 4w, 8w (x4 out), stride 2 at the first block of stages
   2-4, global average pooling, dense output layer. `streams`: the stem's
-  and each stage's channels (default w, 4w, 8w, 16w, 32w)."""
+  and each stage's channels (default w, 4w, 8w, 16w, 32w). `narrow`: as
+  ResNet's."""
   blocks: tuple[int, ...]
   width: int
   num_classes: int
   inner: tuple[int, ...] | None = None  # conv1, conv2 of each block
   streams: tuple[int, ...] | None = None
+  narrow: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "resnet50")
     streams = self.streams or (self.width,) + tuple(
         4 * self.width * 2**s for s in range(len(self.blocks)))
-    x = Conv(streams[0], (7, 7), strides=2, padding=3, use_bias=False,
-                kernel_init=he_normal, name="conv")(x)
+    x = conv_module(self.narrow)(streams[0], (7, 7), strides=2, padding=3,
+                                 use_bias=False, kernel_init=he_normal,
+                                 name="conv")(x)
     x = nn.relu(batch_norm(train, "bn")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     inner = iter(self.inner or [None] * (2 * sum(self.blocks)))
@@ -279,6 +290,7 @@ class ImageNetResNet(nn.Module):
         x = Bottleneck(self.width * 2**s, strides=2 if s and not b else 1,
                        inner=None if pair[0] is None else pair,
                        out=streams[s + 1], project=not b,
+                       narrow=self.narrow,
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,

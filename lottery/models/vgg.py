@@ -31,7 +31,7 @@ import jax
 from lottery.errors import LotteryError
 from lottery.models import check_int
 from lottery.models import register
-from lottery.models.convolution import Conv
+from lottery.models.convolution import conv_module
 from lottery.models.resnet import batch_norm
 from lottery.models.resnet import check_images
 from lottery.models.resnet import he_normal
@@ -49,9 +49,12 @@ PLANS: dict[int, tuple[int | str, ...]] = {
 
 
 class VGG(nn.Module):
-  """Conv + BatchNorm + ReLU layers per `plan` ('M' = max-pool), then dense."""
+  """Conv + BatchNorm + ReLU layers per `plan` ('M' = max-pool), then dense.
+  `narrow`: the convolutions' (`lottery.models.convolution.conv_module`;
+  `lottery.shrink` sets it)."""
   plan: Sequence[int | str]
   num_classes: int
+  narrow: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -63,8 +66,10 @@ class VGG(nn.Module):
       else:
         i += 1
         fan_in = 9 * x.shape[-1]
-        x = Conv(c, (3, 3), padding=1, kernel_init=he_normal,
-                    bias_init=torch_bias(fan_in), name=f"conv{i}")(x)
+        x = conv_module(self.narrow)(c, (3, 3), padding=1,
+                                     kernel_init=he_normal,
+                                     bias_init=torch_bias(fan_in),
+                                     name=f"conv{i}")(x)
         x = nn.relu(batch_norm(train, f"bn{i}")(x))
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,

@@ -104,7 +104,7 @@ def _measure(names, sparsities, repeats: int, narrow: int) -> dict:
                            structure="neuron", coupling=model)
       small, small_params, small_state = lottery.shrink(model, params,
                                                            state, mask)
-      if "narrow" in small.__dataclass_fields__:
+      if getattr(small, "narrow", None) is not None:  # The conv models.
         small = small.clone(narrow=narrow)
       nets = {"dense": (model, params, state),
               "masked": (model, masks.apply_mask(mask, params), state),

@@ -15,8 +15,10 @@ mask is needed to run it:
 (`lottery.models.get(model, num_classes, **options).with_widths(widths)`,
 `lottery.shrink.narrowed` as `shrink` returns it) and restores the arrays:
 `model.apply({'params': params, **model_state}, x)` computes what the
-masked network computed, up to float rounding, with no mask anywhere. `export_ticket(workdir, directory, round=3)` exports a ticket
-of a run in one call.
+masked network computed, up to float rounding, with no mask anywhere (jit
+it: a conv network's narrow convolutions are fast in a compiled program).
+`export_ticket(workdir, directory, round=3)` exports a ticket of a run in
+one call.
 
 A model `shrink` cannot rebuild (no `coupling()` or `with_widths()`) is
 exported at full size with its pruned weights zero (widths null).

@@ -105,7 +105,7 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
       for tree in [out] + list(state.values()):
         if m in tree:
           tree[m] = {k: np.asarray(v)[..., cols] for k, v in tree[m].items()}
-  small = _smaller(model, folds)
+  small = narrowed(_smaller(model, folds))
   return small, _nested(out), {c: _nested(v) for c, v in state.items()}
 
 
@@ -271,19 +271,22 @@ def _layouts(units: Any, params: dict) -> dict[str | None, _Spread]:
 
 
 def _smaller(model: Any, folds: list) -> Any:
-  """The model with the widths `folds` keep, `narrowed`."""
-  return narrowed(model.with_widths(
-      [int(keep.sum()) for _, _, keep, _, _ in folds]))
+  """The model with the widths `folds` keep."""
+  return model.with_widths([int(keep.sum()) for _, _, keep, _, _ in folds])
 
 
 def narrowed(model: Any) -> Any:
   """`model` with `narrow` = `lottery.models.convolution.NARROW` if it has
-  that field (the conv models): on the CPU, its convolutions of at most
-  that many channels run as sums of taps when not differentiated, several
-  times faster than XLA's library kernel for a few channels
-  (docs/performance.md), for programs that compile about 3x slower. Other
-  models are returned as they are."""
-  if "narrow" not in getattr(model, "__dataclass_fields__", {}):
+  that field at 0 (the zoo's conv models: the `narrow` of their
+  `convolution.conv_module`): on the CPU, its convolutions of at most that
+  many channels run as sums of taps when not differentiated, several times
+  faster in a compiled program (`jax.jit(model.apply)`) than XLA's library
+  kernel for a few channels (docs/performance.md), for programs that
+  compile about 3x slower. A `narrow` already set, and models without the
+  field, are left as they are; `clone(narrow=0)` gives the library
+  kernels back."""
+  if getattr(model, "narrow", None) != 0 or \
+      "narrow" not in getattr(model, "__dataclass_fields__", {}):
     return model
   return model.clone(narrow=convolution.NARROW)
 

@@ -360,7 +360,7 @@ def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
   from jax import lax
   from lottery.models import convolution
   rng = np.random.default_rng(0)
-  # 3 -> 12 channels: wider than any NARROW worth setting (the library).
+  # 3 -> 12 channels: wider than convolution.NARROW (the library).
   x = jnp.asarray(rng.normal(size=(2, size, size, 3)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, 3, 12)), jnp.float32)
   ours, ref = _conv_and_grads(x, w, stride, padding)
@@ -466,7 +466,7 @@ def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
   gradient's transpose through a conditional, so XLA does not fuse the
   BatchNorm/residual/ReLU chain into the transpose (which recomputed it with
   the batch's stride: half of ResNet-20's step). Vmapped replicates too."""
-  # Wider than any convolution.NARROW worth setting: library kernels.
+  # Wider than convolution.NARROW: library kernels (narrow is 0 anyway).
   model = models.get("resnet20", 10, width=10)
   x = jnp.zeros((2, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
@@ -492,7 +492,7 @@ def test_convolution_gradients_in_a_loop_are_canonical():
   """Every convolution of a ResNet-20 train step inside a fori_loop has
   the form XLA:CPU runs through a library kernel (dim_labels
   b01f_01io->b01f), not the loop nest of a non-canonical one."""
-  # Wider than any convolution.NARROW worth setting: library kernels.
+  # Wider than convolution.NARROW: library kernels (narrow is 0 anyway).
   model = models.get("resnet20", 10, width=10)
   # CIFAR's 32x32: at 2x2 feature maps XLA swaps a convolution's operands
   # (a rewrite of its own, whatever the input's form).

@@ -125,3 +125,6 @@ def test_shrunk_conv_nets_run_their_narrow_convolutions_as_taps():
   assert conv_ops(small.clone(narrow=0), small_params) == 2
   mlp = models.get("mlp_tiny", 10)
   assert narrowed(mlp) is mlp
+  assert narrowed(small.clone(narrow=4)).narrow == 4  # A choice is kept.
+  assert convolution.conv_module() is convolution.conv_module(0)
+  assert convolution.conv_module(np.int64(8)) is convolution.conv_module(8)

@@ -107,15 +107,15 @@ def _sparse_densities(f, v, c) -> None:
     config_lib.fail(f, v, "must not repeat a density")
 
 
-_n_m_read = config_lib.read_when(
+config_lib.read_when(
     "sparse.n_m", lambda c: any(m in _N_M_METHODS for m in c["sparse.methods"]))
 
 
 def _sparse_n_m(f, v, c) -> None:
   spec = structure.parse_n_m(v, field=f)
   methods = [m for m in c["sparse.methods"] if m in _N_M_METHODS]
-  if not methods:
-    if v != N_M and not _n_m_read(c):
+  if not methods:  # Nothing reads it (its `read_when` above).
+    if v != N_M:
       config_lib.fail(f, v, f"is read by methods {list(_N_M_METHODS)}, which "
                       f"sparse.methods does not name")
     return

@@ -232,11 +232,21 @@ def grasp(apply_fn: ApplyFn, params, mask, batch, key):
   paper's (the same sign as Synaptic-Flow's `GraSP.score`). Scores are
   signed: no absolute value, as in the paper. The normalisation by |sum| of
   the authors' code is left out (a positive scale changes no mask).
+
+  g and the product are over the prunable weights that are kept, as in the
+  authors' code (`GraSP.py`: the conv and linear weights) and Synaptic-
+  Flow's (the masked parameters, whose pruned entries have zero gradient):
+  g is zero on non-prunable parameters (biases, BatchNorm) and on pruned
+  weights, so Hg has no terms through them.
   """
-  del mask, key
+  del key
   grad_fn = jax.grad(
       lambda p: _loss(apply_fn, p, batch, GRASP_TEMPERATURE))
   g = lax.stop_gradient(grad_fn(params))
+  if mask is not None:
+    g = jax.tree.map(
+        lambda m, v: jnp.zeros_like(v) if m is None else jnp.where(m, v, 0),
+        mask, g, is_leaf=lambda v: v is None)
   _, hg = jax.jvp(grad_fn, (params,), (g,))
   return jax.tree.map(lambda w, h: w * h, params, hg)
 

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import pathlib
+import tempfile
 
 import jax
 import ml_collections
@@ -39,6 +40,23 @@ def make_npz(path, n_train=256, n_test=64, dim=8, classes=3, seed=0):
 @pytest.fixture(scope="session")
 def npz_path(tmp_path_factory):
   return make_npz(tmp_path_factory.mktemp("data") / "blobs.npz")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_dir(tmp_path_factory):
+  """Temporary files and folders of the code under test (and of the
+  launchers the tests start) go to the session's temp dir, not /tmp: TFDS
+  leaves an empty folder there for every builder of an unprepared dataset
+  (`DatasetInfo.initialize_from_bucket`), which the tests make often."""
+  temp = str(tmp_path_factory.mktemp("tmp"))
+  old, old_env = tempfile.tempdir, os.environ.get("TMPDIR")
+  tempfile.tempdir, os.environ["TMPDIR"] = temp, temp
+  yield
+  tempfile.tempdir = old
+  if old_env is None:
+    os.environ.pop("TMPDIR", None)
+  else:
+    os.environ["TMPDIR"] = old_env
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -77,6 +77,33 @@ def test_grasp_is_weight_times_hessian_gradient_product():
                              rtol=2e-4, atol=1e-12)
 
 
+def test_grasp_products_run_over_the_kept_prunable_weights_only():
+  """As the authors' and Synaptic-Flow's code: g and Hg over the kept
+  kernels; a bias or a pruned weight adds no term to Hg."""
+  apply_fn, params, batch = _setup(bias=True, widths=(3, 2))
+  mask = masks.make_mask(params, (".*kernel",))
+  mask["fc0"]["kernel"][0] = False
+  masked = masks.apply_mask(mask, params)
+  flat, unravel = jax.flatten_util.ravel_pytree(masked)
+  kept = jax.flatten_util.ravel_pytree(jax.tree.map(
+      lambda m, v: jnp.zeros_like(v) if m is None else m.astype(v.dtype),
+      mask, params, is_leaf=lambda v: v is None))[0]
+  t = scores.GRASP_TEMPERATURE
+
+  def loss(v):
+    logits = apply_fn(unravel(v), batch[0]) / t
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), batch[1]])
+
+  hg = jax.hessian(loss)(flat) @ (jax.grad(loss)(flat) * kept)
+  s = jax.jit(lambda p: scores.compute("grasp", apply_fn, p, mask, batch,
+                                       jax.random.key(0)))(params)
+  got = jax.flatten_util.ravel_pytree(s)[0]
+  np.testing.assert_allclose(got, flat * hg, rtol=2e-4, atol=1e-12)
+  # Over every parameter (biases and the pruned row included) it differs.
+  full = jax.hessian(loss)(flat) @ jax.grad(loss)(flat)
+  assert not np.allclose(got, flat * full, rtol=2e-4, atol=1e-12)
+
+
 def test_grasp_removes_the_papers_highest_scores():
   """The paper removes the highest S = -w Hg: pruning on w Hg removes
   exactly those (a quarter of the weights, globally)."""

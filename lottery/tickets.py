@@ -237,17 +237,21 @@ def summary(workdir) -> dict:
 
 
 def _run_dir(workdir) -> pathlib.Path:
-  """`workdir` as a directory that exists.
+  """`workdir` as the directory of a run (one that holds its config.json).
 
   Raises:
     TypeError: naming `workdir` if it is not a path (a programming error).
-    LotteryError: ('workdir: ...') if it is not a directory.
+    LotteryError: ('workdir: ...') if it is not a directory or not a run's
+      (a folder of runs would mix their records).
   """
   if not isinstance(workdir, (str, os.PathLike)):
     raise TypeError(f"workdir: must be a path, str or os.PathLike (got "
                     f"{type(workdir).__name__} {workdir!r})")
   if not pathlib.Path(workdir).is_dir():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
+  if not (pathlib.Path(workdir) / "config.json").exists():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
+                       f"run (config.json missing)")
   return pathlib.Path(workdir)
 
 
@@ -265,7 +269,7 @@ def records(workdir) -> list[dict]:
 
   Raises:
     TypeError: if `workdir` is not a path; LotteryError if it is not a
-      directory.
+      run's directory.
   """
   _run_dir(workdir)
   checkpoint.wait_for(workdir)
@@ -320,9 +324,7 @@ def find(workdir, **coords) -> dict:
   """The one record whose coordinates match `coords` (LotteryError if none
   or several match); without `seed`, replicate 0's where several
   replicates match."""
-  if not (_run_dir(workdir) / "config.json").exists():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
-                       f"run (config.json missing)")
+  _run_dir(workdir)
   matches = [r for r in records(workdir)
              if all(r.get(k) == v for k, v in coords.items())]
   if "seed" not in coords and len({r["ticket"] for r in matches}) > 1:

@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any
 
@@ -116,6 +117,14 @@ def _check_path(wd: pathlib.Path) -> None:
   if not os.access(parent, os.W_OK | os.X_OK):
     raise LotteryError(f"workdir: {_q(wd)} cannot be created: {_q(parent)} "
                        f"is not writable")
+  # os.access says yes to root wherever the mode bits do (in /proc, on some
+  # mounts); a folder made and removed at once asks the kernel itself.
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".lottery-probe-", dir=parent))
+  except OSError as e:
+    raise LotteryError(f"workdir: {_q(wd)} cannot be created in {_q(parent)} "
+                       f"({e.strerror}); use a --workdir in a writable "
+                       f"directory") from None
 
 
 def _in_use(wd: pathlib.Path, fd: int) -> LotteryError:

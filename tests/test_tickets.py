@@ -169,6 +169,15 @@ def test_store_functions_name_a_bad_workdir(tmp_path):
                        match=rf"^workdir: {re.escape(repr(str(missing)))} "
                        r"is not a directory$"):
       fn(missing)
+  # A folder of runs is no run: its runs' records are not mixed.
+  (tmp_path / "runs" / "a").mkdir(parents=True)
+  (tmp_path / "runs" / "a" / "config.json").write_text("{}")
+  for fn in (lambda w: lottery.load_ticket(w, 0), lottery.records,
+             lottery.finished_rounds):
+    with pytest.raises(lottery.LotteryError,
+                       match=r"^workdir: '.*runs' is not a lottery run "
+                       r"\(config.json missing\)$"):
+      fn(tmp_path / "runs")
 
 
 # --- damaged files ------------------------------------------------------------

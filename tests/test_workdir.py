@@ -87,23 +87,29 @@ def test_lock_that_cannot_be_opened(tmp_path, monkeypatch):
 def test_workdir_that_cannot_be_created(monkeypatch, tmp_path):
   c = lottery.base_config()
   wd = "/proc/lottery_run"
-  if os.path.isdir("/proc") and not os.access("/proc", os.W_OK | os.X_OK):
-    # Not root: refused before anything is tried.
-    with pytest.raises(LotteryError) as e:
-      workdir_lib.claim(wd, c)
-    assert str(e.value) == ("workdir: '/proc/lottery_run' cannot be created: "
-                            "'/proc' is not writable")
-    return
-  if not os.path.isdir("/proc") or os.path.exists(wd):
-    # Elsewhere: a directory whose mkdir fails as /proc's does.
-    wd = tmp_path / "ro" / "run"
-    real = pathlib.Path.mkdir
+  if os.path.isdir("/proc") and not os.path.exists(wd):
+    if not os.access("/proc", os.W_OK | os.X_OK):
+      # Not root: refused before anything is tried.
+      want = ("workdir: '/proc/lottery_run' cannot be created: '/proc' is "
+              "not writable")
+    else:
+      # Root, whom os.access lets write anywhere: a probe asks the kernel.
+      want = ("workdir: '/proc/lottery_run' cannot be created in '/proc' (No "
+              "such file or directory); use a --workdir in a writable "
+              "directory")
+    for fn in (workdir_lib.check, workdir_lib.claim):  # --dry_run, a run.
+      with pytest.raises(LotteryError) as e:
+        fn(wd, c)
+      assert str(e.value) == want
+  # Where the probe passes and mkdir still fails (a parent that vanished).
+  wd = tmp_path / "ro" / "run"
+  real = pathlib.Path.mkdir
 
-    def refuse(self, *a, **k):
-      if self == wd:
-        raise FileNotFoundError(2, "No such file or directory", str(self))
-      return real(self, *a, **k)
-    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+  def refuse(self, *a, **k):
+    if self == wd:
+      raise FileNotFoundError(2, "No such file or directory", str(self))
+    return real(self, *a, **k)
+  monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
   with pytest.raises(LotteryError) as e:
     workdir_lib.claim(wd, c)
   assert str(e.value) == (

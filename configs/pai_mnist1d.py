@@ -1,8 +1,8 @@
 """Pruning at initialization on MNIST-1D: the default `experiments.pai` run.
 
 The MNIST-1D MLP and training of configs/mnist1d.py (Adam 2e-2, batch 100,
-1500 steps); kernels are prunable (as in the pruning-at-init papers, which
-prune weights, not biases), global scope. Methods SNIP, GraSP, SynFlow (100
+1500 steps); kernels are prunable (as Synaptic-Flow's code, whose numbers
+the papers compare; SNIP's own code also prunes biases), global scope. Methods SNIP, GraSP, SynFlow (100
 rounds), magnitude and random at init, at densities 10%, 3%, 1%, 0.3%, each
 with the shuffle / reinit / invert checks of Frankle et al. 2021, and the
 dense network.

@@ -195,6 +195,12 @@ def _real(field: str, value, lo: float, hi: float, *, lo_open: bool,
 def _choice(field: str, value, known) -> None:
   known = list(known)
   if not isinstance(value, str) or value not in known:
+    parts = value.split(",") if isinstance(value, str) else []
+    if len(parts) > 1 and all(p.strip() in known for p in parts):
+      # 'a,b' from the command line, where a tuple field takes a literal.
+      several = ", ".join(repr(p.strip()) for p in parts)
+      _fail(field, value, f"must be one of {known}; several are a tuple, "
+            f"--config.{field}=\"({several})\"")
     _fail(field, value, f"must be one of {known}")
 
 

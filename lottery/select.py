@@ -16,7 +16,8 @@ keep counts of GMP's cubic schedule (`sparse_updates`). After k rounds at rate
 p a layer keeps the nearest whole number to (1 - p)^k of its weights, up to a
 weight per round; this reproduces the weights-remaining figures Frankle &
 Carbin 2019 report for LeNet (51.3% after 3 rounds ... 1.9% after 18), where
-OpenLTH's ceil rule drifts below them (1.8% after 18).
+OpenLTH's rule drifts below them (1.8% after 18): it keeps the weights above
+the (ceil(p n) + 1)-th smallest, removing ceil(p n) + 1 a round.
 
 Host and device. `num_to_remove` computes the rule in exact rational
 arithmetic on the host. `device_num_to_remove` (and `counts_on_device`, many

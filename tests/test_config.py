@@ -118,6 +118,11 @@ BAD_CONFIGS = [
      "(got 'reinit')"),
     ("controls", ("reinit", 1), "controls: "),
     ("controls", ("reinit", "reinit"), "controls: must not repeat"),
+    # 'a,b' on the command line: the message shows the tuple to write.
+    ("controls", ("reinit,random_prune",), "controls: must be one of "
+     "['random_prune', 'reinit', 'scratch', 'shuffle']; several are a tuple, "
+     "--config.controls=\"('reinit', 'random_prune')\" "
+     "(got 'reinit,random_prune')"),
     ("controls_every", False, "controls_every: "),
     ("pai.methods", (), "pai.methods: must name at least one score"),
     ("pai.methods", "snip", "pai.methods: must be a tuple"),

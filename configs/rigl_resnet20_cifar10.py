@@ -2,7 +2,8 @@
 
 The paper's CIFAR-10 runs (its code: rigl/cifar_resnet/resnet_train_eval.py)
 train WideResNet-22-2 for 97,656 steps (250 epochs) at batch 128 with SGD,
-Nesterov momentum 0.9, L2 5e-4, learning rate 0.1 divided by 5 at 30K, 60K
+Nesterov momentum 0.9, L2 5e-4 on the kernels (not BatchNorm, not biases),
+learning rate 0.1 divided by 5 at 30K, 60K
 and 90K steps; masks change every 100 steps, drop fraction 0.3 cosine-annealed
 to 0 at step 75K (end_fraction 0.768 here); the first conv stays dense
 (prune_first_layer=False), the output layer is sparse. This recipe keeps that
@@ -37,7 +38,8 @@ def get_config(arg: str = ""):
   c.model.name = "resnet20"
   c.training.update(steps=97_656, batch_size=128, optimizer="sgd",
                     learning_rate=0.1, momentum=0.9, nesterov=True,
-                    weight_decay=5e-4, schedule="step",
+                    weight_decay=5e-4, weight_decay_on=(".*kernel",),
+                    schedule="step",
                     lr_boundaries=(30_000, 60_000, 90_000), lr_decay=0.2,
                     eval_every=2_000, checkpoint_every=5_000)
   # Every kernel but the first conv ('conv/kernel'): prune_first_layer=False.

@@ -2,7 +2,8 @@
 
 The training recipe of the paper's released code (rigl/imagenet_resnet/
 imagenet_train_eval.py, checked): 32,000 steps at batch 4096 (~102 epochs),
-SGD with Nesterov momentum 0.9, L2 weight decay 1e-4, learning rate 0.1 x
+SGD with Nesterov momentum 0.9, L2 weight decay 1e-4 on the kernels (not
+BatchNorm, not biases), learning rate 0.1 x
 4096 / 256 = 1.6 dropped 10x at epochs 30, 70 and 90 (steps 9,384, 21,895,
 28,151), no warm-up in that code, label smoothing 0.1; masks change every 100
 steps, drop fraction 0.3 cosine-annealed to 0 at step 25,000 (end_fraction
@@ -43,7 +44,8 @@ def get_config(arg: str = ""):
   c.model.name = "resnet50"
   c.training.update(
       steps=32_000, batch_size=4096, optimizer="sgd", learning_rate=1.6,
-      momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="step",
+      momentum=0.9, nesterov=True, weight_decay=1e-4,
+      weight_decay_on=(".*kernel",), schedule="step",
       lr_boundaries=tuple(round(e * STEPS_PER_EPOCH) for e in (30, 70, 90)),
       lr_decay=0.1, label_smoothing=0.1, eval_every=2_000,
       checkpoint_every=1_000)

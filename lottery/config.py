@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
       momentum=0.0,  # sgd only.
       nesterov=False,
       weight_decay=0.0,
+      # The parameters weight decay applies to: regexes over parameter paths
+      # ('fc1/kernel'), as pruning.prunable; ('.*',): every parameter.
+      weight_decay_on=(".*",),
       schedule="constant",  # constant | step | cosine
       lr_boundaries=(),  # Steps where 'step' multiplies the rate by lr_decay.
       lr_decay=0.1,
@@ -348,6 +351,20 @@ def _weight_decay(f, v, c) -> None:
   _real(f, v, 0, MAX_RATE, lo_open=False, hi_open=True)
 
 
+_weight_decay_on_read = read_when("training.weight_decay_on",
+                                  lambda c: c["training.weight_decay"] != 0)
+
+
+def _weight_decay_on(f, v, c) -> None:
+  if not isinstance(v, (tuple, list)) or not v or \
+      not all(isinstance(p, str) and p for p in v):
+    _fail(f, v, "must be a non-empty tuple of regexes, e.g. ('.*kernel',)")
+  from lottery import masks  # pylint: disable=g-import-not-at-top
+  masks.compile_patterns(v, f)
+  if tuple(v) != (".*",) and not _weight_decay_on_read(c):
+    _fail(f, v, "is read with training.weight_decay > 0, and it is 0")
+
+
 def _lr_boundaries(f, v, c) -> None:
   steps = c["training.steps"]
   b = list(v) if isinstance(v, (tuple, list)) else None
@@ -425,6 +442,7 @@ RULES: dict[str, _Rule] = {
     "training.momentum": _below_one,
     "training.nesterov": _boolean,
     "training.weight_decay": _weight_decay,
+    "training.weight_decay_on": _weight_decay_on,
     "training.schedule": _one_of(_lr_schedules),
     "training.lr_boundaries": _lr_boundaries,
     "training.lr_decay": _learning_rate,
@@ -619,6 +637,7 @@ FIELD_HELP: dict[str, str] = {
     "training.momentum": "SGD's momentum",
     "training.nesterov": "SGD with Nesterov momentum",
     "training.weight_decay": "L2 added to the gradient (sgd, adam) or decoupled weight decay (adamw)",
+    "training.weight_decay_on": "regexes of the parameters decayed, as pruning.prunable; ('.*',): all",
     "training.schedule": "learning-rate schedule",
     "training.lr_boundaries": "steps where the 'step' schedule multiplies the rate by lr_decay",
     "training.lr_decay": "the 'step' schedule's factor at each boundary",

@@ -10,9 +10,14 @@ replaying it whole (learning-rate rewinding) or holding it at its final value
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import jax
 import numpy as np
 import optax
 
+from lottery import masks
 from lottery.errors import LotteryError
 from lottery.step import keep_pruned
 from lottery.step import scale_by_learning_rate_arg
@@ -26,31 +31,58 @@ def make_optimizer(training) -> optax.GradientTransformationExtraArgs:
 
   Args:
     training: the `config.training` ConfigDict (optimizer, momentum, nesterov,
-      weight_decay).
+      weight_decay, weight_decay_on).
 
   Returns:
     `keep_pruned(chain(<optimizer at rate 1>, scale_by_learning_rate_arg()))`:
     its `update` takes `mask=` and `learning_rate=`. 'sgd' adds weight decay
     to the gradient before momentum (coupled, as PyTorch's SGD); 'adam' adds it
-    likewise (Adam with L2); 'adamw' decays decoupled from the gradient.
+    likewise (Adam with L2); 'adamw' decays decoupled from the gradient. Each
+    decays only the parameters `weight_decay_on` matches (`decay_mask`).
   """
   name, wd = training.optimizer, training.weight_decay
+  on = decay_mask(training.get("weight_decay_on", (".*",)))
 
   def factory(learning_rate):
     if name == "sgd":
       return optax.chain(
-          optax.add_decayed_weights(wd),
+          optax.add_decayed_weights(wd, mask=on),
           optax.sgd(learning_rate, momentum=training.momentum or None,
                     nesterov=training.nesterov))
     if name == "adam":
-      return optax.chain(optax.add_decayed_weights(wd),
+      return optax.chain(optax.add_decayed_weights(wd, mask=on),
                          optax.adam(learning_rate))
     if name == "adamw":
-      return optax.adamw(learning_rate, weight_decay=wd)
+      return optax.adamw(learning_rate, weight_decay=wd, mask=on)
     raise LotteryError(f"training.optimizer: unknown optimizer {name!r} "
                        f"(known: {list(OPTIMIZERS)})")
 
   return keep_pruned(optax.chain(factory(1.0), scale_by_learning_rate_arg()))
+
+
+def decay_mask(patterns) -> Callable[[Any], Any] | None:
+  """optax's `mask` of weight decay: params -> {leaf: whether its path fully
+  matches one of `patterns`} (regexes over '/'-joined paths, as
+  `pruning.prunable`); None (every parameter) for ('.*',).
+
+  Raises (when the optimizer is initialized):
+    LotteryError: naming training.weight_decay_on if no parameter matches.
+  """
+  field = "training.weight_decay_on"
+  if tuple(patterns) == (".*",):
+    return None
+  compiled = masks.compile_patterns(patterns, field)
+
+  def mask(params):
+    out = jax.tree_util.tree_map_with_path(
+        lambda path, _: any(r.fullmatch(masks.path_str(path))
+                            for r in compiled), params)
+    if not any(jax.tree.leaves(out)):
+      names = ", ".join(masks.named_leaves(params))
+      raise LotteryError(f"{field}: patterns {tuple(patterns)!r} match no "
+                         f"parameter (parameters: {names})")
+    return out
+  return mask
 
 
 def make_schedule(training) -> optax.Schedule:

@@ -107,6 +107,12 @@ BAD_CONFIGS = [
     ("pruning.fraction", "0.2", "pruning.fraction: must be a number in "
      "(0, 1)"),
     ("pruning.rounds", 1.0, "pruning.rounds: "),
+    ("training.weight_decay_on", (), "training.weight_decay_on: must be a "
+     "non-empty tuple of regexes"),
+    ("training.weight_decay_on", ("[",), "training.weight_decay_on: invalid "
+     "regex '['"),
+    ("training.weight_decay_on", (".*kernel",), "training.weight_decay_on: "
+     "is read with training.weight_decay > 0, and it is 0"),
     ("pruning.prunable", (), "pruning.prunable: "),
     ("pruning.prunable", ".*kernel", "pruning.prunable: "),
     ("pruning.prunable", (3,), "pruning.prunable: "),

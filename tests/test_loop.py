@@ -292,3 +292,29 @@ def test_chunks_split_into_calls_train_bit_identically(form, monkeypatch):
   assert h1 == h2
   for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
     assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_on_decays_the_matched_parameters_only(optimizer):
+  """training.weight_decay_on (RigL's code decays kernels only): at zero
+  gradients the kernel moves by the decay, the bias not at all; the default
+  ('.*',) decays both, and a pattern matching nothing is refused."""
+  t = config_lib.base_config().training
+  t.update(optimizer=optimizer, weight_decay=0.5)
+  params = {"fc": {"kernel": np.full((2, 3), 2.0, np.float32),
+                  "bias": np.full(3, 2.0, np.float32)}}
+  zeros = jax.tree.map(np.zeros_like, params)
+
+  def moved(on):
+    t.weight_decay_on = on
+    tx = optim.make_optimizer(t)
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, learning_rate=0.1))
+    u, _ = update(zeros, tx.init(params), params)
+    return {k: bool(np.all(np.asarray(v) != 0)) for k, v in u["fc"].items()}
+
+  assert moved((".*kernel",)) == {"kernel": True, "bias": False}
+  assert moved((".*",)) == {"kernel": True, "bias": True}
+  with pytest.raises(LotteryError, match=r"^training.weight_decay_on: "
+                     r"patterns \('conv.\*',\) match no parameter "
+                     r"\(parameters: fc/bias, fc/kernel\)$"):
+    moved(("conv.*",))

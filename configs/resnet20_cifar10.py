@@ -1,6 +1,8 @@
 """ResNet-20 on CIFAR-10: IMP with rewinding, Frankle et al. 2020 (LMC paper).
 
-OpenLTH's CIFAR ResNet-20 (272,474 parameters, BatchNorm), SGD 0.1 with
+OpenLTH's CIFAR ResNet-20 (272,474 parameters, BatchNorm; its BatchNorm
+scales drawn from U[0, 1), OpenLTH's default `batchnorm_init='uniform'`:
+model.bn_init, which the recipes built on this one inherit), SGD 0.1 with
 momentum 0.9 and weight decay 1e-4, batch 128, 63K iterations (160 epochs),
 learning rate x0.1 at 32K and 48K; padded random crops and horizontal flips;
 global magnitude pruning of all conv and dense kernels, 20% per round; weights
@@ -30,7 +32,7 @@ def get_config(arg: str = ""):
   c.data.name = "cifar10"
   c.data.validation_size = 0
   c.data.augment = "crop_flip"
-  c.model.name = "resnet20"
+  c.model.update(name="resnet20", bn_init="uniform")
   c.training.update(steps=63_000, batch_size=128, optimizer="sgd",
                     learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
                     schedule="step", lr_boundaries=(32_000, 48_000),

@@ -8,7 +8,9 @@ BatchNorm, not biases), learning rate 0.1 x
 28,151), no warm-up in that code, label smoothing 0.1; masks change every 100
 steps, drop fraction 0.3 cosine-annealed to 0 at step 25,000 (end_fraction
 0.78125); ERK over every kernel (`:uniform` keeps the first conv dense, as
-the paper's uniform models do). Its input pipeline (the TF/TPU ResNet
+the paper's uniform models do). Its ResNet-50 starts each bottleneck's last
+BatchNorm scale at 0 (model.bn_init='zero_last', rigl/imagenet_resnet/
+resnet_model.py). Its input pipeline (the TF/TPU ResNet
 preprocessing): Inception-style random-resized crops to 224x224 and
 horizontal flips for training, the central 224 of 256 for evaluation;
 here decoded and cropped on the host as the batches are streamed
@@ -41,7 +43,7 @@ def get_config(arg: str = ""):
   c.method = "sparse"
   c.data.update(name="imagenet2012", source="stream", crop="inception",
                 image_size=224)
-  c.model.name = "resnet50"
+  c.model.update(name="resnet50", bn_init="zero_last")
   c.training.update(
       steps=32_000, batch_size=4096, optimizer="sgd", learning_rate=1.6,
       momentum=0.9, nesterov=True, weight_decay=1e-4,

@@ -107,8 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
   )
   # Options of models that take them (ResNet depth and width; the ViT's
   # dim, heads, mlp_dim, patch); 0 = the model's default.
+  # Model options, passed to the model's factory where set (0 / '': its
+  # default); bn_init: BatchNorm scales 'ones', 'uniform' or 'zero_last'.
   c.model = dict(name="mnist1d_mlp", depth=0, width=0, dim=0, heads=0,
-                 mlp_dim=0, patch=0)
+                 mlp_dim=0, patch=0, bn_init="")
 
   c.training = dict(
       steps=1500,  # Steps of one training run (every round and control).
@@ -365,6 +367,12 @@ def _weight_decay_on(f, v, c) -> None:
     _fail(f, v, "is read with training.weight_decay > 0, and it is 0")
 
 
+def _bn_init(f, v, c) -> None:
+  from lottery.models import resnet  # pylint: disable=g-import-not-at-top
+  if v != "":
+    _choice(f, v, resnet.BN_INITS)
+
+
 def _lr_boundaries(f, v, c) -> None:
   steps = c["training.steps"]
   b = list(v) if isinstance(v, (tuple, list)) else None
@@ -435,6 +443,7 @@ RULES: dict[str, _Rule] = {
     "model.heads": _count(0),
     "model.mlp_dim": _count(0),
     "model.patch": _count(0),
+    "model.bn_init": _bn_init,
     "training.steps": _count(1),
     "training.batch_size": _count(1),
     "training.optimizer": _one_of(_optimizers),
@@ -630,6 +639,7 @@ FIELD_HELP: dict[str, str] = {
     "model.heads": "attention heads per block (ViT); 0 = the model's default",
     "model.mlp_dim": "hidden units of each block's MLP (ViT); 0 = the model's default",
     "model.patch": "patch size (ViT: samples of a sequence, pixels of an image side); 0 = default",
+    "model.bn_init": "BatchNorm scale init (ResNets, VGG): ones, uniform, zero_last; '' = default",
     "training.steps": "steps of one training run (every round, control and group)",
     "training.batch_size": "examples per step",
     "training.optimizer": "the optax optimizer, wrapped in keep_pruned",

@@ -115,11 +115,13 @@ class Experiment:
 
 # The config's model options (`model.<option>`), passed to the model's
 # factory where set.
-MODEL_OPTIONS = ("depth", "width", "dim", "heads", "mlp_dim", "patch")
+MODEL_OPTIONS = ("depth", "width", "dim", "heads", "mlp_dim", "patch",
+                 "bn_init")
 
 
-def model_options(config) -> dict[str, int]:
-  """The model options set in the config (0 = the model's default)."""
+def model_options(config) -> dict[str, int | str]:
+  """The model options set in the config (0 or '' = the model's
+  default)."""
   return {k: config.model[k] for k in MODEL_OPTIONS
           if k in config.model and config.model[k]}
 

@@ -103,6 +103,9 @@ BAD_CONFIGS = [
     ("data.on_device", 1, "data.on_device: must be True or False"),
     ("data.validation_size", 10**10, "data.validation_size: "),
     ("model.name", None, "model.name: "),
+    ("model.bn_init", "zeros", "model.bn_init: must be one of ['ones', "
+     "'uniform', 'zero_last'] (got 'zeros')"),
+    ("model.bn_init", "uniform", "model.bn_init: not an option of model "),
     ("pruning.fraction", NAN, "pruning.fraction: must be in (0, 1) (got nan)"),
     ("pruning.fraction", "0.2", "pruning.fraction: must be a number in "
      "(0, 1)"),

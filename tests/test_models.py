@@ -48,10 +48,10 @@ def test_resnet50_imagenet_layout():
 
 
 def test_options_of():
-  assert models.options_of("resnet") == ("depth", "width")
-  assert models.options_of("resnet20") == ("width",)
-  assert models.options_of("vgg") == ("depth", "width")
-  assert models.options_of("vgg16") == ("width",)
+  assert models.options_of("resnet") == ("depth", "width", "bn_init")
+  assert models.options_of("resnet20") == ("width", "bn_init")
+  assert models.options_of("vgg") == ("depth", "width", "bn_init")
+  assert models.options_of("vgg16") == ("width", "bn_init")
   assert models.options_of("mlp_tiny") == ()
   with pytest.raises(lottery.LotteryError, match=r"^model.name: unknown"):
     models.options_of("resnet21")
@@ -78,7 +78,11 @@ def test_options_reach_the_factory():
      r"options \(got 4\)$"),
     ("resnet20", {"depth": 32},
      r"^model.depth: not an option of model 'resnet20', whose options are "
-     r"\['width'\] \(got 32\)$"),
+     r"\['width', 'bn_init'\] \(got 32\)$"),
+    ("resnet20", {"bn_init": "zeros"}, r"^model.bn_init: must be one of "
+     r"\['ones', 'uniform', 'zero_last'\] \(got 'zeros'\)$"),
+    ("vgg16", {"bn_init": "zero_last"}, r"^model.bn_init: must be one of "
+     r"\['ones', 'uniform'\] \(got 'zero_last'\)$"),
     ("resnet", {"depth": 21},
      r"^model.depth: must be 6n \+ 2, e.g. 20, 32, 56 or 110 \(got 21\)$"),
     ("resnet", {"depth": 2}, r"^model.depth: must be an integer >= 8 "),
@@ -112,6 +116,40 @@ def test_bad_options_are_refused(name, options, message):
 ])
 def test_parameter_counts_match_openlth(name, options, expected):
   assert _count(_shapes(name, **options)["params"]) == expected
+
+
+@pytest.mark.parametrize("name,options,last", [
+    ("resnet20", {"width": 4}, "bn2"),
+    ("resnet50", {"width": 2}, "bn3"),
+    ("vgg11", {"width": 8}, None),
+])
+def test_bn_init_sets_the_batchnorm_scales(name, options, last):
+  """'ones' (the default, the same weights as before the option), 'uniform'
+  (OpenLTH: U[0, 1)), 'zero_last' (each residual block's last BatchNorm at
+  0, torchvision's zero_init_residual; not for VGG); everything else is
+  the same draw."""
+  x = jnp.zeros((1, 32, 32, 3))
+
+  def init(**more):
+    model = models.get(name, 10, **options, **more)
+    return masks.named_leaves(jax.jit(lambda k: model.init(rng.flat(k), x))(
+        jax.random.key(0))["params"])
+  default, ones, uniform = init(), init(bn_init="ones"), init(bn_init="uniform")
+  scales = [k for k in default if k.endswith("/scale")]
+  for k, v in default.items():
+    np.testing.assert_array_equal(ones[k], v)
+    if k not in scales:
+      np.testing.assert_array_equal(uniform[k], v)
+  assert all(np.all(default[k] == 1) for k in scales)
+  u = np.concatenate([uniform[k] for k in scales])
+  assert u.min() >= 0 and u.max() < 1 and len(np.unique(u)) == len(u)
+  if last is None:
+    return
+  zero = init(bn_init="zero_last")
+  zeroed = sorted(k for k in scales if np.all(zero[k] == 0))
+  assert zeroed == sorted(k for k in scales if k.endswith(f"/{last}/scale"))
+  assert all(np.all(zero[k] == 1) for k in scales if k not in zeroed)
+  assert len(zeroed) == (9 if name == "resnet20" else 16)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,12 @@ changes; global average pooling; dense output layer. Convs have no bias.
 
 Init as OpenLTH's default 'kaiming_normal': He-normal (untruncated,
 std = sqrt(2 / fan_in)) for every conv and dense kernel, PyTorch's default
-U(+-1/sqrt(fan_in)) for the output bias. BatchNorm scale 1, bias 0 (OpenLTH's
-'fixed' BatchNorm init; its default 'uniform' draws scales from U[0, 1)), and
-PyTorch's BatchNorm constants (momentum 0.1, i.e. Flax's 0.9; epsilon 1e-5).
+U(+-1/sqrt(fan_in)) for the output bias. BatchNorm bias 0 and, by `bn_init`,
+scale 1 ('ones', the default: OpenLTH's 'fixed' BatchNorm init, Synaptic-
+Flow's), U[0, 1) ('uniform': OpenLTH's default, its LMC and IMP runs) or 1
+with each residual block's last BatchNorm at 0 ('zero_last': torchvision's
+zero_init_residual, RigL's ResNet-50); PyTorch's BatchNorm constants
+(momentum 0.1, i.e. Flax's 0.9; epsilon 1e-5).
 
 Parameter paths: 'conv/kernel', 'bn/{scale,bias}', 'stage{s}_block{b}/conv1/
 kernel' ... 'stage{s}_block{b}/shortcut_conv/kernel', 'out/{kernel,bias}'; the
@@ -41,10 +44,27 @@ def torch_bias(fan_in: int):
   return functools.partial(torch_uniform(), fan_in=fan_in)
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's constants; batch statistics when training."""
+# The BatchNorm scale inits of `bn_init` (the module doc).
+BN_INITS = ("ones", "uniform", "zero_last")
+
+
+def batch_norm(train: bool, name: str, bn_init: str = "ones", *,
+               last: bool = False) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's constants; batch statistics when training;
+  its scale initialized by `bn_init` (`last`: a residual block's last)."""
+  scale_init = {"uniform": nn.initializers.uniform(1.0),
+                "zero_last": (nn.initializers.zeros if last else
+                              nn.initializers.ones)}.get(
+                                  bn_init, nn.initializers.ones)
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, name=name)
+                      epsilon=1e-5, scale_init=scale_init, name=name)
+
+
+def check_bn_init(bn_init: str, known: tuple[str, ...] = BN_INITS) -> None:
+  """Raises LotteryError naming model.bn_init unless `bn_init` is known."""
+  if bn_init not in known:
+    raise LotteryError(f"model.bn_init: must be one of {list(known)} (got "
+                       f"{bn_init!r})")
 
 
 class BasicBlock(nn.Module):
@@ -57,25 +77,27 @@ class BasicBlock(nn.Module):
   inner: int | None = None
   project: bool | None = None
   narrow: int = 0  # `lottery.models.convolution.conv_module`'s.
+  bn_init: str = "ones"  # `batch_norm`'s.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(conv_module(self.narrow), use_bias=False,
                              kernel_init=he_normal)
+    bn = functools.partial(batch_norm, train, bn_init=self.bn_init)
     # padding=1 as in PyTorch: Flax's 'SAME' would pad stride-2 convs on the
     # bottom/right only and sample other pixels.
     y = conv(self.inner or self.features, (3, 3), strides=self.strides,
              padding=1, name="conv1")(x)
-    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = nn.relu(bn("bn1")(y))
     y = conv(self.features, (3, 3), padding=1, name="conv2")(y)
-    y = batch_norm(train, "bn2")(y)
+    y = bn("bn2", last=True)(y)
     project = self.project
     if project is None:
       project = self.strides != 1 or x.shape[-1] != self.features
     if project:
       x = conv(self.features, (1, 1), strides=self.strides, padding="VALID",
                name="shortcut_conv")(x)
-      x = batch_norm(train, "shortcut_bn")(x)
+      x = bn("shortcut_bn")(x)
     return nn.relu(y + x)
 
 
@@ -137,13 +159,15 @@ class ResNet(nn.Module):
   `inner`: each block's inner channels, in block order (default: the
   stage's width); `streams`: each stage's channels (default: width, 2
   width, 4 width); both set by `with_widths`. `narrow`: the convolutions'
-  (`lottery.models.convolution.conv_module`; `lottery.shrink` sets it)."""
+  (`lottery.models.convolution.conv_module`; `lottery.shrink` sets it).
+  `bn_init`: the BatchNorm scales' init (`BN_INITS`, the module doc)."""
   depth: int
   width: int
   num_classes: int
   inner: tuple[int, ...] | None = None
   streams: tuple[int, ...] | None = None
   narrow: int = 0
+  bn_init: str = "ones"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -152,14 +176,14 @@ class ResNet(nn.Module):
     x = conv_module(self.narrow)(streams[0], (3, 3), padding=1,
                                  use_bias=False, kernel_init=he_normal,
                                  name="conv")(x)
-    x = nn.relu(batch_norm(train, "bn")(x))
+    x = nn.relu(batch_norm(train, "bn", self.bn_init)(x))
     blocks = (self.depth - 2) // 6
     inner = iter(self.inner or [None] * (3 * blocks))
     for s in range(3):
       for b in range(blocks):
         x = BasicBlock(streams[s], strides=2 if s and not b else 1,
                        inner=next(inner), project=bool(s and not b),
-                       narrow=self.narrow,
+                       narrow=self.narrow, bn_init=self.bn_init,
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
@@ -200,30 +224,38 @@ class ResNet(nn.Module):
 
 
 @register("resnet")
-def resnet(num_classes: int, depth: int = 20, width: int = 16) -> nn.Module:
-  """ResNet-`depth` (6n + 2: 20, 32, 44, 56, 110, ...), stem width `width`."""
+def resnet(num_classes: int, depth: int = 20, width: int = 16,
+           bn_init: str = "ones") -> nn.Module:
+  """ResNet-`depth` (6n + 2: 20, 32, 44, 56, 110, ...), stem width `width`,
+  BatchNorm scales initialized by `bn_init` ('ones', 'uniform',
+  'zero_last')."""
   check_int("depth", depth, 8)
   if (depth - 2) % 6:
     raise LotteryError(
         f"model.depth: must be 6n + 2, e.g. 20, 32, 56 or 110 (got {depth})")
   check_int("width", width, 1)
-  return ResNet(depth=depth, width=width, num_classes=num_classes)
+  check_bn_init(bn_init)
+  return ResNet(depth=depth, width=width, num_classes=num_classes,
+                bn_init=bn_init)
 
 
 @register("resnet20")
-def resnet20(num_classes: int, width: int = 16) -> nn.Module:
+def resnet20(num_classes: int, width: int = 16,
+             bn_init: str = "ones") -> nn.Module:
   """ResNet-20: 272,474 parameters on 10 classes (BatchNorm included)."""
-  return resnet(num_classes, depth=20, width=width)
+  return resnet(num_classes, depth=20, width=width, bn_init=bn_init)
 
 
 @register("resnet32")
-def resnet32(num_classes: int, width: int = 16) -> nn.Module:
-  return resnet(num_classes, depth=32, width=width)
+def resnet32(num_classes: int, width: int = 16,
+             bn_init: str = "ones") -> nn.Module:
+  return resnet(num_classes, depth=32, width=width, bn_init=bn_init)
 
 
 @register("resnet56")
-def resnet56(num_classes: int, width: int = 16) -> nn.Module:
-  return resnet(num_classes, depth=56, width=width)
+def resnet56(num_classes: int, width: int = 16,
+             bn_init: str = "ones") -> nn.Module:
+  return resnet(num_classes, depth=56, width=width, bn_init=bn_init)
 
 
 class Bottleneck(nn.Module):
@@ -235,27 +267,29 @@ class Bottleneck(nn.Module):
   out: int | None = None  # conv3's outputs (default 4 * features)
   project: bool | None = None  # as BasicBlock's
   narrow: int = 0  # `lottery.models.convolution.conv_module`'s.
+  bn_init: str = "ones"  # `batch_norm`'s.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     conv = functools.partial(conv_module(self.narrow), use_bias=False,
                              kernel_init=he_normal)
+    bn = functools.partial(batch_norm, train, bn_init=self.bn_init)
     w1, w2 = self.inner or (self.features, self.features)
     y = conv(w1, (1, 1), name="conv1")(x)
-    y = nn.relu(batch_norm(train, "bn1")(y))
+    y = nn.relu(bn("bn1")(y))
     y = conv(w2, (3, 3), strides=self.strides, padding=1,
              name="conv2")(y)
-    y = nn.relu(batch_norm(train, "bn2")(y))
+    y = nn.relu(bn("bn2")(y))
     out = self.out or self.features * 4
     y = conv(out, (1, 1), name="conv3")(y)
-    y = batch_norm(train, "bn3")(y)
+    y = bn("bn3", last=True)(y)
     project = self.project
     if project is None:
       project = self.strides != 1 or x.shape[-1] != out
     if project:
       x = conv(out, (1, 1), strides=self.strides,
                padding="VALID", name="shortcut_conv")(x)
-      x = batch_norm(train, "shortcut_bn")(x)
+      x = bn("shortcut_bn")(x)
     return nn.relu(y + x)
 
 
@@ -264,14 +298,15 @@ class ImageNetResNet(nn.Module):
   Table 1): 7x7/2 conv stem + BatchNorm + ReLU, 3x3/2 max pool, four stages
   of widths w, 2w, 4w, 8w (x4 out), stride 2 at the first block of stages
   2-4, global average pooling, dense output layer. `streams`: the stem's
-  and each stage's channels (default w, 4w, 8w, 16w, 32w). `narrow`: as
-  ResNet's."""
+  and each stage's channels (default w, 4w, 8w, 16w, 32w). `narrow`,
+  `bn_init`: as ResNet's."""
   blocks: tuple[int, ...]
   width: int
   num_classes: int
   inner: tuple[int, ...] | None = None  # conv1, conv2 of each block
   streams: tuple[int, ...] | None = None
   narrow: int = 0
+  bn_init: str = "ones"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -281,7 +316,7 @@ class ImageNetResNet(nn.Module):
     x = conv_module(self.narrow)(streams[0], (7, 7), strides=2, padding=3,
                                  use_bias=False, kernel_init=he_normal,
                                  name="conv")(x)
-    x = nn.relu(batch_norm(train, "bn")(x))
+    x = nn.relu(batch_norm(train, "bn", self.bn_init)(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     inner = iter(self.inner or [None] * (2 * sum(self.blocks)))
     for s, n in enumerate(self.blocks):
@@ -290,7 +325,7 @@ class ImageNetResNet(nn.Module):
         x = Bottleneck(self.width * 2**s, strides=2 if s and not b else 1,
                        inner=None if pair[0] is None else pair,
                        out=streams[s + 1], project=not b,
-                       narrow=self.narrow,
+                       narrow=self.narrow, bn_init=self.bn_init,
                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
@@ -329,11 +364,14 @@ class ImageNetResNet(nn.Module):
 
 
 @register("resnet50")
-def resnet50(num_classes: int, width: int = 64) -> nn.Module:
+def resnet50(num_classes: int, width: int = 64,
+             bn_init: str = "ones") -> nn.Module:
   """ResNet-50 (ImageNet layout, bottlenecks 3-4-6-3): 25,557,032
   parameters on 1000 classes (BatchNorm scales and biases included, its
   running statistics not), torchvision's count; its first conv is
-  'conv/kernel' (the RigL recipe keeps it dense)."""
+  'conv/kernel' (the RigL recipe keeps it dense). `bn_init`: as
+  `resnet`'s."""
   check_int("width", width, 1)
+  check_bn_init(bn_init)
   return ImageNetResNet(blocks=(3, 4, 6, 3), width=width,
-                        num_classes=num_classes)
+                        num_classes=num_classes, bn_init=bn_init)

@@ -5,7 +5,7 @@ of the plan, then average pooling of the remaining map and one dense output
 layer (OpenLTH pools the 2x2 map of a 32x32 input with AvgPool2d(2); a global
 mean is the same there and also takes other input sizes). Init as OpenLTH's
 default: He-normal kernels (untruncated), PyTorch's default biases, BatchNorm
-scale 1 and bias 0 (see resnet.py).
+bias 0 and scale 1 or, with `bn_init='uniform'`, U[0, 1) (see resnet.py).
 
 `width` scales every layer: the plan's widths times width / 64 (64 = VGG's
 own). Parameter paths: 'conv{i}/{kernel,bias}', 'bn{i}/{scale,bias}',
@@ -16,9 +16,9 @@ Checked against OpenLTH's cifar_vgg_16 (and Synaptic-Flow's lottery_vgg16_bn,
 its copy): the same plan, conv (with bias) + BatchNorm + ReLU, max-pooling at
 each 'M', AvgPool2d(2) on the final 2x2 map then Linear(512, classes), He-normal
 kernels. Differences, kept: OpenLTH leaves conv/linear biases at PyTorch's
-default init (as here) while Synaptic-Flow zeroes them; BatchNorm scale 1 here
-is OpenLTH's 'fixed' BatchNorm init (its default 'uniform' draws U[0, 1)) and
-Synaptic-Flow's.
+default init (as here) while Synaptic-Flow zeroes them; BatchNorm scale 1
+(the default `bn_init`) is OpenLTH's 'fixed' BatchNorm init and Synaptic-
+Flow's, `bn_init='uniform'` OpenLTH's default.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from lottery.models import check_int
 from lottery.models import register
 from lottery.models.convolution import conv_module
 from lottery.models.resnet import batch_norm
+from lottery.models.resnet import check_bn_init
 from lottery.models.resnet import check_images
 from lottery.models.resnet import he_normal
 from lottery.models.resnet import torch_bias
@@ -51,10 +52,12 @@ PLANS: dict[int, tuple[int | str, ...]] = {
 class VGG(nn.Module):
   """Conv + BatchNorm + ReLU layers per `plan` ('M' = max-pool), then dense.
   `narrow`: the convolutions' (`lottery.models.convolution.conv_module`;
-  `lottery.shrink` sets it)."""
+  `lottery.shrink` sets it). `bn_init`: the BatchNorm scales' init, 'ones'
+  or 'uniform' (`lottery.models.resnet.batch_norm`)."""
   plan: Sequence[int | str]
   num_classes: int
   narrow: int = 0
+  bn_init: str = "ones"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -70,7 +73,7 @@ class VGG(nn.Module):
                                      kernel_init=he_normal,
                                      bias_init=torch_bias(fan_in),
                                      name=f"conv{i}")(x)
-        x = nn.relu(batch_norm(train, f"bn{i}")(x))
+        x = nn.relu(batch_norm(train, f"bn{i}", self.bn_init)(x))
     x = x.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=he_normal,
                     bias_init=torch_bias(x.shape[-1]), name="out")(x)
@@ -104,33 +107,40 @@ class VGG(nn.Module):
 
 
 @register("vgg")
-def vgg(num_classes: int, depth: int = 16, width: int = 64) -> nn.Module:
-  """VGG-`depth` (11, 13, 16 or 19) whose first layer has `width` channels."""
+def vgg(num_classes: int, depth: int = 16, width: int = 64,
+        bn_init: str = "ones") -> nn.Module:
+  """VGG-`depth` (11, 13, 16 or 19) whose first layer has `width` channels,
+  BatchNorm scales initialized by `bn_init` ('ones' or 'uniform')."""
   if depth not in PLANS:
     raise LotteryError(f"model.depth: VGG depth must be one of "
                        f"{sorted(PLANS)} (got {depth!r})")
   check_int("width", width, 1)
+  check_bn_init(bn_init, ("ones", "uniform"))  # No residual blocks.
   plan = tuple(c if c == "M" else max(1, c * width // 64)
                for c in PLANS[depth])
-  return VGG(plan=plan, num_classes=num_classes)
+  return VGG(plan=plan, num_classes=num_classes, bn_init=bn_init)
 
 
 @register("vgg11")
-def vgg11(num_classes: int, width: int = 64) -> nn.Module:
-  return vgg(num_classes, depth=11, width=width)
+def vgg11(num_classes: int, width: int = 64,
+          bn_init: str = "ones") -> nn.Module:
+  return vgg(num_classes, depth=11, width=width, bn_init=bn_init)
 
 
 @register("vgg13")
-def vgg13(num_classes: int, width: int = 64) -> nn.Module:
-  return vgg(num_classes, depth=13, width=width)
+def vgg13(num_classes: int, width: int = 64,
+          bn_init: str = "ones") -> nn.Module:
+  return vgg(num_classes, depth=13, width=width, bn_init=bn_init)
 
 
 @register("vgg16")
-def vgg16(num_classes: int, width: int = 64) -> nn.Module:
+def vgg16(num_classes: int, width: int = 64,
+          bn_init: str = "ones") -> nn.Module:
   """VGG-16-BN: 14,728,266 parameters on 10 classes (BatchNorm included)."""
-  return vgg(num_classes, depth=16, width=width)
+  return vgg(num_classes, depth=16, width=width, bn_init=bn_init)
 
 
 @register("vgg19")
-def vgg19(num_classes: int, width: int = 64) -> nn.Module:
-  return vgg(num_classes, depth=19, width=width)
+def vgg19(num_classes: int, width: int = 64,
+          bn_init: str = "ones") -> nn.Module:
+  return vgg(num_classes, depth=19, width=width, bn_init=bn_init)

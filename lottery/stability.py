@@ -78,6 +78,7 @@ import numpy as np
 
 from lottery import checkpoint
 from lottery import config as config_lib
+from lottery import data as data_lib
 from lottery import driver
 from lottery import loop as loop_lib
 from lottery import masks as masks_lib
@@ -85,6 +86,7 @@ from lottery import method as method_lib
 from lottery import runs
 from lottery import step as step_lib
 from lottery import tickets
+from lottery import workdir as workdir_lib
 from lottery import xla_options
 from lottery.errors import LotteryError
 from lottery.errors import refield
@@ -475,6 +477,44 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                     log=log, log_steps=log_steps)
 
 
+# What makes a source run's tickets masks of this run's network: the same
+# model and initialization (replicate i's ticket is a mask of replicate i's
+# init), on the same data (`data.name` and the data's fingerprint).
+_SOURCE_FIELDS = ("seeds.init", "data.name")
+
+
+def _check_source_run(config: ml_collections.ConfigDict,
+                      source: ml_collections.ConfigDict, wd: str) -> None:
+  """Refuses, in one line, a source run whose tickets are masks of another
+  network: its model, seeds.init or dataset differ from this run's (a field
+  its config.json predates counts at its default; the dataset by the
+  fingerprint its facts.json records). Its training may differ (a ticket
+  can be trained for other steps)."""
+  base = config_lib.base_config()
+  fields = [f"model.{k}" for k in base.model] + list(_SOURCE_FIELDS)
+  diffs = []
+  for field in fields:
+    block, key = field.split(".")
+    here = config[block][key]
+    there = source.get(block, {}).get(key, base[block][key])
+    if here != there:
+      diffs.append(f"{field} {there!r} there, {here!r} here")
+  try:
+    facts = checkpoint.read_json(pathlib.Path(wd) / workdir_lib.FACTS_FILE,
+                                 unverified_ok=True)
+  except (OSError, ValueError):
+    facts = {}  # A run that predates facts.json: its data is not checked.
+  there = facts.get("data_fingerprint") if isinstance(facts, dict) else None
+  if not diffs and there is not None and \
+      there != data_lib.fingerprint(config.data):
+    diffs.append("the data's fingerprint")
+  if diffs:
+    raise LotteryError(
+        f"stability.source_workdir: its tickets are masks of another network "
+        f"({'; '.join(diffs)}); run the analysis with the source run's model, "
+        f"seeds.init and data (got {wd!r})")
+
+
 @method_lib.register
 class Stability(method_lib.Method):
   """The instability analysis as a method plug-in (see the module doc)."""
@@ -532,9 +572,10 @@ class Stability(method_lib.Method):
           raise LotteryError(f"stability.source_workdir: {wd!r} is not a "
                              f"workdir")
         try:
-          runs.load_config(wd)
+          source = runs.load_config(wd)
         except LotteryError as e:  # One line, naming this field.
           raise refield(e, "stability.source_workdir") from None
+        _check_source_run(ctx.config, source, wd)
         try:
           t = tickets.load_ticket(wd, **coords, seed=i,
                                   like=ctx.exp.init_params)

@@ -14,6 +14,7 @@ import lottery
 from lottery import stability
 from lottery import step as step_lib
 
+from conftest import make_npz
 from conftest import run_on_devices
 from conftest import tiny
 
@@ -270,6 +271,27 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
   assert str(e.value) == (f"stability.source_workdir: "
                           f"{str(tmp_path / 'notes')!r} holds no run "
                           f"(config.json missing)")
+  assert not (tmp_path / "wd").exists()
+  # A run whose tickets are masks of another network: another init, model.
+  c.stability.source_workdir = str(imp_run)
+  c.seeds.init = 3
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.driver.run(c, tmp_path / "wd")
+  assert str(e.value) == (
+      f"stability.source_workdir: its tickets are masks of another network "
+      f"(seeds.init 0 there, 3 here); run the analysis with the source "
+      f"run's model, seeds.init and data (got {str(imp_run)!r})")
+  c.seeds.init, c.model.name = 0, "lenet_300_100"
+  with pytest.raises(lottery.LotteryError, match=r"^stability.source_workdir: "
+                     r"its tickets are masks of another network \(model.name "
+                     r"'mlp_tiny' there, 'lenet_300_100' here\); "):
+    lottery.driver.run(c, tmp_path / "wd")
+  c.model.name, c.data.path = "mlp_tiny", make_npz(tmp_path / "other.npz",
+                                                   seed=1)
+  with pytest.raises(lottery.LotteryError, match=r"^stability.source_workdir: "
+                     r"its tickets are masks of another network \(the data's "
+                     r"fingerprint\); "):
+    lottery.driver.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
 
 

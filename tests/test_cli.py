@@ -152,7 +152,8 @@ def test_cli_names_the_fields_of_a_block(tmp_path):
   assert cli.flag_error_message(
       ValueError("flag --config.training=5: Could not override"), c) == (
           "training: is a block of fields (steps, batch_size, optimizer, "
-          "learning_rate, momentum, nesterov, weight_decay, schedule, "
+          "learning_rate, momentum, nesterov, weight_decay, weight_decay_on, "
+          "schedule, "
           "lr_boundaries, lr_decay, warmup_steps, label_smoothing, "
           "eval_every, checkpoint_every, loop); set one, e.g. "
           "--config.training.steps=5")

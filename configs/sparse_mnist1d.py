@@ -24,14 +24,14 @@ with momentum 0.9 (here at 0.05, constant, 1500 steps, batch 100):
 Zhou et al. report 2:4 networks trained by SR-STE "without performance drop"
 (their repository: ResNet-50 at 2:4, 77.0% top-1 on ImageNet). Measured here
 (docs/structured.md, 3 replicates, test accuracy %): dense 68.4, SR-STE 69.1,
-static 67.4, nm 66.9.
+static 67.4, nm 66.6.
 
 Expected (the literature, at equal density): RigL >= SET >= static (Evci et
 al. 2020, Fig. 2 and 4), ERK >= uniform, and gradual magnitude pruning (which
-trains dense first) a strong baseline. Measured here (README, 3 replicates,
-test accuracy %): dense 65.3; RigL 79.3 / 72.2 (uniform 10% / 3%) and
-71.9 / 74.8 (ERK); SET 72.3 / 56.6 and 69.8 / 75.2; static 67.9 / 46.2 and
-69.9 / 66.2; GMP 67.0 / 52.1 and 68.8 / 71.3.
+trains dense first) a strong baseline. Measured here (docs/results.md, 3
+replicates, test accuracy %): dense 65.3; RigL 76.9 / 71.5 (uniform 10% / 3%)
+and 69.5 / 73.7 (ERK); SET 74.9 / 56.9 and 70.7 / 73.2; static 67.9 / 46.2
+and 69.9 / 66.2; GMP 67.2 / 52.7 and 67.5 / 70.7.
 """
 
 from lottery.config import base_config

@@ -262,8 +262,9 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
   """The train step: `step(state, (x, y), learning_rate) -> (state, metrics)`.
 
   One step: augment the batch with the step's key, forward in train mode
-  (model state updated), dense gradients, optionally a mask update, then the
-  optimizer update through `keep_pruned`, so pruned weights stay exactly 0.
+  (model state updated), dense gradients, the optimizer update through
+  `keep_pruned`, so pruned weights stay exactly 0, then optionally a mask
+  update.
 
   Args:
     apply_fn: see `ApplyFn` (`flax_apply(model)` for a Flax module).
@@ -273,10 +274,13 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
     loss_fn: (logits, labels) -> scalar.
     augment: (key, x) -> x, e.g. `lottery.augment.get('crop_flip')`.
     mask_update: called inside the compiled step every `update_every` steps
-      (at steps s > 0 with s % update_every == 0, under `lax.cond`) with the
-      state, the DENSE gradient (of all weights, pruned ones included) and a
-      key; returns the new mask. Weights the new mask adds start at 0 and
-      their optimizer state is reset; dropped weights are zeroed.
+      (at steps s > 0 with s % update_every == 0, under `lax.cond`), after
+      the step's optimizer update (SET's and RigL's TF2 code), with the state
+      (its params and optimizer state those after the update, its step and
+      mask the step's), the step's DENSE gradient (of all weights, pruned
+      ones included) and a key; returns the new mask. Weights the new mask
+      adds start the next step at 0, their optimizer state reset; dropped
+      weights are zeroed.
     update_every: steps between mask updates (needs `mask_update`).
     straight_through: a `lottery.straight_through.StraightThrough` (SR-STE):
       `tx` is its `optimizer(...)` wrapper (not wrapped in `keep_pruned`),
@@ -325,11 +329,20 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
       (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(
           state.params)
       params, opt_state, mask = state.params, state.opt_state, state.mask
+      if straight_through is not None:
+        params, opt_state, mask = straight_through.step(
+            tx, grads, opt_state, mask, learning_rate=learning_rate)
+      else:
+        updates, opt_state = tx.update(grads, opt_state, params, mask=mask,
+                                       learning_rate=learning_rate)
+        params = optax.apply_updates(params, updates)
       if mask_update is not None and update != "never":
+        # After the step, as SET's and RigL's TF2 code: the hook sees the
+        # stepped weights; grown ones start the next step at 0.
         def change(operands):
           params, opt_state, mask = operands
-          new = mask_update(state, grads, jax.random.fold_in(key,
-                                                             _MASK_UPDATE))
+          new = mask_update(state.replace(params=params, opt_state=opt_state),
+                            grads, jax.random.fold_in(key, _MASK_UPDATE))
           # At trace time only (shapes and dtypes).
           masks_lib.check_mask(new, params, what="mask_update's mask")
           opt_state = _grown_to_zero(tx, opt_state, mask, new)
@@ -340,13 +353,6 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
           due = (state.step > 0) & (state.step % update_every == 0)
           params, opt_state, mask = jax.lax.cond(
               due, change, lambda o: o, (params, opt_state, mask))
-      if straight_through is not None:
-        params, opt_state, mask = straight_through.step(
-            tx, grads, opt_state, mask, learning_rate=learning_rate)
-      else:
-        updates, opt_state = tx.update(grads, opt_state, params, mask=mask,
-                                       learning_rate=learning_rate)
-        params = optax.apply_updates(params, updates)
       new_state = state.replace(
           params=params, model_state=model_state, opt_state=opt_state,
           mask=mask, step=state.step + 1)

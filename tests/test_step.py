@@ -238,17 +238,22 @@ def test_mask_update_hook_inside_the_compiled_loop():
   dropped = m0 & ~m1
   assert grown.sum() == 1 and dropped.sum() == 1
   assert masks.counts(after.mask) == counts0
-  # The grown weight started at 0 with zeroed Adam moments: at step 4 (count
-  # 4) its update is lr * (0.1 g / (1 - 0.9^4)) / sqrt(0.001 g^2 / (1 -
-  # 0.999^4)), whatever g; with the stale moments it would be about lr * 1.
+  # The update follows step 3's optimizer step: the grown weight ends it at
+  # 0 with zeroed Adam moments; kept weights keep their history.
   k = np.asarray(after.params["fc1"]["kernel"])
-  expected = 0.01 * (0.1 / (1 - 0.9**4)) / np.sqrt(0.001 / (1 - 0.999**4))
-  assert abs(k[grown][0]) == pytest.approx(expected, rel=1e-4)
-  assert np.all(k[~m1] == 0.0)
+  assert k[grown][0] == 0.0 and np.all(k[~m1] == 0.0)
   adam = after.opt_state[0][0]
   mu = np.asarray(adam.mu["fc1"]["kernel"])
-  assert np.all(mu[m1 & m0] != 0.0)  # kept weights keep their history
-  assert abs(mu[grown][0]) < 1.0
+  nu = np.asarray(adam.nu["fc1"]["kernel"])
+  assert mu[grown][0] == 0.0 and nu[grown][0] == 0.0
+  assert np.all(mu[m1 & m0] != 0.0)
+  # Its first update, at step 4 (Adam's count 5), is lr * (0.1 g / (1 -
+  # 0.9^5)) / sqrt(0.001 g^2 / (1 - 0.999^5)), whatever g; with the stale
+  # moments it would be about lr * 1.
+  s5, _ = lp.run(s4, data, idx[4:5], lrs[4:5])
+  k5 = np.asarray(jax.device_get(s5).params["fc1"]["kernel"])
+  expected = 0.01 * (0.1 / (1 - 0.9**5)) / np.sqrt(0.001 / (1 - 0.999**5))
+  assert abs(k5[grown][0]) == pytest.approx(expected, rel=1e-4)
   # More updates, same compiled function: the hook was traced for the scan
   # of 3 steps and the scan of 1 step only (two chunk lengths), never again.
   n = len(calls)

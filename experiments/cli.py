@@ -429,6 +429,14 @@ def _parse_flags(argv: list[str], config) -> list[str]:
     fail(flag_error_message(e, config))
 
 
+def _finished(workdir: str) -> bool:
+  """Whether the run in `workdir` is finished (its summary.json says so)."""
+  try:
+    return bool(lottery.tickets.summary(workdir).get("finished"))
+  except (LotteryError, OSError, ValueError):
+    return False
+
+
 def _join_processes(address: str | None, num: int, pid: int) -> bool:
   """Joins a multi-host run (JAX's distributed runtime) when asked;
   whether this process writes (process 0) or stays quiet."""
@@ -463,8 +471,11 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     resumes = workdir_lib.check(workdir, saved)
     print(json.dumps(workdir_lib.config_json(saved), indent=1,
                      sort_keys=True))
-    print(f"workdir: {os.path.abspath(workdir)} "
-          f"({'resumes the run there' if resumes else 'new run'})")
+    state = "new run"
+    if resumes:
+      state = ("holds this run, finished: a rerun trains nothing"
+               if _finished(workdir) else "resumes the run there")
+    print(f"workdir: {os.path.abspath(workdir)} ({state})")
     return
   if not _join_processes(*(f.value for f in hosts)):
     progress.close()

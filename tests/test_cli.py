@@ -199,6 +199,18 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
       "error: pruning.fraction: must be in (0, 1) (got 2.0)")
 
 
+def test_dry_run_names_a_finished_run(tmp_path):
+  args = ("--config=mnist1d:quick", f"--workdir={tmp_path / 'wd'}",
+          "--config.pruning.rounds=1", "--config.training.steps=10",
+          "--config.training.eval_every=10", "--config.controls=()")
+  assert _cli(*args, cwd=tmp_path).returncode == 0
+  res = _cli(*args, "--dry_run", cwd=tmp_path)
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.strip().splitlines()[-1] == (
+      f"workdir: {tmp_path / 'wd'} (holds this run, finished: a rerun trains "
+      f"nothing)")
+
+
 def test_directory_named_lottery_in_cwd_does_not_shadow(tmp_path):
   # From the parent of a checkout (or of a workdir) named lottery/, `import
   # lottery` finds that directory as a namespace package before an editable

@@ -1,7 +1,8 @@
 """VGG-16 on CIFAR-10: IMP with rewinding, Frankle et al. 2020 (LMC paper).
 
 OpenLTH's CIFAR VGG-16 (`vgg16`: 13 convolutions with BatchNorm, one dense
-output layer) with the ResNet-20 recipe's training (configs/resnet20_cifar10.py:
+output layer; BatchNorm scales drawn from U[0, 1), model.bn_init='uniform',
+OpenLTH's default) with the ResNet-20 recipe's training (configs/resnet20_cifar10.py:
 SGD 0.1, momentum 0.9, weight decay 1e-4, batch 128, 63K iterations, x0.1 at
 32K and 48K, crops and flips); global magnitude pruning of the convolution
 kernels, 20% per round, the output layer not pruned (OpenLTH's VGG default,

@@ -429,12 +429,19 @@ def _parse_flags(argv: list[str], config) -> list[str]:
     fail(flag_error_message(e, config))
 
 
-def _finished(workdir: str) -> bool:
-  """Whether the run in `workdir` is finished (its summary.json says so)."""
+def _resume_state(workdir: str, saved: ml_collections.ConfigDict) -> str:
+  """What a run of `saved` does with the run `workdir` holds (one that
+  `workdir.check` accepts): extends it, resumes it, or finds it finished."""
+  old = lottery.load_config(workdir).get("pruning", {}).get("rounds")
+  new = saved.get("pruning", {}).get("rounds")
+  if isinstance(old, int) and isinstance(new, int) and new > old:
+    return f"extends the run there from {old} to {new} rounds"
   try:
-    return bool(lottery.tickets.summary(workdir).get("finished"))
+    finished = bool(lottery.tickets.summary(workdir).get("finished"))
   except (LotteryError, OSError, ValueError):
-    return False
+    finished = False
+  return ("holds this run, finished: a rerun trains nothing" if finished
+          else "resumes the run there")
 
 
 def _join_processes(address: str | None, num: int, pid: int) -> bool:
@@ -471,10 +478,7 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     resumes = workdir_lib.check(workdir, saved)
     print(json.dumps(workdir_lib.config_json(saved), indent=1,
                      sort_keys=True))
-    state = "new run"
-    if resumes:
-      state = ("holds this run, finished: a rerun trains nothing"
-               if _finished(workdir) else "resumes the run there")
+    state = _resume_state(workdir, saved) if resumes else "new run"
     print(f"workdir: {os.path.abspath(workdir)} ({state})")
     return
   if not _join_processes(*(f.value for f in hosts)):

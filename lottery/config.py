@@ -106,9 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
       image_size=IMAGE_SIZE,
   )
   # Options of models that take them (ResNet depth and width; the ViT's
-  # dim, heads, mlp_dim, patch); 0 = the model's default.
-  # Model options, passed to the model's factory where set (0 / '': its
-  # default); bn_init: BatchNorm scales 'ones', 'uniform' or 'zero_last'.
+  # dim, heads, mlp_dim, patch; the ResNets' and VGG's bn_init: BatchNorm
+  # scales 'ones', 'uniform' or, ResNets only, 'zero_last'), passed to the
+  # model's factory where set; 0 / '' = the model's default.
   c.model = dict(name="mnist1d_mlp", depth=0, width=0, dim=0, heads=0,
                  mlp_dim=0, patch=0, bn_init="")
 
@@ -197,10 +197,12 @@ def _real(field: str, value, lo: float, hi: float, *, lo_open: bool,
     _fail(field, value, f"must be in {interval}")
 
 
-def _choice(field: str, value, known) -> None:
+def _choice(field: str, value, known, *, element: bool = False) -> None:
+  """`value` one of `known`; `element`: an element of a tuple field (whose
+  'a,b' from the command line gets the tuple to write)."""
   known = list(known)
   if not isinstance(value, str) or value not in known:
-    parts = value.split(",") if isinstance(value, str) else []
+    parts = value.split(",") if element and isinstance(value, str) else []
     if len(parts) > 1 and all(p.strip() in known for p in parts):
       # 'a,b' from the command line, where a tuple field takes a literal.
       several = ", ".join(repr(p.strip()) for p in parts)
@@ -401,7 +403,7 @@ def _names_tuple(f, v, known, example) -> tuple:
   if not isinstance(v, (tuple, list)) or not v:
     _fail(f, v, f"must be a non-empty tuple, e.g. {example or (known[0],)!r}")
   for x in v:
-    _choice(f, x, known)
+    _choice(f, x, known, element=True)
   if len(set(v)) != len(v):
     _fail(f, v, "must not repeat a name")
   return tuple(v)
@@ -639,7 +641,7 @@ FIELD_HELP: dict[str, str] = {
     "model.heads": "attention heads per block (ViT); 0 = the model's default",
     "model.mlp_dim": "hidden units of each block's MLP (ViT); 0 = the model's default",
     "model.patch": "patch size (ViT: samples of a sequence, pixels of an image side); 0 = default",
-    "model.bn_init": "BatchNorm scale init (ResNets, VGG): ones, uniform, zero_last; '' = default",
+    "model.bn_init": "BatchNorm scale init (ResNets, VGG): ones, uniform, zero_last (ResNets)",
     "training.steps": "steps of one training run (every round, control and group)",
     "training.batch_size": "examples per step",
     "training.optimizer": "the optax optimizer, wrapped in keep_pruned",

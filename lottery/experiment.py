@@ -213,6 +213,9 @@ def build(config: ml_collections.ConfigDict, *,
   if config.data.augment != "none":
     from lottery import augment as augment_lib  # pylint: disable=g-import-not-at-top
     augment = augment_lib.get(config.data.augment)
+  decayed = optim.decay_mask(t.weight_decay_on) if t.weight_decay else None
+  if decayed is not None:
+    decayed(init_params)  # A pattern that matches no parameter is refused.
   apply_fn = step_lib.flax_apply(model)
   tx = optim.make_optimizer(t)
   step_fn = step_lib.make_train_step(apply_fn, tx,

@@ -219,7 +219,7 @@ def _controls(f, v, c) -> None:
   if not isinstance(v, (tuple, list)):
     config_lib.fail(f, v, "must be a tuple, e.g. ('reinit',)")
   for x in v:
-    config_lib.check_choice(f, x, controls_lib.names())
+    config_lib.check_choice(f, x, controls_lib.names(), element=True)
   if len(set(v)) != len(v):
     config_lib.fail(f, v, "must not repeat a control")
 

@@ -89,7 +89,7 @@ def _pai_methods(f, v, c) -> None:
   if not config_lib.distinct_tuple(f, v, "scores"):
     config_lib.fail(f, v, "must name at least one score")
   for x in v:
-    config_lib.check_choice(f, x, scores_lib.all_names())
+    config_lib.check_choice(f, x, scores_lib.all_names(), element=True)
 
 
 def _pai_densities(f, v, c) -> None:
@@ -101,7 +101,7 @@ def _pai_densities(f, v, c) -> None:
 
 def _pai_checks(f, v, c) -> None:
   for x in config_lib.distinct_tuple(f, v, "checks"):
-    config_lib.check_choice(f, x, CHECKS)
+    config_lib.check_choice(f, x, CHECKS, element=True)
 
 
 def _pai_structure(f, v, c) -> None:

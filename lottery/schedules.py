@@ -62,8 +62,10 @@ def gmp_sparsity(step: int, begin_step: int, end_step: int) -> Fraction:
 
 
 def num_updates(steps: int, update_every: int) -> int:
-  """How many steps of 0..steps-1 update the mask (s > 0, s % dT == 0)."""
-  return (steps - 1) // update_every
+  """How many steps of 0..steps-1 update the mask: s > 0, s % dT == 0, and
+  not the last, whose update no training would follow (an update comes
+  after its step's optimizer update, `lottery.step.make_train_step`)."""
+  return max(steps - 2, 0) // update_every
 
 
 def cosine_drop_fraction(step: int, t_end: float,
@@ -77,11 +79,12 @@ def cosine_drop_fraction(step: int, t_end: float,
 
 def drop_fractions(steps: int, update_every: int, drop_fraction: float,
                    end_fraction: float) -> np.ndarray:
-  """float64 (J + 1,) drop fraction of update j (step j x dT), J =
+  """float64 (J + 2,) drop fraction of update j (step j x dT), J =
   `num_updates(steps, update_every)`, t_end = end_fraction x steps; entry 0
-  is never used (no update at step 0)."""
+  is never used (no update at step 0), entry J + 1 is 0 (the last step,
+  where the loop's hook changes nothing)."""
   t_end = end_fraction * steps
-  out = np.zeros(num_updates(steps, update_every) + 1)
-  for j in range(1, len(out)):
+  out = np.zeros(num_updates(steps, update_every) + 2)
+  for j in range(1, len(out) - 1):
     out[j] = cosine_drop_fraction(j * update_every, t_end, drop_fraction)
   return out

@@ -238,7 +238,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   s, steps = config.sparse, config.training.steps
   dynamic = [m for m in s.methods if m in sparse_updates.names(dynamic=True)
              and not sparse_updates.info(m).get("every_step")]
-  if dynamic and s.update_every >= steps:
+  if dynamic and not sparse_updates.num_updates(steps, s.update_every):
+    # Updates follow their step's optimizer update: none at the last step.
     raise LotteryError(
         f"sparse.update_every: no mask update happens in training.steps="
         f"{steps} for {dynamic} (got {s.update_every})")

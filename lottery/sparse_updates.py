@@ -3,10 +3,13 @@
 Each factory returns a `step.MaskUpdate` hook, `hook(state, dense_grads, key)
 -> new mask`, for `experiment.build(config, mask_update=hook,
 update_every=dT)` (or `Experiment.with_mask_update`). The engine calls it at
-steps s > 0 with s % dT == 0 under `lax.cond`, starts the weights it adds at 0
-with a fresh optimizer state, and zeroes the weights it drops. Everything that
-depends on the step is a host-computed table indexed on the device by
-j = s // dT, so the hook compiles once per run and never again.
+steps s > 0 with s % dT == 0 under `lax.cond`, after that step's optimizer
+update (the state it gets holds the updated params and optimizer state, the
+step's mask and step number), starts the weights it adds at 0 with a fresh
+optimizer state, and zeroes the weights it drops. Everything that depends on
+the step is a host-computed table indexed on the device by j = s // dT, so
+the hook compiles once per run and never again; the tables change nothing at
+a due last step (no training would follow it, `schedules.num_updates`).
 
   set   (Mocanu et al. 2018) drop the d smallest-|w| active weights of each
         leaf, regrow d at random among the inactive ones.
@@ -75,7 +78,7 @@ def _is_none(x) -> bool:
 
 
 def drop_table(counts: Mapping[str, int], fractions: np.ndarray) -> np.ndarray:
-  """int32 (J + 1, L): weights dropped (and grown) per leaf at update j:
+  """int32 (J + 2, L): weights dropped (and grown) per leaf at update j:
   `select.num_to_remove(fraction_j, count)`."""
   return np.asarray([[select.num_to_remove(float(f), k)
                       for k in counts.values()] for f in fractions],

@@ -483,17 +483,34 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
 _SOURCE_FIELDS = ("seeds.init", "data.name")
 
 
+def _model_description(config: ml_collections.ConfigDict) -> tuple[Any, str]:
+  """(the model `config` builds, unbound, or its name and options where it
+  builds none; a description: its name and the options set)."""
+  from lottery import models  # pylint: disable=g-import-not-at-top
+  from lottery.experiment import model_options  # pylint: disable=g-import-not-at-top
+  name, options = config.model.name, model_options(config)
+  described = repr(name) + (f" {options}" if options else "")
+  try:  # The module itself: 'resnet' at depth 20 is 'resnet20'.
+    return models.get(name, 10, **options), described
+  except LotteryError:
+    return (name, sorted(options.items())), described
+
+
 def _check_source_run(config: ml_collections.ConfigDict,
                       source: ml_collections.ConfigDict, wd: str) -> None:
   """Refuses, in one line, a source run whose tickets are masks of another
-  network: its model, seeds.init or dataset differ from this run's (a field
-  its config.json predates counts at its default; the dataset by the
+  network: its model (compared as built: options at their defaults count
+  as unset), seeds.init or dataset differ from this run's (a field its
+  config.json predates counts at its default; the dataset by the
   fingerprint its facts.json records). Its training may differ (a ticket
   can be trained for other steps)."""
   base = config_lib.base_config()
-  fields = [f"model.{k}" for k in base.model] + list(_SOURCE_FIELDS)
   diffs = []
-  for field in fields:
+  (theirs, described), (ours, own) = (_model_description(c)
+                                      for c in (source, config))
+  if theirs != ours:
+    diffs.append(f"the model {described} there, {own} here")
+  for field in _SOURCE_FIELDS:
     block, key = field.split(".")
     here = config[block][key]
     there = source.get(block, {}).get(key, base[block][key])

@@ -274,7 +274,8 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *,
     loss_fn: (logits, labels) -> scalar.
     augment: (key, x) -> x, e.g. `lottery.augment.get('crop_flip')`.
     mask_update: called inside the compiled step every `update_every` steps
-      (at steps s > 0 with s % update_every == 0, under `lax.cond`), after
+      (at steps s > 0 with s % update_every == 0, under `lax.cond`; the
+      built-in hooks change nothing at a run's last step), after
       the step's optimizer update (SET's and RigL's TF2 code), with the state
       (its params and optimizer state those after the update, its step and
       mask the step's), the step's DENSE gradient (of all weights, pruned

@@ -118,7 +118,10 @@ def _check_path(wd: pathlib.Path) -> None:
     raise LotteryError(f"workdir: {_q(wd)} cannot be created: {_q(parent)} "
                        f"is not writable")
   # os.access says yes to root wherever the mode bits do (in /proc, on some
-  # mounts); a folder made and removed at once asks the kernel itself.
+  # mounts); a folder made and removed at once asks the kernel itself (in the
+  # process that creates the workdir).
+  if not checkpoint.is_writer():
+    return
   try:
     os.rmdir(tempfile.mkdtemp(prefix=".lottery-probe-", dir=parent))
   except OSError as e:
@@ -262,7 +265,8 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
 
 def check(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
           extra: dict[str, Any] | None = None) -> bool:
-  """Checks, writing nothing, that `config` may run in `workdir`.
+  """Checks, writing nothing, that `config` may run in `workdir` (where it
+  is to be created, a folder made and removed at once asks the kernel).
 
   Args:
     workdir: the run's directory (it need not exist).

@@ -201,14 +201,17 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
 
 def test_dry_run_names_a_finished_run(tmp_path):
   args = ("--config=mnist1d:quick", f"--workdir={tmp_path / 'wd'}",
-          "--config.pruning.rounds=1", "--config.training.steps=10",
+          "--config.training.steps=10",
           "--config.training.eval_every=10", "--config.controls=()")
-  assert _cli(*args, cwd=tmp_path).returncode == 0
-  res = _cli(*args, "--dry_run", cwd=tmp_path)
+  assert _cli(*args, "--config.pruning.rounds=1", cwd=tmp_path).returncode == 0
+  res = _cli(*args, "--config.pruning.rounds=1", "--dry_run", cwd=tmp_path)
   assert res.returncode == 0, res.stderr
   assert res.stdout.strip().splitlines()[-1] == (
       f"workdir: {tmp_path / 'wd'} (holds this run, finished: a rerun trains "
       f"nothing)")
+  res = _cli(*args, "--dry_run", "--config.pruning.rounds=3", cwd=tmp_path)
+  assert res.stdout.strip().splitlines()[-1] == (
+      f"workdir: {tmp_path / 'wd'} (extends the run there from 1 to 3 rounds)")
 
 
 def test_directory_named_lottery_in_cwd_does_not_shadow(tmp_path):

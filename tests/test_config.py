@@ -132,6 +132,9 @@ BAD_CONFIGS = [
      "['random_prune', 'reinit', 'scratch', 'shuffle']; several are a tuple, "
      "--config.controls=\"('reinit', 'random_prune')\" "
      "(got 'reinit,random_prune')"),
+    # A field of one value gets no such hint.
+    ("training.optimizer", "sgd,adam", "training.optimizer: must be one of "
+     "['sgd', 'adam', 'adamw'] (got 'sgd,adam')"),
     ("controls_every", False, "controls_every: "),
     ("pai.methods", (), "pai.methods: must name at least one score"),
     ("pai.methods", "snip", "pai.methods: must be a tuple"),
@@ -205,6 +208,12 @@ def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
   with pytest.raises(lottery.LotteryError, match="^pruning.layer_fractions: "):
     lottery.run(tiny_config(**{"pruning.layer_fractions": "fc9/kernel=0.1"}),
                 tmp_path / "c")
+  with pytest.raises(lottery.LotteryError, match="^training.weight_decay_on: "
+                     r"patterns \('conv.\*',\) match no parameter"):
+    lottery.run(tiny_config(**{"training.weight_decay": 1e-4,
+                               "training.weight_decay_on": ("conv.*",)}),
+                tmp_path / "d")
+  assert not any((tmp_path / w).exists() for w in "abcd")
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -218,6 +227,8 @@ def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
     ({"pruning.path_points": 5}, "pruning.path_points: is read by "
      "pruning.level_barrier and pruning.stability_every, which are both off "
      "(got 5)"),
+    ({"training.weight_decay_on": (".*kernel",)}, "training.weight_decay_on: "
+     "is read with training.weight_decay > 0, and it is 0 (got ('.*kernel',))"),
     ({"method": "sparse", "sparse.methods": ("static",), "sparse.n_m": "1:4"},
      "sparse.n_m: is read by methods ['nm', 'sr_ste'], which sparse.methods "
      "does not name (got '1:4')"),

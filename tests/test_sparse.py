@@ -109,10 +109,14 @@ def test_counts_exact_under_jit_over_many_updates(kind):
 
 def test_drop_fractions_cosine():
   f = su.drop_fractions(1000, 100, 0.3, 0.5)
-  assert len(f) == 10 and f[0] == 0.0
+  # Updates 1..9 (steps 100..900), then a 0 row for a due last step.
+  assert len(f) == 11 and f[0] == 0.0
   np.testing.assert_allclose(f[1:5], [0.15 * (1 + np.cos(np.pi * s / 500))
                                       for s in (100, 200, 300, 400)])
-  assert list(f[5:]) == [0.0] * 5
+  assert list(f[5:]) == [0.0] * 6
+  # A last step that is due (steps 1001): it changes nothing.
+  g = su.drop_fractions(1001, 100, 0.3, 1.0)
+  assert len(g) == 11 and g[9] > 0 and g[10] == 0.0
   assert su.drop_table({"a": 100}, f)[1, 0] == pruning.num_to_remove(f[1], 100)
 
 
@@ -245,6 +249,13 @@ def test_notebook_on_the_run(sparse_run, monkeypatch, tmp_path):
 @pytest.mark.parametrize("changes,message", [
     ({"sparse.update_every": 20}, "sparse.update_every: no mask update "
      "happens in training.steps=20 for ['set', 'rigl', 'gmp'] (got 20)"),
+    # Step 19 is the last: an update there would have no training after it.
+    ({"sparse.update_every": 19}, "sparse.update_every: no mask update "
+     "happens in training.steps=20 for ['set', 'rigl', 'gmp'] (got 19)"),
+    ({"sparse.update_every": 1, "sparse.end_step": 19}, "sparse.end_step: "
+     "GMP must reach its target at an update step (multiple of "
+     "sparse.update_every=1) below training.steps=20, the last being 18 (got "
+     "19)"),
     ({"sparse.begin_step": 15}, "sparse.begin_step: must be below GMP's end "
      "step 15 (got 15)"),
     ({"sparse.update_every": 8, "sparse.end_step": 17}, "sparse.end_step: GMP "

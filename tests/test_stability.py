@@ -283,7 +283,7 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
       f"run's model, seeds.init and data (got {str(imp_run)!r})")
   c.seeds.init, c.model.name = 0, "lenet_300_100"
   with pytest.raises(lottery.LotteryError, match=r"^stability.source_workdir: "
-                     r"its tickets are masks of another network \(model.name "
+                     r"its tickets are masks of another network \(the model "
                      r"'mlp_tiny' there, 'lenet_300_100' here\); "):
     lottery.driver.run(c, tmp_path / "wd")
   c.model.name, c.data.path = "mlp_tiny", make_npz(tmp_path / "other.npz",
@@ -526,3 +526,23 @@ def test_one_replicate_splits_its_pair_over_two_devices(npz_path, tmp_path):
       for x, y in zip(jax.tree.leaves(a.trained_params),
                       jax.tree.leaves(b.trained_params)):
         np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def test_a_source_model_is_compared_as_built():
+  """Options at their defaults are the same network as options unset
+  ('resnet' at depth 20 is 'resnet20'); another init of the BatchNorm
+  scales is not."""
+  def cfg(**model):
+    c = lottery.base_config()
+    c.model.update(model)
+    return c
+
+  def same(a, b):
+    return (stability._model_description(a)[0] ==
+            stability._model_description(b)[0])
+  assert same(cfg(name="resnet20"), cfg(name="resnet", depth=20))
+  assert same(cfg(name="resnet20", width=16, bn_init="ones"),
+              cfg(name="resnet20"))
+  assert not same(cfg(name="resnet20", bn_init="uniform"),
+                  cfg(name="resnet20"))
+  assert not same(cfg(name="resnet20", width=8), cfg(name="resnet20"))

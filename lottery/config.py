@@ -359,12 +359,18 @@ _weight_decay_on_read = read_when("training.weight_decay_on",
                                   lambda c: c["training.weight_decay"] != 0)
 
 
-def _weight_decay_on(f, v, c) -> None:
+def _patterns(f, v, c=None) -> None:
+  """A non-empty tuple of valid regexes over parameter paths."""
+  del c
   if not isinstance(v, (tuple, list)) or not v or \
       not all(isinstance(p, str) and p for p in v):
     _fail(f, v, "must be a non-empty tuple of regexes, e.g. ('.*kernel',)")
   from lottery import masks  # pylint: disable=g-import-not-at-top
   masks.compile_patterns(v, f)
+
+
+def _weight_decay_on(f, v, c) -> None:
+  _patterns(f, v)
   if tuple(v) != (".*",) and not _weight_decay_on_read(c):
     _fail(f, v, "is read with training.weight_decay > 0, and it is 0")
 
@@ -472,6 +478,7 @@ is_int = _is_int
 check_int = _int
 check_real = _real
 check_choice = _choice
+check_patterns = _patterns
 check_str = _str
 check_bool = _bool
 count = _count

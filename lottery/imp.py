@@ -58,7 +58,6 @@ from lottery import controls as controls_lib
 from lottery import driver
 from lottery import jobs as jobs_lib
 from lottery import loop as loop_lib
-from lottery import masks as masks_lib
 from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
@@ -136,13 +135,6 @@ def _rewind_step(f, v, c) -> None:
   reset = c["pruning.reset"]
   if v and reset != "rewind":
     config_lib.fail(f, v, f"only applies to pruning.reset='rewind', not {reset!r}")
-
-
-def _prunable(f, v, c) -> None:
-  if not isinstance(v, (tuple, list)) or not v or \
-      not all(isinstance(p, str) and p for p in v):
-    config_lib.fail(f, v, "must be a non-empty tuple of regexes")
-  masks_lib.compile_patterns(v, f)
 
 
 def _layer_fractions(f, v, c) -> None:
@@ -277,7 +269,7 @@ config_lib.register_block(
         "pruning.fraction": config_lib.fraction,
         "pruning.rounds": config_lib.count(0),
         "pruning.scope": config_lib.one_of(lambda: pruning.SCOPES),
-        "pruning.prunable": _prunable,
+        "pruning.prunable": config_lib.check_patterns,
         "pruning.layer_fractions": _layer_fractions,
         "pruning.schedule": _schedule,
         "pruning.score": config_lib.one_of(scores_lib.names),

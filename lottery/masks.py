@@ -89,20 +89,30 @@ def make_mask(params: PyTree, prunable: Sequence[str] = DEFAULT_PRUNABLE,
   Raises:
     LotteryError: if a pattern is invalid or no parameter matches any pattern.
   """
-  patterns = compile_patterns(prunable, field)
+  # Host: no device op.
+  return jax.tree.map(
+      lambda p, hit: np.ones(np.shape(p), dtype=np.bool_) if hit else None,
+      params, matching(params, prunable, field=field))
 
-  def leaf_mask(path, p):
-    name = path_str(path)
-    if any(r.fullmatch(name) for r in patterns):
-      return np.ones(np.shape(p), dtype=np.bool_)  # Host: no device op.
-    return None
 
-  mask = jax.tree_util.tree_map_with_path(leaf_mask, params)
-  if not any(m is not None for m in jax.tree.leaves(mask, is_leaf=_is_none)):
+def matching(params: PyTree, patterns: Sequence[str], *, field: str
+             ) -> PyTree:
+  """{leaf: whether its '/'-joined path fully matches one of `patterns`}
+  (Python bools, params' structure).
+
+  Raises:
+    LotteryError: naming `field` if a pattern is invalid or no parameter
+      matches any pattern.
+  """
+  compiled = compile_patterns(patterns, field)
+  hits = jax.tree_util.tree_map_with_path(
+      lambda path, _: any(r.fullmatch(path_str(path)) for r in compiled),
+      params)
+  if not any(jax.tree.leaves(hits)):
     names = ", ".join(named_leaves(params))
-    raise LotteryError(f"{field}: patterns {tuple(prunable)!r} match no "
+    raise LotteryError(f"{field}: patterns {tuple(patterns)!r} match no "
                        f"parameter (parameters: {names})")
-  return mask
+  return hits
 
 
 def _describe(x) -> str:

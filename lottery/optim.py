@@ -10,10 +10,10 @@ replaying it whole (learning-rate rewinding) or holding it at its final value
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 import optax
 
@@ -71,18 +71,9 @@ def decay_mask(patterns) -> Callable[[Any], Any] | None:
   field = "training.weight_decay_on"
   if tuple(patterns) == (".*",):
     return None
-  compiled = masks.compile_patterns(patterns, field)
-
-  def mask(params):
-    out = jax.tree_util.tree_map_with_path(
-        lambda path, _: any(r.fullmatch(masks.path_str(path))
-                            for r in compiled), params)
-    if not any(jax.tree.leaves(out)):
-      names = ", ".join(masks.named_leaves(params))
-      raise LotteryError(f"{field}: patterns {tuple(patterns)!r} match no "
-                         f"parameter (parameters: {names})")
-    return out
-  return mask
+  masks.compile_patterns(patterns, field)  # An invalid one now.
+  return functools.partial(masks.matching, patterns=tuple(patterns),
+                           field=field)
 
 
 def make_schedule(training) -> optax.Schedule:

@@ -20,7 +20,11 @@ object: `<model>_<variant>_steps_per_s` and the ratios (targets: masked >=
 loop at least as fast as the Python loop). LeNet's keys keep their first
 names: masked_steps_per_s, dense_steps_per_s, ratio. 'seeds' times LeNet with
 1 and 8 replicates stacked in one program (`seeds_1_steps_per_s`,
-`seeds_8_steps_per_s`: replicate-steps per second; `seeds_8_vs_1`). With
+`seeds_8_steps_per_s`: replicate-steps per second; `seeds_8_vs_1`), the 8 in
+the form the loop picks (`seeds_replicas`: `lottery.loop.replica_form`) and
+in each form (`seeds_8_unroll_steps_per_s`, `seeds_8_vmap_steps_per_s`,
+`seeds_8_unroll_vs_vmap`); 'resnet20_seeds' the same with ResNet-20 and 1
+and 2 replicates (a 40th of --steps a call). With
 LeNet, sparse training too: static_steps_per_s (a fixed 90%-sparse mask) and
 rigl_steps_per_s (RigL updating it every 100 steps inside the compiled loop),
 rigl_vs_static (target >= 0.85). 'stability' times the instability
@@ -109,9 +113,11 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
 _MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
-                                      "stability", "stream", "torch"],
+                                      "resnet20_seeds", "stability", "stream",
+                                      "torch"],
                             "What to time: lenet, conv2, resnet20, seeds "
                             "(LeNet replicates, seeds.num = 1 and 8), "
+                            "resnet20_seeds (1 and 2), "
                             "stability (LeNet and ResNet-20 paths, LeNet "
                             "pair), stream (MNIST-1D batches streamed vs in "
                             "memory), torch (ResNet-20 against PyTorch "
@@ -346,13 +352,21 @@ def _bench_torch(steps: int, repeats: int) -> dict:
   return out
 
 
-def _bench_seeds(steps: int, repeats: int, counts=(1, 8)) -> dict:
+def _bench_seeds(steps: int, repeats: int, counts=(1, 8), forms=(),
+                 spec=benchmark_pair.LENET, prefix="seeds") -> dict:
   """Replicate-steps per second of LeNet-300-100 (batch 60, masked), with
-  N replicates stacked in one compiled program (seeds.num = N)."""
-  rate = benchmark_pair.replicate_rates(steps, repeats, counts)
-  out = {f"seeds_{c}_steps_per_s": float(f"{r:.4g}") for c, r in rate.items()}
-  out[f"seeds_{counts[-1]}_vs_{counts[0]}"] = round(
-      rate[counts[-1]] / rate[counts[0]], 4)
+  N replicates stacked in one compiled program (seeds.num = N), in the
+  replicate form the loop picks and in each of `forms`."""
+  rate = benchmark_pair.replicate_rates(steps, repeats, counts, forms=forms,
+                                        spec=spec)
+  out = {f"{prefix}_{c}_steps_per_s": float(f"{r:.4g}")
+         for c, r in rate.items()}
+  n = counts[-1]
+  out[f"{prefix}_{n}_vs_{counts[0]}"] = round(rate[n] / rate[counts[0]], 4)
+  if {"unroll", "vmap"} <= set(forms):
+    out[f"{prefix}_{n}_unroll_vs_vmap"] = round(
+        rate[f"{n}_unroll"] / rate[f"{n}_vmap"], 4)
+  out[f"{prefix}_replicas"] = loop.replica_form()
   return out
 
 
@@ -569,7 +583,13 @@ def main(argv):
   result = {}
   for name in _MODELS.value:
     if name == "seeds":
-      result.update(_bench_seeds(_STEPS.value, _REPEATS.value))
+      result.update(_bench_seeds(_STEPS.value, _REPEATS.value,
+                                 forms=("unroll", "vmap")))
+    elif name == "resnet20_seeds":
+      result.update(_bench_seeds(
+          max(1, _STEPS.value // 40), _REPEATS.value, counts=(1, 2),
+          forms=("unroll", "vmap"), spec=benchmark_pair.RESNET20,
+          prefix="resnet20_seeds"))
     elif name == "stability":
       result.update(_bench_stability(_STEPS.value, _REPEATS.value,
                                      _EVAL_EXAMPLES.value))
@@ -587,7 +607,8 @@ def main(argv):
     elif name == "torch":
       result.update(_bench_torch(_STEPS.value, _REPEATS.value))
     elif name not in SETUPS:
-      known = list(SETUPS) + ["seeds", "stability", "stream", "torch",
+      known = list(SETUPS) + ["seeds", "resnet20_seeds", "stability",
+                              "stream", "torch",
                               "shrink", "crops", "rss", "rss_growth"]
       raise app.UsageError(f"--models: unknown model {name!r} (known: "
                            f"{known})")

@@ -1,10 +1,12 @@
 """Replicates trained in one program against single trainings, on one
 device or split across host devices (no flags: importable anywhere).
 
-`replicate_rates` times LeNet-300-100's masked train loop (batch 60,
-random MNIST-shaped inputs) with 1 and with several replicates stacked in
-one compiled program, in replicate-steps per second. On one device the
-replicates are vmapped; with `split=True` (and as many devices as the
+`replicate_rates` times a network's masked train loop (LeNet-300-100, batch
+60, random MNIST-shaped inputs; or `RESNET20`) with 1 and with several
+replicates stacked in one compiled program, in replicate-steps per second.
+On one device the replicates run as `lottery.loop.Loop` lays them out
+(`replica_form`: unrolled on the CPU, vmapped elsewhere), and `forms` times
+them in other forms beside it; with `split=True` (and as many devices as the
 largest count) they lie on a mesh's replicate axis (`lottery.parallel`),
 one per device.
 
@@ -39,20 +41,24 @@ from lottery import step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# LeNet-300-100 with OpenLTH's optimizer: (model, input shape, batch,
-# optimizer, learning rate).
+# (model, input shape, batch, optimizer, learning rate): LeNet-300-100 with
+# OpenLTH's optimizer, ResNet-20 with configs/resnet20_cifar10.py's.
 LENET = ("lenet_300_100", (28, 28, 1), 60, "adam", 1.2e-3)
+RESNET20 = ("resnet20", (32, 32, 3), 128, "sgd", 0.1)
 
 
 def replicate_rates(steps: int, repeats: int, counts=(1, 8),
-                    split: bool = False) -> dict:
+                    split: bool = False, forms=(), spec=LENET) -> dict:
   """Replicate-steps per second for each count of replicates (`counts`),
-  the variants alternating (`timing.median_times`): {count: rate}.
+  the variants alternating (`timing.median_times`): {count: rate}, and
+  {f"{count}_{form}": rate} for each count above 1 in each replicate form
+  of `forms` ('vmap', 'unroll': `lottery.loop.replica_form`; the form the
+  loop picks is timed once).
 
   With `split`, a count above 1 trains on a mesh with that many devices on
   its replicate axis (it needs `jax.device_count()` >= the count); a single
   replicate trains on the first device."""
-  model_name, shape, batch, opt, lr = LENET
+  model_name, shape, batch, opt, lr = spec
   t = config_lib.base_config().training
   t.update(optimizer=opt, learning_rate=lr)
   rng = np.random.default_rng(0)
@@ -60,45 +66,57 @@ def replicate_rates(steps: int, repeats: int, counts=(1, 8),
   x = rng.normal(size=(n,) + shape).astype(np.float32)
   y = rng.integers(0, 10, n).astype(np.int32)
   model = models.get(model_name, 10)
-  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1])["params"])
+  init = jax.jit(lambda k: model.init(rng_lib.flat(k), x[:1]))
   tx = optim.make_optimizer(t)
   apply_fn = step.flax_apply(model)
   train, evaluate = (step.make_train_step(apply_fn, tx),
                      step.make_eval_step(apply_fn))
-  form = loop.choose_form("auto", init(jax.random.key(0)))
+  form = loop.choose_form("auto", None)
   lrs = np.full(steps, lr, np.float32)
-  runs = {}
-  for c in counts:
+  runs, same = {}, {}
+  variants = list(counts) + [f"{c}_{f}" for c in counts if c > 1
+                             for f in forms]
+  for v in variants:
+    c, _, replicas = str(v).partition("_")
+    c = int(c)
     mesh = parallel.make_mesh(c, batch) if split and c > 1 else None
-    lp = loop.Loop(train, evaluate, form=form, mesh=mesh)
+    if replicas and replicas == loop.replica_form("auto", mesh):
+      same[v] = c  # The loop's own form: timed once.
+      continue
+    lp = loop.Loop(train, evaluate, form=form, mesh=mesh,
+                   replicas=replicas or "auto")
     data = loop.put_data(x, y, x[:100], y[:100], mesh=mesh)
     reps = []
     for i in range(c):
-      params = init(jax.random.key(i))
+      variables = dict(init(jax.random.key(i)))
+      params = variables.pop("params")
       mask = pruning.prune(masks.make_mask(params), scores.magnitude(params),
                            0.5)
-      reps.append(step.init_state(params, tx, mask=mask, seed=i))
+      reps.append(step.init_state(params, tx, mask=mask, seed=i,
+                                  model_state=variables or None))
     ix = [loop.batch_indices(n, batch, i, 0, steps) for i in range(c)]
     if c == 1:
-      runs[c] = [lp, data, reps[0], ix[0]]
+      runs[v] = [lp, data, reps[0], ix[0]]
       continue
     state = loop.stack_states(reps)
     if mesh is not None:  # Laid out as the loop returns it (as jobs do).
       state = parallel.put_tree(state, parallel.state_sharding(mesh, state,
                                                                True))
-    runs[c] = [lp, data, state, np.stack(ix, axis=1)]
+    runs[v] = [lp, data, state, np.stack(ix, axis=1)]
 
-  def timed(c):
-    lp, data, state, idx = runs[c]
+  def timed(v):
+    lp, data, state, idx = runs[v]
     start = time.perf_counter()
     state, losses = lp.run(state, data, idx, lrs)
     jax.block_until_ready(state)
-    assert np.all(np.isfinite(losses)), c
-    runs[c][2] = state
+    assert np.all(np.isfinite(losses)), v
+    runs[v][2] = state
     return time.perf_counter() - start
 
-  return {c: c * steps / t
-          for c, t in timing.median_times(timed, counts, repeats).items()}
+  times = timing.median_times(timed, list(runs), repeats)
+  times.update({v: times[c] for v, c in same.items()})
+  return {v: int(str(v).partition("_")[0]) * steps / times[v]
+          for v in variants}
 
 
 _CHILD = """

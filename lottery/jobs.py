@@ -268,8 +268,10 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
   The one job path of every method. `jobs` differ only in their arrays
   (mask, params, model state), data seed, coordinates and paths; they share
   start_step, stop, lr_fn and capture step. Several jobs run as one stacked
-  state in one compiled program (the step vmapped over the replicates, laid
-  over the experiment's mesh); one job runs unstacked. Finished groups are
+  state in one compiled program (`loop.Loop`: on the CPU the step once per
+  replicate, each job's arithmetic that of its single run; otherwise vmapped
+  over the replicates, laid over the experiment's mesh); one job runs
+  unstacked. Finished groups are
   loaded; the group in flight resumes from its mid-run checkpoint (keyed by
   its first job's path, and the number of jobs when there are several).
 

@@ -46,6 +46,7 @@ from lottery.errors import LotteryError
 from lottery.step import TrainState
 
 FORMS = ("auto", "scan", "unroll", "python")
+REPLICA_FORMS = ("auto", "vmap", "unroll")
 UNROLL = 10
 # A loss this many times its starting value (and above 1) has diverged.
 DIVERGED = 1e3
@@ -198,18 +199,30 @@ class Loop:
 
   Replicates: a state stacked over a leading replicate axis (see
   `stack_states`) with batch indices of shape (steps, replicates, batch) runs
-  all replicates in one compiled program (the step vmapped); the plain step
-  is used otherwise. With a `mesh` (`lottery.parallel`), the state, indices
-  and batches are laid out over its 'replicas' and 'data' axes.
+  all replicates in one compiled program; the plain step is used otherwise.
+  `replicas` says how (`replica_form`): 'vmap' vmaps the step (batched
+  operations: what fills an accelerator); 'unroll' writes the plain step once
+  per replicate, the programs taking and returning a tuple of plain states
+  and per-replicate outputs, split and stacked by programs of their own, so
+  that no replicate's arithmetic is fused with another's. 'auto' unrolls on
+  the CPU without a mesh: there each replicate computes exactly what its
+  single run computes (the same bits, in every loop form; vmapped, batched
+  dots sum in another order), the copies' independent operations can run
+  side by side, and no convolution becomes a grouped one (vmapped, a kernel
+  per replicate, which XLA:CPU runs about half as fast; docs/performance.md).
+  The program's size and compile time grow with the replicates. With a
+  `mesh` (`lottery.parallel`), the state, indices and batches are laid out
+  over its 'replicas' and 'data' axes (vmapped).
   """
 
   def __init__(self, step_fn: Callable, eval_fn: Callable, *,
-               form: str = "scan", mesh=None):
+               form: str = "scan", mesh=None, replicas: str = "auto"):
     if form not in FORMS or form == "auto":
       raise LotteryError(f"training.loop: must be one of {list(FORMS[1:])} "
                          f"once resolved (got {form!r})")
     self.form = form
     self.mesh = mesh
+    self.replicas = replica_form(replicas, mesh)
     unroll = UNROLL if form == "unroll" else 1
     # A step with a mask-update hook (`step.make_train_step`): its plain
     # form runs in the scans, its updating form alone at due steps.
@@ -220,6 +233,8 @@ class Loop:
       def vm(fn):
         if not replicated:
           return fn
+        if self.replicas == "unroll":
+          return _unrolled(fn)
         return jax.vmap(lambda s, b, lr: fn(s, b, lr),
                         in_axes=(STATE_AXES, 0, None),
                         out_axes=(STATE_AXES, 0))
@@ -246,21 +261,34 @@ class Loop:
       return jax.lax.with_sharding_constraint(
           s, parallel.state_sharding(mesh, s, replicated))
 
+    # Unrolled replicates: the programs take and return a tuple of plain
+    # states, and a tuple of each output's per-replicate values (stacked by
+    # separate programs, `_per_replicate`), so that nothing a replicate
+    # computes is fused with another's or with a stacking.
+    split = replicated and self.replicas == "unroll"
+
     def one(s, xb, yb, lr):
       s, m = body(s, lay_batch((xb, yb)), lr)
-      return s, m["loss"]
+      return s, (tuple(x["loss"] for x in m) if split else m["loss"])
 
     evaluate = eval_fn
-    if replicated:
+    if split:
+      evaluate = _unrolled_eval(eval_fn)
+    elif replicated:
       evaluate = jax.vmap(eval_fn, in_axes=(0, 0, None, None, None))
+
+    def evaluations(s, sets):
+      if split:
+        return tuple([eval_fn(r.params, r.model_state, *e) for e in sets]
+                     for r in s)
+      return [evaluate(s.params, s.model_state, *e) for e in sets]
 
     def evaluated(s, sets, do_eval):
       """`evaluate` of s on each set of `sets` if do_eval, else zeros."""
       # Traced once (the zeros take its output shapes), not once for the
       # shapes and again for the branch.
-      jaxpr, shapes = jax.make_jaxpr(
-          lambda: [evaluate(s.params, s.model_state, *e) for e in sets],
-          return_shape=True)()
+      jaxpr, shapes = jax.make_jaxpr(lambda: evaluations(s, sets),
+                                     return_shape=True)()
       leaves, tree = jax.tree.flatten(shapes)
       out = jax.lax.cond(
           do_eval, jax.extend.core.jaxpr_as_fun(jaxpr),
@@ -291,11 +319,15 @@ class Loop:
       return lay_state(s), loss
 
     jit = xla_options.jit
-    return {"scan_indexed": jit(scan_indexed, donate_argnums=0),
-            "scan_batches": jit(scan_batches, donate_argnums=0),
-            "one_indexed": jit(one_indexed, donate_argnums=0),
-            "one_batch": jit(one_batch, donate_argnums=0),
-            "evaluate": jit(evaluate)}
+    fns = {"scan_indexed": jit(scan_indexed, donate_argnums=0),
+           "scan_batches": jit(scan_batches, donate_argnums=0),
+           "one_indexed": jit(one_indexed, donate_argnums=0),
+           "one_batch": jit(one_batch, donate_argnums=0),
+           "evaluate": jit(evaluate)}
+    if split:
+      fns = {k: _per_replicate(fn, evaluates=k == "evaluate")
+             for k, fn in fns.items()}
+    return fns
 
   def _indices(self, idx: np.ndarray, replicated: bool,
                leading: int) -> jax.Array:
@@ -541,6 +573,76 @@ def _metrics(evaluations: list[dict], stacked: bool) -> dict:
 def is_stacked(state: TrainState) -> bool:
   """Whether `state` holds replicates: its rng has a leading replicate axis."""
   return jnp.ndim(state.rng) == 2
+
+
+def replica_form(replicas: str = "auto", mesh=None) -> str:
+  """How a stacked state's replicates run in one program: 'vmap' (the step
+  vmapped: batched operations) or 'unroll' (the step written once per
+  replicate, each on its own slice). 'auto': 'unroll' on the CPU without a
+  mesh, 'vmap' otherwise (see `Loop`)."""
+  if replicas not in REPLICA_FORMS:
+    raise LotteryError(f"Loop: replicas must be one of {list(REPLICA_FORMS)}"
+                       f" (got {replicas!r})")
+  if replicas != "auto":
+    return replicas
+  return ("unroll" if mesh is None and jax.default_backend() == "cpu"
+          else "vmap")
+
+
+@jax.jit
+def _split_state(state: TrainState) -> tuple[TrainState, ...]:
+  """A stacked state as a tuple of plain states (sharing its step)."""
+  n = jax.tree.leaves(state.params)[0].shape[0]
+  return tuple(unstack(state.replace(step=None), i).replace(step=state.step)
+               for i in range(n))
+
+
+@jax.jit
+def _split_tree(tree, like) -> tuple:
+  """Replicate by replicate, a stacked tree (`like`: one with leaves)."""
+  return tuple(unstack(tree, i)
+               for i in range(jax.tree.leaves(like)[0].shape[0]))
+
+
+@jax.jit
+def _stack_outputs(outs: tuple) -> Any:
+  """Per-replicate outputs stacked on a last axis: scalars -> (replicates,),
+  per-step losses (steps,) -> (steps, replicates)."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs, axis=-1), *outs)
+
+
+def _per_replicate(program: Callable, evaluates: bool) -> Callable:
+  """`program`, compiled over a tuple of plain states (or, `evaluates`, of
+  params and model states), called as the vmapped form is: with a stacked
+  state, returning it stacked and its other outputs stacked on a last
+  replicate axis. The splitting and stacking are programs of their own."""
+  if evaluates:
+    def call(params, model_state, *data):
+      return _stack_outputs(program(_split_tree(params, params),
+                                    _split_tree(model_state, params), *data))
+    return call
+
+  def call(state, *args):
+    s, *outs = program(_split_state(state), *args)
+    return (stack_states(list(s)), *[_stack_outputs(o) for o in outs])
+  return call
+
+
+def _unrolled(fn: Callable) -> Callable:
+  """fn(state, batch, lr) of each of a tuple of plain states with its slice
+  of the batch: (the tuple of new states, the tuple of their metrics)."""
+  def each(states, batch, lr):
+    outs = [fn(s, unstack(batch, i), lr) for i, s in enumerate(states)]
+    return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
+  return each
+
+
+def _unrolled_eval(eval_fn: Callable) -> Callable:
+  """eval_fn(params, model_state, *data) of each of a tuple of params and
+  model states: the tuple of their metrics."""
+  def each(params, model_states, *data):
+    return tuple(eval_fn(p, m, *data) for p, m in zip(params, model_states))
+  return each
 
 
 @jax.jit

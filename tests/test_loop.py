@@ -318,3 +318,67 @@ def test_weight_decay_on_decays_the_matched_parameters_only(optimizer):
                      r"patterns \('conv.\*',\) match no parameter "
                      r"\(parameters: fc/bias, fc/kernel\)$"):
     moved(("conv.*",))
+
+
+def _same(a, b) -> bool:
+  return all(np.array_equal(x, y)
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("name,shape,options", [
+    ("mlp_tiny", (6,), {}),
+    ("resnet", (8, 8, 3), {"depth": 8, "width": 4}),  # Convs, BatchNorm.
+])
+def test_unrolled_replicates_are_their_single_runs_bit_for_bit(name, shape,
+                                                               options):
+  # On the CPU 'auto' unrolls: each replicate of the stacked scan computes
+  # what its single run computes, state, losses and evaluation alike.
+  assert loop.replica_form() == "unroll"
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(48,) + shape).astype(np.float32)
+  y = rng.integers(0, 3, 48).astype(np.int32)
+  model = models.get(name, 3, **options)
+  t = config_lib.base_config().training
+  t.update(optimizer="sgd", learning_rate=0.05, momentum=0.9)
+  tx = optim.make_optimizer(t)
+  apply_fn = step.flax_apply(model)
+  lp = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn))
+  data = loop.put_data(x, y, x[:20], y[:20])
+  starts = []
+  for i in range(2):
+    variables = dict(model.init(jax.random.key(i), x[:1]))
+    params = variables.pop("params")
+    mask = pruning.prune(masks.make_mask(params), scores.magnitude(params),
+                         0.5)
+    starts.append((params, mask, variables))
+  fresh = lambda i: step.init_state(starts[i][0], tx, mask=starts[i][1],
+                                    model_state=starts[i][2], seed=i)
+  idx = [loop.batch_indices(48, 8, i, 0, 7) for i in range(2)]
+  lrs = np.full(7, 0.05, np.float32)
+  singles = [lp.run_and_evaluate(fresh(i), data, idx[i], lrs)
+             for i in range(2)]
+  state, losses, metrics = lp.run_and_evaluate(
+      loop.stack_states([fresh(0), fresh(1)]), data, np.stack(idx, 1), lrs)
+  for i, (s, l, m) in enumerate(singles):
+    assert _same(loop.unstack(state.replace(step=None), i),
+                 s.replace(step=None)), i
+    np.testing.assert_array_equal(losses[:, i], l)
+    assert {k: v[i] for k, v in metrics.items()} == m
+  if name != "mlp_tiny":
+    return
+  # Vmapped, the same replicates agree up to float reassociation only (its
+  # differences grow over the steps).
+  vm = loop.Loop(step.make_train_step(apply_fn, tx),
+                 step.make_eval_step(apply_fn), replicas="vmap")
+  v_state, _ = vm.run(loop.stack_states([fresh(0), fresh(1)]), data,
+                      np.stack(idx, 1), lrs)
+  for a, b in zip(jax.tree.leaves(v_state.params),
+                  jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-2, atol=2e-3)
+
+
+def test_replica_form_is_checked():
+  assert loop.replica_form("vmap") == "vmap"
+  with pytest.raises(LotteryError, match="replicas must be one of"):
+    loop.replica_form("pmap")

@@ -29,9 +29,9 @@ static 67.4, nm 66.6.
 Expected (the literature, at equal density): RigL >= SET >= static (Evci et
 al. 2020, Fig. 2 and 4), ERK >= uniform, and gradual magnitude pruning (which
 trains dense first) a strong baseline. Measured here (docs/results.md, 3
-replicates, test accuracy %): dense 65.3; RigL 76.9 / 71.5 (uniform 10% / 3%)
-and 69.5 / 73.7 (ERK); SET 74.9 / 56.9 and 70.7 / 73.2; static 67.9 / 46.2
-and 69.9 / 66.2; GMP 67.2 / 52.7 and 67.5 / 70.7.
+replicates, test accuracy %): dense 66.3; RigL 77.2 / 72.6 (uniform 10% / 3%)
+and 73.2 / 75.0 (ERK); SET 75.5 / 58.3 and 70.2 / 73.5; static 69.8 / 46.5
+and 71.8 / 67.8; GMP 66.9 / 53.5 and 66.3 / 70.5.
 """
 
 from lottery.config import base_config

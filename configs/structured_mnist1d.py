@@ -27,12 +27,12 @@ Commands (each 2-3 minutes on the loaded 2-core CPU):
       --workdir=...
   python -m experiments.imp --config=structured_mnist1d:quick --workdir=...
 
-Measured (docs/structured.md, seeds 0-2, mean +- std): dense 65.3 +- 0.2;
+Measured (docs/structured.md, seeds 0-2, mean +- std): dense 66.3 +- 0.8;
 at equal weight counts the unstructured tickets beat the structured ones in
-every round (at 19% of the weights 69.7 +- 1.9 against 64.0 +- 1.0; at 4.1%,
-84 units, 66.3 +- 1.1 against 60.8 +- 1.2, scratch 62.6 +- 0.7), while the
+every round (at 19% of the weights 69.0 +- 1.8 against 64.1 +- 1.4; at 4.1%,
+84 units, 71.0 +- 0.4 against 62.3 +- 0.7, scratch 60.9 +- 1.3), while the
 structured tickets shrink to networks with 24x fewer multiply-adds at 4.1%
-(at batch 256 on a loaded 2-core CPU: 2.3x faster at 43%, 8-9x from 8.6%).
+(at batch 256 on the 2-core CPU: 1.7x faster at 43%, 4.2-5.9x from 8.6%).
 """
 
 from configs import mnist1d

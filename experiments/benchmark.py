@@ -354,9 +354,10 @@ def _bench_torch(steps: int, repeats: int) -> dict:
 
 def _bench_seeds(steps: int, repeats: int, counts=(1, 8), forms=(),
                  spec=benchmark_pair.LENET, prefix="seeds") -> dict:
-  """Replicate-steps per second of LeNet-300-100 (batch 60, masked), with
-  N replicates stacked in one compiled program (seeds.num = N), in the
-  replicate form the loop picks and in each of `forms`."""
+  """Replicate-steps per second of a network (`spec`; default
+  LeNet-300-100, batch 60), masked, with N replicates stacked in one
+  compiled program (seeds.num = N), in the replicate form the loop picks and
+  in each of `forms`; keys start with `prefix`."""
   rate = benchmark_pair.replicate_rates(steps, repeats, counts, forms=forms,
                                         spec=spec)
   out = {f"{prefix}_{c}_steps_per_s": float(f"{r:.4g}")

@@ -105,7 +105,8 @@ class Experiment:
         loss_fn=step_lib.train_loss(self.config.training.label_smoothing),
         augment=self._augment, **step_options)
     loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(self.apply_fn),
-                         form=self.loop.form, mesh=self.loop.mesh)
+                         form=self.loop.form, mesh=self.loop.mesh,
+                         replicas=self.loop.replicas)
     return dataclasses.replace(self, loop=loop)
 
   def learning_rates(self, start: int, stop: int):

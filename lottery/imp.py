@@ -438,17 +438,21 @@ def _prune(config, exp: Experiment, score_fn, prev: list[tickets.Ticket],
             [_score_batch(config, exp, i, r) for i in range(len(prev))]])
   # A group criterion runs the model (taylor): compiled like every program
   # that does, so its scores are PaI's for the same network and batch; one
-  # program for every round at the same rates.
-  fn = one if len(prev) == 1 else jax.vmap(one)
+  # program for every round at the same rates. Where the loop unrolls the
+  # replicates (the CPU), it scores them one at a time, as their single runs
+  # do (vmapped, its gradients would sum in another order).
+  vmapped = len(prev) > 1 and (criterion is None or
+                               exp.loop.replicas == "vmap")
+  fn = jax.vmap(one) if vmapped else one
   if criterion is not None:
     programs = {} if programs is None else programs
-    key = (rate, tuple(sorted(layer_fractions.items())), len(prev) > 1)
+    key = (rate, tuple(sorted(layer_fractions.items())), vmapped)
     if key not in programs:
       programs[key] = xla_options.jit(fn)
     fn = programs[key]
-  if len(prev) == 1:
-    return [fn(prev[0].mask, prev[0].trained_params, keys[0],
-               *[e[0] for e in extra])]
+  if not vmapped:
+    return [fn(t.mask, t.trained_params, keys[i], *[e[i] for e in extra])
+            for i, t in enumerate(prev)]
   stack = lambda trees: jax.tree.map(lambda *xs: np.stack(xs), *trees)
   masks = jax.device_get(fn(stack([t.mask for t in prev]),
                             stack([t.trained_params for t in prev]),

@@ -583,6 +583,9 @@ def replica_form(replicas: str = "auto", mesh=None) -> str:
   if replicas not in REPLICA_FORMS:
     raise LotteryError(f"Loop: replicas must be one of {list(REPLICA_FORMS)}"
                        f" (got {replicas!r})")
+  if replicas == "unroll" and mesh is not None:
+    raise LotteryError("Loop: replicas='unroll' runs on one device; over a "
+                       "mesh the replicates are vmapped (replicas='vmap')")
   if replicas != "auto":
     return replicas
   return ("unroll" if mesh is None and jax.default_backend() == "cpu"

@@ -65,7 +65,10 @@ def test_replicate_is_the_single_run_of_its_seeds_bit_for_bit(three):
     ("pai", {"pai.methods": ("snip", "synflow"), "pai.densities": (0.2,),
              "pai.method_iterations": "synflow=3"}),
     ("sparse", {"sparse.densities": (0.25,), "sparse.update_every": 5,
-                "sparse.end_step": 15})])
+                "sparse.end_step": 15}),
+    # A group criterion that runs the model: scored a replicate at a time.
+    ("imp", {"pruning.structure": "neuron", "pruning.group_score": "taylor",
+             "pruning.rounds": 2, "pruning.fraction": 0.3})])
 def test_other_methods_replicate_is_their_single_run(method, fields,
                                                      npz_path, tmp_path):
   from conftest import tiny  # pylint: disable=g-import-not-at-top

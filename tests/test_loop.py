@@ -325,12 +325,15 @@ def _same(a, b) -> bool:
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-@pytest.mark.parametrize("name,shape,options", [
-    ("mlp_tiny", (6,), {}),
-    ("resnet", (8, 8, 3), {"depth": 8, "width": 4}),  # Convs, BatchNorm.
+@pytest.mark.parametrize("name,shape,options,form", [
+    ("mlp_tiny", (6,), {}, "scan"),
+    ("mlp_tiny", (6,), {}, "unroll"),
+    ("mlp_tiny", (6,), {}, "python"),
+    ("resnet", (8, 8, 3), {"depth": 8, "width": 4}, "scan"),  # BatchNorm.
+    ("resnet", (8, 8, 3), {"depth": 8, "width": 4}, "python"),
 ])
-def test_unrolled_replicates_are_their_single_runs_bit_for_bit(name, shape,
-                                                               options):
+def test_unrolled_replicates_are_their_single_runs_bit_for_bit(
+    name, shape, options, form):
   # On the CPU 'auto' unrolls: each replicate of the stacked scan computes
   # what its single run computes, state, losses and evaluation alike.
   assert loop.replica_form() == "unroll"
@@ -343,7 +346,7 @@ def test_unrolled_replicates_are_their_single_runs_bit_for_bit(name, shape,
   tx = optim.make_optimizer(t)
   apply_fn = step.flax_apply(model)
   lp = loop.Loop(step.make_train_step(apply_fn, tx),
-                 step.make_eval_step(apply_fn))
+                 step.make_eval_step(apply_fn), form=form)
   data = loop.put_data(x, y, x[:20], y[:20])
   starts = []
   for i in range(2):
@@ -365,7 +368,7 @@ def test_unrolled_replicates_are_their_single_runs_bit_for_bit(name, shape,
                  s.replace(step=None)), i
     np.testing.assert_array_equal(losses[:, i], l)
     assert {k: v[i] for k, v in metrics.items()} == m
-  if name != "mlp_tiny":
+  if name != "mlp_tiny" or form != "scan":
     return
   # Vmapped, the same replicates agree up to float reassociation only (its
   # differences grow over the steps).
@@ -382,3 +385,5 @@ def test_replica_form_is_checked():
   assert loop.replica_form("vmap") == "vmap"
   with pytest.raises(LotteryError, match="replicas must be one of"):
     loop.replica_form("pmap")
+  with pytest.raises(LotteryError, match="runs on one device"):
+    loop.replica_form("unroll", mesh=object())

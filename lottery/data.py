@@ -321,9 +321,22 @@ def tfds_source(name: str, split: str, data_dir: str | None):
     return _tfds_source_quietly(name, split, data_dir or None)
 
 
-def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
+def _tfds_builder(name: str, data_dir: str | None):
+  """`tfds.builder(name, data_dir=data_dir)`. For a dataset not prepared
+  there, TFDS makes a temporary directory for metadata it would fetch from
+  GCS (`DatasetInfo.initialize_from_bucket`; off, so it stays empty) and
+  never removes it: made inside one of ours, removed here."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir)
+  with tempfile.TemporaryDirectory(prefix="lottery_tfds_") as scratch:
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+      return tfds.builder(name, data_dir=data_dir)
+    finally:
+      tempfile.tempdir = saved
+
+
+def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
+  builder = _tfds_builder(name, data_dir)
   try:
     source = builder.as_data_source(split=split)
   except Exception as e:  # pylint: disable=broad-except
@@ -546,9 +559,8 @@ def fingerprint(data) -> str:
     from lottery import images  # pylint: disable=g-import-not-at-top
     return images.folder_fingerprint(data.path)
   if data.name in TFDS_NAMES:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     with quiet_logs(_NoVariantWarnings()):
-      builder = tfds.builder(data.name, data_dir=data.data_dir or None)
+      builder = _tfds_builder(data.name, data.data_dir or None)
       prepared = builder.is_prepared()
     if not prepared:
       # Loading decides (it refuses, unless a test mocks the data source).

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import tempfile
 import time
 import zipfile
 
@@ -82,9 +83,16 @@ def test_experiment_on_mock_tfds_end_to_end(tiny_config, tmp_path):
   assert dens["fc1/kernel"] == 0.5
 
 
-def test_tfds_not_prepared_is_a_clear_error(tmp_path):
+def test_tfds_not_prepared_is_a_clear_error(tmp_path, monkeypatch):
+  # And leaves nothing in the temporary directory (TFDS makes an empty one
+  # for metadata of an unprepared dataset; data.py removes it).
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))
   with pytest.raises(LotteryError) as e:
     data.from_tfds("mnist", str(tmp_path / "empty"))
+  assert not list(scratch.iterdir())
+  assert tempfile.tempdir == str(scratch)
   msg = str(e.value)
   assert msg.startswith("data.data_dir: TFDS dataset 'mnist' is not prepared")
   assert "--file_format=array_record" in msg

@@ -135,6 +135,10 @@ def base_config() -> ml_collections.ConfigDict:
       # How a chunk of steps runs: scan | unroll | python | auto (scan; see
       # lottery.loop).
       loop="auto",
+      # How seeds.num > 1 replicates share one program: vmap (the step
+      # vmapped) | unroll (the step once per replicate: each its single run
+      # bit for bit) | auto (unroll on the CPU with one device, else vmap).
+      replicas="auto",
   )
   # The blocks the methods register (lottery.imp: pruning, controls,
   # controls_every; lottery.pai: pai; lottery.sparse: sparse;
@@ -159,6 +163,7 @@ SEED_LIMIT = 2**31
 MAX_REPLICATES = 1024
 MAX_RATE = 1e3
 LOOPS = ("auto", "scan", "unroll", "python")
+REPLICAS = ("auto", "vmap", "unroll")
 _AUGMENTS_FALLBACK = ("none", "crop_flip")
 CROPS = ("none", "inception")
 MAX_IMAGE_SIZE = 4096
@@ -468,6 +473,7 @@ RULES: dict[str, _Rule] = {
     "training.eval_every": _count(1),
     "training.checkpoint_every": _count(0),
     "training.loop": _one_of(lambda: LOOPS),
+    "training.replicas": _one_of(lambda: REPLICAS),
 }
 
 
@@ -665,6 +671,7 @@ FIELD_HELP: dict[str, str] = {
     "training.eval_every": "steps between test-set evaluations",
     "training.checkpoint_every": "steps between resumable mid-run checkpoints",
     "training.loop": "how a chunk of steps runs (auto: scan)",
+    "training.replicas": "replicates in one program: vmap, unroll (each its single run's bits), auto",
 }
 
 

@@ -229,7 +229,7 @@ def build(config: ml_collections.ConfigDict, *,
       config.seeds.num if replicates is None else replicates, t.batch_size)
   loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
                        form=loop_lib.choose_form(t.loop, init_params),
-                       mesh=mesh)
+                       mesh=mesh, replicas=t.replicas)
   if records is not None:
     data = loop_lib.stream_data(records["train"], records["test"],
                                 records.get("val"))
@@ -312,9 +312,14 @@ def start_lines(exp: Experiment, progress, build_s: float) -> None:
   if c.seeds.num > 1:
     progress.info(f"replicates: {c.seeds.num} (seeds init {c.seeds.init}.., "
                   f"data {c.seeds.data}.., control {c.seeds.control}..), one "
-                  f"compiled program")
+                  f"compiled program ({_REPLICAS[exp.loop.replicas]})")
   if exp.loop.mesh is not None:
       progress.info(f"mesh: {parallel.describe(exp.loop.mesh)}")
+
+
+# The start-up line's words for each replica form (loop.replica_form).
+_REPLICAS = {"unroll": "the step once per replicate: each its single run",
+             "vmap": "the step vmapped"}
 
 
 def _fits_on_device(nbytes: int) -> bool:

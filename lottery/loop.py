@@ -46,7 +46,7 @@ from lottery.errors import LotteryError
 from lottery.step import TrainState
 
 FORMS = ("auto", "scan", "unroll", "python")
-REPLICA_FORMS = ("auto", "vmap", "unroll")
+REPLICA_FORMS = ("auto", "vmap", "unroll")  # config.REPLICAS
 UNROLL = 10
 # A loss this many times its starting value (and above 1) has diverged.
 DIVERGED = 1e3
@@ -581,11 +581,12 @@ def replica_form(replicas: str = "auto", mesh=None) -> str:
   replicate, each on its own slice). 'auto': 'unroll' on the CPU without a
   mesh, 'vmap' otherwise (see `Loop`)."""
   if replicas not in REPLICA_FORMS:
-    raise LotteryError(f"Loop: replicas must be one of {list(REPLICA_FORMS)}"
-                       f" (got {replicas!r})")
+    raise LotteryError(f"training.replicas: must be one of "
+                       f"{list(REPLICA_FORMS)} (got {replicas!r})")
   if replicas == "unroll" and mesh is not None:
-    raise LotteryError("Loop: replicas='unroll' runs on one device; over a "
-                       "mesh the replicates are vmapped (replicas='vmap')")
+    raise LotteryError("training.replicas: 'unroll' runs on one device; over "
+                       "several the replicates are vmapped (use 'vmap' or "
+                       "'auto')")
   if replicas != "auto":
     return replicas
   return ("unroll" if mesh is None and jax.default_backend() == "cpu"

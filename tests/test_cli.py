@@ -155,7 +155,7 @@ def test_cli_names_the_fields_of_a_block(tmp_path):
           "learning_rate, momentum, nesterov, weight_decay, weight_decay_on, "
           "schedule, "
           "lr_boundaries, lr_decay, warmup_steps, label_smoothing, "
-          "eval_every, checkpoint_every, loop); set one, e.g. "
+          "eval_every, checkpoint_every, loop, replicas); set one, e.g. "
           "--config.training.steps=5")
   # A leaf field keeps its message.
   assert cli.flag_error_message(

@@ -313,11 +313,12 @@ def test_added_fields_have_rules_before_the_schema_has_them():
   # The lead adds these to base_config(); their rules are ready.
   rules = config_lib.RULES
   values = {"data.augment": "none", "model.depth": 0, "model.width": 0,
-            "training.loop": "scan"}
+            "training.loop": "scan", "training.replicas": "vmap"}
   for name, ok in values.items():
     rules[name](name, ok, {})
   for name, bad in [("data.augment", "mixup"), ("model.depth", -1),
-                    ("model.width", 2.0), ("training.loop", "vmap")]:
+                    ("model.width", 2.0), ("training.loop", "vmap"),
+                    ("training.replicas", "pmap")]:
     with pytest.raises(lottery.LotteryError, match=f"^{name}: "):
       rules[name](name, bad, {})
 

@@ -90,6 +90,13 @@ def test_other_methods_replicate_is_their_single_run(method, fields,
                                              tb.trained_params)
 
 
+def test_training_replicas_picks_the_loop_form(npz_path):
+  from conftest import tiny  # pylint: disable=g-import-not-at-top
+  forms = [lottery.build(tiny(npz_path, **{"training.replicas": r})).loop
+           .replicas for r in ("auto", "vmap", "unroll")]
+  assert forms == ["unroll", "vmap", "unroll"]  # One CPU device: 'auto'.
+
+
 def test_summary_has_mean_std_and_per_replicate_records(three):
   run, _, lines = three
   rounds = lottery.summary(run)["rounds"]

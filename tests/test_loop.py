@@ -383,7 +383,7 @@ def test_unrolled_replicates_are_their_single_runs_bit_for_bit(
 
 def test_replica_form_is_checked():
   assert loop.replica_form("vmap") == "vmap"
-  with pytest.raises(LotteryError, match="replicas must be one of"):
+  with pytest.raises(LotteryError, match="training.replicas: must be one of"):
     loop.replica_form("pmap")
   with pytest.raises(LotteryError, match="runs on one device"):
     loop.replica_form("unroll", mesh=object())

@@ -104,6 +104,7 @@ def field_choices() -> dict[str, tuple[str, ...]]:
       "controls": tuple(controls_lib.names()),
       "data.augment": tuple(augment.names()),
       "training.loop": tuple(loop.FORMS),
+      "training.replicas": tuple(loop.REPLICA_FORMS),
   }
 
 

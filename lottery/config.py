@@ -671,7 +671,7 @@ FIELD_HELP: dict[str, str] = {
     "training.eval_every": "steps between test-set evaluations",
     "training.checkpoint_every": "steps between resumable mid-run checkpoints",
     "training.loop": "how a chunk of steps runs (auto: scan)",
-    "training.replicas": "replicates in one program: vmap, unroll (each its single run's bits), auto",
+    "training.replicas": "how replicates share one program (unroll: each its single run's bits; auto: unroll on one CPU)",
 }
 
 

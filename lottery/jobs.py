@@ -113,9 +113,11 @@ class MidRun:
                            else min_interval_s)
     self._last = time.monotonic()
 
-  def save(self, job: str, state, history, captured) -> None:
+  def save(self, job: str, state, history, captured) -> int | None:
+    """Saves the job's checkpoint unless one was saved less than
+    `min_interval_s` ago: the step saved, or None."""
     if time.monotonic() - self._last < self.min_interval_s:
-      return
+      return None
     step = int(state.step)
     name = f"{job.replace('/', '_')}_step{step:08d}"
     path = os.path.join(self.root, name)
@@ -129,6 +131,7 @@ class MidRun:
     if old and old["dir"] != name:
       checkpoint.remove(os.path.join(self.root, old["dir"]))
     self._last = time.monotonic()
+    return step
 
   def load(self, job: str, template) -> tuple[Any, list, dict] | None:
     meta = self._read()
@@ -324,6 +327,11 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
   replica_history = ((lambda hs, i: _replicate_history(hs, i)) if stacked
                      else (lambda hs, i: hs))
 
+  def on_checkpoint(s, h, c):
+    saved = midrun.save(key, parallel.to_host(s), h, c)
+    if saved is not None and progress is not None:
+      progress.job_saved(saved)
+
   def on_eval(h):
     for i, writer in enumerate(writers):
       _write_eval(writer, replica_history([h], i)[0])
@@ -342,8 +350,7 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
         data_seed=[j.data_seed for j in jobs] if stacked else first.data_seed,
         eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         capture=capture, history=history, captured=captured,
-        on_checkpoint=lambda s, h, c: midrun.save(key, parallel.to_host(s),
-                                                  h, c),
+        on_checkpoint=on_checkpoint,
         on_chunk=progress.job_step if progress is not None else None,
         on_eval=on_eval)
   finally:

@@ -825,7 +825,10 @@ def train(loop: Loop, state: TrainState, data: Data, *,
       if b in capture:
         captured[b] = grab(state)
       if evaluate:
-        mean = losses.mean(axis=0)
+        # Each replicate's mean over its own contiguous losses: numpy sums a
+        # strided column in another order than the single run's 1-D array.
+        mean = (np.ascontiguousarray(losses.T).mean(axis=1) if stacked
+                else losses.mean())
         history.append({"step": b, "train_loss": mean.tolist() if stacked
                         else float(mean), **ev})
         if on_eval:

@@ -75,7 +75,7 @@ class Progress:
     self._steady_times: list[float] = []
     self._rate = math.nan  # Steady steps/s of the last job that had one.
     self._name: str | None = None
-    self._start = self._stop = self._step = 0
+    self._start = self._stop = self._step = self._saved = 0
     self._t_job = self._t_step = 0.0
     self._first: tuple[int, float] | None = None  # (step, time) of 1st chunk.
     self._running = False
@@ -100,6 +100,7 @@ class Progress:
   def job_start(self, name: str, start: int, stop: int) -> None:
     """A training run `name` starts (or resumes) at step `start` of [0, stop)."""
     self._name, self._start, self._stop, self._step = name, start, stop, start
+    self._saved = start
     self._t_job = self.clock()
     self._first = None
     self._running = True
@@ -117,8 +118,13 @@ class Progress:
       self._last_draw = now
       self._write(self.stream, self.status(now) + "\n")
 
+  def job_saved(self, step: int) -> None:
+    """The run in flight has a mid-run checkpoint at `step`."""
+    self._saved = step
+
   def job_end(self) -> None:
     """The run in flight has finished."""
+    self._saved = self._step
     took = self.clock() - self._t_job
     self._job_times.append(took)
     rate = self._steady_rate(self._t_step)
@@ -137,9 +143,13 @@ class Progress:
 
   def where(self) -> str:
     """The position, e.g. 'round 3 ticket step 120' ('start-up' before any
-    training run)."""
+    training run), and where a rerun resumes that run when it is not there:
+    'round 3 ticket step 450 (a rerun resumes it from step 200)'."""
     if self._name is None:
       return "start-up"
+    if self._saved < self._step:
+      return (f"{self._name} step {self._step} (a rerun resumes it from step "
+              f"{self._saved})")
     return f"{self._name} step {self._step}"
 
   def close(self) -> None:

@@ -339,8 +339,9 @@ def test_signal_prints_position_then_rerun_finishes(npz_path, tmp_path,
   assert proc.returncode == code, stderr
   assert "Traceback" not in stderr
   last = stderr.strip().splitlines()[-1]
-  assert re.fullmatch(r"interrupted at round \d ticket step \d+; rerun the "
-                      r"same command to resume", last), last
+  assert re.fullmatch(r"interrupted at round \d ticket step \d+( \(a rerun "
+                      r"resumes it from step \d+\))?; rerun the same command "
+                      r"to resume", last), last
   assert not (wd / "summary.json").exists() or not lottery.summary(wd)[
       "finished"]
   res = subprocess.run(_tiny_run(wd, npz_path), cwd=ROOT, env=ENV,
@@ -384,7 +385,8 @@ def test_progress_plain_lines_are_throttled():
   for reached in (20, 30, 40, 50):  # 4 chunks of 10 steps, 1 s each.
     clock.t += 1.0
     p.job_step(reached)
-  assert p.where() == "round 1 ticket step 50"
+  assert p.where() == ("round 1 ticket step 50 (a rerun resumes it from "
+                       "step 0)")
   clock.t += 6.0  # 10 s after the first line: the second one.
   p.job_step(60)
   # First line: only the first chunk, which compiled: rate and ETAs unknown.
@@ -452,6 +454,11 @@ def test_null_progress_prints_nothing_but_tracks_position(capsys):
   p.job_start("round 2 random_prune", 5, 50)
   p.job_step(25)
   p.line("round 2")
+  assert p.where() == ("round 2 random_prune step 25 (a rerun resumes it "
+                       "from step 5)")
+  p.job_saved(20)
+  assert p.where().endswith("(a rerun resumes it from step 20)")
+  p.job_saved(25)  # Saved where it is.
   assert p.where() == "round 2 random_prune step 25"
   p.job_end()
   assert capsys.readouterr() == ("", "")

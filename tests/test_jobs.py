@@ -62,8 +62,10 @@ def test_replicate_is_the_single_run_of_its_seeds_bit_for_bit(three):
 
 
 @pytest.mark.parametrize("method,fields", [
+    # One 20-step chunk per evaluation: its train_loss is a mean of 20.
     ("pai", {"pai.methods": ("snip", "synflow"), "pai.densities": (0.2,),
-             "pai.method_iterations": "synflow=3"}),
+             "pai.method_iterations": "synflow=3",
+             "training.eval_every": 20}),
     ("sparse", {"sparse.densities": (0.25,), "sparse.update_every": 5,
                 "sparse.end_step": 15}),
     # A group criterion that runs the model: scored a replicate at a time.

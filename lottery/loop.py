@@ -40,13 +40,14 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
+from lottery import config as config_lib
 from lottery import parallel
 from lottery import xla_options
 from lottery.errors import LotteryError
 from lottery.step import TrainState
 
-FORMS = ("auto", "scan", "unroll", "python")
-REPLICA_FORMS = ("auto", "vmap", "unroll")  # config.REPLICAS
+FORMS = config_lib.LOOPS
+REPLICA_FORMS = config_lib.REPLICAS
 UNROLL = 10
 # A loss this many times its starting value (and above 1) has diverged.
 DIVERGED = 1e3
@@ -594,18 +595,17 @@ def replica_form(replicas: str = "auto", mesh=None) -> str:
 
 
 @jax.jit
-def _split_state(state: TrainState) -> tuple[TrainState, ...]:
-  """A stacked state as a tuple of plain states (sharing its step)."""
-  n = jax.tree.leaves(state.params)[0].shape[0]
-  return tuple(unstack(state.replace(step=None), i).replace(step=state.step)
-               for i in range(n))
-
-
-@jax.jit
 def _split_tree(tree, like) -> tuple:
   """Replicate by replicate, a stacked tree (`like`: one with leaves)."""
   return tuple(unstack(tree, i)
                for i in range(jax.tree.leaves(like)[0].shape[0]))
+
+
+@jax.jit
+def _split_state(state: TrainState) -> tuple[TrainState, ...]:
+  """A stacked state as a tuple of plain states (sharing its step)."""
+  return tuple(s.replace(step=state.step) for s in
+               _split_tree(state.replace(step=None), state.params))
 
 
 @jax.jit

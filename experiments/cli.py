@@ -589,6 +589,7 @@ def launch(doc: str, default_config: str,
   def validate(config):
     full, _, m = lottery.driver.resolve(config, method)
     m.check(full)
+    lottery.experiment.make_mesh(full, m.stacked(full))
 
   try:
     main(run, doc=doc, default_config=default_config, method=method,

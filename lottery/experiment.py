@@ -225,8 +225,7 @@ def build(config: ml_collections.ConfigDict, *,
                                      augment=augment,
                                      mask_update=mask_update,
                                      update_every=update_every)
-  mesh = parallel.make_mesh(
-      config.seeds.num if replicates is None else replicates, t.batch_size)
+  mesh = make_mesh(config, replicates)
   loop = loop_lib.Loop(step_fn, step_lib.make_eval_step(apply_fn),
                        form=loop_lib.choose_form(t.loop, init_params),
                        mesh=mesh, replicas=t.replicas)
@@ -286,6 +285,22 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   with workdir_lib.claim(workdir, saved, extra=facts) as held, \
       checkpoint.background_writes():
     yield exp, held.path
+
+
+def make_mesh(config: ml_collections.ConfigDict,
+              replicates: int | None = None):
+  """The mesh `build` lays the run out on (`parallel.make_mesh`: None on
+  one device), after checking that training.replicas can run on it; without
+  building anything, so that --dry_run checks the devices too.
+
+  Raises:
+    LotteryError: naming training.batch_size or training.replicas.
+  """
+  t = config.training
+  mesh = parallel.make_mesh(
+      config.seeds.num if replicates is None else replicates, t.batch_size)
+  loop_lib.replica_form(t.replicas, mesh)
+  return mesh
 
 
 def start_lines(exp: Experiment, progress, build_s: float) -> None:

@@ -627,9 +627,19 @@ def _per_replicate(program: Callable, evaluates: bool) -> Callable:
     return call
 
   def call(state, *args):
-    s, *outs = program(_split_state(state), *args)
+    states = _split_state(state)
+    # Donated, as the vmapped form's state is: freed once split, so that
+    # the stacked and split states are not held together through the call.
+    _delete(state)
+    s, *outs = program(states, *args)
     return (stack_states(list(s)), *[_stack_outputs(o) for o in outs])
   return call
+
+
+def _delete(tree) -> None:
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, jax.Array):
+      leaf.delete()
 
 
 def _unrolled(fn: Callable) -> Callable:

@@ -32,10 +32,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
 
 
-def _cli(*args, cwd=ROOT, module="experiments.imp", timeout=120):
+def _cli(*args, cwd=ROOT, module="experiments.imp", timeout=120, env=None):
   return subprocess.run([sys.executable, "-m", module, *args],
-                        cwd=cwd, env=ENV, capture_output=True, text=True,
-                        timeout=timeout)
+                        cwd=cwd, env={**ENV, **(env or {})},
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def _one_error_line(res):
@@ -197,6 +197,21 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
              cwd=tmp_path)
   assert _one_error_line(res) == (
       "error: pruning.fraction: must be in (0, 1) (got 2.0)")
+
+
+def test_dry_run_checks_the_devices(tmp_path):
+  # With two devices the replicates are laid out on a mesh, where they cannot
+  # be unrolled: the dry run refuses it as the run would, writing nothing.
+  two = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  args = ("--config=mnist1d:quick", f"--workdir={tmp_path / 'wd'}",
+          "--dry_run", "--config.seeds.num=2")
+  assert _one_error_line(_cli(*args, "--config.training.replicas=unroll",
+                              env=two)) == (
+      "error: training.replicas: 'unroll' runs on one device; over several "
+      "the replicates are vmapped (use 'vmap' or 'auto')")
+  assert _cli(*args, "--config.training.replicas=unroll").returncode == 0
+  assert _cli(*args, env=two).returncode == 0
+  assert not (tmp_path / "wd").exists()
 
 
 def test_dry_run_names_a_finished_run(tmp_path):

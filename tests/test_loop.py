@@ -361,8 +361,11 @@ def test_unrolled_replicates_are_their_single_runs_bit_for_bit(
   lrs = np.full(7, 0.05, np.float32)
   singles = [lp.run_and_evaluate(fresh(i), data, idx[i], lrs)
              for i in range(2)]
-  state, losses, metrics = lp.run_and_evaluate(
-      loop.stack_states([fresh(0), fresh(1)]), data, np.stack(idx, 1), lrs)
+  stacked = loop.stack_states([fresh(0), fresh(1)])
+  state, losses, metrics = lp.run_and_evaluate(stacked, data,
+                                               np.stack(idx, 1), lrs)
+  # The stacked state is donated, as in the vmapped form: freed once split.
+  assert all(a.is_deleted() for a in jax.tree.leaves(stacked))
   for i, (s, l, m) in enumerate(singles):
     assert _same(loop.unstack(state.replace(step=None), i),
                  s.replace(step=None)), i

@@ -400,7 +400,7 @@ def _save(path: pathlib.Path, tree: Any) -> None:
       with quiet_logs(_NoOrbaxErrors()), _ORBAX_LOCK:
         _IN_SAVE += 1
         try:
-          _checkpointer().save(os.fspath(path), tree)
+          _checkpointer().save(os.path.abspath(path), tree)  # orbax: absolute
         finally:
           _IN_SAVE -= 1
       body = json.dumps({"arrays": _array_digests(tree),
@@ -512,13 +512,13 @@ def restore(path: str | os.PathLike) -> Any:
         raise _damaged(path, f"{name} differs from its checksum")
     try:
       with _ORBAX_LOCK:
-        ck = _checkpointer()
-        meta = ck.metadata(os.fspath(path))
+        ck, where = _checkpointer(), os.path.abspath(path)  # orbax: absolute
+        meta = ck.metadata(where)
         meta = getattr(meta, "item_metadata", meta)
         meta = getattr(meta, "tree", meta)
         restore_args = _orbax().RestoreArgs(restore_type=np.ndarray)
         args = jax.tree.map(lambda _: restore_args, meta)
-        tree = ck.restore(os.fspath(path), restore_args=args)
+        tree = ck.restore(where, restore_args=args)
     except Exception as e:  # pylint: disable=broad-except
       raise _damaged(path, f"orbax cannot read it: {type(e).__name__}: {e}"
                      ) from None

@@ -627,6 +627,22 @@ def test_more_rounds_extend_a_run_fewer_are_refused(tiny_config, tmp_path):
     workdir.check(wd, lottery.driver.resolve(other)[1])
 
 
+def test_a_relative_workdir_runs_resumes_and_loads(tiny_config, tmp_path,
+                                                   monkeypatch):
+  # Orbax takes absolute paths only: a relative workdir is made absolute for
+  # it, and messages keep the user's spelling.
+  cfg = tiny_config(**{"pruning.rounds": 1, "controls": ()})
+  lottery.run(cfg, tmp_path / "ref", log=quiet)
+  monkeypatch.chdir(tmp_path)
+  first = lottery.run(cfg, "run", log=quiet)
+  assert lottery.run(cfg, "run", log=quiet) == first  # Resumed: all loaded.
+  a, b = (lottery.load_ticket(d, 1) for d in (tmp_path / "ref", "run"))
+  assert _bits(a.trained_params) == _bits(b.trained_params)
+  checkpoint.save("arrays", {"w": np.arange(3.0)})
+  np.testing.assert_array_equal(checkpoint.restore("arrays")["w"],
+                                np.arange(3.0))
+
+
 # --- Writes on the writer thread ----------------------------------------------
 
 def test_background_writes_keep_their_order_and_reads_wait(tmp_path,

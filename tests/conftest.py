@@ -131,10 +131,12 @@ def run_on_devices(script: str, *args: str, devices: int) -> dict:
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def execute_notebook(name: str, workdir, monkeypatch, tmp_path) -> str:
+def execute_notebook(name: str, workdir, monkeypatch, tmp_path,
+                     images: int = 0) -> str:
   """Runs notebooks/<name> on `workdir` (in `tmp_path`); returns what it
   printed. Fails on an error output or a traceback in the text (nbclient
-  raises CellExecutionError on an error)."""
+  raises CellExecutionError on an error), on a figure shown as text, and
+  with fewer than `images` figures drawn."""
   import nbformat  # pylint: disable=g-import-not-at-top
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
@@ -149,6 +151,13 @@ def execute_notebook(name: str, workdir, monkeypatch, tmp_path) -> str:
   assert all(o["output_type"] != "error" for o in outputs)
   text = "".join(o.get("text", "") for o in outputs)
   assert "Traceback" not in text
+  # Every figure it displays is drawn: an image, not matplotlib's
+  # '<Figure size ...>' text (what a kernel shows of a figure built without
+  # pyplot when the inline display is off).
+  shown = [o["data"] for o in outputs if "data" in o]
+  assert not [d for d in shown if "image/png" not in d and
+              d.get("text/plain", "").startswith("<Figure")], shown
+  assert sum("image/png" in d for d in shown) >= images
   return text
 
 

@@ -23,8 +23,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def _execute(workdir, monkeypatch, tmp_path) -> str:
-  return execute_notebook("tickets.ipynb", workdir, monkeypatch, tmp_path)
+def _execute(workdir, monkeypatch, tmp_path, images=0) -> str:
+  return execute_notebook("tickets.ipynb", workdir, monkeypatch, tmp_path,
+                          images)
 
 
 def _tables(workdir) -> dict:
@@ -70,7 +71,9 @@ def finished_run(npz_path, tmp_path_factory):
 
 def test_finished_run_with_controls_and_validation(finished_run, monkeypatch,
                                                     tmp_path):
-  text = _execute(finished_run, monkeypatch, tmp_path)
+  # Its five figures, drawn inline: accuracy against density, per-layer
+  # densities, mask overlap, learning curves, early stopping.
+  text = _execute(finished_run, monkeypatch, tmp_path, images=5)
   assert f"3 of 3 rounds finished in {finished_run} (run finished)" in text
   assert "replicates: 1; validation split: 32 examples" in text
   records = lottery.records(finished_run)

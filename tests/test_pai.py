@@ -167,8 +167,9 @@ def test_cli_refuses_bad_input_in_one_line(flag, start, tmp_path, npz_path):
 @pytest.mark.slow
 def test_notebook_runs_on_the_finished_run(finished, monkeypatch, tmp_path):
   wd, summary, _ = finished
-  execute_notebook("pruning_at_init.ipynb", wd, monkeypatch, tmp_path)
-  tables = json.loads((wd / "analysis" / "pai_tables.json").read_text())
+  execute_notebook("pruning_at_init.ipynb", wd, monkeypatch, tmp_path,
+                   images=2)
+  tables = json.loads((wd / "analysis" / "tables.json").read_text())
   want = analysis.table(lottery.records(wd), "test_accuracy",
                         by=("method", "check", "target_density"))
   assert tables["test_accuracy"] == want

@@ -226,7 +226,8 @@ def test_bad_input_refused_in_one_line(tmp_path):
 def test_notebook_on_the_run(sparse_run, monkeypatch, tmp_path):
   import json  # pylint: disable=g-import-not-at-top
   _, wd, summary, _ = sparse_run
-  text = execute_notebook("sparse_training.ipynb", wd, monkeypatch, tmp_path)
+  text = execute_notebook("sparse_training.ipynb", wd, monkeypatch, tmp_path,
+                          images=2)
   assert f"10 runs finished in {wd} (run finished); replicates: 2" in text
   tables = json.loads((wd / "analysis" / "tables.json").read_text())
   runs = summary["runs"]

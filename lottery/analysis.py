@@ -27,6 +27,7 @@ import numpy as np
 from lottery import checkpoint
 from lottery import masks as masks_lib
 from lottery import tickets
+from lottery.errors import LotteryError
 
 Record = Mapping[str, Any]
 
@@ -89,6 +90,8 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
     appearance; 'density' is the mean density of the group; groups none of
     whose records has `metric` are left out.
   """
+  records = list(records)
+  _check_replicate_runs(records)
   groups: dict[tuple, list[dict]] = {}
   for r in replicates(records):
     if metric in r and all(k in r for k in by):
@@ -100,6 +103,40 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
                  "density": mean_std([r["density"] for r in group])[0],
                  "n": len(group), "mean": mean, "std": std})
   return rows
+
+
+def _check_replicate_runs(records: list[Record]) -> None:
+  """Records of several workdirs are replicates only of runs whose configs
+  differ in their seeds alone, and in them.
+
+  Raises:
+    LotteryError: naming the two workdirs and what differs.
+  """
+  from lottery import runs  # pylint: disable=g-import-not-at-top
+  from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdirs = list(dict.fromkeys(r["workdir"] for r in records
+                                if "workdir" in r))
+  seen: dict[str, tuple[dict, Any]] = {}
+  for where in workdirs if len(workdirs) > 1 else ():
+    config = workdir_lib.flatten(runs.load_config(where).to_dict())
+    seeds = {k: config.pop(k) for k in list(config) if k.startswith("seeds.")}
+    config.pop("training.replicas", None)  # How replicates run, not what.
+    for other, (other_config, other_seeds) in seen.items():
+      if config != other_config:
+        changes = "; ".join(
+            f"{k}: {other_config.get(k, '<absent>')!r} -> "
+            f"{config.get(k, '<absent>')!r}"
+            for k in sorted(set(config) | set(other_config))
+            if config.get(k) != other_config.get(k))
+        raise LotteryError(
+            f"records: the runs in {other!r} and {where!r} differ in more "
+            f"than their seeds ({changes}): they are not replicates; table "
+            f"them one by one")
+      if seeds == other_seeds:
+        raise LotteryError(
+            f"records: the runs in {other!r} and {where!r} have the same "
+            f"seeds ({seeds}): the same run twice, not replicates")
+    seen[where] = (config, seeds)
 
 
 def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:
@@ -132,22 +169,46 @@ def layer_table(workdir: str | os.PathLike, records: Iterable[Record], *,
   return rows
 
 
-def _kept(mask) -> list[np.ndarray]:
-  return [np.asarray(m, bool).ravel()
-          for m in masks_lib.named_leaves(mask).values() if m is not None]
+def _kept(a, b) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Two masks' leaves, paired by parameter path, over the parameters both
+  prune (a None leaf is not prunable: masks of methods with other
+  `pruning.prunable` fields compare on the weights they share).
+
+  Raises:
+    LotteryError: for masks of other parameter paths or shapes.
+  """
+  fa, fb = masks_lib.named_leaves(a), masks_lib.named_leaves(b)
+  if set(fa) != set(fb):
+    raise LotteryError(
+        f"mask: the two masks are of different parameters (only in the "
+        f"first: {sorted(set(fa) - set(fb))}; only in the second: "
+        f"{sorted(set(fb) - set(fa))})")
+  la, lb = [], []
+  for k, x in fa.items():
+    y = fb[k]
+    if x is None or y is None:
+      continue
+    if np.shape(x) != np.shape(y):
+      raise LotteryError(f"mask: {k} has shape {np.shape(x)} in the first "
+                         f"mask and {np.shape(y)} in the second")
+    la.append(np.asarray(x, bool).ravel())
+    lb.append(np.asarray(y, bool).ravel())
+  return la, lb
 
 
 def overlap(a: Any, b: Any) -> float:
-  """Fraction of the weights `a` keeps that `b` keeps too (masks of the same
-  structure); 1.0 when `a`'s kept weights are a subset of `b`'s."""
-  la, lb = _kept(a), _kept(b)
+  """Fraction of the weights `a` keeps that `b` keeps too, over the
+  parameters both masks prune (leaves paired by path); 1.0 when `a`'s kept
+  weights are a subset of `b`'s."""
+  la, lb = _kept(a, b)
   kept = sum(int(x.sum()) for x in la)
   return sum(int((x & y).sum()) for x, y in zip(la, lb)) / kept
 
 
 def jaccard(a: Any, b: Any) -> float:
-  """|a and b| / |a or b| over the prunable weights of two masks."""
-  la, lb = _kept(a), _kept(b)
+  """|a and b| / |a or b| over the parameters both masks prune (leaves
+  paired by path)."""
+  la, lb = _kept(a, b)
   both = sum(int((x & y).sum()) for x, y in zip(la, lb))
   either = sum(int((x | y).sum()) for x, y in zip(la, lb))
   return both / either

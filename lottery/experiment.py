@@ -145,12 +145,15 @@ def build(config: ml_collections.ConfigDict, *,
   """Validates `config`, loads the data and builds model, optimizer, loop.
 
   Args:
-    config: a config from `lottery.base_config()` or configs/.
+    config: a config from `lottery.base_config()` or configs/, or a run's
+      (`lottery.load_config(workdir)`: the fields it lacks take their
+      defaults, `config.complete`).
     mask_update, update_every: an optional mask-update hook compiled into
       the train step (sparse training; see `step.make_train_step`).
     replicates: the replicates the mesh's replicate axis is sized for
       (`parallel.make_mesh`; default seeds.num; a method's `Method.stacked`).
   """
+  config = config_lib.complete(config)
   config_lib.validate(config)
   records = None
   # Whether `ds` holds the whole dataset, or one example of each split.

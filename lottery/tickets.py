@@ -323,10 +323,14 @@ def _check_record(workdir, record: dict) -> None:
 def find(workdir, **coords) -> dict:
   """The one record whose coordinates match `coords` (LotteryError if none
   or several match); without `seed`, replicate 0's where several
-  replicates match."""
+  replicates match; without `kind` or `check`, the method's own ticket
+  (kind 'ticket') where its controls or sanity checks match too."""
   _run_dir(workdir)
   matches = [r for r in records(workdir)
              if all(r.get(k) == v for k, v in coords.items())]
+  if ("kind" not in coords and "check" not in coords and
+      len({r["ticket"] for r in matches}) > 1):
+    matches = [r for r in matches if r.get("kind") == "ticket"] or matches
   if "seed" not in coords and len({r["ticket"] for r in matches}) > 1:
     # Replicates: the default is replicate 0.
     matches = [r for r in matches if r.get("seed") == 0] or matches
@@ -388,7 +392,8 @@ def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint:
   Args:
     workdir: the run's workdir.
     round: the IMP round (0 = dense); an integer.
-    kind: with `round`: 'ticket' (default) or a control's name.
+    kind: 'ticket' (default: the method's own ticket) or a control's or
+      sanity check's name.
     like: optional params of the model the ticket is meant for; a ticket of
       other parameter names or shapes raises LotteryError.
     **coords: other coordinates to match.

@@ -43,11 +43,12 @@ LOCK_FILE = "lock"
 _EXTENDABLE = "pruning.rounds"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+  """Nested dicts as one {'block.field': value} dict."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[prefix + k] = v
   return out
@@ -60,8 +61,8 @@ def _with_new_defaults(saved: dict, new: dict) -> dict:
   (`config.READ_WHEN`; a value a later rule refuses). Such a run is the same
   run."""
   from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
-  defaults = _flatten(config_json(config_lib.base_config()))
-  flat_saved, flat_new = _flatten(saved), _flatten(new)
+  defaults = flatten(config_json(config_lib.base_config()))
+  flat_saved, flat_new = flatten(saved), flatten(new)
   added = {k: v for k, v in flat_new.items()
            if k not in flat_saved and k in defaults and defaults[k] == v}
   flat = config_lib.unread_at_defaults({**flat_saved, **added}, defaults)
@@ -227,12 +228,12 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     # A run written before configs named their method (its layout says
     # which it is) held every method's fields: compare those this one has.
     saved = {**saved, "method": legacy_method(wd, new["method"])}
-    flat_new = _flatten(new)
-    saved = _unflatten({k: v for k, v in _flatten(saved).items()
+    flat_new = flatten(new)
+    saved = _unflatten({k: v for k, v in flatten(saved).items()
                         if k in flat_new})
   saved = _with_new_defaults(saved, new)
   if saved != new:
-    a, b = _flatten(saved), _flatten(new)
+    a, b = flatten(saved), flatten(new)
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if keys == [_EXTENDABLE] and all(isinstance(d.get(_EXTENDABLE), int)
                                      for d in (a, b)):

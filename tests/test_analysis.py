@@ -87,6 +87,22 @@ def test_overlap_and_jaccard_hand_checked():
   assert analysis.jaccard(B, A) == 0.4
 
 
+def test_masks_pair_by_path_over_what_both_prune():
+  # A mask that also prunes 'b' (another pruning.prunable) compares on the
+  # weights both prune; leaves pair by name, whatever the tree's order.
+  a_with_b = {**A, "b": np.array([True, False, True])}
+  assert analysis.jaccard(a_with_b, B) == analysis.jaccard(A, B) == 0.4
+  assert analysis.overlap(B, a_with_b) == 0.5
+  # Layers positionally alike but of other names, or other shapes: refused.
+  with pytest.raises(analysis.LotteryError, match=r"^mask: the two masks "
+                     r"are of different parameters \(only in the first: "
+                     r"\['w'\]; only in the second: \['x'\]\)"):
+    analysis.jaccard(A, {"x" if k == "w" else k: m for k, m in B.items()})
+  with pytest.raises(analysis.LotteryError, match=r"^mask: w has shape "
+                     r"\(4,\) in the first mask and \(3,\) in the second"):
+    analysis.overlap(A, {**B, "w": np.ones(3, bool)})
+
+
 def _save(workdir, round_, kind, mask, history, seed=None):
   params = {k: None if m is None else np.ones(m.shape, np.float32)
             for k, m in mask.items()}

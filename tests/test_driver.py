@@ -4,6 +4,7 @@ records of several workdirs combine; launchers refuse another method's
 recipe; a workdir belongs to one method."""
 
 import io
+import shutil
 import subprocess
 import sys
 
@@ -132,6 +133,20 @@ def test_records_of_two_workdirs_combine(npz_path, tmp_path):
   accs = [lottery.load_ticket(w, 1).metrics["test_accuracy"] for w in wds]
   assert rows[1]["mean"] == pytest.approx(np.mean(accs))
   assert rows[1]["std"] == pytest.approx(np.std(accs))
+  # Runs that differ in more than their seeds, or the same run twice, are
+  # not replicates: refused in one line naming what differs.
+  other = tmp_path / "longer"
+  lottery.run(tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 6,
+                                "training.eval_every": 2, "controls": (),
+                                "seeds.init": 1, "seeds.data": 1}), other)
+  with pytest.raises(lottery.LotteryError, match=(
+      r"^records: the runs in .*seed0' and .*longer' differ in more than "
+      r"their seeds \(training.steps: 4 -> 6\): they are not replicates")):
+    analysis.table(recs + lottery.records(other))
+  with pytest.raises(lottery.LotteryError, match=r"have the same seeds"):
+    twice = tmp_path / "again"
+    shutil.copytree(wds[0], twice)
+    analysis.table(recs + lottery.records(twice))
 
 
 def test_load_ticket_lists_the_coordinates_that_exist(npz_path, tmp_path):

@@ -200,6 +200,12 @@ def test_a_check_is_the_control_kind_of_imp(finished):
     b = lottery.load_ticket(wd, method="snip", kind=kind,
                             target_density=0.2, seed=1)
     assert a.coords == b.coords and a.metrics == b.metrics
+  # Without kind or check, the method's own ticket, as IMP's default kind.
+  c = lottery.load_ticket(wd, method="snip", target_density=0.2, seed=1)
+  own = lottery.load_ticket(wd, method="snip", check=None,
+                            target_density=0.2, seed=1)
+  assert c.coords == own.coords and c.metrics == own.metrics
+  assert np.array_equal(c.mask["fc1"]["kernel"], own.mask["fc1"]["kernel"])
   with pytest.raises(lottery.LotteryError, match=r"kind in \['invert', "):
     lottery.load_ticket(wd, method="snip", kind="random_prune",
                         target_density=0.2)

@@ -54,6 +54,13 @@ def test_records_carry_coordinates_and_ticket_paths(tiny_config, tmp_path):
   assert np.array_equal(a.mask["fc1"]["kernel"], b.mask["fc1"]["kernel"])
   assert a.model_state == {} and a.round == 2 and a.kind == "reinit"
   assert lottery.finished_rounds(tmp_path) == [0, 1, 2]
+  # The run's saved config builds its experiment again (its other fields at
+  # their defaults), whose evaluation of a ticket is the recorded one.
+  exp = lottery.build(lottery.load_config(tmp_path))
+  t = lottery.load_ticket(tmp_path, 2)
+  state = lottery.step.init_state(t.trained_params, exp.tx, mask=t.mask,
+                                  model_state=t.model_state)
+  assert exp.loop.evaluate(state, exp.data)["accuracy"] == r2["test_accuracy"]
 
 
 def test_unsummarised_tickets_are_listed_and_misuse_is_refused(tiny_config,

@@ -563,6 +563,11 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     signals.done()
     progress.close()
     fail(str(e))
+  except PermissionError as e:  # A file or folder of the workdir, say.
+    signals.done()
+    progress.close()
+    from lottery import checkpoint  # pylint: disable=g-import-not-at-top
+    fail(str(checkpoint.permission_error(e, e.filename or "")))
   except KeyboardInterrupt as e:
     # A second signal while exiting ends the process at once (same line).
     signals.done()

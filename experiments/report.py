@@ -35,13 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     cli.fail("report: matplotlib is not installed; pip install -e "
              "'.[report]'")
   os.environ.setdefault("MPLBACKEND", "Agg")
-  from lottery import report  # pylint: disable=g-import-not-at-top
   try:
+    from lottery import report  # pylint: disable=g-import-not-at-top
     for wd in args.workdirs:  # All refused before anything is written.
       report.check_workdir(wd)
     figures = report.write_report(args.workdirs, args.out)
   except LotteryError as e:
     cli.fail(str(e))
+  except KeyboardInterrupt:
+    print(f"error: interrupted; {args.out!r} is as it was (rerun the same "
+          f"command)", file=sys.stderr, flush=True)
+    sys.exit(130)
   print(f"{len(figures)} figures; report: "
         f"{os.path.join(args.out, 'index.html')}", file=sys.stderr)
 

@@ -111,10 +111,12 @@ def _is_enospc(e: BaseException) -> bool:
 
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike) -> Iterator[None]:
-  """Turns a full disk while writing `path` into a LotteryError.
+  """Turns a full disk, or a file or folder of the workdir that cannot be
+  written, while writing `path` into a LotteryError.
 
   Raises:
-    LotteryError: ('workdir: no space left on device while writing ...').
+    LotteryError: ('workdir: no space left on device while writing ...',
+      'workdir: cannot write ...').
   """
   try:
     yield
@@ -124,7 +126,20 @@ def disk_errors(path: str | os.PathLike) -> Iterator[None]:
           f"workdir: no space left on device while writing "
           f"{os.fspath(path)!r}; free space and rerun the same command to "
           f"resume") from None
+    if isinstance(e, PermissionError) or (
+        isinstance(e, OSError) and e.errno == errno.EROFS):
+      raise permission_error(e, path) from None
     raise
+
+
+def permission_error(e: OSError, path: str | os.PathLike) -> LotteryError:
+  """The one line for a file or folder that cannot be written."""
+  where = e.filename
+  if where is None or os.fspath(where).endswith(TMP_SUFFIX):
+    where = path  # Not the temporary file beside it.
+  return LotteryError(
+      f"workdir: cannot write {os.fspath(where)!r} ({e.strerror}); make it "
+      f"writable and rerun the same command to resume")
 
 
 def _umask() -> int:

@@ -118,8 +118,8 @@ def expect_method(workdir: str | os.PathLike, name: str) -> None:
     nb = method_lib.get(found).notebook
     where = (f"open notebooks/{nb}" if nb else
              f"its records are in {tickets.SUMMARY} (lottery.records)")
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds a {found!r} "
-                       f"run, not a {name!r} one; {where}")
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds a run of "
+                       f"method {found!r}, not {name!r}; {where}")
 
 
 def resolve(config: ml_collections.ConfigDict, expected: str | None = None
@@ -169,6 +169,7 @@ def _load_finished(ctx: method_lib.Context) -> set[int]:
     if ctx.is_finished(c):
       for p in ctx.paths(c):
         tickets.read_ticket(ctx.workdir, p)
+      ctx.method.verify_finished(ctx, c)
       finished.add(i)
   return finished
 
@@ -185,7 +186,12 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
   grid = ctx.grid
   ctx.progress.jobs(total=len(grid),
                     done=sum(ctx.is_finished(c) for c in grid))
+  if finished:
+    ctx.progress.info(f"resuming {os.fspath(wd)}: {len(finished)} of the "
+                      f"run's {len(grid)} groups were finished (read back, "
+                      f"not trained again)")
   done: list[method_lib.Done] = []
+  points: list[method_lib.Report] = []
   for i, coords in enumerate(grid):
     t0 = time.time()
     paths = ctx.paths(coords)
@@ -206,9 +212,17 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
       if rep.line:
         ctx.progress.line(rep.line)
       if writer is not None and rep.scalars:
-        for tag, value in rep.scalars.items():
-          writer.add_scalar(tag, value, rep.step)
-        writer.flush()
+        # The points of groups finished before are written with the first
+        # group this process finishes (the new events file shows them all,
+        # purge_step=0): a rerun with nothing left to do, or refused on the
+        # way (a damaged checkpoint), leaves no events file.
+        points.append(rep)
+        if i not in finished:
+          for p in points:
+            for tag, value in p.scalars.items():
+              writer.add_scalar(tag, value, p.step)
+          points.clear()
+          writer.flush()
     if on_group:
       on_group(d, rep)
     if i >= KEPT_GROUPS:

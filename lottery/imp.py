@@ -642,6 +642,14 @@ class Imp(method_lib.Method):
         capture_paths=[self._rewind_path(ctx, i)
                        for i in range(ctx.replicates)])
 
+  def verify_finished(self, ctx, coords: dict) -> None:
+    # The paths' evaluations kept in the tickets' directories (`record`).
+    for p in ctx.paths(coords):
+      for prefix in ("", "level_"):
+        file = os.path.join(ctx.workdir, p, f"{prefix}path.json")
+        if checkpoint.exists(file):
+          checkpoint.read_json(file)
+
   def record(self, ctx, done: method_lib.Done) -> list[dict]:
     recs = [{k: v for k, v in rec.items() if k != "layer_densities"}
             for rec in super().record(ctx, done)]

@@ -65,7 +65,8 @@ class Job:
   @property
   def name(self) -> str:
     return " ".join(f"{v}" if k in ("kind", "method") else f"{k} {v}"
-                    for k, v in self.coords.items() if k != "seed")
+                    for k, v in self.coords.items()
+                    if k != "seed" and v is not None)
 
 
 # Seconds a job must have run since it started, or since its last mid-run

@@ -186,6 +186,11 @@ class Method:
   def before_claim(self, ctx: Context) -> None:
     """Checks that need the built experiment; before anything is written."""
 
+  def verify_finished(self, ctx: Context, coords: dict) -> None:
+    """Reads what a finished group keeps beside its tickets (LotteryError for
+    a damaged file), before anything is written; its tickets are read by
+    the driver."""
+
   def stacked(self, config: ml_collections.ConfigDict) -> int:
     """The replicates the mesh's replicate axis is sized for
     (`parallel.make_mesh`): seeds.num, the jobs of a group."""

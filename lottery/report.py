@@ -1203,7 +1203,15 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
   env = environment() if env is None else env
   name, final = os.fspath(out), _out_path(out)
   if final.exists() and not any(final.iterdir()):
-    _write(final, figures, runs_info, env)  # An empty directory: in place.
+    try:
+      _write(final, figures, runs_info, env)  # An empty directory: in place.
+    except BaseException:
+      for p in final.iterdir():  # Empty again, as it was (an interrupt).
+        if p.is_dir():
+          shutil.rmtree(p)
+        else:
+          p.unlink()
+      raise
     return figures
   # Written beside `out`, then swapped in: a failure leaves `out` as it was,
   # and no figure of a previous report stays behind.

@@ -662,14 +662,26 @@ class Stability(method_lib.Method):
           "path": path, "copies": pair})
     return out
 
+  def verify_finished(self, ctx, coords: dict) -> None:
+    # A pair's path.json, read (verified) where it was written.
+    if coords["source"] == PARENT:
+      return
+    for copy0 in ctx.paths(coords)[::2]:
+      file = self._path_file(ctx, copy0)
+      if checkpoint.exists(file):
+        checkpoint.read_json(file)
+
+  def _path_file(self, ctx, copy0_path: str) -> pathlib.Path:
+    return pathlib.Path(ctx.workdir) / pathlib.Path(copy0_path).parent / (
+        PATH_FILE)
+
   def _path(self, ctx, copy0_path: str, a, b) -> dict:
     """The pair's path evaluation, computed once and kept beside its
     tickets (seed_<i>/path.json)."""
-    file = pathlib.Path(ctx.workdir) / pathlib.Path(copy0_path).parent / (
-        PATH_FILE)
     return path_metrics(ctx.exp, a.trained_params, b.trained_params,
                         a.model_state, a.mask,
-                        points=ctx.config.stability.points, file=file,
+                        points=ctx.config.stability.points,
+                        file=self._path_file(ctx, copy0_path),
                         recompute=ctx.config.stability.recompute_statistics,
                         linear=ctx.config.stability.linear_input,
                         batch=ctx.config.stability.path_batch)

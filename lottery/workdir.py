@@ -71,7 +71,7 @@ def _with_new_defaults(saved: dict, new: dict) -> dict:
 
 def _other_method(wd: pathlib.Path, saved: str, new: str) -> LotteryError:
   return LotteryError(
-      f"method: workdir {_q(wd)} holds a {saved!r} run, not a {new!r} one; "
+      f"method: workdir {_q(wd)} holds a run of method {saved!r}, not {new!r}; "
       f"a workdir belongs to one method: use a new --workdir")
 
 

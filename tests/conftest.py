@@ -161,6 +161,12 @@ def execute_notebook(name: str, workdir, monkeypatch, tmp_path,
   return text
 
 
+def workdir_files(wd: pathlib.Path) -> dict:
+  """{relative path: bytes} of every file in a workdir but its lock."""
+  return {p.relative_to(wd).as_posix(): p.read_bytes()
+          for p in sorted(wd.rglob("*")) if p.is_file() and p.name != "lock"}
+
+
 def quiet(_):
   """A `log` that shows nothing."""
 

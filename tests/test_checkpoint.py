@@ -302,6 +302,32 @@ def test_write_json_on_a_full_disk(tmp_path, monkeypatch):
   assert checkpoint.read_json(path) == {"round": 1}
 
 
+def test_a_file_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+  # An immutable or read-only file or folder inside a workdir (the check at
+  # claim covers the workdir itself): named, the temporary file aside.
+  path = tmp_path / "summary.json"
+  checkpoint.write_json(path, {"round": 1})
+  def denied(src, dst):
+    raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), src, None,
+                          dst)
+  monkeypatch.setattr(os, "replace", denied)
+  with pytest.raises(lottery.LotteryError,
+                     match=f"^workdir: cannot write "
+                           f"{re.escape(repr(str(path)))} \\(Operation not "
+                           f"permitted\\); make it writable and rerun the "
+                           f"same command to resume$"):
+    checkpoint.write_json(path, {"round": 2})
+  monkeypatch.undo()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+  assert checkpoint.read_json(path) == {"round": 1}
+  def read_only(*a, **k):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "r"))
+  monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+  with pytest.raises(lottery.LotteryError, match=r"^workdir: cannot write "
+                     r"'.*/r' \(Read-only file system\)"):
+    checkpoint.write_json(tmp_path / "r" / "x.json", {})
+
+
 def test_tensorstore_full_disk_is_recognised(tmp_path):
   # The error tensorstore gives for ENOSPC, as orbax passes it on.
   msg = ("RESOURCE_EXHAUSTED: Error writing \"w/0.0\" in OCDBT database: "

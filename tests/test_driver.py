@@ -211,12 +211,12 @@ def test_a_workdir_belongs_to_one_method(npz_path, tmp_path):
   with pytest.raises(lottery.LotteryError) as e:
     lottery.pai.run(other, tmp_path / "wd")
   assert str(e.value) == (
-      f"method: workdir {str(tmp_path / 'wd')!r} holds a 'imp' run, not a "
-      f"'pai' one; a workdir belongs to one method: use a new --workdir")
+      f"method: workdir {str(tmp_path / 'wd')!r} holds a run of method 'imp', "
+      f"not 'pai'; a workdir belongs to one method: use a new --workdir")
   assert sorted(p.name for p in (tmp_path / "wd").iterdir()) == before
   assert lottery.driver.workdir_method(tmp_path / "wd") == "imp"
   with pytest.raises(lottery.LotteryError,
-                     match=r"holds a 'imp' run, not a 'pai' one; open "
+                     match=r"holds a run of method 'imp', not 'pai'; open "
                      r"notebooks/tickets.ipynb$"):
     lottery.driver.expect_method(tmp_path / "wd", "pai")
 
@@ -230,7 +230,7 @@ def test_notebooks_name_the_one_that_fits(npz_path, tmp_path, monkeypatch):
   lottery.pai.run(_pai(npz_path, ("random",), (0.2,)), wd)
   text = execute_notebook("tickets.ipynb", wd, monkeypatch, tmp_path)
   assert text.strip() == (
-      f"error: workdir: {str(wd)!r} holds a 'pai' run, not a 'imp' one; open "
+      f"error: workdir: {str(wd)!r} holds a run of method 'pai', not 'imp'; open "
       "notebooks/pruning_at_init.ipynb; set LOTTERY_WORKDIR to the --workdir "
       "of a run (e.g. python -m experiments.imp "
       "--workdir=/tmp/lottery_runs/mnist1d) and run again")

@@ -4,6 +4,7 @@ sources), resume, and bad input refused before anything is written."""
 
 import functools
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from lottery import step as step_lib
 from conftest import make_npz
 from conftest import run_on_devices
 from conftest import tiny
+from conftest import workdir_files
 
 
 def _config(npz_path, **kw):
@@ -233,6 +235,20 @@ def test_rerun_resumes_without_training(finished, npz_path):
   assert lottery.driver.run(c, wd) == summary
 
 
+def test_a_damaged_path_is_refused_before_anything_is_written(finished,
+                                                               tmp_path):
+  c, wd, _, _ = finished
+  copy = tmp_path / "run"
+  shutil.copytree(wd, copy)
+  (path,) = copy.glob("stability/round_1/k_4/seed_1/path.json")
+  path.write_text(path.read_text().replace('"barrier_test": ',
+                                           '"barrier_test": 1'))
+  before = workdir_files(copy)
+  with pytest.raises(lottery.LotteryError, match=r"path.json.* damaged"):
+    lottery.driver.run(c, copy)
+  assert workdir_files(copy) == before
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"stability.steps": (0, 12)},
      r"^stability.steps: 12 is not below training.steps=12"),
@@ -337,6 +353,14 @@ def test_imp_with_stability_and_level_barriers(npz_path, tmp_path):
   assert "barrier" in lines[0] and "level barrier" in lines[1]
   # Resumed: the paths are read back, the summary is the same.
   assert lottery.run(c, wd) == summary
+  # A damaged level path is refused before anything is written.
+  level = wd / summary["rounds"][1]["ticket"] / "level_path.json"
+  level.write_text(level.read_text().replace('"barrier_test": ',
+                                             '"barrier_test": 1'))
+  before = workdir_files(wd)
+  with pytest.raises(lottery.LotteryError, match=r"level_path.json.* damaged"):
+    lottery.run(c, wd)
+  assert workdir_files(wd) == before
 
 
 class _DenseBN:

@@ -18,6 +18,7 @@ from lottery import rng
 from lottery import tickets
 
 from conftest import tiny
+from conftest import workdir_files
 
 
 def quiet(_):
@@ -205,6 +206,28 @@ def run_1(npz_path, tmp_path):
   return c, wd
 
 
+def test_a_rerun_with_nothing_to_do_writes_nothing(run_1, npz_path):
+  c, wd = run_1
+  before = workdir_files(wd)
+  lottery.run(c, wd, log=quiet)
+  assert workdir_files(wd) == before  # Not even a TensorBoard events file.
+  # One more round: one new summary events file, with every round's point.
+  lottery.run(tiny(npz_path, **{"pruning.rounds": 2, "controls": ()}), wd,
+              log=quiet)
+  new = sorted(set(workdir_files(wd)) - set(before))
+  events = [f for f in new if f.startswith("tensorboard/summary/")]
+  assert len(events) == 1
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  data, steps = (wd / events[0]).read_bytes(), {}
+  while data:  # TFRecords: length, its CRC, the event, the event's CRC.
+    n = int.from_bytes(data[:8], "little")
+    event = event_pb2.Event.FromString(data[12:12 + n])
+    data = data[16 + n:]
+    for v in event.summary.value:
+      steps.setdefault(v.tag, []).append(event.step)
+  assert steps and all(s == [0, 1, 2] for s in steps.values()), steps
+
+
 def test_a_changed_metric_is_refused_not_copied(run_1):
   c, wd = run_1
   m = wd / tickets.imp_path(1) / tickets.METRICS
@@ -213,7 +236,7 @@ def test_a_changed_metric_is_refused_not_copied(run_1):
   # The same digit changed everywhere: test_accuracy and history.
   m.write_text(text.replace(json.dumps(acc), json.dumps(acc - 0.001)))
   assert m.read_text() != text
-  before = _files(wd)
+  before = workdir_files(wd)
   damaged = (r"^workdir: file '.*round_001/ticket/metrics.json' is damaged "
              r"\(its content differs from its checksum\); delete "
              r"'.*round_001/ticket' \(that ticket's directory\) and rerun the "
@@ -226,12 +249,7 @@ def test_a_changed_metric_is_refused_not_copied(run_1):
     lottery.run(c, wd, log=quiet)
   # Refused before anything is written: no summary.json cut short to round
   # 0, no new TensorBoard file.
-  assert _files(wd) == before
-
-
-def _files(wd: pathlib.Path) -> dict:
-  return {p.relative_to(wd).as_posix(): p.read_bytes()
-          for p in sorted(wd.rglob("*")) if p.is_file() and p.name != "lock"}
+  assert workdir_files(wd) == before
 
 
 def test_a_changed_summary_is_refused(run_1):
@@ -340,13 +358,13 @@ def test_a_refused_rerun_changes_nothing_and_its_remedy_works(run_1):
   c, wd = run_1
   want = lottery.summary(wd)
   shutil.rmtree(wd / tickets.imp_path(1) / "arrays")
-  before = _files(wd)
+  before = workdir_files(wd)
   with pytest.raises(lottery.LotteryError, match=(
       r"^workdir: checkpoint '.*round_001/ticket/arrays' does not exist; "
       r"delete '(.*round_001/ticket)' \(that ticket's directory\) and rerun "
       r"the same command$")) as e:
     lottery.run(c, wd, log=quiet)
-  assert _files(wd) == before
+  assert workdir_files(wd) == before
   shutil.rmtree(re.search(r"delete '([^']+)'", str(e.value))[1])
   got = lottery.run(c, wd, log=quiet)
   for r in (got, want):

@@ -42,6 +42,18 @@ from lottery.tickets import finished_rounds
 from lottery.tickets import load_ticket
 from lottery.tickets import records
 
+# Submodules imported on first use: `lottery.report` draws with matplotlib,
+# an optional dependency, and `lottery.analysis` reads runs for notebooks.
+_ON_USE = ("analysis", "report")
+
+
+def __getattr__(name: str):
+  if name in _ON_USE:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(f"lottery.{name}")
+  raise AttributeError(f"module 'lottery' has no attribute {name!r}")
+
+
 try:
   __version__ = _metadata.version("lottery")
 except _metadata.PackageNotFoundError:
@@ -50,7 +62,8 @@ except _metadata.PackageNotFoundError:
 # `lottery.run` and `lottery.build` are IMP's (`lottery.imp.run`); kept as
 # aliases of the first method.
 __all__ = [
-    "LotteryError", "Ticket", "TrainState", "apply_mask", "base_config",
+    "LotteryError", "Ticket", "TrainState", "analysis", "apply_mask",
+    "base_config",
     "__version__", "build", "density", "distributions", "driver",
     "export_ticket", "finished_rounds", "imp", "init_state", "method",
     "scores", "keep_pruned", "keep_top", "layer_densities", "load_config",

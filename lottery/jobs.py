@@ -64,9 +64,13 @@ class Job:
 
   @property
   def name(self) -> str:
-    return " ".join(f"{v}" if k in ("kind", "method") else f"{k} {v}"
-                    for k, v in self.coords.items()
-                    if k != "seed" and v is not None)
+    return label(self.coords)
+
+
+def label(coords: dict) -> str:
+  """A job's name in progress lines: its coordinates but the seed."""
+  return " ".join(f"{v}" if k in ("kind", "method") else f"{k} {v}"
+                  for k, v in coords.items() if k != "seed" and v is not None)
 
 
 # Seconds a job must have run since it started, or since its last mid-run
@@ -315,7 +319,11 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
     state = parallel.put_tree(
         parallel.to_host(state),
         parallel.state_sharding(exp.loop.mesh, state, stacked))
-  name = f"{first.name} x{len(jobs)}" if stacked else first.name
+  # Stacked: the coordinates the jobs share (a stability pair's copies
+  # differ in 'copy'), and how many.
+  name = first.name if not stacked else label(
+      {k: v for k, v in first.coords.items()
+       if all(j.coords.get(k) == v for j in jobs)}) + f" x{len(jobs)}"
   if progress is not None:
     progress.job_start(name, at, first.stop)
   capture = () if first.capture is None else (first.capture,)

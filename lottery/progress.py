@@ -75,6 +75,7 @@ class Progress:
     self._steady_times: list[float] = []
     self._rate = math.nan  # Steady steps/s of the last job that had one.
     self._name: str | None = None
+    self._after = False  # Between a group's training and its next one.
     self._start = self._stop = self._step = self._saved = 0
     self._t_job = self._t_step = 0.0
     self._first: tuple[int, float] | None = None  # (step, time) of 1st chunk.
@@ -100,10 +101,16 @@ class Progress:
   def job_start(self, name: str, start: int, stop: int) -> None:
     """A training run `name` starts (or resumes) at step `start` of [0, stop)."""
     self._name, self._start, self._stop, self._step = name, start, stop, start
-    self._saved = start
+    self._saved, self._after = start, False
     self._t_job = self.clock()
     self._first = None
     self._running = True
+
+  def group_trained(self, name: str) -> None:
+    """The training runs of group `name` are finished and saved; what
+    follows (its records: a stability pair's path evaluation) is where an
+    interrupt now stops."""
+    self._name, self._after = name, True
 
   def job_step(self, step: int) -> None:
     """The run in flight has reached `step` (after a compiled chunk)."""
@@ -147,6 +154,8 @@ class Progress:
     'round 3 ticket step 450 (a rerun resumes it from step 200)'."""
     if self._name is None:
       return "start-up"
+    if self._after:
+      return f"{self._name}, after its training (its tickets are saved)"
     if self._saved < self._step:
       return (f"{self._name} step {self._step} (a rerun resumes it from step "
               f"{self._saved})")

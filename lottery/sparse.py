@@ -475,8 +475,9 @@ class Sparse(method_lib.Method):
     return method_lib.Report(
         f"{done.coords['method']:6s} {done.coords['distribution']:7s} "
         f"density {np.mean([r['density'] for r in recs]):.4f}  test acc "
-        f"{acc.mean():.4f} ± {acc.std():.4f} (n={len(recs)})  mask change "
-        f"{change:.3f}  ({done.time_s:.1f} s)")
+        f"{acc.mean():.4f}" +
+        (f" ± {acc.std():.4f} ({len(recs)} seeds)" if len(recs) > 1 else "") +
+        f"  mask change {change:.3f}  ({done.time_s:.1f} s)")
 
 
 def _group(coords: dict) -> Group:

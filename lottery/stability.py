@@ -446,9 +446,14 @@ def parse_source(spec: str, *, field: str = "stability.sources") -> dict:
     if not sep or not key or not value:
       raise LotteryError(f"{field}: {spec!r} must be 'dense' or coordinates "
                          f"'name=value,...', e.g. 'round=3'")
-    if key in ("seed", "source", "k", "copy"):
-      raise LotteryError(f"{field}: {spec!r}: {key!r} is not a source "
+    if key == "seed":
+      raise LotteryError(f"{field}: {spec!r}: 'seed' is not a source "
                          f"coordinate (the replicate's seed is taken)")
+    if key in ("source", "k", "copy"):
+      raise LotteryError(
+          f"{field}: {spec!r}: {key!r} is a stability pair's coordinate; a "
+          f"pair's copies keep their source's mask: name that source (its "
+          f"run's coordinates, e.g. 'round=3')")
     out[key] = _value(value)
   return out
 

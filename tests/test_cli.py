@@ -476,6 +476,12 @@ def test_null_progress_prints_nothing_but_tracks_position(capsys):
   p.job_saved(25)  # Saved where it is.
   assert p.where() == "round 2 random_prune step 25"
   p.job_end()
+  # After a group's training (a stability pair's path evaluation, say).
+  p.group_trained("source dense k 0")
+  assert p.where() == ("source dense k 0, after its training (its tickets "
+                       "are saved)")
+  p.job_start("source dense k 25 x4", 25, 50)
+  assert p.where() == "source dense k 25 x4 step 25"
   assert capsys.readouterr() == ("", "")
 
 

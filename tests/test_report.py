@@ -77,6 +77,14 @@ def _assert_self_contained(page: str):
   assert "<script" not in page and "<link" not in page
 
 
+def test_lottery_report_and_analysis_are_attributes():
+  # Imported on first use (`import lottery` imports no matplotlib: tested
+  # in test_overhead.py).
+  assert lottery.report is report and lottery.analysis is analysis
+  with pytest.raises(AttributeError, match="has no attribute 'reports'"):
+    lottery.reports  # pylint: disable=pointless-statement
+
+
 def test_every_method_figures_json_and_page(runs, written):
   out, figures = written
   names = [f.name for f in figures]

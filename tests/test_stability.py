@@ -256,6 +256,12 @@ def test_a_damaged_path_is_refused_before_anything_is_written(finished,
      r"^stability.source_workdir: set it to the workdir"),
     ({"stability.sources": ("round",)},
      r"^stability.sources: 'round' must be 'dense' or coordinates"),
+    ({"stability.sources": ("round=1,seed=1",)},
+     r"^stability.sources: 'round=1,seed=1': 'seed' is not a source "
+     r"coordinate \(the replicate's seed is taken\)$"),
+    ({"stability.sources": ("source=dense,k=0",)},
+     r"^stability.sources: 'source=dense,k=0': 'source' is a stability "
+     r"pair's coordinate; a pair's copies keep their source's mask"),
 ])
 def test_bad_config_refused(npz_path, tmp_path, changes, message):
   with pytest.raises(lottery.LotteryError, match=message):

@@ -563,11 +563,11 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     signals.done()
     progress.close()
     fail(str(e))
-  except PermissionError as e:  # A file or folder of the workdir, say.
+  except PermissionError as e:  # Not the workdir's writes (a LotteryError).
     signals.done()
     progress.close()
-    from lottery import checkpoint  # pylint: disable=g-import-not-at-top
-    fail(str(checkpoint.permission_error(e, e.filename or "")))
+    what = f"{os.fspath(e.filename)!r}: " if e.filename is not None else ""
+    fail(f"{what}{e.strerror or e} (check its permissions)")
   except KeyboardInterrupt as e:
     # A second signal while exiting ends the process at once (same line).
     signals.done()
@@ -594,7 +594,8 @@ def launch(doc: str, default_config: str,
   def validate(config):
     full, _, m = lottery.driver.resolve(config, method)
     m.check(full)
-    lottery.experiment.make_mesh(full, m.stacked(full))
+    if full.training.replicas == "unroll":  # It cannot run on a mesh.
+      lottery.experiment.make_mesh(full, m.stacked(full))
 
   try:
     main(run, doc=doc, default_config=default_config, method=method,

@@ -50,7 +50,11 @@ _ON_USE = ("analysis", "report")
 def __getattr__(name: str):
   if name in _ON_USE:
     import importlib  # pylint: disable=g-import-not-at-top
-    return importlib.import_module(f"lottery.{name}")
+    try:
+      return importlib.import_module(f"lottery.{name}")
+    except ImportError as e:  # So that hasattr(lottery, 'report') is False.
+      raise AttributeError(f"lottery.{name} needs {e.name}: pip install -e "
+                           f"'.[report]'") from e
   raise AttributeError(f"module 'lottery' has no attribute {name!r}")
 
 

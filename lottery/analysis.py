@@ -90,10 +90,10 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
     appearance; 'density' is the mean density of the group; groups none of
     whose records has `metric` are left out.
   """
-  records = list(records)
-  _check_replicate_runs(records)
+  records = replicates(records)
+  _check_replicate_runs(records, by)
   groups: dict[tuple, list[dict]] = {}
-  for r in replicates(records):
+  for r in records:
     if metric in r and all(k in r for k in by):
       groups.setdefault(tuple(r[k] for k in by), []).append(r)
   rows = []
@@ -105,38 +105,64 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
   return rows
 
 
-def _check_replicate_runs(records: list[Record]) -> None:
+# Fields that say how a run executes or how far it went, not what its
+# tickets compute: runs that differ in these and their seeds alone are
+# replicates (pruning.rounds: one run extended with more rounds).
+_HOW = ("training.replicas", "training.loop", "training.checkpoint_every",
+        "training.eval_every", "data.data_dir", "data.cache_dir",
+        "data.on_device", "pruning.rounds")
+
+
+def _check_replicate_runs(records: list[Record], by: Sequence[str]) -> None:
   """Records of several workdirs are replicates only of runs whose configs
-  differ in their seeds alone, and in them.
+  differ in their seeds (and `_HOW`) alone, and never the same replicate
+  twice: replicate i of a run trains from seeds.init + i on the data order
+  of seeds.data + i. Runs whose workdir is not on this disk are not checked.
 
   Raises:
     LotteryError: naming the two workdirs and what differs.
   """
+  from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
   from lottery import runs  # pylint: disable=g-import-not-at-top
   from lottery import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  workdirs = list(dict.fromkeys(r["workdir"] for r in records
-                                if "workdir" in r))
-  seen: dict[str, tuple[dict, Any]] = {}
-  for where in workdirs if len(workdirs) > 1 else ():
-    config = workdir_lib.flatten(runs.load_config(where).to_dict())
-    seeds = {k: config.pop(k) for k in list(config) if k.startswith("seeds.")}
-    config.pop("training.replicas", None)  # How replicates run, not what.
-    for other, (other_config, other_seeds) in seen.items():
-      if config != other_config:
+  by_run: dict[str, list[Record]] = {}
+  for r in records:
+    if "workdir" in r:
+      by_run.setdefault(r["workdir"], []).append(r)
+  if len(by_run) < 2:
+    return
+  seen: dict[str, dict] = {}
+  first_of: dict[tuple, str] = {}
+  for where, recs in by_run.items():
+    try:
+      config = config_lib.complete(runs.load_config(where))
+    except LotteryError:
+      continue
+    flat = workdir_lib.flatten(config.to_dict())
+    seeds = {k: flat.pop(k) for k in list(flat) if k.startswith("seeds.")}
+    for k in _HOW:
+      flat.pop(k, None)
+    for other, other_flat in seen.items():
+      if flat != other_flat:
         changes = "; ".join(
-            f"{k}: {other_config.get(k, '<absent>')!r} -> "
-            f"{config.get(k, '<absent>')!r}"
-            for k in sorted(set(config) | set(other_config))
-            if config.get(k) != other_config.get(k))
+            f"{k}: {other_flat.get(k)!r} -> {flat.get(k)!r}"
+            for k in sorted(set(flat) | set(other_flat))
+            if flat.get(k) != other_flat.get(k))
         raise LotteryError(
             f"records: the runs in {other!r} and {where!r} differ in more "
             f"than their seeds ({changes}): they are not replicates; table "
             f"them one by one")
-      if seeds == other_seeds:
+    seen[where] = flat
+    for r in recs:
+      i = r.get("seed") or 0
+      key = (tuple(r.get(k) for k in by), seeds["seeds.init"] + i,
+             seeds["seeds.data"] + i)
+      other = first_of.setdefault(key, where)
+      if other != where:
         raise LotteryError(
-            f"records: the runs in {other!r} and {where!r} have the same "
-            f"seeds ({seeds}): the same run twice, not replicates")
-    seen[where] = (config, seeds)
+            f"records: {r['ticket']!r} of {where!r} and its like in {other!r} "
+            f"are the same replicate (seeds init {key[1]}, data {key[2]}), "
+            f"not two: give runs of other seeds")
 
 
 def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:

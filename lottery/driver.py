@@ -192,6 +192,7 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
                       f"not trained again)")
   done: list[method_lib.Done] = []
   points: list[method_lib.Report] = []
+  wrote = False
   for i, coords in enumerate(grid):
     t0 = time.time()
     paths = ctx.paths(coords)
@@ -217,13 +218,15 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
         # group this process finishes (the new events file shows them all,
         # purge_step=0): a rerun with nothing left to do, or refused on the
         # way (a damaged checkpoint), leaves no events file.
+        # Once one is written, every later group's point follows at once.
         points.append(rep)
-        if i not in finished:
+        if i not in finished or wrote:
           for p in points:
             for tag, value in p.scalars.items():
               writer.add_scalar(tag, value, p.step)
           points.clear()
           writer.flush()
+          wrote = True
     if on_group:
       on_group(d, rep)
     if i >= KEPT_GROUPS:

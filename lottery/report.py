@@ -1233,6 +1233,8 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
     raise LotteryError(f"out: cannot write the report to {name!r} "
                        f"({e.strerror or e})") from None
   finally:
+    if old.exists() and not final.exists():
+      old.rename(final)  # Interrupted between the two renames.
     shutil.rmtree(new, ignore_errors=True)
   shutil.rmtree(old, ignore_errors=True)
   return figures

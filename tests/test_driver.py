@@ -143,10 +143,26 @@ def test_records_of_two_workdirs_combine(npz_path, tmp_path):
       r"^records: the runs in .*seed0' and .*longer' differ in more than "
       r"their seeds \(training.steps: 4 -> 6\): they are not replicates")):
     analysis.table(recs + lottery.records(other))
-  with pytest.raises(lottery.LotteryError, match=r"have the same seeds"):
-    twice = tmp_path / "again"
-    shutil.copytree(wds[0], twice)
+  twice = tmp_path / "again"
+  shutil.copytree(wds[0], twice)
+  with pytest.raises(lottery.LotteryError, match=r"are the same replicate "
+                     r"\(seeds init 0, data 0\), not two"):
     analysis.table(recs + lottery.records(twice))
+  # Replicate 1 of a two-replicate run from seeds 0 is the run of seeds 1.
+  pair = tmp_path / "pair"
+  lottery.run(tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 4,
+                                "training.eval_every": 2, "controls": (),
+                                "seeds.num": 2}), pair)
+  with pytest.raises(lottery.LotteryError, match=r"same replicate"):
+    analysis.table(lottery.records(wds[1]) + lottery.records(pair))
+  # More rounds, another checkpoint interval: still replicates.
+  more = tmp_path / "more"
+  lottery.run(tiny(npz_path, **{"pruning.rounds": 2, "training.steps": 4,
+                                "training.eval_every": 2, "controls": (),
+                                "training.checkpoint_every": 2,
+                                "seeds.init": 2, "seeds.data": 2}), more)
+  assert [r["n"] for r in analysis.table(recs + lottery.records(more))] == [
+      3, 3, 1]
 
 
 def test_load_ticket_lists_the_coordinates_that_exist(npz_path, tmp_path):

@@ -6,6 +6,7 @@ damage refused in one line that names the file and what to delete."""
 import itertools
 import json
 import pathlib
+import shutil
 import re
 
 import jax
@@ -217,15 +218,41 @@ def test_a_rerun_with_nothing_to_do_writes_nothing(run_1, npz_path):
   new = sorted(set(workdir_files(wd)) - set(before))
   events = [f for f in new if f.startswith("tensorboard/summary/")]
   assert len(events) == 1
+  steps = _event_steps(wd / events[0])
+  assert steps and all(s == [0, 1, 2] for s in steps.values()), steps
+
+
+def _event_steps(path: pathlib.Path) -> dict[str, list[int]]:
+  """{tag: [step, ...]} of a TensorBoard events file."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
-  data, steps = (wd / events[0]).read_bytes(), {}
+  data, steps = path.read_bytes(), {}
   while data:  # TFRecords: length, its CRC, the event, the event's CRC.
     n = int.from_bytes(data[:8], "little")
     event = event_pb2.Event.FromString(data[12:12 + n])
     data = data[16 + n:]
     for v in event.summary.value:
       steps.setdefault(v.tag, []).append(event.step)
-  assert steps and all(s == [0, 1, 2] for s in steps.values()), steps
+  return steps
+
+
+def test_a_rerun_that_retrains_a_middle_group_writes_every_point(npz_path,
+                                                                 tmp_path):
+  # A deleted control of round 1 (the remedy for a damaged ticket) is
+  # trained again; the new events file holds every round's point, the
+  # groups finished after it included (they are purged from the old file).
+  c = tiny(npz_path, **{"pruning.rounds": 2, "controls": ("reinit",),
+                        "controls_every": 1})
+  wd = tmp_path / "wd"
+  lottery.run(c, wd, log=quiet)
+  before = set(workdir_files(wd))
+  shutil.rmtree(wd / tickets.imp_path(1, "reinit"))
+  lottery.run(c, wd, log=quiet)
+  events = [f for f in set(workdir_files(wd)) - before
+            if f.startswith("tensorboard/summary/")]
+  assert len(events) == 1
+  assert _event_steps(wd / events[0]) == {
+      "density": [0, 1, 2], "ticket_test_accuracy": [0, 1, 2],
+      "reinit_test_accuracy": [1, 2]}  # Controls from round 1.
 
 
 def test_a_changed_metric_is_refused_not_copied(run_1):

@@ -24,7 +24,7 @@ with momentum 0.9 (here at 0.05, constant, 1500 steps, batch 100):
 Zhou et al. report 2:4 networks trained by SR-STE "without performance drop"
 (their repository: ResNet-50 at 2:4, 77.0% top-1 on ImageNet). Measured here
 (docs/structured.md, 3 replicates, test accuracy %): dense 68.4, SR-STE 69.1,
-static 67.4, nm 66.6.
+static 66.0, nm 66.6.
 
 Expected (the literature, at equal density): RigL >= SET >= static (Evci et
 al. 2020, Fig. 2 and 4), ERK >= uniform, and gradual magnitude pruning (which

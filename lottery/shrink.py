@@ -83,6 +83,9 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
     LotteryError: one line, for a model that cannot be shrunk or a mask
       that does not fit `params`.
   """
+  model_state = {} if model_state is None else model_state
+  check(model)
+  _check_fits(model, params)
   folds, masked = _folds(model, params, mask)
   out = _by_module(masked)
   state = {c: _by_module(col) for c, col in dict(model_state).items()}
@@ -107,6 +110,51 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
           tree[m] = {k: np.asarray(v)[..., cols] for k, v in tree[m].items()}
   small = narrowed(_smaller(model, folds))
   return small, _nested(out), {c: _nested(v) for c, v in state.items()}
+
+
+def _check_fits(model: Any, params: Any) -> None:
+  """Refuses (one line) params that are not `model`'s: other parameter
+  paths, or a leaf whose last axis (its outputs: units, channels, classes)
+  is not the model's. The model's own shapes come from initializing it,
+  abstractly, on an input shaped after its input layer's kernel; a model
+  that cannot be probed so is not checked."""
+  got, name = masks_lib.named_leaves(params), type(model).__name__
+  layer = getattr(model, "input_layer", None)
+  if callable(layer) and not any(k.startswith(f"{layer()}/") for k in got):
+    raise LotteryError(f"params: not this {name}'s (no {layer()}, its "
+                       f"input layer)")
+  want = _probe(model, params)
+  if want is None:
+    return
+  if set(want) != set(got):
+    raise LotteryError(
+        f"params: not this {name}'s (parameters only in the params: "
+        f"{sorted(set(got) - set(want))[:4]}; only in the model: "
+        f"{sorted(set(want) - set(got))[:4]})")
+  for k, leaf in want.items():
+    if np.shape(got[k])[-1:] != tuple(leaf.shape)[-1:]:
+      raise LotteryError(
+          f"params: {k} has {np.shape(got[k])[-1]} outputs where this "
+          f"{name} has {leaf.shape[-1]}: they are another model's")
+
+
+def _probe(model: Any, params: Any) -> dict[str, Any] | None:
+  """{path: shape} of `model`'s own parameters, or None."""
+  layer = getattr(model, "input_layer", None)
+  kernel = (masks_lib.named_leaves(params).get(f"{layer()}/kernel")
+            if callable(layer) else None)
+  if kernel is None:
+    return None
+  shape = np.shape(kernel)
+  # Dense: (in, out); a conv: (*window, in, out), its input (1, *size, in).
+  size = {0: (), 1: (40,)}.get(len(shape) - 2, (32,) * (len(shape) - 2))
+  x = jnp.zeros((1, *size, shape[-2]) if size else (1, shape[0]),
+                jnp.float32)
+  try:
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return masks_lib.named_leaves(variables.get("params", {}))
 
 
 def _by_module(tree: Any) -> dict[str, dict[str, Any]]:

@@ -6,7 +6,8 @@ baseline), `seeds.num` replicates train for `training.steps` steps:
 
   dense   all weights, for reference (method 'dense', distribution 'none',
           target_density 1.0).
-  static  a random mask at the target density, fixed.
+  static  a random mask at the target density, fixed; in a run with N:M
+          methods (below), a random `sparse.n_m` mask: their fixed baseline.
   set     the same random mask, changed every `update_every` steps by SET.
   rigl    the same random mask, changed every `update_every` steps by RigL.
   gmp     dense at the start, pruned by magnitude to the target along the
@@ -447,7 +448,8 @@ class Sparse(method_lib.Method):
         mask = jax.device_get(mask_of(ctx.init(i)[0]))
       elif g.method in (DENSE, "gmp"):
         mask = exp.dense_mask
-      elif g.method == "nm":
+      elif g.method == "nm" or (g.method == "static" and any(
+          m in _N_M_METHODS for m in c.sparse.methods)):
         mask = pruning.prune(exp.dense_mask, scores_lib.random(
             exp.dense_mask, rng.stream(c.seeds.control + i, "mask_init")),
                              0.0, structure=c.sparse.n_m)

@@ -173,12 +173,19 @@ def parse(spec: Any, *, field: str = "structure") -> Structure:
   if not 0 < n < m:
     raise LotteryError(f"{field}: an N:M structure needs 0 < N < M (got "
                        f"{spec!r})")
+  if spec != f"{n}:{m}":  # One spelling, so that a rerun compares equal.
+    raise LotteryError(f"{field}: write the N:M structure as '{n}:{m}' (got "
+                       f"{spec!r})")
   return Structure("N:M", n, m)
 
 
 def parse_n_m(spec: Any, *, field: str = "structure") -> Structure:
   """`parse(spec)` of an N:M pattern; a LotteryError naming `field` for any
   other structure."""
+  if not (isinstance(spec, (str, Structure)) and (
+      isinstance(spec, Structure) or _N_M.fullmatch(spec.strip()))):
+    raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "
+                       f"{spec!r})")
   parsed = parse(spec, field=field)
   if parsed.kind != "N:M":
     raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "
@@ -306,10 +313,13 @@ def n_m_plan(spec: Structure, names: Sequence[str],
     axis = reduction_axis(len(shape))
     length = shape[axis] if shape else 1
     if length % spec.m:
+      # A bias (one axis) of a classifier, say: N:M is a kernels' pattern.
+      hint = (" (N:M prunes kernels along their inputs: leave biases out, "
+              "pruning.prunable=('.*kernel',))" if len(shape) == 1 else "")
       raise LotteryError(
           f"{field}: {str(spec)!r} groups {spec.m} weights along axis {axis} "
           f"of {name} (shape {tuple(shape)}), whose length {length} is not a "
-          f"multiple of {spec.m}")
+          f"multiple of {spec.m}{hint}")
     plan.append((spec.n, spec.m, axis))
   return tuple(plan)
 

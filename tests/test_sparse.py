@@ -22,6 +22,7 @@ from lottery import step as step_lib
 from lottery import straight_through
 
 from conftest import execute_notebook
+from conftest import leaves_equal
 from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -365,6 +366,22 @@ def n_m_config(npz_path):
       "sparse.methods": ("nm", "sr_ste"), "sparse.densities": (0.5,),
       "sparse.distribution": ("uniform",), "sparse.update_every": 5,
       "sparse.n_m": "2:4", "training.checkpoint_every": 5})
+
+
+def test_static_beside_n_m_methods_is_a_fixed_random_n_m_mask(n_m_config,
+                                                             tmp_path):
+  c = n_m_config.copy_and_resolve_references()
+  c.sparse.methods = ("static", "nm")
+  lottery.sparse.run(c, tmp_path, log=lambda _: None)
+  t = lottery.load_ticket(tmp_path, method="static", distribution="uniform",
+                          target_density=0.5)
+  for m in (t.mask, t.initial_mask):
+    for leaf in ("fc1", "out"):
+      assert (_runs_of(m[leaf]["kernel"], 4, 0) == 2).all()
+  assert leaves_equal(t.mask, t.initial_mask)  # Fixed.
+  nm = lottery.load_ticket(tmp_path, method="nm", distribution="uniform",
+                           target_density=0.5)
+  assert leaves_equal(t.initial_mask, nm.initial_mask)  # One random draw.
 
 
 def test_n_m_run_resumes_bit_identical_and_keeps_n_of_m(n_m_config, tmp_path,

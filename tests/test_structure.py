@@ -36,6 +36,23 @@ def test_parse():
       structure.parse(bad)
   with pytest.raises(LotteryError, match=r"known|one of \['unstructured'"):
     structure.parse("block")
+  # One spelling of an N:M pattern, so that a rerun's config compares equal.
+  for other in ("02:04", " 2:4", "2:4 "):
+    with pytest.raises(LotteryError, match=r"^structure: write the N:M "
+                       r"structure as '2:4' \(got "):
+      structure.parse(other)
+  # Where only N:M is read, the message says so.
+  for bad in ("2/4", "", "neuron"):
+    with pytest.raises(LotteryError, match=r"^sparse.n_m: must be an N:M "
+                       r"pattern such as '2:4'"):
+      structure.parse_n_m(bad, field="sparse.n_m")
+  # A bias cannot hold N:M groups: the message says to leave biases out.
+  with pytest.raises(LotteryError, match=r"of out/bias \(shape \(10,\)\), "
+                     r"whose length 10 is not a multiple of 4 \(N:M prunes "
+                     r"kernels along their inputs: leave biases out, "
+                     r"pruning.prunable=\('.\*kernel',\)\)$"):
+    pruning.prune({"out": {"bias": np.ones(10, bool)}},
+                  {"out": {"bias": np.ones(10)}}, 0.5, structure="2:4")
   with pytest.raises(LotteryError, match=r"^group_score: .*\['sum', 'l1', "
                      r"'l2', 'taylor', 'bn_scale'\]"):
     pruning.prune({"w": np.ones(4, bool)}, {"w": np.ones(4)}, 0.5,
@@ -733,6 +750,27 @@ def test_shrink_refuses_models_without_units(unitless):
                      "can rebuild itself .* _DeclaresUnits declares its units "
                      "but cannot$"):
     lottery.shrink(model, params, {}, masks.make_mask(params))
+
+
+def test_shrink_refuses_another_models_params():
+  # A ticket of the MNIST-1D MLP (residual, 500 units) shrunk with a model
+  # of the same module names but other widths, classes or layers: each would
+  # have built a network computing something else.
+  ticket = models.get("mnist1d_mlp", 10)
+  params = ticket.init(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  mask = masks.make_mask(params)
+  for other, message in [
+      (models.get("lenet_300_100", 10),
+       r"^params: fc1/bias has 500 outputs where this MLP has 300: they are "
+       r"another model's$"),
+      (models.get("mnist1d_mlp", 5),
+       r"^params: out/bias has 10 outputs where this ResidualMLP has 5"),
+      (models.get("conv2", 10),
+       r"^params: not this ConvNet's \(no conv1, its input layer\)$")]:
+    with pytest.raises(LotteryError, match=message):
+      lottery.shrink(other, params, {}, mask)
+  # Its own model shrinks; a model_state of None is an empty one.
+  assert lottery.shrink(ticket, params, None, mask)[2] == {}
 
 
 class _DeclaresUnits(nn.Module):

@@ -158,5 +158,6 @@ def matmul(x: jax.Array, packed: Packed) -> jax.Array:
   if x.shape[-1] != packed.shape[0]:
     raise LotteryError(f"n_m.matmul: x has {x.shape[-1]} features on its last "
                        f"axis, the kernel {packed.shape[0]} inputs")
-  logging.log_first_n(logging.INFO, "%s", 1, fallback_note())
+  # A warning: shown by a plain script, whose absl logging shows no INFO.
+  logging.log_first_n(logging.WARNING, "%s", 1, fallback_note())
   return x @ unpack(packed)

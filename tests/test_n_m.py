@@ -82,8 +82,10 @@ def test_matmul_refuses_a_conv_kernel_and_logs_its_fallback_once(monkeypatch):
     n_m.matmul(jnp.ones((1, 4)), p)
   lines = []
   monkeypatch.setattr(logging, "log_first_n",
-                      lambda level, fmt, count, *a: lines.append(fmt % a))
+                      lambda level, fmt, count, *a: lines.append(
+                          (level, fmt % a)))
   q = n_m.pack(np.ones((4, 2)), np.eye(4, 2) > 0, 1, 2)
   np.testing.assert_array_equal(n_m.matmul(jnp.ones((1, 4)), q), [[1, 1]])
-  assert lines == [n_m.fallback_note()]
-  assert "no N:M sparse kernel" in lines[0] and jax.__version__ in lines[0]
+  assert lines == [(logging.WARNING, n_m.fallback_note())]
+  note = lines[0][1]
+  assert "no N:M sparse kernel" in note and jax.__version__ in note

@@ -144,14 +144,10 @@ def _check_replicate_runs(records: list[Record], by: Sequence[str]) -> None:
       flat.pop(k, None)
     for other, other_flat in seen.items():
       if flat != other_flat:
-        changes = "; ".join(
-            f"{k}: {other_flat.get(k)!r} -> {flat.get(k)!r}"
-            for k in sorted(set(flat) | set(other_flat))
-            if flat.get(k) != other_flat.get(k))
         raise LotteryError(
             f"records: the runs in {other!r} and {where!r} differ in more "
-            f"than their seeds ({changes}): they are not replicates; table "
-            f"them one by one")
+            f"than their seeds ({workdir_lib.changes(other_flat, flat)}): "
+            f"they are not replicates; table them one by one")
     seen[where] = flat
     for r in recs:
       i = r.get("seed") or 0

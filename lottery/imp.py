@@ -517,6 +517,12 @@ def _check_sets_kept(config, exp: Experiment, masks: list, r: int) -> None:
           f"'layerwise' or fewer rounds in a new workdir")
 
 
+def _path_file(ctx, ticket: str, prefix: str) -> str:
+  """A path evaluation kept in a ticket's directory: the stability copy's
+  ('') or the level barrier's ('level_')."""
+  return os.path.join(ctx.workdir, ticket, f"{prefix}path.json")
+
+
 @method_lib.register
 class Imp(method_lib.Method):
   """Iterative magnitude pruning as a method plug-in (see the module doc).
@@ -651,7 +657,7 @@ class Imp(method_lib.Method):
     # The paths' evaluations kept in the tickets' directories (`record`).
     for p in ctx.paths(coords):
       for prefix in ("", "level_"):
-        file = os.path.join(ctx.workdir, p, f"{prefix}path.json")
+        file = _path_file(ctx, p, prefix)
         if checkpoint.exists(file):
           checkpoint.read_json(file)
 
@@ -675,7 +681,7 @@ class Imp(method_lib.Method):
       path = stability_lib.path_metrics(
           ctx.exp, a.trained_params, b.trained_params, a.model_state,
           a.mask if masked else None, points=ctx.config.pruning.path_points,
-          file=os.path.join(ctx.workdir, p, f"{prefix}path.json"))
+          file=_path_file(ctx, p, prefix))
       rec.update({prefix + k: path[k] for k in ("barrier_test",
                                                 "barrier_train")})
     return recs

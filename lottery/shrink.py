@@ -120,10 +120,13 @@ def _check_fits(model: Any, params: Any) -> None:
   that cannot be probed so is not checked."""
   got, name = masks_lib.named_leaves(params), type(model).__name__
   layer = getattr(model, "input_layer", None)
-  if callable(layer) and not any(k.startswith(f"{layer()}/") for k in got):
-    raise LotteryError(f"params: not this {name}'s (no {layer()}, its "
-                       f"input layer)")
-  want = _probe(model, params)
+  if not callable(layer):
+    return
+  layer = layer()
+  if not any(k.startswith(f"{layer}/") for k in got):
+    raise LotteryError(f"params: not this {name}'s (no {layer}, its input "
+                       f"layer)")
+  want = _probe(model, got.get(f"{layer}/kernel"))
   if want is None:
     return
   if set(want) != set(got):
@@ -138,11 +141,9 @@ def _check_fits(model: Any, params: Any) -> None:
           f"{name} has {leaf.shape[-1]}: they are another model's")
 
 
-def _probe(model: Any, params: Any) -> dict[str, Any] | None:
-  """{path: shape} of `model`'s own parameters, or None."""
-  layer = getattr(model, "input_layer", None)
-  kernel = (masks_lib.named_leaves(params).get(f"{layer()}/kernel")
-            if callable(layer) else None)
+def _probe(model: Any, kernel: Any) -> dict[str, Any] | None:
+  """{path: shape} of `model`'s own parameters, initialized on an input
+  shaped after its input layer's `kernel`; None if that cannot be done."""
   if kernel is None:
     return None
   shape = np.shape(kernel)

@@ -109,7 +109,7 @@ def _sparse_densities(f, v, c) -> None:
 
 
 config_lib.read_when(
-    "sparse.n_m", lambda c: any(m in _N_M_METHODS for m in c["sparse.methods"]))
+    "sparse.n_m", lambda c: _with_n_m(c["sparse.methods"]))
 
 
 def _sparse_n_m(f, v, c) -> None:
@@ -138,6 +138,11 @@ def _sparse_decay(f, v, c) -> None:
 # The methods that train under `sparse.n_m`, and its default.
 _N_M_METHODS = ("nm", "sr_ste")
 N_M = "2:4"
+
+
+def _with_n_m(methods) -> bool:
+  """Whether a run of `methods` reads `sparse.n_m` (an N:M method runs)."""
+  return any(m in _N_M_METHODS for m in methods)
 
 
 def _sparse_end_fraction(f, v, c) -> None:
@@ -398,7 +403,7 @@ class Sparse(method_lib.Method):
 
   def before_claim(self, ctx: method_lib.Context) -> None:
     shapes = distributions.shapes_of(ctx.exp.dense_mask)
-    if set(_N_M_METHODS) & set(ctx.config.sparse.methods):
+    if _with_n_m(ctx.config.sparse.methods):
       # M divides every reduction axis.
       structure.check_model(ctx.config.sparse.n_m, ctx.exp.dense_mask,
                             ctx.exp.model, ctx.config.model.name,
@@ -448,8 +453,8 @@ class Sparse(method_lib.Method):
         mask = jax.device_get(mask_of(ctx.init(i)[0]))
       elif g.method in (DENSE, "gmp"):
         mask = exp.dense_mask
-      elif g.method == "nm" or (g.method == "static" and any(
-          m in _N_M_METHODS for m in c.sparse.methods)):
+      elif g.method == "nm" or (g.method == "static" and
+                                _with_n_m(c.sparse.methods)):
         mask = pruning.prune(exp.dense_mask, scores_lib.random(
             exp.dense_mask, rng.stream(c.seeds.control + i, "mask_init")),
                              0.0, structure=c.sparse.n_m)

@@ -182,12 +182,12 @@ def parse(spec: Any, *, field: str = "structure") -> Structure:
 def parse_n_m(spec: Any, *, field: str = "structure") -> Structure:
   """`parse(spec)` of an N:M pattern; a LotteryError naming `field` for any
   other structure."""
-  if not (isinstance(spec, (str, Structure)) and (
-      isinstance(spec, Structure) or _N_M.fullmatch(spec.strip()))):
-    raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "
-                       f"{spec!r})")
-  parsed = parse(spec, field=field)
-  if parsed.kind != "N:M":
+  # Parsed only if it reads as N:M: another structure's message would list
+  # the structures this field does not take.
+  n_m = isinstance(spec, Structure) or (
+      isinstance(spec, str) and _N_M.fullmatch(spec.strip()))
+  parsed = parse(spec, field=field) if n_m else None
+  if parsed is None or parsed.kind != "N:M":
     raise LotteryError(f"{field}: must be an N:M pattern such as '2:4' (got "
                        f"{spec!r})")
   return parsed

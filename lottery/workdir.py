@@ -54,6 +54,12 @@ def flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def changes(a: dict, b: dict) -> str:
+  """'field: old -> new; ...' of the fields where two flat configs differ."""
+  return "; ".join(f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+                   for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
 def _with_new_defaults(saved: dict, new: dict) -> dict:
   """`saved` as today's schema reads it: with the fields added to the schema
   since it was written (absent from it, at their default in `new`), and with
@@ -245,11 +251,9 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     elif "method" in keys and "method" in a and "method" in b:
       raise _other_method(wd, a["method"], b["method"])
     else:
-      diffs = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-               for k in keys]
       raise LotteryError(
           f"config: workdir {_q(wd)} holds a run with a different config "
-          f"({'; '.join(diffs)}); use a new --workdir")
+          f"({changes(a, b)}); use a new --workdir")
   if extra and (wd / FACTS_FILE).exists():
     facts = _read_facts(wd / FACTS_FILE)
     new_facts = json.loads(json.dumps(extra))

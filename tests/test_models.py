@@ -30,8 +30,8 @@ def _shapes(name, num_classes=10, shape=(1, 32, 32, 3), **options):
 
 def test_names_include_every_family():
   assert models.names() == [
-      "conv2", "conv4", "conv6", "lenet_300_100", "mlp_tiny", "mnist1d_mlp",
-      "resnet", "resnet20", "resnet32", "resnet50", "resnet56",
+      "conv2", "conv4", "conv6", "lenet_300_100", "mlp_tiny", "mnist1d_cnn",
+      "mnist1d_mlp", "resnet", "resnet20", "resnet32", "resnet50", "resnet56",
       "vgg", "vgg11", "vgg13", "vgg16", "vgg19", "vit", "vit_tiny"]
 
 
@@ -258,6 +258,51 @@ def test_image_models_refuse_other_inputs():
                             "(N, H, W, C) (got shape (1, 40))")
 
 
+# ------------------------------------------------------- the MNIST-1D CNN
+
+
+def _conv1d_by_hand(x, w, b, stride=2, pad=1):
+  """PyTorch's Conv1d (cross-correlation) on (N, L, C) inputs, in numpy."""
+  x = np.pad(x, ((0, 0), (pad, pad), (0, 0)))
+  k = w.shape[0]
+  steps = (x.shape[1] - k) // stride + 1
+  return np.stack([np.einsum("nkc,kco->no", x[:, t * stride:t * stride + k],
+                             w) for t in range(steps)], axis=1) + b
+
+
+def test_mnist1d_cnn_is_the_papers_cnn():
+  """Greydanus & Kobak's ConvBase: convs of 25 channels with kernels 5, 3, 3,
+  stride 2, padding 1 (length 40 -> 19 -> 10 -> 5), ReLU, a linear layer on
+  the 5 x 25 map; PyTorch's default init, U(+-1/sqrt(fan_in)) for kernels and
+  biases alike."""
+  model = models.get("mnist1d_cnn", 10)
+  x = np.asarray(jax.random.normal(jax.random.key(1), (3, 40)))
+  p = model.init(jax.random.key(0), x)["params"]
+  assert _count(p) == 5_210
+  assert {k: v["kernel"].shape for k, v in p.items()} == {
+      "conv1": (5, 1, 25), "conv2": (3, 25, 25), "conv3": (3, 25, 25),
+      "out": (125, 10)}
+  for name, fan_in in [("conv1", 5), ("conv2", 75), ("conv3", 75),
+                       ("out", 125)]:
+    for leaf in ("kernel", "bias"):
+      v = np.abs(np.asarray(p[name][leaf]))
+      bound = 1 / np.sqrt(fan_in)
+      assert v.max() <= bound and v.max() > 0.8 * bound, (name, leaf)
+  h = x[..., None]
+  for name in ("conv1", "conv2", "conv3"):
+    h = np.maximum(_conv1d_by_hand(h, np.asarray(p[name]["kernel"]),
+                                   np.asarray(p[name]["bias"])), 0)
+  assert h.shape == (3, 5, 25)
+  want = h.reshape(3, -1) @ np.asarray(p["out"]["kernel"]) + p["out"]["bias"]
+  np.testing.assert_allclose(jax.jit(model.apply)({"params": p}, x), want,
+                             rtol=1e-5, atol=1e-6)
+  wide = _shapes("mnist1d_cnn", shape=(1, 40), width=64)["params"]
+  assert wide["conv2"]["kernel"].shape == (3, 64, 64)
+  assert wide["out"]["kernel"].shape == (5 * 64, 10)
+  with pytest.raises(lottery.LotteryError, match=r"^model.width: must be"):
+    models.get("mnist1d_cnn", 10, width=0)
+
+
 # ------------------------------------------- the stateless models unchanged
 
 
@@ -406,6 +451,27 @@ def test_convolution_matches_lax_bit_for_bit(size, kernel, stride, padding):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("kernel,stride,padding", [
+    (5, 2, ((1, 1),)), (3, 1, "SAME"), (3, 2, "VALID"), (4, 3, ((2, 1),))])
+def test_1d_convolution_matches_lax_bit_for_bit(kernel, stride, padding):
+  """A 1-D convolution in Flax's layout runs as the 2-D one of a single row:
+  its value and gradients are lax's 1-D convolution's, bit for bit."""
+  from jax import lax
+  from lottery.models import convolution
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 40, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, 3, 12)), jnp.float32)
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(
+        x, w, (stride,), padding, dimension_numbers=("NWC", "WIO", "NWC"))))
+  ours, ref = (jax.jit(jax.value_and_grad(loss(conv), (0, 1)))(x, w)
+               for conv in (convolution.conv_general_dilated,
+                            lax.conv_general_dilated))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
 def _conv_and_grads(x, w, stride, padding):
   """(value, (dx, dw)) of a loss of the framework's convolution and of
   lax's."""
@@ -526,15 +592,20 @@ def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
   assert operands and sum(n > 2 for n in operands) <= 1, operands
 
 
-def test_convolution_gradients_in_a_loop_are_canonical():
-  """Every convolution of a ResNet-20 train step inside a fori_loop has
-  the form XLA:CPU runs through a library kernel (dim_labels
+@pytest.mark.parametrize("name, shape, convs", [
+    # Wider than convolution.NARROW: library kernels (narrow is 0 anyway).
+    # CIFAR's 32x32: at 2x2 feature maps XLA swaps a convolution's operands
+    # (a rewrite of its own, whatever the input's form).
+    ("resnet20", (2, 32, 32, 3), 21),
+    # 1-D convolutions, run as 2-D ones of a single row.
+    ("mnist1d_cnn", (2, 40), 3),
+])
+def test_convolution_gradients_in_a_loop_are_canonical(name, shape, convs):
+  """Every convolution of a ResNet-20 or MNIST-1D CNN train step inside a
+  fori_loop has the form XLA:CPU runs through a library kernel (dim_labels
   b01f_01io->b01f), not the loop nest of a non-canonical one."""
-  # Wider than convolution.NARROW: library kernels (narrow is 0 anyway).
-  model = models.get("resnet20", 10, width=10)
-  # CIFAR's 32x32: at 2x2 feature maps XLA swaps a convolution's operands
-  # (a rewrite of its own, whatever the input's form).
-  x = jnp.zeros((2, 32, 32, 3))
+  model = models.get(name, 10, **({"width": 10} if name == "resnet20" else {}))
+  x = jnp.zeros(shape)
   variables = model.init(jax.random.key(0), x)
 
   def step(i, params):
@@ -547,7 +618,7 @@ def test_convolution_gradients_in_a_loop_are_canonical():
   text = jax.jit(lambda p: jax.lax.fori_loop(0, 2, step, p)).lower(
       variables["params"]).compile().as_text()
   labels = re.findall(r"dim_labels=([^,\s]+)", text)
-  # 21 convolutions: forward, kernel gradient, input gradient (not the
-  # stem's).
-  assert len(labels) >= 3 * 21 - 1, len(labels)
+  # Each convolution: forward, kernel gradient, input gradient (not the
+  # first's).
+  assert len(labels) >= 3 * convs - 1, len(labels)
   assert set(labels) == {"b01f_01io->b01f"}, set(labels)

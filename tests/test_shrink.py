@@ -75,6 +75,7 @@ def test_shrink_vit_folds_silent_gelu_units_and_keeps_silent_heads():
 
 @pytest.mark.parametrize("name, shape, positions", [
     ("conv2", (4, 40), 20),
+    ("mnist1d_cnn", (4, 40), 5),
     ("conv4", (2, 8, 8, 3), 4),
     pytest.param("conv6", (2, 8, 8, 3), 1, marks=pytest.mark.slow),
 ])
@@ -89,10 +90,11 @@ def test_shrink_conv_nets_removes_channels_and_their_flatten_rows(
   small, small_params, _ = lottery.shrink(model, params, {}, mask)
   kept = [int((~d).sum()) for d in
           structure.whole_units(mask, model.coupling()).values()]
-  widths = [c for c in small.convs if c != "pool"] + list(small.dense)
-  assert widths == kept
-  assert small_params["fc1"]["kernel"].shape == (positions * kept[-3],
-                                                 kept[-2])
+  convs = [c for c in small.convs if c != "pool"]
+  assert convs + list(small.dense) == kept
+  after = ("fc1", kept[len(convs)]) if small.dense else ("out", 10)
+  assert small_params[after[0]]["kernel"].shape == (
+      positions * kept[len(convs) - 1], after[1])
   _assert_same_outputs(model, params, mask, small, small_params, x)
   unstructured = pruning.prune(masks.make_mask(params), scores, 0.95)
   small, small_params, _ = lottery.shrink(model, params, {}, unstructured)

@@ -1,4 +1,4 @@
-"""2-D convolutions whose gradients XLA:CPU runs fast inside loops.
+"""Convolutions whose gradients XLA:CPU runs fast inside loops.
 
 `Conv` is `flax.linen.Conv` with `conv_general_dilated` below: the same
 parameters, the same forward convolution; only the backward pass is spelled
@@ -21,8 +21,12 @@ wherever it sits, so one loop form serves every platform.
 The arithmetic is what XLA's canonicalization produces in a per-step
 program: the same convolutions on the same transposed operands (the train
 step's losses and weights match the per-step program's to float rounding).
-Anything else (1-D or 3-D convolutions, dilations, feature groups, other
-dimension numbers) goes to `lax.conv_general_dilated` unchanged.
+A 1-D convolution in Flax's layout ((N, W, C) input, (W, I, O) kernel) runs
+as the 2-D one of a single row, which gives lax's 1-D values and gradients
+bit for bit (the MNIST-1D CNN's 4000 steps in a rolled scan took 9.0 s
+against 2.1 s as per-step calls before, 1.8 s after). Anything else (3-D
+convolutions, dilations, feature groups, other dimension numbers) goes to
+`lax.conv_general_dilated` unchanged.
 
 Narrow convolutions. XLA:CPU runs a convolution of a few channels far below
 its rate for wide ones: a 3x3 convolution of 256 32x32 images with 2 input
@@ -214,6 +218,16 @@ def _is_unit(dilation) -> bool:
   return dilation is None or all(d == 1 for d in dilation)
 
 
+def _is_flax_1d(lhs, rhs, dimension_numbers) -> bool:
+  """Whether a 3-D convolution is in Flax's layout: (N, W, C) input, (W, I,
+  O) kernel, (N, W, O) output."""
+  if dimension_numbers is None:  # lax's default: (N, C, W).
+    return False
+  dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+  return (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == (
+      (0, 2, 1), (2, 1, 0), (0, 2, 1))
+
+
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
                          lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count: int = 1,
@@ -229,6 +243,19 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   on the CPU, such a convolution of at most `narrow` float32 channels runs
   as a sum of taps when not differentiated (the module doc).
   """
+  if lhs.ndim == 3 and _is_flax_1d(lhs, rhs, dimension_numbers):
+    # A 1-D convolution is the 2-D one of a single row, canonical here too.
+    strides = tuple(int(s) for s in window_strides)
+    if isinstance(padding, str):
+      padding = lax.padtype_to_pads(lhs.shape[1:2], rhs.shape[:1], strides,
+                                    padding)
+    return conv_general_dilated(
+        lhs[:, None], rhs[None], (1, *strides), ((0, 0), *padding),
+        lhs_dilation=None if lhs_dilation is None else (1, *lhs_dilation),
+        rhs_dilation=None if rhs_dilation is None else (1, *rhs_dilation),
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type, narrow=narrow)[:, 0]
   plain = (lhs.ndim == 4 and _is_unit(lhs_dilation) and
            _is_unit(rhs_dilation) and feature_group_count == 1 and
            batch_group_count == 1 and preferred_element_type is None)

@@ -48,6 +48,7 @@ from experiments import timing
 # 1/196 of its ImageNet forward pass, so that it runs on a CPU in minutes.
 MODELS = {
     "mnist1d_mlp": ("mnist1d_mlp", (40,), {}),
+    "mnist1d_cnn": ("mnist1d_cnn", (40,), {}),
     "resnet20": ("resnet20", (32, 32, 3), {}),
     "vgg16": ("vgg16", (32, 32, 3), {}),
     "resnet50": ("resnet50", (64, 64, 3), {"width": 16}),

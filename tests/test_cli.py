@@ -92,7 +92,7 @@ def test_help_lists_fields_defaults_choices_and_recipes():
      f"recipes: {', '.join(sorted(cli.recipes()))}) (got 'mnist1dd')"),
     ("--config=mnist1d:fast",
      "error: config: 'mnist1d' takes one of mnist1d, mnist1d:quick, "
-     "mnist1d:paper (got 'mnist1d:fast')"),
+     "mnist1d:paper, mnist1d:cnn, mnist1d:cnn,quick (got 'mnist1d:fast')"),
 ])
 def test_bad_command_line_prints_one_line(tmp_path, arg, message):
   res = _cli(f"--workdir={tmp_path / 'wd'}", arg)

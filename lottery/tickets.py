@@ -320,14 +320,25 @@ def _check_record(workdir, record: dict) -> None:
           f"{METRICS} {theirs[k]!r}")
 
 
+def _same(key: str, value: Any, asked: Any) -> bool:
+  """Whether a record's `value` of `key` is the `asked` one. A measured
+  density matches the digits it is printed with: density=0.3276 finds
+  0.32760975... (rounded to the asked value's decimals, as repr writes it)."""
+  if (key == "density" and type(asked) is float and type(value) is float and
+      "e" not in repr(asked)):
+    return round(value, len(repr(asked).partition(".")[2])) == asked
+  return value == asked
+
+
 def find(workdir, **coords) -> dict:
   """The one record whose coordinates match `coords` (LotteryError if none
   or several match); without `seed`, replicate 0's where several
   replicates match; without `kind` or `check`, the method's own ticket
-  (kind 'ticket') where its controls or sanity checks match too."""
+  (kind 'ticket') where its controls or sanity checks match too. A
+  `density` matches to the decimals it is given with (`_same`)."""
   _run_dir(workdir)
   matches = [r for r in records(workdir)
-             if all(r.get(k) == v for k, v in coords.items())]
+             if all(_same(k, r.get(k), v) for k, v in coords.items())]
   if ("kind" not in coords and "check" not in coords and
       len({r["ticket"] for r in matches}) > 1):
     matches = [r for r in matches if r.get("kind") == "ticket"] or matches

@@ -95,6 +95,30 @@ def test_unsummarised_tickets_are_listed_and_misuse_is_refused(tiny_config,
     lottery.load_ticket(tmp_path / "nowhere", 0)
 
 
+def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
+                                                       tmp_path):
+  """load_ticket(density=x) finds the ticket whose density rounds to x at
+  x's decimals (as the progress lines print it, to 4); a value that more
+  than one ticket's density rounds to is refused as ambiguous, a value none
+  rounds to lists the densities."""
+  lottery.run(tiny_config(**{"pruning.rounds": 3, "pruning.fraction": 0.06,
+                             "controls": ()}), tmp_path, log=quiet)
+  densities = [r["density"] for r in lottery.records(tmp_path)]
+  inexact = [d for d in densities if round(d, 4) != d]
+  assert inexact, densities
+  for r, d in enumerate(densities):
+    for decimals in (4, 6):
+      t = lottery.load_ticket(tmp_path, density=round(d, decimals))
+      assert (t.round, t.metrics["density"]) == (r, d)
+    assert lottery.load_ticket(tmp_path, density=d).round == r  # Exact.
+  assert [round(d, 1) for d in densities].count(0.9) >= 2, densities
+  with pytest.raises(lottery.LotteryError, match=r"matches \d+ tickets"):
+    lottery.load_ticket(tmp_path, density=0.9)
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^density: no finished ticket .* density in \["):
+    lottery.load_ticket(tmp_path, density=0.5)
+
+
 def test_no_two_uses_share_a_key():
   """Every (use, round) pair of a seed gets its own key; in particular round
   r's random score and round r+1's random-pruning control differ."""

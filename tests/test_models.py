@@ -472,6 +472,39 @@ def test_1d_convolution_matches_lax_bit_for_bit(kernel, stride, padding):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, dn, options", [
+    ((4, 40, 3), (3, 3, 12), ("NWC", "WIO", "NWC"), {"rhs_dilation": (2,)}),
+    ((4, 40, 3), (3, 3, 12), ("NWC", "WIO", "NWC"),
+     {"lhs_dilation": (2,), "padding": ((1, 1),)}),
+    ((4, 40, 3), (3, 1, 12), ("NWC", "WIO", "NWC"),
+     {"feature_group_count": 3}),
+    ((4, 40, 3), (3, 3, 12), ("NWC", "WIO", "NWC"),
+     {"preferred_element_type": jnp.float32}),
+    ((4, 3, 40), (12, 3, 3), None, {}),  # lax's default (N, C, W) layout.
+    ((2, 3, 8, 8), (12, 3, 3, 3), None, {}),  # (N, C, H, W).
+])
+def test_other_convolutions_are_lax_s(x_shape, w_shape, dn, options):
+  """Dilated, grouped or typed convolutions and lax's own default layout
+  are `lax.conv_general_dilated` itself: the same values and gradients."""
+  from jax import lax
+  from lottery.models import convolution
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=w_shape), jnp.float32)
+  spatial = len(x_shape) - 2
+
+  options = {"padding": "SAME", **options}
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(
+        x, w, (1,) * spatial, dimension_numbers=dn, **options)))
+  ours, ref = (jax.jit(jax.value_and_grad(loss(conv), (0, 1)))(x, w)
+               for conv in (convolution.conv_general_dilated,
+                            lax.conv_general_dilated))
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_array_equal(a, b)
+
+
 def _conv_and_grads(x, w, stride, padding):
   """(value, (dx, dw)) of a loss of the framework's convolution and of
   lax's."""
@@ -506,7 +539,8 @@ def test_narrow_convolution_runs_as_taps_and_matches_lax(size, kernel, stride,
   x = jnp.asarray(rng.normal(size=(3, size, size, ci)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(kernel, kernel, ci, co)), jnp.float32)
   forward = lambda narrow: lambda x, w: convolution.conv_general_dilated(
-      x, w, (stride, stride), padding, narrow=narrow)
+      x, w, (stride, stride), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), narrow=narrow)
   conv_op = lambda w, narrow: " convolution(" in jax.jit(
       forward(narrow)).lower(x, w).compile().as_text()
   assert conv_op(w, 0)

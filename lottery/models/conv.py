@@ -43,6 +43,9 @@ class ConvNet(nn.Module):
     if x.ndim == 2:  # (N, L) sequences such as MNIST-1D get a channel axis.
       x = x[..., None]
     spatial = x.ndim - 2
+    if self.kernels and len(self.kernels) != self._num_convs():
+      raise ValueError(f"ConvNet: {len(self.kernels)} kernel sizes for "
+                       f"{self._num_convs()} convs")
     kernels = iter(self.kernels or (3,) * self._num_convs())
     i = 0
     for c in self.convs:

@@ -65,8 +65,10 @@ import jax.numpy as jnp
 from jax import lax
 
 _CANONICAL = ("NHWC", "HWIO", "NHWC")
-# lax.conv_dimension_numbers' specs of the canonical form (Flax's default).
+# lax.conv_dimension_numbers' specs of the canonical form (Flax's default),
+# and of Flax's default 1-D layout ((N, W, C) input, (W, I, O) kernel).
 _SPECS = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+_SPECS_1D = ((0, 2, 1), (2, 1, 0), (0, 2, 1))
 
 
 def _conv(x, w, strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -218,14 +220,13 @@ def _is_unit(dilation) -> bool:
   return dilation is None or all(d == 1 for d in dilation)
 
 
-def _is_flax_1d(lhs, rhs, dimension_numbers) -> bool:
-  """Whether a 3-D convolution is in Flax's layout: (N, W, C) input, (W, I,
-  O) kernel, (N, W, O) output."""
-  if dimension_numbers is None:  # lax's default: (N, C, W).
-    return False
+def _specs(lhs, rhs, dimension_numbers) -> tuple | None:
+  """The (input, kernel, output) specs of `dimension_numbers`; None for
+  None (lax's default layout, (N, C, ...), never Flax's)."""
+  if dimension_numbers is None:
+    return None
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-  return (tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)) == (
-      (0, 2, 1), (2, 1, 0), (0, 2, 1))
+  return tuple(dn.lhs_spec), tuple(dn.rhs_spec), tuple(dn.out_spec)
 
 
 def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
@@ -239,31 +240,25 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding,
   Same signature and forward result. A 2-D convolution in Flax's default
   layout (NHWC input, HWIO kernel, NHWC output) with no dilation and one
   feature group differentiates through the explicit canonical form of this
-  module; every other call is `lax.conv_general_dilated` itself. `narrow`:
-  on the CPU, such a convolution of at most `narrow` float32 channels runs
-  as a sum of taps when not differentiated (the module doc).
+  module, and so does such a 1-D one ((N, W, C) input, (W, I, O) kernel), as
+  the 2-D convolution of a single row; every other call is
+  `lax.conv_general_dilated` itself. `narrow`: on the CPU, such a
+  convolution of at most `narrow` float32 channels runs as a sum of taps when
+  not differentiated (the module doc).
   """
-  if lhs.ndim == 3 and _is_flax_1d(lhs, rhs, dimension_numbers):
-    # A 1-D convolution is the 2-D one of a single row, canonical here too.
-    strides = tuple(int(s) for s in window_strides)
-    if isinstance(padding, str):
-      padding = lax.padtype_to_pads(lhs.shape[1:2], rhs.shape[:1], strides,
-                                    padding)
+  simple = (_is_unit(lhs_dilation) and _is_unit(rhs_dilation) and
+            feature_group_count == 1 and batch_group_count == 1 and
+            preferred_element_type is None)
+  specs = _specs(lhs, rhs, dimension_numbers) if simple else None
+  if specs == _SPECS_1D:
+    # Padding strings mean the same for the row: its kernel has height 1.
+    if not isinstance(padding, str):
+      padding = ((0, 0), *padding)
     return conv_general_dilated(
-        lhs[:, None], rhs[None], (1, *strides), ((0, 0), *padding),
-        lhs_dilation=None if lhs_dilation is None else (1, *lhs_dilation),
-        rhs_dilation=None if rhs_dilation is None else (1, *rhs_dilation),
-        feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type, narrow=narrow)[:, 0]
-  plain = (lhs.ndim == 4 and _is_unit(lhs_dilation) and
-           _is_unit(rhs_dilation) and feature_group_count == 1 and
-           batch_group_count == 1 and preferred_element_type is None)
-  if plain and dimension_numbers is not None:
-    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    plain = (tuple(dn.lhs_spec), tuple(dn.rhs_spec),
-             tuple(dn.out_spec)) == _SPECS
-  if not plain:
+        lhs[:, None], rhs[None], (1, *window_strides), padding,
+        dimension_numbers=_CANONICAL, precision=precision,
+        narrow=narrow)[:, 0]
+  if specs != _SPECS:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

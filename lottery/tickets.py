@@ -30,6 +30,8 @@ import os
 import pathlib
 from typing import Any
 
+import numpy as np
+
 from lottery import checkpoint
 from lottery import masks as masks_lib
 from lottery.errors import LotteryError
@@ -321,13 +323,23 @@ def _check_record(workdir, record: dict) -> None:
 
 
 def _same(key: str, value: Any, asked: Any) -> bool:
-  """Whether a record's `value` of `key` is the `asked` one. A measured
-  density matches the digits it is printed with: density=0.3276 finds
-  0.32760975... (rounded to the asked value's decimals, as repr writes it)."""
-  if (key == "density" and type(asked) is float and type(value) is float and
-      "e" not in repr(asked)):
+  """Whether a record's `value` of `key` rounds to the `asked` one: a
+  measured density matches the digits it is printed with (density=0.3276
+  finds 0.32760975..., rounded to the asked value's decimals as repr writes
+  them); any other value matches itself."""
+  if (key == "density" and isinstance(asked, (float, np.floating)) and
+      isinstance(value, float) and "e" not in repr(float(asked))):
+    asked = float(asked)
     return round(value, len(repr(asked).partition(".")[2])) == asked
   return value == asked
+
+
+def _matching(recs: list[dict], coords: dict) -> list[dict]:
+  """The records whose values equal `coords`, or where none do, those whose
+  density rounds to the asked one (`_same`)."""
+  exact = [r for r in recs if all(r.get(k) == v for k, v in coords.items())]
+  return exact or [r for r in recs
+                   if all(_same(k, r.get(k), v) for k, v in coords.items())]
 
 
 def find(workdir, **coords) -> dict:
@@ -335,10 +347,9 @@ def find(workdir, **coords) -> dict:
   or several match); without `seed`, replicate 0's where several
   replicates match; without `kind` or `check`, the method's own ticket
   (kind 'ticket') where its controls or sanity checks match too. A
-  `density` matches to the decimals it is given with (`_same`)."""
+  `density` no ticket has exactly matches to its decimals (`_same`)."""
   _run_dir(workdir)
-  matches = [r for r in records(workdir)
-             if all(_same(k, r.get(k), v) for k, v in coords.items())]
+  matches = _matching(records(workdir), coords)
   if ("kind" not in coords and "check" not in coords and
       len({r["ticket"] for r in matches}) > 1):
     matches = [r for r in matches if r.get("kind") == "ticket"] or matches
@@ -367,7 +378,7 @@ def _coordinates(recs: list[dict], asked: dict) -> str:
     # An asked coordinate's values among the tickets that match the other
     # asked ones, where some do (the rounds that have a 'reinit' control).
     others = {a: v for a, v in asked.items() if a != k}
-    among = [r for r in recs if all(r.get(a) == v for a, v in others.items())]
+    among = _matching(recs, others)
     values = sorted({r[k] for r in (among if k in asked and among else recs)
                      if k in r}, key=_order)
     if values:

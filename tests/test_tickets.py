@@ -97,22 +97,24 @@ def test_unsummarised_tickets_are_listed_and_misuse_is_refused(tiny_config,
 
 def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
                                                        tmp_path):
-  """load_ticket(density=x) finds the ticket whose density rounds to x at
-  x's decimals (as the progress lines print it, to 4); a value that more
-  than one ticket's density rounds to is refused as ambiguous, a value none
-  rounds to lists the densities."""
-  lottery.run(tiny_config(**{"pruning.rounds": 3, "pruning.fraction": 0.06,
+  """load_ticket(density=x) finds the ticket whose density is x, or where
+  none is, the one whose density rounds to x at x's decimals (as the
+  progress lines print it, to 4); a value that more than one ticket's
+  density rounds to is refused as ambiguous, a value none rounds to lists
+  the densities."""
+  lottery.run(tiny_config(**{"pruning.rounds": 3, "pruning.fraction": 0.04,
                              "controls": ()}), tmp_path, log=quiet)
   densities = [r["density"] for r in lottery.records(tmp_path)]
-  inexact = [d for d in densities if round(d, 4) != d]
-  assert inexact, densities
+  assert [round(d, 1) for d in densities] == [1.0, 1.0, 0.9, 0.9], densities
+  assert all(round(d, 4) != d for d in densities[1:]), densities
   for r, d in enumerate(densities):
-    for decimals in (4, 6):
-      t = lottery.load_ticket(tmp_path, density=round(d, decimals))
+    for asked in (round(d, 4), round(d, 6), np.float64(round(d, 4)), d):
+      t = lottery.load_ticket(tmp_path, density=asked)
       assert (t.round, t.metrics["density"]) == (r, d)
-    assert lottery.load_ticket(tmp_path, density=d).round == r  # Exact.
-  assert [round(d, 1) for d in densities].count(0.9) >= 2, densities
-  with pytest.raises(lottery.LotteryError, match=r"matches \d+ tickets"):
+  # Exact first: 1.0 is round 0's, though round 1's also rounds to it.
+  assert lottery.load_ticket(tmp_path, density=1.0).round == 0
+  assert lottery.load_ticket(tmp_path, density=1).round == 0
+  with pytest.raises(lottery.LotteryError, match=r"matches 2 tickets"):
     lottery.load_ticket(tmp_path, density=0.9)
   with pytest.raises(lottery.LotteryError,
                      match=r"^density: no finished ticket .* density in \["):

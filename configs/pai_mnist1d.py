@@ -13,8 +13,9 @@ Quick variant (seconds):
   python -m experiments.pai --config=configs/pai_mnist1d.py:quick --workdir=...
 
 ':cnn' (':cnn,quick') prunes the MNIST-1D CNN at init (configs/mnist1d.py:cnn's
-model and training: Adam 1e-2, 4000 steps) at 40.96%, 16.78% and 6.87%, the
-densities of that recipe's IMP rounds 4, 8 and 12. Measured (docs/results.md,
+model and training: Adam 1e-2, 4000 steps) at 40.96%, 16.78% and 6.87%
+(0.8^4, 0.8^8, 0.8^12: that recipe's IMP rounds 4, 8 and 12, whose per-layer
+rounding gives 40.96%, 16.76% and 6.89%). Measured (docs/results.md,
 seeds 0-2, at 16.8%): SynFlow 78.7, GraSP 74.1, SNIP 70.8, random 50.4;
 magnitude empties the output layer and stays at chance from 16.8%.
 

@@ -28,8 +28,9 @@ static 66.0, nm 66.6.
 
 ':cnn' (':cnn,quick') trains the MNIST-1D CNN (configs/mnist1d.py:cnn's
 model and training: Adam 1e-2, 4000 steps) sparse at 40.96%, 16.78% and
-6.87%, the densities of that recipe's IMP rounds 4, 8 and 12; GMP reaches
-them at step 2900. Measured (docs/results.md, seeds 0-2, ERK, 16.8% / 6.9%):
+6.87% (0.8^4, 0.8^8, 0.8^12: that recipe's IMP rounds 4, 8 and 12 hold
+40.96%, 16.76% and 6.89% after per-layer rounding); GMP reaches them at step
+2900 (a shorter run needs --config.sparse.end_step below its steps). Measured (docs/results.md, seeds 0-2, ERK, 16.8% / 6.9%):
 GMP 87.3 / 62.5, RigL 85.1 / 69.5, SET 80.3 / 45.5, static 58.1 / 27.2.
 
 Expected (the literature, at equal density): RigL >= SET >= static (Evci et

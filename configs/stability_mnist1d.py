@@ -18,7 +18,8 @@ recipe's round 0 and its tickets' masks apply to the same weights.
 
 ':cnn' is the same analysis of the MNIST-1D CNN (configs/mnist1d.py:cnn's
 training, 4000 steps) at k in {0, 50, 200, 1000}; its tickets come from
-`mnist1d:cnn` runs rewound to the k measured (--config.pruning.rewind_step).
+`mnist1d:cnn` runs rewound to the k measured (--config.pruning.rewind_step);
+':cnn,quick' runs in seconds.
 Measured (docs/stability.md, seeds 0-2): the dense CNN's test barrier is 36.0
 at k = 0 and 1.0 at k = 200; tickets of IMP rewound to 0 are unstable (25-28)
 at 41% and 16.8% density, those rewound to 200 or 1000 stable (<= 0.5) and

@@ -32,12 +32,15 @@ and output channels both go); units round differently from weights, so from
 13 channels on the counts differ by up to 5.2% (conv2 of 10 channels keeps
 300 weights, the unstructured one 315; a 6th round would differ by 19%).
 
-Commands (each 2-3 minutes on the loaded 2-core CPU):
+Commands (the MLP's each 2-3 minutes on the loaded 2-core CPU, the CNN's
+under a minute):
   python -m experiments.imp --config=structured_mnist1d --workdir=...
   python -m experiments.imp --config=structured_mnist1d:unstructured \\
       --workdir=...
   python -m experiments.imp --config=structured_mnist1d:quick --workdir=...
   python -m experiments.imp --config=structured_mnist1d:cnn --workdir=...
+  python -m experiments.imp --config=structured_mnist1d:cnn,unstructured \\
+      --workdir=...
 
 Measured (docs/structured.md, seeds 0-2, mean +- std): dense 66.3 +- 0.8;
 at equal weight counts the unstructured tickets beat the structured ones in

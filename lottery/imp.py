@@ -312,11 +312,18 @@ config_lib.register_block(
     help={
         "controls": "controls trained beside each pruned round's ticket",
     })
+def _controls_every(field: str, value, values: dict) -> None:
+  if value == 0 and not isinstance(value, bool):
+    raise LotteryError(f"{field}: must be an integer >= 1 (got 0); to run no "
+                       f"controls, set controls=()")
+  config_lib.count(1)(field, value, values)
+
+
 # Run the controls on every N-th round and the last.
 config_lib.register_block(
     "controls_every", 1,
     rules={
-        "controls_every": config_lib.count(1),
+        "controls_every": _controls_every,
     },
     help={
         "controls_every": "run the controls on every N-th round and on the last",

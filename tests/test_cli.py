@@ -90,6 +90,9 @@ def test_help_lists_fields_defaults_choices_and_recipes():
     ("--config=mnist1dd",
      "error: config: no recipe or file 'mnist1dd' (did you mean 'mnist1d'? "
      f"recipes: {', '.join(sorted(cli.recipes()))}) (got 'mnist1dd')"),
+    ("--config.controls_every=0",
+     "error: controls_every: must be an integer >= 1 (got 0); to run no "
+     "controls, set controls=()"),
     ("--config=mnist1d:fast",
      "error: config: 'mnist1d' takes one of mnist1d, mnist1d:quick, "
      "mnist1d:paper, mnist1d:cnn, mnist1d:cnn,quick (got 'mnist1d:fast')"),

@@ -9,7 +9,8 @@ with the form 'auto' picks for this platform) runs `--steps` steps per timed
 call:
   masked  a 50%-density mask on every kernel, through `keep_pruned`;
   dense   an all-None mask (no masking ops at all).
-For Conv-2 two more variants show why 'auto' picks its form:
+For Conv-2 and 'cnn1d' (the MNIST-1D CNN: 1-D convolutions, batch 100) two
+more variants show why 'auto' picks its form:
   python_loop  the same masked step, `jax.jit`-ed and called once per step
                from a plain Python loop (what a user would write);
   scan         the masked step in a rolled `lax.scan`.
@@ -112,10 +113,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed calls per variant.")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", 32, "Side of the Conv-2 and ResNet-20 inputs (32: CIFAR; "
     "smaller only to smoke-test the script).")
-_MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "resnet20", "seeds",
+_MODELS = flags.DEFINE_list("models", ["lenet", "conv2", "cnn1d", "resnet20",
+                                      "seeds",
                                       "resnet20_seeds", "stability", "stream",
                                       "torch"],
-                            "What to time: lenet, conv2, resnet20, seeds "
+                            "What to time: lenet, conv2, cnn1d, resnet20, "
+                            "seeds "
                             "(LeNet replicates, seeds.num = 1 and 8), "
                             "resnet20_seeds (1 and 2), "
                             "stability (LeNet and ResNet-20 paths, LeNet "
@@ -138,9 +141,14 @@ _RESNET_PATH_EXAMPLES = flags.DEFINE_integer(
 SETUPS = {
     "lenet": ("lenet_300_100", (28, 28, 1), 60, "adam", 1.2e-3, 1),
     "conv2": ("conv2", (32, 32, 3), 60, "adam", 2e-4, 5),
+    # 1-D convolutions: the MNIST-1D CNN as configs/mnist1d.py:cnn trains it.
+    "cnn1d": ("mnist1d_cnn", (40,), 100, "adam", 1e-2, 1),
     "resnet20": ("resnet20", (32, 32, 3), 128, "sgd", 0.1, 5),
 }
 
+
+# The models timed in the loop's forms too (the module doc).
+LOOP_FORMS = ("conv2", "cnn1d")
 
 _median_times = timing.median_times
 
@@ -195,7 +203,7 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
   loops = {"masked": loop.Loop(step_fn, eval_fn, form=form)}
   loops["dense"] = loops["masked"]
   masks_of = {"masked": mask, "dense": no_mask}
-  if name == "conv2":
+  if name in LOOP_FORMS:
     loops["scan"] = loop.Loop(step_fn, eval_fn, form="scan")
     masks_of["scan"] = mask
   states = {v: step.init_state(params, tx, mask=masks_of[v],
@@ -204,7 +212,7 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
   runners = {v: (lambda v=v: loops[v].run(states[v], data, idx[:n_steps[v]],
                                           lrs[:n_steps[v]]))
              for v in loops}
-  if name == "conv2":
+  if name in LOOP_FORMS:
     # A user's loop: the same masked step, jitted, called once per step.
     one = jax.jit(lambda s, xb, yb, lr: step_fn(s, (xb, yb), lr),
                   donate_argnums=0)
@@ -233,10 +241,10 @@ def _bench(name: str, steps: int, repeats: int) -> dict:
   out = {f"{name}_{v}_steps_per_s": float(f"{r:.4g}") for v, r in rate.items()}
   out[f"{name}_ratio"] = round(rate["masked"] / rate["dense"], 4)
   out[f"{name}_loop"] = form
-  if name == "conv2":
-    out["conv2_loop_vs_python_loop"] = round(
+  if name in LOOP_FORMS:
+    out[f"{name}_loop_vs_python_loop"] = round(
         rate["masked"] / rate["python_loop"], 4)
-    out["conv2_scan_vs_python_loop"] = round(
+    out[f"{name}_scan_vs_python_loop"] = round(
         rate["scan"] / rate["python_loop"], 4)
   return out
 

@@ -17,7 +17,7 @@ def test_benchmark_prints_json_last():
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   res = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
-       "--repeats=2", "--models=lenet,conv2,seeds,stability,stream",
+       "--repeats=2", "--models=lenet,conv2,cnn1d,seeds,stability,stream",
        "--image_size=8", "--eval_examples=500",
        "--resnet_path_examples=256"], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
@@ -28,10 +28,12 @@ def test_benchmark_prints_json_last():
   ratio = result["masked_steps_per_s"] / result["dense_steps_per_s"]
   assert abs(result["ratio"] - ratio) < 1e-2
   assert result["model"] == "lenet_300_100" and result["batch_size"] == 60
-  for key in ("conv2_masked_steps_per_s", "conv2_dense_steps_per_s",
-              "conv2_python_loop_steps_per_s", "conv2_scan_steps_per_s"):
-    assert result[key] > 0, key
-  assert result["conv2_loop"] == "scan"  # 'auto', on every platform
+  for name in ("conv2", "cnn1d"):
+    for key in ("masked_steps_per_s", "dense_steps_per_s",
+                "python_loop_steps_per_s", "scan_steps_per_s",
+                "scan_vs_python_loop"):
+      assert result[f"{name}_{key}"] > 0, (name, key)
+    assert result[f"{name}_loop"] == "scan"  # 'auto', on every platform
   assert result["seeds_1_steps_per_s"] > 0 and result["seeds_8_steps_per_s"] > 0
   assert abs(result["seeds_8_vs_1"] - result["seeds_8_steps_per_s"]
              / result["seeds_1_steps_per_s"]) < 1e-2

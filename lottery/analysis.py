@@ -138,7 +138,7 @@ def _check_replicate_runs(records: list[Record], by: Sequence[str]) -> None:
       config = config_lib.complete(runs.load_config(where))
     except LotteryError:
       continue
-    flat = workdir_lib.flatten(config.to_dict())
+    flat = workdir_lib.options_unset(workdir_lib.flatten(config.to_dict()))
     seeds = {k: flat.pop(k) for k in list(flat) if k.startswith("seeds.")}
     for k in _HOW:
       flat.pop(k, None)

@@ -60,6 +60,19 @@ def changes(a: dict, b: dict) -> str:
                    for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
+def options_unset(flat: dict) -> dict:
+  """A flat config with each model option that equals its model's own
+  default written as unset (0 or '', as `base_config` has it): the same
+  network either way (`model.width=25` of the MNIST-1D CNN is 0)."""
+  from lottery import models  # pylint: disable=g-import-not-at-top
+  out = dict(flat)
+  for option, default in models.defaults_of(flat.get("model.name")).items():
+    key = f"model.{option}"
+    if key in out and out[key] == default and type(out[key]) is type(default):
+      out[key] = "" if isinstance(default, str) else 0
+  return out
+
+
 def _with_new_defaults(saved: dict, new: dict) -> dict:
   """`saved` as today's schema reads it: with the fields added to the schema
   since it was written (absent from it, at their default in `new`), and with
@@ -238,9 +251,9 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     saved = _unflatten({k: v for k, v in flatten(saved).items()
                         if k in flat_new})
   saved = _with_new_defaults(saved, new)
-  if saved != new:
-    a, b = flatten(saved), flatten(new)
-    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  a, b = (options_unset(flatten(c)) for c in (saved, new))
+  keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+  if keys:
     if keys == [_EXTENDABLE] and all(isinstance(d.get(_EXTENDABLE), int)
                                      for d in (a, b)):
       if b[_EXTENDABLE] < a[_EXTENDABLE]:

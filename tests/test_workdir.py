@@ -115,3 +115,27 @@ def test_workdir_that_cannot_be_created(monkeypatch, tmp_path):
   assert str(e.value) == (
       f"workdir: '{wd}' cannot be created (No such file or directory); use a "
       f"--workdir in a writable directory")
+
+
+def test_a_model_option_at_its_default_is_the_same_run(tmp_path):
+  """model.width=25 for the MNIST-1D CNN (its default) is the run written
+  with 0 ('the model's default'), and the reverse; another width, or 25
+  for a model whose default differs, is another run."""
+  def config(name, width):
+    c = lottery.base_config()
+    c.model.update(name=name, width=width)
+    return c
+  wd = tmp_path / "wd"
+  workdir_lib.claim(wd, config("mnist1d_cnn", 0)).release()
+  assert workdir_lib.check(wd, config("mnist1d_cnn", 25))
+  with pytest.raises(LotteryError, match=r"model.width: 0 -> 24\)"):
+    workdir_lib.check(wd, config("mnist1d_cnn", 24))
+  other = tmp_path / "other"
+  workdir_lib.claim(other, config("resnet20", 25)).release()
+  assert workdir_lib.check(other, config("resnet20", 25))
+  with pytest.raises(LotteryError, match=r"model.width: 25 -> 0\)"):
+    workdir_lib.check(other, config("resnet20", 0))  # ResNet-20's is 16.
+  assert workdir_lib.options_unset({"model.name": "resnet20",
+                                    "model.width": 16, "model.bn_init": "ones"}
+                                   ) == {"model.name": "resnet20",
+                                         "model.width": 0, "model.bn_init": ""}

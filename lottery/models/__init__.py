@@ -70,6 +70,16 @@ def options_of(name: str, *, field: str = "model.name") -> tuple[str, ...]:
   return tuple(p for p in params if p != "num_classes")
 
 
+def defaults_of(name: str) -> dict[str, Any]:
+  """{option: the factory's default} of the registered model `name` ({} for
+  an unknown name)."""
+  if name not in _MODELS:
+    return {}
+  params = inspect.signature(_known(name, "model.name")).parameters
+  return {p: params[p].default for p in options_of(name)
+          if params[p].default is not inspect.Parameter.empty}
+
+
 def get(name: str, num_classes: int, *, field: str = "model.name",
         **options: Any) -> nn.Module:
   """Builds the model registered as `name`.

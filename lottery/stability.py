@@ -501,6 +501,38 @@ def _model_description(config: ml_collections.ConfigDict) -> tuple[Any, str]:
     return (name, sorted(options.items())), described
 
 
+# Training fields that do not change the dense run's weights up to a step k
+# (how long it trains on, how it is evaluated, saved and laid out).
+_TRAINING_AFTER_K = ("steps", "eval_every", "checkpoint_every", "loop",
+                     "replicas")
+
+
+def training_differences(config: ml_collections.ConfigDict,
+                         source: ml_collections.ConfigDict) -> list[str]:
+  """'field X there, Y here' for the training fields (and seeds.data) in
+  which the source run's dense run reaches its step k on other weights than
+  this run's (a field its config.json predates counts at its default)."""
+  fields = [f"training.{k}" for k in config_lib.base_config().training
+            if k not in _TRAINING_AFTER_K] + ["seeds.data"]
+  return [f"{field} {there!r} there, {here!r} here"
+          for field, there, here in _values(config, source, fields)
+          if here != there and not (isinstance(here, (tuple, list)) and
+                                    list(here) == list(there or ()))]
+
+
+def _values(config: ml_collections.ConfigDict,
+            source: ml_collections.ConfigDict, fields) -> list[tuple]:
+  """(field, the source run's value, this run's) for flat `fields`; a
+  field the source's config.json predates at its default."""
+  base = config_lib.base_config()
+  out = []
+  for field in fields:
+    block, key = field.split(".")
+    out.append((field, source.get(block, {}).get(key, base[block][key]),
+                config[block][key]))
+  return out
+
+
 def _check_source_run(config: ml_collections.ConfigDict,
                       source: ml_collections.ConfigDict, wd: str) -> None:
   """Refuses, in one line, a source run whose tickets are masks of another
@@ -509,18 +541,14 @@ def _check_source_run(config: ml_collections.ConfigDict,
   config.json predates counts at its default; the dataset by the
   fingerprint its facts.json records). Its training may differ (a ticket
   can be trained for other steps)."""
-  base = config_lib.base_config()
   diffs = []
   (theirs, described), (ours, own) = (_model_description(c)
                                       for c in (source, config))
   if theirs != ours:
     diffs.append(f"the model {described} there, {own} here")
-  for field in _SOURCE_FIELDS:
-    block, key = field.split(".")
-    here = config[block][key]
-    there = source.get(block, {}).get(key, base[block][key])
-    if here != there:
-      diffs.append(f"{field} {there!r} there, {here!r} here")
+  diffs += [f"{field} {there!r} there, {here!r} here"
+            for field, there, here in _values(config, source, _SOURCE_FIELDS)
+            if here != there]
   try:
     facts = checkpoint.read_json(pathlib.Path(wd) / workdir_lib.FACTS_FILE,
                                  unverified_ok=True)
@@ -598,6 +626,13 @@ class Stability(method_lib.Method):
         except LotteryError as e:  # One line, naming this field.
           raise refield(e, "stability.source_workdir") from None
         _check_source_run(ctx.config, source, wd)
+        differences = training_differences(ctx.config, source)
+        if differences and not ctx.state.get("source_noted"):
+          ctx.state["source_noted"] = True
+          ctx.progress.info(
+              f"note: stability.source_workdir trained otherwise "
+              f"({'; '.join(differences)}): its tickets' masks were found on "
+              f"other weights than this run's at step k")
         try:
           t = tickets.load_ticket(wd, **coords, seed=i,
                                   like=ctx.exp.init_params)

@@ -576,3 +576,22 @@ def test_a_source_model_is_compared_as_built():
   assert not same(cfg(name="resnet20", bn_init="uniform"),
                   cfg(name="resnet20"))
   assert not same(cfg(name="resnet20", width=8), cfg(name="resnet20"))
+
+
+def test_training_differences_name_what_moves_the_weights_up_to_k():
+  """A source run trained with another rate, batch or data order reached its
+  step k on other weights (a note names them); other steps, evaluation,
+  checkpoints or loop form do not."""
+  from experiments import cli
+  ours = cli.load_config("stability_mnist1d:cnn")
+  source = cli.load_config("mnist1d:cnn")
+  assert stability.training_differences(ours, source) == []
+  source.training.update(steps=8000, eval_every=250, checkpoint_every=1000,
+                         loop="python")
+  assert stability.training_differences(ours, source) == []
+  source.training.update(learning_rate=1e-3, batch_size=60)
+  source.seeds.data = 4
+  assert stability.training_differences(ours, source) == [
+      "training.batch_size 60 there, 100 here",
+      "training.learning_rate 0.001 there, 0.01 here",
+      "seeds.data 4 there, 0 here"]

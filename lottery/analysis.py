@@ -138,16 +138,17 @@ def _check_replicate_runs(records: list[Record], by: Sequence[str]) -> None:
       config = config_lib.complete(runs.load_config(where))
     except LotteryError:
       continue
-    flat = workdir_lib.options_unset(workdir_lib.flatten(config.to_dict()))
+    flat = workdir_lib.flatten(config.to_dict())
     seeds = {k: flat.pop(k) for k in list(flat) if k.startswith("seeds.")}
     for k in _HOW:
       flat.pop(k, None)
     for other, other_flat in seen.items():
-      if flat != other_flat:
+      differ = workdir_lib.config_changes(other_flat, flat)
+      if differ:
         raise LotteryError(
             f"records: the runs in {other!r} and {where!r} differ in more "
-            f"than their seeds ({workdir_lib.changes(other_flat, flat)}): "
-            f"they are not replicates; table them one by one")
+            f"than their seeds ({differ}): they are not replicates; table "
+            f"them one by one")
     seen[where] = flat
     for r in recs:
       i = r.get("seed") or 0

@@ -313,7 +313,7 @@ config_lib.register_block(
         "controls": "controls trained beside each pruned round's ticket",
     })
 def _controls_every(field: str, value, values: dict) -> None:
-  if value == 0 and not isinstance(value, bool):
+  if value == 0 and type(value) is int:
     raise LotteryError(f"{field}: must be an integer >= 1 (got 0); to run no "
                        f"controls, set controls=()")
   config_lib.count(1)(field, value, values)

@@ -501,23 +501,53 @@ def _model_description(config: ml_collections.ConfigDict) -> tuple[Any, str]:
     return (name, sorted(options.items())), described
 
 
-# Training fields that do not change the dense run's weights up to a step k
-# (how long it trains on, how it is evaluated, saved and laid out).
-_TRAINING_AFTER_K = ("steps", "eval_every", "checkpoint_every", "loop",
-                     "replicas")
-
-
 def training_differences(config: ml_collections.ConfigDict,
                          source: ml_collections.ConfigDict) -> list[str]:
-  """'field X there, Y here' for the training fields (and seeds.data) in
-  which the source run's dense run reaches its step k on other weights than
-  this run's (a field its config.json predates counts at its default)."""
-  fields = [f"training.{k}" for k in config_lib.base_config().training
-            if k not in _TRAINING_AFTER_K] + ["seeds.data"]
-  return [f"{field} {there!r} there, {here!r} here"
-          for field, there, here in _values(config, source, fields)
-          if here != there and not (isinstance(here, (tuple, list)) and
-                                    list(here) == list(there or ()))]
+  """'X there, Y here' for what makes the source run's dense run reach step k
+  (the largest of `stability.steps`) on other weights than this run's: its
+  learning rates up to k, the optimizer fields it reads, the batch, label
+  smoothing, data order (seeds.data) and augmentation. How long it trained
+  on, evaluated or saved does not count (a field its config.json predates
+  counts at its default)."""
+  from lottery import optim  # pylint: disable=g-import-not-at-top
+  ours = config.training
+  try:
+    theirs = _completed(source, "training")
+  except (TypeError, ValueError, AttributeError):  # A damaged config.json.
+    return ["its training block (unreadable)"]
+  fields = ["training.optimizer", "training.batch_size",
+            "training.label_smoothing", "seeds.data", "data.augment",
+            "data.crop"]
+  if "sgd" in (ours.optimizer, theirs.optimizer):
+    fields += ["training.momentum", "training.nesterov"]
+  if ours.weight_decay or theirs.weight_decay:
+    fields += ["training.weight_decay", "training.weight_decay_on"]
+  out = [f"{field} {there!r} there, {here!r} here"
+         for field, there, here in _values(config, source, fields)
+         if _listed(here) != _listed(there)]
+  k = max(config.stability.steps, default=0)
+  try:
+    rates = [optim.learning_rates(optim.make_schedule(t), 0, k)
+             for t in (theirs, ours)]
+  except (LotteryError, TypeError, ValueError):  # A damaged config.json.
+    rates = [None, ()]
+  if k and not np.array_equal(*rates):
+    out.append(f"the learning rates of steps 0..{k - 1}")
+  return out
+
+
+def _listed(value: Any) -> Any:
+  """Tuples as lists (config.json stores them as lists)."""
+  return list(value) if isinstance(value, tuple) else value
+
+
+def _completed(source: ml_collections.ConfigDict, block: str
+               ) -> ml_collections.ConfigDict:
+  """`source[block]` with the fields its config.json predates at their
+  defaults."""
+  out = config_lib.base_config()[block]
+  out.update(dict(source.get(block, {})))
+  return out
 
 
 def _values(config: ml_collections.ConfigDict,

@@ -328,9 +328,10 @@ def _same(key: str, value: Any, asked: Any) -> bool:
   finds 0.32760975..., rounded to the asked value's decimals as repr writes
   them); any other value matches itself."""
   if (key == "density" and isinstance(asked, (float, np.floating)) and
-      isinstance(value, float) and "e" not in repr(float(asked))):
-    asked = float(asked)
-    return round(value, len(repr(asked).partition(".")[2])) == asked
+      isinstance(value, float)):
+    # The shortest digits of the asked value's own type (np.float32 too).
+    text = np.format_float_positional(asked)
+    return round(value, len(text.partition(".")[2])) == float(text)
   return value == asked
 
 

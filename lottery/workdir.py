@@ -73,6 +73,15 @@ def options_unset(flat: dict) -> dict:
   return out
 
 
+def config_changes(a: dict, b: dict) -> str:
+  """`changes` of two flat configs in the fields where they are other runs
+  (`options_unset`), with their own values; '' for the same run's."""
+  unset_a, unset_b = options_unset(a), options_unset(b)
+  keys = {k for k in set(a) | set(b) if unset_a.get(k) != unset_b.get(k)}
+  return changes({k: a[k] for k in keys if k in a},
+                 {k: b[k] for k in keys if k in b})
+
+
 def _with_new_defaults(saved: dict, new: dict) -> dict:
   """`saved` as today's schema reads it: with the fields added to the schema
   since it was written (absent from it, at their default in `new`), and with
@@ -250,8 +259,11 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     flat_new = flatten(new)
     saved = _unflatten({k: v for k, v in flatten(saved).items()
                         if k in flat_new})
-  saved = _with_new_defaults(saved, new)
-  a, b = (options_unset(flatten(c)) for c in (saved, new))
+  # A model option at its default counts as unset on both sides first, so
+  # that a field the saved config predates is added at the new one's value.
+  saved = _with_new_defaults(saved, _unflatten(options_unset(flatten(new))))
+  raw_a, raw_b = flatten(saved), flatten(new)
+  a, b = options_unset(raw_a), options_unset(raw_b)
   keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
   if keys:
     if keys == [_EXTENDABLE] and all(isinstance(d.get(_EXTENDABLE), int)
@@ -266,7 +278,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     else:
       raise LotteryError(
           f"config: workdir {_q(wd)} holds a run with a different config "
-          f"({changes(a, b)}); use a new --workdir")
+          f"({config_changes(raw_a, raw_b)}); use a new --workdir")
   if extra and (wd / FACTS_FILE).exists():
     facts = _read_facts(wd / FACTS_FILE)
     new_facts = json.loads(json.dumps(extra))

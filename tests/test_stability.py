@@ -579,19 +579,28 @@ def test_a_source_model_is_compared_as_built():
 
 
 def test_training_differences_name_what_moves_the_weights_up_to_k():
-  """A source run trained with another rate, batch or data order reached its
-  step k on other weights (a note names them); other steps, evaluation,
-  checkpoints or loop form do not."""
+  """A source run trained with another rate (up to the largest k), batch or
+  data order reached its step k on other weights (a note names them); other
+  steps under a constant rate, evaluation, checkpoints, loop form or fields
+  its optimizer does not read do not count."""
   from experiments import cli
-  ours = cli.load_config("stability_mnist1d:cnn")
+  ours = cli.load_config("stability_mnist1d:cnn")  # k up to 1000, Adam.
   source = cli.load_config("mnist1d:cnn")
   assert stability.training_differences(ours, source) == []
   source.training.update(steps=8000, eval_every=250, checkpoint_every=1000,
-                         loop="python")
+                         loop="python", momentum=0.9, lr_boundaries=(10,))
   assert stability.training_differences(ours, source) == []
   source.training.update(learning_rate=1e-3, batch_size=60)
   source.seeds.data = 4
   assert stability.training_differences(ours, source) == [
       "training.batch_size 60 there, 100 here",
-      "training.learning_rate 0.001 there, 0.01 here",
-      "seeds.data 4 there, 0 here"]
+      "seeds.data 4 there, 0 here",
+      "the learning rates of steps 0..999"]
+  # Under a cosine schedule the total steps set every rate.
+  cosine = cli.load_config("mnist1d:cnn")
+  cosine.training.schedule = "cosine"
+  ours.training.schedule = "cosine"
+  assert stability.training_differences(ours, cosine) == []
+  cosine.training.steps = 8000
+  assert stability.training_differences(ours, cosine) == [
+      "the learning rates of steps 0..999"]

@@ -108,7 +108,8 @@ def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
   assert [round(d, 1) for d in densities] == [1.0, 1.0, 0.9, 0.9], densities
   assert all(round(d, 4) != d for d in densities[1:]), densities
   for r, d in enumerate(densities):
-    for asked in (round(d, 4), round(d, 6), np.float64(round(d, 4)), d):
+    for asked in (round(d, 4), round(d, 6), np.float64(round(d, 4)),
+                  np.float32(round(d, 4)), d):
       t = lottery.load_ticket(tmp_path, density=asked)
       assert (t.round, t.metrics["density"]) == (r, d)
   # Exact first: 1.0 is round 0's, though round 1's also rounds to it.

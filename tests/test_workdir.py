@@ -130,6 +130,11 @@ def test_a_model_option_at_its_default_is_the_same_run(tmp_path):
   assert workdir_lib.check(wd, config("mnist1d_cnn", 25))
   with pytest.raises(LotteryError, match=r"model.width: 0 -> 24\)"):
     workdir_lib.check(wd, config("mnist1d_cnn", 24))
+  at_25 = tmp_path / "at_25"  # The refusal names the saved value.
+  workdir_lib.claim(at_25, config("mnist1d_cnn", 25)).release()
+  assert workdir_lib.check(at_25, config("mnist1d_cnn", 0))
+  with pytest.raises(LotteryError, match=r"model.width: 25 -> 24\)"):
+    workdir_lib.check(at_25, config("mnist1d_cnn", 24))
   other = tmp_path / "other"
   workdir_lib.claim(other, config("resnet20", 25)).release()
   assert workdir_lib.check(other, config("resnet20", 25))
@@ -139,3 +144,8 @@ def test_a_model_option_at_its_default_is_the_same_run(tmp_path):
                                     "model.width": 16, "model.bn_init": "ones"}
                                    ) == {"model.name": "resnet20",
                                          "model.width": 0, "model.bn_init": ""}
+
+  assert workdir_lib.options_unset({"model.name": ["damaged"],
+                                    "model.width": 3}) == {
+                                        "model.name": ["damaged"],
+                                        "model.width": 3}

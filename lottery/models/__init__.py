@@ -73,7 +73,7 @@ def options_of(name: str, *, field: str = "model.name") -> tuple[str, ...]:
 def defaults_of(name: str) -> dict[str, Any]:
   """{option: the factory's default} of the registered model `name` ({} for
   an unknown name)."""
-  if name not in _MODELS:
+  if not isinstance(name, str) or name not in _MODELS:
     return {}
   params = inspect.signature(_known(name, "model.name")).parameters
   return {p: params[p].default for p in options_of(name)

@@ -26,6 +26,7 @@ SynFlow does not. Measured here: docs/results.md, "Pruning at
 initialization on MNIST-1D".
 """
 
+from configs import mnist1d
 from lottery.config import base_config
 
 ARGS = ("", "quick", "cnn", "cnn,quick")
@@ -49,9 +50,8 @@ def get_config(arg: str = ""):
   if arg.startswith("cnn"):
     # configs/mnist1d.py:cnn's model and training, at the densities of its
     # IMP rounds 4, 8 and 12 (0.8^4, 0.8^8, 0.8^12 of the kernels).
-    c.model.name = "mnist1d_cnn"
-    c.training.update(steps=4000, learning_rate=1e-2)
-    c.pai.densities = (0.4096, 0.1678, 0.0687)
+    mnist1d.use_cnn(c)
+    c.pai.densities = mnist1d.CNN_DENSITIES
   if arg.endswith("quick"):
     c.training.update(steps=20, eval_every=10, checkpoint_every=10)
     c.pai.update(densities=c.pai.densities[::2][:2],

@@ -41,6 +41,7 @@ and 73.2 / 75.0 (ERK); SET 75.5 / 58.3 and 70.2 / 73.5; static 69.8 / 46.5
 and 71.8 / 67.8; GMP 66.9 / 53.5 and 66.3 / 70.5.
 """
 
+from configs import mnist1d
 from lottery.config import base_config
 
 ARGS = ("", "quick", "n_m", "n_m,quick", "cnn", "cnn,quick")
@@ -65,9 +66,8 @@ def get_config(arg: str = ""):
     # configs/mnist1d.py:cnn's model and training, at the densities of its
     # IMP rounds 4, 8 and 12; updates every 100 steps to 75% of training
     # (GMP's last at step 2900).
-    c.model.name = "mnist1d_cnn"
-    c.training.update(steps=4000, learning_rate=1e-2)
-    c.sparse.update(densities=(0.4096, 0.1678, 0.0687), end_step=2900)
+    mnist1d.use_cnn(c)
+    c.sparse.update(densities=mnist1d.CNN_DENSITIES, end_step=2900)
   if "n_m" in parts:
     c.training.update(optimizer="sgd", momentum=0.9, learning_rate=0.05)
     c.sparse.update(methods=("static", "nm", "sr_ste"), densities=(0.5,),

@@ -312,6 +312,8 @@ config_lib.register_block(
     help={
         "controls": "controls trained beside each pruned round's ticket",
     })
+
+
 def _controls_every(field: str, value, values: dict) -> None:
   if value == 0 and type(value) is int:
     raise LotteryError(f"{field}: must be an integer >= 1 (got 0); to run no "

@@ -512,8 +512,8 @@ def training_differences(config: ml_collections.ConfigDict,
   from lottery import optim  # pylint: disable=g-import-not-at-top
   ours = config.training
   try:
-    theirs = _completed(source, "training")
-  except (TypeError, ValueError, AttributeError):  # A damaged config.json.
+    theirs = config_lib.complete(source).training
+  except LotteryError:  # A damaged config.json.
     return ["its training block (unreadable)"]
   fields = ["training.optimizer", "training.batch_size",
             "training.label_smoothing", "seeds.data", "data.augment",
@@ -524,29 +524,16 @@ def training_differences(config: ml_collections.ConfigDict,
     fields += ["training.weight_decay", "training.weight_decay_on"]
   out = [f"{field} {there!r} there, {here!r} here"
          for field, there, here in _values(config, source, fields)
-         if _listed(here) != _listed(there)]
+         if here != there]
   k = max(config.stability.steps, default=0)
-  try:
-    rates = [optim.learning_rates(optim.make_schedule(t), 0, k)
-             for t in (theirs, ours)]
-  except (LotteryError, TypeError, ValueError):  # A damaged config.json.
-    rates = [None, ()]
-  if k and not np.array_equal(*rates):
-    out.append(f"the learning rates of steps 0..{k - 1}")
-  return out
-
-
-def _listed(value: Any) -> Any:
-  """Tuples as lists (config.json stores them as lists)."""
-  return list(value) if isinstance(value, tuple) else value
-
-
-def _completed(source: ml_collections.ConfigDict, block: str
-               ) -> ml_collections.ConfigDict:
-  """`source[block]` with the fields its config.json predates at their
-  defaults."""
-  out = config_lib.base_config()[block]
-  out.update(dict(source.get(block, {})))
+  if k:
+    try:
+      same = np.array_equal(*(optim.learning_rates(optim.make_schedule(t), 0,
+                                                   k) for t in (theirs, ours)))
+    except (LotteryError, TypeError, ValueError):  # A damaged config.json.
+      same = False
+    if not same:
+      out.append(f"the learning rates of steps 0..{k - 1}")
   return out
 
 
@@ -656,9 +643,11 @@ class Stability(method_lib.Method):
         except LotteryError as e:  # One line, naming this field.
           raise refield(e, "stability.source_workdir") from None
         _check_source_run(ctx.config, source, wd)
-        differences = training_differences(ctx.config, source)
-        if differences and not ctx.state.get("source_noted"):
-          ctx.state["source_noted"] = True
+        # Every source is of this one workdir: its training is noted once.
+        differences = [] if ctx.state.get("source_noted") else \
+            training_differences(ctx.config, source)
+        ctx.state["source_noted"] = True
+        if differences:
           ctx.progress.info(
               f"note: stability.source_workdir trained otherwise "
               f"({'; '.join(differences)}): its tickets' masks were found on "

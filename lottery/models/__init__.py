@@ -76,8 +76,8 @@ def defaults_of(name: str) -> dict[str, Any]:
   if not isinstance(name, str) or name not in _MODELS:
     return {}
   params = inspect.signature(_known(name, "model.name")).parameters
-  return {p: params[p].default for p in options_of(name)
-          if params[p].default is not inspect.Parameter.empty}
+  return {p: v.default for p, v in params.items()
+          if p != "num_classes" and v.default is not inspect.Parameter.empty}
 
 
 def get(name: str, num_classes: int, *, field: str = "model.name",

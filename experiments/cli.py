@@ -12,7 +12,8 @@ and gets:
                         from any working directory; or a file PATH[:ARG]
   --config.FIELD=VALUE  overrides, checked against the config's fields
   --workdir=DIR         where the run is written (and resumed from)
-  --dry_run             prints the resolved config and workdir, writes nothing
+  --dry_run             prints the resolved config and, given --workdir,
+                        whether it starts or resumes a run; writes nothing
   --help, --helpfull    flags, recipes, and every config field with its
                         default and allowed values
   errors                `error: <message>` on stderr, one line, exit 1
@@ -468,7 +469,7 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
   if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv):
     logging.set_verbosity(logging.WARNING)
   config, workdir = config_flag.value, workdir_flag.value
-  if not workdir:
+  if not workdir and not dry_run_flag.value:
     raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery_runs/run "
                        "(got nothing)")
   if dry_run_flag.value:
@@ -476,11 +477,12 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     full, saved, _ = driver.resolve(config)
     if validate is not None:
       validate(full)
-    resumes = workdir_lib.check(workdir, saved)
+    resumes = workdir and workdir_lib.check(workdir, saved)
     print(json.dumps(workdir_lib.config_json(saved), indent=1,
                      sort_keys=True))
-    state = _resume_state(workdir, saved) if resumes else "new run"
-    print(f"workdir: {os.path.abspath(workdir)} ({state})")
+    if workdir:  # Without one, the config alone.
+      state = _resume_state(workdir, saved) if resumes else "new run"
+      print(f"workdir: {os.path.abspath(workdir)} ({state})")
     return
   if not _join_processes(*(f.value for f in hosts)):
     progress.close()
@@ -568,6 +570,15 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     progress.close()
     what = f"{os.fspath(e.filename)!r}: " if e.filename is not None else ""
     fail(f"{what}{e.strerror or e} (check its permissions)")
+  except Exception as e:  # pylint: disable=broad-except
+    if not _out_of_memory(e):
+      raise
+    signals.done()
+    progress.close()
+    fail(f"out of memory at {progress.where()}: "
+         f"{str(e).strip().splitlines()[0][:200]}; what was finished is "
+         f"kept: rerun the same command where memory is free, or give a "
+         f"smaller model or batch a new --workdir")
   except KeyboardInterrupt as e:
     # A second signal while exiting ends the process at once (same line).
     signals.done()
@@ -576,6 +587,13 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
   finally:
     signals.done()
   sys.exit(0)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  """Whether `e` says the host or the device ran out of memory."""
+  return isinstance(e, MemoryError) or (
+      type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and
+      str(e).startswith("RESOURCE_EXHAUSTED"))
 
 
 def launch(doc: str, default_config: str,

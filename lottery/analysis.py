@@ -57,8 +57,9 @@ def replicates(records: Iterable[Record]) -> list[dict]:
     # Filter before deduplicating: an aggregate may name the directory of
     # one of its replicates.
     if "seed" in r or (run(r), r.get("round"), r.get("kind")) not in seeded:
-      if (run(r), r["ticket"]) not in seen:
-        seen.add((run(r), r["ticket"]))
+      # Rows that name no ticket (the stability analysis's pairs) are kept.
+      if "ticket" not in r or (run(r), r["ticket"]) not in seen:
+        seen.add((run(r), r.get("ticket")))
         out.append(dict(r))
   return out
 
@@ -81,16 +82,28 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
 
   Args:
     records: records as `lottery.records` lists them (`replicates` is
-      applied here).
+      applied here), or a workdir (its records).
     metric: a scalar of the records, e.g. 'test_accuracy', 'early_stop_step'.
-    by: the coordinates that name a group; records lacking one are skipped.
+    by: the coordinates that name a group (IMP's by default; e.g.
+      ('method', 'target_density') for pruning at init, ('source', 'k') for
+      the stability analysis's copies); records lacking one are skipped.
 
   Returns:
     [{**coords, 'density', 'n', 'mean', 'std'}, ...] in order of first
     appearance; 'density' is the mean density of the group; groups none of
-    whose records has `metric` are left out.
+    whose records has `metric` are left out; [] for no records.
+
+  Raises:
+    LotteryError: if no record has `metric`, or one of `by`.
   """
+  if isinstance(records, (str, os.PathLike)):
+    records = tickets.records(records)
   records = replicates(records)
+  for field, name in [*(("by", k) for k in by), ("metric", metric)]:
+    if records and not any(name in r for r in records):
+      have = sorted({k for r in records for k in r} - {"workdir", "ticket"})
+      raise LotteryError(f"{field}: no record has {name!r}; the records "
+                         f"have {have}")
   _check_replicate_runs(records, by)
   groups: dict[tuple, list[dict]] = {}
   for r in records:
@@ -162,17 +175,26 @@ def _check_replicate_runs(records: list[Record], by: Sequence[str]) -> None:
             f"not two: give runs of other seeds")
 
 
+def _run_of(workdir: str | os.PathLike, record: Record) -> str | os.PathLike:
+  """The workdir a record's ticket is in: its own (`lottery.records` writes
+  it in every record, so records of several runs combine), else `workdir`."""
+  return record.get("workdir", workdir)
+
+
 def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:
   """A ticket's metrics.json (history and per-layer densities included),
-  read without its arrays."""
+  read without its arrays, from the record's own workdir (`workdir` for a
+  record that names none)."""
+  where = _run_of(workdir, record)
   return checkpoint.read_json(
-      pathlib.Path(workdir) / record["ticket"] / tickets.METRICS,
-      unverified_ok=checkpoint.predates_checksums(workdir))
+      pathlib.Path(where) / record["ticket"] / tickets.METRICS,
+      unverified_ok=checkpoint.predates_checksums(where))
 
 
 def layer_table(workdir: str | os.PathLike, records: Iterable[Record], *,
                 kind: str = "ticket") -> list[dict]:
-  """Per-layer densities of `kind` per round, averaged over replicates.
+  """Per-layer densities of `kind` per round, averaged over replicates
+  (records of several runs each read from their own workdir).
 
   Returns:
     [{'round', 'density', 'layers': {path: fraction kept}}, ...] by round.
@@ -202,10 +224,11 @@ def _kept(a, b) -> tuple[list[np.ndarray], list[np.ndarray]]:
   """
   fa, fb = masks_lib.named_leaves(a), masks_lib.named_leaves(b)
   if set(fa) != set(fb):
+    only = masks_lib.differing(sorted(set(fa) - set(fb)),
+                               sorted(set(fb) - set(fa)),
+                               ("only in the first:", "only in the second:"))
     raise LotteryError(
-        f"mask: the two masks are of different parameters (only in the "
-        f"first: {sorted(set(fa) - set(fb))}; only in the second: "
-        f"{sorted(set(fb) - set(fa))})")
+        f"mask: the two masks are of different parameters ({only})")
   la, lb = [], []
   for k, x in fa.items():
     y = fb[k]
@@ -250,29 +273,34 @@ def overlap_table(workdir: str | os.PathLike,
     stay pruned), jaccard_previous = jaccard(mask_r, mask_{r-1}),
     overlap_random_prune = overlap(mask_r, random_prune's mask) (absent
     without that control; chance level is about the density). 'seed' is None
-    in runs of one replicate; 'ticket' is round r's, so `table(rows, field,
-    by=('round',))` gives the mean and std over replicates.
+    in runs of one replicate; 'ticket' and 'workdir' are round r's, so
+    `table(rows, field, by=('round',))` gives the mean and std over
+    replicates. Records of several runs are each read from their own
+    workdir and compared within their run.
   """
   recs = replicates(records)
-  by = {(r.get("round"), r.get("kind"), r.get("seed")): r for r in recs}
-  cache: dict[str, Any] = {}
+  run = lambda r: os.fspath(_run_of(workdir, r))
+  by = {(run(r), r.get("round"), r.get("kind"), r.get("seed")): r
+        for r in recs}
+  cache: dict[tuple[str, str], Any] = {}
 
   def mask(r):
-    if r["ticket"] not in cache:
-      cache[r["ticket"]] = tickets.read_ticket(workdir, r["ticket"]).mask
-    return cache[r["ticket"]]
+    key = (run(r), r["ticket"])
+    if key not in cache:
+      cache[key] = tickets.read_ticket(*key).mask
+    return cache[key]
 
   rows = []
   for r in sorted((r for r in recs if r.get("kind") == "ticket"
-                   and r.get("round")), key=lambda r: (r["round"],
-                                                       str(r.get("seed")))):
-    prev = by.get((r["round"] - 1, "ticket", r.get("seed")))
+                   and r.get("round")),
+                  key=lambda r: (r["round"], run(r), str(r.get("seed")))):
+    prev = by.get((run(r), r["round"] - 1, "ticket", r.get("seed")))
     if prev is None:
       continue
-    rand = by.get((r["round"], "random_prune", r.get("seed")))
+    rand = by.get((run(r), r["round"], "random_prune", r.get("seed")))
     m = mask(r)
     row = {"round": r["round"], "kind": "ticket", "seed": r.get("seed"),
-           "ticket": r["ticket"], "density": r["density"],
+           "ticket": r["ticket"], "workdir": run(r), "density": r["density"],
            "kept_from_previous": overlap(m, mask(prev)),
            "jaccard_previous": jaccard(m, mask(prev))}
     if rand is not None:
@@ -281,22 +309,37 @@ def overlap_table(workdir: str | os.PathLike,
   return rows
 
 
+# A ticket's history names its test metrics 'accuracy' and 'loss'; its
+# records and summary.json 'test_accuracy' and 'test_loss'. Either works.
+_HISTORY_NAMES = {"test_accuracy": "accuracy", "test_loss": "loss"}
+
+
 def curve(workdir: str | os.PathLike, records: Iterable[Record],
           key: str = "accuracy") -> dict:
   """A learning curve averaged over replicates.
 
   Args:
-    workdir: the run's workdir.
+    workdir: the run's workdir (records of other runs are read from their
+      own).
     records: the replicates of one (round, kind).
-    key: a history field: 'accuracy', 'loss' (test), 'train_loss',
-      'val_loss', 'val_accuracy'.
+    key: a history field: 'accuracy' (or 'test_accuracy'), 'loss' (or
+      'test_loss'), 'train_loss', 'val_loss', 'val_accuracy'.
 
   Returns:
     {'step': [...], 'mean': [...], 'std': [...]} over the evaluation steps
-    that every replicate has; empty lists if `key` is not in the history.
+    that every replicate has (empty lists for tickets without a history).
+
+  Raises:
+    LotteryError: if the histories have entries but none has `key`.
   """
-  hists = [{h["step"]: h[key] for h in ticket_metrics(workdir, r)["history"]
-            if key in h} for r in records]
+  field = _HISTORY_NAMES.get(key, key)
+  histories = [ticket_metrics(workdir, r).get("history", [])
+               for r in records]
+  fields = {k for h in histories for e in h for k in e} - {"step"}
+  if fields and field not in fields:
+    raise LotteryError(f"key: the tickets' histories have no {key!r}; they "
+                       f"have {sorted(fields)}")
+  hists = [{e["step"]: e[field] for e in h if field in e} for h in histories]
   steps = sorted(set.intersection(*map(set, hists))) if hists else []
   stats = [mean_std([h[s] for h in hists]) for s in steps]
   return {"step": steps, "mean": [m for m, _ in stats],

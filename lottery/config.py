@@ -293,6 +293,19 @@ _on_device_read = read_when("data.on_device",
                             lambda c: c["data.source"] == "memory")
 
 
+# The datasets that are not TFDS's (lottery.data.NAMES' first).
+_LOCAL_DATA = ("mnist1d", "npz", "images")
+_data_dir_read = read_when("data.data_dir",
+                           lambda c: c["data.name"] not in _LOCAL_DATA)
+
+
+def _data_dir(f, v, c) -> None:
+  _str(f, v)
+  if v and not _data_dir_read(c):
+    _fail(f, v, f"is TFDS's data_dir, and data.name {c['data.name']!r} is "
+          f"not a TFDS dataset: leave it ''")
+
+
 def _data_path(f, v, c) -> None:
   _str(f, v)
   if v and not _path_read(c):
@@ -440,7 +453,7 @@ RULES: dict[str, _Rule] = {
     "seeds.control": _count(0, SEED_LIMIT - 1),
     "seeds.num": _seeds_num,
     "data.name": _one_of(_data_names),
-    "data.data_dir": _string,
+    "data.data_dir": _data_dir,
     "data.path": _data_path,
     "data.cache_dir": _string,
     "data.source": _one_of(_data_sources),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import time
 from collections.abc import Callable, Iterator
@@ -202,6 +203,8 @@ def build(config: ml_collections.ConfigDict, *,
   # Compiled once: run op by op, the initializers cost more than training.
   # A flat key: the same weights, compiled in a fraction of the time.
   init = jax.jit(lambda key: model.init(rng.flat(key), ds.x_train[:1]))
+  # Traced once: the call below reuses the trace.
+  _check_fits(config.model.name, init.eval_shape(rng.key(config.seeds.init)))
   variables = dict(init(rng.key(config.seeds.init)))
   init_params = variables.pop("params")
   dense_mask = masks_lib.make_mask(init_params, config.pruning.prunable)
@@ -338,6 +341,43 @@ def start_lines(exp: Experiment, progress, build_s: float) -> None:
 # The start-up line's words for each replica form (loop.replica_form).
 _REPLICAS = {"unroll": "the step once per replicate: each its single run",
              "vmap": "the step vmapped"}
+
+
+def _memory_bytes() -> int | None:
+  """The first device's memory (the CPU's: the machine's), or None where
+  it reports none."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" in stats:
+    return int(stats["bytes_limit"])
+  if jax.default_backend() != "cpu":
+    return None
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _check_fits(name: str, variables: Any) -> None:
+  """Refuses, before anything is written, a model whose training cannot fit
+  in the device's memory: its weights and their gradients (two copies of
+  its parameters at the least; the optimizer's state and the rewind weights
+  add more).
+
+  Raises:
+    LotteryError: ('model: ...') naming the parameter count and the memory.
+  """
+  leaves = jax.tree.leaves(variables)
+  nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
+  limit = _memory_bytes()
+  if limit is not None and 2 * nbytes > limit:
+    count = sum(x.size for x in leaves)
+    where = ("this machine" if jax.default_backend() == "cpu" else
+             jax.local_devices()[0].device_kind)
+    raise LotteryError(
+        f"model: {name} has {count:,} parameters ({nbytes / 2**30:.1f} GiB); "
+        f"training needs at least twice that (weights and gradients), more "
+        f"than the {limit / 2**30:.1f} GiB of memory of {where}: choose a "
+        f"smaller model")
 
 
 def _fits_on_device(nbytes: int) -> bool:

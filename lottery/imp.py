@@ -589,11 +589,11 @@ class Imp(method_lib.Method):
     if "scratch" in ctx.config.controls:
       check_shrinkable(ctx.exp.model, field="controls",
                        what="the 'scratch' control")
-      if p.structure == "unstructured":
+      if p.structure not in structure_lib.UNIT_KINDS:
         ctx.progress.info(
-            "note: the 'scratch' control under pruning.structure="
-            "'unstructured': a ticket shrinks only by the units its mask "
-            "leaves empty, so scratch is close to reinit until units die")
+            f"note: the 'scratch' control under pruning.structure="
+            f"{p.structure!r}: a ticket shrinks only by the units its mask "
+            f"leaves empty, so scratch is close to reinit until units die")
     if p.reset in ("lr_rewind", "finetune") and t.schedule == "constant":
       ctx.progress.info(f"note: pruning.reset={p.reset!r} under a constant "
                         f"schedule: lr_rewind and finetune are the same "

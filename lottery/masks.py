@@ -182,7 +182,7 @@ def check_mask(mask: Mask, params: PyTree, *, what: str = "mask",
     if not (missing or extra):  # Same names, other containers.
       raise not_a_mask()
     raise LotteryError(f"{what}: leaves differ from those of {against} "
-                       f"(missing {missing}, unexpected {extra})")
+                       f"({differing(missing, extra)})")
   for (path, m), p in zip(flat, under):
     if m is None:
       continue
@@ -247,6 +247,13 @@ def layer_densities(mask: Mask) -> dict[str, float]:
   return {k: kept / total for k, (kept, total) in counts(mask).items()}
 
 
+def differing(missing: list, extra: list,
+              words: tuple[str, str] = ("missing", "unexpected")) -> str:
+  """'missing [...], unexpected [...]' for an error, each part only where
+  it lists something."""
+  return ", ".join(f"{w} {v}" for w, v in zip(words, (missing, extra)) if v)
+
+
 def check_compatible(mask: Mask, params: PyTree, *, what: str = "mask") -> None:
   """Raises LotteryError unless `mask` fits `params` leaf for leaf."""
   ps = {k: np.shape(v) for k, v in named_leaves(params).items()}
@@ -255,7 +262,7 @@ def check_compatible(mask: Mask, params: PyTree, *, what: str = "mask") -> None:
     missing = sorted(set(ps) - set(ms))
     extra = sorted(set(ms) - set(ps))
     raise LotteryError(f"{what}: parameter paths differ from the model's "
-                       f"(missing {missing}, unexpected {extra})")
+                       f"({differing(missing, extra)})")
   for k, m in ms.items():
     if m is not None and np.shape(m) != ps[k]:
       raise LotteryError(f"{what}: {k} has shape {np.shape(m)} but the "

@@ -68,6 +68,11 @@ Plot = tuple[Any, dict] | None
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
            "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+# Past those nine, the light shades of the same hues (matplotlib's tab20),
+# before any colour repeats in another line style.
+_LIGHT = ("#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+          "#f7b6d2", "#dbdb8d", "#9edae5")
+_PALETTE = _COLORS + _LIGHT
 # The built-in series names' colours: a family's names appear together, so
 # each family takes distinct places of the palette.
 _NAMED_COLORS = {name: _COLORS[i] for family in (
@@ -87,17 +92,18 @@ def _styles(keys: Iterable[str], word: Callable[[str], str] = lambda k: k
   A series' name is the first word of `word(key)` (its method or control).
   'dense' is gray. The built-in names take their fixed colours first, any
   other name one chosen by its checksum; a colour another name of the figure
-  holds passes to the next free one (past the palette's nine, colours repeat
-  in another line style). So a method has the same colour in every figure of
-  a run, and a method's several series in one figure (one per distribution)
-  share its colour, each in a line style of its own.
+  holds passes to the next free one (past the palette's nine, their light
+  shades; past those, colours repeat in another line style). So a method has
+  the same colour in every figure of a run, and a method's several series in
+  one figure (one per distribution) share its colour, each in a line style
+  of its own.
   """
   keys = list(dict.fromkeys(keys))
   name = {k: (word(k).split() or [""])[0] for k in keys}
   names = sorted(dict.fromkeys(n for n in name.values() if n != "dense"),
                  key=lambda n: n not in _NAMED_COLORS)
   slots, taken = {}, set()
-  size = len(_COLORS) * len(_LINESTYLES)
+  size = len(_PALETTE) * len(_LINESTYLES)
   for n in names:
     start = (_COLORS.index(_NAMED_COLORS[n]) if n in _NAMED_COLORS else
              zlib.crc32(n.encode()) % len(_COLORS))
@@ -113,8 +119,8 @@ def _styles(keys: Iterable[str], word: Callable[[str], str] = lambda k: k
     if n == "dense":
       out[k] = {"color": "gray", "ls": _LINESTYLES[(3 + i) % 4]}
     else:
-      out[k] = {"color": _COLORS[slots[n] % len(_COLORS)],
-                "ls": _LINESTYLES[(slots[n] // len(_COLORS) + i) % 4]}
+      out[k] = {"color": _PALETTE[slots[n] % len(_PALETTE)],
+                "ls": _LINESTYLES[(slots[n] // len(_PALETTE) + i) % 4]}
   return out
 
 
@@ -135,14 +141,10 @@ def check_workdir(workdir: PathLike) -> str:
   """The method of the run in `workdir`.
 
   Raises:
-    LotteryError: ('workdir: ...', one line) if `workdir` is not a lottery
-      workdir (no config.json).
+    LotteryError: ('workdir: ...', one line) if `workdir` is not a
+      directory or holds no run (no config.json; `lottery.runs.run_dir`).
   """
-  path = pathlib.Path(workdir)
-  if not (path / workdir_lib.CONFIG_FILE).is_file():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
-                       f"workdir ({workdir_lib.CONFIG_FILE} missing)")
-  return driver.workdir_method(path)
+  return driver.workdir_method(runs.run_dir(workdir))
 
 
 _REPORT_FILE = "report.json"
@@ -161,6 +163,10 @@ def check_out(out: PathLike, workdirs: Sequence[PathLike] = ()) -> None:
   path = _out_path(out)
   if path.exists() and not path.is_dir():
     raise LotteryError(f"out: {name!r} is a file, not a directory")
+  above = next((p for p in path.parents if p.exists()), None)
+  if above is not None and not above.is_dir():
+    raise LotteryError(f"out: {name!r} cannot be created: {os.fspath(above)!r} "
+                       f"is a file")
   if (path / workdir_lib.CONFIG_FILE).exists() or any(
       path == w or path in w.parents
       for w in (pathlib.Path(w).resolve() for w in workdirs)):
@@ -416,13 +422,19 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
   fig, axes = _figure((12 if several else 5.5 + 3.5 * len(panels))
                       if len(panels) > 1 or several else 7.5, 5,
                       ncols=len(panels), sharey=True)
+  # Several runs: each run's baseline in a colour of its own, and so is a
+  # series whose method an earlier run of the figure has (two IMP runs).
+  first = {}
+  for run in all_runs:
+    for s in run["series"]:
+      first.setdefault((s["label"].split() or [""])[0], run["name"])
+  own = lambda k: (k.endswith("/dense") or first.get(
+      (k.rsplit("/", 1)[1].split() or [""])[0]) != k.rsplit("/", 1)[0])
   styles = _styles((f"{run['name']}/{k}" for run in all_runs for k in
                     [s["label"] for s in run["series"]] +
                     (["dense"] if run["dense"] else [])),
-                   # Several runs: each run's baseline in a colour of its own.
-                   word=lambda k: (k.replace(" ", "_") if several and
-                                   k.endswith("/dense") else
-                                   k.rsplit("/", 1)[1]))
+                   word=lambda k: (k.replace(" ", "_") if several and own(k)
+                                   else k.rsplit("/", 1)[1]))
   markers = "osD^v<>p*hXP"
   densities = []
   handles: dict[str, Any] = {}
@@ -636,6 +648,8 @@ def mask_overlap(workdir: PathLike,
         r for r in recs if r.get("kind") == "random_prune"])
     for f in ("kept_from_previous", "jaccard_previous",
               "overlap_random_prune"):
+      if not any(f in row for row in ov):  # No random_prune control.
+        continue
       for row in analysis.table(ov, f, by=("round",)):
         rounds.append({"field": f, **row})
   if not reps and not rounds:
@@ -802,8 +816,9 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
       _ramp_bar(fig, ax, labels, colors)
     else:
       ax.legend(fontsize="x-small")
-  axes[0].set_ylabel({"accuracy": "test accuracy (fraction correct)"}.get(
-      key, key.replace("_", " ")))
+  axes[0].set_ylabel(
+      "test accuracy (fraction correct)" if key in ("accuracy", "test_accuracy")
+      else key.replace("_", " "))
   for p in panels:
     p.pop("ramp", None)
   return fig, {"key": key, "panels": panels}
@@ -1178,6 +1193,17 @@ def _matching_table(data: dict) -> str:
           f"<table><tr><th>density</th>{head}</tr>{body}</table>")
 
 
+def _check_distinct(workdirs: Sequence[PathLike]) -> None:
+  """Refuses a run given twice (by two spellings of its path too)."""
+  seen: dict[pathlib.Path, PathLike] = {}
+  for wd in workdirs:
+    key = pathlib.Path(wd).resolve()
+    if key in seen:
+      raise LotteryError(f"workdir: {os.fspath(wd)!r} is given twice (also "
+                         f"as {os.fspath(seen[key])!r}); give each run once")
+    seen[key] = wd
+
+
 def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
                  env: dict | None = None) -> list[Figure]:
   """Writes the report of `workdirs` to `out`: index.html (one page, the
@@ -1198,6 +1224,7 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
     workdirs = [workdirs]
   if not workdirs:
     raise LotteryError("workdir: give at least one workdir")
+  _check_distinct(workdirs)
   check_out(out, workdirs)
   figures, runs_info = collect(workdirs)
   env = environment() if env is None else env

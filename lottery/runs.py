@@ -21,6 +21,26 @@ def _tuples(value):
   return value
 
 
+def run_dir(workdir: str | os.PathLike) -> pathlib.Path:
+  """`workdir` as the directory of a run (one that holds its config.json).
+
+  Raises:
+    TypeError: naming `workdir` if it is not a path (a programming error).
+    LotteryError: ('workdir: ...', one line) if it is not a directory or
+      holds no run (a folder of runs would mix their records).
+  """
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise TypeError(f"workdir: must be a path, str or os.PathLike (got "
+                    f"{type(workdir).__name__} {workdir!r})")
+  path = pathlib.Path(workdir)
+  if not path.is_dir():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
+  if not (path / workdir_lib.CONFIG_FILE).is_file():
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no run "
+                       f"({workdir_lib.CONFIG_FILE} missing)")
+  return path
+
+
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """The resolved config a run saved in `workdir` (its config.json).
 
@@ -28,13 +48,10 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   re-opens the same run.
 
   Raises:
-    LotteryError: ('workdir: ...') if `workdir` holds no run, or its
-      config.json cannot be read.
+    LotteryError: ('workdir: ...') if `workdir` holds no run (`run_dir`), or
+      its config.json cannot be read.
   """
-  path = pathlib.Path(workdir) / workdir_lib.CONFIG_FILE
-  if not path.exists():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no run "
-                       f"({workdir_lib.CONFIG_FILE} missing)")
+  path = run_dir(workdir) / workdir_lib.CONFIG_FILE
   try:
     data = checkpoint.read_json(path, unverified_ok=True)
   except (OSError, ValueError) as e:

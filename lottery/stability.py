@@ -642,6 +642,11 @@ class Stability(method_lib.Method):
           source = runs.load_config(wd)
         except LotteryError as e:  # One line, naming this field.
           raise refield(e, "stability.source_workdir") from None
+        if source.get("method") == "stability":
+          raise LotteryError(
+              f"stability.source_workdir: {wd!r} is a stability analysis, "
+              f"whose copies are not sparse tickets; give the workdir of "
+              f"the IMP, pruning-at-init or sparse run the tickets are of")
         _check_source_run(ctx.config, source, wd)
         # Every source is of this one workdir: its training is noted once.
         differences = [] if ctx.state.get("source_noted") else \

@@ -34,6 +34,7 @@ import numpy as np
 
 from lottery import checkpoint
 from lottery import masks as masks_lib
+from lottery import runs
 from lottery.errors import LotteryError
 
 METRICS = "metrics.json"
@@ -238,25 +239,6 @@ def summary(workdir) -> dict:
   return _read(workdir, path)
 
 
-def _run_dir(workdir) -> pathlib.Path:
-  """`workdir` as the directory of a run (one that holds its config.json).
-
-  Raises:
-    TypeError: naming `workdir` if it is not a path (a programming error).
-    LotteryError: ('workdir: ...') if it is not a directory or not a run's
-      (a folder of runs would mix their records).
-  """
-  if not isinstance(workdir, (str, os.PathLike)):
-    raise TypeError(f"workdir: must be a path, str or os.PathLike (got "
-                    f"{type(workdir).__name__} {workdir!r})")
-  if not pathlib.Path(workdir).is_dir():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
-  if not (pathlib.Path(workdir) / "config.json").exists():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a lottery "
-                       f"run (config.json missing)")
-  return pathlib.Path(workdir)
-
-
 def records(workdir) -> list[dict]:
   """Every ticket record of a run, flat, one per ticket: its coordinates
   (with `seed`, the replicate, where the run records it), its metrics
@@ -273,7 +255,7 @@ def records(workdir) -> list[dict]:
     TypeError: if `workdir` is not a path; LotteryError if it is not a
       run's directory.
   """
-  _run_dir(workdir)
+  runs.run_dir(workdir)
   checkpoint.wait_for(workdir)
   walked: list[dict] = []
   path = pathlib.Path(workdir) / SUMMARY
@@ -287,9 +269,14 @@ def records(workdir) -> list[dict]:
     _check_record(workdir, r)
   seen = {r["ticket"] for r in out}
   root = pathlib.Path(workdir)
+  # Another run's workdir inside this one (refused for new runs; one moved
+  # there) holds tickets of its own.
+  nested = [c.parent.relative_to(root).as_posix() + "/"
+            for c in root.glob("*/**/config.json")]
   for m in sorted(root.glob(f"**/{METRICS}")):
     rel = m.parent.relative_to(root).as_posix()
-    if rel in seen or rel.startswith("progress"):
+    if (rel in seen or rel.startswith("progress") or
+        any((rel + "/").startswith(n) for n in nested)):
       continue
     metrics = _read(workdir, m)
     coords = metrics.get("coords", {})
@@ -323,21 +310,19 @@ def _check_record(workdir, record: dict) -> None:
 
 
 def _same(key: str, value: Any, asked: Any) -> bool:
-  """Whether a record's `value` of `key` rounds to the `asked` one: a
-  measured density matches the digits it is printed with (density=0.3276
-  finds 0.32760975..., rounded to the asked value's decimals as repr writes
-  them); any other value matches itself."""
+  """Whether a record's `value` of `key` matches the `asked` one: a measured
+  density matches at the 4 decimals the progress lines print it with
+  (density=0.3276 finds 0.32760975..., 0.125 finds 0.12499547...; 0.2 does
+  not find 0.24999); any other value matches itself."""
   if (key == "density" and isinstance(asked, (float, np.floating)) and
       isinstance(value, float)):
-    # The shortest digits of the asked value's own type (np.float32 too).
-    text = np.format_float_positional(asked)
-    return round(value, len(text.partition(".")[2])) == float(text)
+    return round(value, 4) == round(float(asked), 4)
   return value == asked
 
 
 def _matching(recs: list[dict], coords: dict) -> list[dict]:
   """The records whose values equal `coords`, or where none do, those whose
-  density rounds to the asked one (`_same`)."""
+  density matches the asked one at 4 decimals (`_same`)."""
   exact = [r for r in recs if all(r.get(k) == v for k, v in coords.items())]
   return exact or [r for r in recs
                    if all(_same(k, r.get(k), v) for k, v in coords.items())]
@@ -348,9 +333,15 @@ def find(workdir, **coords) -> dict:
   or several match); without `seed`, replicate 0's where several
   replicates match; without `kind` or `check`, the method's own ticket
   (kind 'ticket') where its controls or sanity checks match too. A
-  `density` no ticket has exactly matches to its decimals (`_same`)."""
-  _run_dir(workdir)
-  matches = _matching(records(workdir), coords)
+  `density` no ticket has exactly matches at 4 decimals (`_same`)."""
+  runs.run_dir(workdir)
+  recs = records(workdir)
+  unknown = [k for k in coords if recs and not any(k in r for r in recs)]
+  if unknown:
+    raise LotteryError(f"{unknown[0]}: no ticket of {os.fspath(workdir)!r} "
+                       f"has that coordinate; it has "
+                       f"{_coordinates(recs, {})}")
+  matches = _matching(recs, coords)
   if ("kind" not in coords and "check" not in coords and
       len({r["ticket"] for r in matches}) > 1):
     matches = [r for r in matches if r.get("kind") == "ticket"] or matches
@@ -358,10 +349,14 @@ def find(workdir, **coords) -> dict:
     # Replicates: the default is replicate 0.
     matches = [r for r in matches if r.get("seed") == 0] or matches
   if not matches:
-    field = next(iter(coords), "ticket")
+    # The field at fault: the first whose value no ticket matching the
+    # others has (kind='random' of round 3, not the round).
+    field = next((k for k in coords
+                  if _matching(recs, {a: v for a, v in coords.items()
+                                      if a != k})), next(iter(coords)))
     raise LotteryError(f"{field}: no finished ticket with {coords} in "
                        f"{os.fspath(workdir)!r}; it has "
-                       f"{_coordinates(records(workdir), coords)}")
+                       f"{_coordinates(recs, coords)}")
   if len({r["ticket"] for r in matches}) > 1:
     found = sorted({r["ticket"] for r in matches})
     raise LotteryError(f"ticket: {coords} matches {len(found)} tickets "
@@ -369,13 +364,18 @@ def find(workdir, **coords) -> dict:
   return matches[0]
 
 
+# The coordinates the methods give their tickets, listed in errors: IMP's,
+# pruning at init's and sparse training's, then the stability analysis's.
+COORDINATES = ("round", "kind", "method", "check", "target_density",
+               "distribution", "source", "k", "copy", "seed")
+
+
 def _coordinates(recs: list[dict], asked: dict) -> str:
   """The values each asked coordinate takes in `recs`, for an error."""
   if not recs:
     return "no finished ticket yet"
   parts = []
-  for k in dict.fromkeys([*asked, "round", "kind", "method", "check",
-                          "target_density", "distribution", "seed"]):
+  for k in dict.fromkeys([*asked, *COORDINATES]):
     # An asked coordinate's values among the tickets that match the other
     # asked ones, where some do (the rounds that have a 'reinit' control).
     others = {a: v for a, v in asked.items() if a != k}

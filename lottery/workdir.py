@@ -123,8 +123,21 @@ def _q(p: os.PathLike) -> str:
   return repr(os.fspath(p))
 
 
+def holds_run(path: pathlib.Path) -> bool:
+  """Whether `path` is a run's workdir: its config.json beside the lock or
+  facts that a run writes with it (not any folder with a config.json)."""
+  return (path / CONFIG_FILE).is_file() and any(
+      (path / f).exists() for f in (LOCK_FILE, FACTS_FILE))
+
+
 def _check_path(wd: pathlib.Path) -> None:
-  """Refuses a workdir that cannot be written, before anything is written."""
+  """Refuses a workdir that cannot be written, or that lies inside another
+  run's, before anything is written."""
+  for parent in wd.absolute().parents:
+    if holds_run(parent):
+      raise LotteryError(f"workdir: {_q(wd)} is inside the run in "
+                         f"{_q(parent)}, whose records it would mix with "
+                         f"its own; use a --workdir outside it")
   if wd.is_symlink() and not wd.exists():
     raise LotteryError(f"workdir: {_q(wd)} is a dangling symlink (to "
                        f"{os.readlink(wd)!r})")

@@ -2,6 +2,7 @@
 compared; hand-checked values."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -70,6 +71,18 @@ def test_table_groups_replicates_in_order():
   assert analysis.table(records, "test_accuracy", by=("kind",)) == [
       {"kind": "ticket", "density": 0.75, "n": 2, "mean": 0.75, "std": 0.25},
       {"kind": "reinit", "density": 0.5, "n": 1, "mean": 0.25, "std": 0.0}]
+  # A metric or a coordinate no record has is refused (a typo, IMP's
+  # default coordinates on another method's records); no records, no rows.
+  with pytest.raises(analysis.LotteryError, match=r"^metric: no record has "
+                     r"'test_acc'; the records have \['density', "):
+    analysis.table(records, "test_acc")
+  snip = [{"method": "snip", "test_accuracy": 0.1, "density": 0.1,
+           "ticket": "snip"}]
+  with pytest.raises(analysis.LotteryError, match=r"^by: no record has "
+                     r"'round'; the records have \['density', 'method', "):
+    analysis.table(snip)
+  assert analysis.table(snip, by=("method",))[0]["mean"] == 0.1
+  assert analysis.table([]) == []
 
 
 A = {"w": np.array([True, True, False, False]), "b": None,
@@ -96,8 +109,12 @@ def test_masks_pair_by_path_over_what_both_prune():
   # Layers positionally alike but of other names, or other shapes: refused.
   with pytest.raises(analysis.LotteryError, match=r"^mask: the two masks "
                      r"are of different parameters \(only in the first: "
-                     r"\['w'\]; only in the second: \['x'\]\)"):
+                     r"\['w'\], only in the second: \['x'\]\)$"):
     analysis.jaccard(A, {"x" if k == "w" else k: m for k, m in B.items()})
+  with pytest.raises(analysis.LotteryError, match=r"^mask: the two masks "
+                     r"are of different parameters \(only in the second: "
+                     r"\['x'\]\)$"):
+    analysis.jaccard(A, {**A, "x": None})
   with pytest.raises(analysis.LotteryError, match=r"^mask: w has shape "
                      r"\(4,\) in the first mask and \(3,\) in the second"):
     analysis.overlap(A, {**B, "w": np.ones(3, bool)})
@@ -144,16 +161,21 @@ def test_tables_from_a_workdir(tmp_path):
       {"round": 2, "density": 2 / 6, "layers": {"w": 0.25, "v": 0.5}}]
   assert analysis.overlap_table(tmp_path, records) == [
       {"round": 1, "kind": "ticket", "seed": None,
-       "ticket": "rounds/round_001/ticket", "density": 4 / 6,
-       "kept_from_previous": 1.0, "jaccard_previous": 4 / 6,
+       "ticket": "rounds/round_001/ticket", "workdir": os.fspath(tmp_path),
+       "density": 4 / 6, "kept_from_previous": 1.0, "jaccard_previous": 4 / 6,
        "overlap_random_prune": 0.5},
       {"round": 2, "kind": "ticket", "seed": None,
-       "ticket": "rounds/round_002/ticket", "density": 2 / 6,
-       "kept_from_previous": 1.0, "jaccard_previous": 0.5}]
+       "ticket": "rounds/round_002/ticket", "workdir": os.fspath(tmp_path),
+       "density": 2 / 6, "kept_from_previous": 1.0, "jaccard_previous": 0.5}]
   assert analysis.curve(tmp_path, records[:1]) == {
       "step": [5, 10], "mean": [0.5, 1.0], "std": [0.0, 0.0]}
-  assert analysis.curve(tmp_path, records[:1], "val_loss") == {
-      "step": [], "mean": [], "std": []}
+  # The records' names of the test metrics work too; a field no history
+  # has is refused, listing theirs.
+  assert analysis.curve(tmp_path, records[:1], "test_accuracy") == {
+      "step": [5, 10], "mean": [0.5, 1.0], "std": [0.0, 0.0]}
+  with pytest.raises(analysis.LotteryError, match=r"^key: the tickets' histories have "
+                     r"no 'val_loss'; they have \['accuracy', 'loss'\]$"):
+    analysis.curve(tmp_path, records[:1], "val_loss")
   # Two replicates of one group: the steps both have, mean and std.
   reps = [_save(tmp_path, 3, "ticket", B, hist([0.5, 1.0]), seed=0),
           _save(tmp_path, 3, "ticket", B, hist([1.0]), seed=1)]
@@ -165,3 +187,32 @@ def test_tables_from_a_workdir(tmp_path):
   checkpoint.write_json(tmp_path / reps[1]["ticket"] / tickets.METRICS, m)
   c = analysis.curve(tmp_path, reps)
   assert c["step"] == [5] and math.isnan(c["mean"][0])
+
+
+def test_records_of_several_runs_are_read_from_their_own(tmp_path):
+  """Records of two runs (as `lottery.records` lists them, each naming its
+  workdir) combine: curves, layer densities and overlaps read each
+  ticket from its own run, and compare rounds within a run."""
+  hist = lambda accs: [{"step": 5 * (i + 1), "accuracy": a}
+                       for i, a in enumerate(accs)]
+  full = {"w": np.ones(4, bool), "b": None, "v": np.ones((2, 1), bool)}
+  runs = []
+  for name, second, accs in (("one", A, [0.25, 0.5]), ("two", B, [0.75, 1.0])):
+    wd = tmp_path / name
+    runs.append([{**_save(wd, 0, "ticket", full, hist([0.0, 0.0])),
+                  "workdir": os.fspath(wd)},
+                 {**_save(wd, 1, "ticket", second, hist(accs)),
+                  "workdir": os.fspath(wd)}])
+  both = runs[0] + runs[1]
+  # The workdir argument is another run's: each record's own is read.
+  assert analysis.curve(tmp_path / "one", runs[1][1:]) == {
+      "step": [5, 10], "mean": [0.75, 1.0], "std": [0.0, 0.0]}
+  assert analysis.curve(tmp_path / "one", [runs[0][1], runs[1][1]]) == {
+      "step": [5, 10], "mean": [0.5, 0.75], "std": [0.25, 0.25]}
+  assert analysis.layer_table(tmp_path / "one", both)[1] == {
+      "round": 1, "density": 0.5 * (3 / 6 + 4 / 6),
+      "layers": {"w": 0.5, "v": 0.75}}
+  rows = analysis.overlap_table(tmp_path / "one", both)
+  assert [(r["workdir"], r["kept_from_previous"], r["jaccard_previous"])
+          for r in rows] == [(os.fspath(tmp_path / "one"), 1.0, 3 / 6),
+                             (os.fspath(tmp_path / "two"), 1.0, 4 / 6)]

@@ -194,6 +194,12 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
   assert "pai" not in json.loads("\n".join(config_lines))
   assert last == f"workdir: {wd} (new run)"
   assert not wd.exists()
+  # Without a workdir: the config alone.
+  res = _cli("--dry_run", "--config=mnist1d:quick",
+             "--config.pruning.rounds=7", cwd=tmp_path)
+  assert res.returncode == 0, res.stderr
+  assert json.loads(res.stdout) == json.loads("\n".join(config_lines))
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
   # The default recipe works from elsewhere too, and a bad value is
   # reported by the dry run (it validates).
   res = _cli(f"--workdir={wd}", "--dry_run", "--config.pruning.fraction=2.0",
@@ -214,6 +220,45 @@ def test_dry_run_checks_the_devices(tmp_path):
       "the replicates are vmapped (use 'vmap' or 'auto')")
   assert _cli(*args, "--config.training.replicas=unroll").returncode == 0
   assert _cli(*args, env=two).returncode == 0
+  assert not (tmp_path / "wd").exists()
+
+
+def test_out_of_memory_is_one_line(tmp_path):
+  """The host's or the device's memory running out in a run is reported in
+  one line, not a traceback (a model too large to train at all is refused
+  before anything is written: test_a_model_too_large_is_refused)."""
+  script = tmp_path / "oom.py"
+  script.write_text(
+      "import sys, jax\n"
+      "from experiments import cli\n"
+      "def run(config, workdir, progress):\n"
+      "  if sys.argv[1] == 'device':\n"
+      "    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of '\n"
+      "                                     'memory allocating 9 GiB.\\nmore')\n"
+      "  raise MemoryError('Unable to allocate 27.9 GiB')\n"
+      "cli.main(run, doc='', argv=['x', f'--workdir={sys.argv[2]}'])\n")
+  for kind, first in (("device", "RESOURCE_EXHAUSTED: Out of memory "
+                       "allocating 9 GiB."),
+                      ("host", "Unable to allocate 27.9 GiB")):
+    res = subprocess.run([sys.executable, str(script), kind,
+                          str(tmp_path / "wd")], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=120)
+    assert _one_error_line(res) == (
+        f"error: out of memory at start-up: {first}; what was finished is "
+        f"kept: rerun the same command where memory is free, or give a "
+        f"smaller model or batch a new --workdir")
+
+
+def test_a_model_too_large_is_refused(tmp_path):
+  # Its parameters alone exceed the machine's memory (and a fan-in past
+  # int32's range is no overflow): refused before anything is written.
+  res = _cli("--config=mnist1d:cnn,quick", "--config.model.width=1000000000",
+             f"--workdir={tmp_path / 'wd'}")
+  assert re.fullmatch(
+      r"error: model: mnist1d_cnn has 6,000,000,058,000,000,010 parameters "
+      r"\(.* GiB\); training needs at least twice that \(weights and "
+      r"gradients\), more than the .* GiB of memory of this machine: choose "
+      r"a smaller model", _one_error_line(res))
   assert not (tmp_path / "wd").exists()
 
 

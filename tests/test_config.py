@@ -219,6 +219,8 @@ def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"data.name": "mnist1d"}, "data.path: is read for data.name 'npz' or "
      "'images', not 'mnist1d': leave it '' (got '{path}')"),
+    ({"data.data_dir": "/nowhere"}, "data.data_dir: is TFDS's data_dir, and "
+     "data.name 'npz' is not a TFDS dataset: leave it '' (got '/nowhere')"),
     ({"data.image_size": 32}, "data.image_size: is the side of the crops of "
      "data.crop='inception', and data.crop is 'none' (got 32)"),
     ({"data.source": "stream", "data.on_device": False}, "data.on_device: "

@@ -88,6 +88,25 @@ def test_imp_trains_the_scratch_control_of_a_neuron_ticket(npz_path,
   assert np.all(np.asarray(control.rewind_params["fc1"]["bias"])[~kept] == 0)
 
 
+def test_scratch_of_weight_tickets_says_what_it_is(npz_path, tmp_path):
+  # Unstructured and N:M tickets shrink only by their empty units: a note.
+  from lottery import progress  # pylint: disable=g-import-not-at-top
+  for structure in ("unstructured", "2:4"):
+    lines = []
+
+    class Notes(progress.NullProgress):
+      def info(self, line):
+        lines.append(line)
+    cfg = tiny(npz_path, **{"pruning.structure": structure,
+                            "pruning.rounds": 1, "controls": ("scratch",)})
+    lottery.driver.run(cfg, tmp_path / structure.replace(":", "_"),
+                       progress=Notes())
+    assert [l for l in lines if "'scratch'" in l] == [
+        f"note: the 'scratch' control under pruning.structure={structure!r}: "
+        f"a ticket shrinks only by the units its mask leaves empty, so "
+        f"scratch is close to reinit until units die"]
+
+
 def cfg_model(cfg):
   return models.get(cfg.model.name, 3)
 

@@ -188,8 +188,8 @@ def test_not_a_run_prints_one_line(case, finished_run, monkeypatch, tmp_path):
                     "network) is still training; run this notebook again "
                     "later\n")
   else:
-    assert text == (f"error: workdir: {str(workdir)!r} holds no run "
-                    "(config.json missing); set LOTTERY_WORKDIR to the "
+    assert text == (f"error: workdir: {str(workdir)!r} is not a directory; "
+                    "set LOTTERY_WORKDIR to the "
                     "--workdir of a run (e.g. python -m experiments.imp "
                     "--workdir=/tmp/lottery_runs/mnist1d) and run again\n")
   assert not (workdir / "analysis").exists()

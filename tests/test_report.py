@@ -231,15 +231,35 @@ def test_a_series_has_one_colour_in_every_figure(written):
   assert layer["static erk"][1] != layer["static uniform"][1]
 
 
+def test_comparison_tells_two_runs_of_one_method_apart(runs, tmp_path):
+  """Two IMP runs and a PaI run on one figure: the second run's ticket and
+  every run's dense baseline each take a colour no other series has."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  other = tmp_path / "imp_again"
+  shutil.copytree(runs["imp"], other)
+  fig, data = report.accuracy_vs_density([runs["imp"], other, runs["pai"]])
+  lines = _labelled_lines(report.Figure("x", "", "", "", fig, data))
+  colour = {}
+  for _, label, c, ls in lines:
+    if ls != "None":  # Not the run headers.
+      colour.setdefault(c, []).append(label)
+  assert sorted(len(v) for v in colour.values()) == [1] * 7, colour
+  assert sorted(l.split()[0] for v in colour.values() for l in v) == sorted(
+      ["ticket", "ticket", "snip", "random", "dense", "dense", "dense"])
+
+
 def test_built_in_names_keep_their_colours():
-  # A user's method never takes a built-in's colour from it, and a figure
-  # with more names than the palette has colours repeats them in another
-  # line style.
+  # A user's method never takes a built-in's colour from it; a figure with
+  # more names than the palette's nine colours takes their light shades,
+  # then repeats colours in another line style.
   one = report._styles(["snip"])["snip"]
   for first in ("mymethod10", "x", "my method"):
     assert report._styles([first, "snip"])["snip"] == one
-  many = report._styles([f"m{i}" for i in range(20)])
-  assert len({(s["color"], s["ls"]) for s in many.values()}) == 20
+  many = report._styles([f"m{i}" for i in range(18)])
+  assert len({s["color"] for s in many.values()}) == 18
+  assert {s["ls"] for s in many.values()} == {"-"}
+  many = report._styles([f"m{i}" for i in range(40)])
+  assert len({(s["color"], s["ls"]) for s in many.values()}) == 40
 
 
 def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
@@ -314,6 +334,10 @@ def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
       report_cli.main([str(runs["pai"]), f"--out={bad}"])
     assert e.value.code == 1
     assert sorted(p.name for p in pathlib.Path(bad).parent.iterdir()) == before
+  with pytest.raises(lottery.LotteryError) as e:  # Below a file.
+    report.write_report(runs["pai"], tmp_path / "file" / "sub")
+  assert str(e.value) == (f"out: {str(tmp_path / 'file' / 'sub')!r} cannot "
+                          f"be created: {str(tmp_path / 'file')!r} is a file")
   assert (tmp_path / "notes" / "index.html").read_text() == "mine"
   assert (tmp_path / "file").read_text() == "mine"
   assert (tmp_path / "project" / "main.py").read_text() == "mine"
@@ -376,12 +400,20 @@ def _cli(*args, cwd):
 def test_cli_refuses_a_directory_that_is_not_a_workdir(runs, tmp_path):
   out = tmp_path / "out"
   (tmp_path / "plain").mkdir()
-  for bad in (tmp_path / "plain", tmp_path / "missing"):
+  for bad, why in ((tmp_path / "plain", "holds no run (config.json missing)"),
+                   (tmp_path / "missing", "is not a directory")):
     p = _cli(str(runs["imp"]), str(bad), f"--out={out}", cwd=tmp_path)
     assert p.returncode == 1
-    assert p.stderr == (f"error: workdir: {str(bad)!r} is not a lottery "
-                        "workdir (config.json missing)\n")
+    assert p.stderr == f"error: workdir: {str(bad)!r} {why}\n"
     assert not out.exists()
+  # A run given twice, under two spellings.
+  p = _cli(str(runs["imp"]), str(runs["imp"]) + "/", f"--out={out}",
+           cwd=tmp_path)
+  assert p.returncode == 1
+  assert p.stderr == (f"error: workdir: {str(runs['imp']) + '/'!r} is given "
+                      f"twice (also as {str(runs['imp'])!r}); give each run "
+                      f"once\n")
+  assert not out.exists()
   p = _cli(str(runs["imp"]), cwd=tmp_path)  # --out is required.
   assert p.returncode == 2 and "--out" in p.stderr
 

@@ -181,6 +181,14 @@ def test_records_and_tickets(finished):
   assert [(p["source"], p["k"], p["seed"]) for p in pairs] == [
       (s, k, i) for s in ("dense", "round=1") for k in (0, 4)
       for i in (0, 1)]
+  # The pairs table like records: mean and std of the barrier over seeds.
+  rows = lottery.analysis.table(pairs, "barrier_test", by=("source", "k"))
+  assert [(r["source"], r["k"], r["n"]) for r in rows] == [
+      (s, k, 2) for s in ("dense", "round=1") for k in (0, 4)]
+  for r in rows:
+    assert (r["mean"], r["std"]) == lottery.analysis.mean_std(
+        [p["barrier_test"] for p in pairs
+         if (p["source"], p["k"]) == (r["source"], r["k"])])
   for p in pairs:
     assert len(p["path"]["test_error"]) == 5
     assert p["barrier_test"] == stability.barrier(p["path"]["test_error"])
@@ -213,6 +221,13 @@ def test_records_and_tickets(finished):
   # The copies at k start from the parent's weights at step k (masked).
   parent = lottery.load_ticket(wd, source="parent", k=4, copy=0, seed=1)
   copy = lottery.load_ticket(wd, source="dense", k=4, copy=1, seed=1)
+  # An IMP coordinate is refused, listing the analysis's own.
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^round: no ticket of .* has that coordinate; "
+                           r"it has source in \['dense', 'parent', "
+                           r"'round=1'\]; k in \[0, 4\]; copy in \[0, 1\]; "
+                           r"seed in \[0, 1\]$"):
+    lottery.load_ticket(wd, 1)
   for x, y in zip(jax.tree.leaves(parent.trained_params),
                   jax.tree.leaves(copy.rewind_params)):
     assert np.array_equal(x, y)
@@ -293,6 +308,16 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
   assert str(e.value) == (f"stability.source_workdir: "
                           f"{str(tmp_path / 'notes')!r} holds no run "
                           f"(config.json missing)")
+  assert not (tmp_path / "wd").exists()
+  # A stability analysis: its copies are not the tickets analysed.
+  (tmp_path / "notes" / "config.json").write_text('{"method": "stability"}')
+  with pytest.raises(lottery.LotteryError) as e:
+    lottery.driver.run(c, tmp_path / "wd")
+  assert str(e.value) == (f"stability.source_workdir: "
+                          f"{str(tmp_path / 'notes')!r} is a stability "
+                          f"analysis, whose copies are not sparse tickets; "
+                          f"give the workdir of the IMP, pruning-at-init or "
+                          f"sparse run the tickets are of")
   assert not (tmp_path / "wd").exists()
   # A run whose tickets are masks of another network: another init, model.
   c.stability.source_workdir = str(imp_run)

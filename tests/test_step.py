@@ -284,10 +284,10 @@ def _bad_masks():
       "missing": (
           {"out": m["out"]},
           "mask: leaves differ from those of params (missing ['fc1/bias', "
-          "'fc1/kernel'], unexpected [])"),
+          "'fc1/kernel'])"),
       "extra": (
           {**m, "head": {"kernel": kernel}},
-          "mask: leaves differ from those of params (missing [], unexpected "
+          "mask: leaves differ from those of params (unexpected "
           "['head/kernel'])"),
       "transposed": (
           with_leaf(m, "fc1/kernel", kernel.T),

@@ -84,24 +84,43 @@ def test_unsummarised_tickets_are_listed_and_misuse_is_refused(tiny_config,
     lottery.load_ticket(tmp_path, "1")
   with pytest.raises(lottery.LotteryError, match="^kind: no finished"):
     lottery.load_ticket(tmp_path, kind="shuffle")
+  # The field at fault is named: round 1 exists, its 'random' control not.
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^kind: no finished .*kind in \['random_prune'"):
+    lottery.load_ticket(tmp_path, 1, kind="random")
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^rnd: no ticket of .* has that coordinate; it "
+                           r"has round in \[0, 1\]"):
+    lottery.load_ticket(tmp_path, 1, rnd=1)
   with pytest.raises(lottery.LotteryError, match="^ticket: give coordinates"):
     lottery.load_ticket(tmp_path)
   with pytest.raises(lottery.LotteryError, match="matches 2 tickets"):
     lottery.load_ticket(tmp_path, kind="ticket")
   (tmp_path / "plain").mkdir()
-  with pytest.raises(lottery.LotteryError, match="^workdir: .*not a lottery"):
+  with pytest.raises(lottery.LotteryError, match="^workdir: .* holds no run"):
     lottery.load_ticket(tmp_path / "plain", 0)
   with pytest.raises(lottery.LotteryError, match="^workdir: .*not a dir"):
     lottery.load_ticket(tmp_path / "nowhere", 0)
 
 
+def test_a_run_moved_inside_another_is_not_its_records(tiny_config,
+                                                       tmp_path):
+  c = tiny_config(**{"pruning.rounds": 1, "controls": ()})
+  lottery.run(c, tmp_path / "a", log=quiet)
+  before = lottery.records(tmp_path / "a")
+  lottery.run(c, tmp_path / "b", log=quiet)
+  (tmp_path / "b").rename(tmp_path / "a" / "rounds" / "b")
+  (tmp_path / "a" / "summary.json").unlink()  # Listed from the tickets.
+  assert [r["ticket"] for r in lottery.records(tmp_path / "a")] == [
+      r["ticket"] for r in before]
+
+
 def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
                                                        tmp_path):
   """load_ticket(density=x) finds the ticket whose density is x, or where
-  none is, the one whose density rounds to x at x's decimals (as the
-  progress lines print it, to 4); a value that more than one ticket's
-  density rounds to is refused as ambiguous, a value none rounds to lists
-  the densities."""
+  none is, the one whose density equals x at 4 decimals (as the progress
+  lines print it); a value that is some density at fewer decimals only
+  (0.2 for 0.24999) is refused, listing the densities."""
   lottery.run(tiny_config(**{"pruning.rounds": 3, "pruning.fraction": 0.04,
                              "controls": ()}), tmp_path, log=quiet)
   densities = [r["density"] for r in lottery.records(tmp_path)]
@@ -115,11 +134,10 @@ def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
   # Exact first: 1.0 is round 0's, though round 1's also rounds to it.
   assert lottery.load_ticket(tmp_path, density=1.0).round == 0
   assert lottery.load_ticket(tmp_path, density=1).round == 0
-  with pytest.raises(lottery.LotteryError, match=r"matches 2 tickets"):
-    lottery.load_ticket(tmp_path, density=0.9)
-  with pytest.raises(lottery.LotteryError,
-                     match=r"^density: no finished ticket .* density in \["):
-    lottery.load_ticket(tmp_path, density=0.5)
+  for asked in (0.9, round(densities[2], 2), round(densities[3], 3), 0.5):
+    with pytest.raises(lottery.LotteryError,
+                       match=r"^density: no finished ticket .* density in \["):
+      lottery.load_ticket(tmp_path, density=asked)
 
 
 def test_no_two_uses_share_a_key():
@@ -211,7 +229,7 @@ def test_store_functions_name_a_bad_workdir(tmp_path):
   for fn in (lambda w: lottery.load_ticket(w, 0), lottery.records,
              lottery.finished_rounds):
     with pytest.raises(lottery.LotteryError,
-                       match=r"^workdir: '.*runs' is not a lottery run "
+                       match=r"^workdir: '.*runs' holds no run "
                        r"\(config.json missing\)$"):
       fn(tmp_path / "runs")
 

@@ -117,6 +117,27 @@ def test_workdir_that_cannot_be_created(monkeypatch, tmp_path):
       f"--workdir in a writable directory")
 
 
+def test_a_workdir_inside_another_run_is_refused(tmp_path):
+  """A new run in a folder of another run's workdir would put its tickets
+  among that run's records: refused before anything is written, at any
+  depth. A folder that merely holds a config.json of its own is no run."""
+  c = lottery.base_config()
+  run = tmp_path / "run"
+  workdir_lib.claim(run, c).release()
+  for wd in (run / "rounds" / "round_004", run / "nested"):
+    for fn in (workdir_lib.check, workdir_lib.claim):
+      with pytest.raises(LotteryError) as e:
+        fn(wd, c)
+      assert str(e.value) == (
+          f"workdir: '{wd}' is inside the run in '{run}', whose records it "
+          f"would mix with its own; use a --workdir outside it")
+      assert not wd.exists()
+  assert workdir_lib.check(run, c)  # The run itself resumes.
+  (tmp_path / "project").mkdir()
+  (tmp_path / "project" / "config.json").write_text("{}")
+  assert not workdir_lib.check(tmp_path / "project" / "runs" / "a", c)
+
+
 def test_a_model_option_at_its_default_is_the_same_run(tmp_path):
   """model.width=25 for the MNIST-1D CNN (its default) is the run written
   with 0 ('the model's default'), and the reverse; another width, or 25

@@ -58,7 +58,9 @@ def torch_uniform(fan_in_axis: int = -2):
   """
   def init(key, shape, dtype=jnp.float32, fan_in=None):
     fan_in = shape[fan_in_axis] if fan_in is None else fan_in
-    bound = 1.0 / jnp.sqrt(fan_in)
+    # As a float32 (exactly the int32 -> float32 conversion jnp.sqrt(int)
+    # makes), so that a fan-in past int32's range is no overflow.
+    bound = 1.0 / jnp.sqrt(jnp.float32(fan_in))
     return jax.random.uniform(key, shape, dtype, -bound, bound)
   return init
 

@@ -496,9 +496,11 @@ def _command(run, doc, default_config, method, validate, choices, argv,
   """`main`'s command: parses the command line and runs it."""
   enable_compile_cache()
   argv, spec, config = _prepare(argv, default_config)
-  if method is not None and config.get("method") != method:
+  name = config.get("method")
+  if method is not None and name != method:
     raise LotteryError(
-        f"method: {spec!r} is a {config.get('method')!r} recipe and "
+        f"method: {spec!r} is {'an' if str(name)[:1] in 'aeiou' else 'a'} "
+        f"{name!r} recipe and "
         f"experiments.{method} runs {method!r} ones; run it with python -m "
         f"experiments.run --config={spec}")
   config_flag = config_flags.DEFINE_config_file(
@@ -508,8 +510,8 @@ def _command(run, doc, default_config, method, validate, choices, argv,
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "Directory of the run (rerun on it to resume).")
   dry_run_flag = flags.DEFINE_bool(
-      "dry_run", False, "Print the resolved config and workdir; write "
-      "nothing.")
+      "dry_run", False, "Print the resolved config and, given --workdir, "
+      "whether it starts or resumes a run; write nothing.")
   hosts = (
       flags.DEFINE_string(
           "coordinator_address", None, "Several hosts: HOST:PORT of "
@@ -571,14 +573,15 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     what = f"{os.fspath(e.filename)!r}: " if e.filename is not None else ""
     fail(f"{what}{e.strerror or e} (check its permissions)")
   except Exception as e:  # pylint: disable=broad-except
-    if not _out_of_memory(e):
+    oom = _out_of_memory(e)
+    if oom is None:
       raise
     signals.done()
     progress.close()
-    fail(f"out of memory at {progress.where()}: "
-         f"{str(e).strip().splitlines()[0][:200]}; what was finished is "
-         f"kept: rerun the same command where memory is free, or give a "
-         f"smaller model or batch a new --workdir")
+    said = (str(oom).strip().splitlines() or [type(oom).__name__])[0]
+    fail(f"out of memory at {progress.where()}: {said[:200]}; what was "
+         f"finished is kept: rerun the same command where memory is free, "
+         f"or use a smaller model, batch or dataset in a new --workdir")
   except KeyboardInterrupt as e:
     # A second signal while exiting ends the process at once (same line).
     signals.done()
@@ -589,11 +592,18 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
   sys.exit(0)
 
 
-def _out_of_memory(e: BaseException) -> bool:
-  """Whether `e` says the host or the device ran out of memory."""
-  return isinstance(e, MemoryError) or (
-      type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and
-      str(e).startswith("RESOURCE_EXHAUSTED"))
+def _out_of_memory(e: BaseException | None) -> BaseException | None:
+  """The error of `e`'s chain (its causes and contexts) that says the host
+  or the device ran out of memory, or None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, MemoryError) or (
+        type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and
+        str(e).startswith("RESOURCE_EXHAUSTED: Out of memory")):
+      return e
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def launch(doc: str, default_config: str,

@@ -6,7 +6,8 @@ r"""Runs an iterative-magnitude-pruning experiment.
       --config.pruning.fraction=0.2 --config.pruning.rounds=5
 
 Running the same command on the same workdir resumes an interrupted run;
---dry_run shows the resolved config and workdir without running.
+--dry_run shows the resolved config (and, with --workdir, whether the run there
+is new or resumes) without running.
 """
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -7,7 +7,8 @@ sparse, or any registered plug-in of `lottery.method`).
       --config.seeds.num=3
 
 Running the same command on the same workdir resumes an interrupted run;
---dry_run shows the resolved config and workdir without running.
+--dry_run shows the resolved config (and, with --workdir, whether the run there
+is new or resumes) without running.
 """
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -194,13 +194,16 @@ def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:
 def layer_table(workdir: str | os.PathLike, records: Iterable[Record], *,
                 kind: str = "ticket") -> list[dict]:
   """Per-layer densities of `kind` per round, averaged over replicates
-  (records of several runs each read from their own workdir).
+  (records of several runs, replicates of one config as `table` checks,
+  each read from their own workdir).
 
   Returns:
     [{'round', 'density', 'layers': {path: fraction kept}}, ...] by round.
   """
+  records = replicates(records)
+  _check_replicate_runs(records, ("round", "kind"))
   rounds: dict[int, list[dict]] = {}
-  for r in replicates(records):
+  for r in records:
     if r.get("kind") == kind and "round" in r:
       rounds.setdefault(r["round"], []).append(ticket_metrics(workdir, r))
   rows = []
@@ -321,7 +324,8 @@ def curve(workdir: str | os.PathLike, records: Iterable[Record],
   Args:
     workdir: the run's workdir (records of other runs are read from their
       own).
-    records: the replicates of one (round, kind).
+    records: the replicates of one (round, kind) (of several runs:
+      replicates of one config, as `table` checks).
     key: a history field: 'accuracy' (or 'test_accuracy'), 'loss' (or
       'test_loss'), 'train_loss', 'val_loss', 'val_accuracy'.
 
@@ -332,6 +336,8 @@ def curve(workdir: str | os.PathLike, records: Iterable[Record],
   Raises:
     LotteryError: if the histories have entries but none has `key`.
   """
+  records = list(records)
+  _check_replicate_runs(records, ("round", "kind"))
   field = _HISTORY_NAMES.get(key, key)
   histories = [ticket_metrics(workdir, r).get("history", [])
                for r in records]

@@ -293,10 +293,13 @@ _on_device_read = read_when("data.on_device",
                             lambda c: c["data.source"] == "memory")
 
 
-# The datasets that are not TFDS's (lottery.data.NAMES' first).
-_LOCAL_DATA = ("mnist1d", "npz", "images")
+def _is_tfds(name: str) -> bool:
+  from lottery import data  # pylint: disable=g-import-not-at-top
+  return name in data.TFDS_NAMES
+
+
 _data_dir_read = read_when("data.data_dir",
-                           lambda c: c["data.name"] not in _LOCAL_DATA)
+                           lambda c: _is_tfds(c["data.name"]))
 
 
 def _data_dir(f, v, c) -> None:

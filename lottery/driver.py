@@ -152,8 +152,9 @@ def _method(config, expected: str | None) -> method_lib.Method:
                        f"(got {name!r})")
   if expected is not None and name != expected:
     raise LotteryError(
-        f"method: this launcher runs {expected!r} recipes, the config is a "
-        f"{name!r} recipe; run it with python -m experiments.run (or "
+        f"method: this launcher runs {expected!r} recipes, the config is "
+        f"{'an' if name[:1] in 'aeiou' else 'a'} {name!r} recipe; run it "
+        f"with python -m experiments.run (or "
         f"experiments.{name})")
   return method_lib.get(name)
 

@@ -343,18 +343,31 @@ _REPLICAS = {"unroll": "the step once per replicate: each its single run",
              "vmap": "the step vmapped"}
 
 
-def _memory_bytes() -> int | None:
-  """The first device's memory (the CPU's: the machine's), or None where
-  it reports none."""
+def _device_limit() -> int | None:
+  """The first device's memory as it reports it (None: the CPU's, none)."""
   stats = jax.local_devices()[0].memory_stats() or {}
-  if "bytes_limit" in stats:
-    return int(stats["bytes_limit"])
-  if jax.default_backend() != "cpu":
-    return None
+  limit = stats.get("bytes_limit")
+  return None if limit is None else int(limit)
+
+
+def _memory_bytes() -> int | None:
+  """The first device's memory; the CPU's: the machine's, or its cgroup's
+  limit where lower (a container); None where neither is known."""
+  limit = _device_limit()
+  if limit is not None or jax.default_backend() != "cpu":
+    return limit
+  found = []
   try:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
   except (ValueError, OSError, AttributeError):
-    return None
+    pass
+  try:
+    text = pathlib.Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    if text.isdigit():
+      found.append(int(text))
+  except OSError:
+    pass
+  return min(found, default=None)
 
 
 def _check_fits(name: str, variables: Any) -> None:
@@ -385,6 +398,5 @@ def _fits_on_device(nbytes: int) -> bool:
 
   Devices that report no limit (the CPU) always fit.
   """
-  stats = jax.local_devices()[0].memory_stats() or {}
-  limit = stats.get("bytes_limit")
+  limit = _device_limit()
   return limit is None or nbytes <= limit // 2

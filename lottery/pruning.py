@@ -429,13 +429,15 @@ def _unit_plan(leaves, group_score, coupling, kind, residual_streams):
   'bn_scale' (else None)), after checking `group_score`; `leaves` as
   `_flatten`'s."""
   structure_lib.check_group_score(group_score)
+  model = None
   if coupling is not None and not isinstance(coupling, (tuple, list)):
+    model = type(coupling).__name__  # A model: named if it has none.
     coupling = structure_lib.coupling_of(coupling)
   coupling = structure_lib.without_streams(coupling, residual_streams)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
   plan = structure_lib.unit_plan(coupling, [name for name, _, _ in live],
-                                 shapes, kind=kind)
+                                 shapes, kind=kind, model=model)
   if group_score != "bn_scale":
     return plan, None
   found = structure_lib.channel_scales(coupling, plan,

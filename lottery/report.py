@@ -264,6 +264,19 @@ def _name(workdir: PathLike) -> str:
   return pathlib.Path(workdir).resolve().name
 
 
+def _names(workdirs: Sequence[PathLike],
+           name: Callable[[PathLike], str] = _name) -> list[str]:
+  """Each workdir's `name`, '_2', '_3', ... added to a name already taken
+  (two runs in folders of one name)."""
+  seen: dict[str, int] = {}
+  out = []
+  for wd in workdirs:
+    n = name(wd)
+    seen[n] = seen.get(n, 0) + 1
+    out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+  return out
+
+
 # --- accuracy against density ---------------------------------------------
 
 def series(workdir: PathLike, records: Iterable[dict] | None = None, *,
@@ -409,12 +422,12 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
     workdirs = [workdirs]
   several = len(workdirs) > 1
   all_runs = []
-  for wd in workdirs:
+  for wd, name in zip(workdirs, _names(workdirs)):
     if several and driver.workdir_method(wd) == "stability":
       continue  # Its accuracies are the copies', per k: not a sparsity method.
     s = series(wd, None if several else records, main=several)
     all_runs.append({"workdir": os.fspath(pathlib.Path(wd).resolve()),
-                     "name": _name(wd), "recipe": recipe(wd), **s})
+                     "name": name, "recipe": recipe(wd), **s})
   if not any(r["series"] or r["dense"] for r in all_runs):
     return None
   panels = list(dict.fromkeys(s["panel"] for r in all_runs
@@ -422,19 +435,24 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
   fig, axes = _figure((12 if several else 5.5 + 3.5 * len(panels))
                       if len(panels) > 1 or several else 7.5, 5,
                       ncols=len(panels), sharey=True)
-  # Several runs: each run's baseline in a colour of its own, and so is a
-  # series whose method an earlier run of the figure has (two IMP runs).
+  # Several runs: each run's baseline takes a colour of its own, and so
+  # does a method an earlier run of the figure has (two IMP runs), its
+  # series in that run sharing it.
   first = {}
   for run in all_runs:
     for s in run["series"]:
       first.setdefault((s["label"].split() or [""])[0], run["name"])
-  own = lambda k: (k.endswith("/dense") or first.get(
-      (k.rsplit("/", 1)[1].split() or [""])[0]) != k.rsplit("/", 1)[0])
+
+  def word(key: str) -> str:
+    run, label = key.rsplit("/", 1)
+    method = (label.split() or [""])[0]
+    if several and (method == "dense" or first.get(method) != run):
+      return f"{run}/{method}".replace(" ", "_")
+    return label
+
   styles = _styles((f"{run['name']}/{k}" for run in all_runs for k in
                     [s["label"] for s in run["series"]] +
-                    (["dense"] if run["dense"] else [])),
-                   word=lambda k: (k.replace(" ", "_") if several and own(k)
-                                   else k.rsplit("/", 1)[1]))
+                    (["dense"] if run["dense"] else [])), word=word)
   markers = "osD^v<>p*hXP"
   densities = []
   handles: dict[str, Any] = {}
@@ -1109,14 +1127,9 @@ def collect(workdirs: Sequence[PathLike]) -> tuple[list[Figure], list[dict]]:
   (name, method, recipe, status, config, facts.json)."""
   for wd in workdirs:
     check_workdir(wd)
-  names: dict[str, int] = {}
   figures, runs_info = [], []
-  for wd in workdirs:
+  for wd, name in zip(workdirs, _names(workdirs, lambda w: _slug(_name(w)))):
     method = check_workdir(wd)
-    name = _slug(_name(wd))
-    names[name] = names.get(name, 0) + 1
-    if names[name] > 1:
-      name = f"{name}_{names[name]}"
     recs = lottery_records(wd)
     facts_path = pathlib.Path(wd) / "facts.json"
     facts = checkpoint.read_json(facts_path) if facts_path.exists() else {}
@@ -1213,9 +1226,9 @@ def write_report(workdirs: PathLike | Sequence[PathLike], out: PathLike, *,
   `out` is replaced whole (its figures too), once the new one is written.
 
   Raises:
-    LotteryError: ('workdir: ...') if one of `workdirs` is not a lottery
-      workdir, ('out: ...') if `out` may not take a report (`check_out`);
-      nothing is written then.
+    LotteryError: ('workdir: ...') if one of `workdirs` holds no run or is
+      given twice, ('out: ...') if `out` may not take a report
+      (`check_out`); nothing is written then.
 
   Returns:
     The report's figures, in page order.

@@ -86,6 +86,9 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
   model_state = {} if model_state is None else model_state
   check(model)
   _check_fits(model, params)
+  if mask is None:
+    raise LotteryError("mask: None; pass the ticket's mask "
+                       "(lottery.make_mask(params) keeps every weight)")
   folds, masked = _folds(model, params, mask)
   out = _by_module(masked)
   state = {c: _by_module(col) for c, col in dict(model_state).items()}

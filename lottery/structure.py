@@ -348,9 +348,13 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
       members that disagree on the number of units, or no unit set at all.
   """
   if coupling is None:
-    whose = "a coupling" if model is None else (
-        f"the coupling of model {model}, which it does not declare")
-    raise LotteryError(f"{field}: {kind!r} needs {whose}; use "
+    if model is None:  # lottery.prune called without coupling=.
+      raise LotteryError(f"{field}: {kind!r} needs the model's coupling: "
+                         f"pass coupling=model (a model of the zoo, or one "
+                         f"that declares coupling()); or use 'unstructured' "
+                         f"or an N:M structure")
+    raise LotteryError(f"{field}: {kind!r} needs the coupling of model "
+                       f"{model}, which it does not declare; use "
                        f"'unstructured' or an N:M structure")
   kinds = sorted({u.kind for u in coupling})
   if kind not in kinds:

@@ -35,6 +35,7 @@ import numpy as np
 from lottery import checkpoint
 from lottery import masks as masks_lib
 from lottery import runs
+from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 
 METRICS = "metrics.json"
@@ -272,7 +273,8 @@ def records(workdir) -> list[dict]:
   # Another run's workdir inside this one (refused for new runs; one moved
   # there) holds tickets of its own.
   nested = [c.parent.relative_to(root).as_posix() + "/"
-            for c in root.glob("*/**/config.json")]
+            for c in root.glob(f"*/**/{workdir_lib.CONFIG_FILE}")
+            if workdir_lib.holds_run(c.parent)]
   for m in sorted(root.glob(f"**/{METRICS}")):
     rel = m.parent.relative_to(root).as_posix()
     if (rel in seen or rel.startswith("progress") or
@@ -311,12 +313,17 @@ def _check_record(workdir, record: dict) -> None:
 
 def _same(key: str, value: Any, asked: Any) -> bool:
   """Whether a record's `value` of `key` matches the `asked` one: a measured
-  density matches at the 4 decimals the progress lines print it with
-  (density=0.3276 finds 0.32760975..., 0.125 finds 0.12499547...; 0.2 does
-  not find 0.24999); any other value matches itself."""
+  density matches at the 4 decimals the progress lines print it with, or
+  at the asked value's own where it has more (density=0.3276 finds
+  0.32760975..., 0.125 finds 0.12499547..., 0.000133 finds 0.00013297...
+  and not 0.00010638...; 0.2 does not find 0.24999); any other value
+  matches itself."""
   if (key == "density" and isinstance(asked, (float, np.floating)) and
       isinstance(value, float)):
-    return round(value, 4) == round(float(asked), 4)
+    # The shortest digits of the asked value's own type (np.float32 too).
+    text = np.format_float_positional(asked)
+    places = max(4, len(text.partition(".")[2]))
+    return round(value, places) == round(float(text), places)
   return value == asked
 
 

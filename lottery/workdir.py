@@ -94,7 +94,7 @@ def _with_new_defaults(saved: dict, new: dict) -> dict:
   added = {k: v for k, v in flat_new.items()
            if k not in flat_saved and k in defaults and defaults[k] == v}
   flat = config_lib.unread_at_defaults({**flat_saved, **added}, defaults)
-  return _unflatten(flat) if flat != flat_saved else saved
+  return unflatten(flat) if flat != flat_saved else saved
 
 
 def _other_method(wd: pathlib.Path, saved: str, new: str) -> LotteryError:
@@ -103,7 +103,7 @@ def _other_method(wd: pathlib.Path, saved: str, new: str) -> LotteryError:
       f"a workdir belongs to one method: use a new --workdir")
 
 
-def _unflatten(flat: dict) -> dict:
+def unflatten(flat: dict) -> dict:
   out: dict = {}
   for key, value in flat.items():
     *parents, leaf = key.split(".")
@@ -131,13 +131,15 @@ def holds_run(path: pathlib.Path) -> bool:
 
 
 def _check_path(wd: pathlib.Path) -> None:
-  """Refuses a workdir that cannot be written, or that lies inside another
-  run's, before anything is written."""
-  for parent in wd.absolute().parents:
-    if holds_run(parent):
-      raise LotteryError(f"workdir: {_q(wd)} is inside the run in "
-                         f"{_q(parent)}, whose records it would mix with "
-                         f"its own; use a --workdir outside it")
+  """Refuses a workdir that cannot be written, or a new run's inside another
+  run's (its path resolved: '..' and links followed), before anything is
+  written. A run already there resumes."""
+  if not holds_run(wd):
+    for parent in wd.resolve().parents:
+      if holds_run(parent):
+        raise LotteryError(f"workdir: {_q(wd)} is inside the run in "
+                           f"{_q(parent)}, whose records it would mix with "
+                           f"its own; use a --workdir outside it")
   if wd.is_symlink() and not wd.exists():
     raise LotteryError(f"workdir: {_q(wd)} is a dangling symlink (to "
                        f"{os.readlink(wd)!r})")
@@ -270,11 +272,11 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
     # which it is) held every method's fields: compare those this one has.
     saved = {**saved, "method": legacy_method(wd, new["method"])}
     flat_new = flatten(new)
-    saved = _unflatten({k: v for k, v in flatten(saved).items()
+    saved = unflatten({k: v for k, v in flatten(saved).items()
                         if k in flat_new})
   # A model option at its default counts as unset on both sides first, so
   # that a field the saved config predates is added at the new one's value.
-  saved = _with_new_defaults(saved, _unflatten(options_unset(flatten(new))))
+  saved = _with_new_defaults(saved, unflatten(options_unset(flatten(new))))
   raw_a, raw_b = flatten(saved), flatten(new)
   a, b = options_unset(raw_a), options_unset(raw_b)
   keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -225,28 +225,44 @@ def test_dry_run_checks_the_devices(tmp_path):
 
 def test_out_of_memory_is_one_line(tmp_path):
   """The host's or the device's memory running out in a run is reported in
-  one line, not a traceback (a model too large to train at all is refused
+  one line, not a traceback, also when another error wraps it; any other
+  error is left as it is (a model too large to train at all is refused
   before anything is written: test_a_model_too_large_is_refused)."""
   script = tmp_path / "oom.py"
   script.write_text(
       "import sys, jax\n"
       "from experiments import cli\n"
       "def run(config, workdir, progress):\n"
-      "  if sys.argv[1] == 'device':\n"
+      "  kind = sys.argv[1]\n"
+      "  if kind == 'device':\n"
       "    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of '\n"
-      "                                     'memory allocating 9 GiB.\\nmore')\n"
-      "  raise MemoryError('Unable to allocate 27.9 GiB')\n"
+      "                                     'memory allocating 9 bytes.\\nmore')\n"
+      "  if kind == 'bare':\n"
+      "    raise MemoryError\n"
+      "  if kind == 'wrapped':\n"
+      "    try:\n"
+      "      raise MemoryError('Unable to allocate 27.9 GiB')\n"
+      "    except MemoryError as e:\n"
+      "      raise RuntimeError('in a callback') from e\n"
+      "  raise ValueError('something else')\n"
       "cli.main(run, doc='', argv=['x', f'--workdir={sys.argv[2]}'])\n")
-  for kind, first in (("device", "RESOURCE_EXHAUSTED: Out of memory "
-                       "allocating 9 GiB."),
-                      ("host", "Unable to allocate 27.9 GiB")):
+  for kind, said in (("device", "RESOURCE_EXHAUSTED: Out of memory "
+                      "allocating 9 bytes."),
+                     ("bare", "MemoryError"),
+                     ("wrapped", "Unable to allocate 27.9 GiB"),
+                     ("other", None)):
     res = subprocess.run([sys.executable, str(script), kind,
                           str(tmp_path / "wd")], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=120)
+    if said is None:
+      assert res.returncode == 1
+      assert res.stderr.strip().splitlines()[-1] == (
+          "ValueError: something else")
+      continue
     assert _one_error_line(res) == (
-        f"error: out of memory at start-up: {first}; what was finished is "
-        f"kept: rerun the same command where memory is free, or give a "
-        f"smaller model or batch a new --workdir")
+        f"error: out of memory at start-up: {said}; what was finished is "
+        f"kept: rerun the same command where memory is free, or use a "
+        f"smaller model, batch or dataset in a new --workdir")
 
 
 def test_a_model_too_large_is_refused(tmp_path):

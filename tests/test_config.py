@@ -263,6 +263,11 @@ def test_a_run_saved_with_an_unread_field_resumes(tiny_config, tmp_path,
   monkeypatch.undo()
   with pytest.raises(lottery.LotteryError, match="^pruning.path_points: "):
     config_lib.validate(old)
+  # Its saved config, loaded, reads the field at its default: it runs again
+  # as is (load_config's promise).
+  loaded = lottery.load_config(tmp_path)
+  assert loaded.pruning.path_points == imp.PATH_POINTS != 10
+  assert lottery.run(loaded, tmp_path, log=lambda _: None)["finished"]
   summary = lottery.run(tiny_config(**{"pruning.rounds": 2}), tmp_path,
                         log=lambda _: None)
   assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]

@@ -211,7 +211,7 @@ def test_launcher_refuses_another_methods_recipe(tmp_path):
 def test_library_refuses_another_methods_config(npz_path, tmp_path):
   with pytest.raises(lottery.LotteryError,
                      match=r"^method: this launcher runs 'pai' recipes, the "
-                     r"config is a 'imp' recipe"):
+                     r"config is an 'imp' recipe"):
     lottery.pai.run(tiny(npz_path), tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
   with pytest.raises(lottery.LotteryError, match=r"^method: must be one of"):

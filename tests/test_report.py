@@ -232,20 +232,28 @@ def test_a_series_has_one_colour_in_every_figure(written):
 
 
 def test_comparison_tells_two_runs_of_one_method_apart(runs, tmp_path):
-  """Two IMP runs and a PaI run on one figure: the second run's ticket and
-  every run's dense baseline each take a colour no other series has."""
+  """Runs of one method on one figure, in folders of the same name: the
+  second run's series take a colour no other series has, shared by its
+  series of one method (in two line styles); each dense baseline takes one
+  of its own; the legend heads both runs."""
   import shutil  # pylint: disable=g-import-not-at-top
-  other = tmp_path / "imp_again"
-  shutil.copytree(runs["imp"], other)
-  fig, data = report.accuracy_vs_density([runs["imp"], other, runs["pai"]])
+  other = tmp_path / runs["sparse"].name
+  shutil.copytree(runs["sparse"], other)
+  fig, data = report.accuracy_vs_density([runs["sparse"], other, runs["pai"]])
+  assert [r["name"] for r in data["runs"]] == ["sparse", "sparse_2", "pai"]
   lines = _labelled_lines(report.Figure("x", "", "", "", fig, data))
+  series = [(label, c, ls) for _, label, c, ls in lines if ls != "None"]
+  headers = [label for _, label, _, ls in lines if ls == "None"]
+  assert len(headers) == 3 and "[sparse_2]" in headers[1], headers
   colour = {}
-  for _, label, c, ls in lines:
-    if ls != "None":  # Not the run headers.
-      colour.setdefault(c, []).append(label)
-  assert sorted(len(v) for v in colour.values()) == [1] * 7, colour
-  assert sorted(l.split()[0] for v in colour.values() for l in v) == sorted(
-      ["ticket", "ticket", "snip", "random", "dense", "dense", "dense"])
+  for label, c, ls in series:
+    colour.setdefault(c, []).append((label.split()[0], ls))
+  # sparse: static and set (erk, uniform) twice; pai: snip, random; 3 dense.
+  groups = sorted(sorted(v) for v in colour.values())
+  assert groups == sorted(
+      [[("static", "-"), ("static", "--")]] * 2 +
+      [[("set", "-"), ("set", "--")]] * 2 +
+      [[("snip", "-")], [("random", "-")]] + [[("dense", ":")]] * 3), groups
 
 
 def test_built_in_names_keep_their_colours():

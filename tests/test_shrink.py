@@ -130,3 +130,12 @@ def test_shrunk_conv_nets_run_their_narrow_convolutions_as_taps():
   assert narrowed(small.clone(narrow=4)).narrow == 4  # A choice is kept.
   assert convolution.conv_module() is convolution.conv_module(0)
   assert convolution.conv_module(np.int64(8)) is convolution.conv_module(8)
+
+
+def test_shrink_without_a_mask_is_refused():
+  model = models.get("mnist1d_mlp", 10)
+  params = _init(model, (1, 40))
+  with pytest.raises(lottery.LotteryError, match=r"^mask: None; pass the "
+                     r"ticket's mask \(lottery.make_mask\(params\) keeps "
+                     r"every weight\)$"):
+    lottery.shrink(model, params, {}, None)

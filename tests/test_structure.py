@@ -322,9 +322,13 @@ def test_neuron_needs_a_coupling(unitless):
   model = models.get(unitless, 3)
   params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
   mask = masks.make_mask(params)
-  with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs a "
-                     r"coupling; use 'unstructured' or an N:M structure$"):
+  with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
+                     r"coupling of model Unitless, which it does not "
+                     r"declare; use 'unstructured' or an N:M structure$"):
     pruning.prune(mask, params, 0.2, structure="neuron", coupling=model)
+  with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
+                     r"model's coupling: pass coupling=model "):
+    pruning.prune(mask, params, 0.2, structure="neuron")
 
 
 def test_unstructured_is_the_default():

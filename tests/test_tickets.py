@@ -134,6 +134,12 @@ def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
   # Exact first: 1.0 is round 0's, though round 1's also rounds to it.
   assert lottery.load_ticket(tmp_path, density=1.0).round == 0
   assert lottery.load_ticket(tmp_path, density=1).round == 0
+  # More digits than 4 tell tickets apart where 4 do not.
+  recs = [{"density": 0.00013297, "round": 40},
+          {"density": 0.00010638, "round": 41}]
+  assert [r["round"] for r in tickets._matching(recs, {"density": 0.000133})
+          ] == [40]
+  assert len(tickets._matching(recs, {"density": 0.0001})) == 2
   for asked in (0.9, round(densities[2], 2), round(densities[3], 3), 0.5):
     with pytest.raises(lottery.LotteryError,
                        match=r"^density: no finished ticket .* density in \["):

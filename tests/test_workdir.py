@@ -124,7 +124,9 @@ def test_a_workdir_inside_another_run_is_refused(tmp_path):
   c = lottery.base_config()
   run = tmp_path / "run"
   workdir_lib.claim(run, c).release()
-  for wd in (run / "rounds" / "round_004", run / "nested"):
+  (tmp_path / "link").symlink_to(run / "rounds", target_is_directory=True)
+  for wd in (run / "rounds" / "round_004", run / "nested",
+             tmp_path / "link" / "a"):
     for fn in (workdir_lib.check, workdir_lib.claim):
       with pytest.raises(LotteryError) as e:
         fn(wd, c)
@@ -133,6 +135,14 @@ def test_a_workdir_inside_another_run_is_refused(tmp_path):
           f"would mix with its own; use a --workdir outside it")
       assert not wd.exists()
   assert workdir_lib.check(run, c)  # The run itself resumes.
+  # A path through the run and out of it ('..') is not inside it.
+  assert not workdir_lib.check(run / ".." / "other", c)
+  # A run made inside another before the refusal still resumes.
+  nested = run / "old"
+  nested.mkdir()
+  (nested / "config.json").write_bytes((run / "config.json").read_bytes())
+  (nested / "lock").touch()
+  assert workdir_lib.check(nested, c)
   (tmp_path / "project").mkdir()
   (tmp_path / "project" / "config.json").write_text("{}")
   assert not workdir_lib.check(tmp_path / "project" / "runs" / "a", c)

@@ -598,11 +598,16 @@ def _out_of_memory(e: BaseException | None) -> BaseException | None:
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
+    text = str(e).lower()
+    # XLA's words: 'Out of memory allocating ...' (the CPU), 'Failed to
+    # allocate request for ...' (a GPU's allocator).
     if isinstance(e, MemoryError) or (
         type(e).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and
-        str(e).startswith("RESOURCE_EXHAUSTED: Out of memory")):
+        text.startswith("resource_exhausted") and
+        ("memory" in text or "allocat" in text)):
       return e
-    e = e.__cause__ or e.__context__
+    e = e.__cause__ if e.__cause__ is not None else (
+        None if e.__suppress_context__ else e.__context__)
   return None
 
 

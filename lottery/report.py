@@ -264,16 +264,23 @@ def _name(workdir: PathLike) -> str:
   return pathlib.Path(workdir).resolve().name
 
 
-def _names(workdirs: Sequence[PathLike],
-           name: Callable[[PathLike], str] = _name) -> list[str]:
-  """Each workdir's `name`, '_2', '_3', ... added to a name already taken
-  (two runs in folders of one name)."""
-  seen: dict[str, int] = {}
-  out = []
+# The page's own sections: no run is named so.
+_RESERVED = ("comparison", "environment")
+
+
+def _names(workdirs: Sequence[PathLike]) -> list[str]:
+  """Each run's name in the report (its folder's, as a file name takes it),
+  with the first free '_2', '_3', ... where a name is taken (runs in folders
+  of one name; the page's own sections)."""
+  taken, out = set(_RESERVED), []
   for wd in workdirs:
-    n = name(wd)
-    seen[n] = seen.get(n, 0) + 1
-    out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    base = _slug(_name(wd))
+    n, i = base, 1
+    while n in taken:
+      i += 1
+      n = f"{base}_{i}"
+    taken.add(n)
+    out.append(n)
   return out
 
 
@@ -1128,7 +1135,7 @@ def collect(workdirs: Sequence[PathLike]) -> tuple[list[Figure], list[dict]]:
   for wd in workdirs:
     check_workdir(wd)
   figures, runs_info = [], []
-  for wd, name in zip(workdirs, _names(workdirs, lambda w: _slug(_name(w)))):
+  for wd, name in zip(workdirs, _names(workdirs)):
     method = check_workdir(wd)
     recs = lottery_records(wd)
     facts_path = pathlib.Path(wd) / "facts.json"

@@ -349,10 +349,10 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
   """
   if coupling is None:
     if model is None:  # lottery.prune called without coupling=.
-      raise LotteryError(f"{field}: {kind!r} needs the model's coupling: "
-                         f"pass coupling=model (a model of the zoo, or one "
-                         f"that declares coupling()); or use 'unstructured' "
-                         f"or an N:M structure")
+      raise LotteryError(f"{field}: {kind!r} needs the model's coupling "
+                         f"(lottery.prune(..., coupling=model): a model of "
+                         f"the zoo, or one that declares coupling()); or use "
+                         f"'unstructured' or an N:M structure")
     raise LotteryError(f"{field}: {kind!r} needs the coupling of model "
                        f"{model}, which it does not declare; use "
                        f"'unstructured' or an N:M structure")

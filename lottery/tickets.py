@@ -26,6 +26,7 @@ summary.json, beside `ticket`, its directory relative to the workdir.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 from typing import Any
@@ -313,23 +314,26 @@ def _check_record(workdir, record: dict) -> None:
 
 def _same(key: str, value: Any, asked: Any) -> bool:
   """Whether a record's `value` of `key` matches the `asked` one: a measured
-  density matches at the 4 decimals the progress lines print it with, or
-  at the asked value's own where it has more (density=0.3276 finds
-  0.32760975..., 0.125 finds 0.12499547..., 0.000133 finds 0.00013297...
-  and not 0.00010638...; 0.2 does not find 0.24999); any other value
-  matches itself."""
+  density matches at the 4 decimals the progress lines print it with; a
+  smaller one at the asked value's digits, up to 4 significant ones
+  (density=0.3276 finds 0.32760975..., 0.125 finds 0.12499547..., 0.8**8
+  finds 0.16777315..., 0.000133 finds 0.00013297... and not 0.00010638...;
+  0.2 does not find 0.24999); any other value matches itself."""
   if (key == "density" and isinstance(asked, (float, np.floating)) and
       isinstance(value, float)):
     # The shortest digits of the asked value's own type (np.float32 too).
     text = np.format_float_positional(asked)
-    places = max(4, len(text.partition(".")[2]))
+    places = len(text.partition(".")[2])
+    if float(text) and math.isfinite(float(text)):
+      places = min(places, 3 - math.floor(math.log10(abs(float(text)))))
+    places = max(4, places)
     return round(value, places) == round(float(text), places)
   return value == asked
 
 
 def _matching(recs: list[dict], coords: dict) -> list[dict]:
   """The records whose values equal `coords`, or where none do, those whose
-  density matches the asked one at 4 decimals (`_same`)."""
+  density matches the asked one as printed (`_same`)."""
   exact = [r for r in recs if all(r.get(k) == v for k, v in coords.items())]
   return exact or [r for r in recs
                    if all(_same(k, r.get(k), v) for k, v in coords.items())]
@@ -340,7 +344,7 @@ def find(workdir, **coords) -> dict:
   or several match); without `seed`, replicate 0's where several
   replicates match; without `kind` or `check`, the method's own ticket
   (kind 'ticket') where its controls or sanity checks match too. A
-  `density` no ticket has exactly matches at 4 decimals (`_same`)."""
+  `density` no ticket has exactly matches it as printed (`_same`)."""
   runs.run_dir(workdir)
   recs = records(workdir)
   unknown = [k for k in coords if recs and not any(k in r for r in recs)]

@@ -135,7 +135,8 @@ def _check_path(wd: pathlib.Path) -> None:
   run's (its path resolved: '..' and links followed), before anything is
   written. A run already there resumes."""
   if not holds_run(wd):
-    for parent in wd.resolve().parents:
+    # realpath, not resolve(): a link loop is refused below, in one line.
+    for parent in pathlib.Path(os.path.realpath(wd)).parents:
       if holds_run(parent):
         raise LotteryError(f"workdir: {_q(wd)} is inside the run in "
                            f"{_q(parent)}, whose records it would mix with "

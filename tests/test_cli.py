@@ -237,8 +237,16 @@ def test_out_of_memory_is_one_line(tmp_path):
       "  if kind == 'device':\n"
       "    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of '\n"
       "                                     'memory allocating 9 bytes.\\nmore')\n"
+      "  if kind == 'gpu':\n"
+      "    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Failed to '\n"
+      "                                     'allocate request for 2.99GiB')\n"
       "  if kind == 'bare':\n"
       "    raise MemoryError\n"
+      "  if kind == 'suppressed':\n"
+      "    try:\n"
+      "      raise MemoryError('x')\n"
+      "    except MemoryError:\n"
+      "      raise ValueError('something else') from None\n"
       "  if kind == 'wrapped':\n"
       "    try:\n"
       "      raise MemoryError('Unable to allocate 27.9 GiB')\n"
@@ -248,9 +256,11 @@ def test_out_of_memory_is_one_line(tmp_path):
       "cli.main(run, doc='', argv=['x', f'--workdir={sys.argv[2]}'])\n")
   for kind, said in (("device", "RESOURCE_EXHAUSTED: Out of memory "
                       "allocating 9 bytes."),
+                     ("gpu", "RESOURCE_EXHAUSTED: Failed to allocate "
+                      "request for 2.99GiB"),
                      ("bare", "MemoryError"),
                      ("wrapped", "Unable to allocate 27.9 GiB"),
-                     ("other", None)):
+                     ("other", None), ("suppressed", None)):
     res = subprocess.run([sys.executable, str(script), kind,
                           str(tmp_path / "wd")], cwd=ROOT, env=ENV,
                          capture_output=True, text=True, timeout=120)

@@ -241,6 +241,11 @@ def test_comparison_tells_two_runs_of_one_method_apart(runs, tmp_path):
   shutil.copytree(runs["sparse"], other)
   fig, data = report.accuracy_vs_density([runs["sparse"], other, runs["pai"]])
   assert [r["name"] for r in data["runs"]] == ["sparse", "sparse_2", "pai"]
+  # A name taken by a '_2' folder, or the page's own sections: the next.
+  assert report._names([runs["sparse"], other, tmp_path / "x" / "sparse_2",
+                        tmp_path / "comparison"]) == [
+                            "sparse", "sparse_2", "sparse_2_2",
+                            "comparison_2"]
   lines = _labelled_lines(report.Figure("x", "", "", "", fig, data))
   series = [(label, c, ls) for _, label, c, ls in lines if ls != "None"]
   headers = [label for _, label, _, ls in lines if ls == "None"]

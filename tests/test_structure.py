@@ -327,7 +327,8 @@ def test_neuron_needs_a_coupling(unitless):
                      r"declare; use 'unstructured' or an N:M structure$"):
     pruning.prune(mask, params, 0.2, structure="neuron", coupling=model)
   with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
-                     r"model's coupling: pass coupling=model "):
+                     r"model's coupling \(lottery.prune\(..., "
+                     r"coupling=model\): "):
     pruning.prune(mask, params, 0.2, structure="neuron")
 
 

@@ -140,6 +140,9 @@ def test_a_density_matches_the_digits_it_is_given_with(tiny_config,
   assert [r["round"] for r in tickets._matching(recs, {"density": 0.000133})
           ] == [40]
   assert len(tickets._matching(recs, {"density": 0.0001})) == 2
+  # A computed value's noise digits beyond 4 significant ones do not count.
+  recs = [{"density": 0.16777315179475638, "round": 8}]
+  assert tickets._matching(recs, {"density": 0.8 ** 8}) == recs
   for asked in (0.9, round(densities[2], 2), round(densities[3], 3), 0.5):
     with pytest.raises(lottery.LotteryError,
                        match=r"^density: no finished ticket .* density in \["):

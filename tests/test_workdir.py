@@ -137,6 +137,11 @@ def test_a_workdir_inside_another_run_is_refused(tmp_path):
   assert workdir_lib.check(run, c)  # The run itself resumes.
   # A path through the run and out of it ('..') is not inside it.
   assert not workdir_lib.check(run / ".." / "other", c)
+  # A link loop: one line, not a traceback.
+  (tmp_path / "loop").symlink_to(tmp_path / "loop")
+  with pytest.raises(LotteryError, match=r"^workdir: '.*loop' is a dangling "
+                     r"symlink"):
+    workdir_lib.check(tmp_path / "loop", c)
   # A run made inside another before the refusal still resumes.
   nested = run / "old"
   nested.mkdir()

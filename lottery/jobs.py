@@ -110,12 +110,17 @@ class MidRun:
   replays the same steps, as step s's batches depend only on (seed, s).
   """
 
-  def __init__(self, workdir: os.PathLike, min_interval_s: float | None = None):
-    """`min_interval_s`: default `checkpoint_min_s()`."""
+  def __init__(self, workdir: os.PathLike, min_interval_s: float | None = None,
+               program: str | None = None):
+    """`min_interval_s`: default `checkpoint_min_s()`. `program`: how the job
+    runs (replicate form, devices), kept with each checkpoint; `load` sets
+    `saved_program` to the loaded checkpoint's."""
     self.root = os.path.join(workdir, "progress")
     self.meta = os.path.join(self.root, "progress.json")
     self.min_interval_s = (checkpoint_min_s() if min_interval_s is None
                            else min_interval_s)
+    self.program = program
+    self.saved_program = None
     self._last = time.monotonic()
 
   def save(self, job: str, state, history, captured) -> int | None:
@@ -132,7 +137,8 @@ class MidRun:
         "captured": {str(k): v for k, v in captured.items()}})
     old = self._read()
     checkpoint.write_json(self.meta, {"job": job, "step": step, "dir": name,
-                                      "history": history})
+                                      "history": history,
+                                      "program": self.program})
     if old and old["dir"] != name:
       checkpoint.remove(os.path.join(self.root, old["dir"]))
     self._last = time.monotonic()
@@ -147,6 +153,7 @@ class MidRun:
     restored = [jnp.asarray(arrays["state"][str(i)], dtype=jnp.asarray(t).dtype)
                 for i, t in enumerate(leaves)]
     captured = {int(k): v for k, v in arrays.get("captured", {}).items()}
+    self.saved_program = meta.get("program")
     return jax.tree.unflatten(treedef, restored), meta["history"], captured
 
   def clear(self) -> None:
@@ -299,7 +306,10 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
     return [tickets.read_ticket(workdir, j.path) for j in jobs]
   t = exp.config.training
   stacked = len(jobs) > 1
-  midrun = MidRun(workdir)
+  mesh = exp.loop.mesh
+  midrun = MidRun(workdir, program=(
+      f"{exp.loop.replicas if stacked else 'one replicate'} on "
+      f"{'one device' if mesh is None else parallel.describe(mesh)}"))
   t0 = time.time()
   key = f"{first.path}+{len(jobs)}" if stacked else first.path
   states = [step_lib.init_state(j.params, exp.tx, mask=j.mask,
@@ -325,6 +335,12 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
       {k: v for k, v in first.coords.items()
        if all(j.coords.get(k) == v for j in jobs)}) + f" x{len(jobs)}"
   if progress is not None:
+    if resumed and midrun.saved_program not in (None, midrun.program):
+      # Bit-identical resume holds for one program (docs/runs.md).
+      progress.info(f"note: {name} resumes from step {at}, checkpointed "
+                    f"running {midrun.saved_program} and continued running "
+                    f"{midrun.program}: its result equals neither's "
+                    f"uninterrupted run")
     progress.job_start(name, at, first.stop)
   capture = () if first.capture is None else (first.capture,)
   # Evaluations up to the resumed step are in `history` (and already

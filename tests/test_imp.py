@@ -197,6 +197,42 @@ def test_a_damaged_mid_run_checkpoint_is_refused_writing_nothing(
   assert files() == before
 
 
+def test_a_resume_under_another_program_is_noted(tiny_config, tmp_path,
+                                                 monkeypatch):
+  """A job checkpointed by another program (another device count or
+  replicate form: its float rounding differs) resumes with a note, since
+  its result then equals neither program's uninterrupted run."""
+  from lottery import progress  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config(**{"pruning.rounds": 0, "training.checkpoint_every": 10})
+  wd = tmp_path / "wd"
+
+  class Stop(Exception):
+    pass
+
+  real = jobs.MidRun.save
+
+  def save_then_stop(self, *a, **k):
+    self.program = "vmap on replicas=2 data=1 (2 devices; 1 process)"
+    real(self, *a, **k)
+    raise Stop
+
+  monkeypatch.setattr(jobs.MidRun, "save", save_then_stop)
+  with pytest.raises(Stop):
+    lottery.run(cfg, wd, log=quiet)
+  monkeypatch.setattr(jobs.MidRun, "save", real)
+  lines = []
+
+  class Notes(progress.NullProgress):
+    def info(self, line):
+      lines.append(line)
+  lottery.driver.run(cfg, wd, progress=Notes())
+  assert [l for l in lines if l.startswith("note:")] == [
+      "note: round 0 ticket resumes from step 10, checkpointed running vmap "
+      "on replicas=2 data=1 (2 devices; 1 process) and continued running one "
+      "replicate on one device: its result equals neither's uninterrupted "
+      "run"]
+
+
 def _cli(workdir, npz, *extra):
   return [sys.executable, "-m", "experiments.imp",
           f"--workdir={workdir}", "--config=configs/mnist1d.py:quick",

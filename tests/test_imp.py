@@ -162,13 +162,9 @@ def test_resume_after_interruption_is_bit_exact(tiny_config, tmp_path,
       assert a.metrics["history"] == b.metrics["history"]
 
 
-def test_a_damaged_mid_run_checkpoint_is_refused_writing_nothing(
-    tiny_config, tmp_path, monkeypatch):
-  """The resume refuses the damaged checkpoint before it writes anything:
-  no file of the workdir changes and none is added (not even an empty
-  TensorBoard events file)."""
-  cfg = tiny_config()
-  wd = tmp_path / "wd"
+def _stop_at_first_checkpoint(cfg, wd, monkeypatch, program=None):
+  """Runs `cfg` in `wd` until its first mid-run checkpoint is written (as
+  by `program`, where given), then stops."""
 
   class Stop(Exception):
     pass
@@ -176,6 +172,8 @@ def test_a_damaged_mid_run_checkpoint_is_refused_writing_nothing(
   real = jobs.MidRun.save
 
   def save_then_stop(self, *a, **k):
+    if program is not None:
+      self.program = program
     real(self, *a, **k)
     raise Stop
 
@@ -183,6 +181,16 @@ def test_a_damaged_mid_run_checkpoint_is_refused_writing_nothing(
   with pytest.raises(Stop):
     lottery.run(cfg, wd, log=quiet)
   monkeypatch.setattr(jobs.MidRun, "save", real)
+
+
+def test_a_damaged_mid_run_checkpoint_is_refused_writing_nothing(
+    tiny_config, tmp_path, monkeypatch):
+  """The resume refuses the damaged checkpoint before it writes anything:
+  no file of the workdir changes and none is added (not even an empty
+  TensorBoard events file)."""
+  cfg = tiny_config()
+  wd = tmp_path / "wd"
+  _stop_at_first_checkpoint(cfg, wd, monkeypatch)
   meta = wd / "progress" / "progress.json"
   meta.write_text(meta.read_text().replace('"step"', '"steps"', 1))
 
@@ -205,21 +213,9 @@ def test_a_resume_under_another_program_is_noted(tiny_config, tmp_path,
   from lottery import progress  # pylint: disable=g-import-not-at-top
   cfg = tiny_config(**{"pruning.rounds": 0, "training.checkpoint_every": 10})
   wd = tmp_path / "wd"
-
-  class Stop(Exception):
-    pass
-
-  real = jobs.MidRun.save
-
-  def save_then_stop(self, *a, **k):
-    self.program = "vmap on replicas=2 data=1 (2 devices; 1 process)"
-    real(self, *a, **k)
-    raise Stop
-
-  monkeypatch.setattr(jobs.MidRun, "save", save_then_stop)
-  with pytest.raises(Stop):
-    lottery.run(cfg, wd, log=quiet)
-  monkeypatch.setattr(jobs.MidRun, "save", real)
+  _stop_at_first_checkpoint(
+      cfg, wd, monkeypatch,
+      program="vmap on replicas=2 data=1 (2 devices; 1 process)")
   lines = []
 
   class Notes(progress.NullProgress):

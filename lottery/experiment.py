@@ -361,10 +361,10 @@ def _memory_bytes() -> int | None:
     found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
   except (ValueError, OSError, AttributeError):
     pass
-  for limit in ("/sys/fs/cgroup/memory.max",  # cgroup v2, then v1.
-                "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+  for path in ("/sys/fs/cgroup/memory.max",  # cgroup v2, then v1.
+               "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
     try:
-      text = pathlib.Path(limit).read_text().strip()
+      text = pathlib.Path(path).read_text().strip()
     except OSError:
       continue
     if text.isdigit():

@@ -60,11 +60,5 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   if isinstance(data, dict):
     # A field that a later rule refuses where nothing reads it (a run
     # written before the rule) at its default, as the run's check reads it.
-    from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
-    defaults = workdir_lib.flatten(workdir_lib.config_json(
-        config_lib.base_config()))
-    flat = workdir_lib.flatten(data)
-    read = config_lib.unread_at_defaults(flat, defaults)
-    if read != flat:
-      data = workdir_lib.unflatten(read)
+    data = workdir_lib.with_new_defaults(data)
   return ml_collections.ConfigDict(_tuples(data))

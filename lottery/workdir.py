@@ -82,12 +82,13 @@ def config_changes(a: dict, b: dict) -> str:
                  {k: b[k] for k in keys if k in b})
 
 
-def _with_new_defaults(saved: dict, new: dict) -> dict:
+def with_new_defaults(saved: dict, new: dict | None = None) -> dict:
   """`saved` as today's schema reads it: with the fields added to the schema
-  since it was written (absent from it, at their default in `new`), and with
-  each field that nothing reads under its other values at its default
-  (`config.READ_WHEN`; a value a later rule refuses). Such a run is the same
-  run."""
+  since it was written (absent from it, at their default in `new`; none
+  without `new`), and with each field that nothing reads under its other
+  values at its default (`config.READ_WHEN`; a value a later rule refuses).
+  Such a run is the same run."""
+  new = saved if new is None else new
   from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
   defaults = flatten(config_json(config_lib.base_config()))
   flat_saved, flat_new = flatten(saved), flatten(new)
@@ -277,7 +278,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
                         if k in flat_new})
   # A model option at its default counts as unset on both sides first, so
   # that a field the saved config predates is added at the new one's value.
-  saved = _with_new_defaults(saved, unflatten(options_unset(flatten(new))))
+  saved = with_new_defaults(saved, unflatten(options_unset(flatten(new))))
   raw_a, raw_b = flatten(saved), flatten(new)
   a, b = options_unset(raw_a), options_unset(raw_b)
   keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

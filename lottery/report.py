@@ -299,7 +299,8 @@ def series(workdir: PathLike, records: Iterable[dict] | None = None, *,
   Returns:
     {'method', 'series': [{'label', 'points': [{'density', 'mean', 'std',
     'n'}, ...] by decreasing density}], 'dense': {'mean', 'std', 'n'} or
-    None}; means and stds over replicates (`analysis.table`).
+    None}; means and stds over replicates (`analysis.table`; a stability
+    run's over both copies of each seed, n counting copies).
   """
   method = driver.workdir_method(workdir)
   recs = _records(workdir, records)
@@ -501,8 +502,11 @@ def accuracy_vs_density(workdirs: PathLike | Sequence[PathLike],
       ax.set_title(p, fontsize="medium")
   axes[0].set_ylabel("test accuracy (fraction correct)")
   ns = {p["n"] for r in all_runs for s in r["series"] for p in s["points"]}
+  # A stability run's points are its copies: two a seed.
+  over = ("replicates and copies" if any(r["method"] == "stability"
+                                         for r in all_runs) else "replicates")
   fig.suptitle("test accuracy at the end of training" +
-               (" (band: mean ± std over replicates)" if max(ns, default=1)
+               (f" (band: mean ± std over {over})" if max(ns, default=1)
                 > 1 else ""))
   axes[-1].legend(handles=list(handles.values()), fontsize="small",
                   loc="upper left" if several else "center left",

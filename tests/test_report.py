@@ -196,6 +196,17 @@ def _labelled_lines(figure):
           not line.get_label().startswith("_")]
 
 
+def test_a_stability_runs_accuracy_counts_its_copies(runs):
+  # Two seeds, two copies each: n = 4 per (source, k), and the title says
+  # the band is over copies too.
+  fig, data = report.accuracy_vs_density(runs["stability"])
+  points = [p for s in data["runs"][0]["series"] for p in s["points"]]
+  assert points and {p["n"] for p in points} == {4}
+  assert "over replicates and copies" in fig._suptitle.get_text()
+  fig, _ = report.accuracy_vs_density(runs["imp"])
+  assert fig._suptitle.get_text().endswith("over replicates)")
+
+
 def test_a_series_has_one_colour_in_every_figure(written):
   _, figures = written
   lines = {f.name: _labelled_lines(f) for f in figures}

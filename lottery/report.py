@@ -286,6 +286,31 @@ def _names(workdirs: Sequence[PathLike]) -> list[str]:
 
 # --- accuracy against density ---------------------------------------------
 
+# The methods whose figures the report knows; a plug-in method's records are
+# grouped by its tickets' coordinates (`_plugin_groups`).
+BUILT_IN = ("imp", "pai", "sparse", "stability")
+
+
+def _plugin_groups(workdir: PathLike, recs: list[dict]
+                   ) -> list[tuple[tuple[str, ...], list[dict]]]:
+  """A plug-in method's records by the coordinates of their tickets (from
+  their metrics.json, the seed left out), in order of first appearance:
+  [(coordinate names, records)]."""
+  groups: dict[tuple[str, ...], list[dict]] = {}
+  for r in recs:
+    coords = analysis.ticket_metrics(workdir, r).get("coords", {})
+    groups.setdefault(tuple(k for k in coords if k != "seed"), []).append(r)
+  return list(groups.items())
+
+
+def _plugin_label(r: dict, names: Sequence[str], method: str) -> str:
+  return ", ".join(f"{k}={r[k]}" for k in names) or method
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def series(workdir: PathLike, records: Iterable[dict] | None = None, *,
            main: bool = False) -> dict:
   """A run's accuracy-against-density series.
@@ -315,6 +340,16 @@ def series(workdir: PathLike, records: Iterable[dict] | None = None, *,
     by, key = ("source", "k"), lambda r: f"k={r['k']}"
     rows = analysis.table(recs, "test_accuracy", by=by)
     dense = []
+  elif method not in BUILT_IN:
+    # A series per value of the coordinates that are not numbers (a stage,
+    # a schedule), a point per group of replicates.
+    rows = []
+    for names, rs in _plugin_groups(workdir, recs):
+      found = analysis.table(rs, "test_accuracy", by=names)
+      kinds = [k for k in names if not all(_is_number(r[k]) for r in found)]
+      rows += [{**r, "series": _plugin_label(r, kinds, method)}
+               for r in found]
+    key, dense = lambda r: r["series"], []
   else:
     extra = "check" if method == "pai" else "distribution"
     by = ("method", extra, "target_density")
@@ -576,6 +611,11 @@ def layer_densities(workdir: PathLike,
     recs = [r for r in recs if r.get("check") is None and
             r.get("method") != "dense"]
     by = ("target_density", "method")
+  elif method not in BUILT_IN:  # One panel, a line per group of replicates.
+    recs = [{"method": method, "group": _plugin_label(r, names, method),
+             **{k: r[k] for k in ("ticket", "workdir") if k in r}}
+            for names, rs in _plugin_groups(workdir, recs) for r in rs]
+    by = ("method", "group")
   else:
     recs = [r for r in recs if r.get("method") not in (None, "dense")]
     by = ("target_density", "method", "distribution")
@@ -800,6 +840,13 @@ def learning_curves(workdir: PathLike, records: Iterable[dict] | None = None,
           by.setdefault(r["kind"], []).append(r)
       panels.append({"title": f"round {last}: ticket and controls",
                      "lines": lines(by)})
+  elif method not in BUILT_IN:
+    by = {}
+    for names, rs in _plugin_groups(workdir, recs):
+      for r in rs:
+        by.setdefault(_plugin_label(r, names, method), []).append(r)
+    panels.append({"title": f"{method}: every group", "lines": lines(by),
+                   "ramp": len(by) > _RAMP_LEGEND})
   else:
     if method == "stability":
       recs = [r for r in recs if r.get("source") not in (None, "parent")]

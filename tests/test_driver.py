@@ -14,6 +14,7 @@ import pytest
 
 import lottery
 from lottery import analysis
+from lottery import masks
 from lottery import method as method_lib
 from lottery import rng
 from lottery.progress import Progress
@@ -47,7 +48,8 @@ class _Densities(method_lib.Method):
     starts = []
     for i in range(ctx.replicates):
       params, model_state = ctx.init(i)
-      mask = lottery.prune(ctx.exp.dense_mask, params,
+      mask = lottery.prune(ctx.exp.dense_mask,
+                           lottery.scores.magnitude(params),
                            1 - coords["target_density"], scope="global")
       starts.append(method_lib.Start(mask, params, model_state))
     return method_lib.GroupStart(starts)
@@ -68,6 +70,14 @@ def test_a_new_method_runs_through_the_driver(npz_path, tmp_path):
         "target_density"], seed=r["seed"])
     assert t.metrics["density"] == pytest.approx(r["target_density"],
                                                  abs=0.01)
+    # Pruned by magnitude: every kept initial weight is at least as large
+    # in |w| as every pruned one (global scope).
+    mask, init = (masks.named_leaves(x) for x in (t.mask, t.rewind_params))
+    kept, gone = ([np.abs(init[k][np.asarray(m) == keep])
+                   for k, m in mask.items() if m is not None]
+                  for keep in (True, False))
+    assert (np.concatenate([k.ravel() for k in kept]).min() >=
+            np.concatenate([g.ravel() for g in gone]).max())
   assert len(lines) == 2  # One line per group.
   # Resumed: loads every group, same summary.
   assert lottery.driver.run(c, tmp_path / "wd") == summary

@@ -17,6 +17,7 @@ import pytest
 import lottery
 from lottery import analysis
 from lottery import checkpoint
+from lottery import method as method_lib
 from lottery import report
 
 from conftest import tiny
@@ -205,6 +206,59 @@ def test_a_stability_runs_accuracy_counts_its_copies(runs):
   assert "over replicates and copies" in fig._suptitle.get_text()
   fig, _ = report.accuracy_vs_density(runs["imp"])
   assert fig._suptitle.get_text().endswith("over replicates)")
+
+
+@method_lib.register
+class _Stages(method_lib.Method):
+  """A plug-in the report does not know: a dense stage, then a pruned
+  stage (by |w| at init) per density of pai.densities."""
+
+  name = "report_stages"
+  fields = ("pai.densities",)
+
+  def grid(self, ctx):
+    return [{"stage": "dense", "target_density": 1.0}] + [
+        {"stage": "pruned", "target_density": d}
+        for d in ctx.config.pai.densities]
+
+  def directory(self, coords):
+    return f"{coords['stage']}/density_{coords['target_density']!r}"
+
+  def start(self, ctx, coords):
+    starts = []
+    for i in range(ctx.replicates):
+      params, model_state = ctx.init(i)
+      mask = lottery.prune(ctx.exp.dense_mask, lottery.scores.magnitude(
+          params), 1 - coords["target_density"], scope="global")
+      starts.append(method_lib.Start(mask, params, model_state))
+    return method_lib.GroupStart(starts)
+
+
+def test_a_plug_in_methods_run_is_reported_by_its_coordinates(
+    npz_path, runs, tmp_path):
+  c = tiny(npz_path, method="report_stages", **{
+      "seeds.num": 2, "pai.densities": (0.5, 0.25)})
+  lottery.driver.run(c, tmp_path / "stages", log=lambda _: None)
+  out = tmp_path / "out"
+  report.write_report([tmp_path / "stages", runs["imp"]], out)
+  fig = lambda n: json.loads((out / "figures" / f"{n}.json").read_text())
+  acc = fig("stages_accuracy_vs_density")["runs"][0]
+  table = {(r["stage"], r["target_density"]): r for r in analysis.table(
+      tmp_path / "stages", by=("stage", "target_density"))}
+  got = {(s["label"], p["density"]): p for s in acc["series"]
+         for p in s["points"]}
+  assert len(got) == len(table) == 3
+  for (stage, _), row in table.items():
+    p = got[f"stage={stage}", row["density"]]
+    assert (p["mean"], p["std"], p["n"]) == (row["mean"], row["std"], 2)
+  rows = fig("stages_layer_densities")["rows"]
+  assert [r["group"] for r in rows] == [
+      "stage=dense, target_density=1.0", "stage=pruned, target_density=0.5",
+      "stage=pruned, target_density=0.25"]
+  lines = fig("stages_learning_curves")["panels"][0]["lines"]
+  assert [l["label"] for l in lines] == [r["group"] for r in rows]
+  comp = fig("comparison_accuracy_vs_density")
+  assert [r["method"] for r in comp["runs"]] == ["report_stages", "imp"]
 
 
 def test_a_series_has_one_colour_in_every_figure(written):

@@ -130,6 +130,14 @@ RESETS.register("lr_rewind")(_lr_rewind)
 RESETS.register("finetune")(_finetune)
 
 
+def _score(f, v, c) -> None:
+  """A params-only score; a registered one that needs data is named so."""
+  if isinstance(v, str) and v in scores_lib.all_names():
+    scores_lib.get(v, field=f)  # Refuses a score that needs data.
+  else:
+    config_lib.one_of(scores_lib.names)(f, v, c)
+
+
 def _rewind_step(f, v, c) -> None:
   config_lib.below_steps(f, v, c)
   reset = c["pruning.reset"]
@@ -272,7 +280,7 @@ config_lib.register_block(
         "pruning.prunable": config_lib.check_patterns,
         "pruning.layer_fractions": _layer_fractions,
         "pruning.schedule": _schedule,
-        "pruning.score": config_lib.one_of(scores_lib.names),
+        "pruning.score": _score,
         "pruning.reset": config_lib.one_of(RESETS.names),
         "pruning.rewind_step": _rewind_step,
         "pruning.stability_every": config_lib.count(0),

@@ -434,6 +434,8 @@ def _unit_plan(leaves, group_score, coupling, kind, residual_streams):
     model = type(coupling).__name__  # A model: named if it has none.
     coupling = structure_lib.coupling_of(coupling)
   coupling = structure_lib.without_streams(coupling, residual_streams)
+  structure_lib.check_modules(coupling, [name for name, _, _ in leaves],
+                              model=model)
   live = [(name, m, s) for name, m, s in leaves if m is not None]
   shapes = [tuple(np.shape(m)) for _, m, _ in live]
   plan = structure_lib.unit_plan(coupling, [name for name, _, _ in live],
@@ -485,15 +487,24 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
   return new
 
 
-def _keep_counts(sizes: Mapping[str, int], counts, what: str) -> list[int]:
+def _keep_counts(sizes: Mapping[str, int], counts, what: str) -> list:
   """The whole counts of `counts` for every name of `sizes` (in order), each
-  in [0, size]; `what` names the things counted ('weights', 'units')."""
+  in [0, size] (a count that is a JAX integer scalar, e.g. computed from a
+  traced step, is clipped to it); `what` names the things counted
+  ('weights', 'units')."""
   keep = []
   for name, size in sizes.items():
     if name not in counts:
       raise LotteryError(f"counts: no keep count for {name} (got counts for "
                          f"{sorted(counts)})")
     k = counts[name]
+    if isinstance(k, jax.Array):
+      if np.shape(k) or not jnp.issubdtype(k.dtype, jnp.integer):
+        raise LotteryError(f"counts: the count of {name} must be a whole "
+                           f"number (got an array of {k.dtype}"
+                           f"{list(np.shape(k))})")
+      keep.append(jnp.clip(k, 0, size))
+      continue
     if isinstance(k, bool) or not isinstance(
         k, (int, float, np.integer, np.floating)) or k != int(k):
       raise LotteryError(f"counts: the count of {name} must be a whole "
@@ -524,12 +535,15 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
   """Keeps exactly `counts[path]` highest-scoring survivors in each leaf.
 
   Ties as in `prune` (the earlier weight goes first). One compiled call for
-  all counts of the same shapes; also works inside `jax.jit` / `jax.vmap`.
+  all counts of the same shapes; also works inside `jax.jit` / `jax.vmap`,
+  with traced counts too (integer scalars computed in the step, clipped to
+  [0, leaf size]).
 
   Args:
     mask: current mask (None leaves are not prunable).
     scores: pytree with the params' structure; higher = more important.
-    counts: {path: number of weights to keep} for every prunable leaf; under
+    counts: {path: number of weights to keep (an int, or a JAX integer
+      scalar)} for every prunable leaf; under
       'neuron' or 'head', {unit set: number of units to keep} for every
       unit set of the coupling, a set named by its producers joined with
       '+' ('fc1', 'fc1+fc2'; `structure.unit_plan`).

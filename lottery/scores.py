@@ -99,9 +99,10 @@ def get(name: str, *, field: str = "pruning.score") -> ScoreFn:
   """
   fn = _SCORES.get(name, field=field)
   if _SCORES.info(name)["data"]:
-    raise LotteryError(f"{field}: {name!r} needs the model and a batch "
-                       f"(pruning at initialization only); scores of trained "
-                       f"weights are {names()} (got {name!r})")
+    raise LotteryError(f"{field}: {name!r} needs the model and a batch, "
+                       f"a score for pruning at initialization (pai.methods); "
+                       f"scores of weights alone are {names()} (got "
+                       f"{name!r})")
   return fn
 
 

@@ -267,6 +267,8 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
   masked = jax.tree.map(np.asarray, masks_lib.apply_mask(mask, params))
   flat_mask, flat, flat_masked = (masks_lib.named_leaves(t)
                                   for t in (mask, params, masked))
+  structure_lib.check_modules(coupling, list(flat),
+                              model=type(model).__name__, field="model")
   # Constants first, from the original biases, then fold and slice: a
   # module can be a producer of one set and a consumer of another.
   folds = []

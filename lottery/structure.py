@@ -328,6 +328,27 @@ def n_m_plan(spec: Structure, names: Sequence[str],
 _WHAT = {NEURON: "units", HEAD: "attention heads"}
 
 
+def check_modules(coupling: Sequence[Units] | None, names: Sequence[str], *,
+                  model: str | None = None, field: str = "structure") -> None:
+  """Refuses a coupling whose producers or consumers name a module that has
+  no parameter among `names` (every leaf of the params, prunable or not):
+  a typo in a model's `coupling()`, which `unit_plan` would take for a
+  layer left unpruned.
+
+  Raises:
+    LotteryError: naming `field`, the module and the model's modules.
+  """
+  modules = {n.rsplit("/", 1)[0] for n in names}
+  for units in coupling or ():
+    for module in (*units.producers, *units.consumers):
+      if module not in modules:
+        whose = ("the coupling" if model is None else
+                 f"the coupling of model {model}")
+        raise LotteryError(
+            f"{field}: {whose} names module {module!r}, which has no "
+            f"parameters (the modules: {sorted(modules)})")
+
+
 def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
               shapes: Sequence[tuple[int, ...]], *, kind: str = NEURON,
               model: str | None = None, field: str = "structure"
@@ -354,7 +375,9 @@ def unit_plan(coupling: Sequence[Units] | None, names: Sequence[str],
                          f"the zoo, or one that declares coupling()); or use "
                          f"'unstructured' or an N:M structure")
     raise LotteryError(f"{field}: {kind!r} needs the coupling of model "
-                       f"{model}, which it does not declare; use "
+                       f"{model}, which it does not declare (a coupling() "
+                       f"method returning lottery.structure.Units, see "
+                       f"docs/methods.md#structure); or use "
                        f"'unstructured' or an N:M structure")
   kinds = sorted({u.kind for u in coupling})
   if kind not in kinds:
@@ -432,6 +455,8 @@ def check_model(spec: Any, mask: Any, model: Any, name: str, *,
   elif spec.kind in UNIT_KINDS:
     coupling = prunable_units(model, residual_streams, name=repr(name),
                               field=streams_field)
+    check_modules(coupling, list(masks_lib.named_leaves(mask)),
+                  model=repr(name), field=field)
     unit_plan(coupling, list(live), list(live.values()),
               kind=spec.kind, model=repr(name), field=field)
   return spec

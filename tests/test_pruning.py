@@ -320,6 +320,14 @@ def test_keep_top_matches_reference_and_checks_counts():
   # all its survivors.
   got = jax.jit(lambda m, s: pruning.keep_top(m, s, too_many))(m, s)
   assert_same(got, m)
+  # Counts computed in the compiled step (a schedule's): the same masks.
+  half = {k: c // 2 for k, c in keep.items()}
+  traced = jax.jit(lambda m, s, t: pruning.keep_top(
+      m, s, {k: c // t for k, c in keep.items()}))(m, s, jnp.int32(2))
+  assert_same(traced, pruning.keep_top(m, s, half))
+  with pytest.raises(LotteryError, match=r"^counts: the count of fc/kernel "
+                     r"must be a whole number \(got an array of float32\[\]\)"):
+    pruning.keep_top(m, s, {**keep, "fc/kernel": jnp.float32(3)})
 
 
 @pytest.mark.slow

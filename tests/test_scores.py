@@ -205,7 +205,13 @@ def test_one_registry_imp_refuses_model_aware_scores():
                      match=r"^pai.methods: unknown score, must be one of"):
     scores.compute("nope", None, {}, None, None, None)
   c = lottery.base_config()
-  c.pruning.score = "synflow"
+  c.pruning.score = "synflow"  # Registered, but it needs data: named so.
+  with pytest.raises(lottery.LotteryError, match=r"^pruning.score: 'synflow' "
+                     r"needs the model and a batch, a score for pruning at "
+                     r"initialization \(pai.methods\); scores of weights "
+                     r"alone are \['magnitude', 'random'\]"):
+    lottery.config.validate(c)
+  c.pruning.score = "synflo"
   with pytest.raises(lottery.LotteryError, match=r"^pruning.score: must be "
                      r"one of \['magnitude', 'random'\]"):
     lottery.config.validate(c)

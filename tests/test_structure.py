@@ -679,6 +679,73 @@ def test_units_that_do_not_fit_are_refused_in_one_line():
                                             tiled=("out",)),))
 
 
+class _ReadmeMLP(nn.Module):
+  """The README's MyMLP with docs/methods.md's coupling() and
+  with_widths()."""
+  width: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.width, name="fc1")(x))
+    return nn.Dense(self.num_classes, name="out")(x)
+
+  def coupling(self):
+    return (structure.Units(("fc1",), ("out",)),)
+
+  def with_widths(self, widths):
+    return self.clone(width=int(widths[0]))
+
+
+def test_the_docs_own_model_takes_neuron_pruning_and_shrink():
+  model = _ReadmeMLP(width=16, num_classes=10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
+                       0.75, structure="neuron", coupling=model)
+  small, small_params, _ = lottery.shrink(model, params, {}, mask)
+  assert small.width == 4
+  x = jax.random.normal(jax.random.key(1), (8, 40))
+  np.testing.assert_allclose(
+      small.apply({"params": small_params}, x),
+      model.apply({"params": lottery.apply_mask(mask, params)}, x),
+      rtol=1e-5, atol=1e-6)
+
+
+class _TypoCoupling(models.mlp.MLP):
+  """An MLP whose coupling names 'fc', a module it does not have."""
+
+  def coupling(self):
+    return (structure.Units(("fc",), ("out",)),)
+
+
+def test_a_coupling_naming_a_missing_module_is_refused_in_one_line(
+    npz_path, tmp_path):
+  model = _TypoCoupling(features=(8,), num_classes=10)
+  params = model.init(jax.random.key(0), jnp.ones((1, 40)))["params"]
+  mask = masks.make_mask(params)
+  want = (r"the coupling of model _TypoCoupling names module 'fc', which "
+          r"has no parameters \(the modules: \['fc1', 'out'\]\)$")
+  with pytest.raises(LotteryError, match=r"^structure: " + want):
+    pruning.prune(mask, jax.tree.map(jnp.abs, params), 0.5,
+                  structure="neuron", coupling=model)
+  with pytest.raises(LotteryError, match=r"^model: " + want):
+    lottery.shrink(model, params, {}, mask)
+  models.register("typo_coupling")(
+      lambda num_classes: _TypoCoupling(features=(8,),
+                                        num_classes=num_classes))
+  try:
+    cfg = tiny(npz_path, **{"model.name": "typo_coupling",
+                            "pruning.structure": "neuron"})
+    with pytest.raises(LotteryError, match=r"^pruning.structure: the "
+                       r"coupling of model 'typo_coupling' names module "
+                       r"'fc'"):
+      lottery.driver.run(cfg, tmp_path / "wd", method=cfg.method, log=quiet)
+    assert not (tmp_path / "wd").exists()
+  finally:
+    models.unregister("typo_coupling")
+
+
 # -- shrink ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, dim", [("mlp_tiny", 8),
@@ -1300,7 +1367,9 @@ def test_config_refuses_bad_structures(npz_path, tmp_path, overrides, match):
      r"^pai.structure: 'head' prunes attention heads, and model 'conv2'"),
     ("unitless", {"pruning.structure": "neuron"},
      r"^pruning.structure: 'neuron' needs the coupling of model 'unitless', "
-     r"which it does not declare; use 'unstructured' or an N:M structure$"),
+     r"which it does not declare \(a coupling\(\) method returning "
+     r"lottery.structure.Units, see docs/methods.md#structure\); or use "
+     r"'unstructured' or an N:M structure$"),
     # Its one unit set is a residual stream.
     ("mnist1d_mlp", {"pruning.structure": "neuron",
                      "pruning.residual_streams": False},

@@ -175,6 +175,16 @@ def _check_replicate_runs(records: list[Record], by: Sequence[str]) -> None:
             f"not two: give runs of other seeds")
 
 
+def _check_args(fn: str, workdir: Any, records: Any = ()) -> None:
+  """Refuses arguments in another order than fn(workdir, records, ...)."""
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise LotteryError(f"workdir: {fn}(workdir, records, ...) takes the run's "
+                       f"workdir first (got {type(workdir).__name__})")
+  if isinstance(records, (str, os.PathLike, dict)):
+    raise LotteryError(f"records: {fn}(workdir, records, ...) takes a list of "
+                       f"records second (got {type(records).__name__})")
+
+
 def _run_of(workdir: str | os.PathLike, record: Record) -> str | os.PathLike:
   """The workdir a record's ticket is in: its own (`lottery.records` writes
   it in every record, so records of several runs combine), else `workdir`."""
@@ -185,6 +195,7 @@ def ticket_metrics(workdir: str | os.PathLike, record: Record) -> dict:
   """A ticket's metrics.json (history and per-layer densities included),
   read without its arrays, from the record's own workdir (`workdir` for a
   record that names none)."""
+  _check_args("ticket_metrics", workdir)
   where = _run_of(workdir, record)
   return checkpoint.read_json(
       pathlib.Path(where) / record["ticket"] / tickets.METRICS,
@@ -200,6 +211,7 @@ def layer_table(workdir: str | os.PathLike, records: Iterable[Record], *,
   Returns:
     [{'round', 'density', 'layers': {path: fraction kept}}, ...] by round.
   """
+  _check_args("layer_table", workdir, records)
   records = replicates(records)
   _check_replicate_runs(records, ("round", "kind"))
   rounds: dict[int, list[dict]] = {}
@@ -281,6 +293,7 @@ def overlap_table(workdir: str | os.PathLike,
     replicates. Records of several runs are each read from their own
     workdir and compared within their run.
   """
+  _check_args("overlap_table", workdir, records)
   recs = replicates(records)
   run = lambda r: os.fspath(_run_of(workdir, r))
   by = {(run(r), r.get("round"), r.get("kind"), r.get("seed")): r
@@ -336,6 +349,7 @@ def curve(workdir: str | os.PathLike, records: Iterable[Record],
   Raises:
     LotteryError: if the histories have entries but none has `key`.
   """
+  _check_args("curve", workdir, records)
   records = list(records)
   _check_replicate_runs(records, ("round", "kind"))
   field = _HISTORY_NAMES.get(key, key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -513,6 +514,11 @@ distinct_tuple = _distinct_tuple
 names_tuple = _names_tuple
 
 
+# The module that registered each block: the framework's own are not
+# replaced by another module's.
+_OWNERS: dict[str, str] = {}
+
+
 def register_block(name: str, defaults: Any, rules: Mapping[str, _Rule],
                    help: Mapping[str, str]) -> None:  # pylint: disable=redefined-builtin
   """Adds the top-level block `name` to the schema (`base_config()`).
@@ -526,18 +532,33 @@ def register_block(name: str, defaults: Any, rules: Mapping[str, _Rule],
       blocks' and the blocks registered before.
     help: flattened field -> one line for --help.
 
+  A block registered again (a notebook cell run twice) is replaced: its
+  defaults, rules and help lines are the new ones; a block of the
+  framework's own modules is not replaced by another module's.
+
   Raises:
-    LotteryError: for a name already in the schema, or a rule or help line
-      of a field outside the block.
+    LotteryError: for a name that is not an identifier, is a shared block's
+      or another module's block of the framework, or a rule or help line of
+      a field outside the block.
   """
-  if not isinstance(name, str) or not name.isidentifier() or \
-      name in SHARED or name in _BLOCKS:
-    raise LotteryError(f"config: cannot register block {name!r}: the schema "
-                       f"has {[*SHARED, *_BLOCKS]}")
+  if not isinstance(name, str) or not name.isidentifier() or name in SHARED:
+    raise LotteryError(f"config: cannot register block {name!r}: it must be "
+                       f"an identifier other than the shared blocks' "
+                       f"{list(SHARED)}")
+  inside = lambda field: field == name or field.startswith(name + ".")
   for field in (*rules, *help):
-    if field != name and not field.startswith(name + "."):
+    if not inside(field):
       raise LotteryError(f"config: block {name!r} cannot register field "
                          f"{field!r}, which is outside it")
+  owner = sys._getframe(1).f_globals.get("__name__", "")  # pylint: disable=protected-access
+  if _OWNERS.get(name, owner) != owner and _OWNERS[name].startswith(
+      "lottery."):
+    raise LotteryError(f"config: cannot register block {name!r}: it is "
+                       f"{_OWNERS[name]}'s; choose another name")
+  _OWNERS[name] = owner
+  for table in (RULES, FIELD_HELP):
+    for field in [f for f in table if inside(f)]:
+      del table[field]
   _BLOCKS[name] = copy.deepcopy(dict(defaults) if isinstance(defaults, Mapping)
                                 else defaults)
   RULES.update(rules)
@@ -617,6 +638,10 @@ def _unknown(name: str):
   known += sorted({k.rpartition(".")[0] for k in known} - {""})  # Groups.
   guess = suggest(name, known)
   hint = f" (did you mean {guess!r}?)" if guess else ""
+  if not guess and name.partition(".")[0] not in known:
+    # A block a plug-in registers (config.register_block) when imported.
+    hint = (" (a block of your own? import the module that registers it "
+            "first)")
   raise LotteryError(f"config: no field {name!r}{hint}")
 
 

@@ -154,8 +154,8 @@ def _method(config, expected: str | None) -> method_lib.Method:
     raise LotteryError(
         f"method: this launcher runs {expected!r} recipes, the config is "
         f"{'an' if name[:1] in 'aeiou' else 'a'} {name!r} recipe; run it "
-        f"with python -m experiments.run (or "
-        f"experiments.{name})")
+        f"with lottery.driver.run(config, workdir) (from a shell: python -m "
+        f"experiments.run)")
   return method_lib.get(name)
 
 
@@ -233,7 +233,9 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
     if i >= KEPT_GROUPS:
       done[i - KEPT_GROUPS].tickets = None
   notebook = (f"notebook: LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab "
-              f"notebooks/{m.notebook}; " if m.notebook else "")
+              f"notebooks/{m.notebook}; " if m.notebook else
+              f"figures: python -m experiments.report {os.fspath(wd)} "
+              f"--out=DIR; ")
   ctx.progress.info(
       f"results: {os.path.join(wd, tickets.SUMMARY)}; tickets: "
       f"lottery.load_ticket({os.fspath(wd)!r}, ...); {notebook}"

@@ -552,6 +552,7 @@ class Imp(method_lib.Method):
   fields = ("pruning", "controls", "controls_every")
   summary_key = "rounds"
   seed_dir_when_single = False
+  notebook = "tickets.ipynb"
 
   def directory(self, coords: dict) -> str:
     return imp_path(coords["round"], coords["kind"])

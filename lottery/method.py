@@ -175,8 +175,8 @@ class Method:
   # non-default value is refused.
   fields: tuple[str, ...] = ()
   # The notebook (in notebooks/) that analyses this method's workdirs; ''
-  # for none.
-  notebook: str = "tickets.ipynb"
+  # for none (the run's end then names the report).
+  notebook: str = ""
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     """Validates `config` (LotteryError naming the field); before anything

@@ -246,8 +246,11 @@ def recipe(workdir: PathLike) -> str:
     p = c.pruning
     reset = p.reset + (f" k={p.rewind_step}" if p.reset == "rewind" else "")
     parts.append(f"{p.scope} {p.fraction:g}/round, {reset}")
+    if p.get("score", "magnitude") != "magnitude":
+      parts.append(f"score {p.score}")
+    parts += _structure(p)
   elif m == "pai":
-    parts.append(f"{c.pai.scope}")
+    parts += [f"{c.pai.scope}", *_structure(c.pai)]
   elif m == "sparse":
     s = c.sparse
     # ΔT for the methods that read it; N:M and SR-STE's decay where run.
@@ -258,6 +261,17 @@ def recipe(workdir: PathLike) -> str:
     if "sr_ste" in s.methods:
       parts.append(f"λ_W={s.sr_ste_decay:g}")
   return ", ".join(parts)
+
+
+def _structure(block) -> list[str]:
+  """The words of a block's structure and group score, where not the
+  defaults."""
+  out = []
+  if block.get("structure", "unstructured") != "unstructured":
+    out.append(f"{block.structure} structure")
+    if block.get("group_score", "sum") != "sum":
+      out.append(f"group score {block.group_score}")
+  return out
 
 
 def _name(workdir: PathLike) -> str:

@@ -589,7 +589,6 @@ class Stability(method_lib.Method):
   name = "stability"
   fields = ("pruning.prunable", "stability")
   summary_key = "pairs"
-  notebook = ""
 
   def check(self, config: ml_collections.ConfigDict) -> None:
     config_lib.validate(config)

@@ -386,7 +386,12 @@ def _coordinates(recs: list[dict], asked: dict) -> str:
   if not recs:
     return "no finished ticket yet"
   parts = []
-  for k in dict.fromkeys([*asked, *COORDINATES]):
+  # A plug-in method's own coordinates (a 'stage'), as its tickets record
+  # them.
+  first = recs[0]
+  own = _read(first["workdir"], pathlib.Path(first["workdir"]) /
+              first["ticket"] / METRICS).get("coords", {})
+  for k in dict.fromkeys([*asked, *COORDINATES, *own]):
     # An asked coordinate's values among the tickets that match the other
     # asked ones, where some do (the rounds that have a 'reinit' control).
     others = {a: v for a, v in asked.items() if a != k}

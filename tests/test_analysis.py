@@ -176,6 +176,15 @@ def test_tables_from_a_workdir(tmp_path):
   with pytest.raises(analysis.LotteryError, match=r"^key: the tickets' histories have "
                      r"no 'val_loss'; they have \['accuracy', 'loss'\]$"):
     analysis.curve(tmp_path, records[:1], "val_loss")
+  # The records alone, or the two swapped: one line naming the order.
+  with pytest.raises(analysis.LotteryError, match=r"^workdir: curve\(workdir, "
+                     r"records, ...\) takes the run's workdir first \(got "
+                     r"list\)$"):
+    analysis.curve(records[:1], "accuracy")
+  for fn in (analysis.layer_table, analysis.overlap_table):
+    with pytest.raises(analysis.LotteryError, match=r"^records: \w+\(workdir, "
+                       r"records, ...\) takes a list of records second"):
+      fn(tmp_path, tmp_path)
   # Two replicates of one group: the steps both have, mean and std.
   reps = [_save(tmp_path, 3, "ticket", B, hist([0.5, 1.0]), seed=0),
           _save(tmp_path, 3, "ticket", B, hist([1.0]), seed=1)]

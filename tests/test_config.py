@@ -330,6 +330,47 @@ def test_added_fields_have_rules_before_the_schema_has_them():
       rules[name](name, bad, {})
 
 
+def test_a_block_registered_again_is_replaced_but_not_the_frameworks(
+    request):
+  def forget():
+    for table in (config_lib._BLOCKS, config_lib._OWNERS):
+      table.pop("mine_again", None)
+    for table in (config_lib.RULES, config_lib.FIELD_HELP):
+      for k in [k for k in table if k.startswith("mine_again.")]:
+        del table[k]
+  request.addfinalizer(forget)
+  # Before it is registered (a plug-in not imported): named so.
+  c = lottery.base_config()
+  with pytest.raises(lottery.LotteryError, match=r"^config: no field "
+                     r"'mine_again' \(a block of your own\? import the "
+                     r"module that registers it first\)$"):
+    config_lib.validate(ml_collections.ConfigDict(
+        {**c.to_dict(), "mine_again": {"steps": 1}}))
+  for steps, rate in ((10, None), (20, 0.5)):  # A cell run twice, edited.
+    fields = {"steps": steps, **({"rate": rate} if rate else {})}
+    config_lib.register_block(
+        "mine_again", fields,
+        rules={f"mine_again.{k}": config_lib.count(1) if k == "steps" else
+               (lambda f, v, c: config_lib.check_real(
+                   f, v, 0, 1, lo_open=True, hi_open=False))
+               for k in fields},
+        help={f"mine_again.{k}": k for k in fields})
+  assert lottery.base_config().mine_again.to_dict() == {"steps": 20,
+                                                        "rate": 0.5}
+  assert sorted(k for k in config_lib.RULES if k.startswith("mine_again")) == [
+      "mine_again.rate", "mine_again.steps"]
+  c = lottery.base_config()
+  c.mine_again.rate = 1.5
+  with pytest.raises(lottery.LotteryError, match=r"^mine_again.rate: must be "
+                     r"in \(0, 1\] \(got 1.5\)$"):
+    config_lib.validate(c)
+  # The framework's blocks are its own.
+  with pytest.raises(lottery.LotteryError, match=r"^config: cannot register "
+                     r"block 'pai': it is lottery.pai's; choose another name"):
+    config_lib.register_block("pai", {"x": 1}, rules={}, help={})
+  assert "methods" in lottery.base_config().pai
+
+
 def test_good_config_and_rules_dont_mutate(npz_path):
   cfg = config_from_dict(npz_path, {"training.learning_rate": 1,
                                     "training.lr_boundaries": [5, 10],

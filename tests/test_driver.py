@@ -221,7 +221,9 @@ def test_launcher_refuses_another_methods_recipe(tmp_path):
 def test_library_refuses_another_methods_config(npz_path, tmp_path):
   with pytest.raises(lottery.LotteryError,
                      match=r"^method: this launcher runs 'pai' recipes, the "
-                     r"config is an 'imp' recipe"):
+                     r"config is an 'imp' recipe; run it with "
+                     r"lottery.driver.run\(config, workdir\) \(from a shell: "
+                     r"python -m experiments.run\)$"):
     lottery.pai.run(tiny(npz_path), tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
   with pytest.raises(lottery.LotteryError, match=r"^method: must be one of"):
@@ -354,7 +356,8 @@ def test_a_workdir_without_label_smoothing_resumes_and_refuses_a_change(
 
 @pytest.mark.parametrize("method, notebook", [("imp", "tickets.ipynb"),
                                               ("pai", "pruning_at_init.ipynb"),
-                                              ("sparse", "sparse_training.ipynb")])
+                                              ("sparse", "sparse_training.ipynb"),
+                                              ("toy_densities", None)])
 def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
                                                    method, notebook):
   cfg = tiny(npz_path, method=method)
@@ -371,8 +374,11 @@ def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
                      progress=Progress(stream=err, out=io.StringIO(),
                                        live=False))
   last = err.getvalue().strip().splitlines()[-1]
+  # A plug-in without a notebook of its own: the report.
+  where = (f"notebook: LOTTERY_WORKDIR={wd} jupyter lab notebooks/{notebook}"
+           if notebook else f"figures: python -m experiments.report {wd} "
+           f"--out=DIR")
   assert last == (
       f"results: {wd / 'summary.json'}; tickets: "
-      f"lottery.load_ticket({str(wd)!r}, ...); notebook: "
-      f"LOTTERY_WORKDIR={wd} jupyter lab notebooks/{notebook}; "
+      f"lottery.load_ticket({str(wd)!r}, ...); {where}; "
       f"curves: tensorboard --logdir {wd / 'tensorboard'}")

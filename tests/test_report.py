@@ -239,6 +239,10 @@ def test_a_plug_in_methods_run_is_reported_by_its_coordinates(
   c = tiny(npz_path, method="report_stages", **{
       "seeds.num": 2, "pai.densities": (0.5, 0.25)})
   lottery.driver.run(c, tmp_path / "stages", log=lambda _: None)
+  # Its own coordinates are listed where a ticket is not found.
+  with pytest.raises(lottery.LotteryError, match=r"^stage: no finished "
+                     r"ticket .* stage in \['dense', 'pruned'\]"):
+    lottery.load_ticket(tmp_path / "stages", stage="fine")
   out = tmp_path / "out"
   report.write_report([tmp_path / "stages", runs["imp"]], out)
   fig = lambda n: json.loads((out / "figures" / f"{n}.json").read_text())
@@ -259,6 +263,18 @@ def test_a_plug_in_methods_run_is_reported_by_its_coordinates(
   assert [l["label"] for l in lines] == [r["group"] for r in rows]
   comp = fig("comparison_accuracy_vs_density")
   assert [r["method"] for r in comp["runs"]] == ["report_stages", "imp"]
+
+
+def test_the_recipe_label_names_a_structure_and_a_score(runs, tmp_path):
+  wd = tmp_path / "imp"
+  shutil.copytree(runs["imp"], wd)
+  c = checkpoint.read_json(wd / "config.json")
+  c["pruning"].update(structure="neuron", group_score="l2",
+                      score="random")
+  checkpoint.write_json(wd / "config.json", c)
+  assert report.recipe(wd).endswith(
+      "/round, rewind k=0, score random, neuron structure, group score l2")
+  assert report.recipe(runs["imp"]).endswith("/round, rewind k=0")
 
 
 def test_a_series_has_one_colour_in_every_figure(written):

@@ -38,7 +38,7 @@ Commands:
 
 Expected (paper, read off its figure): tickets at ~90-92% sparsity reach
 ~74-76% test accuracy, against ~65-66% dense and ~61-66% for random masks.
-Measured here (README): default, seed 0: dense 64.1%; at 3.4% density the
+Measured here (docs/results.md): default, seed 0: dense 64.1%; at 3.4% density the
 ticket 67.8%, reinit 58.3%, random pruning 48.7%; its tickets stay below
 ~70% because it prunes biases at the kernels' rate: the first layer's
 trained biases are ~10x its weights, and ranked with them (':paper', as the

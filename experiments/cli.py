@@ -12,8 +12,10 @@ and gets:
                         from any working directory; or a file PATH[:ARG]
   --config.FIELD=VALUE  overrides, checked against the config's fields
   --workdir=DIR         where the run is written (and resumed from)
-  --dry_run             prints the resolved config and, given --workdir,
-                        whether it starts or resumes a run; writes nothing
+  --dry_run             prints the resolved config, checks everything the
+                        run checks before it writes (loads the data, builds
+                        the model) and, given --workdir, says whether it
+                        starts or resumes a run; writes nothing
   --help, --helpfull    flags, recipes, and every config field with its
                         default and allowed values
   errors                `error: <message>` on stderr, one line, exit 1
@@ -127,6 +129,15 @@ def recipes() -> dict[str, tuple[str, ...]]:
   return out
 
 
+def _recipe_method(name: str, args: Sequence[str]) -> str | None:
+  """The method of recipe `name` (its config at its first argument of
+  `args`), or None if it does not load."""
+  try:
+    return load_config(_spellings(name, args[:1])[0]).get("method", "imp")
+  except LotteryError:
+    return None
+
+
 def _spellings(name: str, args: Sequence[str]) -> list[str]:
   return [f"{name}:{a}" if a else name for a in args]
 
@@ -156,6 +167,20 @@ def resolve_config(spec: str) -> str:
                      f"{', '.join(known)}) (got {spec!r})")
 
 
+def _config_error(e: Exception) -> str:
+  """An error of a config file's get_config, in words; ml_collections' own
+  of a value of the wrong type (which names the types the other way
+  round) as 'field F takes a value of type T, got V of type U'."""
+  m = re.match(r"Could not override field '([^']+)' \(reference\)\. (.*) "
+               r"is of original type <class '(\w+)'> and cannot be casted to "
+               r"type <class '(\w+)'>", str(e))
+  if isinstance(e, TypeError) and m:
+    field, value, got, want = m.groups()
+    return (f"field {field!r} takes a value of type {want}, got {value!r} "
+            f"of type {got}")
+  return f"{type(e).__name__}: {e}"
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """The config of a --config value (recipe name or file, optional ':ARG').
 
@@ -175,11 +200,14 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     name = pathlib.Path(path).stem
     raise LotteryError(f"config: {name!r} takes one of "
                        f"{', '.join(_spellings(name, args))} (got {spec!r})")
+  if not callable(getattr(mod, "get_config", None)):
+    raise LotteryError(f"config: {path} defines no get_config() returning "
+                       f"the config (got {spec!r})")
   try:
     config = mod.get_config(arg) if sep else mod.get_config()
   except Exception as e:  # pylint: disable=broad-except
-    raise LotteryError(f"config: {path}:get_config failed ({type(e).__name__}:"
-                       f" {e}) (got {spec!r})") from None
+    raise LotteryError(f"config: {path}:get_config failed "
+                       f"({_config_error(e)}) (got {spec!r})") from None
   if not isinstance(config, ml_collections.ConfigDict):
     raise LotteryError(f"config: {path}:get_config must return a ConfigDict "
                        f"(got {type(config).__name__})")
@@ -290,8 +318,9 @@ def _format_value(v: Any) -> str:
 
 def help_text(doc: str, config: ml_collections.ConfigDict, spec: str, *,
               choices: Mapping[str, Sequence[str]] | None = None,
-              full: bool = False) -> str:
-  """--help: the launcher's doc, its flags, the recipes and config fields."""
+              full: bool = False, method: str | None = None) -> str:
+  """--help: the launcher's doc, its flags, the recipes (of `method`, for a
+  launcher of one method) and config fields."""
   choices = {**field_choices(), **(choices or {})}
   lines = [(doc or "").strip(), "", "Flags:"]
   own = {f.name: f for module in (__name__, sys.argv[0], "__main__")
@@ -299,9 +328,14 @@ def help_text(doc: str, config: ml_collections.ConfigDict, spec: str, *,
   for f in own.values():
     default = f.default_as_str if f.default is not None else "none"
     lines.append(f"  --{f.name}: {f.help} (default: {default})")
-  lines += ["", f"Recipes (--config=NAME[:ARG], in {CONFIGS_DIR}):"]
+  lines += ["", f"Recipes (--config=NAME[:ARG], in {CONFIGS_DIR}"
+            f"{'' if method is None else f' ({method!r} ones)'}):"]
   for name, args in recipes().items():
-    lines.append("  " + "  ".join(_spellings(name, args)))
+    if method is None or _recipe_method(name, args) == method:
+      lines.append("  " + "  ".join(_spellings(name, args)))
+  if method is not None:
+    lines.append("  (other methods' recipes: python -m experiments.run "
+                 "--help)")
   from lottery import config as config_lib  # pylint: disable=g-import-not-at-top
   from lottery import driver  # pylint: disable=g-import-not-at-top
   try:
@@ -460,6 +494,19 @@ def _join_processes(address: str | None, num: int, pid: int) -> bool:
   return jax.process_index() == 0
 
 
+# The config fields that hold a path, whose '~' the command line expands.
+PATH_FIELDS = ("data.path", "data.data_dir", "data.cache_dir",
+               "stability.source_workdir")
+
+
+def _expand_paths(config) -> None:
+  for field in PATH_FIELDS:
+    block, _, name = field.partition(".")
+    value = config.get(block, {}).get(name)
+    if isinstance(value, str) and value.startswith("~"):
+      config[block][name] = os.path.expanduser(value)
+
+
 def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
           dry_run_flag, validate, progress: Progress, hosts) -> None:
   if len(argv) > 1:
@@ -469,17 +516,21 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
   if not any(a.startswith(("--verbosity", "-v", "--v=")) for a in sys.argv):
     logging.set_verbosity(logging.WARNING)
   config, workdir = config_flag.value, workdir_flag.value
+  # The shell leaves a '~' after '=' as it is: expanded here, as a path.
+  workdir = workdir and os.path.expanduser(workdir)
+  _expand_paths(config)
   if not workdir and not dry_run_flag.value:
     raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery_runs/run "
                        "(got nothing)")
   if dry_run_flag.value:
     from lottery import driver  # pylint: disable=g-import-not-at-top
-    full, saved, _ = driver.resolve(config)
-    if validate is not None:
-      validate(full)
-    resumes = workdir and workdir_lib.check(workdir, saved)
+    _, saved, _ = driver.resolve(config)
     print(json.dumps(workdir_lib.config_json(saved), indent=1,
-                     sort_keys=True))
+                     sort_keys=True), flush=True)
+    # Then everything the run checks before it writes (the data loaded,
+    # the model built): a refusal is its one line.
+    resumes = (validate(config, workdir) if validate is not None else
+               bool(workdir) and workdir_lib.check(workdir, saved))
     if workdir:  # Without one, the config alone.
       state = _resume_state(workdir, saved) if resumes else "new run"
       print(f"workdir: {os.path.abspath(workdir)} ({state})")
@@ -510,8 +561,9 @@ def _command(run, doc, default_config, method, validate, choices, argv,
   workdir_flag = flags.DEFINE_string(
       "workdir", None, "Directory of the run (rerun on it to resume).")
   dry_run_flag = flags.DEFINE_bool(
-      "dry_run", False, "Print the resolved config and, given --workdir, "
-      "whether it starts or resumes a run; write nothing.")
+      "dry_run", False, "Print the resolved config, check everything the "
+      "run checks before writing (data, model, workdir) and, given "
+      "--workdir, say whether it starts or resumes a run; write nothing.")
   hosts = (
       flags.DEFINE_string(
           "coordinator_address", None, "Several hosts: HOST:PORT of "
@@ -523,7 +575,7 @@ def _command(run, doc, default_config, method, validate, choices, argv,
                            "process's index (0 writes the workdir).",
                            lower_bound=0))
   if any(a in _HELP for a in argv[1:]):
-    print(help_text(doc, config, spec, choices=choices,
+    print(help_text(doc, config, spec, choices=choices, method=method,
                     full=any(a.endswith("helpfull") for a in argv)))
     sys.exit(0)
   app.run(functools.partial(
@@ -536,7 +588,8 @@ def _command(run, doc, default_config, method, validate, choices, argv,
 
 def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
          method: str | None = None,
-         validate: Callable[[ml_collections.ConfigDict], None] | None = None,
+         validate: Callable[[ml_collections.ConfigDict, str | None], bool]
+         | None = None,
          choices: Mapping[str, Sequence[str]] | None = None,
          argv: Sequence[str] | None = None) -> NoReturn:
   """Parses the command line, calls `run(config, workdir, progress)`, exits.
@@ -547,7 +600,10 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     default_config: the --config used when none is given.
     method: the method this launcher runs (an alias such as experiments.pai);
       a recipe of another method is refused in one line. None: any.
-    validate: checks a config (raising LotteryError) for --dry_run.
+    validate: for --dry_run, validate(config, workdir or None) checks
+      everything the run checks before writing (raising LotteryError) and
+      says whether the workdir holds the run already; None: the config
+      (`driver.resolve`) and the workdir only.
     choices: allowed values of extra fields, for --help.
     argv: the command line (default: sys.argv).
   """
@@ -624,11 +680,8 @@ def launch(doc: str, default_config: str,
     return lottery.driver.run(config, workdir, method=method,
                               progress=progress, log_steps=log_steps.value)
 
-  def validate(config):
-    full, _, m = lottery.driver.resolve(config, method)
-    m.check(full)
-    if full.training.replicas == "unroll":  # It cannot run on a mesh.
-      lottery.experiment.make_mesh(full, m.stacked(full))
+  def validate(config, workdir):
+    return lottery.driver.check(config, workdir, method=method)
 
   try:
     main(run, doc=doc, default_config=default_config, method=method,

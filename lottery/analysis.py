@@ -109,6 +109,8 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
   for r in records:
     if metric in r and all(k in r for k in by):
       groups.setdefault(tuple(r[k] for k in by), []).append(r)
+  for key, group in groups.items():
+    _check_one_replicate_each(group, by, key)
   rows = []
   for key, group in groups.items():
     mean, std = mean_std([r[metric] for r in group])
@@ -116,6 +118,34 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
                  "density": mean_std([r["density"] for r in group])[0],
                  "n": len(group), "mean": mean, "std": std})
   return rows
+
+
+def _check_one_replicate_each(group: list[Record], by: Sequence[str],
+                              key: tuple) -> None:
+  """Refuses a group of `table` that holds two records of one replicate
+  (one run, seed and copy): `by` leaves out a coordinate they differ in
+  (PaI's 'check', say), and their mean would mix different things."""
+  seen: dict[tuple, Record] = {}
+  for r in group:
+    who = (r.get("workdir"), r.get("seed"), r.get("copy"))
+    if who in seen:
+      other = seen[who]
+      # Coordinates: named so, or values that are not measurements.
+      differ = sorted(k for k in set(r) | set(other)
+                      if k not in _METRICS and r.get(k) != other.get(k) and
+                      (k in tickets.COORDINATES or
+                       not isinstance(r.get(k), float)))
+      raise LotteryError(
+          f"by: the group {dict(zip(by, key))} holds records of one "
+          f"replicate that differ in {differ}: they are not replicates; "
+          f"add the coordinate they differ in to by")
+    seen[who] = r
+
+
+# Keys of a record that are not coordinates (`_check_one_replicate_each`).
+_METRICS = ("ticket", "density", "test_accuracy", "test_loss", "train_loss",
+            "val_accuracy", "val_loss", "time_s", "layer_densities",
+            "start_step", "steps", "early_stop_step")
 
 
 # Fields that say how a run executes or how far it went, not what its

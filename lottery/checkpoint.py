@@ -550,11 +550,24 @@ def restore(path: str | os.PathLike) -> Any:
 
 
 def remove(path: str | os.PathLike) -> None:
-  """Deletes a checkpoint (or any directory) if it exists (process 0)."""
+  """Deletes a checkpoint (or any directory or file) if it exists (process
+  0). At once for a reader: it is first renamed to a temporary name, which a
+  process killed while deleting it leaves for `workdir.claim` to delete."""
   if not is_writer():
     return
-  _write(pathlib.Path(path), lambda: shutil.rmtree(path, ignore_errors=True),
-         removes=True)
+  path = pathlib.Path(path)
+
+  def rm():
+    gone = path.with_name(f"{path.name}.{os.getpid()}.removing{TMP_SUFFIX}")
+    try:
+      os.rename(path, gone)
+    except FileNotFoundError:
+      return
+    if gone.is_dir() and not gone.is_symlink():
+      shutil.rmtree(gone, ignore_errors=True)
+    else:
+      gone.unlink(missing_ok=True)
+  _write(path, rm, removes=True)
 
 
 def _strict(obj: Any) -> Any:
@@ -581,6 +594,12 @@ def _json_digest(obj: Any) -> str:
                                    allow_nan=False).encode()).hexdigest()
 
 
+def json_form(obj: Any) -> Any:
+  """`obj` as `read_json` reads it back after `write_json` (string keys,
+  lists, None for NaN and +-inf)."""
+  return json.loads(json.dumps(_strict(obj), allow_nan=False))
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
   """Writes strict JSON atomically (temporary file + rename), with a checksum.
 
@@ -596,9 +615,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
   if not is_writer():
     return
   path = pathlib.Path(path)
-  # Serialized now: the caller may change `obj` once this returns. The round
-  # trip makes the object what a reader parses (string keys, lists).
-  obj = json.loads(json.dumps(_strict(obj), allow_nan=False))
+  # Serialized now: the caller may change `obj` once this returns.
+  obj = json_form(obj)
   if isinstance(obj, dict):
     if JSON_CHECKSUM in obj:
       raise ValueError(f"write_json: {JSON_CHECKSUM!r} is a reserved key")

@@ -381,6 +381,28 @@ _weight_decay_on_read = read_when("training.weight_decay_on",
                                   lambda c: c["training.weight_decay"] != 0)
 
 
+def _read_only(rule: _Rule, default: Any, is_read, why: str) -> _Rule:
+  """`rule`, and a value other than `default` refused where `is_read` says
+  nothing reads the field (`why`: what reads it)."""
+  def check(f, v, c) -> None:
+    rule(f, v, c)
+    value = tuple(v) if isinstance(v, list) else v  # JSON's lists
+    if value != default and not is_read(c):
+      _fail(f, v, why.format(**{k.replace(".", "_"): x
+                                for k, x in c.items()}))
+  return check
+
+
+_sgd_read = read_when("training.momentum",
+                      lambda c: c["training.optimizer"] == "sgd")
+_nesterov_read = read_when(
+    "training.nesterov",
+    lambda c: c["training.optimizer"] == "sgd" and c["training.momentum"] > 0)
+_step_read = lambda c: c["training.schedule"] == "step"
+read_when("training.lr_boundaries", _step_read)
+read_when("training.lr_decay", _step_read)
+
+
 def _patterns(f, v, c=None) -> None:
   """A non-empty tuple of valid regexes over parameter paths."""
   del c
@@ -478,13 +500,22 @@ RULES: dict[str, _Rule] = {
     "training.batch_size": _count(1),
     "training.optimizer": _one_of(_optimizers),
     "training.learning_rate": _learning_rate,
-    "training.momentum": _below_one,
-    "training.nesterov": _boolean,
+    "training.momentum": _read_only(
+        _below_one, 0.0, _sgd_read, "is SGD's, and training.optimizer is "
+        "{training_optimizer!r}"),
+    "training.nesterov": _read_only(
+        _boolean, False, _nesterov_read, "is SGD's with training.momentum > "
+        "0 (training.optimizer {training_optimizer!r}, momentum "
+        "{training_momentum:g})"),
     "training.weight_decay": _weight_decay,
     "training.weight_decay_on": _weight_decay_on,
     "training.schedule": _one_of(_lr_schedules),
-    "training.lr_boundaries": _lr_boundaries,
-    "training.lr_decay": _learning_rate,
+    "training.lr_boundaries": _read_only(
+        _lr_boundaries, (), _step_read, "is read by training.schedule='step', "
+        "and it is {training_schedule!r}"),
+    "training.lr_decay": _read_only(
+        _learning_rate, 0.1, _step_read, "is read by training.schedule="
+        "'step', and it is {training_schedule!r}"),
     "training.warmup_steps": _below_steps,
     "training.label_smoothing": _below_one,
     "training.eval_every": _count(1),

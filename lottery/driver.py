@@ -29,10 +29,12 @@ from lottery import jobs as jobs_lib
 from lottery import method as method_lib
 from lottery import tickets
 from lottery.errors import LotteryError
+from lottery.experiment import checked
 from lottery.experiment import prepared
 from lottery.progress import NullProgress
 
-__all__ = ["expect_method", "method_of", "run", "summary", "workdir_method"]
+__all__ = ["check", "expect_method", "method_of", "run", "summary",
+           "workdir_method"]
 
 
 def summary(workdir) -> dict:
@@ -71,14 +73,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     progress = NullProgress(log)
   config, saved, m = resolve(config, method)
   box = {}
-
-  def before_claim(exp):
-    box["ctx"] = method_lib.Context(config, exp, None, progress, m)
-    m.before_claim(box["ctx"])
-
-  with prepared(config, workdir, progress, check=m.check,
-                before_claim=before_claim, facts={"method": m.name},
-                saved=saved, replicates=m.stacked(config)) as (_, wd):
+  with prepared(config, workdir, progress,
+                **_checks(config, saved, m, progress, box)) as (_, wd):
     ctx = box["ctx"]
     ctx.workdir = wd
     # Every finished group's tickets are read (verified) before anything is
@@ -94,6 +90,38 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     finally:
       if writer is not None:
         writer.close()
+
+
+def _checks(config, saved, m: method_lib.Method, progress, box: dict
+            ) -> dict:
+  """`experiment.checked`'s arguments for method `m`; its `before_claim`
+  leaves the method's context in box['ctx']."""
+  jobs_lib.checkpoint_min_s()  # A bad $LOTTERY_CHECKPOINT_MIN_S, now.
+
+  def before_claim(exp):
+    box["ctx"] = method_lib.Context(config, exp, None, progress, m)
+    m.before_claim(box["ctx"])
+  return dict(check=m.check, before_claim=before_claim,
+              facts={"method": m.name}, saved=saved,
+              replicates=m.stacked(config))
+
+
+def check(config: ml_collections.ConfigDict,
+          workdir: str | os.PathLike | None = None, *,
+          method: str | None = None) -> bool:
+  """Everything `run` checks before it writes, writing nothing: the config,
+  the data (loaded), the model (built), the workdir (if given) and the
+  method's checks of the built experiment (`--dry_run`).
+
+  Returns:
+    Whether `workdir` holds this run already (it would resume or extend).
+
+  Raises:
+    LotteryError: as `run` would, before writing anything.
+  """
+  config, saved, m = resolve(config, method)
+  return checked(config, workdir, **_checks(config, saved, m, NullProgress(),
+                                            {}))[2]
 
 
 def workdir_method(workdir: str | os.PathLike) -> str:
@@ -159,6 +187,17 @@ def _method(config, expected: str | None) -> method_lib.Method:
   return method_lib.get(name)
 
 
+def _write_summary(wd, summary: dict) -> None:
+  """Writes summary.json unless it holds `summary` already."""
+  path = os.path.join(wd, tickets.SUMMARY)
+  try:
+    same = checkpoint.read_json(path) == checkpoint.json_form(summary)
+  except (OSError, ValueError, LotteryError):
+    same = False
+  if not same:
+    checkpoint.write_json(path, summary)
+
+
 def _load_finished(ctx: method_lib.Context) -> set[int]:
   """Sets the run's grid; the indices of its finished groups, each ticket
   read once to verify it (LotteryError for a damaged one, before anything
@@ -207,9 +246,12 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
     d.records = m.record(ctx, d)
     ctx.done[method_lib.group_key(coords)] = d
     done.append(d)
-    checkpoint.write_json(os.path.join(wd, tickets.SUMMARY),
-                          {**m.summarize(ctx, done),
-                           "finished": i == len(grid) - 1})
+    last = i == len(grid) - 1
+    if i not in finished or last:
+      # Groups read back leave the summary as it is (a rerun killed while
+      # reading them must not leave a shorter, unfinished one), until a
+      # group trains or the last is read.
+      _write_summary(wd, {**m.summarize(ctx, done), "finished": last})
     rep = m.report(ctx, d)
     if rep is not None:
       if rep.line:
@@ -232,6 +274,9 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
       on_group(d, rep)
     if i >= KEPT_GROUPS:
       done[i - KEPT_GROUPS].tickets = None
+  if os.path.isdir(os.path.join(wd, jobs_lib.PROGRESS)):
+    # Left by a run killed after its last ticket, before it was cleared.
+    jobs_lib.MidRun(wd).clear()
   notebook = (f"notebook: LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab "
               f"notebooks/{m.notebook}; " if m.notebook else
               f"figures: python -m experiments.report {os.fspath(wd)} "

@@ -220,6 +220,10 @@ def build(config: ml_collections.ConfigDict, *,
   if config.data.augment != "none":
     from lottery import augment as augment_lib  # pylint: disable=g-import-not-at-top
     augment = augment_lib.get(config.data.augment)
+    # Traced on one example's shape: one that the data's cannot take is
+    # refused now, before anything is written.
+    jax.eval_shape(augment, rng.key(0), jax.ShapeDtypeStruct(
+        (1, *ds.x_train.shape[1:]), np.float32))
   decayed = optim.decay_mask(t.weight_decay_on) if t.weight_decay else None
   if decayed is not None:
     decayed(init_params)  # A pattern that matches no parameter is refused.
@@ -277,20 +281,50 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   holds and a rerun is compared with (the fields the method reads).
   """
   saved = config if saved is None else saved
+  t0 = time.time()
+  exp, facts, holds = checked(config, workdir, check=check,
+                              before_claim=before_claim, facts=facts,
+                              saved=saved, replicates=replicates)
+  start_lines(exp, progress, time.time() - t0)
+  existed = os.path.lexists(workdir)
+  # Tickets are written while the next job trains; all is on disk before
+  # the lock is released.
+  with workdir_lib.claim(workdir, saved, extra=facts) as held:
+    try:
+      with checkpoint.background_writes():
+        yield exp, held.path
+    except LotteryError:
+      # A new run refused before its first result (a loss that diverged
+      # at once) leaves the workdir as it found it (under the lock).
+      if not holds:
+        workdir_lib.forget_unsaved(held.path, created=not existed)
+      raise
+
+
+def checked(config: ml_collections.ConfigDict, workdir, *,
+            check: Callable[[ml_collections.ConfigDict], None] = (
+                config_lib.validate),
+            before_claim: Callable[[Experiment], None] | None = None,
+            facts: dict | None = None,
+            saved: ml_collections.ConfigDict | None = None,
+            replicates: int | None = None) -> tuple[Experiment, dict, bool]:
+  """`prepared`'s checks, writing nothing (`--dry_run` runs them too):
+  `check(config)`, the data's fingerprint, `workdir.check` (skipped for a
+  workdir of None), `build`, `before_claim(exp)`.
+
+  Returns:
+    (the built experiment, the facts with the data's fingerprint, whether
+    the workdir holds this run already).
+  """
+  saved = config if saved is None else saved
   check(config)
   facts = {**(facts or {}),
            "data_fingerprint": data_lib.fingerprint(config.data)}
-  workdir_lib.check(workdir, saved, extra=facts)
-  t0 = time.time()
+  holds = bool(workdir) and workdir_lib.check(workdir, saved, extra=facts)
   exp = build(config, replicates=replicates)
   if before_claim is not None:
     before_claim(exp)
-  start_lines(exp, progress, time.time() - t0)
-  # Tickets are written while the next job trains; all is on disk before
-  # the lock is released.
-  with workdir_lib.claim(workdir, saved, extra=facts) as held, \
-      checkpoint.background_writes():
-    yield exp, held.path
+  return exp, facts, holds
 
 
 def make_mesh(config: ml_collections.ConfigDict,

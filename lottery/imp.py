@@ -58,6 +58,7 @@ from lottery import controls as controls_lib
 from lottery import driver
 from lottery import jobs as jobs_lib
 from lottery import loop as loop_lib
+from lottery import masks as masks_lib
 from lottery import method as method_lib
 from lottery import pruning
 from lottery import rng
@@ -200,6 +201,16 @@ _path_points_read = config_lib.read_when(
 config_lib.read_when(
     "pruning.group_score",
     lambda c: c["pruning.structure"] in structure_lib.UNIT_KINDS)
+TAYLOR_BATCH = 100  # pruning.batch_size's default.
+_batch_size_read = config_lib.read_when(
+    "pruning.batch_size", lambda c: c["pruning.group_score"] == "taylor")
+
+
+def _batch_size(f, v, c) -> None:
+  config_lib.count(1)(f, v, c)
+  if v != TAYLOR_BATCH and not _batch_size_read(c):
+    config_lib.fail(f, v, f"is read by pruning.group_score='taylor', and "
+                    f"it is {c['pruning.group_score']!r}")
 
 
 def _path_points(f, v, c) -> None:
@@ -271,7 +282,7 @@ config_lib.register_block(
         residual_streams=True,
         # taylor: the training examples of the batch (drawn per round and
         # replicate) whose loss gradient scores the units.
-        batch_size=100,
+        batch_size=TAYLOR_BATCH,
     ),
     rules={
         "pruning.fraction": config_lib.fraction,
@@ -289,7 +300,7 @@ config_lib.register_block(
         "pruning.structure": _structure,
         "pruning.group_score": _group_score,
         "pruning.residual_streams": _residual_streams,
-        "pruning.batch_size": config_lib.count(1),
+        "pruning.batch_size": _batch_size,
     },
     help={
         "pruning.fraction": "fraction of the surviving prunable weights removed per round",
@@ -516,6 +527,36 @@ def _check_units_kept(config, exp: Experiment) -> None:
           f"fraction")
 
 
+def _check_weights_kept(config, exp: Experiment) -> None:
+  """Refuses rounds that, by the one rounding rule, remove every weight of
+  what a prune ranks together (a layer under 'layerwise', a module under
+  'module', every layer under 'global', a layer at its own
+  `layer_fractions` rate in any scope) and that holds more than biases:
+  the network is then cut, and later rounds would train it again. Before
+  anything is written."""
+  p = config.pruning
+  sizes = {name: total for name, (_, total)
+           in masks_lib.counts(exp.dense_mask).items()}
+  emptied = []  # (round, group, weights, rate, own)
+  for name, n, rate, is_own in pruning.weight_groups(
+      sizes, p.fraction, p.scope, exp.layer_fractions):
+    if name.endswith("/bias"):
+      continue  # A layer's biases alone: the layer still computes.
+    kept = structure_lib.kept_after(
+        n, [schedules.round_rate(p.schedule, rate, r)
+            for r in range(1, p.rounds + 1)])
+    if 0 in kept:
+      emptied.append((kept.index(0) + 1, name, n, rate, is_own))
+  if emptied:
+    r, name, n, rate, is_own = min(emptied, key=lambda e: e[0])
+    said = (f"pruning.layer_fractions rate {rate!r}" if is_own else
+            f"pruning.fraction {p.fraction!r}")
+    raise LotteryError(
+        f"pruning.rounds: round {r} removes every weight of {name} ({n} "
+        f"weights, pruning.scope {p.scope!r}, {said}); use fewer rounds or a "
+        f"lower fraction")
+
+
 def _check_sets_kept(config, exp: Experiment, masks: list, r: int) -> None:
   """Under pruning.scope 'global', where the scores decide each set's count:
   refuses round r's masks if one removes every unit of a unit set, before
@@ -592,6 +633,8 @@ class Imp(method_lib.Method):
       # Also each unit set's layer_fractions rate (refusing patterns that
       # match no set's producer or sets whose producers disagree).
       _check_units_kept(ctx.config, ctx.exp)
+    elif p.structure == "unstructured":
+      _check_weights_kept(ctx.config, ctx.exp)
     if p.group_score == "taylor":
       for i in range(ctx.replicates):  # A batch_size above the data.
         _score_batch(ctx.config, ctx.exp, i, 1)

@@ -99,6 +99,9 @@ def checkpoint_min_s() -> float:
   return value
 
 
+PROGRESS = "progress"  # The workdir's folder of mid-run checkpoints.
+
+
 class MidRun:
   """Mid-run checkpoints of the job in flight, under <workdir>/progress.
 
@@ -115,7 +118,7 @@ class MidRun:
     """`min_interval_s`: default `checkpoint_min_s()`. `program`: how the job
     runs (replicate form, devices), kept with each checkpoint; `load` sets
     `saved_program` to the loaded checkpoint's."""
-    self.root = os.path.join(workdir, "progress")
+    self.root = os.path.join(workdir, PROGRESS)
     self.meta = os.path.join(self.root, "progress.json")
     self.min_interval_s = (checkpoint_min_s() if min_interval_s is None
                            else min_interval_s)

@@ -196,6 +196,28 @@ def unit_groups(sizes: Mapping[str, int], fraction: float, scope: str,
   return out
 
 
+def weight_groups(sizes: Mapping[str, int], fraction: float, scope: str,
+                  layer_fractions: Mapping[str, float] | None = None
+                  ) -> list[tuple[str, int, float, bool]]:
+  """The weight counts that an unstructured `prune` ranks together: (name,
+  weights, rate, own) per group, as `unit_groups` for units. `sizes`:
+  {prunable leaf path: its size}; a leaf that a `layer_fractions` pattern
+  matches is a group alone at that rate (own True)."""
+  names, counts = list(sizes), list(sizes.values())
+  compiled = _compile(dict(layer_fractions or {}), "pruning.layer_fractions")
+  rates = [_override(compiled, n) for n in names]
+  modules = [n.rpartition("/")[0] for n in names]
+  groups, group_rates = _rank_groups(rates, fraction, scope, modules)
+  out = []
+  for g, rate in zip(groups, group_rates):
+    own = rates[g[0]] is not None
+    name = (f"its {len(g)} prunable layer(s) together" if scope == "global"
+            and not own else f"module {modules[g[0]]}" if scope == "module"
+            and not own else names[g[0]])
+    out.append((name, sum(counts[j] for j in g), rate, own))
+  return out
+
+
 @functools.partial(jax.jit, static_argnames=("groups",))
 def _prune_leaves(alive, scores, consts, *, groups):
   """Removes round(rate_g * survivors) from each group of prunable leaves.

@@ -163,6 +163,7 @@ def save_initial_mask(workdir, path: str, mask: Any) -> None:
   initial_mask`); `read_ticket` loads it as `Ticket.initial_mask`. Write it
   before the ticket: a finished ticket then always has it."""
   d = pathlib.Path(workdir) / path / INITIAL_MASK
+  (d.parent / METRICS).unlink(missing_ok=True)  # Unfinished until saved.
   checkpoint.remove(d)
   checkpoint.save(d, drop_none(mask))
 
@@ -174,6 +175,10 @@ def save_ticket(workdir, path: str, ticket: Ticket) -> None:
     return
   d = pathlib.Path(workdir) / path
   d.mkdir(parents=True, exist_ok=True)
+  # A ticket written again (a resumed group's replicates are all saved
+  # again) is unfinished until its metrics.json is back: an interruption
+  # leaves no finished marker beside missing arrays.
+  (d / METRICS).unlink(missing_ok=True)
   if ticket.initial_mask is not None:
     save_initial_mask(workdir, path, ticket.initial_mask)
   # A crash between the two writes leaves arrays without metrics: redo them.

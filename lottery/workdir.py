@@ -21,11 +21,13 @@ and are deleted when it is claimed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -437,6 +439,34 @@ def _clean(wd: pathlib.Path) -> None:
     for f in files:
       if _is_leftover(pathlib.Path(f)):
         os.unlink(os.path.join(root, f))
+
+
+# What a new run writes before its first result.
+_BEFORE_RESULTS = (CONFIG_FILE, FACTS_FILE, LOCK_FILE, "tensorboard")
+
+
+def forget_unsaved(workdir: str | os.PathLike, *, created: bool) -> bool:
+  """Removes a new run that failed before it saved any result (its loss
+  diverged in the first steps, say): its config.json, facts.json, lock and
+  TensorBoard events, and the workdir itself if the run `created` it, so
+  that the corrected command starts there afresh. A workdir holding
+  anything else is left as it is. Whether it removed the run."""
+  wd = pathlib.Path(workdir)
+  if not checkpoint.is_writer() or not wd.is_dir():
+    return False
+  found = list(wd.iterdir())
+  if any(p.name not in _BEFORE_RESULTS and not _is_leftover(p)
+         for p in found):
+    return False
+  for p in found:
+    if p.is_dir() and not p.is_symlink():
+      shutil.rmtree(p, ignore_errors=True)
+    else:
+      p.unlink(missing_ok=True)
+  if created:
+    with contextlib.suppress(OSError):
+      wd.rmdir()
+  return True
 
 
 def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,

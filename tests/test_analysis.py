@@ -68,9 +68,21 @@ def test_table_groups_replicates_in_order():
        "std": 0.0},
       {"round": 1, "kind": "ticket", "density": 0.5, "n": 1, "mean": 10.0,
        "std": 0.0}]
-  assert analysis.table(records, "test_accuracy", by=("kind",)) == [
-      {"kind": "ticket", "density": 0.75, "n": 2, "mean": 0.75, "std": 0.25},
-      {"kind": "reinit", "density": 0.5, "n": 1, "mean": 0.25, "std": 0.0}]
+  # A group must hold replicates: by kind alone, round 0's and round 1's
+  # tickets of one replicate would be averaged (as PaI's methods with their
+  # sanity checks under by=('method', 'target_density')).
+  with pytest.raises(analysis.LotteryError, match=r"^by: the group \{'kind': "
+                     r"'ticket'\} holds records of one replicate that differ "
+                     r"in \['round'\]: they are not replicates; add the "
+                     r"coordinate they differ in to by$"):
+    analysis.table(records, "test_accuracy", by=("kind",))
+  pai = [{"method": "snip", "check": c, "target_density": 0.1, "seed": 0,
+          "test_accuracy": a, "density": 0.1, "ticket": f"snip/{c}"}
+         for c, a in ((None, 0.3), ("shuffle", 0.2))]
+  with pytest.raises(analysis.LotteryError, match=r"differ in \['check'\]"):
+    analysis.table(pai, by=("method", "target_density"))
+  assert [r["mean"] for r in analysis.table(
+      pai, by=("method", "check", "target_density"))] == [0.3, 0.2]
   # A metric or a coordinate no record has is refused (a typo, IMP's
   # default coordinates on another method's records); no records, no rows.
   with pytest.raises(analysis.LotteryError, match=r"^metric: no record has "

@@ -67,6 +67,9 @@ def test_help_lists_fields_defaults_choices_and_recipes():
   assert "any of: random_prune, reinit" in lines["controls"]
   for recipe in ("mnist1d:quick", "lenet_mnist:local", "conv_cifar10:conv4"):
     assert recipe in out
+  # experiments.imp lists IMP's recipes; experiments.run every method's.
+  assert "pai_mnist1d" not in out and "other methods' recipes" in out
+  assert "pai_mnist1d:quick" in _cli("--help", module="experiments.run").stdout
   full = _cli("--helpfull", "--config=mnist1d:quick")
   assert full.returncode == 0
   assert re.search(r"^  training\.steps +200$", full.stdout, re.M)
@@ -179,6 +182,20 @@ def test_resolve_config_names_paths_and_readme_spellings(tmp_path):
   own.write_text("from lottery.config import base_config as get_config\n")
   assert cli.resolve_config(f"{own}:x") == f"{own}:x"
   assert cli.load_config(str(own)).training.steps == 1500
+  # A file without get_config, and one that sets a field to another type.
+  own.write_text("x = 1\n")
+  with pytest.raises(lottery.LotteryError, match=r"^config: .*mine.py "
+                     r"defines no get_config\(\) returning the config"):
+    cli.load_config(str(own))
+  own.write_text("from lottery.config import base_config\n"
+                 "def get_config():\n"
+                 "  c = base_config()\n"
+                 "  c.training.steps = '300'\n"
+                 "  return c\n")
+  with pytest.raises(lottery.LotteryError, match=r"get_config failed \(field "
+                     r"'steps' takes a value of type int, got '300' of type "
+                     r"str\)"):
+    cli.load_config(str(own))
 
 
 def test_dry_run_from_another_directory_writes_nothing(tmp_path):
@@ -206,6 +223,36 @@ def test_dry_run_from_another_directory_writes_nothing(tmp_path):
              cwd=tmp_path)
   assert _one_error_line(res) == (
       "error: pruning.fraction: must be in (0, 1) (got 2.0)")
+
+
+@pytest.mark.parametrize("args, error", [
+    (("--config.data.name=npz", "--config.data.path=/nope.npz"),
+     "error: data.path: no such file '/nope.npz'"),
+    (("--config.model.width=64",), "error: model.width: not an option of "
+     "model 'mnist1d_mlp', which takes no options (got 64)"),
+    (("--config.data.augment=crop_flip",), "error: data.augment: "
+     "'crop_flip' needs image batches (N, H, W, C) (got shape (1, 40))"),
+])
+def test_dry_run_checks_what_the_run_checks_before_writing(tmp_path, args,
+                                                           error):
+  # The data loaded and the model built, as the run does; nothing written.
+  for extra in (("--dry_run",), ()):
+    res = _cli(f"--workdir={tmp_path / 'wd'}", "--config=mnist1d:quick",
+               *args, *extra, cwd=tmp_path)
+    assert _one_error_line(res) == error
+    assert not (tmp_path / "wd").exists()
+
+
+def test_a_tilde_in_a_path_is_the_home_directory(tmp_path):
+  # The shell leaves '--workdir=~/x' as it is; the launcher expands it.
+  res = _cli("--workdir=~/wd", "--dry_run", "--config=mnist1d:quick",
+             "--config.data.cache_dir=~/cache", cwd=tmp_path,
+             env={"HOME": str(tmp_path)})
+  assert res.returncode == 0, res.stderr
+  assert res.stdout.strip().splitlines()[-1] == (
+      f"workdir: {tmp_path / 'wd'} (new run)")
+  assert '"cache_dir": "' + str(tmp_path / "cache") + '"' in res.stdout
+  assert not (tmp_path / "~").exists()
 
 
 def test_dry_run_checks_the_devices(tmp_path):

@@ -234,6 +234,18 @@ def test_checks_that_need_the_data_or_model(tiny_config, tmp_path):
     ({"method": "sparse", "sparse.methods": ("static",), "sparse.n_m": "1:4"},
      "sparse.n_m: is read by methods ['nm', 'sr_ste'], which sparse.methods "
      "does not name (got '1:4')"),
+    ({"training.momentum": 0.9}, "training.momentum: is SGD's, and "
+     "training.optimizer is 'adam' (got 0.9)"),
+    ({"training.optimizer": "sgd", "training.nesterov": True},
+     "training.nesterov: is SGD's with training.momentum > 0 "
+     "(training.optimizer 'sgd', momentum 0) (got True)"),
+    ({"training.lr_boundaries": [10]}, "training.lr_boundaries: is read by "
+     "training.schedule='step', and it is 'constant' (got (10,))"),
+    ({"training.schedule": "cosine", "training.lr_decay": 0.5},
+     "training.lr_decay: is read by training.schedule='step', and it is "
+     "'cosine' (got 0.5)"),
+    ({"pruning.batch_size": 7}, "pruning.batch_size: is read by "
+     "pruning.group_score='taylor', and it is 'sum' (got 7)"),
 ])
 def test_a_field_that_would_be_ignored_is_refused(npz_path, changes,
                                                   message):
@@ -373,6 +385,7 @@ def test_a_block_registered_again_is_replaced_but_not_the_frameworks(
 
 def test_good_config_and_rules_dont_mutate(npz_path):
   cfg = config_from_dict(npz_path, {"training.learning_rate": 1,
+                                    "training.schedule": "step",
                                     "training.lr_boundaries": [5, 10],
                                     "controls": ["reinit"]})
   before = cfg.to_json()

@@ -4,6 +4,7 @@ records of several workdirs combine; launchers refuse another method's
 recipe; a workdir belongs to one method."""
 
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -14,9 +15,11 @@ import pytest
 
 import lottery
 from lottery import analysis
+from lottery import checkpoint
 from lottery import masks
 from lottery import method as method_lib
 from lottery import rng
+from lottery import tickets
 from lottery.progress import Progress
 
 from conftest import ROOT
@@ -382,3 +385,105 @@ def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
       f"results: {wd / 'summary.json'}; tickets: "
       f"lottery.load_ticket({str(wd)!r}, ...); {where}; "
       f"curves: tensorboard --logdir {wd / 'tensorboard'}")
+
+
+# -- the disk after a failure or an interruption -------------------------------
+
+def test_a_new_run_refused_before_its_first_result_leaves_no_workdir(
+    npz_path, tmp_path):
+  # A loss that diverges at once: nothing was saved, so the corrected
+  # command starts afresh (and an existing empty folder stays, empty).
+  for wd, existed in ((tmp_path / "new", False), (tmp_path / "empty", True)):
+    if existed:
+      wd.mkdir()
+    c = tiny(npz_path, **{"training.learning_rate": 1000})
+    with pytest.raises(lottery.LotteryError,
+                       match=r"^training.learning_rate: loss diverged"):
+      lottery.run(c, wd)
+    assert wd.exists() == existed and not (existed and any(wd.iterdir()))
+    c.training.learning_rate = 1e-2
+    assert lottery.run(c, wd)["finished"]
+  # A run that has saved a result keeps it all when a later job fails.
+  c = tiny(npz_path)
+  wd = tmp_path / "new"
+  before = sorted(p.relative_to(wd) for p in wd.rglob("*"))
+  c.pruning.rounds = 3
+  real = lottery.jobs.run_group
+
+  def fail(*a, **k):
+    raise lottery.LotteryError("training.learning_rate: loss diverged (test)")
+  try:
+    lottery.jobs.run_group = fail
+    with pytest.raises(lottery.LotteryError, match="test"):
+      lottery.run(c, wd)
+  finally:
+    lottery.jobs.run_group = real
+  assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before
+
+
+def test_a_bad_checkpoint_floor_is_refused_before_writing(npz_path, tmp_path,
+                                                          monkeypatch):
+  monkeypatch.setenv("LOTTERY_CHECKPOINT_MIN_S", "-1")
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^LOTTERY_CHECKPOINT_MIN_S: must be a number"):
+    lottery.run(tiny(npz_path), tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
+
+
+def test_a_rerun_reading_finished_groups_leaves_the_summary_alone(
+    npz_path, tmp_path, monkeypatch):
+  wd = tmp_path / "wd"
+  c = tiny(npz_path)
+  lottery.run(c, wd)
+  summary = (wd / "summary.json").read_bytes()
+  # A rerun with nothing to train writes no summary (killed while reading
+  # the groups back, it cannot leave a shorter, unfinished one).
+  writes = []
+  real = checkpoint.write_json
+  monkeypatch.setattr(checkpoint, "write_json",
+                      lambda p, o: (writes.append(os.fspath(p)), real(p, o)))
+  lottery.run(c, wd)
+  assert not [w for w in writes if w.endswith("summary.json")]
+  assert (wd / "summary.json").read_bytes() == summary
+  # Stale mid-run checkpoints (a run killed after its last ticket, before
+  # it cleared them) go at the end of the next run.
+  (wd / "progress" / "stale").mkdir(parents=True)
+  lottery.run(c, wd)
+  assert not (wd / "progress").exists()
+
+
+def test_a_ticket_written_again_is_unfinished_until_it_is_complete(tmp_path,
+                                                                   monkeypatch):
+  # Rewriting a finished ticket (a resumed group saves all its replicates
+  # again) removes its finished marker first: interrupted while its arrays
+  # are gone, it is not listed as finished.
+  params = {"fc": {"kernel": np.ones((2, 3), np.float32)}}
+  t = tickets.Ticket({"seed": 0}, {"fc": {"kernel": np.ones((2, 3), bool)}},
+                     params, params, {"density": 1.0})
+  tickets.save_ticket(tmp_path, "a", t)
+  assert (tmp_path / "a" / tickets.METRICS).exists()
+
+  def interrupted(path, tree):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(checkpoint, "save", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    tickets.save_ticket(tmp_path, "a", t)
+  assert not (tmp_path / "a" / tickets.METRICS).exists()
+  assert not (tmp_path / "a" / "arrays").exists()
+  with pytest.raises(lottery.LotteryError, match="no finished ticket"):
+    tickets.read_ticket(tmp_path, "a")
+
+
+def test_a_removal_is_at_once_for_readers(tmp_path, monkeypatch):
+  # Killed while deleting, a directory is already gone under its own name;
+  # what is left has a temporary name, which the next claim deletes.
+  d = tmp_path / "progress"
+  (d / "ckpt").mkdir(parents=True)
+  (d / "ckpt" / "x").write_text("1")
+  monkeypatch.setattr(shutil, "rmtree",
+                      lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.remove(d)
+  assert not d.exists()
+  left = [p.name for p in tmp_path.iterdir()]
+  assert len(left) == 1 and left[0].endswith(".removing.tmp")

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -526,6 +527,43 @@ def test_rounds_that_remove_every_unit_of_a_set_are_refused_before_writing(
   # One round fewer keeps a unit of every set.
   cfg.pruning.rounds -= 1
   imp._check_units_kept(cfg, imp.build(cfg))
+
+
+@pytest.mark.parametrize("overrides, match", [
+    # mlp_tiny on the blobs, at 0.5 a round (halves up): out/kernel's 96
+    # weights keep 48, 24, 12, 6, 3, 1, then none; fc1/kernel's 256 last
+    # two rounds more.
+    ({"pruning.rounds": 9}, r"^pruning.rounds: round 7 removes every weight "
+     r"of out/kernel \(96 weights, pruning.scope 'layerwise', "
+     r"pruning.fraction 0.5\); use fewer rounds or a lower fraction$"),
+    # Global: the 352 kernel weights keep 176, 88, 44, 22, 11, 5, 2, 1, 0.
+    ({"pruning.rounds": 9, "pruning.scope": "global"},
+     r"^pruning.rounds: round 9 removes every weight of its 2 prunable "
+     r"layer\(s\) together \(352 weights, pruning.scope 'global', "),
+    # At its own rate: 96 keep 10, 1, then none.
+    ({"pruning.rounds": 3, "pruning.layer_fractions": "out/kernel=0.9"},
+     r"^pruning.rounds: round 3 removes every weight of out/kernel \(96 "
+     r"weights, pruning.scope 'layerwise', pruning.layer_fractions rate "
+     r"0.9\)"),
+    # A module's kernel and bias together: fc1's 256 + 32 keep 144, 72, 36,
+    # 18, 9, 4, 2, 1, 0; out's 99 empty at round 7 first.
+    ({"pruning.rounds": 7, "pruning.scope": "module",
+      "pruning.prunable": (".*kernel", ".*bias")},
+     r"^pruning.rounds: round 7 removes every weight of module out \(99 "
+     r"weights, pruning.scope 'module'"),
+])
+def test_rounds_that_remove_every_weight_of_a_layer_are_refused(
+    tiny_config, tmp_path, overrides, match):
+  cfg = tiny_config(**overrides)
+  with pytest.raises(lottery.LotteryError, match=match):
+    lottery.run(cfg, tmp_path / "wd", log=quiet)
+  assert not (tmp_path / "wd").exists()
+  cfg.pruning.rounds = int(re.search(r"round (\d+)", match).group(1)) - 1
+  imp._check_weights_kept(cfg, imp.build(cfg))  # One round fewer: kept.
+  # A layer's biases alone may go: the layer still computes.
+  cfg = tiny_config(**{"pruning.prunable": (".*kernel", ".*bias"),
+                       "pruning.rounds": 6})
+  imp._check_weights_kept(cfg, imp.build(cfg))  # out/bias: 3, 1, 0.
 
 
 def test_a_global_round_that_empties_a_unit_set_is_refused_at_its_prune(

@@ -223,6 +223,8 @@ def _dry_run(flags, tmp_path):
 
 
 def test_lenet_flags_resolve_to_openlth_job(tmp_path):
+  # A small stand-in of the job's data: the dry run loads it.
+  overhead.write_synthetic(tmp_path / "x.npz", (28, 28, 1), 64, 16)
   config = _dry_run(overhead.lenet_flags(str(tmp_path / "x.npz")), tmp_path)
   assert config["model"]["name"] == "lenet_300_100"
   assert config["controls"] == []
@@ -247,6 +249,7 @@ def test_mnist1d_and_resnet20_flags_resolve_to_their_recipes(tmp_path):
     assert c[block] == json.loads(json.dumps(default[block])), block
   assert (c["controls"], c["controls_every"]) == (
       ["reinit", "random_prune"], 4)
+  overhead.write_synthetic(tmp_path / "x.npz", (32, 32, 3), 128, 16)
   r = _dry_run(overhead.resnet20_flags(str(tmp_path / "x.npz")), tmp_path)
   assert (r["model"]["name"], r["data"]["augment"], r["controls"]) == (
       "resnet20", "crop_flip", [])

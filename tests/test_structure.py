@@ -324,7 +324,10 @@ def test_neuron_needs_a_coupling(unitless):
   mask = masks.make_mask(params)
   with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
                      r"coupling of model Unitless, which it does not "
-                     r"declare; use 'unstructured' or an N:M structure$"):
+                     r"declare \(a coupling\(\) method returning "
+                     r"lottery.structure.Units, see "
+                     r"docs/methods.md#structure\); or use 'unstructured' or "
+                     r"an N:M structure$"):
     pruning.prune(mask, params, 0.2, structure="neuron", coupling=model)
   with pytest.raises(LotteryError, match=r"^structure: 'neuron' needs the "
                      r"model's coupling \(lottery.prune\(..., "
@@ -540,7 +543,10 @@ def test_head_refuses_models_without_heads_in_one_line(unitless):
                           jnp.ones((1, 8)))["params"]
   with pytest.raises(LotteryError, match=r"^structure: 'head' needs the "
                      r"coupling of model 'unitless', which it does not "
-                     r"declare; use 'unstructured' or an N:M structure$"):
+                     r"declare \(a coupling\(\) method returning "
+                     r"lottery.structure.Units, see "
+                     r"docs/methods.md#structure\); or use 'unstructured' or "
+                     r"an N:M structure$"):
     structure.check_model("head", masks.make_mask(params), model, "unitless")
 
 

@@ -15,7 +15,7 @@ and gets:
   --dry_run             prints the resolved config, checks everything the
                         run checks before it writes (loads the data, builds
                         the model) and, given --workdir, says whether it
-                        starts or resumes a run; writes nothing
+                        starts or resumes a run; writes nothing there
   --help, --helpfull    flags, recipes, and every config field with its
                         default and allowed values
   errors                `error: <message>` on stderr, one line, exit 1

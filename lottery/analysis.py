@@ -127,6 +127,8 @@ def _check_one_replicate_each(group: list[Record], by: Sequence[str],
   (PaI's 'check', say), and their mean would mix different things."""
   seen: dict[tuple, Record] = {}
   for r in group:
+    if "workdir" not in r and "seed" not in r:
+      continue  # Records built by hand: nothing tells replicates apart.
     who = (r.get("workdir"), r.get("seed"), r.get("copy"))
     if who in seen:
       other = seen[who]

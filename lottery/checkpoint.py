@@ -42,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -558,11 +559,14 @@ def remove(path: str | os.PathLike) -> None:
   path = pathlib.Path(path)
 
   def rm():
-    gone = path.with_name(f"{path.name}.{os.getpid()}.removing{TMP_SUFFIX}")
+    gone = path.with_name(f"{path.name}.{os.getpid()}.{time.time_ns()}"
+                          f".removing{TMP_SUFFIX}")
     try:
       os.rename(path, gone)
     except FileNotFoundError:
       return
+    except OSError:  # Not renamable here: deleted in place, as before.
+      gone = path
     if gone.is_dir() and not gone.is_symlink():
       shutil.rmtree(gone, ignore_errors=True)
     else:

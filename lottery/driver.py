@@ -98,8 +98,9 @@ def _checks(config, saved, m: method_lib.Method, progress, box: dict
   leaves the method's context in box['ctx']."""
   jobs_lib.checkpoint_min_s()  # A bad $LOTTERY_CHECKPOINT_MIN_S, now.
 
-  def before_claim(exp):
-    box["ctx"] = method_lib.Context(config, exp, None, progress, m)
+  def before_claim(exp, holds):
+    box["ctx"] = method_lib.Context(config, exp, None, progress, m,
+                                    resumes=holds)
     m.before_claim(box["ctx"])
   return dict(check=m.check, before_claim=before_claim,
               facts={"method": m.name}, saved=saved,

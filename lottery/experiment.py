@@ -260,7 +260,7 @@ def build(config: ml_collections.ConfigDict, *,
 def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
              check: Callable[[ml_collections.ConfigDict], None] = (
                  config_lib.validate),
-             before_claim: Callable[[Experiment], None] | None = None,
+             before_claim: Callable[[Experiment, bool], None] | None = None,
              facts: dict | None = None,
              saved: ml_collections.ConfigDict | None = None,
              replicates: int | None = None,
@@ -272,7 +272,8 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   written before it all succeeded: `check(config)` (default
   `config.validate`), the data's fingerprint, `workdir.check` (a workdir of
   another config or other data is refused untouched), `build`,
-  `before_claim(exp)` (a method's own checks of the built experiment), the
+  `before_claim(exp, holds)` (a method's own checks of the built
+  experiment; `holds`: whether the workdir holds this run already), the
   start-up lines, then `workdir.claim` (the lock and config.json), held
   until the block ends, with the checkpoint writes on a writer thread
   (`checkpoint.background_writes`). `facts` (e.g. {'method': 'imp'}) are
@@ -286,7 +287,6 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
                               before_claim=before_claim, facts=facts,
                               saved=saved, replicates=replicates)
   start_lines(exp, progress, time.time() - t0)
-  existed = os.path.lexists(workdir)
   # Tickets are written while the next job trains; all is on disk before
   # the lock is released.
   with workdir_lib.claim(workdir, saved, extra=facts) as held:
@@ -297,20 +297,20 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
       # A new run refused before its first result (a loss that diverged
       # at once) leaves the workdir as it found it (under the lock).
       if not holds:
-        workdir_lib.forget_unsaved(held.path, created=not existed)
+        workdir_lib.forget_unsaved(held.path)
       raise
 
 
 def checked(config: ml_collections.ConfigDict, workdir, *,
             check: Callable[[ml_collections.ConfigDict], None] = (
                 config_lib.validate),
-            before_claim: Callable[[Experiment], None] | None = None,
+            before_claim: Callable[[Experiment, bool], None] | None = None,
             facts: dict | None = None,
             saved: ml_collections.ConfigDict | None = None,
             replicates: int | None = None) -> tuple[Experiment, dict, bool]:
   """`prepared`'s checks, writing nothing (`--dry_run` runs them too):
   `check(config)`, the data's fingerprint, `workdir.check` (skipped for a
-  workdir of None), `build`, `before_claim(exp)`.
+  workdir of None), `build`, `before_claim(exp, holds)`.
 
   Returns:
     (the built experiment, the facts with the data's fingerprint, whether
@@ -323,7 +323,7 @@ def checked(config: ml_collections.ConfigDict, workdir, *,
   holds = bool(workdir) and workdir_lib.check(workdir, saved, extra=facts)
   exp = build(config, replicates=replicates)
   if before_claim is not None:
-    before_claim(exp)
+    before_claim(exp, holds)
   return exp, facts, holds
 
 

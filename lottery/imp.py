@@ -538,10 +538,10 @@ def _check_weights_kept(config, exp: Experiment) -> None:
   sizes = {name: total for name, (_, total)
            in masks_lib.counts(exp.dense_mask).items()}
   emptied = []  # (round, group, weights, rate, own)
-  for name, n, rate, is_own in pruning.weight_groups(
+  for name, n, rate, is_own, members in pruning.weight_groups(
       sizes, p.fraction, p.scope, exp.layer_fractions):
-    if name.endswith("/bias"):
-      continue  # A layer's biases alone: the layer still computes.
+    if all(m.endswith("/bias") for m in members):
+      continue  # Biases alone: their layers still compute.
     kept = structure_lib.kept_after(
         n, [schedules.round_rate(p.schedule, rate, r)
             for r in range(1, p.rounds + 1)])
@@ -633,7 +633,8 @@ class Imp(method_lib.Method):
       # Also each unit set's layer_fractions rate (refusing patterns that
       # match no set's producer or sets whose producers disagree).
       _check_units_kept(ctx.config, ctx.exp)
-    elif p.structure == "unstructured":
+    elif p.structure == "unstructured" and not ctx.resumes:
+      # A run started before this rule resumes as it was.
       _check_weights_kept(ctx.config, ctx.exp)
     if p.group_score == "taylor":
       for i in range(ctx.replicates):  # A batch_size above the data.

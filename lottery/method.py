@@ -120,6 +120,9 @@ class Context:
   grid: list[dict] = dataclasses.field(default_factory=list)
   done: dict[str, Done] = dataclasses.field(default_factory=dict)
   state: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # Whether the workdir holds this run already (a resume or an extension):
+  # a rule newer than the run may let it be.
+  resumes: bool = False
 
   @property
   def replicates(self) -> int:

@@ -198,11 +198,11 @@ def unit_groups(sizes: Mapping[str, int], fraction: float, scope: str,
 
 def weight_groups(sizes: Mapping[str, int], fraction: float, scope: str,
                   layer_fractions: Mapping[str, float] | None = None
-                  ) -> list[tuple[str, int, float, bool]]:
+                  ) -> list[tuple[str, int, float, bool, tuple[str, ...]]]:
   """The weight counts that an unstructured `prune` ranks together: (name,
-  weights, rate, own) per group, as `unit_groups` for units. `sizes`:
-  {prunable leaf path: its size}; a leaf that a `layer_fractions` pattern
-  matches is a group alone at that rate (own True)."""
+  weights, rate, own, member leaves) per group, as `unit_groups` for units.
+  `sizes`: {prunable leaf path: its size}; a leaf that a `layer_fractions`
+  pattern matches is a group alone at that rate (own True)."""
   names, counts = list(sizes), list(sizes.values())
   compiled = _compile(dict(layer_fractions or {}), "pruning.layer_fractions")
   rates = [_override(compiled, n) for n in names]
@@ -211,10 +211,11 @@ def weight_groups(sizes: Mapping[str, int], fraction: float, scope: str,
   out = []
   for g, rate in zip(groups, group_rates):
     own = rates[g[0]] is not None
-    name = (f"its {len(g)} prunable layer(s) together" if scope == "global"
-            and not own else f"module {modules[g[0]]}" if scope == "module"
-            and not own else names[g[0]])
-    out.append((name, sum(counts[j] for j in g), rate, own))
+    name = (f"all {len(g)} prunable parameter arrays together"
+            if scope == "global" and not own else f"module {modules[g[0]]}"
+            if scope == "module" and not own else names[g[0]])
+    out.append((name, sum(counts[j] for j in g), rate, own,
+                tuple(names[j] for j in g)))
   return out
 
 
@@ -511,8 +512,8 @@ def _prune_structured(spec, leaves, fraction, scope, group_score, coupling,
 
 def _keep_counts(sizes: Mapping[str, int], counts, what: str) -> list:
   """The whole counts of `counts` for every name of `sizes` (in order), each
-  in [0, size] (a count that is a JAX integer scalar, e.g. computed from a
-  traced step, is clipped to it); `what` names the things counted
+  in [0, size] (a traced JAX integer scalar, computed in a compiled step,
+  is clipped to it); `what` names the things counted
   ('weights', 'units')."""
   keep = []
   for name, size in sizes.items():
@@ -525,8 +526,10 @@ def _keep_counts(sizes: Mapping[str, int], counts, what: str) -> list:
         raise LotteryError(f"counts: the count of {name} must be a whole "
                            f"number (got an array of {k.dtype}"
                            f"{list(np.shape(k))})")
-      keep.append(jnp.clip(k, 0, size))
-      continue
+      if isinstance(k, jax.core.Tracer):  # Known when the step runs.
+        keep.append(jnp.clip(k, 0, size))
+        continue
+      k = int(k)
     if isinstance(k, bool) or not isinstance(
         k, (int, float, np.integer, np.floating)) or k != int(k):
       raise LotteryError(f"counts: the count of {name} must be a whole "
@@ -558,8 +561,8 @@ def keep_top(mask: masks_lib.Mask, scores: Any,
 
   Ties as in `prune` (the earlier weight goes first). One compiled call for
   all counts of the same shapes; also works inside `jax.jit` / `jax.vmap`,
-  with traced counts too (integer scalars computed in the step, clipped to
-  [0, leaf size]).
+  with traced counts too (integer scalars computed in the step, which are
+  clipped to [0, leaf size] where the checks below cannot run).
 
   Args:
     mask: current mask (None leaves are not prunable).

@@ -162,6 +162,8 @@ def save_initial_mask(workdir, path: str, mask: Any) -> None:
   """Writes the mask a run starts from beside its ticket (`<ticket>/
   initial_mask`); `read_ticket` loads it as `Ticket.initial_mask`. Write it
   before the ticket: a finished ticket then always has it."""
+  if not checkpoint.is_writer():
+    return
   d = pathlib.Path(workdir) / path / INITIAL_MASK
   (d.parent / METRICS).unlink(missing_ok=True)  # Unfinished until saved.
   checkpoint.remove(d)

@@ -21,7 +21,6 @@ and are deleted when it is claimed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import json
@@ -433,8 +432,10 @@ def _lock(wd: pathlib.Path) -> int:
 def _clean(wd: pathlib.Path) -> None:
   """Deletes the temporary files and directories of killed writers."""
   for root, dirs, files in os.walk(wd):
-    for d in [d for d in dirs if checkpoint.ORBAX_TMP in d]:
-      checkpoint.remove(os.path.join(root, d))
+    # Orbax's, and a directory `checkpoint.remove` renamed and was killed
+    # while deleting.
+    for d in [d for d in dirs if _is_leftover(pathlib.Path(d))]:
+      shutil.rmtree(os.path.join(root, d), ignore_errors=True)
       dirs.remove(d)
     for f in files:
       if _is_leftover(pathlib.Path(f)):
@@ -445,11 +446,12 @@ def _clean(wd: pathlib.Path) -> None:
 _BEFORE_RESULTS = (CONFIG_FILE, FACTS_FILE, LOCK_FILE, "tensorboard")
 
 
-def forget_unsaved(workdir: str | os.PathLike, *, created: bool) -> bool:
+def forget_unsaved(workdir: str | os.PathLike) -> bool:
   """Removes a new run that failed before it saved any result (its loss
-  diverged in the first steps, say): its config.json, facts.json, lock and
-  TensorBoard events, and the workdir itself if the run `created` it, so
-  that the corrected command starts there afresh. A workdir holding
+  diverged in the first steps, say), under its lock: its config.json,
+  facts.json and TensorBoard events, so that the corrected command starts
+  there afresh. The lock file stays (another process may be waiting on
+  it; a workdir holding only a lock is a new one). A workdir holding
   anything else is left as it is. Whether it removed the run."""
   wd = pathlib.Path(workdir)
   if not checkpoint.is_writer() or not wd.is_dir():
@@ -459,13 +461,12 @@ def forget_unsaved(workdir: str | os.PathLike, *, created: bool) -> bool:
          for p in found):
     return False
   for p in found:
+    if p.name == LOCK_FILE:
+      continue
     if p.is_dir() and not p.is_symlink():
       shutil.rmtree(p, ignore_errors=True)
     else:
       p.unlink(missing_ok=True)
-  if created:
-    with contextlib.suppress(OSError):
-      wd.rmdir()
   return True
 
 

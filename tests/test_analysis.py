@@ -71,11 +71,15 @@ def test_table_groups_replicates_in_order():
   # A group must hold replicates: by kind alone, round 0's and round 1's
   # tickets of one replicate would be averaged (as PaI's methods with their
   # sanity checks under by=('method', 'target_density')).
+  # Records of a run (`lottery.records` names their workdir) are checked;
+  # records built by hand, without a seed or workdir, cannot be.
   with pytest.raises(analysis.LotteryError, match=r"^by: the group \{'kind': "
                      r"'ticket'\} holds records of one replicate that differ "
                      r"in \['round'\]: they are not replicates; add the "
                      r"coordinate they differ in to by$"):
-    analysis.table(records, "test_accuracy", by=("kind",))
+    analysis.table([{**r, "workdir": "/run"} for r in records],
+                   "test_accuracy", by=("kind",))
+  assert analysis.table(records, "test_accuracy", by=("kind",))[0]["n"] == 2
   pai = [{"method": "snip", "check": c, "target_density": 0.1, "seed": 0,
           "test_accuracy": a, "density": 0.1, "ticket": f"snip/{c}"}
          for c, a in ((None, 0.3), ("shuffle", 0.2))]

@@ -5,6 +5,7 @@ recipe; a workdir belongs to one method."""
 
 import io
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -392,33 +393,42 @@ def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
 def test_a_new_run_refused_before_its_first_result_leaves_no_workdir(
     npz_path, tmp_path):
   # A loss that diverges at once: nothing was saved, so the corrected
-  # command starts afresh (and an existing empty folder stays, empty).
-  for wd, existed in ((tmp_path / "new", False), (tmp_path / "empty", True)):
-    if existed:
-      wd.mkdir()
-    c = tiny(npz_path, **{"training.learning_rate": 1000})
-    with pytest.raises(lottery.LotteryError,
-                       match=r"^training.learning_rate: loss diverged"):
-      lottery.run(c, wd)
-    assert wd.exists() == existed and not (existed and any(wd.iterdir()))
-    c.training.learning_rate = 1e-2
-    assert lottery.run(c, wd)["finished"]
-  # A run that has saved a result keeps it all when a later job fails.
-  c = tiny(npz_path)
+  # command starts afresh; the lock file stays (another process may wait
+  # on it), and a workdir holding only a lock is a new one.
   wd = tmp_path / "new"
-  before = sorted(p.relative_to(wd) for p in wd.rglob("*"))
-  c.pruning.rounds = 3
-  real = lottery.jobs.run_group
+  c = tiny(npz_path, **{"training.learning_rate": 1000})
+  with pytest.raises(lottery.LotteryError,
+                     match=r"^training.learning_rate: loss diverged"):
+    lottery.run(c, wd)
+  assert sorted(os.listdir(wd)) == ["lock"]
+  c.training.learning_rate = 1e-2
+  assert lottery.run(c, wd)["finished"]
+  # A new run that has saved a result keeps everything when a later job
+  # fails; so does a run resumed or extended.
+  for wd, rounds in ((tmp_path / "second", 2), (tmp_path / "new", 3)):
+    calls = []
+    real = lottery.jobs.run_group
 
-  def fail(*a, **k):
-    raise lottery.LotteryError("training.learning_rate: loss diverged (test)")
-  try:
-    lottery.jobs.run_group = fail
-    with pytest.raises(lottery.LotteryError, match="test"):
-      lottery.run(c, wd)
-  finally:
-    lottery.jobs.run_group = real
-  assert sorted(p.relative_to(wd) for p in wd.rglob("*")) == before
+    def fail(*a, **k):
+      calls.append(1)
+      if len(calls) == 2:
+        raise lottery.LotteryError("training.learning_rate: loss diverged "
+                                   "(test)")
+      return real(*a, **k)
+    files = lambda: sorted(p.relative_to(wd) for p in wd.rglob("*")
+                           if p.is_file())
+    before = files() if wd.exists() else []
+    c = tiny(npz_path, **{"pruning.rounds": rounds})
+    try:
+      lottery.jobs.run_group = fail
+      with pytest.raises(lottery.LotteryError, match="test"):
+        lottery.run(c, wd)
+    finally:
+      lottery.jobs.run_group = real
+    after = files()
+    assert set(before) <= set(after)
+    assert pathlib.Path("config.json") in after and any(
+        p.name == "metrics.json" for p in after)
 
 
 def test_a_bad_checkpoint_floor_is_refused_before_writing(npz_path, tmp_path,
@@ -474,16 +484,23 @@ def test_a_ticket_written_again_is_unfinished_until_it_is_complete(tmp_path,
     tickets.read_ticket(tmp_path, "a")
 
 
-def test_a_removal_is_at_once_for_readers(tmp_path, monkeypatch):
+def test_a_removal_is_at_once_for_readers(npz_path, tmp_path, monkeypatch):
   # Killed while deleting, a directory is already gone under its own name;
   # what is left has a temporary name, which the next claim deletes.
-  d = tmp_path / "progress"
+  wd = tmp_path / "wd"
+  c = tiny(npz_path, **{"pruning.rounds": 1})
+  lottery.run(c, wd)
+  d = wd / "progress"
   (d / "ckpt").mkdir(parents=True)
   (d / "ckpt" / "x").write_text("1")
-  monkeypatch.setattr(shutil, "rmtree",
-                      lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
-  with pytest.raises(KeyboardInterrupt):
-    checkpoint.remove(d)
-  assert not d.exists()
-  left = [p.name for p in tmp_path.iterdir()]
-  assert len(left) == 1 and left[0].endswith(".removing.tmp")
+  real = shutil.rmtree
+  with monkeypatch.context() as m:
+    m.setattr(shutil, "rmtree",
+              lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+      checkpoint.remove(d)
+  assert shutil.rmtree is real and not d.exists()
+  left = [p.name for p in wd.iterdir() if p.name.endswith(".removing.tmp")]
+  assert len(left) == 1 and left[0].startswith("progress.")
+  lottery.run(c, wd)  # The claim deletes it.
+  assert not list(wd.rglob("*.removing.tmp"))

@@ -538,8 +538,8 @@ def test_rounds_that_remove_every_unit_of_a_set_are_refused_before_writing(
      r"pruning.fraction 0.5\); use fewer rounds or a lower fraction$"),
     # Global: the 352 kernel weights keep 176, 88, 44, 22, 11, 5, 2, 1, 0.
     ({"pruning.rounds": 9, "pruning.scope": "global"},
-     r"^pruning.rounds: round 9 removes every weight of its 2 prunable "
-     r"layer\(s\) together \(352 weights, pruning.scope 'global', "),
+     r"^pruning.rounds: round 9 removes every weight of all 2 prunable "
+     r"parameter arrays together \(352 weights, pruning.scope 'global', "),
     # At its own rate: 96 keep 10, 1, then none.
     ({"pruning.rounds": 3, "pruning.layer_fractions": "out/kernel=0.9"},
      r"^pruning.rounds: round 3 removes every weight of out/kernel \(96 "
@@ -560,10 +560,13 @@ def test_rounds_that_remove_every_weight_of_a_layer_are_refused(
   assert not (tmp_path / "wd").exists()
   cfg.pruning.rounds = int(re.search(r"round (\d+)", match).group(1)) - 1
   imp._check_weights_kept(cfg, imp.build(cfg))  # One round fewer: kept.
-  # A layer's biases alone may go: the layer still computes.
+  # Biases alone may go: their layers still compute.
   cfg = tiny_config(**{"pruning.prunable": (".*kernel", ".*bias"),
                        "pruning.rounds": 6})
   imp._check_weights_kept(cfg, imp.build(cfg))  # out/bias: 3, 1, 0.
+  cfg = tiny_config(**{"pruning.prunable": (".*bias",), "pruning.rounds": 6,
+                       "pruning.scope": "module"})
+  imp._check_weights_kept(cfg, imp.build(cfg))
 
 
 def test_a_global_round_that_empties_a_unit_set_is_refused_at_its_prune(

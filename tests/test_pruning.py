@@ -325,6 +325,10 @@ def test_keep_top_matches_reference_and_checks_counts():
   traced = jax.jit(lambda m, s, t: pruning.keep_top(
       m, s, {k: c // t for k, c in keep.items()}))(m, s, jnp.int32(2))
   assert_same(traced, pruning.keep_top(m, s, half))
+  # A concrete JAX count is checked as an int is.
+  with pytest.raises(LotteryError, match=r"^counts: cannot keep 241 weights "
+                     r"of fc/kernel, which has 240"):
+    pruning.keep_top(m, s, {**keep, "fc/kernel": jnp.int32(241)})
   with pytest.raises(LotteryError, match=r"^counts: the count of fc/kernel "
                      r"must be a whole number \(got an array of float32\[\]\)"):
     pruning.keep_top(m, s, {**keep, "fc/kernel": jnp.float32(3)})

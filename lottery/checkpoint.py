@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -57,6 +58,16 @@ CHECKSUMS = "CHECKSUMS"
 # write_json's '<name>.<random>.tmp' and orbax's '<name>.orbax-checkpoint-tmp*'.
 TMP_SUFFIX = ".tmp"
 ORBAX_TMP = ".orbax-checkpoint-tmp"
+# A killed writer's leftovers, by name: write_json's '<name>.<8 random
+# characters>.tmp' (tempfile.mkstemp), `remove`'s '<name>.<pid>.<ns>.removing
+# .tmp' and orbax's '<name>.orbax-checkpoint-tmp*'; not a user's 'notes.tmp'.
+_LEFTOVER = re.compile(r".+\.(?:[a-z0-9_]{8}|\d+\.\d+\.removing)\.tmp|"
+                       r".+\.orbax-checkpoint-tmp.*")
+
+
+def is_leftover(name: str) -> bool:
+  """Whether a file or directory name is a killed writer's leftover."""
+  return _LEFTOVER.fullmatch(name) is not None
 _HEADER = "lottery-checksums-v1 sha256:"
 # Files orbax writes into every checkpoint; one of them without CHECKSUMS
 # means the save was cut short.

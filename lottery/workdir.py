@@ -203,7 +203,7 @@ def _check_not_in_use(wd: pathlib.Path) -> None:
 
 def _is_leftover(p: pathlib.Path) -> bool:
   """Whether `p` is a temporary file or directory of a killed writer."""
-  return p.name.endswith(checkpoint.TMP_SUFFIX) or checkpoint.ORBAX_TMP in p.name
+  return checkpoint.is_leftover(p.name)
 
 
 def legacy_method(wd: pathlib.Path, default: str) -> str:
@@ -442,25 +442,23 @@ def _clean(wd: pathlib.Path) -> None:
         os.unlink(os.path.join(root, f))
 
 
-# What a new run writes before its first result.
-_BEFORE_RESULTS = (CONFIG_FILE, FACTS_FILE, LOCK_FILE, "tensorboard")
-
-
 def forget_unsaved(workdir: str | os.PathLike) -> bool:
-  """Removes a new run that failed before it saved any result (its loss
-  diverged in the first steps, say), under its lock: its config.json,
-  facts.json and TensorBoard events, so that the corrected command starts
-  there afresh. The lock file stays (another process may be waiting on
-  it; a workdir holding only a lock is a new one). A workdir holding
-  anything else is left as it is. Whether it removed the run."""
+  """Removes, under its lock, a run that this process started in a new
+  workdir (one that held nothing but a lock and leftovers, so that all else
+  there is this run's) and that failed before it saved a result (its loss
+  diverged in the first steps, say): no summary.json, no mid-run
+  checkpoint, no finished ticket. Its config.json, facts.json, TensorBoard
+  events and unfinished tickets go, so that the corrected command starts
+  there afresh; the lock file stays (another process may be waiting on
+  it; a workdir holding only a lock is a new one). Whether it removed it."""
+  from lottery import tickets  # pylint: disable=g-import-not-at-top
   wd = pathlib.Path(workdir)
   if not checkpoint.is_writer() or not wd.is_dir():
     return False
-  found = list(wd.iterdir())
-  if any(p.name not in _BEFORE_RESULTS and not _is_leftover(p)
-         for p in found):
+  if ((wd / tickets.SUMMARY).exists() or (wd / "progress").exists() or
+      next(wd.rglob(tickets.METRICS), None) is not None):
     return False
-  for p in found:
+  for p in wd.iterdir():
     if p.name == LOCK_FILE:
       continue
     if p.is_dir() and not p.is_symlink():

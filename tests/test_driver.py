@@ -403,6 +403,25 @@ def test_a_new_run_refused_before_its_first_result_leaves_no_workdir(
   assert sorted(os.listdir(wd)) == ["lock"]
   c.training.learning_rate = 1e-2
   assert lottery.run(c, wd)["finished"]
+  # Sparse training writes its initial masks first: gone too.
+  s = tiny(npz_path, method="sparse", **{"training.learning_rate": 1000,
+                                         "sparse.methods": ("set",),
+                                         "sparse.densities": (0.5,),
+                                         "sparse.update_every": 5})
+  with pytest.raises(lottery.LotteryError, match=r"loss diverged"):
+    lottery.sparse.run(s, tmp_path / "sparse")
+  assert sorted(os.listdir(tmp_path / "sparse")) == ["lock"]
+  # A user's file is no leftover, even named like one: the folder is not a
+  # new workdir, and nothing there is touched.
+  mine = tmp_path / "mine"
+  (mine / "data.tmp").mkdir(parents=True)
+  (mine / "data.tmp" / "results.csv").write_text("precious")
+  (mine / "notes.tmp").write_text("mine")
+  with pytest.raises(lottery.LotteryError, match=r"^workdir: .* is not empty "
+                     r"and holds no lottery run"):
+    lottery.run(tiny(npz_path, **{"training.learning_rate": 1000}), mine)
+  assert sorted(p.name for p in mine.rglob("*")) == [
+      "data.tmp", "notes.tmp", "results.csv"]
   # A new run that has saved a result keeps everything when a later job
   # fails; so does a run resumed or extended.
   for wd, rounds in ((tmp_path / "second", 2), (tmp_path / "new", 3)):

@@ -201,6 +201,19 @@ def _check_not_in_use(wd: pathlib.Path) -> None:
     os.close(fd)  # Also drops the shared lock.
 
 
+def _is_own_lock(p: pathlib.Path) -> bool:
+  """Whether `p` is a lock file a run wrote: empty, or a pid (a user's file
+  named 'lock' is not)."""
+  if p.name != LOCK_FILE or p.is_symlink() or not p.is_file():
+    return False
+  try:
+    with open(p, "rb") as f:
+      text = f.read(32)
+  except OSError:
+    return False
+  return text.strip().isdigit() or not text.strip()
+
+
 def _is_leftover(p: pathlib.Path) -> bool:
   """Whether `p` is a temporary file or directory of a killed writer."""
   return checkpoint.is_leftover(p.name)
@@ -259,7 +272,7 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
   new = config_json(config)
   saved_path = wd / CONFIG_FILE
   if not saved_path.exists():
-    if any(p.name != LOCK_FILE and not _is_leftover(p) for p in wd.iterdir()):
+    if any(not (_is_own_lock(p) or _is_leftover(p)) for p in wd.iterdir()):
       raise LotteryError(f"workdir: {_q(wd)} is not empty and holds no "
                          f"lottery run ({CONFIG_FILE} missing); use a new "
                          f"--workdir")

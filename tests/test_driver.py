@@ -417,11 +417,19 @@ def test_a_new_run_refused_before_its_first_result_leaves_no_workdir(
   (mine / "data.tmp").mkdir(parents=True)
   (mine / "data.tmp" / "results.csv").write_text("precious")
   (mine / "notes.tmp").write_text("mine")
+  (mine / "lock").write_text("my own lock file\n")
   with pytest.raises(lottery.LotteryError, match=r"^workdir: .* is not empty "
                      r"and holds no lottery run"):
     lottery.run(tiny(npz_path, **{"training.learning_rate": 1000}), mine)
   assert sorted(p.name for p in mine.rglob("*")) == [
-      "data.tmp", "notes.tmp", "results.csv"]
+      "data.tmp", "lock", "notes.tmp", "results.csv"]
+  (mine / "data.tmp" / "results.csv").unlink()
+  (mine / "data.tmp").rmdir()
+  (mine / "notes.tmp").unlink()
+  with pytest.raises(lottery.LotteryError, match=r"is not empty and holds no "
+                     r"lottery run"):  # A 'lock' the framework did not write.
+    lottery.run(tiny(npz_path), mine)
+  assert (mine / "lock").read_text() == "my own lock file\n"
   # A new run that has saved a result keeps everything when a later job
   # fails; so does a run resumed or extended.
   for wd, rounds in ((tmp_path / "second", 2), (tmp_path / "new", 3)):

@@ -512,19 +512,8 @@ def _check_units_kept(config, exp: Experiment) -> None:
       list(sizes), exp.layer_fractions, structure=p.structure, whole=whole,
       streams_field="pruning.residual_streams")
          if exp.layer_fractions else None)
-  for name, n, rate, is_own in pruning.unit_groups(sizes, p.fraction,
-                                                   p.scope, own):
-    kept = structure_lib.kept_after(
-        n, [schedules.round_rate(p.schedule, rate, r)
-            for r in range(1, p.rounds + 1)])
-    if 0 in kept:
-      said = (f"pruning.layer_fractions rate {rate!r}" if is_own else
-              f"pruning.fraction {p.fraction!r}")
-      raise LotteryError(
-          f"pruning.rounds: round {kept.index(0) + 1} removes every unit of "
-          f"{name} ({n} units, pruning.structure {p.structure!r}, "
-          f"pruning.scope {p.scope!r}, {said}); use fewer rounds or a lower "
-          f"fraction")
+  _refuse_emptied(p, pruning.unit_groups(sizes, p.fraction, p.scope, own),
+                  "unit", f"pruning.structure {p.structure!r}, ")
 
 
 def _check_weights_kept(config, exp: Experiment) -> None:
@@ -537,11 +526,19 @@ def _check_weights_kept(config, exp: Experiment) -> None:
   p = config.pruning
   sizes = {name: total for name, (_, total)
            in masks_lib.counts(exp.dense_mask).items()}
-  emptied = []  # (round, group, weights, rate, own)
-  for name, n, rate, is_own, members in pruning.weight_groups(
-      sizes, p.fraction, p.scope, exp.layer_fractions):
-    if all(m.endswith("/bias") for m in members):
-      continue  # Biases alone: their layers still compute.
+  groups = [g[:4] for g in pruning.weight_groups(
+      sizes, p.fraction, p.scope, exp.layer_fractions)
+            # Biases alone: their layers still compute.
+            if not all(m.endswith("/bias") for m in g[4])]
+  _refuse_emptied(p, groups, "weight")
+
+
+def _refuse_emptied(p, groups, what: str, words: str = "") -> None:
+  """Refuses `pruning.rounds` (block `p`) if, by the one rounding rule, a
+  round leaves no `what` ('unit', 'weight') of one of `groups` ((name,
+  count, rate, own rate) each), naming the earliest such round."""
+  emptied = []
+  for name, n, rate, is_own in groups:
     kept = structure_lib.kept_after(
         n, [schedules.round_rate(p.schedule, rate, r)
             for r in range(1, p.rounds + 1)])
@@ -552,9 +549,9 @@ def _check_weights_kept(config, exp: Experiment) -> None:
     said = (f"pruning.layer_fractions rate {rate!r}" if is_own else
             f"pruning.fraction {p.fraction!r}")
     raise LotteryError(
-        f"pruning.rounds: round {r} removes every weight of {name} ({n} "
-        f"weights, pruning.scope {p.scope!r}, {said}); use fewer rounds or a "
-        f"lower fraction")
+        f"pruning.rounds: round {r} removes every {what} of {name} ({n} "
+        f"{what}s, {words}pruning.scope {p.scope!r}, {said}); use fewer "
+        f"rounds or a lower fraction")
 
 
 def _check_sets_kept(config, exp: Experiment, masks: list, r: int) -> None:

@@ -58,10 +58,12 @@ CHECKSUMS = "CHECKSUMS"
 # write_json's '<name>.<random>.tmp' and orbax's '<name>.orbax-checkpoint-tmp*'.
 TMP_SUFFIX = ".tmp"
 ORBAX_TMP = ".orbax-checkpoint-tmp"
-# A killed writer's leftovers, by name: write_json's '<name>.<8 random
-# characters>.tmp' (tempfile.mkstemp), `remove`'s '<name>.<pid>.<ns>.removing
-# .tmp' and orbax's '<name>.orbax-checkpoint-tmp*'; not a user's 'notes.tmp'.
-_LEFTOVER = re.compile(r".+\.(?:[a-z0-9_]{8}|\d+\.\d+\.removing)\.tmp|"
+# A killed writer's leftovers, by name: write_json's '<name>.lottery-<8
+# random characters>.tmp' (tempfile.mkstemp), `remove`'s
+# '<name>.lottery-removing-<pid>-<ns>.tmp' and orbax's
+# '<name>.orbax-checkpoint-tmp*'; not a user's 'notes.20240101.tmp'.
+_TMP_PREFIX = ".lottery-"
+_LEFTOVER = re.compile(r".+\.lottery-(?:[a-z0-9_]{8}|removing-\d+-\d+)\.tmp|"
                        r".+\.orbax-checkpoint-tmp.*")
 
 
@@ -169,7 +171,7 @@ def _umask() -> int:
 
 def _write_atomic(path: pathlib.Path, data: bytes) -> None:
   """Writes `data` to a temporary file beside `path`, then renames it."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".",
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + _TMP_PREFIX,
                              suffix=TMP_SUFFIX)
   try:
     # mkstemp creates 0600; give the file the mode open() would.
@@ -570,8 +572,8 @@ def remove(path: str | os.PathLike) -> None:
   path = pathlib.Path(path)
 
   def rm():
-    gone = path.with_name(f"{path.name}.{os.getpid()}.{time.time_ns()}"
-                          f".removing{TMP_SUFFIX}")
+    gone = path.with_name(f"{path.name}{_TMP_PREFIX}removing-{os.getpid()}-"
+                          f"{time.time_ns()}{TMP_SUFFIX}")
     try:
       os.rename(path, gone)
     except FileNotFoundError:

@@ -275,7 +275,7 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
       on_group(d, rep)
     if i >= KEPT_GROUPS:
       done[i - KEPT_GROUPS].tickets = None
-  if os.path.isdir(os.path.join(wd, jobs_lib.PROGRESS)):
+  if jobs_lib.MidRun.holds_own(wd):
     # Left by a run killed after its last ticket, before it was cleared.
     jobs_lib.MidRun(wd).clear()
   notebook = (f"notebook: LOTTERY_WORKDIR={os.fspath(wd)} jupyter lab "

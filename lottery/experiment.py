@@ -289,16 +289,13 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   start_lines(exp, progress, time.time() - t0)
   # Tickets are written while the next job trains; all is on disk before
   # the lock is released.
-  with workdir_lib.claim(workdir, saved, extra=facts) as held:
-    try:
-      with checkpoint.background_writes():
-        yield exp, held.path
-    except LotteryError:
-      # A new run refused before its first result (a loss that diverged
-      # at once) leaves the workdir as it found it (under the lock).
-      if not holds:
-        workdir_lib.forget_unsaved(held.path)
-      raise
+  if not holds and os.path.exists(os.path.join(workdir,
+                                                workdir_lib.CONFIG_FILE)):
+    progress.info(f"note: {os.fspath(workdir)} held a run of another config "
+                  f"that saved no result; this run replaces it")
+  with workdir_lib.claim(workdir, saved, extra=facts) as held, \
+      checkpoint.background_writes():
+    yield exp, held.path
 
 
 def checked(config: ml_collections.ConfigDict, workdir, *,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -161,6 +162,16 @@ class MidRun:
 
   def clear(self) -> None:
     checkpoint.remove(self.root)
+
+  @staticmethod
+  def holds_own(workdir: os.PathLike) -> bool:
+    """Whether <workdir>/progress is a folder of mid-run checkpoints alone
+    (its progress.json, '<job>_step<8 digits>' checkpoints, leftovers)."""
+    root = os.path.join(workdir, PROGRESS)
+    if os.path.islink(root) or not os.path.isdir(root):
+      return False
+    return all(n == "progress.json" or re.fullmatch(r".+_step\d{8}", n) or
+               checkpoint.is_leftover(n) for n in os.listdir(root))
 
   def _read(self):
     # A clear() still queued (`checkpoint.background_writes`) counts as done.

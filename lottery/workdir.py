@@ -251,10 +251,9 @@ def _read_facts(path: pathlib.Path) -> dict:
 def _check_lock(wd: pathlib.Path) -> None:
   """Refuses a <wd>/lock that cannot be opened for writing and locked."""
   path = wd / LOCK_FILE
-  if path.is_symlink() and not path.exists():
-    raise LotteryError(f"workdir: the lock file {_q(path)} is a dangling "
-                       f"symlink (to {os.readlink(path)!r}); remove it and "
-                       f"rerun")
+  if path.is_symlink():  # Never written through: its target is not ours.
+    raise LotteryError(f"workdir: the lock file {_q(path)} is a symlink (to "
+                       f"{os.readlink(path)!r}); remove it and rerun")
   if path.is_dir():
     raise LotteryError(f"workdir: the lock file {_q(path)} is a directory; "
                        f"remove it and rerun")
@@ -283,6 +282,18 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
   except OSError as e:
     raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
   _check_object(saved, saved_path)
+  if not saved_anything(wd) and not _same_run(wd, saved, new, extra):
+    # Another config's run that saved nothing (its loss diverged at once,
+    # or it was killed before its first checkpoint): this one replaces it
+    # (`claim` rewrites config.json and facts.json).
+    return False
+  _compare(wd, saved, new, extra)
+  return True
+
+
+def _compare(wd: pathlib.Path, saved: dict, new: dict,
+             extra: dict[str, Any] | None) -> None:
+  """Raises unless the run of `saved` (and facts.json) is `new`'s."""
   if "method" not in saved and "method" in new:
     # A run written before configs named their method (its layout says
     # which it is) held every method's fields: compare those this one has.
@@ -321,6 +332,24 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
       raise LotteryError(
           f"config: workdir {_q(wd)} holds a run on different data "
           f"({'; '.join(diffs)}); use a new --workdir")
+
+
+def saved_anything(workdir: str | os.PathLike) -> bool:
+  """Whether the run in `workdir` has saved a result: a summary, a mid-run
+  checkpoint or a finished ticket."""
+  from lottery import tickets  # pylint: disable=g-import-not-at-top
+  wd = pathlib.Path(workdir)
+  return ((wd / tickets.SUMMARY).exists() or (wd / "progress").exists() or
+          next(wd.rglob(tickets.METRICS), None) is not None)
+
+
+def _same_run(wd: pathlib.Path, saved: dict, new: dict,
+              extra: dict[str, Any] | None) -> bool:
+  """Whether `_check_run` would accept `new` on the run of `saved`."""
+  try:
+    _compare(wd, saved, new, extra)
+  except LotteryError:
+    return False
   return True
 
 
@@ -414,7 +443,8 @@ def _lock(wd: pathlib.Path) -> int:
   """Opens and locks <wd>/lock, writing this pid into it; returns its fd."""
   path = wd / LOCK_FILE
   try:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 0o666)
   except OSError as e:
     if e.errno == errno.ENOSPC:
       raise  # `disk_errors` reports it.
@@ -453,32 +483,6 @@ def _clean(wd: pathlib.Path) -> None:
     for f in files:
       if _is_leftover(pathlib.Path(f)):
         os.unlink(os.path.join(root, f))
-
-
-def forget_unsaved(workdir: str | os.PathLike) -> bool:
-  """Removes, under its lock, a run that this process started in a new
-  workdir (one that held nothing but a lock and leftovers, so that all else
-  there is this run's) and that failed before it saved a result (its loss
-  diverged in the first steps, say): no summary.json, no mid-run
-  checkpoint, no finished ticket. Its config.json, facts.json, TensorBoard
-  events and unfinished tickets go, so that the corrected command starts
-  there afresh; the lock file stays (another process may be waiting on
-  it; a workdir holding only a lock is a new one). Whether it removed it."""
-  from lottery import tickets  # pylint: disable=g-import-not-at-top
-  wd = pathlib.Path(workdir)
-  if not checkpoint.is_writer() or not wd.is_dir():
-    return False
-  if ((wd / tickets.SUMMARY).exists() or (wd / "progress").exists() or
-      next(wd.rglob(tickets.METRICS), None) is not None):
-    return False
-  for p in wd.iterdir():
-    if p.name == LOCK_FILE:
-      continue
-    if p.is_dir() and not p.is_symlink():
-      shutil.rmtree(p, ignore_errors=True)
-    else:
-      p.unlink(missing_ok=True)
-  return True
 
 
 def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
@@ -531,7 +535,8 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
       checkpoint.write_json(wd / CONFIG_FILE, new)
     if extra:
       path = wd / FACTS_FILE
-      facts = _read_facts(path) if path.exists() else {}
+      # A replaced run's facts are not this one's.
+      facts = _read_facts(path) if holds and path.exists() else {}
       if not set(extra) <= set(facts):
         checkpoint.write_json(path, {**extra, **facts})
   except BaseException:

@@ -436,6 +436,10 @@ def test_check_writes_nothing(tmp_path):
   assert not workdir.check(wd, _config())
   assert list(tmp_path.iterdir()) == []
   workdir.claim(wd, _config()).release()
+  # Another config: refused once the run has saved a result (before, it
+  # would replace the run); either way check writes nothing.
+  assert not workdir.check(wd, _config(fraction=0.3))
+  checkpoint.write_json(wd / "summary.json", {"finished": False})
   before = {p: p.read_bytes() for p in wd.rglob("*")}
   assert workdir.check(wd, _config())
   with pytest.raises(lottery.LotteryError, match="^config: "):
@@ -446,6 +450,7 @@ def test_check_writes_nothing(tmp_path):
 def test_extra_facts_are_recorded_and_compared(tmp_path):
   wd = tmp_path / "wd"
   workdir.claim(wd, _config()).release()  # A run from before facts.
+  checkpoint.write_json(wd / "summary.json", {"finished": False})
   fp = {"data_fingerprint": "sha256:aa"}
   assert workdir.check(wd, _config(), extra=fp)
   workdir.claim(wd, _config(), extra=fp).release()
@@ -520,7 +525,7 @@ def _faulty(monkeypatch, target: str, fault: str):
   def replace(src, path, *a, **k):  # Ends a JSON file's or CHECKSUMS' write.
     def leftover():
       data = pathlib.Path(src).read_bytes()
-      (path.parent / f"{path.name}.x1y2z3w4.tmp").write_bytes(
+      (path.parent / f"{path.name}.lottery-x1y2z3w4.tmp").write_bytes(
           data[:len(data) // 2])
     fire(path, leftover)
     real_replace(src, path, *a, **k)
@@ -601,23 +606,22 @@ def test_leftovers_do_not_make_a_workdir_foreign(tmp_path):
   wd = tmp_path / "wd"
   wd.mkdir()
   (wd / workdir.LOCK_FILE).write_text("12345\n")  # A killed first claim ...
-  (wd / "config.json.abc12345.tmp").write_text('{"da')  # ... mid-write.
+  (wd / "config.json.lottery-abc12345.tmp").write_text('{"da')  # ... mid-write.
   assert not workdir.check(wd, _config())
   workdir.claim(wd, _config()).release()
   assert sorted(p.name for p in wd.iterdir()) == ["config.json", "lock"]
   # Leftovers deep inside a run are deleted when it is claimed.
   deep = wd / "rounds" / "round_001" / "ticket"
   (deep / ("arrays" + checkpoint.ORBAX_TMP + "-17") / "d").mkdir(parents=True)
-  (deep / "metrics.json.q1234567.tmp").write_text("{")
+  (deep / "metrics.json.lottery-q1234567.tmp").write_text("{")
   (wd / "progress").mkdir()
-  (wd / "progress" / "progress.json.z1234567.tmp").write_text("")
+  (wd / "progress" / "progress.json.lottery-z1234567.tmp").write_text("")
   workdir.claim(wd, _config()).release()
   assert sorted(p.relative_to(wd).as_posix() for p in wd.rglob("*")) == [
       "config.json", "lock", "progress", "rounds", "rounds/round_001",
       "rounds/round_001/ticket"]
   # A foreign directory with a .tmp file stays foreign, and untouched (a
-  # leftover is named as write_json's temporary files are, with 8 random
-  # characters).
+  # leftover is named as write_json's temporary files are).
   other = tmp_path / "other"
   other.mkdir()
   (other / "notes.txt").write_text("mine")
@@ -785,13 +789,11 @@ def test_ticket_is_written_while_the_next_job_trains(tiny_config, tmp_path,
 def test_leftover_names_are_the_writers_own(tmp_path):
   # write_json's temporary files (tempfile.mkstemp), remove's renamed
   # directories and orbax's temporary checkpoints; not a user's files.
-  fd, name = tempfile.mkstemp(dir=tmp_path, prefix="config.json.",
-                              suffix=checkpoint.TMP_SUFFIX)
-  os.close(fd)
-  for leftover in (pathlib.Path(name).name,
-                   "progress.4242.1765000000000000000.removing.tmp",
+  for leftover in ("config.json.lottery-abcd_123.tmp",
+                   "progress.lottery-removing-4242-1765000000000000000.tmp",
                    "arrays" + checkpoint.ORBAX_TMP + "-17"):
     assert checkpoint.is_leftover(leftover), leftover
   for mine in ("notes.tmp", "data.tmp", "config.json", "arrays",
-               "report.final.tmp"):
+               "report.final.tmp", "report.12345678.tmp", "x.1.2.removing.tmp",
+               "backup.20240101.tmp"):
     assert not checkpoint.is_leftover(mine), mine

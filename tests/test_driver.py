@@ -21,6 +21,7 @@ from lottery import masks
 from lottery import method as method_lib
 from lottery import rng
 from lottery import tickets
+from lottery import workdir as workdir_lib
 from lottery.progress import Progress
 
 from conftest import ROOT
@@ -390,72 +391,77 @@ def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
 
 # -- the disk after a failure or an interruption -------------------------------
 
-def test_a_new_run_refused_before_its_first_result_leaves_no_workdir(
+def test_a_run_that_saved_nothing_is_replaced_by_another_config(
     npz_path, tmp_path):
-  # A loss that diverges at once: nothing was saved, so the corrected
-  # command starts afresh; the lock file stays (another process may wait
-  # on it), and a workdir holding only a lock is a new one.
+  # A loss that diverges at once saves nothing (nothing is deleted either):
+  # the corrected command runs there, replacing the failed run's config.
   wd = tmp_path / "new"
   c = tiny(npz_path, **{"training.learning_rate": 1000})
   with pytest.raises(lottery.LotteryError,
                      match=r"^training.learning_rate: loss diverged"):
     lottery.run(c, wd)
-  assert sorted(os.listdir(wd)) == ["lock"]
+  assert not workdir_lib.saved_anything(wd)
   c.training.learning_rate = 1e-2
-  assert lottery.run(c, wd)["finished"]
-  # Sparse training writes its initial masks first: gone too.
+  lines = []
+  assert lottery.run(c, wd, log=lines.append)["finished"]
+  assert lottery.load_config(wd).training.learning_rate == 1e-2
+  reference = tmp_path / "reference"
+  lottery.run(c, reference)
+  for r in (0, 1, 2):
+    assert _same_tree(lottery.load_ticket(wd, r).trained_params,
+                      lottery.load_ticket(reference, r).trained_params)
+  # Sparse training writes its initial masks before training: still no
+  # result, and the same.
   s = tiny(npz_path, method="sparse", **{"training.learning_rate": 1000,
                                          "sparse.methods": ("set",),
                                          "sparse.densities": (0.5,),
                                          "sparse.update_every": 5})
   with pytest.raises(lottery.LotteryError, match=r"loss diverged"):
     lottery.sparse.run(s, tmp_path / "sparse")
-  assert sorted(os.listdir(tmp_path / "sparse")) == ["lock"]
-  # A user's file is no leftover, even named like one: the folder is not a
-  # new workdir, and nothing there is touched.
+  s.training.learning_rate = 1e-2
+  assert lottery.sparse.run(s, tmp_path / "sparse")["finished"]
+  # A run that has saved a result is another config's run: refused, and
+  # nothing there changes.
+  before = {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()
+            and p.name != "lock"}
+  c.training.learning_rate = 2e-2
+  with pytest.raises(lottery.LotteryError, match=r"^config: workdir .* holds "
+                     r"a run with a different config"):
+    lottery.run(c, wd)
+  assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()
+          and p.name != "lock"} == before
+
+
+def test_a_users_files_are_never_taken_for_the_frameworks(npz_path,
+                                                          tmp_path):
+  # Names like a temporary file's, a 'lock' no run wrote, a symlinked lock:
+  # the folder is not a new workdir, and nothing there is touched.
   mine = tmp_path / "mine"
-  (mine / "data.tmp").mkdir(parents=True)
-  (mine / "data.tmp" / "results.csv").write_text("precious")
+  (mine / "data.20240101.tmp").mkdir(parents=True)
+  (mine / "data.20240101.tmp" / "results.csv").write_text("precious")
   (mine / "notes.tmp").write_text("mine")
   (mine / "lock").write_text("my own lock file\n")
-  with pytest.raises(lottery.LotteryError, match=r"^workdir: .* is not empty "
-                     r"and holds no lottery run"):
-    lottery.run(tiny(npz_path, **{"training.learning_rate": 1000}), mine)
-  assert sorted(p.name for p in mine.rglob("*")) == [
-      "data.tmp", "lock", "notes.tmp", "results.csv"]
-  (mine / "data.tmp" / "results.csv").unlink()
-  (mine / "data.tmp").rmdir()
-  (mine / "notes.tmp").unlink()
-  with pytest.raises(lottery.LotteryError, match=r"is not empty and holds no "
-                     r"lottery run"):  # A 'lock' the framework did not write.
-    lottery.run(tiny(npz_path), mine)
-  assert (mine / "lock").read_text() == "my own lock file\n"
-  # A new run that has saved a result keeps everything when a later job
-  # fails; so does a run resumed or extended.
-  for wd, rounds in ((tmp_path / "second", 2), (tmp_path / "new", 3)):
-    calls = []
-    real = lottery.jobs.run_group
-
-    def fail(*a, **k):
-      calls.append(1)
-      if len(calls) == 2:
-        raise lottery.LotteryError("training.learning_rate: loss diverged "
-                                   "(test)")
-      return real(*a, **k)
-    files = lambda: sorted(p.relative_to(wd) for p in wd.rglob("*")
-                           if p.is_file())
-    before = files() if wd.exists() else []
-    c = tiny(npz_path, **{"pruning.rounds": rounds})
-    try:
-      lottery.jobs.run_group = fail
-      with pytest.raises(lottery.LotteryError, match="test"):
-        lottery.run(c, wd)
-    finally:
-      lottery.jobs.run_group = real
-    after = files()
-    assert set(before) <= set(after)
-    assert pathlib.Path("config.json") in after and any(
-        p.name == "metrics.json" for p in after)
+  snapshot = lambda d: {p: (p.read_bytes() if p.is_file() else None)
+                        for p in d.rglob("*")}
+  before = snapshot(mine)
+  for _ in range(2):
+    with pytest.raises(lottery.LotteryError, match=r"^workdir: .* is not "
+                       r"empty and holds no lottery run"):
+      lottery.run(tiny(npz_path), mine)
+    assert snapshot(mine) == before
+    for p in list(mine.iterdir()):
+      if p.name != "lock":
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    before = snapshot(mine)  # A 'lock' alone that the framework did not write.
+  outside = tmp_path / "outside.txt"
+  outside.write_text("precious")
+  linked = tmp_path / "linked"
+  linked.mkdir()
+  (linked / "lock").symlink_to(outside)
+  with pytest.raises(lottery.LotteryError, match=r"^workdir: the lock file "
+                     r".* is a symlink"):
+    lottery.run(tiny(npz_path), linked)
+  assert outside.read_text() == "precious"
 
 
 def test_a_bad_checkpoint_floor_is_refused_before_writing(npz_path, tmp_path,
@@ -484,9 +490,14 @@ def test_a_rerun_reading_finished_groups_leaves_the_summary_alone(
   assert (wd / "summary.json").read_bytes() == summary
   # Stale mid-run checkpoints (a run killed after its last ticket, before
   # it cleared them) go at the end of the next run.
-  (wd / "progress" / "stale").mkdir(parents=True)
+  (wd / "progress" / "job_step00000010").mkdir(parents=True)
   lottery.run(c, wd)
   assert not (wd / "progress").exists()
+  # A folder of the user's own under that name is left alone.
+  (wd / "progress").mkdir()
+  (wd / "progress" / "notes.txt").write_text("mine")
+  lottery.run(c, wd)
+  assert (wd / "progress" / "notes.txt").read_text() == "mine"
 
 
 def test_a_ticket_written_again_is_unfinished_until_it_is_complete(tmp_path,
@@ -527,7 +538,7 @@ def test_a_removal_is_at_once_for_readers(npz_path, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
       checkpoint.remove(d)
   assert shutil.rmtree is real and not d.exists()
-  left = [p.name for p in wd.iterdir() if p.name.endswith(".removing.tmp")]
-  assert len(left) == 1 and left[0].startswith("progress.")
+  left = [p.name for p in wd.iterdir() if checkpoint.is_leftover(p.name)]
+  assert len(left) == 1 and left[0].startswith("progress.lottery-removing-")
   lottery.run(c, wd)  # The claim deletes it.
-  assert not list(wd.rglob("*.removing.tmp"))
+  assert not [p for p in wd.rglob("*") if checkpoint.is_leftover(p.name)]

@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 import lottery
+from lottery import checkpoint
 from lottery import workdir as workdir_lib
 from lottery.errors import LotteryError
 
@@ -26,9 +27,17 @@ def test_config_json_that_is_not_an_object(tmp_path, content):
     assert str(e.value) == message
 
 
+def _saved(wd):
+  """Marks the run claimed in `wd` as one that saved a result (a run that
+  saved nothing gives way to another config)."""
+  checkpoint.write_json(wd / "summary.json", {"finished": False})
+  return wd
+
+
 def test_facts_json_that_is_not_an_object(tmp_path):
   wd = tmp_path / "wd"
   workdir_lib.claim(wd, lottery.base_config(), extra={"a": 1}).release()
+  _saved(wd)
   (wd / "facts.json").write_text("[]")
   for fn in (workdir_lib.check, workdir_lib.claim):
     with pytest.raises(LotteryError, match=r"^config: '.*facts.json' holds "
@@ -52,7 +61,7 @@ def test_lock_that_is_a_directory_or_a_dangling_symlink(tmp_path):
     with pytest.raises(LotteryError) as e:
       fn(wd, c)
     assert str(e.value) == (
-        f"workdir: the lock file '{wd}/lock' is a dangling symlink (to "
+        f"workdir: the lock file '{wd}/lock' is a symlink (to "
         f"'{tmp_path}/nowhere/lock'); remove it and rerun")
 
 
@@ -163,16 +172,19 @@ def test_a_model_option_at_its_default_is_the_same_run(tmp_path):
     return c
   wd = tmp_path / "wd"
   workdir_lib.claim(wd, config("mnist1d_cnn", 0)).release()
+  _saved(wd)
   assert workdir_lib.check(wd, config("mnist1d_cnn", 25))
   with pytest.raises(LotteryError, match=r"model.width: 0 -> 24\)"):
     workdir_lib.check(wd, config("mnist1d_cnn", 24))
   at_25 = tmp_path / "at_25"  # The refusal names the saved value.
   workdir_lib.claim(at_25, config("mnist1d_cnn", 25)).release()
+  _saved(at_25)
   assert workdir_lib.check(at_25, config("mnist1d_cnn", 0))
   with pytest.raises(LotteryError, match=r"model.width: 25 -> 24\)"):
     workdir_lib.check(at_25, config("mnist1d_cnn", 24))
   other = tmp_path / "other"
   workdir_lib.claim(other, config("resnet20", 25)).release()
+  _saved(other)
   assert workdir_lib.check(other, config("resnet20", 25))
   with pytest.raises(LotteryError, match=r"model.width: 25 -> 0\)"):
     workdir_lib.check(other, config("resnet20", 0))  # ResNet-20's is 16.

@@ -3,9 +3,12 @@
 Everything a run writes lives under its workdir. The resolved config is saved
 there as config.json when the run starts; the same command on the same workdir
 continues the run, and a different config is refused before anything is
-written, so nothing in the workdir is ever overwritten by another run. The
-one exception: a config that differs only in a higher `pruning.rounds`
-extends the run (config.json is rewritten with the new value).
+written, so nothing in the workdir is ever overwritten by another run. Two
+exceptions: a config that differs only in a higher `pruning.rounds`
+extends the run (config.json is rewritten with the new value), and a run
+that saved no result yet (`saved_anything`: its loss diverged at once, or
+it was killed in its first seconds) gives way to another config, whose
+config.json and facts.json replace its own.
 
 One run at a time writes a workdir: `claim` holds an OS lock (flock) on
 <workdir>/lock, which holds the writer's pid, until `Claim.release()` or the

@@ -109,10 +109,9 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
   for r in records:
     if metric in r and all(k in r for k in by):
       groups.setdefault(tuple(r[k] for k in by), []).append(r)
-  for key, group in groups.items():
-    _check_one_replicate_each(group, by, key)
   rows = []
   for key, group in groups.items():
+    _check_one_replicate_each(group, by, key)
     mean, std = mean_std([r[metric] for r in group])
     rows.append({**dict(zip(by, key)),
                  "density": mean_std([r["density"] for r in group])[0],

@@ -55,21 +55,16 @@ from lottery.errors import quiet_logs
 
 CHECKSUMS = "CHECKSUMS"
 # Names of the temporary files and directories that a killed writer leaves:
-# write_json's '<name>.<random>.tmp' and orbax's '<name>.orbax-checkpoint-tmp*'.
-TMP_SUFFIX = ".tmp"
-ORBAX_TMP = ".orbax-checkpoint-tmp"
 # A killed writer's leftovers, by name: write_json's '<name>.lottery-<8
 # random characters>.tmp' (tempfile.mkstemp), `remove`'s
 # '<name>.lottery-removing-<pid>-<ns>.tmp' and orbax's
 # '<name>.orbax-checkpoint-tmp*'; not a user's 'notes.20240101.tmp'.
+TMP_SUFFIX = ".tmp"
+ORBAX_TMP = ".orbax-checkpoint-tmp"
 _TMP_PREFIX = ".lottery-"
-_LEFTOVER = re.compile(r".+\.lottery-(?:[a-z0-9_]{8}|removing-\d+-\d+)\.tmp|"
-                       r".+\.orbax-checkpoint-tmp.*")
-
-
-def is_leftover(name: str) -> bool:
-  """Whether a file or directory name is a killed writer's leftover."""
-  return _LEFTOVER.fullmatch(name) is not None
+_LEFTOVER = re.compile(
+    rf".+{re.escape(_TMP_PREFIX)}(?:[a-z0-9_]{{8}}|removing-\d+-\d+)"
+    rf"{re.escape(TMP_SUFFIX)}|.+{re.escape(ORBAX_TMP)}.*")
 _HEADER = "lottery-checksums-v1 sha256:"
 # Files orbax writes into every checkpoint; one of them without CHECKSUMS
 # means the save was cut short.
@@ -561,6 +556,11 @@ def restore(path: str | os.PathLike) -> Any:
                        f"read ({e})") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise _damaged(path, f"{type(e).__name__}: {e}") from None
+
+
+def is_leftover(name: str) -> bool:
+  """Whether a file or directory name is a killed writer's leftover."""
+  return _LEFTOVER.fullmatch(name) is not None
 
 
 def remove(path: str | os.PathLike) -> None:

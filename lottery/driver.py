@@ -188,15 +188,17 @@ def _method(config, expected: str | None) -> method_lib.Method:
   return method_lib.get(name)
 
 
-def _write_summary(wd, summary: dict) -> None:
-  """Writes summary.json unless it holds `summary` already."""
+def _write_summary(wd, summary: dict, *, unless_same: bool) -> None:
+  """Writes summary.json; with `unless_same`, not if it holds `summary`
+  already (a rerun that only read its groups back)."""
   path = os.path.join(wd, tickets.SUMMARY)
-  try:
-    same = checkpoint.read_json(path) == checkpoint.json_form(summary)
-  except (OSError, ValueError, LotteryError):
-    same = False
-  if not same:
-    checkpoint.write_json(path, summary)
+  if unless_same:
+    try:
+      if checkpoint.read_json(path) == checkpoint.json_form(summary):
+        return
+    except (OSError, ValueError, LotteryError):
+      pass
+  checkpoint.write_json(path, summary)
 
 
 def _load_finished(ctx: method_lib.Context) -> set[int]:
@@ -252,7 +254,8 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
       # Groups read back leave the summary as it is (a rerun killed while
       # reading them must not leave a shorter, unfinished one), until a
       # group trains or the last is read.
-      _write_summary(wd, {**m.summarize(ctx, done), "finished": last})
+      _write_summary(wd, {**m.summarize(ctx, done), "finished": last},
+                     unless_same=i in finished)
     rep = m.report(ctx, d)
     if rep is not None:
       if rep.line:

@@ -287,12 +287,12 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
                               before_claim=before_claim, facts=facts,
                               saved=saved, replicates=replicates)
   start_lines(exp, progress, time.time() - t0)
-  # Tickets are written while the next job trains; all is on disk before
-  # the lock is released.
   if not holds and os.path.exists(os.path.join(workdir,
                                                 workdir_lib.CONFIG_FILE)):
     progress.info(f"note: {os.fspath(workdir)} held a run of another config "
                   f"that saved no result; this run replaces it")
+  # Tickets are written while the next job trains; all is on disk before
+  # the lock is released.
   with workdir_lib.claim(workdir, saved, extra=facts) as held, \
       checkpoint.background_writes():
     yield exp, held.path

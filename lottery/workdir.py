@@ -285,12 +285,15 @@ def _check_run(wd: pathlib.Path, config: ml_collections.ConfigDict,
   except OSError as e:
     raise LotteryError(f"config: cannot read {_q(saved_path)} ({e})") from None
   _check_object(saved, saved_path)
-  if not saved_anything(wd) and not _same_run(wd, saved, new, extra):
+  try:
+    _compare(wd, saved, new, extra)
+  except LotteryError:
+    if saved_anything(wd):
+      raise
     # Another config's run that saved nothing (its loss diverged at once,
     # or it was killed before its first checkpoint): this one replaces it
     # (`claim` rewrites config.json and facts.json).
     return False
-  _compare(wd, saved, new, extra)
   return True
 
 
@@ -345,15 +348,6 @@ def saved_anything(workdir: str | os.PathLike) -> bool:
   return ((wd / tickets.SUMMARY).exists() or (wd / "progress").exists() or
           next(wd.rglob(tickets.METRICS), None) is not None)
 
-
-def _same_run(wd: pathlib.Path, saved: dict, new: dict,
-              extra: dict[str, Any] | None) -> bool:
-  """Whether `_check_run` would accept `new` on the run of `saved`."""
-  try:
-    _compare(wd, saved, new, extra)
-  except LotteryError:
-    return False
-  return True
 
 
 def check(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,

@@ -94,7 +94,8 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
     whose records has `metric` are left out; [] for no records.
 
   Raises:
-    LotteryError: if no record has `metric`, or one of `by`.
+    LotteryError: if no record has `metric`, or one of `by`, or a record's
+      `metric` is not a scalar (a list, a dict).
   """
   if isinstance(records, (str, os.PathLike)):
     records = tickets.records(records)
@@ -108,6 +109,12 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
   groups: dict[tuple, list[dict]] = {}
   for r in records:
     if metric in r and all(k in r for k in by):
+      if not _is_scalar(r[metric]):
+        raise LotteryError(
+            f"metric: {metric!r} is a {type(r[metric]).__name__}, not a "
+            f"scalar, in the record {_where(r, by)} (a stability pair's "
+            f"holds one value per copy: table the copies' own records, "
+            f"lottery.records)")
       groups.setdefault(tuple(r[k] for k in by), []).append(r)
   rows = []
   for key, group in groups.items():
@@ -119,11 +126,17 @@ def table(records: Iterable[Record], metric: str = "test_accuracy", *,
   return rows
 
 
-def _check_one_replicate_each(group: list[Record], by: Sequence[str],
-                              key: tuple) -> None:
-  """Refuses a group of `table` that holds two records of one replicate
-  (one run, seed and copy): `by` leaves out a coordinate they differ in
-  (PaI's 'check', say), and their mean would mix different things."""
+def _is_scalar(value: Any) -> bool:
+  return value is None or isinstance(value, (int, float, np.number))
+
+
+def _where(record: Record, by: Sequence[str]) -> str:
+  return str({k: record.get(k) for k in (*by, "seed") if k in record})
+
+
+def _same_replicate_twice(group: list[Record]) -> list[str] | None:
+  """The coordinates two records of `group` of one replicate (one run, seed
+  and copy) differ in, or None if each replicate has one record."""
   seen: dict[tuple, Record] = {}
   for r in group:
     if "workdir" not in r and "seed" not in r:
@@ -132,15 +145,25 @@ def _check_one_replicate_each(group: list[Record], by: Sequence[str],
     if who in seen:
       other = seen[who]
       # Coordinates: named so, or values that are not measurements.
-      differ = sorted(k for k in set(r) | set(other)
-                      if k not in _METRICS and r.get(k) != other.get(k) and
-                      (k in tickets.COORDINATES or
-                       not isinstance(r.get(k), float)))
-      raise LotteryError(
-          f"by: the group {dict(zip(by, key))} holds records of one "
-          f"replicate that differ in {differ}: they are not replicates; "
-          f"add the coordinate they differ in to by")
+      return sorted(k for k in set(r) | set(other)
+                    if k not in _METRICS and r.get(k) != other.get(k) and
+                    (k in tickets.COORDINATES or
+                     not isinstance(r.get(k), float)))
     seen[who] = r
+  return None
+
+
+def _check_one_replicate_each(group: list[Record], by: Sequence[str],
+                              key: tuple) -> None:
+  """Refuses a group of `table` that holds two records of one replicate:
+  `by` leaves out a coordinate they differ in (PaI's 'check', say), and
+  their mean would mix different things."""
+  differ = _same_replicate_twice(group)
+  if differ is not None:
+    raise LotteryError(
+        f"by: the group {dict(zip(by, key))} holds records of one "
+        f"replicate that differ in {differ}: they are not replicates; "
+        f"add the coordinate they differ in to by")
 
 
 # Keys of a record that are not coordinates (`_check_one_replicate_each`).
@@ -306,6 +329,37 @@ def jaccard(a: Any, b: Any) -> float:
   return both / either
 
 
+def _layer_counts(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray,
+                                               np.ndarray]:
+  """Per shared prunable leaf: its size and the two masks' kept counts."""
+  la, lb = _kept(a, b)
+  return (np.array([x.size for x in la], np.float64),
+          np.array([x.sum() for x in la], np.float64),
+          np.array([y.sum() for y in lb], np.float64))
+
+
+def chance_overlap(a: Any, b: Any) -> float:
+  """The `overlap` of `a` with a random mask of `b`'s per-layer densities
+  (its kept weights at random positions in each layer), in expectation:
+  sum_l a_l d_l / sum_l a_l, with a_l the weights `a` keeps in layer l and
+  d_l `b`'s density there. The density when every layer has one density;
+  above it when layers differ (a global or ERK mask). random_prune's
+  control is such a mask of the ticket's own densities."""
+  n, ka, kb = _layer_counts(a, b)
+  return float((ka * kb / n).sum() / ka.sum())
+
+
+def chance_jaccard(a: Any, b: Any) -> float:
+  """The `jaccard` of two independent random masks of `a`'s and `b`'s
+  per-layer counts (kept weights at random positions in each layer), to
+  first order: sum_l E|a_l and b_l| / sum_l E|a_l or b_l|, with
+  E|a_l and b_l| = a_l b_l / n_l. d / (2 - d) when both masks have one
+  density d in every layer; above it when layers differ."""
+  n, ka, kb = _layer_counts(a, b)
+  both = ka * kb / n
+  return float(both.sum() / (ka + kb - both).sum())
+
+
 def overlap_table(workdir: str | os.PathLike,
                   records: Iterable[Record]) -> list[dict]:
   """How each round's ticket mask compares with the previous round's, and
@@ -317,9 +371,11 @@ def overlap_table(workdir: str | os.PathLike,
     for every round > 0 whose previous round is finished, by round:
     kept_from_previous = overlap(mask_r, mask_{r-1}) (1.0 when pruned weights
     stay pruned), jaccard_previous = jaccard(mask_r, mask_{r-1}),
-    overlap_random_prune = overlap(mask_r, random_prune's mask) (absent
-    without that control; chance level is about the density). 'seed' is None
-    in runs of one replicate; 'ticket' and 'workdir' are round r's, so
+    overlap_random_prune = overlap(mask_r, random_prune's mask) and
+    chance_random_prune = chance_overlap(mask_r, random_prune's mask), what
+    a random mask of its per-layer densities keeps in expectation (both
+    absent without that control). 'seed' is the record's (None where it
+    has none); 'ticket' and 'workdir' are round r's, so
     `table(rows, field, by=('round',))` gives the mean and std over
     replicates. Records of several runs are each read from their own
     workdir and compared within their run.
@@ -352,6 +408,7 @@ def overlap_table(workdir: str | os.PathLike,
            "jaccard_previous": jaccard(m, mask(prev))}
     if rand is not None:
       row["overlap_random_prune"] = overlap(m, mask(rand))
+      row["chance_random_prune"] = chance_overlap(m, mask(rand))
     rows.append(row)
   return rows
 
@@ -368,8 +425,9 @@ def curve(workdir: str | os.PathLike, records: Iterable[Record],
   Args:
     workdir: the run's workdir (records of other runs are read from their
       own).
-    records: the replicates of one (round, kind) (of several runs:
-      replicates of one config, as `table` checks).
+    records: the replicates of one (round, kind), or of one group of
+      another method's coordinates (of several runs: replicates of one
+      config, as `table` checks).
     key: a history field: 'accuracy' (or 'test_accuracy'), 'loss' (or
       'test_loss'), 'train_loss', 'val_loss', 'val_accuracy'.
 
@@ -378,11 +436,18 @@ def curve(workdir: str | os.PathLike, records: Iterable[Record],
     that every replicate has (empty lists for tickets without a history).
 
   Raises:
-    LotteryError: if the histories have entries but none has `key`.
+    LotteryError: if two records are of one replicate (the records of
+      several groups), or the histories have entries but none has `key`.
   """
   _check_args("curve", workdir, records)
   records = list(records)
   _check_replicate_runs(records, ("round", "kind"))
+  differ = _same_replicate_twice(records)
+  if differ is not None:
+    raise LotteryError(
+        f"records: two of them are of one replicate and differ in {differ}: "
+        f"a curve averages the replicates of one group; select one value of "
+        f"{differ}")
   field = _HISTORY_NAMES.get(key, key)
   histories = [ticket_metrics(workdir, r).get("history", [])
                for r in records]

@@ -25,7 +25,8 @@ figure is drawn in one place.
   interpolation(workdir)         stability: error along the linear paths
   mask_change(workdir)           sparse training: mask change over time
 
-Everything works on a run in flight: only finished tickets are read.
+Everything works on a run in flight: only finished tickets are read, and
+of a group of replicates only when all are saved (`whole_groups`).
 matplotlib is an optional dependency (`pip install -e '.[report]'`).
 """
 
@@ -157,7 +158,8 @@ def check_out(out: PathLike, workdirs: Sequence[PathLike] = ()) -> None:
 
   Raises:
     LotteryError: ('out: ...', one line) if `out` is a file, a lottery
-      workdir, holds one of `workdirs`, or holds anything but a report.
+      workdir, inside one, holds one of `workdirs`, or holds anything but a
+      report.
   """
   name = os.fspath(out)
   path = _out_path(out)
@@ -172,6 +174,11 @@ def check_out(out: PathLike, workdirs: Sequence[PathLike] = ()) -> None:
       for w in (pathlib.Path(w).resolve() for w in workdirs)):
     raise LotteryError(f"out: {name!r} is or holds a lottery workdir; write "
                        f"the report to a directory of its own")
+  inside = next((p for p in path.parents if workdir_lib.holds_run(p)), None)
+  if inside is not None:
+    raise LotteryError(f"out: {name!r} is inside the lottery workdir "
+                       f"{os.fspath(inside)!r}; write the report to a "
+                       f"directory of its own")
   if path.is_dir() and any(path.iterdir()) and not _is_report(path):
     raise LotteryError(f"out: {name!r} holds files that are not a report "
                        f"(a report holds only index.html, {_REPORT_FILE} and "
@@ -218,14 +225,43 @@ def _records(workdir: PathLike, records: Iterable[dict] | None, *,
 
 
 def lottery_records(workdir: PathLike) -> list[dict]:
-  """`lottery.records(workdir)` ([] for a run with nothing finished).
+  """`lottery.records(workdir)` ([] for a run with nothing finished), less
+  the tickets of groups whose replicates a run in flight has not all saved
+  (`whole_groups`).
 
   Raises:
     LotteryError: (one line, naming the file and what to do) if one of the
       run's record files is damaged: a report must not pass a damaged run
       off as an unfinished one.
   """
-  return tickets.records(workdir)
+  return whole_groups(workdir, tickets.records(workdir))[0]
+
+
+# A replicate's component of a ticket directory (`tickets.replica_path`).
+_SEED_DIR = re.compile(r"(^|/)seed_\d+(?=/|$)")
+
+
+def whole_groups(workdir: PathLike, records: list[dict]
+                 ) -> tuple[list[dict], int]:
+  """(`records` less those of unfinished groups, how many were left out).
+
+  A run of several replicates (`seeds.num`) trains a group's replicates
+  together but saves their tickets one after another, so a run in flight
+  (or stopped) may hold some of a group's: their mean would stand for the
+  group. Groups are the ticket directories but their `seed_<i>` part. A
+  finished run's records are returned whole.
+  """
+  num = runs.load_config(workdir).get("seeds", {}).get("num", 1)
+  if num <= 1 or _summary(workdir).get("finished", False):
+    return list(records), 0
+  count: dict[str, set] = {}
+  group = lambda r: _SEED_DIR.sub(r"\1seed_*", str(r.get("ticket")))
+  reps = analysis.replicates(records)
+  for r in reps:
+    count.setdefault(group(r), set()).add(r.get("seed"))
+  whole = {g for g, seeds in count.items() if len(seeds) >= num}
+  kept = [r for r in records if group(r) in whole]
+  return kept, sum(1 for r in reps if group(r) not in whole)
 
 
 def _summary(workdir: PathLike) -> dict:
@@ -676,14 +712,15 @@ def _replicate_jaccard(workdir, groups: dict[tuple, list[dict]]) -> list[dict]:
     if len(recs) < 2:
       continue
     ms = [tickets.read_ticket(workdir, r["ticket"]).mask for r in recs]
-    js = [analysis.jaccard(ms[i], ms[j]) for i in range(len(ms))
-          for j in range(i + 1, len(ms))]
-    mean, std = analysis.mean_std(js)
+    pairs = [(ms[i], ms[j]) for i in range(len(ms))
+             for j in range(i + 1, len(ms))]
+    mean, std = analysis.mean_std([analysis.jaccard(*p) for p in pairs])
     d = analysis.mean_std([r["density"] for r in recs])[0]
-    out.append({"group": list(key), "density": d, "pairs": len(js),
+    out.append({"group": list(key), "density": d, "pairs": len(pairs),
                 "mean": mean, "std": std,
-                # Two independent random masks of density d.
-                "chance": d / (2 - d) if d < 2 else 1.0})
+                # Random masks of the replicates' per-layer densities.
+                "chance": analysis.mean_std(
+                    [analysis.chance_jaccard(*p) for p in pairs])[0]})
   return out
 
 
@@ -693,10 +730,11 @@ def mask_overlap(workdir: PathLike,
 
   Across replicates: the mean pairwise Jaccard |a ∧ b| / |a ∨ b| of the
   masks of a group's replicates, against density, with the chance level of
-  independent random masks (d / (2 - d)). Across rounds (IMP):
-  `analysis.overlap_table`'s kept-from-previous, Jaccard with the previous
-  round and overlap with the random_prune control, mean ± std over
-  replicates.
+  independent random masks of their per-layer densities
+  (`analysis.chance_jaccard`; d / (2 - d) where every layer has density
+  d). Across rounds (IMP): `analysis.overlap_table`'s kept-from-previous,
+  Jaccard with the previous round and overlap with the random_prune
+  control with its chance level, mean ± std over replicates.
 
   Returns:
     (figure, {'replicates': [...], 'rounds': [...]}) or None when there is
@@ -730,7 +768,7 @@ def mask_overlap(workdir: PathLike,
     ov = analysis.overlap_table(workdir, keep + [
         r for r in recs if r.get("kind") == "random_prune"])
     for f in ("kept_from_previous", "jaccard_previous",
-              "overlap_random_prune"):
+              "overlap_random_prune", "chance_random_prune"):
       if not any(f in row for row in ov):  # No random_prune control.
         continue
       for row in analysis.table(ov, f, by=("round",)):
@@ -774,11 +812,12 @@ def mask_overlap(workdir: PathLike,
       if rows:
         _band(ax, [r["round"] for r in rows], [r["mean"] for r in rows],
               [r["std"] for r in rows], marker=m, label=label)
-    rows = sorted((r for r in rounds if r["field"] == "jaccard_previous"),
-                  key=lambda r: r["round"])
-    ax.plot([r["round"] for r in rows], [r["density"] for r in rows], "k:",
-            label="density (chance for random_prune)")
-    _round_ticks(ax, [r["round"] for r in rows])
+    chance = sorted((r for r in rounds if r["field"] ==
+                     "chance_random_prune"), key=lambda r: r["round"])
+    if chance:
+      ax.plot([r["round"] for r in chance], [r["mean"] for r in chance],
+              "k:", label="chance for random_prune")
+    _round_ticks(ax, sorted({r["round"] for r in rounds}))
     ax.set_xlabel("IMP round r (compared with round r − 1)")
     ax.set_ylabel("overlap (fraction of weights)")
     ax.set_ylim(0, 1.05)
@@ -1151,7 +1190,7 @@ def _common(with_overlap: bool = True):
   if with_overlap:
     out.append(("mask_overlap", "Mask overlap",
                 "Jaccard overlap of the replicates' masks (chance: random "
-                "masks of the same density) and, for IMP, between "
+                "masks of the same per-layer densities) and, for IMP, between "
                 "consecutive rounds.", mask_overlap))
   out.append(("learning_curves", "Learning curves",
               "Test accuracy during training, mean ± std over replicates.",
@@ -1187,11 +1226,15 @@ def _slug(text: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
-def _status(workdir: PathLike, method: str, recs: list[dict]) -> str:
+def _status(workdir: PathLike, method: str, recs: list[dict],
+            partial: int = 0) -> str:
   finished = _summary(workdir).get("finished", False)
   n = len(analysis.replicates(recs))
+  left = (f"; {partial} ticket{'s' if partial != 1 else ''} of groups whose "
+          f"replicates are not all saved left out" if partial else "")
   return (f"{n} finished ticket{'s' if n != 1 else ''}; "
-          f"{'run finished' if finished else 'run in flight or stopped'}")
+          f"{'run finished' if finished else 'run in flight or stopped'}"
+          f"{left}")
 
 
 def collect(workdirs: Sequence[PathLike]) -> tuple[list[Figure], list[dict]]:
@@ -1202,13 +1245,13 @@ def collect(workdirs: Sequence[PathLike]) -> tuple[list[Figure], list[dict]]:
   figures, runs_info = [], []
   for wd, name in zip(workdirs, _names(workdirs)):
     method = check_workdir(wd)
-    recs = lottery_records(wd)
+    recs, partial = whole_groups(wd, tickets.records(wd))
     facts_path = pathlib.Path(wd) / "facts.json"
     facts = checkpoint.read_json(facts_path) if facts_path.exists() else {}
     runs_info.append({
         "name": name, "workdir": os.fspath(pathlib.Path(wd).resolve()),
         "method": method, "recipe": recipe(wd),
-        "status": _status(wd, method, recs),
+        "status": _status(wd, method, recs, partial),
         "config": runs.load_config(wd).to_dict(), "facts": facts,
         "figures": []})
     for fname, title, caption, fn in _SECTIONS.get(method, _common(False)):

@@ -34,7 +34,8 @@ def run_dir(workdir: str | os.PathLike) -> pathlib.Path:
                     f"{type(workdir).__name__} {workdir!r})")
   path = pathlib.Path(workdir)
   if not path.is_dir():
-    raise LotteryError(f"workdir: {os.fspath(workdir)!r} is not a directory")
+    what = "is not a directory" if path.exists() else "does not exist"
+    raise LotteryError(f"workdir: {os.fspath(workdir)!r} {what}")
   if not (path / workdir_lib.CONFIG_FILE).is_file():
     raise LotteryError(f"workdir: {os.fspath(workdir)!r} holds no run "
                        f"({workdir_lib.CONFIG_FILE} missing)")

@@ -207,6 +207,16 @@ def run_interrupted(run, monkeypatch, *, saves=(), finishes=()) -> int:
   return _until_returns(run, Interrupt)
 
 
+def run_until_round(config, workdir, round_: int) -> None:
+  """Runs IMP's `config` in `workdir` and stops it once round `round_` is
+  recorded, as if the run were still in flight."""
+  def stop(rec):
+    if rec["round"] == round_:
+      raise Interrupt()
+  with pytest.raises(Interrupt):
+    lottery.run(config, workdir, log=quiet, on_round=stop)
+
+
 def _until_returns(run, interrupt: type[Exception]) -> int:
   """Calls `run()` again after each `interrupt` until it returns; the
   number of interruptions."""

@@ -3,6 +3,7 @@ compared; hand-checked values."""
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -116,6 +117,41 @@ def test_overlap_and_jaccard_hand_checked():
   assert analysis.jaccard(B, A) == 0.4
 
 
+def test_chance_levels_follow_the_layers_densities():
+  # a keeps 1 of 4 in w and 3 of 4 in v, b 2 and 2: a random mask of b's
+  # densities keeps half of a's weights in each layer; E|a and b| is
+  # 1*2/4 + 3*2/4 = 2, E|a or b| = (1+2-0.5) + (3+2-1.5) = 6.
+  a = {"w": np.array([True, False, False, False]), "b": None,
+       "v": np.array([True, True, True, False])}
+  b = {"w": np.array([True, True, False, False]), "b": None,
+       "v": np.array([False, False, True, True])}
+  assert analysis.chance_overlap(a, b) == 0.5
+  assert analysis.chance_jaccard(a, b) == analysis.chance_jaccard(b, a) == (
+      2 / 6)
+  # One density in every layer: d / (2 - d), the density for the overlap.
+  half = {"w": np.array([True, False] * 4), "b": None,
+          "v": np.array([False, True] * 2)}
+  assert analysis.chance_jaccard(half, half) == 0.5 / 1.5
+  assert analysis.chance_overlap(half, half) == 0.5
+  # All of one layer and none of the other: random masks of these layer
+  # densities are the same mask, whatever their density of 0.5 says.
+  split = {"w": np.ones(8, bool), "b": None, "v": np.zeros(8, bool)}
+  assert analysis.chance_jaccard(split, split) == 1.0
+  assert analysis.chance_overlap(split, split) == 1.0
+  # Drawn: random masks of two layers' densities (0.1 of 20,000, 0.9 of
+  # 2,000) overlap at the chance level, far above d / (2 - d).
+  rng = np.random.default_rng(0)
+  draw = lambda: {"w": rng.permutation(20_000) < 2_000, "b": None,
+                  "v": rng.permutation(2_000) < 1_800}
+  pairs = [(draw(), draw()) for _ in range(10)]
+  drawn = np.mean([analysis.jaccard(x, y) for x, y in pairs])
+  chance = analysis.chance_jaccard(*pairs[0])
+  d = 3_800 / 22_000
+  assert abs(drawn - chance) < 0.005 and chance > 1.5 * d / (2 - d)
+  drawn = np.mean([analysis.overlap(x, y) for x, y in pairs])
+  assert abs(drawn - analysis.chance_overlap(*pairs[0])) < 0.005
+
+
 def test_masks_pair_by_path_over_what_both_prune():
   # A mask that also prunes 'b' (another pruning.prunable) compares on the
   # weights both prune; leaves pair by name, whatever the tree's order.
@@ -154,6 +190,31 @@ def _save(workdir, round_, kind, mask, history, seed=None):
   return {**coords, "density": metrics["density"], "ticket": path}
 
 
+def test_table_takes_scalars_and_curve_one_group(tmp_path):
+  # A stability pair's accuracy is one value per copy: refused, not a mean
+  # over its copies beside a count of pairs.
+  pairs = [{"source": "dense", "k": 0, "seed": i, "density": 1.0,
+            "test_accuracy": [0.5, 0.25 * i]} for i in (0, 1)]
+  with pytest.raises(analysis.LotteryError, match=re.escape(
+      "metric: 'test_accuracy' is a list, not a scalar, in the record "
+      "{'source': 'dense', 'k': 0, 'seed': 0} (a stability pair's holds one "
+      "value per copy: table the copies' own records, lottery.records)")):
+    analysis.table(pairs, "test_accuracy", by=("source", "k"))
+  pairs = [{**p, "path": {"alpha": [0.0, 1.0]}} for p in pairs]
+  with pytest.raises(analysis.LotteryError, match="^metric: 'path' is a dict"):
+    analysis.table(pairs, "path", by=("source", "k"))
+  # The curve of one replicate's two rounds is no curve of replicates.
+  hist = [{"step": 5, "accuracy": 0.5, "loss": 1.0}]
+  recs = [{**_save(tmp_path, r, "ticket", A, hist, seed=0),
+           "workdir": os.fspath(tmp_path)} for r in (0, 1)]
+  with pytest.raises(analysis.LotteryError, match=re.escape(
+      "records: two of them are of one replicate and differ in ['round']: "
+      "a curve averages the replicates of one group; select one value of "
+      "['round']")):
+    analysis.curve(tmp_path, recs)
+  assert analysis.curve(tmp_path, recs[:1])["mean"] == [0.5]
+
+
 def test_tables_from_a_workdir(tmp_path):
   full = {"w": np.ones(4, bool), "b": None, "v": np.ones((2, 1), bool)}
   hist = lambda accs: [{"step": 5 * (i + 1), "accuracy": a, "loss": 1.0}
@@ -179,7 +240,7 @@ def test_tables_from_a_workdir(tmp_path):
       {"round": 1, "kind": "ticket", "seed": None,
        "ticket": "rounds/round_001/ticket", "workdir": os.fspath(tmp_path),
        "density": 4 / 6, "kept_from_previous": 1.0, "jaccard_previous": 4 / 6,
-       "overlap_random_prune": 0.5},
+       "overlap_random_prune": 0.5, "chance_random_prune": 0.5},
       {"round": 2, "kind": "ticket", "seed": None,
        "ticket": "rounds/round_002/ticket", "workdir": os.fspath(tmp_path),
        "density": 2 / 6, "kept_from_previous": 1.0, "jaccard_previous": 0.5}]

@@ -16,6 +16,7 @@ import lottery
 from lottery import analysis
 
 from conftest import execute_notebook
+from conftest import run_until_round
 from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -109,15 +110,7 @@ def test_finished_run_with_controls_and_validation(finished_run, monkeypatch,
 def test_unfinished_run(tiny_config, monkeypatch, tmp_path):
   """Stopped after round 1 of 2 (controls on every round, no validation)."""
   workdir = tmp_path / "run"
-
-  class Stop(Exception):
-    pass
-
-  def stop(rec):
-    if rec["round"] == 1:
-      raise Stop
-  with pytest.raises(Stop):
-    lottery.run(tiny_config(), workdir, log=lambda _: None, on_round=stop)
+  run_until_round(tiny_config(), workdir, 1)
   text = _execute(workdir, monkeypatch, tmp_path)
   assert f"2 of 3 rounds finished in {workdir} (run in flight or stopped)" \
       in text
@@ -188,7 +181,7 @@ def test_not_a_run_prints_one_line(case, finished_run, monkeypatch, tmp_path):
                     "network) is still training; run this notebook again "
                     "later\n")
   else:
-    assert text == (f"error: workdir: {str(workdir)!r} is not a directory; "
+    assert text == (f"error: workdir: {str(workdir)!r} does not exist; "
                     "set LOTTERY_WORKDIR to the "
                     "--workdir of a run (e.g. python -m experiments.imp "
                     "--workdir=/tmp/lottery_runs/mnist1d) and run again\n")

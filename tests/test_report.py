@@ -19,7 +19,9 @@ from lottery import analysis
 from lottery import checkpoint
 from lottery import method as method_lib
 from lottery import report
+from lottery import tickets
 
+from conftest import run_until_round
 from conftest import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -144,6 +146,22 @@ def test_plotted_numbers_are_the_records(runs, written):
   assert [r["group"] for r in ov["replicates"]] == [
       ["ticket", 0], ["ticket", 1], ["ticket", 2]]
   assert ov["replicates"][0]["mean"] == 1.0  # Round 0 is dense.
+  # Chance levels: random masks of the masks' own per-layer densities.
+  masks = {(r["round"], r["kind"], r["seed"]): tickets.read_ticket(
+      runs["imp"], r["ticket"]).mask for r in lottery.records(runs["imp"])
+           if "seed" in r and r["kind"] in ("ticket", "random_prune")}
+  for row in ov["replicates"]:
+    rnd = row["group"][1]
+    assert row["chance"] == analysis.chance_jaccard(
+        masks[rnd, "ticket", 0], masks[rnd, "ticket", 1])
+  chance = [r for r in ov["rounds"] if r["field"] == "chance_random_prune"]
+  assert [r["round"] for r in chance] == [2]  # controls_every=2.
+  assert chance[0]["mean"] == float(np.mean([analysis.chance_overlap(
+      masks[2, "ticket", i], masks[2, "random_prune", i]) for i in (0, 1)]))
+  # ERK's layers differ in density: its chance level is above d / (2 - d).
+  erk = [r for r in fig("sparse_mask_overlap")["replicates"]
+         if r["group"][:2] == ["static", "erk"]]
+  assert len(erk) == 1 and erk[0]["chance"] > 1.05 * 0.25 / 1.75
   # IMP's barriers: per round, the mean and std of its replicates'.
   recs = lottery.records(runs["imp"])
   rows = fig("imp_barriers")["rows"]
@@ -359,15 +377,7 @@ def test_built_in_names_keep_their_colours():
 def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
   """IMP stopped after round 0: its figures show round 0 only."""
   wd = tmp_path / "run"
-
-  class Stop(Exception):
-    pass
-
-  def stop(rec):
-    if rec["round"] == 0:
-      raise Stop
-  with pytest.raises(Stop):
-    lottery.run(tiny(npz_path), wd, log=lambda _: None, on_round=stop)
+  run_until_round(tiny(npz_path), wd, 0)
   figures = report.write_report(wd, tmp_path / "out")
   names = [f.name for f in figures]
   # One round, one replicate: no overlap to show yet.
@@ -385,6 +395,38 @@ def test_run_in_flight_shows_what_is_finished(npz_path, tmp_path):
   assert report.write_report(empty, tmp_path / "out2") == []
   assert "No finished ticket yet" in (tmp_path / "out2" /
                                       "index.html").read_text()
+
+
+def test_a_group_with_replicates_missing_is_left_out(npz_path, tmp_path):
+  """A run in flight saves a group's replicates one after another: a group
+  of which one is saved is left out, and counted in the run's status."""
+  wd = tmp_path / "run"
+  run_until_round(tiny(npz_path, **{"seeds.num": 2, "controls": ()}), wd, 1)
+  # As if stopped between round 1's two tickets: seed 1's is not saved, and
+  # the round is not yet in summary.json.
+  shutil.rmtree(wd / "rounds" / "round_001" / "ticket" / "seed_1")
+  summary = json.loads((wd / "summary.json").read_text())
+  del summary["_sha256"]
+  summary["rounds"] = [r for r in summary["rounds"] if r["round"] == 0]
+  checkpoint.write_json(wd / "summary.json", summary)
+  recs = lottery.records(wd)
+  assert sorted((r["round"], r["seed"]) for r in recs) == [
+      (0, 0), (0, 1), (1, 0)]
+  kept, left = report.whole_groups(wd, recs)
+  assert (sorted((r["round"], r["seed"]) for r in kept), left) == (
+      [(0, 0), (0, 1)], 1)
+  figures = report.write_report(wd, tmp_path / "out")
+  acc = figures[0].data["runs"][0]
+  assert [(s["label"], [(p["density"], p["n"]) for p in s["points"]])
+          for s in acc["series"]] == [("ticket", [(1.0, 2)])]
+  meta = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert meta["runs"][0]["status"] == (
+      "2 finished tickets; run in flight or stopped; 1 ticket of groups "
+      "whose replicates are not all saved left out")
+  # A finished run's records are whole as they are.
+  summary["finished"] = True
+  checkpoint.write_json(wd / "summary.json", summary)
+  assert report.whole_groups(wd, recs) == (recs, 0)
 
 
 def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
@@ -414,6 +456,12 @@ def test_out_takes_a_new_dir_or_a_previous_report_and_replaces_it(
        "directory of its own"),
       (runs["imp"].parent, "is or holds a lottery workdir; write the report "
        "to a directory of its own"),
+      (runs["imp"] / "report", f"is inside the lottery workdir "
+       f"{os.path.realpath(runs['imp'])!r}; write the report to a directory "
+       f"of its own"),
+      (runs["imp"] / "rounds" / "new", f"is inside the lottery workdir "
+       f"{os.path.realpath(runs['imp'])!r}; write the report to a directory "
+       f"of its own"),
       (tmp_path / "notes", "holds files that are not a report (a report "
        "holds only index.html, report.json and figures/); give a new or "
        "empty directory, or a previous report's"),
@@ -494,8 +542,10 @@ def _cli(*args, cwd):
 def test_cli_refuses_a_directory_that_is_not_a_workdir(runs, tmp_path):
   out = tmp_path / "out"
   (tmp_path / "plain").mkdir()
+  (tmp_path / "plain" / "f").write_text("not a run")
   for bad, why in ((tmp_path / "plain", "holds no run (config.json missing)"),
-                   (tmp_path / "missing", "is not a directory")):
+                   (tmp_path / "missing", "does not exist"),
+                   (tmp_path / "plain" / "f", "is not a directory")):
     p = _cli(str(runs["imp"]), str(bad), f"--out={out}", cwd=tmp_path)
     assert p.returncode == 1
     assert p.stderr == f"error: workdir: {str(bad)!r} {why}\n"

@@ -99,7 +99,8 @@ def test_unsummarised_tickets_are_listed_and_misuse_is_refused(tiny_config,
   (tmp_path / "plain").mkdir()
   with pytest.raises(lottery.LotteryError, match="^workdir: .* holds no run"):
     lottery.load_ticket(tmp_path / "plain", 0)
-  with pytest.raises(lottery.LotteryError, match="^workdir: .*not a dir"):
+  with pytest.raises(lottery.LotteryError,
+                     match="^workdir: .*nowhere. does not exist$"):
     lottery.load_ticket(tmp_path / "nowhere", 0)
 
 
@@ -230,8 +231,10 @@ def test_store_functions_name_a_bad_workdir(tmp_path):
   for fn in (lambda w: lottery.load_ticket(w, 0), lottery.records):
     with pytest.raises(lottery.LotteryError,
                        match=rf"^workdir: {re.escape(repr(str(missing)))} "
-                       r"is not a directory$"):
+                       r"does not exist$"):
       fn(missing)
+    with pytest.raises(lottery.LotteryError, match=r" is not a directory$"):
+      fn(__file__)
   # A folder of runs is no run: its runs' records are not mixed.
   (tmp_path / "runs" / "a").mkdir(parents=True)
   (tmp_path / "runs" / "a" / "config.json").write_text("{}")

@@ -69,13 +69,15 @@ def _flat(tree: Any) -> dict[str, Any]:
 
 
 def widths_of(model: nn.Module, params: Any) -> list[int] | None:
-  """Per unit set of `model`'s coupling, its width in `params` (its first
-  producer's kernel's last axis); None for a model without a coupling."""
+  """Per unit set of `model`'s coupling, its width in `params`, in units as
+  `with_widths` takes them (its first producer's kernel's last axis over
+  the unit's block: heads, not their columns); None for a model without a
+  coupling."""
   coupling = structure_lib.coupling_of(model)
   if coupling is None:
     return None
   flat = _flat(params)
-  return [int(np.shape(flat[f"{u.producers[0]}/kernel"])[-1])
+  return [int(np.shape(flat[f"{u.producers[0]}/kernel"])[-1]) // u.block
           for u in coupling]
 
 

@@ -497,6 +497,23 @@ def _stream_free_coupling(config, exp: Experiment):
       field="pruning.residual_streams")
 
 
+def _check_shrinks(exp: Experiment, p) -> None:
+  """Refuses (one line) a model whose tickets the 'scratch' control cannot
+  shrink: a trial shrink of its initialization with half of every unit set
+  pruned by magnitude must compute what the masked network computes
+  (`lottery.shrink`), which a coupling() that misdescribes the model's
+  connections (a residual stream declared as two sets) fails."""
+  from lottery.shrink import shrink  # pylint: disable=g-import-not-at-top
+  mask = pruning.prune(exp.dense_mask, scores_lib.magnitude(exp.init_params),
+                       0.5, structure=p.structure, coupling=exp.model,
+                       residual_streams=p.residual_streams)
+  try:
+    shrink(exp.model, exp.init_params, exp.init_model_state, mask)
+  except LotteryError as e:
+    raise LotteryError(f"controls: the 'scratch' control shrinks the "
+                       f"tickets, and {str(e).partition(': ')[2]}") from None
+
+
 def _check_units_kept(config, exp: Experiment) -> None:
   """Refuses rounds that, by the one rounding rule, remove every unit of a
   unit set (pruning.scope 'layerwise', 'module'; a set at its own
@@ -639,7 +656,9 @@ class Imp(method_lib.Method):
     if "scratch" in ctx.config.controls:
       check_shrinkable(ctx.exp.model, field="controls",
                        what="the 'scratch' control")
-      if p.structure not in structure_lib.UNIT_KINDS:
+      if p.structure in structure_lib.UNIT_KINDS:
+        _check_shrinks(ctx.exp, p)
+      else:
         ctx.progress.info(
             f"note: the 'scratch' control under pruning.structure="
             f"{p.structure!r}: a ticket shrinks only by the units its mask "

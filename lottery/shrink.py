@@ -27,6 +27,7 @@ shape.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -112,7 +113,74 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
         if m in tree:
           tree[m] = {k: np.asarray(v)[..., cols] for k, v in tree[m].items()}
   small = narrowed(_smaller(model, folds))
-  return small, _nested(out), {c: _nested(v) for c, v in state.items()}
+  small_params = _nested(out)
+  small_state = {c: _nested(v) for c, v in state.items()}
+  _check_outputs(model, masked, model_state, small, small_params, small_state)
+  return small, small_params, small_state
+
+
+def _check_outputs(model: Any, masked: Any, model_state: Any, small: Any,
+                   small_params: Any, small_state: Any) -> None:
+  """Refuses (one line) a shrunk network whose outputs on a probe input
+  differ from the masked one's: the model's coupling() does not say how its
+  layers connect (a residual stream declared as two unit sets, a consumer
+  left out), or its with_widths() builds another network. The probe is
+  shaped after the input layer's kernel (`input_layer()`, else the first
+  kernel the model runs on); a model that runs on none is not checked."""
+  from lottery import step  # pylint: disable=g-import-not-at-top
+  want = x = None
+  for x in _probe_inputs(model, masked):
+    try:
+      want, _ = step.flax_apply(model)(masked, dict(model_state), x,
+                                       train=False)
+      break
+    except Exception:  # pylint: disable=broad-except
+      continue  # Not the model's input shape.
+  if want is None:
+    return
+  name = type(model).__name__
+  hint = ("its coupling() or with_widths() does not describe how its "
+          "layers connect (docs/methods.md#structure)")
+  try:
+    got, _ = step.flax_apply(small)(small_params, small_state, x,
+                                    train=False)
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    raise LotteryError(f"model: the shrunk {name} does not run on its "
+                       f"shrunk params ({first}): {hint}") from None
+  want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
+  diff = (float(np.max(np.abs(want - got))) if want.shape == got.shape
+          else math.inf)
+  scale = max(float(np.max(np.abs(want))), 1.0)
+  if not diff <= 1e-3 * scale:
+    raise LotteryError(f"model: the shrunk {name} computes other outputs "
+                       f"than the masked one (largest difference {diff:.3g} "
+                       f"on a probe, outputs up to {scale:.3g}): {hint}")
+
+
+def _probe_inputs(model: Any, params: Any):
+  """Inputs of 2 random examples shaped after the input layer's kernel
+  (`input_layer()`), or, for a model without one, after each kernel in
+  turn (at most 8)."""
+  flat = masks_lib.named_leaves(params)
+  layer = getattr(model, "input_layer", None)
+  kernels = ([flat.get(f"{layer()}/kernel")] if callable(layer) else
+             [v for k, v in flat.items() if k.endswith("/kernel")][:8])
+  for kernel in kernels:
+    shape = _input_shape(kernel)
+    if shape is not None:
+      yield jax.random.normal(jax.random.key(0), (2, *shape[1:]))
+
+
+def _input_shape(kernel: Any) -> tuple[int, ...] | None:
+  """A one-example input for a layer of `kernel`: Dense (in, out) takes
+  (1, in); a conv (*window, in, out) (1, *size, in), 40 long in 1-D and
+  32 x 32 in 2-D."""
+  if kernel is None or not 2 <= np.ndim(kernel) <= 4:
+    return None
+  shape = np.shape(kernel)
+  size = {0: (), 1: (40,)}.get(len(shape) - 2, (32,) * (len(shape) - 2))
+  return (1, *size, shape[-2]) if size else (1, shape[0])
 
 
 def _check_fits(model: Any, params: Any) -> None:
@@ -147,13 +215,10 @@ def _check_fits(model: Any, params: Any) -> None:
 def _probe(model: Any, kernel: Any) -> dict[str, Any] | None:
   """{path: shape} of `model`'s own parameters, initialized on an input
   shaped after its input layer's `kernel`; None if that cannot be done."""
-  if kernel is None:
+  shape = _input_shape(kernel)
+  if shape is None:
     return None
-  shape = np.shape(kernel)
-  # Dense: (in, out); a conv: (*window, in, out), its input (1, *size, in).
-  size = {0: (), 1: (40,)}.get(len(shape) - 2, (32,) * (len(shape) - 2))
-  x = jnp.zeros((1, *size, shape[-2]) if size else (1, shape[0]),
-                jnp.float32)
+  x = jnp.zeros(shape, jnp.float32)
   try:
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
   except Exception:  # pylint: disable=broad-except
@@ -280,7 +345,10 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
                                     for c in units.consumers])
     if _foldable(units, flat) and len(units.producers) == 1:
       act = _ACTIVATIONS[units.activation]
-      const = sum(act(flat_masked[f"{p}/bias"]) for p in units.producers)
+      # A producer without a bias: a silent unit outputs act(0).
+      zero = np.zeros(len(silent), np.float32)
+      const = sum(act(flat_masked.get(f"{p}/bias", zero))
+                  for p in units.producers)
       const = np.where(silent & ~unread, const, 0).astype(np.float32)
       gone = silent | unread
     else:
@@ -371,8 +439,9 @@ def _dead(alive: np.ndarray, spread: _Spread) -> np.ndarray:
 def _foldable(units: Any, params: dict) -> bool:
   """Whether a silent unit is a constant its consumers can take into their
   biases: dense producers and consumers, one index per unit, an activation
-  of `_ACTIVATIONS`, no per-channel modules."""
+  of `_ACTIVATIONS`, no per-channel modules, consumers with a bias."""
   return (not units.channels and units.block == 1 and not units.tiled and
           units.activation in _ACTIVATIONS and all(
               np.ndim(params[f"{m}/kernel"]) == 2
-              for m in units.producers + units.consumers))
+              for m in units.producers + units.consumers) and
+          all(f"{c}/bias" in params for c in units.consumers))

@@ -21,16 +21,33 @@ from conftest import quiet
 from conftest import tiny
 
 
-def _neuron_pruned(name, shape, fraction, **options):
+def _neuron_pruned(name, shape, fraction, structure_="neuron", **options):
   """A fresh `name` with nonzero biases (and moved BatchNorm statistics),
-  `fraction` of its units pruned by magnitude: (params, state, mask)."""
+  `fraction` of its units (`structure_`) pruned by magnitude: (params,
+  state, mask)."""
   model = models.get(name, 10, **options)
   variables = model.init(jax.random.key(0), jnp.ones((1,) + shape))
   params = jax.tree.map(lambda x: x + 0.05, variables.pop("params"))
   state = jax.tree.map(lambda v: v + 0.3, dict(variables))
   mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
-                       fraction, structure="neuron", coupling=model)
+                       fraction, structure=structure_, coupling=model)
   return model, params, state, mask
+
+
+def test_an_exported_vit_has_its_kept_heads(tmp_path):
+  """architecture.json's widths are in with_widths' units: heads, not
+  their columns."""
+  model, params, state, mask = _neuron_pruned("vit_tiny", (40,), 0.5, "head")
+  arch = export_lib.export(tmp_path / "out", params, state, mask,
+                           model="vit_tiny", num_classes=10)
+  heads = [int((~d).sum()) for d in
+           structure.whole_units(mask, model.coupling()).values()]
+  assert arch["widths"] == heads and heads[0] < model.heads[0]
+  small, small_params, _ = export_lib.load_exported(tmp_path / "out")
+  x = jax.random.normal(jax.random.key(1), (4, 40))
+  want = model.apply({"params": lottery.apply_mask(mask, params)}, x)
+  np.testing.assert_allclose(small.apply({"params": small_params}, x), want,
+                             rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, shape, options", [

@@ -3,6 +3,7 @@
 Conv-2/4/6 (read through a flatten: tiled rows). The MLP, VGG and ResNet
 shrink tests are in test_structure.py."""
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,3 +140,42 @@ def test_shrink_without_a_mask_is_refused():
                      r"ticket's mask \(lottery.make_mask\(params\) keeps "
                      r"every weight\)$"):
     lottery.shrink(model, params, {}, None)
+
+
+class _NoBiasMLP(flax.linen.Module):
+  """A user's MLP whose hidden or output layer has no bias."""
+  width: int = 16
+  fc1_bias: bool = True
+  out_bias: bool = True
+
+  @flax.linen.compact
+  def __call__(self, x, train=False):
+    del train
+    h = flax.linen.Dense(self.width, use_bias=self.fc1_bias, name="fc1")(x)
+    return flax.linen.Dense(3, use_bias=self.out_bias, name="out")(
+        flax.linen.relu(h))
+
+  def coupling(self):
+    return (structure.Units(("fc1",), ("out",)),)
+
+  def with_widths(self, widths):
+    return self.clone(width=int(widths[0]))
+
+
+@pytest.mark.parametrize("fc1_bias, out_bias", [(False, True), (True, False)])
+def test_shrink_takes_dense_layers_without_a_bias(fc1_bias, out_bias):
+  model = _NoBiasMLP(fc1_bias=fc1_bias, out_bias=out_bias)
+  params = _init(model, (1, 5))
+  # Units 0-3 silent (no weight in), 4-7 unread (no weight out).
+  mask = masks.make_mask(params)
+  mask["fc1"]["kernel"] = np.array(mask["fc1"]["kernel"])
+  mask["fc1"]["kernel"][:, :4] = False
+  mask["out"]["kernel"] = np.array(mask["out"]["kernel"])
+  mask["out"]["kernel"][4:8] = False
+  small, small_params, _ = lottery.shrink(model, params, {}, mask)
+  # Unread units go. A silent unit outputs relu(its bias), folded into the
+  # consumer's bias; without a bias in fc1 that is 0, and without one in
+  # `out` there is nothing to fold it into: it stays.
+  assert small.width == (12 if not out_bias else 8)
+  _assert_same_outputs(model, params, mask, small, small_params,
+                       jax.random.normal(jax.random.key(1), (4, 5)))

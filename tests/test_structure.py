@@ -752,6 +752,54 @@ def test_a_coupling_naming_a_missing_module_is_refused_in_one_line(
     models.unregister("typo_coupling")
 
 
+class _SplitStream(nn.Module):
+  """A residual MLP whose coupling splits its stream (fc1 + fc2's output,
+  read by fc2 and out) into two unit sets: shrinking a ticket then computes
+  another network."""
+  width: int
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    h = nn.relu(nn.Dense(self.width, name="fc1")(x))
+    h = h + nn.relu(nn.Dense(self.width, name="fc2")(h))
+    return nn.Dense(self.num_classes, name="out")(h)
+
+  def coupling(self):
+    return (structure.Units(("fc1",), ("fc2",)),
+            structure.Units(("fc2",), ("out",)))
+
+  def with_widths(self, widths):
+    return self.clone(width=int(widths[0]))
+
+
+def test_a_coupling_that_misdescribes_the_model_is_refused(npz_path,
+                                                          tmp_path):
+  model = _SplitStream(width=16, num_classes=3)
+  params = model.init(jax.random.key(0), jnp.ones((1, 8)))["params"]
+  mask = pruning.prune(masks.make_mask(params), jax.tree.map(jnp.abs, params),
+                       0.5, structure="neuron", coupling=model)
+  why = (r"the shrunk _SplitStream computes other outputs than the masked "
+         r"one \(largest difference [0-9.e+-]+ on a probe, outputs up to "
+         r"[0-9.e+-]+\): its coupling\(\) or with_widths\(\) does not "
+         r"describe how its layers connect \(docs/methods.md#structure\)$")
+  with pytest.raises(LotteryError, match=r"^model: " + why):
+    lottery.shrink(model, params, {}, mask)
+  # The scratch control shrinks every ticket: refused before the run.
+  models.register("split_stream")(
+      lambda num_classes: _SplitStream(width=16, num_classes=num_classes))
+  try:
+    cfg = tiny(npz_path, **{"model.name": "split_stream",
+                            "pruning.structure": "neuron",
+                            "controls": ("scratch",)})
+    with pytest.raises(LotteryError, match=r"^controls: the 'scratch' "
+                       r"control shrinks the tickets, and " + why):
+      lottery.driver.run(cfg, tmp_path / "wd", method=cfg.method, log=quiet)
+    assert not (tmp_path / "wd").exists()
+  finally:
+    models.unregister("split_stream")
+
+
 # -- shrink ----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, dim", [("mlp_tiny", 8),

@@ -352,13 +352,20 @@ def _tfds_source_quietly(name: str, split: str, data_dir: str | None):
     if len(source):
       source[0]  # pylint: disable=pointless-statement
   except Exception as e:  # pylint: disable=broad-except
-    first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-    raise LotteryError(
-        f"data.data_dir: cannot read the {split!r} records of TFDS dataset "
-        f"{name!r} in {os.fspath(builder.data_dir)!r} ({first}); "
-        f"{_tfds_prepare_hint(name, builder.data_dir)}") from None
+    raise _unreadable(name, split, os.fspath(builder.data_dir), e) from None
   return (source, builder.info.features["label"].num_classes,
           os.fspath(builder.data_dir))
+
+
+def _unreadable(name: str, split: str, where: str, e: Exception,
+                example: int | None = None) -> LotteryError:
+  """The one-line error for a TFDS split's records that cannot be read
+  (its `example`, where one past the first fails)."""
+  first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+  what = f"example {example} of the" if example is not None else "the"
+  return LotteryError(
+      f"data.data_dir: cannot read {what} {split!r} records of TFDS dataset "
+      f"{name!r} in {where!r} ({first}); {_tfds_prepare_hint(name, where)}")
 
 
 def _check_prepared(name: str, split: str, builder) -> None:
@@ -401,13 +408,25 @@ def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:
 
 
 def _read_tfds_split(name: str, split: str, data_dir: str | None):
-  source, num_classes, _ = tfds_source(name, split, data_dir)
+  source, num_classes, where = tfds_source(name, split, data_dir)
   images, labels = [], []
-  for ex in source:
-    images.append(np.asarray(ex["image"]))
-    labels.append(np.asarray(ex["label"]))
-  return (stack_images(images, f"{name} {split}"),
-          np.asarray(labels, np.int32), num_classes)
+  try:
+    for ex in source:
+      images.append(np.asarray(ex["image"]))
+      labels.append(np.asarray(ex["label"]))
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged record past the first (riegeli checks every block's hash).
+    raise _unreadable(name, split, where, e, len(labels)) from None
+  y = np.asarray(labels, np.int64)
+  bad = (y < 0) | (y >= num_classes)
+  if bad.any():
+    raise LotteryError(
+        f"data.data_dir: the {split!r} split of TFDS dataset {name!r} in "
+        f"{where!r} holds label {int(y[bad][0])} (example "
+        f"{int(np.argmax(bad))}), outside [0, {num_classes}); "
+        f"{_tfds_prepare_hint(name, where)}")
+  return (stack_images(images, f"{name} {split}"), y.astype(np.int32),
+          num_classes)
 
 
 def from_tfds(name: str, data_dir: str = "") -> Dataset:
@@ -476,7 +495,7 @@ def split_validation(ds: Dataset, size: int
 _RACY_NS = 2 * 10**9
 
 
-def _sha256_file(path: str) -> str:
+def _sha256_file(path: str, cache: str = "") -> str:
   """'sha256:<hex>' of a file's bytes, remembered in the cache directory.
 
   The digest is kept under a key of the file's path, device, inode, size and
@@ -486,13 +505,14 @@ def _sha256_file(path: str) -> str:
   reads it once, to load it, not twice. As in git's index, a file modified
   in the last seconds is not remembered: a second write within the clock's
   granularity (milliseconds) could keep every field of the key. An
-  unwritable cache only costs the reading.
+  unwritable cache only costs the reading. `cache`: `data.cache_dir` (the
+  default cache when empty).
   """
   st = os.stat(path)
   key = hashlib.sha256(repr((os.path.abspath(path), st.st_dev, st.st_ino,
                              st.st_size, st.st_mtime_ns, st.st_ctime_ns)
                             ).encode()).hexdigest()
-  memo = cache_dir() / "digests" / key
+  memo = cache_dir(cache) / "digests" / key
   with contextlib.suppress(OSError):
     text = memo.read_text()
     if re.fullmatch(r"sha256:[0-9a-f]{64}", text):
@@ -546,7 +566,7 @@ def fingerprint(data) -> str:
     path = data.path
     if not path or not os.path.isfile(path):
       _read_npz(path)  # Raises the loader's error for the path.
-    return _sha256_file(path)
+    return _sha256_file(path, data.get("cache_dir", ""))
   if data.name == "mnist1d":
     try:
       version = importlib.metadata.version("mnist1d")
@@ -577,6 +597,41 @@ def fingerprint(data) -> str:
                          "dataset_info": info})
   raise LotteryError(f"data.name: unknown dataset {data.name!r} "
                      f"(known: {list(NAMES)})")
+
+
+def contents(data) -> str:
+  """'sha256:<hex>' of the bytes of the dataset named by `data`.
+
+  `fingerprint` reads no data for TFDS datasets and image folders (their
+  files' names and sizes, their headers): a dataset rewritten in place at
+  the same sizes (relabelled, say) keeps its fingerprint. This digest of
+  every file's bytes does not; each file's digest is remembered in the
+  cache (`_sha256_file`), so a dataset is read for it once. A run records
+  it in facts.json, and the stream cache is kept under it. For MNIST-1D
+  and .npz files it is the fingerprint (the generator; the file's bytes).
+
+  Raises:
+    LotteryError: as `fingerprint`.
+  """
+  if data.name in TFDS_NAMES:
+    with quiet_logs(_NoVariantWarnings()):
+      builder = _tfds_builder(data.name, data.data_dir or None)
+      prepared = builder.is_prepared()
+    if not prepared:
+      return fingerprint(data)
+    root = os.fspath(builder.data_dir)
+  elif data.name == "images":
+    fingerprint(data)  # Refuses a folder without its splits' headers.
+    root = data.path
+  else:
+    return fingerprint(data)
+  files = {}
+  for d, _, names in os.walk(root):
+    for n in names:
+      p = os.path.join(d, n)
+      files[os.path.relpath(p, root)] = _sha256_file(
+          p, data.get("cache_dir", ""))
+  return sha256_json({"dataset": data.name, "files": files})
 
 
 def load(data) -> Dataset:

@@ -170,7 +170,7 @@ def build(config: ml_collections.ConfigDict, *,
     # checked before anything is trained or written; the set itself is
     # loaded only to write them or for a method that reads its arrays.
     from lottery import stream  # pylint: disable=g-import-not-at-top
-    fingerprint = data_lib.fingerprint(config.data)
+    fingerprint = data_lib.contents(config.data)
     if not _reads_arrays(config):
       records = stream.open_written(config.data, fingerprint)
     if records is not None:
@@ -194,6 +194,8 @@ def build(config: ml_collections.ConfigDict, *,
     if whole:
       ds, x_val, y_val = data_lib.split_validation(
           ds, config.data.validation_size)
+      if records is None:
+        num_train = len(ds.y_train)
   t = config.training
   if t.batch_size > num_train:
     raise LotteryError(f"training.batch_size: {t.batch_size} exceeds the "
@@ -306,8 +308,9 @@ def checked(config: ml_collections.ConfigDict, workdir, *,
             saved: ml_collections.ConfigDict | None = None,
             replicates: int | None = None) -> tuple[Experiment, dict, bool]:
   """`prepared`'s checks, writing nothing (`--dry_run` runs them too):
-  `check(config)`, the data's fingerprint, `workdir.check` (skipped for a
-  workdir of None), `build`, `before_claim(exp, holds)`.
+  `check(config)`, the data's fingerprint and contents' digest,
+  `workdir.check` (skipped for a workdir of None), `build`,
+  `before_claim(exp, holds)`.
 
   Returns:
     (the built experiment, the facts with the data's fingerprint, whether
@@ -315,8 +318,11 @@ def checked(config: ml_collections.ConfigDict, workdir, *,
   """
   saved = config if saved is None else saved
   check(config)
-  facts = {**(facts or {}),
-           "data_fingerprint": data_lib.fingerprint(config.data)}
+  fingerprint = data_lib.fingerprint(config.data)
+  contents = data_lib.contents(config.data)
+  facts = {**(facts or {}), "data_fingerprint": fingerprint,
+           # Where the fingerprint reads no data (TFDS, image folders).
+           **({"data_contents": contents} if contents != fingerprint else {})}
   holds = bool(workdir) and workdir_lib.check(workdir, saved, extra=facts)
   exp = build(config, replicates=replicates)
   if before_claim is not None:

@@ -195,8 +195,25 @@ class _Tfds:
     return len(self._source)
 
   def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-    ex = self._source[int(i)]
-    return np.asarray(ex["image"]), int(ex["label"])
+    """Example i, decoded.
+
+    Raises:
+      LotteryError: naming data.data_dir, for a label outside [0,
+        num_classes) or a record that cannot be read.
+    """
+    try:
+      ex = self._source[int(i)]
+    except Exception as e:  # pylint: disable=broad-except
+      raise LotteryError(f"data.data_dir: cannot read record {int(i)} of "
+                         f"{os.fspath(self.path)!r} ({stream.cause(e)}); "
+                         f"prepare the dataset again") from None
+    label = int(ex["label"])
+    if not 0 <= label < self.num_classes:
+      raise LotteryError(f"data.data_dir: record {int(i)} of "
+                         f"{os.fspath(self.path)!r} has label {label}, "
+                         f"outside [0, {self.num_classes}); prepare the "
+                         f"dataset again")
+    return np.asarray(ex["image"]), label
 
 
 def _box_resize(image: np.ndarray, box: tuple[int, int, int, int],

@@ -8,7 +8,7 @@ index order) on the host, and only that call's batches are put on the device.
 The test (and validation) set is evaluated a batch at a time the same way.
 
 The files live in the data cache (`data.cache_dir`, $LOTTERY_CACHE or
-~/.cache/lottery) under records/<the dataset's fingerprint>/, one per split:
+~/.cache/lottery) under records/<the digest of the dataset's bytes>/, one per split:
   train.array_record, test.array_record  one record per example: its input's
       raw bytes followed by its label's (the packed numpy record of
       `record_dtype`), uncompressed, one record per chunk (group_size 1: the
@@ -60,7 +60,7 @@ def cache_root(data, fingerprint: str) -> pathlib.Path:
 
   Args:
     data: the `config.data` ConfigDict (its cache_dir).
-    fingerprint: `data.fingerprint(data)` ('sha256:<hex>').
+    fingerprint: `data.contents(data)` ('sha256:<hex>').
   """
   from lottery import data as data_lib  # pylint: disable=g-import-not-at-top
   return data_lib.cache_dir(data.cache_dir) / "records" / (
@@ -226,7 +226,7 @@ def open_cache(data, ds, fingerprint: str) -> dict[str, Records]:
   Args:
     data: the `config.data` ConfigDict (cache_dir).
     ds: the loaded `data.Dataset` (written when a split's files are absent).
-    fingerprint: its `data.fingerprint`.
+    fingerprint: its `data.contents`.
 
   Returns:
     {'train': Records, 'test': Records}.

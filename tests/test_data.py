@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 import time
 import zipfile
@@ -17,6 +18,7 @@ import tensorflow_datasets as tfds
 
 import lottery
 from lottery import data
+from lottery import images
 from lottery import imp
 from lottery.errors import LotteryError
 
@@ -164,6 +166,64 @@ def test_tfds_dataset_without_its_record_files_is_refused_before_writing(
                         f"TFDS dataset 'mnist' in {where!r} ("), msg
   assert "mnist-train.array_record-00000-of-00001" in msg
   assert "--file_format=array_record" in msg
+
+
+class _Records:
+  """A TFDS data source of images whose example `bad` raises, as riegeli
+  does for a damaged block."""
+
+  def __init__(self, labels, bad=None):
+    self.labels, self.bad = labels, bad
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    if i == self.bad:
+      raise RuntimeError("Corrupted Riegeli/records file: block header hash "
+                         "mismatch\nmore lines")
+    if i >= len(self.labels):
+      raise IndexError(i)
+    return {"image": np.full((2, 2, 1), i, np.uint8),
+            "label": self.labels[i]}
+
+
+@pytest.mark.parametrize("labels, bad, why", [
+    ([0, 1, 2], 1, "cannot read example 1 of the 'train' records of TFDS "
+     "dataset 'mnist' in '/data/mnist/3.0.1' (Corrupted Riegeli/records "
+     "file: block header hash mismatch); prepare it"),
+    ([0, 12, 2], None, "the 'train' split of TFDS dataset 'mnist' in "
+     "'/data/mnist/3.0.1' holds label 12 (example 1), outside [0, 10); "
+     "prepare it"),
+    ([0, -1, 2], None, "the 'train' split of TFDS dataset 'mnist' in "
+     "'/data/mnist/3.0.1' holds label -1 (example 1), outside [0, 10); "
+     "prepare it")], ids=["damaged", "above", "negative"])
+def test_a_damaged_record_or_a_bad_tfds_label_is_one_line(monkeypatch, labels,
+                                                          bad, why):
+  monkeypatch.setattr(data, "tfds_source", lambda name, split, data_dir: (
+      _Records(labels, bad), 10, "/data/mnist/3.0.1"))
+  with pytest.raises(LotteryError) as e:
+    data.from_tfds("mnist", "/data")
+  assert str(e.value).startswith("data.data_dir: " + why), str(e.value)
+  assert "\n" not in str(e.value)
+  # Read a record at a time (host-side crops): the same refusals.
+  split = images._Tfds("mnist", "train", "/data")  # pylint: disable=protected-access
+  assert split[0][1] == 0
+  with pytest.raises(LotteryError, match=r"^data.data_dir: (cannot read "
+                     r"record 1 of '/data/mnist/3.0.1/train' \(RuntimeError|"
+                     r"record 1 of '/data/mnist/3.0.1/train' has label)"):
+    split[1]  # pylint: disable=pointless-statement
+
+
+def test_batch_size_above_the_training_set_after_validation(tiny_config,
+                                                            tmp_path):
+  # 256 training examples, 250 of them set aside for validation.
+  cfg = tiny_config(**{"data.validation_size": 250,
+                       "training.batch_size": 32})
+  with pytest.raises(LotteryError, match=r"^training.batch_size: 32 exceeds "
+                     r"the 6 training examples$"):
+    lottery.run(cfg, tmp_path / "wd", log=lambda _: None)
+  assert not (tmp_path / "wd").exists()
 
 
 def test_build_rejects_unknown_dataset(tiny_config):
@@ -410,11 +470,26 @@ def test_fingerprints(tmp_path, npz_path):
   shard = version_dir / "mnist-train.array_record-00000-of-00001"
   shard.write_bytes(b"abc")
   tf_cfg = cfg(name="mnist", data_dir=str(tmp_path / "tfds"))
-  a = data.fingerprint(tf_cfg)
-  shard.write_bytes(b"xyz")  # Same size: the same fingerprint (cheap).
+  a, bytes_a = data.fingerprint(tf_cfg), data.contents(tf_cfg)
+  shard.write_bytes(b"xyz")  # Same size: the same fingerprint (cheap)...
   assert data.fingerprint(tf_cfg) == a
+  # ...but not the same contents: the digest of every file's bytes.
+  files = {"dataset_info.json": (version_dir / "dataset_info.json"
+                                 ).read_bytes(), shard.name: b"xyz"}
+  assert data.contents(tf_cfg) == data.sha256_json({
+      "dataset": "mnist", "files": {
+          k: "sha256:" + hashlib.sha256(v).hexdigest()
+          for k, v in files.items()}}) != bytes_a
   shard.write_bytes(b"abcd")
   assert data.fingerprint(tf_cfg) != a
+  # Another data_dir holding the same bytes: the same contents.
+  copy = tmp_path / "copy" / "mnist" / "3.0.1"
+  shutil.copytree(version_dir, copy)
+  assert data.contents(cfg(name="mnist", data_dir=str(tmp_path / "copy"))
+                       ) == data.contents(tf_cfg)
+  # MNIST-1D and .npz: their fingerprint.
+  assert data.contents(cfg(path=npz_path)) == fp
+  assert data.contents(cfg(name="mnist1d")) == m1
 
 
 def test_damaged_mnist1d_cache_is_regenerated(tmp_path, monkeypatch):

@@ -236,6 +236,21 @@ def test_train_false_uses_the_running_averages(small_resnet):
   np.testing.assert_array_equal(evaluate_explicit(updated, x), after)
 
 
+@pytest.mark.parametrize("name, shape, why", [
+    ("conv6", (4, 4, 3), "inputs of 4x4 are too small for 'ConvNet', which "
+     "halves them 3 times (each side needs at least 8)"),
+    ("conv6", (6, 3), "inputs of 6 are too small for 'ConvNet', which halves "
+     "them 3 times (each side needs at least 8)"),
+    ("vgg11", (8, 8, 3), "inputs of 8x8 are too small for 'vgg', which "
+     "halves them 4 times (each side needs at least 16)")])
+def test_inputs_too_small_for_the_pooling_are_refused(name, shape, why):
+  model = models.get(name, 10)
+  with pytest.raises(lottery.LotteryError, match=f"^data: {re.escape(why)}"):
+    model.init(jax.random.key(0), jnp.ones((1, *shape)))
+  big = (8, 8, 3) if name == "conv6" else (16, 16, 3)
+  model.init(jax.random.key(0), jnp.ones((1, *big)))  # Just enough.
+
+
 def test_vgg_runs_with_state():
   model = models.get("vgg11", 10, width=4)
   x = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))

@@ -308,8 +308,30 @@ def test_unknown_source_is_refused(npz_path, tmp_path):
 def _cache_files(npz_path, cache):
   c = tiny(npz_path)
   c.data.cache_dir = str(cache)
-  root = stream.cache_root(c.data, data_lib.fingerprint(c.data))
+  root = stream.cache_root(c.data, data_lib.contents(c.data))
   return root / "train.array_record", root / "train.json"
+
+
+def test_the_cache_and_the_facts_follow_the_datas_bytes(npz_path, tmp_path,
+                                                        monkeypatch):
+  """A dataset of other bytes (a TFDS dataset relabelled in place keeps its
+  files' names and sizes) gets a cache of its own, and a run on the first
+  refuses it."""
+  cache = tmp_path / "cache"
+  cfg = tiny(npz_path, **{"data.source": "stream", "pruning.rounds": 0,
+                          "data.cache_dir": str(cache)})
+  monkeypatch.setattr(data_lib, "contents", lambda data: "sha256:" + "ab" * 32)
+  lottery.run(cfg, tmp_path / "a", log=quiet)
+  assert (cache / "records" / ("ab" * 16) / "train.json").exists()
+  facts = json.loads((tmp_path / "a" / "facts.json").read_text())
+  assert facts["data_contents"] == "sha256:" + "ab" * 32
+  monkeypatch.setattr(data_lib, "contents", lambda data: "sha256:" + "cd" * 32)
+  with pytest.raises(LotteryError, match=r"holds a run on different data "
+                     r"\(data_contents: 'sha256:(ab)+' -> 'sha256:(cd)+'\); "
+                     r"use a new --workdir$"):
+    lottery.run(cfg, tmp_path / "a", log=quiet)
+  lottery.run(cfg, tmp_path / "b", log=quiet)
+  assert (cache / "records" / ("cd" * 16) / "train.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "header"])

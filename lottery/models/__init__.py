@@ -109,6 +109,17 @@ def get(name: str, num_classes: int, *, field: str = "model.name",
   return factory(num_classes=num_classes, **options)
 
 
+def check_poolable(x: Any, model: str, pools: int) -> None:
+  """Raises LotteryError (naming data) unless every spatial side of the
+  input `x` (N, *sides, C) survives `pools` halvings: at least 2**pools."""
+  sides = tuple(x.shape[1:-1])
+  if pools and min(sides, default=0) < 2**pools:
+    raise LotteryError(
+        f"data: inputs of {'x'.join(map(str, sides))} are too small for "
+        f"{model!r}, which halves them {pools} times (each side needs at "
+        f"least {2**pools})")
+
+
 def check_int(option: str, value: Any, lo: int) -> None:
   """Raises LotteryError unless `value` is an int >= lo (not a bool)."""
   if isinstance(value, bool) or not isinstance(value, int) or value < lo:

@@ -10,6 +10,7 @@ import math
 import flax.linen as nn
 
 from lottery.models import check_int
+from lottery.models import check_poolable
 from lottery.models import register
 from lottery.models.convolution import conv_module
 from lottery.models.mlp import torch_uniform
@@ -46,6 +47,7 @@ class ConvNet(nn.Module):
     if self.kernels and len(self.kernels) != self._num_convs():
       raise ValueError(f"ConvNet: {len(self.kernels)} kernel sizes for "
                        f"{self._num_convs()} convs")
+    check_poolable(x, "ConvNet", list(self.convs).count("pool"))
     kernels = iter(self.kernels or (3,) * self._num_convs())
     i = 0
     for c in self.convs:

@@ -30,6 +30,7 @@ import jax
 
 from lottery.errors import LotteryError
 from lottery.models import check_int
+from lottery.models import check_poolable
 from lottery.models import register
 from lottery.models.convolution import conv_module
 from lottery.models.resnet import batch_norm
@@ -62,6 +63,7 @@ class VGG(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     check_images(x, "vgg")
+    check_poolable(x, "vgg", list(self.plan).count("M"))
     i = 0
     for c in self.plan:
       if c == "M":

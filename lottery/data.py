@@ -388,6 +388,10 @@ def _check_prepared(name: str, split: str, builder) -> None:
         f"data.data_dir: TFDS dataset {name!r} in {where!r} has no {split!r} "
         f"split (it has {splits}); "
         f"{_tfds_prepare_hint(name, builder.data_dir)}")
+  if not builder.info.splits[split].num_examples:
+    raise LotteryError(
+        f"data.data_dir: the {split!r} split of TFDS dataset {name!r} in "
+        f"{where!r} is empty; {_tfds_prepare_hint(name, builder.data_dir)}")
 
 
 def stack_images(images: list[np.ndarray], where: str) -> np.ndarray:

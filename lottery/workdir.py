@@ -326,7 +326,8 @@ def _compare(wd: pathlib.Path, saved: dict, new: dict,
     else:
       raise LotteryError(
           f"config: workdir {_q(wd)} holds a run with a different config "
-          f"({config_changes(raw_a, raw_b)}); use a new --workdir")
+          f"({config_changes(raw_a, raw_b)}); use a new --workdir, or the "
+          f"run's own values to resume it (lottery.load_config(workdir))")
   if extra and (wd / FACTS_FILE).exists():
     facts = _read_facts(wd / FACTS_FILE)
     new_facts = json.loads(json.dumps(extra))

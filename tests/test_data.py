@@ -110,12 +110,13 @@ def test_tfds_not_prepared_is_a_clear_error(tmp_path, monkeypatch):
                       "for imagenet2012; docs/data.md)")
 
 
-def _prepared_info(data_dir, name, file_format, splits):
+def _prepared_info(data_dir, name, file_format, splits, examples=10):
   """A TFDS dataset folder as `tfds build` leaves it, without its records:
   dataset_info.json (the format and splits) and features.json."""
   builder = tfds.builder(name, data_dir=str(data_dir), file_format=file_format)
   info = json.loads(builder.info.as_json)
-  info["splits"] = [{"name": s, "numBytes": "100", "shardLengths": ["10"],
+  info["splits"] = [{"name": s, "numBytes": "100",
+                     "shardLengths": [str(examples)],
                      "filepathTemplate":
                          "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}
                     for s in splits]
@@ -126,10 +127,12 @@ def _prepared_info(data_dir, name, file_format, splits):
   return os.fspath(builder.data_dir)
 
 
-def _refusal_of_prepared(tiny_config, tmp_path, file_format, splits):
+def _refusal_of_prepared(tiny_config, tmp_path, file_format, splits,
+                         examples=10):
   """(the prepared folder, the one-line error) of a run on an MNIST folder
   of `_prepared_info`, after checking that nothing was written."""
-  where = _prepared_info(tmp_path / "tfds", "mnist", file_format, splits)
+  where = _prepared_info(tmp_path / "tfds", "mnist", file_format, splits,
+                         examples)
   cfg = tiny_config(**{"data.name": "mnist", "data.data_dir":
                        str(tmp_path / "tfds"), "model.name": "lenet_300_100"})
   with pytest.raises(LotteryError) as e:
@@ -156,6 +159,14 @@ def test_unreadable_tfds_dataset_is_refused_before_writing(
                                     splits)
   assert msg.startswith(f"{field}: TFDS dataset 'mnist' in {where!r} "
                         + cause.format(where=where)), msg
+
+
+def test_an_empty_tfds_split_is_refused_before_writing(tiny_config,
+                                                       tmp_path):
+  where, msg = _refusal_of_prepared(tiny_config, tmp_path, "array_record",
+                                    ("train", "test"), examples=0)
+  assert msg.startswith(f"data.data_dir: the 'train' split of TFDS dataset "
+                        f"'mnist' in {where!r} is empty; prepare it"), msg
 
 
 def test_tfds_dataset_without_its_record_files_is_refused_before_writing(

@@ -426,7 +426,9 @@ def test_a_run_that_saved_nothing_is_replaced_by_another_config(
             and p.name != "lock"}
   c.training.learning_rate = 2e-2
   with pytest.raises(lottery.LotteryError, match=r"^config: workdir .* holds "
-                     r"a run with a different config"):
+                     r"a run with a different config \(training.learning_rate: "
+                     r".* -> 0.02\); use a new --workdir, or the run's own "
+                     r"values to resume it \(lottery.load_config\(workdir\)\)$"):
     lottery.run(c, wd)
   assert {p: p.read_bytes() for p in wd.rglob("*") if p.is_file()
           and p.name != "lock"} == before

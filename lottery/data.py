@@ -418,6 +418,8 @@ def _read_tfds_split(name: str, split: str, data_dir: str | None):
     for ex in source:
       images.append(np.asarray(ex["image"]))
       labels.append(np.asarray(ex["label"]))
+  except MemoryError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # A damaged record past the first (riegeli checks every block's hash).
     raise _unreadable(name, split, where, e, len(labels)) from None
@@ -499,6 +501,23 @@ def split_validation(ds: Dataset, size: int
 _RACY_NS = 2 * 10**9
 
 
+def _memo(path: str, cache: str) -> tuple[pathlib.Path, os.stat_result]:
+  """(Where `_sha256_file` remembers the digest of `path`, its stat)."""
+  st = os.stat(path)
+  key = hashlib.sha256(repr((os.path.abspath(path), st.st_dev, st.st_ino,
+                             st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                            ).encode()).hexdigest()
+  return cache_dir(cache) / "digests" / key, st
+
+
+def _remembered(memo: pathlib.Path) -> str | None:
+  with contextlib.suppress(OSError):
+    text = memo.read_text()
+    if re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+      return text
+  return None
+
+
 def _sha256_file(path: str, cache: str = "") -> str:
   """'sha256:<hex>' of a file's bytes, remembered in the cache directory.
 
@@ -512,15 +531,10 @@ def _sha256_file(path: str, cache: str = "") -> str:
   unwritable cache only costs the reading. `cache`: `data.cache_dir` (the
   default cache when empty).
   """
-  st = os.stat(path)
-  key = hashlib.sha256(repr((os.path.abspath(path), st.st_dev, st.st_ino,
-                             st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                            ).encode()).hexdigest()
-  memo = cache_dir(cache) / "digests" / key
-  with contextlib.suppress(OSError):
-    text = memo.read_text()
-    if re.fullmatch(r"sha256:[0-9a-f]{64}", text):
-      return text
+  memo, st = _memo(path, cache)
+  text = _remembered(memo)
+  if text is not None:
+    return text
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -583,18 +597,12 @@ def fingerprint(data) -> str:
     from lottery import images  # pylint: disable=g-import-not-at-top
     return images.folder_fingerprint(data.path)
   if data.name in TFDS_NAMES:
-    with quiet_logs(_NoVariantWarnings()):
-      builder = _tfds_builder(data.name, data.data_dir or None)
-      prepared = builder.is_prepared()
-    if not prepared:
+    found = _tfds_files(data)
+    if found is None:
       # Loading decides (it refuses, unless a test mocks the data source).
       return sha256_json({"dataset": data.name, "prepared": False})
-    root = os.fspath(builder.data_dir)
-    files = []
-    for d, _, names in os.walk(root):
-      for n in names:
-        p = os.path.join(d, n)
-        files.append((os.path.relpath(p, root), os.path.getsize(p)))
+    root, paths = found
+    files = [(os.path.relpath(p, root), _size(p)) for p in paths]
     with open(os.path.join(root, "dataset_info.json"), "rb") as f:
       info = hashlib.sha256(f.read()).hexdigest()
     return sha256_json({"dataset": data.name, "files": sorted(files),
@@ -603,38 +611,71 @@ def fingerprint(data) -> str:
                      f"(known: {list(NAMES)})")
 
 
+def _tfds_files(data) -> tuple[str, list[str]] | None:
+  """(The prepared TFDS dataset's folder, every file in it), or None if it
+  is not prepared."""
+  with quiet_logs(_NoVariantWarnings()):
+    builder = _tfds_builder(data.name, data.data_dir or None)
+    prepared = builder.is_prepared()
+  if not prepared:
+    return None
+  root = os.fspath(builder.data_dir)
+  return root, [os.path.join(d, n) for d, _, names in os.walk(root)
+                for n in names]
+
+
+def _size(path: str) -> int:
+  try:
+    return os.path.getsize(path)
+  except OSError as e:
+    raise LotteryError(f"data: cannot read {path!r} ({e.strerror or e})"
+                       ) from None
+
+
+# Digests of more bytes than this not yet remembered are announced.
+_ANNOUNCE_BYTES = 1 << 30
+
+
 def contents(data) -> str:
   """'sha256:<hex>' of the bytes of the dataset named by `data`.
 
   `fingerprint` reads no data for TFDS datasets and image folders (their
   files' names and sizes, their headers): a dataset rewritten in place at
   the same sizes (relabelled, say) keeps its fingerprint. This digest of
-  every file's bytes does not; each file's digest is remembered in the
-  cache (`_sha256_file`), so a dataset is read for it once. A run records
-  it in facts.json, and the stream cache is kept under it. For MNIST-1D
-  and .npz files it is the fingerprint (the generator; the file's bytes).
+  the dataset's files' bytes (a TFDS dataset's folder, an image folder's
+  split files and headers) does not; each file's digest is remembered in
+  the cache (`_sha256_file`), so a dataset is read for it once on a
+  machine (a warning says so above 1 GiB). A run records it in
+  facts.json, and the stream cache is kept under it. For MNIST-1D and .npz
+  files it is the fingerprint (the generator; the file's bytes).
 
   Raises:
-    LotteryError: as `fingerprint`.
+    LotteryError: as `fingerprint`; for a file that cannot be read.
   """
   if data.name in TFDS_NAMES:
-    with quiet_logs(_NoVariantWarnings()):
-      builder = _tfds_builder(data.name, data.data_dir or None)
-      prepared = builder.is_prepared()
-    if not prepared:
+    found = _tfds_files(data)
+    if found is None:
       return fingerprint(data)
-    root = os.fspath(builder.data_dir)
+    root, paths = found
   elif data.name == "images":
     fingerprint(data)  # Refuses a folder without its splits' headers.
     root = data.path
+    paths = [os.path.join(root, f"{split}.{ext}")
+             for split in ("train", "test") for ext in ("array_record", "json")]
   else:
     return fingerprint(data)
-  files = {}
-  for d, _, names in os.walk(root):
-    for n in names:
-      p = os.path.join(d, n)
-      files[os.path.relpath(p, root)] = _sha256_file(
-          p, data.get("cache_dir", ""))
+  cache = data.get("cache_dir", "")
+  try:
+    memos = [_memo(p, cache) for p in paths]
+    new = sum(st.st_size for memo, st in memos if _remembered(memo) is None)
+    if new > _ANNOUNCE_BYTES:
+      logging.warning("data: reading %.1f GB of %s once for its digest "
+                      "(data_contents in facts.json; remembered in %s)",
+                      new / 1e9, root, cache_dir(cache) / "digests")
+    files = {os.path.relpath(p, root): _sha256_file(p, cache) for p in paths}
+  except OSError as e:
+    raise LotteryError(f"data: cannot read {e.filename!r} for the dataset's "
+                       f"digest ({e.strerror or e})") from None
   return sha256_json({"dataset": data.name, "files": files})
 
 

@@ -203,6 +203,8 @@ class _Tfds:
     """
     try:
       ex = self._source[int(i)]
+    except MemoryError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       raise LotteryError(f"data.data_dir: cannot read record {int(i)} of "
                          f"{os.fspath(self.path)!r} ({stream.cause(e)}); "

@@ -500,15 +500,17 @@ def _stream_free_coupling(config, exp: Experiment):
 def _check_shrinks(exp: Experiment, p) -> None:
   """Refuses (one line) a model whose tickets the 'scratch' control cannot
   shrink: a trial shrink of its initialization with half of every unit set
-  pruned by magnitude must compute what the masked network computes
-  (`lottery.shrink`), which a coupling() that misdescribes the model's
-  connections (a residual stream declared as two sets) fails."""
+  pruned by magnitude must compute what the masked network computes on two
+  training examples (`lottery.shrink`), which a coupling() that
+  misdescribes the model's connections (a residual stream declared as two
+  sets) fails."""
   from lottery.shrink import shrink  # pylint: disable=g-import-not-at-top
   mask = pruning.prune(exp.dense_mask, scores_lib.magnitude(exp.init_params),
                        0.5, structure=p.structure, coupling=exp.model,
                        residual_streams=p.residual_streams)
   try:
-    shrink(exp.model, exp.init_params, exp.init_model_state, mask)
+    shrink(exp.model, exp.init_params, exp.init_model_state, mask,
+           x=exp.dataset.x_train[:2])
   except LotteryError as e:
     raise LotteryError(f"controls: the 'scratch' control shrinks the "
                        f"tickets, and {str(e).partition(': ')[2]}") from None

@@ -787,14 +787,16 @@ def mask_overlap(workdir: PathLike,
               " ".join(str(v) for v in r["group"][:-1]))
       labels.setdefault(name, []).append(r)
     styles = _styles(labels)
-    for name, rows in labels.items():
+    for i, (name, rows) in enumerate(labels.items()):
       rows.sort(key=lambda r: -r["density"])
       _band(ax, [r["density"] for r in rows], [r["mean"] for r in rows],
             [r["std"] for r in rows], marker="o", ms=4, label=name,
             **styles[name])
-    ch = sorted({(r["density"], r["chance"]) for r in reps}, reverse=True)
-    ax.plot([c[0] for c in ch], [c[1] for c in ch], "k:",
-            label="chance (random masks)")
+      # Each group's chance level: its masks' per-layer densities.
+      ax.plot([r["density"] for r in rows], [r["chance"] for r in rows],
+              ls=":", color=styles[name]["color"],
+              label=("chance (random masks of the same layer densities)"
+                     if i == 0 else None))
     _density_axis(ax, [r["density"] for r in reps])
     ax.set_ylabel("Jaccard overlap between replicates' masks")
     ax.set_ylim(0, 1.05)

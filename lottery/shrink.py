@@ -57,8 +57,8 @@ def _rows_cols(mask: dict, params: dict, module: str, what: str
   return np.asarray(m, bool)
 
 
-def shrink(model: Any, params: Any, model_state: Any, mask: Any
-           ) -> tuple[Any, Any, Any]:
+def shrink(model: Any, params: Any, model_state: Any, mask: Any, *,
+           x: Any = None) -> tuple[Any, Any, Any]:
   """The masked network with its dead units removed.
 
   Args:
@@ -71,6 +71,11 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
       leaves of a unit set's `channels` modules (BatchNorm running stats)
       are sliced with the units, the rest returned as they are.
     mask: a mask of `params` (None leaves: not prunable).
+    x: optional inputs (a few examples) on which the shrunk network is
+      checked against the masked one; by default two random inputs shaped
+      after the input layer's kernel (a model whose input shape that does
+      not tell, the ViT's or a conv net's that flattens other than 32 x 32
+      maps, is then not checked).
 
   Returns:
     (smaller model, its params, model_state): `model.apply` of the smaller
@@ -81,8 +86,9 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
     inference.
 
   Raises:
-    LotteryError: one line, for a model that cannot be shrunk or a mask
-      that does not fit `params`.
+    LotteryError: one line, for a model that cannot be shrunk, a mask that
+      does not fit `params`, or a shrunk network whose outputs differ from
+      the masked one's (its coupling() misdescribes the model).
   """
   model_state = {} if model_state is None else model_state
   check(model)
@@ -96,7 +102,7 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
   for units, const, keep, gone, spread in folds:
     for c in units.consumers:
       kernel = out[c]["kernel"]
-      if const is not None:
+      if const is not None and "bias" in out[c]:  # Else const is 0.
         out[c]["bias"] = out[c]["bias"] + const @ kernel
       # A kept unit that was gone (a set that lost every unit) reads zeros.
       out[c]["kernel"] = np.where(spread[c](keep & gone)[:, None], 0, kernel)
@@ -115,44 +121,47 @@ def shrink(model: Any, params: Any, model_state: Any, mask: Any
   small = narrowed(_smaller(model, folds))
   small_params = _nested(out)
   small_state = {c: _nested(v) for c, v in state.items()}
-  _check_outputs(model, masked, model_state, small, small_params, small_state)
+  _check_outputs(model, masked, model_state, small, small_params, small_state,
+                 x)
   return small, small_params, small_state
 
 
 def _check_outputs(model: Any, masked: Any, model_state: Any, small: Any,
-                   small_params: Any, small_state: Any) -> None:
-  """Refuses (one line) a shrunk network whose outputs on a probe input
-  differ from the masked one's: the model's coupling() does not say how its
-  layers connect (a residual stream declared as two unit sets, a consumer
-  left out), or its with_widths() builds another network. The probe is
-  shaped after the input layer's kernel (`input_layer()`, else the first
-  kernel the model runs on); a model that runs on none is not checked."""
+                   small_params: Any, small_state: Any, x: Any) -> None:
+  """Refuses (one line) a shrunk network whose outputs on `x` (or a probe,
+  `_probe_inputs`) differ from the masked one's by more than 1e-3 of their
+  largest magnitude: the model's coupling() does not say how its layers
+  connect (a residual stream declared as two unit sets, a consumer left
+  out), or its with_widths() builds another network. Both run at float32
+  precision (no TF32 on GPUs). A model the probes do not fit is not
+  checked."""
   from lottery import step  # pylint: disable=g-import-not-at-top
-  want = x = None
-  for x in _probe_inputs(model, masked):
+  want = None
+  with jax.default_matmul_precision("float32"):
+    for x in ([x] if x is not None else _probe_inputs(model, masked)):
+      try:
+        want, _ = step.flax_apply(model)(masked, dict(model_state), x,
+                                         train=False)
+        break
+      except Exception:  # pylint: disable=broad-except
+        continue  # Not the model's input shape.
+    if want is None:
+      return
+    name = type(model).__name__
+    hint = ("its coupling() or with_widths() does not describe how its "
+            "layers connect (docs/methods.md#structure)")
     try:
-      want, _ = step.flax_apply(model)(masked, dict(model_state), x,
-                                       train=False)
-      break
-    except Exception:  # pylint: disable=broad-except
-      continue  # Not the model's input shape.
-  if want is None:
-    return
-  name = type(model).__name__
-  hint = ("its coupling() or with_widths() does not describe how its "
-          "layers connect (docs/methods.md#structure)")
-  try:
-    got, _ = step.flax_apply(small)(small_params, small_state, x,
-                                    train=False)
-  except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-    raise LotteryError(f"model: the shrunk {name} does not run on its "
-                       f"shrunk params ({first}): {hint}") from None
+      got, _ = step.flax_apply(small)(small_params, small_state, x,
+                                      train=False)
+    except Exception as e:  # pylint: disable=broad-except
+      first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+      raise LotteryError(f"model: the shrunk {name} does not run on its "
+                         f"shrunk params ({first}): {hint}") from None
   want, got = np.asarray(want, np.float64), np.asarray(got, np.float64)
   diff = (float(np.max(np.abs(want - got))) if want.shape == got.shape
           else math.inf)
-  scale = max(float(np.max(np.abs(want))), 1.0)
-  if not diff <= 1e-3 * scale:
+  scale = float(np.max(np.abs(want)))
+  if not diff <= 1e-3 * max(scale, 1e-12):
     raise LotteryError(f"model: the shrunk {name} computes other outputs "
                        f"than the masked one (largest difference {diff:.3g} "
                        f"on a probe, outputs up to {scale:.3g}): {hint}")
@@ -343,6 +352,7 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
                                     for p in units.producers])
     unread = np.logical_and.reduce([_unread(flat_mask, flat, c, spread[c])
                                     for c in units.consumers])
+    const = None
     if _foldable(units, flat) and len(units.producers) == 1:
       act = _ACTIVATIONS[units.activation]
       # A producer without a bias: a silent unit outputs act(0).
@@ -350,14 +360,19 @@ def _folds(model: Any, params: Any, mask: Any) -> tuple[list, Any]:
       const = sum(act(flat_masked.get(f"{p}/bias", zero))
                   for p in units.producers)
       const = np.where(silent & ~unread, const, 0).astype(np.float32)
+      if np.any(const) and not all(f"{c}/bias" in flat
+                                   for c in units.consumers):
+        const = None  # A consumer without a bias cannot take it.
+    if const is not None:
       gone = silent | unread
     else:
       # A silent conv channel is no constant for the next 'same'-padded conv
       # (nor through a BatchNorm), a silent unit of a residual stream
       # reaches each consumer through other producers (fc2 reads relu(b1),
       # out relu(b1) + relu(b2)), a silent head's value bias reaches the
-      # output projection: it stays, and only unread units go.
-      const, gone = None, unread
+      # output projection, a nonzero constant cannot go into a consumer
+      # without a bias: it stays, and only unread units go.
+      gone = unread
     keep = ~gone
     if not keep.any():
       keep[0] = True  # one unit that contributes nothing (see below)
@@ -439,9 +454,9 @@ def _dead(alive: np.ndarray, spread: _Spread) -> np.ndarray:
 def _foldable(units: Any, params: dict) -> bool:
   """Whether a silent unit is a constant its consumers can take into their
   biases: dense producers and consumers, one index per unit, an activation
-  of `_ACTIVATIONS`, no per-channel modules, consumers with a bias."""
+  of `_ACTIVATIONS`, no per-channel modules (a consumer without a bias
+  takes only a zero constant: `_folds`)."""
   return (not units.channels and units.block == 1 and not units.tiled and
           units.activation in _ACTIVATIONS and all(
               np.ndim(params[f"{m}/kernel"]) == 2
-              for m in units.producers + units.consumers) and
-          all(f"{c}/bias" in params for c in units.consumers))
+              for m in units.producers + units.consumers))

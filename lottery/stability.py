@@ -571,9 +571,11 @@ def _check_source_run(config: ml_collections.ConfigDict,
                                  unverified_ok=True)
   except (OSError, ValueError):
     facts = {}  # A run that predates facts.json: its data is not checked.
-  there = facts.get("data_fingerprint") if isinstance(facts, dict) else None
-  if not diffs and there is not None and \
-      there != data_lib.fingerprint(config.data):
+  facts = facts if isinstance(facts, dict) else {}
+  if not diffs and any(
+      key in facts and facts[key] != fn(config.data) for key, fn in
+      (("data_fingerprint", data_lib.fingerprint),
+       ("data_contents", data_lib.contents))):
     diffs.append("the data's fingerprint")
   if diffs:
     raise LotteryError(

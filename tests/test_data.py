@@ -498,6 +498,12 @@ def test_fingerprints(tmp_path, npz_path):
   shutil.copytree(version_dir, copy)
   assert data.contents(cfg(name="mnist", data_dir=str(tmp_path / "copy"))
                        ) == data.contents(tf_cfg)
+  # A file that cannot be read (a dangling link): one line.
+  os.symlink(tmp_path / "gone", version_dir / "extra")
+  for fn in (data.fingerprint, data.contents):
+    with pytest.raises(lottery.LotteryError, match=r"^data: cannot read "
+                       r"'.*extra' .*No such file or directory"):
+      fn(tf_cfg)
   # MNIST-1D and .npz: their fingerprint.
   assert data.contents(cfg(path=npz_path)) == fp
   assert data.contents(cfg(name="mnist1d")) == m1

@@ -128,6 +128,20 @@ def test_one_shaped_images_load_in_memory(tmp_path):
   assert ds.x_train.shape == (8, 12, 12, 3) and ds.num_classes == 10
 
 
+def test_a_folders_digest_is_its_splits_bytes(tmp_path):
+  path = write_jpegs(tmp_path / "ds", 8, 4, shapes=((12, 12, 3),))
+  c = tiny_images(path, tmp_path / "cache")
+  before = lottery.data.contents(c.data)
+  assert before != lottery.data.fingerprint(c.data)
+  (tmp_path / "ds" / "README.txt").write_text("the source JPEGs are in ...")
+  assert lottery.data.contents(c.data) == before  # Not a split's file.
+  records = tmp_path / "ds" / "train.array_record"
+  data = bytearray(records.read_bytes())
+  data[-1] ^= 1  # The same size and header: another image.
+  records.write_bytes(bytes(data))
+  assert lottery.data.contents(c.data) != before
+
+
 @pytest.mark.parametrize("field, value, start", [
     ("data.source", "memory", "data.crop: decodes and crops batches on the "
      "host as they are streamed; set data.source='stream'"),

@@ -162,7 +162,8 @@ class _NoBiasMLP(flax.linen.Module):
     return self.clone(width=int(widths[0]))
 
 
-@pytest.mark.parametrize("fc1_bias, out_bias", [(False, True), (True, False)])
+@pytest.mark.parametrize("fc1_bias, out_bias", [(False, True), (True, False),
+                                               (False, False)])
 def test_shrink_takes_dense_layers_without_a_bias(fc1_bias, out_bias):
   model = _NoBiasMLP(fc1_bias=fc1_bias, out_bias=out_bias)
   params = _init(model, (1, 5))
@@ -174,8 +175,8 @@ def test_shrink_takes_dense_layers_without_a_bias(fc1_bias, out_bias):
   mask["out"]["kernel"][4:8] = False
   small, small_params, _ = lottery.shrink(model, params, {}, mask)
   # Unread units go. A silent unit outputs relu(its bias), folded into the
-  # consumer's bias; without a bias in fc1 that is 0, and without one in
-  # `out` there is nothing to fold it into: it stays.
-  assert small.width == (12 if not out_bias else 8)
+  # consumer's bias; without a bias in fc1 that is 0 and goes anywhere,
+  # and a nonzero one with no bias in `out` to go to stays.
+  assert small.width == (12 if fc1_bias and not out_bias else 8)
   _assert_same_outputs(model, params, mask, small, small_params,
                        jax.random.normal(jax.random.key(1), (4, 5)))

@@ -340,6 +340,21 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
                      r"fingerprint\); "):
     lottery.driver.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
+  # A source whose data's bytes differ (a TFDS dataset relabelled in place
+  # keeps its fingerprint): its facts' data_contents.
+  c.data.path = npz_path
+  copy = tmp_path / "copy"
+  shutil.copytree(imp_run, copy)
+  facts = json.loads((copy / "facts.json").read_text())
+  del facts["_sha256"]
+  lottery.checkpoint.write_json(copy / "facts.json", {
+      **facts, "data_contents": "sha256:" + "0" * 64})
+  c.stability.source_workdir = str(copy)
+  with pytest.raises(lottery.LotteryError, match=r"^stability.source_workdir: "
+                     r"its tickets are masks of another network \(the data's "
+                     r"fingerprint\); "):
+    lottery.driver.run(c, tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
 
 
 def test_imp_with_stability_and_level_barriers(npz_path, tmp_path):

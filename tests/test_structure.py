@@ -785,6 +785,14 @@ def test_a_coupling_that_misdescribes_the_model_is_refused(npz_path,
          r"describe how its layers connect \(docs/methods.md#structure\)$")
   with pytest.raises(LotteryError, match=r"^model: " + why):
     lottery.shrink(model, params, {}, mask)
+  # Outputs far below 1 (a fresh network's logits can be): the tolerance
+  # is relative to them.
+  tiny_params = jax.tree.map(lambda p: 0.03 * p, params)
+  with pytest.raises(LotteryError, match=r"^model: " + why):
+    lottery.shrink(model, tiny_params, {}, mask)
+  # On given inputs too.
+  with pytest.raises(LotteryError, match=r"^model: " + why):
+    lottery.shrink(model, params, {}, mask, x=np.ones((3, 8), np.float32))
   # The scratch control shrinks every ticket: refused before the run.
   models.register("split_stream")(
       lambda num_classes: _SplitStream(width=16, num_classes=num_classes))

@@ -125,11 +125,14 @@ class MidRun:
                            else min_interval_s)
     self.program = program
     self.saved_program = None
+    self.saved_first_loss = None
     self._last = time.monotonic()
 
-  def save(self, job: str, state, history, captured) -> int | None:
+  def save(self, job: str, state, history, captured,
+           first_loss: Any = None) -> int | None:
     """Saves the job's checkpoint unless one was saved less than
-    `min_interval_s` ago: the step saved, or None."""
+    `min_interval_s` ago: the step saved, or None. `first_loss`: the loop's
+    divergence reference (`loop.train`), kept for the resumed run."""
     if time.monotonic() - self._last < self.min_interval_s:
       return None
     step = int(state.step)
@@ -142,6 +145,7 @@ class MidRun:
     old = self._read()
     checkpoint.write_json(self.meta, {"job": job, "step": step, "dir": name,
                                       "history": history,
+                                      "first_loss": first_loss,
                                       "program": self.program})
     if old and old["dir"] != name:
       checkpoint.remove(os.path.join(self.root, old["dir"]))
@@ -158,6 +162,7 @@ class MidRun:
                 for i, t in enumerate(leaves)]
     captured = {int(k): v for k, v in arrays.get("captured", {}).items()}
     self.saved_program = meta.get("program")
+    self.saved_first_loss = meta.get("first_loss")
     return jax.tree.unflatten(treedef, restored), meta["history"], captured
 
   def clear(self) -> None:
@@ -366,8 +371,8 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
   replica_history = ((lambda hs, i: _replicate_history(hs, i)) if stacked
                      else (lambda hs, i: hs))
 
-  def on_checkpoint(s, h, c):
-    saved = midrun.save(key, parallel.to_host(s), h, c)
+  def on_checkpoint(s, h, c, first_loss):
+    saved = midrun.save(key, parallel.to_host(s), h, c, first_loss)
     if saved is not None and progress is not None:
       progress.job_saved(saved)
 
@@ -390,6 +395,7 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
         eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
         capture=capture, history=history, captured=captured,
         on_checkpoint=on_checkpoint,
+        first_loss=midrun.saved_first_loss if resumed else None,
         on_chunk=progress.job_step if progress is not None else None,
         on_eval=on_eval)
   finally:

@@ -723,7 +723,9 @@ def train(loop: Loop, state: TrainState, data: Data, *,
           capture: Iterable[int] = (),
           history: list[dict] | None = None,
           captured: dict[int, Any] | None = None,
-          on_checkpoint: Callable[[TrainState, list, dict], None] | None = None,
+          on_checkpoint: Callable[[TrainState, list, dict, list], None]
+          | None = None,
+          first_loss: Any = None,
           on_chunk: Callable[[int], None] | None = None,
           on_eval: Callable[[dict], None] | None = None,
           ) -> tuple[TrainState, list[dict], dict[int, Any]]:
@@ -748,7 +750,11 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     capture: steps at which to copy (params, model_state) to the host (the
       rewind point).
     history, captured: what a resumed run had recorded so far.
-    on_checkpoint: called as (state, history, captured) at checkpoints.
+    on_checkpoint: called as (state, history, captured, first_loss) at
+      checkpoints: first_loss (a float, or a list per replicate) is the
+      divergence check's reference, the job's first training loss.
+    first_loss: a resumed run's, as its checkpoint was given it (None: the
+      first evaluation's mean training loss for a checkpoint that has none).
     on_chunk: called with the step reached after every compiled chunk (and
       after every call of a split chunk).
     on_eval: called with each new history record.
@@ -809,9 +815,12 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     from lottery import stream  # pylint: disable=g-import-not-at-top
     planned = stream.prefetch(calls(), lambda call: loop.batches(
         data, call[4], call[2], seeds))
-  # The divergence check's reference: the run's first loss (a resumed run
-  # takes its first evaluation's mean training loss).
-  first = np.asarray(history[0]["train_loss"]) if history else None
+  # The divergence check's reference: the job's first loss, kept with its
+  # checkpoints so that a resumed run checks as the uninterrupted one (a
+  # checkpoint written without it: the first evaluation's mean training
+  # loss).
+  first = (np.asarray(first_loss) if first_loss is not None else
+           np.asarray(history[0]["train_loss"]) if history else None)
   with contextlib.closing(planned):  # Ends the reading thread on errors.
     pieces = []
     for (a, b, c, d, idx, lrs), batches in planned:
@@ -847,5 +856,5 @@ def train(loop: Loop, state: TrainState, data: Data, *,
         on_chunk(b)
       if on_checkpoint and checkpoint_every and b % checkpoint_every == 0 \
           and b != stop:
-        on_checkpoint(state, history, captured)
+        on_checkpoint(state, history, captured, first.tolist())
   return state, history, captured

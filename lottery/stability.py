@@ -584,6 +584,16 @@ def _check_source_run(config: ml_collections.ConfigDict,
         f"seeds.init and data (got {wd!r})")
 
 
+def _same_mask(a: Any, b: Any) -> bool:
+  """Whether two masks keep the same weights of the same leaves."""
+  fa, fb = masks_lib.named_leaves(a), masks_lib.named_leaves(b)
+  return fa.keys() == fb.keys() and all(
+      (fa[k] is None) == (fb[k] is None) and
+      (fa[k] is None or np.array_equal(np.asarray(fa[k], bool),
+                                       np.asarray(fb[k], bool)))
+      for k in fa)
+
+
 @method_lib.register
 class Stability(method_lib.Method):
   """The instability analysis as a method plug-in (see the module doc)."""
@@ -703,11 +713,33 @@ class Stability(method_lib.Method):
     else:
       parents = ctx.tickets({"source": PARENT, "k": k})
       weights = [(t.trained_params, t.model_state) for t in parents]
+    self._check_source_unchanged(ctx, coords["source"])
     starts = []
     for i in range(n):
       mask = self._source_mask(ctx, coords["source"], i)
       starts += [method_lib.Start(mask, *weights[i])] * 2
     return method_lib.GroupStart(starts, start_step=k)
+
+  def _check_source_unchanged(self, ctx, source: str) -> None:
+    """Refuses a resumed run whose source tickets changed since its finished
+    groups of `source` trained on them (the source workdir run again):
+    their copies' masks are the source masks they started from."""
+    if ctx.state.get(("source_checked", source)) or not parse_source(source):
+      return
+    ctx.state[("source_checked", source)] = True
+    for k in ctx.config.stability.steps:
+      done = {"source": source, "k": k}
+      if not ctx.is_finished(done):
+        continue
+      copies = ctx.tickets(done)
+      for i in range(ctx.replicates):
+        now = self._source_mask(ctx, source, i)
+        if not _same_mask(copies[2 * i].mask, now):
+          raise LotteryError(
+              f"stability.source_workdir: its ticket {source!r} (seed {i}) "
+              f"is not the mask this run's finished copies at k={k} started "
+              f"from: the source run changed since this run began; use a "
+              f"new --workdir (or restore the source run)")
 
   def record(self, ctx, done: method_lib.Done) -> list[dict]:
     copies = super().record(ctx, done)

@@ -426,6 +426,27 @@ def test_linear_schedule_raises_sparsity_by_a_fixed_step(tiny_config,
   assert not (tmp_path / "x").exists()
 
 
+def test_a_resumed_job_checks_divergence_against_its_first_loss(
+    tiny_config, tmp_path, monkeypatch):
+  """The divergence limit is 1000 x the job's first loss; a resumed job took
+  its first evaluation's mean training loss, lower, and stopped a run that
+  the uninterrupted one finished."""
+  from lottery import loop as loop_lib  # pylint: disable=g-import-not-at-top
+  real, refs = loop_lib._check_loss, []  # pylint: disable=protected-access
+
+  def check(losses, first, start):
+    refs.append(np.asarray(first, np.float64).tolist())
+    real(losses, first, start)
+  monkeypatch.setattr(loop_lib, "_check_loss", check)
+  cfg = tiny_config(**{"pruning.rounds": 0, "seeds.num": 2})
+  lottery.run(cfg, tmp_path / "ref", log=quiet)
+  want, refs[:] = refs[0], []
+  assert run_interrupted(lambda: lottery.run(cfg, tmp_path / "run",
+                                             log=quiet),
+                         monkeypatch, saves=(1,)) == 1
+  assert refs and all(r == want for r in refs)
+
+
 def test_tensorboard_after_resume_has_no_duplicate_points(tiny_config,
                                                           tmp_path,
                                                           monkeypatch):

@@ -4,6 +4,7 @@ sources), resume, and bad input refused before anything is written."""
 
 import functools
 import json
+import re
 import shutil
 
 import jax
@@ -355,6 +356,40 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
                      r"fingerprint\); "):
     lottery.driver.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
+
+
+def test_a_source_run_changed_mid_run_is_refused_on_resume(npz_path, imp_run,
+                                                           tmp_path):
+  """A run stopped after a source's first group, whose source workdir is
+  then run again (other tickets), would mix the two sources' masks."""
+  src = tmp_path / "src"
+  shutil.copytree(imp_run, src)
+  c = _config(npz_path, **{"stability.sources": ("round=1",),
+                           "stability.source_workdir": str(src)})
+
+  class Stop(Exception):
+    pass
+
+  def stop(done, _):
+    if done.coords == {"source": "round=1", "k": 0}:
+      raise Stop
+  with pytest.raises(Stop):
+    lottery.driver.run(c, tmp_path / "wd", on_group=stop)
+  shutil.rmtree(src)
+  lottery.run(tiny(npz_path, **{"pruning.rounds": 1, "training.steps": 12,
+                                "training.eval_every": 6, "controls": (),
+                                "seeds.num": 2, "seeds.init": 0,
+                                "training.learning_rate": 0.5}), src)
+  with pytest.raises(lottery.LotteryError, match=re.escape(
+      "stability.source_workdir: its ticket 'round=1' (seed 0) is not the "
+      "mask this run's finished copies at k=0 started from: the source run "
+      "changed since this run began; use a new --workdir (or restore the "
+      "source run)")):
+    lottery.driver.run(c, tmp_path / "wd")
+  # Restored, the run goes on.
+  shutil.rmtree(src)
+  shutil.copytree(imp_run, src)
+  assert lottery.driver.run(c, tmp_path / "wd")["finished"]
 
 
 def test_imp_with_stability_and_level_barriers(npz_path, tmp_path):

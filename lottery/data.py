@@ -532,9 +532,12 @@ def _sha256_file(path: str, cache: str = "") -> str:
   default cache when empty).
   """
   memo, st = _memo(path, cache)
-  text = _remembered(memo)
-  if text is not None:
-    return text
+  return _remembered(memo) or _hash(path, memo, st)
+
+
+def _hash(path: str, memo: pathlib.Path, st: os.stat_result) -> str:
+  """`_sha256_file`'s reading: the digest of `path`, remembered at `memo`
+  unless the file (of stat `st`) changed in the last seconds."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -636,7 +639,7 @@ def _size(path: str) -> int:
 _ANNOUNCE_BYTES = 1 << 30
 
 
-def contents(data) -> str:
+def contents(data, *, known: str | None = None) -> str:
   """'sha256:<hex>' of the bytes of the dataset named by `data`.
 
   `fingerprint` reads no data for TFDS datasets and image folders (their
@@ -648,31 +651,35 @@ def contents(data) -> str:
   machine (a warning says so above 1 GiB). A run records it in
   facts.json, and the stream cache is kept under it. For MNIST-1D and .npz
   files it is the fingerprint (the generator; the file's bytes).
+  `known`: `fingerprint(data)`, where the caller has it already.
 
   Raises:
     LotteryError: as `fingerprint`; for a file that cannot be read.
   """
+  the_fingerprint = lambda: fingerprint(data) if known is None else known
   if data.name in TFDS_NAMES:
     found = _tfds_files(data)
     if found is None:
-      return fingerprint(data)
+      return the_fingerprint()
     root, paths = found
   elif data.name == "images":
-    fingerprint(data)  # Refuses a folder without its splits' headers.
+    the_fingerprint()  # Refuses a folder without its splits' headers.
     root = data.path
     paths = [os.path.join(root, f"{split}.{ext}")
              for split in ("train", "test") for ext in ("array_record", "json")]
   else:
-    return fingerprint(data)
+    return the_fingerprint()
   cache = data.get("cache_dir", "")
   try:
-    memos = [_memo(p, cache) for p in paths]
-    new = sum(st.st_size for memo, st in memos if _remembered(memo) is None)
+    stats = [(p, *_memo(p, cache)) for p in paths]
+    digests = {p: _remembered(memo) for p, memo, _ in stats}
+    new = sum(st.st_size for p, _, st in stats if digests[p] is None)
     if new > _ANNOUNCE_BYTES:
       logging.warning("data: reading %.1f GB of %s once for its digest "
                       "(data_contents in facts.json; remembered in %s)",
                       new / 1e9, root, cache_dir(cache) / "digests")
-    files = {os.path.relpath(p, root): _sha256_file(p, cache) for p in paths}
+    files = {os.path.relpath(p, root): digests[p] or _hash(p, memo, st)
+             for p, memo, st in stats}
   except OSError as e:
     raise LotteryError(f"data: cannot read {e.filename!r} for the dataset's "
                        f"digest ({e.strerror or e})") from None

@@ -142,7 +142,8 @@ def _reads_arrays(config: ml_collections.ConfigDict) -> bool:
 
 def build(config: ml_collections.ConfigDict, *,
           mask_update: step_lib.MaskUpdate | None = None,
-          update_every: int = 0, replicates: int | None = None) -> Experiment:
+          update_every: int = 0, replicates: int | None = None,
+          data_contents: str | None = None) -> Experiment:
   """Validates `config`, loads the data and builds model, optimizer, loop.
 
   Args:
@@ -153,6 +154,8 @@ def build(config: ml_collections.ConfigDict, *,
       the train step (sparse training; see `step.make_train_step`).
     replicates: the replicates the mesh's replicate axis is sized for
       (`parallel.make_mesh`; default seeds.num; a method's `Method.stacked`).
+    data_contents: `data.contents(config.data)`, where the caller has it
+      (the streamed cache is kept under it).
   """
   config = config_lib.complete(config)
   config_lib.validate(config)
@@ -170,7 +173,7 @@ def build(config: ml_collections.ConfigDict, *,
     # checked before anything is trained or written; the set itself is
     # loaded only to write them or for a method that reads its arrays.
     from lottery import stream  # pylint: disable=g-import-not-at-top
-    fingerprint = data_lib.contents(config.data)
+    fingerprint = data_contents or data_lib.contents(config.data)
     if not _reads_arrays(config):
       records = stream.open_written(config.data, fingerprint)
     if records is not None:
@@ -319,12 +322,12 @@ def checked(config: ml_collections.ConfigDict, workdir, *,
   saved = config if saved is None else saved
   check(config)
   fingerprint = data_lib.fingerprint(config.data)
-  contents = data_lib.contents(config.data)
+  contents = data_lib.contents(config.data, known=fingerprint)
   facts = {**(facts or {}), "data_fingerprint": fingerprint,
            # Where the fingerprint reads no data (TFDS, image folders).
            **({"data_contents": contents} if contents != fingerprint else {})}
   holds = bool(workdir) and workdir_lib.check(workdir, saved, extra=facts)
-  exp = build(config, replicates=replicates)
+  exp = build(config, replicates=replicates, data_contents=contents)
   if before_claim is not None:
     before_claim(exp, holds)
   return exp, facts, holds

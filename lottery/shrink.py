@@ -136,11 +136,11 @@ def _check_outputs(model: Any, masked: Any, model_state: Any, small: Any,
   precision (no TF32 on GPUs). A model the probes do not fit is not
   checked."""
   from lottery import step  # pylint: disable=g-import-not-at-top
-  want = None
+  want = probe = None
   with jax.default_matmul_precision("float32"):
-    for x in ([x] if x is not None else _probe_inputs(model, masked)):
+    for probe in ([x] if x is not None else _probe_inputs(model, masked)):
       try:
-        want, _ = step.flax_apply(model)(masked, dict(model_state), x,
+        want, _ = step.flax_apply(model)(masked, dict(model_state), probe,
                                          train=False)
         break
       except Exception:  # pylint: disable=broad-except
@@ -151,7 +151,7 @@ def _check_outputs(model: Any, masked: Any, model_state: Any, small: Any,
     hint = ("its coupling() or with_widths() does not describe how its "
             "layers connect (docs/methods.md#structure)")
     try:
-      got, _ = step.flax_apply(small)(small_params, small_state, x,
+      got, _ = step.flax_apply(small)(small_params, small_state, probe,
                                       train=False)
     except Exception as e:  # pylint: disable=broad-except
       first = (str(e).splitlines() or [type(e).__name__])[0][:160]

@@ -320,12 +320,14 @@ def test_the_cache_and_the_facts_follow_the_datas_bytes(npz_path, tmp_path,
   cache = tmp_path / "cache"
   cfg = tiny(npz_path, **{"data.source": "stream", "pruning.rounds": 0,
                           "data.cache_dir": str(cache)})
-  monkeypatch.setattr(data_lib, "contents", lambda data: "sha256:" + "ab" * 32)
+  monkeypatch.setattr(data_lib, "contents",
+                      lambda data, **_: "sha256:" + "ab" * 32)
   lottery.run(cfg, tmp_path / "a", log=quiet)
   assert (cache / "records" / ("ab" * 16) / "train.json").exists()
   facts = json.loads((tmp_path / "a" / "facts.json").read_text())
   assert facts["data_contents"] == "sha256:" + "ab" * 32
-  monkeypatch.setattr(data_lib, "contents", lambda data: "sha256:" + "cd" * 32)
+  monkeypatch.setattr(data_lib, "contents",
+                      lambda data, **_: "sha256:" + "cd" * 32)
   with pytest.raises(LotteryError, match=r"holds a run on different data "
                      r"\(data_contents: 'sha256:(ab)+' -> 'sha256:(cd)+'\); "
                      r"use a new --workdir$"):

@@ -15,6 +15,26 @@ class LotteryError(ValueError):
   """
 
 
+class Diverged(LotteryError):
+  """A training or test loss that became non-finite or diverged (see
+  `lottery.loop.DIVERGED`).
+
+  Its message is `what`, then where (the job, when `within` named it; else
+  the replicate of a stacked run, when there are several), then `detail`.
+  """
+
+  def __init__(self, what: str, detail: str, replicate: int | None = None,
+               job: str | None = None):
+    self.what, self.detail, self.replicate = what, detail, replicate
+    where = (f" in {job}" if job is not None else
+             f" (replicate {replicate})" if replicate is not None else "")
+    super().__init__(f"{what}{where} {detail}")
+
+  def within(self, job: str) -> "Diverged":
+    """The same error, naming the job it happened in."""
+    return Diverged(self.what, self.detail, self.replicate, job)
+
+
 def refield(error: LotteryError, field: str) -> LotteryError:
   """`error`'s message under another field name: 'workdir: X' -> 'FIELD: X'
   (a check reused for a value that is not the field it names)."""

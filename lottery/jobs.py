@@ -31,7 +31,7 @@ from lottery import masks as masks_lib
 from lottery import parallel
 from lottery import step as step_lib
 from lottery import tickets
-from lottery.errors import LotteryError
+from lottery.errors import Diverged, LotteryError
 from lottery.experiment import Experiment
 
 
@@ -398,6 +398,11 @@ def run_group(exp: Experiment, jobs: list[Job], workdir, *,
         first_loss=midrun.saved_first_loss if resumed else None,
         on_chunk=progress.job_step if progress is not None else None,
         on_eval=on_eval)
+  except Diverged as e:
+    job = jobs[e.replicate or 0]
+    seed = job.coords.get("seed")
+    raise e.within(job.name + ("" if seed is None else f" seed {seed}")
+                   ) from None
   finally:
     for writer in writers:
       if writer is not None:

@@ -43,7 +43,7 @@ import numpy as np
 from lottery import config as config_lib
 from lottery import parallel
 from lottery import xla_options
-from lottery.errors import LotteryError
+from lottery.errors import Diverged, LotteryError
 from lottery.step import TrainState
 
 FORMS = config_lib.LOOPS
@@ -696,24 +696,40 @@ def iter_bounds(start: int, stop: int, every: Iterable[int],
 
 def _check_loss(losses: np.ndarray, first: np.ndarray, start: int) -> None:
   """losses: (steps,) or (steps, replicates); first: () or (replicates,)."""
+  _check_below(losses, first, "loss", lambda i: f"at step {start + i}",
+               "its starting value")
+
+
+def _check_test_loss(ev: dict, first: np.ndarray, step: int) -> None:
+  """The test loss evaluated after `step`: it alone reflects a chunk's last
+  update (each training loss is computed before its step's update)."""
+  _check_below(np.reshape(np.asarray(ev["loss"], np.float64), (1, -1)),
+               first, "test loss", lambda i: f"after step {step}",
+               "the starting training loss")
+
+
+def _check_below(losses: np.ndarray, first: np.ndarray, what: str,
+                 when: Callable[[int], str], reference: str) -> None:
+  """Raises Diverged for a loss that is not finite or is over DIVERGED times
+  `first` (at least DIVERGED): losses (rows,) or (rows, replicates)."""
   losses = losses.reshape(len(losses), -1)
   first = np.broadcast_to(np.asarray(first, np.float64), losses.shape[1:])
-  which = lambda j: f" (replicate {j})" if losses.shape[1] > 1 else ""
+  which = lambda j: int(j) if losses.shape[1] > 1 else None
   bad = ~np.isfinite(losses)
   if bad.any():
     i, j = np.argwhere(bad)[0]
-    raise LotteryError(
-        f"training.learning_rate: loss became non-finite at step "
-        f"{start + int(i)}{which(j)} (try a lower learning rate or weight "
-        f"decay)")
+    raise Diverged(
+        f"training.learning_rate: {what} became non-finite {when(int(i))}",
+        "(try a lower learning rate or weight decay)", which(j))
   limit = DIVERGED * np.maximum(first, 1.0)
   high = losses > limit
   if high.any():
     i, j = np.argwhere(high)[0]
-    raise LotteryError(
-        f"training.learning_rate: loss diverged at step {start + int(i)}"
-        f"{which(j)} ({losses[i, j]:.3g}, over {DIVERGED:g} times its starting "
-        f"value {first[j]:.3g}; try a lower learning rate or weight decay)")
+    raise Diverged(
+        f"training.learning_rate: {what} diverged {when(int(i))}",
+        f"({losses[i, j]:.3g}, over {DIVERGED:g} times {reference} "
+        f"{first[j]:.3g}; try a lower learning rate or weight decay)",
+        which(j))
 
 
 def train(loop: Loop, state: TrainState, data: Data, *,
@@ -765,7 +781,8 @@ def train(loop: Loop, state: TrainState, data: Data, *,
     {step: host copy of {'params', 'model_state'}} for the `capture` steps).
 
   Raises:
-    LotteryError: if the training loss is not finite or has diverged.
+    Diverged: if a training loss, or the test loss of an evaluation (the
+      only check of a chunk's last update), is not finite or has diverged.
   """
   history = list(history or [])
   captured = dict(captured or {})
@@ -848,6 +865,7 @@ def train(loop: Loop, state: TrainState, data: Data, *,
         # strided column in another order than the single run's 1-D array.
         mean = (np.ascontiguousarray(losses.T).mean(axis=1) if stacked
                 else losses.mean())
+        _check_test_loss(ev, first, b)
         history.append({"step": b, "train_loss": mean.tolist() if stacked
                         else float(mean), **ev})
         if on_eval:

@@ -391,6 +391,20 @@ def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
 
 # -- the disk after a failure or an interruption -------------------------------
 
+def test_a_diverged_job_is_named_and_its_last_update_is_checked(
+    npz_path, tmp_path):
+  """One step at a rate that blows the weights up: its training loss was
+  computed before the update, so the test loss after it refuses the ticket
+  (saved before, with a test loss of millions), naming the job."""
+  c = tiny(npz_path, **{"training.learning_rate": 1000, "training.steps": 1,
+                        "seeds.num": 2})
+  with pytest.raises(lottery.LotteryError, match=(
+      r"^training.learning_rate: test loss diverged after step 1 in round 0 "
+      r"ticket seed 0 \(")):
+    lottery.run(c, tmp_path)
+  assert not workdir_lib.saved_anything(tmp_path)
+
+
 def test_a_run_that_saved_nothing_is_replaced_by_another_config(
     npz_path, tmp_path):
   # A loss that diverges at once saves nothing (nothing is deleted either):

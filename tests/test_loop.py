@@ -1,6 +1,8 @@
 """The loop around the train step: pruned weights stay exactly zero, batches
 are reproducible, loop forms agree, evaluation is exact."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from lottery import optim
 from lottery import pruning
 from lottery import scores
 from lottery import step
-from lottery.errors import LotteryError
+from lottery.errors import Diverged, LotteryError
 
 from conftest import compilations
 
@@ -145,6 +147,48 @@ def test_diverging_loss_is_an_error():
     loop.train(lp, state, data, stop=40,
                lr_fn=lambda a, b: np.full(b - a, 1e4, np.float32),
                batch_size=16, data_seed=0, eval_every=10)
+
+
+def test_a_last_update_that_diverges_is_caught_by_the_test_loss():
+  """Each training loss is computed before its step's update, so the last
+  step's update is seen only by the evaluation after it: its test loss is
+  checked like the training losses."""
+  lp, tx, data, params, mask = _setup("sgd")
+  lrs = lambda a, b: np.where(np.arange(a, b) == 19, 1e4, 1e-3).astype(
+      np.float32)
+  with pytest.raises(Diverged) as e:
+    loop.train(lp, _state(tx, params, mask), data, stop=20, lr_fn=lrs,
+               batch_size=16, data_seed=0, eval_every=10)
+  assert re.fullmatch(
+      r"training.learning_rate: test loss diverged after step 20 \(\S+, over "
+      r"1000 times the starting training loss \S+; try a lower learning rate "
+      r"or weight decay\)", str(e.value)), str(e.value)
+  assert e.value.replicate is None
+  # The same steps with the last rate as the others train.
+  _, history, _ = loop.train(
+      lp, _state(tx, params, mask), data, stop=20, batch_size=16,
+      lr_fn=lambda a, b: np.full(b - a, 1e-3, np.float32), data_seed=0,
+      eval_every=10)
+  assert [h["step"] for h in history] == [10, 20]
+
+
+def test_a_diverged_replicate_is_named():
+  with pytest.raises(Diverged) as e:
+    loop._check_loss(np.array([[2.0, 2.0], [2.0, np.inf]]),  # pylint: disable=protected-access
+                     np.array([2.0, 2.0]), 5)
+  assert str(e.value) == (
+      "training.learning_rate: loss became non-finite at step 6 (replicate 1) "
+      "(try a lower learning rate or weight decay)")
+  assert e.value.replicate == 1
+  assert str(e.value.within("round 2 ticket seed 1")) == (
+      "training.learning_rate: loss became non-finite at step 6 in round 2 "
+      "ticket seed 1 (try a lower learning rate or weight decay)")
+  with pytest.raises(Diverged, match=(
+      r"^training.learning_rate: loss diverged at step 3 \(2\.5e\+03, over "
+      r"1000 times its starting value 2; try")):
+    loop._check_loss(np.array([1.0, 2.0, 2500.0]), np.array(2.0), 1)  # pylint: disable=protected-access
+  # The limit is 1000 x the starting loss, and at least 1000.
+  loop._check_loss(np.array([999.0]), np.array(0.1), 0)  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("form", ["scan", "unroll", "python"])

@@ -112,6 +112,11 @@ def field_choices() -> dict[str, tuple[str, ...]]:
 
 
 def _load_module(path: pathlib.Path):
+  # A config file of one's own imports the modules beside it (a method
+  # plug-in's); its folder goes last on the path, so it shadows nothing.
+  folder = str(path.resolve().parent)
+  if path.resolve().parent != CONFIGS_DIR.resolve() and folder not in sys.path:
+    sys.path.append(folder)
   spec = importlib.util.spec_from_file_location(
       f"_lottery_recipe_{path.stem}", path)
   mod = importlib.util.module_from_spec(spec)

@@ -354,7 +354,17 @@ def _plugin_groups(workdir: PathLike, recs: list[dict]
 
 
 def _plugin_label(r: dict, names: Sequence[str], method: str) -> str:
-  return ", ".join(f"{k}={r[k]}" for k in names) or method
+  """A plug-in group's label: its coordinates (of `names`) that are not
+  numbers ('stage=pruned'; the method's name when there are none), then
+  those that are, in parentheses. A group with a coordinate 'dense' is
+  'dense' (the run's dense baseline, gray). A series' first word, which keys
+  its colour, is so the same in every figure."""
+  words = [f"{k}={r[k]}" for k in names
+           if r[k] is not None and not _is_number(r[k])]
+  if any(r[k] == "dense" for k in names):
+    words = ["dense"]
+  numbers = ", ".join(f"{k}={r[k]}" for k in names if _is_number(r[k]))
+  return (", ".join(words) or method) + (f" ({numbers})" if numbers else "")
 
 
 def _is_number(v: Any) -> bool:
@@ -399,7 +409,12 @@ def series(workdir: PathLike, records: Iterable[dict] | None = None, *,
       kinds = [k for k in names if not all(_is_number(r[k]) for r in found)]
       rows += [{**r, "series": _plugin_label(r, kinds, method)}
                for r in found]
-    key, dense = lambda r: r["series"], []
+    key = lambda r: r["series"]
+    dense = [r for r in rows if r["series"] == "dense"]
+    if len(dense) == 1:  # The baseline; several dense groups stay series.
+      rows.remove(dense[0])
+    else:
+      dense = []
   else:
     extra = "check" if method == "pai" else "distribution"
     by = ("method", extra, "target_density")

@@ -438,8 +438,9 @@ def load_ticket(workdir: str | os.PathLike, round: int | None = None,  # pylint:
   Args:
     workdir: the run's workdir.
     round: the IMP round (0 = dense); an integer.
-    kind: 'ticket' (default: the method's own ticket) or a control's or
-      sanity check's name.
+    kind: 'ticket', or a control's or sanity check's name; with `round`
+      it defaults to 'ticket', without it only a given kind is matched (a
+      plug-in's coordinates alone pick its tickets, a dense one too).
     like: optional params of the model the ticket is meant for; a ticket of
       other parameter names or shapes raises LotteryError.
     **coords: other coordinates to match.

@@ -198,6 +198,25 @@ def test_resolve_config_names_paths_and_readme_spellings(tmp_path):
     cli.load_config(str(own))
 
 
+def test_a_config_file_imports_a_module_beside_it(tmp_path, monkeypatch):
+  # A method plug-in kept in its own module next to the config file.
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  (tmp_path / "lottery_test_beside.py").write_text("STEPS = 7\n")
+  own = tmp_path / "mine.py"
+  own.write_text("import lottery_test_beside\n"
+                 "from lottery.config import base_config\n"
+                 "def get_config():\n"
+                 "  c = base_config()\n"
+                 "  c.training.steps = lottery_test_beside.STEPS\n"
+                 "  return c\n")
+  assert cli.load_config(str(own)).training.steps == 7
+  # Last on the path: it shadows no installed module; the recipes' folder
+  # is never added (configs/mnist1d.py would shadow the mnist1d package).
+  assert sys.path[-1] == str(tmp_path)
+  cli.load_config("mnist1d:quick")
+  assert str(ROOT / "configs") not in sys.path
+
+
 def test_dry_run_from_another_directory_writes_nothing(tmp_path):
   wd = tmp_path / "wd"
   res = _cli(f"--workdir={wd}", "--dry_run", "--config.pruning.rounds=7",

@@ -262,23 +262,35 @@ def test_a_plug_in_methods_run_is_reported_by_its_coordinates(
                      r"ticket .* stage in \['dense', 'pruned'\]"):
     lottery.load_ticket(tmp_path / "stages", stage="fine")
   out = tmp_path / "out"
-  report.write_report([tmp_path / "stages", runs["imp"]], out)
+  figures = report.write_report([tmp_path / "stages", runs["imp"]], out)
   fig = lambda n: json.loads((out / "figures" / f"{n}.json").read_text())
   acc = fig("stages_accuracy_vs_density")["runs"][0]
   table = {(r["stage"], r["target_density"]): r for r in analysis.table(
       tmp_path / "stages", by=("stage", "target_density"))}
   got = {(s["label"], p["density"]): p for s in acc["series"]
          for p in s["points"]}
-  assert len(got) == len(table) == 3
+  # The dense stage is the run's dense baseline, the pruned one a series.
+  assert len(got) == 2 and len(table) == 3
   for (stage, _), row in table.items():
-    p = got[f"stage={stage}", row["density"]]
+    p = (acc["dense"] if stage == "dense" else
+         got[f"stage={stage}", row["density"]])
     assert (p["mean"], p["std"], p["n"]) == (row["mean"], row["std"], 2)
   rows = fig("stages_layer_densities")["rows"]
   assert [r["group"] for r in rows] == [
-      "stage=dense, target_density=1.0", "stage=pruned, target_density=0.5",
-      "stage=pruned, target_density=0.25"]
+      "dense (target_density=1.0)", "stage=pruned (target_density=0.5)",
+      "stage=pruned (target_density=0.25)"]
   lines = fig("stages_learning_curves")["panels"][0]["lines"]
   assert [l["label"] for l in lines] == [r["group"] for r in rows]
+  # A group has one colour in every figure of the run (its first word's),
+  # the dense one gray.
+  colours: dict[str, set] = {}
+  for f in figures:
+    if f.name.startswith("stages_"):
+      for _, label, color, _ in _labelled_lines(f):
+        colours.setdefault(label.split()[0], set()).add(color)
+  assert colours["dense"] == {"#808080"}
+  assert len(colours["stage=pruned"]) == 1
+  assert colours["stage=pruned"] != colours["dense"]
   comp = fig("comparison_accuracy_vs_density")
   assert [r["method"] for r in comp["runs"]] == ["report_stages", "imp"]
 

@@ -402,11 +402,12 @@ def _coordinates(recs: list[dict], asked: dict) -> str:
     # An asked coordinate's values among the tickets that match the other
     # asked ones, where some do (the rounds that have a 'reinit' control).
     others = {a: v for a, v in asked.items() if a != k}
-    among = _matching(recs, others)
-    values = sorted({r[k] for r in (among if k in asked and among else recs)
-                     if k in r}, key=_order)
+    among = _matching(recs, others) if k in asked and others else []
+    values = sorted({r[k] for r in (among or recs) if k in r}, key=_order)
     if values:
-      parts.append(f"{k} in {_values(values)}")
+      where = ", ".join(f"{a}={v!r}" for a, v in others.items())
+      parts.append(f"{k} in {_values(values)}" +
+                   (f" where {where}" if among else ""))
   return "; ".join(parts) or "tickets without coordinates"
 
 

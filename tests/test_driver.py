@@ -190,13 +190,15 @@ def test_load_ticket_lists_the_coordinates_that_exist(npz_path, tmp_path):
   msg = str(e.value)
   assert msg.startswith("round: no finished ticket with {'round': 99, "
                         "'kind': 'ticket'}")
-  assert "round in [0, 1]; kind in ['reinit', 'ticket']" in msg
+  assert ("round in [0, 1] where kind='ticket'; kind in ['reinit', "
+          "'ticket']") in msg
   assert "\n" not in msg
   # Each asked coordinate lists its values among the tickets that match the
   # others: the reinit control runs at round 1 only, round 0 has a ticket.
   with pytest.raises(lottery.LotteryError) as e:
     lottery.load_ticket(tmp_path / "wd", 0, "reinit")
-  assert "round in [1]; kind in ['ticket']" in str(e.value)
+  assert ("round in [1] where kind='reinit'; kind in ['ticket'] where "
+          "round=0") in str(e.value)
 
 
 def test_coordinate_values_sort_numbers_by_value_and_shorten_runs():

@@ -292,7 +292,8 @@ def test_missing_source_ticket_refused_before_writing(npz_path, imp_run,
   with pytest.raises(lottery.LotteryError,
                      match=r"^stability.sources: 'round=7' \(seed 0\) names "
                      r"no ticket of .* it has seed in \[0, 1\]; round in "
-                     r"\[0, 1\]; kind in \['ticket'\]$"):
+                     r"\[0, 1\] where seed=0, kind='ticket'; kind in "
+                     r"\['ticket'\]$"):
     lottery.driver.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
   c.stability.source_workdir = str(tmp_path / "nowhere")

@@ -495,6 +495,9 @@ def _join_processes(address: str | None, num: int, pid: int) -> bool:
     return True
   from lottery import parallel  # pylint: disable=g-import-not-at-top
   parallel.initialize(address, num, pid)
+  # JAX's preemption notifier takes SIGTERM when the process joins: this
+  # command's handlers take it back (one line, exit 143).
+  install_signal_handlers()
   import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
@@ -627,12 +630,12 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
   except LotteryError as e:
     signals.done()
     progress.close()
-    fail(str(e))
+    fail(_told(str(e)))
   except PermissionError as e:  # Not the workdir's writes (a LotteryError).
     signals.done()
     progress.close()
     what = f"{os.fspath(e.filename)!r}: " if e.filename is not None else ""
-    fail(f"{what}{e.strerror or e} (check its permissions)")
+    fail(_told(f"{what}{e.strerror or e} (check its permissions)"))
   except Exception as e:  # pylint: disable=broad-except
     oom = _out_of_memory(e)
     if oom is None:
@@ -640,9 +643,9 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
     signals.done()
     progress.close()
     said = (str(oom).strip().splitlines() or [type(oom).__name__])[0]
-    fail(f"out of memory at {progress.where()}: {said[:200]}; what was "
+    fail(_told(f"out of memory at {progress.where()}: {said[:200]}; what was "
          f"finished is kept: rerun the same command where memory is free, "
-         f"or use a smaller model, batch or dataset in a new --workdir")
+         f"or use a smaller model, batch or dataset in a new --workdir"))
   except KeyboardInterrupt as e:
     # A second signal while exiting ends the process at once (same line).
     signals.done()
@@ -651,6 +654,15 @@ def main(run: RunFn, *, doc: str, default_config: str = "mnist1d",
   finally:
     signals.done()
   sys.exit(0)
+
+
+def _told(message: str) -> str:
+  """`message`, once the other processes of a multi-host run are told that
+  this one stops with it (`parallel.announce_failure`)."""
+  if "jax" in sys.modules:  # Else it never joined any.
+    from lottery import parallel  # pylint: disable=g-import-not-at-top
+    parallel.announce_failure(message)
+  return message
 
 
 def _out_of_memory(e: BaseException | None) -> BaseException | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import time
@@ -288,18 +289,32 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   """
   saved = config if saved is None else saved
   t0 = time.time()
-  exp, facts, holds = checked(config, workdir, check=check,
-                              before_claim=before_claim, facts=facts,
-                              saved=saved, replicates=replicates)
-  start_lines(exp, progress, time.time() - t0)
-  if not holds and os.path.exists(os.path.join(workdir,
-                                                workdir_lib.CONFIG_FILE)):
-    progress.info(f"note: {os.fspath(workdir)} held a run of another config "
-                  f"that saved no result; this run replaces it")
-  # Tickets are written while the next job trains; all is on disk before
-  # the lock is released.
-  with workdir_lib.claim(workdir, saved, extra=facts) as held, \
-      checkpoint.background_writes():
+  # Several processes agree that they all start the same run before
+  # process 0 claims the workdir, and wait for its claim before any trains;
+  # one that stops on the way tells the others (`parallel.start_together`),
+  # which would otherwise wait for it.
+  with contextlib.ExitStack() as stack:
+    try:
+      exp, facts, holds = checked(config, workdir, check=check,
+                                  before_claim=before_claim, facts=facts,
+                                  saved=saved, replicates=replicates)
+      parallel.start_together(None, json.dumps(
+          [workdir_lib.config_json(saved), os.path.abspath(workdir), holds,
+           facts], sort_keys=True))
+      start_lines(exp, progress, time.time() - t0)
+      if not holds and os.path.exists(os.path.join(workdir,
+                                                    workdir_lib.CONFIG_FILE)):
+        progress.info(f"note: {os.fspath(workdir)} held a run of another "
+                      f"config that saved no result; this run replaces it")
+      # Tickets are written while the next job trains; all is on disk
+      # before the lock is released.
+      held = stack.enter_context(workdir_lib.claim(workdir, saved,
+                                                   extra=facts))
+      stack.enter_context(checkpoint.background_writes())
+      parallel.barrier("workdir claimed")
+    except Exception as e:  # pylint: disable=broad-except
+      parallel.start_together(e, "")
+      raise
     yield exp, held.path
 
 

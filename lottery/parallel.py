@@ -52,23 +52,111 @@ def initialize(coordinator_address: str, num_processes: int,
   if not 0 <= process_id < num_processes:
     raise LotteryError(f"process_id: must be in [0, {num_processes}) (got "
                        f"{process_id})")
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except jax.errors.JaxRuntimeError as e:  # A port in use, say.
+    said = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise LotteryError(f"coordinator_address: process {process_id} of "
+                       f"{num_processes} could not join "
+                       f"{coordinator_address!r} ({said[:200]})") from None
 
 
 _BARRIERS = [0]
 BARRIER_TIMEOUT_S = 3600
+# Where a process that stops says so (`announce_failure`), for the others'
+# waits in `barrier` and `agree`; and how often those look there.
+_FAILED = "lottery:failed"
+_POLL_MS = 1000
+
+
+def _client():
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.global_state.client
+
+
+def announce_failure(message: str) -> None:
+  """Several processes: tells the others that this one stops (its one-line
+  error), so that their waits in `barrier` and `agree` raise instead of
+  waiting for it. A process inside a compiled collective is not told."""
+  if _client() is None:  # Not joined: one process.
+    return
+  try:
+    _client().key_value_set(f"{_FAILED}/{jax.process_index()}",
+                            " ".join(message.split()) or "an error")
+  except Exception:  # pylint: disable=broad-except
+    pass  # The coordinator is gone: the others stop on their own.
+
+
+def _wait_for(key: str) -> str:
+  """The value posted under `key`, once there; LotteryError when another
+  process announced that it stopped, or after BARRIER_TIMEOUT_S."""
+  client, waited = _client(), 0
+  while True:
+    try:
+      return client.blocking_key_value_get(key, _POLL_MS)
+    except Exception as e:  # pylint: disable=broad-except
+      if "DEADLINE_EXCEEDED" not in str(e):
+        raise
+    failed = client.key_value_dir_get(_FAILED)
+    if failed:
+      name, message = sorted(failed)[0]
+      raise LotteryError(f"{message} (on process {name.rsplit('/', 1)[1]})")
+    waited += _POLL_MS
+    if waited >= BARRIER_TIMEOUT_S * 1000:
+      raise LotteryError(f"hosts: the other processes did not reach "
+                         f"{key.rsplit(':', 1)[1]!r} in {BARRIER_TIMEOUT_S} s")
+
+
+def agree(name: str, value: str) -> list[str]:
+  """Several processes: every process's `value`, by process index (each
+  posts its own and waits for the others' through JAX's coordination
+  service); one process: [value].
+
+  Raises:
+    LotteryError: when another process stopped (`announce_failure`).
+  """
+  if jax.process_count() == 1:
+    return [value]
+  _BARRIERS[0] += 1
+  key = f"lottery:{_BARRIERS[0]}:{name}"
+  _client().key_value_set(f"{key}/{jax.process_index()}", value)
+  return [_wait_for(f"{key}/{i}") for i in range(jax.process_count())]
 
 
 def barrier(name: str) -> None:
   """Several processes: each waits here until all have arrived (JAX's
   coordination service, not a device collective, so a process that is
-  minutes behind -- still loading data, still compiling -- is waited for)."""
-  if jax.process_count() == 1:
+  minutes behind -- still loading data, still compiling -- is waited for).
+
+  Raises:
+    LotteryError: when another process stopped (`announce_failure`).
+  """
+  agree(name, "")
+
+
+def start_together(error: BaseException | None, state: str) -> None:
+  """Several processes: the check, before any of them writes or trains,
+  that all start the same run. Each gives the error that stopped its
+  start-up (None: none), which the others are told of
+  (`announce_failure`), or its view of the run (`state`: the config, the
+  workdir and what it holds). Views that differ (another command, a
+  workdir another process cannot see) raise on every process.
+
+  Raises:
+    LotteryError: naming the process that stopped, or differs from 0.
+  """
+  if error is not None:
+    announce_failure(str(error) or type(error).__name__)
     return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  _BARRIERS[0] += 1
-  distributed.global_state.client.wait_at_barrier(
-      f"lottery:{_BARRIERS[0]}:{name}", BARRIER_TIMEOUT_S * 1000)
+  said = agree("start", state)
+  for i, v in enumerate(said):
+    if v != said[0]:
+      raise LotteryError(
+          f"hosts: process {i} starts another run than process 0 (another "
+          f"config, workdir, or a workdir it sees otherwise): run the same "
+          f"command on every process, with a --workdir every process reads")
+
+
 
 
 def make_mesh(replicas: int, batch_size: int, devices=None) -> Mesh | None:

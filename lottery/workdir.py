@@ -507,8 +507,8 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
   wd = pathlib.Path(workdir)
   if not checkpoint.is_writer():
     # A multi-host run's other processes read the workdir process 0 holds
-    # (they checked it with `check`), once process 0 has claimed it.
-    parallel.barrier("workdir claimed")
+    # (they checked it with `check`), once process 0 has claimed it: the
+    # caller waits for that (`parallel.start_together`).
     return Claim(wd, None)
   _check(wd, config, extra)  # Refuse before writing anything.
   with checkpoint.disk_errors(wd / LOCK_FILE):
@@ -540,5 +540,4 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
   except BaseException:
     held.release()
     raise
-  parallel.barrier("workdir claimed")
   return held

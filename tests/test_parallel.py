@@ -7,6 +7,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -133,6 +134,79 @@ def test_two_processes_match_one(npz_path, tmp_path, source):
     for x, y in zip(jax.tree.leaves(a.trained_params),
                     jax.tree.leaves(b.trained_params)):
       np.testing.assert_allclose(x, y, atol=1e-4)
+
+
+def _two_processes(args: list[list[str]], env: dict, timeout: int = 200,
+                   signal_after: float | None = None
+                   ) -> list[subprocess.CompletedProcess]:
+  """Runs experiments.imp as processes 0 and 1 of one run, process i with
+  `args[i]`; with `signal_after`, both get SIGTERM that many seconds in."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.imp", *a,
+       f"--coordinator_address=localhost:{port}", "--num_processes=2",
+       f"--process_id={i}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i, a in enumerate(args)]
+  if signal_after is not None:
+    try:
+      procs[0].wait(timeout=signal_after)
+    except subprocess.TimeoutExpired:
+      for p in procs:
+        p.terminate()
+  outs = [p.communicate(timeout=timeout) for p in procs]
+  return [subprocess.CompletedProcess(p.args, p.returncode, o, e)
+          for p, (o, e) in zip(procs, outs)]
+
+
+@pytest.mark.slow
+def test_processes_that_start_apart_stop_together(npz_path, tmp_path):
+  """Two processes with other configs, or other workdirs, are refused on
+  both before anything is written; a refusal on one process alone (the
+  workdir in use by another run) stops the other too, naming it; SIGTERM
+  stops both (JAX's preemption notifier takes it when they join)."""
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "LOTTERY_CACHE": str(tmp_path / "cache")}
+  env.pop("XLA_FLAGS", None)
+  wd = tmp_path / "wd"
+  args = _args(wd, npz_path)
+  for other in (args + ["--config.training.learning_rate=0.01"],
+                _args(tmp_path / "other", npz_path)):
+    res = _two_processes([args, other], env)
+    for r in res:
+      assert r.returncode == 1, r.stderr[-2000:]
+      assert r.stderr.strip().splitlines()[-1].startswith(
+          "error: hosts: process 1 starts another run than process 0"), (
+              r.stderr[-2000:])
+    assert not wd.exists() and not (tmp_path / "other").exists()
+  # The workdir in use by a one-process run of the same config.
+  long = ["--config.training.steps=100000", "--config.training.eval_every=1000",
+          "--config.training.checkpoint_every=1000"]
+  longer = lambda a: [x for x in a if x.split("=")[0] not in
+                      {y.split("=")[0] for y in long}] + long
+  holder = subprocess.Popen([sys.executable, "-m", "experiments.imp",
+                             *longer(args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+  try:
+    for _ in range(600):
+      if (wd / "config.json").exists() or holder.poll() is not None:
+        break
+      time.sleep(0.1)
+    res = _two_processes([longer(args)] * 2, env)
+  finally:
+    holder.kill()
+    holder.wait()
+  said = [r.stderr.strip().splitlines()[-1] for r in res]
+  assert [r.returncode for r in res] == [1, 1], said
+  assert said[0].startswith("error: workdir: ") and "in use" in said[0], said
+  assert said[1] == said[0] + " (on process 0)"
+  # SIGTERM: a long run, stopped on both processes with the signal's line.
+  long_args = longer(_args(tmp_path / "long", npz_path))
+  res = _two_processes([long_args, long_args], env, signal_after=20)
+  for r in res:
+    assert r.returncode == 143, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1].startswith("interrupted at "), (
+        r.stderr[-2000:])
 
 
 def test_bad_host_flags_are_refused_in_one_line(tmp_path):

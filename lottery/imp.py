@@ -214,7 +214,7 @@ def _batch_size(f, v, c) -> None:
 
 
 def _path_points(f, v, c) -> None:
-  config_lib.check_int(f, v, 2, 10_000)
+  config_lib.check_int(f, v, 3, 10_000)  # The ends and a point between.
   if v != PATH_POINTS and not _path_points_read(c):
     config_lib.fail(f, v, "is read by pruning.level_barrier and "
                     "pruning.stability_every, which are both off")
@@ -224,6 +224,16 @@ def _residual_streams(f, v, c) -> None:
   config_lib.boolean(f, v, c)
   structure_lib.check_streams(v, c["pruning.structure"], field=f,
                               structure_field="pruning.structure")
+
+
+def _stability_every(f, v, c) -> None:
+  config_lib.check_int(f, v, 0)
+  # A round's copy trains on data seeds seeds.data + seeds.num + replicate.
+  top = c["seeds.data"] + 2 * c["seeds.num"] - 1
+  if v and top >= config_lib.SEED_LIMIT:
+    config_lib.fail(f, v, f"its copies take data seeds up to {top} "
+                    f"(seeds.data + 2 x seeds.num - 1), past the limit "
+                    f"{config_lib.SEED_LIMIT - 1}")
 
 
 def _controls(f, v, c) -> None:
@@ -294,7 +304,7 @@ config_lib.register_block(
         "pruning.score": _score,
         "pruning.reset": config_lib.one_of(RESETS.names),
         "pruning.rewind_step": _rewind_step,
-        "pruning.stability_every": config_lib.count(0),
+        "pruning.stability_every": _stability_every,
         "pruning.level_barrier": config_lib.boolean,
         "pruning.path_points": _path_points,
         "pruning.structure": _structure,

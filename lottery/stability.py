@@ -118,7 +118,8 @@ def _stability_sources(f, v, c) -> None:
     config_lib.fail(f, v, "must be a non-empty tuple, e.g. ('dense', 'round=4')")
   for x in v:
     config_lib.check_str(f, x)
-  if len(set(v)) != len(v):
+  parsed = [parse_source(x, field=f) for x in v]
+  if any(p in parsed[:i] for i, p in enumerate(parsed)):
     config_lib.fail(f, v, "must not repeat a source")
 
 
@@ -154,7 +155,8 @@ config_lib.register_block(
         "stability.steps": _stability_steps,
         "stability.sources": _stability_sources,
         "stability.source_workdir": config_lib.string,
-        "stability.points": config_lib.count(2, 10_000),
+        # The ends and at least one point between them.
+        "stability.points": config_lib.count(3, 10_000),
         "stability.same_data": config_lib.boolean,
         "stability.recompute_statistics": config_lib.boolean,
         "stability.linear_input": config_lib.boolean,
@@ -454,6 +456,8 @@ def parse_source(spec: str, *, field: str = "stability.sources") -> dict:
           f"{field}: {spec!r}: {key!r} is a stability pair's coordinate; a "
           f"pair's copies keep their source's mask: name that source (its "
           f"run's coordinates, e.g. 'round=3')")
+    if key in out:
+      raise LotteryError(f"{field}: {spec!r} gives {key!r} twice")
     out[key] = _value(value)
   return out
 
@@ -619,10 +623,11 @@ class Stability(method_lib.Method):
                          f"their coordinates, e.g. 'round=4', or leave it '' "
                          f"(got {s.source_workdir!r})")
     top = config.seeds.data + 2 * config.seeds.num - 1
-    if top >= config_lib.SEED_LIMIT:
-      raise LotteryError(f"seeds.num: the copies take data seeds up to {top}"
-                         f", past the limit {config_lib.SEED_LIMIT - 1} (got "
-                         f"{config.seeds.num})")
+    if top >= config_lib.SEED_LIMIT and not s.same_data:
+      raise LotteryError(f"seeds.data: the copies take data seeds up to {top}"
+                         f" (seeds.data + 2 x seeds.num - 1), past the limit "
+                         f"{config_lib.SEED_LIMIT - 1} (got "
+                         f"{config.seeds.data})")
 
   def stacked(self, config: ml_collections.ConfigDict) -> int:
     """One replicate: its pair of copies, so that on two devices the copies

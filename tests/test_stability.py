@@ -278,10 +278,29 @@ def test_a_damaged_path_is_refused_before_anything_is_written(finished,
     ({"stability.sources": ("source=dense,k=0",)},
      r"^stability.sources: 'source=dense,k=0': 'source' is a stability "
      r"pair's coordinate; a pair's copies keep their source's mask"),
+    ({"stability.sources": ("round=1,round=2",)},
+     r"^stability.sources: 'round=1,round=2' gives 'round' twice$"),
+    ({"stability.sources": ("dense", "round=1", " round = 1")},
+     r"^stability.sources: must not repeat a source"),
+    ({"stability.points": 2}, r"^stability.points: must be an integer in "
+                              r"\[3, 10000\]"),
+    ({"seeds.data": 2**31 - 1},
+     r"^seeds.data: the copies take data seeds up to 2147483648 \(seeds.data"
+     r" \+ 2 x seeds.num - 1\), past the limit 2147483647"),
 ])
 def test_bad_config_refused(npz_path, tmp_path, changes, message):
   with pytest.raises(lottery.LotteryError, match=message):
     lottery.driver.run(_config(npz_path, **changes), tmp_path / "wd")
+  assert not (tmp_path / "wd").exists()
+
+
+def test_imp_copies_past_the_seed_limit_refused_before_writing(npz_path,
+                                                              tmp_path):
+  c = tiny(npz_path, **{"pruning.stability_every": 1, "seeds.data": 2**31 - 1})
+  with pytest.raises(lottery.LotteryError, match=(
+      r"^pruning.stability_every: its copies take data seeds up to "
+      r"2147483648 \(seeds.data \+ 2 x seeds.num - 1\)")):
+    lottery.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()
 
 

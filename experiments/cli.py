@@ -485,15 +485,20 @@ def _resume_state(workdir: str, saved: ml_collections.ConfigDict) -> str:
           else "resumes the run there")
 
 
-def _join_processes(address: str | None, num: int, pid: int) -> bool:
+def _join_processes(address: str | None, num: int, pid: int, *,
+                    dry_run: bool = False) -> bool:
   """Joins a multi-host run (JAX's distributed runtime) when asked;
-  whether this process writes (process 0) or stays quiet."""
+  whether this process writes (process 0) or stays quiet. `dry_run`: the
+  flags' checks only, joining nothing."""
   if address is None:
     if num != 1 or pid != 0:
       raise LotteryError("coordinator_address: needed with --num_processes "
                          f"or --process_id (got {address!r})")
     return True
   from lottery import parallel  # pylint: disable=g-import-not-at-top
+  if dry_run:
+    parallel.check_hosts(address, num, pid)
+    return pid == 0
   parallel.initialize(address, num, pid)
   # JAX's preemption notifier takes SIGTERM when the process joins: this
   # command's handlers take it back (one line, exit 143).
@@ -531,6 +536,7 @@ def _main(argv: list[str], *, run: RunFn, config_flag, workdir_flag,
     raise LotteryError("workdir: required, e.g. --workdir=/tmp/lottery_runs/run "
                        "(got nothing)")
   if dry_run_flag.value:
+    _join_processes(*(f.value for f in hosts), dry_run=True)
     from lottery import driver  # pylint: disable=g-import-not-at-top
     _, saved, _ = driver.resolve(config)
     print(json.dumps(workdir_lib.config_json(saved), indent=1,

@@ -244,7 +244,9 @@ def _groups(ctx: method_lib.Context, writer, log_line, on_group,
       ts = [tickets.read_ticket(wd, p) for p in paths]
     else:
       ts = _train(ctx, coords, paths, log_line)
-      ctx.progress.group_trained(jobs_lib.label(coords))
+    # What follows (its records: a stability pair's path evaluation, which
+    # a resumed group may not have yet) is where an interrupt stops.
+    ctx.progress.group_trained(jobs_lib.label(coords))
     d = method_lib.Done(coords, ts, paths, time_s=time.time() - t0)
     d.records = m.record(ctx, d)
     ctx.done[method_lib.group_key(coords)] = d

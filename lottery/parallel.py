@@ -42,16 +42,11 @@ def initialize(coordinator_address: str, num_processes: int,
     LotteryError: for an address without a port, or a process id outside
       [0, num_processes).
   """
+  check_hosts(coordinator_address, num_processes, process_id)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address == "auto":
     jax.distributed.initialize()
     return
-  if ":" not in coordinator_address:
-    raise LotteryError(f"coordinator_address: must be HOST:PORT (got "
-                       f"{coordinator_address!r})")
-  if not 0 <= process_id < num_processes:
-    raise LotteryError(f"process_id: must be in [0, {num_processes}) (got "
-                       f"{process_id})")
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except jax.errors.JaxRuntimeError as e:  # A port in use, say.
@@ -59,6 +54,24 @@ def initialize(coordinator_address: str, num_processes: int,
     raise LotteryError(f"coordinator_address: process {process_id} of "
                        f"{num_processes} could not join "
                        f"{coordinator_address!r} ({said[:200]})") from None
+
+
+def check_hosts(coordinator_address: str, num_processes: int,
+                process_id: int) -> None:
+  """`initialize`'s checks of its arguments, joining nothing (--dry_run).
+
+  Raises:
+    LotteryError: for an address without a port, or a process id outside
+      [0, num_processes).
+  """
+  if coordinator_address == "auto":
+    return
+  if ":" not in coordinator_address:
+    raise LotteryError(f"coordinator_address: must be HOST:PORT (got "
+                       f"{coordinator_address!r})")
+  if not 0 <= process_id < num_processes:
+    raise LotteryError(f"process_id: must be in [0, {num_processes}) (got "
+                       f"{process_id})")
 
 
 _BARRIERS = [0]

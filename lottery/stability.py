@@ -510,7 +510,8 @@ def training_differences(config: ml_collections.ConfigDict,
   """'X there, Y here' for what makes the source run's dense run reach step k
   (the largest of `stability.steps`) on other weights than this run's: its
   learning rates up to k, the optimizer fields it reads, the batch, label
-  smoothing, data order (seeds.data) and augmentation. How long it trained
+  smoothing, data order (seeds.data), augmentation and the examples held out
+  for validation (data.validation_size). How long it trained
   on, evaluated or saved does not count (a field its config.json predates
   counts at its default)."""
   from lottery import optim  # pylint: disable=g-import-not-at-top
@@ -521,7 +522,7 @@ def training_differences(config: ml_collections.ConfigDict,
     return ["its training block (unreadable)"]
   fields = ["training.optimizer", "training.batch_size",
             "training.label_smoothing", "seeds.data", "data.augment",
-            "data.crop"]
+            "data.crop", "data.validation_size"]
   if "sgd" in (ours.optimizer, theirs.optimizer):
     fields += ["training.momentum", "training.nesterov"]
   if ours.weight_decay or theirs.weight_decay:

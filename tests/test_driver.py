@@ -393,6 +393,24 @@ def test_a_finished_run_says_where_its_results_are(npz_path, tmp_path,
 
 # -- the disk after a failure or an interruption -------------------------------
 
+def test_a_group_read_back_is_where_an_interrupt_stops(npz_path, tmp_path):
+  """A rerun reads finished groups back and computes their records (a
+  stability pair's path, where a resumed group may not have it yet): an
+  interrupt there names the group, not 'start-up'."""
+  from lottery.progress import NullProgress  # pylint: disable=g-import-not-at-top
+  c = tiny(npz_path, **{"pruning.rounds": 1, "controls": ()})
+  lottery.run(c, tmp_path)
+  seen = []
+
+  class Recording(NullProgress):
+    def group_trained(self, name):
+      super().group_trained(name)
+      seen.append(self.where())
+  lottery.driver.run(c, tmp_path, progress=Recording())
+  assert seen == [f"round {r} ticket, after its training (its tickets are "
+                  f"saved)" for r in (0, 1)]
+
+
 def test_a_diverged_job_is_named_and_its_last_update_is_checked(
     npz_path, tmp_path):
   """One step at a rate that blows the weights up: its training loss was

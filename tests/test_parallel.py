@@ -216,7 +216,11 @@ def test_bad_host_flags_are_refused_in_one_line(tmp_path):
       (["--coordinator_address=foo", "--num_processes=2"],
        "error: coordinator_address: must be HOST:PORT (got 'foo')"),
       (["--coordinator_address=localhost:1", "--num_processes=2",
-        "--process_id=2"], "error: process_id: must be in [0, 2) (got 2)")):
+        "--process_id=2"], "error: process_id: must be in [0, 2) (got 2)"),
+      # --dry_run checks them too (joining nothing).
+      (["--coordinator_address=localhost:1", "--num_processes=2",
+        "--process_id=2", "--dry_run"],
+       "error: process_id: must be in [0, 2) (got 2)")):
     res = subprocess.run([sys.executable, "-m", "experiments.imp",
                           f"--workdir={tmp_path / 'w'}", *flags_], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)

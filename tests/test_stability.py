@@ -687,9 +687,11 @@ def test_training_differences_name_what_moves_the_weights_up_to_k():
   assert stability.training_differences(ours, source) == []
   source.training.update(learning_rate=1e-3, batch_size=60)
   source.seeds.data = 4
+  source.data.validation_size = 500  # Trained on the other examples.
   assert stability.training_differences(ours, source) == [
       "training.batch_size 60 there, 100 here",
       "seeds.data 4 there, 0 here",
+      "data.validation_size 500 there, 0 here",
       "the learning rates of steps 0..999"]
   # Under a cosine schedule the total steps set every rate.
   cosine = cli.load_config("mnist1d:cnn")

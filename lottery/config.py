@@ -466,6 +466,16 @@ def _seeds_num(f, v, c) -> None:
     _fail(f, v, f"takes seeds up to {top}, past the limit {SEED_LIMIT - 1}")
 
 
+def check_copy_seeds(field: str, value, config) -> None:
+  """Refuses, naming `field` and `value`, a stability pair's copies whose
+  data seeds (copy 1 of replicate i takes seeds.data + seeds.num + i) pass
+  the seed limit. `config` maps 'seeds.data' and 'seeds.num' to ints."""
+  top = config["seeds.data"] + 2 * config["seeds.num"] - 1
+  if top >= SEED_LIMIT:
+    _fail(field, value, f"the copies take data seeds up to {top} (seeds.data"
+          f" + 2 x seeds.num - 1), past the limit {SEED_LIMIT - 1}")
+
+
 def _method_names() -> Sequence[str]:
   from lottery import method  # pylint: disable=g-import-not-at-top
   import lottery  # pylint: disable=g-import-not-at-top,unused-import  (registers the methods)

@@ -291,14 +291,14 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
   t0 = time.time()
   # Several processes agree that they all start the same run before
   # process 0 claims the workdir, and wait for its claim before any trains;
-  # one that stops on the way tells the others (`parallel.start_together`),
-  # which would otherwise wait for it.
+  # one that stops on the way tells the others
+  # (`parallel.announce_failure`), which would otherwise wait for it.
   with contextlib.ExitStack() as stack:
     try:
       exp, facts, holds = checked(config, workdir, check=check,
                                   before_claim=before_claim, facts=facts,
                                   saved=saved, replicates=replicates)
-      parallel.start_together(None, json.dumps(
+      parallel.start_together(json.dumps(
           [workdir_lib.config_json(saved), os.path.abspath(workdir), holds,
            facts], sort_keys=True))
       start_lines(exp, progress, time.time() - t0)
@@ -313,7 +313,7 @@ def prepared(config: ml_collections.ConfigDict, workdir, progress, *,
       stack.enter_context(checkpoint.background_writes())
       parallel.barrier("workdir claimed")
     except Exception as e:  # pylint: disable=broad-except
-      parallel.start_together(e, "")
+      parallel.announce_failure(str(e) or type(e).__name__)
       raise
     yield exp, held.path
 

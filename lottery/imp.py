@@ -228,12 +228,8 @@ def _residual_streams(f, v, c) -> None:
 
 def _stability_every(f, v, c) -> None:
   config_lib.check_int(f, v, 0)
-  # A round's copy trains on data seeds seeds.data + seeds.num + replicate.
-  top = c["seeds.data"] + 2 * c["seeds.num"] - 1
-  if v and top >= config_lib.SEED_LIMIT:
-    config_lib.fail(f, v, f"its copies take data seeds up to {top} "
-                    f"(seeds.data + 2 x seeds.num - 1), past the limit "
-                    f"{config_lib.SEED_LIMIT - 1}")
+  if v:
+    config_lib.check_copy_seeds(f, v, c)
 
 
 def _controls(f, v, c) -> None:

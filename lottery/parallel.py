@@ -91,11 +91,12 @@ def announce_failure(message: str) -> None:
   """Several processes: tells the others that this one stops (its one-line
   error), so that their waits in `barrier` and `agree` raise instead of
   waiting for it. A process inside a compiled collective is not told."""
-  if _client() is None:  # Not joined: one process.
+  client = _client()
+  if client is None:  # Not joined: one process.
     return
   try:
-    _client().key_value_set(f"{_FAILED}/{jax.process_index()}",
-                            " ".join(message.split()) or "an error")
+    client.key_value_set(f"{_FAILED}/{jax.process_index()}",
+                         " ".join(message.split()) or "an error")
   except Exception:  # pylint: disable=broad-except
     pass  # The coordinator is gone: the others stop on their own.
 
@@ -147,20 +148,16 @@ def barrier(name: str) -> None:
   agree(name, "")
 
 
-def start_together(error: BaseException | None, state: str) -> None:
+def start_together(state: str) -> None:
   """Several processes: the check, before any of them writes or trains,
-  that all start the same run. Each gives the error that stopped its
-  start-up (None: none), which the others are told of
-  (`announce_failure`), or its view of the run (`state`: the config, the
-  workdir and what it holds). Views that differ (another command, a
-  workdir another process cannot see) raise on every process.
+  that all start the same run. Each gives its view of the run (`state`:
+  the config, the workdir and what it holds); views that differ (another
+  command, a workdir another process cannot see) raise on every process.
 
   Raises:
-    LotteryError: naming the process that stopped, or differs from 0.
+    LotteryError: naming the process that differs from process 0, or (from
+      `agree`) the one that stopped.
   """
-  if error is not None:
-    announce_failure(str(error) or type(error).__name__)
-    return
   said = agree("start", state)
   for i, v in enumerate(said):
     if v != said[0]:
@@ -168,8 +165,6 @@ def start_together(error: BaseException | None, state: str) -> None:
           f"hosts: process {i} starts another run than process 0 (another "
           f"config, workdir, or a workdir it sees otherwise): run the same "
           f"command on every process, with a --workdir every process reads")
-
-
 
 
 def make_mesh(replicas: int, batch_size: int, devices=None) -> Mesh | None:

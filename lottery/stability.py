@@ -623,12 +623,10 @@ class Stability(method_lib.Method):
                          f"of it (stability.sources={tuple(s.sources)}); add "
                          f"their coordinates, e.g. 'round=4', or leave it '' "
                          f"(got {s.source_workdir!r})")
-    top = config.seeds.data + 2 * config.seeds.num - 1
-    if top >= config_lib.SEED_LIMIT and not s.same_data:
-      raise LotteryError(f"seeds.data: the copies take data seeds up to {top}"
-                         f" (seeds.data + 2 x seeds.num - 1), past the limit "
-                         f"{config_lib.SEED_LIMIT - 1} (got "
-                         f"{config.seeds.data})")
+    if not s.same_data:
+      config_lib.check_copy_seeds("seeds.data", config.seeds.data,
+                                  {f"seeds.{k}": config.seeds[k]
+                                   for k in ("data", "num")})
 
   def stacked(self, config: ml_collections.ConfigDict) -> int:
     """One replicate: its pair of copies, so that on two devices the copies

@@ -508,7 +508,8 @@ def claim(workdir: str | os.PathLike, config: ml_collections.ConfigDict, *,
   if not checkpoint.is_writer():
     # A multi-host run's other processes read the workdir process 0 holds
     # (they checked it with `check`), once process 0 has claimed it: the
-    # caller waits for that (`parallel.start_together`).
+    # caller waits for that (`parallel.barrier("workdir claimed")` in
+    # `experiment.prepared`).
     return Claim(wd, None)
   _check(wd, config, extra)  # Refuse before writing anything.
   with checkpoint.disk_errors(wd / LOCK_FILE):

@@ -298,7 +298,7 @@ def test_imp_copies_past_the_seed_limit_refused_before_writing(npz_path,
                                                               tmp_path):
   c = tiny(npz_path, **{"pruning.stability_every": 1, "seeds.data": 2**31 - 1})
   with pytest.raises(lottery.LotteryError, match=(
-      r"^pruning.stability_every: its copies take data seeds up to "
+      r"^pruning.stability_every: the copies take data seeds up to "
       r"2147483648 \(seeds.data \+ 2 x seeds.num - 1\)")):
     lottery.run(c, tmp_path / "wd")
   assert not (tmp_path / "wd").exists()

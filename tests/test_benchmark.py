@@ -19,7 +19,8 @@ def test_benchmark_prints_json_last():
       [sys.executable, "-m", "experiments.benchmark", "--steps=5",
        "--repeats=2", "--models=lenet,conv2,cnn1d,seeds,stability,stream",
        "--image_size=8", "--eval_examples=500",
-       "--resnet_path_examples=256"], cwd=ROOT, env=env, capture_output=True, text=True,
+       "--resnet_path_examples=128"], cwd=ROOT, env=env, capture_output=True,
+      text=True,
       timeout=300)
   assert res.returncode == 0, res.stderr
   result = json.loads(res.stdout.strip().splitlines()[-1])
@@ -51,7 +52,7 @@ def test_benchmark_prints_json_last():
   # ResNet-20's path, its BatchNorm statistics recomputed at every point,
   # one point a step; LeNet's in one vmap.
   assert result["resnet20_path_30_s"] > 0
-  assert result["resnet20_path_examples"] == 256
+  assert result["resnet20_path_examples"] == 128
   assert result["resnet20_path_batch"] == 1 and result["path_batch"] == 30
   # MNIST-1D's loop with batches streamed from record files vs in memory.
   assert result["stream_memory_steps_per_s"] > 0

@@ -155,7 +155,7 @@ def run_quick(spec, workdir, **overrides):
     node[field] = value
   run = (lottery.pai.run if spec.startswith("pai_") else
          lottery.driver.run if spec.startswith("stability_") else lottery.run)
-  if config.data.name in ("mnist1d", "npz"):
+  if config.data.name in ("mnist1d", "npz", "images"):
     return config, run(config, workdir, log=quiet)
   config.data.data_dir = str(workdir) + "-tfds"  # Never the user's.
   if config.data.validation_size:
@@ -181,6 +181,10 @@ QUICKER = {
     # each recipe's model, data and training, with one score and one check.
     "pai_mnist1d:quick": {"pai.methods": ("synflow", "random"),
                           "pai.densities": (0.01,), "pai.checks": ("invert",)},
+    # ResNet-50's path (BatchNorm recomputed at each point) from one k.
+    "stability_resnet50_imagenet:quick": {"stability.steps": (5,)},
+    "pai_mnist1d:cnn,quick": {"pai.methods": ("grasp",),
+                              "pai.checks": ("reinit",)},
     "pai_vgg16_cifar10:quick": {**_FEW_STEPS, **_PAI_CIFAR,
                                 "pai.methods": ("synflow",),
                                 "pai.checks": ("shuffle",)},
@@ -239,6 +243,14 @@ def iterations_bound(config, method):
 def test_quick_recipe_end_to_end(spec, tmp_path, request):
   if spec == "resnet20_cifar10:quick":
     config, summary, wd = request.getfixturevalue("resnet_quick")
+  elif spec == "imp_resnet50_imagenet:quick":
+    # On a folder of encoded JPEGs: the ImageNet recipes' host-side decoding
+    # and crops.
+    wd = tmp_path / "wd"
+    config, summary = run_quick(spec, wd, **{
+        "data.name": "images",
+        "data.path": request.getfixturevalue("jpeg_folder")})
+    assert (config.data.crop, config.data.source) == ("inception", "stream")
   else:
     wd = tmp_path / "wd"
     config, summary = run_quick(spec, wd, **QUICKER.get(spec, {}))
@@ -679,7 +691,7 @@ def test_in_process_interruption_with_batchnorm_resumes_bit_exact(
 def test_stability_quick_recipe_end_to_end(spec, tmp_path):
   """BatchNorm models (ResNet-20, VGG-16, ResNet-50) included: their paths'
   statistics are recomputed at every point."""
-  config, summary = run_quick(spec, tmp_path / "wd")
+  config, summary = run_quick(spec, tmp_path / "wd", **QUICKER.get(spec, {}))
   s = config.stability
   assert summary["finished"]
   assert [(p["source"], p["k"]) for p in summary["pairs"]] == [
@@ -703,28 +715,17 @@ def jpeg_folder(tmp_path_factory):
 
 
 # Each data path once (the job path is one for every method): IMP's recipe
-# on encoded JPEGs (its mock-data run is test_quick_recipe_end_to_end's),
-# RigL's on TFDS's mock data.
+# on encoded JPEGs (test_quick_recipe_end_to_end), RigL's on TFDS's mock
+# data.
 @pytest.mark.slow
-@pytest.mark.parametrize("spec, source", [
-    ("imp_resnet50_imagenet:quick", "jpegs"),
-    ("rigl_resnet50_imagenet:quick", "mock")])
-def test_imagenet_quick_recipes_on_jpegs_and_mock_data(spec, source,
-                                                        tmp_path, request):
-  config = cli.load_config(spec)
+def test_rigl_resnet50_quick_recipe_on_mock_data(tmp_path):
+  config = cli.load_config("rigl_resnet50_imagenet:quick")
   assert (config.data.crop, config.data.source) == ("inception", "stream")
-  run = lottery.sparse.run if spec.startswith("rigl_") else lottery.run
   wd = tmp_path / "wd"
-  if source == "jpegs":
-    config.data.update(name="images", path=request.getfixturevalue(
-        "jpeg_folder"))
-    summary = run(config, wd, log=quiet)
-  else:
-    config.data.data_dir = str(wd) + "-tfds"
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-      summary = run(config, wd, log=quiet)
+  config.data.data_dir = str(wd) + "-tfds"
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    summary = lottery.sparse.run(config, wd, log=quiet)
   assert summary["finished"]
-  jobs_run = summary["runs"] if "runs" in summary else summary["rounds"]
-  assert len(jobs_run) == 2  # dense + RigL at 0.2, or rounds 0 and 1.
-  for job in jobs_run:
+  assert len(summary["runs"]) == 2  # dense + RigL at 0.2.
+  for job in summary["runs"]:
     assert np.isfinite(job["test_loss"]) and 0 <= job["test_accuracy"] <= 1

@@ -34,6 +34,7 @@ def _neuron_pruned(name, shape, fraction, structure_="neuron", **options):
   return model, params, state, mask
 
 
+@pytest.mark.slow
 def test_an_exported_vit_has_its_kept_heads(tmp_path):
   """architecture.json's widths are in with_widths' units: heads, not
   their columns."""

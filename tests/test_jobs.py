@@ -68,9 +68,10 @@ def test_replicate_is_the_single_run_of_its_seeds_bit_for_bit(three):
              "training.eval_every": 20}),
     # The methods whose updates draw random numbers (SET's regrowth) or read
     # the step's gradients (RigL).
-    ("sparse", {"sparse.densities": (0.25,), "sparse.update_every": 5,
-                "sparse.end_step": 15,
-                "sparse.methods": ("set", "rigl")}),
+    pytest.param("sparse", {"sparse.densities": (0.25,),
+                            "sparse.update_every": 5, "sparse.end_step": 15,
+                            "sparse.methods": ("set", "rigl")},
+                 marks=pytest.mark.slow),
     # A group criterion that runs the model: scored a replicate at a time.
     ("imp", {"pruning.structure": "neuron", "pruning.group_score": "taylor",
              "pruning.rounds": 2, "pruning.fraction": 0.3})])

@@ -373,8 +373,10 @@ def _same(a, b) -> bool:
     ("mlp_tiny", (6,), {}, "scan"),
     ("mlp_tiny", (6,), {}, "unroll"),
     ("mlp_tiny", (6,), {}, "python"),
-    ("resnet", (8, 8, 3), {"depth": 8, "width": 4}, "scan"),  # BatchNorm.
-    ("resnet", (8, 8, 3), {"depth": 8, "width": 4}, "python"),
+    pytest.param("resnet", (8, 8, 3), {"depth": 8, "width": 4}, "scan",
+                 marks=pytest.mark.slow),  # BatchNorm.
+    pytest.param("resnet", (8, 8, 3), {"depth": 8, "width": 4}, "python",
+                 marks=pytest.mark.slow),
 ])
 def test_unrolled_replicates_are_their_single_runs_bit_for_bit(
     name, shape, options, form):

@@ -119,8 +119,8 @@ def test_parameter_counts_match_openlth(name, options, expected):
 
 
 @pytest.mark.parametrize("name,options,last", [
-    ("resnet20", {"width": 4}, "bn2"),
-    ("resnet50", {"width": 2}, "bn3"),
+    pytest.param("resnet20", {"width": 4}, "bn2", marks=pytest.mark.slow),
+    pytest.param("resnet50", {"width": 2}, "bn3", marks=pytest.mark.slow),
     ("vgg11", {"width": 8}, None),
 ])
 def test_bn_init_sets_the_batchnorm_scales(name, options, last):
@@ -613,7 +613,8 @@ def test_convolution_of_an_empty_batch_or_no_channels_is_lax(x_shape,
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("replicates", [0, 2])
+@pytest.mark.parametrize("replicates", [
+    pytest.param(0, marks=pytest.mark.slow), 2])
 def test_kernel_gradient_inputs_are_not_recomputed_in_transposes(replicates):
   """On the CPU each computed convolution input reaches its kernel
   gradient's transpose through a conditional, so XLA does not fuse the

@@ -236,6 +236,7 @@ def test_lenet_flags_resolve_to_openlth_job(tmp_path):
               0.2, "out/kernel=0.1", "rewind", 0)
 
 
+@pytest.mark.slow
 def test_mnist1d_and_resnet20_flags_resolve_to_their_recipes(tmp_path):
   """The default recipe changed in its rounds only; ResNet-20's in its
   length (2 levels x 200 steps, the constant rate of its first 32K steps),

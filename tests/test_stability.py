@@ -529,7 +529,7 @@ def test_a_batchnorm_path_recomputes_statistics_at_every_point():
     ("lenet_300_100", (28, 28, 1)), ("mnist1d_mlp", (40,)),
     ("conv2", (32, 32, 3)),
     pytest.param("vgg11", (32, 32, 3), marks=pytest.mark.slow),
-    ("resnet20", (32, 32, 3)),
+    pytest.param("resnet20", (32, 32, 3), marks=pytest.mark.slow),
     ("vit_tiny", (40,))])
 def test_every_zoo_input_layer_is_linear_in_alpha(name, shape):
   """The layer a model names takes the input, so its output on the path is

@@ -359,6 +359,7 @@ def _bn_neuron_pruned(name, size):
   return model, params, state, new
 
 
+@pytest.mark.slow
 def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
   model, params, state, new = _bn_neuron_pruned("vgg11", 32)
   assert new["bn1"]["scale"] is None
@@ -389,6 +390,7 @@ def test_vgg_prunes_whole_channels_and_bn_constants_add_nothing():
   assert not np.allclose(apply({"params": params, **moved_state}, x), want)
 
 
+@pytest.mark.slow
 def test_resnet_prunes_inner_and_stream_channels():
   model, params, state, new = _bn_neuron_pruned("resnet20", 8)
   dead = structure.whole_units(new, model.coupling())
@@ -476,6 +478,7 @@ def test_residual_streams_false_applies_to_units_only():
                      residual_streams=False)
 
 
+@pytest.mark.slow
 def test_resnet_inner_only_prunes_round_p_n_inner_channels_under_jit():
   """With residual_streams False a ResNet loses round(p * n) of each
   block's inner channels and no stream channel; it shrinks to a network of
@@ -844,6 +847,7 @@ def test_shrink_computes_what_the_masked_model_computes(name, dim):
   assert got == want
 
 
+@pytest.mark.slow
 def test_shrink_vgg_computes_what_the_masked_vgg_computes():
   model = models.get("vgg11", 10, width=4)
   variables = model.init(jax.random.key(0), jnp.ones((1, 32, 32, 3)))
@@ -919,7 +923,7 @@ class _DeclaresUnits(nn.Module):
 
 
 @pytest.mark.parametrize("name, options, scope, fraction", [
-    ("resnet20", {}, "layerwise", 0.5),
+    pytest.param("resnet20", {}, "layerwise", 0.5, marks=pytest.mark.slow),
     # Magnitude sums rank the wide stream units last: at 90% the global
     # prune empties stage 1's stream (one silent channel stays) and most of
     # stage 3's, and every inner set.
@@ -1230,6 +1234,7 @@ def test_imp_neuron_run_prunes_whole_units(npz_path, tmp_path):
     assert summary["rounds"][r]["density"] == alive / 32
 
 
+@pytest.mark.slow
 def test_imp_neuron_run_on_a_tiny_vgg(tmp_path):
   rng = np.random.default_rng(0)
   images = lambda n: rng.normal(size=(n, 16, 16, 3)).astype(np.float32)
